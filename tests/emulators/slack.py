@@ -1,0 +1,943 @@
+"""A local Slack for tests: the Web API, Events API over signed HTTP, and Socket Mode.
+
+One aiohttp server on 127.0.0.1 plays Slack. The bot talks to it with its ordinary
+slack_sdk clients (``AsyncWebClient(base_url=emu.api_url)``); tests play the users with
+``post_user_message`` and friends and read back what the bot did through ``calls``,
+``messages``, ``bot_messages`` and ``statuses``.
+
+Message ``ts`` values follow the wall clock in microseconds and strictly increase, so a
+message's age looks real to the bot. Slack does not retry deliveries here: a test sends a
+retry itself with ``deliver_event(..., retry_num=1)``.
+
+A Web API method is one entry in ``handlers``: a function from the call's arguments to the
+response's fields, raising ``ApiError("some_error")`` to fail. Add one there (and its name to
+``POSTING_METHODS`` when it posts messages, e.g. chat.startStream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import copy
+import hashlib
+import hmac
+import inspect
+import json
+import math
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+Handler = Callable[[dict], dict]
+
+MAX_TEXT = 40_000
+MAX_MARKDOWN_TEXT = 12_000
+# Arguments whose values are JSON; form-encoded requests carry them as strings.
+JSON_ARGS = ("blocks", "attachments", "metadata", "loading_messages", "chunks", "prompts")
+KINDS = ("channel", "group", "im", "mpim")
+KIND_BY_PREFIX = {"C": "channel", "G": "group", "D": "im"}
+APP_TOKEN_METHODS = {"apps.connections.open"}
+# Methods whose successful answers are messages the bot posted (see bot_messages).
+POSTING_METHODS = ("chat.postMessage",)
+PRIVATE_KEYS = ("edits",)  # emulator bookkeeping on stored messages, never sent to the bot
+THREAD_KEYS = ("thread_ts", "reply_count", "reply_users", "reply_users_count", "latest_reply")
+
+
+class ApiError(Exception):
+    """Raised by a method handler to answer {"ok": false, "error": str(exc)}."""
+
+
+@dataclass
+class ApiCall:
+    """One Web API request the bot made, and what the emulator answered."""
+
+    method: str
+    args: dict
+    token: str | None
+    response: dict
+    status: int
+    at: float  # time.monotonic()
+
+
+@dataclass
+class Delivery:
+    """How the bot answered one event delivery."""
+
+    status: int | None  # HTTP status in HTTP mode; None in Socket Mode or without an answer
+    body: str  # HTTP response body, or the ack's payload as JSON ("" when it had none)
+    acked: bool
+    elapsed: float
+    event_id: str = ""
+
+
+@dataclass
+class _Fault:
+    error: str
+    status: int
+    retry_after: float | None
+
+
+def _truthy(value: Any) -> bool:
+    # slack_sdk sends booleans as "1"/"0" in forms and as true/false in JSON.
+    return value in (True, 1, "1", "true")
+
+
+def _micros(ts: str) -> int:
+    return int(Decimal(ts) * 1_000_000)
+
+
+def _encode_cursor(ts: str) -> str:
+    # Shaped like Slack's own cursors: base64 of "next_ts:<ts digits>".
+    return base64.b64encode(f"next_ts:{ts}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> Decimal:
+    try:
+        prefix, ts = base64.b64decode(cursor, validate=True).decode().split(":", 1)
+        if prefix != "next_ts":
+            raise ValueError(prefix)
+        return Decimal(ts)
+    except (ValueError, ArithmeticError) as exc:
+        raise ApiError("invalid_cursor") from exc
+
+
+class SlackEmulator:
+    """Slack's Web API, Events API and Socket Mode on one local aiohttp server."""
+
+    def __init__(
+        self,
+        *,
+        team_id: str = "T1",
+        bot_user_id: str = "UBOT",
+        bot_id: str = "BBOT",
+        app_id: str = "A1",
+        bot_token: str = "xoxb-test-token",
+        app_token: str = "xapp-test-token",
+        signing_secret: str = "test-signing-secret",
+    ) -> None:
+        self.team_id = team_id
+        self.bot_user_id = bot_user_id
+        self.bot_id = bot_id
+        self.app_id = app_id
+        self.bot_token = bot_token
+        self.app_token = app_token
+        self.signing_secret = signing_secret
+        self.ack_timeout = 5.0  # how long a Socket Mode delivery waits for the ack
+        self.http_timeout = 3.0  # Slack gives an HTTP request URL three seconds
+        self.calls: list[ApiCall] = []
+        self.acks: list[dict] = []
+        self.deliveries: list[Delivery] = []
+        self.statuses: dict[tuple[str, str], str] = {}
+        self.status_history: list[tuple[str, str, str]] = []  # (channel, thread_ts, status)
+        self.socket_connections = 0
+        self.port = 0
+        self.handlers: dict[str, Handler] = {
+            "auth.test": self._auth_test,
+            "users.info": self._users_info,
+            "conversations.info": self._conversations_info,
+            "conversations.replies": self._conversations_replies,
+            "chat.postMessage": self._chat_post_message,
+            "chat.update": self._chat_update,
+            "chat.delete": self._chat_delete,
+            "chat.postEphemeral": self._chat_post_ephemeral,
+            "chat.getPermalink": self._chat_get_permalink,
+            "reactions.add": self._reactions_add,
+            "reactions.remove": self._reactions_remove,
+            "assistant.threads.setStatus": self._set_status,
+            "apps.connections.open": self._apps_connections_open,
+        }
+        self._users: dict[str, dict] = {}
+        self._channels: dict[str, dict] = {}
+        self._messages: dict[str, dict[str, dict]] = {}  # channel -> ts -> message
+        self._faults: dict[str, list[_Fault]] = {}
+        self._last_micros = 0
+        self._tickets: set[str] = set()
+        self._sockets: list[tuple[web.Request, web.WebSocketResponse]] = []
+        self._pending_acks: dict[str, asyncio.Future[dict]] = {}
+        self._events_url: str | None = None
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._stopping = False
+        self.add_user(bot_user_id, "supportbot", "Support Bot", is_bot=True)
+        self.add_user("U1", "user1", "Test User")  # the default author of user messages
+
+    # ----- lifecycle -----
+
+    async def start(self) -> None:
+        """Listen on a free port of 127.0.0.1."""
+        app = web.Application(client_max_size=16 * 1024 * 1024)
+        app.router.add_route("*", "/api/{method}", self._api)
+        app.router.add_get("/socket", self._socket)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.port = self._runner.addresses[0][1]
+        self._session = aiohttp.ClientSession()
+
+    async def stop(self) -> None:
+        """Close sockets and the server; refuse reconnections meanwhile."""
+        self._stopping = True
+        for _, ws in list(self._sockets):
+            await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY)
+        self._sockets.clear()
+        for future in self._pending_acks.values():
+            future.cancel()
+        if self._session is not None:
+            await self._session.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/"
+
+    # ----- world state -----
+
+    def add_user(
+        self,
+        user_id: str,
+        display_name: str,
+        real_name: str | None = None,
+        team: str | None = None,
+        is_bot: bool = False,
+    ) -> None:
+        real_name = real_name or display_name
+        team = team or self.team_id
+        self._users[user_id] = {
+            "id": user_id,
+            "team_id": team,
+            "name": display_name.lower().replace(" ", "."),
+            "deleted": False,
+            "real_name": real_name,
+            "is_bot": is_bot,
+            "is_app_user": False,
+            "tz": "Europe/London",
+            "profile": {
+                "display_name": display_name,
+                "display_name_normalized": display_name,
+                "real_name": real_name,
+                "real_name_normalized": real_name,
+                "team": team,
+            },
+        }
+
+    def add_channel(
+        self,
+        channel_id: str,
+        kind: str = "channel",
+        team: str | None = None,
+        *,
+        name: str | None = None,
+        user: str | None = None,
+    ) -> None:
+        """Declare a conversation; `user` is the other party of an im."""
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+        self._channels[channel_id] = {
+            "id": channel_id,
+            "kind": kind,
+            "team": team or self.team_id,
+            "name": name or channel_id.lower(),
+            "user": user or "U1",
+        }
+
+    def messages(self, channel: str) -> list[dict]:
+        """All stored messages of a channel (top level and replies) in ts order."""
+        return sorted(self._messages.get(channel, {}).values(), key=lambda m: Decimal(m["ts"]))
+
+    def thread(self, channel: str, thread_ts: str) -> list[dict]:
+        """The parent (when stored) and its replies, in ts order."""
+        return [m for m in self.messages(channel) if thread_ts in (m["ts"], m.get("thread_ts"))]
+
+    def bot_messages(self, channel: str, thread_ts: str | None = None) -> list[dict]:
+        """Stored messages the bot posted through the API, current versions.
+
+        thread_ts=None: all of the channel; "top": only those outside threads;
+        a ts: the bot's replies in that thread (a parent the bot posted is not one).
+        """
+        posted = {
+            call.response["ts"]
+            for call in self.calls
+            if call.method in POSTING_METHODS and call.response.get("ok")
+        }
+        found = [m for m in self.messages(channel) if m["ts"] in posted]
+        if thread_ts == "top":
+            return [m for m in found if m.get("thread_ts", m["ts"]) == m["ts"]]
+        if thread_ts is not None:
+            return [m for m in found if m.get("thread_ts") == thread_ts != m["ts"]]
+        return found
+
+    def seed_message(
+        self,
+        channel: str,
+        text: str,
+        user: str = "U1",
+        thread_ts: str | None = None,
+        ts: str | None = None,
+        bot: bool = False,
+    ) -> str:
+        """Store history without delivering any event; returns the message's ts."""
+        author = self.bot_user_id if bot else user
+        msg = self._add_message(channel, author, text=text, thread_ts=thread_ts, ts=ts, bot=bot)
+        return msg["ts"]
+
+    def calls_to(self, method: str) -> list[ApiCall]:
+        return [call for call in self.calls if call.method == method]
+
+    def fail_next(
+        self,
+        method: str,
+        error: str = "internal_error",
+        status: int = 200,
+        retry_after: float | None = None,
+        times: int = 1,
+    ) -> None:
+        """Make the next `times` calls to `method` fail; status 429 means "ratelimited"."""
+        self._faults.setdefault(method, []).extend(_Fault(error, status, retry_after) for _ in range(times))
+
+    async def wait_for(
+        self,
+        predicate: Callable[[], bool],
+        timeout: float = 10.0,  # noqa: ASYNC109 - the tests' vocabulary, not a cancel scope
+        what: str | None = None,
+    ) -> None:
+        """Poll `predicate` until true; on timeout fail with what the bot did lately."""
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"timed out after {timeout}s waiting for {what or self._describe(predicate)}\n"
+                    f"{self._summary()}"
+                )
+            await asyncio.sleep(0.02)
+
+    async def wait_for_bot_messages(
+        self,
+        channel: str,
+        thread_ts: str | None = None,
+        count: int = 1,
+        timeout: float = 10.0,  # noqa: ASYNC109
+    ) -> list[dict]:
+        """Wait until the bot has posted `count` messages there (see bot_messages)."""
+        await self.wait_for(
+            lambda: len(self.bot_messages(channel, thread_ts)) >= count,
+            timeout,
+            what=f"{count} bot message(s) in {channel} (thread_ts={thread_ts})",
+        )
+        return self.bot_messages(channel, thread_ts)
+
+    # ----- users acting -----
+
+    async def post_user_message(
+        self,
+        channel: str,
+        text: str,
+        user: str = "U1",
+        thread_ts: str | None = None,
+        team: str | None = None,
+        channel_type: str | None = None,
+        deliver_mention: bool = True,
+    ) -> str:
+        """Store a user's message and deliver `message` (and `app_mention`) events."""
+        kind = self._channel(channel)["kind"]
+        extra = {"client_msg_id": str(uuid.uuid4())} | ({"team": team} if team else {})
+        msg = self._add_message(channel, user, text=text, thread_ts=thread_ts, **extra)
+        event = self._public(msg) | {
+            "channel": channel,
+            "event_ts": msg["ts"],
+            "channel_type": channel_type or kind,
+        }
+        await self.deliver_event(event)
+        if deliver_mention and kind != "im" and f"<@{self.bot_user_id}>" in text:
+            mention = {k: v for k, v in event.items() if k != "channel_type"}
+            await self.deliver_event(mention | {"type": "app_mention"})
+        return msg["ts"]
+
+    async def edit_message(self, channel: str, ts: str, new_text: str) -> None:
+        """Edit a stored message and deliver the hidden message_changed event."""
+        msg = self._find(channel, ts)
+        previous = self._edit(msg, {"text": new_text})
+        event = self._hidden_event(channel, "message_changed", message=self._public(msg))
+        await self.deliver_event(event | {"previous_message": previous})
+
+    async def delete_message(self, channel: str, ts: str) -> None:
+        """Delete a stored message and deliver the hidden message_deleted event."""
+        previous = self._public(self._find(channel, ts))
+        self._remove(channel, ts)
+        event = self._hidden_event(channel, "message_deleted", deleted_ts=ts)
+        await self.deliver_event(event | {"previous_message": previous})
+
+    def _hidden_event(self, channel: str, subtype: str, **fields: Any) -> dict:
+        """A message event of the kind clients do not display (edits, deletions)."""
+        event_ts = self._next_ts()
+        kind = self._channel(channel)["kind"]
+        head = {"type": "message", "subtype": subtype, "hidden": True, "channel": channel}
+        return head | {"channel_type": kind, "ts": event_ts, "event_ts": event_ts, **fields}
+
+    # ----- event delivery -----
+
+    def use_http(self, events_url: str) -> None:
+        """Deliver events by signed POST to the bot's request URL."""
+        self._events_url = events_url
+
+    def use_socket(self) -> None:
+        """Deliver events as Socket Mode envelopes (the default)."""
+        self._events_url = None
+
+    def deliver_event(
+        self,
+        event: dict,
+        *,
+        team: str | None = None,
+        event_id: str | None = None,
+        retry_num: int | None = None,
+        retry_reason: str | None = None,
+    ) -> Coroutine[Any, Any, Delivery]:
+        """Wrap `event` in an event_callback and deliver it once; await it for the Delivery.
+
+        The route (the socket, or the URL use_http set last) is fixed when this is called,
+        so deliveries gathered later still go where the test pointed them.
+        """
+        team = team or self.team_id
+        body = {
+            "token": "emulator-verification-token",
+            "team_id": team,
+            "api_app_id": self.app_id,
+            "event": event,
+            "type": "event_callback",
+            "event_id": event_id or f"Ev{uuid.uuid4().hex[:12].upper()}",
+            "event_time": int(time.time()),
+            "authorizations": [
+                {"team_id": team, "user_id": self.bot_user_id, "is_bot": True, "is_enterprise_install": False}
+            ],
+            "is_ext_shared_channel": False,
+        }
+        return self._deliver(body, self._events_url, retry_num, retry_reason)
+
+    def sign(self, body: bytes, timestamp: int) -> dict[str, str]:
+        """The headers Slack signs a request with (v0, HMAC-SHA256)."""
+        base = f"v0:{timestamp}:".encode() + body
+        digest = hmac.new(self.signing_secret.encode(), base, hashlib.sha256).hexdigest()
+        return {"X-Slack-Request-Timestamp": str(timestamp), "X-Slack-Signature": f"v0={digest}"}
+
+    async def send_http(
+        self,
+        body: bytes,
+        headers: dict | None = None,
+        sign: bool = True,
+        timestamp: int | None = None,
+        path: str = "/slack/events",
+    ) -> tuple[int, str]:
+        """POST raw bytes to the bot's host (see use_http); `headers` override the defaults."""
+        if self._events_url is None:
+            raise RuntimeError("call use_http(events_url) first")
+        return await self._post(str(URL(self._events_url).with_path(path)), body, headers, sign, timestamp)
+
+    async def _post(
+        self,
+        url: str,
+        body: bytes,
+        headers: dict | None = None,
+        sign: bool = True,
+        timestamp: int | None = None,
+    ) -> tuple[int, str]:
+        assert self._session is not None, "call start() first"
+        timestamp = int(time.time()) if timestamp is None else timestamp
+        sent = {"Content-Type": "application/json"}
+        sent |= self.sign(body, timestamp) if sign else {}
+        sent |= headers or {}
+        timeout = aiohttp.ClientTimeout(total=self.http_timeout)
+        async with self._session.post(url, data=body, headers=sent, timeout=timeout) as resp:
+            return resp.status, await resp.text()
+
+    async def _deliver(
+        self, body: dict, url: str | None, retry_num: int | None, retry_reason: str | None
+    ) -> Delivery:
+        started = time.monotonic()
+        if url is None:
+            status, text, acked = await self._send_envelope(body, retry_num, retry_reason)
+        else:
+            status, text, acked = await self._post_event(url, body, retry_num, retry_reason)
+        delivery = Delivery(status, text, acked, time.monotonic() - started, body["event_id"])
+        self.deliveries.append(delivery)
+        return delivery
+
+    async def _post_event(
+        self, url: str, body: dict, retry_num: int | None, retry_reason: str | None
+    ) -> tuple[int | None, str, bool]:
+        headers = {}
+        if retry_num is not None:
+            headers = {
+                "X-Slack-Retry-Num": str(retry_num),
+                "X-Slack-Retry-Reason": retry_reason or "http_timeout",
+            }
+        try:
+            status, text = await self._post(url, json.dumps(body).encode(), headers)
+        except (TimeoutError, aiohttp.ClientError):
+            return None, "", False
+        return status, text, 200 <= status < 300
+
+    async def _send_envelope(
+        self, body: dict, retry_num: int | None, retry_reason: str | None
+    ) -> tuple[None, str, bool]:
+        envelope_id = str(uuid.uuid4())
+        envelope = {
+            "envelope_id": envelope_id,
+            "type": "events_api",
+            "accepts_response_payload": False,
+            "retry_attempt": retry_num or 0,
+            "retry_reason": retry_reason or "",
+            "payload": body,
+        }
+        ack_future: asyncio.Future[dict] = asyncio.get_running_loop().create_future()
+        self._pending_acks[envelope_id] = ack_future
+        try:
+            # A delivery during a reconnection waits for the next socket, as Slack queues it.
+            async with asyncio.timeout(self.ack_timeout):
+                while not self._sockets:  # noqa: ASYNC110 - sockets come and go; polling is simplest
+                    await asyncio.sleep(0.01)
+                await self._sockets[-1][1].send_json(envelope)
+                ack = await ack_future
+        except (TimeoutError, ConnectionError, RuntimeError):
+            return None, "", False
+        finally:
+            self._pending_acks.pop(envelope_id, None)
+        return None, json.dumps(ack["payload"]) if ack.get("payload") else "", True
+
+    # ----- Socket Mode connection -----
+
+    async def wait_for_socket(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+        """Wait until a Socket Mode client is connected and greeted."""
+        await self.wait_for(lambda: bool(self._sockets), timeout, what="a Socket Mode connection")
+
+    async def drop_socket(self, graceful: bool = False) -> None:
+        """Cut the current connection: no close frame (a network failure) unless graceful."""
+        if not self._sockets:
+            raise AssertionError("no Socket Mode connection to drop")
+        request, ws = self._sockets.pop()
+        if graceful:
+            await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY)
+        elif request.transport is not None:
+            request.transport.abort()
+
+    async def send_disconnect(self, reason: str = "refresh_requested") -> None:
+        """Ask the client to reconnect, as Slack does before recycling a socket."""
+        if not self._sockets:
+            raise AssertionError("no Socket Mode connection to send a disconnect to")
+        message = {"type": "disconnect", "reason": reason, "debug_info": {"host": "emulator"}}
+        await self._sockets[-1][1].send_json(message)
+
+    async def _socket(self, request: web.Request) -> web.StreamResponse:
+        if self._stopping or request.query.get("ticket") not in self._tickets:
+            return web.Response(status=401, text="invalid ticket")
+        # autoping echoes the client's "sdk-ping-pong:<time>" pings, its liveness signal.
+        ws = web.WebSocketResponse(timeout=1.0)
+        await ws.prepare(request)
+        self.socket_connections += 1
+        await ws.send_json(
+            {
+                "type": "hello",
+                "num_connections": len(self._sockets) + 1,
+                "debug_info": {"host": "emulator", "approximate_connection_time": 18060},
+                "connection_info": {"app_id": self.app_id},
+            }
+        )
+        entry = (request, ws)
+        self._sockets.append(entry)
+        try:
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    self._on_socket_text(msg.data)
+        finally:
+            if entry in self._sockets:
+                self._sockets.remove(entry)
+        return ws
+
+    def _on_socket_text(self, data: str) -> None:
+        with contextlib.suppress(ValueError):
+            message = json.loads(data)
+            if isinstance(message, dict) and "envelope_id" in message:
+                self.acks.append(message)
+                future = self._pending_acks.get(message["envelope_id"])
+                if future is not None and not future.done():
+                    future.set_result(message)
+
+    # ----- Web API plumbing -----
+
+    async def _api(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        args: dict = {}
+        token = None
+        status, headers = 200, {}
+        try:
+            args = await self._read_args(request)
+            token = self._token(request, args)
+            handler = self.handlers.get(method)
+            if handler is None:
+                raise ApiError("unknown_method")
+            self._check_token(method, token)
+            queued = self._faults.get(method)
+            if queued:
+                fault = queued.pop(0)
+                status = fault.status
+                if status == 429:
+                    headers["Retry-After"] = str(math.ceil(fault.retry_after or 1))
+                raise ApiError("ratelimited" if status == 429 else fault.error)
+            response = {"ok": True} | handler(args)
+        except ApiError as exc:
+            response = {"ok": False, "error": str(exc)}
+        self.calls.append(ApiCall(method, args, token, response, status, time.monotonic()))
+        return web.json_response(response, status=status, headers=headers)
+
+    @staticmethod
+    async def _read_args(request: web.Request) -> dict:
+        # slack_sdk puts arguments in the query (GET, and POST with params=), a form or JSON.
+        args: dict[str, Any] = dict(request.query)
+        if request.can_read_body:
+            if request.content_type == "application/json":
+                try:
+                    body = await request.json()
+                except ValueError as exc:
+                    raise ApiError("invalid_json") from exc
+                if not isinstance(body, dict):
+                    raise ApiError("invalid_json")
+                args |= body
+            else:
+                args |= dict(await request.post())
+        for key in JSON_ARGS:
+            if isinstance(args.get(key), str):
+                with contextlib.suppress(ValueError):
+                    args[key] = json.loads(args[key])
+        return args
+
+    @staticmethod
+    def _token(request: web.Request, args: dict) -> str | None:
+        body_token = args.pop("token", None)
+        auth = request.headers.get("Authorization", "")
+        return auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else body_token
+
+    def _check_token(self, method: str, token: str | None) -> None:
+        if not token:
+            raise ApiError("not_authed")
+        expected = self.app_token if method in APP_TOKEN_METHODS else self.bot_token
+        if token != expected:
+            raise ApiError("invalid_auth")
+
+    # ----- messages -----
+
+    def _channel(self, channel_id: Any) -> dict:
+        """A declared channel, or one implied by its id prefix (C, G, D)."""
+        if not isinstance(channel_id, str) or not channel_id:
+            raise ApiError("channel_not_found")
+        if channel_id not in self._channels:
+            kind = KIND_BY_PREFIX.get(channel_id[0])
+            if kind is None:
+                raise ApiError("channel_not_found")
+            self.add_channel(channel_id, kind)
+        return self._channels[channel_id]
+
+    def _find(self, channel: str, ts: Any) -> dict:
+        self._channel(channel)
+        msg = self._messages.get(channel, {}).get(ts)
+        if msg is None:
+            raise ApiError("message_not_found")
+        return msg
+
+    def _next_ts(self) -> str:
+        self._last_micros = max(time.time_ns() // 1000, self._last_micros + 1)
+        seconds, micros = divmod(self._last_micros, 1_000_000)
+        return f"{seconds}.{micros:06d}"
+
+    def _root_ts(self, channel: str, ts: str) -> str:
+        """The thread a ts belongs to: replying to a reply lands in its parent's thread."""
+        msg = self._messages.get(channel, {}).get(ts)
+        return msg.get("thread_ts", ts) if msg else ts
+
+    def _add_message(
+        self,
+        channel: str,
+        user: str,
+        *,
+        text: str,
+        thread_ts: str | None = None,
+        ts: str | None = None,
+        bot: bool = False,
+        **extra: Any,
+    ) -> dict:
+        self._channel(channel)
+        stored = self._messages.setdefault(channel, {})
+        if ts is None:
+            ts = self._next_ts()
+        elif ts in stored:
+            raise ValueError(f"{channel} already has a message with ts {ts}")
+        else:
+            self._last_micros = max(self._last_micros, _micros(ts))
+        author = self._users.get(user, {})
+        msg: dict[str, Any] = {
+            "type": "message",
+            "user": user,
+            "text": text,
+            "ts": ts,
+            "team": author.get("team_id", self.team_id),
+        }
+        if bot:
+            msg |= {"bot_id": self.bot_id, "app_id": self.app_id}
+        if thread_ts:
+            thread_ts = self._root_ts(channel, thread_ts)
+            parent = stored.get(thread_ts)
+            msg |= {"thread_ts": thread_ts, "parent_user_id": (parent or msg)["user"]}
+        msg |= extra
+        stored[ts] = msg
+        if thread_ts:
+            self._refresh_thread(channel, thread_ts)
+        return msg
+
+    def _refresh_thread(self, channel: str, thread_ts: str) -> None:
+        """Recompute the parent's reply fields from the stored replies."""
+        parent = self._messages.get(channel, {}).get(thread_ts)
+        if parent is None:
+            return
+        replies = [m for m in self.thread(channel, thread_ts) if m["ts"] != thread_ts]
+        for key in THREAD_KEYS:
+            parent.pop(key, None)
+        if replies:
+            users = list(dict.fromkeys(m["user"] for m in replies))
+            parent |= {
+                "thread_ts": thread_ts,
+                "reply_count": len(replies),
+                "reply_users": users,
+                "reply_users_count": len(users),
+                "latest_reply": replies[-1]["ts"],
+            }
+
+    def _remove(self, channel: str, ts: str) -> None:
+        msg = self._messages[channel].pop(ts)
+        if msg.get("reply_count"):
+            # Slack keeps a deleted parent's replies under a tombstone.
+            self._messages[channel][ts] = {
+                "type": "message",
+                "subtype": "tombstone",
+                "hidden": True,
+                "user": "USLACKBOT",
+                "text": "This message was deleted.",
+                "ts": ts,
+            }
+        self._refresh_thread(channel, msg.get("thread_ts", ts))
+
+    def _edit(self, msg: dict, changes: dict) -> dict:
+        """Apply `changes`, keeping the previous version in msg["edits"]; returns it."""
+        previous = self._public(msg)
+        msg.setdefault("edits", []).append(previous)
+        msg |= changes
+        msg["edited"] = {"user": msg["user"], "ts": self._next_ts()}
+        return previous
+
+    @staticmethod
+    def _public(msg: dict) -> dict:
+        return copy.deepcopy({k: v for k, v in msg.items() if k not in PRIVATE_KEYS})
+
+    @staticmethod
+    def _check_content(args: dict) -> None:
+        text, blocks, markdown = args.get("text"), args.get("blocks"), args.get("markdown_text")
+        if markdown and (text or blocks):
+            raise ApiError("markdown_text_conflict")
+        if not (text or blocks or markdown or args.get("attachments")):
+            raise ApiError("no_text")
+        if blocks is not None and not isinstance(blocks, list):
+            raise ApiError("invalid_blocks_format")
+        if len(text or "") > MAX_TEXT or len(markdown or "") > MAX_MARKDOWN_TEXT:
+            raise ApiError("msg_too_long")
+
+    # ----- method handlers: args in, response fields out (or ApiError) -----
+
+    def _auth_test(self, args: dict) -> dict:
+        return {
+            "url": "https://emulated.slack.com/",
+            "team": "Emulated Workspace",
+            "user": self._users[self.bot_user_id]["name"],
+            "team_id": self.team_id,
+            "user_id": self.bot_user_id,
+            "bot_id": self.bot_id,
+            "is_enterprise_install": False,
+        }
+
+    def _users_info(self, args: dict) -> dict:
+        user = self._users.get(args.get("user", ""))
+        if user is None:
+            raise ApiError("user_not_found")
+        return {"user": copy.deepcopy(user)}
+
+    def _conversations_info(self, args: dict) -> dict:
+        channel = self._channel(args.get("channel"))
+        kind = channel["kind"]
+        info = {
+            "id": channel["id"],
+            "is_channel": kind == "channel",
+            "is_group": kind == "group",
+            "is_im": kind == "im",
+            "is_mpim": kind == "mpim",
+            "is_private": kind != "channel",
+            "is_archived": False,
+            "is_ext_shared": channel["team"] != self.team_id,
+            "context_team_id": channel["team"],
+            "created": 1700000000,
+        }
+        info |= {"user": channel["user"]} if kind == "im" else {"name": channel["name"]}
+        return {"channel": info}
+
+    def _conversations_replies(self, args: dict) -> dict:
+        channel = args.get("channel")
+        self._channel(channel)
+        root = self._root_ts(channel, args.get("ts", ""))
+        thread = self.thread(channel, root)
+        if not thread or thread[0]["ts"] != root:
+            raise ApiError("thread_not_found")
+        try:
+            limit = min(max(int(args.get("limit") or 1000), 1), 1000)
+        except ValueError as exc:
+            raise ApiError("invalid_arguments") from exc
+        start = 0
+        if args.get("cursor"):
+            # The cursor names the first ts of the next page; compare, as that one may be gone.
+            first = _decode_cursor(args["cursor"])
+            start = next((i for i, m in enumerate(thread) if Decimal(m["ts"]) >= first), len(thread))
+        page, rest = thread[start : start + limit], thread[start + limit :]
+        next_cursor = _encode_cursor(rest[0]["ts"]) if rest else ""
+        return {
+            "messages": [self._public(m) for m in page],
+            "has_more": bool(next_cursor),
+            "response_metadata": {"next_cursor": next_cursor},
+        }
+
+    def _chat_post_message(self, args: dict) -> dict:
+        channel = args.get("channel")
+        self._channel(channel)
+        self._check_content(args)
+        extra = {k: args[k] for k in ("blocks", "attachments", "metadata") if args.get(k)}
+        thread_ts = args.get("thread_ts") or None
+        if thread_ts and _truthy(args.get("reply_broadcast")):
+            extra["subtype"] = "thread_broadcast"
+        text = args.get("text") or args.get("markdown_text") or ""
+        msg = self._add_message(channel, self.bot_user_id, text=text, thread_ts=thread_ts, bot=True, **extra)
+        if thread_ts:
+            self._clear_status(channel, msg["thread_ts"])
+        return {"channel": channel, "ts": msg["ts"], "message": self._public(msg)}
+
+    def _chat_update(self, args: dict) -> dict:
+        channel = args.get("channel")
+        msg = self._find(channel, args.get("ts"))
+        if msg.get("user") != self.bot_user_id:
+            raise ApiError("cant_update_message")
+        self._check_content(args)
+        changes = {k: args[k] for k in ("blocks", "attachments", "metadata") if k in args}
+        changes["text"] = args.get("text") or args.get("markdown_text") or ""
+        self._edit(msg, changes)
+        return {"channel": channel, "ts": msg["ts"], "text": msg["text"], "message": self._public(msg)}
+
+    def _chat_delete(self, args: dict) -> dict:
+        channel = args.get("channel")
+        msg = self._find(channel, args.get("ts"))
+        if msg.get("user") != self.bot_user_id:
+            raise ApiError("cant_delete_message")
+        self._remove(channel, msg["ts"])
+        return {"channel": channel, "ts": msg["ts"]}
+
+    def _chat_post_ephemeral(self, args: dict) -> dict:
+        self._channel(args.get("channel"))
+        if args.get("user") not in self._users:
+            raise ApiError("user_not_in_channel")
+        self._check_content(args)
+        return {"message_ts": self._next_ts()}
+
+    def _chat_get_permalink(self, args: dict) -> dict:
+        channel = args.get("channel")
+        msg = self._find(channel, args.get("message_ts"))
+        link = f"https://emulated.slack.com/archives/{channel}/p{msg['ts'].replace('.', '')}"
+        if msg.get("thread_ts", msg["ts"]) != msg["ts"]:
+            link += f"?thread_ts={msg['thread_ts']}&cid={channel}"
+        return {"channel": channel, "permalink": link}
+
+    def _reaction_target(self, args: dict) -> tuple[dict, str]:
+        if not args.get("name"):
+            raise ApiError("invalid_name")
+        if not args.get("timestamp"):
+            raise ApiError("no_item_specified")
+        return self._find(args.get("channel"), args["timestamp"]), args["name"]
+
+    def _reactions_add(self, args: dict) -> dict:
+        msg, name = self._reaction_target(args)
+        reactions = msg.setdefault("reactions", [])
+        reaction = next((r for r in reactions if r["name"] == name), None)
+        if reaction is None:
+            reaction = {"name": name, "users": [], "count": 0}
+            reactions.append(reaction)
+        if self.bot_user_id in reaction["users"]:
+            raise ApiError("already_reacted")
+        reaction["users"].append(self.bot_user_id)
+        reaction["count"] += 1
+        return {}
+
+    def _reactions_remove(self, args: dict) -> dict:
+        msg, name = self._reaction_target(args)
+        reactions = msg.get("reactions", [])
+        reaction = next((r for r in reactions if r["name"] == name), None)
+        if reaction is None or self.bot_user_id not in reaction["users"]:
+            raise ApiError("no_reaction")
+        reaction["users"].remove(self.bot_user_id)
+        reaction["count"] -= 1
+        msg["reactions"] = [r for r in reactions if r["count"] > 0]
+        if not msg["reactions"]:
+            del msg["reactions"]
+        return {}
+
+    def _set_status(self, args: dict) -> dict:
+        channel = args.get("channel_id")
+        self._channel(channel)
+        thread_ts = args.get("thread_ts")
+        if not thread_ts:
+            raise ApiError("invalid_thread_ts")
+        self.statuses[(channel, thread_ts)] = args.get("status", "")
+        self.status_history.append((channel, thread_ts, args.get("status", "")))
+        return {}
+
+    def _clear_status(self, channel: str, thread_ts: str) -> None:
+        # Slack clears a thread's status as soon as the app replies in it.
+        if self.statuses.get((channel, thread_ts)):
+            self.statuses[(channel, thread_ts)] = ""
+            self.status_history.append((channel, thread_ts, ""))
+
+    def _apps_connections_open(self, args: dict) -> dict:
+        ticket = uuid.uuid4().hex
+        self._tickets.add(ticket)
+        return {"url": f"ws://127.0.0.1:{self.port}/socket?ticket={ticket}&app_id={self.app_id}"}
+
+    # ----- diagnostics -----
+
+    @staticmethod
+    def _describe(predicate: Callable[[], bool]) -> str:
+        with contextlib.suppress(OSError, TypeError):
+            return inspect.getsource(predicate).strip()
+        return repr(predicate)
+
+    def _summary(self) -> str:
+        calls = [
+            f"  {c.method} -> {'ok' if c.response.get('ok') else c.response.get('error')}"
+            for c in self.calls[-10:]
+        ]
+        acked = sum(d.acked for d in self.deliveries)
+        return "\n".join(
+            [
+                f"deliveries: {len(self.deliveries)} ({acked} acked); "
+                f"sockets open: {len(self._sockets)}; statuses: {self.statuses}",
+                f"last {len(calls)} of {len(self.calls)} API calls:",
+                *calls,
+            ]
+        )

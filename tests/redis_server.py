@@ -1,0 +1,156 @@
+"""Run a real redis-server process for tests (no fakes), with start/stop/kill/restart."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+import weakref
+from pathlib import Path
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+START_TIMEOUT = 10.0
+STOP_TIMEOUT = 10.0
+LOG_NAME = "redis.log"
+
+
+def find_redis_server() -> str:
+    """Return the path of the redis-server binary."""
+    path = shutil.which("redis-server")
+    if path is None:
+        raise RuntimeError("redis-server not found: install it (apt-get install redis-server)")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _kill_quietly(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def _answers_ping(port: int, pid: int) -> bool:
+    """True when the server on `port` answers PING and is process `pid`.
+
+    The pid check stops a stranger already holding the port from passing for our server.
+    A server still loading its AOF answers LOADING, which counts as not ready.
+    """
+    # No client-side retries: the caller polls, and retries would hide a dead process.
+    client = redis.Redis(
+        host="127.0.0.1",
+        port=port,
+        socket_timeout=0.5,
+        socket_connect_timeout=0.5,
+        retry=Retry(NoBackoff(), 0),
+    )
+    try:
+        return bool(client.ping()) and client.info("server")["process_id"] == pid
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+class RedisServer:
+    """A redis-server child process on 127.0.0.1, persisting into `data_dir`.
+
+    The port is picked once, so clients keep working across restart() and kill()/start().
+    """
+
+    def __init__(self, data_dir: Path, *, appendonly: bool = True) -> None:
+        self.data_dir = Path(data_dir)
+        self.appendonly = appendonly
+        self.port = _free_port()
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / LOG_NAME
+
+    def start(self) -> None:
+        """Spawn redis-server and wait until it answers PING."""
+        if self.running:
+            raise RuntimeError(f"redis-server already running on port {self.port}")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            find_redis_server(),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.data_dir),
+            "--daemonize", "no",
+            "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+        ]  # fmt: skip
+        if self.appendonly:
+            # fsync every write, so kill -9 loses nothing a client saw acknowledged.
+            args += ["--appendfsync", "always"]
+        # Redis logs to stdout by default; sending stdout/stderr to the log file also captures
+        # errors printed before its own logging starts (bad arguments, port in use).
+        with self.log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
+        # Safety net: a test that crashes before stop()/kill() must not leak the process.
+        weakref.finalize(self, _kill_quietly, self._process)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(
+                    f"redis-server exited with code {self._process.returncode}\n{self._log_tail()}"
+                )
+            if _answers_ping(self.port, self._process.pid):
+                return
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(
+            f"redis-server did not answer PING on port {self.port} within {START_TIMEOUT}s\n"
+            f"{self._log_tail()}"
+        )
+
+    def stop(self) -> None:
+        """Graceful shutdown (SIGTERM): redis flushes the AOF before exiting."""
+        if self._process is None:
+            return
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
+
+    def kill(self) -> None:
+        """SIGKILL, to imitate a crash or an outage."""
+        if self._process is None:
+            return
+        _kill_quietly(self._process)
+        self._process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def _log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no redis log)"
+        return "\n".join(text.splitlines()[-lines:])
