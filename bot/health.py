@@ -1,0 +1,34 @@
+"""GET /health: 200 when the bot can work (Redis answers; the socket is up in Socket Mode), else 503
+naming the failing part. Never includes a secret or an exception's text."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from bot.store import Store
+
+CHECK_TIMEOUT = 2.0
+
+
+def health_handler(
+    store: Store, *, mode: str, socket_connected: Callable[[], Awaitable[bool]] | None
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def health(_: web.Request) -> web.Response:
+        checks: dict[str, str] = {}
+        try:
+            redis_ok = await asyncio.wait_for(store.ping(), CHECK_TIMEOUT)
+        except TimeoutError:
+            redis_ok = False
+        checks["redis"] = "ok" if redis_ok else "unreachable"
+        if socket_connected is not None:
+            checks["slack_socket"] = "ok" if await socket_connected() else "disconnected"
+        failing = sorted(name for name, state in checks.items() if state != "ok")
+        body = {"status": "ok" if not failing else "error", "mode": mode, "checks": checks}
+        if failing:
+            body["failing"] = failing
+        return web.json_response(body, status=200 if not failing else 503)
+
+    return health

@@ -1,0 +1,124 @@
+"""Message events: mentions, DMs and thread follow-ups become turns; edits and deletions update
+the stored conversation; everything else (joins, bot messages, our own messages) is ignored."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from slack_bolt.async_app import AsyncApp, AsyncBoltContext
+
+from bot.slack_text import is_command, mentions_others
+from bot.store import Action, IncomingMessage, Store, ThreadKey
+from bot.turn import TurnRunner
+
+log = logging.getLogger(__name__)
+
+# Subtypes that are still a person saying something to the channel.
+USER_SUBTYPES = {None, "file_share", "thread_broadcast", "me_message"}
+
+
+def register(app: AsyncApp, turns: TurnRunner, store: Store) -> None:
+    async def on_app_mention(event: dict[str, Any], context: AsyncBoltContext) -> None:
+        await on_user_message(event, context, is_dm=False)
+
+    async def on_message(event: dict[str, Any], context: AsyncBoltContext) -> None:
+        subtype = event.get("subtype")
+        if subtype == "message_deleted":
+            await on_deleted(event, context)
+        elif subtype == "message_changed":
+            await on_edited(event, context)
+        elif subtype in USER_SUBTYPES:
+            await on_user_message(event, context, is_dm=event.get("channel_type") == "im")
+
+    async def on_other_event(event: dict[str, Any]) -> None:
+        # Acknowledged so that Slack does not retry it; nothing to do.
+        log.debug("event ignored type=%s", event.get("type"))
+
+    async def on_user_message(event: dict[str, Any], context: AsyncBoltContext, *, is_dm: bool) -> None:
+        message = await _incoming(event, context, is_dm=is_dm, store=store)
+        if message is not None:
+            await turns.accept(message)
+
+    async def on_deleted(event: dict[str, Any], context: AsyncBoltContext) -> None:
+        previous = event.get("previous_message") or {}
+        deleted_ts = event.get("deleted_ts") or previous.get("ts")
+        channel, team = event.get("channel"), context.team_id
+        if not (isinstance(deleted_ts, str) and isinstance(channel, str) and team):
+            return
+        for conversation in _conversations_holding(previous, deleted_ts, event):
+            await turns.remove_message(ThreadKey(team, channel, conversation), deleted_ts)
+
+    async def on_edited(event: dict[str, Any], context: AsyncBoltContext) -> None:
+        edited = event.get("message") or {}
+        channel, team, ts = event.get("channel"), context.team_id, edited.get("ts")
+        if edited.get("bot_id") or edited.get("user") == context.bot_user_id:
+            return
+        if not (isinstance(ts, str) and isinstance(channel, str) and team):
+            return
+        for conversation in _conversations_holding(edited, ts, event):
+            await turns.edit_message(
+                ThreadKey(team, channel, conversation),
+                ts,
+                str(edited.get("text") or ""),
+                context.bot_user_id or "",
+            )
+
+    app.event("app_mention")(on_app_mention)
+    app.event("message")(on_message)
+    app.event(re.compile(".*"))(on_other_event)
+
+
+async def _incoming(
+    event: dict[str, Any], context: AsyncBoltContext, *, is_dm: bool, store: Store
+) -> IncomingMessage | None:
+    """Decide whether (and how) the bot acts on a user's message; None means stay out of it."""
+    bot_user_id = context.bot_user_id or ""
+    team, channel, ts = context.team_id, event.get("channel"), event.get("ts")
+    user, text, thread_ts = event.get("user"), event.get("text"), event.get("thread_ts")
+    if event.get("bot_id") or user == bot_user_id:
+        return None
+    if not all(isinstance(v, str) and v for v in (team, channel, ts, user)):
+        log.info("message ignored: missing team, channel, ts or user")
+        return None
+    if not isinstance(text, str):
+        text = ""
+    if thread_ts is not None and not isinstance(thread_ts, str):
+        return None
+    if is_dm:
+        conversation, reply_thread_ts = thread_ts or "dm", thread_ts
+    else:
+        conversation = thread_ts or ts
+        reply_thread_ts = conversation
+    action: Action
+    if is_dm or f"<@{bot_user_id}" in text:
+        action = "answer"
+    elif thread_ts and await store.is_followed(ThreadKey(team, channel, conversation)):
+        # People @-mentioning each other, not the bot: keep it as context, don't butt in.
+        action = "record" if mentions_others(text, bot_user_id) else "answer"
+    else:
+        return None
+    if action == "answer" and is_command(text, bot_user_id, "reset"):
+        action = "reset"
+    return IncomingMessage(
+        team=team,
+        channel=channel,
+        ts=ts,
+        user=user,
+        text=text,
+        action=action,
+        reply_thread_ts=reply_thread_ts,
+        conversation=conversation,
+        bot_user_id=bot_user_id,
+        is_dm=is_dm,
+    )
+
+
+def _conversations_holding(message: dict[str, Any], ts: str, event: dict[str, Any]) -> list[str]:
+    """The conversations a message may be stored in: its thread, or a DM's rolling top level."""
+    thread_ts = message.get("thread_ts")
+    found = [thread_ts] if isinstance(thread_ts, str) else [ts]
+    if event.get("channel_type") == "im" and (thread_ts is None or thread_ts == ts):
+        found.append("dm")
+    return found

@@ -1,0 +1,215 @@
+"""Wiring: the Bolt app, Socket Mode or HTTP mode, the health listener, start and graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_bolt.async_app import AsyncApp
+from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+    AsyncServerErrorRetryHandler,
+)
+from slack_sdk.signature import SignatureVerifier
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot import listeners
+from bot.config import Settings
+from bot.delivery import Delivery
+from bot.health import health_handler
+from bot.llm import ChatModel
+from bot.store import Store
+from bot.turn import TurnRunner
+from bot.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+MAX_EVENT_BYTES = 1024 * 1024  # Slack's own events are far smaller
+SHUTDOWN_GRACE_SECONDS = 20.0
+REJECTED_TOKEN_ERRORS = {"invalid_auth", "not_authed", "account_inactive", "token_revoked"}
+
+
+class StartupError(Exception):
+    """The bot cannot start; the message is one line saying why and what to do."""
+
+
+@dataclass
+class _Running:
+    session: aiohttp.ClientSession
+    runner: web.AppRunner
+    socket_handler: AsyncSocketModeHandler | None
+
+
+class SupportBot:
+    def __init__(self, settings: Settings, redis_url: str) -> None:
+        self.settings = settings
+        self.redis_url = redis_url
+        self.store = Store(redis_url, conversation_ttl_days=settings.conversation_ttl_days)
+        self.model = ChatModel(
+            api_key=settings.openai_api_key,
+            base_url=settings.openai_base_url,
+            model=settings.openai_model,
+            timeout_seconds=settings.llm_timeout_seconds,
+            max_retries=settings.llm_max_retries,
+            retry_base_seconds=settings.llm_retry_base_seconds,
+            retry_max_seconds=settings.llm_retry_max_seconds,
+        )
+        self._verifier = (
+            SignatureVerifier(settings.slack_signing_secret) if settings.slack_signing_secret else None
+        )
+        self._running: _Running | None = None
+        self.app: AsyncApp | None = None
+        self.turns: TurnRunner | None = None
+
+    @property
+    def mode(self) -> str:
+        return "socket" if self.settings.socket_mode else "http"
+
+    async def start(self) -> None:
+        settings = self.settings
+        session = aiohttp.ClientSession()
+        client = AsyncWebClient(
+            token=settings.slack_bot_token,
+            base_url=settings.slack_api_url,
+            session=session,
+            retry_handlers=[
+                AsyncConnectionErrorRetryHandler(max_retry_count=2),
+                AsyncRateLimitErrorRetryHandler(max_retry_count=2),
+                AsyncServerErrorRetryHandler(max_retry_count=2),
+            ],
+        )
+        try:
+            await _check_token(client)
+        except StartupError:
+            await session.close()
+            raise
+        self.app = AsyncApp(
+            client=client,
+            # HTTP requests are verified in `_slack_events` before Bolt parses them.
+            request_verification_enabled=False,
+            process_before_response=False,
+        )
+        self.turns = TurnRunner(
+            store=self.store,
+            workspace=Workspace(client, self.store),
+            delivery=Delivery(client),
+            model=self.model,
+            system_prompt=settings.system_prompt,
+            max_concurrent_turns=settings.max_concurrent_turns,
+        )
+        listeners.register(self.app, self.turns, self.store)
+        if not await self.store.ping():
+            log.error("redis is unreachable at start; /health reports 503 until it answers")
+
+        socket_handler = None
+        if settings.socket_mode:
+            socket_handler = AsyncSocketModeHandler(self.app, settings.slack_app_token)
+        web_app = web.Application(client_max_size=MAX_EVENT_BYTES)
+        web_app.router.add_get(
+            "/health",
+            health_handler(
+                self.store,
+                mode=self.mode,
+                socket_connected=socket_handler.client.is_connected if socket_handler else None,
+            ),
+        )
+        if not settings.socket_mode:
+            web_app.router.add_post("/slack/events", self._slack_events)
+        runner = web.AppRunner(web_app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, settings.host, settings.port).start()
+        self._running = _Running(session, runner, socket_handler)
+        if socket_handler is not None:
+            await socket_handler.connect_async()
+        log.info("bot started mode=%s port=%d model=%s", self.mode, settings.port, settings.openai_model)
+
+    async def stop(self, grace_seconds: float = SHUTDOWN_GRACE_SECONDS) -> None:
+        running, self._running = self._running, None
+        if running is None:
+            return
+        if running.socket_handler is not None:
+            await running.socket_handler.close_async()
+        await running.runner.shutdown()
+        if self.turns is not None:
+            await self.turns.drain(grace_seconds)
+        await running.runner.cleanup()
+        await self.model.close()
+        await self.store.close()
+        await running.session.close()
+        log.info("bot stopped")
+
+    async def _slack_events(self, request: web.Request) -> web.Response:
+        """POST /slack/events: verify the signature, then let Bolt dispatch the event."""
+        assert self.app is not None and self._verifier is not None
+        body = await request.read()
+        if not self._signed_by_slack(request, body):
+            return web.json_response({"error": "invalid or stale request signature"}, status=401)
+        try:
+            bolt_request = AsyncBoltRequest(
+                body=body.decode("utf-8"),
+                query=request.query_string,
+                headers=dict(request.headers),
+            )
+        except (UnicodeDecodeError, ValueError, TypeError, AttributeError):
+            # Bolt's parser assumes a JSON object or form data; anything else is the sender's fault.
+            return web.json_response({"error": "body is not valid JSON or form data"}, status=400)
+        if not isinstance(bolt_request.body, dict) or not bolt_request.body:
+            return web.json_response({"error": "body is not a Slack request"}, status=400)
+        try:
+            bolt_response = await self.app.async_dispatch(bolt_request)
+        except Exception as error:  # a request of a shape Bolt cannot handle must not be a 500
+            log.warning("slack request rejected error=%s", type(error).__name__)
+            return web.json_response({"error": "request could not be processed"}, status=400)
+        return await to_aiohttp_response(bolt_response)
+
+    def _signed_by_slack(self, request: web.Request, body: bytes) -> bool:
+        """Slack's v0 signature, with a timestamp no older than five minutes (no replays)."""
+        assert self._verifier is not None
+        try:
+            return self._verifier.is_valid(
+                body=body,
+                timestamp=request.headers.get("X-Slack-Request-Timestamp", ""),
+                signature=request.headers.get("X-Slack-Signature", ""),
+            )
+        except ValueError:  # a timestamp that is not a number
+            return False
+
+
+async def _check_token(client: AsyncWebClient) -> None:
+    """Fail at start, in one line, when Slack rejects the bot token."""
+    try:
+        await client.auth_test()
+    except SlackApiError as error:
+        code = error.response.get("error")
+        if code in REJECTED_TOKEN_ERRORS:
+            raise StartupError(
+                f"SLACK_BOT_TOKEN was rejected by Slack ({code}): copy the current Bot User "
+                "OAuth Token from your app's OAuth & Permissions page."
+            ) from None
+        log.warning("auth.test failed at start error=%s; carrying on", code)
+    except (aiohttp.ClientError, TimeoutError) as error:
+        log.warning("slack unreachable at start error=%s; carrying on", type(error).__name__)
+
+
+async def serve(settings: Settings, redis_url: str) -> None:
+    """Run the bot until SIGTERM or SIGINT, then stop gracefully."""
+    bot = SupportBot(settings, redis_url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await bot.start()
+        await stop.wait()
+        log.info("stopping: finishing answers in flight")
+    finally:
+        await bot.stop()
