@@ -1,0 +1,151 @@
+"""Shared fixtures: a real redis-server, the Slack and OpenAI emulators, and the real bot wired to them."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from bot.config import Settings
+from bot.server import SupportBot
+from tests.emulators.openai_api import OpenAIEmulator
+from tests.emulators.slack import SlackEmulator
+from tests.redis_server import RedisServer
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server for the session; a test that cannot start it fails, never skips."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def redis_url(redis_server: RedisServer) -> str:
+    client = aioredis.Redis.from_url(redis_server.url)
+    await client.flushall()
+    await client.aclose()
+    return redis_server.url
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def slack() -> AsyncIterator[SlackEmulator]:
+    emulator = SlackEmulator()
+    emulator.add_user("U1", "ann")
+    emulator.add_user("U2", "bob")
+    emulator.add_user("U3", "cem")
+    await emulator.start()
+    yield emulator
+    await emulator.stop()
+
+
+@pytest.fixture
+async def llm() -> AsyncIterator[OpenAIEmulator]:
+    emulator = OpenAIEmulator()
+    await emulator.start()
+    yield emulator
+    await emulator.stop()
+
+
+@pytest.fixture(params=["socket", "http"])
+def mode(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@dataclass
+class RunningBot:
+    bot: SupportBot
+    port: int
+    mode: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def settle(self, grace_seconds: float = 10.0) -> None:
+        """Wait until every turn the bot has started is finished."""
+        assert self.bot.turns is not None
+        await self.bot.turns.drain(grace_seconds)
+
+
+def bot_env(
+    slack: SlackEmulator, llm: OpenAIEmulator, redis_url: str, mode: str, port: int
+) -> dict[str, str]:
+    env = {
+        "SLACK_BOT_TOKEN": slack.bot_token,
+        "SLACK_API_URL": slack.api_url,
+        "OPENAI_BASE_URL": llm.base_url,
+        "OPENAI_API_KEY": llm.api_key,
+        "OPENAI_MODEL": "test-model",
+        "REDIS_URL": redis_url,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "LLM_RETRY_BASE_SECONDS": "0.05",
+        "LLM_RETRY_MAX_SECONDS": "1",
+        "LLM_TIMEOUT_SECONDS": "5",
+        "SYSTEM_PROMPT": "You are the test support bot.",
+    }
+    if mode == "socket":
+        env["SLACK_APP_TOKEN"] = slack.app_token
+    else:
+        env["SLACK_SIGNING_SECRET"] = slack.signing_secret
+    return env
+
+
+StartBot = Callable[..., Awaitable[RunningBot]]
+
+
+@pytest.fixture
+async def start_bot(slack: SlackEmulator, llm: OpenAIEmulator, redis_url: str) -> AsyncIterator[StartBot]:
+    """Start the real bot against the emulators; `await start_bot(mode, **env_overrides)`."""
+    started: list[RunningBot] = []
+
+    async def start(mode: str = "socket", **overrides: str) -> RunningBot:
+        port = free_port()
+        env = bot_env(slack, llm, redis_url, mode, port) | overrides
+        bot = SupportBot(Settings.from_env(env), env["REDIS_URL"])
+        await bot.start()
+        running = RunningBot(bot, port, mode)
+        started.append(running)
+        if mode == "socket":
+            await slack.wait_for_socket()
+            slack.use_socket()
+        else:
+            slack.use_http(f"{running.url}/slack/events")
+        return running
+
+    yield start
+    for running in started:
+        await running.bot.stop(grace_seconds=5)
+
+
+@pytest.fixture
+async def bot(start_bot: StartBot, mode: str) -> RunningBot:
+    """The bot in each mode (the test runs once with Socket Mode, once with HTTP mode)."""
+    return await start_bot(mode)
+
+
+@pytest.fixture
+def tmp_redis_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "redis"
+    path.mkdir()
+    return path

@@ -1,0 +1,84 @@
+"""The entry point as a real process: one clear line for a bad setting; serving and a clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from tests.conftest import bot_env, free_port
+from tests.emulators.openai_api import OpenAIEmulator
+from tests.emulators.slack import SlackEmulator
+
+APP = Path(__file__).resolve().parents[1] / "app.py"
+
+
+async def run_app(env: dict[str, str], cwd: Path) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, str(APP), cwd=cwd, env={"PATH": os.environ["PATH"], **env},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+
+async def test_missing_setting_stops_with_one_line(tmp_path: Path) -> None:
+    process = await run_app({"SLACK_APP_TOKEN": "xapp-1"}, tmp_path)
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2
+    lines = stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: SLACK_BOT_TOKEN is not set")
+
+
+async def test_malformed_setting_in_dotenv_is_named(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("SLACK_BOT_TOKEN=xoxb-1\nSLACK_APP_TOKEN=xapp-1\nPORT=eighty\n")
+    process = await run_app({"OPENAI_API_KEY": "sk-test"}, tmp_path)
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2
+    assert stderr.decode().strip() == "error: PORT is malformed: expected a whole number, got 'eighty'."
+
+
+async def test_rejected_bot_token_stops_with_one_line(
+    tmp_path: Path, slack: SlackEmulator, llm: OpenAIEmulator, redis_url: str
+) -> None:
+    env = bot_env(slack, llm, redis_url, "http", free_port()) | {"SLACK_BOT_TOKEN": "xoxb-revoked"}
+    process = await run_app(env, tmp_path)
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2
+    assert (
+        stderr.decode().strip().startswith("error: SLACK_BOT_TOKEN was rejected by Slack (invalid_auth)")
+    ), stderr.decode()
+    assert len(stderr.decode().strip().splitlines()) == 1
+
+
+async def test_app_serves_answers_and_stops_cleanly_on_sigterm(
+    tmp_path: Path, slack: SlackEmulator, llm: OpenAIEmulator, redis_url: str
+) -> None:
+    port = free_port()
+    process = await run_app(bot_env(slack, llm, redis_url, "http", port), tmp_path)
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(100):
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/health") as response:
+                        if response.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("the bot never answered /health")
+        slack.use_http(f"http://127.0.0.1:{port}/slack/events")
+        ts = await slack.post_user_message("C500", "<@UBOT> hello from a real process")
+        [answer] = await slack.wait_for_bot_messages("C500", ts)
+        assert answer["text"] == "Answer: ann: hello from a real process"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, stderr.decode()
+    log = stderr.decode()
+    assert "outcome=answered" in log
+    for secret in (slack.bot_token, slack.signing_secret, llm.api_key):
+        assert secret not in log

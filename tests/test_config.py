@@ -1,0 +1,71 @@
+"""Settings are validated once at start-up; a bad one stops the bot with one line naming it."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.config import DEFAULT_SYSTEM_PROMPT, ConfigError, Settings
+
+BASE = {"SLACK_BOT_TOKEN": "xoxb-1-2-abc", "SLACK_APP_TOKEN": "xapp-1-abc", "OPENAI_API_KEY": "sk-abc"}
+
+
+def test_defaults() -> None:
+    settings = Settings.from_env(BASE)
+    assert settings.socket_mode
+    assert settings.slack_api_url == "https://slack.com/api/"
+    assert settings.openai_model == "gpt-4o-mini"
+    assert settings.port == 3000
+    assert settings.conversation_ttl_days == 30
+    assert settings.system_prompt == DEFAULT_SYSTEM_PROMPT
+    assert settings.redis_url is None
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"SLACK_BOT_TOKEN": ""}, "SLACK_BOT_TOKEN is not set"),
+        ({"SLACK_BOT_TOKEN": "xapp-wrong-kind"}, "SLACK_BOT_TOKEN is malformed"),
+        ({"SLACK_APP_TOKEN": "xoxb-wrong-kind"}, "SLACK_APP_TOKEN is malformed"),
+        ({"SLACK_APP_TOKEN": ""}, "SLACK_SIGNING_SECRET is not set"),
+        ({"OPENAI_API_KEY": ""}, "OPENAI_API_KEY is not set"),
+        ({"OPENAI_BASE_URL": "localhost:8000"}, "OPENAI_BASE_URL is malformed"),
+        ({"SLACK_API_URL": "ftp://slack"}, "SLACK_API_URL is malformed"),
+        ({"REDIS_URL": "http://localhost"}, "REDIS_URL is malformed"),
+        ({"PORT": "http"}, "PORT is malformed"),
+        ({"PORT": "70000"}, "PORT is out of range"),
+        ({"CONVERSATION_TTL_DAYS": "-1"}, "CONVERSATION_TTL_DAYS is out of range"),
+        ({"LLM_MAX_RETRIES": "2.5"}, "LLM_MAX_RETRIES is malformed"),
+        ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL is malformed"),
+        ({"SYSTEM_PROMPT_FILE": "/nonexistent/prompt.txt"}, "SYSTEM_PROMPT_FILE cannot be read"),
+        ({"SYSTEM_PROMPT": "a", "SYSTEM_PROMPT_FILE": "b"}, "both set"),
+    ],
+)
+def test_bad_settings_are_named(change: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        Settings.from_env(BASE | change)
+    assert named in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_http_mode_and_a_compatible_server_without_key(tmp_path) -> None:
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("Be brief.\n")
+    settings = Settings.from_env(
+        {
+            "SLACK_BOT_TOKEN": "xoxb-1",
+            "SLACK_SIGNING_SECRET": "s3cret",
+            "OPENAI_BASE_URL": "http://127.0.0.1:8000/v1",
+            "SLACK_API_URL": "https://slack-gov.com/api",
+            "SYSTEM_PROMPT_FILE": str(prompt),
+        }
+    )
+    assert not settings.socket_mode
+    assert settings.slack_api_url == "https://slack-gov.com/api/"
+    assert settings.system_prompt == "Be brief."
+
+
+def test_secrets_are_not_in_the_settings_repr() -> None:
+    settings = Settings.from_env(BASE | {"SLACK_SIGNING_SECRET": "signing-s3cret"})
+    for secret in ("xoxb-1-2-abc", "xapp-1-abc", "sk-abc", "signing-s3cret"):
+        assert secret not in repr(settings)
+        assert secret in settings.secrets()

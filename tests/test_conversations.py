@@ -1,0 +1,296 @@
+"""What a user sees: mentions, follow-ups, DMs, mid-thread mentions, several people, edits and deletes.
+
+Each scenario drives the real bot through the Slack emulator (Socket Mode and HTTP mode) and the
+OpenAI emulator, with a real redis-server behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from bot.store import ThreadKey
+from tests.conftest import RunningBot, StartBot
+from tests.emulators.openai_api import OpenAIEmulator
+from tests.emulators.slack import SlackEmulator
+
+CHANNEL = "C100"
+DM = "D100"
+BOT = "UBOT"
+
+
+def last_prompt(llm: OpenAIEmulator) -> list[dict]:
+    return llm.requests[-1]["messages"]
+
+
+def contents(messages: list[dict]) -> list[str]:
+    return [m["content"] for m in messages]
+
+
+async def test_mention_gets_threaded_answer_without_the_mention_token(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> why does my check show a 503?")
+    [answer] = await slack.wait_for_bot_messages(CHANNEL, ts)
+    await bot.settle()
+
+    assert answer["thread_ts"] == ts
+    assert answer["text"] == "Answer: ann: why does my check show a 503?"
+    prompt = last_prompt(llm)
+    assert prompt[0] == {"role": "system", "content": "You are the test support bot."}
+    assert prompt[-1] == {"role": "user", "content": "ann: why does my check show a 503?"}
+    assert "<@" not in str(prompt)
+    # Exactly one LLM call although the mention arrived as both app_mention and message.
+    assert len(llm.requests) == 1
+    # The "is thinking…" status was shown in the thread, and is gone now.
+    statuses = [c.args for c in slack.calls_to("assistant.threads.setStatus")]
+    assert statuses and statuses[0]["status"] == "is thinking…"
+    assert not slack.statuses.get((CHANNEL, ts))
+
+
+async def test_mention_inside_a_thread_answers_in_that_thread(bot: RunningBot, slack: SlackEmulator) -> None:
+    root = slack.seed_message(CHANNEL, "our deploy is stuck", user="U2")
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> any idea?", thread_ts=root)
+    [answer] = await slack.wait_for_bot_messages(CHANNEL, root)
+    await bot.settle()
+    assert answer["thread_ts"] == root
+    assert ts != root
+
+
+async def test_follow_up_in_thread_uses_earlier_turns(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> my check is red")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    await bot.settle()
+
+    await slack.post_user_message(CHANNEL, "it started an hour ago", thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2)
+    await bot.settle()
+
+    assert contents(last_prompt(llm))[1:] == [
+        "ann: my check is red",
+        "Answer: ann: my check is red",
+        "ann: it started an hour ago",
+    ]
+
+
+async def test_messages_in_threads_the_bot_is_not_part_of_are_ignored(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    root = await slack.post_user_message(CHANNEL, "lunch anyone?")
+    await slack.post_user_message(CHANNEL, "yes!", thread_ts=root, user="U2")
+    await asyncio.sleep(0.3)
+    await bot.settle()
+    assert llm.requests == []
+    assert slack.bot_messages(CHANNEL) == []
+
+
+async def test_people_talking_to_each_other_get_no_answer_but_are_context(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> how do I rotate my API key?")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    await bot.settle()
+
+    await slack.post_user_message(CHANNEL, "<@U2> did you rotate ours last week?", thread_ts=root)
+    await asyncio.sleep(0.3)
+    await bot.settle()
+    assert len(slack.bot_messages(CHANNEL, root)) == 1
+    assert len(llm.requests) == 1
+
+    await slack.post_user_message(CHANNEL, "yes, on Monday", thread_ts=root, user="U2")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2)
+    await bot.settle()
+    assert contents(last_prompt(llm))[-2:] == [
+        "ann: @bob did you rotate ours last week?",
+        "bob: yes, on Monday",
+    ]
+
+
+async def test_mention_in_an_existing_thread_reads_it_first_then_follows_it(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    root = slack.seed_message(CHANNEL, "message 0", user="U2")
+    for i in range(1, 450):  # more than two pages of conversations.replies
+        slack.seed_message(CHANNEL, f"message {i}", user="U3" if i % 2 else "U2", thread_ts=root)
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> can you summarise?", thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    await bot.settle()
+
+    replies_calls = slack.calls_to("conversations.replies")
+    assert len(replies_calls) >= 3  # paginated
+    stored = await bot.bot.store.recent_turns(ThreadKey("T1", CHANNEL, root), 1000)
+    assert [t.text for t in stored[:2]] == ["message 0", "message 1"]
+    assert [t.name for t in stored[:2]] == ["bob", "cem"]
+    assert len(stored) == 450 + 2  # the thread, the question and the answer
+    prompt = contents(last_prompt(llm))
+    assert prompt[-3:] == ["bob: message 448", "cem: message 449", "ann: can you summarise?"]
+
+    # From now on the bot follows the thread without being mentioned, and reads Slack no more.
+    await slack.post_user_message(CHANNEL, "and the last one?", thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2)
+    await bot.settle()
+    assert len(slack.calls_to("conversations.replies")) == len(replies_calls)
+
+
+async def test_dm_is_one_rolling_conversation_and_reset_starts_afresh(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    await slack.post_user_message(DM, "hello, I need help with billing")
+    [first] = await slack.wait_for_bot_messages(DM, count=1)
+    await bot.settle()
+    assert "thread_ts" not in first or first["thread_ts"] is None  # a top-level reply
+
+    await slack.post_user_message(DM, "the invoice is wrong")
+    await slack.wait_for_bot_messages(DM, count=2)
+    await bot.settle()
+    assert contents(last_prompt(llm))[1:] == [
+        "ann: hello, I need help with billing",
+        "Answer: ann: hello, I need help with billing",
+        "ann: the invoice is wrong",
+    ]
+
+    await slack.post_user_message(DM, "reset")
+    messages = await slack.wait_for_bot_messages(DM, count=3)
+    await bot.settle()
+    assert messages[-1]["text"] == "Starting fresh: I've cleared this conversation."
+    assert len(llm.requests) == 2  # reset is not sent to the model
+
+    await slack.post_user_message(DM, "new question")
+    await slack.wait_for_bot_messages(DM, count=4)
+    await bot.settle()
+    assert contents(last_prompt(llm))[1:] == ["ann: new question"]
+
+
+async def test_dm_thread_is_its_own_conversation(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    await slack.post_user_message(DM, "first topic")
+    [answer] = await slack.wait_for_bot_messages(DM, count=1)
+    await bot.settle()
+
+    await slack.post_user_message(DM, "more on this", thread_ts=answer["ts"])
+    await slack.wait_for_bot_messages(DM, answer["ts"], count=1)
+    await bot.settle()
+    assert contents(last_prompt(llm))[1:] == [
+        "ann: first topic",
+        "Answer: ann: first topic",
+        "ann: more on this",
+    ]
+
+    # The rolling DM conversation did not get the thread's turn.
+    await slack.post_user_message(DM, "second topic")
+    await slack.wait_for_bot_messages(DM, count=3)
+    await bot.settle()
+    assert "ann: more on this" not in contents(last_prompt(llm))
+
+
+async def test_several_people_are_named(bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator) -> None:
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> login fails", user="U1")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    await bot.settle()
+    await slack.post_user_message(CHANNEL, "for me too", thread_ts=root, user="U3")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2)
+    await bot.settle()
+    assert contents(last_prompt(llm))[-1] == "cem: for me too"
+    # Names are looked up once per person and cached.
+    looked_up = [c.args["user"] for c in slack.calls_to("users.info")]
+    assert sorted(looked_up) == ["U1", "U3"]
+
+
+async def test_two_quick_messages_are_answered_in_order(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    llm.first_token_delay = 0.2
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> first")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    await bot.settle()
+
+    await asyncio.gather(
+        slack.post_user_message(CHANNEL, "second", thread_ts=root),
+        slack.post_user_message(CHANNEL, "third", thread_ts=root, user="U2"),
+    )
+    answers = await slack.wait_for_bot_messages(CHANNEL, root, count=3)
+    await bot.settle()
+    assert [a["text"] for a in answers[1:]] == ["Answer: ann: second", "Answer: bob: third"]
+    # The answer to "third" saw the turn before it, answer included.
+    assert contents(last_prompt(llm))[-3:] == [
+        "ann: second",
+        "Answer: ann: second",
+        "bob: third",
+    ]
+
+
+async def test_bot_messages_joins_and_edits_never_trigger_an_answer(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> hi")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    await bot.settle()
+
+    thread_event = {"channel": CHANNEL, "thread_ts": root, "channel_type": "channel"}
+    await slack.deliver_event(
+        {"type": "message", "subtype": "bot_message", "bot_id": "BOTHER", "text": "beep",
+         "ts": "1800000000.000001", **thread_event}
+    )  # fmt: skip
+    await slack.deliver_event(
+        {"type": "message", "user": BOT, "bot_id": "BBOT", "text": "my own words",
+         "ts": "1800000000.000002", **thread_event}
+    )  # fmt: skip
+    await slack.deliver_event(
+        {"type": "message", "subtype": "channel_join", "user": "U3", "text": "<@U3> joined",
+         "ts": "1800000000.000003", **thread_event}
+    )  # fmt: skip
+    await slack.edit_message(CHANNEL, root, f"<@{BOT}> hi again")
+    await asyncio.sleep(0.3)
+    await bot.settle()
+    assert len(llm.requests) == 1
+    assert len(slack.bot_messages(CHANNEL, root)) == 1
+
+
+async def test_deleted_message_leaves_the_stored_conversation(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> question one")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    await bot.settle()
+    oops = await slack.post_user_message(CHANNEL, "my password is hunter2", thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2)
+    await bot.settle()
+
+    await slack.delete_message(CHANNEL, oops)
+    await asyncio.sleep(0.3)
+    await slack.post_user_message(CHANNEL, "question two", thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=3)
+    await bot.settle()
+    assert "hunter2" not in str(contents(last_prompt(llm))[:-2])
+    assert not any(m.get("content") == "ann: my password is hunter2" for m in last_prompt(llm))
+
+
+async def test_edited_message_is_updated_in_the_conversation(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> my check is slow")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    await bot.settle()
+    await slack.edit_message(CHANNEL, root, f"<@{BOT}> my check is down")
+    await asyncio.sleep(0.3)
+    await slack.post_user_message(CHANNEL, "since 9am", thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2)
+    await bot.settle()
+    assert contents(last_prompt(llm))[1] == "ann: my check is down"
+
+
+async def test_history_survives_a_restart_of_the_bot(
+    start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    first = await start_bot("http")
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> remember the check is named api-prod")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    await first.settle()
+    await first.bot.stop()
+
+    await start_bot("http")
+    await slack.post_user_message(CHANNEL, "what was its name?", thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2)
+    assert "ann: remember the check is named api-prod" in contents(last_prompt(llm))

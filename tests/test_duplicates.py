@@ -1,0 +1,76 @@
+"""Slack delivers some events more than once; each user message still gets exactly one answer."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.conftest import StartBot
+from tests.emulators.openai_api import OpenAIEmulator
+from tests.emulators.slack import SlackEmulator
+
+CHANNEL = "C200"
+BOT = "UBOT"
+
+
+def mention_event(ts: str, text: str = f"<@{BOT}> is the API down?") -> dict:
+    return {"type": "app_mention", "user": "U1", "text": text, "ts": ts, "channel": CHANNEL,
+            "event_ts": ts}  # fmt: skip
+
+
+async def test_http_retries_with_retry_headers_get_one_answer(
+    start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    running = await start_bot("http")
+    ts = slack.seed_message(CHANNEL, f"<@{BOT}> is the API down?")
+    event = mention_event(ts)
+    first = await slack.deliver_event(event, event_id="Ev1")
+    retry1 = await slack.deliver_event(event, event_id="Ev1", retry_num=1, retry_reason="http_timeout")
+    retry2 = await slack.deliver_event(event, event_id="Ev1", retry_num=2, retry_reason="http_timeout")
+    assert (first.status, retry1.status, retry2.status) == (200, 200, 200)
+    await slack.wait_for_bot_messages(CHANNEL, ts, count=1)
+    await asyncio.sleep(0.3)
+    await running.settle()
+    assert len(slack.bot_messages(CHANNEL, ts)) == 1
+    assert len(llm.requests) == 1
+
+
+async def test_mention_and_message_pair_in_a_followed_thread_get_one_answer(
+    start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    running = await start_bot("socket")
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> hello")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    await running.settle()
+    # In a followed thread, a mention arrives both as app_mention and as message.
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and now?", thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2)
+    await asyncio.sleep(0.3)
+    await running.settle()
+    assert len(slack.bot_messages(CHANNEL, root)) == 2
+    assert len(llm.requests) == 2
+
+
+async def test_concurrent_duplicates_across_two_processes_get_one_answer(
+    start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    """Two bot instances share one Redis; the same event reaches both at the same moment."""
+    first = await start_bot("http")
+    second = await start_bot("http")
+    llm.first_token_delay = 0.1
+    timestamps = [slack.seed_message(CHANNEL, f"<@{BOT}> question {i}") for i in range(20)]
+    deliveries = []
+    for ts in timestamps:
+        event = mention_event(ts, f"<@{BOT}> question {ts}")
+        for target in (first, second, first):
+            slack.use_http(f"{target.url}/slack/events")
+            deliveries.append(slack.deliver_event(event, event_id=f"Ev{ts}"))
+    results = await asyncio.gather(*deliveries)
+    assert {r.status for r in results} == {200}
+    for ts in timestamps:
+        await slack.wait_for_bot_messages(CHANNEL, ts, count=1)
+    await asyncio.sleep(0.3)
+    await first.settle()
+    await second.settle()
+    for ts in timestamps:
+        assert len(slack.bot_messages(CHANNEL, ts)) == 1
+    assert len(llm.requests) == 20

@@ -1,0 +1,108 @@
+"""The model fails: transient errors are retried (honouring Retry-After), others are not; the user
+always gets an answer or a short, human message, and their message stays in the conversation."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from bot.llm import ChatModel, parse_retry_after
+from tests.conftest import RunningBot
+from tests.emulators.openai_api import Disconnect, OpenAIEmulator, Status
+from tests.emulators.slack import SlackEmulator
+
+CHANNEL = "C300"
+BOT = "UBOT"
+
+
+async def test_rate_limited_then_answered(bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator) -> None:
+    llm.enqueue(Status(429, retry_after=0.3), Status(503))
+    started = time.monotonic()
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> hello?")
+    [answer] = await slack.wait_for_bot_messages(CHANNEL, ts)
+    await bot.settle()
+    assert answer["text"] == "Answer: ann: hello?"
+    assert len(llm.requests) == 3
+    assert time.monotonic() - started >= 0.3  # Retry-After was honoured
+
+
+async def test_bad_request_is_not_retried_and_the_user_gets_a_friendly_message(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    llm.enqueue(Status(400, message="context_length_exceeded: secret internals"))
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> a question")
+    [reply] = await slack.wait_for_bot_messages(CHANNEL, ts)
+    await bot.settle()
+    assert len(llm.requests) == 1
+    assert reply["text"].startswith("Sorry, the language model refused this request")
+    assert "secret internals" not in reply["text"] and "Error" not in reply["text"]
+
+    # The question stays in the conversation: the next turn carries it.
+    await slack.post_user_message(CHANNEL, "any luck?", thread_ts=ts)
+    await slack.wait_for_bot_messages(CHANNEL, ts, count=2)
+    await bot.settle()
+    assert [m["content"] for m in llm.requests[-1]["messages"][1:]] == [
+        "ann: a question",
+        "ann: any luck?",
+    ]
+
+
+async def test_model_down_after_retries_gives_a_friendly_message_and_clears_the_status(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    llm.enqueue(*[Status(500)] * 5)
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> anyone home?")
+    [reply] = await slack.wait_for_bot_messages(CHANNEL, ts)
+    await bot.settle()
+    assert len(llm.requests) == 5  # 1 + LLM_MAX_RETRIES (4)
+    assert reply["text"].startswith("Sorry, I couldn't reach the language model")
+    assert not slack.statuses.get((CHANNEL, ts))
+
+
+async def test_mid_stream_disconnect_is_retried(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    llm.enqueue(Disconnect(after_chunks=1))
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> stream please")
+    [answer] = await slack.wait_for_bot_messages(CHANNEL, ts)
+    await bot.settle()
+    assert answer["text"] == "Answer: ann: stream please"
+    assert len(llm.requests) == 2
+
+
+async def test_connection_refused_gives_a_friendly_message(
+    start_bot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    running = await start_bot("socket", OPENAI_BASE_URL="http://127.0.0.1:9/v1", LLM_MAX_RETRIES="1")
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> hi")
+    [reply] = await slack.wait_for_bot_messages(CHANNEL, ts)
+    await running.settle()
+    assert reply["text"].startswith("Sorry, I couldn't reach the language model")
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"retry-after": "2"}, 2.0),
+        ({"retry-after-ms": "250"}, 0.25),
+        ({"retry-after": "0.5"}, 0.5),
+        ({"retry-after": "soon"}, None),
+        ({}, None),
+    ],
+)
+def test_retry_after_parsing(headers: dict[str, str], expected: float | None) -> None:
+    assert parse_retry_after(headers) == expected
+
+
+def test_backoff_grows_with_jitter_and_honours_retry_after_within_the_cap() -> None:
+    model = ChatModel(
+        api_key="k", base_url="http://127.0.0.1:9/v1", model="m", timeout_seconds=1,
+        max_retries=5, retry_base_seconds=1, retry_max_seconds=8,
+    )  # fmt: skip
+    for attempt, ceiling in [(1, 1), (2, 2), (3, 4), (4, 8), (5, 8)]:
+        delays = [model.retry_delay(attempt, None) for _ in range(200)]
+        assert ceiling / 2 <= min(delays) and max(delays) <= ceiling
+        assert len(set(delays)) > 1  # jittered
+    assert model.retry_delay(1, 5.0) == 5.0
+    assert model.retry_delay(1, 60.0) == 8.0
