@@ -49,6 +49,9 @@ class LocalRedis:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            # Its own session: a Ctrl-C meant for the bot must not stop Redis before the bot
+            # has finished the answers in flight; the bot stops it last.
+            start_new_session=True,
         )  # fmt: skip
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:

@@ -67,6 +67,7 @@ class SupportBot:
             SignatureVerifier(settings.slack_signing_secret) if settings.slack_signing_secret else None
         )
         self._running: _Running | None = None
+        self._socket_connect: asyncio.Task[None] | None = None
         self.app: AsyncApp | None = None
         self.turns: TurnRunner | None = None
 
@@ -129,13 +130,16 @@ class SupportBot:
         await web.TCPSite(runner, settings.host, settings.port).start()
         self._running = _Running(session, runner, socket_handler)
         if socket_handler is not None:
-            await socket_handler.connect_async()
+            # The SDK keeps retrying until Slack answers; /health says 503 meanwhile.
+            self._socket_connect = asyncio.create_task(socket_handler.connect_async())
         log.info("bot started mode=%s port=%d model=%s", self.mode, settings.port, settings.openai_model)
 
     async def stop(self, grace_seconds: float = SHUTDOWN_GRACE_SECONDS) -> None:
         running, self._running = self._running, None
         if running is None:
             return
+        if self._socket_connect is not None:
+            self._socket_connect.cancel()
         if running.socket_handler is not None:
             await running.socket_handler.close_async()
         await running.runner.shutdown()
