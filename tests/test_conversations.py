@@ -206,10 +206,10 @@ async def test_two_quick_messages_are_answered_in_order(
     await slack.wait_for_bot_messages(CHANNEL, root, count=1)
     await bot.settle()
 
-    await asyncio.gather(
-        slack.post_user_message(CHANNEL, "second", thread_ts=root),
-        slack.post_user_message(CHANNEL, "third", thread_ts=root, user="U2"),
-    )
+    # "third" arrives while "second" is still being answered.
+    await slack.post_user_message(CHANNEL, "second", thread_ts=root)
+    await slack.post_user_message(CHANNEL, "third", thread_ts=root, user="U2")
+    assert len(slack.bot_messages(CHANNEL, root)) == 1
     answers = await slack.wait_for_bot_messages(CHANNEL, root, count=3)
     await bot.settle()
     assert [a["text"] for a in answers[1:]] == ["Answer: ann: second", "Answer: bob: third"]
