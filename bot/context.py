@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bot.llm import ChatMessage
-from bot.store import Turn
+from bot.store import Store, ThreadKey, Turn
 
 # How many stored turns a prompt may draw on. A token budget replaces this count later;
 # reading only the tail keeps a turn's cost independent of the thread's length.
@@ -20,3 +20,15 @@ def build_messages(system_prompt: str, turns: list[Turn]) -> list[ChatMessage]:
             author = turn.name or turn.user or "someone"
             messages.append({"role": "user", "content": f"{author}: {turn.text}"})
     return messages
+
+
+class ContextBuilder:
+    """Builds the prompt for a conversation from what the store holds."""
+
+    def __init__(self, store: Store, system_prompt: str) -> None:
+        self.store = store
+        self.system_prompt = system_prompt
+
+    async def prompt_for(self, key: ThreadKey) -> list[ChatMessage]:
+        turns = await self.store.recent_turns(key, RECENT_TURNS)
+        return build_messages(self.system_prompt, turns)

@@ -24,6 +24,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import listeners
 from bot.config import Settings
+from bot.context import ContextBuilder
 from bot.delivery import Delivery
 from bot.health import health_handler
 from bot.llm import ChatModel
@@ -104,7 +105,7 @@ class SupportBot:
             workspace=Workspace(client, self.store),
             delivery=Delivery(client),
             model=self.model,
-            system_prompt=settings.system_prompt,
+            context=ContextBuilder(self.store, settings.system_prompt),
             max_concurrent_turns=settings.max_concurrent_turns,
         )
         listeners.register(self.app, self.turns, self.store)

@@ -17,7 +17,7 @@ from typing import Any
 
 from slack_sdk.errors import SlackApiError
 
-from bot.context import RECENT_TURNS, build_messages
+from bot.context import RECENT_TURNS, ContextBuilder
 from bot.delivery import Delivery, Target
 from bot.llm import Answer, ChatModel, LLMError
 from bot.store import IncomingMessage, Keys, Store, StoreUnavailable, ThreadKey, Turn
@@ -41,14 +41,14 @@ class TurnRunner:
         workspace: Workspace,
         delivery: Delivery,
         model: ChatModel,
-        system_prompt: str,
+        context: ContextBuilder,
         max_concurrent_turns: int,
     ) -> None:
         self.store = store
         self.workspace = workspace
         self.delivery = delivery
         self.model = model
-        self.system_prompt = system_prompt
+        self.context = context
         self._llm_slots = asyncio.Semaphore(max_concurrent_turns)
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -158,9 +158,9 @@ class TurnRunner:
         try:
             await self._read_earlier_thread(message)
             await self.store.append_turns(message.key, await self._user_turn(message))
-            turns = await self.store.recent_turns(message.key, RECENT_TURNS)
+            prompt = await self.context.prompt_for(message.key)
             async with self._llm_slots:
-                answer = await self.model.answer(build_messages(self.system_prompt, turns))
+                answer = await self.model.answer(prompt)
             posted = await self.delivery.post_answer(target, answer.text)
             answered = True
             await self.store.append_turns(message.key, Turn(role="assistant", text=answer.text, ts=posted[0]))

@@ -294,3 +294,18 @@ async def test_history_survives_a_restart_of_the_bot(
     await slack.post_user_message(CHANNEL, "what was its name?", thread_ts=root)
     await slack.wait_for_bot_messages(CHANNEL, root, count=2)
     assert "ann: remember the check is named api-prod" in contents(last_prompt(llm))
+
+
+async def test_conversation_keys_expire_after_the_retention(
+    start_bot: StartBot, slack: SlackEmulator, redis
+) -> None:
+    running = await start_bot("socket", CONVERSATION_TTL_DAYS="2")
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> hello")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    await running.settle()
+    conversation_keys = [k async for k in redis.scan_iter("conv:*")]
+    assert sorted(conversation_keys) == [f"conv:T1:{CHANNEL}:{root}:meta", f"conv:T1:{CHANNEL}:{root}:turns"]
+    for key in conversation_keys:
+        assert 2 * 86400 - 60 <= await redis.ttl(key) <= 2 * 86400
+    every_key = [k async for k in redis.scan_iter("*")]
+    assert [k for k in every_key if await redis.ttl(k) < 0] == []  # nothing is kept forever
