@@ -44,6 +44,15 @@ class Settings:
     llm_retry_max_seconds: float
     max_concurrent_turns: int
     log_level: str
+    shutdown_grace_seconds: float
+    thread_lock_ttl_seconds: float
+    recovery_interval_seconds: float
+    max_message_chars: int
+    rate_limit_user_per_minute: int
+    rate_limit_user_per_day: int
+    rate_limit_channel_per_minute: int
+    llm_breaker_failures: int
+    llm_breaker_cooldown_seconds: float
 
     @property
     def socket_mode(self) -> bool:
@@ -104,6 +113,15 @@ class Settings:
             llm_retry_max_seconds=read.number("LLM_RETRY_MAX_SECONDS", 20, float, low=0),
             max_concurrent_turns=read.number("MAX_CONCURRENT_TURNS", 500, int, low=1),
             log_level=_log_level(read.optional("LOG_LEVEL") or "INFO"),
+            shutdown_grace_seconds=read.number("SHUTDOWN_GRACE_SECONDS", 20, float, low=0),
+            thread_lock_ttl_seconds=read.number("THREAD_LOCK_TTL_SECONDS", 30, float, low=0.5),
+            recovery_interval_seconds=read.number("RECOVERY_INTERVAL_SECONDS", 10, float, low=0.1),
+            max_message_chars=read.number("MAX_MESSAGE_CHARS", 12_000, int, low=100),
+            rate_limit_user_per_minute=read.number("RATE_LIMIT_USER_PER_MINUTE", 10, int, low=1),
+            rate_limit_user_per_day=read.number("RATE_LIMIT_USER_PER_DAY", 300, int, low=1),
+            rate_limit_channel_per_minute=read.number("RATE_LIMIT_CHANNEL_PER_MINUTE", 60, int, low=1),
+            llm_breaker_failures=read.number("LLM_BREAKER_FAILURES", 5, int, low=1),
+            llm_breaker_cooldown_seconds=read.number("LLM_BREAKER_COOLDOWN_SECONDS", 30, float, low=0.1),
         )
 
 

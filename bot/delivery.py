@@ -59,13 +59,16 @@ class Delivery:
 
     async def clear_thinking(self, sign: ThinkingSign, *, answered: bool) -> None:
         """Take the sign away. Slack clears a thread status itself when the bot replies there."""
-        target = sign.target
+        if sign.kind == "reaction" or (sign.kind == "status" and not answered):
+            await self.clear_sign(sign.target, sign.kind)
+
+    async def clear_sign(self, target: Target, kind: str) -> None:
         try:
-            if sign.kind == "status" and not answered:
+            if kind == "status":
                 await self.client.assistant_threads_setStatus(
                     channel_id=target.channel, thread_ts=target.thread_ts or "", status=""
                 )
-            elif sign.kind == "reaction":
+            elif kind == "reaction":
                 await self.client.reactions_remove(
                     channel=target.channel, timestamp=target.message_ts, name=THINKING_REACTION
                 )

@@ -1,5 +1,5 @@
 """GET /health: 200 when the bot can work (Redis answers; the socket is up in Socket Mode), else 503
-naming the failing part. Never includes a secret or an exception's text."""
+naming the failing part; also the LLM circuit breaker's state. Never a secret or exception text."""
 
 from __future__ import annotations
 
@@ -8,13 +8,18 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from bot.breaker import CircuitBreaker
 from bot.store import Store
 
 CHECK_TIMEOUT = 2.0
 
 
 def health_handler(
-    store: Store, *, mode: str, socket_connected: Callable[[], Awaitable[bool]] | None
+    store: Store,
+    *,
+    mode: str,
+    socket_connected: Callable[[], Awaitable[bool]] | None,
+    breaker: CircuitBreaker,
 ) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def health(_: web.Request) -> web.Response:
         checks: dict[str, str] = {}
@@ -26,7 +31,13 @@ def health_handler(
         if socket_connected is not None:
             checks["slack_socket"] = "ok" if await socket_connected() else "disconnected"
         failing = sorted(name for name, state in checks.items() if state != "ok")
-        body = {"status": "ok" if not failing else "error", "mode": mode, "checks": checks}
+        body: dict[str, object] = {
+            "status": "ok" if not failing else "error",
+            "mode": mode,
+            "checks": checks,
+            # The model being down is reported, not failed: the bot is up and says so to users.
+            "llm_breaker": breaker.state,
+        }
         if failing:
             body["failing"] = failing
         return web.json_response(body, status=200 if not failing else 503)

@@ -50,11 +50,14 @@ class Answer:
 class LLMError(Exception):
     """The model gave no answer. `user_message` is safe to post; `kind` is for logs."""
 
-    def __init__(self, kind: str, user_message: str, *, attempts: int) -> None:
+    def __init__(self, kind: str, user_message: str, *, attempts: int, model_down: bool = False) -> None:
         super().__init__(kind)
         self.kind = kind
         self.user_message = user_message
         self.attempts = attempts
+        # True when the model looks down (transient failures outlasted the retries), as opposed
+        # to refusing this one request: only the former counts towards the circuit breaker.
+        self.model_down = model_down
 
 
 UNAVAILABLE = (
@@ -112,7 +115,7 @@ class ChatModel:
                     log.warning(
                         "llm gave up model=%s attempts=%d error=%s", self.model, attempt, failure.kind
                     )
-                    raise LLMError(failure.kind, UNAVAILABLE, attempts=attempt) from None
+                    raise LLMError(failure.kind, UNAVAILABLE, attempts=attempt, model_down=True) from None
                 delay = self.retry_delay(attempt, failure.retry_after)
                 log.info(
                     "llm retry model=%s attempt=%d error=%s delay=%.2fs",

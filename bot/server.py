@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
+from redis.exceptions import RedisError
 from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
@@ -23,19 +24,20 @@ from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import listeners
+from bot.breaker import CircuitBreaker
 from bot.config import Settings
 from bot.context import ContextBuilder
 from bot.delivery import Delivery
 from bot.health import health_handler
 from bot.llm import ChatModel
-from bot.store import Store
-from bot.turn import TurnRunner
+from bot.store import Store, StoreUnavailable
+from bot.turn import Limits, TurnRunner
 from bot.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
 MAX_EVENT_BYTES = 1024 * 1024  # Slack's own events are far smaller
-SHUTDOWN_GRACE_SECONDS = 20.0
+SOCKET_PING_SECONDS = 5.0
 REJECTED_TOKEN_ERRORS = {"invalid_auth", "not_authed", "account_inactive", "token_revoked"}
 
 
@@ -54,7 +56,15 @@ class SupportBot:
     def __init__(self, settings: Settings, redis_url: str) -> None:
         self.settings = settings
         self.redis_url = redis_url
-        self.store = Store(redis_url, conversation_ttl_days=settings.conversation_ttl_days)
+        self.store = Store(
+            redis_url,
+            conversation_ttl_days=settings.conversation_ttl_days,
+            lock_ttl_seconds=settings.thread_lock_ttl_seconds,
+        )
+        self.breaker = CircuitBreaker(
+            failures_to_open=settings.llm_breaker_failures,
+            cooldown_seconds=settings.llm_breaker_cooldown_seconds,
+        )
         self.model = ChatModel(
             api_key=settings.openai_api_key,
             base_url=settings.openai_base_url,
@@ -69,6 +79,7 @@ class SupportBot:
         )
         self._running: _Running | None = None
         self._socket_connect: asyncio.Task[None] | None = None
+        self._recovery: asyncio.Task[None] | None = None
         self.app: AsyncApp | None = None
         self.turns: TurnRunner | None = None
 
@@ -106,15 +117,25 @@ class SupportBot:
             delivery=Delivery(client),
             model=self.model,
             context=ContextBuilder(self.store, settings.system_prompt),
+            breaker=self.breaker,
+            limits=Limits(
+                max_message_chars=settings.max_message_chars,
+                user_per_minute=settings.rate_limit_user_per_minute,
+                user_per_day=settings.rate_limit_user_per_day,
+                channel_per_minute=settings.rate_limit_channel_per_minute,
+            ),
             max_concurrent_turns=settings.max_concurrent_turns,
         )
-        listeners.register(self.app, self.turns, self.store)
+        listeners.register(self.app, self.turns)
         if not await self.store.ping():
             log.error("redis is unreachable at start; /health reports 503 until it answers")
 
         socket_handler = None
         if settings.socket_mode:
-            socket_handler = AsyncSocketModeHandler(self.app, settings.slack_app_token)
+            # A short ping notices a silently dropped socket within seconds, not the SDK's 10 s.
+            socket_handler = AsyncSocketModeHandler(
+                self.app, settings.slack_app_token, ping_interval=SOCKET_PING_SECONDS
+            )
         web_app = web.Application(client_max_size=MAX_EVENT_BYTES)
         web_app.router.add_get(
             "/health",
@@ -122,6 +143,7 @@ class SupportBot:
                 self.store,
                 mode=self.mode,
                 socket_connected=socket_handler.client.is_connected if socket_handler else None,
+                breaker=self.breaker,
             ),
         )
         if not settings.socket_mode:
@@ -130,27 +152,50 @@ class SupportBot:
         await runner.setup()
         await web.TCPSite(runner, settings.host, settings.port).start()
         self._running = _Running(session, runner, socket_handler)
+        self._recovery = asyncio.create_task(self._recover_forever())
         if socket_handler is not None:
             # The SDK keeps retrying until Slack answers; /health says 503 meanwhile.
             self._socket_connect = asyncio.create_task(socket_handler.connect_async())
         log.info("bot started mode=%s port=%d model=%s", self.mode, settings.port, settings.openai_model)
 
-    async def stop(self, grace_seconds: float = SHUTDOWN_GRACE_SECONDS) -> None:
+    async def stop(self, grace_seconds: float | None = None) -> None:
+        """Stop taking events, give answers in flight `grace_seconds` to finish, and leave the
+        rest journaled for the next process."""
         running, self._running = self._running, None
         if running is None:
             return
-        if self._socket_connect is not None:
-            self._socket_connect.cancel()
+        for task in (self._socket_connect, self._recovery):
+            if task is not None:
+                task.cancel()
         if running.socket_handler is not None:
             await running.socket_handler.close_async()
         await running.runner.shutdown()
         if self.turns is not None:
-            await self.turns.drain(grace_seconds)
+            grace = self.settings.shutdown_grace_seconds if grace_seconds is None else grace_seconds
+            await self.turns.drain(grace)
+            if self.turns.in_flight:
+                log.warning("grace period over; %d turns left for recovery", self.turns.in_flight)
+            await self.turns.abandon()
         await running.runner.cleanup()
         await self.model.close()
         await self.store.close()
         await running.session.close()
         log.info("bot stopped")
+
+    async def _recover_forever(self) -> None:
+        """Pick up turns left by a crashed or stopped process, and deferred deliveries."""
+        assert self.turns is not None
+        interval = self.settings.recovery_interval_seconds
+        while True:
+            try:
+                started = await self.turns.recover(idle_seconds=interval)
+                if started:
+                    log.info("recovery started work on %d waiting threads", started)
+            except StoreUnavailable:
+                pass  # /health already says so; try again next round
+            except RedisError as error:
+                log.warning("recovery round failed error=%s", type(error).__name__)
+            await asyncio.sleep(interval)
 
     async def _slack_events(self, request: web.Request) -> web.Response:
         """POST /slack/events: verify the signature, then let Bolt dispatch the event."""

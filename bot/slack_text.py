@@ -9,6 +9,8 @@ _USER_MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>")
 _GROUP_MENTION = re.compile(r"<!subteam\^[A-Z0-9]+(?:\|([^>]*))?>")
 _SPECIAL_MENTION = re.compile(r"<!(here|channel|everyone)(?:\|[^>]*)?>")
 _CHANNEL_LINK = re.compile(r"<#([CG][A-Z0-9]+)(?:\|([^>]*))?>")
+# C0 and C1 control characters other than tab and newline: noise to the model, risky in logs.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _LINK = re.compile(r"<((?:https?|mailto):[^>|]+)(?:\|([^>]*))?>")
 
 # Slack's own ceiling is 40,000 characters of text; it recommends keeping messages far shorter,
@@ -27,6 +29,7 @@ def mentions_others(text: str, bot_user_id: str) -> bool:
 
 def to_plain_text(text: str, bot_user_id: str, names: Mapping[str, str]) -> str:
     """What the model reads: the bot's own mention removed, other Slack markup made readable."""
+    text = _CONTROL.sub("", text)
     text = re.sub(rf"<@{re.escape(bot_user_id)}(?:\|[^>]*)?>", "", text)
     text = _USER_MENTION.sub(lambda m: "@" + names.get(m.group(1), m.group(1)), text)
     text = _GROUP_MENTION.sub(lambda m: "@" + (m.group(1) or "group").lstrip("@"), text)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -36,6 +37,11 @@ class ThreadKey:
 
     def __str__(self) -> str:
         return f"{self.team}:{self.channel}:{self.thread}"
+
+    @classmethod
+    def parse(cls, text: str) -> ThreadKey:
+        team, channel, thread = text.split(":", 2)
+        return cls(team, channel, thread)
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,29 @@ class Turn:
         return cls(**json.loads(raw))
 
 
+@dataclass(frozen=True)
+class TurnRecord:
+    """The journal of one turn: where it got to, so that a crash never loses or repeats it."""
+
+    state: str = "queued"  # queued → working → answered | noted | failed
+    sign: str = "none"  # the thinking sign shown: status, reaction or none
+    user_turn_stored: bool = False
+    answer: str | None = None  # produced but not yet delivered
+    answer_ts: str | None = None  # something of the answer is visible in Slack
+    attempts: int = 0
+
+    @classmethod
+    def from_hash(cls, raw: dict[str, str]) -> TurnRecord:
+        return cls(
+            state=raw.get("state", "queued"),
+            sign=raw.get("sign", "none"),
+            user_turn_stored=raw.get("user_turn_stored") == "1",
+            answer=raw.get("answer") or None,
+            answer_ts=raw.get("answer_ts") or None,
+            attempts=int(raw.get("attempts", "0")),
+        )
+
+
 class StoreUnavailable(Exception):
     """Redis did not answer; callers tell the user to try again rather than go silent."""
 
@@ -99,7 +128,16 @@ class Keys:
     DEDUP_TTL = DAY  # Slack retries within minutes; a day is ample and cheap.
     INBOX_TTL = DAY
     NAME_TTL = DAY  # display names change rarely
-    LOCK_TTL_MS = 30_000  # renewed while held; expires soon after a holder dies
+    JOURNAL_TTL = DAY
+    PENDING = "pending"  # sorted set: threads with queued messages, by when they last moved
+
+    @staticmethod
+    def journal(team: str, channel: str, ts: str) -> str:
+        return f"turn:{team}:{channel}:{ts}"
+
+    @staticmethod
+    def rate(scope: str, team: str, who: str, window: int, bucket: int) -> str:
+        return f"rate:{scope}:{team}:{who}:{window}:{bucket}"
 
     @staticmethod
     def turns(key: ThreadKey) -> str:
@@ -126,12 +164,16 @@ class Keys:
         return f"name:{team}:{user}"
 
 
-# KEYS: seen, inbox, meta. ARGV: message json, dedup ttl, inbox ttl, conversation ttl,
-# follow (0/1), starts conversation (0/1). Returns 1 when accepted, 0 for a duplicate.
+# KEYS: seen, inbox, meta, journal, pending. ARGV: message json, dedup ttl, inbox ttl,
+# conversation ttl, follow (0/1), starts conversation (0/1), thread key, now.
+# Returns 1 when accepted, 0 for a duplicate.
 _ACCEPT = """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then return 0 end
 redis.call('RPUSH', KEYS[2], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('HSET', KEYS[4], 'state', 'queued')
+redis.call('EXPIRE', KEYS[4], ARGV[3])
+redis.call('ZADD', KEYS[5], 'NX', ARGV[8], ARGV[7])
 if ARGV[5] == '1' then
   redis.call('HSET', KEYS[3], 'followed', '1')
   if ARGV[6] == '1' then redis.call('HSETNX', KEYS[3], 'hydrated', '1') end
@@ -159,6 +201,26 @@ end
 return 0
 """
 
+# KEYS: inbox, pending. ARGV: thread key. The thread leaves the pending set with its last message,
+# in one step with the pop, so a message accepted meanwhile is never left unlisted.
+_FINISH_HEAD = """
+redis.call('LPOP', KEYS[1])
+if redis.call('LLEN', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[1]) end
+return 1
+"""
+
+# KEYS: one counter per limit. ARGV: limit_1, window_1, limit_2, window_2, ...
+# Counts the event in every window; returns the index (1-based) of the first exceeded limit, or 0.
+_RATE = """
+local hit = 0
+for i, key in ipairs(KEYS) do
+  local count = redis.call('INCR', key)
+  if count == 1 then redis.call('EXPIRE', key, ARGV[2 * i]) end
+  if hit == 0 and count > tonumber(ARGV[2 * i - 1]) then hit = i end
+end
+return hit
+"""
+
 _RELEASE_LOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -173,7 +235,7 @@ return 0
 class Store:
     """The bot's only door to Redis."""
 
-    def __init__(self, url: str, *, conversation_ttl_days: float) -> None:
+    def __init__(self, url: str, *, conversation_ttl_days: float, lock_ttl_seconds: float = 30.0) -> None:
         self.redis: redis.Redis = redis.Redis.from_url(
             url,
             decode_responses=True,
@@ -185,6 +247,10 @@ class Store:
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
         self.conversation_ttl = max(1, int(conversation_ttl_days * DAY))
+        # Renewed while held; expires this long after a holder dies, so no thread is blocked forever.
+        self.lock_ttl_ms = max(100, int(lock_ttl_seconds * 1000))
+        self._finish_head = self.redis.register_script(_FINISH_HEAD)
+        self._rate = self.redis.register_script(_RATE)
         self._accept = self.redis.register_script(_ACCEPT)
         self._rewrite_turn = self.redis.register_script(_REWRITE_TURN)
         self._release_lock = self.redis.register_script(_RELEASE_LOCK)
@@ -207,7 +273,13 @@ class Store:
         follow = message.action != "record"
         try:
             accepted = await self._accept(
-                keys=[Keys.seen(key.team, key.channel, message.ts), Keys.inbox(key), Keys.meta(key)],
+                keys=[
+                    Keys.seen(key.team, key.channel, message.ts),
+                    Keys.inbox(key),
+                    Keys.meta(key),
+                    Keys.journal(key.team, key.channel, message.ts),
+                    Keys.PENDING,
+                ],
                 args=[
                     message.to_json(),
                     Keys.DEDUP_TTL,
@@ -215,6 +287,8 @@ class Store:
                     self.conversation_ttl,
                     int(follow),
                     int(message.starts_conversation),
+                    str(key),
+                    time.time(),
                 ],
             )
         except (RedisError, OSError) as error:
@@ -227,7 +301,57 @@ class Store:
 
     async def finish_inbox_head(self, key: ThreadKey) -> None:
         """Drop the message at the head of the inbox once it has its outcome."""
-        await self.redis.lpop(Keys.inbox(key))
+        await self._finish_head(keys=[Keys.inbox(key), Keys.PENDING], args=[str(key)])
+
+    async def threads_waiting(self, idle_seconds: float, limit: int = 100) -> list[ThreadKey]:
+        """Threads with queued messages that nobody has moved for `idle_seconds`: their worker
+        died, stopped, or is waiting to retry a delivery."""
+        raw = await self.redis.zrangebyscore(
+            Keys.PENDING, "-inf", time.time() - idle_seconds, start=0, num=limit
+        )
+        return [ThreadKey.parse(item) for item in raw]
+
+    async def touch_waiting(self, key: ThreadKey) -> None:
+        """Note that a thread's queue is being worked on (or will be retried from now)."""
+        await self.redis.zadd(Keys.PENDING, {str(key): time.time()}, xx=True)
+
+    # -- the turn journal ------------------------------------------------------------------
+
+    async def journal(self, message: IncomingMessage) -> TurnRecord:
+        raw = await self.redis.hgetall(Keys.journal(message.team, message.channel, message.ts))
+        return TurnRecord.from_hash(raw)
+
+    async def record_progress(self, message: IncomingMessage, **fields: str | int | None) -> None:
+        """Write where a turn got to; None clears a field."""
+        key = Keys.journal(message.team, message.channel, message.ts)
+        updates = {name: str(value) for name, value in fields.items() if value is not None}
+        cleared = [name for name, value in fields.items() if value is None]
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if updates:
+                pipe.hset(key, mapping=updates)
+            if cleared:
+                pipe.hdel(key, *cleared)
+            pipe.expire(key, Keys.JOURNAL_TTL)
+            await pipe.execute()
+
+    async def count_attempt(self, message: IncomingMessage) -> int:
+        key = Keys.journal(message.team, message.channel, message.ts)
+        return int(await self.redis.hincrby(key, "attempts", 1))
+
+    # -- abuse limits ----------------------------------------------------------------------
+
+    async def over_limit(self, team: str, checks: list[tuple[str, str, int, int]]) -> int:
+        """Count one message against each (scope, who, limit, window seconds); return the
+        1-based index of the first limit it exceeds, or 0."""
+        now = int(time.time())
+        keys = [Keys.rate(scope, team, who, window, now // window) for scope, who, _, window in checks]
+        args: list[int] = []
+        for _, _, limit, window in checks:
+            args += [limit, window]
+        try:
+            return int(await self._rate(keys=keys, args=args))
+        except (RedisError, OSError) as error:
+            raise StoreUnavailable(type(error).__name__) from None
 
     async def inbox_size(self, key: ThreadKey) -> int:
         return int(await self.redis.llen(Keys.inbox(key)))
@@ -235,10 +359,10 @@ class Store:
     # -- per-thread lock -------------------------------------------------------------------
 
     async def acquire_lock(self, key: ThreadKey, token: str) -> bool:
-        return bool(await self.redis.set(Keys.lock(key), token, nx=True, px=Keys.LOCK_TTL_MS))
+        return bool(await self.redis.set(Keys.lock(key), token, nx=True, px=self.lock_ttl_ms))
 
     async def renew_lock(self, key: ThreadKey, token: str) -> bool:
-        return bool(await self._renew_lock(keys=[Keys.lock(key)], args=[token, Keys.LOCK_TTL_MS]))
+        return bool(await self._renew_lock(keys=[Keys.lock(key)], args=[token, self.lock_ttl_ms]))
 
     async def release_lock(self, key: ThreadKey, token: str) -> None:
         await self._release_lock(keys=[Keys.lock(key)], args=[token])
@@ -246,7 +370,10 @@ class Store:
     # -- conversations ---------------------------------------------------------------------
 
     async def is_followed(self, key: ThreadKey) -> bool:
-        return await self.redis.hget(Keys.meta(key), "followed") == "1"
+        try:
+            return await self.redis.hget(Keys.meta(key), "followed") == "1"
+        except (RedisError, OSError) as error:
+            raise StoreUnavailable(type(error).__name__) from None
 
     async def is_hydrated(self, key: ThreadKey) -> bool:
         return await self.redis.hget(Keys.meta(key), "hydrated") == "1"

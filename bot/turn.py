@@ -4,6 +4,11 @@ A message is first accepted into its thread's inbox in Redis (deduplicated there
 delivered twice, or to two processes, is queued once). Whoever holds the thread's lock then works
 through the inbox oldest first, so two quick messages in one thread are answered in order and the
 second answer sees the first.
+
+Each turn is journaled as it goes (working, answer produced, answer visible, done). A message
+stays at the head of its inbox until it has its outcome, so when a process dies mid-turn the lock
+expires and another process (or the next start) picks the turn up from its journal: it answers
+it, delivers the answer already produced, or says the answer was interrupted. Never twice.
 """
 
 from __future__ import annotations
@@ -12,25 +17,69 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from slack_sdk.errors import SlackApiError
 
+from bot.breaker import CircuitBreaker
 from bot.context import RECENT_TURNS, ContextBuilder
 from bot.delivery import Delivery, Target
-from bot.llm import Answer, ChatModel, LLMError
-from bot.store import IncomingMessage, Keys, Store, StoreUnavailable, ThreadKey, Turn
+from bot.llm import UNAVAILABLE, Answer, ChatMessage, ChatModel, LLMError
+from bot.store import IncomingMessage, Store, StoreUnavailable, ThreadKey, Turn, TurnRecord
 from bot.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
 RESET_CONFIRMATION = "Starting fresh: I've cleared this conversation."
 DELIVERY_FAILED = "Sorry, something went wrong while posting my answer. Please ask again."
-STORE_UNAVAILABLE = (
-    "Sorry, I'm temporarily unavailable (my memory store is down). Please try again in a minute."
-)
+STORE_UNAVAILABLE = "Sorry, I'm temporarily unavailable. Please try again in a minute."
 TURN_FAILED = "Sorry, something went wrong on my side while answering this. Please ask again."
+INTERRUPTED = (
+    "Sorry, my answer above was interrupted (the bot restarted). Please ask again if you need the rest."
+)
+GREETING = "Hi! What can I help you with? Ask your question here and I'll answer in this thread."
+TOO_LONG = (
+    "Your message is {length:,} characters long, more than the {limit:,} I can read. "
+    "Please shorten it (paste only the relevant part of a log, for instance) and ask again."
+)
+LIMITED = {
+    1: "You've asked {limit} questions in the last minute, my limit per person. "
+    "Please wait a minute and ask again.",
+    2: "You've reached today's limit of {limit} questions. Please try again tomorrow, or ask a colleague.",
+    3: "This channel has asked {limit} questions in the last minute, my limit per channel. "
+    "Please wait a minute and ask again.",
+}
+# Slack errors after which posting to that conversation cannot succeed, however often we try.
+PERMANENT_SLACK_ERRORS = {
+    "channel_not_found",
+    "not_in_channel",
+    "is_archived",
+    "msg_too_long",
+    "invalid_auth",
+    "account_inactive",
+    "token_revoked",
+    "missing_scope",
+}
+MAX_DELIVERY_ATTEMPTS = 5
+FOLLOWED_MEMORY = 10_000  # threads this process recently answered in, for when Redis is down
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Abuse limits and sizes, from the settings."""
+
+    max_message_chars: int = 12_000
+    user_per_minute: int = 10
+    user_per_day: int = 300
+    channel_per_minute: int = 60
+
+
+class DeliveryDeferred(Exception):
+    """The answer exists but Slack would not take it now; it is journaled and retried later."""
 
 
 class TurnRunner:
@@ -42,6 +91,8 @@ class TurnRunner:
         delivery: Delivery,
         model: ChatModel,
         context: ContextBuilder,
+        breaker: CircuitBreaker,
+        limits: Limits,
         max_concurrent_turns: int,
     ) -> None:
         self.store = store
@@ -49,8 +100,12 @@ class TurnRunner:
         self.delivery = delivery
         self.model = model
         self.context = context
+        self.breaker = breaker
+        self.limits = limits
         self._llm_slots = asyncio.Semaphore(max_concurrent_turns)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._working_on: set[ThreadKey] = set()
+        self._recently_followed: OrderedDict[ThreadKey, None] = OrderedDict()
 
     # -- entry points ----------------------------------------------------------------------
 
@@ -65,8 +120,7 @@ class TurnRunner:
                 error,
             )
             if message.action != "record":
-                target = Target(message.channel, message.reply_thread_ts, message.ts)
-                await self.delivery.post_notice(target, STORE_UNAVAILABLE)
+                await self.delivery.post_notice(_target(message), STORE_UNAVAILABLE)
             return
         if not accepted:
             log.info(
@@ -76,7 +130,16 @@ class TurnRunner:
                 message.ts,
             )
             return
-        self._spawn(self.work_through(message.key))
+        self._remember_followed(message.key)
+        self.start_work(message.key)
+
+    async def is_followed(self, key: ThreadKey) -> bool:
+        """Does the bot take part in this thread? Falls back to this process's memory if Redis
+        is down, so that a follow-up then still gets the 'temporarily unavailable' reply."""
+        try:
+            return await self.store.is_followed(key)
+        except StoreUnavailable:
+            return key in self._recently_followed
 
     async def remove_message(self, key: ThreadKey, ts: str) -> None:
         if await self.store.remove_user_message(key, ts):
@@ -86,10 +149,32 @@ class TurnRunner:
         readable = await self.workspace.readable(key.team, text, bot_user_id)
         await self.store.edit_user_message(key, ts, readable)
 
+    def start_work(self, key: ThreadKey) -> None:
+        if key not in self._working_on:
+            self._spawn(self.work_through(key))
+
+    async def recover(self, idle_seconds: float) -> int:
+        """Pick up threads whose queued messages nobody is working on (a crashed or stopped
+        process, or a delivery waiting to be retried). Returns how many were started."""
+        started = 0
+        for key in await self.store.threads_waiting(idle_seconds):
+            if key not in self._working_on:
+                self.start_work(key)
+                started += 1
+        return started
+
     async def drain(self, grace_seconds: float) -> None:
         """Wait (up to `grace_seconds`) for turns in flight; used on shutdown and in tests."""
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=grace_seconds)
+
+    async def abandon(self) -> None:
+        """Stop what is left; the journal and the inbox keep it for the next process."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
 
     @property
     def in_flight(self) -> int:
@@ -99,25 +184,33 @@ class TurnRunner:
 
     async def work_through(self, key: ThreadKey) -> None:
         """Answer the thread's queued messages in order while holding its lock."""
-        while True:
-            token = uuid.uuid4().hex
-            if not await self.store.acquire_lock(key, token):
-                return  # the holder (here or in another process) will reach our message
-            renewer = asyncio.create_task(self._keep_lock(key, token))
-            try:
-                while (message := await self.store.next_in_inbox(key)) is not None:
-                    await self._take_turn_safely(message)
-                    await self.store.finish_inbox_head(key)
-            finally:
-                renewer.cancel()
-                await self.store.release_lock(key, token)
-            # A message queued between our last look and the release found the lock still held.
-            if await self.store.inbox_size(key) == 0:
-                return
+        self._working_on.add(key)
+        try:
+            while True:
+                token = uuid.uuid4().hex
+                if not await self.store.acquire_lock(key, token):
+                    return  # the holder (here or in another process) will reach our message
+                renewer = asyncio.create_task(self._keep_lock(key, token))
+                try:
+                    while (message := await self.store.next_in_inbox(key)) is not None:
+                        await self.store.touch_waiting(key)
+                        try:
+                            await self._take_turn_safely(message)
+                        except DeliveryDeferred:
+                            return  # left at the head of the inbox; recovery retries it later
+                        await self.store.finish_inbox_head(key)
+                finally:
+                    renewer.cancel()
+                    await self.store.release_lock(key, token)
+                # A message queued between our last look and the release found the lock held.
+                if await self.store.inbox_size(key) == 0:
+                    return
+        finally:
+            self._working_on.discard(key)
 
     async def _keep_lock(self, key: ThreadKey, token: str) -> None:
         while True:
-            await asyncio.sleep(Keys.LOCK_TTL_MS / 3000)
+            await asyncio.sleep(self.store.lock_ttl_ms / 3000)
             if not await self.store.renew_lock(key, token):
                 log.warning("thread lock lost thread=%s", key)
                 return
@@ -128,50 +221,107 @@ class TurnRunner:
         """A turn that fails in an unforeseen way still ends with a message, never silence."""
         try:
             await self._take_turn(message)
+        except (DeliveryDeferred, asyncio.CancelledError):
+            raise
         except Exception as error:
             log.exception(
                 "turn failed team=%s channel=%s thread=%s user=%s error=%s",
                 *_where(message),
                 type(error).__name__,
             )
-            target = Target(message.channel, message.reply_thread_ts, message.ts)
-            await self.delivery.post_notice(target, TURN_FAILED)
+            await self.delivery.post_notice(_target(message), TURN_FAILED)
+            await self.store.record_progress(message, state="failed")
 
     async def _take_turn(self, message: IncomingMessage) -> None:
-        target = Target(message.channel, message.reply_thread_ts, message.ts)
+        record = await self.store.journal(message)
+        if record.state in ("answered", "noted", "failed"):
+            return  # finished before a crash; only taking it off the inbox was lost
+        if record.state == "working" and await self._resume(message, record):
+            return
         if message.action == "reset":
             await self.store.reset(message.key)
-            await self.delivery.post_notice(target, RESET_CONFIRMATION)
+            await self.delivery.post_notice(_target(message), RESET_CONFIRMATION)
+            await self.store.record_progress(message, state="answered")
             log.info("turn team=%s channel=%s thread=%s user=%s outcome=reset", *_where(message))
-            return
-        if message.action == "record":
-            await self.store.append_turns(message.key, await self._user_turn(message))
-            return
-        await self._answer(message, target)
+        elif message.action == "record":
+            await self._store_user_turn(message, record)
+            await self.store.record_progress(message, state="answered")
+        elif (refusal := await self._refusal(message)) is not None:
+            await self.delivery.post_notice(_target(message), refusal)
+            await self.store.record_progress(message, state="noted")
+        else:
+            await self._answer(message, record)
 
-    async def _answer(self, message: IncomingMessage, target: Target) -> None:
+    async def _resume(self, message: IncomingMessage, record: TurnRecord) -> bool:
+        """A turn a previous process started and did not finish. True when handled here; False
+        when nothing of it reached the user, so it is simply answered again."""
+        log.info(
+            "resuming interrupted turn team=%s channel=%s thread=%s user=%s answer_ready=%s visible=%s",
+            *_where(message),
+            record.answer is not None,
+            record.answer_ts is not None,
+        )
+        target = _target(message)
+        if record.answer_ts is not None:
+            await self.delivery.post_notice(target, INTERRUPTED)
+            await self.store.record_progress(message, state="noted")
+        elif record.answer is not None:
+            await self._deliver(message, target, record.answer, None, time.monotonic())
+        else:
+            return False
+        if record.sign == "reaction":
+            await self.delivery.clear_sign(target, "reaction")
+        return True
+
+    async def _refusal(self, message: IncomingMessage) -> str | None:
+        """A short reply instead of a model call: the message is empty, too long, or over a limit."""
+        text = await self.workspace.readable(message.team, message.text, message.bot_user_id)
+        if not text:
+            return GREETING
+        if len(text) > self.limits.max_message_chars:
+            return TOO_LONG.format(length=len(text), limit=self.limits.max_message_chars)
+        limits = self.limits
+        checks = [
+            ("user-minute", message.user, limits.user_per_minute, 60),
+            ("user-day", message.user, limits.user_per_day, 86_400),
+            ("channel-minute", message.channel, limits.channel_per_minute, 60),
+        ]
+        hit = await self.store.over_limit(message.team, checks)
+        if hit:
+            log.info(
+                "rate limited team=%s channel=%s thread=%s user=%s limit=%s",
+                *_where(message),
+                checks[hit - 1][0],
+            )
+            return LIMITED[hit].format(limit=checks[hit - 1][2])
+        return None
+
+    async def _answer(self, message: IncomingMessage, record: TurnRecord) -> None:
         started = time.monotonic()
+        target = _target(message)
         sign = await self.delivery.show_thinking(target)
+        await self.store.record_progress(message, state="working", sign=sign.kind)
         answer: Answer | None = None
         outcome = "answered"
         answered = False
         try:
             await self._read_earlier_thread(message)
-            await self.store.append_turns(message.key, await self._user_turn(message))
+            await self._store_user_turn(message, record)
             prompt = await self.context.prompt_for(message.key)
-            async with self._llm_slots:
-                answer = await self.model.answer(prompt)
-            posted = await self.delivery.post_answer(target, answer.text)
+            answer = await self._ask_model(prompt)
+            await self.store.record_progress(message, answer=answer.text)
+            await self._deliver(message, target, answer.text, answer, started)
             answered = True
-            await self.store.append_turns(message.key, Turn(role="assistant", text=answer.text, ts=posted[0]))
         except LLMError as error:
             outcome = f"llm_error:{error.kind}"
             answered = await self.delivery.post_notice(target, error.user_message) is not None
-        except SlackApiError as error:
-            outcome = f"slack_error:{error.response.get('error')}"
-            answered = await self.delivery.post_notice(target, DELIVERY_FAILED) is not None
+            await self.store.record_progress(message, state="noted")
+        except DeliveryDeferred:
+            outcome = "delivery_deferred"
+            raise
         finally:
-            await self.delivery.clear_thinking(sign, answered=answered)
+            if outcome != "delivery_deferred":
+                await self.delivery.clear_thinking(sign, answered=answered)
             log.info(
                 "turn team=%s channel=%s thread=%s user=%s model=%s prompt_tokens=%s "
                 "completion_tokens=%s attempts=%s latency_ms=%d outcome=%s",
@@ -184,6 +334,61 @@ class TurnRunner:
                 outcome,
             )
             log.debug("turn text ts=%s question=%r", message.ts, message.text)
+
+    async def _ask_model(self, prompt: list[ChatMessage]) -> Answer:
+        """Call the model unless the breaker is open; tell the breaker how it went."""
+        if not self.breaker.allow():
+            raise LLMError("circuit_open", UNAVAILABLE, attempts=0)
+        try:
+            async with self._llm_slots:
+                answer = await self.model.answer(prompt)
+        except LLMError as error:
+            if error.model_down:
+                self.breaker.failed()
+            else:
+                self.breaker.released()
+            raise
+        except BaseException:
+            self.breaker.released()
+            raise
+        self.breaker.succeeded()
+        return answer
+
+    async def _deliver(
+        self, message: IncomingMessage, target: Target, text: str, answer: Answer | None, started: float
+    ) -> None:
+        """Post the answer and record it; a Slack outage defers it (journaled) rather than drop it."""
+        try:
+            posted = await self.delivery.post_answer(target, text)
+        except (SlackApiError, aiohttp.ClientError, TimeoutError) as error:
+            code = error.response.get("error") if isinstance(error, SlackApiError) else type(error).__name__
+            attempts = await self.store.count_attempt(message)
+            if code in PERMANENT_SLACK_ERRORS or attempts >= MAX_DELIVERY_ATTEMPTS:
+                log.error(
+                    "answer could not be delivered team=%s channel=%s thread=%s user=%s error=%s attempts=%d",
+                    *_where(message),
+                    code,
+                    attempts,
+                )
+                await self.store.record_progress(message, state="failed", answer=None)
+                await self.delivery.post_notice(target, DELIVERY_FAILED)
+                return
+            log.warning(
+                "answer delivery deferred team=%s channel=%s thread=%s user=%s error=%s attempts=%d",
+                *_where(message),
+                code,
+                attempts,
+            )
+            raise DeliveryDeferred(code) from None
+        # Done first: should we die right here, the answer is not repeated nor called interrupted.
+        await self.store.record_progress(message, state="answered", answer_ts=posted[0], answer=None)
+        await self.store.append_turns(message.key, Turn(role="assistant", text=text, ts=posted[0]))
+
+    async def _store_user_turn(self, message: IncomingMessage, record: TurnRecord) -> None:
+        if record.user_turn_stored:
+            return
+        await self.store.append_turns(message.key, await self._user_turn(message))
+        await self.store.record_progress(message, user_turn_stored=1)
 
     async def _read_earlier_thread(self, message: IncomingMessage) -> None:
         """A mention inside a thread the bot was not part of: read what came before, once."""
@@ -218,6 +423,12 @@ class TurnRunner:
         text = await self.workspace.readable(message.team, message.text, message.bot_user_id)
         return Turn(role="user", text=text, ts=message.ts, user=message.user, name=name)
 
+    def _remember_followed(self, key: ThreadKey) -> None:
+        self._recently_followed[key] = None
+        self._recently_followed.move_to_end(key)
+        while len(self._recently_followed) > FOLLOWED_MEMORY:
+            self._recently_followed.popitem(last=False)
+
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
         self._tasks.add(task)
@@ -227,6 +438,10 @@ class TurnRunner:
         self._tasks.discard(task)
         if not task.cancelled() and (error := task.exception()) is not None:
             log.error("turn crashed error=%s", type(error).__name__, exc_info=error)
+
+
+def _target(message: IncomingMessage) -> Target:
+    return Target(message.channel, message.reply_thread_ts, message.ts)
 
 
 def _where(message: IncomingMessage) -> tuple[str, str, str, str]:

@@ -103,6 +103,10 @@ def bot_env(
         "LLM_RETRY_MAX_SECONDS": "1",
         "LLM_TIMEOUT_SECONDS": "5",
         "SYSTEM_PROMPT": "You are the test support bot.",
+        # Abuse limits are tested on their own; elsewhere they would only get in the way.
+        "RATE_LIMIT_USER_PER_MINUTE": "100000",
+        "RATE_LIMIT_USER_PER_DAY": "100000",
+        "RATE_LIMIT_CHANNEL_PER_MINUTE": "100000",
     }
     if mode == "socket":
         env["SLACK_APP_TOKEN"] = slack.app_token

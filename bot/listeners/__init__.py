@@ -5,9 +5,8 @@ from __future__ import annotations
 from slack_bolt.async_app import AsyncApp
 
 from bot.listeners import messages
-from bot.store import Store
 from bot.turn import TurnRunner
 
 
-def register(app: AsyncApp, turns: TurnRunner, store: Store) -> None:
-    messages.register(app, turns, store)
+def register(app: AsyncApp, turns: TurnRunner) -> None:
+    messages.register(app, turns)

@@ -10,7 +10,7 @@ from typing import Any
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
 
 from bot.slack_text import is_command, mentions_others
-from bot.store import Action, IncomingMessage, Store, ThreadKey
+from bot.store import Action, IncomingMessage, ThreadKey
 from bot.turn import TurnRunner
 
 log = logging.getLogger(__name__)
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 USER_SUBTYPES = {None, "file_share", "thread_broadcast", "me_message"}
 
 
-def register(app: AsyncApp, turns: TurnRunner, store: Store) -> None:
+def register(app: AsyncApp, turns: TurnRunner) -> None:
     async def on_app_mention(event: dict[str, Any], context: AsyncBoltContext) -> None:
         await on_user_message(event, context, is_dm=False)
 
@@ -37,7 +37,7 @@ def register(app: AsyncApp, turns: TurnRunner, store: Store) -> None:
         log.debug("event ignored type=%s", event.get("type"))
 
     async def on_user_message(event: dict[str, Any], context: AsyncBoltContext, *, is_dm: bool) -> None:
-        message = await _incoming(event, context, is_dm=is_dm, store=store)
+        message = await _incoming(event, context, is_dm=is_dm, turns=turns)
         if message is not None:
             await turns.accept(message)
 
@@ -71,7 +71,7 @@ def register(app: AsyncApp, turns: TurnRunner, store: Store) -> None:
 
 
 async def _incoming(
-    event: dict[str, Any], context: AsyncBoltContext, *, is_dm: bool, store: Store
+    event: dict[str, Any], context: AsyncBoltContext, *, is_dm: bool, turns: TurnRunner
 ) -> IncomingMessage | None:
     """Decide whether (and how) the bot acts on a user's message; None means stay out of it."""
     bot_user_id = context.bot_user_id or ""
@@ -94,7 +94,7 @@ async def _incoming(
     action: Action
     if is_dm or f"<@{bot_user_id}" in text:
         action = "answer"
-    elif thread_ts and await store.is_followed(ThreadKey(team, channel, conversation)):
+    elif thread_ts and await turns.is_followed(ThreadKey(team, channel, conversation)):
         # People @-mentioning each other, not the bot: keep it as context, don't butt in.
         action = "record" if mentions_others(text, bot_user_id) else "answer"
     else:
