@@ -54,6 +54,8 @@ class Delivery:
             )
             return ThinkingSign(target, "reaction")
         except SlackApiError as error:
+            if error.response.get("error") == "already_reacted":  # left by an interrupted turn
+                return ThinkingSign(target, "reaction")
             _log_api_error("reactions.add", error)
             return ThinkingSign(target, "none")
 

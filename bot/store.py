@@ -23,6 +23,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 log = logging.getLogger(__name__)
 
 DAY = 24 * 3600
+POOL_SIZE = 64
+POOL_WAIT_SECONDS = 10
 
 Action = Literal["answer", "record", "reset"]
 
@@ -210,15 +212,17 @@ return 1
 """
 
 # KEYS: one counter per limit. ARGV: limit_1, window_1, limit_2, window_2, ...
-# Counts the event in every window; returns the index (1-based) of the first exceeded limit, or 0.
+# Returns the index (1-based) of the first limit this message would exceed, or 0 after counting
+# it in every window: a refused message uses up no budget, so a limit never compounds another.
 _RATE = """
-local hit = 0
 for i, key in ipairs(KEYS) do
-  local count = redis.call('INCR', key)
-  if count == 1 then redis.call('EXPIRE', key, ARGV[2 * i]) end
-  if hit == 0 and count > tonumber(ARGV[2 * i - 1]) then hit = i end
+  local count = tonumber(redis.call('GET', key) or '0')
+  if count + 1 > tonumber(ARGV[2 * i - 1]) then return i end
 end
-return hit
+for i, key in ipairs(KEYS) do
+  if redis.call('INCR', key) == 1 then redis.call('EXPIRE', key, ARGV[2 * i]) end
+end
+return 0
 """
 
 _RELEASE_LOCK = """
@@ -236,8 +240,12 @@ class Store:
     """The bot's only door to Redis."""
 
     def __init__(self, url: str, *, conversation_ttl_days: float, lock_ttl_seconds: float = 30.0) -> None:
-        self.redis: redis.Redis = redis.Redis.from_url(
+        # A bounded pool that makes callers wait for a free connection: hundreds of turns at
+        # once share a few dozen connections instead of failing with "too many connections".
+        pool = redis.BlockingConnectionPool.from_url(
             url,
+            max_connections=POOL_SIZE,
+            timeout=POOL_WAIT_SECONDS,
             decode_responses=True,
             socket_connect_timeout=2,
             socket_timeout=5,
@@ -246,6 +254,7 @@ class Store:
             retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 3),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
+        self.redis: redis.Redis = redis.Redis(connection_pool=pool)
         self.conversation_ttl = max(1, int(conversation_ttl_days * DAY))
         # Renewed while held; expires this long after a holder dies, so no thread is blocked forever.
         self.lock_ttl_ms = max(100, int(lock_ttl_seconds * 1000))
@@ -258,6 +267,7 @@ class Store:
 
     async def close(self) -> None:
         await self.redis.aclose()
+        await self.redis.connection_pool.disconnect()
 
     async def ping(self) -> bool:
         try:

@@ -319,8 +319,11 @@ class TurnRunner:
         except DeliveryDeferred:
             outcome = "delivery_deferred"
             raise
+        except asyncio.CancelledError:
+            outcome = "interrupted"  # shutting down: the journal hands the turn to the next process
+            raise
         finally:
-            if outcome != "delivery_deferred":
+            if outcome not in ("delivery_deferred", "interrupted"):
                 await self.delivery.clear_thinking(sign, answered=answered)
             log.info(
                 "turn team=%s channel=%s thread=%s user=%s model=%s prompt_tokens=%s "

@@ -154,6 +154,8 @@ class OpenAIEmulator:
         self.first_token_delay = first_token_delay
         self.chunk_chars = chunk_chars
         self.requests: list[dict] = []
+        self.in_flight = 0  # chat requests being answered right now
+        self.max_in_flight = 0  # the most seen at once
         self.base_url = ""
         self._queue: deque[Behaviour] = deque()
         self._arrived = asyncio.Condition()  # notified on every recorded request
@@ -225,9 +227,14 @@ class OpenAIEmulator:
             await asyncio.Event().wait()
 
         plan = self._plan(behaviour, body.get("messages") or [])
-        if body.get("stream"):
-            return await self._stream(request, body, plan)
-        return await self._complete(request, body, plan)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if body.get("stream"):
+                return await self._stream(request, body, plan)
+            return await self._complete(request, body, plan)
+        finally:
+            self.in_flight -= 1
 
     def _plan(self, behaviour: Behaviour | None, messages: list[dict]) -> _Plan:
         delay = self.first_token_delay

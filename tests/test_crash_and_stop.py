@@ -1,0 +1,138 @@
+"""A bot process killed mid-answer, or stopped with SIGTERM: every accepted message still gets
+exactly one outcome, from the next process (or another replica), and no thread stays blocked."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from tests.bot_process import BotProcess
+from tests.conftest import StartBot, bot_env, free_port
+from tests.emulators.openai_api import Hang, OpenAIEmulator
+from tests.emulators.slack import SlackEmulator
+
+pytestmark = pytest.mark.slow
+
+CHANNEL = "C700"
+DM = "D700"
+BOT = "UBOT"
+FAST_RECOVERY = {"THREAD_LOCK_TTL_SECONDS": "1", "RECOVERY_INTERVAL_SECONDS": "0.3"}
+
+SpawnBot = Callable[..., Awaitable[BotProcess]]
+
+
+@pytest.fixture
+async def spawn_bot(
+    slack: SlackEmulator, llm: OpenAIEmulator, redis_url: str, tmp_path: Path
+) -> AsyncIterator[SpawnBot]:
+    processes: list[BotProcess] = []
+
+    async def spawn(**overrides: str) -> BotProcess:
+        env = bot_env(slack, llm, redis_url, "http", free_port()) | FAST_RECOVERY | overrides
+        process = BotProcess(env, tmp_path)
+        processes.append(process)
+        await process.start()
+        slack.use_http(f"{process.url}/slack/events")
+        return process
+
+    yield spawn
+    for process in processes:
+        await process.close()
+
+
+async def test_killed_mid_answer_is_answered_once_when_two_processes_recover_at_once(
+    spawn_bot: SpawnBot, start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    first = await spawn_bot()
+    llm.enqueue(Hang())
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> is billing down?")
+    await llm.wait_for_requests(1)
+    assert slack.statuses.get((CHANNEL, ts)) == "is thinking…"
+    first.kill()
+    await first.wait()
+
+    # Two replicas come up at the same moment; both find the unfinished turn.
+    survivors = await asyncio.gather(*(start_bot("http", **FAST_RECOVERY) for _ in range(2)))
+    [answer] = await slack.wait_for_bot_messages(CHANNEL, ts, timeout=15)
+    await asyncio.sleep(1.5)  # time for a duplicate to show up, if there were one
+    for survivor in survivors:
+        await survivor.settle()
+
+    assert answer["text"] == "Answer: ann: is billing down?"
+    assert len(slack.bot_messages(CHANNEL, ts)) == 1
+    assert not slack.statuses.get((CHANNEL, ts))
+    # The question is in the conversation once, not once per attempt.
+    last = [m["content"] for m in llm.requests[-1]["messages"]]
+    assert last.count("ann: is billing down?") == 1
+
+
+async def test_killed_mid_dm_answer_clears_the_reaction(
+    spawn_bot: SpawnBot, start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    first = await spawn_bot()
+    llm.enqueue(Hang())
+    ts = await slack.post_user_message(DM, "my invoice is wrong")
+    await llm.wait_for_requests(1)
+    [question] = [m for m in slack.messages(DM) if m["ts"] == ts]
+    assert question.get("reactions"), "the eyes reaction shows the bot is working"
+    first.kill()
+    await first.wait()
+
+    survivor = await start_bot("http", **FAST_RECOVERY)
+    await slack.wait_for_bot_messages(DM, "top", count=1, timeout=15)
+    await survivor.settle()
+    await slack.wait_for(lambda: not question.get("reactions"), what="the reaction to be removed")
+
+
+async def test_thread_lock_of_a_dead_process_expires(
+    spawn_bot: SpawnBot, start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    """A thread whose worker died is not blocked: a new message in it is answered, in order."""
+    first = await spawn_bot()
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> first")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    llm.enqueue(Hang())
+    await slack.post_user_message(CHANNEL, "second", thread_ts=root)
+    await llm.wait_for_requests(2)
+    first.kill()
+    await first.wait()
+
+    survivor = await start_bot("http", **FAST_RECOVERY)
+    await slack.post_user_message(CHANNEL, "third", thread_ts=root)
+    answers = await slack.wait_for_bot_messages(CHANNEL, root, count=3, timeout=15)
+    await survivor.settle()
+    assert [a["text"] for a in answers] == ["Answer: ann: first", "Answer: ann: second", "Answer: ann: third"]
+
+
+async def test_sigterm_lets_answers_in_flight_finish_and_exits_0(
+    spawn_bot: SpawnBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    bot = await spawn_bot(SHUTDOWN_GRACE_SECONDS="10")
+    llm.first_token_delay = 1.0
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> slow question")
+    await llm.wait_for_requests(1)
+    bot.terminate()
+    assert await bot.wait() == 0, bot.log()
+    assert [m["text"] for m in slack.bot_messages(CHANNEL, ts)] == ["Answer: ann: slow question"]
+    assert "bot stopped" in bot.log()
+
+
+async def test_sigterm_past_the_deadline_hands_the_turn_to_the_next_process(
+    spawn_bot: SpawnBot, start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    bot = await spawn_bot(SHUTDOWN_GRACE_SECONDS="0.5")
+    llm.enqueue(Hang())
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> never-ending question")
+    await llm.wait_for_requests(1)
+    bot.terminate()
+    assert await bot.wait(within=10) == 0, bot.log()
+    assert slack.bot_messages(CHANNEL, ts) == []
+    assert "turns left for recovery" in bot.log()
+
+    successor = await start_bot("http", **FAST_RECOVERY)
+    [answer] = await slack.wait_for_bot_messages(CHANNEL, ts, timeout=15)
+    await successor.settle()
+    assert answer["text"] == "Answer: ann: never-ending question"

@@ -1,0 +1,222 @@
+"""Redis, Slack or the model failing, overload and abuse: every message still gets one visible
+outcome, and the bot carries on by itself when the fault clears."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from bot.turn import STORE_UNAVAILABLE
+from tests.conftest import StartBot
+from tests.emulators.openai_api import OpenAIEmulator, Status
+from tests.emulators.slack import SlackEmulator
+from tests.redis_server import RedisServer
+
+CHANNEL = "C800"
+DM = "D800"
+BOT = "UBOT"
+
+
+async def health(url: str) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/health") as response:
+        return response.status, await response.json()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path):
+    server = RedisServer(tmp_path / "redis")  # append-only, fsync always
+    server.start()
+    yield server
+    server.stop()
+
+
+# -- Redis ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_message_during_a_redis_outage_gets_a_reply_and_the_bot_recovers_by_itself(
+    start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator, own_redis: RedisServer
+) -> None:
+    running = await start_bot("socket", REDIS_URL=own_redis.url)
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> the check api-prod is red")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    await running.settle()
+
+    own_redis.kill()
+    dm = await slack.post_user_message(DM, "hello?")
+    [reply] = await slack.wait_for_bot_messages(DM, "top", count=1)
+    assert reply["text"] == STORE_UNAVAILABLE
+    # A follow-up in a thread the bot answered in gets the same reply, not silence.
+    await slack.post_user_message(CHANNEL, "still red", thread_ts=root)
+    replies = await slack.wait_for_bot_messages(CHANNEL, root, count=2)
+    assert replies[-1]["text"] == STORE_UNAVAILABLE
+    assert dm and len(llm.requests) == 1
+
+    own_redis.start()  # same port, same append-only file
+    await slack.post_user_message(CHANNEL, "what did I say was red?", thread_ts=root)
+    replies = await slack.wait_for_bot_messages(CHANNEL, root, count=3, timeout=15)
+    await running.settle()
+    assert replies[-1]["text"].startswith("Answer:")
+    # Nothing stored before the crash was lost (append-only, fsync always).
+    assert "ann: the check api-prod is red" in [m["content"] for m in llm.requests[-1]["messages"]]
+
+
+# -- Slack ------------------------------------------------------------------------------------
+
+
+async def test_slack_429_is_retried_after_retry_after(start_bot: StartBot, slack: SlackEmulator) -> None:
+    running = await start_bot("socket")
+    slack.fail_next("chat.postMessage", status=429, retry_after=1)
+    started = time.monotonic()
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> hi")
+    [answer] = await slack.wait_for_bot_messages(CHANNEL, ts)
+    await running.settle()
+    assert answer["text"] == "Answer: ann: hi"
+    assert time.monotonic() - started >= 1.0
+
+
+async def test_slack_5xx_burst_is_retried(start_bot: StartBot, slack: SlackEmulator) -> None:
+    running = await start_bot("http")
+    slack.fail_next("chat.postMessage", status=500, times=2)
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> hi")
+    [answer] = await slack.wait_for_bot_messages(CHANNEL, ts)
+    await running.settle()
+    assert answer["text"] == "Answer: ann: hi"
+
+
+@pytest.mark.slow
+async def test_answer_slack_refuses_for_a_while_is_journaled_and_delivered_later(
+    start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    running = await start_bot("http", RECOVERY_INTERVAL_SECONDS="0.3")
+    caplog.set_level(logging.INFO)
+    # Two deliveries' worth of failures (each is three calls: one try and two SDK retries).
+    slack.fail_next("chat.postMessage", error="internal_error", status=503, times=6)
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> please answer eventually")
+    [answer] = await slack.wait_for_bot_messages(CHANNEL, ts, timeout=20)
+    await asyncio.sleep(0.5)
+    await running.settle()
+    assert answer["text"] == "Answer: ann: please answer eventually"
+    assert len(slack.bot_messages(CHANNEL, ts)) == 1
+    assert len(llm.requests) == 1  # the saved answer was delivered, not asked for again
+    assert "answer delivery deferred" in caplog.text and "attempts=2" in caplog.text
+
+
+async def test_slack_error_is_logged_with_method_and_code(
+    start_bot: StartBot, slack: SlackEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    running = await start_bot("socket")
+    caplog.set_level(logging.INFO)
+    slack.fail_next("assistant.threads.setStatus", error="missing_scope")
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> hi")
+    await slack.wait_for_bot_messages(CHANNEL, ts)
+    await running.settle()
+    assert "method=assistant.threads.setStatus error=missing_scope" in caplog.text
+
+
+@pytest.mark.parametrize("how", ["close", "disconnect", "network"])
+async def test_socket_mode_reconnects_and_loses_no_event(
+    start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator, how: str
+) -> None:
+    running = await start_bot("socket")
+    before = slack.socket_connections
+    if how == "close":
+        await slack.drop_socket(graceful=True)
+    elif how == "disconnect":
+        await slack.send_disconnect()
+    else:
+        await slack.drop_socket(graceful=False)
+    # Delivered around the reconnect: the emulator holds it until a socket takes it, as Slack does.
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> are you there?")
+    [answer] = await slack.wait_for_bot_messages(CHANNEL, ts, timeout=20)
+    await asyncio.sleep(0.3)
+    await running.settle()
+    assert slack.socket_connections > before
+    assert answer["text"] == "Answer: ann: are you there?"
+    assert len(slack.bot_messages(CHANNEL, ts)) == 1 and len(llm.requests) == 1
+
+
+# -- the model ----------------------------------------------------------------------------------
+
+
+async def test_circuit_breaker_opens_answers_at_once_and_closes_after_a_probe(
+    start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    running = await start_bot(
+        "http", LLM_MAX_RETRIES="0", LLM_BREAKER_FAILURES="2", LLM_BREAKER_COOLDOWN_SECONDS="1"
+    )
+    llm.enqueue(Status(500), Status(500))
+    for i in range(2):
+        ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> try {i}")
+        [reply] = await slack.wait_for_bot_messages(CHANNEL, ts)
+        assert reply["text"].startswith("Sorry, I couldn't reach the language model")
+    await running.settle()
+    status, body = await health(running.url)
+    assert (status, body["llm_breaker"]) == (200, "open")
+
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> and now?")
+    [reply] = await slack.wait_for_bot_messages(CHANNEL, ts)
+    assert reply["text"].startswith("Sorry, I couldn't reach the language model")
+    assert len(llm.requests) == 2  # answered at once, the model left alone
+
+    await asyncio.sleep(1.1)
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> probe")
+    [reply] = await slack.wait_for_bot_messages(CHANNEL, ts)
+    await running.settle()
+    assert reply["text"] == "Answer: ann: probe"
+    assert (await health(running.url))[1]["llm_breaker"] == "closed"
+
+
+# -- overload and abuse ----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_a_burst_of_1000_events_is_acked_in_time_and_every_message_answered(
+    start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    running = await start_bot("http", MAX_CONCURRENT_TURNS="20")
+    llm.first_token_delay = 0.05
+    channels = [f"C9{i:04d}" for i in range(1000)]
+    events = []
+    for i, channel in enumerate(channels):
+        ts = slack.seed_message(channel, f"<@{BOT}> question {i}")
+        events.append({"type": "app_mention", "user": "U1", "text": f"<@{BOT}> question {i}",
+                       "ts": ts, "channel": channel, "event_ts": ts})  # fmt: skip
+    deliveries = await asyncio.gather(*(slack.deliver_event(e) for e in events))
+    assert all(d.status == 200 for d in deliveries)
+    slowest_ack = max(d.elapsed for d in deliveries)
+    assert slowest_ack < 3.0, f"slowest ack {slowest_ack:.2f}s"
+
+    await slack.wait_for(
+        lambda: all(len(slack.bot_messages(c)) == 1 for c in channels),
+        timeout=120,
+        what="an answer in each of the 1,000 channels",
+    )
+    await running.settle()
+    assert len(llm.requests) == 1000
+    assert llm.max_in_flight <= 20
+
+
+async def test_per_user_and_per_channel_limits_reply_politely(
+    start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    running = await start_bot("socket", RATE_LIMIT_USER_PER_MINUTE="2", RATE_LIMIT_CHANNEL_PER_MINUTE="4")
+    texts = []
+    for user in ("U1", "U1", "U1", "U2", "U3", "U3"):
+        ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> question from {user}", user=user)
+        [reply] = await slack.wait_for_bot_messages(CHANNEL, ts)
+        texts.append(reply["text"])
+    await running.settle()
+    assert texts[0].startswith("Answer:") and texts[1].startswith("Answer:")
+    assert texts[2] == (
+        "You've asked 2 questions in the last minute, my limit per person. "
+        "Please wait a minute and ask again."
+    )
+    assert texts[3].startswith("Answer:") and texts[4].startswith("Answer:")  # others unaffected
+    assert texts[5].startswith("This channel has asked 4 questions in the last minute")
+    assert len(llm.requests) == 4
