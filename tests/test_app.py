@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
 from pathlib import Path
 
-import aiohttp
-
+from tests.bot_process import BotProcess
 from tests.conftest import bot_env, free_port
 from tests.emulators.openai_api import OpenAIEmulator
 from tests.emulators.slack import SlackEmulator
@@ -56,29 +54,18 @@ async def test_rejected_bot_token_stops_with_one_line(
 async def test_app_serves_answers_and_stops_cleanly_on_sigterm(
     tmp_path: Path, slack: SlackEmulator, llm: OpenAIEmulator, redis_url: str
 ) -> None:
-    port = free_port()
-    process = await run_app(bot_env(slack, llm, redis_url, "http", port), tmp_path)
+    process = BotProcess(bot_env(slack, llm, redis_url, "http", free_port()), tmp_path)
     try:
-        async with aiohttp.ClientSession() as session:
-            for _ in range(100):
-                try:
-                    async with session.get(f"http://127.0.0.1:{port}/health") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-            else:
-                raise AssertionError("the bot never answered /health")
-        slack.use_http(f"http://127.0.0.1:{port}/slack/events")
+        await process.start()
+        slack.use_http(f"{process.url}/slack/events")
         ts = await slack.post_user_message("C500", "<@UBOT> hello from a real process")
         [answer] = await slack.wait_for_bot_messages("C500", ts)
         assert answer["text"] == "Answer: ann: hello from a real process"
+        process.terminate()
+        assert await process.wait() == 0, process.log()
     finally:
-        process.send_signal(signal.SIGTERM)
-        _, stderr = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode == 0, stderr.decode()
-    log = stderr.decode()
+        await process.close()
+    log = process.log()
     assert "outcome=answered" in log
     for secret in (slack.bot_token, slack.signing_secret, llm.api_key):
         assert secret not in log
