@@ -18,8 +18,8 @@ from typing import Any
 from slack_sdk.errors import SlackApiError
 
 from bot.context import RECENT_TURNS, ContextBuilder
-from bot.delivery import Delivery, Target
-from bot.llm import Answer, ChatModel, LLMError
+from bot.delivery import Delivery, DeliveryError, Ending, Reply, Target, target_for
+from bot.llm import Answer, ChatMessage, ChatModel, LLMError
 from bot.store import IncomingMessage, Keys, Store, StoreUnavailable, ThreadKey, Turn
 from bot.workspace import Workspace
 
@@ -65,8 +65,7 @@ class TurnRunner:
                 error,
             )
             if message.action != "record":
-                target = Target(message.channel, message.reply_thread_ts, message.ts)
-                await self.delivery.post_notice(target, STORE_UNAVAILABLE)
+                await self.delivery.post_notice(target_for(message), STORE_UNAVAILABLE)
             return
         if not accepted:
             log.info(
@@ -134,11 +133,10 @@ class TurnRunner:
                 *_where(message),
                 type(error).__name__,
             )
-            target = Target(message.channel, message.reply_thread_ts, message.ts)
-            await self.delivery.post_notice(target, TURN_FAILED)
+            await self.delivery.post_notice(target_for(message), TURN_FAILED)
 
     async def _take_turn(self, message: IncomingMessage) -> None:
-        target = Target(message.channel, message.reply_thread_ts, message.ts)
+        target = target_for(message)
         if message.action == "reset":
             await self.store.reset(message.key)
             await self.delivery.post_notice(target, RESET_CONFIRMATION)
@@ -159,16 +157,30 @@ class TurnRunner:
             await self._read_earlier_thread(message)
             await self.store.append_turns(message.key, await self._user_turn(message))
             prompt = await self.context.prompt_for(message.key)
+            reply = self.delivery.reply(target)
             async with self._llm_slots:
-                answer = await self.model.answer(prompt)
-            posted = await self.delivery.post_answer(target, answer.text)
-            answered = True
-            await self.store.append_turns(message.key, Turn(role="assistant", text=answer.text, ts=posted[0]))
+                answer, ending = await self._write_answer(prompt, reply)
+            posted = await reply.finish(ending)
+            answered = bool(posted)
+            outcome = ending.value
+            if posted:
+                await self.store.append_turns(
+                    message.key,
+                    Turn(
+                        role="assistant",
+                        text=answer.text,
+                        ts=posted[0],
+                        prompt_tokens=answer.prompt_tokens,
+                        completion_tokens=answer.completion_tokens,
+                        finish_reason=answer.finish_reason,
+                    ),
+                )
         except LLMError as error:
             outcome = f"llm_error:{error.kind}"
             answered = await self.delivery.post_notice(target, error.user_message) is not None
-        except SlackApiError as error:
-            outcome = f"slack_error:{error.response.get('error')}"
+        except (DeliveryError, SlackApiError) as error:
+            code = error.code if isinstance(error, DeliveryError) else error.response.get("error")
+            outcome = f"slack_error:{code}"
             answered = await self.delivery.post_notice(target, DELIVERY_FAILED) is not None
         finally:
             await self.delivery.clear_thinking(sign, answered=answered)
@@ -184,6 +196,23 @@ class TurnRunner:
                 outcome,
             )
             log.debug("turn text ts=%s question=%r", message.ts, message.text)
+
+    async def _write_answer(self, prompt: list[ChatMessage], reply: Reply) -> tuple[Answer, Ending]:
+        """Stream the model's answer into the reply; says how it ended. Raises LLMError only when
+        nothing was written (a failure after that keeps the text and ends it as cut off)."""
+        async with self.model.stream(prompt) as stream:
+            try:
+                async for text in stream:
+                    if not reply.write(text):
+                        return stream.answer, Ending.STOPPED  # leaving the stream ends the generation
+            except LLMError as error:
+                if not error.partial:
+                    raise
+                return stream.answer, Ending.CUT_OFF
+        answer = stream.answer
+        if answer.complete:
+            return answer, Ending.COMPLETE
+        return answer, Ending.TRUNCATED if answer.finish_reason == "length" else Ending.CUT_OFF
 
     async def _read_earlier_thread(self, message: IncomingMessage) -> None:
         """A mention inside a thread the bot was not part of: read what came before, once."""

@@ -16,6 +16,8 @@ from tests.emulators.openai_api import OpenAIEmulator
 from tests.emulators.slack import SlackEmulator
 from tests.redis_server import RedisServer
 
+RATE_SCALE = 20
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -103,6 +105,8 @@ def bot_env(
         "LLM_RETRY_MAX_SECONDS": "1",
         "LLM_TIMEOUT_SECONDS": "5",
         "SYSTEM_PROMPT": "You are the test support bot.",
+        # Slack's rate budgets, twenty times over: a minute of Slack plays in three seconds.
+        "SLACK_RATE_LIMIT_SCALE": str(RATE_SCALE),
     }
     if mode == "socket":
         env["SLACK_APP_TOKEN"] = slack.app_token
