@@ -23,6 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 log = logging.getLogger(__name__)
 
 DAY = 24 * 3600
+POOL_SIZE = 200
 
 Action = Literal["answer", "record", "reset"]
 
@@ -304,8 +305,11 @@ class Store:
     """The bot's only door to Redis."""
 
     def __init__(self, url: str, *, conversation_ttl_days: float) -> None:
-        self.redis: redis.Redis = redis.Redis.from_url(
+        # A burst of turns waits for a pooled connection rather than failing as "unavailable".
+        pool = redis.BlockingConnectionPool.from_url(
             url,
+            max_connections=POOL_SIZE,
+            timeout=5,
             decode_responses=True,
             socket_connect_timeout=2,
             socket_timeout=5,
@@ -314,6 +318,7 @@ class Store:
             retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 3),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
+        self.redis: redis.Redis = redis.Redis(connection_pool=pool)
         self.conversation_ttl = max(1, int(conversation_ttl_days * DAY))
         self._accept = self.redis.register_script(_ACCEPT)
         self._rewrite_turn = self.redis.register_script(_REWRITE_TURN)
@@ -323,6 +328,7 @@ class Store:
 
     async def close(self) -> None:
         await self.redis.aclose()
+        await self.redis.connection_pool.disconnect()
 
     async def ping(self) -> bool:
         try:
