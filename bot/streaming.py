@@ -196,9 +196,10 @@ class Reply:
 
     async def _show_more(self) -> None:
         loop = asyncio.get_running_loop()
-        while (cut := find_cut(self._current)) is not None:
+        while (cut := find_cut(before := self._current)) is not None:
             await self._close_message(cut.head, feedback=None)
-            self._current = cut.tail
+            # The model may have written more while Slack answered.
+            self._current = cut.tail + self._current[len(before) :]
         text = self._current[: sendable(self._current)]
         message = self._message
         if message is None:
@@ -296,11 +297,8 @@ class Reply:
             # What the stream shows stays; the rest of the answer goes in a posted message.
             log.info("stream ended early, posting the rest channel=%s error=%s", self.target.channel, code)
             self._streaming = False
-            rest = self._current[len(message.shown) :].lstrip("\n")
-            if _inside_code(message.shown):
-                rest = "```\n" + rest
             await self._drop_message(message)
-            self._current = rest
+            self._current = _continuation(message.shown, self._current)
             return True
         return False
 
@@ -360,9 +358,7 @@ class Reply:
                 if code not in STREAM_ENDED:
                     raise
                 self._posted.append(message.ts)
-                text = text[len(message.shown) :].lstrip("\n")
-                if _inside_code(message.shown):
-                    text = "```\n" + text
+                text = _continuation(message.shown, text)
                 message = None
                 if not text.strip():
                     return
@@ -435,6 +431,14 @@ def _feedback_block(answer_ts: str) -> dict[str, Any]:
             }
         ],
     }
+
+
+def _continuation(shown: str, text: str) -> str:
+    """What a new message carries on with after a message that shows `shown` of `text`."""
+    rest = text[len(shown) :]
+    if _inside_code(shown):
+        return "```\n" + rest.lstrip("\n")
+    return rest.lstrip()
 
 
 def _inside_code(text: str) -> bool:
