@@ -394,6 +394,11 @@ class SlackEmulator:
         msg["stopped_by_user"] = True
         msg["streaming"] = False
 
+    def end_stream(self, channel: str, ts: str) -> None:
+        """Slack ends a stream on its own (as after a long pause): appends get
+        `message_not_in_streaming_state`."""
+        self._find(channel, ts)["streaming"] = False
+
     def enforce_rate_limits(self, time_scale: float = 1.0) -> None:
         """Answer 429 past each method's budget; windows are Slack's times `time_scale`."""
         self._enforce = True
