@@ -21,10 +21,9 @@ from dataclasses import dataclass
 ZWSP = "\u200b"  # between "@" and a word, it keeps the text readable and the mention dead
 RULE = "───────────"  # Slack draws no horizontal rule from Markdown
 
-# Slack: 12,000 characters of Markdown per message, 40,000 of text, 3,000 per section block.
-MARKDOWN_LIMIT = 12_000
+# Slack takes 12,000 characters of Markdown per message (MESSAGE_LIMITS stays under it) and
+# 40,000 of text.
 TEXT_LIMIT = 40_000
-SECTION_LIMIT = 3_000
 
 _FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})(.*)$")
 _RULE_LINE = re.compile(r"^\s{0,3}([-*_])(?:\s*\1){2,}\s*$")
@@ -365,7 +364,6 @@ class Limits:
 
 # Room is left under Slack's 12,000 for closing a code block and a short note at the end.
 MESSAGE_LIMITS = Limits(soft=9_000, hard=11_500)
-SECTION_LIMITS = Limits(soft=2_000, hard=2_900)
 
 
 @dataclass(frozen=True)

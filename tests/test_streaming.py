@@ -175,8 +175,9 @@ async def test_user_pressing_stop_ends_the_generation(
 
 
 async def test_one_answer_reaches_slack_at_least_every_second(
-    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
+    start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator
 ) -> None:
+    bot = await start_bot("socket")
     slack.enforce_rate_limits(time_scale=1 / RATE_SCALE)
     llm.chunk_delay, llm.chunk_chars = 0.05, 6
     llm.enqueue(Reply("steady words " * 40))  # about 4.5 s of tokens
