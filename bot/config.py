@@ -39,10 +39,13 @@ class Settings:
     port: int
     conversation_ttl_days: float
     llm_timeout_seconds: float
+    llm_first_token_timeout_seconds: float
+    llm_idle_timeout_seconds: float
     llm_max_retries: int
     llm_retry_base_seconds: float
     llm_retry_max_seconds: float
     max_concurrent_turns: int
+    slack_rate_limit_scale: float
     log_level: str
     shutdown_grace_seconds: float
     thread_lock_ttl_seconds: float
@@ -108,10 +111,15 @@ class Settings:
             port=read.number("PORT", 3000, int, low=1, high=65535),
             conversation_ttl_days=read.number("CONVERSATION_TTL_DAYS", 30, float, low=0.001),
             llm_timeout_seconds=read.number("LLM_TIMEOUT_SECONDS", 60, float, low=0.1),
+            llm_first_token_timeout_seconds=read.number(
+                "LLM_FIRST_TOKEN_TIMEOUT_SECONDS", 60, float, low=0.1
+            ),
+            llm_idle_timeout_seconds=read.number("LLM_IDLE_TIMEOUT_SECONDS", 30, float, low=0.1),
             llm_max_retries=read.number("LLM_MAX_RETRIES", 4, int, low=0, high=20),
             llm_retry_base_seconds=read.number("LLM_RETRY_BASE_SECONDS", 0.5, float, low=0),
             llm_retry_max_seconds=read.number("LLM_RETRY_MAX_SECONDS", 20, float, low=0),
             max_concurrent_turns=read.number("MAX_CONCURRENT_TURNS", 500, int, low=1),
+            slack_rate_limit_scale=read.number("SLACK_RATE_LIMIT_SCALE", 1, float, low=0.01, high=100),
             log_level=_log_level(read.optional("LOG_LEVEL") or "INFO"),
             shutdown_grace_seconds=read.number("SHUTDOWN_GRACE_SECONDS", 20, float, low=0),
             thread_lock_ttl_seconds=read.number("THREAD_LOCK_TTL_SECONDS", 30, float, low=0.5),

@@ -1,4 +1,5 @@
-"""How an answer reaches Slack: the "is thinking…" sign, the answer itself (split when long), notices.
+"""How an answer reaches Slack: the "is thinking…" sign, the streamed answer (bot/streaming.py),
+notices, and the thanks for feedback. Every call is made within the shared rate budget.
 
 Slack types stop here and in the listeners: the turn only says what to show, and where.
 """
@@ -9,98 +10,171 @@ import logging
 from dataclasses import dataclass
 
 from slack_sdk.errors import SlackApiError
-from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.slack_text import split_message
+from bot.rate_limit import BudgetedSlack, Hold, RateLimited
+from bot.store import IncomingMessage
+from bot.streaming import DeliveryError, Ending, OnVisible, Reply, Target
+
+__all__ = ["Delivery", "DeliveryError", "Ending", "Reply", "Target", "ThinkingSign"]
 
 log = logging.getLogger(__name__)
 
 THINKING_STATUS = "is thinking…"
+LOADING_MESSAGES = ["Reading your question…", "Looking into it…", "Writing an answer…"]
 THINKING_REACTION = "eyes"
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where one turn's answer goes."""
-
-    channel: str
-    thread_ts: str | None  # None: a top-level reply (a DM's rolling conversation)
-    message_ts: str  # the user's message being answered
+FEEDBACK_THANKS = "Thanks for the feedback!"
+SIGN_WAIT = 1.0  # seconds the sign may wait for a rate slot; it is worth less than the answer
 
 
 @dataclass
 class ThinkingSign:
     target: Target
     kind: str  # "status", "reaction" or "none"
+    removal: Hold | None = None  # the reactions.remove slot kept for taking the reaction away
+
+
+def target_for(message: IncomingMessage) -> Target:
+    """Where the answer to a message goes, and to whom it is streamed."""
+    return Target(
+        channel=message.channel,
+        thread_ts=message.reply_thread_ts,
+        message_ts=message.ts,
+        team=message.team,
+        user=message.user,
+        is_dm=message.is_dm,
+    )
 
 
 class Delivery:
-    def __init__(self, client: AsyncWebClient) -> None:
-        self.client = client
+    def __init__(self, slack: BudgetedSlack, *, min_interval: float = 0.3) -> None:
+        self.slack = slack
+        self.budget = slack.budget
+        self.min_interval = min_interval
+        # Seconds a final message may wait for its rate slot: two of Slack's minutes, scaled.
+        self.final_wait = 120.0 / slack.budget.scale
+
+    def reply(self, target: Target, *, on_visible: OnVisible | None = None) -> Reply:
+        """A new answer; nothing is posted until its first text is written. `on_visible` is
+        awaited with the ts of its first message as soon as Slack shows it."""
+        return Reply(
+            self.slack,
+            target,
+            min_interval=self.min_interval,
+            final_wait=self.final_wait,
+            on_visible=on_visible,
+        )
 
     async def show_thinking(self, target: Target) -> ThinkingSign:
         """Show that the bot is working: a thread status where there is a thread, else a reaction."""
         if target.thread_ts is not None:
             try:
-                await self.client.assistant_threads_setStatus(
-                    channel_id=target.channel, thread_ts=target.thread_ts, status=THINKING_STATUS
+                await self.slack.call(
+                    "assistant.threads.setStatus",
+                    team=target.team,
+                    scope=f"{target.channel}:{target.thread_ts}",
+                    wait=SIGN_WAIT * self._time_unit,
+                    channel_id=target.channel,
+                    thread_ts=target.thread_ts,
+                    status=THINKING_STATUS,
+                    loading_messages=LOADING_MESSAGES,
                 )
                 return ThinkingSign(target, "status")
             except SlackApiError as error:
                 _log_api_error("assistant.threads.setStatus", error)
+            except RateLimited:
+                return ThinkingSign(target, "none")
+        # A reaction is added only with its removal's slot kept: it must never stay behind.
+        removal = self.budget.hold_for(target.team, "reactions.remove")
         try:
-            await self.client.reactions_add(
-                channel=target.channel, timestamp=target.message_ts, name=THINKING_REACTION
+            await self.slack.call(
+                "reactions.add",
+                team=target.team,
+                holds=(removal,),
+                channel=target.channel,
+                timestamp=target.message_ts,
+                name=THINKING_REACTION,
             )
-            return ThinkingSign(target, "reaction")
+            return ThinkingSign(target, "reaction", removal)
         except SlackApiError as error:
             if error.response.get("error") == "already_reacted":  # left by an interrupted turn
                 return ThinkingSign(target, "reaction")
             _log_api_error("reactions.add", error)
-            return ThinkingSign(target, "none")
+        except RateLimited:
+            log.info("thinking reaction skipped: no rate budget channel=%s", target.channel)
+        return ThinkingSign(target, "none")
 
     async def clear_thinking(self, sign: ThinkingSign, *, answered: bool) -> None:
         """Take the sign away. Slack clears a thread status itself when the bot replies there."""
         if sign.kind == "reaction" or (sign.kind == "status" and not answered):
-            await self.clear_sign(sign.target, sign.kind)
+            await self.clear_sign(sign.target, sign.kind, sign.removal)
 
-    async def clear_sign(self, target: Target, kind: str) -> None:
+    async def clear_sign(self, target: Target, kind: str, removal: Hold | None = None) -> None:
+        """Remove a thinking sign, also one left by an interrupted turn (which has no held slot)."""
         try:
             if kind == "status":
-                await self.client.assistant_threads_setStatus(
-                    channel_id=target.channel, thread_ts=target.thread_ts or "", status=""
+                await self.slack.call(
+                    "assistant.threads.setStatus",
+                    team=target.team,
+                    scope=f"{target.channel}:{target.thread_ts}",
+                    wait=self.final_wait,
+                    channel_id=target.channel,
+                    thread_ts=target.thread_ts or "",
+                    status="",
                 )
             elif kind == "reaction":
-                await self.client.reactions_remove(
-                    channel=target.channel, timestamp=target.message_ts, name=THINKING_REACTION
+                await self.slack.call(
+                    "reactions.remove",
+                    team=target.team,
+                    use=removal,
+                    wait=self.final_wait,
+                    channel=target.channel,
+                    timestamp=target.message_ts,
+                    name=THINKING_REACTION,
                 )
         except SlackApiError as error:
             _log_api_error("clear thinking sign", error)
-
-    async def post_answer(self, target: Target, text: str) -> list[str]:
-        """Post the answer, split into several messages when long. Returns their ts in order."""
-        posted: list[str] = []
-        for part in split_message(text):
-            response = await self.client.chat_postMessage(
-                channel=target.channel,
-                thread_ts=target.thread_ts,
-                text=part,
-                unfurl_links=False,
-                unfurl_media=False,
-            )
-            posted.append(response["ts"])
-        return posted
+        except RateLimited as error:
+            log.warning("thinking sign left in place: %s", error)
 
     async def post_notice(self, target: Target, text: str) -> str | None:
         """A short message from the bot itself (an error, a confirmation). Never raises."""
         try:
-            response = await self.client.chat_postMessage(
-                channel=target.channel, thread_ts=target.thread_ts, text=text
+            response = await self.slack.call(
+                "chat.postMessage",
+                team=target.team,
+                scope=target.channel,
+                wait=self.final_wait,
+                channel=target.channel,
+                thread_ts=target.thread_ts,
+                text=text,
             )
-            return response["ts"]
+            return str(response["ts"])
         except SlackApiError as error:
             _log_api_error("chat.postMessage", error)
-            return None
+        except RateLimited as error:
+            log.warning("notice not posted: %s", error)
+        return None
+
+    async def thank_for_feedback(self, team: str, channel: str, thread_ts: str | None, user: str) -> None:
+        """Tell the person (only them) that their vote was kept. Never raises."""
+        try:
+            await self.slack.call(
+                "chat.postEphemeral",
+                team=team,
+                wait=SIGN_WAIT * self._time_unit,
+                channel=channel,
+                user=user,
+                thread_ts=thread_ts,
+                text=FEEDBACK_THANKS,
+            )
+        except SlackApiError as error:
+            _log_api_error("chat.postEphemeral", error)
+        except RateLimited as error:
+            log.info("feedback thanks skipped: %s", error)
+
+    @property
+    def _time_unit(self) -> float:
+        return 1.0 / self.budget.scale
 
 
 def _log_api_error(method: str, error: SlackApiError) -> None:

@@ -30,6 +30,7 @@ from bot.context import ContextBuilder
 from bot.delivery import Delivery
 from bot.health import health_handler
 from bot.llm import ChatModel
+from bot.rate_limit import BudgetedSlack, SlackBudget
 from bot.store import Store, StoreUnavailable
 from bot.turn import Limits, TurnRunner
 from bot.workspace import Workspace
@@ -73,6 +74,8 @@ class SupportBot:
             max_retries=settings.llm_max_retries,
             retry_base_seconds=settings.llm_retry_base_seconds,
             retry_max_seconds=settings.llm_retry_max_seconds,
+            first_token_timeout_seconds=settings.llm_first_token_timeout_seconds,
+            idle_timeout_seconds=settings.llm_idle_timeout_seconds,
         )
         self._verifier = (
             SignatureVerifier(settings.slack_signing_secret) if settings.slack_signing_secret else None
@@ -111,10 +114,19 @@ class SupportBot:
             request_verification_enabled=False,
             process_before_response=False,
         )
+        # Delivery handles 429s itself (pausing the shared budget, keeping its text), so its client
+        # retries only broken connections.
+        delivery_client = AsyncWebClient(
+            token=settings.slack_bot_token,
+            base_url=settings.slack_api_url,
+            session=session,
+            retry_handlers=[AsyncConnectionErrorRetryHandler(max_retry_count=2)],
+        )
+        budget = SlackBudget(self.store, scale=settings.slack_rate_limit_scale)
         self.turns = TurnRunner(
             store=self.store,
             workspace=Workspace(client, self.store),
-            delivery=Delivery(client),
+            delivery=Delivery(BudgetedSlack(delivery_client, budget)),
             model=self.model,
             context=ContextBuilder(self.store, settings.system_prompt),
             breaker=self.breaker,
@@ -126,7 +138,7 @@ class SupportBot:
             ),
             max_concurrent_turns=settings.max_concurrent_turns,
         )
-        listeners.register(self.app, self.turns)
+        listeners.register(self.app, self.turns, self.store)
         if not await self.store.ping():
             log.error("redis is unreachable at start; /health reports 503 until it answers")
 

@@ -1,4 +1,6 @@
-"""Slack message text: reading mentions out of it, turning it into plain text, splitting long answers."""
+"""Slack message text the bot reads: mentions in it, and turning it into plain text for the model.
+
+What the bot writes is formatted in bot/formatting.py."""
 
 from __future__ import annotations
 
@@ -12,10 +14,6 @@ _CHANNEL_LINK = re.compile(r"<#([CG][A-Z0-9]+)(?:\|([^>]*))?>")
 # C0 and C1 control characters other than tab and newline: noise to the model, risky in logs.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _LINK = re.compile(r"<((?:https?|mailto):[^>|]+)(?:\|([^>]*))?>")
-
-# Slack's own ceiling is 40,000 characters of text; it recommends keeping messages far shorter,
-# and shorter messages also render and scroll better in a thread.
-MESSAGE_LIMIT = 3_900
 
 
 def mentioned_users(text: str) -> set[str]:
@@ -44,23 +42,3 @@ def is_command(text: str, bot_user_id: str, command: str) -> bool:
     """True when the message is just `command` (ignoring the bot's mention and case)."""
     bare = re.sub(rf"<@{re.escape(bot_user_id)}(?:\|[^>]*)?>", "", text)
     return bare.strip().strip(".!").lower() == command
-
-
-def split_message(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
-    """Split text into messages of at most `limit` characters, at paragraph or line boundaries
-    where possible; nothing is dropped."""
-    parts: list[str] = []
-    rest = text.strip()
-    while len(rest) > limit:
-        window = rest[:limit]
-        # The latest paragraph break, else line break, else space; a hard cut rather than
-        # tiny pieces when none falls in the last three quarters of the window.
-        cut = next(
-            (at for sep in ("\n\n", "\n", " ") if (at := window.rfind(sep)) > limit // 4),
-            limit,
-        )
-        parts.append(rest[:cut].rstrip())
-        rest = rest[cut:].lstrip("\n ")
-    if rest:
-        parts.append(rest)
-    return parts

@@ -1,8 +1,9 @@
-"""Everything Redis: key names and TTLs, conversation records, the per-thread inbox, dedup and locks.
+"""Everything Redis: key names and TTLs, conversation records, the per-thread inbox, dedup, locks,
+feedback votes and the Slack rate budget shared by every bot process.
 
 Every key the bot uses is built by a function in `Keys`, with its TTL beside it. Steps that must
-happen together (dedup + enqueue, compare-and-delete of a lock) are Lua scripts so that several bot
-processes sharing one Redis never see half of one.
+happen together (dedup + enqueue, compare-and-delete of a lock, taking rate-limit slots) are Lua
+scripts so that several bot processes sharing one Redis never see half of one.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 import redis.asyncio as redis
@@ -23,7 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 log = logging.getLogger(__name__)
 
 DAY = 24 * 3600
-POOL_SIZE = 64
+POOL_SIZE = 200
 POOL_WAIT_SECONDS = 10
 
 Action = Literal["answer", "record", "reset"]
@@ -81,20 +82,75 @@ class IncomingMessage:
 
 @dataclass(frozen=True)
 class Turn:
-    """One stored message of a conversation."""
+    """One stored message of a conversation; an answer also keeps the tokens it cost."""
 
     role: Literal["user", "assistant"]
     text: str
     ts: str
     user: str | None = None
     name: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False)
+        record = {k: v for k, v in asdict(self).items() if v is not None or k in _TURN_CORE}
+        return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Turn:
-        return cls(**json.loads(raw))
+        # Records written by older (or newer) versions may lack fields or carry others.
+        record = json.loads(raw)
+        return cls(**{k: v for k, v in record.items() if k in _TURN_FIELDS})
+
+
+_TURN_FIELDS = {f.name for f in fields(Turn)}
+_TURN_CORE = {"role", "text", "ts", "user", "name"}
+
+
+@dataclass(frozen=True)
+class FeedbackVote:
+    """A person's thumbs up or down on one answer."""
+
+    team: str
+    channel: str
+    thread: str  # the conversation (ThreadKey.thread)
+    answer_ts: str  # the answer's first message, as stored in its Turn
+    message_ts: str  # the message whose buttons were pressed
+    user: str
+    vote: Literal["good", "bad"]
+    at: float
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class RateBucket:
+    """One rate-limited budget: `limit` calls per `window_ms`, shared by every bot process."""
+
+    name: str  # team, method and scope, e.g. "T1:chat.postMessage:C1"
+    limit: int
+    window_ms: int
+
+
+@dataclass(frozen=True)
+class RateClaim:
+    """What to take from a bucket: a call now ("take"), a slot kept for later ("hold"), or the
+    call a held slot was kept for ("use"). `headroom` slots must stay free after a take."""
+
+    bucket: RateBucket
+    mode: Literal["take", "hold", "use"]
+    member: str
+    headroom: int = 0
+    hold_ms: int = 0
+
+
+@dataclass(frozen=True)
+class RateGrant:
+    granted: bool
+    wait: float  # seconds until a slot may free, when not granted
+    active: int  # writers in flight on the first bucket (for sharing it fairly)
 
 
 @dataclass(frozen=True)
@@ -164,6 +220,28 @@ class Keys:
     @staticmethod
     def display_name(team: str, user: str) -> str:
         return f"name:{team}:{user}"
+
+    @staticmethod
+    def feedback(key: ThreadKey) -> str:
+        return f"feedback:{key}"  # TTL: the conversation's
+
+    # A rate bucket's keys share a hash tag, so one script may touch them in Redis Cluster too.
+    # They expire one window after their last use.
+    @staticmethod
+    def rate_calls(bucket: str) -> str:
+        return f"rate:{{{bucket}}}:calls"
+
+    @staticmethod
+    def rate_held(bucket: str) -> str:
+        return f"rate:{{{bucket}}}:held"
+
+    @staticmethod
+    def rate_pause(bucket: str) -> str:
+        return f"rate:{{{bucket}}}:pause"
+
+    @staticmethod
+    def rate_active(bucket: str) -> str:
+        return f"rate:{{{bucket}}}:active"
 
 
 # KEYS: seen, inbox, meta, journal, pending. ARGV: message json, dedup ttl, inbox ttl,
@@ -236,12 +314,64 @@ return 0
 """
 
 
+# Sliding-window rate budget over several buckets at once: all claims are granted, or none.
+# KEYS: per claim its calls, held and pause keys, then the first bucket's active key.
+# ARGV: claims as JSON [{limit, window, headroom, mode, member, hold}], active member ('' for
+# none), active ttl ms. Returns {granted 0/1, wait ms, active writers}. Time is Redis's own, so
+# processes with skewed clocks still share one window.
+_RATE_CLAIM = """
+local claims = cjson.decode(ARGV[1])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local active = 0
+local active_key = KEYS[#claims * 3 + 1]
+if ARGV[2] ~= '' then
+  redis.call('ZADD', active_key, now + tonumber(ARGV[3]), ARGV[2])
+  redis.call('PEXPIRE', active_key, ARGV[3])
+end
+redis.call('ZREMRANGEBYSCORE', active_key, '-inf', now)
+active = redis.call('ZCARD', active_key)
+local wait = 0
+for i, c in ipairs(claims) do
+  local calls, held, pause = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+  local paused = redis.call('PTTL', pause)
+  if paused > 0 then
+    wait = math.max(wait, paused)
+  else
+    redis.call('ZREMRANGEBYSCORE', calls, '-inf', now - c.window)
+    redis.call('ZREMRANGEBYSCORE', held, '-inf', now)
+    local mine = c.mode == 'use' and redis.call('ZSCORE', held, c.member)
+    local used = redis.call('ZCARD', calls) + redis.call('ZCARD', held)
+    if not mine and used + c.headroom >= c.limit then
+      local oldest = redis.call('ZRANGE', calls, 0, 0, 'WITHSCORES')
+      local free_in = c.window
+      if oldest[2] then free_in = tonumber(oldest[2]) + c.window - now end
+      wait = math.max(wait, free_in, 1)
+    end
+  end
+end
+if wait > 0 then return {0, wait, active} end
+for i, c in ipairs(claims) do
+  local calls, held = KEYS[3 * i - 2], KEYS[3 * i - 1]
+  if c.mode == 'hold' then
+    redis.call('ZADD', held, now + c.hold, c.member)
+    redis.call('PEXPIRE', held, c.hold)
+  else
+    if c.mode == 'use' then redis.call('ZREM', held, c.member) end
+    redis.call('ZADD', calls, now, c.member)
+    redis.call('PEXPIRE', calls, c.window)
+  end
+end
+return {1, 0, active}
+"""
+
+
 class Store:
     """The bot's only door to Redis."""
 
     def __init__(self, url: str, *, conversation_ttl_days: float, lock_ttl_seconds: float = 30.0) -> None:
         # A bounded pool that makes callers wait for a free connection: hundreds of turns at
-        # once share a few dozen connections instead of failing with "too many connections".
+        # once share a bounded set of connections instead of failing with "too many connections".
         pool = redis.BlockingConnectionPool.from_url(
             url,
             max_connections=POOL_SIZE,
@@ -264,6 +394,7 @@ class Store:
         self._rewrite_turn = self.redis.register_script(_REWRITE_TURN)
         self._release_lock = self.redis.register_script(_RELEASE_LOCK)
         self._renew_lock = self.redis.register_script(_RENEW_LOCK)
+        self._rate_claim = self.redis.register_script(_RATE_CLAIM)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -430,6 +561,64 @@ class Store:
 
     async def cache_name(self, team: str, user: str, name: str) -> None:
         await self.redis.set(Keys.display_name(team, user), name, ex=Keys.NAME_TTL)
+
+    # -- feedback ----------------------------------------------------------------------------
+
+    async def record_feedback(self, vote: FeedbackVote) -> None:
+        """Keep a vote beside the conversation it rates; a person's later click replaces it."""
+        key = ThreadKey(vote.team, vote.channel, vote.thread)
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(Keys.feedback(key), f"{vote.answer_ts}:{vote.user}", vote.to_json())
+                pipe.expire(Keys.feedback(key), self.conversation_ttl)
+                await pipe.execute()
+        except (RedisError, OSError) as error:
+            raise StoreUnavailable(type(error).__name__) from None
+
+    async def feedback_votes(self, key: ThreadKey) -> list[FeedbackVote]:
+        raw = await self.redis.hgetall(Keys.feedback(key))
+        return [FeedbackVote(**json.loads(value)) for value in raw.values()]
+
+    # -- the shared Slack rate budget --------------------------------------------------------
+
+    async def claim_rate(
+        self, claims: list[RateClaim], *, writer: str = "", writer_ttl_ms: int = 0
+    ) -> RateGrant:
+        """Take slots from rate buckets, all or none (see `_RATE_CLAIM`); `writer` marks an
+        answer in flight on the first bucket, so that each can be given its fair share."""
+        keys = [
+            k
+            for c in claims
+            for k in (
+                Keys.rate_calls(c.bucket.name),
+                Keys.rate_held(c.bucket.name),
+                Keys.rate_pause(c.bucket.name),
+            )
+        ]
+        keys.append(Keys.rate_active(claims[0].bucket.name))
+        spec = [
+            {"limit": c.bucket.limit, "window": c.bucket.window_ms, "headroom": c.headroom,
+             "mode": c.mode, "member": c.member, "hold": c.hold_ms}
+            for c in claims
+        ]  # fmt: skip
+        granted, wait_ms, active = await self._rate_claim(
+            keys=keys, args=[json.dumps(spec), writer, max(writer_ttl_ms, 1)]
+        )
+        return RateGrant(bool(granted), int(wait_ms) / 1000, int(active))
+
+    async def release_rate_hold(self, bucket: RateBucket, member: str) -> None:
+        """Give back a slot held for a call that will not be made."""
+        await self.redis.zrem(Keys.rate_held(bucket.name), member)
+
+    async def pause_rate(self, bucket: RateBucket, seconds: float) -> None:
+        """Slack said 429: no process calls this bucket until its Retry-After has passed."""
+        key = Keys.rate_pause(bucket.name)
+        milliseconds = max(1, int(seconds * 1000))
+        if await self.redis.pttl(key) < milliseconds:
+            await self.redis.set(key, "1", px=milliseconds)
+
+    async def leave_rate(self, bucket: RateBucket, writer: str) -> None:
+        await self.redis.zrem(Keys.rate_active(bucket.name), writer)
 
     async def debug_dump(self, key: ThreadKey) -> dict[str, Any]:
         """The stored record of one conversation, for tests and admin commands."""

@@ -27,7 +27,7 @@ from slack_sdk.errors import SlackApiError
 
 from bot.breaker import CircuitBreaker
 from bot.context import RECENT_TURNS, ContextBuilder
-from bot.delivery import Delivery, Target
+from bot.delivery import Delivery, DeliveryError, Ending, Reply, Target, target_for
 from bot.llm import UNAVAILABLE, Answer, ChatMessage, ChatModel, LLMError
 from bot.store import IncomingMessage, Store, StoreUnavailable, ThreadKey, Turn, TurnRecord
 from bot.workspace import Workspace
@@ -120,7 +120,7 @@ class TurnRunner:
                 error,
             )
             if message.action != "record":
-                await self.delivery.post_notice(_target(message), STORE_UNAVAILABLE)
+                await self.delivery.post_notice(target_for(message), STORE_UNAVAILABLE)
             return
         if not accepted:
             log.info(
@@ -229,7 +229,7 @@ class TurnRunner:
                 *_where(message),
                 type(error).__name__,
             )
-            await self.delivery.post_notice(_target(message), TURN_FAILED)
+            await self.delivery.post_notice(target_for(message), TURN_FAILED)
             await self.store.record_progress(message, state="failed")
 
     async def _take_turn(self, message: IncomingMessage) -> None:
@@ -240,14 +240,14 @@ class TurnRunner:
             return
         if message.action == "reset":
             await self.store.reset(message.key)
-            await self.delivery.post_notice(_target(message), RESET_CONFIRMATION)
+            await self.delivery.post_notice(target_for(message), RESET_CONFIRMATION)
             await self.store.record_progress(message, state="answered")
             log.info("turn team=%s channel=%s thread=%s user=%s outcome=reset", *_where(message))
         elif message.action == "record":
             await self._store_user_turn(message, record)
             await self.store.record_progress(message, state="answered")
         elif (refusal := await self._refusal(message)) is not None:
-            await self.delivery.post_notice(_target(message), refusal)
+            await self.delivery.post_notice(target_for(message), refusal)
             await self.store.record_progress(message, state="noted")
         else:
             await self._answer(message, record)
@@ -261,12 +261,14 @@ class TurnRunner:
             record.answer is not None,
             record.answer_ts is not None,
         )
-        target = _target(message)
+        target = target_for(message)
         if record.answer_ts is not None:
             await self.delivery.post_notice(target, INTERRUPTED)
             await self.store.record_progress(message, state="noted")
         elif record.answer is not None:
-            await self._deliver(message, target, record.answer, None, time.monotonic())
+            reply = self._reply(message, target)
+            reply.write(record.answer)
+            await self._finish_reply(message, reply, Ending.COMPLETE, record.answer, None)
         else:
             return False
         if record.sign == "reaction":
@@ -298,7 +300,7 @@ class TurnRunner:
 
     async def _answer(self, message: IncomingMessage, record: TurnRecord) -> None:
         started = time.monotonic()
-        target = _target(message)
+        target = target_for(message)
         sign = await self.delivery.show_thinking(target)
         await self.store.record_progress(message, state="working", sign=sign.kind)
         answer: Answer | None = None
@@ -308,10 +310,12 @@ class TurnRunner:
             await self._read_earlier_thread(message)
             await self._store_user_turn(message, record)
             prompt = await self.context.prompt_for(message.key)
-            answer = await self._ask_model(prompt)
-            await self.store.record_progress(message, answer=answer.text)
-            await self._deliver(message, target, answer.text, answer, started)
-            answered = True
+            reply = self._reply(message, target)
+            answer, ending = await self._ask_model(prompt, reply)
+            if not reply.shown:  # kept so that a Slack outage cannot lose it
+                await self.store.record_progress(message, answer=answer.text)
+            answered = bool(await self._finish_reply(message, reply, ending, answer.text, answer))
+            outcome = ending.value
         except LLMError as error:
             outcome = f"llm_error:{error.kind}"
             answered = await self.delivery.post_notice(target, error.user_message) is not None
@@ -338,13 +342,22 @@ class TurnRunner:
             )
             log.debug("turn text ts=%s question=%r", message.ts, message.text)
 
-    async def _ask_model(self, prompt: list[ChatMessage]) -> Answer:
-        """Call the model unless the breaker is open; tell the breaker how it went."""
+    def _reply(self, message: IncomingMessage, target: Target) -> Reply:
+        """A reply that journals the moment any of it becomes visible in Slack."""
+
+        async def visible(ts: str) -> None:
+            await self.store.record_progress(message, answer_ts=ts)
+
+        return self.delivery.reply(target, on_visible=visible)
+
+    async def _ask_model(self, prompt: list[ChatMessage], reply: Reply) -> tuple[Answer, Ending]:
+        """Stream the model's answer into the reply unless the breaker is open; tell the
+        breaker how it went."""
         if not self.breaker.allow():
             raise LLMError("circuit_open", UNAVAILABLE, attempts=0)
         try:
             async with self._llm_slots:
-                answer = await self.model.answer(prompt)
+                answer, ending = await self._write_answer(prompt, reply)
         except LLMError as error:
             if error.model_down:
                 self.breaker.failed()
@@ -354,19 +367,41 @@ class TurnRunner:
         except BaseException:
             self.breaker.released()
             raise
-        self.breaker.succeeded()
-        return answer
+        if ending is Ending.CUT_OFF:
+            self.breaker.released()  # it spoke, then broke: no verdict on its health
+        else:
+            self.breaker.succeeded()
+        return answer, ending
 
-    async def _deliver(
-        self, message: IncomingMessage, target: Target, text: str, answer: Answer | None, started: float
-    ) -> None:
-        """Post the answer and record it; a Slack outage defers it (journaled) rather than drop it."""
+    async def _write_answer(self, prompt: list[ChatMessage], reply: Reply) -> tuple[Answer, Ending]:
+        """Stream the model's answer into the reply; says how it ended. Raises LLMError only when
+        nothing was written (a failure after that keeps the text and ends it as cut off)."""
+        async with self.model.stream(prompt) as stream:
+            try:
+                async for text in stream:
+                    if not reply.write(text):
+                        return stream.answer, Ending.STOPPED  # leaving the stream ends the generation
+            except LLMError as error:
+                if not error.partial:
+                    raise
+                return stream.answer, Ending.CUT_OFF
+        answer = stream.answer
+        if answer.complete:
+            return answer, Ending.COMPLETE
+        return answer, Ending.TRUNCATED if answer.finish_reason == "length" else Ending.CUT_OFF
+
+    async def _finish_reply(
+        self, message: IncomingMessage, reply: Reply, ending: Ending, text: str, answer: Answer | None
+    ) -> list[str]:
+        """Give the answer its final form and record it. A Slack outage before any of it was
+        visible defers it (journaled, retried later) rather than drop it."""
+        target = reply.target
         try:
-            posted = await self.delivery.post_answer(target, text)
-        except (SlackApiError, aiohttp.ClientError, TimeoutError) as error:
-            code = error.response.get("error") if isinstance(error, SlackApiError) else type(error).__name__
+            posted = await reply.finish(ending)
+        except (DeliveryError, aiohttp.ClientError, TimeoutError) as error:
+            code = error.code if isinstance(error, DeliveryError) else type(error).__name__
             attempts = await self.store.count_attempt(message)
-            if code in PERMANENT_SLACK_ERRORS or attempts >= MAX_DELIVERY_ATTEMPTS:
+            if reply.shown or code in PERMANENT_SLACK_ERRORS or attempts >= MAX_DELIVERY_ATTEMPTS:
                 log.error(
                     "answer could not be delivered team=%s channel=%s thread=%s user=%s error=%s attempts=%d",
                     *_where(message),
@@ -375,7 +410,7 @@ class TurnRunner:
                 )
                 await self.store.record_progress(message, state="failed", answer=None)
                 await self.delivery.post_notice(target, DELIVERY_FAILED)
-                return
+                return []
             log.warning(
                 "answer delivery deferred team=%s channel=%s thread=%s user=%s error=%s attempts=%d",
                 *_where(message),
@@ -383,9 +418,23 @@ class TurnRunner:
                 attempts,
             )
             raise DeliveryDeferred(code) from None
+        if not posted:
+            await self.store.record_progress(message, state="answered", answer=None)
+            return posted
         # Done first: should we die right here, the answer is not repeated nor called interrupted.
         await self.store.record_progress(message, state="answered", answer_ts=posted[0], answer=None)
-        await self.store.append_turns(message.key, Turn(role="assistant", text=text, ts=posted[0]))
+        await self.store.append_turns(
+            message.key,
+            Turn(
+                role="assistant",
+                text=text,
+                ts=posted[0],
+                prompt_tokens=answer.prompt_tokens if answer else None,
+                completion_tokens=answer.completion_tokens if answer else None,
+                finish_reason=answer.finish_reason if answer else None,
+            ),
+        )
+        return posted
 
     async def _store_user_turn(self, message: IncomingMessage, record: TurnRecord) -> None:
         if record.user_turn_stored:
@@ -441,10 +490,6 @@ class TurnRunner:
         self._tasks.discard(task)
         if not task.cancelled() and (error := task.exception()) is not None:
             log.error("turn crashed error=%s", type(error).__name__, exc_info=error)
-
-
-def _target(message: IncomingMessage) -> Target:
-    return Target(message.channel, message.reply_thread_ts, message.ts)
 
 
 def _where(message: IncomingMessage) -> tuple[str, str, str, str]:

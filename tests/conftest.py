@@ -16,6 +16,8 @@ from tests.emulators.openai_api import OpenAIEmulator
 from tests.emulators.slack import SlackEmulator
 from tests.redis_server import RedisServer
 
+RATE_SCALE = 20
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -107,6 +109,8 @@ def bot_env(
         "RATE_LIMIT_USER_PER_MINUTE": "100000",
         "RATE_LIMIT_USER_PER_DAY": "100000",
         "RATE_LIMIT_CHANNEL_PER_MINUTE": "100000",
+        # Slack's rate budgets, twenty times over: a minute of Slack plays in three seconds.
+        "SLACK_RATE_LIMIT_SCALE": str(RATE_SCALE),
     }
     if mode == "socket":
         env["SLACK_APP_TOKEN"] = slack.app_token

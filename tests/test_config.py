@@ -18,6 +18,8 @@ def test_defaults() -> None:
     assert settings.conversation_ttl_days == 30
     assert settings.system_prompt == DEFAULT_SYSTEM_PROMPT
     assert settings.redis_url is None
+    assert (settings.llm_first_token_timeout_seconds, settings.llm_idle_timeout_seconds) == (60, 30)
+    assert settings.slack_rate_limit_scale == 1
 
 
 @pytest.mark.parametrize(
@@ -35,6 +37,9 @@ def test_defaults() -> None:
         ({"PORT": "70000"}, "PORT is out of range"),
         ({"CONVERSATION_TTL_DAYS": "-1"}, "CONVERSATION_TTL_DAYS is out of range"),
         ({"LLM_MAX_RETRIES": "2.5"}, "LLM_MAX_RETRIES is malformed"),
+        ({"LLM_FIRST_TOKEN_TIMEOUT_SECONDS": "0"}, "LLM_FIRST_TOKEN_TIMEOUT_SECONDS is out of range"),
+        ({"LLM_IDLE_TIMEOUT_SECONDS": "soon"}, "LLM_IDLE_TIMEOUT_SECONDS is malformed"),
+        ({"SLACK_RATE_LIMIT_SCALE": "1000"}, "SLACK_RATE_LIMIT_SCALE is out of range"),
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL is malformed"),
         ({"SYSTEM_PROMPT_FILE": "/nonexistent/prompt.txt"}, "SYSTEM_PROMPT_FILE cannot be read"),
         ({"SYSTEM_PROMPT": "a", "SYSTEM_PROMPT_FILE": "b"}, "both set"),

@@ -7,9 +7,12 @@ import time
 
 import pytest
 
+from bot.delivery import Ending
 from bot.llm import ChatModel, parse_retry_after
+from bot.store import ThreadKey
+from bot.streaming import NOTES
 from tests.conftest import RunningBot
-from tests.emulators.openai_api import Disconnect, OpenAIEmulator, Status
+from tests.emulators.openai_api import Disconnect, OpenAIEmulator, Reply, SlowFirstToken, Status, Truncated
 from tests.emulators.slack import SlackEmulator
 
 CHANNEL = "C300"
@@ -60,15 +63,83 @@ async def test_model_down_after_retries_gives_a_friendly_message_and_clears_the_
     assert not slack.statuses.get((CHANNEL, ts))
 
 
-async def test_mid_stream_disconnect_is_retried(
+async def test_disconnect_before_any_text_is_retried(
     bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
 ) -> None:
-    llm.enqueue(Disconnect(after_chunks=1))
+    llm.enqueue(Disconnect(after_chunks=0))
     ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> stream please")
     [answer] = await slack.wait_for_bot_messages(CHANNEL, ts)
     await bot.settle()
     assert answer["text"] == "Answer: ann: stream please"
     assert len(llm.requests) == 2
+
+
+async def test_mid_stream_disconnect_keeps_the_partial_answer_with_a_note(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    llm.chunk_delay = 0.02
+    llm.enqueue(Disconnect(after_chunks=3, text="The first part. And then the rest."))
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> stream please")
+    [answer] = await slack.wait_for_bot_messages(CHANNEL, ts)
+    await bot.settle()
+    # Not retried: text was already on its way to Slack; what came stays, with the note.
+    assert len(llm.requests) == 1
+    assert answer["text"] == f"The first part. And then\n\n{NOTES[Ending.CUT_OFF]}"
+    assert not answer.get("streaming")
+    assert not slack.statuses.get((CHANNEL, ts))
+    stored = await bot.bot.store.recent_turns(ThreadKey("T1", CHANNEL, ts), 10)
+    assert [(t.role, t.text, t.finish_reason) for t in stored][-1] == (
+        "assistant",
+        "The first part. And then",
+        None,
+    )
+
+
+async def test_answer_cut_by_the_length_limit_says_so(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    llm.enqueue(Truncated("A long answer that the model had to"))
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> explain everything")
+    [answer] = await slack.wait_for_bot_messages(CHANNEL, ts)
+    await bot.settle()
+    assert answer["text"] == f"A long answer that the model had to\n\n{NOTES[Ending.TRUNCATED]}"
+    stored = await bot.bot.store.recent_turns(ThreadKey("T1", CHANNEL, ts), 10)
+    assert stored[-1].finish_reason == "length"
+
+
+async def test_slow_first_token_times_out_and_is_retried(
+    start_bot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    running = await start_bot("socket", LLM_FIRST_TOKEN_TIMEOUT_SECONDS="0.3")
+    llm.enqueue(SlowFirstToken(2.0))
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> hello?")
+    [answer] = await slack.wait_for_bot_messages(CHANNEL, ts)
+    await running.settle()
+    assert answer["text"] == "Answer: ann: hello?"
+    assert len(llm.requests) == 2
+
+
+async def test_silence_mid_answer_hits_the_idle_timeout_but_a_long_answer_does_not(
+    start_bot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    running = await start_bot("socket", LLM_IDLE_TIMEOUT_SECONDS="0.5", LLM_TIMEOUT_SECONDS="5")
+    # Two seconds of steady tokens: far longer than the idle timeout, yet never idle that long.
+    llm.chunk_delay, llm.chunk_chars = 0.05, 4
+    long_text = "steady words " * 12
+    llm.enqueue(Reply(long_text.strip()))
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> long one")
+    [answer] = await slack.wait_for_bot_messages(CHANNEL, ts)
+    await running.settle()
+    assert answer["text"] == long_text.strip()
+
+    llm.chunk_delay = 1.0  # now each chunk takes longer than the idle timeout
+    llm.enqueue(Reply("slow slow slow"))
+    second = await slack.post_user_message(CHANNEL, "again", thread_ts=ts)
+    await slack.wait_for_bot_messages(CHANNEL, ts, count=2)
+    await running.settle()
+    cut = slack.bot_messages(CHANNEL, ts)[-1]
+    assert cut["text"] == f"slow\n\n{NOTES[Ending.CUT_OFF]}"
+    assert second
 
 
 async def test_connection_refused_gives_a_friendly_message(

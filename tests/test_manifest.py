@@ -39,6 +39,11 @@ BOT_SCOPES = {
 # Web API methods the bot calls; their bot scopes are read from ../shared/slack/methods/*.json.
 METHODS_CALLED = (
     "chat.postMessage",
+    "chat.update",
+    "chat.postEphemeral",
+    "chat.startStream",
+    "chat.appendStream",
+    "chat.stopStream",
     "assistant.threads.setStatus",
     "reactions.add",
     "reactions.remove",
@@ -147,4 +152,9 @@ def test_manifest_uses_socket_mode_without_a_request_url(manifest: dict[str, Any
     settings = manifest["settings"]
     assert settings["socket_mode_enabled"] is True
     assert "request_url" not in settings["event_subscriptions"]
-    assert "interactivity" not in settings  # no buttons or modals, so no interactivity URL
+
+
+def test_manifest_enables_interactivity_for_the_feedback_buttons(manifest: dict[str, Any]) -> None:
+    interactivity = manifest["settings"]["interactivity"]
+    assert interactivity["is_enabled"] is True
+    assert "request_url" not in interactivity  # Socket Mode delivers the clicks

@@ -1,12 +1,14 @@
-"""Bolt listeners: each turns a Slack event into a call on the turn runner. `register` maps them."""
+"""Bolt listeners: each turns a Slack event or interaction into a call on the bot. `register` maps them."""
 
 from __future__ import annotations
 
 from slack_bolt.async_app import AsyncApp
 
-from bot.listeners import messages
+from bot.listeners import actions, messages
+from bot.store import Store
 from bot.turn import TurnRunner
 
 
-def register(app: AsyncApp, turns: TurnRunner) -> None:
+def register(app: AsyncApp, turns: TurnRunner, store: Store) -> None:
     messages.register(app, turns)
+    actions.register(app, store, turns.delivery)

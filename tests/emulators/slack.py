@@ -12,6 +12,16 @@ retry itself with ``deliver_event(..., retry_num=1)``.
 A Web API method is one entry in ``handlers``: a function from the call's arguments to the
 response's fields, raising ``ApiError("some_error")`` to fail. Add one there (and its name to
 ``POSTING_METHODS`` when it posts messages, e.g. chat.startStream).
+
+Streaming (chat.startStream / appendStream / stopStream) keeps every state a streamed message
+went through (``stream_states``); ``press_stop`` plays a user pressing stop, and
+``refuse_streaming`` makes a kind of conversation answer ``channel_type_not_supported``.
+
+Rate limits are off unless ``enforce_rate_limits()`` is called: then each method has Slack's
+budget per workspace by tier (Tier 2: 20 a minute, Tier 3: 50, Tier 4: 100), chat.postMessage
+one a second per channel and assistant.threads.setStatus one a second per thread, all over
+windows multiplied by ``time_scale``; a call past its budget gets a 429 with Retry-After and is
+logged in ``rate_limited``. ``inject_429s(every=n)`` answers every n-th call with a 429 anyway.
 """
 
 from __future__ import annotations
@@ -27,10 +37,12 @@ import json
 import math
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 from aiohttp import web
@@ -46,8 +58,25 @@ KINDS = ("channel", "group", "im", "mpim")
 KIND_BY_PREFIX = {"C": "channel", "G": "group", "D": "im"}
 APP_TOKEN_METHODS = {"apps.connections.open"}
 # Methods whose successful answers are messages the bot posted (see bot_messages).
-POSTING_METHODS = ("chat.postMessage",)
-PRIVATE_KEYS = ("edits",)  # emulator bookkeeping on stored messages, never sent to the bot
+POSTING_METHODS = ("chat.postMessage", "chat.startStream")
+# Emulator bookkeeping on stored messages, never sent to the bot.
+PRIVATE_KEYS = ("edits", "streaming", "stream_states", "stopped_by_user")
+# Calls a minute per workspace, by tier (../shared/slack/methods/*.json: rate_limits).
+TIER_CALLS = {"t1": 1, "t2": 20, "t3": 50, "t4": 100}
+METHOD_TIERS = {
+    "chat.startStream": "t2",
+    "chat.stopStream": "t2",
+    "chat.appendStream": "t4",
+    "chat.update": "t3",
+    "chat.delete": "t3",
+    "chat.postEphemeral": "t4",
+    "reactions.add": "t3",
+    "reactions.remove": "t2",
+    "conversations.replies": "t3",
+    "conversations.info": "t3",
+    "users.info": "t4",
+}
+STREAM_CONTENT_LIMIT = 12_000  # characters of Markdown in one streamed message
 THREAD_KEYS = ("thread_ts", "reply_count", "reply_users", "reply_users_count", "latest_reply")
 
 
@@ -145,6 +174,9 @@ class SlackEmulator:
             "conversations.info": self._conversations_info,
             "conversations.replies": self._conversations_replies,
             "chat.postMessage": self._chat_post_message,
+            "chat.startStream": self._chat_start_stream,
+            "chat.appendStream": self._chat_append_stream,
+            "chat.stopStream": self._chat_stop_stream,
             "chat.update": self._chat_update,
             "chat.delete": self._chat_delete,
             "chat.postEphemeral": self._chat_post_ephemeral,
@@ -158,6 +190,14 @@ class SlackEmulator:
         self._channels: dict[str, dict] = {}
         self._messages: dict[str, dict[str, dict]] = {}  # channel -> ts -> message
         self._faults: dict[str, list[_Fault]] = {}
+        self.time_scale = 1.0  # rate-limit windows are multiplied by it
+        self.rate_limited: list[ApiCall] = []  # every call answered 429
+        self._enforce = False
+        self._rate_log: dict[tuple[str, ...], deque[float]] = {}
+        self._inject_every = 0
+        self._inject_methods: set[str] = set()
+        self._inject_count = 0
+        self._streaming_refused: set[str] = set()
         self._last_micros = 0
         self._tickets: set[str] = set()
         self._sockets: list[tuple[web.Request, web.WebSocketResponse]] = []
@@ -326,13 +366,82 @@ class SlackEmulator:
         count: int = 1,
         timeout: float = 10.0,  # noqa: ASYNC109
     ) -> list[dict]:
-        """Wait until the bot has posted `count` messages there (see bot_messages)."""
+        """Wait until the bot has posted `count` messages there (see bot_messages), none of them
+        still streaming."""
+
+        def arrived() -> bool:
+            found = self.bot_messages(channel, thread_ts)
+            return len(found) >= count and not any(m.get("streaming") for m in found)
+
         await self.wait_for(
-            lambda: len(self.bot_messages(channel, thread_ts)) >= count,
-            timeout,
-            what=f"{count} bot message(s) in {channel} (thread_ts={thread_ts})",
+            arrived, timeout, what=f"{count} bot message(s) in {channel} (thread_ts={thread_ts})"
         )
         return self.bot_messages(channel, thread_ts)
+
+    # ----- streaming and rate limits -----
+
+    def stream_states(self, channel: str, ts: str) -> list[str]:
+        """Every text a streamed message showed, in order (start, each append, stop)."""
+        return list(self._find(channel, ts).get("stream_states", []))
+
+    def refuse_streaming(self, *kinds: str) -> None:
+        """chat.startStream answers channel_type_not_supported in these kinds of conversation."""
+        self._streaming_refused |= set(kinds)
+
+    def press_stop(self, channel: str, ts: str) -> None:
+        """A user stops a streaming message: later appends get `stopped_by_user`."""
+        msg = self._find(channel, ts)
+        msg["stopped_by_user"] = True
+        msg["streaming"] = False
+
+    def end_stream(self, channel: str, ts: str) -> None:
+        """Slack ends a stream on its own (as after a long pause): appends get
+        `message_not_in_streaming_state`."""
+        self._find(channel, ts)["streaming"] = False
+
+    def enforce_rate_limits(self, time_scale: float = 1.0) -> None:
+        """Answer 429 past each method's budget; windows are Slack's times `time_scale`."""
+        self._enforce = True
+        self.time_scale = time_scale
+
+    def inject_429s(self, every: int, methods: tuple[str, ...] | None = None) -> None:
+        """Answer every `every`-th call to `methods` (default: all that post or edit) with 429."""
+        self._inject_every = every
+        self._inject_methods = set(methods or (*POSTING_METHODS, "chat.appendStream", "chat.stopStream",
+                                               "chat.update"))  # fmt: skip
+
+    def rate_limit_for(self, method: str, args: dict) -> tuple[tuple[str, ...], int, float] | None:
+        """(bucket, calls, window seconds) of a call, before time_scale; None when unlimited."""
+        if method == "chat.postMessage":
+            return (method, str(args.get("channel"))), 1, 1.0
+        if method == "assistant.threads.setStatus":
+            return (method, str(args.get("channel_id")), str(args.get("thread_ts"))), 1, 1.0
+        tier = METHOD_TIERS.get(method)
+        if tier is None:
+            return None
+        return (method, self.team_id), TIER_CALLS[tier], 60.0
+
+    def _check_rate(self, method: str, args: dict) -> float | None:
+        """Seconds to wait when this call is past its budget; counts it otherwise."""
+        if self._inject_every and method in self._inject_methods:
+            self._inject_count += 1
+            if self._inject_count % self._inject_every == 0:
+                return 1.0 * self.time_scale
+        if not self._enforce:
+            return None
+        limit = self.rate_limit_for(method, args)
+        if limit is None:
+            return None
+        bucket, calls, window = limit
+        window *= self.time_scale
+        now = time.monotonic()
+        log = self._rate_log.setdefault(bucket, deque())
+        while log and log[0] <= now - window:
+            log.popleft()
+        if len(log) >= calls:
+            return log[0] + window - now
+        log.append(now)
+        return None
 
     # ----- users acting -----
 
@@ -360,6 +469,54 @@ class SlackEmulator:
             mention = {k: v for k, v in event.items() if k != "channel_type"}
             await self.deliver_event(mention | {"type": "app_mention"})
         return msg["ts"]
+
+    async def click_feedback(
+        self, channel: str, ts: str, *, user: str = "U1", positive: bool = True
+    ) -> Delivery:
+        """A user presses a feedback button on a bot message (a block_actions interaction)."""
+        msg = self._find(channel, ts)
+        for block in msg.get("blocks") or []:
+            if block.get("type") != "context_actions":
+                continue
+            for element in block.get("elements", []):
+                if element.get("type") == "feedback_buttons":
+                    button = element["positive_button" if positive else "negative_button"]
+                    break
+            else:
+                continue
+            break
+        else:
+            raise AssertionError(f"message {ts} has no feedback buttons: {msg.get('blocks')}")
+        person = self._users.get(user, {})
+        container = {"type": "message", "message_ts": ts, "channel_id": channel, "is_ephemeral": False}
+        if msg.get("thread_ts"):
+            container["thread_ts"] = msg["thread_ts"]
+        payload = {
+            "type": "block_actions",
+            "user": {"id": user, "username": person.get("name", user), "team_id": self.team_id},
+            "api_app_id": self.app_id,
+            "token": "emulator-verification-token",
+            "container": container,
+            "trigger_id": f"{uuid.uuid4().int % 10**12}.{uuid.uuid4().hex[:10]}",
+            "team": {"id": self.team_id, "domain": "emulated"},
+            "enterprise": None,
+            "is_enterprise_install": False,
+            "channel": {"id": channel, "name": self._channel(channel)["name"]},
+            "message": self._public(msg),
+            "state": {"values": {}},
+            "response_url": f"http://127.0.0.1:{self.port}/response/{uuid.uuid4().hex}",
+            "actions": [
+                {
+                    "type": "feedback_buttons",
+                    "action_id": element.get("action_id", ""),
+                    "block_id": block.get("block_id", ""),
+                    "value": button["value"],
+                    "text": button["text"],
+                    "action_ts": self._next_ts(),
+                }
+            ],
+        }
+        return await self._deliver(payload, self._events_url, None, None, kind="interactive")
 
     async def edit_message(self, channel: str, ts: str, new_text: str) -> None:
         """Edit a stored message and deliver the hidden message_changed event."""
@@ -459,19 +616,24 @@ class SlackEmulator:
             return resp.status, await resp.text()
 
     async def _deliver(
-        self, body: dict, url: str | None, retry_num: int | None, retry_reason: str | None
+        self,
+        body: dict,
+        url: str | None,
+        retry_num: int | None,
+        retry_reason: str | None,
+        kind: str = "events_api",
     ) -> Delivery:
         started = time.monotonic()
         if url is None:
-            status, text, acked = await self._send_envelope(body, retry_num, retry_reason)
+            status, text, acked = await self._send_envelope(body, retry_num, retry_reason, kind)
         else:
-            status, text, acked = await self._post_event(url, body, retry_num, retry_reason)
-        delivery = Delivery(status, text, acked, time.monotonic() - started, body["event_id"])
+            status, text, acked = await self._post_event(url, body, retry_num, retry_reason, kind)
+        delivery = Delivery(status, text, acked, time.monotonic() - started, body.get("event_id", ""))
         self.deliveries.append(delivery)
         return delivery
 
     async def _post_event(
-        self, url: str, body: dict, retry_num: int | None, retry_reason: str | None
+        self, url: str, body: dict, retry_num: int | None, retry_reason: str | None, kind: str
     ) -> tuple[int | None, str, bool]:
         headers = {}
         if retry_num is not None:
@@ -479,19 +641,24 @@ class SlackEmulator:
                 "X-Slack-Retry-Num": str(retry_num),
                 "X-Slack-Retry-Reason": retry_reason or "http_timeout",
             }
+        data = json.dumps(body).encode()
+        if kind == "interactive":
+            # Interactions arrive as a form with one field, `payload`, holding the JSON.
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+            data = urlencode({"payload": json.dumps(body)}).encode()
         try:
-            status, text = await self._post(url, json.dumps(body).encode(), headers)
+            status, text = await self._post(url, data, headers)
         except (TimeoutError, aiohttp.ClientError):
             return None, "", False
         return status, text, 200 <= status < 300
 
     async def _send_envelope(
-        self, body: dict, retry_num: int | None, retry_reason: str | None
+        self, body: dict, retry_num: int | None, retry_reason: str | None, kind: str
     ) -> tuple[None, str, bool]:
         envelope_id = str(uuid.uuid4())
         envelope = {
             "envelope_id": envelope_id,
-            "type": "events_api",
+            "type": kind,
             "accepts_response_payload": False,
             "retry_attempt": retry_num or 0,
             "retry_reason": retry_reason or "",
@@ -584,6 +751,13 @@ class SlackEmulator:
             if handler is None:
                 raise ApiError("unknown_method")
             self._check_token(method, token)
+            wait = self._check_rate(method, args)
+            if wait is not None:
+                status = 429
+                headers["Retry-After"] = (
+                    str(math.ceil(wait)) if self.time_scale >= 1 else f"{max(wait, 0.001):.3f}"
+                )
+                raise ApiError("ratelimited")
             queued = self._faults.get(method)
             if queued:
                 fault = queued.pop(0)
@@ -594,7 +768,10 @@ class SlackEmulator:
             response = {"ok": True} | handler(args)
         except ApiError as exc:
             response = {"ok": False, "error": str(exc)}
-        self.calls.append(ApiCall(method, args, token, response, status, time.monotonic()))
+        call = ApiCall(method, args, token, response, status, time.monotonic())
+        self.calls.append(call)
+        if status == 429:
+            self.rate_limited.append(call)
         return web.json_response(response, status=status, headers=headers)
 
     @staticmethod
@@ -755,6 +932,35 @@ class SlackEmulator:
             raise ApiError("invalid_blocks_format")
         if len(text or "") > MAX_TEXT or len(markdown or "") > MAX_MARKDOWN_TEXT:
             raise ApiError("msg_too_long")
+        SlackEmulator._check_blocks(blocks or [])
+
+    @staticmethod
+    def _check_blocks(blocks: list) -> None:
+        """The limits Slack puts on the blocks the bot uses."""
+        if len(blocks) > 50:
+            raise ApiError("invalid_blocks")
+        markdown = 0
+        for block in blocks:
+            kind = block.get("type") if isinstance(block, dict) else None
+            if kind == "markdown":
+                markdown += len(block.get("text") or "")
+            elif kind == "section":
+                if len((block.get("text") or {}).get("text") or "") > 3000:
+                    raise ApiError("invalid_blocks")
+            elif kind == "context_actions":
+                elements = block.get("elements") or []
+                if not elements or len(elements) > 5:
+                    raise ApiError("invalid_blocks")
+                for element in elements:
+                    if element.get("type") == "feedback_buttons" and not (
+                        element.get("positive_button", {}).get("value")
+                        and element.get("negative_button", {}).get("value")
+                    ):
+                        raise ApiError("invalid_blocks")
+            elif kind is None:
+                raise ApiError("invalid_blocks")
+        if markdown > MAX_MARKDOWN_TEXT:
+            raise ApiError("msg_blocks_too_long")
 
     # ----- method handlers: args in, response fields out (or ApiError) -----
 
@@ -836,11 +1042,72 @@ class SlackEmulator:
         msg = self._find(channel, args.get("ts"))
         if msg.get("user") != self.bot_user_id:
             raise ApiError("cant_update_message")
+        if msg.get("streaming"):
+            raise ApiError("streaming_state_conflict")
         self._check_content(args)
         changes = {k: args[k] for k in ("blocks", "attachments", "metadata") if k in args}
         changes["text"] = args.get("text") or args.get("markdown_text") or ""
         self._edit(msg, changes)
         return {"channel": channel, "ts": msg["ts"], "text": msg["text"], "message": self._public(msg)}
+
+    def _chat_start_stream(self, args: dict) -> dict:
+        channel = args.get("channel")
+        kind = self._channel(channel)["kind"]
+        if kind in self._streaming_refused:
+            raise ApiError("channel_type_not_supported")
+        thread_ts = args.get("thread_ts") or None
+        if kind != "im":
+            if not args.get("recipient_team_id"):
+                raise ApiError("missing_recipient_team_id")
+            if not args.get("recipient_user_id"):
+                raise ApiError("missing_recipient_user_id")
+        elif thread_ts is None:
+            raise ApiError("invalid_arguments")  # top-level streams exist only in channels
+        text = args.get("markdown_text") or ""
+        if len(text) > MAX_MARKDOWN_TEXT:
+            raise ApiError("msg_too_long")
+        msg = self._add_message(channel, self.bot_user_id, text=text, thread_ts=thread_ts, bot=True)
+        msg["streaming"] = True
+        msg["stream_states"] = [text]
+        if thread_ts:
+            self._clear_status(channel, msg["thread_ts"])
+        return {"channel": channel, "ts": msg["ts"]}
+
+    def _streaming_message(self, args: dict) -> dict:
+        msg = self._find(args.get("channel"), args.get("ts"))
+        if msg.get("user") != self.bot_user_id:
+            raise ApiError("message_not_owned_by_app")
+        if msg.get("stopped_by_user"):
+            raise ApiError("stopped_by_user")
+        if not msg.get("streaming"):
+            raise ApiError("message_not_in_streaming_state")
+        return msg
+
+    def _grow_stream(self, msg: dict, text: str) -> None:
+        if len(text) > MAX_MARKDOWN_TEXT or len(msg["text"]) + len(text) > STREAM_CONTENT_LIMIT:
+            raise ApiError("msg_too_long")
+        msg["text"] += text
+        msg["stream_states"].append(msg["text"])
+
+    def _chat_append_stream(self, args: dict) -> dict:
+        msg = self._streaming_message(args)
+        if not args.get("markdown_text"):
+            raise ApiError("no_text")
+        self._grow_stream(msg, args["markdown_text"])
+        return {"channel": args["channel"], "ts": msg["ts"]}
+
+    def _chat_stop_stream(self, args: dict) -> dict:
+        msg = self._streaming_message(args)
+        blocks = args.get("blocks")
+        if blocks is not None:
+            if not isinstance(blocks, list):
+                raise ApiError("invalid_blocks_format")
+            self._check_blocks(blocks)
+        self._grow_stream(msg, args.get("markdown_text") or "")
+        if blocks:
+            msg["blocks"] = blocks
+        msg["streaming"] = False
+        return {"channel": args["channel"], "ts": msg["ts"], "message": self._public(msg)}
 
     def _chat_delete(self, args: dict) -> dict:
         channel = args.get("channel")

@@ -1,0 +1,216 @@
+"""Slack's rate limits as one shared budget: every Slack call delivery makes is taken from it first.
+
+Slack limits each Web API method per workspace (Tier 2 ≈ 20 calls a minute, Tier 3 ≈ 50, Tier 4
+≈ 100), chat.postMessage to about one message a second per channel, and
+assistant.threads.setStatus to about one a second per thread. The budget for each (workspace,
+method, channel or thread) is a sliding window kept in Redis (see `Store.claim_rate`), so all
+answers in flight and all bot processes sharing the Redis draw from the same one:
+
+- A call that must happen later (the final chat.stopStream of a stream, the last chat.update of
+  a posted answer, removing a reaction) *holds* its slot when the answer starts. Held slots
+  count as used, so intermediate updates can never spend what a final message needs.
+- Writers in flight on a method are counted; each spaces its updates by its fair share of the
+  window, so with many answers each gets fewer, larger updates instead of a 429.
+- When Slack still answers 429, its Retry-After pauses the bucket for every process, and the
+  caller keeps its text to send with the next update.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from redis.exceptions import RedisError
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.web.async_slack_response import AsyncSlackResponse
+
+from bot.store import RateBucket, RateClaim, Store
+
+log = logging.getLogger(__name__)
+
+Scope = Literal["workspace", "channel", "thread"]
+
+
+@dataclass(frozen=True)
+class MethodLimit:
+    calls: int
+    seconds: float
+    scope: Scope
+
+
+# From Slack's method reference (../shared/slack/methods/*.json: rate_limits).
+LIMITS: dict[str, MethodLimit] = {
+    "chat.startStream": MethodLimit(20, 60, "workspace"),  # Tier 2
+    "chat.stopStream": MethodLimit(20, 60, "workspace"),  # Tier 2
+    "chat.appendStream": MethodLimit(100, 60, "workspace"),  # Tier 4
+    "chat.update": MethodLimit(50, 60, "workspace"),  # Tier 3
+    "chat.postMessage": MethodLimit(1, 1, "channel"),  # special: ~1/s per channel
+    "chat.postEphemeral": MethodLimit(100, 60, "workspace"),  # Tier 4
+    "assistant.threads.setStatus": MethodLimit(1, 1, "thread"),  # ~1/s per conversation
+    "reactions.add": MethodLimit(50, 60, "workspace"),  # Tier 3
+    "reactions.remove": MethodLimit(20, 60, "workspace"),  # Tier 2
+}
+# Our window is a little longer than Slack's: calls reach Slack a moment after they are counted.
+SAFETY = 1.1
+HOLD_SECONDS = 600  # a held slot not used by then (a crashed process) is free again
+
+
+class RateLimited(Exception):
+    """No slot now (or Slack answered 429): try again in `retry_in` seconds, text kept."""
+
+    def __init__(self, method: str, retry_in: float, *, from_slack: bool = False) -> None:
+        super().__init__(f"{method} rate limited, retry in {retry_in:.2f}s")
+        self.method = method
+        self.retry_in = retry_in
+        self.from_slack = from_slack
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A slot kept for a call that comes later (see `BudgetedSlack.call(holds=…, use=…)`)."""
+
+    bucket: RateBucket
+    member: str
+
+
+class SlackBudget:
+    """Buckets per workspace, method and scope, with the windows `scale` makes of Slack's limits.
+
+    `scale` multiplies every budget (2 = twice Slack's documented rate); it exists for apps that
+    Slack granted more, and for tests that play a minute in a few seconds.
+    """
+
+    def __init__(self, store: Store, *, scale: float = 1.0) -> None:
+        self.store = store
+        self.scale = scale
+        self._active: dict[str, int] = {}  # last count of writers seen per bucket
+        self._redis_warned = False
+
+    def bucket(self, team: str, method: str, scope: str | None = None) -> RateBucket:
+        limit = LIMITS[method]
+        name = f"{team}:{method}" if limit.scope == "workspace" else f"{team}:{method}:{scope}"
+        window_ms = max(1, round(limit.seconds * SAFETY / self.scale * 1000))
+        return RateBucket(name, limit.calls, window_ms)
+
+    def hold_for(self, team: str, method: str, scope: str | None = None) -> Hold:
+        return Hold(self.bucket(team, method, scope), uuid.uuid4().hex)
+
+    def fair_interval(self, team: str, method: str) -> float:
+        """Seconds between one writer's updates so that all writers in flight fit the window."""
+        bucket = self.bucket(team, method)
+        writers = max(1, self._active.get(bucket.name, 1))
+        return bucket.window_ms / 1000 * writers / bucket.limit
+
+    async def claim(
+        self,
+        claims: list[RateClaim],
+        *,
+        wait: float,
+        writer: str = "",
+    ) -> None:
+        """Take the claims within `wait` seconds, or raise RateLimited."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        first = claims[0].bucket
+        while True:
+            try:
+                grant = await self.store.claim_rate(claims, writer=writer, writer_ttl_ms=2 * first.window_ms)
+            except (RedisError, OSError) as error:
+                # Without Redis the budget is unknown: call Slack anyway and rely on its 429s.
+                if not self._redis_warned:
+                    log.warning("rate budget unavailable, calling Slack unmetered error=%s", error)
+                    self._redis_warned = True
+                return
+            self._active[first.name] = grant.active
+            if grant.granted:
+                return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise RateLimited(first.name.split(":")[1], grant.wait)
+            await asyncio.sleep(min(grant.wait * random.uniform(1.0, 1.1), remaining))
+
+    async def release(self, hold: Hold) -> None:
+        try:
+            await self.store.release_rate_hold(hold.bucket, hold.member)
+        except (RedisError, OSError):
+            pass  # it expires on its own
+
+    async def leave(self, team: str, method: str, writer: str) -> None:
+        try:
+            await self.store.leave_rate(self.bucket(team, method), writer)
+        except (RedisError, OSError):
+            pass
+
+    async def pause(self, bucket: RateBucket, seconds: float) -> None:
+        try:
+            await self.store.pause_rate(bucket, seconds)
+        except (RedisError, OSError):
+            pass
+
+
+class BudgetedSlack:
+    """Slack Web API calls made within the shared budget; 429s pause the bucket for everyone."""
+
+    def __init__(self, client: AsyncWebClient, budget: SlackBudget) -> None:
+        self.client = client
+        self.budget = budget
+
+    async def call(
+        self,
+        method: str,
+        *,
+        team: str,
+        scope: str | None = None,
+        wait: float = 0.0,
+        headroom: int = 0,
+        holds: tuple[Hold, ...] = (),
+        use: Hold | None = None,
+        writer: str = "",
+        **args: Any,
+    ) -> AsyncSlackResponse:
+        """Call `method` once a slot is free (waiting at most `wait` s), taking `holds` with it.
+
+        `use` spends a slot held earlier. Raises RateLimited when no slot came in time or Slack
+        answered 429; other Slack errors as SlackApiError.
+        """
+        bucket = self.budget.bucket(team, method, scope)
+        first = (
+            RateClaim(bucket, "use", use.member)
+            if use is not None
+            else RateClaim(bucket, "take", uuid.uuid4().hex, headroom=headroom)
+        )
+        hold_ms = int(HOLD_SECONDS * 1000 / max(self.budget.scale, 1))
+        claims = [first] + [RateClaim(h.bucket, "hold", h.member, hold_ms=hold_ms) for h in holds]
+        await self.budget.claim(claims, wait=wait, writer=writer)
+        try:
+            return await self.client.api_call(method, json=_without_none(args))
+        except BaseException as error:
+            # A failed call needs no later call: its holds go back to the budget.
+            for hold in holds:
+                await self.budget.release(hold)
+            if not isinstance(error, SlackApiError) or error.response.status_code != 429:
+                raise
+            retry_after = _retry_after(error.response.headers)
+            log.warning("slack rate limited method=%s retry_after=%.2fs", method, retry_after)
+            await self.budget.pause(bucket, retry_after)
+            raise RateLimited(method, retry_after, from_slack=True) from None
+
+
+def _without_none(args: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in args.items() if v is not None}
+
+
+def _retry_after(headers: Mapping[str, Any] | None) -> float:
+    for key, value in (headers or {}).items():
+        if key.lower() == "retry-after":
+            try:
+                return max(0.0, float(value[0] if isinstance(value, list) else value))
+            except (TypeError, ValueError):
+                break
+    return 1.0

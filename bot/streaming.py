@@ -1,0 +1,465 @@
+"""One answer on its way to Slack while the model writes it.
+
+The turn `write`s the model's text as it comes (never waiting on Slack) and `finish`es with how
+the answer ended. A background task shows the text: streamed with chat.startStream /
+appendStream / stopStream where Slack allows it, else posted with chat.postMessage and grown
+with chat.update. Every call is taken from the shared rate budget; when the budget is short the
+task simply sends less often, so each update carries more text, and text is never dropped.
+
+- Nothing is posted before there is text, so no placeholder can stay behind.
+- A stream is started only together with a held slot for its chat.stopStream, and a posted
+  message only with one for its last chat.update: the final form never waits behind updates.
+- Long answers continue in a new message at a block boundary (bot/formatting.py).
+- The last message gets the feedback buttons; an answer that did not end normally gets a short
+  note saying so and how to get the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from slack_sdk.errors import SlackApiError
+
+from bot.formatting import TEXT_LIMIT, SlackMarkdown, find_cut, sendable, to_mrkdwn
+from bot.rate_limit import BudgetedSlack, Hold, RateLimited
+
+log = logging.getLogger(__name__)
+
+
+class Ending(enum.Enum):
+    COMPLETE = "answered"
+    TRUNCATED = "truncated"  # the model reached its length limit
+    CUT_OFF = "cut_off"  # the model stopped responding, or its stream ended unfinished
+    STOPPED = "stopped_by_user"
+
+
+NOTES = {
+    Ending.TRUNCATED: (
+        "_(This answer stops here: it reached the language model's length limit. "
+        "Ask me to continue for the rest.)_"
+    ),
+    Ending.CUT_OFF: (
+        "_(My answer was cut off here: the language model stopped responding. "
+        "Ask again, or say “continue”, for the rest.)_"
+    ),
+}
+FEEDBACK_ACTION = "answer_feedback"
+
+# Errors that mean "no streaming here": post and update instead.
+STREAMING_REFUSED = {
+    "channel_type_not_supported",
+    "missing_scope",
+    "not_allowed_token_type",
+    "unknown_method",
+    "method_deprecated",
+    "feature_not_enabled",
+    "invalid_arguments",
+    "missing_recipient_team_id",
+    "missing_recipient_user_id",
+    "team_not_found",
+    "user_not_found",
+}
+# Errors that mean "this stream can grow no more": what it shows stays, the rest is posted.
+STREAM_ENDED = {"message_not_in_streaming_state", "streaming_state_conflict"}
+INTERMEDIATE_FAILURES_TOLERATED = 3
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one turn's answer goes."""
+
+    channel: str
+    thread_ts: str | None  # None: a top-level reply (a DM's rolling conversation)
+    message_ts: str  # the user's message being answered
+    team: str = ""
+    user: str = ""  # who asked: streamed messages in channels are addressed to them
+    is_dm: bool = False
+
+
+OnVisible = Callable[[str], Awaitable[None]]
+
+
+class DeliveryError(Exception):
+    """The answer could not be shown (or finished) in Slack; `code` is Slack's error."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+@dataclass
+class _Message:
+    mode: str  # "stream" or "post"
+    ts: str
+    shown: str  # the text Slack shows now
+    final_slot: Hold | None  # the stopStream / last chat.update slot held for it
+
+
+class Reply:
+    def __init__(
+        self,
+        slack: BudgetedSlack,
+        target: Target,
+        *,
+        min_interval: float,
+        final_wait: float,
+        on_visible: OnVisible | None = None,
+    ) -> None:
+        self.slack = slack
+        self._on_visible = on_visible
+        self.budget = slack.budget
+        self.target = target
+        self.min_interval = min_interval
+        self.final_wait = final_wait
+        self.stopped_by_user = False
+        self.updates = 0  # intermediate appends or chat.updates sent
+        self._formatter = SlackMarkdown()
+        self._current = ""  # formatted text of the message being written, shown or not
+        self._message: _Message | None = None
+        self._posted: list[str] = []  # ts of the finished messages, in order
+        self._streaming = target.thread_ts is not None  # Slack streams replies, not top-level posts
+        self._writer = uuid.uuid4().hex
+        self._wake = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._next_at = 0.0
+        self._failures = 0
+        self._task: asyncio.Task[None] | None = None
+
+    # -- the turn's side -------------------------------------------------------------------
+
+    def write(self, text: str) -> bool:
+        """Add the model's next text. Returns False once the user has pressed stop."""
+        if self.stopped_by_user:
+            return False
+        self._add(self._formatter.feed(text))
+        if self._task is None:
+            self._task = asyncio.create_task(self._show_while_written())
+        self._wake.set()
+        return True
+
+    async def finish(self, ending: Ending) -> list[str]:
+        """Show the answer in its final form; returns the ts of its messages (none if it had no
+        text). Raises DeliveryError when Slack would not take it."""
+        self._closing.set()
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        try:
+            await self._finish(ending)
+        except SlackApiError as error:
+            raise DeliveryError(str(error.response.get("error"))) from None
+        except RateLimited as error:
+            raise DeliveryError(f"ratelimited:{error.method}") from None
+        finally:
+            await self._leave()
+        return list(self._posted)
+
+    @property
+    def shown(self) -> bool:
+        return bool(self._posted or self._message)
+
+    def _add(self, text: str) -> None:
+        if not self._current and not self._posted and self._message is None:
+            text = text.lstrip()  # an answer starts at its first visible character
+        self._current += text
+
+    # -- while the model writes --------------------------------------------------------------
+
+    async def _show_while_written(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._closing.is_set():
+            await self._wake.wait()
+            self._wake.clear()
+            delay = self._next_at - loop.time()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), delay)
+            if self._closing.is_set() or self.stopped_by_user:
+                return
+            try:
+                await self._show_more()
+            except RateLimited as busy:
+                # Keep the text; it goes out with the next update, once there is room.
+                self._next_at = loop.time() + min(max(busy.retry_in, 0.01), 5.0)
+                self._wake.set()
+            except Exception as error:  # a background task: log it here or it is lost
+                self._failures += 1
+                code = (
+                    error.response.get("error") if isinstance(error, SlackApiError) else type(error).__name__
+                )
+                log.warning(
+                    "slack update failed channel=%s error=%s failures=%d",
+                    self.target.channel,
+                    code,
+                    self._failures,
+                )
+                if self._failures >= INTERMEDIATE_FAILURES_TOLERATED:
+                    return  # the final form is tried once more by finish()
+                self._next_at = loop.time() + 1.0 / self.budget.scale
+                self._wake.set()
+
+    async def _show_more(self) -> None:
+        loop = asyncio.get_running_loop()
+        while (cut := find_cut(before := self._current)) is not None:
+            await self._close_message(cut.head, feedback=None)
+            # The model may have written more while Slack answered.
+            self._current = cut.tail + self._current[len(before) :]
+        text = self._current[: sendable(self._current)]
+        message = self._message
+        if message is None:
+            if text.strip():
+                await self._open(text)
+            return
+        if len(text) <= len(message.shown):
+            return
+        if message.mode == "stream":
+            try:
+                await self.slack.call(
+                    "chat.appendStream",
+                    team=self.target.team,
+                    headroom=1,
+                    writer=self._writer,
+                    channel=self.target.channel,
+                    ts=message.ts,
+                    markdown_text=text[len(message.shown) :],
+                )
+            except SlackApiError as error:
+                if not await self._stream_refused(error, message):
+                    raise
+                return
+            method = "chat.appendStream"
+        else:
+            await self.slack.call(
+                "chat.update",
+                team=self.target.team,
+                headroom=1,
+                writer=self._writer,
+                channel=self.target.channel,
+                ts=message.ts,
+                markdown_text=text,
+            )
+            method = "chat.update"
+        message.shown = text
+        self.updates += 1
+        self._failures = 0
+        interval = max(self.min_interval, self.budget.fair_interval(self.target.team, method))
+        self._next_at = loop.time() + interval
+        if len(self._current) > len(text):
+            self._wake.set()
+
+    async def _open(self, text: str) -> None:
+        """Start the answer's next message with `text`: streamed if Slack lets us, else posted."""
+        target = self.target
+        if self._streaming:
+            stop_slot = self.budget.hold_for(target.team, "chat.stopStream")
+            recipient: dict[str, Any] = {}
+            if not target.is_dm:
+                recipient = {"recipient_team_id": target.team, "recipient_user_id": target.user}
+            try:
+                response = await self.slack.call(
+                    "chat.startStream",
+                    team=target.team,
+                    holds=(stop_slot,),
+                    channel=target.channel,
+                    thread_ts=target.thread_ts,
+                    markdown_text=text,
+                    **recipient,
+                )
+                self._message = _Message("stream", str(response["ts"]), text, stop_slot)
+                await self._became_visible(self._message.ts)
+                return
+            except RateLimited:
+                pass  # no stream slot now: post this message instead
+            except SlackApiError as error:
+                code = error.response.get("error")
+                if code not in STREAMING_REFUSED:
+                    raise
+                log.info("streaming refused, posting instead channel=%s error=%s", target.channel, code)
+                self._streaming = False
+        update_slot = self.budget.hold_for(target.team, "chat.update")
+        response = await self.slack.call(
+            "chat.postMessage",
+            team=target.team,
+            scope=target.channel,
+            holds=(update_slot,),
+            channel=target.channel,
+            thread_ts=target.thread_ts,
+            markdown_text=text,
+            unfurl_links=False,
+            unfurl_media=False,
+        )
+        self._message = _Message("post", str(response["ts"]), text, update_slot)
+        await self._became_visible(self._message.ts)
+
+    async def _stream_refused(self, error: SlackApiError, message: _Message) -> bool:
+        """Handle an error a stream can answer; False for any other error."""
+        code = error.response.get("error")
+        if code == "stopped_by_user":
+            log.info("answer stopped by the user channel=%s ts=%s", self.target.channel, message.ts)
+            self.stopped_by_user = True
+            await self._drop_message(message)
+            return True
+        if code in STREAM_ENDED or code in STREAMING_REFUSED:
+            # What the stream shows stays; the rest of the answer goes in a posted message.
+            log.info("stream ended early, posting the rest channel=%s error=%s", self.target.channel, code)
+            self._streaming = False
+            await self._drop_message(message)
+            self._current = _continuation(message.shown, self._current)
+            return True
+        return False
+
+    async def _drop_message(self, message: _Message) -> None:
+        """The message takes no more text: keep its ts, give back its final slot."""
+        self._posted.append(message.ts)
+        self._message = None
+        if message.final_slot is not None:
+            await self.budget.release(message.final_slot)
+
+    # -- the final form ----------------------------------------------------------------------
+
+    async def _finish(self, ending: Ending) -> None:
+        self._add(self._formatter.finish())
+        if self.stopped_by_user or ending is Ending.STOPPED:
+            if self._message is not None:
+                await self._close_message(self._message.shown, feedback=None)
+            return
+        self._current = self._current.rstrip()
+        if not self._current and self._message is None and not self._posted:
+            return  # nothing was written: the turn says why instead
+        while (cut := find_cut(self._current)) is not None:
+            await self._close_message(cut.head, feedback=None)
+            self._current = cut.tail
+        note = NOTES.get(ending)
+        text = f"{self._current}\n\n{note}" if note and self._current else (self._current or note or "")
+        first = self._posted[0] if self._posted else (self._message.ts if self._message else None)
+        await self._close_message(text, feedback=first or "")
+
+    async def _close_message(self, text: str, *, feedback: str | None) -> None:
+        """Give the current message its final text (posting it whole if nothing was shown yet).
+
+        `feedback` (the answer's first ts, "" when this is the first message) adds the buttons.
+        """
+        target = self.target
+        message, self._message = self._message, None
+        blocks = [_feedback_block(feedback)] if feedback is not None else None
+        if message is not None and message.mode == "stream":
+            rest = text[len(message.shown) :] if text.startswith(message.shown) else ""
+            try:
+                await self._final_call(
+                    "chat.stopStream",
+                    use=message.final_slot,
+                    channel=target.channel,
+                    ts=message.ts,
+                    markdown_text=rest or None,
+                    blocks=blocks,
+                )
+                self._posted.append(message.ts)
+                return
+            except SlackApiError as error:
+                code = error.response.get("error")
+                if code == "stopped_by_user":
+                    self.stopped_by_user = True
+                    self._posted.append(message.ts)
+                    return
+                if code not in STREAM_ENDED:
+                    raise
+                self._posted.append(message.ts)
+                text = _continuation(message.shown, text)
+                message = None
+                if not text.strip():
+                    return
+        content = _content(text, feedback)
+        if message is not None:
+            await self._final_call("chat.update", use=message.final_slot, channel=target.channel,
+                                   ts=message.ts, **content)  # fmt: skip
+            self._posted.append(message.ts)
+            return
+        response = await self._final_call(
+            "chat.postMessage",
+            scope=target.channel,
+            channel=target.channel,
+            thread_ts=target.thread_ts,
+            unfurl_links=False,
+            unfurl_media=False,
+            **content,
+        )
+        self._posted.append(str(response["ts"]))
+        await self._became_visible(self._posted[-1])
+
+    async def _became_visible(self, ts: str) -> None:
+        """Tell the turn, once, that part of its answer is now on screen."""
+        if self._on_visible is not None:
+            on_visible, self._on_visible = self._on_visible, None
+            await on_visible(ts)
+
+    async def _final_call(self, method: str, *, use: Hold | None = None, **args: Any) -> Any:
+        """A call that must happen: it waits for its slot and through Slack's 429s."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.final_wait
+        while True:
+            try:
+                return await self.slack.call(
+                    method, team=self.target.team, use=use, wait=max(0.0, deadline - loop.time()), **args
+                )
+            except RateLimited as busy:
+                if not busy.from_slack or loop.time() + busy.retry_in > deadline:
+                    raise
+                use = None  # the held slot was spent on the refused call
+                await asyncio.sleep(busy.retry_in)
+
+    async def _leave(self) -> None:
+        for method in ("chat.appendStream", "chat.update"):
+            await self.budget.leave(self.target.team, method, self._writer)
+
+
+def _content(text: str, feedback: str | None) -> dict[str, Any]:
+    """A message's content: Markdown, plus (on the last message) the feedback buttons, with
+    mrkdwn `text` for notifications and clients that cannot show blocks."""
+    if feedback is None:
+        return {"markdown_text": text}
+    fallback = to_mrkdwn(text)
+    if len(fallback) > TEXT_LIMIT:
+        fallback = fallback[: TEXT_LIMIT - 1] + "…"
+    return {"blocks": [{"type": "markdown", "text": text}, _feedback_block(feedback)], "text": fallback}
+
+
+def _feedback_block(answer_ts: str) -> dict[str, Any]:
+    """👍 / 👎 under an answer; the values name the answer's first message (empty: this one)."""
+    return {
+        "type": "context_actions",
+        "elements": [
+            {
+                "type": "feedback_buttons",
+                "action_id": FEEDBACK_ACTION,
+                "positive_button": {
+                    "text": {"type": "plain_text", "text": "👍"},
+                    "accessibility_label": "This answer helped",
+                    "value": f"good:{answer_ts}",
+                },
+                "negative_button": {
+                    "text": {"type": "plain_text", "text": "👎"},
+                    "accessibility_label": "This answer did not help",
+                    "value": f"bad:{answer_ts}",
+                },
+            }
+        ],
+    }
+
+
+def _continuation(shown: str, text: str) -> str:
+    """What a new message carries on with after a message that shows `shown` of `text`."""
+    rest = text[len(shown) :]
+    if _inside_code(shown):
+        return "```\n" + rest.lstrip("\n")
+    return rest.lstrip()
+
+
+def _inside_code(text: str) -> bool:
+    return sum(1 for line in text.split("\n") if line.strip().startswith("```")) % 2 == 1

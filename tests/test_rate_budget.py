@@ -1,0 +1,176 @@
+"""The shared Slack rate budget: Slack's real tier numbers, shared across processes through Redis,
+held slots for final messages, and Slack's Retry-After honoured by everyone.
+
+Also checks the emulator's own enforcement at Slack's real numbers (once, in a bounded way)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.rate_limit import SAFETY, RateLimited, SlackBudget
+from bot.store import RateClaim, Store
+from tests.emulators.slack import SlackEmulator
+
+
+@pytest.fixture
+async def store(redis_url: str):
+    store = Store(redis_url, conversation_ttl_days=1)
+    yield store
+    await store.close()
+
+
+def take(budget: SlackBudget, method: str, scope: str | None = None) -> RateClaim:
+    return RateClaim(budget.bucket("T1", method, scope), "take", uuid.uuid4().hex)
+
+
+async def test_tier_2_allows_twenty_calls_a_minute_then_says_when_to_come_back(store: Store) -> None:
+    budget = SlackBudget(store, scale=1)
+    for _ in range(20):
+        await budget.claim([take(budget, "chat.startStream")], wait=0)
+    with pytest.raises(RateLimited) as busy:
+        await budget.claim([take(budget, "chat.startStream")], wait=0)
+    assert 60 <= busy.value.retry_in <= 60 * SAFETY + 1
+    # Other methods and workspaces have budgets of their own.
+    await budget.claim([take(budget, "chat.stopStream")], wait=0)
+    await budget.claim([RateClaim(budget.bucket("T2", "chat.startStream"), "take", "x")], wait=0)
+
+
+async def test_post_message_is_limited_per_channel_and_set_status_per_thread(store: Store) -> None:
+    budget = SlackBudget(store, scale=1)
+    await budget.claim([take(budget, "chat.postMessage", "C1")], wait=0)
+    with pytest.raises(RateLimited):
+        await budget.claim([take(budget, "chat.postMessage", "C1")], wait=0)
+    await budget.claim([take(budget, "chat.postMessage", "C2")], wait=0)
+    await budget.claim([take(budget, "assistant.threads.setStatus", "C1:1.1")], wait=0)
+    await budget.claim([take(budget, "assistant.threads.setStatus", "C1:2.2")], wait=0)
+    with pytest.raises(RateLimited):
+        await budget.claim([take(budget, "assistant.threads.setStatus", "C1:1.1")], wait=0)
+
+
+async def test_processes_sharing_redis_share_one_budget(redis_url: str) -> None:
+    stores = [Store(redis_url, conversation_ttl_days=1) for _ in range(4)]
+    budgets = [SlackBudget(s, scale=1) for s in stores]
+
+    async def try_once(budget: SlackBudget) -> bool:
+        try:
+            await budget.claim([take(budget, "chat.update")], wait=0)
+            return True
+        except RateLimited:
+            return False
+
+    try:
+        results = await asyncio.gather(*(try_once(budgets[i % 4]) for i in range(200)))
+    finally:
+        for s in stores:
+            await s.close()
+    assert sum(results) == 50  # Tier 3, whichever process asked
+
+
+async def test_held_slots_keep_room_for_final_messages(store: Store) -> None:
+    budget = SlackBudget(store, scale=1)
+    stops = [budget.hold_for("T1", "chat.stopStream") for _ in range(20)]
+    for stop in stops:
+        await budget.claim(
+            [take(budget, "chat.startStream"), RateClaim(stop.bucket, "hold", stop.member, hold_ms=60_000)],
+            wait=0,
+        )
+    # Every stop slot is spoken for: a 21st stream may not start, even with start slots free later.
+    extra = budget.hold_for("T1", "chat.stopStream")
+    with pytest.raises(RateLimited):
+        await budget.claim(
+            [take(budget, "chat.appendStream"), RateClaim(extra.bucket, "hold", extra.member, hold_ms=1)],
+            wait=0,
+        )
+    # …and a plain stopStream (say another process without a hold) must wait too…
+    with pytest.raises(RateLimited):
+        await budget.claim([take(budget, "chat.stopStream")], wait=0)
+    # …but each held stop goes through at once.
+    for stop in stops:
+        await budget.claim([RateClaim(stop.bucket, "use", stop.member)], wait=0)
+    # A released hold frees its slot for others.
+    spare = budget.hold_for("T1", "reactions.remove")
+    await budget.claim([RateClaim(spare.bucket, "hold", spare.member, hold_ms=60_000)], wait=0)
+    for _ in range(19):
+        await budget.claim([take(budget, "reactions.remove")], wait=0)
+    with pytest.raises(RateLimited):
+        await budget.claim([take(budget, "reactions.remove")], wait=0)
+    await budget.release(spare)
+    await budget.claim([take(budget, "reactions.remove")], wait=0)
+
+
+async def test_a_429_pauses_the_bucket_for_everyone_for_its_retry_after(redis_url: str) -> None:
+    first, second = Store(redis_url, conversation_ttl_days=1), Store(redis_url, conversation_ttl_days=1)
+    try:
+        one, other = SlackBudget(first, scale=1), SlackBudget(second, scale=1)
+        await one.pause(one.bucket("T1", "chat.appendStream"), 0.3)
+        with pytest.raises(RateLimited) as busy:
+            await other.claim([take(other, "chat.appendStream")], wait=0)
+        assert 0.1 < busy.value.retry_in <= 0.3
+        await other.claim([take(other, "chat.appendStream")], wait=1.0)  # waits the pause out
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_the_emulator_enforces_slacks_real_tier_numbers() -> None:
+    emu = SlackEmulator()
+    await emu.start()
+    try:
+        emu.enforce_rate_limits()  # real time: Tier 2 is 20 a minute
+        client = AsyncWebClient(token=emu.bot_token, base_url=emu.api_url)
+        parent = emu.seed_message("D1", "question")
+        for _ in range(20):
+            await client.chat_startStream(channel="D1", thread_ts=parent, markdown_text="hi")
+        with pytest.raises(SlackApiError) as refused:
+            await client.chat_startStream(channel="D1", thread_ts=parent, markdown_text="hi")
+        assert refused.value.response.status_code == 429
+        assert 58 <= int(refused.value.response.headers["Retry-After"]) <= 60
+        await client.chat_postMessage(channel="C1", text="one")
+        with pytest.raises(SlackApiError, match="ratelimited"):
+            await client.chat_postMessage(channel="C1", text="two, within the second")
+        await client.chat_postMessage(channel="C2", text="another channel")
+        assert [c.method for c in emu.rate_limited] == ["chat.startStream", "chat.postMessage"]
+    finally:
+        await emu.stop()
+
+
+async def test_the_emulator_streams_and_refuses_what_slack_refuses() -> None:
+    emu = SlackEmulator()
+    await emu.start()
+    try:
+        client = AsyncWebClient(token=emu.bot_token, base_url=emu.api_url)
+        parent = emu.seed_message("C1", "question")
+        with pytest.raises(SlackApiError, match="missing_recipient_team_id"):
+            await client.chat_startStream(channel="C1", thread_ts=parent, markdown_text="a")
+        ts = (
+            await client.chat_startStream(
+                channel="C1",
+                thread_ts=parent,
+                markdown_text="a",
+                recipient_team_id="T1",
+                recipient_user_id="U1",
+            )
+        )["ts"]
+        await client.chat_appendStream(channel="C1", ts=ts, markdown_text="b")
+        with pytest.raises(SlackApiError, match="streaming_state_conflict"):
+            await client.chat_update(channel="C1", ts=ts, text="no")
+        await client.chat_stopStream(channel="C1", ts=ts, markdown_text="c")
+        with pytest.raises(SlackApiError, match="message_not_in_streaming_state"):
+            await client.chat_appendStream(channel="C1", ts=ts, markdown_text="d")
+        assert emu.stream_states("C1", ts) == ["a", "ab", "abc"]
+        emu.refuse_streaming("channel")
+        with pytest.raises(SlackApiError, match="channel_type_not_supported"):
+            await client.chat_startStream(
+                channel="C1",
+                thread_ts=parent,
+                markdown_text="a",
+                recipient_team_id="T1",
+                recipient_user_id="U1",
+            )
+    finally:
+        await emu.stop()
