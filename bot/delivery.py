@@ -136,6 +136,18 @@ class Delivery:
         except RateLimited as error:
             log.warning("thinking sign left in place: %s", error)
 
+    async def end_abandoned(self, target: Target, ts: str) -> None:
+        """Close a message an interrupted turn left streaming, so it shows as finished. Never raises."""
+        try:
+            await self.slack.call(
+                "chat.stopStream", team=target.team, wait=self.final_wait, channel=target.channel, ts=ts
+            )
+        except SlackApiError as error:
+            if error.response.get("error") != "message_not_in_streaming_state":  # already closed
+                _log_api_error("chat.stopStream", error)
+        except RateLimited as error:
+            log.warning("abandoned stream left open: %s", error)
+
     async def post_notice(self, target: Target, text: str) -> str | None:
         """A short message from the bot itself (an error, a confirmation). Never raises."""
         try:

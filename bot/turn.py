@@ -263,6 +263,7 @@ class TurnRunner:
         )
         target = target_for(message)
         if record.answer_ts is not None:
+            await self.delivery.end_abandoned(target, record.answer_ts)
             await self.delivery.post_notice(target, INTERRUPTED)
             await self.store.record_progress(message, state="noted")
         elif record.answer is not None:

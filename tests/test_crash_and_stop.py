@@ -69,6 +69,32 @@ async def test_killed_mid_answer_is_answered_once_when_two_processes_recover_at_
     assert last.count("ann: is billing down?") == 1
 
 
+async def test_killed_while_the_answer_streams_ends_with_one_interrupted_note(
+    spawn_bot: SpawnBot, start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    first = await spawn_bot()
+    llm.chunk_delay = 0.2  # a long answer, written slowly
+    llm.reply = lambda messages: "A long answer that takes a while to write. " * 20
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> explain everything")
+    await slack.wait_for(
+        lambda: bool(slack.calls_to("chat.startStream")), what="the answer to start streaming"
+    )
+    first.kill()
+    await first.wait()
+
+    llm.chunk_delay = 0.0
+    survivor = await start_bot("http", **FAST_RECOVERY)
+    await slack.wait_for(lambda: len(slack.bot_messages(CHANNEL, ts)) == 2, timeout=15, what="the note")
+    await asyncio.sleep(1.0)
+    await survivor.settle()
+    partial, note = slack.bot_messages(CHANNEL, ts)
+    assert partial["text"] and llm.reply([]).startswith(partial["text"])  # what was shown stays
+    assert note["text"].startswith("Sorry, my answer above was interrupted")
+    assert len(slack.bot_messages(CHANNEL, ts)) == 2
+    assert len(llm.requests) == 1  # not answered a second time
+    assert slack.calls_to("chat.stopStream")  # the abandoned stream was closed
+
+
 async def test_killed_mid_dm_answer_clears_the_reaction(
     spawn_bot: SpawnBot, start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator
 ) -> None:
