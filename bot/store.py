@@ -245,11 +245,13 @@ class Keys:
 
 
 # KEYS: seen, inbox, meta, journal, pending. ARGV: message json, dedup ttl, inbox ttl,
-# conversation ttl, follow (0/1), starts conversation (0/1), thread key, now.
+# conversation ttl, follow (0/1), starts conversation (0/1), thread key, now, message ts.
+# The inbox is ordered by the message's Slack ts, not by arrival: Slack (and Socket Mode's
+# concurrent handling) may hand two quick messages over in either order.
 # Returns 1 when accepted, 0 for a duplicate.
 _ACCEPT = """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then return 0 end
-redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[9], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('HSET', KEYS[4], 'state', 'queued')
 redis.call('EXPIRE', KEYS[4], ARGV[3])
@@ -284,8 +286,8 @@ return 0
 # KEYS: inbox, pending. ARGV: thread key. The thread leaves the pending set with its last message,
 # in one step with the pop, so a message accepted meanwhile is never left unlisted.
 _FINISH_HEAD = """
-redis.call('LPOP', KEYS[1])
-if redis.call('LLEN', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[1]) end
+redis.call('ZPOPMIN', KEYS[1])
+if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[1]) end
 return 1
 """
 
@@ -430,6 +432,7 @@ class Store:
                     int(message.starts_conversation),
                     str(key),
                     time.time(),
+                    message.ts,
                 ],
             )
         except (RedisError, OSError) as error:
@@ -437,7 +440,8 @@ class Store:
         return bool(accepted)
 
     async def next_in_inbox(self, key: ThreadKey) -> IncomingMessage | None:
-        raw = await self.redis.lindex(Keys.inbox(key), 0)
+        head = await self.redis.zrange(Keys.inbox(key), 0, 0)
+        raw = head[0] if head else None
         return IncomingMessage.from_json(raw) if raw else None
 
     async def finish_inbox_head(self, key: ThreadKey) -> None:
@@ -495,7 +499,7 @@ class Store:
             raise StoreUnavailable(type(error).__name__) from None
 
     async def inbox_size(self, key: ThreadKey) -> int:
-        return int(await self.redis.llen(Keys.inbox(key)))
+        return int(await self.redis.zcard(Keys.inbox(key)))
 
     # -- per-thread lock -------------------------------------------------------------------
 
