@@ -221,15 +221,26 @@ class SupportBot:
                 query=request.query_string,
                 headers=dict(request.headers),
             )
-        except (UnicodeDecodeError, ValueError, TypeError, AttributeError):
+        except (UnicodeDecodeError, ValueError, TypeError, AttributeError, KeyError, IndexError):
             # Bolt's parser assumes a JSON object or form data; anything else is the sender's fault.
             return web.json_response({"error": "body is not valid JSON or form data"}, status=400)
-        if not isinstance(bolt_request.body, dict) or not bolt_request.body:
-            return web.json_response({"error": "body is not a Slack request"}, status=400)
+        problem = _shape_problem(bolt_request.body)
+        if problem is not None:
+            return web.json_response({"error": f"not a Slack request: {problem}"}, status=400)
+        if bolt_request.body.get("type") == "app_rate_limited":
+            log.warning("slack reports this app is over its event rate limit; events are being dropped")
         try:
             bolt_response = await self.app.async_dispatch(bolt_request)
         except Exception as error:  # a request of a shape Bolt cannot handle must not be a 500
             log.warning("slack request rejected error=%s", type(error).__name__)
+            return web.json_response({"error": "request could not be processed"}, status=400)
+        if bolt_response.status == 404:
+            # A well-formed Slack request the bot has no use for: acknowledge it, so that Slack
+            # neither retries it nor counts it as a failed delivery.
+            return web.json_response({"ok": True, "ignored": True})
+        if bolt_response.status >= 500:
+            # Bolt answers 500 when its own middleware trips on an odd shape; the sender's fault.
+            log.warning("slack request could not be processed by bolt status=%d", bolt_response.status)
             return web.json_response({"error": "request could not be processed"}, status=400)
         return await to_aiohttp_response(bolt_response)
 
@@ -244,6 +255,24 @@ class SupportBot:
             )
         except ValueError:  # a timestamp that is not a number
             return False
+
+
+def _shape_problem(body: object) -> str | None:
+    """Why a parsed body cannot be a Slack request, or None. Bolt assumes these shapes."""
+    if not isinstance(body, dict) or not body:
+        return "the body is not an object"
+    if not isinstance(body.get("type"), str):
+        return "no type"
+    authorizations = body.get("authorizations")
+    if authorizations is not None and not (
+        isinstance(authorizations, list) and all(isinstance(a, dict) for a in authorizations)
+    ):
+        return "authorizations is not a list of objects"
+    if body["type"] == "event_callback":
+        event = body.get("event")
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            return "event_callback without an event object that has a type"
+    return None
 
 
 async def _check_token(client: AsyncWebClient) -> None:

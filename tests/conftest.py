@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import inspect
+import logging
+import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -11,12 +15,67 @@ import pytest
 import redis.asyncio as aioredis
 
 from bot.config import Settings
+from bot.logs import RedactSecrets
 from bot.server import SupportBot
 from tests.emulators.openai_api import OpenAIEmulator
 from tests.emulators.slack import SlackEmulator
 from tests.redis_server import RedisServer
 
 RATE_SCALE = 20
+
+
+def emulator_default(cls: type, parameter: str) -> str:
+    """A default of an emulator's constructor, such as the token every test bot runs with."""
+    return inspect.signature(cls).parameters[parameter].default
+
+
+# The secrets every test bot runs with: the emulators' defaults.
+EMULATOR_SECRETS = (
+    emulator_default(SlackEmulator, "bot_token"),
+    emulator_default(SlackEmulator, "app_token"),
+    emulator_default(SlackEmulator, "signing_secret"),
+    emulator_default(OpenAIEmulator, "api_key"),
+)
+# Token shapes the scan looks for; a little broader than bot.logs' own patterns, since the point is
+# to catch what the filter misses.
+TOKEN_SHAPES = re.compile(r"xox[a-z]-[A-Za-z0-9]|xapp-[A-Za-z0-9]|(?<![A-Za-z0-9])sk-[A-Za-z0-9_-]{6,}")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # as bot.logs.configure_logging
+
+
+class _RedactedLogFile(logging.FileHandler):
+    """Writes records as production does (RedactSecrets on the handler), filtering a copy so that
+    other handlers, such as caplog's, still see each record as it was logged."""
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        return bool(super().handle(copy.copy(record)))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every log record of the session, at DEBUG, through the bot's secret filter into one file;
+    the session fails at the end if a secret or anything token-shaped got through."""
+    path = tmp_path_factory.mktemp("logs") / "session.log"
+    handler = _RedactedLogFile(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.addFilter(RedactSecrets(EMULATOR_SECRETS))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    yield path
+    root.setLevel(level)
+    attached = handler in root.handlers
+    root.removeHandler(handler)
+    handler.close()
+    if not attached:
+        pytest.fail(f"a test removed the session's log handler, so {path} misses the rest of the logs")
+    leaks = [
+        f"{path}:{number}: {', '.join(found)}"
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        if (found := [s for s in EMULATOR_SECRETS if s in line] + TOKEN_SHAPES.findall(line))
+    ]
+    if leaks:
+        pytest.fail("secrets in the session's log output:\n" + "\n".join(leaks[:20]))
 
 
 def free_port() -> int:

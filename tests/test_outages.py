@@ -14,7 +14,7 @@ import pytest
 from bot.turn import STORE_UNAVAILABLE
 from tests.conftest import StartBot
 from tests.emulators.openai_api import OpenAIEmulator, Status
-from tests.emulators.slack import SlackEmulator
+from tests.emulators.slack import POSTING_METHODS, SlackEmulator
 from tests.redis_server import RedisServer
 
 CHANNEL = "C800"
@@ -177,6 +177,7 @@ async def test_circuit_breaker_opens_answers_at_once_and_closes_after_a_probe(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(150)
 async def test_a_burst_of_1000_events_is_acked_in_time_and_every_message_answered(
     start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator
 ) -> None:
@@ -193,12 +194,16 @@ async def test_a_burst_of_1000_events_is_acked_in_time_and_every_message_answere
     slowest_ack = max(d.elapsed for d in deliveries)
     assert slowest_ack < 3.0, f"slowest ack {slowest_ack:.2f}s"
 
+    def answered_channels() -> set[str]:  # one pass over the call log: cheap enough to poll
+        return {c.args["channel"] for c in slack.calls if c.method in POSTING_METHODS}
+
     await slack.wait_for(
-        lambda: all(len(slack.bot_messages(c)) == 1 for c in channels),
-        timeout=120,
+        lambda: answered_channels() >= set(channels),
+        timeout=100,
         what="an answer in each of the 1,000 channels",
     )
     await running.settle()
+    assert all(len(slack.bot_messages(c)) == 1 for c in channels)
     assert len(llm.requests) == 1000
     assert llm.max_in_flight <= 20
 

@@ -25,6 +25,8 @@ def register(app: AsyncApp, turns: TurnRunner) -> None:
 
     async def on_message(event: dict[str, Any], context: AsyncBoltContext) -> None:
         subtype = event.get("subtype")
+        if subtype is not None and not isinstance(subtype, str):
+            return
         if subtype == "message_deleted":
             await on_deleted(event, context)
         elif subtype == "message_changed":
@@ -42,7 +44,7 @@ def register(app: AsyncApp, turns: TurnRunner) -> None:
             await turns.accept(message)
 
     async def on_deleted(event: dict[str, Any], context: AsyncBoltContext) -> None:
-        previous = event.get("previous_message") or {}
+        previous = _object(event.get("previous_message"))
         deleted_ts = event.get("deleted_ts") or previous.get("ts")
         channel, team = event.get("channel"), context.team_id
         if not (isinstance(deleted_ts, str) and isinstance(channel, str) and team):
@@ -51,7 +53,7 @@ def register(app: AsyncApp, turns: TurnRunner) -> None:
             await turns.remove_message(ThreadKey(team, channel, conversation), deleted_ts)
 
     async def on_edited(event: dict[str, Any], context: AsyncBoltContext) -> None:
-        edited = event.get("message") or {}
+        edited = _object(event.get("message"))
         channel, team, ts = event.get("channel"), context.team_id, edited.get("ts")
         if edited.get("bot_id") or edited.get("user") == context.bot_user_id:
             return
@@ -113,6 +115,11 @@ async def _incoming(
         bot_user_id=bot_user_id,
         is_dm=is_dm,
     )
+
+
+def _object(value: object) -> dict[str, Any]:
+    """A field that should hold an object; anything else counts as empty."""
+    return value if isinstance(value, dict) else {}
 
 
 def _conversations_holding(message: dict[str, Any], ts: str, event: dict[str, Any]) -> list[str]:
