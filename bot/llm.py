@@ -88,6 +88,7 @@ class ChatModel:
         max_retries: int,
         retry_base_seconds: float,
         retry_max_seconds: float,
+        max_answer_tokens: int | None = None,
     ) -> None:
         # The SDK's own retries are off: ours honour Retry-After within our own cap and log.
         self.client = openai.AsyncOpenAI(
@@ -97,6 +98,10 @@ class ChatModel:
         self.max_retries = max_retries
         self.retry_base_seconds = retry_base_seconds
         self.retry_max_seconds = retry_max_seconds
+        # OpenAI itself takes max_completion_tokens (reasoning models refuse max_tokens);
+        # compatible servers (vLLM, Ollama) know max_tokens.
+        limit_name = "max_completion_tokens" if base_url is None else "max_tokens"
+        self._answer_limit = {limit_name: max_answer_tokens} if max_answer_tokens else {}
 
     async def close(self) -> None:
         await self.client.close()
@@ -141,6 +146,7 @@ class ChatModel:
                 messages=messages,  # type: ignore[arg-type]
                 stream=True,
                 stream_options={"include_usage": True},
+                **self._answer_limit,
             )
             async for chunk in stream:
                 if chunk.usage is not None:

@@ -29,6 +29,7 @@ from bot.delivery import Delivery
 from bot.health import health_handler
 from bot.llm import ChatModel
 from bot.store import Store
+from bot.tokens import TokenBudget, TokenCounter
 from bot.turn import TurnRunner
 from bot.workspace import Workspace
 
@@ -63,6 +64,7 @@ class SupportBot:
             max_retries=settings.llm_max_retries,
             retry_base_seconds=settings.llm_retry_base_seconds,
             retry_max_seconds=settings.llm_retry_max_seconds,
+            max_answer_tokens=settings.max_answer_tokens,
         )
         self._verifier = (
             SignatureVerifier(settings.slack_signing_secret) if settings.slack_signing_secret else None
@@ -105,7 +107,12 @@ class SupportBot:
             workspace=Workspace(client, self.store),
             delivery=Delivery(client),
             model=self.model,
-            context=ContextBuilder(self.store, settings.system_prompt),
+            context=ContextBuilder(
+                self.store,
+                settings.system_prompt,
+                counter=TokenCounter(settings.openai_model),
+                budget=TokenBudget(settings.max_context_tokens, settings.max_answer_tokens),
+            ),
             max_concurrent_turns=settings.max_concurrent_turns,
         )
         listeners.register(self.app, self.turns, self.store)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 import redis.asyncio as redis
@@ -80,13 +80,31 @@ class Turn:
     ts: str
     user: str | None = None
     name: str | None = None
+    reply_to: str | None = None  # an answer: the ts of the question it answered
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False)
+        fields = {k: v for k, v in asdict(self).items() if v is not None}
+        return json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Turn:
-        return cls(**json.loads(raw))
+        # Fields this version does not know (written by a newer one) are skipped, not fatal.
+        record = json.loads(raw)
+        return cls(**{k: v for k, v in record.items() if k in _TURN_FIELDS})
+
+
+_TURN_FIELDS = {f.name for f in fields(Turn)}
+
+
+@dataclass(frozen=True)
+class SummaryState:
+    """A conversation's rolling summary: `text` covers every turn up to and including the one at
+    `upto` (a Slack ts). `epoch` changes whenever stored turns are deleted or rewritten, so a
+    summary computed from turns that have since changed is never saved."""
+
+    text: str | None
+    upto: str | None
+    epoch: str
 
 
 class StoreUnavailable(Exception):
@@ -272,6 +290,15 @@ class Store:
         """The newest `limit` turns, oldest first; never reads more of the history than that."""
         raw = await self.redis.lrange(Keys.turns(key), -limit, -1)
         return [Turn.from_json(item) for item in raw]
+
+    async def tail(self, key: ThreadKey, skip: int, count: int) -> list[Turn]:
+        """`count` turns ending `skip` turns before the newest, oldest first (fewer at the start)."""
+        raw = await self.redis.lrange(Keys.turns(key), -(skip + count), -(skip + 1))
+        return [Turn.from_json(item) for item in raw]
+
+    async def summary(self, key: ThreadKey) -> SummaryState:
+        text, upto, epoch = await self.redis.hmget(Keys.meta(key), "summary", "summary_upto", "epoch")
+        return SummaryState(text or None, upto or None, epoch or "0")
 
     async def stored_ts(self, key: ThreadKey) -> set[str]:
         return {Turn.from_json(item).ts for item in await self.redis.lrange(Keys.turns(key), 0, -1)}

@@ -167,3 +167,31 @@ class TokenCounter:
             return text
         keep = max(0, max_tokens - self.count(marker))
         return self.encoding.decode(tokens[:keep]) + marker
+
+
+@dataclass(frozen=True)
+class TokenBudget:
+    """How one request's window is shared: the answer's reserve, the system prompt, the rolling
+    summary of older turns, and as many recent turns as fit in the rest."""
+
+    window: int  # MAX_CONTEXT_TOKENS: prompt and answer together
+    answer: int  # MAX_ANSWER_TOKENS: reserved for the answer
+
+    # The headings around the summary and the line naming who asks.
+    HEADINGS = 64
+    # Least room left for the turns; the current question is cut to fit it if need be.
+    MIN_TURN_ROOM = 256
+
+    @property
+    def prompt(self) -> int:
+        """What the messages sent may take, all counted."""
+        return self.window - self.answer
+
+    @property
+    def summary(self) -> int:
+        """The longest rolling summary: an eighth of the prompt, within sensible bounds."""
+        return max(64, min(1024, self.prompt // 8))
+
+    def turn_room(self, system_prompt_tokens: int) -> int:
+        """Tokens left for turns once the system prompt and a full-size summary are in."""
+        return self.prompt - REPLY_PRIMING - PER_MESSAGE - system_prompt_tokens - self.HEADINGS - self.summary

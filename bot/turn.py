@@ -17,7 +17,7 @@ from typing import Any
 
 from slack_sdk.errors import SlackApiError
 
-from bot.context import RECENT_TURNS, ContextBuilder
+from bot.context import ContextBuilder
 from bot.delivery import Delivery, Target
 from bot.llm import Answer, ChatModel, LLMError
 from bot.store import IncomingMessage, Keys, Store, StoreUnavailable, ThreadKey, Turn
@@ -31,6 +31,8 @@ STORE_UNAVAILABLE = (
     "Sorry, I'm temporarily unavailable (my memory store is down). Please try again in a minute."
 )
 TURN_FAILED = "Sorry, something went wrong on my side while answering this. Please ask again."
+# How far back the DM's rolling conversation is searched for the question a DM thread starts from.
+DM_LOOKBACK_TURNS = 60
 
 
 class TurnRunner:
@@ -160,10 +162,12 @@ class TurnRunner:
             await self.store.append_turns(message.key, await self._user_turn(message))
             prompt = await self.context.prompt_for(message.key)
             async with self._llm_slots:
-                answer = await self.model.answer(prompt)
+                answer = await self.model.answer(prompt.messages)
             posted = await self.delivery.post_answer(target, answer.text)
             answered = True
-            await self.store.append_turns(message.key, Turn(role="assistant", text=answer.text, ts=posted[0]))
+            await self.store.append_turns(
+                message.key, Turn(role="assistant", text=answer.text, ts=posted[0], reply_to=message.ts)
+            )
         except LLMError as error:
             outcome = f"llm_error:{error.kind}"
             answered = await self.delivery.post_notice(target, error.user_message) is not None
@@ -207,7 +211,8 @@ class TurnRunner:
         """A DM thread under one of the bot's answers starts with the question that answer was for."""
         if not thread or thread[0].role != "assistant":
             return []
-        rolling = await self.store.recent_turns(ThreadKey(message.team, message.channel, "dm"), RECENT_TURNS)
+        dm = ThreadKey(message.team, message.channel, "dm")
+        rolling = await self.store.recent_turns(dm, DM_LOOKBACK_TURNS)
         at = next((i for i, turn in enumerate(rolling) if turn.ts == thread[0].ts), None)
         if at is None or at == 0 or rolling[at - 1].role != "user":
             return []
