@@ -3,12 +3,18 @@ now), then as many of the newest turns as fit the token budget, each attributed 
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+import uuid
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
-from bot.llm import ChatMessage
-from bot.store import Store, ThreadKey, Turn
+from bot.llm import ChatMessage, ChatModel, LLMError
+from bot.store import Store, SummaryState, ThreadKey, Turn
 from bot.tokens import PER_MESSAGE, REPLY_PRIMING, TokenBudget, TokenCounter
+
+log = logging.getLogger(__name__)
 
 # Turns are read from the newest back in pages that double in size: a short thread costs one
 # round trip, a long one a few, and never more than about twice the turns that fit.
@@ -22,6 +28,18 @@ SUMMARISE_AT = 0.8
 KEEP_SHARE = 0.5
 
 SUMMARY_HEADING = "Summary of the earlier conversation (older messages are not shown):"
+# Summaries run in the background; this many at once per process leaves the model to answers.
+SUMMARIES_AT_ONCE = 4
+
+SUMMARY_INSTRUCTIONS = """\
+You keep the running summary of a Slack support conversation between people and a support \
+assistant. Rewrite the summary so far so that it also covers the new messages.
+Keep every fact support may need later, word for word where it matters: product and feature \
+names; account, workspace, project, check and monitor names; error codes and error messages; \
+versions, IDs and URLs; what was already tried and what happened; what was decided; what is \
+still open. Say who reported or asked what, by name.
+Leave out greetings and small talk. Write short bullet points, at most {words} words in all.
+Reply with the summary only."""
 
 
 @dataclass(frozen=True)
@@ -95,12 +113,21 @@ class ContextBuilder:
     """Builds the prompt for a conversation from what the store holds, within the token budget."""
 
     def __init__(
-        self, store: Store, system_prompt: str, *, counter: TokenCounter, budget: TokenBudget
+        self,
+        store: Store,
+        system_prompt: str,
+        *,
+        counter: TokenCounter,
+        budget: TokenBudget,
+        model: ChatModel,
     ) -> None:
         self.store = store
         self.system_prompt = system_prompt
         self.counter = counter
         self.budget = budget
+        self.model = model
+        self._summaries = asyncio.Semaphore(SUMMARIES_AT_ONCE)
+        self._turn_room = budget.turn_room(counter.count(system_prompt))
 
     async def prompt_for(self, key: ThreadKey) -> Prompt:
         """System prompt, summary, and the newest turns that fit; the newest turn (the question
@@ -140,3 +167,105 @@ class ContextBuilder:
             turns_read=tail.read,
             needs_summary=overflow or used > SUMMARISE_AT * room,
         )
+
+    # -- the rolling summary ---------------------------------------------------------------
+
+    async def summarise(self, key: ThreadKey) -> None:
+        """Fold the turns that fell (or are about to fall) out of the window into the rolling
+        summary. Called in the background once an answer is out; one job per conversation at a
+        time, across processes."""
+        token = uuid.uuid4().hex
+        if not await self.store.acquire_summary_lock(key, token):
+            return  # a job for this conversation is running, here or in another process
+        started = time.monotonic()
+        try:
+            async with self._summaries:
+                folded = await self._fold(key, token)
+        except LLMError as error:
+            log.warning("summary failed thread=%s model=%s error=%s", key, self.model.model, error.kind)
+            return
+        finally:
+            await self.store.release_summary_lock(key, token)
+        if folded:
+            log.info(
+                "summary thread=%s turns_folded=%d latency_ms=%d",
+                key,
+                folded,
+                (time.monotonic() - started) * 1000,
+            )
+
+    async def _fold(self, key: ThreadKey, token: str) -> int:
+        state = await self.store.summary(key)
+        pending = await self._unsummarised(key, state)
+        fold = pending[: len(pending) - self._keep_count(pending)]
+        folded = 0
+        while fold:
+            chunk, fold = self._next_chunk(state.text, fold)
+            answer = await self.model.complete(
+                self._summary_request(state.text, chunk), max_tokens=self.budget.summary
+            )
+            if not await self.store.save_summary(key, answer.text, chunk[-1].ts, state):
+                break  # reset, edited or deleted meanwhile: the next answer schedules a fresh job
+            state = SummaryState(answer.text, chunk[-1].ts, state.epoch)
+            folded += len(chunk)
+            await self.store.renew_summary_lock(key, token)
+        return folded
+
+    async def _unsummarised(self, key: ThreadKey, state: SummaryState) -> list[Turn]:
+        """The turns after the summary's last one, oldest first: the window and what fell out."""
+        covered = ts_order(state.upto) if state.upto else None
+        tail = TailReader(self.store, key)
+        found: list[Turn] = []
+        while (turn := await tail.next()) is not None:
+            if covered is not None and ts_order(turn.ts) <= covered:
+                break
+            found.append(turn)
+        found.reverse()
+        return found
+
+    def _keep_count(self, pending: list[Turn]) -> int:
+        """How many of the newest turns stay out of the summary: at least the last exchange, and
+        as many as fill KEEP_SHARE of the room for turns."""
+        kept, used = 0, 0
+        for turn in reversed(pending):
+            used += self.counter.count_message(turn_message(turn))
+            if kept >= 2 and used > KEEP_SHARE * self._turn_room:
+                break
+            kept += 1
+        return kept
+
+    def _next_chunk(self, summary: str | None, turns: list[Turn]) -> tuple[list[Turn], list[Turn]]:
+        """The oldest turns that fit one summary request (at least one), and the rest."""
+        room = self._transcript_room(summary)
+        used, count = 0, 0
+        for turn in turns:
+            used += self.counter.count(transcript_line(turn)) + 1
+            if count and used > room:
+                break
+            count += 1
+        return turns[:count], turns[count:]
+
+    def _summary_request(self, summary: str | None, turns: list[Turn]) -> list[ChatMessage]:
+        transcript = "\n".join(transcript_line(turn) for turn in turns)
+        room = self._transcript_room(summary)
+        return self._summary_messages(summary, self.counter.truncate(transcript, room))
+
+    def _transcript_room(self, summary: str | None) -> int:
+        """Tokens left for new turns in a summary request, the answer's reserve kept."""
+        fixed = self.counter.count_messages(self._summary_messages(summary, ""))
+        return max(PER_MESSAGE, self.budget.window - self.budget.summary - fixed)
+
+    def _summary_messages(self, summary: str | None, transcript: str) -> list[ChatMessage]:
+        words = self.budget.summary * 3 // 4
+        previous = self.counter.truncate(summary, self.budget.summary) if summary else "(none yet)"
+        return [
+            {"role": "system", "content": SUMMARY_INSTRUCTIONS.format(words=words)},
+            {
+                "role": "user",
+                "content": f"Summary so far:\n{previous}\n\nNew messages, oldest first:\n{transcript}",
+            },
+        ]
+
+
+def transcript_line(turn: Turn) -> str:
+    return f"{author(turn)}: {turn.text}"

@@ -100,8 +100,8 @@ class ChatModel:
         self.retry_max_seconds = retry_max_seconds
         # OpenAI itself takes max_completion_tokens (reasoning models refuse max_tokens);
         # compatible servers (vLLM, Ollama) know max_tokens.
-        limit_name = "max_completion_tokens" if base_url is None else "max_tokens"
-        self._answer_limit = {limit_name: max_answer_tokens} if max_answer_tokens else {}
+        self._limit_name = "max_completion_tokens" if base_url is None else "max_tokens"
+        self._answer_limit = {self._limit_name: max_answer_tokens} if max_answer_tokens else {}
 
     async def close(self) -> None:
         await self.client.close()
@@ -186,6 +186,52 @@ class ChatModel:
             finish_reason=finish_reason,
             prompt_tokens=getattr(usage, "prompt_tokens", None),
             completion_tokens=getattr(usage, "completion_tokens", None),
+            attempts=attempt,
+        )
+
+    # -- one non-streamed completion, for background work such as summaries ------------------
+
+    async def complete(self, messages: list[ChatMessage], *, max_tokens: int) -> Answer:
+        """One whole (not streamed) completion, retried like answers; raises LLMError."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._complete_once(messages, max_tokens, attempt)
+            except _Transient as failure:
+                if attempt > self.max_retries:
+                    raise LLMError(failure.kind, UNAVAILABLE, attempts=attempt) from None
+                await asyncio.sleep(self.retry_delay(attempt, failure.retry_after))
+
+    async def _complete_once(self, messages: list[ChatMessage], max_tokens: int, attempt: int) -> Answer:
+        try:
+            response = await self.client.chat.completions.create(
+                model=self.model,
+                messages=messages,  # type: ignore[arg-type]
+                **{self._limit_name: max_tokens},  # type: ignore[arg-type]
+            )
+        except openai.APIStatusError as error:
+            if _is_transient_status(error.status_code):
+                raise _Transient(
+                    f"http_{error.status_code}", parse_retry_after(error.response.headers)
+                ) from None
+            raise LLMError(f"http_{error.status_code}", REJECTED, attempts=attempt) from None
+        except openai.APITimeoutError:
+            raise _Transient("timeout") from None
+        except openai.APIConnectionError:
+            raise _Transient("connection_error") from None
+        except TRANSPORT_ERRORS as error:
+            raise _Transient(type(error).__name__) from None
+        choice = response.choices[0] if response.choices else None
+        text = (choice.message.content or "").strip() if choice else ""
+        if choice is None or not text:
+            raise LLMError("empty_answer", EMPTY, attempts=attempt)
+        return Answer(
+            text=text,
+            model=self.model,
+            finish_reason=choice.finish_reason,
+            prompt_tokens=getattr(response.usage, "prompt_tokens", None),
+            completion_tokens=getattr(response.usage, "completion_tokens", None),
             attempts=attempt,
         )
 

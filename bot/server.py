@@ -112,6 +112,7 @@ class SupportBot:
                 settings.system_prompt,
                 counter=TokenCounter(settings.openai_model),
                 budget=TokenBudget(settings.max_context_tokens, settings.max_answer_tokens),
+                model=self.model,
             ),
             max_concurrent_turns=settings.max_concurrent_turns,
         )

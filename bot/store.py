@@ -118,6 +118,7 @@ class Keys:
     INBOX_TTL = DAY
     NAME_TTL = DAY  # display names change rarely
     LOCK_TTL_MS = 30_000  # renewed while held; expires soon after a holder dies
+    SUMMARY_LOCK_TTL_MS = 120_000  # renewed after each summary call; a dead holder's expires
 
     @staticmethod
     def turns(key: ThreadKey) -> str:
@@ -134,6 +135,10 @@ class Keys:
     @staticmethod
     def lock(key: ThreadKey) -> str:
         return f"lock:{key}"
+
+    @staticmethod
+    def summary_lock(key: ThreadKey) -> str:
+        return f"summarising:{key}"
 
     @staticmethod
     def seen(team: str, channel: str, ts: str) -> str:
@@ -158,23 +163,46 @@ end
 return 1
 """
 
-# KEYS: turns. ARGV: ts, replacement text ('' with ARGV[3] == 'delete' removes the turn).
-# Deletes and edits are rare, so a scan of one conversation is fine here.
+# KEYS: turns, meta. ARGV: ts, replacement text, 'edit' or 'delete'. Deleting a person's message
+# also drops the bot's answer to it, which may quote it. Deletes and edits are rare, so a scan of
+# one conversation is fine here. A summary that covers the turn may quote it too, so it is dropped
+# (and rebuilt from the turns as they are now); the epoch bump stops a summary being computed
+# meanwhile from saving the old text.
 _REWRITE_TURN = """
 local items = redis.call('LRANGE', KEYS[1], 0, -1)
+local found = false
 for i, raw in ipairs(items) do
   local turn = cjson.decode(raw)
   if turn['ts'] == ARGV[1] and turn['role'] == 'user' then
+    found = true
     if ARGV[3] == 'delete' then
       redis.call('LREM', KEYS[1], 1, raw)
     else
       turn['text'] = ARGV[2]
       redis.call('LSET', KEYS[1], i - 1, cjson.encode(turn))
     end
-    return 1
+  elseif ARGV[3] == 'delete' and turn['reply_to'] == ARGV[1] then
+    redis.call('LREM', KEYS[1], 1, raw)
   end
 end
-return 0
+if not found then return 0 end
+redis.call('HINCRBY', KEYS[2], 'epoch', 1)
+local upto = redis.call('HGET', KEYS[2], 'summary_upto')
+if upto and tonumber(ARGV[1]) <= tonumber(upto) then
+  redis.call('HDEL', KEYS[2], 'summary', 'summary_upto')
+end
+return 1
+"""
+
+# KEYS: meta, turns. ARGV: summary, upto ts, expected upto ('' for none), expected epoch, ttl.
+# Saves only over the summary it was built from, and only while the turns it read are unchanged.
+_SAVE_SUMMARY = """
+local found = redis.call('HMGET', KEYS[1], 'summary_upto', 'epoch')
+if (found[1] or '') ~= ARGV[3] or (found[2] or '0') ~= ARGV[4] then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'summary', ARGV[1], 'summary_upto', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 1
 """
 
 _RELEASE_LOCK = """
@@ -205,6 +233,7 @@ class Store:
         self.conversation_ttl = max(1, int(conversation_ttl_days * DAY))
         self._accept = self.redis.register_script(_ACCEPT)
         self._rewrite_turn = self.redis.register_script(_REWRITE_TURN)
+        self._save_summary = self.redis.register_script(_SAVE_SUMMARY)
         self._release_lock = self.redis.register_script(_RELEASE_LOCK)
         self._renew_lock = self.redis.register_script(_RENEW_LOCK)
 
@@ -261,6 +290,19 @@ class Store:
     async def release_lock(self, key: ThreadKey, token: str) -> None:
         await self._release_lock(keys=[Keys.lock(key)], args=[token])
 
+    # -- one summary job per conversation, across processes ------------------------------------
+
+    async def acquire_summary_lock(self, key: ThreadKey, token: str) -> bool:
+        return bool(await self.redis.set(Keys.summary_lock(key), token, nx=True, px=Keys.SUMMARY_LOCK_TTL_MS))
+
+    async def renew_summary_lock(self, key: ThreadKey, token: str) -> bool:
+        return bool(
+            await self._renew_lock(keys=[Keys.summary_lock(key)], args=[token, Keys.SUMMARY_LOCK_TTL_MS])
+        )
+
+    async def release_summary_lock(self, key: ThreadKey, token: str) -> None:
+        await self._release_lock(keys=[Keys.summary_lock(key)], args=[token])
+
     # -- conversations ---------------------------------------------------------------------
 
     async def is_followed(self, key: ThreadKey) -> bool:
@@ -303,15 +345,31 @@ class Store:
     async def stored_ts(self, key: ThreadKey) -> set[str]:
         return {Turn.from_json(item).ts for item in await self.redis.lrange(Keys.turns(key), 0, -1)}
 
+    async def save_summary(self, key: ThreadKey, text: str, upto: str, based_on: SummaryState) -> bool:
+        """Store a summary of every turn up to `upto`, unless the conversation changed since
+        `based_on` was read (reset, a deletion or edit, or another summary saved first)."""
+        saved = await self._save_summary(
+            keys=[Keys.meta(key), Keys.turns(key)],
+            args=[text, upto, based_on.upto or "", based_on.epoch, self.conversation_ttl],
+        )
+        return bool(saved)
+
     async def reset(self, key: ThreadKey) -> None:
-        """Forget a conversation's turns; the bot keeps following the thread."""
-        await self.redis.delete(Keys.turns(key))
+        """Forget a conversation's turns and summary; the bot keeps following the thread."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(Keys.turns(key))
+            pipe.hdel(Keys.meta(key), "summary", "summary_upto")
+            pipe.hincrby(Keys.meta(key), "epoch", 1)
+            pipe.expire(Keys.meta(key), self.conversation_ttl)
+            await pipe.execute()
 
     async def remove_user_message(self, key: ThreadKey, ts: str) -> bool:
-        return bool(await self._rewrite_turn(keys=[Keys.turns(key)], args=[ts, "", "delete"]))
+        """Delete a person's message and the bot's answer to it, and the summary if it covers them."""
+        return bool(await self._rewrite_turn(keys=[Keys.turns(key), Keys.meta(key)], args=[ts, "", "delete"]))
 
     async def edit_user_message(self, key: ThreadKey, ts: str, text: str) -> bool:
-        return bool(await self._rewrite_turn(keys=[Keys.turns(key)], args=[ts, text, "edit"]))
+        """Replace a person's message text, and drop the summary if it covers the old text."""
+        return bool(await self._rewrite_turn(keys=[Keys.turns(key), Keys.meta(key)], args=[ts, text, "edit"]))
 
     # -- cached Slack display names --------------------------------------------------------
 

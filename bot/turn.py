@@ -168,6 +168,9 @@ class TurnRunner:
             await self.store.append_turns(
                 message.key, Turn(role="assistant", text=answer.text, ts=posted[0], reply_to=message.ts)
             )
+            if prompt.needs_summary:
+                # In the background: the answer is already out, and nothing waits for this.
+                self._spawn(self.context.summarise(message.key))
         except LLMError as error:
             outcome = f"llm_error:{error.kind}"
             answered = await self.delivery.post_notice(target, error.user_message) is not None

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bot.context import ContextBuilder
+from bot.llm import ChatModel
 from bot.store import Store, ThreadKey, Turn
 from bot.tokens import TokenBudget, TokenCounter
 from tests.conftest import StartBot
@@ -64,9 +65,25 @@ async def store(redis_url: str) -> AsyncIterator[Store]:
     await store.close()
 
 
-def builder(store: Store, window: int = WINDOW, answer: int = ANSWER) -> ContextBuilder:
+def builder(store: Store, model: ChatModel | None = None) -> ContextBuilder:
     return ContextBuilder(
-        store, SYSTEM, counter=TokenCounter("test-model"), budget=TokenBudget(window, answer)
+        store,
+        SYSTEM,
+        counter=TokenCounter("test-model"),
+        budget=TokenBudget(WINDOW, ANSWER),
+        model=model or chat_model("http://127.0.0.1:9/v1"),
+    )
+
+
+def chat_model(base_url: str) -> ChatModel:
+    return ChatModel(
+        api_key="sk-test-key",
+        base_url=base_url,
+        model="test-model",
+        timeout_seconds=5,
+        max_retries=0,
+        retry_base_seconds=0.05,
+        retry_max_seconds=0.1,
     )
 
 
