@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
@@ -23,7 +25,7 @@ log = logging.getLogger(__name__)
 
 DAY = 24 * 3600
 
-Action = Literal["answer", "record", "reset"]
+Action = Literal["answer", "record", "reset", "forget"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,15 @@ class SummaryState:
     epoch: str
 
 
+@dataclass(frozen=True)
+class Forgotten:
+    """What forgetting a person deleted."""
+
+    messages: int  # their turns and the bot's answers to them
+    conversations: int  # conversations that held any
+    records: int  # other personal records (feedback) and entries in them
+
+
 class StoreUnavailable(Exception):
     """Redis did not answer; callers tell the user to try again rather than go silent."""
 
@@ -148,6 +159,24 @@ class Keys:
     def display_name(team: str, user: str) -> str:
         return f"name:{team}:{user}"
 
+    @staticmethod
+    def user_index(team: str, user: str) -> str:
+        """A set of the keys that hold a person's data (their conversations' turn lists, and any
+        per-person record another feature registers), so forgetting them needs no SCAN."""
+        return f"user:{team}:{user}"
+
+    # Keys of per-person records kept by other features (feedback on answers). Forgetting a person
+    # also scans these for records naming them that were not registered in their index.
+    PERSONAL_RECORD_PATTERNS = ("feedback:*",)
+
+    @staticmethod
+    def thread_of_turns(name: str) -> ThreadKey | None:
+        """The conversation whose turn list `name` is, or None for any other key."""
+        parts = name.split(":")
+        if len(parts) == 5 and parts[0] == "conv" and parts[4] == "turns":
+            return ThreadKey(parts[1], parts[2], parts[3])
+        return None
+
 
 # KEYS: seen, inbox, meta. ARGV: message json, dedup ttl, inbox ttl, conversation ttl,
 # follow (0/1), starts conversation (0/1). Returns 1 when accepted, 0 for a duplicate.
@@ -163,11 +192,11 @@ end
 return 1
 """
 
-# KEYS: turns, meta. ARGV: ts, replacement text, 'edit' or 'delete'. Deleting a person's message
-# also drops the bot's answer to it, which may quote it. Deletes and edits are rare, so a scan of
-# one conversation is fine here. A summary that covers the turn may quote it too, so it is dropped
-# (and rebuilt from the turns as they are now); the epoch bump stops a summary being computed
-# meanwhile from saving the old text.
+# KEYS: turns, meta. ARGV: ts, replacement text, 'edit' or 'delete', conversation ttl. Deleting a
+# person's message also drops the bot's answer to it, which may quote it. Deletes and edits are
+# rare, so a scan of one conversation is fine here. A summary that covers the turn may quote it
+# too, so it is dropped (and rebuilt from the turns as they are now); the epoch bump stops a
+# summary being computed meanwhile from saving the old text.
 _REWRITE_TURN = """
 local items = redis.call('LRANGE', KEYS[1], 0, -1)
 local found = false
@@ -187,6 +216,7 @@ for i, raw in ipairs(items) do
 end
 if not found then return 0 end
 redis.call('HINCRBY', KEYS[2], 'epoch', 1)
+if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIRE', KEYS[2], ARGV[4]) end
 local upto = redis.call('HGET', KEYS[2], 'summary_upto')
 if upto and tonumber(ARGV[1]) <= tonumber(upto) then
   redis.call('HDEL', KEYS[2], 'summary', 'summary_upto')
@@ -203,6 +233,36 @@ if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'summary', ARGV[1], 'summary_upto', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 return 1
+"""
+
+# KEYS: turns, meta. ARGV: user id, conversation ttl. Removes the person's turns and the bot's
+# answers to them (which may quote them), keeps everyone else's in order, and drops the summary.
+# Returns how many turns were removed.
+_FORGET_IN_CONVERSATION = """
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+local asked, keep, removed = {}, {}, 0
+for _, raw in ipairs(items) do
+  local turn = cjson.decode(raw)
+  if turn['role'] == 'user' and turn['user'] == ARGV[1] then
+    asked[turn['ts']] = true
+    removed = removed + 1
+  elseif turn['role'] == 'assistant' and turn['reply_to'] and asked[turn['reply_to']] then
+    removed = removed + 1
+  else
+    keep[#keep + 1] = raw
+  end
+end
+if removed == 0 then return 0 end
+local ttl = redis.call('PTTL', KEYS[1])
+redis.call('DEL', KEYS[1])
+for i = 1, #keep, 1000 do
+  redis.call('RPUSH', KEYS[1], unpack(keep, i, math.min(i + 999, #keep)))
+end
+if #keep > 0 and ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+redis.call('HDEL', KEYS[2], 'summary', 'summary_upto')
+redis.call('HINCRBY', KEYS[2], 'epoch', 1)
+if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
+return removed
 """
 
 _RELEASE_LOCK = """
@@ -234,6 +294,7 @@ class Store:
         self._accept = self.redis.register_script(_ACCEPT)
         self._rewrite_turn = self.redis.register_script(_REWRITE_TURN)
         self._save_summary = self.redis.register_script(_SAVE_SUMMARY)
+        self._forget_in_conversation = self.redis.register_script(_FORGET_IN_CONVERSATION)
         self._release_lock = self.redis.register_script(_RELEASE_LOCK)
         self._renew_lock = self.redis.register_script(_RENEW_LOCK)
 
@@ -315,7 +376,9 @@ class Store:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.rpush(Keys.turns(key), *(turn.to_json() for turn in turns))
             pipe.expire(Keys.turns(key), self.conversation_ttl)
+            pipe.hset(Keys.meta(key), "updated", int(time.time()))
             pipe.expire(Keys.meta(key), self.conversation_ttl)
+            self._index_people(pipe, key, turns)
             await pipe.execute()
 
     async def prepend_history(self, key: ThreadKey, turns: list[Turn]) -> None:
@@ -324,9 +387,15 @@ class Store:
             if turns:
                 pipe.lpush(Keys.turns(key), *(turn.to_json() for turn in reversed(turns)))
                 pipe.expire(Keys.turns(key), self.conversation_ttl)
+                self._index_people(pipe, key, turns)
             pipe.hset(Keys.meta(key), "hydrated", "1")
             pipe.expire(Keys.meta(key), self.conversation_ttl)
             await pipe.execute()
+
+    def _index_people(self, pipe: Any, key: ThreadKey, turns: Iterable[Turn]) -> None:
+        for user in {turn.user for turn in turns if turn.role == "user" and turn.user}:
+            pipe.sadd(Keys.user_index(key.team, user), Keys.turns(key))
+            pipe.expire(Keys.user_index(key.team, user), self.conversation_ttl)
 
     async def recent_turns(self, key: ThreadKey, limit: int) -> list[Turn]:
         """The newest `limit` turns, oldest first; never reads more of the history than that."""
@@ -360,16 +429,97 @@ class Store:
             pipe.delete(Keys.turns(key))
             pipe.hdel(Keys.meta(key), "summary", "summary_upto")
             pipe.hincrby(Keys.meta(key), "epoch", 1)
+            pipe.hset(Keys.meta(key), "updated", int(time.time()))
             pipe.expire(Keys.meta(key), self.conversation_ttl)
             await pipe.execute()
 
     async def remove_user_message(self, key: ThreadKey, ts: str) -> bool:
         """Delete a person's message and the bot's answer to it, and the summary if it covers them."""
-        return bool(await self._rewrite_turn(keys=[Keys.turns(key), Keys.meta(key)], args=[ts, "", "delete"]))
+        return bool(
+            await self._rewrite_turn(
+                keys=[Keys.turns(key), Keys.meta(key)], args=[ts, "", "delete", self.conversation_ttl]
+            )
+        )
 
     async def edit_user_message(self, key: ThreadKey, ts: str, text: str) -> bool:
         """Replace a person's message text, and drop the summary if it covers the old text."""
-        return bool(await self._rewrite_turn(keys=[Keys.turns(key), Keys.meta(key)], args=[ts, text, "edit"]))
+        return bool(
+            await self._rewrite_turn(
+                keys=[Keys.turns(key), Keys.meta(key)], args=[ts, text, "edit", self.conversation_ttl]
+            )
+        )
+
+    # -- the right to be forgotten ---------------------------------------------------------
+
+    async def index_personal_record(self, team: str, user: str, record_key: str, ttl_seconds: int) -> None:
+        """Register a key that holds one person's data (e.g. their feedback), so that forgetting
+        them deletes it. `ttl_seconds` should be the record's own TTL."""
+        index = Keys.user_index(team, user)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.sadd(index, record_key)
+            pipe.expire(index, max(ttl_seconds, self.conversation_ttl))
+            await pipe.execute()
+
+    async def forget_user(self, team: str, user: str, *, scan_conversations: bool = False) -> Forgotten:
+        """Delete everything stored about a person in a workspace: their messages in every
+        conversation (and the bot's answers to them), summaries that may quote them, their
+        personal records, their cached name and their index. With `scan_conversations`, every
+        conversation of the workspace is searched too, not only those their index names."""
+        index = Keys.user_index(team, user)
+        members: set[str] = set(await self.redis.smembers(index))
+        if scan_conversations:
+            members |= {name async for name in self.redis.scan_iter(match=f"conv:{team}:*:turns", count=1000)}
+        messages = conversations = records = 0
+        for member in sorted(members):
+            thread = Keys.thread_of_turns(member)
+            if thread is None:
+                records += await self.redis.delete(member)
+                continue
+            removed = await self._forget_in_conversation(
+                keys=[member, Keys.meta(thread)], args=[user, self.conversation_ttl]
+            )
+            if removed:
+                messages += int(removed)
+                conversations += 1
+        for pattern in Keys.PERSONAL_RECORD_PATTERNS:
+            async for name in self.redis.scan_iter(match=pattern, count=1000):
+                records += await self._forget_in_record(name, user)
+        await self.redis.delete(index, Keys.display_name(team, user))
+        return Forgotten(messages=messages, conversations=conversations, records=records)
+
+    async def _forget_in_record(self, name: str, user: str) -> int:
+        """Delete a record that is the person's, or the entries in it that name them. Records of
+        unknown shape are judged by whether their name or content carries the user id."""
+        if user in name.split(":"):
+            return int(await self.redis.delete(name))
+        kind = await self.redis.type(name)
+        if kind == "string":
+            value = await self.redis.get(name)
+            return int(await self.redis.delete(name)) if value and user in value else 0
+        if kind == "hash":
+            record = await self.redis.hgetall(name)
+            if user in record:  # a hash keyed by person: drop their entry only
+                return int(await self.redis.hdel(name, user))
+            if any(user in value for value in record.values()):
+                return int(await self.redis.delete(name))
+            return 0
+        if kind in ("list", "set", "zset"):
+            if kind == "list":
+                entries = await self.redis.lrange(name, 0, -1)
+            elif kind == "set":
+                entries = list(await self.redis.smembers(name))
+            else:
+                entries = await self.redis.zrange(name, 0, -1)
+            theirs = [entry for entry in entries if user in entry]
+            for entry in theirs:
+                if kind == "list":
+                    await self.redis.lrem(name, 0, entry)
+                elif kind == "set":
+                    await self.redis.srem(name, entry)
+                else:
+                    await self.redis.zrem(name, entry)
+            return len(theirs)
+        return 0
 
     # -- cached Slack display names --------------------------------------------------------
 

@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import Coroutine
+from dataclasses import asdict
 from typing import Any
 
 from slack_sdk.errors import SlackApiError
@@ -31,6 +32,11 @@ STORE_UNAVAILABLE = (
     "Sorry, I'm temporarily unavailable (my memory store is down). Please try again in a minute."
 )
 TURN_FAILED = "Sorry, something went wrong on my side while answering this. Please ask again."
+FORGOTTEN = (
+    "Done: I've deleted what I stored about you in this workspace: {messages} stored message(s) "
+    "(yours and my answers to them) from {conversations} conversation(s), {records} feedback "
+    "record(s), and your cached name. Messages in Slack itself are not affected."
+)
 # How far back the DM's rolling conversation is searched for the question a DM thread starts from.
 DM_LOOKBACK_TURNS = 60
 
@@ -145,6 +151,16 @@ class TurnRunner:
             await self.store.reset(message.key)
             await self.delivery.post_notice(target, RESET_CONFIRMATION)
             log.info("turn team=%s channel=%s thread=%s user=%s outcome=reset", *_where(message))
+            return
+        if message.action == "forget":
+            forgotten = await self.store.forget_user(message.team, message.user)
+            await self.delivery.post_notice(target, FORGOTTEN.format(**asdict(forgotten)))
+            log.info(
+                "turn team=%s channel=%s thread=%s user=%s outcome=forgotten messages=%d conversations=%d",
+                *_where(message),
+                forgotten.messages,
+                forgotten.conversations,
+            )
             return
         if message.action == "record":
             await self.store.append_turns(message.key, await self._user_turn(message))
