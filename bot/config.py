@@ -101,7 +101,7 @@ class Settings:
             openai_base_url=openai_base_url,
             openai_model=model,
             system_prompt=system_prompt,
-            redis_url=read.optional("REDIS_URL", check=_check_redis_url),
+            redis_url=read.optional("REDIS_URL", check=check_redis_url),
             host=read.optional("HOST") or "0.0.0.0",
             port=read.number("PORT", 3000, int, low=1, high=65535),
             conversation_ttl_days=read.number("CONVERSATION_TTL_DAYS", 30, float, low=0.001),
@@ -171,7 +171,7 @@ def _check_url(value: str) -> str | None:
     return None
 
 
-def _check_redis_url(value: str) -> str | None:
+def check_redis_url(value: str) -> str | None:
     if urlparse(value).scheme not in ("redis", "rediss", "unix"):
         return "expected redis://host:port/db, rediss://… or unix:///path/to/socket"
     return None

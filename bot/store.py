@@ -118,6 +118,34 @@ class Forgotten:
     records: int  # other personal records (feedback) and entries in them
 
 
+@dataclass(frozen=True)
+class StoredConversation:
+    """A conversation as Redis holds it, for the admin command line."""
+
+    key: ThreadKey
+    meta: dict[str, str]
+    turns: list[Turn]
+    expires_in: int  # seconds; -1 without expiry, -2 when gone
+
+    @property
+    def last_activity(self) -> float | None:
+        """Unix time of the last message or reset."""
+        if "updated" in self.meta:
+            return float(self.meta["updated"])
+        return float(self.turns[-1].ts) if self.turns else None
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "thread": str(self.key),
+            "team": self.key.team,
+            "channel": self.key.channel,
+            "conversation": self.key.thread,
+            "expires_in_seconds": self.expires_in,
+            "meta": self.meta,
+            "turns": [{k: v for k, v in asdict(turn).items() if v is not None} for turn in self.turns],
+        }
+
+
 class StoreUnavailable(Exception):
     """Redis did not answer; callers tell the user to try again rather than go silent."""
 
@@ -529,9 +557,56 @@ class Store:
     async def cache_name(self, team: str, user: str, name: str) -> None:
         await self.redis.set(Keys.display_name(team, user), name, ex=Keys.NAME_TTL)
 
-    async def debug_dump(self, key: ThreadKey) -> dict[str, Any]:
-        """The stored record of one conversation, for tests and admin commands."""
-        return {
-            "meta": await self.redis.hgetall(Keys.meta(key)),
-            "turns": [asdict(t) for t in await self.recent_turns(key, 10_000)],
+    # -- for the admin command line -------------------------------------------------------
+
+    async def conversation_keys(self, team: str | None = None) -> list[ThreadKey]:
+        """Every stored conversation (of one workspace, or all), in key order."""
+        found: set[ThreadKey] = set()
+        async for name in self.redis.scan_iter(match=f"conv:{team or '*'}:*", count=1000):
+            parts = name.split(":")
+            if len(parts) == 5 and parts[4] in ("turns", "meta"):
+                found.add(ThreadKey(parts[1], parts[2], parts[3]))
+        return sorted(found, key=str)
+
+    async def conversations_in(self, channel: str, thread: str) -> list[ThreadKey]:
+        """The stored conversations of a channel's thread, in whichever workspace."""
+        found = {
+            ThreadKey(*name.split(":")[1:4])
+            async for name in self.redis.scan_iter(match=f"conv:*:{channel}:{thread}:*", count=1000)
         }
+        return sorted(found, key=str)
+
+    async def stored_conversation(self, key: ThreadKey) -> StoredConversation | None:
+        """One conversation as stored, all of it; None when nothing is stored."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(Keys.meta(key))
+            pipe.lrange(Keys.turns(key), 0, -1)
+            pipe.ttl(Keys.turns(key))
+            pipe.ttl(Keys.meta(key))
+            meta, raw, turns_ttl, meta_ttl = await pipe.execute()
+        if not meta and not raw:
+            return None
+        return StoredConversation(
+            key=key,
+            meta=meta,
+            turns=[Turn.from_json(item) for item in raw],
+            expires_in=max(turns_ttl, meta_ttl),
+        )
+
+    async def delete_conversation(self, key: ThreadKey) -> int:
+        """Delete a conversation's turns, summary and bookkeeping; returns the turns deleted."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.llen(Keys.turns(key))
+            pipe.delete(Keys.turns(key), Keys.meta(key))
+            turns, _ = await pipe.execute()
+        return int(turns)
+
+    async def teams_knowing(self, user: str) -> list[str]:
+        """The workspaces whose per-person index names `user`."""
+        found = {
+            name.split(":")[1] async for name in self.redis.scan_iter(match=f"user:*:{user}", count=1000)
+        }
+        return sorted(found)
+
+    async def count_keys(self, pattern: str) -> int:
+        return len([name async for name in self.redis.scan_iter(match=pattern, count=1000)])

@@ -10,10 +10,12 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import tiktoken
 
-from bot.llm import ChatMessage
+if TYPE_CHECKING:  # the OpenAI SDK is slow to import, and the admin command line needs none of it
+    from bot.llm import ChatMessage
 
 log = logging.getLogger(__name__)
 
