@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
@@ -521,14 +522,15 @@ class Store:
         if user in name.split(":"):
             return int(await self.redis.delete(name))
         kind = await self.redis.type(name)
+        names = re.compile(rf"(?<![A-Za-z0-9]){re.escape(user)}(?![A-Za-z0-9])").search
         if kind == "string":
             value = await self.redis.get(name)
-            return int(await self.redis.delete(name)) if value and user in value else 0
+            return int(await self.redis.delete(name)) if value and names(value) else 0
         if kind == "hash":
             record = await self.redis.hgetall(name)
             if user in record:  # a hash keyed by person: drop their entry only
                 return int(await self.redis.hdel(name, user))
-            if any(user in value for value in record.values()):
+            if any(names(value) for value in record.values()):
                 return int(await self.redis.delete(name))
             return 0
         if kind in ("list", "set", "zset"):
@@ -538,7 +540,7 @@ class Store:
                 entries = list(await self.redis.smembers(name))
             else:
                 entries = await self.redis.zrange(name, 0, -1)
-            theirs = [entry for entry in entries if user in entry]
+            theirs = [entry for entry in entries if names(entry)]
             for entry in theirs:
                 if kind == "list":
                     await self.redis.lrem(name, 0, entry)

@@ -134,6 +134,13 @@ async def test_purge_older_than(stored: Store, redis_url: str, redis: aioredis.R
         assert bad.returncode == 2 and "--older-than" in bad.stderr, bad_args
 
 
+async def test_redis_url_is_read_from_dotenv(stored: Store, redis_url: str, tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(f"REDIS_URL={redis_url}\nSLACK_BOT_TOKEN=\n")
+    result = admin(None, "export", "--team", "T1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 3
+
+
 def test_unreachable_redis_is_one_clear_line(tmp_path: Path) -> None:
     result = admin("redis://127.0.0.1:1/0", "stats", cwd=tmp_path)
     assert result.returncode == 1
