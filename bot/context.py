@@ -204,9 +204,11 @@ class ContextBuilder:
             answer = await self.model.complete(
                 self._summary_request(state.text, chunk), max_tokens=self.budget.summary
             )
-            if not await self.store.save_summary(key, answer.text, chunk[-1].ts, state):
+            # Models overrun their limit now and then; what is kept must fit its place in prompts.
+            summary = self.counter.truncate(answer.text, self.budget.summary)
+            if not await self.store.save_summary(key, summary, chunk[-1].ts, state):
                 break  # reset, edited or deleted meanwhile: the next answer schedules a fresh job
-            state = SummaryState(answer.text, chunk[-1].ts, state.epoch)
+            state = SummaryState(summary, chunk[-1].ts, state.epoch)
             folded += len(chunk)
             await self.store.renew_summary_lock(key, token)
         return folded
