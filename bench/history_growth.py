@@ -2,12 +2,13 @@
 
 Runs the real bot (Socket Mode) against the Slack and OpenAI emulators and a real redis-server,
 all on 127.0.0.1. For each history length it seeds a thread with that many stored turns, lets the
-rolling summary catch up (as it would have in the thread's life), then asks follow-up questions
+rolling summary catch up (as it would have in the thread's life), then asks follow-up questions,
+one thread after the other in turn (so that the machine's load changes touch every size alike),
 and reports:
 
 - turn p50/p95: the bot's own time per turn, as it logs it (status, prompt, model, post, store);
   the emulated model answers at once, so this is the bot's cost, not the model's;
-- prompt: the time to build the prompt (read the tail from Redis, count tokens);
+- prompt: the time to build the prompt (read the tail from Redis, count tokens), after each turn;
 - redis cmds/turn: Redis commands per turn, summary upkeep included;
 - bytes stored: Redis memory of the conversation (turns, summary and metadata) before the
   measured turns;
@@ -31,7 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,28 +134,64 @@ async def _with_bot(
     slack.use_socket()
     probe = aioredis.Redis.from_url(server.url, decode_responses=True)
     try:
-        return [await _measure(size, turns, bot, slack, probe, latencies) for size in sizes]
+        return await _measure_all(sizes, turns, bot, slack, probe, latencies)
     finally:
         await probe.aclose()
         await bot.stop(grace_seconds=5)
 
 
-async def _measure(
-    size: int,
+@dataclass
+class _Thread:
+    """One measured conversation, and what was measured of it."""
+
+    size: int
+    root: str
+    key: ThreadKey
+    answered: int
+    bytes_stored: int = 0
+    latencies: list[float] = field(default_factory=list)
+    prompt_ms: list[float] = field(default_factory=list)
+    commands: int = 0
+    prompt_tokens: int = 0
+
+
+async def _measure_all(
+    sizes: tuple[int, ...],
     turns: int,
     bot: SupportBot,
     slack: SlackEmulator,
     probe: aioredis.Redis,
     latencies: _TurnLatencies,
-) -> Row:
+) -> list[Row]:
+    threads = [await _prepare(size, bot, slack, probe) for size in sizes]
+    # Round robin over the threads, so that a load change on the machine touches every size alike.
+    for _ in range(turns):
+        for thread in threads:
+            await _one_turn(thread, bot, slack, probe, latencies)
+    return [
+        Row(
+            stored_turns=thread.size,
+            turn_p50_ms=statistics.median(thread.latencies),
+            turn_p95_ms=_percentile(thread.latencies, 0.95),
+            prompt_ms=statistics.median(thread.prompt_ms),
+            redis_commands_per_turn=thread.commands / turns,
+            bytes_stored=thread.bytes_stored,
+            prompt_tokens=thread.prompt_tokens,
+        )
+        for thread in threads
+    ]
+
+
+async def _prepare(size: int, bot: SupportBot, slack: SlackEmulator, probe: aioredis.Redis) -> _Thread:
+    """A thread with `size` stored turns, its summary caught up as it would be in the thread's life."""
     assert bot.turns is not None
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> {QUESTION}")
     await slack.wait_for_bot_messages(CHANNEL, root, count=1, timeout=30)
     await bot.turns.drain(60)
-    key = ThreadKey(slack.team_id, CHANNEL, root)
+    thread = _Thread(size, root, ThreadKey(slack.team_id, CHANNEL, root), answered=1)
     # Slack timestamps in order, one microsecond apart, after the answer just posted.
     first = time.time_ns() // 1000
-    stamps = [f"{(first + i) // 1_000_000}.{(first + i) % 1_000_000:06d}" for i in range(size - 2)]
+    stamps = [f"{(first + i) // 1_000_000}.{(first + i) % 1_000_000:06d}" for i in range(size - 4)]
     history = [
         Turn(role="user", text=QUESTION, ts=ts, user="U2", name="bob")
         if i % 2 == 0
@@ -162,44 +199,39 @@ async def _measure(
         for i, ts in enumerate(stamps)
     ]
     for start in range(0, len(history), 1000):
-        await bot.store.append_turns(key, *history[start : start + 1000])
-    # The thread's life so far: the summary catches up with the seeded history.
-    answered = 1
-    for _ in range(2):
-        answered += 1
-        await slack.post_user_message(CHANNEL, QUESTION, thread_ts=root)
-        await slack.wait_for_bot_messages(CHANNEL, root, count=answered, timeout=60)
-        await bot.turns.drain(120)
+        await bot.store.append_turns(thread.key, *history[start : start + 1000])
+    del history, stamps  # the bench's own objects must not weigh on the bot's garbage collection
+    thread.answered += 1
+    await slack.post_user_message(CHANNEL, QUESTION, thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=thread.answered, timeout=60)
+    await bot.turns.drain(300)
+    for name in (Keys.turns(thread.key), Keys.meta(thread.key)):
+        thread.bytes_stored += await probe.memory_usage(name, samples=0) or 0
+    return thread
 
-    stored = 0
-    for name in (Keys.turns(key), Keys.meta(key)):
-        stored += await probe.memory_usage(name, samples=0) or 0
 
+async def _one_turn(
+    thread: _Thread, bot: SupportBot, slack: SlackEmulator, probe: aioredis.Redis, latencies: _TurnLatencies
+) -> None:
+    assert bot.turns is not None
     latencies.values.clear()
-    commands_before = (await probe.info("stats"))["total_commands_processed"]
-    for _ in range(turns):
-        answered += 1
-        await slack.post_user_message(CHANNEL, QUESTION, thread_ts=root)
-        await slack.wait_for_bot_messages(CHANNEL, root, count=answered, timeout=30)
-        await bot.turns.drain(30)
-    commands = (await probe.info("stats"))["total_commands_processed"] - commands_before - 1
+    before = (await probe.info("stats"))["total_commands_processed"]
+    thread.answered += 1
+    await slack.post_user_message(CHANNEL, QUESTION, thread_ts=thread.root)
+    await slack.wait_for_bot_messages(CHANNEL, thread.root, count=thread.answered, timeout=30)
+    await bot.turns.drain(30)
+    # The INFO that reads `before` is counted in the second reading.
+    thread.commands += (await probe.info("stats"))["total_commands_processed"] - before - 1
+    thread.latencies.extend(latencies.values)
+    started = time.perf_counter()
+    prompt = await bot.turns.context.prompt_for(thread.key)
+    thread.prompt_ms.append((time.perf_counter() - started) * 1000)
+    thread.prompt_tokens = prompt.tokens
 
-    context = bot.turns.context
-    prompt_times = []
-    for _ in range(turns):
-        started = time.perf_counter()
-        prompt = await context.prompt_for(key)
-        prompt_times.append((time.perf_counter() - started) * 1000)
-    values = sorted(latencies.values)
-    return Row(
-        stored_turns=size,
-        turn_p50_ms=statistics.median(values),
-        turn_p95_ms=values[min(len(values) - 1, round(0.95 * (len(values) - 1)))],
-        prompt_ms=statistics.median(prompt_times),
-        redis_commands_per_turn=commands / turns,
-        bytes_stored=stored,
-        prompt_tokens=prompt.tokens,
-    )
+
+def _percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
 def run(sizes: tuple[int, ...] = SIZES, turns: int = 20) -> list[Row]:
