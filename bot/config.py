@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from bot.tokens import TokenBudget, TokenCounter, default_window
+
 DEFAULT_SYSTEM_PROMPT = """\
 You are a friendly, precise support assistant working inside Slack.
 - Answer the question that was asked, concisely; lead with the answer, then the steps.
@@ -38,6 +40,8 @@ class Settings:
     host: str
     port: int
     conversation_ttl_days: float
+    max_context_tokens: int
+    max_answer_tokens: int
     llm_timeout_seconds: float
     llm_first_token_timeout_seconds: float
     llm_idle_timeout_seconds: float
@@ -95,6 +99,9 @@ class Settings:
             )
         else:
             openai_api_key = read.optional("OPENAI_API_KEY") or "not-needed"
+        model = read.optional("OPENAI_MODEL") or "gpt-4o-mini"
+        system_prompt = _system_prompt(read)
+        max_context_tokens, max_answer_tokens = _token_budget(read, model, system_prompt)
         return cls(
             slack_bot_token=bot_token,
             slack_app_token=app_token,
@@ -104,12 +111,14 @@ class Settings:
             ),
             openai_api_key=openai_api_key,
             openai_base_url=openai_base_url,
-            openai_model=read.optional("OPENAI_MODEL") or "gpt-4o-mini",
-            system_prompt=_system_prompt(read),
-            redis_url=read.optional("REDIS_URL", check=_check_redis_url),
+            openai_model=model,
+            system_prompt=system_prompt,
+            redis_url=read.optional("REDIS_URL", check=check_redis_url),
             host=read.optional("HOST") or "0.0.0.0",
             port=read.number("PORT", 3000, int, low=1, high=65535),
             conversation_ttl_days=read.number("CONVERSATION_TTL_DAYS", 30, float, low=0.001),
+            max_context_tokens=max_context_tokens,
+            max_answer_tokens=max_answer_tokens,
             llm_timeout_seconds=read.number("LLM_TIMEOUT_SECONDS", 60, float, low=0.1),
             llm_first_token_timeout_seconds=read.number(
                 "LLM_FIRST_TOKEN_TIMEOUT_SECONDS", 60, float, low=0.1
@@ -188,7 +197,7 @@ def _check_url(value: str) -> str | None:
     return None
 
 
-def _check_redis_url(value: str) -> str | None:
+def check_redis_url(value: str) -> str | None:
     if urlparse(value).scheme not in ("redis", "rediss", "unix"):
         return "expected redis://host:port/db, rediss://… or unix:///path/to/socket"
     return None
@@ -212,6 +221,21 @@ def _system_prompt(read: _Reader) -> str:
             raise ConfigError(f"SYSTEM_PROMPT_FILE is empty: {path}")
         return text
     return inline or DEFAULT_SYSTEM_PROMPT
+
+
+def _token_budget(read: _Reader, model: str, system_prompt: str) -> tuple[int, int]:
+    """MAX_CONTEXT_TOKENS and MAX_ANSWER_TOKENS, checked to leave room for the conversation."""
+    window = read.number("MAX_CONTEXT_TOKENS", default_window(model), int, low=1024, high=10_000_000)
+    answer = read.number("MAX_ANSWER_TOKENS", min(2048, window // 4), int, low=16, high=window // 2)
+    system_tokens = TokenCounter(model).count(system_prompt)
+    room = TokenBudget(window, answer).turn_room(system_tokens)
+    if room < TokenBudget.MIN_TURN_ROOM:
+        raise ConfigError(
+            f"MAX_CONTEXT_TOKENS ({window}) leaves too little room for the conversation: the system "
+            f"prompt takes {system_tokens} tokens and MAX_ANSWER_TOKENS {answer}. Raise "
+            "MAX_CONTEXT_TOKENS, or shorten the system prompt or MAX_ANSWER_TOKENS."
+        )
+    return window, answer
 
 
 def _log_level(value: str) -> str:

@@ -1,34 +1,273 @@
-"""What the model sees: the system prompt, then the conversation's recent turns with their authors."""
+"""What the model sees: the system prompt (with the rolling summary of older turns and who is asking
+now), then as many of the newest turns as fit the token budget, each attributed to its author."""
 
 from __future__ import annotations
 
-from bot.llm import ChatMessage
-from bot.store import Store, ThreadKey, Turn
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 
-# How many stored turns a prompt may draw on. A token budget replaces this count later;
-# reading only the tail keeps a turn's cost independent of the thread's length.
-RECENT_TURNS = 60
+from bot.llm import ChatMessage, ChatModel, LLMError
+from bot.store import Store, SummaryState, ThreadKey, Turn
+from bot.tokens import PER_MESSAGE, REPLY_PRIMING, TokenBudget, TokenCounter
+
+log = logging.getLogger(__name__)
+
+# Turns are read from the newest back in pages that double in size: a short thread costs one
+# round trip, a long one a few, and never more than about twice the turns that fit.
+FIRST_PAGE = 16
+LARGEST_PAGE = 512
+
+# A summary is due once the turns not yet summarised fill this share of the room for turns
+# (so that nothing falls out of the prompt unsummarised), and folds the oldest of them into the
+# summary until the rest fill no more than KEEP_SHARE: one summary per half a window of talk.
+SUMMARISE_AT = 0.8
+KEEP_SHARE = 0.5
+
+SUMMARY_HEADING = "Summary of the earlier conversation (older messages are not shown):"
+# Summaries run in the background; this many at once per process leaves the model to answers.
+SUMMARIES_AT_ONCE = 4
+
+SUMMARY_INSTRUCTIONS = """\
+You keep the running summary of a Slack support conversation between people and a support \
+assistant. Rewrite the summary so far so that it also covers the new messages.
+Keep every fact support may need later, word for word where it matters: product and feature \
+names; account, workspace, project, check and monitor names; error codes and error messages; \
+versions, IDs and URLs; what was already tried and what happened; what was decided; what is \
+still open. Say who reported or asked what, by name.
+Leave out greetings and small talk. Write short bullet points, at most {words} words in all.
+Reply with the summary only."""
 
 
-def build_messages(system_prompt: str, turns: list[Turn]) -> list[ChatMessage]:
-    """Chat messages for the model, oldest first; each user turn is prefixed with its author."""
-    messages: list[ChatMessage] = [{"role": "system", "content": system_prompt}]
-    for turn in turns:
-        if turn.role == "assistant":
-            messages.append({"role": "assistant", "content": turn.text})
-        else:
-            author = turn.name or turn.user or "someone"
-            messages.append({"role": "user", "content": f"{author}: {turn.text}"})
-    return messages
+@dataclass(frozen=True)
+class Prompt:
+    """One request's messages, and what building them found."""
+
+    messages: list[ChatMessage]
+    tokens: int  # counted with the model's tokenizer, reply priming included
+    turns: int  # turns included
+    turns_read: int  # turns read from the store to build it
+    needs_summary: bool  # older turns are (or are about to be) out of the window, unsummarised
+
+
+def turn_message(turn: Turn) -> ChatMessage:
+    """A stored turn as a chat message; a person's turn is prefixed with their name."""
+    if turn.role == "assistant":
+        return {"role": "assistant", "content": turn.text}
+    return {"role": "user", "content": f"{author(turn)}: {turn.text}"}
+
+
+def author(turn: Turn) -> str:
+    if turn.role == "assistant":
+        return "assistant"
+    return turn.name or turn.user or "someone"
+
+
+def system_message(system_prompt: str, summary: str | None, asker: str | None) -> ChatMessage:
+    # One system message: several, or one not at the start, break some servers' chat templates.
+    parts = [system_prompt]
+    if summary:
+        parts.append(f"{SUMMARY_HEADING}\n{summary}")
+    if asker:
+        parts.append(f"You are answering {asker}, who wrote the last message.")
+    return {"role": "system", "content": "\n\n".join(parts)}
+
+
+def ts_order(ts: str) -> Decimal:
+    """Slack timestamps in time order (string order breaks on odd ones, float on microseconds)."""
+    try:
+        return Decimal(ts)
+    except InvalidOperation:
+        return Decimal(0)
+
+
+class TailReader:
+    """A conversation's turns, newest first, read from the store in growing pages."""
+
+    def __init__(self, store: Store, key: ThreadKey) -> None:
+        self.store = store
+        self.key = key
+        self.read = 0
+        self._page: list[Turn] = []
+        self._size = FIRST_PAGE
+        self._at_start = False
+
+    async def next(self) -> Turn | None:
+        if not self._page:
+            if self._at_start:
+                return None
+            page = await self.store.tail(self.key, self.read, self._size)
+            self.read += len(page)
+            self._at_start = len(page) < self._size
+            self._size = min(self._size * 2, LARGEST_PAGE)
+            self._page = page
+            if not page:
+                return None
+        return self._page.pop()
 
 
 class ContextBuilder:
-    """Builds the prompt for a conversation from what the store holds."""
+    """Builds the prompt for a conversation from what the store holds, within the token budget."""
 
-    def __init__(self, store: Store, system_prompt: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        system_prompt: str,
+        *,
+        counter: TokenCounter,
+        budget: TokenBudget,
+        model: ChatModel,
+    ) -> None:
         self.store = store
         self.system_prompt = system_prompt
+        self.counter = counter
+        self.budget = budget
+        self.model = model
+        self._summaries = asyncio.Semaphore(SUMMARIES_AT_ONCE)
+        self._turn_room = budget.turn_room(counter.count(system_prompt))
 
-    async def prompt_for(self, key: ThreadKey) -> list[ChatMessage]:
-        turns = await self.store.recent_turns(key, RECENT_TURNS)
-        return build_messages(self.system_prompt, turns)
+    async def prompt_for(self, key: ThreadKey) -> Prompt:
+        """System prompt, summary, and the newest turns that fit; the newest turn (the question
+        being answered) is always in, cut to fit if it alone is too long."""
+        summary = await self.store.summary(key)
+        covered = ts_order(summary.upto) if summary.upto else None
+        tail = TailReader(self.store, key)
+        newest = await tail.next()
+        asker = author(newest) if newest is not None and newest.role == "user" else None
+        summary_text = self.counter.truncate(summary.text, self.budget.summary) if summary.text else None
+        system = system_message(self.system_prompt, summary_text, asker)
+        room = self.budget.prompt - REPLY_PRIMING - self.counter.count_message(system)
+        picked: list[ChatMessage] = []
+        used = 0
+        overflow = False
+        turn = newest
+        while turn is not None:
+            if covered is not None and ts_order(turn.ts) <= covered:
+                break  # this turn and all before it are in the summary
+            message = turn_message(turn)
+            cost = self.counter.count_message(message)
+            if used + cost > room:
+                if picked:
+                    overflow = True
+                    break
+                content = self.counter.truncate(message["content"], room - PER_MESSAGE)
+                message = {"role": message["role"], "content": content}
+                cost = self.counter.count_message(message)
+            picked.append(message)
+            used += cost
+            turn = await tail.next()
+        picked.reverse()
+        return Prompt(
+            messages=[system, *picked],
+            tokens=REPLY_PRIMING + self.counter.count_message(system) + used,
+            turns=len(picked),
+            turns_read=tail.read,
+            needs_summary=overflow or used > SUMMARISE_AT * room,
+        )
+
+    # -- the rolling summary ---------------------------------------------------------------
+
+    async def summarise(self, key: ThreadKey) -> None:
+        """Fold the turns that fell (or are about to fall) out of the window into the rolling
+        summary. Called in the background once an answer is out; one job per conversation at a
+        time, across processes."""
+        token = uuid.uuid4().hex
+        if not await self.store.acquire_summary_lock(key, token):
+            return  # a job for this conversation is running, here or in another process
+        started = time.monotonic()
+        try:
+            async with self._summaries:
+                folded = await self._fold(key, token)
+        except LLMError as error:
+            log.warning("summary failed thread=%s model=%s error=%s", key, self.model.model, error.kind)
+            return
+        finally:
+            await self.store.release_summary_lock(key, token)
+        if folded:
+            log.info(
+                "summary thread=%s turns_folded=%d latency_ms=%d",
+                key,
+                folded,
+                (time.monotonic() - started) * 1000,
+            )
+
+    async def _fold(self, key: ThreadKey, token: str) -> int:
+        state = await self.store.summary(key)
+        pending = await self._unsummarised(key, state)
+        fold = pending[: len(pending) - self._keep_count(pending)]
+        folded = 0
+        while fold:
+            chunk, fold = self._next_chunk(state.text, fold)
+            answer = await self.model.complete(
+                self._summary_request(state.text, chunk), max_tokens=self.budget.summary
+            )
+            # Models overrun their limit now and then; what is kept must fit its place in prompts.
+            summary = self.counter.truncate(answer.text, self.budget.summary)
+            if not await self.store.save_summary(key, summary, chunk[-1].ts, state):
+                break  # reset, edited or deleted meanwhile: the next answer schedules a fresh job
+            state = SummaryState(summary, chunk[-1].ts, state.epoch)
+            folded += len(chunk)
+            await self.store.renew_summary_lock(key, token)
+        return folded
+
+    async def _unsummarised(self, key: ThreadKey, state: SummaryState) -> list[Turn]:
+        """The turns after the summary's last one, oldest first: the window and what fell out."""
+        covered = ts_order(state.upto) if state.upto else None
+        tail = TailReader(self.store, key)
+        found: list[Turn] = []
+        while (turn := await tail.next()) is not None:
+            if covered is not None and ts_order(turn.ts) <= covered:
+                break
+            found.append(turn)
+        found.reverse()
+        return found
+
+    def _keep_count(self, pending: list[Turn]) -> int:
+        """How many of the newest turns stay out of the summary: at least the last exchange, and
+        as many as fill KEEP_SHARE of the room for turns."""
+        kept, used = 0, 0
+        for turn in reversed(pending):
+            used += self.counter.count_message(turn_message(turn))
+            if kept >= 2 and used > KEEP_SHARE * self._turn_room:
+                break
+            kept += 1
+        return kept
+
+    def _next_chunk(self, summary: str | None, turns: list[Turn]) -> tuple[list[Turn], list[Turn]]:
+        """The oldest turns that fit one summary request (at least one), and the rest."""
+        room = self._transcript_room(summary)
+        used, count = 0, 0
+        for turn in turns:
+            used += self.counter.count(transcript_line(turn)) + 1
+            if count and used > room:
+                break
+            count += 1
+        return turns[:count], turns[count:]
+
+    def _summary_request(self, summary: str | None, turns: list[Turn]) -> list[ChatMessage]:
+        transcript = "\n".join(transcript_line(turn) for turn in turns)
+        room = self._transcript_room(summary)
+        return self._summary_messages(summary, self.counter.truncate(transcript, room))
+
+    def _transcript_room(self, summary: str | None) -> int:
+        """Tokens left for new turns in a summary request, the answer's reserve kept."""
+        fixed = self.counter.count_messages(self._summary_messages(summary, ""))
+        return max(PER_MESSAGE, self.budget.window - self.budget.summary - fixed)
+
+    def _summary_messages(self, summary: str | None, transcript: str) -> list[ChatMessage]:
+        words = self.budget.summary * 3 // 4
+        previous = self.counter.truncate(summary, self.budget.summary) if summary else "(none yet)"
+        return [
+            {"role": "system", "content": SUMMARY_INSTRUCTIONS.format(words=words)},
+            {
+                "role": "user",
+                "content": f"Summary so far:\n{previous}\n\nNew messages, oldest first:\n{transcript}",
+            },
+        ]
+
+
+def transcript_line(turn: Turn) -> str:
+    return f"{author(turn)}: {turn.text}"

@@ -110,6 +110,7 @@ class ChatModel:
         retry_max_seconds: float,
         first_token_timeout_seconds: float = 60.0,
         idle_timeout_seconds: float = 30.0,
+        max_answer_tokens: int | None = None,
     ) -> None:
         # The SDK's own retries are off: ours honour Retry-After within our own cap and log.
         self.client = openai.AsyncOpenAI(
@@ -121,6 +122,10 @@ class ChatModel:
         self.retry_max_seconds = retry_max_seconds
         self.first_token_timeout = first_token_timeout_seconds
         self.idle_timeout = idle_timeout_seconds
+        # OpenAI itself takes max_completion_tokens (reasoning models refuse max_tokens);
+        # compatible servers (vLLM, Ollama) know max_tokens.
+        self._limit_name = "max_completion_tokens" if base_url is None else "max_tokens"
+        self._answer_limit = {self._limit_name: max_answer_tokens} if max_answer_tokens else {}
 
     async def close(self) -> None:
         await self.client.close()
@@ -143,6 +148,50 @@ class ChatModel:
         if retry_after is not None:
             delay = max(delay, min(retry_after, self.retry_max_seconds))
         return delay
+
+    async def complete(self, messages: list[ChatMessage], *, max_tokens: int) -> Answer:
+        """One whole (not streamed) completion, retried like answers; raises LLMError."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._complete_once(messages, max_tokens, attempt)
+            except _Transient as failure:
+                if attempt > self.max_retries:
+                    raise LLMError(failure.kind, UNAVAILABLE, attempts=attempt) from None
+                await asyncio.sleep(self.retry_delay(attempt, failure.retry_after))
+
+    async def _complete_once(self, messages: list[ChatMessage], max_tokens: int, attempt: int) -> Answer:
+        try:
+            response = await self.client.chat.completions.create(
+                model=self.model,
+                messages=messages,  # type: ignore[arg-type]
+                **{self._limit_name: max_tokens},  # type: ignore[arg-type]
+            )
+        except openai.APIStatusError as error:
+            if _is_transient_status(error.status_code):
+                raise _Transient(
+                    f"http_{error.status_code}", parse_retry_after(error.response.headers)
+                ) from None
+            raise LLMError(f"http_{error.status_code}", REJECTED, attempts=attempt) from None
+        except openai.APITimeoutError:
+            raise _Transient("timeout") from None
+        except openai.APIConnectionError:
+            raise _Transient("connection_error") from None
+        except TRANSPORT_ERRORS as error:
+            raise _Transient(type(error).__name__) from None
+        choice = response.choices[0] if response.choices else None
+        text = (choice.message.content or "").strip() if choice else ""
+        if choice is None or not text:
+            raise LLMError("empty_answer", EMPTY, attempts=attempt)
+        return Answer(
+            text=text,
+            model=self.model,
+            finish_reason=choice.finish_reason,
+            prompt_tokens=getattr(response.usage, "prompt_tokens", None),
+            completion_tokens=getattr(response.usage, "completion_tokens", None),
+            attempts=attempt,
+        )
 
 
 class AnswerStream:
@@ -251,6 +300,7 @@ class AnswerStream:
                     messages=self._messages,  # type: ignore[arg-type]
                     stream=True,
                     stream_options={"include_usage": True},
+                    **model._answer_limit,
                 )
             chunks = aiter(self._sdk_stream)
             while True:
@@ -294,6 +344,8 @@ class AnswerStream:
         if self._finish_reason is None and not self._parts:
             # Nothing shown and no end marker: a cut connection, worth another try.
             raise _Transient("stream_ended_early")
+
+    # -- one non-streamed completion, for background work such as summaries ------------------
 
 
 def _is_transient_status(status: int) -> bool:

@@ -32,6 +32,7 @@ from bot.health import health_handler
 from bot.llm import ChatModel
 from bot.rate_limit import BudgetedSlack, SlackBudget
 from bot.store import Store, StoreUnavailable
+from bot.tokens import TokenBudget, TokenCounter
 from bot.turn import Limits, TurnRunner
 from bot.workspace import Workspace
 
@@ -76,6 +77,7 @@ class SupportBot:
             retry_max_seconds=settings.llm_retry_max_seconds,
             first_token_timeout_seconds=settings.llm_first_token_timeout_seconds,
             idle_timeout_seconds=settings.llm_idle_timeout_seconds,
+            max_answer_tokens=settings.max_answer_tokens,
         )
         self._verifier = (
             SignatureVerifier(settings.slack_signing_secret) if settings.slack_signing_secret else None
@@ -128,7 +130,13 @@ class SupportBot:
             workspace=Workspace(client, self.store),
             delivery=Delivery(BudgetedSlack(delivery_client, budget)),
             model=self.model,
-            context=ContextBuilder(self.store, settings.system_prompt),
+            context=ContextBuilder(
+                self.store,
+                settings.system_prompt,
+                counter=TokenCounter(settings.openai_model),
+                budget=TokenBudget(settings.max_context_tokens, settings.max_answer_tokens),
+                model=self.model,
+            ),
             breaker=self.breaker,
             limits=Limits(
                 max_message_chars=settings.max_message_chars,

@@ -19,14 +19,14 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import aiohttp
 from slack_sdk.errors import SlackApiError
 
 from bot.breaker import CircuitBreaker
-from bot.context import RECENT_TURNS, ContextBuilder
+from bot.context import ContextBuilder
 from bot.delivery import Delivery, DeliveryError, Ending, Reply, Target, target_for
 from bot.llm import UNAVAILABLE, Answer, ChatMessage, ChatModel, LLMError
 from bot.store import IncomingMessage, Store, StoreUnavailable, ThreadKey, Turn, TurnRecord
@@ -64,6 +64,13 @@ PERMANENT_SLACK_ERRORS = {
     "token_revoked",
     "missing_scope",
 }
+FORGOTTEN = (
+    "Done: I've deleted what I stored about you in this workspace: {messages} stored message(s) "
+    "(yours and my answers to them) from {conversations} conversation(s), {records} feedback "
+    "record(s), and your cached name. Messages in Slack itself are not affected."
+)
+# How far back the DM's rolling conversation is searched for the question a DM thread starts from.
+DM_LOOKBACK_TURNS = 60
 MAX_DELIVERY_ATTEMPTS = 5
 FOLLOWED_MEMORY = 10_000  # threads this process recently answered in, for when Redis is down
 
@@ -243,6 +250,16 @@ class TurnRunner:
             await self.delivery.post_notice(target_for(message), RESET_CONFIRMATION)
             await self.store.record_progress(message, state="answered")
             log.info("turn team=%s channel=%s thread=%s user=%s outcome=reset", *_where(message))
+        elif message.action == "forget":
+            forgotten = await self.store.forget_user(message.team, message.user)
+            await self.delivery.post_notice(target_for(message), FORGOTTEN.format(**asdict(forgotten)))
+            await self.store.record_progress(message, state="answered")
+            log.info(
+                "turn team=%s channel=%s thread=%s user=%s outcome=forgotten messages=%d conversations=%d",
+                *_where(message),
+                forgotten.messages,
+                forgotten.conversations,
+            )
         elif message.action == "record":
             await self._store_user_turn(message, record)
             await self.store.record_progress(message, state="answered")
@@ -312,11 +329,14 @@ class TurnRunner:
             await self._store_user_turn(message, record)
             prompt = await self.context.prompt_for(message.key)
             reply = self._reply(message, target)
-            answer, ending = await self._ask_model(prompt, reply)
+            answer, ending = await self._ask_model(prompt.messages, reply)
             if not reply.shown:  # kept so that a Slack outage cannot lose it
                 await self.store.record_progress(message, answer=answer.text)
             answered = bool(await self._finish_reply(message, reply, ending, answer.text, answer))
             outcome = ending.value
+            if prompt.needs_summary:
+                # In the background: the answer is already out, and nothing waits for this.
+                self._spawn(self.context.summarise(message.key))
         except LLMError as error:
             outcome = f"llm_error:{error.kind}"
             answered = await self.delivery.post_notice(target, error.user_message) is not None
@@ -433,6 +453,7 @@ class TurnRunner:
                 prompt_tokens=answer.prompt_tokens if answer else None,
                 completion_tokens=answer.completion_tokens if answer else None,
                 finish_reason=answer.finish_reason if answer else None,
+                reply_to=message.ts,
             ),
         )
         return posted
@@ -465,7 +486,8 @@ class TurnRunner:
         """A DM thread under one of the bot's answers starts with the question that answer was for."""
         if not thread or thread[0].role != "assistant":
             return []
-        rolling = await self.store.recent_turns(ThreadKey(message.team, message.channel, "dm"), RECENT_TURNS)
+        dm = ThreadKey(message.team, message.channel, "dm")
+        rolling = await self.store.recent_turns(dm, DM_LOOKBACK_TURNS)
         at = next((i for i, turn in enumerate(rolling) if turn.ts == thread[0].ts), None)
         if at is None or at == 0 or rolling[at - 1].role != "user":
             return []

@@ -20,6 +20,18 @@ def test_defaults() -> None:
     assert settings.redis_url is None
     assert (settings.llm_first_token_timeout_seconds, settings.llm_idle_timeout_seconds) == (60, 30)
     assert settings.slack_rate_limit_scale == 1
+    assert settings.max_context_tokens == 32_000  # gpt-4o-mini's 128k window, capped
+    assert settings.max_answer_tokens == 2048
+
+
+def test_token_budget_follows_the_model_and_can_be_set() -> None:
+    assert Settings.from_env(BASE | {"OPENAI_MODEL": "gpt-4"}).max_context_tokens == 8192
+    unknown = Settings.from_env(BASE | {"OPENAI_MODEL": "llama3.1"})
+    assert (unknown.max_context_tokens, unknown.max_answer_tokens) == (8192, 2048)
+    chosen = Settings.from_env(
+        BASE | {"OPENAI_MODEL": "llama3.1", "MAX_CONTEXT_TOKENS": "4000", "MAX_ANSWER_TOKENS": "500"}
+    )
+    assert (chosen.max_context_tokens, chosen.max_answer_tokens) == (4000, 500)
 
 
 @pytest.mark.parametrize(
@@ -43,6 +55,10 @@ def test_defaults() -> None:
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL is malformed"),
         ({"SYSTEM_PROMPT_FILE": "/nonexistent/prompt.txt"}, "SYSTEM_PROMPT_FILE cannot be read"),
         ({"SYSTEM_PROMPT": "a", "SYSTEM_PROMPT_FILE": "b"}, "both set"),
+        ({"MAX_CONTEXT_TOKENS": "lots"}, "MAX_CONTEXT_TOKENS is malformed"),
+        ({"MAX_CONTEXT_TOKENS": "100"}, "MAX_CONTEXT_TOKENS is out of range"),
+        ({"MAX_CONTEXT_TOKENS": "4000", "MAX_ANSWER_TOKENS": "3000"}, "MAX_ANSWER_TOKENS is out of range"),
+        ({"MAX_CONTEXT_TOKENS": "2000", "SYSTEM_PROMPT": "Be kind. " * 400}, "too little room"),
     ],
 )
 def test_bad_settings_are_named(change: dict[str, str], named: str) -> None:

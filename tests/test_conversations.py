@@ -36,7 +36,10 @@ async def test_mention_gets_threaded_answer_without_the_mention_token(
     assert answer["thread_ts"] == ts
     assert answer["text"] == "Answer: ann: why does my check show a 503?"
     prompt = last_prompt(llm)
-    assert prompt[0] == {"role": "system", "content": "You are the test support bot."}
+    assert prompt[0] == {
+        "role": "system",
+        "content": "You are the test support bot.\n\nYou are answering ann, who wrote the last message.",
+    }
     assert prompt[-1] == {"role": "user", "content": "ann: why does my check show a 503?"}
     assert "<@" not in str(prompt)
     # Exactly one LLM call although the mention arrived as both app_mention and message.

@@ -295,3 +295,20 @@ async def test_wait_for_requests(emulator: OpenAIEmulator, client: openai.AsyncO
     task = asyncio.create_task(collect(client))
     await emulator.wait_for_requests(1)
     await task
+
+
+async def test_reply_may_shape_the_requests_it_picks(
+    emulator: OpenAIEmulator, client: openai.AsyncOpenAI
+) -> None:
+    emulator.reply = lambda messages: (
+        SlowFirstToken(0.3, "slow summary") if "summarise" in messages[-1]["content"] else "quick"
+    )
+    started = time.monotonic()
+    quick = await client.chat.completions.create(model="m", messages=MESSAGES)
+    assert quick.choices[0].message.content == "quick"
+    assert time.monotonic() - started < 0.25
+    slow = await client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "summarise this"}]
+    )
+    assert slow.choices[0].message.content == "slow summary"
+    assert time.monotonic() - started >= 0.3

@@ -103,6 +103,8 @@ async def _incoming(
         return None
     if action == "answer" and is_command(text, bot_user_id, "reset"):
         action = "reset"
+    elif action == "answer" and is_command(text, bot_user_id, "forget me"):
+        action = "forget"
     return IncomingMessage(
         team=team,
         channel=channel,

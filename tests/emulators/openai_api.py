@@ -143,13 +143,15 @@ class OpenAIEmulator:
         self,
         *,
         api_key: str = "sk-test-key",
-        reply: Callable[[list[dict]], str] | None = None,
+        reply: Callable[[list[dict]], str | Behaviour] | None = None,
         chunk_delay: float = 0.0,
         first_token_delay: float = 0.0,
         chunk_chars: int = 8,
     ) -> None:
         self.api_key = api_key
-        self.reply: Callable[[list[dict]], str] = reply or default_reply
+        # `reply` answers a request without a queued behaviour: the text, or a behaviour such as
+        # SlowFirstToken for requests it picks out (Status and Hang must be queued instead).
+        self.reply: Callable[[list[dict]], str | Behaviour] = reply or default_reply
         self.chunk_delay = chunk_delay
         self.first_token_delay = first_token_delay
         self.chunk_chars = chunk_chars
@@ -247,11 +249,19 @@ class OpenAIEmulator:
                 return _Plan(self._text(text, messages), first_delay=seconds)
             case Disconnect(after_chunks=after, text=text):
                 return _Plan(self._text(text, messages), first_delay=delay, drop_after=after)
+            case None:
+                reply = self.reply(messages)
+                if isinstance(reply, str):
+                    return _Plan(reply, first_delay=delay)
+                return self._plan(reply, messages)
             case _:
-                return _Plan(self.reply(messages), first_delay=delay)
+                raise TypeError(f"a reply cannot be {behaviour!r}: queue it with enqueue()")
 
     def _text(self, text: str | None, messages: list[dict]) -> str:
-        return self.reply(messages) if text is None else text
+        if text is not None:
+            return text
+        reply = self.reply(messages)
+        return reply if isinstance(reply, str) else default_reply(messages)
 
     async def _complete(self, request: web.Request, body: dict, plan: _Plan) -> web.StreamResponse:
         """Answer a non-streaming request with one chat.completion object."""

@@ -1,0 +1,149 @@
+"""The admin command line, run as a real process: each command does its job, and refuses bad
+arguments with a clear message and a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from bot.store import Keys, Store, ThreadKey, Turn
+from tests.test_forget import everything_in
+
+ROOT = Path(__file__).resolve().parents[1]
+OLD = ThreadKey("T1", "C1", "1600000000.000100")
+NEW = ThreadKey("T1", "C1", "1700000000.000100")
+DM = ThreadKey("T1", "D1", "dm")
+
+
+def admin(redis_url: str | None, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT)}
+    if redis_url is not None:
+        env["REDIS_URL"] = redis_url
+    return subprocess.run(
+        [sys.executable, "-m", "bot", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.fixture
+async def stored(redis_url: str, redis: aioredis.Redis) -> AsyncIterator[Store]:
+    """Three conversations: an old thread and a new one with ann (U1) and bob (U2), and a DM."""
+    store = Store(redis_url, conversation_ttl_days=30)
+    await store.append_turns(
+        OLD,
+        Turn(role="user", text="old question about E1234", ts=OLD.thread, user="U1", name="ann"),
+        Turn(role="assistant", text="old answer", ts="1600000000.000200", reply_to=OLD.thread),
+    )
+    await redis.hset(Keys.meta(OLD), "updated", 1600000000)
+    await store.append_turns(
+        NEW,
+        Turn(role="user", text="check api-prod is red", ts=NEW.thread, user="U1", name="ann"),
+        Turn(role="assistant", text="Restart the agent.", ts="1700000000.000200", reply_to=NEW.thread),
+        Turn(role="user", text="same here", ts="1700000000.000300", user="U2", name="bob"),
+    )
+    await store.save_summary(NEW, "- ann: api-prod red", NEW.thread, await store.summary(NEW))
+    await store.append_turns(
+        DM, Turn(role="user", text="billing question", ts="1700000001.000100", user="U2")
+    )
+    await redis.hset("feedback:T1:C1:1700000000.000200", mapping={"user": "U1", "vote": "up"})
+    yield store
+    await store.close()
+
+
+async def test_stats(stored: Store, redis_url: str, tmp_path: Path) -> None:
+    result = admin(redis_url, "stats", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    table = dict(line.rsplit(None, 1) for line in result.stdout.splitlines())
+    assert table["conversations"] == "3"
+    assert table["turns"] == "6"
+    assert int(table["tokens (o200k_base)"]) > 10
+    assert table["summaries"] == "1"
+    assert table["people indexed"] == "2"
+    assert table["records feedback:*"] == "1"
+
+    bad = admin(redis_url, "stats", "--verbose", cwd=tmp_path)
+    assert bad.returncode == 2 and "unrecognized arguments: --verbose" in bad.stderr
+
+
+async def test_show_by_key_and_by_slack_link(stored: Store, redis_url: str, tmp_path: Path) -> None:
+    result = admin(redis_url, "show", str(NEW), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["thread"] == str(NEW)
+    assert [t["text"] for t in shown["turns"]] == ["check api-prod is red", "Restart the agent.", "same here"]
+    assert shown["turns"][0]["name"] == "ann" and shown["meta"]["summary"] == "- ann: api-prod red"
+    assert 29 * 86400 < shown["expires_in_seconds"] <= 30 * 86400
+
+    link = "https://acme.slack.com/archives/C1/p1700000000000300?thread_ts=1700000000.000100&cid=C1"
+    by_link = admin(redis_url, "show", link, cwd=tmp_path)
+    assert by_link.returncode == 0, by_link.stderr
+    assert json.loads(by_link.stdout)["thread"] == str(NEW)
+
+    bad = admin(redis_url, "show", "C1/1700000000.000100", cwd=tmp_path)
+    assert bad.returncode == 2 and "is not TEAM:CHANNEL:THREAD_TS" in bad.stderr
+    missing = admin(redis_url, "show", "T1:C1:1700000099.000100", cwd=tmp_path)
+    assert missing.returncode == 1 and "no stored conversation T1:C1:1700000099.000100" in missing.stderr
+
+
+async def test_export_writes_one_json_line_per_conversation(
+    stored: Store, redis_url: str, tmp_path: Path
+) -> None:
+    result = admin(redis_url, "export", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert sorted(r["thread"] for r in records) == sorted(map(str, (OLD, NEW, DM)))
+    assert sum(len(r["turns"]) for r in records) == 6
+
+    bad = admin(redis_url, "export", "--team", cwd=tmp_path)
+    assert bad.returncode == 2 and "expected one argument" in bad.stderr
+
+
+async def test_forget_a_user(stored: Store, redis_url: str, redis: aioredis.Redis, tmp_path: Path) -> None:
+    result = admin(redis_url, "forget", "U1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (
+        "forgot U1 in T1: 4 messages" in result.stdout and "from 2 conversations, 1 records" in result.stdout
+    )
+    for key, content in (await everything_in(redis)).items():
+        assert "U1" not in key and "U1" not in content and "api-prod" not in content, key
+    assert [t.text for t in await stored.recent_turns(NEW, 10)] == ["same here"]
+
+    bad = admin(redis_url, "forget", "ann", cwd=tmp_path)
+    assert bad.returncode == 2 and "USER 'ann' is not a Slack user id" in bad.stderr
+
+
+async def test_purge_older_than(stored: Store, redis_url: str, redis: aioredis.Redis, tmp_path: Path) -> None:
+    days = (time.time() - 1650000000) / 86400  # between the old thread and the new ones
+    dry = admin(redis_url, "purge", "--older-than", f"{days:.0f}", "--dry-run", cwd=tmp_path)
+    assert dry.returncode == 0 and dry.stdout.startswith("would purge 1 conversations (2 turns)")
+    assert await redis.exists(Keys.turns(OLD)) == 1
+    result = admin(redis_url, "purge", "--older-than", f"{days:.0f}", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.startswith("purged 1 conversations (2 turns)")
+    assert await redis.exists(Keys.turns(OLD), Keys.meta(OLD)) == 0
+    assert await redis.exists(Keys.turns(NEW), Keys.turns(DM)) == 2
+
+    for bad_args in (["purge"], ["purge", "--older-than", "soon"], ["purge", "--older-than", "0"]):
+        bad = admin(redis_url, *bad_args, cwd=tmp_path)
+        assert bad.returncode == 2 and "--older-than" in bad.stderr, bad_args
+
+
+async def test_redis_url_is_read_from_dotenv(stored: Store, redis_url: str, tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(f"REDIS_URL={redis_url}\nSLACK_BOT_TOKEN=\n")
+    result = admin(None, "export", "--team", "T1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 3
+
+
+def test_unreachable_redis_is_one_clear_line(tmp_path: Path) -> None:
+    result = admin("redis://127.0.0.1:1/0", "stats", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: Redis did not answer (ConnectionError); check REDIS_URL"
+    malformed = admin("http://localhost", "stats", cwd=tmp_path)
+    assert malformed.returncode == 1 and "REDIS_URL is malformed" in malformed.stderr

@@ -1,0 +1,113 @@
+"""The right to be forgotten: after `forget me`, no key in Redis holds the person's words or id,
+while everyone else's conversation stays as it was."""
+
+from __future__ import annotations
+
+import re
+
+import redis.asyncio as aioredis
+
+from bot.store import Keys, Store, ThreadKey
+from tests.conftest import RunningBot
+from tests.emulators.openai_api import OpenAIEmulator
+from tests.emulators.slack import SlackEmulator
+
+CHANNEL = "C400"
+DM = "D400"
+BOT = "UBOT"
+ANN_ID = re.compile(r"(?<![A-Za-z0-9])U1(?![A-Za-z0-9])")  # U1, not U11
+ANN_SAYS = ["my card ends 4242 zebra", "invoice INV-7781 walrus is wrong", "account acme-falcon"]
+
+
+async def everything_in(redis: aioredis.Redis) -> dict[str, str]:
+    """Every key in Redis with its whole content, as text."""
+    found = {}
+    async for key in redis.scan_iter("*"):
+        kind = await redis.type(key)
+        if kind == "string":
+            value = await redis.get(key)
+        elif kind == "hash":
+            value = await redis.hgetall(key)
+        elif kind == "list":
+            value = await redis.lrange(key, 0, -1)
+        elif kind == "set":
+            value = await redis.smembers(key)
+        elif kind == "zset":
+            value = await redis.zrange(key, 0, -1, withscores=True)
+        else:
+            value = f"<{kind}>"
+        found[key] = str(value)
+    return found
+
+
+async def test_forget_me_in_a_dm_leaves_no_trace_of_the_person(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: aioredis.Redis
+) -> None:
+    store: Store = bot.bot.store
+    # ann (U1) asks in a DM, and in a channel thread that bob (U2) and cem (U3) take part in.
+    await slack.post_user_message(DM, ANN_SAYS[0])
+    await slack.wait_for_bot_messages(DM, count=1)
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> {ANN_SAYS[1]}")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    await slack.post_user_message(CHANNEL, "same for me on invoice INV-9000", thread_ts=root, user="U2")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2)
+    await slack.post_user_message(CHANNEL, ANN_SAYS[2], thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=3)
+    await bot.settle()
+    # bob has a thread of his own, and the shared thread has a summary that quotes ann.
+    other = await slack.post_user_message(CHANNEL, f"<@{BOT}> bob's own question", user="U2")
+    await slack.wait_for_bot_messages(CHANNEL, other, count=1)
+    await bot.settle()
+    shared = ThreadKey("T1", CHANNEL, root)
+    assert await store.save_summary(shared, f"- ann: {ANN_SAYS[1]}", root, await store.summary(shared))
+    # Feedback records, as the feedback feature keeps them: one registered in ann's index, one
+    # found by scanning, and bob's, which must stay.
+    await redis.hset(f"feedback:T1:{CHANNEL}:1.1", mapping={"user": "U1", "vote": "down"})
+    await store.index_personal_record("T1", "U1", f"feedback:T1:{CHANNEL}:1.1", 3600)
+    await redis.hset(f"feedback:T1:{CHANNEL}:1.2", mapping={"user": "U1", "vote": "up"})
+    await redis.expire(f"feedback:T1:{CHANNEL}:1.2", 3600)
+    await redis.hset(f"feedback:T1:{CHANNEL}:1.3", mapping={"user": "U2", "vote": "up"})
+    await redis.expire(f"feedback:T1:{CHANNEL}:1.3", 3600)
+    await redis.hset(f"feedback:T1:{CHANNEL}:1.4", mapping={"user": "U11", "vote": "up"})  # not U1
+    await redis.expire(f"feedback:T1:{CHANNEL}:1.4", 3600)
+    before = await everything_in(redis)
+    assert any(ANN_ID.search(k) or ANN_ID.search(v) for k, v in before.items())
+    assert any(ANN_SAYS[1] in v for v in before.values())
+
+    await slack.post_user_message(DM, "Forget me!")
+    replies = await slack.wait_for_bot_messages(DM, count=2)
+    await bot.settle()
+
+    assert replies[-1]["text"].startswith("Done: I've deleted what I stored about you")
+    assert "6 stored message(s)" in replies[-1]["text"]  # her 3 messages and the 3 answers to them
+    assert "from 2 conversation(s), 2 feedback record(s)" in replies[-1]["text"]
+    after = await everything_in(redis)
+    for key, content in after.items():
+        assert not ANN_ID.search(key) and not ANN_ID.search(content), (key, content)
+        for said in ANN_SAYS:
+            assert said not in content, (key, content)
+    # Everyone else's stays: bob's turns in the shared thread, his own thread, his feedback.
+    shared_turns = [t.text for t in await store.recent_turns(shared, 100)]
+    assert "same for me on invoice INV-9000" in shared_turns
+    assert "Answer: bob: same for me on invoice INV-9000" in shared_turns
+    assert [t.text for t in await store.recent_turns(ThreadKey("T1", CHANNEL, other), 10)] == [
+        "bob's own question",
+        "Answer: bob: bob's own question",
+    ]
+    assert await redis.hget(f"feedback:T1:{CHANNEL}:1.3", "user") == "U2"
+    assert await redis.hget(f"feedback:T1:{CHANNEL}:1.4", "user") == "U11"
+    assert len(llm.requests) == 5  # five answers; `forget me` was not sent to the model
+
+
+async def test_forget_me_as_a_mention_in_a_channel(
+    bot: RunningBot, slack: SlackEmulator, redis: aioredis.Redis
+) -> None:
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> {ANN_SAYS[0]}")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    await bot.settle()
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> forget me", thread_ts=root)
+    replies = await slack.wait_for_bot_messages(CHANNEL, root, count=2)
+    await bot.settle()
+    assert "2 stored message(s)" in replies[-1]["text"]
+    assert await redis.exists(Keys.turns(ThreadKey("T1", CHANNEL, root))) == 0
+    assert await redis.exists(Keys.user_index("T1", "U1"), Keys.display_name("T1", "U1")) == 0
