@@ -280,6 +280,12 @@ def _shape_problem(body: object) -> str | None:
         event = body.get("event")
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
             return "event_callback without an event object that has a type"
+        # Bolt reads these as an id or an object with an id; anything else makes it crash.
+        for where in (body, event):
+            for name in ("user", "channel", "team"):
+                value = where.get(name)
+                if value is not None and not isinstance(value, str | dict):
+                    return f"{name} has the wrong type"
     return None
 
 
