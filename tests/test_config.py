@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from bot.config import DEFAULT_SYSTEM_PROMPT, ConfigError, Settings
@@ -90,3 +93,13 @@ def test_secrets_are_not_in_the_settings_repr() -> None:
     for secret in ("xoxb-1-2-abc", "xapp-1-abc", "sk-abc", "signing-s3cret"):
         assert secret not in repr(settings)
         assert secret in settings.secrets()
+
+
+def test_every_setting_is_documented_in_the_readme_and_env_example() -> None:
+    root = Path(__file__).resolve().parents[1]
+    source = (root / "bot" / "config.py").read_text()
+    names = set(re.findall(r'"([A-Z][A-Z0-9_]{3,})"', source)) - {"DEBUG", "INFO", "WARNING", "ERROR"}
+    assert len(names) > 20  # the pattern still finds the settings
+    readme, example = (root / "README.md").read_text(), (root / ".env.example").read_text()
+    assert sorted(n for n in names if f"`{n}`" not in readme) == []
+    assert sorted(n for n in names if n not in example) == []
