@@ -22,6 +22,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 log = logging.getLogger(__name__)
 
 DAY = 24 * 3600
+POOL_SIZE = 100  # Redis connections per process; each command holds one only while it runs
+POOL_WAIT_SECONDS = 5.0
 
 Action = Literal["answer", "record", "reset"]
 
@@ -174,8 +176,12 @@ class Store:
     """The bot's only door to Redis."""
 
     def __init__(self, url: str, *, conversation_ttl_days: float) -> None:
-        self.redis: redis.Redis = redis.Redis.from_url(
+        # Past POOL_SIZE commands in flight, a command waits for a free connection: the default
+        # pool raises instead, which a burst of a few hundred turns would take for an outage.
+        pool = redis.BlockingConnectionPool.from_url(
             url,
+            max_connections=POOL_SIZE,
+            timeout=POOL_WAIT_SECONDS,
             decode_responses=True,
             socket_connect_timeout=2,
             socket_timeout=5,
@@ -184,6 +190,7 @@ class Store:
             retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 3),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
+        self.redis: redis.Redis = redis.Redis.from_pool(pool)
         self.conversation_ttl = max(1, int(conversation_ttl_days * DAY))
         self._accept = self.redis.register_script(_ACCEPT)
         self._rewrite_turn = self.redis.register_script(_REWRITE_TURN)
