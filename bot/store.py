@@ -22,7 +22,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 log = logging.getLogger(__name__)
 
 DAY = 24 * 3600
-POOL_SIZE = 100  # Redis connections per process; each command holds one only while it runs
+# Redis connections per process: one per command in flight, so a burst of hundreds of turns opens
+# hundreds. A smaller pool makes commands queue, and a starved process then waits past the timeout.
+POOL_SIZE = 1000
 POOL_WAIT_SECONDS = 5.0
 
 Action = Literal["answer", "record", "reset"]
