@@ -13,13 +13,15 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from bench.bots import BotProcess
-from bench.measure import LoopLag, PeakRss, proc_sample
+from bench.measure import LoopLag, PeakRss, machine_busy_seconds, proc_sample
 from bench.profile import Profiler
 from bench.rig import ModelShape
 
 # Past these, the load generator may be what limits the figures rather than the bot.
 LOADGEN_BUSY_CPU = 0.85  # of one core
 LOADGEN_BUSY_LAG = 0.05  # seconds of p99 event-loop lag
+# Past this, other processes on the machine (not the bench's) took CPU the bot may have needed.
+OTHER_LOAD_BUSY = 0.25  # of one core
 
 
 @dataclass(frozen=True)
@@ -112,13 +114,17 @@ class Context:
         finally:
             await client.aclose()
 
-    async def redis_cpu_seconds(self) -> float:
+    async def redis_counters(self) -> tuple[float, int, int]:
+        """Redis's CPU seconds so far, the commands it has run (this bench's own included), and
+        its connected clients (bot pools keep their connections open, so this is their peak)."""
         client = aioredis.Redis.from_url(self.redis_url)
         try:
-            info = await client.info("cpu")
+            cpu, stats = await client.info("cpu"), await client.info("stats")
+            clients = await client.info("clients")
         finally:
             await client.aclose()
-        return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+        seconds = float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
+        return seconds, int(stats["total_commands_processed"]), int(clients["connected_clients"]) - 1
 
     async def measured(
         self, label: str, bots: list[BotProcess], turns: Callable[[], int], load: Awaitable[dict[str, Any]]
@@ -130,7 +136,8 @@ class Context:
             await profiler.start()
         before = [bot.sample() for bot in bots]
         own_before = proc_sample(os.getpid()).cpu_seconds
-        redis_before = await self.redis_cpu_seconds()
+        redis_before, commands_before, _ = await self.redis_counters()
+        machine_before = machine_busy_seconds()
         lag = LoopLag()
         lag.start()
         peaks = [PeakRss(bot.pid) for bot in bots]
@@ -143,21 +150,29 @@ class Context:
         after = [bot.sample() for bot in bots]
         bot_cpu = sum(a.cpu_seconds - b.cpu_seconds for a, b in zip(after, before, strict=True))
         loadgen_cpu = proc_sample(os.getpid()).cpu_seconds - own_before
-        redis_cpu = await self.redis_cpu_seconds() - redis_before
+        machine_cpu = machine_busy_seconds() - machine_before
+        redis_after, commands_after, redis_clients = await self.redis_counters()
+        redis_cpu = redis_after - redis_before
         count = turns()
         result |= {
             "wall_seconds": wall,
             "bot_cpu_ms_per_turn": bot_cpu * 1000 / count if count else None,
+            # Less the INFO calls above; commands run inside Lua scripts and MULTI count too.
+            "redis_commands_per_turn": (commands_after - commands_before - 3) / count if count else None,
+            "redis_clients": redis_clients,
             "cpu_share": {
                 "bot": bot_cpu / wall,
                 "loadgen": loadgen_cpu / wall,
                 "redis": redis_cpu / wall,
+                # Everything else on the machine: other people's work, the kernel, a profiler.
+                "other": max(0.0, machine_cpu - bot_cpu - loadgen_cpu - redis_cpu) / wall,
             },
             "bot_peak_rss_mb": max(p.stop() for p in peaks) / 2**20,
             "loadgen_loop_lag": loop_lag,
         }
         busy = loadgen_cpu / wall > LOADGEN_BUSY_CPU or (loop_lag["p99"] or 0) > LOADGEN_BUSY_LAG
         result["loadgen_busy"] = busy
+        result["machine_shared"] = result["cpu_share"]["other"] > OTHER_LOAD_BUSY
         if profiler is not None:
             result["profile"] = await profiler.stop()
         return result

@@ -50,6 +50,14 @@ def proc_sample(pid: int) -> ProcSample:
     return ProcSample(cpu, memory.get("VmRSS", 0), memory.get("VmHWM", 0))
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds every process on the machine has used so far (all cores, from /proc/stat)."""
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / CLOCK_TICKS  # up to steal; guest time is already in user
+
+
 def machine() -> dict[str, object]:
     """What the figures were measured on."""
     model = "unknown"

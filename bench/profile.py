@@ -88,6 +88,7 @@ class Profiler:
 def summarize(path: Path, top: int = 15) -> dict[str, Any]:
     """Samples in all; the functions most often on top of the stack; each library's inclusive share."""
     own: Counter[str] = Counter()
+    own_library: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     total = 0
     try:
@@ -103,6 +104,7 @@ def summarize(path: Path, top: int = 15) -> dict[str, Any]:
         frames = stack.split(";")
         leaf = FRAME.match(frames[-1])
         own[_short(leaf) if leaf else frames[-1]] += count
+        own_library[_library(leaf["file"]) if leaf else "other"] += count
         seen = set()
         for frame in frames:
             match = FRAME.match(frame)
@@ -114,7 +116,18 @@ def summarize(path: Path, top: int = 15) -> dict[str, Any]:
         "samples": total,
         "top_own": [{"function": f, "share": n / total} for f, n in own.most_common(top)] if total else [],
         "library_share": {k: n / total for k, n in inclusive.most_common()} if total else {},
+        # Whose code was running: the library of the frame on top of the stack.
+        "own_library_share": {k: n / total for k, n in own_library.most_common()} if total else {},
     }
+
+
+def _library(file: str) -> str:
+    found = next((name for name, marker in LIBRARIES.items() if marker in file), None)
+    if found:
+        return found
+    if "site-packages/" in file:
+        return file.split("site-packages/", 1)[1].split("/", 1)[0]
+    return "python (stdlib, other)"
 
 
 def _short(frame: re.Match[str]) -> str:

@@ -37,7 +37,8 @@ SWEEP_HEADERS = [
     "429s",
     "streamed/whole",
     "bot CPU ms/turn",
-    "CPU bot/gen/redis %",
+    "redis cmds/turn",
+    "CPU % bot/gen/redis/other",
     "bot RSS MB",
     "note",
 ]
@@ -46,11 +47,11 @@ SWEEP_HEADERS = [
 def sweep_rows(run: dict[str, Any]) -> list[list[str]]:
     label = f"{run['name']} ({run['mode']}{', tiers' if run['tiers'] else ''}{', DMs' if run['dm'] else ''})"
     if "skipped" in run:
-        return [[label, *["-"] * 12, "skipped: " + run["skipped"]]]
+        return [[label, *["-"] * 13, "skipped: " + run["skipped"]]]
     rows = []
     for step in run["steps"]:
         if "skipped" in step:
-            rows.append([label, str(step["c"]), *["-"] * 11, "skipped: " + step["skipped"]])
+            rows.append([label, str(step["c"]), *["-"] * 12, "skipped: " + step["skipped"]])
             continue
         share = step["cpu_share"]
         notes = []
@@ -62,6 +63,8 @@ def sweep_rows(run: dict[str, Any]) -> list[list[str]]:
             notes.append(f"{step['other_posts']} non-answer posts")
         if step["loadgen_busy"]:
             notes.append("load generator busy: figures may include its delay")
+        if step.get("machine_shared"):
+            notes.append("other processes used the machine's CPU: figures understate the bot")
         rows.append(
             [
                 label,
@@ -75,7 +78,8 @@ def sweep_rows(run: dict[str, Any]) -> list[list[str]]:
                 str(sum(step["rate_limited"].values())),
                 f"{step['streamed']}/{step['whole']}",
                 "-" if step["bot_cpu_ms_per_turn"] is None else f"{step['bot_cpu_ms_per_turn']:.1f}",
-                f"{share['bot'] * 100:.0f}/{share['loadgen'] * 100:.0f}/{share['redis'] * 100:.0f}",
+                "-" if step["redis_commands_per_turn"] is None else f"{step['redis_commands_per_turn']:.1f}",
+                "/".join(f"{share[k] * 100:.0f}" for k in ("bot", "loadgen", "redis", "other")),
                 f"{step['bot_peak_rss_mb']:.0f}",
                 "; ".join(notes),
             ]
@@ -223,9 +227,16 @@ def render(results: dict[str, Any]) -> str:
                 f"{p['answered']}/{p['questions']}",
                 _ms(p["done"], ("p50", "p95", "p99")),
                 "-" if p["bot_cpu_ms_per_turn"] is None else f"{p['bot_cpu_ms_per_turn']:.1f}",
-                f"{p['cpu_share']['bot'] * 100:.0f}/{p['cpu_share']['loadgen'] * 100:.0f}",
+                "/".join(f"{p['cpu_share'][k] * 100:.0f}" for k in ("bot", "loadgen", "other")),
                 "yes" if p["holds"] else "no",
-                "load generator busy" if p["loadgen_busy"] else "",
+                "; ".join(
+                    note
+                    for note, flag in (
+                        ("load generator busy", p["loadgen_busy"]),
+                        ("machine shared with other processes", p.get("machine_shared")),
+                    )
+                    if flag
+                ),
             ]
             for p in throughput["probes"]
         ]
@@ -237,7 +248,7 @@ def render(results: dict[str, Any]) -> str:
             "answered",
             "done ms p50/p95/p99",
             "bot CPU ms/turn",
-            "CPU bot/gen %",
+            "CPU % bot/gen/other",
             "holds",
             "note",
         ]
@@ -314,6 +325,9 @@ def _profiles(scenarios: dict[str, Any]) -> list[str]:
         if not profile.get("samples"):
             continue
         shares = ", ".join(f"{k} {v:.0%}" for k, v in list(profile["library_share"].items())[:8])
-        lines.append(f"{label}: {profile['samples']} samples; in stack: {shares}")
+        own = ", ".join(f"{k} {v:.0%}" for k, v in list(profile["own_library_share"].items())[:8])
+        lines.append(f"{label}: {profile['samples']} samples")
+        lines.append(f"    running: {own}")
+        lines.append(f"    in stack: {shares}")
         lines += [f"    {f['share']:5.1%}  {f['function']}" for f in profile["top_own"][:6]]
     return ["", "Profiles (py-spy; share of samples)", *lines] if lines else []

@@ -126,8 +126,10 @@ def _brief(result: dict[str, Any]) -> dict[str, Any]:
         "done",
         "ack",
         "bot_cpu_ms_per_turn",
+        "redis_commands_per_turn",
         "cpu_share",
         "loadgen_busy",
+        "machine_shared",
         "loadgen_loop_lag",
         "profile",
     )
