@@ -270,7 +270,15 @@ def render(results: dict[str, Any]) -> str:
                 str(load["out_of_order"]),
                 _ms(load["done"], ("p50", "p95", "p99")),
                 str(sum(load["rate_limited"].values())),
-                "cut off before every answer came" if load["timed_out"] else "",
+                "/".join(f"{load['cpu_share'][k] * 100:.0f}" for k in ("bot", "loadgen", "redis", "other")),
+                "; ".join(
+                    note
+                    for note, flag in (
+                        ("cut off before every answer came", load["timed_out"]),
+                        ("machine shared with other processes", load.get("machine_shared")),
+                    )
+                    if flag
+                ),
             ]
             for load in replicas["loads"]
         ]
@@ -283,6 +291,7 @@ def render(results: dict[str, Any]) -> str:
             "out of order",
             "done ms p50/p95/p99",
             "429s",
+            "CPU % bots/gen/redis/other",
             "note",
         ]
         parts += [
