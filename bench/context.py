@@ -3,6 +3,7 @@ and the measurement of one load step (CPU of the bot, the load generator and Red
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -22,6 +23,8 @@ LOADGEN_BUSY_CPU = 0.85  # of one core
 LOADGEN_BUSY_LAG = 0.05  # seconds of p99 event-loop lag
 # Past this, other processes on the machine (not the bench's) took CPU the bot may have needed.
 OTHER_LOAD_BUSY = 0.25  # of one core
+QUIET_WAIT_BUDGET = 120.0  # seconds a whole run may spend waiting for other work to stop
+QUIET_WAIT_STEP = 30.0  # seconds one step may wait
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,23 @@ class Context:
     redis_url: str
     workdir: Path
     profile_dir: Path | None = None  # sample the bot with py-spy during every step, into here
+    quiet_budget: float = QUIET_WAIT_BUDGET
+
+    async def wait_for_quiet(self) -> float:
+        """Between steps the bench is idle: wait (bounded) while other processes keep the CPU busy.
+
+        Returns the seconds waited. The machine may be shared; a step that still runs alongside
+        other work says so in its `cpu_share.other`.
+        """
+        waited = 0.0
+        while waited < min(QUIET_WAIT_STEP, self.quiet_budget):
+            before = machine_busy_seconds()
+            await asyncio.sleep(0.5)
+            if (machine_busy_seconds() - before) / 0.5 < OTHER_LOAD_BUSY:
+                break
+            waited += 0.5
+        self.quiet_budget -= waited
+        return waited
 
     async def flush_redis(self) -> None:
         client = aioredis.Redis.from_url(self.redis_url)
@@ -130,6 +150,7 @@ class Context:
         self, label: str, bots: list[BotProcess], turns: Callable[[], int], load: Awaitable[dict[str, Any]]
     ) -> dict[str, Any]:
         """Run one load step and add what it cost: CPU per turn, CPU shares, peak RSS, loop lag."""
+        waited = await self.wait_for_quiet()
         profiler = None
         if self.profile_dir is not None:
             profiler = Profiler(bots[0].pid, self.profile_dir / f"{label}.txt")
@@ -173,6 +194,7 @@ class Context:
         busy = loadgen_cpu / wall > LOADGEN_BUSY_CPU or (loop_lag["p99"] or 0) > LOADGEN_BUSY_LAG
         result["loadgen_busy"] = busy
         result["machine_shared"] = result["cpu_share"]["other"] > OTHER_LOAD_BUSY
+        result["waited_for_quiet_seconds"] = waited
         if profiler is not None:
             result["profile"] = await profiler.stop()
         return result

@@ -65,6 +65,8 @@ def sweep_rows(run: dict[str, Any]) -> list[list[str]]:
             notes.append("load generator busy: figures may include its delay")
         if step.get("machine_shared"):
             notes.append("other processes used the machine's CPU: figures understate the bot")
+        if step.get("waited_for_quiet_seconds"):
+            notes.append(f"waited {step['waited_for_quiet_seconds']:.0f} s for other work to stop")
         rows.append(
             [
                 label,
@@ -163,9 +165,13 @@ def targets(results: dict[str, Any]) -> list[dict[str, str]]:
     throughput = scenarios.get("throughput")
     if throughput:
         rate = throughput.get("sustained_turns_per_second")
+        best = throughput.get("best_probe_turns_per_second")
+        figure = f"{rate:.0f} turns/s" if rate is not None else "no full-length run held"
+        if rate is None and best is not None:
+            figure += f" (best {throughput['probes'][0]['seconds']:g}-s probe: {best:.0f}/s)"
         add(
             "throughput: ≥ 200 turns/s per process, instant model, p99 done < 1 s",
-            "-" if rate is None else f"{rate:.0f} turns/s",
+            figure,
             rate is not None and rate >= 200,
         )
     memory = scenarios.get("memory")

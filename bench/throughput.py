@@ -59,8 +59,11 @@ async def search(ctx: Context, rig: Rig, bot: BotProcess) -> dict[str, Any]:
             break
         if attempt == 0:
             best = round(best * 0.85)
+    held = [p for p in probes if p["holds"]]
     return {
         "done_p99_limit": settings.throughput_done_p99,
+        # When no full-length run held (a shared machine, say), the best short probe is a hint.
+        "best_probe_turns_per_second": max((p["achieved_turns_per_second"] for p in held), default=None),
         "sustained_turns_per_second": confirmed["achieved_turns_per_second"] if confirmed else None,
         "offered_turns_per_second": confirmed["offered_turns_per_second"] if confirmed else None,
         "confirmed": confirmed,
