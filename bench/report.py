@@ -66,7 +66,7 @@ def sweep_rows(run: dict[str, Any]) -> list[list[str]]:
         if step.get("machine_shared"):
             notes.append("other processes used the machine's CPU: figures understate the bot")
         if step.get("waited_for_quiet_seconds"):
-            notes.append(f"waited {step['waited_for_quiet_seconds']:.0f} s for other work to stop")
+            notes.append(f"waited {step['waited_for_quiet_seconds']:.1f} s for other work to stop")
         rows.append(
             [
                 label,
