@@ -12,7 +12,7 @@ from typing import Any
 
 from bench.bots import BOT_APP, BotProcess, free_port
 from bench.context import Context
-from bench.rig import Asked, Rig, Route, out_of_order, summarize
+from bench.rig import Asked, Rig, Route, describe_thread, out_of_order, summarize
 
 _loads = itertools.count(1)
 
@@ -43,7 +43,7 @@ async def replicas(ctx: Context) -> dict[str, Any]:
                 f"replicas-{threads}",
                 bots,
                 lambda: sum(a.done_at is not None for a in rig.tracker.asked.values()),
-                _threads(ctx, rig, router, threads),
+                _threads(ctx, rig, router, threads, routes),
             )
             result["loads"].append(load)
     finally:
@@ -53,7 +53,7 @@ async def replicas(ctx: Context) -> dict[str, Any]:
     return result
 
 
-async def _threads(ctx: Context, rig: Rig, router: Any, threads: int) -> dict[str, Any]:
+async def _threads(ctx: Context, rig: Rig, router: Any, threads: int, routes: list[Route]) -> dict[str, Any]:
     settings = ctx.settings
     tracker = rig.new_tracker()
     load = next(_loads)
@@ -77,6 +77,7 @@ async def _threads(ctx: Context, rig: Rig, router: Any, threads: int) -> dict[st
     await asyncio.sleep(min(2.0, rig.model.ideal))
     result = summarize(tracker, asked, None)
     per_message = Counter(len(a.answer_messages) for a in asked)
+    disordered = out_of_order(conversations)
     result |= {
         "threads": threads,
         "messages_per_thread": settings.replica_messages,
@@ -84,7 +85,9 @@ async def _threads(ctx: Context, rig: Rig, router: Any, threads: int) -> dict[st
         "redelivered_events": sum(len(a.deliveries) - 2 for a in asked),
         "answers_per_message": dict(per_message),
         "messages_not_answered_once": sum(n for count, n in per_message.items() if count != 1),
-        "out_of_order": out_of_order(conversations),
+        "out_of_order": len(disordered),
+        # Times in seconds from the thread's first question; processes numbered from 1.
+        "out_of_order_threads": [describe_thread(thread, routes) for thread in disordered[:5]],
         "timed_out": not complete,
     }
     return result

@@ -306,6 +306,14 @@ def render(results: dict[str, Any]) -> str:
             f"{replicas['redelivery']:.0%} of events delivered again to another process",
             _table(headers, rows),
         ]
+        for load in replicas["loads"]:
+            for thread in load.get("out_of_order_threads", []):
+                parts.append(f"out of order at {load['threads']} threads (s from its first question):")
+                parts += [
+                    f"    {q['qid']}: sent {q['sent_s']}, events to process {q['events_to_process']}, "
+                    f"answered {q['answered_s']}"
+                    for q in thread
+                ]
     history = scenarios.get("history_growth")
     if history is not None:
         parts += ["", "History growth (3): " + history.get("skipped", "see the JSON results")]

@@ -92,6 +92,7 @@ class Asked:
     thread: str | None  # where the reply goes: the thread's ts, or None for a DM's top level
     sent_at: float
     deliveries: list[Delivery] = field(default_factory=list)
+    routes: list[list[Route]] = field(default_factory=list)  # per event: first delivery, redeliveries
     signal_at: float | None = None
     first_text_at: float | None = None
     first_text_whole: bool = False  # the first visible text already held the whole answer
@@ -287,7 +288,9 @@ class Rig:
         sends = []
         for payload in events:
             event_id = f"Ev{uuid.uuid4().hex[:12].upper()}"
-            for attempt, route in enumerate(router()):
+            routes = router()
+            asked.routes.append(routes)
+            for attempt, route in enumerate(routes):
                 sends.append(self._deliver(payload, event_id, route, attempt))
         asked.deliveries = list(await asyncio.gather(*sends))
         return asked
@@ -359,17 +362,35 @@ def summarize(tracker: Tracker, asked: list[Asked], ideal: float | None) -> dict
     return result
 
 
-def out_of_order(threads: list[list[Asked]]) -> int:
-    """Answers that appear in a thread before the answer to an earlier question of that thread."""
-    wrong = 0
+def out_of_order(threads: list[list[Asked]]) -> list[list[Asked]]:
+    """Threads where an answer appears before the answer to an earlier question of the thread."""
+    found = []
     for thread in threads:
         answered = [a for a in thread if a.answer_messages]
         for earlier, later in itertools.pairwise(answered):
             if min(Decimal(ts) for _, ts in later.answer_messages) < max(
                 Decimal(ts) for _, ts in earlier.answer_messages
             ):
-                wrong += 1
-    return wrong
+                found.append(thread)
+                break
+    return found
+
+
+def describe_thread(thread: list[Asked], routes: list[Route]) -> list[dict[str, Any]]:
+    """One thread's questions in the order asked: when sent, where each event went, when answered.
+
+    (No sign time: a thread status says which thread is being answered, not which message.)"""
+    start = thread[0].sent_at
+    return [
+        {
+            "qid": a.qid,
+            "sent_s": round(a.sent_at - start, 3),
+            "events_to_process": [[routes.index(r) + 1 if r in routes else r for r in rs] for rs in a.routes],
+            "answered_s": None if a.done_at is None else round(a.done_at - start, 3),
+            "answer_ts": sorted(ts for _, ts in a.answer_messages),
+        }
+        for a in thread
+    ]
 
 
 def _question_id(messages: list[dict]) -> str | None:
