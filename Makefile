@@ -1,18 +1,22 @@
 # Two commands for a newcomer: `make run` and `make test`. Both create .venv and install the
-# project on first use; later runs reinstall only when pyproject.toml changes.
+# project on first use; later runs reinstall only when pyproject.toml changes. `make bench` runs the
+# benchmarks (about ten minutes); `make bench-smoke` (or BENCH_QUICK=1 make bench) a few seconds of them.
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint format clean
+.PHONY: help run test bench bench-smoke lint format clean
 
 help:
 	@echo "make run      run the bot (reads .env; starts a local redis-server when REDIS_URL is unset)"
 	@echo "make test     run the tests (PYTEST_ARGS='-k manifest' to pick some)"
+	@echo "make bench    run the benchmarks: table on screen, JSON in bench/results/ (~10 min)"
+	@echo "make bench-smoke  the same in a few seconds with small C (BENCH_ARGS='--only replicas')"
 	@echo "make lint     ruff check and ruff format --check"
 	@echo "make format   sort imports and format the code with ruff"
 	@echo "make clean    remove .venv and caches (keeps ./var, the local Redis data)"
@@ -31,6 +35,12 @@ run: $(INSTALLED)
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: $(INSTALLED)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+bench-smoke: $(INSTALLED)
+	BENCH_QUICK=1 $(BIN)/python -m bench $(BENCH_ARGS)
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

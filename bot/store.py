@@ -27,7 +27,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 log = logging.getLogger(__name__)
 
 DAY = 24 * 3600
-POOL_SIZE = 200
+# Redis connections per process: one per command in flight. Past that a command waits (up to
+# POOL_WAIT_SECONDS) for a free one; the default pool raises instead, which a burst of a few
+# hundred turns would take for an outage.
+POOL_SIZE = 500
 POOL_WAIT_SECONDS = 10
 
 Action = Literal["answer", "record", "reset", "forget"]
@@ -518,7 +521,7 @@ class Store:
             retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 3),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
-        self.redis: redis.Redis = redis.Redis(connection_pool=pool)
+        self.redis: redis.Redis = redis.Redis.from_pool(pool)
         self.conversation_ttl = max(1, int(conversation_ttl_days * DAY))
         # Renewed while held; expires this long after a holder dies, so no thread is blocked forever.
         self.lock_ttl_ms = max(100, int(lock_ttl_seconds * 1000))
@@ -533,8 +536,7 @@ class Store:
         self._rate_claim = self.redis.register_script(_RATE_CLAIM)
 
     async def close(self) -> None:
-        await self.redis.aclose()
-        await self.redis.connection_pool.disconnect()
+        await self.redis.aclose()  # the client owns its pool (from_pool) and closes it
 
     async def ping(self) -> bool:
         try:

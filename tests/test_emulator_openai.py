@@ -312,3 +312,19 @@ async def test_reply_may_shape_the_requests_it_picks(
     )
     assert slow.choices[0].message.content == "slow summary"
     assert time.monotonic() - started >= 0.3
+
+
+async def test_stream_timings_record_first_content_and_finish() -> None:
+    emu = OpenAIEmulator(chunk_chars=1, chunk_delay=0.05, first_token_delay=0.1, reply=lambda _: "abc")
+    await emu.start()
+    try:
+        async with openai.AsyncOpenAI(base_url=emu.base_url, api_key=emu.api_key) as client:
+            await collect(client)
+    finally:
+        await emu.stop()
+
+    [timing] = emu.streams
+    assert timing.messages == MESSAGES
+    assert timing.first_content_at is not None and timing.finished_at is not None
+    assert timing.first_content_at - timing.arrived_at >= 0.1
+    assert timing.finished_at - timing.first_content_at >= 0.1  # two gaps between three chunks

@@ -32,6 +32,7 @@ __all__ = [
     "Reply",
     "SlowFirstToken",
     "Status",
+    "StreamTiming",
     "Truncated",
 ]
 
@@ -84,6 +85,17 @@ class Truncated:
 
 
 Behaviour = Reply | Status | SlowFirstToken | Disconnect | Hang | Truncated
+
+
+@dataclass
+class StreamTiming:
+    """When one streamed answer's content went out (time.monotonic()), for first-token benchmarks."""
+
+    messages: list[dict]
+    arrived_at: float
+    first_content_at: float | None = None  # None until the first content chunk is written
+    finished_at: float | None = None  # the finish chunk; None when the stream was cut or dropped
+
 
 # (type, code) per status, as the real API reports them.
 _ERROR_KINDS: dict[int, tuple[str, str | None]] = {
@@ -158,6 +170,7 @@ class OpenAIEmulator:
         self.requests: list[dict] = []
         self.in_flight = 0  # chat requests being answered right now
         self.max_in_flight = 0  # the most seen at once
+        self.streams: list[StreamTiming] = []
         self.base_url = ""
         self._queue: deque[Behaviour] = deque()
         self._arrived = asyncio.Condition()  # notified on every recorded request
@@ -287,6 +300,8 @@ class OpenAIEmulator:
 
     async def _stream(self, request: web.Request, body: dict, plan: _Plan) -> web.StreamResponse:
         """Answer with SSE chat.completion.chunk events, as the real API streams them."""
+        timing = StreamTiming(body.get("messages") or [], arrived_at=time.monotonic())
+        self.streams.append(timing)
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
@@ -320,9 +335,11 @@ class OpenAIEmulator:
                     return self._drop(request, response)
                 await asyncio.sleep(plan.first_delay if index == 0 else self.chunk_delay)
                 await send(choice({"content": piece}))
+                timing.first_content_at = timing.first_content_at or time.monotonic()
             if plan.drop_after is not None:
                 return self._drop(request, response)
             await send(choice({}, plan.finish_reason))
+            timing.finished_at = time.monotonic()
             if include_usage:
                 await send({"choices": [], "usage": _usage(body, plan.text)})
             await send("[DONE]")

@@ -220,7 +220,8 @@ class SlackEmulator:
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", 0).start()
         self.port = self._runner.addresses[0][1]
-        self._session = aiohttp.ClientSession()
+        # No cap on connections: Slack delivers hundreds of events at once without queueing them.
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
 
     async def stop(self) -> None:
         """Close sockets and the server; refuse reconnections meanwhile."""

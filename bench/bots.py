@@ -1,0 +1,121 @@
+"""The bots under test as real processes: `python app.py`, or the tutorial-style baseline.
+
+Each runs in a scratch directory (so no developer's .env is read) with its output in a log file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+from bench.measure import ProcSample, proc_sample
+
+ROOT = Path(__file__).resolve().parent.parent
+BOT_APP = ROOT / "app.py"
+BASELINE_APP = ROOT / "bench" / "baseline" / "app.py"
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 25.0  # the bot gives answers in flight 20 s on SIGTERM
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class BotProcess:
+    """One bot process: start it, wait until it serves, read its CPU and memory, stop it."""
+
+    def __init__(self, name: str, app: Path, env: dict[str, str], port: int, workdir: Path) -> None:
+        self.name = name
+        self.app = app
+        self.env = env
+        self.port = port
+        self.workdir = workdir
+        self.log_path = workdir / f"{name}.log"
+        self._process: asyncio.subprocess.Process | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
+
+    @property
+    def events_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/slack/events"
+
+    def sample(self) -> ProcSample:
+        return proc_sample(self.pid)
+
+    async def start(self, ready: str = "health") -> None:
+        """Spawn it and wait until it is ready: `health` (GET /health says 200), `port` (the port
+        accepts connections) or `spawned` (the caller waits, e.g. for its Socket Mode connection)."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "OPENAI_", "REDIS_"))}
+        env |= self.env | {"PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+        with self.log_path.open("ab") as log:
+            self._process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                str(self.app),
+                cwd=self.workdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        if ready == "spawned":
+            return
+        deadline = time.monotonic() + START_TIMEOUT
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                if self._process.returncode is not None:
+                    raise RuntimeError(f"{self.name} exited at start:\n{self.log_tail()}")
+                if await self._ready(session, ready):
+                    return
+                await asyncio.sleep(0.05)
+        await self.stop()
+        raise RuntimeError(f"{self.name} was not ready within {START_TIMEOUT}s:\n{self.log_tail()}")
+
+    async def _ready(self, session: aiohttp.ClientSession, ready: str) -> bool:
+        if ready == "port":
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            except OSError:
+                return False
+            writer.close()
+            return True
+        try:
+            timeout = aiohttp.ClientTimeout(total=1)
+            async with session.get(f"http://127.0.0.1:{self.port}/health", timeout=timeout) as response:
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    async def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL if it has not exited within STOP_TIMEOUT; returns the exit code."""
+        process, self._process = self._process, None
+        if process is None:
+            return None
+        if process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+        return await process.wait()
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"

@@ -1,0 +1,140 @@
+"""Numbers: percentiles, a process's CPU time and memory from /proc, the machine, event-loop lag."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import platform
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def percentiles(values: list[float], points: tuple[int, ...] = (50, 95, 99)) -> dict[str, float | None]:
+    """Nearest-rank percentiles ({"p50": …}); None for every point when there are no values."""
+    ordered = sorted(values)
+    found: dict[str, float | None] = {}
+    for point in points:
+        if not ordered:
+            found[f"p{point}"] = None
+            continue
+        rank = max(1, math.ceil(point / 100 * len(ordered)))
+        found[f"p{point}"] = ordered[rank - 1]
+    return found
+
+
+@dataclass(frozen=True)
+class ProcSample:
+    """One look at a process: CPU seconds used so far, resident memory now and at its peak."""
+
+    cpu_seconds: float
+    rss_bytes: int
+    peak_rss_bytes: int
+
+
+def proc_sample(pid: int) -> ProcSample:
+    with open(f"/proc/{pid}/stat") as stat:
+        # The command name may hold spaces; the fields after its closing parenthesis do not.
+        fields = stat.read().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+    memory = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                memory[name] = int(value.split()[0]) * 1024
+    return ProcSample(cpu, memory.get("VmRSS", 0), memory.get("VmHWM", 0))
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every process on the machine has used so far (all cores, from /proc/stat)."""
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / CLOCK_TICKS  # up to steal; guest time is already in user
+
+
+def machine() -> dict[str, object]:
+    """What the figures were measured on."""
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next(
+                (line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), model
+            )
+    except OSError:
+        pass
+    memory_gib = None
+    try:
+        with open("/proc/meminfo") as meminfo:
+            total_kib = int(next(line for line in meminfo if line.startswith("MemTotal")).split()[1])
+            memory_gib = round(total_kib / 1024 / 1024, 1)
+    except (OSError, StopIteration, ValueError):
+        pass
+    redis_version = None
+    if binary := shutil.which("redis-server"):
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+        redis_version = next((w.split("=", 1)[1] for w in out.split() if w.startswith("v=")), None)
+    return {
+        "cores": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": memory_gib,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "redis_server": redis_version,
+    }
+
+
+class LoopLag:
+    """How late this process's event loop wakes a 10 ms timer: a busy load generator shows here."""
+
+    INTERVAL = 0.01
+
+    def __init__(self) -> None:
+        self.lags: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.lags = []
+        self._task = asyncio.create_task(self._tick())
+
+    async def stop(self) -> dict[str, float | None]:
+        if self._task is not None:
+            self._task.cancel()
+        return percentiles(self.lags)
+
+    async def _tick(self) -> None:
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(self.INTERVAL)
+            self.lags.append(time.monotonic() - before - self.INTERVAL)
+
+
+class PeakRss:
+    """Samples a process's resident memory every 100 ms and keeps the highest."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.peak = proc_sample(self.pid).rss_bytes
+        self._task = asyncio.create_task(self._sample())
+
+    def stop(self) -> int:
+        if self._task is not None:
+            self._task.cancel()
+        return self.peak
+
+    async def _sample(self) -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            try:
+                self.peak = max(self.peak, proc_sample(self.pid).rss_bytes)
+            except OSError:
+                return

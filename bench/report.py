@@ -1,0 +1,356 @@
+"""The printed table, and the verdict on each of the issue's targets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _ms(values: dict[str, float | None] | None, points: tuple[str, ...] = ("p50", "p99")) -> str:
+    if not values or all(values.get(p) is None for p in points):
+        return "-"
+    return "/".join("-" if values.get(p) is None else f"{values[p] * 1000:.0f}" for p in points)
+
+
+def _ratio(values: dict[str, float | None] | None) -> str:
+    if not values or values.get("p99") is None:
+        return "-"
+    return f"{values['p99']:.2f}"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+SWEEP_HEADERS = [
+    "run",
+    "C",
+    "answered",
+    "ack ms p50/p99",
+    "signal ms p50/p99",
+    "first text ms p50/p99",
+    "done ms p50/p95/p99",
+    "done/ideal p99",
+    "429s",
+    "streamed/whole",
+    "bot CPU ms/turn",
+    "redis cmds/turn",
+    "CPU % bot/gen/redis/other",
+    "bot RSS MB",
+    "note",
+]
+
+
+def sweep_rows(run: dict[str, Any]) -> list[list[str]]:
+    label = f"{run['name']} ({run['mode']}{', tiers' if run['tiers'] else ''}{', DMs' if run['dm'] else ''})"
+    if "skipped" in run:
+        return [[label, *["-"] * 13, "skipped: " + run["skipped"]]]
+    rows = []
+    for step in run["steps"]:
+        if "skipped" in step:
+            rows.append([label, str(step["c"]), *["-"] * 12, "skipped: " + step["skipped"]])
+            continue
+        share = step["cpu_share"]
+        notes = []
+        if step["timed_out"]:
+            notes.append("cut off before every answer came")
+        if step["deliveries_failed"]:
+            notes.append(f"{step['deliveries_failed']} deliveries not acked")
+        if step["other_posts"]:
+            notes.append(f"{step['other_posts']} non-answer posts")
+        if step["loadgen_busy"]:
+            notes.append("load generator busy: figures may include its delay")
+        if step.get("machine_shared"):
+            notes.append("other processes used the machine's CPU: figures understate the bot")
+        if step.get("waited_for_quiet_seconds"):
+            notes.append(f"waited {step['waited_for_quiet_seconds']:.1f} s for other work to stop")
+        rows.append(
+            [
+                label,
+                str(step["c"]),
+                f"{step['answered']}/{step['questions']}",
+                _ms(step["ack"]),
+                _ms(step["signal"]),
+                _ms(step["first_text"]),
+                _ms(step["done"], ("p50", "p95", "p99")),
+                _ratio(step.get("done_over_ideal")),
+                str(sum(step["rate_limited"].values())),
+                f"{step['streamed']}/{step['whole']}",
+                "-" if step["bot_cpu_ms_per_turn"] is None else f"{step['bot_cpu_ms_per_turn']:.1f}",
+                "-" if step["redis_commands_per_turn"] is None else f"{step['redis_commands_per_turn']:.1f}",
+                "/".join(f"{share[k] * 100:.0f}" for k in ("bot", "loadgen", "redis", "other")),
+                f"{step['bot_peak_rss_mb']:.0f}",
+                "; ".join(notes),
+            ]
+        )
+    return rows
+
+
+def baseline_rows(ours: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> list[list[str]]:
+    """Our done p50/p99 beside the baseline's at the same C and mode."""
+    rows = []
+    for theirs in baseline:
+        mine = next((r for r in ours if r["mode"] == theirs["mode"] and not r["tiers"]), None)
+        for step in theirs.get("steps", []):
+            ours_step = next((s for s in (mine or {}).get("steps", []) if s["c"] == step["c"]), None)
+            if "skipped" in step:
+                rows.append([theirs["mode"], str(step["c"]), _done(ours_step), "-", "-", step["skipped"]])
+                continue
+            ratio = "-"
+            if ours_step and ours_step["done"]["p50"] and step["done"]["p50"]:
+                ratio = f"{step['done']['p50'] / ours_step['done']['p50']:.1f}x"
+            note = ""
+            if step["answered"] != step["questions"]:
+                note = f"{step['answered']}/{step['questions']} answered"
+            rows.append([theirs["mode"], str(step["c"]), _done(ours_step), _done(step), ratio, note])
+    return rows
+
+
+def _done(step: dict[str, Any] | None) -> str:
+    if not step or "done" not in step:
+        return "-"
+    return _ms(step["done"]) + f" ({_ratio(step.get('done_over_ideal'))}x ideal)"
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, str]]:
+    """Each target of the issue with the figure it was judged on: PASS, MISS or n/a (and why)."""
+    found: list[dict[str, str]] = []
+    scenarios = _completed(results["scenarios"])
+
+    def add(target: str, figure: str, ok: bool | None) -> None:
+        verdict = "n/a" if ok is None else ("PASS" if ok else "MISS")
+        found.append({"target": target, "figure": figure, "verdict": verdict})
+
+    for run in scenarios.get("concurrency", []):
+        steps = [s for s in run.get("steps", []) if "done" in s]
+        where = f"{run['mode']}{', tiers' if run['tiers'] else ''}"
+        if "skipped" in run or not steps:
+            add(f"concurrency ({where}): all targets", run.get("skipped", "no steps ran"), None)
+            continue
+        top, one = steps[-1], steps[0]
+        if run["tiers"]:
+            limited = sum(sum(s["rate_limited"].values()) for s in steps)
+            add(f"tiers ({where}): zero 429s at every C", f"{limited} 429s", limited == 0)
+            complete = all(s["answered"] == s["questions"] for s in steps)
+            add(f"tiers ({where}): every answer complete", "yes" if complete else "no", complete)
+            ratio = (top.get("done_over_ideal") or {}).get("p99")
+            add(
+                f"tiers ({where}): p99 done ≤ 1.5 × ideal at C={top['c']}",
+                "-" if ratio is None else f"{ratio:.2f}×",
+                ratio is not None and ratio <= 1.5,
+            )
+            continue
+        ratio = (top.get("done_over_ideal") or {}).get("p99")
+        add(
+            f"concurrency ({where}): p99 done ≤ 1.25 × ideal at C={top['c']}",
+            "-" if ratio is None else f"{ratio:.2f}×",
+            ratio is not None and ratio <= 1.25 and top["answered"] == top["questions"],
+        )
+        worst = max((s["signal"]["p99"] or float("inf") for s in steps), default=None)
+        add(
+            f"concurrency ({where}): p99 signal ≤ 250 ms at every C",
+            "-" if worst is None else f"worst {worst * 1000:.0f} ms",
+            worst is not None and worst <= 0.25,
+        )
+        for step, limit in ((one, 1.0), (top, 1.5)):
+            p99 = step["first_text"]["p99"]
+            add(
+                f"concurrency ({where}): p99 first text ≤ {limit:g} s at C={step['c']}",
+                "-" if p99 is None else f"{p99 * 1000:.0f} ms",
+                p99 is not None and p99 <= limit,
+            )
+    throughput = scenarios.get("throughput")
+    if throughput:
+        rate = throughput.get("sustained_turns_per_second")
+        best = throughput.get("best_probe_turns_per_second")
+        figure = f"{rate:.0f} turns/s" if rate is not None else "no full-length run held"
+        if rate is None and best is not None:
+            figure += f" (best {throughput['probes'][0]['seconds']:g}-s probe: {best:.0f}/s)"
+        add(
+            "throughput: ≥ 200 turns/s per process, instant model, p99 done < 1 s",
+            figure,
+            rate is not None and rate >= 200,
+        )
+    memory = scenarios.get("memory")
+    if memory and memory.get("peak_rss_mb") is not None:
+        add(
+            f"memory: RSS ≤ 150 MB at C={memory['at_c']}",
+            f"{memory['peak_rss_mb']:.0f} MB (idle {memory['idle_rss_mb']:.0f} MB)",
+            memory["peak_rss_mb"] <= 150,
+        )
+    history = scenarios.get("history_growth")
+    if history is not None and "skipped" in history:
+        add("history growth: flat from 10 to 10,000 turns", history["skipped"], None)
+    replicas = scenarios.get("replicas")
+    if replicas:
+        loads = replicas.get("loads", [])
+        twice = sum(load["messages_not_answered_once"] for load in loads)
+        disorder = sum(load["out_of_order"] for load in loads)
+        add(
+            "replicas: exactly one answer per message, every load",
+            f"{twice} messages not answered once",
+            twice == 0,
+        )
+        add("replicas: zero out-of-order answers, every load", f"{disorder} out of order", disorder == 0)
+    return found
+
+
+def _completed(scenarios: dict[str, Any]) -> dict[str, Any]:
+    """The scenarios that ran to the end (a failed one holds only its error)."""
+    return {k: v for k, v in scenarios.items() if not (isinstance(v, dict) and "error" in v)}
+
+
+def render(results: dict[str, Any]) -> str:
+    scenarios = _completed(results["scenarios"])
+    failed = {k: v["error"] for k, v in results["scenarios"].items() if k not in scenarios}
+    machine = results["machine"]
+    parts = [
+        f"machine: {machine['cores']} cores, {machine['cpu_model']}, {machine['memory_gib']} GiB, "
+        f"Python {machine['python']}, redis-server {machine['redis_server']}",
+        "mode: "
+        + ("smoke (BENCH_QUICK: small C, short model; not figures to quote)" if results["quick"] else "full"),
+        f"model: {_model(results['settings']['model'])}; throughput model: "
+        f"{_model(results['settings']['throughput_model'])}",
+    ]
+    runs = scenarios.get("concurrency", []) + scenarios.get("baseline", [])
+    if runs:
+        rows = [row for run in runs for row in sweep_rows(run)]
+        parts += ["", "Concurrency sweep (1), memory (4), baseline (6)", _table(SWEEP_HEADERS, rows)]
+    if scenarios.get("baseline"):
+        rows = baseline_rows(scenarios.get("concurrency", []), scenarios["baseline"])
+        headers = ["mode", "C", "ours done ms p50/p99", "baseline done ms p50/p99", "baseline/ours", "note"]
+        parts += ["", "Ours against the tutorial-style baseline (6)", _table(headers, rows)]
+    if throughput := scenarios.get("throughput"):
+        rows = [
+            [
+                f"{p['offered_turns_per_second']:g}",
+                "-" if p["sent_turns_per_second"] is None else f"{p['sent_turns_per_second']:.0f}",
+                "-" if p["achieved_turns_per_second"] is None else f"{p['achieved_turns_per_second']:.0f}",
+                f"{p['seconds']:g}",
+                f"{p['answered']}/{p['questions']}",
+                _ms(p["done"], ("p50", "p95", "p99")),
+                "-" if p["bot_cpu_ms_per_turn"] is None else f"{p['bot_cpu_ms_per_turn']:.1f}",
+                "/".join(f"{p['cpu_share'][k] * 100:.0f}" for k in ("bot", "loadgen", "other")),
+                "yes" if p["holds"] else "no",
+                "; ".join(
+                    note
+                    for note, flag in (
+                        ("load generator busy", p["loadgen_busy"]),
+                        ("machine shared with other processes", p.get("machine_shared")),
+                    )
+                    if flag
+                ),
+            ]
+            for p in throughput["probes"]
+        ]
+        headers = [
+            "offered/s",
+            "sent/s",
+            "answered/s",
+            "s",
+            "answered",
+            "done ms p50/p95/p99",
+            "bot CPU ms/turn",
+            "CPU % bot/gen/other",
+            "holds",
+            "note",
+        ]
+        rate = throughput["sustained_turns_per_second"]
+        parts += [
+            "",
+            f"Throughput (2): sustained {'-' if rate is None else f'{rate:.0f}'} turns/s "
+            f"with p99 done < {throughput['done_p99_limit']:g} s",
+            _table(headers, rows),
+        ]
+    if replicas := scenarios.get("replicas"):
+        rows = [
+            [
+                str(load["threads"]),
+                str(load["threads"] * load["messages_per_thread"]),
+                str(load["redelivered_events"]),
+                f"{load['answered']}/{load['questions']}",
+                str(load["answers_per_message"]),
+                str(load["out_of_order"]),
+                _ms(load["done"], ("p50", "p95", "p99")),
+                str(sum(load["rate_limited"].values())),
+                "/".join(f"{load['cpu_share'][k] * 100:.0f}" for k in ("bot", "loadgen", "redis", "other")),
+                "; ".join(
+                    note
+                    for note, flag in (
+                        ("cut off before every answer came", load["timed_out"]),
+                        ("machine shared with other processes", load.get("machine_shared")),
+                    )
+                    if flag
+                ),
+            ]
+            for load in replicas["loads"]
+        ]
+        headers = [
+            "threads",
+            "messages",
+            "redelivered",
+            "answered",
+            "answers per message",
+            "out of order",
+            "done ms p50/p95/p99",
+            "429s",
+            "CPU % bots/gen/redis/other",
+            "note",
+        ]
+        parts += [
+            "",
+            f"Replicas (5): {replicas['processes']} processes in HTTP mode, one Redis, "
+            f"{replicas['redelivery']:.0%} of events delivered again to another process",
+            _table(headers, rows),
+        ]
+        for load in replicas["loads"]:
+            for thread in load.get("out_of_order_threads", []):
+                parts.append(f"out of order at {load['threads']} threads (s from its first question):")
+                parts += [
+                    f"    {q['qid']}: sent {q['sent_s']}, events to process {q['events_to_process']}, "
+                    f"answered {q['answered_s']}"
+                    for q in thread
+                ]
+    history = scenarios.get("history_growth")
+    if history is not None:
+        parts += ["", "History growth (3): " + history.get("skipped", "see the JSON results")]
+    parts += _profiles(scenarios)
+    verdicts = targets(results)
+    if verdicts:
+        rows = [[t["verdict"], t["target"], t["figure"]] for t in verdicts]
+        parts += ["", "Targets (issue 6)", _table(["verdict", "target", "figure"], rows)]
+    parts += [f"\nscenario {name} failed: {error}" for name, error in failed.items()]
+    return "\n".join(parts)
+
+
+def _model(model: dict[str, Any]) -> str:
+    return (
+        f"{model['first_token_seconds']:g} s to first token, {model['stream_seconds']:g} s streaming "
+        f"{model['answer_chars']} chars in {model['chunks']} chunks (ideal {model['ideal']:g} s)"
+    )
+
+
+def _profiles(scenarios: dict[str, Any]) -> list[str]:
+    """With --profile: for each profiled step, where the bot's CPU went."""
+    steps: list[tuple[str, dict[str, Any]]] = []
+    for run in scenarios.get("concurrency", []) + scenarios.get("baseline", []):
+        for step in run.get("steps", []):
+            steps.append((f"{run['name']} {run['mode']} C={step['c']}", step.get("profile") or {}))
+    for probe in (scenarios.get("throughput") or {}).get("probes", []):
+        steps.append((f"throughput {probe['offered_turns_per_second']:g}/s", probe.get("profile") or {}))
+    for load in (scenarios.get("replicas") or {}).get("loads", []):
+        steps.append((f"replicas {load['threads']} threads (first process)", load.get("profile") or {}))
+    lines = []
+    for label, profile in steps:
+        if not profile.get("samples"):
+            continue
+        shares = ", ".join(f"{k} {v:.0%}" for k, v in list(profile["library_share"].items())[:8])
+        own = ", ".join(f"{k} {v:.0%}" for k, v in list(profile["own_library_share"].items())[:8])
+        lines.append(f"{label}: {profile['samples']} samples")
+        lines.append(f"    running: {own}")
+        lines.append(f"    in stack: {shares}")
+        lines += [f"    {f['share']:5.1%}  {f['function']}" for f in profile["top_own"][:6]]
+    return ["", "Profiles (py-spy; share of samples)", *lines] if lines else []

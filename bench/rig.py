@@ -1,0 +1,413 @@
+"""The load generator's side: the Slack and OpenAI emulators on 127.0.0.1, users asking questions,
+and a reading of the Slack call log that says when each answer became visible.
+
+Every question carries an id (`q00042`). The emulated model answers it with text that starts with
+`ANSq00042` and ends with `ENDq00042`, so any Slack call carrying answer text can be traced to its
+question, however delivery posts it: one chat.postMessage, chat.postMessage then chat.update, or
+chat.startStream / chat.appendStream / chat.stopStream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import re
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from bench.measure import percentiles
+from tests.emulators.openai_api import OpenAIEmulator, StreamTiming
+from tests.emulators.slack import Delivery, SlackEmulator
+
+USERS = ("U1", "U2", "U3", "U4")
+QUESTION_ID = re.compile(r"\b(q\d{5,})\b")
+ANSWER_START = re.compile(r"ANS(q\d{5,})")
+ANSWER_END = re.compile(r"END(q\d{5,})")
+# Methods that put answer text in front of the user, and those that open a message of it.
+TEXT_METHODS = {"chat.postMessage", "chat.update", "chat.startStream", "chat.appendStream", "chat.stopStream"}
+OPENING_METHODS = {"chat.postMessage", "chat.startStream"}
+FILLER = (
+    "Check the settings page first, then restart the sync agent and try the export again. "
+    "If the error persists, collect the log file and open a ticket with its request id. "
+)
+
+Route = str | None  # an HTTP request URL, or None for the Socket Mode connection
+Router = Callable[[], list[Route]]  # where one event goes: its first delivery, then redeliveries
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """How the emulated model answers: time to the first token, then a stream of fixed length."""
+
+    first_token_seconds: float
+    stream_seconds: float
+    answer_chars: int
+    chunk_chars: int
+
+    @property
+    def chunks(self) -> int:
+        return max(1, -(-self.answer_chars // self.chunk_chars))
+
+    @property
+    def chunk_delay(self) -> float:
+        return self.stream_seconds / (self.chunks - 1) if self.chunks > 1 else 0.0
+
+    @property
+    def ideal(self) -> float:
+        """The model's own time to produce one answer: the best any bot could do."""
+        return self.first_token_seconds + self.stream_seconds
+
+    def answer(self, qid: str) -> str:
+        head, tail = f"ANS{qid} ", f" END{qid}"
+        room = max(0, self.answer_chars - len(head) - len(tail))
+        body = (FILLER * (room // len(FILLER) + 1))[:room].rstrip()
+        return head + body + tail
+
+
+def slack_tiers_available(slack: SlackEmulator) -> bool:
+    """Whether the Slack emulator can enforce Slack's per-method, per-workspace rate limits.
+
+    The one place to adapt when the emulator gains them (the streaming issue adds them).
+    """
+    return callable(getattr(slack, "enable_rate_limits", None))
+
+
+def enable_slack_tiers(slack: SlackEmulator) -> None:
+    slack.enable_rate_limits()  # type: ignore[attr-defined]
+
+
+@dataclass
+class Asked:
+    """One question a user asked, and what became of it, in time.monotonic() seconds."""
+
+    qid: str
+    channel: str
+    ts: str
+    thread: str | None  # where the reply goes: the thread's ts, or None for a DM's top level
+    sent_at: float
+    deliveries: list[Delivery] = field(default_factory=list)
+    routes: list[list[Route]] = field(default_factory=list)  # per event: first delivery, redeliveries
+    signal_at: float | None = None
+    first_text_at: float | None = None
+    first_text_whole: bool = False  # the first visible text already held the whole answer
+    end_at: float | None = None
+    done_at: float | None = None
+    answer_messages: set[tuple[str, str]] = field(default_factory=set)  # (channel, ts)
+
+
+class Tracker:
+    """Reads the Slack emulator's call log, from one index on, into the Asked records."""
+
+    def __init__(self, slack: SlackEmulator, llm: OpenAIEmulator) -> None:
+        self.slack = slack
+        self.llm = llm
+        self.first_call = len(slack.calls)
+        self.first_stream = len(llm.streams)
+        self._next = self.first_call
+        self.asked: dict[str, Asked] = {}
+        self._by_ts: dict[tuple[str, str], Asked] = {}
+        self._by_thread: dict[tuple[str, str], list[Asked]] = {}
+        self._owner: dict[tuple[str, str], Asked] = {}  # answer message -> its question
+        self._streaming: set[tuple[str, str]] = set()  # messages opened by chat.startStream
+        self.rate_limited: Counter[str] = Counter()
+        self.failed: Counter[str] = Counter()
+        self.other_posts = 0  # bot messages with no answer in them (notices, apologies)
+
+    def add(self, asked: Asked) -> None:
+        self.asked[asked.qid] = asked
+        self._by_ts[(asked.channel, asked.ts)] = asked
+        if asked.thread is not None:
+            self._by_thread.setdefault((asked.channel, asked.thread), []).append(asked)
+
+    def read(self) -> None:
+        calls = self.slack.calls
+        end = len(calls)
+        for call in itertools.islice(calls, self._next, end):
+            self._read_call(call.method, call.args, call.response, call.status, call.at)
+        self._next = end
+
+    def _read_call(self, method: str, args: dict, response: dict, status: int, at: float) -> None:
+        if status == 429 or response.get("error") == "ratelimited":
+            self.rate_limited[method] += 1
+        if not response.get("ok"):
+            self.failed[f"{method}:{response.get('error')}"] += 1
+            return
+        if method == "assistant.threads.setStatus" and args.get("status"):
+            waiting = self._by_thread.get((args.get("channel_id", ""), args.get("thread_ts", "")), [])
+            asked = next((a for a in waiting if a.signal_at is None), None)
+            self._signal(asked, at)
+        elif method == "reactions.add":
+            self._signal(self._by_ts.get((args.get("channel", ""), args.get("timestamp", ""))), at)
+        if method not in TEXT_METHODS:
+            return
+        channel = str(args.get("channel") or response.get("channel") or "")
+        ts = str((response.get("ts") if method in OPENING_METHODS else args.get("ts")) or "")
+        message = (channel, ts)
+        if method == "chat.startStream":
+            self._streaming.add(message)
+        text = " ".join(_strings(args))
+        starts, ends = set(ANSWER_START.findall(text)), set(ANSWER_END.findall(text))
+        for qid in starts | ends:
+            asked = self.asked.get(qid)
+            if asked is None:
+                continue
+            self._owner[message] = asked
+            self._signal(asked, at)
+            if qid in starts:
+                asked.answer_messages.add(message)
+                if asked.first_text_at is None:
+                    asked.first_text_at = at
+                    asked.first_text_whole = qid in ends
+            if qid in ends and asked.end_at is None:
+                asked.end_at = at
+                if message not in self._streaming or method == "chat.stopStream":
+                    asked.done_at = at
+        owner = self._owner.get(message)
+        if method == "chat.stopStream" and owner is not None and owner.end_at is not None:
+            owner.done_at = owner.done_at or at
+        if owner is None and method in OPENING_METHODS:
+            self.other_posts += 1
+
+    @staticmethod
+    def _signal(asked: Asked | None, at: float) -> None:
+        if asked is not None and asked.signal_at is None:
+            asked.signal_at = at
+
+    def first_tokens(self) -> dict[str, StreamTiming]:
+        """The model's stream for each question (the first one that produced content)."""
+        found: dict[str, StreamTiming] = {}
+        for timing in itertools.islice(self.llm.streams, self.first_stream, None):
+            qid = _question_id(timing.messages)
+            if qid and qid not in found and timing.first_content_at is not None:
+                found[qid] = timing
+        return found
+
+    def calls_made(self) -> Counter[str]:
+        return Counter(c.method for c in itertools.islice(self.slack.calls, self.first_call, None))
+
+
+class Rig:
+    """The emulators and the users: ask questions, wait for answers, summarize what happened."""
+
+    def __init__(self, model: ModelShape) -> None:
+        self.slack = SlackEmulator()
+        for user in USERS[1:]:
+            self.slack.add_user(user, f"user-{user.lower()}")
+        self.model = model
+        self.llm = OpenAIEmulator(reply=self._reply)
+        self.set_model(model)
+        self._ids = itertools.count(1)
+        self.tracker = Tracker(self.slack, self.llm)
+
+    async def start(self) -> None:
+        await self.slack.start()
+        await self.llm.start()
+
+    async def stop(self) -> None:
+        await self.llm.stop()
+        await self.slack.stop()
+
+    def set_model(self, model: ModelShape) -> None:
+        self.model = model
+        self.llm.first_token_delay = model.first_token_seconds
+        self.llm.chunk_delay = model.chunk_delay
+        self.llm.chunk_chars = model.chunk_chars
+
+    def new_tracker(self) -> Tracker:
+        self.tracker = Tracker(self.slack, self.llm)
+        return self.tracker
+
+    def bot_env(self, redis_url: str, port: int, mode: str) -> dict[str, str]:
+        """The bot's settings: production defaults, with Slack, the model and Redis pointed here."""
+        env = {
+            "SLACK_BOT_TOKEN": self.slack.bot_token,
+            "SLACK_API_URL": self.slack.api_url,
+            "OPENAI_BASE_URL": self.llm.base_url,
+            "OPENAI_API_KEY": self.llm.api_key,
+            "OPENAI_MODEL": "bench-model",
+            "REDIS_URL": redis_url,
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "LOG_LEVEL": "INFO",
+        }
+        if mode == "socket":
+            env["SLACK_APP_TOKEN"] = self.slack.app_token
+        else:
+            env["SLACK_SIGNING_SECRET"] = self.slack.signing_secret
+        return env
+
+    def _reply(self, messages: list[dict]) -> str:
+        qid = _question_id(messages)
+        return self.model.answer(qid) if qid else "I could not find a question id."
+
+    # -- users asking --------------------------------------------------------------------
+
+    async def ask(
+        self,
+        channel: str,
+        *,
+        thread_ts: str | None = None,
+        dm: bool = False,
+        router: Router = lambda: [None],
+        user: str = "U1",
+    ) -> Asked:
+        """A user posts a question (a mention in a channel or thread, or a DM); Slack delivers it.
+
+        A channel message comes as two events, `message` and `app_mention`, as Slack sends them;
+        `router` picks where each event goes, and a second route is a redelivery (a retry).
+        """
+        qid = f"q{next(self._ids):05d}"
+        text = f"question {qid}" if dm else f"<@{self.slack.bot_user_id}> question {qid}"
+        if dm:
+            self.slack.add_channel(channel, "im", user=user)
+        ts = self.slack.seed_message(channel, text, user=user, thread_ts=thread_ts)
+        event: dict[str, Any] = {
+            "type": "message",
+            "user": user,
+            "text": text,
+            "ts": ts,
+            "team": self.slack.team_id,
+            "client_msg_id": str(uuid.uuid4()),
+            "channel": channel,
+            "event_ts": ts,
+            "channel_type": "im" if dm else "channel",
+        }
+        if thread_ts is not None:
+            event["thread_ts"] = thread_ts
+        events = [event]
+        if not dm:
+            events.append({k: v for k, v in event.items() if k != "channel_type"} | {"type": "app_mention"})
+        asked = Asked(qid, channel, ts, thread_ts if dm else (thread_ts or ts), time.monotonic())
+        self.tracker.add(asked)
+        sends = []
+        for payload in events:
+            event_id = f"Ev{uuid.uuid4().hex[:12].upper()}"
+            routes = router()
+            asked.routes.append(routes)
+            for attempt, route in enumerate(routes):
+                sends.append(self._deliver(payload, event_id, route, attempt))
+        asked.deliveries = list(await asyncio.gather(*sends))
+        return asked
+
+    async def _deliver(self, event: dict, event_id: str, route: Route, attempt: int) -> Delivery:
+        if attempt:
+            await asyncio.sleep(random.uniform(0, 0.02))  # a redelivery racing the first one
+        # The route is fixed when deliver_event is called, so choosing it and calling must not
+        # be split by an await.
+        if route is None:
+            self.slack.use_socket()
+        else:
+            self.slack.use_http(route)
+        return await self.slack.deliver_event(event, event_id=event_id, retry_num=attempt or None)
+
+    async def wait_answered(self, asked: Iterable[Asked], timeout: float) -> bool:  # noqa: ASYNC109
+        """Poll the call log until every question has its final answer, or `timeout` passes."""
+        pending = list(asked)
+        deadline = time.monotonic() + timeout
+        while True:
+            self.tracker.read()
+            pending = [a for a in pending if a.done_at is None]
+            if not pending:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+
+
+def summarize(tracker: Tracker, asked: list[Asked], ideal: float | None) -> dict[str, Any]:
+    """Per-question latencies as percentiles, with counts of what went wrong."""
+    tracker.read()
+    first_tokens = tracker.first_tokens()
+    first_acks = [a.deliveries[0] for a in asked if a.deliveries]
+    done = [a.done_at - a.sent_at for a in asked if a.done_at is not None]
+    result: dict[str, Any] = {
+        "questions": len(asked),
+        "answered": len(done),
+        "ack": percentiles([d.elapsed for d in first_acks if d.acked]),
+        "deliveries_failed": sum(not d.acked for a in asked for d in a.deliveries),
+        "signal": percentiles([a.signal_at - a.sent_at for a in asked if a.signal_at is not None]),
+        "first_text": percentiles(
+            [
+                a.first_text_at - first_tokens[a.qid].first_content_at  # type: ignore[operator]
+                for a in asked
+                if a.first_text_at is not None and a.qid in first_tokens
+            ]
+        ),
+        "done": percentiles(done),
+        "model_time": percentiles(
+            [
+                timing.finished_at - timing.arrived_at
+                for qid, timing in first_tokens.items()
+                if timing.finished_at is not None and qid in tracker.asked
+            ]
+        ),
+        "streamed": sum(a.first_text_at is not None and not a.first_text_whole for a in asked),
+        "whole": sum(a.first_text_at is not None and a.first_text_whole for a in asked),
+        "answers_per_message": dict(Counter(len(a.answer_messages) for a in asked)),
+        "rate_limited": dict(tracker.rate_limited),
+        "slack_errors": dict(tracker.failed),
+        "other_posts": tracker.other_posts,
+        "slack_calls": dict(tracker.calls_made()),
+    }
+    if ideal:
+        result["ideal"] = ideal
+        done_pcts = result["done"].items()
+        result["done_over_ideal"] = {k: (v / ideal if v is not None else None) for k, v in done_pcts}
+    return result
+
+
+def out_of_order(threads: list[list[Asked]]) -> list[list[Asked]]:
+    """Threads where an answer appears before the answer to an earlier question of the thread."""
+    found = []
+    for thread in threads:
+        answered = [a for a in thread if a.answer_messages]
+        for earlier, later in itertools.pairwise(answered):
+            if min(Decimal(ts) for _, ts in later.answer_messages) < max(
+                Decimal(ts) for _, ts in earlier.answer_messages
+            ):
+                found.append(thread)
+                break
+    return found
+
+
+def describe_thread(thread: list[Asked], routes: list[Route]) -> list[dict[str, Any]]:
+    """One thread's questions in the order asked: when sent, where each event went, when answered.
+
+    (No sign time: a thread status says which thread is being answered, not which message.)"""
+    start = thread[0].sent_at
+    return [
+        {
+            "qid": a.qid,
+            "sent_s": round(a.sent_at - start, 3),
+            "events_to_process": [[routes.index(r) + 1 if r in routes else r for r in rs] for rs in a.routes],
+            "answered_s": None if a.done_at is None else round(a.done_at - start, 3),
+            "answer_ts": sorted(ts for _, ts in a.answer_messages),
+        }
+        for a in thread
+    ]
+
+
+def _question_id(messages: list[dict]) -> str | None:
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            found = QUESTION_ID.search(str(message.get("content") or ""))
+            return found.group(1) if found else None
+    return None
+
+
+def _strings(value: Any) -> Iterable[str]:
+    """Every string inside a call's arguments (text, markdown_text, blocks, chunks, …)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)

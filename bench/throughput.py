@@ -1,0 +1,139 @@
+"""Scenario 2: with an instant model, the highest rate of turns per second one process sustains with
+p99 done under a limit, found by a short bounded search, then confirmed over a longer run."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from typing import Any
+
+from bench.bots import BotProcess
+from bench.context import Context
+from bench.rig import Asked, Rig, summarize
+
+_probes = itertools.count(1)
+DRAIN_SECONDS = 10.0  # after the last question, how long answers may still take
+
+
+async def search(ctx: Context, rig: Rig, bot: BotProcess) -> dict[str, Any]:
+    """Double the offered rate while it holds, bisect twice, then confirm the best for the full time."""
+    settings = ctx.settings
+    rig.set_model(settings.throughput_model)
+    route = bot.events_url
+    low, high = settings.throughput_rates
+    probes: list[dict[str, Any]] = []
+
+    async def probe(rate: float, seconds: float) -> dict[str, Any]:
+        result = await ctx.measured(
+            f"throughput-{rate:g}-{seconds:g}s",
+            [bot],
+            lambda: sum(a.done_at is not None for a in rig.tracker.asked.values()),
+            _offer(ctx, rig, route, rate, seconds),
+        )
+        result["holds"] = _holds(result, settings.throughput_done_p99)
+        probes.append(result)
+        return result
+
+    best, failed = 0.0, None
+    rate = low
+    while rate <= high:
+        if not (await probe(rate, settings.throughput_probe_seconds))["holds"]:
+            failed = rate
+            break
+        best, rate = rate, rate * 2
+    if best and failed:
+        for _ in range(2):
+            middle = round((best + failed) / 2)
+            if (await probe(middle, settings.throughput_probe_seconds))["holds"]:
+                best = middle
+            else:
+                failed = middle
+    confirmed = None
+    for attempt in range(2):
+        if not best:
+            break
+        result = await probe(best, settings.throughput_seconds)
+        if result["holds"]:
+            confirmed = result
+            break
+        if attempt == 0:
+            best = round(best * 0.85)
+    held = [p for p in probes if p["holds"]]
+    return {
+        "done_p99_limit": settings.throughput_done_p99,
+        # When no full-length run held (a shared machine, say), the best short probe is a hint.
+        "best_probe_turns_per_second": max((p["achieved_turns_per_second"] for p in held), default=None),
+        "sustained_turns_per_second": confirmed["achieved_turns_per_second"] if confirmed else None,
+        "offered_turns_per_second": confirmed["offered_turns_per_second"] if confirmed else None,
+        "confirmed": confirmed,
+        "probes": [_brief(p) for p in probes],
+        "first_failing_rate": failed,
+    }
+
+
+async def _offer(ctx: Context, rig: Rig, route: str, rate: float, seconds: float) -> dict[str, Any]:
+    """Open loop: question i is sent at start + i/rate, whatever the bot is doing."""
+    tracker = rig.new_tracker()
+    probe = next(_probes)
+    count = max(1, int(rate * seconds))
+    users = ("U1", "U2", "U3", "U4")
+    tasks: list[asyncio.Task[Asked]] = []
+    started = time.monotonic()
+    for i in range(count):
+        delay = started + i / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(
+            asyncio.create_task(
+                rig.ask(f"CT{probe:02d}{i:06d}", router=lambda: [route], user=users[i % len(users)])
+            )
+        )
+    sending = time.monotonic() - started
+    asked = list(await asyncio.gather(*tasks))
+    complete = await rig.wait_answered(asked, DRAIN_SECONDS)
+    result = summarize(tracker, asked, None)
+    last_done = max((a.done_at for a in asked if a.done_at is not None), default=started)
+    answering = last_done - started
+    result |= {
+        "offered_turns_per_second": rate,
+        "seconds": seconds,
+        # Below the offered rate when the load generator could not send on time.
+        "sent_turns_per_second": count / sending if sending > 0 else None,
+        "achieved_turns_per_second": result["answered"] / answering if answering > 0 else None,
+        "timed_out": not complete,
+    }
+    return result
+
+
+def _holds(result: dict[str, Any], limit: float) -> bool:
+    p99 = result["done"]["p99"]
+    return (
+        not result["timed_out"]
+        and result["answered"] == result["questions"]
+        and result["deliveries_failed"] == 0
+        and p99 is not None
+        and p99 < limit
+    )
+
+
+def _brief(result: dict[str, Any]) -> dict[str, Any]:
+    keys = (
+        "offered_turns_per_second",
+        "sent_turns_per_second",
+        "achieved_turns_per_second",
+        "seconds",
+        "questions",
+        "answered",
+        "holds",
+        "done",
+        "ack",
+        "bot_cpu_ms_per_turn",
+        "redis_commands_per_turn",
+        "cpu_share",
+        "loadgen_busy",
+        "machine_shared",
+        "loadgen_loop_lag",
+        "profile",
+    )
+    return {k: result.get(k) for k in keys}

@@ -1,0 +1,55 @@
+"""The benchmark harness keeps working: its smoke run completes and writes well-formed results.
+
+Not a timed assertion: no figure is compared with a target here (`make bench` does that, on demand).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PERCENTILES = {"p50", "p95", "p99"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_bench_smoke_run_completes_with_well_formed_results(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Targets (issue 6)" in run.stdout
+
+    results = json.loads(out.read_text())
+    assert results["quick"] is True
+    assert results["machine"]["cores"] >= 1 and results["machine"]["python"]
+    assert results["settings"]["model"]["ideal"] > 0
+    scenarios = results["scenarios"]
+    assert set(scenarios) == {"concurrency", "baseline", "throughput", "memory", "replicas", "history_growth"}
+
+    swept = [run for run in scenarios["concurrency"] + scenarios["baseline"] if "skipped" not in run]
+    assert {run["name"] for run in swept} == {"bot", "baseline"}
+    for sweep in swept:
+        for step in sweep["steps"]:
+            assert step["answered"] == step["questions"] == step["c"]
+            for metric in ("ack", "signal", "first_text", "done", "done_over_ideal"):
+                assert set(step[metric]) == PERCENTILES and step[metric]["p99"] is not None
+            assert step["bot_peak_rss_mb"] > 0 and step["bot_cpu_ms_per_turn"] > 0
+
+    assert scenarios["throughput"]["probes"] and scenarios["memory"]["peak_rss_mb"] > 0
+    for load in scenarios["replicas"]["loads"]:
+        assert load["answers_per_message"] == {"1": load["questions"]} or load["answers_per_message"] == {
+            1: load["questions"]
+        }
+        assert load["out_of_order"] == 0
+    assert all({"target", "figure", "verdict"} <= set(t) for t in results["targets"])
