@@ -75,11 +75,11 @@ def slack_tiers_available(slack: SlackEmulator) -> bool:
 
     The one place to adapt when the emulator gains them (the streaming issue adds them).
     """
-    return callable(getattr(slack, "enable_rate_limits", None))
+    return callable(getattr(slack, "enforce_rate_limits", None))
 
 
 def enable_slack_tiers(slack: SlackEmulator) -> None:
-    slack.enable_rate_limits()  # type: ignore[attr-defined]
+    slack.enforce_rate_limits(time_scale=1.0)  # Slack's published tiers, in real time
 
 
 @dataclass

@@ -136,9 +136,13 @@ def load_encoding(name: str) -> tiktoken.Encoding:
         if line:
             token, rank = line.split()
             ranks[base64.b64decode(token)] = int(rank)
-    return tiktoken.Encoding(
+    encoding = tiktoken.Encoding(
         name, pat_str=spec.pat_str, mergeable_ranks=ranks, special_tokens=spec.special_tokens
     )
+    # The BPE core keeps its own copy of the ranks; tiktoken keeps the Python dict only for
+    # pickling, which the bot never does. Dropping it saves ~30 MB per process.
+    encoding._mergeable_ranks = {}
+    return encoding
 
 
 class TokenCounter:
