@@ -59,7 +59,8 @@ class Settings:
             tiers=True,
             throughput_model=ModelShape(0.0, 0.0, answer_chars=200, chunk_chars=50),
             throughput_seconds=30.0,
-            throughput_probe_seconds=5.0,
+            # Long enough for a backlog to show: 5 s probes held at rates that 30 s runs did not.
+            throughput_probe_seconds=10.0,
             throughput_rates=(50.0, 800.0),
             throughput_done_p99=1.0,
             replicas=3,

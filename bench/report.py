@@ -214,6 +214,7 @@ def render(results: dict[str, Any]) -> str:
         + ("smoke (BENCH_QUICK: small C, short model; not figures to quote)" if results["quick"] else "full"),
         f"model: {_model(results['settings']['model'])}; throughput model: "
         f"{_model(results['settings']['throughput_model'])}",
+        _settings(results["settings"]),
     ]
     runs = scenarios.get("concurrency", []) + scenarios.get("baseline", [])
     if runs:
@@ -354,3 +355,19 @@ def _profiles(scenarios: dict[str, Any]) -> list[str]:
         lines.append(f"    in stack: {shares}")
         lines += [f"    {f['share']:5.1%}  {f['function']}" for f in profile["top_own"][:6]]
     return ["", "Profiles (py-spy; share of samples)", *lines] if lines else []
+
+
+def _settings(settings: dict[str, Any]) -> str:
+    def listed(key: str) -> str:
+        return ", ".join(map(str, settings[key]))
+
+    return (
+        f"settings: C {listed('sweep')} in {' and '.join(settings['sweep_modes'])} mode; "
+        f"tiers run {'on' if settings['tiers'] else 'off'}; "
+        f"throughput probes {settings['throughput_probe_seconds']:g} s, "
+        f"held {settings['throughput_seconds']:g} s, p99 done < {settings['throughput_done_p99']:g} s; "
+        f"{settings['replicas']} replicas, threads {listed('replica_threads')} "
+        f"of {settings['replica_messages']} questions {settings['replica_gap']:g} s apart, "
+        f"{settings['redelivery']:.0%} redelivered; "
+        f"baseline C {listed('baseline_sweep')}, cap {settings['baseline_cap']:g} s a step"
+    )

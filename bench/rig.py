@@ -32,6 +32,7 @@ ANSWER_END = re.compile(r"END(q\d{5,})")
 # Methods that put answer text in front of the user, and those that open a message of it.
 TEXT_METHODS = {"chat.postMessage", "chat.update", "chat.startStream", "chat.appendStream", "chat.stopStream"}
 OPENING_METHODS = {"chat.postMessage", "chat.startStream"}
+CONTENT_ARGS = ("text", "markdown_text", "blocks", "attachments", "chunks")
 FILLER = (
     "Check the settings page first, then restart the sync agent and try the export again. "
     "If the error persists, collect the log file and open a ticket with its request id. "
@@ -151,7 +152,7 @@ class Tracker:
         message = (channel, ts)
         if method == "chat.startStream":
             self._streaming.add(message)
-        text = " ".join(_strings(args))
+        text = " ".join(_strings([args[k] for k in CONTENT_ARGS if k in args]))
         starts, ends = set(ANSWER_START.findall(text)), set(ANSWER_END.findall(text))
         for qid in starts | ends:
             asked = self.asked.get(qid)
@@ -171,7 +172,8 @@ class Tracker:
         owner = self._owner.get(message)
         if method == "chat.stopStream" and owner is not None and owner.end_at is not None:
             owner.done_at = owner.done_at or at
-        if owner is None and method in OPENING_METHODS:
+        # A stream opens empty; a message with words but no answer in it is a notice.
+        if owner is None and method in OPENING_METHODS and text.strip():
             self.other_posts += 1
 
     @staticmethod
@@ -402,7 +404,7 @@ def _question_id(messages: list[dict]) -> str | None:
 
 
 def _strings(value: Any) -> Iterable[str]:
-    """Every string inside a call's arguments (text, markdown_text, blocks, chunks, …)."""
+    """Every string inside a value: a call's text, or its blocks, attachments and chunks."""
     if isinstance(value, str):
         yield value
     elif isinstance(value, dict):

@@ -1,0 +1,78 @@
+"""The benchmark's reading of Slack's call log: when an answer first showed and when it was final,
+whichever way delivery posts it (one message, a message then updates, or Slack's streaming API)."""
+
+from __future__ import annotations
+
+from bench.rig import Asked, Tracker
+from tests.emulators.openai_api import OpenAIEmulator
+from tests.emulators.slack import ApiCall, SlackEmulator
+
+
+def tracked(*questions: str) -> tuple[SlackEmulator, Tracker, dict[str, Asked]]:
+    slack = SlackEmulator()
+    tracker = Tracker(slack, OpenAIEmulator())
+    asked = {}
+    for index, qid in enumerate(questions):
+        ts = f"100.00000{index}"
+        asked[qid] = Asked(qid, f"C{index}", ts, ts, sent_at=0.0)
+        tracker.add(asked[qid])
+    return slack, tracker, asked
+
+
+def call(slack: SlackEmulator, at: float, method: str, posted: str | None = None, **args: object) -> None:
+    """One successful Web API call; `posted` is the ts of the message a posting method created."""
+    response = {"ok": True} | ({"ts": posted} if posted else {})
+    slack.calls.append(ApiCall(method, dict(args), "xoxb-test-token", response, 200, at))
+
+
+def test_one_message_is_first_text_and_done_at_once() -> None:
+    slack, tracker, asked = tracked("q00001")
+    call(slack, 0.1, "assistant.threads.setStatus", channel_id="C0", thread_ts="100.000000", status="…")
+    call(slack, 2.6, "chat.postMessage", posted="200.1", channel="C0", text="ANSq00001 the answer ENDq00001")
+    tracker.read()
+
+    answer = asked["q00001"]
+    assert (answer.signal_at, answer.first_text_at, answer.done_at) == (0.1, 2.6, 2.6)
+    assert answer.first_text_whole and answer.answer_messages == {("C0", "200.1")}
+
+
+def test_a_message_then_updates_is_done_at_the_update_that_completes_it() -> None:
+    slack, tracker, asked = tracked("q00002")
+    call(slack, 0.7, "chat.postMessage", posted="200.2", channel="C0", text="ANSq00002 the first")
+    call(slack, 1.7, "chat.update", channel="C0", ts="200.2", text="ANSq00002 the first words")
+    call(slack, 2.7, "chat.update", channel="C0", ts="200.2", text="ANSq00002 the first words ENDq00002")
+    tracker.read()
+
+    answer = asked["q00002"]
+    assert (answer.first_text_at, answer.done_at, answer.first_text_whole) == (0.7, 2.7, False)
+    assert answer.answer_messages == {("C0", "200.2")}
+
+
+def test_a_stream_is_done_when_it_is_stopped_after_its_last_words() -> None:
+    slack, tracker, asked = tracked("q00003")
+    call(slack, 0.5, "chat.startStream", posted="200.3", channel="C0", thread_ts="100.000000")
+    call(slack, 0.6, "chat.appendStream", channel="C0", ts="200.3", markdown_text="ANSq00003 the")
+    call(slack, 2.5, "chat.appendStream", channel="C0", ts="200.3", markdown_text=" rest ENDq00003")
+    tracker.read()
+    assert asked["q00003"].done_at is None  # still streaming: not final yet
+
+    call(slack, 2.6, "chat.stopStream", channel="C0", ts="200.3", blocks=[{"type": "context_actions"}])
+    tracker.read()
+
+    answer = asked["q00003"]
+    assert (answer.first_text_at, answer.done_at) == (0.6, 2.6)
+    assert not answer.first_text_whole and answer.answer_messages == {("C0", "200.3")}
+    assert tracker.other_posts == 0  # the stream opened empty; it is the answer, not a notice
+
+
+def test_rate_limited_and_failed_calls_are_counted_not_read() -> None:
+    slack, tracker, asked = tracked("q00004")
+    slack.calls.append(
+        ApiCall("chat.postMessage", {"channel": "C0", "text": "ANSq00004 ENDq00004"}, None,
+                {"ok": False, "error": "ratelimited"}, 429, 1.0)
+    )  # fmt: skip
+    call(slack, 1.2, "chat.postMessage", posted="200.4", channel="C0", text="Sorry, something went wrong.")
+    tracker.read()
+
+    assert tracker.rate_limited == {"chat.postMessage": 1}
+    assert asked["q00004"].first_text_at is None and tracker.other_posts == 1
