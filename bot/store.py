@@ -87,6 +87,14 @@ class IncomingMessage:
 
 
 @dataclass(frozen=True)
+class Queued:
+    """A message waiting in its thread's inbox, with its stored form (to remove exactly that)."""
+
+    message: IncomingMessage
+    raw: str
+
+
+@dataclass(frozen=True)
 class Turn:
     """One stored message of a conversation; an answer also keeps the tokens it cost."""
 
@@ -418,10 +426,12 @@ if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIRE', KEYS[2], ARGV[2]) en
 return removed
 """
 
-# KEYS: inbox, pending. ARGV: thread key. The thread leaves the pending set with its last message,
-# in one step with the pop, so a message accepted meanwhile is never left unlisted.
-_FINISH_HEAD = """
-redis.call('ZPOPMIN', KEYS[1])
+# KEYS: inbox, pending. ARGV: thread key, the finished message. It is removed by value, not as
+# the head: an earlier message may have arrived (late) while it was being answered. The thread
+# leaves the pending set with its last message, in one step, so a message accepted meanwhile is
+# never left unlisted.
+_FINISH = """
+redis.call('ZREM', KEYS[1], ARGV[2])
 if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[1]) end
 return 1
 """
@@ -525,7 +535,7 @@ class Store:
         self.conversation_ttl = max(1, int(conversation_ttl_days * DAY))
         # Renewed while held; expires this long after a holder dies, so no thread is blocked forever.
         self.lock_ttl_ms = max(100, int(lock_ttl_seconds * 1000))
-        self._finish_head = self.redis.register_script(_FINISH_HEAD)
+        self._finish = self.redis.register_script(_FINISH)
         self._rate = self.redis.register_script(_RATE)
         self._accept = self.redis.register_script(_ACCEPT)
         self._rewrite_turn = self.redis.register_script(_REWRITE_TURN)
@@ -575,14 +585,15 @@ class Store:
             raise StoreUnavailable(type(error).__name__) from None
         return bool(accepted)
 
-    async def next_in_inbox(self, key: ThreadKey) -> IncomingMessage | None:
+    async def next_in_inbox(self, key: ThreadKey) -> Queued | None:
+        """The thread's earliest waiting message (by Slack ts)."""
         head = await self.redis.zrange(Keys.inbox(key), 0, 0)
-        raw = head[0] if head else None
-        return IncomingMessage.from_json(raw) if raw else None
+        return Queued(IncomingMessage.from_json(head[0]), head[0]) if head else None
 
-    async def finish_inbox_head(self, key: ThreadKey) -> None:
-        """Drop the message at the head of the inbox once it has its outcome."""
-        await self._finish_head(keys=[Keys.inbox(key), Keys.PENDING], args=[str(key)])
+    async def finish(self, queued: Queued) -> None:
+        """Take a message off its thread's inbox once it has its outcome."""
+        key = queued.message.key
+        await self._finish(keys=[Keys.inbox(key), Keys.PENDING], args=[str(key), queued.raw])
 
     async def threads_waiting(self, idle_seconds: float, limit: int = 100) -> list[ThreadKey]:
         """Threads with queued messages that nobody has moved for `idle_seconds`: their worker

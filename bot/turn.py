@@ -113,6 +113,7 @@ class TurnRunner:
         self._tasks: set[asyncio.Task[None]] = set()
         self._working_on: set[ThreadKey] = set()
         self._recently_followed: OrderedDict[ThreadKey, None] = OrderedDict()
+        self._noticed: OrderedDict[tuple[str, str, str], None] = OrderedDict()
 
     # -- entry points ----------------------------------------------------------------------
 
@@ -126,7 +127,8 @@ class TurnRunner:
                 *_where(message),
                 error,
             )
-            if message.action != "record":
+            # A mention arrives twice (app_mention and message): one notice, not two.
+            if message.action != "record" and self._first_notice_for(message):
                 await self.delivery.post_notice(target_for(message), STORE_UNAVAILABLE)
             return
         if not accepted:
@@ -199,13 +201,13 @@ class TurnRunner:
                     return  # the holder (here or in another process) will reach our message
                 renewer = asyncio.create_task(self._keep_lock(key, token))
                 try:
-                    while (message := await self.store.next_in_inbox(key)) is not None:
+                    while (queued := await self.store.next_in_inbox(key)) is not None:
                         await self.store.touch_waiting(key)
                         try:
-                            await self._take_turn_safely(message)
+                            await self._take_turn_safely(queued.message)
                         except DeliveryDeferred:
-                            return  # left at the head of the inbox; recovery retries it later
-                        await self.store.finish_inbox_head(key)
+                            return  # left in the inbox; recovery retries it later
+                        await self.store.finish(queued)
                 finally:
                     renewer.cancel()
                     await self.store.release_lock(key, token)
@@ -497,6 +499,16 @@ class TurnRunner:
         name = await self.workspace.display_name(message.team, message.user)
         text = await self.workspace.readable(message.team, message.text, message.bot_user_id)
         return Turn(role="user", text=text, ts=message.ts, user=message.user, name=name)
+
+    def _first_notice_for(self, message: IncomingMessage) -> bool:
+        """Dedup without Redis, for the outage notice: this process's recent memory only."""
+        seen = (message.team, message.channel, message.ts)
+        if seen in self._noticed:
+            return False
+        self._noticed[seen] = None
+        while len(self._noticed) > FOLLOWED_MEMORY:
+            self._noticed.popitem(last=False)
+        return True
 
     def _remember_followed(self, key: ThreadKey) -> None:
         self._recently_followed[key] = None

@@ -55,6 +55,11 @@ async def test_message_during_a_redis_outage_gets_a_reply_and_the_bot_recovers_b
     await slack.post_user_message(CHANNEL, "still red", thread_ts=root)
     replies = await slack.wait_for_bot_messages(CHANNEL, root, count=2)
     assert replies[-1]["text"] == STORE_UNAVAILABLE
+    # A new mention arrives twice (app_mention and message): one notice, not two.
+    mention = await slack.post_user_message(CHANNEL, f"<@{BOT}> anyone?")
+    [notice] = await slack.wait_for_bot_messages(CHANNEL, mention, count=1)
+    await asyncio.sleep(0.3)
+    assert notice["text"] == STORE_UNAVAILABLE and len(slack.bot_messages(CHANNEL, mention)) == 1
     assert dm and len(llm.requests) == 1
 
     own_redis.start()  # same port, same append-only file
