@@ -237,6 +237,11 @@ class Rig:
             "HOST": "127.0.0.1",
             "PORT": str(port),
             "LOG_LEVEL": "INFO",
+            # The load comes from four user ids in a handful of channels; at the per-person
+            # abuse limits (10 a minute) all but 40 questions would get the polite refusal.
+            "RATE_LIMIT_USER_PER_MINUTE": "1000000",
+            "RATE_LIMIT_USER_PER_DAY": "1000000",
+            "RATE_LIMIT_CHANNEL_PER_MINUTE": "1000000",
         }
         if mode == "socket":
             env["SLACK_APP_TOKEN"] = self.slack.app_token

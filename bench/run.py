@@ -170,7 +170,7 @@ def _memory(runs: list[dict[str, Any]], settings: Settings) -> dict[str, Any]:
 
 
 def _history_growth() -> dict[str, Any]:
-    """Scenario 3 is bench/history_growth.py's `main()`, written on another branch; run it if present."""
+    """Scenario 3 is bench/history_growth.py's `main()`; it prints its own table."""
     try:
         module = importlib.import_module("bench.history_growth")
     except ModuleNotFoundError as error:
@@ -178,7 +178,7 @@ def _history_growth() -> dict[str, Any]:
             raise
         return {"skipped": "absent: bench/history_growth.py (with a main()) is not on this branch yet"}
     try:
-        outcome = module.main()
+        outcome = module.main([])  # its own defaults, not the harness's command line
         if inspect.isawaitable(outcome):
             outcome = asyncio.run(outcome)  # type: ignore[arg-type]
     except SystemExit as exit_:
