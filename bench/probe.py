@@ -1,0 +1,120 @@
+"""`python -m bench.probe`: one quick load step against one bot, for working on the bot's CPU cost.
+
+Offers questions at a fixed rate (open loop, each in its own thread) for a few seconds and prints
+the bot's CPU per turn, Redis commands per turn and the done percentiles. With `--profile` it
+samples the bot with py-spy and prints where the CPU went. Not a benchmark of record: `make bench`
+is; this is the short loop for trying a change.
+
+python -m bench.probe --model stream --rate 40 --seconds 10
+python -m bench.probe --model instant --rate 100 --profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from bench import throughput
+from bench.bots import BOT_APP, BotProcess, free_port
+from bench.context import Context, Settings
+from bench.rig import ModelShape, Rig
+from tests.redis_server import RedisServer
+
+MODELS = {
+    "instant": ModelShape(0.0, 0.0, answer_chars=200, chunk_chars=50),
+    # The concurrency sweep's model: 25 chunks over 2 s after 0.5 s.
+    "stream": ModelShape(first_token_seconds=0.5, stream_seconds=2.0, answer_chars=400, chunk_chars=16),
+}
+
+
+async def probe(args: argparse.Namespace) -> dict:
+    workdir = Path(tempfile.mkdtemp(prefix="bench-probe-"))
+    redis_server = RedisServer(workdir / "redis", appendonly=False)
+    redis_server.start()
+    profile_dir = workdir if args.profile else None
+    ctx = Context(Settings.full(), redis_server.url, workdir, profile_dir, quiet_budget=10.0)
+    rig = Rig(MODELS[args.model])
+    await rig.start()
+    try:
+        port = free_port()
+        bot = BotProcess("probe", BOT_APP, rig.bot_env(ctx.redis_url, port, "http"), port, workdir)
+        await bot.start(ready="health")
+        try:
+            await asyncio.sleep(0.5)
+            idle_rss = bot.sample().rss_bytes / 2**20
+            commands_before = await _command_counts(ctx.redis_url)
+            result = await ctx.measured(
+                "probe",
+                [bot],
+                lambda: sum(a.done_at is not None for a in rig.tracker.asked.values()),
+                throughput._offer(ctx, rig, bot.events_url, args.rate, args.seconds),
+            )
+            result["idle_rss_mb"] = idle_rss
+            after = await _command_counts(ctx.redis_url)
+            turns = max(1, result["answered"])
+            result["redis_commands"] = {
+                name: round((count - commands_before.get(name, 0)) / turns, 2)
+                for name, count in sorted(after.items(), key=lambda kv: -kv[1])
+                if count > commands_before.get(name, 0)
+            }
+        finally:
+            await bot.stop()
+    finally:
+        await rig.stop()
+        redis_server.stop()
+    return result
+
+
+async def _command_counts(url: str) -> dict[str, int]:
+    """Redis's calls per command so far (commands inside scripts included)."""
+    client = aioredis.Redis.from_url(url)
+    try:
+        stats = await client.info("commandstats")
+    finally:
+        await client.aclose()
+    return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.probe", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(MODELS), default="instant")
+    parser.add_argument("--rate", type=float, default=50.0, help="questions offered per second")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--profile", action="store_true", help="sample the bot with py-spy")
+    parser.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    args = parser.parse_args()
+    result = asyncio.run(probe(args))
+    if args.json:
+        json.dump(result, sys.stdout, indent=1, default=str)
+        print()
+        return 0
+    done = result["done"]
+    print(
+        f"model={args.model} offered={args.rate:g}/s for {args.seconds:g}s "
+        f"answered={result['answered']}/{result['questions']} "
+        f"achieved={result['achieved_turns_per_second'] or 0:.1f}/s"
+    )
+    print(
+        f"bot CPU {result['bot_cpu_ms_per_turn'] or 0:.2f} ms/turn, "
+        f"bot {result['cpu_share']['bot']:.0%} of a core, "
+        f"redis cmds/turn {result['redis_commands_per_turn'] or 0:.1f}, "
+        f"other {result['cpu_share']['other']:.0%}"
+    )
+    print(
+        f"done p50/p95/p99 ms {done['p50'] * 1000:.0f}/{done['p95'] * 1000:.0f}/{done['p99'] * 1000:.0f}; "
+        f"RSS idle {result['idle_rss_mb']:.0f} MB, peak {result['bot_peak_rss_mb']:.0f} MB"
+    )
+    print("redis commands per turn:", ", ".join(f"{k} {v:g}" for k, v in result["redis_commands"].items()))
+    if profile := result.get("profile"):
+        print(json.dumps(profile, indent=1, default=str)[:6000])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
