@@ -87,24 +87,28 @@ def ts_order(ts: str) -> Decimal:
 class TailReader:
     """A conversation's turns, newest first, read from the store in growing pages."""
 
-    def __init__(self, store: Store, key: ThreadKey) -> None:
+    def __init__(self, store: Store, key: ThreadKey, first_page: list[Turn] | None = None) -> None:
         self.store = store
         self.key = key
         self.read = 0
         self._page: list[Turn] = []
         self._size = FIRST_PAGE
         self._at_start = False
+        if first_page is not None:  # read already, along with something else
+            self._take(first_page)
+
+    def _take(self, page: list[Turn]) -> None:
+        self.read += len(page)
+        self._at_start = len(page) < self._size
+        self._size = min(self._size * 2, LARGEST_PAGE)
+        self._page = page
 
     async def next(self) -> Turn | None:
         if not self._page:
             if self._at_start:
                 return None
-            page = await self.store.tail(self.key, self.read, self._size)
-            self.read += len(page)
-            self._at_start = len(page) < self._size
-            self._size = min(self._size * 2, LARGEST_PAGE)
-            self._page = page
-            if not page:
+            self._take(await self.store.tail(self.key, self.read, self._size))
+            if not self._page:
                 return None
         return self._page.pop()
 
@@ -132,9 +136,9 @@ class ContextBuilder:
     async def prompt_for(self, key: ThreadKey) -> Prompt:
         """System prompt, summary, and the newest turns that fit; the newest turn (the question
         being answered) is always in, cut to fit if it alone is too long."""
-        summary = await self.store.summary(key)
+        summary, first_page = await self.store.summary_and_tail(key, FIRST_PAGE)
         covered = ts_order(summary.upto) if summary.upto else None
-        tail = TailReader(self.store, key)
+        tail = TailReader(self.store, key, first_page)
         newest = await tail.next()
         asker = author(newest) if newest is not None and newest.role == "user" else None
         summary_text = self.counter.truncate(summary.text, self.budget.summary) if summary.text else None

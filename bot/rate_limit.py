@@ -141,9 +141,9 @@ class SlackBudget:
         except (RedisError, OSError):
             pass  # it expires on its own
 
-    async def leave(self, team: str, method: str, writer: str) -> None:
+    async def leave(self, team: str, methods: tuple[str, ...], writer: str) -> None:
         try:
-            await self.store.leave_rate(self.bucket(team, method), writer)
+            await self.store.leave_rate([self.bucket(team, method) for method in methods], writer)
         except (RedisError, OSError):
             pass
 

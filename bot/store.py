@@ -426,14 +426,36 @@ if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIRE', KEYS[2], ARGV[2]) en
 return removed
 """
 
-# KEYS: inbox, pending. ARGV: thread key, the finished message. It is removed by value, not as
-# the head: an earlier message may have arrived (late) while it was being answered. The thread
-# leaves the pending set with its last message, in one step, so a message accepted meanwhile is
-# never left unlisted.
+# KEYS: lock, inbox, pending. ARGV: token, lock ttl ms, thread key, now. Takes the thread's lock
+# and returns its earliest waiting message, marking the thread as being worked on. Returns
+# false when another worker holds the lock; an empty inbox releases the lock at once and returns
+# '' (nothing to do). One round trip instead of four.
+_TAKE = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
+local head = redis.call('ZRANGE', KEYS[2], 0, 0)
+if not head[1] then
+  redis.call('DEL', KEYS[1])
+  return ''
+end
+redis.call('ZADD', KEYS[3], 'XX', ARGV[4], ARGV[3])
+return head[1]
+"""
+
+# KEYS: inbox, pending, lock. ARGV: thread key, the finished message, lock token, now. The
+# message is removed by value, not as the head: an earlier message may have arrived (late) while
+# it was being answered. Returns the next waiting message (the lock is kept for it), or '' when
+# the inbox is empty: then the thread leaves the pending set and the lock is released in the same
+# step, so a message accepted a moment later finds the lock free and is never left unworked.
 _FINISH = """
 redis.call('ZREM', KEYS[1], ARGV[2])
-if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[1]) end
-return 1
+local head = redis.call('ZRANGE', KEYS[1], 0, 0)
+if head[1] then
+  redis.call('ZADD', KEYS[2], 'XX', ARGV[4], ARGV[1])
+  return head[1]
+end
+redis.call('ZREM', KEYS[2], ARGV[1])
+if redis.call('GET', KEYS[3]) == ARGV[3] then redis.call('DEL', KEYS[3]) end
+return ''
 """
 
 # KEYS: one counter per limit. ARGV: limit_1, window_1, limit_2, window_2, ...
@@ -535,6 +557,7 @@ class Store:
         self.conversation_ttl = max(1, int(conversation_ttl_days * DAY))
         # Renewed while held; expires this long after a holder dies, so no thread is blocked forever.
         self.lock_ttl_ms = max(100, int(lock_ttl_seconds * 1000))
+        self._take = self.redis.register_script(_TAKE)
         self._finish = self.redis.register_script(_FINISH)
         self._rate = self.redis.register_script(_RATE)
         self._accept = self.redis.register_script(_ACCEPT)
@@ -585,15 +608,29 @@ class Store:
             raise StoreUnavailable(type(error).__name__) from None
         return bool(accepted)
 
-    async def next_in_inbox(self, key: ThreadKey) -> Queued | None:
-        """The thread's earliest waiting message (by Slack ts)."""
-        head = await self.redis.zrange(Keys.inbox(key), 0, 0)
-        return Queued(IncomingMessage.from_json(head[0]), head[0]) if head else None
+    async def take_thread(self, key: ThreadKey, token: str) -> Queued | Literal[False] | None:
+        """Lock the thread for `token` and return its earliest waiting message (by Slack ts).
 
-    async def finish(self, queued: Queued) -> None:
-        """Take a message off its thread's inbox once it has its outcome."""
+        False: another worker holds the lock (it will reach the inbox's messages). None: nothing
+        is waiting (the lock is released again).
+        """
+        head = await self._take(
+            keys=[Keys.lock(key), Keys.inbox(key), Keys.PENDING],
+            args=[token, self.lock_ttl_ms, str(key), time.time()],
+        )
+        if head is None:
+            return False
+        return Queued(IncomingMessage.from_json(head), head) if head else None
+
+    async def finish(self, queued: Queued, token: str) -> Queued | None:
+        """Take a message off its thread's inbox once it has its outcome; return the next one
+        (still under the lock), or None once the inbox is empty (the lock is released)."""
         key = queued.message.key
-        await self._finish(keys=[Keys.inbox(key), Keys.PENDING], args=[str(key), queued.raw])
+        head = await self._finish(
+            keys=[Keys.inbox(key), Keys.PENDING, Keys.lock(key)],
+            args=[str(key), queued.raw, token, time.time()],
+        )
+        return Queued(IncomingMessage.from_json(head), head) if head else None
 
     async def threads_waiting(self, idle_seconds: float, limit: int = 100) -> list[ThreadKey]:
         """Threads with queued messages that nobody has moved for `idle_seconds`: their worker
@@ -603,22 +640,24 @@ class Store:
         )
         return [ThreadKey.parse(item) for item in raw]
 
-    async def touch_waiting(self, key: ThreadKey) -> None:
-        """Note that a thread's queue is being worked on (or will be retried from now)."""
-        await self.redis.zadd(Keys.PENDING, {str(key): time.time()}, xx=True)
-
     # -- the turn journal ------------------------------------------------------------------
 
     async def journal(self, message: IncomingMessage) -> TurnRecord:
         raw = await self.redis.hgetall(Keys.journal(message.team, message.channel, message.ts))
         return TurnRecord.from_hash(raw)
 
-    async def record_progress(self, message: IncomingMessage, **fields: str | int | None) -> None:
-        """Write where a turn got to; None clears a field."""
+    async def record_progress(
+        self, message: IncomingMessage, *, turns: tuple[Turn, ...] = (), **fields: str | int | None
+    ) -> None:
+        """Write where a turn got to (None clears a field), and append to the conversation the
+        `turns` that step produced, all in one transaction: the journal never says a turn was
+        stored when it was not, nor the other way round."""
         key = Keys.journal(message.team, message.channel, message.ts)
         updates = {name: str(value) for name, value in fields.items() if value is not None}
         cleared = [name for name, value in fields.items() if value is None]
         async with self.redis.pipeline(transaction=True) as pipe:
+            if turns:
+                self._queue_append(pipe, message.key, turns)
             if updates:
                 pipe.hset(key, mapping=updates)
             if cleared:
@@ -645,13 +684,7 @@ class Store:
         except (RedisError, OSError) as error:
             raise StoreUnavailable(type(error).__name__) from None
 
-    async def inbox_size(self, key: ThreadKey) -> int:
-        return int(await self.redis.zcard(Keys.inbox(key)))
-
-    # -- per-thread lock -------------------------------------------------------------------
-
-    async def acquire_lock(self, key: ThreadKey, token: str) -> bool:
-        return bool(await self.redis.set(Keys.lock(key), token, nx=True, px=self.lock_ttl_ms))
+    # -- per-thread lock (taken by `take_thread`, handed on by `finish`) --------------------
 
     async def renew_lock(self, key: ThreadKey, token: str) -> bool:
         return bool(await self._renew_lock(keys=[Keys.lock(key)], args=[token, self.lock_ttl_ms]))
@@ -685,12 +718,15 @@ class Store:
 
     async def append_turns(self, key: ThreadKey, *turns: Turn) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(Keys.turns(key), *(turn.to_json() for turn in turns))
-            pipe.expire(Keys.turns(key), self.conversation_ttl)
-            pipe.hset(Keys.meta(key), "updated", int(time.time()))
-            pipe.expire(Keys.meta(key), self.conversation_ttl)
-            self._index_people(pipe, key, turns)
+            self._queue_append(pipe, key, turns)
             await pipe.execute()
+
+    def _queue_append(self, pipe: Any, key: ThreadKey, turns: tuple[Turn, ...]) -> None:
+        pipe.rpush(Keys.turns(key), *(turn.to_json() for turn in turns))
+        pipe.expire(Keys.turns(key), self.conversation_ttl)
+        pipe.hset(Keys.meta(key), "updated", int(time.time()))
+        pipe.expire(Keys.meta(key), self.conversation_ttl)
+        self._index_people(pipe, key, turns)
 
     async def prepend_history(self, key: ThreadKey, turns: list[Turn]) -> None:
         """Put earlier thread messages (read from Slack) before what is stored; mark it read."""
@@ -721,6 +757,14 @@ class Store:
     async def summary(self, key: ThreadKey) -> SummaryState:
         text, upto, epoch = await self.redis.hmget(Keys.meta(key), "summary", "summary_upto", "epoch")
         return SummaryState(text or None, upto or None, epoch or "0")
+
+    async def summary_and_tail(self, key: ThreadKey, count: int) -> tuple[SummaryState, list[Turn]]:
+        """The rolling summary and the newest `count` turns (oldest first), in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(Keys.meta(key), "summary", "summary_upto", "epoch")
+            pipe.lrange(Keys.turns(key), -count, -1)
+            (text, upto, epoch), raw = await pipe.execute()
+        return SummaryState(text or None, upto or None, epoch or "0"), [Turn.from_json(item) for item in raw]
 
     async def stored_ts(self, key: ThreadKey) -> set[str]:
         return {Turn.from_json(item).ts for item in await self.redis.lrange(Keys.turns(key), 0, -1)}
@@ -896,8 +940,12 @@ class Store:
         if await self.redis.pttl(key) < milliseconds:
             await self.redis.set(key, "1", px=milliseconds)
 
-    async def leave_rate(self, bucket: RateBucket, writer: str) -> None:
-        await self.redis.zrem(Keys.rate_active(bucket.name), writer)
+    async def leave_rate(self, buckets: Iterable[RateBucket], writer: str) -> None:
+        """An answer stops writing: it no longer takes a share of these buckets."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for bucket in buckets:
+                pipe.zrem(Keys.rate_active(bucket.name), writer)
+            await pipe.execute()
 
     # -- for the admin command line -------------------------------------------------------
 

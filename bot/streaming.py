@@ -415,8 +415,7 @@ class Reply:
                 await asyncio.sleep(busy.retry_in)
 
     async def _leave(self) -> None:
-        for method in ("chat.appendStream", "chat.update"):
-            await self.budget.leave(self.target.team, method, self._writer)
+        await self.budget.leave(self.target.team, ("chat.appendStream", "chat.update"), self._writer)
 
 
 def _content(text: str, feedback: str | None) -> dict[str, Any]:

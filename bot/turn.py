@@ -29,7 +29,7 @@ from bot.breaker import CircuitBreaker
 from bot.context import ContextBuilder
 from bot.delivery import Delivery, DeliveryError, Ending, Reply, Target, target_for
 from bot.llm import UNAVAILABLE, Answer, ChatMessage, ChatModel, LLMError
-from bot.store import IncomingMessage, Store, StoreUnavailable, ThreadKey, Turn, TurnRecord
+from bot.store import IncomingMessage, Queued, Store, StoreUnavailable, ThreadKey, Turn, TurnRecord
 from bot.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,7 @@ class TurnRunner:
         self._llm_slots = asyncio.Semaphore(max_concurrent_turns)
         self._tasks: set[asyncio.Task[None]] = set()
         self._working_on: set[ThreadKey] = set()
+        self._poked: set[ThreadKey] = set()
         self._recently_followed: OrderedDict[ThreadKey, None] = OrderedDict()
         self._noticed: OrderedDict[tuple[str, str, str], None] = OrderedDict()
 
@@ -159,7 +160,9 @@ class TurnRunner:
         await self.store.edit_user_message(key, ts, readable)
 
     def start_work(self, key: ThreadKey) -> None:
-        if key not in self._working_on:
+        if key in self._working_on:
+            self._poked.add(key)  # the worker looks again before it stops
+        else:
             self._spawn(self.work_through(key))
 
     async def recover(self, idle_seconds: float) -> int:
@@ -196,26 +199,37 @@ class TurnRunner:
         self._working_on.add(key)
         try:
             while True:
+                self._poked.discard(key)
                 token = uuid.uuid4().hex
-                if not await self.store.acquire_lock(key, token):
+                queued = await self.store.take_thread(key, token)
+                if queued is False:
                     return  # the holder (here or in another process) will reach our message
-                renewer = asyncio.create_task(self._keep_lock(key, token))
-                try:
-                    while (queued := await self.store.next_in_inbox(key)) is not None:
-                        await self.store.touch_waiting(key)
-                        try:
-                            await self._take_turn_safely(queued.message)
-                        except DeliveryDeferred:
-                            return  # left in the inbox; recovery retries it later
-                        await self.store.finish(queued)
-                finally:
-                    renewer.cancel()
-                    await self.store.release_lock(key, token)
-                # A message queued between our last look and the release found the lock held.
-                if await self.store.inbox_size(key) == 0:
+                if queued is not None:
+                    await self._work_locked(queued, token)
+                # A message accepted here while we were finishing found us still at work.
+                if key not in self._poked:
                     return
         finally:
             self._working_on.discard(key)
+
+    async def _work_locked(self, queued: Queued, token: str) -> None:
+        """Work through the inbox from `queued` on; `finish` hands the lock back when it is empty."""
+        key = queued.message.key
+        renewer = asyncio.create_task(self._keep_lock(key, token))
+        holding = True
+        try:
+            next_up: Queued | None = queued
+            while next_up is not None:
+                try:
+                    await self._take_turn_safely(next_up.message)
+                except DeliveryDeferred:
+                    return  # left in the inbox; recovery retries it later
+                next_up = await self.store.finish(next_up, token)
+                holding = next_up is not None  # an empty inbox: finish released the lock
+        finally:
+            renewer.cancel()
+            if holding:
+                await self.store.release_lock(key, token)
 
     async def _keep_lock(self, key: ThreadKey, token: str) -> None:
         while True:
@@ -254,6 +268,7 @@ class TurnRunner:
             log.info("turn team=%s channel=%s thread=%s user=%s outcome=reset", *_where(message))
         elif message.action == "forget":
             forgotten = await self.store.forget_user(message.team, message.user)
+            self.workspace.forget_name(message.team, message.user)
             await self.delivery.post_notice(target_for(message), FORGOTTEN.format(**asdict(forgotten)))
             await self.store.record_progress(message, state="answered")
             log.info(
@@ -263,8 +278,8 @@ class TurnRunner:
                 forgotten.conversations,
             )
         elif message.action == "record":
-            await self._store_user_turn(message, record)
-            await self.store.record_progress(message, state="answered")
+            said = () if record.user_turn_stored else (await self._user_turn(message),)
+            await self.store.record_progress(message, turns=said, user_turn_stored=1, state="answered")
         elif (refusal := await self._refusal(message)) is not None:
             await self.delivery.post_notice(target_for(message), refusal)
             await self.store.record_progress(message, state="noted")
@@ -322,13 +337,16 @@ class TurnRunner:
         started = time.monotonic()
         target = target_for(message)
         sign = await self.delivery.show_thinking(target)
-        await self.store.record_progress(message, state="working", sign=sign.kind)
         answer: Answer | None = None
         outcome = "answered"
         answered = False
         try:
+            # The question joins the conversation in the same step that marks the turn begun.
+            question = () if record.user_turn_stored else (await self._user_turn(message),)
+            await self.store.record_progress(
+                message, turns=question, state="working", sign=sign.kind, user_turn_stored=1
+            )
             await self._read_earlier_thread(message)
-            await self._store_user_turn(message, record)
             prompt = await self.context.prompt_for(message.key)
             reply = self._reply(message, target)
             answer, ending = await self._ask_model(prompt.messages, reply)
@@ -444,27 +462,21 @@ class TurnRunner:
         if not posted:
             await self.store.record_progress(message, state="answered", answer=None)
             return posted
-        # Done first: should we die right here, the answer is not repeated nor called interrupted.
-        await self.store.record_progress(message, state="answered", answer_ts=posted[0], answer=None)
-        await self.store.append_turns(
-            message.key,
-            Turn(
-                role="assistant",
-                text=text,
-                ts=posted[0],
-                prompt_tokens=answer.prompt_tokens if answer else None,
-                completion_tokens=answer.completion_tokens if answer else None,
-                finish_reason=answer.finish_reason if answer else None,
-                reply_to=message.ts,
-            ),
+        # Done and stored in one step: a crash cannot repeat the answer, call it interrupted, or
+        # leave it out of the conversation.
+        stored = Turn(
+            role="assistant",
+            text=text,
+            ts=posted[0],
+            prompt_tokens=answer.prompt_tokens if answer else None,
+            completion_tokens=answer.completion_tokens if answer else None,
+            finish_reason=answer.finish_reason if answer else None,
+            reply_to=message.ts,
+        )
+        await self.store.record_progress(
+            message, turns=(stored,), state="answered", answer_ts=posted[0], answer=None
         )
         return posted
-
-    async def _store_user_turn(self, message: IncomingMessage, record: TurnRecord) -> None:
-        if record.user_turn_stored:
-            return
-        await self.store.append_turns(message.key, await self._user_turn(message))
-        await self.store.record_progress(message, user_turn_stored=1)
 
     async def _read_earlier_thread(self, message: IncomingMessage) -> None:
         """A mention inside a thread the bot was not part of: read what came before, once."""

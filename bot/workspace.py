@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections import OrderedDict
 
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
@@ -13,17 +15,26 @@ from bot.store import Store, ThreadKey, Turn
 log = logging.getLogger(__name__)
 
 REPLIES_PAGE = 200
+# Names are also kept in this process for a while, which saves a Redis read on every turn. A
+# renamed person shows under the old name in new turns until it expires.
+NAME_MEMORY_SECONDS = 600
+NAME_MEMORY_SIZE = 10_000
 
 
 class Workspace:
     def __init__(self, client: AsyncWebClient, store: Store) -> None:
         self.client = client
         self.store = store
+        self._names: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
 
     async def display_name(self, team: str, user: str) -> str:
         """A person's Slack display name, looked up once and cached; their id if Slack won't say."""
+        remembered = self._names.get((team, user))
+        if remembered is not None and remembered[1] > time.monotonic():
+            return remembered[0]
         cached = await self.store.cached_name(team, user)
         if cached:
+            self._remember(team, user, cached)
             return cached
         try:
             response = await self.client.users_info(user=user)
@@ -40,7 +51,18 @@ class Workspace:
             or user
         )
         await self.store.cache_name(team, user, name)
+        self._remember(team, user, name)
         return name
+
+    def forget_name(self, team: str, user: str) -> None:
+        """`forget me`: this process's copy goes with the stored one."""
+        self._names.pop((team, user), None)
+
+    def _remember(self, team: str, user: str, name: str) -> None:
+        self._names[(team, user)] = (name, time.monotonic() + NAME_MEMORY_SECONDS)
+        self._names.move_to_end((team, user))
+        while len(self._names) > NAME_MEMORY_SIZE:
+            self._names.popitem(last=False)
 
     async def readable(self, team: str, text: str, bot_user_id: str) -> str:
         """A Slack message's text as the model should read it, people's mentions as their names."""
