@@ -115,11 +115,18 @@ class TurnRunner:
         self._poked: set[ThreadKey] = set()
         self._recently_followed: OrderedDict[ThreadKey, None] = OrderedDict()
         self._noticed: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        self._accepted: OrderedDict[tuple[str, str, str], None] = OrderedDict()  # this process's
 
     # -- entry points ----------------------------------------------------------------------
 
     async def accept(self, message: IncomingMessage) -> None:
         """Queue a message (once, however often Slack delivers it) and start working on its thread."""
+        seen = (message.team, message.channel, message.ts)
+        if seen in self._accepted:
+            # A mention comes twice (message and app_mention), mostly to the same process:
+            # known here, it needs no trip to Redis. Redis dedups across processes.
+            log.info("duplicate delivery ignored team=%s channel=%s ts=%s", *seen)
+            return
         try:
             accepted = await self.store.accept(message)
         except StoreUnavailable as error:
@@ -140,6 +147,7 @@ class TurnRunner:
                 message.ts,
             )
             return
+        self._remember(self._accepted, seen)
         self._remember_followed(message.key)
         self.start_work(message.key)
 
@@ -517,16 +525,18 @@ class TurnRunner:
         seen = (message.team, message.channel, message.ts)
         if seen in self._noticed:
             return False
-        self._noticed[seen] = None
-        while len(self._noticed) > FOLLOWED_MEMORY:
-            self._noticed.popitem(last=False)
+        self._remember(self._noticed, seen)
         return True
 
     def _remember_followed(self, key: ThreadKey) -> None:
-        self._recently_followed[key] = None
-        self._recently_followed.move_to_end(key)
-        while len(self._recently_followed) > FOLLOWED_MEMORY:
-            self._recently_followed.popitem(last=False)
+        self._remember(self._recently_followed, key)
+
+    @staticmethod
+    def _remember(memory: OrderedDict[Any, None], item: Any) -> None:
+        memory[item] = None
+        memory.move_to_end(item)
+        while len(memory) > FOLLOWED_MEMORY:
+            memory.popitem(last=False)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
