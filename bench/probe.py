@@ -7,6 +7,7 @@ is; this is the short loop for trying a change.
 
 python -m bench.probe --model stream --rate 40 --seconds 10
 python -m bench.probe --model instant --rate 100 --profile
+python -m bench.probe --model stream --burst 500
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from bench import throughput
+from bench import concurrency, throughput
 from bench.bots import BOT_APP, BotProcess, free_port
 from bench.context import Context, Settings
 from bench.rig import ModelShape, Rig
@@ -49,11 +50,16 @@ async def probe(args: argparse.Namespace) -> dict:
             await asyncio.sleep(0.5)
             idle_rss = bot.sample().rss_bytes / 2**20
             commands_before = await _command_counts(ctx.redis_url)
+            load = (
+                concurrency._fire(ctx, rig, args.burst, bot.events_url, dm=False, cap=None)
+                if args.burst
+                else throughput._offer(ctx, rig, bot.events_url, args.rate, args.seconds)
+            )
             result = await ctx.measured(
                 "probe",
                 [bot],
                 lambda: sum(a.done_at is not None for a in rig.tracker.asked.values()),
-                throughput._offer(ctx, rig, bot.events_url, args.rate, args.seconds),
+                load,
             )
             result["idle_rss_mb"] = idle_rss
             after = await _command_counts(ctx.redis_url)
@@ -81,11 +87,16 @@ async def _command_counts(url: str) -> dict[str, int]:
     return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
 
 
+def _ms(points: dict) -> str:
+    return "/".join(f"{(points[p] or 0) * 1000:.0f}" for p in ("p50", "p99"))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.probe", description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(MODELS), default="instant")
     parser.add_argument("--rate", type=float, default=50.0, help="questions offered per second")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--burst", type=int, default=0, help="instead: this many questions at once")
     parser.add_argument("--profile", action="store_true", help="sample the bot with py-spy")
     parser.add_argument("--json", action="store_true", help="print the whole result as JSON")
     args = parser.parse_args()
@@ -98,7 +109,7 @@ def main() -> int:
     print(
         f"model={args.model} offered={args.rate:g}/s for {args.seconds:g}s "
         f"answered={result['answered']}/{result['questions']} "
-        f"achieved={result['achieved_turns_per_second'] or 0:.1f}/s"
+        f"achieved={result.get('achieved_turns_per_second') or 0:.1f}/s"
     )
     print(
         f"bot CPU {result['bot_cpu_ms_per_turn'] or 0:.2f} ms/turn, "
@@ -106,6 +117,13 @@ def main() -> int:
         f"redis cmds/turn {result['redis_commands_per_turn'] or 0:.1f}, "
         f"other {result['cpu_share']['other']:.0%}"
     )
+    if args.burst:
+        print(
+            f"burst of {args.burst}: signal p50/p99 ms {_ms(result['signal'])}, "
+            f"first text {_ms(result['first_text'])}, "
+            f"done/ideal p99 {(result.get('done_over_ideal') or {}).get('p99') or 0:.2f}, "
+            f"streamed/whole {result['streamed']}/{result['whole']}"
+        )
     print(
         f"done p50/p95/p99 ms {done['p50'] * 1000:.0f}/{done['p95'] * 1000:.0f}/{done['p99'] * 1000:.0f}; "
         f"RSS idle {result['idle_rss_mb']:.0f} MB, peak {result['bot_peak_rss_mb']:.0f} MB"

@@ -8,6 +8,7 @@ scripts so that several bot processes sharing one Redis never see half of one.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import logging
@@ -84,6 +85,12 @@ class IncomingMessage:
     @classmethod
     def from_json(cls, raw: str | bytes) -> IncomingMessage:
         return cls(**json.loads(raw))
+
+
+class Accepted(enum.IntEnum):
+    DUPLICATE = 0  # seen before: nothing to do
+    QUEUED = 1  # behind other messages of its thread
+    FIRST = 2  # nothing else waiting in its thread: its turn comes at once
 
 
 @dataclass(frozen=True)
@@ -337,7 +344,7 @@ class Keys:
 # conversation ttl, follow (0/1), starts conversation (0/1), thread key, now, message ts.
 # The inbox is ordered by the message's Slack ts, not by arrival: Slack (and Socket Mode's
 # concurrent handling) may hand two quick messages over in either order.
-# Returns 1 when accepted, 0 for a duplicate.
+# Returns 0 for a duplicate, 1 when queued behind other messages, 2 when first in line.
 _ACCEPT = """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then return 0 end
 redis.call('ZADD', KEYS[2], ARGV[9], ARGV[1])
@@ -350,6 +357,7 @@ if ARGV[5] == '1' then
   if ARGV[6] == '1' then redis.call('HSETNX', KEYS[3], 'hydrated', '1') end
   redis.call('EXPIRE', KEYS[3], ARGV[4])
 end
+if redis.call('ZCARD', KEYS[2]) == 1 then return 2 end
 return 1
 """
 
@@ -579,8 +587,8 @@ class Store:
 
     # -- inbox and dedup -------------------------------------------------------------------
 
-    async def accept(self, message: IncomingMessage) -> bool:
-        """Queue a message for its thread unless it was seen before. False means a duplicate."""
+    async def accept(self, message: IncomingMessage) -> Accepted:
+        """Queue a message for its thread unless it was seen before."""
         key = message.key
         follow = message.action != "record"
         try:
@@ -606,7 +614,7 @@ class Store:
             )
         except (RedisError, OSError) as error:
             raise StoreUnavailable(type(error).__name__) from None
-        return bool(accepted)
+        return Accepted(int(accepted))
 
     async def take_thread(self, key: ThreadKey, token: str) -> Queued | Literal[False] | None:
         """Lock the thread for `token` and return its earliest waiting message (by Slack ts).

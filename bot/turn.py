@@ -27,9 +27,9 @@ from slack_sdk.errors import SlackApiError
 
 from bot.breaker import CircuitBreaker
 from bot.context import ContextBuilder
-from bot.delivery import Delivery, DeliveryError, Ending, Reply, Target, target_for
+from bot.delivery import Delivery, DeliveryError, Ending, Reply, Target, ThinkingSign, target_for
 from bot.llm import UNAVAILABLE, Answer, ChatMessage, ChatModel, LLMError
-from bot.store import IncomingMessage, Queued, Store, StoreUnavailable, ThreadKey, Turn, TurnRecord
+from bot.store import Accepted, IncomingMessage, Queued, Store, StoreUnavailable, ThreadKey, Turn, TurnRecord
 from bot.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -116,20 +116,24 @@ class TurnRunner:
         self._recently_followed: OrderedDict[ThreadKey, None] = OrderedDict()
         self._noticed: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         self._accepted: OrderedDict[tuple[str, str, str], None] = OrderedDict()  # this process's
+        # Thinking signs shown on arrival, until the message's turn takes them over.
+        self._early_signs: OrderedDict[tuple[str, str, str], asyncio.Task[ThinkingSign]] = OrderedDict()
 
     # -- entry points ----------------------------------------------------------------------
 
     async def accept(self, message: IncomingMessage) -> None:
         """Queue a message (once, however often Slack delivers it) and start working on its thread."""
-        seen = (message.team, message.channel, message.ts)
+        seen = _seen(message)
         if seen in self._accepted:
             # A mention comes twice (message and app_mention), mostly to the same process:
             # known here, it needs no trip to Redis. Redis dedups across processes.
             log.info("duplicate delivery ignored team=%s channel=%s ts=%s", *seen)
             return
+        self._remember(self._accepted, seen)  # now: the twin event is often already on its way
         try:
             accepted = await self.store.accept(message)
         except StoreUnavailable as error:
+            self._accepted.pop(seen, None)
             log.error(
                 "redis unavailable, message not queued team=%s channel=%s thread=%s user=%s error=%s",
                 *_where(message),
@@ -139,16 +143,13 @@ class TurnRunner:
             if message.action != "record" and self._first_notice_for(message):
                 await self.delivery.post_notice(target_for(message), STORE_UNAVAILABLE)
             return
-        if not accepted:
-            log.info(
-                "duplicate delivery ignored team=%s channel=%s ts=%s",
-                message.team,
-                message.channel,
-                message.ts,
-            )
+        if accepted is Accepted.DUPLICATE:
+            log.info("duplicate delivery ignored team=%s channel=%s ts=%s", *seen)
             return
-        self._remember(self._accepted, seen)
         self._remember_followed(message.key)
+        if accepted is Accepted.FIRST and message.action == "answer":
+            # Its turn comes at once: show the sign now, while the turn gets going alongside.
+            self._remember(self._early_signs, seen, asyncio.create_task(self._show_sign(message)))
         self.start_work(message.key)
 
     async def is_followed(self, key: ThreadKey) -> bool:
@@ -253,6 +254,7 @@ class TurnRunner:
         try:
             await self._take_turn(message)
         except (DeliveryDeferred, asyncio.CancelledError):
+            self._cancel_early_sign(message)
             raise
         except Exception as error:
             log.exception(
@@ -262,6 +264,27 @@ class TurnRunner:
             )
             await self.delivery.post_notice(target_for(message), TURN_FAILED)
             await self.store.record_progress(message, state="failed")
+        # A turn that ended without an answer (a refusal, a greeting, a finished turn) takes
+        # away the sign shown when its message came in.
+        if (early := self._early_signs.pop(_seen(message), None)) is not None:
+            await self.delivery.clear_thinking(await early, answered=False)
+
+    async def _show_sign(self, message: IncomingMessage) -> ThinkingSign:
+        try:
+            return await self.delivery.show_thinking(target_for(message))
+        except Exception as error:  # a sign is not worth losing the turn over
+            log.warning("thinking sign failed error=%s", type(error).__name__)
+            return ThinkingSign(target_for(message), "none")
+
+    async def _sign_for(self, message: IncomingMessage) -> ThinkingSign:
+        """The sign shown when the message came in, or a new one."""
+        early = self._early_signs.pop(_seen(message), None)
+        return await (early if early is not None else self._show_sign(message))
+
+    def _cancel_early_sign(self, message: IncomingMessage) -> None:
+        early = self._early_signs.pop(_seen(message), None)
+        if early is not None and not early.done():
+            early.cancel()
 
     async def _take_turn(self, message: IncomingMessage) -> None:
         record = await self.store.journal(message)
@@ -344,7 +367,7 @@ class TurnRunner:
     async def _answer(self, message: IncomingMessage, record: TurnRecord) -> None:
         started = time.monotonic()
         target = target_for(message)
-        sign = await self.delivery.show_thinking(target)
+        sign = await self._sign_for(message)
         answer: Answer | None = None
         outcome = "answered"
         answered = False
@@ -532,8 +555,8 @@ class TurnRunner:
         self._remember(self._recently_followed, key)
 
     @staticmethod
-    def _remember(memory: OrderedDict[Any, None], item: Any) -> None:
-        memory[item] = None
+    def _remember(memory: OrderedDict[Any, Any], item: Any, value: Any = None) -> None:
+        memory[item] = value
         memory.move_to_end(item)
         while len(memory) > FOLLOWED_MEMORY:
             memory.popitem(last=False)
@@ -547,6 +570,10 @@ class TurnRunner:
         self._tasks.discard(task)
         if not task.cancelled() and (error := task.exception()) is not None:
             log.error("turn crashed error=%s", type(error).__name__, exc_info=error)
+
+
+def _seen(message: IncomingMessage) -> tuple[str, str, str]:
+    return message.team, message.channel, message.ts
 
 
 def _where(message: IncomingMessage) -> tuple[str, str, str, str]:

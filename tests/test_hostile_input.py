@@ -368,6 +368,9 @@ async def test_a_message_that_is_only_a_mention_gets_the_greeting_without_a_mode
     await running.settle()
     assert greeting["text"] == GREETING
     assert llm.requests == []
+    # The "is thinking…" sign shown on arrival is gone.
+    assert next(c.args["status"] for c in slack.calls_to("assistant.threads.setStatus")) == "is thinking…"
+    assert not slack.statuses.get((CHANNEL, ts))
 
 
 # ----- fuzz: signed event_callbacks of any shape -----
@@ -489,3 +492,19 @@ async def test_fuzzed_signed_event_callbacks_never_get_a_5xx_and_the_bot_keeps_a
     assert crashes(caplog) == []
     async with aiohttp.ClientSession() as session, session.get(f"{running.url}/health") as response:
         assert response.status == 200
+
+
+async def test_a_refused_dm_has_its_thinking_reaction_taken_away(
+    start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    """A top-level DM shows the sign as a reaction the moment it comes in; a turn that ends
+    without a model answer (here: the greeting for an empty message) removes it again."""
+    running = await start_bot("http")
+    ts = await slack.post_user_message("D700", "  \n ")
+    [greeting] = await slack.wait_for_bot_messages("D700", count=1)
+    await running.settle()
+    assert greeting["text"] == GREETING
+    assert [c.args["timestamp"] for c in slack.calls_to("reactions.add")] == [ts]
+    [question] = [m for m in slack.messages("D700") if m["ts"] == ts]
+    assert not question.get("reactions")
+    assert llm.requests == []

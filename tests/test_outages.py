@@ -223,12 +223,16 @@ async def test_per_user_and_per_channel_limits_reply_politely(
     start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator
 ) -> None:
     running = await start_bot("socket", RATE_LIMIT_USER_PER_MINUTE="2", RATE_LIMIT_CHANNEL_PER_MINUTE="4")
-    texts = []
+    texts, asked = [], []
     for user in ("U1", "U1", "U1", "U2", "U3", "U3"):
         ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> question from {user}", user=user)
         [reply] = await slack.wait_for_bot_messages(CHANNEL, ts)
         texts.append(reply["text"])
+        asked.append(ts)
     await running.settle()
+    # Every question showed the sign, refused ones too, and none is left behind.
+    assert len({c.args["thread_ts"] for c in slack.calls_to("assistant.threads.setStatus")}) == 6
+    assert not any(slack.statuses.get((CHANNEL, ts)) for ts in asked)
     assert texts[0].startswith("Answer:") and texts[1].startswith("Answer:")
     assert texts[2] == (
         "You've asked 2 questions in the last minute, my limit per person. "
