@@ -23,6 +23,8 @@ from types import TracebackType
 from typing import Any
 
 import aiohttp
+import aiohttp.helpers
+from yarl import URL
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +123,8 @@ class ChatModel:
         # first-token and idle timeouts bound a stream; a completion sends nothing until it is done).
         self._timeout = aiohttp.ClientTimeout(total=None, connect=timeout_seconds, sock_read=timeout_seconds)
         self._session: aiohttp.ClientSession | None = None
+        self._proxy: URL | None = None
+        self._proxy_auth: aiohttp.BasicAuth | None = None
         # OpenAI itself takes max_completion_tokens (reasoning models refuse max_tokens);
         # compatible servers (vLLM, Ollama) know max_tokens.
         self._limit_name = "max_completion_tokens" if base_url is None else "max_tokens"
@@ -192,13 +196,15 @@ class ChatModel:
             # Made here, in the running loop: the constructor may run before there is one. No
             # connection limit: the bot's own slots bound how many answers run at once.
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0),
-                headers=self._headers,
-                timeout=self._timeout,
-                trust_env=True,  # HTTPS_PROXY and friends, as the SDK honoured them
+                connector=aiohttp.TCPConnector(limit=0), headers=self._headers, timeout=self._timeout
             )
+            # HTTPS_PROXY and NO_PROXY, as the SDK honoured them: read once, not on every request
+            # as aiohttp's trust_env would (two thread-pool hops each).
+            self._proxy, self._proxy_auth = _proxy_from_env(self._url)
         body = json.dumps(request).encode()
-        response = await self._session.post(self._url, data=body, allow_redirects=False)
+        response = await self._session.post(
+            self._url, data=body, allow_redirects=False, proxy=self._proxy, proxy_auth=self._proxy_auth
+        )
         if 200 <= response.status < 300:
             return response
         status = response.status
@@ -367,8 +373,8 @@ class AnswerStream:
         if event not in (None, "message", "error"):
             return []  # events this client has no use for
         try:
-            chunk = json.loads(data)
-        except ValueError:
+            chunk = json.loads(data.decode())  # from str: json's own encoding detection costs more
+        except ValueError:  # UnicodeDecodeError included
             raise _Transient("malformed_chunk") from None
         if not isinstance(chunk, dict):
             raise _Transient("malformed_chunk")
@@ -492,6 +498,13 @@ def _transport_kind(error: BaseException) -> str:
     if isinstance(error, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError | OSError):
         return "connection_error"
     return type(error).__name__
+
+
+def _proxy_from_env(url: str) -> tuple[URL | None, aiohttp.BasicAuth | None]:
+    try:
+        return aiohttp.helpers.get_env_proxy_for_url(URL(url))
+    except LookupError:
+        return None, None
 
 
 def _is_transient_status(status: int) -> bool:

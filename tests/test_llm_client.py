@@ -233,3 +233,19 @@ async def test_one_connection_serves_answer_after_answer(llm: OpenAIEmulator, mo
     for _ in range(4):
         assert (await model.answer(QUESTION)).complete
     assert len(set(llm.client_ports)) == 1  # kept alive: read to the end, then back to the pool
+
+
+async def test_a_proxy_from_the_environment_is_used(
+    llm: OpenAIEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The emulator stands in for the proxy: it answers the absolute-form request a client sends
+    # to a proxy. Without the proxy, the host below does not resolve.
+    monkeypatch.setenv("HTTP_PROXY", llm.base_url.removesuffix("/v1"))
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    model = chat_model(llm, base_url="http://llm.invalid/v1", max_retries=0)
+    try:
+        answer = await model.answer(QUESTION)
+    finally:
+        await model.close()
+    assert answer.text == ANSWER
