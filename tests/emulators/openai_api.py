@@ -220,9 +220,8 @@ class OpenAIEmulator:
         self.first_token_delay = first_token_delay
         self.chunk_chars = chunk_chars
         self.requests: list[dict] = []
-        self.client_ports: list[
-            int
-        ] = []  # the client's port for each of `requests`: new port, new connection
+        # The client's port for each of `requests`: a new port is a new connection.
+        self.client_ports: list[int] = []
         self.in_flight = 0  # chat requests being answered right now
         self.max_in_flight = 0  # the most seen at once
         self.streams: list[StreamTiming] = []
