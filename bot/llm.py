@@ -1,7 +1,7 @@
 """The chat API client: one streamed Chat Completions call, retried with backoff when transient.
 
 It speaks the Chat Completions HTTP API itself over one aiohttp session, reading the answer's
-server-sent events into plain dicts (the OpenAI SDK's per-chunk models cost the bot eight times
+server-sent events into plain dicts (the OpenAI SDK's per-chunk models cost the bot nine times
 the CPU). `ChatModel.stream` gives an `AnswerStream`: an async iterator of text deltas as the
 model writes them, then (`.answer`) the whole text with its finish_reason and token usage. A
 failure before any text was given out is retried; after that it raises `LLMError` with
