@@ -1,8 +1,10 @@
 """The chat API client: one streamed Chat Completions call, retried with backoff when transient.
 
-The OpenAI SDK stops here. `ChatModel.stream` gives an `AnswerStream`: an async iterator of text
-deltas as the model writes them, then (`.answer`) the whole text with its finish_reason and token
-usage. A failure before any text was given out is retried; after that it raises `LLMError` with
+It speaks the Chat Completions HTTP API itself over one aiohttp session, reading the answer's
+server-sent events into plain dicts (the OpenAI SDK's per-chunk models cost the bot nine times
+the CPU). `ChatModel.stream` gives an `AnswerStream`: an async iterator of text deltas as the
+model writes them, then (`.answer`) the whole text with its finish_reason and token usage. A
+failure before any text was given out is retried; after that it raises `LLMError` with
 `partial=True`, so the caller keeps what it showed. Errors carry a message that is safe to show.
 """
 
@@ -10,34 +12,28 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import logging
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-import openai
+import aiohttp
+import aiohttp.helpers
+from yarl import URL
 
 log = logging.getLogger(__name__)
 
 ChatMessage = dict[str, str]
 
+OPENAI_BASE_URL = "https://api.openai.com/v1"
 
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    """The HTTP library under the SDK can raise its own errors mid-stream, unwrapped."""
-    errors: list[type[BaseException]] = [OSError, asyncio.TimeoutError]
-    for module_name in ("httpx2", "httpx"):
-        try:
-            module = __import__(module_name)
-        except ImportError:
-            continue
-        errors.append(module.HTTPError)
-    return tuple(errors)
-
-
-TRANSPORT_ERRORS = _transport_errors()
+# What the HTTP client can raise while sending a request or reading its answer.
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, OSError, TimeoutError)
 
 
 @dataclass(frozen=True)
@@ -87,6 +83,9 @@ REJECTED = (
 EMPTY = "Sorry, the language model returned an empty answer. Please try asking again."
 CUT_OFF = "The language model stopped responding in the middle of this answer."
 
+# After [DONE], how long to wait for the end of the body (so that the connection can be reused).
+_END_GRACE_SECONDS = 1.0
+
 
 class _Transient(Exception):
     """A failure worth another try, with the server's Retry-After when it gave one."""
@@ -112,23 +111,29 @@ class ChatModel:
         idle_timeout_seconds: float = 30.0,
         max_answer_tokens: int | None = None,
     ) -> None:
-        # The SDK's own retries are off: ours honour Retry-After within our own cap and log.
-        self.client = openai.AsyncOpenAI(
-            api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout_seconds
-        )
         self.model = model
         self.max_retries = max_retries
         self.retry_base_seconds = retry_base_seconds
         self.retry_max_seconds = retry_max_seconds
         self.first_token_timeout = first_token_timeout_seconds
         self.idle_timeout = idle_timeout_seconds
+        self._url = f"{(base_url or OPENAI_BASE_URL).rstrip('/')}/chat/completions"
+        self._headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+        # As the SDK's timeout was: for connecting and for each read, not for a whole answer (the
+        # first-token and idle timeouts bound a stream; a completion sends nothing until it is done).
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=timeout_seconds, sock_read=timeout_seconds)
+        self._session: aiohttp.ClientSession | None = None
+        self._proxy: URL | None = None
+        self._proxy_auth: aiohttp.BasicAuth | None = None
         # OpenAI itself takes max_completion_tokens (reasoning models refuse max_tokens);
         # compatible servers (vLLM, Ollama) know max_tokens.
         self._limit_name = "max_completion_tokens" if base_url is None else "max_tokens"
         self._answer_limit = {self._limit_name: max_answer_tokens} if max_answer_tokens else {}
 
     async def close(self) -> None:
-        await self.client.close()
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
 
     def stream(self, messages: list[ChatMessage]) -> AnswerStream:
         """The model's answer as it is written; use as `async with model.stream(m) as s`."""
@@ -162,36 +167,55 @@ class ChatModel:
                 await asyncio.sleep(self.retry_delay(attempt, failure.retry_after))
 
     async def _complete_once(self, messages: list[ChatMessage], max_tokens: int, attempt: int) -> Answer:
+        request = {"model": self.model, "messages": messages, self._limit_name: max_tokens}
         try:
-            response = await self.client.chat.completions.create(
-                model=self.model,
-                messages=messages,  # type: ignore[arg-type]
-                **{self._limit_name: max_tokens},  # type: ignore[arg-type]
-            )
-        except openai.APIStatusError as error:
-            if _is_transient_status(error.status_code):
-                raise _Transient(
-                    f"http_{error.status_code}", parse_retry_after(error.response.headers)
-                ) from None
-            raise LLMError(f"http_{error.status_code}", REJECTED, attempts=attempt) from None
-        except openai.APITimeoutError:
-            raise _Transient("timeout") from None
-        except openai.APIConnectionError:
-            raise _Transient("connection_error") from None
+            response = await self._post(request, attempt)
+            try:
+                body = await response.read()
+            finally:
+                response.release()
         except TRANSPORT_ERRORS as error:
-            raise _Transient(type(error).__name__) from None
-        choice = response.choices[0] if response.choices else None
-        text = (choice.message.content or "").strip() if choice else ""
-        if choice is None or not text:
+            raise _Transient(_transport_kind(error)) from None
+        text, finish_reason, usage = _read_completion(body)
+        text = text.strip()
+        if not text:
             raise LLMError("empty_answer", EMPTY, attempts=attempt)
         return Answer(
             text=text,
             model=self.model,
-            finish_reason=choice.finish_reason,
-            prompt_tokens=getattr(response.usage, "prompt_tokens", None),
-            completion_tokens=getattr(response.usage, "completion_tokens", None),
+            finish_reason=finish_reason,
+            prompt_tokens=_count(usage, "prompt_tokens"),
+            completion_tokens=_count(usage, "completion_tokens"),
             attempts=attempt,
         )
+
+    async def _post(self, request: dict[str, Any], attempt: int) -> aiohttp.ClientResponse:
+        """Send one request; a failed status raises _Transient or LLMError (REJECTED), and neither
+        the request nor the error body (which may quote it, or the key) is ever logged."""
+        if self._session is None or self._session.closed:
+            # Made here, in the running loop: the constructor may run before there is one. No
+            # connection limit: the bot's own slots bound how many answers run at once.
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0), headers=self._headers, timeout=self._timeout
+            )
+            # HTTPS_PROXY and NO_PROXY, as the SDK honoured them: read once, not on every request
+            # as aiohttp's trust_env would (two thread-pool hops each).
+            self._proxy, self._proxy_auth = _proxy_from_env(self._url)
+        body = json.dumps(request).encode()
+        response = await self._session.post(
+            self._url, data=body, allow_redirects=False, proxy=self._proxy, proxy_auth=self._proxy_auth
+        )
+        if 200 <= response.status < 300:
+            return response
+        status = response.status
+        try:
+            if _is_transient_status(status):
+                raise _Transient(f"http_{status}", parse_retry_after(response.headers))
+            code = await _error_code(response)
+            log.warning("llm rejected request model=%s status=%d code=%s", self.model, status, code)
+            raise LLMError(f"http_{status}", REJECTED, attempts=attempt)
+        finally:
+            response.close()
 
 
 class AnswerStream:
@@ -203,12 +227,18 @@ class AnswerStream:
 
     def __init__(self, model: ChatModel, messages: list[ChatMessage]) -> None:
         self._model = model
-        self._messages = messages
+        self._request = {
+            "model": model.model,
+            "messages": messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            **model._answer_limit,
+        }
         self._parts: list[str] = []
         self._finish_reason: str | None = None
         self._usage: Any = None
         self._attempts = 0
-        self._sdk_stream: Any = None
+        self._response: aiohttp.ClientResponse | None = None
 
     async def __aenter__(self) -> AnswerStream:
         return self
@@ -220,12 +250,9 @@ class AnswerStream:
 
     async def close(self) -> None:
         """Stop reading (and so stop the generation); safe to call at any time."""
-        if self._sdk_stream is not None:
-            stream, self._sdk_stream = self._sdk_stream, None
-            try:
-                await stream.close()
-            except TRANSPORT_ERRORS:
-                pass
+        if self._response is not None:
+            response, self._response = self._response, None
+            response.close()  # drops the connection: the server sees the client go and stops
 
     @property
     def text(self) -> str:
@@ -237,8 +264,8 @@ class AnswerStream:
             text=self.text.strip(),
             model=self._model.model,
             finish_reason=self._finish_reason,
-            prompt_tokens=getattr(self._usage, "prompt_tokens", None),
-            completion_tokens=getattr(self._usage, "completion_tokens", None),
+            prompt_tokens=_count(self._usage, "prompt_tokens"),
+            completion_tokens=_count(self._usage, "completion_tokens"),
             attempts=self._attempts,
         )
 
@@ -292,60 +319,192 @@ class AnswerStream:
         self._finish_reason, self._usage = None, None
         loop = asyncio.get_running_loop()
         first_token_deadline = loop.time() + model.first_token_timeout
+        events = _EventStream()
         try:
             # Timeouts wrap only the awaits, never the yield: the caller's own awaits are its own.
             async with asyncio.timeout_at(first_token_deadline):
-                self._sdk_stream = await model.client.chat.completions.create(
-                    model=model.model,
-                    messages=self._messages,  # type: ignore[arg-type]
-                    stream=True,
-                    stream_options={"include_usage": True},
-                    **model._answer_limit,
-                )
-            chunks = aiter(self._sdk_stream)
+                response = self._response = await model._post(self._request, self._attempts)
+            if response.content_type == "application/json":
+                # A server that ignored stream=True and sent the whole completion at once.
+                async with asyncio.timeout_at(first_token_deadline):
+                    body = await response.read()
+                text, self._finish_reason, self._usage = _read_completion(body)
+                if text:
+                    self._parts.append(text)
+                    yield text
+                return
             while True:
                 # From the first text on, only the silence between two chunks is limited.
                 deadline = loop.time() + model.idle_timeout if self._parts else first_token_deadline
+                if events.done:  # the answer is whole: wait only briefly for the body's end
+                    deadline = min(deadline, loop.time() + _END_GRACE_SECONDS)
                 try:
                     async with asyncio.timeout_at(deadline):
-                        chunk = await anext(chunks)
-                except StopAsyncIteration:
+                        data = await response.content.readany()
+                except TimeoutError:
+                    if events.done:
+                        break  # the answer is whole; only the connection lingers
+                    raise
+                if not data:  # the end: aiohttp puts the connection back in its pool
                     break
-                if chunk.usage is not None:
-                    self._usage = chunk.usage
-                for choice in chunk.choices:
-                    if choice.finish_reason:
-                        self._finish_reason = choice.finish_reason
-                    if choice.delta and choice.delta.content:
-                        self._parts.append(choice.delta.content)
-                        yield choice.delta.content
+                for event, payload in events.feed(data):
+                    for delta in self._take(event, payload):
+                        self._parts.append(delta)
+                        yield delta
+            for event, payload in events.end():
+                for delta in self._take(event, payload):
+                    self._parts.append(delta)
+                    yield delta
+        except aiohttp.ServerTimeoutError:  # aiohttp's own: connecting, or one read, too slow
+            raise _Transient("timeout") from None
         except TimeoutError:
             raise _Transient("idle_timeout" if self._parts else "first_token_timeout") from None
-        except openai.APIStatusError as error:
-            if _is_transient_status(error.status_code):
-                raise _Transient(
-                    f"http_{error.status_code}", parse_retry_after(error.response.headers)
-                ) from None
-            log.warning(
-                "llm rejected request model=%s status=%d type=%s",
-                model.model,
-                error.status_code,
-                type(error).__name__,
-            )
-            raise LLMError(f"http_{error.status_code}", REJECTED, attempts=self._attempts) from None
-        except openai.APITimeoutError:
-            raise _Transient("timeout") from None
-        except openai.APIConnectionError:
-            raise _Transient("connection_error") from None
         except TRANSPORT_ERRORS as error:
-            raise _Transient(type(error).__name__) from None
+            raise _Transient(_transport_kind(error)) from None
         finally:
             await self.close()
         if self._finish_reason is None and not self._parts:
             # Nothing shown and no end marker: a cut connection, worth another try.
             raise _Transient("stream_ended_early")
 
-    # -- one non-streamed completion, for background work such as summaries ------------------
+    def _take(self, event: str | None, data: bytes) -> list[str]:
+        """The text in one event, noting finish_reason and usage; an error event or one that is
+        not a chunk raises _Transient."""
+        if event not in (None, "message", "error"):
+            return []  # events this client has no use for
+        try:
+            chunk = json.loads(data.decode())  # from str: json's own encoding detection costs more
+        except ValueError:  # UnicodeDecodeError included
+            raise _Transient("malformed_chunk") from None
+        if not isinstance(chunk, dict):
+            raise _Transient("malformed_chunk")
+        if event == "error" or chunk.get("error"):
+            log.warning("llm stream error model=%s code=%s", self._model.model, _code_of(chunk))
+            raise _Transient("stream_error")
+        if chunk.get("usage") is not None:
+            self._usage = chunk["usage"]
+        deltas: list[str] = []
+        try:
+            for choice in chunk.get("choices") or ():
+                if choice.get("finish_reason"):
+                    self._finish_reason = choice["finish_reason"]
+                content = (choice.get("delta") or {}).get("content")
+                if content:
+                    deltas.append(_text(content))
+        except (AttributeError, TypeError):
+            raise _Transient("malformed_chunk") from None
+        return deltas
+
+
+class _EventStream:
+    """Server-sent events from the bytes of a response as they arrive: (event, data) for each
+    complete event, partial lines kept for the next bytes. Stops at the `[DONE]` marker."""
+
+    def __init__(self) -> None:
+        self.done = False
+        self._pending = b""
+        self._event: str | None = None
+        self._data: list[bytes] = []
+
+    def feed(self, data: bytes) -> list[tuple[str | None, bytes]]:
+        lines = (self._pending + data if self._pending else data).splitlines(keepends=True)
+        # A line without its end yet; and a lone "\r" may be the first half of "\r\n".
+        self._pending = lines.pop() if lines and not lines[-1].endswith(b"\n") else b""
+        return self._events(lines)
+
+    def end(self) -> list[tuple[str | None, bytes]]:
+        """At the end of the body: a last line cut short is dropped; an event not yet ended by a
+        blank line still counts."""
+        pending, self._pending = self._pending, b""
+        lines = [pending] if pending.endswith(b"\r") else []
+        return self._events([*lines, b"\n"])
+
+    def _events(self, lines: list[bytes]) -> list[tuple[str | None, bytes]]:
+        events: list[tuple[str | None, bytes]] = []
+        for raw in lines:
+            if self.done:
+                break
+            line = raw.rstrip(b"\r\n")
+            if not line:
+                if self._data:
+                    data = b"\n".join(self._data)
+                    if data.startswith(b"[DONE]"):
+                        self.done = True
+                    else:
+                        events.append((self._event, data))
+                self._event, self._data = None, []
+            elif line[0] != 0x3A:  # a line starting with ":" is a comment, such as a keep-alive
+                name, _, value = line.partition(b":")
+                value = value[1:] if value[:1] == b" " else value
+                if name == b"data":
+                    self._data.append(value)
+                elif name == b"event":
+                    self._event = value.decode("utf-8", "replace")
+                # "id" and "retry" mean nothing for one answer.
+        return events
+
+
+def _read_completion(body: bytes) -> tuple[str, str | None, Any]:
+    """The text, finish_reason and usage of one whole chat.completion; _Transient if it is not one."""
+    try:
+        completion = json.loads(body)
+    except ValueError:
+        raise _Transient("malformed_response") from None
+    if not isinstance(completion, dict):
+        raise _Transient("malformed_response")
+    if completion.get("error"):
+        log.warning("llm response error code=%s", _code_of(completion))
+        raise _Transient("response_error")
+    try:
+        choice = (completion.get("choices") or [{}])[0]
+        text = _text((choice.get("message") or {}).get("content") or "")
+        return text, choice.get("finish_reason"), completion.get("usage")
+    except (AttributeError, TypeError, LookupError):
+        raise _Transient("malformed_response") from None
+
+
+def _text(content: Any) -> str:
+    if not isinstance(content, str):
+        raise TypeError(f"content is {type(content).__name__}, not text")
+    return content
+
+
+def _count(usage: Any, name: str) -> int | None:
+    count = usage.get(name) if isinstance(usage, dict) else None
+    return count if isinstance(count, int) else None
+
+
+_SAFE_CODE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def _code_of(body: Any) -> str:
+    """An OpenAI-style error's `code` or `type`, for the log; never its message, which may quote
+    the request or the key."""
+    error = body.get("error") if isinstance(body, dict) else None
+    code = (error.get("code") or error.get("type")) if isinstance(error, dict) else None
+    return _SAFE_CODE.sub("", str(code))[:64] if code else "none"
+
+
+async def _error_code(response: aiohttp.ClientResponse) -> str:
+    try:
+        return _code_of(json.loads(await response.content.read(65536)))
+    except (*TRANSPORT_ERRORS, ValueError):
+        return "none"
+
+
+def _transport_kind(error: BaseException) -> str:
+    if isinstance(error, TimeoutError):
+        return "timeout"
+    if isinstance(error, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError | OSError):
+        return "connection_error"
+    return type(error).__name__
+
+
+def _proxy_from_env(url: str) -> tuple[URL | None, aiohttp.BasicAuth | None]:
+    try:
+        return aiohttp.helpers.get_env_proxy_for_url(URL(url))
+    except LookupError:
+        return None, None
 
 
 def _is_transient_status(status: int) -> bool:

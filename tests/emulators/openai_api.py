@@ -2,7 +2,8 @@
 
 It speaks the wire format the official `openai` SDK expects (JSON and SSE streaming) and can be
 told, one request at a time, to misbehave: error statuses, slow first tokens, dropped
-connections, hangs and truncated answers.
+connections, hangs, truncated answers, a whole completion where a stream was asked for, or any
+raw body (`Raw`, for the stream's edge cases).
 
     emu = OpenAIEmulator()
     await emu.start()
@@ -28,12 +29,15 @@ __all__ = [
     "Behaviour",
     "Disconnect",
     "Hang",
+    "NotStreamed",
     "OpenAIEmulator",
+    "Raw",
     "Reply",
     "SlowFirstToken",
     "Status",
     "StreamTiming",
     "Truncated",
+    "sse_chunk",
 ]
 
 MODEL_ID = "gpt-4o-mini"
@@ -84,7 +88,55 @@ class Truncated:
     text: str
 
 
-Behaviour = Reply | Status | SlowFirstToken | Disconnect | Hang | Truncated
+@dataclass(frozen=True)
+class NotStreamed:
+    """Answer with one whole chat.completion object even when a stream was asked for, as some
+    compatible servers do."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Raw:
+    """Send these pieces of a 200 body verbatim, one write each, `pause` seconds apart; then keep
+    the connection open `linger` seconds before ending the body. For the stream's edge cases:
+    comments, event lines, line endings, errors and malformed chunks (see `sse_chunk`)."""
+
+    parts: tuple[str, ...]
+    content_type: str = "text/event-stream"
+    pause: float = 0.0
+    linger: float = 0.0
+
+    def __init__(
+        self, *parts: str, content_type: str = "text/event-stream", pause: float = 0.0, linger: float = 0.0
+    ) -> None:
+        object.__setattr__(self, "parts", parts)
+        object.__setattr__(self, "content_type", content_type)
+        object.__setattr__(self, "pause", pause)
+        object.__setattr__(self, "linger", linger)
+
+
+def sse_chunk(content: str | None = None, finish_reason: str | None = None, **fields: Any) -> str:
+    """One `data:` event with a chat.completion.chunk, as the real API writes it, for `Raw`."""
+    chunk = {
+        "id": "chatcmpl-raw",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": MODEL_ID,
+        "choices": [
+            {
+                "index": 0,
+                "delta": {} if content is None else {"content": content},
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
+        ],
+        **fields,
+    }
+    return f"data: {json.dumps(chunk)}\n\n"
+
+
+Behaviour = Reply | Status | SlowFirstToken | Disconnect | Hang | Truncated | NotStreamed | Raw
 
 
 @dataclass
@@ -168,6 +220,8 @@ class OpenAIEmulator:
         self.first_token_delay = first_token_delay
         self.chunk_chars = chunk_chars
         self.requests: list[dict] = []
+        # The client's port for each of `requests`: a new port is a new connection.
+        self.client_ports: list[int] = []
         self.in_flight = 0  # chat requests being answered right now
         self.max_in_flight = 0  # the most seen at once
         self.streams: list[StreamTiming] = []
@@ -228,6 +282,7 @@ class OpenAIEmulator:
         if not isinstance(body, dict):
             return self._error(Status(400, "The request body must be a JSON object."))
         self.requests.append(body)
+        self.client_ports.append(request.transport.get_extra_info("peername")[1] if request.transport else 0)
         async with self._arrived:
             self._arrived.notify_all()
         if not self._authorized(request):
@@ -241,11 +296,14 @@ class OpenAIEmulator:
             # Parked until stop() cancels the handler; aiohttp does not cancel it on client exit.
             await asyncio.Event().wait()
 
+        if isinstance(behaviour, Raw):
+            return await self._raw(request, behaviour)
+
         plan = self._plan(behaviour, body.get("messages") or [])
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            if body.get("stream"):
+            if body.get("stream") and not isinstance(behaviour, NotStreamed):
                 return await self._stream(request, body, plan)
             return await self._complete(request, body, plan)
         finally:
@@ -258,6 +316,8 @@ class OpenAIEmulator:
                 return _Plan(text, first_delay=delay)
             case Truncated(text=text):
                 return _Plan(text, finish_reason="length", first_delay=delay)
+            case NotStreamed(text=text):
+                return _Plan(text, first_delay=delay)
             case SlowFirstToken(seconds=seconds, text=text):
                 return _Plan(self._text(text, messages), first_delay=seconds)
             case Disconnect(after_chunks=after, text=text):
@@ -345,6 +405,18 @@ class OpenAIEmulator:
             await send("[DONE]")
         except ConnectionError:
             pass  # the client went away mid-stream; nothing left to tell it
+        return response
+
+    async def _raw(self, request: web.Request, raw: Raw) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": raw.content_type, "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        try:
+            for index, part in enumerate(raw.parts):
+                await asyncio.sleep(raw.pause if index else 0)
+                await response.write(part.encode())
+            await asyncio.sleep(raw.linger)
+        except ConnectionError:
+            pass  # the client went away
         return response
 
     def _drop(self, request: web.Request, response: web.StreamResponse | None = None) -> web.StreamResponse:
