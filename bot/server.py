@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.middleware.authorization.async_single_team_authorization import AsyncSingleTeamAuthorization
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import (
@@ -22,6 +23,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from bot import listeners
 from bot.breaker import CircuitBreaker
@@ -106,7 +108,7 @@ class SupportBot:
             ],
         )
         try:
-            await _check_token(client)
+            auth_test = await _check_token(client)
         except StartupError:
             await session.close()
             raise
@@ -116,6 +118,7 @@ class SupportBot:
             request_verification_enabled=False,
             process_before_response=False,
         )
+        _share_identity(self.app, auth_test)
         # Delivery handles 429s itself (pausing the shared budget, keeping its text), so its client
         # retries only broken connections.
         delivery_client = AsyncWebClient(
@@ -289,10 +292,21 @@ def _shape_problem(body: object) -> str | None:
     return None
 
 
-async def _check_token(client: AsyncWebClient) -> None:
-    """Fail at start, in one line, when Slack rejects the bot token."""
+def _share_identity(app: AsyncApp, auth_test: AsyncSlackResponse | None) -> None:
+    """Bolt's single-workspace check calls auth.test for every event that arrives before its
+    first call has answered: hundreds in a burst after a restart. It gets the start-up answer."""
+    if auth_test is None:
+        return  # Slack was unreachable at start: Bolt asks on the first events
+    for middleware in app._async_middleware_list:  # Bolt has no public way to give it
+        if isinstance(middleware, AsyncSingleTeamAuthorization):
+            middleware.auth_test_result = auth_test
+
+
+async def _check_token(client: AsyncWebClient) -> AsyncSlackResponse | None:
+    """Fail at start, in one line, when Slack rejects the bot token; Slack's answer, or None
+    when it could not be asked now."""
     try:
-        await client.auth_test()
+        return await client.auth_test()
     except SlackApiError as error:
         code = error.response.get("error")
         if code in REJECTED_TOKEN_ERRORS:
@@ -303,6 +317,7 @@ async def _check_token(client: AsyncWebClient) -> None:
         log.warning("auth.test failed at start error=%s; carrying on", code)
     except (aiohttp.ClientError, TimeoutError) as error:
         log.warning("slack unreachable at start error=%s; carrying on", type(error).__name__)
+    return None
 
 
 async def serve(settings: Settings, redis_url: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
@@ -26,12 +27,22 @@ class Workspace:
         self.client = client
         self.store = store
         self._names: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
+        self._lookups: dict[tuple[str, str], asyncio.Future[str]] = {}
 
     async def display_name(self, team: str, user: str) -> str:
         """A person's Slack display name, looked up once and cached; their id if Slack won't say."""
         remembered = self._names.get((team, user))
         if remembered is not None and remembered[1] > time.monotonic():
             return remembered[0]
+        # Many questions from one person at once share one lookup.
+        lookup = self._lookups.get((team, user))
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._look_up(team, user))
+            self._lookups[(team, user)] = lookup
+            lookup.add_done_callback(lambda done: self._looked_up(team, user, done))
+        return await asyncio.shield(lookup)
+
+    async def _look_up(self, team: str, user: str) -> str:
         cached = await self.store.cached_name(team, user)
         if cached:
             self._remember(team, user, cached)
@@ -53,6 +64,11 @@ class Workspace:
         await self.store.cache_name(team, user, name)
         self._remember(team, user, name)
         return name
+
+    def _looked_up(self, team: str, user: str, done: asyncio.Future[str]) -> None:
+        self._lookups.pop((team, user), None)
+        if not done.cancelled():
+            done.exception()  # seen here: the callers that were waiting get it themselves
 
     def forget_name(self, team: str, user: str) -> None:
         """`forget me`: this process's copy goes with the stored one."""

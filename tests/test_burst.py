@@ -25,3 +25,23 @@ async def test_a_burst_of_questions_in_distinct_threads_is_all_answered(
     posted = [message["text"] for channel in channels for message in slack.bot_messages(channel)]
     assert STORE_UNAVAILABLE not in posted
     assert sorted(posted) == sorted(f"Answer: ann: question {i}" for i in range(BURST))
+
+
+async def test_a_burst_right_after_start_asks_slack_who_the_bot_is_once_and_each_name_once(
+    start_bot: StartBot, slack: SlackEmulator
+) -> None:
+    """Bolt alone calls auth.test for every event that arrives before its first call answers,
+    and each question from a new person would look the person up: hundreds of calls."""
+    running = await start_bot("http")
+    users = ("U1", "U2", "U3")
+    await asyncio.gather(
+        *(
+            slack.post_user_message(f"CN{i:03d}", f"<@UBOT> question {i}", user=users[i % len(users)])
+            for i in range(60)
+        )
+    )
+    await running.settle(30)
+
+    assert sum(len(slack.bot_messages(f"CN{i:03d}")) for i in range(60)) == 60
+    assert len(slack.calls_to("auth.test")) == 1  # the check at start
+    assert sorted(c.args["user"] for c in slack.calls_to("users.info")) == sorted(users)
