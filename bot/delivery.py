@@ -23,7 +23,10 @@ THINKING_STATUS = "is thinking…"
 LOADING_MESSAGES = ["Reading your question…", "Looking into it…", "Writing an answer…"]
 THINKING_REACTION = "eyes"
 FEEDBACK_THANKS = "Thanks for the feedback!"
-SIGN_WAIT = 1.0  # seconds the sign may wait for a rate slot; it is worth less than the answer
+# A sign with no rate slot free right now is skipped: it is worth less than the answer, which
+# must not wait for it (a quick follow-up in a thread waited up to 1 s for setStatus's slot).
+SIGN_WAIT = 0.0
+THANKS_WAIT = 1.0  # seconds the thanks for a vote may wait for a rate slot
 
 
 @dataclass
@@ -173,7 +176,7 @@ class Delivery:
             await self.slack.call(
                 "chat.postEphemeral",
                 team=team,
-                wait=SIGN_WAIT * self._time_unit,
+                wait=THANKS_WAIT * self._time_unit,
                 channel=channel,
                 user=user,
                 thread_ts=thread_ts,
