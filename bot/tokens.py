@@ -34,6 +34,7 @@ DEFAULT_WINDOW_CAP = 32_000
 # published way of counting chat tokens, rounded up).
 PER_MESSAGE = 4
 REPLY_PRIMING = 3
+COUNT_MEMORY = 20_000  # token counts remembered per process (a few MB), then forgotten at once
 
 _ENDOFTEXT = "<|endoftext|>"
 _ENDOFPROMPT = "<|endofprompt|>"
@@ -152,12 +153,22 @@ class TokenCounter:
         self.model = model
         self.encoding_name = encoding_name_for(model)
         self.encoding = load_encoding(self.encoding_name)
+        self._counts: dict[int, int] = {}
         if self.encoding_name == FALLBACK_ENCODING and model_window(model) is None:
             log.info("unknown model %s: counting tokens with %s", model, self.encoding_name)
 
     def count(self, text: str) -> int:
-        # encode_ordinary: a user typing "<|endoftext|>" is text, not a special token.
-        return len(self.encoding.encode_ordinary(text))
+        # Every turn recounts the system prompt and the recent turns it sends: remembered by the
+        # text's hash (64 bits; a clash would misjudge one count, not break anything).
+        key = hash(text)
+        known = self._counts.get(key)
+        if known is None:
+            # encode_ordinary: a user typing "<|endoftext|>" is text, not a special token.
+            known = len(self.encoding.encode_ordinary(text))
+            if len(self._counts) >= COUNT_MEMORY:
+                self._counts.clear()
+            self._counts[key] = known
+        return known
 
     def count_message(self, message: ChatMessage) -> int:
         return PER_MESSAGE + self.count(message["content"])

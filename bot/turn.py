@@ -213,16 +213,17 @@ class TurnRunner:
                 queued = await self.store.take_thread(key, token)
                 if queued is False:
                     return  # the holder (here or in another process) will reach our message
-                if queued is not None:
-                    await self._work_locked(queued, token)
+                if queued is not None and not await self._work_locked(queued, token):
+                    return  # a delivery was deferred: recovery comes back to the thread later
                 # A message accepted here while we were finishing found us still at work.
                 if key not in self._poked:
                     return
         finally:
             self._working_on.discard(key)
 
-    async def _work_locked(self, queued: Queued, token: str) -> None:
-        """Work through the inbox from `queued` on; `finish` hands the lock back when it is empty."""
+    async def _work_locked(self, queued: Queued, token: str) -> bool:
+        """Work through the inbox from `queued` on; `finish` hands the lock back when it is empty.
+        False when a delivery was deferred (its message stays first in the inbox)."""
         key = queued.message.key
         renewer = asyncio.create_task(self._keep_lock(key, token))
         holding = True
@@ -232,9 +233,10 @@ class TurnRunner:
                 try:
                     await self._take_turn_safely(next_up.message)
                 except DeliveryDeferred:
-                    return  # left in the inbox; recovery retries it later
+                    return False  # left in the inbox; recovery retries it later
                 next_up = await self.store.finish(next_up, token)
                 holding = next_up is not None  # an empty inbox: finish released the lock
+            return True
         finally:
             renewer.cancel()
             if holding:
