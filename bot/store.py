@@ -95,10 +95,21 @@ class Accepted(enum.IntEnum):
 
 @dataclass(frozen=True)
 class Queued:
-    """A message waiting in its thread's inbox, with its stored form (to remove exactly that)."""
+    """A message waiting in its thread's inbox, with its stored form (to remove exactly that)
+    and its journal as it was when the message was taken."""
 
     message: IncomingMessage
     raw: str
+    record: TurnRecord
+
+
+def _queued(found: Any) -> Queued | None:
+    """A script's [message, journal as a flat list], or '' for none."""
+    if not found:
+        return None
+    raw, flat = found
+    record = TurnRecord.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
+    return Queued(IncomingMessage.from_json(raw), raw, record)
 
 
 @dataclass(frozen=True)
@@ -258,10 +269,11 @@ class Keys:
     NAME_TTL = DAY  # display names change rarely
     JOURNAL_TTL = DAY
     PENDING = "pending"  # sorted set: threads with queued messages, by when they last moved
+    JOURNAL = "turn:"  # + team:channel:ts (also built by the _TAKE and _FINISH scripts)
 
     @staticmethod
     def journal(team: str, channel: str, ts: str) -> str:
-        return f"turn:{team}:{channel}:{ts}"
+        return f"{Keys.JOURNAL}{team}:{channel}:{ts}"
 
     @staticmethod
     def rate(scope: str, team: str, who: str, window: int, bucket: int) -> str:
@@ -434,37 +446,57 @@ if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIRE', KEYS[2], ARGV[2]) en
 return removed
 """
 
-# KEYS: lock, inbox, pending. ARGV: token, lock ttl ms, thread key, now. Takes the thread's lock
-# and returns its earliest waiting message, marking the thread as being worked on. Returns
-# false when another worker holds the lock; an empty inbox releases the lock at once and returns
-# '' (nothing to do). One round trip instead of four.
-_TAKE = """
+# The message a worker takes next comes with its journal (`Keys.journal`), read in the same step.
+# Its key is built here from the message, so it is not declared: one more reason these scripts
+# need a single Redis, not a cluster.
+_HEAD_WITH_JOURNAL = """
+local function head_with_journal(inbox)
+  local head = redis.call('ZRANGE', inbox, 0, 0)[1]
+  if not head then return nil end
+  local m = cjson.decode(head)
+  return {head, redis.call('HGETALL', ARGV[5] .. m['team'] .. ':' .. m['channel'] .. ':' .. m['ts'])}
+end
+"""
+
+# KEYS: lock, inbox, pending. ARGV: token, lock ttl ms, thread key, now, journal prefix. Takes
+# the thread's lock and returns its earliest waiting message with its journal, marking the thread
+# as being worked on. Returns false when another worker holds the lock; an empty inbox releases
+# the lock at once and returns '' (nothing to do). One round trip instead of five.
+_TAKE = (
+    _HEAD_WITH_JOURNAL
+    + """
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
-local head = redis.call('ZRANGE', KEYS[2], 0, 0)
-if not head[1] then
+local found = head_with_journal(KEYS[2])
+if not found then
   redis.call('DEL', KEYS[1])
   return ''
 end
 redis.call('ZADD', KEYS[3], 'XX', ARGV[4], ARGV[3])
-return head[1]
+return found
 """
+)
 
-# KEYS: inbox, pending, lock. ARGV: thread key, the finished message, lock token, now. The
+# KEYS: inbox, pending, lock. ARGV: thread key, the finished message, lock token, now, journal
+# prefix. The
 # message is removed by value, not as the head: an earlier message may have arrived (late) while
-# it was being answered. Returns the next waiting message (the lock is kept for it), or '' when
-# the inbox is empty: then the thread leaves the pending set and the lock is released in the same
-# step, so a message accepted a moment later finds the lock free and is never left unworked.
-_FINISH = """
+# it was being answered. Returns the next waiting message with its journal (the lock is kept for
+# it), or '' when the inbox is empty: then the thread leaves the pending set and the lock is
+# released in the same step, so a message accepted a moment later finds the lock free and is
+# never left unworked.
+_FINISH = (
+    _HEAD_WITH_JOURNAL
+    + """
 redis.call('ZREM', KEYS[1], ARGV[2])
-local head = redis.call('ZRANGE', KEYS[1], 0, 0)
-if head[1] then
+local found = head_with_journal(KEYS[1])
+if found then
   redis.call('ZADD', KEYS[2], 'XX', ARGV[4], ARGV[1])
-  return head[1]
+  return found
 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 if redis.call('GET', KEYS[3]) == ARGV[3] then redis.call('DEL', KEYS[3]) end
 return ''
 """
+)
 
 # KEYS: one counter per limit. ARGV: limit_1, window_1, limit_2, window_2, ...
 # Returns the index (1-based) of the first limit this message would exceed, or 0 after counting
@@ -617,28 +649,29 @@ class Store:
         return Accepted(int(accepted))
 
     async def take_thread(self, key: ThreadKey, token: str) -> Queued | Literal[False] | None:
-        """Lock the thread for `token` and return its earliest waiting message (by Slack ts).
+        """Lock the thread for `token` and return its earliest waiting message (by Slack ts),
+        with its journal.
 
         False: another worker holds the lock (it will reach the inbox's messages). None: nothing
         is waiting (the lock is released again).
         """
-        head = await self._take(
+        found = await self._take(
             keys=[Keys.lock(key), Keys.inbox(key), Keys.PENDING],
-            args=[token, self.lock_ttl_ms, str(key), time.time()],
+            args=[token, self.lock_ttl_ms, str(key), time.time(), Keys.JOURNAL],
         )
-        if head is None:
+        if found is None:
             return False
-        return Queued(IncomingMessage.from_json(head), head) if head else None
+        return _queued(found)
 
     async def finish(self, queued: Queued, token: str) -> Queued | None:
         """Take a message off its thread's inbox once it has its outcome; return the next one
         (still under the lock), or None once the inbox is empty (the lock is released)."""
         key = queued.message.key
-        head = await self._finish(
+        found = await self._finish(
             keys=[Keys.inbox(key), Keys.PENDING, Keys.lock(key)],
-            args=[str(key), queued.raw, token, time.time()],
+            args=[str(key), queued.raw, token, time.time(), Keys.JOURNAL],
         )
-        return Queued(IncomingMessage.from_json(head), head) if head else None
+        return _queued(found)
 
     async def threads_waiting(self, idle_seconds: float, limit: int = 100) -> list[ThreadKey]:
         """Threads with queued messages that nobody has moved for `idle_seconds`: their worker
@@ -649,10 +682,6 @@ class Store:
         return [ThreadKey.parse(item) for item in raw]
 
     # -- the turn journal ------------------------------------------------------------------
-
-    async def journal(self, message: IncomingMessage) -> TurnRecord:
-        raw = await self.redis.hgetall(Keys.journal(message.team, message.channel, message.ts))
-        return TurnRecord.from_hash(raw)
 
     async def record_progress(
         self, message: IncomingMessage, *, turns: tuple[Turn, ...] = (), **fields: str | int | None

@@ -231,7 +231,7 @@ class TurnRunner:
             next_up: Queued | None = queued
             while next_up is not None:
                 try:
-                    await self._take_turn_safely(next_up.message)
+                    await self._take_turn_safely(next_up.message, next_up.record)
                 except DeliveryDeferred:
                     return False  # left in the inbox; recovery retries it later
                 next_up = await self.store.finish(next_up, token)
@@ -251,10 +251,10 @@ class TurnRunner:
 
     # -- one turn --------------------------------------------------------------------------
 
-    async def _take_turn_safely(self, message: IncomingMessage) -> None:
+    async def _take_turn_safely(self, message: IncomingMessage, record: TurnRecord) -> None:
         """A turn that fails in an unforeseen way still ends with a message, never silence."""
         try:
-            await self._take_turn(message)
+            await self._take_turn(message, record)
         except (DeliveryDeferred, asyncio.CancelledError):
             self._cancel_early_sign(message)
             raise
@@ -288,8 +288,7 @@ class TurnRunner:
         if early is not None and not early.done():
             early.cancel()
 
-    async def _take_turn(self, message: IncomingMessage) -> None:
-        record = await self.store.journal(message)
+    async def _take_turn(self, message: IncomingMessage, record: TurnRecord) -> None:
         if record.state in ("answered", "noted", "failed"):
             return  # finished before a crash; only taking it off the inbox was lost
         if record.state == "working" and await self._resume(message, record):
