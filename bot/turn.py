@@ -126,8 +126,9 @@ class TurnRunner:
         seen = _seen(message)
         if seen in self._accepted:
             # A mention comes twice (message and app_mention), mostly to the same process:
-            # known here, it needs no trip to Redis. Redis dedups across processes.
-            log.info("duplicate delivery ignored team=%s channel=%s ts=%s", *seen)
+            # known here, it needs no trip to Redis. Redis dedups across processes. Expected for
+            # every mention, so not worth an INFO line each.
+            log.debug("duplicate delivery ignored team=%s channel=%s ts=%s", *seen)
             return
         self._remember(self._accepted, seen)  # now: the twin event is often already on its way
         try:
