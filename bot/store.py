@@ -24,6 +24,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.maint_notifications import MaintNotificationsConfig
 
 log = logging.getLogger(__name__)
 
@@ -592,6 +593,11 @@ class Store:
             # A pooled connection is stale after a Redis restart: retry on a fresh one.
             retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 3),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
+            # Off: a handshake for Redis Enterprise's maintenance events, one more round trip on
+            # every new connection (and an error on open-source Redis), hundreds in a burst.
+            maint_notifications_config=MaintNotificationsConfig(enabled=False),
+            # RESP2: a new connection needs no HELLO round trip (redis-py 8 defaults to RESP3).
+            protocol=2,
         )
         self.redis: redis.Redis = redis.Redis.from_pool(pool)
         self.conversation_ttl = max(1, int(conversation_ttl_days * DAY))
