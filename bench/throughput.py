@@ -27,6 +27,9 @@ async def search(ctx: Context, rig: Rig, bot: BotProcess) -> dict[str, Any]:
     probes: list[dict[str, Any]] = []
 
     async def probe(rate: float, seconds: float) -> dict[str, Any]:
+        # A probe that overloaded the bot leaves it working off a backlog: the next one must
+        # not start until that is done, or it measures the leftovers too.
+        result_settle = await _settle(bot)
         result = await ctx.measured(
             f"throughput-{rate:g}-{seconds:g}s",
             [bot],
@@ -34,6 +37,7 @@ async def search(ctx: Context, rig: Rig, bot: BotProcess) -> dict[str, Any]:
             _offer(ctx, rig, route, rate, seconds),
         )
         result["holds"] = _holds(result, settings.throughput_done_p99)
+        result["settled_before_seconds"] = result_settle
         probes.append(result)
         return result
 
@@ -71,6 +75,18 @@ async def search(ctx: Context, rig: Rig, bot: BotProcess) -> dict[str, Any]:
         "probes": [_brief(p) for p in probes],
         "first_failing_rate": failed,
     }
+
+
+async def _settle(bot: BotProcess, *, idle_share: float = 0.1, cap: float = 120.0) -> float:
+    """Wait (at most `cap` seconds) until the bot uses less than `idle_share` of a core; the
+    seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < cap:
+        before = bot.sample().cpu_seconds
+        await asyncio.sleep(0.5)
+        if (bot.sample().cpu_seconds - before) / 0.5 < idle_share:
+            break
+    return time.monotonic() - started
 
 
 async def _offer(ctx: Context, rig: Rig, route: str, rate: float, seconds: float) -> dict[str, Any]:
@@ -135,6 +151,7 @@ def _brief(result: dict[str, Any]) -> dict[str, Any]:
         "loadgen_busy",
         "machine_shared",
         "loadgen_loop_lag",
+        "settled_before_seconds",
         "profile",
     )
     return {k: result.get(k) for k in keys}
