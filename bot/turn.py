@@ -221,6 +221,7 @@ class TurnRunner:
                     return
         finally:
             self._working_on.discard(key)
+            self._poked.discard(key)
 
     async def _work_locked(self, queued: Queued, token: str) -> bool:
         """Work through the inbox from `queued` on; `finish` hands the lock back when it is empty.
