@@ -126,6 +126,7 @@ class Reply:
         self._posted: list[str] = []  # ts of the finished messages, in order
         self._streaming = target.thread_ts is not None  # Slack streams replies, not top-level posts
         self._writer = uuid.uuid4().hex
+        self._joined = False  # counted among the writers of the update buckets (see _leave)
         self._wake = asyncio.Event()
         self._closing = asyncio.Event()
         self._next_at = 0.0
@@ -219,6 +220,7 @@ class Reply:
             return
         if len(text) <= len(message.shown):
             return
+        self._joined = True
         if message.mode == "stream":
             try:
                 await self.slack.call(
@@ -415,6 +417,8 @@ class Reply:
                 await asyncio.sleep(busy.retry_in)
 
     async def _leave(self) -> None:
+        if not self._joined:
+            return  # never updated: there is no share to give back (one Redis round trip saved)
         await self.budget.leave(self.target.team, ("chat.appendStream", "chat.update"), self._writer)
 
 
