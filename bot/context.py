@@ -133,10 +133,11 @@ class ContextBuilder:
         self._summaries = asyncio.Semaphore(SUMMARIES_AT_ONCE)
         self._turn_room = budget.turn_room(counter.count(system_prompt))
 
-    async def prompt_for(self, key: ThreadKey) -> Prompt:
+    async def prompt_for(self, key: ThreadKey, read: tuple[SummaryState, list[Turn]] | None = None) -> Prompt:
         """System prompt, summary, and the newest turns that fit; the newest turn (the question
-        being answered) is always in, cut to fit if it alone is too long."""
-        summary, first_page = await self.store.summary_and_tail(key, FIRST_PAGE)
+        being answered) is always in, cut to fit if it alone is too long. `read`: the summary and
+        the newest FIRST_PAGE turns, when the caller read them already."""
+        summary, first_page = read or await self.store.summary_and_tail(key, FIRST_PAGE)
         covered = ts_order(summary.upto) if summary.upto else None
         tail = TailReader(self.store, key, first_page)
         newest = await tail.next()

@@ -6,8 +6,10 @@ Slack types stop here and in the listeners: the turn only says what to show, and
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from slack_sdk.errors import SlackApiError
 
@@ -56,15 +58,23 @@ class Delivery:
         # Seconds a final message may wait for its rate slot: two of Slack's minutes, scaled.
         self.final_wait = 120.0 / slack.budget.scale
 
-    def reply(self, target: Target, *, on_visible: OnVisible | None = None) -> Reply:
-        """A new answer; nothing is posted until its first text is written. `on_visible` is
-        awaited with the ts of its first message as soon as Slack shows it."""
+    def reply(
+        self,
+        target: Target,
+        *,
+        on_visible: OnVisible | None = None,
+        after: asyncio.Future[Any] | None = None,
+    ) -> Reply:
+        """A new answer; nothing is posted until its first text is written, nor before `after`
+        (the thinking sign on its way) is done. `on_visible` is awaited with the ts of its first
+        message as soon as Slack shows it while the answer is still being written."""
         return Reply(
             self.slack,
             target,
             min_interval=self.min_interval,
             final_wait=self.final_wait,
             on_visible=on_visible,
+            after=after,
         )
 
     async def show_thinking(self, target: Target) -> ThinkingSign:

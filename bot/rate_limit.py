@@ -59,6 +59,7 @@ LIMITS: dict[str, MethodLimit] = {
 # Our window is a little longer than Slack's: calls reach Slack a moment after they are counted.
 SAFETY = 1.1
 HOLD_SECONDS = 600  # a held slot not used by then (a crashed process) is free again
+REFUSALS_REMEMBERED = 1000  # per-channel and per-thread buckets come and go; past this, prune
 
 
 class RateLimited(Exception):
@@ -90,6 +91,10 @@ class SlackBudget:
         self.store = store
         self.scale = scale
         self._active: dict[str, int] = {}  # last count of writers seen per bucket
+        # When Redis last refused a set of claims, and until when: asking again sooner is a round
+        # trip spent on a refusal (many answers in flight try the same full bucket). Only a hold
+        # given back early frees a slot sooner, and that only delays an update, never loses one.
+        self._refused_until: dict[tuple[str, ...], float] = {}
         self._redis_warned = False
 
     def bucket(self, team: str, method: str, scope: str | None = None) -> RateBucket:
@@ -118,7 +123,16 @@ class SlackBudget:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         first = claims[0].bucket
+        # A held slot is spent whatever else is in the window: no refusal of others applies to it.
+        refusal = None if any(c.mode == "use" for c in claims) else tuple(c.bucket.name for c in claims)
         while True:
+            known_full = self._refused_until.get(refusal, 0.0) - loop.time() if refusal else 0.0
+            if known_full > 0:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise RateLimited(first.name.split(":")[1], known_full)
+                await asyncio.sleep(min(known_full * random.uniform(1.0, 1.1), remaining))
+                continue
             try:
                 grant = await self.store.claim_rate(claims, writer=writer, writer_ttl_ms=2 * first.window_ms)
             except (RedisError, OSError) as error:
@@ -130,12 +144,21 @@ class SlackBudget:
             self._active[first.name] = grant.active
             if grant.granted:
                 return
+            if refusal:
+                self._forget_old_refusals(loop.time())
+                self._refused_until[refusal] = loop.time() + grant.wait
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise RateLimited(first.name.split(":")[1], grant.wait)
             await asyncio.sleep(min(grant.wait * random.uniform(1.0, 1.1), remaining))
 
+    def _forget_old_refusals(self, now: float) -> None:
+        if len(self._refused_until) > REFUSALS_REMEMBERED:
+            self._refused_until = {k: t for k, t in self._refused_until.items() if t > now}
+
     async def release(self, hold: Hold) -> None:
+        # A slot given back here may be what a refusal remembered here was missing.
+        self._refused_until = {k: t for k, t in self._refused_until.items() if hold.bucket.name not in k}
         try:
             await self.store.release_rate_hold(hold.bucket, hold.member)
         except (RedisError, OSError):

@@ -120,12 +120,15 @@ class SupportBot:
         )
         _share_identity(self.app, auth_test)
         # Delivery handles 429s itself (pausing the shared budget, keeping its text), so its client
-        # retries only broken connections.
+        # retries only broken connections and Slack's 5xx.
         delivery_client = AsyncWebClient(
             token=settings.slack_bot_token,
             base_url=settings.slack_api_url,
             session=session,
-            retry_handlers=[AsyncConnectionErrorRetryHandler(max_retry_count=2)],
+            retry_handlers=[
+                AsyncConnectionErrorRetryHandler(max_retry_count=2),
+                AsyncServerErrorRetryHandler(max_retry_count=2),
+            ],
         )
         budget = SlackBudget(self.store, scale=settings.slack_rate_limit_scale)
         self.turns = TurnRunner(

@@ -8,14 +8,15 @@ scripts so that several bot processes sharing one Redis never see half of one.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import hashlib
 import json
 import logging
 import re
 import time
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 import redis.asyncio as redis
@@ -25,6 +26,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
+
+from bot.pipelining import CommandBatcher
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +94,8 @@ class IncomingMessage:
 class Accepted(enum.IntEnum):
     DUPLICATE = 0  # seen before: nothing to do
     QUEUED = 1  # behind other messages of its thread
-    FIRST = 2  # nothing else waiting in its thread: its turn comes at once
+    FIRST = 2  # nothing else waiting in its thread, but its lock is held (a holder ending its work)
+    TAKEN = 3  # nothing else waiting in its thread, and its lock is now held for the caller
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,29 @@ class Queued:
     message: IncomingMessage
     raw: str
     record: TurnRecord
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One step of a turn's journal: fields set (None clears one), and the turns it stored."""
+
+    fields: Mapping[str, str | int | None] = field(default_factory=dict)
+    turns: tuple[Turn, ...] = ()
+
+    @classmethod
+    def of(cls, *, turns: tuple[Turn, ...] = (), **fields: str | int | None) -> Progress:
+        return cls(fields, turns)
+
+
+@dataclass(frozen=True)
+class Begun:
+    """An answer's first step: the abuse limit it exceeds (1-based, 0 for none), or what its
+    prompt is built from."""
+
+    over_limit: int
+    hydrated: bool = False
+    summary: SummaryState | None = None
+    newest_turns: list[Turn] = field(default_factory=list)
 
 
 def _queued(found: Any) -> Queued | None:
@@ -353,13 +380,16 @@ class Keys:
         return f"rate:{{{bucket}}}:active"
 
 
-# KEYS: seen, inbox, meta, journal, pending. ARGV: message json, dedup ttl, inbox ttl,
-# conversation ttl, follow (0/1), starts conversation (0/1), thread key, now, message ts.
+# KEYS: seen, inbox, meta, journal, pending, lock. ARGV: message json, dedup ttl, inbox ttl,
+# conversation ttl, follow (0/1), starts conversation (0/1), thread key, now, message ts, lock
+# token, lock ttl ms.
 # The inbox is ordered by the message's Slack ts, not by arrival: Slack (and Socket Mode's
 # concurrent handling) may hand two quick messages over in either order.
-# Returns 0 for a duplicate, 1 when queued behind other messages, 2 when first in line.
+# Returns {0} for a duplicate, {1} when queued behind other messages, {2} when first in line (but
+# no token was given, or the thread's lock is held), and {3, message, journal} when first in line
+# with the lock now taken for the token (the step `_TAKE` would be next, saved).
 _ACCEPT = """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then return 0 end
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then return {0} end
 redis.call('ZADD', KEYS[2], ARGV[9], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('HSET', KEYS[4], 'state', 'queued')
@@ -370,8 +400,10 @@ if ARGV[5] == '1' then
   if ARGV[6] == '1' then redis.call('HSETNX', KEYS[3], 'hydrated', '1') end
   redis.call('EXPIRE', KEYS[3], ARGV[4])
 end
-if redis.call('ZCARD', KEYS[2]) == 1 then return 2 end
-return 1
+if redis.call('ZCARD', KEYS[2]) ~= 1 then return {1} end
+if ARGV[10] == '' or not redis.call('SET', KEYS[6], ARGV[10], 'NX', 'PX', ARGV[11]) then return {2} end
+redis.call('ZADD', KEYS[5], 'XX', ARGV[8], ARGV[7])
+return {3, ARGV[1], redis.call('HGETALL', KEYS[4])}
 """
 
 # KEYS: turns, meta. ARGV: ts, replacement text, 'edit' or 'delete', conversation ttl. Deleting a
@@ -477,16 +509,50 @@ return found
 """
 )
 
-# KEYS: inbox, pending, lock. ARGV: thread key, the finished message, lock token, now, journal
-# prefix. The
-# message is removed by value, not as the head: an earlier message may have arrived (late) while
-# it was being answered. Returns the next waiting message with its journal (the lock is kept for
-# it), or '' when the inbox is empty: then the thread leaves the pending set and the lock is
-# released in the same step, so a message accepted a moment later finds the lock free and is
-# never left unworked.
+# One step of a turn's journal (`Store.record_progress`): where the turn got to, and the turns it
+# produced, written together. KEYS from k: journal, turns, meta, then one per-person index per
+# author among the turns. ARGV from a: journal ttl, conversation ttl, now, authors, turns, fields
+# set, fields cleared; then the turns (JSON), the fields to set (name, value) and the names to clear.
+_JOURNAL_STEP_FUNCTION = """
+local function journal_step(k, a)
+  local people, turns = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+  local set, cleared = tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
+  local at = a + 7
+  if turns > 0 then
+    redis.call('RPUSH', KEYS[k + 1], unpack(ARGV, at, at + turns - 1))
+    at = at + turns
+    redis.call('EXPIRE', KEYS[k + 1], ARGV[a + 1])
+    redis.call('HSET', KEYS[k + 2], 'updated', ARGV[a + 2])
+    redis.call('EXPIRE', KEYS[k + 2], ARGV[a + 1])
+    for i = k + 3, k + 2 + people do
+      redis.call('SADD', KEYS[i], KEYS[k + 1])
+      redis.call('EXPIRE', KEYS[i], ARGV[a + 1])
+    end
+  end
+  if set > 0 then
+    redis.call('HSET', KEYS[k], unpack(ARGV, at, at + 2 * set - 1))
+    at = at + 2 * set
+  end
+  if cleared > 0 then redis.call('HDEL', KEYS[k], unpack(ARGV, at, at + cleared - 1)) end
+  redis.call('EXPIRE', KEYS[k], ARGV[a])
+end
+"""
+
+_JOURNAL_STEP = _JOURNAL_STEP_FUNCTION + "journal_step(1, 1)"
+
+# KEYS: inbox, pending, lock, then the message's journal step (see above). ARGV: thread key, the
+# finished message, lock token, now, journal prefix, then the journal step. Writes the message's
+# outcome and takes it off the inbox in one step, so a crash leaves it either answered and gone,
+# or still waiting with its journal as it was. The message is removed by value, not as the head:
+# an earlier message may have arrived (late) while it was being answered. Returns the next waiting
+# message with its journal (the lock is kept for it), or '' when the inbox is empty: then the
+# thread leaves the pending set and the lock is released in the same step, so a message accepted
+# a moment later finds the lock free and is never left unworked.
 _FINISH = (
     _HEAD_WITH_JOURNAL
+    + _JOURNAL_STEP_FUNCTION
     + """
+journal_step(4, 6)
 redis.call('ZREM', KEYS[1], ARGV[2])
 local found = head_with_journal(KEYS[1])
 if found then
@@ -499,19 +565,30 @@ return ''
 """
 )
 
-# KEYS: one counter per limit. ARGV: limit_1, window_1, limit_2, window_2, ...
-# Returns the index (1-based) of the first limit this message would exceed, or 0 after counting
-# it in every window: a refused message uses up no budget, so a limit never compounds another.
-_RATE = """
-for i, key in ipairs(KEYS) do
-  local count = tonumber(redis.call('GET', key) or '0')
-  if count + 1 > tonumber(ARGV[2 * i - 1]) then return i end
+# KEYS: one counter per limit, then the message's journal step. ARGV: how many limits, limit_1,
+# window_1, limit_2, window_2, ..., turns to read, then the journal step. The step that starts
+# an answer: if the message is within every abuse limit, it is counted in each window (a refused
+# message uses up no budget, so a limit never compounds another), the journal step is written
+# (the question joins the conversation as the turn is marked begun), and what the prompt is built
+# from is read back. Returns {i} for the first limit exceeded, else {0, {hydrated, summary,
+# summary_upto, epoch}, the newest turns}.
+_BEGIN_ANSWER = (
+    _JOURNAL_STEP_FUNCTION
+    + """
+local limits = tonumber(ARGV[1])
+for i = 1, limits do
+  local count = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if count + 1 > tonumber(ARGV[2 * i]) then return {i} end
 end
-for i, key in ipairs(KEYS) do
-  if redis.call('INCR', key) == 1 then redis.call('EXPIRE', key, ARGV[2 * i]) end
+for i = 1, limits do
+  if redis.call('INCR', KEYS[i]) == 1 then redis.call('EXPIRE', KEYS[i], ARGV[2 * i + 1]) end
 end
-return 0
+local k, a = limits + 1, 2 * limits + 3
+journal_step(k, a)
+local meta = redis.call('HMGET', KEYS[k + 2], 'hydrated', 'summary', 'summary_upto', 'epoch')
+return {0, meta, redis.call('LRANGE', KEYS[k + 1], -tonumber(ARGV[a - 1]), -1)}
 """
+)
 
 _RELEASE_LOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -605,7 +682,7 @@ class Store:
         self.lock_ttl_ms = max(100, int(lock_ttl_seconds * 1000))
         self._take = self.redis.register_script(_TAKE)
         self._finish = self.redis.register_script(_FINISH)
-        self._rate = self.redis.register_script(_RATE)
+        self._begin_answer = self.redis.register_script(_BEGIN_ANSWER)
         self._accept = self.redis.register_script(_ACCEPT)
         self._rewrite_turn = self.redis.register_script(_REWRITE_TURN)
         self._save_summary = self.redis.register_script(_SAVE_SUMMARY)
@@ -613,8 +690,13 @@ class Store:
         self._release_lock = self.redis.register_script(_RELEASE_LOCK)
         self._renew_lock = self.redis.register_script(_RENEW_LOCK)
         self._rate_claim = self.redis.register_script(_RATE_CLAIM)
+        self._record_progress = self.redis.register_script(_JOURNAL_STEP)
+        # The turns' commands go out in batches (bot/pipelining.py); admin and background work
+        # uses the client directly.
+        self._batch = CommandBatcher(self.redis)
 
     async def close(self) -> None:
+        await self._batch.close()
         await self.redis.aclose()  # the client owns its pool (from_pool) and closes it
 
     async def ping(self) -> bool:
@@ -625,20 +707,24 @@ class Store:
 
     # -- inbox and dedup -------------------------------------------------------------------
 
-    async def accept(self, message: IncomingMessage) -> Accepted:
-        """Queue a message for its thread unless it was seen before."""
+    async def accept(self, message: IncomingMessage, token: str = "") -> tuple[Accepted, Queued | None]:
+        """Queue a message for its thread unless it was seen before. With a `token`, when it is
+        first in line, the thread's lock is taken for it in the same step (Accepted.TAKEN), and
+        the message comes back with its journal, as `take_thread` would return it."""
         key = message.key
         follow = message.action != "record"
         try:
-            accepted = await self._accept(
-                keys=[
+            accepted = await self._batch.run_script(
+                self._accept,
+                [
                     Keys.seen(key.team, key.channel, message.ts),
                     Keys.inbox(key),
                     Keys.meta(key),
                     Keys.journal(key.team, key.channel, message.ts),
                     Keys.PENDING,
+                    Keys.lock(key),
                 ],
-                args=[
+                [
                     message.to_json(),
                     Keys.DEDUP_TTL,
                     Keys.INBOX_TTL,
@@ -648,11 +734,13 @@ class Store:
                     str(key),
                     time.time(),
                     message.ts,
+                    token,
+                    self.lock_ttl_ms,
                 ],
             )
         except (RedisError, OSError) as error:
             raise StoreUnavailable(type(error).__name__) from None
-        return Accepted(int(accepted))
+        return Accepted(int(accepted[0])), _queued(accepted[1:])
 
     async def take_thread(self, key: ThreadKey, token: str) -> Queued | Literal[False] | None:
         """Lock the thread for `token` and return its earliest waiting message (by Slack ts),
@@ -661,21 +749,25 @@ class Store:
         False: another worker holds the lock (it will reach the inbox's messages). None: nothing
         is waiting (the lock is released again).
         """
-        found = await self._take(
-            keys=[Keys.lock(key), Keys.inbox(key), Keys.PENDING],
-            args=[token, self.lock_ttl_ms, str(key), time.time(), Keys.JOURNAL],
+        found = await self._batch.run_script(
+            self._take,
+            [Keys.lock(key), Keys.inbox(key), Keys.PENDING],
+            [token, self.lock_ttl_ms, str(key), time.time(), Keys.JOURNAL],
         )
         if found is None:
             return False
         return _queued(found)
 
-    async def finish(self, queued: Queued, token: str) -> Queued | None:
-        """Take a message off its thread's inbox once it has its outcome; return the next one
-        (still under the lock), or None once the inbox is empty (the lock is released)."""
-        key = queued.message.key
-        found = await self._finish(
-            keys=[Keys.inbox(key), Keys.PENDING, Keys.lock(key)],
-            args=[str(key), queued.raw, token, time.time(), Keys.JOURNAL],
+    async def finish(self, queued: Queued, token: str, outcome: Progress) -> Queued | None:
+        """Record a message's outcome and take it off its thread's inbox, in one step; return the
+        next one (still under the lock), or None once the inbox is empty (the lock is released)."""
+        message = queued.message
+        key = message.key
+        keys, args = self._journal_step(message, outcome)
+        found = await self._batch.run_script(
+            self._finish,
+            [Keys.inbox(key), Keys.PENDING, Keys.lock(key), *keys],
+            [str(key), queued.raw, token, time.time(), Keys.JOURNAL, *args],
         )
         return _queued(found)
 
@@ -693,47 +785,85 @@ class Store:
         self, message: IncomingMessage, *, turns: tuple[Turn, ...] = (), **fields: str | int | None
     ) -> None:
         """Write where a turn got to (None clears a field), and append to the conversation the
-        `turns` that step produced, all in one transaction: the journal never says a turn was
-        stored when it was not, nor the other way round."""
-        key = Keys.journal(message.team, message.channel, message.ts)
-        updates = {name: str(value) for name, value in fields.items() if value is not None}
-        cleared = [name for name, value in fields.items() if value is None]
-        async with self.redis.pipeline(transaction=True) as pipe:
-            if turns:
-                self._queue_append(pipe, message.key, turns)
-            if updates:
-                pipe.hset(key, mapping=updates)
-            if cleared:
-                pipe.hdel(key, *cleared)
-            pipe.expire(key, Keys.JOURNAL_TTL)
-            await pipe.execute()
+        `turns` that step produced, all in one step: the journal never says a turn was stored
+        when it was not, nor the other way round."""
+        keys, args = self._journal_step(message, Progress(fields, turns))
+        await self._batch.run_script(self._record_progress, keys, args)
+
+    def _journal_step(self, message: IncomingMessage, step: Progress) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of `_JOURNAL_STEP_FUNCTION` for one step of a message's turn."""
+        key = message.key
+        people = sorted({turn.user for turn in step.turns if turn.role == "user" and turn.user})
+        updates = [item for name, value in step.fields.items() if value is not None for item in (name, value)]
+        cleared = [name for name, value in step.fields.items() if value is None]
+        keys = [
+            Keys.journal(message.team, message.channel, message.ts),
+            Keys.turns(key),
+            Keys.meta(key),
+            *(Keys.user_index(key.team, user) for user in people),
+        ]
+        args = [
+            Keys.JOURNAL_TTL,
+            self.conversation_ttl,
+            int(time.time()),
+            len(people),
+            len(step.turns),
+            len(updates) // 2,
+            len(cleared),
+            *(turn.to_json() for turn in step.turns),
+            *updates,
+            *cleared,
+        ]
+        return keys, args
 
     async def count_attempt(self, message: IncomingMessage) -> int:
         key = Keys.journal(message.team, message.channel, message.ts)
         return int(await self.redis.hincrby(key, "attempts", 1))
 
-    # -- abuse limits ----------------------------------------------------------------------
+    # -- an answer's first step --------------------------------------------------------------
 
-    async def over_limit(self, team: str, checks: list[tuple[str, str, int, int]]) -> int:
-        """Count one message against each (scope, who, limit, window seconds); return the
-        1-based index of the first limit it exceeds, or 0."""
+    async def begin_answer(
+        self,
+        message: IncomingMessage,
+        question: tuple[Turn, ...],
+        limits: list[tuple[str, str, int, int]],
+        newest: int,
+    ) -> Begun:
+        """Count the message against each abuse limit (scope, who, limit, window seconds); unless
+        one is exceeded, store the `question` and mark the turn begun, and read what its prompt is
+        built from: the summary and the `newest` turns. One round trip."""
         now = int(time.time())
-        keys = [Keys.rate(scope, team, who, window, now // window) for scope, who, _, window in checks]
-        args: list[int] = []
-        for _, _, limit, window in checks:
-            args += [limit, window]
+        limit_keys = [
+            Keys.rate(scope, message.team, who, window, now // window) for scope, who, _, window in limits
+        ]
+        limit_args = [item for _, _, limit, window in limits for item in (limit, window)]
+        keys, args = self._journal_step(
+            message, Progress.of(turns=question, state="working", user_turn_stored=1)
+        )
         try:
-            return int(await self._rate(keys=keys, args=args))
+            found = await self._batch.run_script(
+                self._begin_answer, [*limit_keys, *keys], [len(limits), *limit_args, newest, *args]
+            )
         except (RedisError, OSError) as error:
             raise StoreUnavailable(type(error).__name__) from None
+        if found[0]:
+            return Begun(over_limit=int(found[0]))
+        (hydrated, text, upto, epoch), raw = found[1], found[2]
+        return Begun(
+            over_limit=0,
+            hydrated=hydrated == "1",
+            summary=SummaryState(text or None, upto or None, epoch or "0"),
+            newest_turns=[Turn.from_json(item) for item in raw],
+        )
 
     # -- per-thread lock (taken by `take_thread`, handed on by `finish`) --------------------
 
     async def renew_lock(self, key: ThreadKey, token: str) -> bool:
-        return bool(await self._renew_lock(keys=[Keys.lock(key)], args=[token, self.lock_ttl_ms]))
+        renewed = await self._batch.run_script(self._renew_lock, [Keys.lock(key)], [token, self.lock_ttl_ms])
+        return bool(renewed)
 
     async def release_lock(self, key: ThreadKey, token: str) -> None:
-        await self._release_lock(keys=[Keys.lock(key)], args=[token])
+        await self._batch.run_script(self._release_lock, [Keys.lock(key)], [token])
 
     # -- one summary job per conversation, across processes ------------------------------------
 
@@ -752,12 +882,12 @@ class Store:
 
     async def is_followed(self, key: ThreadKey) -> bool:
         try:
-            return await self.redis.hget(Keys.meta(key), "followed") == "1"
+            return await self._batch.execute("HGET", Keys.meta(key), "followed") == "1"
         except (RedisError, OSError) as error:
             raise StoreUnavailable(type(error).__name__) from None
 
     async def is_hydrated(self, key: ThreadKey) -> bool:
-        return await self.redis.hget(Keys.meta(key), "hydrated") == "1"
+        return await self._batch.execute("HGET", Keys.meta(key), "hydrated") == "1"
 
     async def append_turns(self, key: ThreadKey, *turns: Turn) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -794,7 +924,7 @@ class Store:
 
     async def tail(self, key: ThreadKey, skip: int, count: int) -> list[Turn]:
         """`count` turns ending `skip` turns before the newest, oldest first (fewer at the start)."""
-        raw = await self.redis.lrange(Keys.turns(key), -(skip + count), -(skip + 1))
+        raw = await self._batch.execute("LRANGE", Keys.turns(key), -(skip + count), -(skip + 1))
         return [Turn.from_json(item) for item in raw]
 
     async def summary(self, key: ThreadKey) -> SummaryState:
@@ -803,10 +933,9 @@ class Store:
 
     async def summary_and_tail(self, key: ThreadKey, count: int) -> tuple[SummaryState, list[Turn]]:
         """The rolling summary and the newest `count` turns (oldest first), in one round trip."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(Keys.meta(key), "summary", "summary_upto", "epoch")
-            pipe.lrange(Keys.turns(key), -count, -1)
-            (text, upto, epoch), raw = await pipe.execute()
+        found = self._batch.submit("HMGET", Keys.meta(key), "summary", "summary_upto", "epoch")
+        page = self._batch.submit("LRANGE", Keys.turns(key), -count, -1)  # the same batch
+        (text, upto, epoch), raw = await asyncio.gather(found, page)
         return SummaryState(text or None, upto or None, epoch or "0"), [Turn.from_json(item) for item in raw]
 
     async def stored_ts(self, key: ThreadKey) -> set[str]:
@@ -923,10 +1052,10 @@ class Store:
     # -- cached Slack display names --------------------------------------------------------
 
     async def cached_name(self, team: str, user: str) -> str | None:
-        return await self.redis.get(Keys.display_name(team, user))
+        return await self._batch.execute("GET", Keys.display_name(team, user))
 
     async def cache_name(self, team: str, user: str, name: str) -> None:
-        await self.redis.set(Keys.display_name(team, user), name, ex=Keys.NAME_TTL)
+        await self._batch.execute("SET", Keys.display_name(team, user), name, "EX", Keys.NAME_TTL)
 
     # -- feedback ----------------------------------------------------------------------------
 
@@ -967,14 +1096,14 @@ class Store:
              "mode": c.mode, "member": c.member, "hold": c.hold_ms}
             for c in claims
         ]  # fmt: skip
-        granted, wait_ms, active = await self._rate_claim(
-            keys=keys, args=[json.dumps(spec), writer, max(writer_ttl_ms, 1)]
+        granted, wait_ms, active = await self._batch.run_script(
+            self._rate_claim, keys, [json.dumps(spec), writer, max(writer_ttl_ms, 1)]
         )
         return RateGrant(bool(granted), int(wait_ms) / 1000, int(active))
 
     async def release_rate_hold(self, bucket: RateBucket, member: str) -> None:
         """Give back a slot held for a call that will not be made."""
-        await self.redis.zrem(Keys.rate_held(bucket.name), member)
+        await self._batch.execute("ZREM", Keys.rate_held(bucket.name), member)
 
     async def pause_rate(self, bucket: RateBucket, seconds: float) -> None:
         """Slack said 429: no process calls this bucket until its Retry-After has passed."""
@@ -985,10 +1114,7 @@ class Store:
 
     async def leave_rate(self, buckets: Iterable[RateBucket], writer: str) -> None:
         """An answer stops writing: it no longer takes a share of these buckets."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for bucket in buckets:
-                pipe.zrem(Keys.rate_active(bucket.name), writer)
-            await pipe.execute()
+        await asyncio.gather(*(self._batch.submit("ZREM", Keys.rate_active(b.name), writer) for b in buckets))
 
     # -- for the admin command line -------------------------------------------------------
 

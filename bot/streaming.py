@@ -69,6 +69,10 @@ STREAMING_REFUSED = {
 # Errors that mean "this stream can grow no more": what it shows stays, the rest is posted.
 STREAM_ENDED = {"message_not_in_streaming_state", "streaming_state_conflict"}
 INTERMEDIATE_FAILURES_TOLERATED = 3
+# The first text waits this long for more: an answer written whole by then (a short answer, a fast
+# model) goes out as one message, not a message and its update, which would cost an update of
+# Slack's scarce budget (chat.update: 50 a minute per workspace) for no one's benefit.
+FIRST_SHOW_DELAY = 0.1
 
 
 @dataclass(frozen=True)
@@ -111,9 +115,11 @@ class Reply:
         min_interval: float,
         final_wait: float,
         on_visible: OnVisible | None = None,
+        after: asyncio.Future[Any] | None = None,
     ) -> None:
         self.slack = slack
         self._on_visible = on_visible
+        self._after = after
         self.budget = slack.budget
         self.target = target
         self.min_interval = min_interval
@@ -141,6 +147,7 @@ class Reply:
             return False
         self._add(self._formatter.feed(text))
         if self._task is None:
+            self._next_at = asyncio.get_running_loop().time() + FIRST_SHOW_DELAY
             self._task = asyncio.create_task(self._show_while_written())
         self._wake.set()
         return True
@@ -259,6 +266,7 @@ class Reply:
     async def _open(self, text: str) -> None:
         """Start the answer's next message with `text`: streamed if Slack lets us, else posted."""
         target = self.target
+        await self._after_sign()
         if self._streaming:
             stop_slot = self.budget.hold_for(target.team, "chat.stopStream")
             recipient: dict[str, Any] = {}
@@ -378,6 +386,7 @@ class Reply:
                 if not text.strip():
                     return
         content = _content(text, feedback)
+        await self._after_sign()
         if message is not None:
             await self._final_call("chat.update", use=message.final_slot, channel=target.channel,
                                    ts=message.ts, **content)  # fmt: skip
@@ -393,7 +402,17 @@ class Reply:
             **content,
         )
         self._posted.append(str(response["ts"]))
-        await self._became_visible(self._posted[-1])
+        if feedback is None:
+            # More of the answer is to come. (The last message is journaled with the answer.)
+            await self._became_visible(self._posted[-1])
+
+    async def _after_sign(self) -> None:
+        """Nothing of the answer shows before the thinking sign is up: a thread status set after
+        the answer would stay, where one set before it is cleared by the answer."""
+        if self._after is not None:
+            after, self._after = self._after, None
+            if not after.done():
+                await asyncio.wait([after])
 
     async def _became_visible(self, ts: str) -> None:
         """Tell the turn, once, that part of its answer is now on screen."""

@@ -5,31 +5,49 @@ delivered twice, or to two processes, is queued once). Whoever holds the thread'
 through the inbox oldest first, so two quick messages in one thread are answered in order and the
 second answer sees the first.
 
-Each turn is journaled as it goes (working, answer produced, answer visible, done). A message
-stays at the head of its inbox until it has its outcome, so when a process dies mid-turn the lock
-expires and another process (or the next start) picks the turn up from its journal: it answers
-it, delivers the answer already produced, or says the answer was interrupted. Never twice.
+Each turn is journaled as it goes (working; part of the answer visible; an answer Slack would not
+take yet; done). A message stays in its inbox until it has its outcome, which is recorded in the
+same step that takes it off, so when a process dies mid-turn the lock expires and another process
+(or the next start) picks the turn up from its journal: it answers it, delivers the answer kept
+for a retry, or says the answer was interrupted. Never twice.
+
+A turn costs few round trips to Redis (bot/pipelining.py sends those of concurrent turns together):
+a message that opens a thread is queued and its thread locked in one step; the limits, the
+question and what the prompt is built from are one step; the outcome and the hand-over of the
+lock are one step.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import aiohttp
+from redis.exceptions import RedisError
 from slack_sdk.errors import SlackApiError
 
 from bot.breaker import CircuitBreaker
-from bot.context import ContextBuilder
+from bot.context import FIRST_PAGE, ContextBuilder
 from bot.delivery import Delivery, DeliveryError, Ending, Reply, Target, ThinkingSign, target_for
 from bot.llm import UNAVAILABLE, Answer, ChatMessage, ChatModel, LLMError
-from bot.store import Accepted, IncomingMessage, Queued, Store, StoreUnavailable, ThreadKey, Turn, TurnRecord
+from bot.store import (
+    Accepted,
+    IncomingMessage,
+    Progress,
+    Queued,
+    Store,
+    StoreUnavailable,
+    ThreadKey,
+    Turn,
+    TurnRecord,
+)
 from bot.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -111,7 +129,10 @@ class TurnRunner:
         self.limits = limits
         self._llm_slots = asyncio.Semaphore(max_concurrent_turns)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._working_on: set[ThreadKey] = set()
+        self._intake: set[asyncio.Future[Any]] = set()  # events acknowledged, not yet queued
+        self._working_on: dict[ThreadKey, int] = {}  # workers here per thread (two, briefly)
+        self._held: dict[ThreadKey, str] = {}  # thread locks held here, by their token
+        self._renewing: asyncio.Task[None] | None = None
         self._poked: set[ThreadKey] = set()
         self._recently_followed: OrderedDict[ThreadKey, None] = OrderedDict()
         self._noticed: OrderedDict[tuple[str, str, str], None] = OrderedDict()
@@ -131,8 +152,12 @@ class TurnRunner:
             log.debug("duplicate delivery ignored team=%s channel=%s ts=%s", *seen)
             return
         self._remember(self._accepted, seen)  # now: the twin event is often already on its way
+        # A message that opens a thread can be taken at once: nothing in its thread can precede
+        # it. Any other waits for `take_thread`, a round trip later, which takes the earliest
+        # message waiting: a moment for an earlier one that Slack handed over later.
+        token = uuid.uuid4().hex if message.conversation == message.ts else ""
         try:
-            accepted = await self.store.accept(message)
+            accepted, taken = await self.store.accept(message, token)
         except StoreUnavailable as error:
             self._accepted.pop(seen, None)
             log.error(
@@ -148,10 +173,14 @@ class TurnRunner:
             log.info("duplicate delivery ignored team=%s channel=%s ts=%s", *seen)
             return
         self._remember_followed(message.key)
-        if accepted is Accepted.FIRST and message.action == "answer":
+        if accepted in (Accepted.FIRST, Accepted.TAKEN) and message.action == "answer":
             # Its turn comes at once: show the sign now, while the turn gets going alongside.
             self._remember(self._early_signs, seen, asyncio.create_task(self._show_sign(message)))
-        self.start_work(message.key)
+        if taken is not None:
+            # A worker of its own even if one here is ending: that one no longer holds the lock.
+            self._spawn(self.work_through(message.key, (taken, token)))
+        else:
+            self.start_work(message.key)
 
     async def is_followed(self, key: ThreadKey) -> bool:
         """Does the bot take part in this thread? Falls back to this process's memory if Redis
@@ -185,13 +214,35 @@ class TurnRunner:
                 started += 1
         return started
 
+    @contextlib.contextmanager
+    def taking_in(self) -> Iterator[None]:
+        """Marks a Slack event being turned into a queued message. It was acknowledged to Slack,
+        which will not send it again, so `drain` waits for it as for a turn."""
+        task = asyncio.current_task()
+        if task is None:
+            yield
+            return
+        self._intake.add(task)
+        try:
+            yield
+        finally:
+            self._intake.discard(task)
+
     async def drain(self, grace_seconds: float) -> None:
-        """Wait (up to `grace_seconds`) for turns in flight; used on shutdown and in tests."""
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=grace_seconds)
+        """Wait (up to `grace_seconds`) for events being taken in and turns in flight, including
+        turns those events start; used on shutdown and in tests."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_seconds
+        while pending := self._tasks | self._intake:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            await asyncio.wait(pending, timeout=remaining)
 
     async def abandon(self) -> None:
         """Stop what is left; the journal and the inbox keep it for the next process."""
+        if self._renewing is not None:
+            self._renewing.cancel()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -204,59 +255,85 @@ class TurnRunner:
 
     # -- the thread's inbox ----------------------------------------------------------------
 
-    async def work_through(self, key: ThreadKey) -> None:
-        """Answer the thread's queued messages in order while holding its lock."""
-        self._working_on.add(key)
+    async def work_through(self, key: ThreadKey, taken: tuple[Queued, str] | None = None) -> None:
+        """Answer the thread's queued messages in order while holding its lock. `taken`: the
+        first message and the lock's token, when accepting it took the lock already."""
+        self._working_on[key] = self._working_on.get(key, 0) + 1
         try:
             while True:
                 self._poked.discard(key)
-                token = uuid.uuid4().hex
-                queued = await self.store.take_thread(key, token)
-                if queued is False:
-                    return  # the holder (here or in another process) will reach our message
+                if taken is not None:
+                    (queued, token), taken = taken, None
+                else:
+                    token = uuid.uuid4().hex
+                    found = await self.store.take_thread(key, token)
+                    if found is False:
+                        return  # the holder (here or in another process) will reach our message
+                    queued = found
                 if queued is not None and not await self._work_locked(queued, token):
                     return  # a delivery was deferred: recovery comes back to the thread later
                 # A message accepted here while we were finishing found us still at work.
                 if key not in self._poked:
                     return
         finally:
-            self._working_on.discard(key)
-            self._poked.discard(key)
+            if self._working_on[key] > 1:
+                self._working_on[key] -= 1
+            else:
+                del self._working_on[key]
+                self._poked.discard(key)
 
     async def _work_locked(self, queued: Queued, token: str) -> bool:
         """Work through the inbox from `queued` on; `finish` hands the lock back when it is empty.
         False when a delivery was deferred (its message stays first in the inbox)."""
         key = queued.message.key
-        renewer = asyncio.create_task(self._keep_lock(key, token))
+        self._hold(key, token)
         holding = True
         try:
             next_up: Queued | None = queued
             while next_up is not None:
                 try:
-                    await self._take_turn_safely(next_up.message, next_up.record)
+                    outcome = await self._take_turn_safely(next_up.message, next_up.record)
                 except DeliveryDeferred:
                     return False  # left in the inbox; recovery retries it later
-                next_up = await self.store.finish(next_up, token)
+                next_up = await self.store.finish(next_up, token, outcome)
                 holding = next_up is not None  # an empty inbox: finish released the lock
             return True
         finally:
-            renewer.cancel()
+            if self._held.get(key) == token:
+                del self._held[key]
             if holding:
                 await self.store.release_lock(key, token)
 
-    async def _keep_lock(self, key: ThreadKey, token: str) -> None:
-        while True:
+    def _hold(self, key: ThreadKey, token: str) -> None:
+        self._held[key] = token
+        if self._renewing is None or self._renewing.done():
+            self._renewing = asyncio.create_task(self._renew_held_locks())
+
+    async def _renew_held_locks(self) -> None:
+        """Renew every thread lock held here, a third of their lifetime at a time, in one batch
+        (one task for them all, not one per turn); stops when none is held."""
+        while self._held:
             await asyncio.sleep(self.store.lock_ttl_ms / 3000)
-            if not await self.store.renew_lock(key, token):
-                log.warning("thread lock lost thread=%s", key)
-                return
+            held = list(self._held.items())
+            renewed = await asyncio.gather(
+                *(self.store.renew_lock(key, token) for key, token in held), return_exceptions=True
+            )
+            for (key, token), outcome in zip(held, renewed, strict=True):
+                if outcome is True:
+                    continue
+                if outcome is False and self._held.get(key) == token:
+                    del self._held[key]  # expired, or taken over: nothing left to renew
+                    log.warning("thread lock lost thread=%s", key)
+                elif isinstance(outcome, BaseException):
+                    log.warning("thread lock not renewed thread=%s error=%s", key, type(outcome).__name__)
 
     # -- one turn --------------------------------------------------------------------------
 
-    async def _take_turn_safely(self, message: IncomingMessage, record: TurnRecord) -> None:
-        """A turn that fails in an unforeseen way still ends with a message, never silence."""
+    async def _take_turn_safely(self, message: IncomingMessage, record: TurnRecord) -> Progress:
+        """A turn that fails in an unforeseen way still ends with a message, never silence.
+        Returns the outcome to record as the message leaves the inbox."""
         try:
-            await self._take_turn(message, record)
+            outcome = await self._take_turn(message, record)
         except (DeliveryDeferred, asyncio.CancelledError):
             self._cancel_early_sign(message)
             raise
@@ -267,62 +344,69 @@ class TurnRunner:
                 type(error).__name__,
             )
             await self.delivery.post_notice(target_for(message), TURN_FAILED)
-            await self.store.record_progress(message, state="failed")
+            outcome = Progress.of(state="failed")
         # A turn that ended without an answer (a refusal, a greeting, a finished turn) takes
         # away the sign shown when its message came in.
         if (early := self._early_signs.pop(_seen(message), None)) is not None:
             await self.delivery.clear_thinking(await early, answered=False)
+        return outcome
 
     async def _show_sign(self, message: IncomingMessage) -> ThinkingSign:
         try:
-            return await self.delivery.show_thinking(target_for(message))
+            sign = await self.delivery.show_thinking(target_for(message))
         except Exception as error:  # a sign is not worth losing the turn over
             log.warning("thinking sign failed error=%s", type(error).__name__)
             return ThinkingSign(target_for(message), "none")
+        if sign.kind == "reaction":
+            # A turn interrupted now leaves a reaction that whoever resumes it takes away.
+            try:
+                await self.store.record_progress(message, sign=sign.kind)
+            except (RedisError, OSError) as error:
+                log.warning("thinking sign not journaled error=%s", type(error).__name__)
+        return sign
 
-    async def _sign_for(self, message: IncomingMessage) -> ThinkingSign:
-        """The sign shown when the message came in, or a new one."""
+    def _sign_for(self, message: IncomingMessage) -> asyncio.Task[ThinkingSign]:
+        """The sign shown when the message came in, or a new one, on its way alongside the turn."""
         early = self._early_signs.pop(_seen(message), None)
-        return await (early if early is not None else self._show_sign(message))
+        return early if early is not None else asyncio.create_task(self._show_sign(message))
 
     def _cancel_early_sign(self, message: IncomingMessage) -> None:
         early = self._early_signs.pop(_seen(message), None)
         if early is not None and not early.done():
             early.cancel()
 
-    async def _take_turn(self, message: IncomingMessage, record: TurnRecord) -> None:
+    async def _take_turn(self, message: IncomingMessage, record: TurnRecord) -> Progress:
         if record.state in ("answered", "noted", "failed"):
-            return  # finished before a crash; only taking it off the inbox was lost
-        if record.state == "working" and await self._resume(message, record):
-            return
+            return Progress()  # finished before a crash; only taking it off the inbox was lost
+        if record.state == "working" and (resumed := await self._resume(message, record)) is not None:
+            return resumed
         if message.action == "reset":
             await self.store.reset(message.key)
             await self.delivery.post_notice(target_for(message), RESET_CONFIRMATION)
-            await self.store.record_progress(message, state="answered")
             log.info("turn team=%s channel=%s thread=%s user=%s outcome=reset", *_where(message))
-        elif message.action == "forget":
+            return Progress.of(state="answered")
+        if message.action == "forget":
             forgotten = await self.store.forget_user(message.team, message.user)
             self.workspace.forget_name(message.team, message.user)
             await self.delivery.post_notice(target_for(message), FORGOTTEN.format(**asdict(forgotten)))
-            await self.store.record_progress(message, state="answered")
             log.info(
                 "turn team=%s channel=%s thread=%s user=%s outcome=forgotten messages=%d conversations=%d",
                 *_where(message),
                 forgotten.messages,
                 forgotten.conversations,
             )
-        elif message.action == "record":
+            return Progress.of(state="answered")
+        if message.action == "record":
             said = () if record.user_turn_stored else (await self._user_turn(message),)
-            await self.store.record_progress(message, turns=said, user_turn_stored=1, state="answered")
-        elif (refusal := await self._refusal(message)) is not None:
+            return Progress.of(turns=said, user_turn_stored=1, state="answered")
+        if (refusal := await self._refusal(message)) is not None:
             await self.delivery.post_notice(target_for(message), refusal)
-            await self.store.record_progress(message, state="noted")
-        else:
-            await self._answer(message, record)
+            return Progress.of(state="noted")
+        return await self._answer(message, record)
 
-    async def _resume(self, message: IncomingMessage, record: TurnRecord) -> bool:
-        """A turn a previous process started and did not finish. True when handled here; False
-        when nothing of it reached the user, so it is simply answered again."""
+    async def _resume(self, message: IncomingMessage, record: TurnRecord) -> Progress | None:
+        """A turn a previous process started and did not finish: its outcome when handled here;
+        None when nothing of it reached the user, so it is simply answered again."""
         log.info(
             "resuming interrupted turn team=%s channel=%s thread=%s user=%s answer_ready=%s visible=%s",
             *_where(message),
@@ -333,68 +417,73 @@ class TurnRunner:
         if record.answer_ts is not None:
             await self.delivery.end_abandoned(target, record.answer_ts)
             await self.delivery.post_notice(target, INTERRUPTED)
-            await self.store.record_progress(message, state="noted")
+            outcome = Progress.of(state="noted")
         elif record.answer is not None:
             reply = self._reply(message, target)
             reply.write(record.answer)
-            await self._finish_reply(message, reply, Ending.COMPLETE, record.answer, None)
+            _, outcome = await self._finish_reply(message, reply, Ending.COMPLETE, record.answer, None)
         else:
-            return False
+            return None
         if record.sign == "reaction":
             await self.delivery.clear_sign(target, "reaction")
-        return True
+        return outcome
 
     async def _refusal(self, message: IncomingMessage) -> str | None:
-        """A short reply instead of a model call: the message is empty, too long, or over a limit."""
+        """A short reply instead of a model call: the message is empty or too long. (The abuse
+        limits are checked in the answer's first step.)"""
         text = await self.workspace.readable(message.team, message.text, message.bot_user_id)
         if not text:
             return GREETING
         if len(text) > self.limits.max_message_chars:
             return TOO_LONG.format(length=len(text), limit=self.limits.max_message_chars)
+        return None
+
+    def _limit_checks(self, message: IncomingMessage) -> list[tuple[str, str, int, int]]:
         limits = self.limits
-        checks = [
+        return [
             ("user-minute", message.user, limits.user_per_minute, 60),
             ("user-day", message.user, limits.user_per_day, 86_400),
             ("channel-minute", message.channel, limits.channel_per_minute, 60),
         ]
-        hit = await self.store.over_limit(message.team, checks)
-        if hit:
-            log.info(
-                "rate limited team=%s channel=%s thread=%s user=%s limit=%s",
-                *_where(message),
-                checks[hit - 1][0],
-            )
-            return LIMITED[hit].format(limit=checks[hit - 1][2])
-        return None
 
-    async def _answer(self, message: IncomingMessage, record: TurnRecord) -> None:
+    async def _answer(self, message: IncomingMessage, record: TurnRecord) -> Progress:
         started = time.monotonic()
         target = target_for(message)
-        sign = await self._sign_for(message)
+        # The sign goes up alongside: the model is asked without waiting for Slack to show it.
+        sign = self._sign_for(message)
         answer: Answer | None = None
         outcome = "answered"
         answered = False
         try:
-            # The question joins the conversation in the same step that marks the turn begun.
+            # The question joins the conversation in the step that checks the limits and marks
+            # the turn begun, which also reads back what the prompt is built from.
             question = () if record.user_turn_stored else (await self._user_turn(message),)
-            await self.store.record_progress(
-                message, turns=question, state="working", sign=sign.kind, user_turn_stored=1
-            )
-            await self._read_earlier_thread(message)
-            prompt = await self.context.prompt_for(message.key)
-            reply = self._reply(message, target)
+            checks = self._limit_checks(message)
+            begun = await self.store.begin_answer(message, question, checks, FIRST_PAGE)
+            if begun.over_limit:
+                outcome = f"limited:{checks[begun.over_limit - 1][0]}"
+                limit = checks[begun.over_limit - 1][2]
+                notice = LIMITED[begun.over_limit].format(limit=limit)
+                answered = await self.delivery.post_notice(target, notice) is not None
+                return Progress.of(state="noted")
+            if await self._read_earlier_thread(message, begun.hydrated):
+                prompt = await self.context.prompt_for(message.key)
+            else:
+                assert begun.summary is not None
+                prompt = await self.context.prompt_for(message.key, (begun.summary, begun.newest_turns))
+            reply = self._reply(message, target, after=sign)
             answer, ending = await self._ask_model(prompt.messages, reply)
-            if not reply.shown:  # kept so that a Slack outage cannot lose it
-                await self.store.record_progress(message, answer=answer.text)
-            answered = bool(await self._finish_reply(message, reply, ending, answer.text, answer))
+            posted, step = await self._finish_reply(message, reply, ending, answer.text, answer)
+            answered = bool(posted)
             outcome = ending.value
             if prompt.needs_summary:
                 # In the background: the answer is already out, and nothing waits for this.
                 self._spawn(self.context.summarise(message.key))
+            return step
         except LLMError as error:
             outcome = f"llm_error:{error.kind}"
             answered = await self.delivery.post_notice(target, error.user_message) is not None
-            await self.store.record_progress(message, state="noted")
+            return Progress.of(state="noted")
         except DeliveryDeferred:
             outcome = "delivery_deferred"
             raise
@@ -403,7 +492,7 @@ class TurnRunner:
             raise
         finally:
             if outcome not in ("delivery_deferred", "interrupted"):
-                await self.delivery.clear_thinking(sign, answered=answered)
+                await self.delivery.clear_thinking(await sign, answered=answered)
             log.info(
                 "turn team=%s channel=%s thread=%s user=%s model=%s prompt_tokens=%s "
                 "completion_tokens=%s attempts=%s latency_ms=%d outcome=%s",
@@ -417,13 +506,16 @@ class TurnRunner:
             )
             log.debug("turn text ts=%s question=%r", message.ts, message.text)
 
-    def _reply(self, message: IncomingMessage, target: Target) -> Reply:
-        """A reply that journals the moment any of it becomes visible in Slack."""
+    def _reply(
+        self, message: IncomingMessage, target: Target, after: asyncio.Task[ThinkingSign] | None = None
+    ) -> Reply:
+        """A reply that journals the moment part of it becomes visible in Slack (before it is
+        whole), and shows nothing before the thinking sign `after` is up."""
 
         async def visible(ts: str) -> None:
             await self.store.record_progress(message, answer_ts=ts)
 
-        return self.delivery.reply(target, on_visible=visible)
+        return self.delivery.reply(target, on_visible=visible, after=after)
 
     async def _ask_model(self, prompt: list[ChatMessage], reply: Reply) -> tuple[Answer, Ending]:
         """Stream the model's answer into the reply unless the breaker is open; tell the
@@ -467,9 +559,12 @@ class TurnRunner:
 
     async def _finish_reply(
         self, message: IncomingMessage, reply: Reply, ending: Ending, text: str, answer: Answer | None
-    ) -> list[str]:
-        """Give the answer its final form and record it. A Slack outage before any of it was
-        visible defers it (journaled, retried later) rather than drop it."""
+    ) -> tuple[list[str], Progress]:
+        """Give the answer its final form; returns its messages and the outcome to record (the
+        answer joins the conversation as its message leaves the inbox, in one step, so a crash
+        cannot repeat it, call it interrupted, or leave it out of the conversation). A Slack
+        outage before any of it was visible defers it (journaled, retried later) rather than
+        drop it."""
         target = reply.target
         try:
             posted = await reply.finish(ending)
@@ -483,21 +578,18 @@ class TurnRunner:
                     code,
                     attempts,
                 )
-                await self.store.record_progress(message, state="failed", answer=None)
                 await self.delivery.post_notice(target, DELIVERY_FAILED)
-                return []
+                return [], Progress.of(state="failed", answer=None)
             log.warning(
                 "answer delivery deferred team=%s channel=%s thread=%s user=%s error=%s attempts=%d",
                 *_where(message),
                 code,
                 attempts,
             )
+            await self.store.record_progress(message, answer=text)  # kept for the retry
             raise DeliveryDeferred(code) from None
         if not posted:
-            await self.store.record_progress(message, state="answered", answer=None)
-            return posted
-        # Done and stored in one step: a crash cannot repeat the answer, call it interrupted, or
-        # leave it out of the conversation.
+            return posted, Progress.of(state="answered", answer=None)
         stored = Turn(
             role="assistant",
             text=text,
@@ -507,16 +599,14 @@ class TurnRunner:
             finish_reason=answer.finish_reason if answer else None,
             reply_to=message.ts,
         )
-        await self.store.record_progress(
-            message, turns=(stored,), state="answered", answer_ts=posted[0], answer=None
-        )
-        return posted
+        return posted, Progress.of(turns=(stored,), state="answered", answer_ts=posted[0], answer=None)
 
-    async def _read_earlier_thread(self, message: IncomingMessage) -> None:
-        """A mention inside a thread the bot was not part of: read what came before, once."""
+    async def _read_earlier_thread(self, message: IncomingMessage, hydrated: bool) -> bool:
+        """A mention inside a thread the bot was not part of: read what came before, once.
+        True when earlier messages were added to the conversation."""
         key = message.key
-        if message.starts_conversation or await self.store.is_hydrated(key):
-            return
+        if message.starts_conversation or hydrated:
+            return False
         try:
             earlier = await self.workspace.earlier_thread_turns(
                 key, key.thread, message.ts, message.bot_user_id
@@ -524,11 +614,12 @@ class TurnRunner:
         except SlackApiError as error:
             # Answer without the earlier messages rather than not at all; try again next turn.
             log.warning("could not read earlier thread thread=%s error=%s", key, error.response.get("error"))
-            return
+            return False
         if message.is_dm:
             earlier = await self._question_before(message, earlier) + earlier
         known = await self.store.stored_ts(key)
         await self.store.prepend_history(key, [t for t in earlier if t.ts not in known])
+        return True
 
     async def _question_before(self, message: IncomingMessage, thread: list[Turn]) -> list[Turn]:
         """A DM thread under one of the bot's answers starts with the question that answer was for."""

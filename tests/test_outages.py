@@ -93,6 +93,8 @@ async def test_slack_5xx_burst_is_retried(start_bot: StartBot, slack: SlackEmula
     [answer] = await slack.wait_for_bot_messages(CHANNEL, ts)
     await running.settle()
     assert answer["text"] == "Answer: ann: hi"
+    # The answer was posted (a short answer goes out whole), through both failures, at once.
+    assert [call.status for call in slack.calls_to("chat.postMessage")] == [500, 500, 200]
 
 
 @pytest.mark.slow

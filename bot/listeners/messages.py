@@ -39,9 +39,10 @@ def register(app: AsyncApp, turns: TurnRunner) -> None:
         log.debug("event ignored type=%s", event.get("type"))
 
     async def on_user_message(event: dict[str, Any], context: AsyncBoltContext, *, is_dm: bool) -> None:
-        message = await _incoming(event, context, is_dm=is_dm, turns=turns)
-        if message is not None:
-            await turns.accept(message)
+        with turns.taking_in():
+            message = await _incoming(event, context, is_dm=is_dm, turns=turns)
+            if message is not None:
+                await turns.accept(message)
 
     async def on_deleted(event: dict[str, Any], context: AsyncBoltContext) -> None:
         previous = _object(event.get("previous_message"))
