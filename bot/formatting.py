@@ -320,9 +320,11 @@ _LINK = re.compile(r"!?\[([^\]]*)\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 _BARE_URL = re.compile(r"\b(?:https?://|mailto:)[^\s<>]*[^\s<>.,;:!?)\]'\"]")
 
 
-def _mrkdwn_inline(text: str) -> str:
-    """Inline Markdown to mrkdwn: code and links set aside, the rest escaped, emphasis converted."""
-    kept: list[str] = []
+def _mrkdwn_inline(text: str, kept: list[str] | None = None) -> str:
+    """Inline Markdown to mrkdwn: code and links set aside, the rest escaped, emphasis converted.
+    `kept`: what is set aside, shared with the caller when this is a link's label (which may hold
+    code or escapes the caller set aside already)."""
+    kept = [] if kept is None else kept
 
     def keep(value: str) -> str:
         kept.append(value)
@@ -335,7 +337,7 @@ def _mrkdwn_inline(text: str) -> str:
 
     def link(match: re.Match[str]) -> str:
         label, url = match.group(1), match.group(2).replace("\\", "")
-        shown = _mrkdwn_inline(label).replace("|", "¦") if label else _escape(url)
+        shown = _mrkdwn_inline(label, kept).replace("|", "¦") if label else _escape(url)
         return keep(f"<{_escape(url)}|{shown}>")
 
     text = re.sub(r"(`+)(.+?)\1", code, text)

@@ -47,6 +47,10 @@ CONSTRUCTS = [
     ("<b>html</b>", "\\<b>html\\</b>", "&lt;b&gt;html&lt;/b&gt;"),
     ("above\n\n---\n\nbelow", f"above\n\n{RULE}\n\nbelow", f"above\n\n{RULE}\n\nbelow"),
     ("already \\*escaped\\*", "already \\*escaped\\*", "already *escaped*"),
+    # A link whose label holds code or an escape (to_mrkdwn used to crash on these).
+    ("see [`config.yml`](https://x.io/c)", "see [`config.yml`](https://x.io/c)",
+     "see <https://x.io/c|`config.yml`>"),
+    ("a [x\\*y](https://x.io) b", "a [x\\*y](https://x.io) b", "a <https://x.io|x*y> b"),
 ]  # fmt: skip
 
 DEFANGED = [
