@@ -33,6 +33,7 @@ _BROADCAST = ("channel", "here", "everyone")
 _SLACK_TOKEN = re.compile(r"<([!@#])([^<>\s|]*)(?:\|([^<>\n]*))?>")
 _SLACK_LINK = re.compile(r"<((?:https?|mailto):[^<>\s|]+)(?:\|([^<>\n]*))?>")
 _ENTITY = re.compile(r"&(?:#\d+|#[xX][0-9a-fA-F]+|[A-Za-z][A-Za-z0-9]*);")
+_INLINE_SPECIAL = re.compile(r"[\\`<&@]")
 _PUNCTUATION = set("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
 _MAX_HOLD = 300  # an unfinished `<…>` token longer than this is plain text after all
 
@@ -181,6 +182,15 @@ def _inline(text: str, *, complete: bool) -> tuple[str, int]:
     out: list[str] = []
     i, n = 0, len(text)
     while i < n:
+        # Plain text up to the next character that may mean something goes out as it is.
+        special = _INLINE_SPECIAL.search(text, i)
+        if special is None:
+            out.append(text[i:])
+            i = n
+            break
+        if special.start() > i:
+            out.append(text[i : special.start()])
+            i = special.start()
         ch = text[i]
         if ch == "\\":
             if i + 1 < n and text[i + 1] in _PUNCTUATION:
