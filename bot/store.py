@@ -84,7 +84,8 @@ class IncomingMessage:
         return self.conversation in ("dm", self.ts)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        # vars(): the fields as they are; asdict() deep-copies each value, a cost on every turn.
+        return json.dumps(vars(self), separators=(",", ":"))
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> IncomingMessage:
@@ -155,7 +156,7 @@ class Turn:
     reply_to: str | None = None  # an answer: the ts of the question it answered
 
     def to_json(self) -> str:
-        record = {k: v for k, v in asdict(self).items() if v is not None or k in _TURN_CORE}
+        record = {k: v for k, v in vars(self).items() if v is not None or k in _TURN_CORE}
         return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
