@@ -137,6 +137,7 @@ class Reply:
         self._closing = asyncio.Event()
         self._next_at = 0.0
         self._failures = 0
+        self._first_show: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
 
     # -- the turn's side -------------------------------------------------------------------
@@ -146,17 +147,23 @@ class Reply:
         if self.stopped_by_user:
             return False
         self._add(self._formatter.feed(text))
-        if self._task is None:
-            self._next_at = asyncio.get_running_loop().time() + FIRST_SHOW_DELAY
-            self._task = asyncio.create_task(self._show_while_written())
+        if self._first_show is None:
+            # No task until the text has waited its moment: an answer finished by then has none.
+            self._first_show = asyncio.get_running_loop().call_later(FIRST_SHOW_DELAY, self._start_showing)
         self._wake.set()
         return True
+
+    def _start_showing(self) -> None:
+        if not self._closing.is_set():
+            self._task = asyncio.create_task(self._show_while_written())
 
     async def finish(self, ending: Ending) -> list[str]:
         """Show the answer in its final form; returns the ts of its messages (none if it had no
         text). Raises DeliveryError when Slack would not take it."""
         self._closing.set()
         self._wake.set()
+        if self._first_show is not None:
+            self._first_show.cancel()
         if self._task is not None:
             await self._task
         try:
@@ -188,7 +195,8 @@ class Reply:
             delay = self._next_at - loop.time()
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._closing.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._closing.wait()
             if self._closing.is_set() or self.stopped_by_user:
                 return
             try:
