@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -41,6 +43,7 @@ from bot.workspace import Workspace
 log = logging.getLogger(__name__)
 
 MAX_EVENT_BYTES = 1024 * 1024  # Slack's own events are far smaller
+MESSAGE_EVENTS_REMEMBERED = 10_000  # for spotting a mention's second event (see _slack_events)
 SOCKET_PING_SECONDS = 5.0
 REJECTED_TOKEN_ERRORS = {"invalid_auth", "not_authed", "account_inactive", "token_revoked"}
 
@@ -85,6 +88,7 @@ class SupportBot:
             SignatureVerifier(settings.slack_signing_secret) if settings.slack_signing_secret else None
         )
         self._running: _Running | None = None
+        self._message_events: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         self._socket_connect: asyncio.Task[None] | None = None
         self._recovery: asyncio.Task[None] | None = None
         self.app: AsyncApp | None = None
@@ -243,6 +247,13 @@ class SupportBot:
             return web.json_response({"error": f"not a Slack request: {problem}"}, status=400)
         if bolt_request.body.get("type") == "app_rate_limited":
             log.warning("slack reports this app is over its event rate limit; events are being dropped")
+        # A channel mention comes as two events, `message` and `app_mention`, for one message.
+        # The second one Bolt has nothing to do for (the listener drops it as a duplicate), so it
+        # is acknowledged here, without Bolt's dispatch: a sixth of taking in a question.
+        message_event = _message_event_key(bolt_request.body)
+        if message_event is not None and message_event in self._message_events:
+            log.debug("second event of a message acknowledged team=%s channel=%s ts=%s", *message_event)
+            return web.Response()
         try:
             bolt_response = await self.app.async_dispatch(bolt_request)
         except Exception as error:  # a request of a shape Bolt cannot handle must not be a 500
@@ -256,6 +267,10 @@ class SupportBot:
             # Bolt answers 500 when its own middleware trips on an odd shape; the sender's fault.
             log.warning("slack request could not be processed by bolt status=%d", bolt_response.status)
             return web.json_response({"error": "request could not be processed"}, status=400)
+        if message_event is not None and bolt_response.status == 200:
+            self._message_events[message_event] = None
+            if len(self._message_events) > MESSAGE_EVENTS_REMEMBERED:
+                self._message_events.popitem(last=False)
         return await to_aiohttp_response(bolt_response)
 
     def _signed_by_slack(self, request: web.Request, body: bytes) -> bool:
@@ -293,6 +308,18 @@ def _shape_problem(body: object) -> str | None:
                 if value is not None and not isinstance(value, str | dict):
                     return f"{name} has the wrong type"
     return None
+
+
+def _message_event_key(body: dict[str, Any]) -> tuple[str, str, str] | None:
+    """(team, channel, ts) of an event about a person's new message (`message` without a
+    subtype, or `app_mention`), or None."""
+    if body.get("type") != "event_callback":
+        return None
+    event = body["event"]  # checked by _shape_problem: an object with a type
+    if event["type"] not in ("message", "app_mention") or "subtype" in event:
+        return None
+    key = (body.get("team_id"), event.get("channel"), event.get("ts"))
+    return key if all(isinstance(part, str) for part in key) else None  # type: ignore[return-value]
 
 
 def _share_identity(app: AsyncApp, auth_test: AsyncSlackResponse | None) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from tests.conftest import StartBot
 from tests.emulators.openai_api import OpenAIEmulator
 from tests.emulators.slack import SlackEmulator
@@ -34,10 +36,11 @@ async def test_http_retries_with_retry_headers_get_one_answer(
     assert len(llm.requests) == 1
 
 
+@pytest.mark.parametrize("mode", ["socket", "http"])
 async def test_mention_and_message_pair_in_a_followed_thread_get_one_answer(
-    start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator
+    start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator, mode: str
 ) -> None:
-    running = await start_bot("socket")
+    running = await start_bot(mode)
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> hello")
     await slack.wait_for_bot_messages(CHANNEL, root, count=1)
     await running.settle()
@@ -48,6 +51,7 @@ async def test_mention_and_message_pair_in_a_followed_thread_get_one_answer(
     await running.settle()
     assert len(slack.bot_messages(CHANNEL, root)) == 2
     assert len(llm.requests) == 2
+    assert all(delivery.acked for delivery in slack.deliveries)  # both events of each message
 
 
 async def test_concurrent_duplicates_across_two_processes_get_one_answer(
