@@ -14,7 +14,7 @@ from typing import Any
 from slack_sdk.errors import SlackApiError
 
 from bot.rate_limit import BudgetedSlack, Hold, RateLimited
-from bot.store import IncomingMessage
+from bot.store import IncomingMessage, RateBucket
 from bot.streaming import DeliveryError, Ending, OnVisible, Reply, Target
 
 __all__ = ["Delivery", "DeliveryError", "Ending", "Reply", "Target", "ThinkingSign"]
@@ -77,15 +77,21 @@ class Delivery:
             after=after,
         )
 
-    async def show_thinking(self, target: Target) -> ThinkingSign:
-        """Show that the bot is working: a thread status where there is a thread, else a reaction."""
+    def status_bucket(self, target: Target) -> RateBucket:
+        """The rate bucket of the thinking status in the target's thread."""
+        return self.budget.bucket(target.team, "assistant.threads.setStatus", _thread_scope(target))
+
+    async def show_thinking(self, target: Target, *, counted: bool = False) -> ThinkingSign:
+        """Show that the bot is working: a thread status where there is a thread, else a reaction.
+        `counted`: the status call was counted in its rate bucket already."""
         if target.thread_ts is not None:
             try:
                 await self.slack.call(
                     "assistant.threads.setStatus",
                     team=target.team,
-                    scope=f"{target.channel}:{target.thread_ts}",
+                    scope=_thread_scope(target),
                     wait=SIGN_WAIT * self._time_unit,
+                    counted=counted,
                     channel_id=target.channel,
                     thread_ts=target.thread_ts,
                     status=THINKING_STATUS,
@@ -128,7 +134,7 @@ class Delivery:
                 await self.slack.call(
                     "assistant.threads.setStatus",
                     team=target.team,
-                    scope=f"{target.channel}:{target.thread_ts}",
+                    scope=_thread_scope(target),
                     wait=self.final_wait,
                     channel_id=target.channel,
                     thread_ts=target.thread_ts or "",
@@ -200,6 +206,10 @@ class Delivery:
     @property
     def _time_unit(self) -> float:
         return 1.0 / self.budget.scale
+
+
+def _thread_scope(target: Target) -> str:
+    return f"{target.channel}:{target.thread_ts}"
 
 
 def _log_api_error(method: str, error: SlackApiError) -> None:

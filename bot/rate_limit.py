@@ -195,22 +195,25 @@ class BudgetedSlack:
         holds: tuple[Hold, ...] = (),
         use: Hold | None = None,
         writer: str = "",
+        counted: bool = False,
         **args: Any,
     ) -> AsyncSlackResponse:
         """Call `method` once a slot is free (waiting at most `wait` s), taking `holds` with it.
 
-        `use` spends a slot held earlier. Raises RateLimited when no slot came in time or Slack
-        answered 429; other Slack errors as SlackApiError.
+        `use` spends a slot held earlier; `counted`: the call was counted in its bucket already
+        (see `Store.accept`). Raises RateLimited when no slot came in time or Slack answered 429;
+        other Slack errors as SlackApiError.
         """
         bucket = self.budget.bucket(team, method, scope)
-        first = (
-            RateClaim(bucket, "use", use.member)
-            if use is not None
-            else RateClaim(bucket, "take", uuid.uuid4().hex, headroom=headroom)
-        )
-        hold_ms = int(HOLD_SECONDS * 1000 / max(self.budget.scale, 1))
-        claims = [first] + [RateClaim(h.bucket, "hold", h.member, hold_ms=hold_ms) for h in holds]
-        await self.budget.claim(claims, wait=wait, writer=writer)
+        if not counted:
+            first = (
+                RateClaim(bucket, "use", use.member)
+                if use is not None
+                else RateClaim(bucket, "take", uuid.uuid4().hex, headroom=headroom)
+            )
+            hold_ms = int(HOLD_SECONDS * 1000 / max(self.budget.scale, 1))
+            claims = [first] + [RateClaim(h.bucket, "hold", h.member, hold_ms=hold_ms) for h in holds]
+            await self.budget.claim(claims, wait=wait, writer=writer)
         try:
             return await self.client.api_call(method, json=_without_none(args))
         except BaseException as error:

@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import time
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
@@ -381,14 +382,15 @@ class Keys:
         return f"rate:{{{bucket}}}:active"
 
 
-# KEYS: seen, inbox, meta, journal, pending, lock. ARGV: message json, dedup ttl, inbox ttl,
-# conversation ttl, follow (0/1), starts conversation (0/1), thread key, now, message ts, lock
-# token, lock ttl ms.
+# KEYS: seen, inbox, meta, journal, pending, lock[, a rate bucket's calls]. ARGV: message json,
+# dedup ttl, inbox ttl, conversation ttl, follow (0/1), starts conversation (0/1), thread key, now,
+# message ts, lock token, lock ttl ms, call id, bucket window ms.
 # The inbox is ordered by the message's Slack ts, not by arrival: Slack (and Socket Mode's
 # concurrent handling) may hand two quick messages over in either order.
 # Returns {0} for a duplicate, {1} when queued behind other messages, {2} when first in line (but
 # no token was given, or the thread's lock is held), and {3, message, journal} when first in line
-# with the lock now taken for the token (the step `_TAKE` would be next, saved).
+# with the lock now taken for the token (the step `_TAKE` would be next, saved). With the lock
+# taken and a call id, one call is counted in the rate bucket (see `Store.accept`).
 _ACCEPT = """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then return {0} end
 redis.call('ZADD', KEYS[2], ARGV[9], ARGV[1])
@@ -404,6 +406,11 @@ end
 if redis.call('ZCARD', KEYS[2]) ~= 1 then return {1} end
 if ARGV[10] == '' or not redis.call('SET', KEYS[6], ARGV[10], 'NX', 'PX', ARGV[11]) then return {2} end
 redis.call('ZADD', KEYS[5], 'XX', ARGV[8], ARGV[7])
+if ARGV[12] ~= '' then
+  local clock = redis.call('TIME')
+  redis.call('ZADD', KEYS[7], tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000), ARGV[12])
+  redis.call('PEXPIRE', KEYS[7], ARGV[13])
+end
 return {3, ARGV[1], redis.call('HGETALL', KEYS[4])}
 """
 
@@ -708,10 +715,16 @@ class Store:
 
     # -- inbox and dedup -------------------------------------------------------------------
 
-    async def accept(self, message: IncomingMessage, token: str = "") -> tuple[Accepted, Queued | None]:
+    async def accept(
+        self, message: IncomingMessage, token: str = "", count_call: RateBucket | None = None
+    ) -> tuple[Accepted, Queued | None]:
         """Queue a message for its thread unless it was seen before. With a `token`, when it is
         first in line, the thread's lock is taken for it in the same step (Accepted.TAKEN), and
-        the message comes back with its journal, as `take_thread` would return it."""
+        the message comes back with its journal, as `take_thread` would return it.
+
+        `count_call`: a rate bucket of the message's own new thread (its first thinking status),
+        in which one call is counted when the lock is taken. Nothing can have used it yet, so
+        there is room without asking; the call is then made without a claim of its own."""
         key = message.key
         follow = message.action != "record"
         try:
@@ -724,6 +737,7 @@ class Store:
                     Keys.journal(key.team, key.channel, message.ts),
                     Keys.PENDING,
                     Keys.lock(key),
+                    *([Keys.rate_calls(count_call.name)] if count_call else []),
                 ],
                 [
                     message.to_json(),
@@ -737,6 +751,8 @@ class Store:
                     message.ts,
                     token,
                     self.lock_ttl_ms,
+                    uuid.uuid4().hex if count_call else "",
+                    count_call.window_ms if count_call else 0,
                 ],
             )
         except (RedisError, OSError) as error:

@@ -155,9 +155,16 @@ class TurnRunner:
         # A message that opens a thread can be taken at once: nothing in its thread can precede
         # it. Any other waits for `take_thread`, a round trip later, which takes the earliest
         # message waiting: a moment for an earlier one that Slack handed over later.
-        token = uuid.uuid4().hex if message.conversation == message.ts else ""
+        opens_thread = message.conversation == message.ts
+        token = uuid.uuid4().hex if opens_thread else ""
+        # Its first thinking status is counted in the new thread's rate bucket in the same step.
+        first_status = (
+            self.delivery.status_bucket(target_for(message))
+            if opens_thread and message.action == "answer" and message.reply_thread_ts is not None
+            else None
+        )
         try:
-            accepted, taken = await self.store.accept(message, token)
+            accepted, taken = await self.store.accept(message, token, first_status)
         except StoreUnavailable as error:
             self._accepted.pop(seen, None)
             log.error(
@@ -175,7 +182,9 @@ class TurnRunner:
         self._remember_followed(message.key)
         if accepted in (Accepted.FIRST, Accepted.TAKEN) and message.action == "answer":
             # Its turn comes at once: show the sign now, while the turn gets going alongside.
-            self._remember(self._early_signs, seen, asyncio.create_task(self._show_sign(message)))
+            counted = accepted is Accepted.TAKEN and first_status is not None
+            sign = asyncio.create_task(self._show_sign(message, counted=counted))
+            self._remember(self._early_signs, seen, sign)
         if taken is not None:
             # A worker of its own even if one here is ending: that one no longer holds the lock.
             self._spawn(self.work_through(message.key, (taken, token)))
@@ -351,9 +360,9 @@ class TurnRunner:
             await self.delivery.clear_thinking(await early, answered=False)
         return outcome
 
-    async def _show_sign(self, message: IncomingMessage) -> ThinkingSign:
+    async def _show_sign(self, message: IncomingMessage, *, counted: bool = False) -> ThinkingSign:
         try:
-            sign = await self.delivery.show_thinking(target_for(message))
+            sign = await self.delivery.show_thinking(target_for(message), counted=counted)
         except Exception as error:  # a sign is not worth losing the turn over
             log.warning("thinking sign failed error=%s", type(error).__name__)
             return ThinkingSign(target_for(message), "none")

@@ -13,7 +13,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.rate_limit import SAFETY, RateLimited, SlackBudget
-from bot.store import RateClaim, Store
+from bot.store import Accepted, IncomingMessage, RateClaim, Store
 from tests.emulators.slack import SlackEmulator
 
 
@@ -50,6 +50,23 @@ async def test_post_message_is_limited_per_channel_and_set_status_per_thread(sto
     await budget.claim([take(budget, "assistant.threads.setStatus", "C1:2.2")], wait=0)
     with pytest.raises(RateLimited):
         await budget.claim([take(budget, "assistant.threads.setStatus", "C1:1.1")], wait=0)
+
+
+async def test_a_new_threads_first_status_is_counted_as_its_message_is_queued(store: Store) -> None:
+    """The first thinking status of a thread a mention opens needs no claim of its own: it is
+    counted in the step that queues the message and locks the thread."""
+    budget = SlackBudget(store, scale=1)
+    status = budget.bucket("T1", "assistant.threads.setStatus", "C1:1.1")
+    opening = IncomingMessage("T1", "C1", "1.1", "U1", "<@UB> hi", "answer", "1.1", "1.1", "UB")
+    accepted, _ = await store.accept(opening, "token", status)
+    assert accepted is Accepted.TAKEN
+    with pytest.raises(RateLimited):  # the thread's one status a second is spent
+        await budget.claim([take(budget, "assistant.threads.setStatus", "C1:1.1")], wait=0)
+    # A message queued behind another takes no lock, so nothing is counted for it.
+    reply = IncomingMessage("T1", "C1", "1.2", "U1", "more", "answer", "1.1", "1.1", "UB")
+    other = budget.bucket("T1", "assistant.threads.setStatus", "C1:other")
+    assert (await store.accept(reply, "token2", other))[0] is Accepted.QUEUED
+    await budget.claim([RateClaim(other, "take", "x")], wait=0)
 
 
 async def test_processes_sharing_redis_share_one_budget(redis_url: str) -> None:
