@@ -141,7 +141,8 @@ class SlackBudget:
                     log.warning("rate budget unavailable, calling Slack unmetered error=%s", error)
                     self._redis_warned = True
                 return
-            self._active[first.name] = grant.active
+            if writer:  # only updates share a bucket among writers (and per-channel buckets are many)
+                self._active[first.name] = grant.active
             if grant.granted:
                 return
             if refusal:
