@@ -43,6 +43,9 @@ from bot.workspace import Workspace
 log = logging.getLogger(__name__)
 
 MAX_EVENT_BYTES = 1024 * 1024  # Slack's own events are far smaller
+# Connections waiting to be accepted. aiohttp's 128 overflows when Slack opens hundreds at once (a
+# burst of questions), and each connection dropped waits a second for the sender's retry.
+LISTEN_BACKLOG = 2048
 MESSAGE_EVENTS_REMEMBERED = 10_000  # for spotting a mention's second event (see _slack_events)
 SOCKET_PING_SECONDS = 5.0
 REJECTED_TOKEN_ERRORS = {"invalid_auth", "not_authed", "account_inactive", "token_revoked"}
@@ -180,7 +183,7 @@ class SupportBot:
             web_app.router.add_post("/slack/events", self._slack_events)
         runner = web.AppRunner(web_app, access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, settings.host, settings.port).start()
+        await web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG).start()
         self._running = _Running(session, runner, socket_handler)
         self._recovery = asyncio.create_task(self._recover_forever())
         if socket_handler is not None:
