@@ -35,6 +35,7 @@ class CommandBatcher:
         self._queue: list[_Queued] = []
         self._flying: set[asyncio.Task[None]] = set()
         self._scheduled = False
+        self._loading: dict[str, asyncio.Future[Any]] = {}  # scripts being loaded, by sha
 
     def submit(self, *args: Any) -> asyncio.Future[Any]:
         """Queue one command (`"HGET", key, field`); the future holds its reply or its error.
@@ -50,24 +51,22 @@ class CommandBatcher:
     async def execute(self, *args: Any) -> Any:
         return await self.submit(*args)
 
-    def submit_script(
-        self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]
-    ) -> asyncio.Future[Any]:
-        return self.submit("EVALSHA", script.sha, len(keys), *keys, *args)
-
     async def run_script(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        """EVALSHA in a batch; a Redis that lost its scripts (a restart) gets it loaded once."""
-        return await self.settle_script(self.submit_script(script, keys, args), script, keys, args)
-
-    @staticmethod
-    async def settle_script(
-        sent: asyncio.Future[Any], script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]
-    ) -> Any:
-        """The reply of a script submitted with `submit_script`, loading it if Redis lost it."""
+        """EVALSHA in a batch. A Redis that does not know the script yet (a fresh start, a restart)
+        gets it loaded once, however many turns found it missing at the same moment."""
         try:
-            return await sent
+            return await self.submit("EVALSHA", script.sha, len(keys), *keys, *args)
         except NoScriptError:
-            return await script(keys=list(keys), args=list(args))  # loads it, then runs it
+            await self._load(script)
+            return await self.submit("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    async def _load(self, script: AsyncScript) -> None:
+        loading = self._loading.get(script.sha)
+        if loading is None:
+            loading = asyncio.ensure_future(self.client.script_load(script.script))
+            self._loading[script.sha] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(script.sha, None))
+        await asyncio.shield(loading)
 
     async def close(self) -> None:
         """Let the batches on their way finish (their callers are waiting for them)."""

@@ -1,0 +1,63 @@
+"""Redis commands of concurrent turns sent together (bot/pipelining.py), against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from bot.pipelining import BATCHES_IN_FLIGHT, CommandBatcher
+
+COUNT_AND_ECHO = "redis.call('INCR', KEYS[1]) return ARGV[1]"
+
+
+@pytest.fixture
+async def client(redis_url: str):
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True, max_connections=1000)
+    yield client
+    await client.aclose()
+
+
+async def test_each_caller_gets_its_own_reply_or_error(client: aioredis.Redis) -> None:
+    batcher = CommandBatcher(client)
+    sets = [batcher.submit("SET", f"k{i}", f"v{i}") for i in range(300)]
+    assert await asyncio.gather(*sets) == [True] * 300
+    gets = [batcher.submit("GET", f"k{i}") for i in range(300)]
+    wrong = batcher.submit("INCR", "k7")  # not a number: this caller alone gets the error
+    assert await asyncio.gather(*gets) == [f"v{i}" for i in range(300)]
+    with pytest.raises(ResponseError):
+        await wrong
+    await batcher.close()
+
+
+async def test_hundreds_of_callers_share_a_few_connections(client: aioredis.Redis, redis_url: str) -> None:
+    batcher = CommandBatcher(client)
+    watcher = aioredis.Redis.from_url(redis_url)
+    try:
+        before = len(await watcher.client_list())
+        await asyncio.gather(*(batcher.execute("INCR", "counter") for _ in range(2000)))
+        assert await client.get("counter") == "2000"
+        assert len(await watcher.client_list()) - before <= BATCHES_IN_FLIGHT
+    finally:
+        await watcher.aclose()
+        await batcher.close()
+
+
+async def test_a_script_redis_forgot_is_loaded_once_for_all_who_need_it(client: aioredis.Redis) -> None:
+    batcher = CommandBatcher(client)
+    script = client.register_script(COUNT_AND_ECHO)
+    await client.script_flush()  # as after a restart of Redis
+    loads_before = await script_loads(client)
+    replies = await asyncio.gather(*(batcher.run_script(script, ["runs"], [str(i)]) for i in range(200)))
+    assert replies == [str(i) for i in range(200)]
+    assert await client.get("runs") == "200"  # each ran once: none was lost or run twice
+    assert await script_loads(client) - loads_before == 1
+    await batcher.close()
+
+
+async def script_loads(client: aioredis.Redis) -> int:
+    """SCRIPT LOAD calls Redis has served so far."""
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_script|load", {}).get("calls", 0))
