@@ -96,7 +96,7 @@ class IncomingMessage:
 class Accepted(enum.IntEnum):
     DUPLICATE = 0  # seen before: nothing to do
     QUEUED = 1  # behind other messages of its thread
-    FIRST = 2  # nothing else waiting in its thread, but its lock is held (a holder ending its work)
+    FIRST = 2  # nothing else waiting in its thread; its lock not taken here (no token, or held)
     TAKEN = 3  # nothing else waiting in its thread, and its lock is now held for the caller
 
 
