@@ -24,6 +24,7 @@ from redis.exceptions import NoScriptError
 # Batches on the wire at once, each on its own connection. Enough to keep latency at one round
 # trip under load; more would only split batches that are cheaper whole.
 BATCHES_IN_FLIGHT = 8
+CLOSE_WAIT_SECONDS = 5.0  # on shutdown, for batches on their way (a Redis that went away)
 
 _Queued = tuple[tuple[Any, ...], "asyncio.Future[Any]"]
 
@@ -68,13 +69,21 @@ class CommandBatcher:
             loading.add_done_callback(lambda _: self._loading.pop(script.sha, None))
         await asyncio.shield(loading)
 
-    async def close(self) -> None:
-        """Let the batches on their way finish (their callers are waiting for them)."""
-        while self._flying or self._queue:
+    async def close(self, wait_seconds: float = CLOSE_WAIT_SECONDS) -> None:
+        """Let the batches on their way finish (their callers are waiting for them), for at
+        most `wait_seconds`; what is still waiting then fails with CancelledError."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_seconds
+        while (self._flying or self._queue) and (remaining := deadline - loop.time()) > 0:
             if self._flying:
-                await asyncio.wait(list(self._flying))
-            elif self._queue:
-                self._send()
+                await asyncio.wait(list(self._flying), timeout=remaining)
+            else:
+                await asyncio.sleep(0)  # the next batch leaves on this pass of the loop
+        for task in list(self._flying):
+            task.cancel()
+        for _, future in self._queue:
+            future.cancel()
+        self._queue = []
 
     def _send(self) -> None:
         self._scheduled = False

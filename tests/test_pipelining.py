@@ -61,3 +61,10 @@ async def script_loads(client: aioredis.Redis) -> int:
     """SCRIPT LOAD calls Redis has served so far."""
     stats = await client.info("commandstats")
     return int(stats.get("cmdstat_script|load", {}).get("calls", 0))
+
+
+async def test_closing_waits_for_batches_on_their_way(client: aioredis.Redis) -> None:
+    batcher = CommandBatcher(client)
+    sent = [batcher.submit("INCR", "closing") for _ in range(50)]
+    await batcher.close()
+    assert [future.result() for future in sent] == list(range(1, 51))
