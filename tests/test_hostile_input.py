@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bot.server import MAX_EVENT_BYTES
@@ -463,6 +463,26 @@ top_level_overrides = st.sampled_from(range(3)).flatmap(
 )
 
 
+# Mentions with absurd extras, each in a thread of its own, that the bot must answer.
+ANSWERABLE = [
+    {"type": "app_mention", "channel": CHANNEL, "user": "U1", "ts": f"1700000000.00000{i}",
+     "text": f"<@{BOT}> question {i} <#C1|x> <https://a|b> <!here>", **extra}
+    for i, extra in enumerate([
+        {},
+        {"blocks": [{"type": "rich_text", "elements": None}]},
+        {"files": "not a list", "channel_type": "channel"},
+        {"event_ts": "nonsense", "blocks": {"a": [1, 2.5, None]}},
+        {"previous_message": [], "bot_profile": {"name": None}},
+    ])
+]  # fmt: skip
+
+
+def _answerable_examples(test: Any) -> Any:
+    for event in ANSWERABLE:
+        test = example(event=event, overrides={})(test)
+    return test
+
+
 async def test_fuzzed_signed_event_callbacks_never_get_a_5xx_and_the_bot_keeps_answering(
     start_bot: StartBot, slack: SlackEmulator, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -474,6 +494,7 @@ async def test_fuzzed_signed_event_callbacks_never_get_a_5xx_and_the_bot_keeps_a
     # loop, which keeps serving the bot in between. The bot is built once for all examples.
     @settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None, derandomize=FUZZ_EXAMPLES == 150)
     @given(event=events, overrides=top_level_overrides)
+    @_answerable_examples
     def one_request(event: Any, overrides: dict[str, Any]) -> None:
         sent = asyncio.run_coroutine_threadsafe(send(slack, envelope(event, **overrides)), loop)
         status, text = sent.result(timeout=10)
@@ -483,8 +504,9 @@ async def test_fuzzed_signed_event_callbacks_never_get_a_5xx_and_the_bot_keeps_a
     await asyncio.to_thread(one_request)
     await running.settle()
     assert len(statuses) >= 150
-    # The fuzz reached the turns, not only the front door: some fuzzed mentions got replies.
-    assert len(answers_posted(slack)) >= 5
+    # The fuzz reached the turns, not only the front door: mentions among it got replies. (The
+    # mentions Hypothesis draws vary with every module it has seen imported, so a few are given.)
+    assert all(slack.bot_messages(CHANNEL, event["ts"]) for event in ANSWERABLE)
     ts = await slack.post_user_message("C799", f"<@{BOT}> are you still there?")
     [answer] = await slack.wait_for_bot_messages("C799", ts)
     assert answer["text"] == "Answer: ann: are you still there?"
