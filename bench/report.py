@@ -109,6 +109,16 @@ def baseline_rows(ours: list[dict[str, Any]], baseline: list[dict[str, Any]]) ->
     return rows
 
 
+def _calibration(calibration: dict[str, Any] | None) -> str:
+    if not calibration:
+        return "calibration: -"
+    return (
+        f"calibration: {calibration['ns_per_step']:.0f} ns a step of `{calibration['statement']}` at "
+        f"module level, i.e. {calibration['seconds_per_10m_steps']:.2f} s per 10 million steps (pure "
+        f"Python, best of {calibration['repetitions']} runs of {calibration['steps']:,}; lower is faster)"
+    )
+
+
 def _done(step: dict[str, Any] | None) -> str:
     if not step or "done" not in step:
         return "-"
@@ -210,6 +220,7 @@ def render(results: dict[str, Any]) -> str:
     parts = [
         f"machine: {machine['cores']} cores, {machine['cpu_model']}, {machine['memory_gib']} GiB, "
         f"Python {machine['python']}, redis-server {machine['redis_server']}",
+        _calibration(machine.get("calibration")),
         "mode: "
         + ("smoke (BENCH_QUICK: small C, short model; not figures to quote)" if results["quick"] else "full"),
         f"model: {_model(results['settings']['model'])}; throughput model: "

@@ -29,10 +29,14 @@ def test_bench_smoke_run_completes_with_well_formed_results(tmp_path: Path) -> N
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "Targets (issue 6)" in run.stdout
+    assert "calibration:" in run.stdout
 
     results = json.loads(out.read_text())
     assert results["quick"] is True
     assert results["machine"]["cores"] >= 1 and results["machine"]["python"]
+    calibration = results["machine"]["calibration"]
+    assert len(calibration["runs_seconds"]) == calibration["repetitions"] >= 1
+    assert calibration["best_seconds"] == min(calibration["runs_seconds"]) > 0
     assert results["settings"]["model"]["ideal"] > 0
     scenarios = results["scenarios"]
     assert set(scenarios) == {"concurrency", "baseline", "throughput", "memory", "replicas", "history_growth"}
