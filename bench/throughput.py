@@ -31,7 +31,7 @@ async def search(ctx: Context, rig: Rig, bot: BotProcess) -> dict[str, Any]:
         # not start until that is done, or it measures the leftovers too.
         result_settle = await _settle(bot)
         result = await ctx.measured(
-            f"throughput-{rate:g}-{seconds:g}s",
+            f"{bot.name}-{rate:g}-{seconds:g}s",
             [bot],
             lambda: sum(a.done_at is not None for a in rig.tracker.asked.values()),
             _offer(ctx, rig, route, rate, seconds),
