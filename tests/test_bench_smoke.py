@@ -61,7 +61,9 @@ def test_bench_smoke_run_completes_with_well_formed_results(tmp_path: Path) -> N
             assert step["answered"] == step["questions"] == step["c"]
             for metric in ("ack", "signal", "first_text", "done", "done_over_ideal"):
                 assert set(step[metric]) == PERCENTILES and step[metric]["p99"] is not None
-            assert step["bot_peak_rss_mb"] > 0 and step["bot_cpu_ms_per_turn"] > 0
+            assert step["bot_peak_rss_mb"] > 0 and step["bot_cpu_ms_per_turn"] is not None
+            # /proc counts CPU in 10-ms ticks: the floor's few ms a turn can show as 0 at C = 1 or 5.
+            assert step["bot_cpu_ms_per_turn"] > 0 or sweep["name"] == "floor"
 
     assert scenarios["throughput"]["probes"] and scenarios["memory"]["peak_rss_mb"] > 0
     for probe in floor["throughput"]["probes"]:
