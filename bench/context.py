@@ -148,14 +148,25 @@ class Context:
         return seconds, int(stats["total_commands_processed"]), int(clients["connected_clients"]) - 1
 
     async def measured(
-        self, label: str, bots: list[BotProcess], turns: Callable[[], int], load: Awaitable[dict[str, Any]]
+        self,
+        label: str,
+        bots: list[BotProcess],
+        turns: Callable[[], int],
+        load: Awaitable[dict[str, Any]],
+        prepare: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
-        """Run one load step and add what it cost: CPU per turn, CPU shares, peak RSS, loop lag."""
+        """Run one load step and add what it cost: CPU per turn, CPU shares, peak RSS, loop lag.
+
+        `prepare` (seeding the users' messages, building and signing their events) runs after the
+        wait for a quiet machine and before the step's clock and CPU counters start.
+        """
         waited = await self.wait_for_quiet()
         profiler = None
         if self.profile_dir is not None:
             profiler = Profiler(bots[0].pid, self.profile_dir / f"{label}.txt")
             await profiler.start()
+        if prepare is not None:
+            prepare()
         before = [bot.sample() for bot in bots]
         own_before = proc_sample(os.getpid()).cpu_seconds
         redis_before, commands_before, _ = await self.redis_counters()

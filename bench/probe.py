@@ -60,15 +60,16 @@ async def probe(args: argparse.Namespace) -> dict:
             idle_rss = bot.sample().rss_bytes / 2**20
             commands_before = await _command_counts(ctx.redis_url)
             load = (
-                concurrency._fire(ctx, rig, args.burst, route, dm=False, cap=None)
+                concurrency.Burst(rig, args.burst, route, False, rig.model.ideal + ctx.settings.step_timeout)
                 if args.burst
-                else throughput._offer(ctx, rig, route, args.rate, args.seconds)
+                else throughput.Offer(rig, route, args.rate, args.seconds)
             )
             result = await ctx.measured(
                 "probe",
                 [bot],
                 lambda: sum(a.done_at is not None for a in rig.tracker.asked.values()),
-                load,
+                load.run(),
+                prepare=load.prepare,
             )
             result["idle_rss_mb"] = idle_rss
             after = await _command_counts(ctx.redis_url)

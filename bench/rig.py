@@ -23,7 +23,7 @@ from typing import Any
 
 from bench.measure import percentiles
 from tests.emulators.openai_api import OpenAIEmulator, StreamTiming
-from tests.emulators.slack import Delivery, SlackEmulator
+from tests.emulators.slack import Delivery, PreparedDelivery, SlackEmulator
 
 USERS = ("U1", "U2", "U3", "U4")
 QUESTION_ID = re.compile(r"\b(q\d{5,})\b")
@@ -91,6 +91,8 @@ class Asked:
     channel: str
     ts: str
     thread: str | None  # where the reply goes: the thread's ts, or None for a DM's top level
+    # When its first event was written to the bot (Rig.send): the start of its ack, signal and done.
+    # Its message was stored in Slack and its events built and signed before that (Rig.prepare).
     sent_at: float
     deliveries: list[Delivery] = field(default_factory=list)
     routes: list[list[Route]] = field(default_factory=list)  # per event: first delivery, redeliveries
@@ -100,6 +102,23 @@ class Asked:
     end_at: float | None = None
     done_at: float | None = None
     answer_messages: set[tuple[str, str]] = field(default_factory=set)  # (channel, ts)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One delivery of an event, ready to write `delay` seconds after the question's first (a
+    redelivery's race)."""
+
+    prepared: PreparedDelivery
+    delay: float
+
+
+@dataclass
+class Question:
+    """A question prepared ahead of sending: its record, and each delivery of its events."""
+
+    asked: Asked
+    deliveries: list[Outgoing] = field(default_factory=list)
 
 
 class Tracker:
@@ -255,7 +274,7 @@ class Rig:
 
     # -- users asking --------------------------------------------------------------------
 
-    async def ask(
+    def prepare(
         self,
         channel: str,
         *,
@@ -263,8 +282,9 @@ class Rig:
         dm: bool = False,
         router: Router = lambda: [None],
         user: str = "U1",
-    ) -> Asked:
-        """A user posts a question (a mention in a channel or thread, or a DM); Slack delivers it.
+    ) -> Question:
+        """A user posts a question (a mention in a channel or thread, or a DM): the message is
+        stored in Slack, and its events are built, serialized and signed, ready for `send`.
 
         A channel message comes as two events, `message` and `app_mention`, as Slack sends them;
         `router` picks where each event goes, and a second route is a redelivery (a retry).
@@ -290,28 +310,49 @@ class Rig:
         events = [event]
         if not dm:
             events.append({k: v for k, v in event.items() if k != "channel_type"} | {"type": "app_mention"})
+        # sent_at is provisional until send() writes the first event.
         asked = Asked(qid, channel, ts, thread_ts if dm else (thread_ts or ts), time.monotonic())
         self.tracker.add(asked)
-        sends = []
+        question = Question(asked)
         for payload in events:
             event_id = f"Ev{uuid.uuid4().hex[:12].upper()}"
             routes = router()
             asked.routes.append(routes)
             for attempt, route in enumerate(routes):
-                sends.append(self._deliver(payload, event_id, route, attempt))
-        asked.deliveries = list(await asyncio.gather(*sends))
+                if route is None:
+                    self.slack.use_socket()
+                else:
+                    self.slack.use_http(route)
+                prepared = self.slack.prepare_event(payload, event_id=event_id, retry_num=attempt or None)
+                delay = random.uniform(0, 0.02) if attempt else 0.0  # a redelivery races the first one
+                question.deliveries.append(Outgoing(prepared, delay))
+        return question
+
+    async def send(self, question: Question) -> Asked:
+        """Write a prepared question's events (all at once) and wait for their acks.
+
+        The question's `sent_at` becomes the moment its first event was written."""
+        asked = question.asked
+        asked.deliveries = list(await asyncio.gather(*(self._send(d) for d in question.deliveries)))
+        asked.sent_at = min(d.sent_at for d in asked.deliveries)
         return asked
 
-    async def _deliver(self, event: dict, event_id: str, route: Route, attempt: int) -> Delivery:
-        if attempt:
-            await asyncio.sleep(random.uniform(0, 0.02))  # a redelivery racing the first one
-        # The route is fixed when deliver_event is called, so choosing it and calling must not
-        # be split by an await.
-        if route is None:
-            self.slack.use_socket()
-        else:
-            self.slack.use_http(route)
-        return await self.slack.deliver_event(event, event_id=event_id, retry_num=attempt or None)
+    async def ask(
+        self,
+        channel: str,
+        *,
+        thread_ts: str | None = None,
+        dm: bool = False,
+        router: Router = lambda: [None],
+        user: str = "U1",
+    ) -> Asked:
+        """prepare() and send() at once: a question asked now."""
+        return await self.send(self.prepare(channel, thread_ts=thread_ts, dm=dm, router=router, user=user))
+
+    async def _send(self, outgoing: Outgoing) -> Delivery:
+        if outgoing.delay:
+            await asyncio.sleep(outgoing.delay)
+        return await self.slack.send_prepared(outgoing.prepared)
 
     async def wait_answered(self, asked: Iterable[Asked], timeout: float) -> bool:  # noqa: ASYNC109
         """Poll the call log until every question has its final answer, or `timeout` passes."""
