@@ -64,6 +64,21 @@ def machine_busy_seconds() -> float:
     return (sum(fields[:8]) - idle) / CLOCK_TICKS  # up to steal; guest time is already in user
 
 
+def listen_overflows() -> int | None:
+    """Connections the machine's listening sockets have refused so far because their accept queue
+    was full (each such client waits about a second to try again); None where Linux does not say."""
+    try:
+        with open("/proc/net/netstat") as netstat:
+            lines = netstat.read().splitlines()
+    except OSError:
+        return None
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            found = dict(zip(names.split()[1:], values.split()[1:], strict=False))
+            return int(found["ListenOverflows"]) if "ListenOverflows" in found else None
+    return None
+
+
 def machine() -> dict[str, object]:
     """What the figures were measured on."""
     model = "unknown"

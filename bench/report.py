@@ -63,6 +63,8 @@ def sweep_rows(run: dict[str, Any]) -> list[list[str]]:
             notes.append(f"{step['other_posts']} non-answer posts")
         if step["loadgen_busy"]:
             notes.append("load generator busy: figures may include its delay")
+        if step.get("listen_overflows"):
+            notes.append(f"{step['listen_overflows']} connections refused by a full listen queue (1 s retry)")
         if step.get("machine_shared"):
             notes.append("other processes used the machine's CPU: figures understate the bot")
         if step.get("waited_for_quiet_seconds"):
@@ -177,6 +179,7 @@ def _throughput(found: list[tuple[str, dict[str, Any] | None]]) -> list[str]:
                     for note, flag in (
                         ("load generator busy", p["loadgen_busy"]),
                         ("machine shared with other processes", p.get("machine_shared")),
+                        (f"{p.get('listen_overflows')} connections refused", p.get("listen_overflows")),
                     )
                     if flag
                 ),

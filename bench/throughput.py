@@ -167,6 +167,7 @@ def _brief(result: dict[str, Any]) -> dict[str, Any]:
         "loadgen_busy",
         "machine_shared",
         "loadgen_loop_lag",
+        "listen_overflows",
         "settled_before_seconds",
         "profile",
     )

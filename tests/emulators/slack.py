@@ -235,7 +235,9 @@ class SlackEmulator:
         app.router.add_get("/socket", self._socket)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        # A big listen backlog: Slack does not refuse a burst of new connections (aiohttp's 128 would
+        # drop some of a cold burst's, and each dropped one waits a second for its retry).
+        await web.TCPSite(self._runner, "127.0.0.1", 0, backlog=4096).start()
         self.port = self._runner.addresses[0][1]
         # No cap on connections: Slack delivers hundreds of events at once without queueing them.
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
