@@ -22,6 +22,7 @@ from decimal import Decimal
 from typing import Any
 
 from bench.measure import percentiles
+from bench.sender import HttpSender, Request, encode
 from tests.emulators.openai_api import OpenAIEmulator, StreamTiming
 from tests.emulators.slack import Delivery, PreparedDelivery, SlackEmulator
 
@@ -106,10 +107,11 @@ class Asked:
 
 @dataclass(frozen=True)
 class Outgoing:
-    """One delivery of an event, ready to write `delay` seconds after the question's first (a
-    redelivery's race)."""
+    """One delivery of an event, ready to write: over HTTP as `request`, else by the emulator's
+    Socket Mode connection; `delay` seconds after the question's first (a redelivery's race)."""
 
     prepared: PreparedDelivery
+    request: Request | None
     delay: float
 
 
@@ -225,12 +227,14 @@ class Rig:
         self.set_model(model)
         self._ids = itertools.count(1)
         self.tracker = Tracker(self.slack, self.llm)
+        self.http = HttpSender(timeout=self.slack.http_timeout)
 
     async def start(self) -> None:
         await self.slack.start()
         await self.llm.start()
 
     async def stop(self) -> None:
+        self.http.close()
         await self.llm.stop()
         await self.slack.stop()
 
@@ -324,8 +328,9 @@ class Rig:
                 else:
                     self.slack.use_http(route)
                 prepared = self.slack.prepare_event(payload, event_id=event_id, retry_num=attempt or None)
+                request = None if route is None else encode(prepared)
                 delay = random.uniform(0, 0.02) if attempt else 0.0  # a redelivery races the first one
-                question.deliveries.append(Outgoing(prepared, delay))
+                question.deliveries.append(Outgoing(prepared, request, delay))
         return question
 
     async def send(self, question: Question) -> Asked:
@@ -352,6 +357,8 @@ class Rig:
     async def _send(self, outgoing: Outgoing) -> Delivery:
         if outgoing.delay:
             await asyncio.sleep(outgoing.delay)
+        if outgoing.request is not None:
+            return await self.http.send(outgoing.request)
         return await self.slack.send_prepared(outgoing.prepared)
 
     async def wait_answered(self, asked: Iterable[Asked], timeout: float) -> bool:  # noqa: ASYNC109
