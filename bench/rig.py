@@ -92,8 +92,9 @@ class Asked:
     channel: str
     ts: str
     thread: str | None  # where the reply goes: the thread's ts, or None for a DM's top level
-    # When its first event was written to the bot (Rig.send): the start of its ack, signal and done.
-    # Its message was stored in Slack and its events built and signed before that (Rig.prepare).
+    # When sending its first event began (Rig.send; see Delivery.sent_at): the start of its ack,
+    # signal and done. Its message was stored in Slack and its events built and signed before that,
+    # before the step's clock started (Rig.prepare).
     sent_at: float
     deliveries: list[Delivery] = field(default_factory=list)
     routes: list[list[Route]] = field(default_factory=list)  # per event: first delivery, redeliveries
@@ -336,7 +337,7 @@ class Rig:
     async def send(self, question: Question) -> Asked:
         """Write a prepared question's events (all at once) and wait for their acks.
 
-        The question's `sent_at` becomes the moment its first event was written."""
+        The question's `sent_at` becomes the moment sending its first event began."""
         asked = question.asked
         asked.deliveries = list(await asyncio.gather(*(self._send(d) for d in question.deliveries)))
         asked.sent_at = min(d.sent_at for d in asked.deliveries)

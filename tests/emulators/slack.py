@@ -105,7 +105,9 @@ class Delivery:
     acked: bool
     elapsed: float  # from sent_at to the answer (or to giving up)
     event_id: str = ""
-    sent_at: float = 0.0  # time.monotonic() right before the request or envelope was written
+    # time.monotonic() when sending began: right before the request's connection was taken or
+    # opened, or the envelope written to the socket.
+    sent_at: float = 0.0
 
 
 @dataclass(frozen=True)
