@@ -151,7 +151,7 @@ class Tracker:
     def read(self) -> None:
         calls = self.slack.calls
         end = len(calls)
-        for call in itertools.islice(calls, self._next, end):
+        for call in calls[self._next : end]:  # a slice: islice would walk the whole log each poll
             self._read_call(call.method, call.args, call.response, call.status, call.at)
         self._next = end
 
@@ -206,14 +206,14 @@ class Tracker:
     def first_tokens(self) -> dict[str, StreamTiming]:
         """The model's stream for each question (the first one that produced content)."""
         found: dict[str, StreamTiming] = {}
-        for timing in itertools.islice(self.llm.streams, self.first_stream, None):
+        for timing in self.llm.streams[self.first_stream :]:
             qid = _question_id(timing.messages)
             if qid and qid not in found and timing.first_content_at is not None:
                 found[qid] = timing
         return found
 
     def calls_made(self) -> Counter[str]:
-        return Counter(c.method for c in itertools.islice(self.slack.calls, self.first_call, None))
+        return Counter(c.method for c in self.slack.calls[self.first_call :])
 
 
 class Rig:
