@@ -121,18 +121,19 @@ class Offer:
             if delay > 0:
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(self.rig.send(question)))
-        sending = time.monotonic() - started
         asked = list(await asyncio.gather(*tasks))
         complete = await self.rig.wait_answered(asked, DRAIN_SECONDS)
         result = summarize(tracker, asked, None)
         last_done = max((a.done_at for a in asked if a.done_at is not None), default=started)
         answering = last_done - started
         count = len(self.questions)
+        # From the first question sent to the last: count - 1 intervals of 1/rate when on time.
+        sending = max(a.sent_at for a in asked) - min(a.sent_at for a in asked)
         result |= {
             "offered_turns_per_second": self.rate,
             "seconds": self.seconds,
             # Below the offered rate when the load generator could not send on time.
-            "sent_turns_per_second": count / sending if sending > 0 else None,
+            "sent_turns_per_second": (count - 1) / sending if sending > 0 else None,
             "achieved_turns_per_second": result["answered"] / answering if answering > 0 else None,
             "timed_out": not complete,
         }
