@@ -32,6 +32,7 @@ from aiohttp import web
 log = logging.getLogger("floor")
 
 MAX_REQUEST_AGE = 300  # seconds: Slack's own limit on a signed request's timestamp
+LISTEN_BACKLOG = 2048
 TWINS_REMEMBERED = 10_000  # questions whose twin event may still come
 STATUS = "is thinking…"
 
@@ -61,7 +62,9 @@ async def serve(env: Mapping[str, str]) -> None:
             app.router.add_post("/slack/events", floor.http_event)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, env.get("HOST", "0.0.0.0"), int(env.get("PORT", "3000"))).start()
+        host, port = env.get("HOST", "0.0.0.0"), int(env.get("PORT", "3000"))
+        # As the bot: aiohttp's backlog of 128 overflows when hundreds of connections open at once.
+        await web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG).start()
         log.info("floor serving in %s mode", "socket" if socket_task else "http")
         await stopping.wait()
         if socket_task is not None:
