@@ -1,4 +1,4 @@
-"""The bots under test as real processes: `python app.py`, or the tutorial-style baseline.
+"""The bots under test as real processes: `python app.py`, the tutorial-style baseline, or the floor.
 
 Each runs in a scratch directory (so no developer's .env is read) with its output in a log file.
 """
@@ -21,6 +21,7 @@ from bench.measure import ProcSample, proc_sample
 ROOT = Path(__file__).resolve().parent.parent
 BOT_APP = ROOT / "app.py"
 BASELINE_APP = ROOT / "bench" / "baseline" / "app.py"
+FLOOR_APP = ROOT / "bench" / "floor" / "app.py"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 25.0  # the bot gives answers in flight 20 s on SIGTERM
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from bench.bots import BASELINE_APP, BOT_APP, BotProcess, free_port
 from bench.context import Context
-from bench.rig import Rig, enable_slack_tiers, slack_tiers_available, summarize
+from bench.rig import Question, Rig, enable_slack_tiers, slack_tiers_available, summarize
 
 _steps = itertools.count(1)
 SATURATING_C = 20
@@ -67,11 +67,14 @@ async def sweep(
                     why = f"projected {c / rate:.0f} s > cap {cap:.0f} s at {rate:.1f} answers/s"
                     result["steps"].append({"c": c, "skipped": why})
                     continue
+                timeout = rig.model.ideal + (cap if cap is not None else settings.step_timeout)
+                burst = Burst(rig, c, route, dm, timeout)
                 step = await ctx.measured(
                     f"{name}-{mode}{'-tiers' if tiers else ''}-c{c}",
                     [bot],
                     lambda: sum(a.done_at is not None for a in rig.tracker.asked.values()),
-                    _fire(ctx, rig, c, route, dm, cap),
+                    burst.run(),
+                    prepare=burst.prepare,
                 )
                 step["c"] = c
                 result["steps"].append(step)
@@ -86,25 +89,38 @@ async def sweep(
     return result
 
 
-async def _fire(
-    ctx: Context, rig: Rig, c: int, route: str | None, dm: bool, cap: float | None
-) -> dict[str, Any]:
-    tracker = rig.new_tracker()
-    step = next(_steps)
-    users = ("U1", "U2", "U3", "U4")
-    asked = await asyncio.gather(
-        *(
-            rig.ask(
-                f"{'D' if dm else 'C'}{step:03d}{i:05d}",
-                dm=dm,
-                router=lambda: [route],
+class Burst:
+    """C questions at once, each in its own thread (or DM), prepared before the step's clock starts;
+    answers are waited for at most `timeout` seconds."""
+
+    def __init__(self, rig: Rig, c: int, route: str | None, dm: bool, timeout: float) -> None:
+        self.rig = rig
+        self.c = c
+        self.route = route
+        self.dm = dm
+        self.timeout = timeout
+        self.questions: list[Question] = []
+
+    def prepare(self) -> None:
+        """Seed the users' messages and build, serialize and sign every event."""
+        self.rig.new_tracker()
+        step = next(_steps)
+        users = ("U1", "U2", "U3", "U4")
+        self.questions = [
+            self.rig.prepare(
+                f"{'D' if self.dm else 'C'}{step:03d}{i:05d}",
+                dm=self.dm,
+                router=lambda: [self.route],
                 user=users[i % len(users)],
             )
-            for i in range(c)
-        )
-    )
-    timeout = rig.model.ideal + (cap if cap is not None else ctx.settings.step_timeout)
-    complete = await rig.wait_answered(asked, timeout)
-    result = summarize(tracker, asked, rig.model.ideal)
-    result["timed_out"] = not complete
-    return result
+            for i in range(self.c)
+        ]
+
+    async def run(self) -> dict[str, Any]:
+        """Send them all at once, then wait for every answer."""
+        tracker = self.rig.tracker
+        asked = await asyncio.gather(*(self.rig.send(q) for q in self.questions))
+        complete = await self.rig.wait_answered(asked, self.timeout)
+        result = summarize(tracker, asked, self.rig.model.ideal)
+        result["timed_out"] = not complete
+        return result

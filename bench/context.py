@@ -14,7 +14,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from bench.bots import BotProcess
-from bench.measure import LoopLag, PeakRss, machine_busy_seconds, proc_sample
+from bench.measure import LoopLag, PeakRss, listen_overflows, machine_busy_seconds, proc_sample
 from bench.profile import Profiler
 from bench.rig import ModelShape
 
@@ -148,18 +148,30 @@ class Context:
         return seconds, int(stats["total_commands_processed"]), int(clients["connected_clients"]) - 1
 
     async def measured(
-        self, label: str, bots: list[BotProcess], turns: Callable[[], int], load: Awaitable[dict[str, Any]]
+        self,
+        label: str,
+        bots: list[BotProcess],
+        turns: Callable[[], int],
+        load: Awaitable[dict[str, Any]],
+        prepare: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
-        """Run one load step and add what it cost: CPU per turn, CPU shares, peak RSS, loop lag."""
+        """Run one load step and add what it cost: CPU per turn, CPU shares, peak RSS, loop lag.
+
+        `prepare` (seeding the users' messages, building and signing their events) runs after the
+        wait for a quiet machine and before the step's clock and CPU counters start.
+        """
         waited = await self.wait_for_quiet()
         profiler = None
         if self.profile_dir is not None:
             profiler = Profiler(bots[0].pid, self.profile_dir / f"{label}.txt")
             await profiler.start()
+        if prepare is not None:
+            prepare()
         before = [bot.sample() for bot in bots]
         own_before = proc_sample(os.getpid()).cpu_seconds
         redis_before, commands_before, _ = await self.redis_counters()
         machine_before = machine_busy_seconds()
+        overflows_before = listen_overflows()
         lag = LoopLag()
         lag.start()
         peaks = [PeakRss(bot.pid) for bot in bots]
@@ -173,6 +185,7 @@ class Context:
         bot_cpu = sum(a.cpu_seconds - b.cpu_seconds for a, b in zip(after, before, strict=True))
         loadgen_cpu = proc_sample(os.getpid()).cpu_seconds - own_before
         machine_cpu = machine_busy_seconds() - machine_before
+        overflows_after = listen_overflows()
         redis_after, commands_after, redis_clients = await self.redis_counters()
         redis_cpu = redis_after - redis_before
         count = turns()
@@ -191,6 +204,13 @@ class Context:
             },
             "bot_peak_rss_mb": max(p.stop() for p in peaks) / 2**20,
             "loadgen_loop_lag": loop_lag,
+            # Machine-wide: a connection refused by a full accept queue (the bot's, an emulator's)
+            # is retried about a second later, and that second shows in the figures.
+            "listen_overflows": (
+                overflows_after - overflows_before
+                if overflows_before is not None and overflows_after is not None
+                else None
+            ),
         }
         busy = loadgen_cpu / wall > LOADGEN_BUSY_CPU or (loop_lag["p99"] or 0) > LOADGEN_BUSY_LAG
         result["loadgen_busy"] = busy

@@ -1,4 +1,5 @@
-"""Numbers: percentiles, a process's CPU time and memory from /proc, the machine, event-loop lag."""
+"""Numbers: percentiles, a process's CPU time and memory from /proc, the machine and its speed,
+event-loop lag."""
 
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ import time
 from dataclasses import dataclass
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# A fixed pure-Python loop, run at module level (global variables, as a script runs it): its time
+# says how fast this machine runs Python, so figures from different machines can be compared.
+CALIBRATION_STATEMENT = "s += i * i % 7"
+CALIBRATION_STEPS = 500_000
+CALIBRATION_REPETITIONS = 5
 
 
 def percentiles(values: list[float], points: tuple[int, ...] = (50, 95, 99)) -> dict[str, float | None]:
@@ -58,6 +64,21 @@ def machine_busy_seconds() -> float:
     return (sum(fields[:8]) - idle) / CLOCK_TICKS  # up to steal; guest time is already in user
 
 
+def listen_overflows() -> int | None:
+    """Connections the machine's listening sockets have refused so far because their accept queue
+    was full (each such client waits about a second to try again); None where Linux does not say."""
+    try:
+        with open("/proc/net/netstat") as netstat:
+            lines = netstat.read().splitlines()
+    except OSError:
+        return None
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            found = dict(zip(names.split()[1:], values.split()[1:], strict=False))
+            return int(found["ListenOverflows"]) if "ListenOverflows" in found else None
+    return None
+
+
 def machine() -> dict[str, object]:
     """What the figures were measured on."""
     model = "unknown"
@@ -86,6 +107,32 @@ def machine() -> dict[str, object]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "redis_server": redis_version,
+        "calibration": calibration(),
+    }
+
+
+def calibration(
+    steps: int = CALIBRATION_STEPS, repetitions: int = CALIBRATION_REPETITIONS
+) -> dict[str, object]:
+    """The best of a few timed runs of the calibration loop (0.05–0.1 s each here); the best, as
+    other work on the machine only ever makes a run slower."""
+    code = compile(f"s = 0\nfor i in range({steps}):\n    {CALIBRATION_STATEMENT}\n", "<calibration>", "exec")
+    runs = []
+    for _ in range(repetitions):
+        started = time.perf_counter()
+        exec(code, {})  # a fresh module namespace each time
+        runs.append(time.perf_counter() - started)
+    best = min(runs)
+    return {
+        "statement": CALIBRATION_STATEMENT,
+        "steps": steps,
+        "repetitions": repetitions,
+        "best_seconds": best,
+        "runs_seconds": runs,
+        "ns_per_step": best * 1e9 / steps,
+        # Scaled to a 10-million-step loop, as such loops are often quoted; one long run of it is
+        # slower than this (it takes every slow moment of the machine, not the best of five).
+        "seconds_per_10m_steps": best * 10_000_000 / steps,
     }
 
 

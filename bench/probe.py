@@ -8,6 +8,10 @@ is; this is the short loop for trying a change.
 python -m bench.probe --model stream --rate 40 --seconds 10
 python -m bench.probe --model instant --rate 100 --profile
 python -m bench.probe --model stream --burst 500
+python -m bench.probe --model stream --burst 500 --app floor --mode socket
+
+`--app floor` probes bench/floor/app.py (network calls only, nothing stored) instead of the bot: what
+the harness and this machine allow any bot.
 """
 
 from __future__ import annotations
@@ -22,11 +26,12 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from bench import concurrency, throughput
-from bench.bots import BOT_APP, BotProcess, free_port
+from bench.bots import BOT_APP, FLOOR_APP, BotProcess, free_port
 from bench.context import Context, Settings
 from bench.rig import ModelShape, Rig
 from tests.redis_server import RedisServer
 
+APPS = {"bot": BOT_APP, "floor": FLOOR_APP}
 MODELS = {
     "instant": ModelShape(0.0, 0.0, answer_chars=200, chunk_chars=50),
     # The concurrency sweep's model: 25 chunks over 2 s after 0.5 s.
@@ -44,22 +49,27 @@ async def probe(args: argparse.Namespace) -> dict:
     await rig.start()
     try:
         port = free_port()
-        bot = BotProcess("probe", BOT_APP, rig.bot_env(ctx.redis_url, port, "http"), port, workdir)
+        env = rig.bot_env(ctx.redis_url, port, args.mode)
+        bot = BotProcess(f"probe-{args.app}", APPS[args.app], env, port, workdir)
         await bot.start(ready="health")
         try:
+            if args.mode == "socket":
+                await rig.slack.wait_for_socket(timeout=30)
+            route = bot.events_url if args.mode == "http" else None
             await asyncio.sleep(0.5)
             idle_rss = bot.sample().rss_bytes / 2**20
             commands_before = await _command_counts(ctx.redis_url)
             load = (
-                concurrency._fire(ctx, rig, args.burst, bot.events_url, dm=False, cap=None)
+                concurrency.Burst(rig, args.burst, route, False, rig.model.ideal + ctx.settings.step_timeout)
                 if args.burst
-                else throughput._offer(ctx, rig, bot.events_url, args.rate, args.seconds)
+                else throughput.Offer(rig, route, args.rate, args.seconds)
             )
             result = await ctx.measured(
                 "probe",
                 [bot],
                 lambda: sum(a.done_at is not None for a in rig.tracker.asked.values()),
-                load,
+                load.run(),
+                prepare=load.prepare,
             )
             result["idle_rss_mb"] = idle_rss
             after = await _command_counts(ctx.redis_url)
@@ -93,6 +103,8 @@ def _ms(points: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.probe", description=__doc__.splitlines()[0])
+    parser.add_argument("--app", choices=sorted(APPS), default="bot", help="the bot, or the floor")
+    parser.add_argument("--mode", choices=("http", "socket"), default="http")
     parser.add_argument("--model", choices=sorted(MODELS), default="instant")
     parser.add_argument("--rate", type=float, default=50.0, help="questions offered per second")
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -107,19 +119,22 @@ def main() -> int:
         return 0
     done = result["done"]
     print(
-        f"model={args.model} offered={args.rate:g}/s for {args.seconds:g}s "
-        f"answered={result['answered']}/{result['questions']} "
+        f"app={args.app} mode={args.mode} model={args.model} "
+        + (f"burst={args.burst} " if args.burst else f"offered={args.rate:g}/s for {args.seconds:g}s ")
+        + f"answered={result['answered']}/{result['questions']} "
         f"achieved={result.get('achieved_turns_per_second') or 0:.1f}/s"
     )
+    share = result["cpu_share"]
     print(
         f"bot CPU {result['bot_cpu_ms_per_turn'] or 0:.2f} ms/turn, "
-        f"bot {result['cpu_share']['bot']:.0%} of a core, "
-        f"redis cmds/turn {result['redis_commands_per_turn'] or 0:.1f}, "
-        f"other {result['cpu_share']['other']:.0%}"
+        f"redis cmds/turn {result['redis_commands_per_turn'] or 0:.1f}; share of a core: "
+        f"bot {share['bot']:.0%}, load generator {share['loadgen']:.0%} "
+        f"(loop lag p99 {(result['loadgen_loop_lag']['p99'] or 0) * 1000:.0f} ms), "
+        f"redis {share['redis']:.0%}, other {share['other']:.0%}"
     )
     if args.burst:
         print(
-            f"burst of {args.burst}: signal p50/p99 ms {_ms(result['signal'])}, "
+            f"burst of {args.burst}: ack p50/p99 ms {_ms(result['ack'])}, signal {_ms(result['signal'])}, "
             f"first text {_ms(result['first_text'])}, "
             f"done/ideal p99 {(result.get('done_over_ideal') or {}).get('p99') or 0:.2f}, "
             f"streamed/whole {result['streamed']}/{result['whole']}"

@@ -63,6 +63,8 @@ def sweep_rows(run: dict[str, Any]) -> list[list[str]]:
             notes.append(f"{step['other_posts']} non-answer posts")
         if step["loadgen_busy"]:
             notes.append("load generator busy: figures may include its delay")
+        if step.get("listen_overflows"):
+            notes.append(f"{step['listen_overflows']} connections refused by a full listen queue (1 s retry)")
         if step.get("machine_shared"):
             notes.append("other processes used the machine's CPU: figures understate the bot")
         if step.get("waited_for_quiet_seconds"):
@@ -107,6 +109,109 @@ def baseline_rows(ours: list[dict[str, Any]], baseline: list[dict[str, Any]]) ->
                 note = f"{step['answered']}/{step['questions']} answered"
             rows.append([theirs["mode"], str(step["c"]), _done(ours_step), _done(step), ratio, note])
     return rows
+
+
+FLOOR = "floor: network calls only, nothing stored (bench/floor/app.py)"
+FLOOR_HEADERS = [
+    "mode",
+    "C",
+    "ack ms p99 ours/floor",
+    "signal ms p99 ours/floor",
+    "done ms p99 ours/floor",
+    "done/ideal p99 ours/floor",
+    "bot CPU ms/turn ours/floor",
+]
+
+
+def floor_rows(ours: list[dict[str, Any]], floor: list[dict[str, Any]]) -> list[list[str]]:
+    """Our p99s beside the floor's at the same C and mode (limits off): what is left to the bot."""
+    rows = []
+    for theirs in floor:
+        mine = next((r for r in ours if r["mode"] == theirs["mode"] and not r["tiers"]), None)
+        for step in theirs.get("steps", []):
+            if "done" not in step:
+                continue
+            ours_step = next((s for s in (mine or {}).get("steps", []) if s.get("c") == step["c"]), None)
+            pairs = zip(_floor_figures(ours_step), _floor_figures(step), strict=True)
+            rows.append([theirs["mode"], str(step["c"]), *(f"{a}/{b}" for a, b in pairs)])
+    return rows
+
+
+def _floor_figures(step: dict[str, Any] | None) -> list[str]:
+    if not step or "done" not in step:
+        return ["-"] * (len(FLOOR_HEADERS) - 2)
+    cpu = step["bot_cpu_ms_per_turn"]
+    return [
+        _ms(step["ack"], ("p99",)),
+        _ms(step["signal"], ("p99",)),
+        _ms(step["done"], ("p99",)),
+        _ratio(step.get("done_over_ideal")),
+        "-" if cpu is None else f"{cpu:.1f}",
+    ]
+
+
+def _throughput(found: list[tuple[str, dict[str, Any] | None]]) -> list[str]:
+    """The throughput searches' probes, ours and the floor's, in one table."""
+    rows, titles = [], []
+    for who, throughput in found:
+        if not throughput:
+            continue
+        rate = throughput["sustained_turns_per_second"]
+        best = throughput.get("best_probe_turns_per_second")
+        figure = f"{rate:.0f} turns/s" if rate is not None else "no full-length run held"
+        if rate is None and best is not None:
+            figure += f" (best short probe {best:.0f}/s)"
+        titles.append(f"{'ours' if who == 'ours' else 'floor (network calls only, nothing stored)'} {figure}")
+        rows += [
+            [
+                who,
+                f"{p['offered_turns_per_second']:g}",
+                "-" if p["sent_turns_per_second"] is None else f"{p['sent_turns_per_second']:.0f}",
+                "-" if p["achieved_turns_per_second"] is None else f"{p['achieved_turns_per_second']:.0f}",
+                f"{p['seconds']:g}",
+                f"{p['answered']}/{p['questions']}",
+                _ms(p["done"], ("p50", "p95", "p99")),
+                "-" if p["bot_cpu_ms_per_turn"] is None else f"{p['bot_cpu_ms_per_turn']:.1f}",
+                "/".join(f"{p['cpu_share'][k] * 100:.0f}" for k in ("bot", "loadgen", "other")),
+                "yes" if p["holds"] else "no",
+                "; ".join(
+                    note
+                    for note, flag in (
+                        ("load generator busy", p["loadgen_busy"]),
+                        ("machine shared with other processes", p.get("machine_shared")),
+                        (f"{p.get('listen_overflows')} connections refused", p.get("listen_overflows")),
+                    )
+                    if flag
+                ),
+            ]
+            for p in throughput["probes"]
+        ]
+    limit = next(t["done_p99_limit"] for _, t in found if t)
+    headers = [
+        "bot",
+        "offered/s",
+        "sent/s",
+        "answered/s",
+        "s",
+        "answered",
+        "done ms p50/p95/p99",
+        "bot CPU ms/turn",
+        "CPU % bot/gen/other",
+        "holds",
+        "note",
+    ]
+    title = f"Throughput (2), sustained with p99 done < {limit:g} s: " + "; ".join(titles)
+    return [title, _table(headers, rows)]
+
+
+def _calibration(calibration: dict[str, Any] | None) -> str:
+    if not calibration:
+        return "calibration: -"
+    return (
+        f"calibration: {calibration['ns_per_step']:.0f} ns a step of `{calibration['statement']}` at "
+        f"module level, i.e. {calibration['seconds_per_10m_steps']:.2f} s per 10 million steps (pure "
+        f"Python, best of {calibration['repetitions']} runs of {calibration['steps']:,}; lower is faster)"
+    )
 
 
 def _done(step: dict[str, Any] | None) -> str:
@@ -210,62 +315,31 @@ def render(results: dict[str, Any]) -> str:
     parts = [
         f"machine: {machine['cores']} cores, {machine['cpu_model']}, {machine['memory_gib']} GiB, "
         f"Python {machine['python']}, redis-server {machine['redis_server']}",
+        _calibration(machine.get("calibration")),
         "mode: "
         + ("smoke (BENCH_QUICK: small C, short model; not figures to quote)" if results["quick"] else "full"),
         f"model: {_model(results['settings']['model'])}; throughput model: "
         f"{_model(results['settings']['throughput_model'])}",
         _settings(results["settings"]),
     ]
-    runs = scenarios.get("concurrency", []) + scenarios.get("baseline", [])
+    floor = scenarios.get("floor") or {}
+    runs = scenarios.get("concurrency", []) + scenarios.get("baseline", []) + floor.get("concurrency", [])
     if runs:
         rows = [row for run in runs for row in sweep_rows(run)]
-        parts += ["", "Concurrency sweep (1), memory (4), baseline (6)", _table(SWEEP_HEADERS, rows)]
+        title = "Concurrency sweep (1), memory (4), baseline (6)"
+        if floor:
+            title += f"; {FLOOR}"
+        parts += ["", title, _table(SWEEP_HEADERS, rows)]
     if scenarios.get("baseline"):
         rows = baseline_rows(scenarios.get("concurrency", []), scenarios["baseline"])
         headers = ["mode", "C", "ours done ms p50/p99", "baseline done ms p50/p99", "baseline/ours", "note"]
         parts += ["", "Ours against the tutorial-style baseline (6)", _table(headers, rows)]
-    if throughput := scenarios.get("throughput"):
-        rows = [
-            [
-                f"{p['offered_turns_per_second']:g}",
-                "-" if p["sent_turns_per_second"] is None else f"{p['sent_turns_per_second']:.0f}",
-                "-" if p["achieved_turns_per_second"] is None else f"{p['achieved_turns_per_second']:.0f}",
-                f"{p['seconds']:g}",
-                f"{p['answered']}/{p['questions']}",
-                _ms(p["done"], ("p50", "p95", "p99")),
-                "-" if p["bot_cpu_ms_per_turn"] is None else f"{p['bot_cpu_ms_per_turn']:.1f}",
-                "/".join(f"{p['cpu_share'][k] * 100:.0f}" for k in ("bot", "loadgen", "other")),
-                "yes" if p["holds"] else "no",
-                "; ".join(
-                    note
-                    for note, flag in (
-                        ("load generator busy", p["loadgen_busy"]),
-                        ("machine shared with other processes", p.get("machine_shared")),
-                    )
-                    if flag
-                ),
-            ]
-            for p in throughput["probes"]
-        ]
-        headers = [
-            "offered/s",
-            "sent/s",
-            "answered/s",
-            "s",
-            "answered",
-            "done ms p50/p95/p99",
-            "bot CPU ms/turn",
-            "CPU % bot/gen/other",
-            "holds",
-            "note",
-        ]
-        rate = throughput["sustained_turns_per_second"]
-        parts += [
-            "",
-            f"Throughput (2): sustained {'-' if rate is None else f'{rate:.0f}'} turns/s "
-            f"with p99 done < {throughput['done_p99_limit']:g} s",
-            _table(headers, rows),
-        ]
+    if floor.get("concurrency"):
+        rows = floor_rows(scenarios.get("concurrency", []), floor["concurrency"])
+        parts += ["", f"Ours against the {FLOOR}", _table(FLOOR_HEADERS, rows)]
+    throughputs = [("ours", scenarios.get("throughput")), ("floor", floor.get("throughput"))]
+    if any(found for _, found in throughputs):
+        parts += ["", *_throughput(throughputs)]
     if replicas := scenarios.get("replicas"):
         rows = [
             [
@@ -337,11 +411,15 @@ def _model(model: dict[str, Any]) -> str:
 def _profiles(scenarios: dict[str, Any]) -> list[str]:
     """With --profile: for each profiled step, where the bot's CPU went."""
     steps: list[tuple[str, dict[str, Any]]] = []
-    for run in scenarios.get("concurrency", []) + scenarios.get("baseline", []):
+    floor = scenarios.get("floor") or {}
+    runs = scenarios.get("concurrency", []) + scenarios.get("baseline", []) + floor.get("concurrency", [])
+    for run in runs:
         for step in run.get("steps", []):
             steps.append((f"{run['name']} {run['mode']} C={step['c']}", step.get("profile") or {}))
-    for probe in (scenarios.get("throughput") or {}).get("probes", []):
-        steps.append((f"throughput {probe['offered_turns_per_second']:g}/s", probe.get("profile") or {}))
+    for who, throughput in (("", scenarios.get("throughput")), ("floor ", floor.get("throughput"))):
+        for probe in (throughput or {}).get("probes", []):
+            label = f"{who}throughput {probe['offered_turns_per_second']:g}/s"
+            steps.append((label, probe.get("profile") or {}))
     for load in (scenarios.get("replicas") or {}).get("loads", []):
         steps.append((f"replicas {load['threads']} threads (first process)", load.get("profile") or {}))
     lines = []

@@ -22,8 +22,9 @@ from decimal import Decimal
 from typing import Any
 
 from bench.measure import percentiles
+from bench.sender import HttpSender, Request, encode
 from tests.emulators.openai_api import OpenAIEmulator, StreamTiming
-from tests.emulators.slack import Delivery, SlackEmulator
+from tests.emulators.slack import Delivery, PreparedDelivery, SlackEmulator
 
 USERS = ("U1", "U2", "U3", "U4")
 QUESTION_ID = re.compile(r"\b(q\d{5,})\b")
@@ -91,6 +92,9 @@ class Asked:
     channel: str
     ts: str
     thread: str | None  # where the reply goes: the thread's ts, or None for a DM's top level
+    # When sending its first event began (Rig.send; see Delivery.sent_at): the start of its ack,
+    # signal and done. Its message was stored in Slack and its events built and signed before that,
+    # before the step's clock started (Rig.prepare).
     sent_at: float
     deliveries: list[Delivery] = field(default_factory=list)
     routes: list[list[Route]] = field(default_factory=list)  # per event: first delivery, redeliveries
@@ -100,6 +104,24 @@ class Asked:
     end_at: float | None = None
     done_at: float | None = None
     answer_messages: set[tuple[str, str]] = field(default_factory=set)  # (channel, ts)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One delivery of an event, ready to write: over HTTP as `request`, else by the emulator's
+    Socket Mode connection; `delay` seconds after the question's first (a redelivery's race)."""
+
+    prepared: PreparedDelivery
+    request: Request | None
+    delay: float
+
+
+@dataclass
+class Question:
+    """A question prepared ahead of sending: its record, and each delivery of its events."""
+
+    asked: Asked
+    deliveries: list[Outgoing] = field(default_factory=list)
 
 
 class Tracker:
@@ -129,7 +151,7 @@ class Tracker:
     def read(self) -> None:
         calls = self.slack.calls
         end = len(calls)
-        for call in itertools.islice(calls, self._next, end):
+        for call in calls[self._next : end]:  # a slice: islice would walk the whole log each poll
             self._read_call(call.method, call.args, call.response, call.status, call.at)
         self._next = end
 
@@ -184,14 +206,14 @@ class Tracker:
     def first_tokens(self) -> dict[str, StreamTiming]:
         """The model's stream for each question (the first one that produced content)."""
         found: dict[str, StreamTiming] = {}
-        for timing in itertools.islice(self.llm.streams, self.first_stream, None):
+        for timing in self.llm.streams[self.first_stream :]:
             qid = _question_id(timing.messages)
             if qid and qid not in found and timing.first_content_at is not None:
                 found[qid] = timing
         return found
 
     def calls_made(self) -> Counter[str]:
-        return Counter(c.method for c in itertools.islice(self.slack.calls, self.first_call, None))
+        return Counter(c.method for c in self.slack.calls[self.first_call :])
 
 
 class Rig:
@@ -206,12 +228,14 @@ class Rig:
         self.set_model(model)
         self._ids = itertools.count(1)
         self.tracker = Tracker(self.slack, self.llm)
+        self.http = HttpSender(timeout=self.slack.http_timeout)
 
     async def start(self) -> None:
         await self.slack.start()
         await self.llm.start()
 
     async def stop(self) -> None:
+        self.http.close()
         await self.llm.stop()
         await self.slack.stop()
 
@@ -255,7 +279,7 @@ class Rig:
 
     # -- users asking --------------------------------------------------------------------
 
-    async def ask(
+    def prepare(
         self,
         channel: str,
         *,
@@ -263,8 +287,9 @@ class Rig:
         dm: bool = False,
         router: Router = lambda: [None],
         user: str = "U1",
-    ) -> Asked:
-        """A user posts a question (a mention in a channel or thread, or a DM); Slack delivers it.
+    ) -> Question:
+        """A user posts a question (a mention in a channel or thread, or a DM): the message is
+        stored in Slack, and its events are built, serialized and signed, ready for `send`.
 
         A channel message comes as two events, `message` and `app_mention`, as Slack sends them;
         `router` picks where each event goes, and a second route is a redelivery (a retry).
@@ -290,28 +315,52 @@ class Rig:
         events = [event]
         if not dm:
             events.append({k: v for k, v in event.items() if k != "channel_type"} | {"type": "app_mention"})
+        # sent_at is provisional until send() writes the first event.
         asked = Asked(qid, channel, ts, thread_ts if dm else (thread_ts or ts), time.monotonic())
         self.tracker.add(asked)
-        sends = []
+        question = Question(asked)
         for payload in events:
             event_id = f"Ev{uuid.uuid4().hex[:12].upper()}"
             routes = router()
             asked.routes.append(routes)
             for attempt, route in enumerate(routes):
-                sends.append(self._deliver(payload, event_id, route, attempt))
-        asked.deliveries = list(await asyncio.gather(*sends))
+                if route is None:
+                    self.slack.use_socket()
+                else:
+                    self.slack.use_http(route)
+                prepared = self.slack.prepare_event(payload, event_id=event_id, retry_num=attempt or None)
+                request = None if route is None else encode(prepared)
+                delay = random.uniform(0, 0.02) if attempt else 0.0  # a redelivery races the first one
+                question.deliveries.append(Outgoing(prepared, request, delay))
+        return question
+
+    async def send(self, question: Question) -> Asked:
+        """Write a prepared question's events (all at once) and wait for their acks.
+
+        The question's `sent_at` becomes the moment sending its first event began."""
+        asked = question.asked
+        asked.deliveries = list(await asyncio.gather(*(self._send(d) for d in question.deliveries)))
+        asked.sent_at = min(d.sent_at for d in asked.deliveries)
         return asked
 
-    async def _deliver(self, event: dict, event_id: str, route: Route, attempt: int) -> Delivery:
-        if attempt:
-            await asyncio.sleep(random.uniform(0, 0.02))  # a redelivery racing the first one
-        # The route is fixed when deliver_event is called, so choosing it and calling must not
-        # be split by an await.
-        if route is None:
-            self.slack.use_socket()
-        else:
-            self.slack.use_http(route)
-        return await self.slack.deliver_event(event, event_id=event_id, retry_num=attempt or None)
+    async def ask(
+        self,
+        channel: str,
+        *,
+        thread_ts: str | None = None,
+        dm: bool = False,
+        router: Router = lambda: [None],
+        user: str = "U1",
+    ) -> Asked:
+        """prepare() and send() at once: a question asked now."""
+        return await self.send(self.prepare(channel, thread_ts=thread_ts, dm=dm, router=router, user=user))
+
+    async def _send(self, outgoing: Outgoing) -> Delivery:
+        if outgoing.delay:
+            await asyncio.sleep(outgoing.delay)
+        if outgoing.request is not None:
+            return await self.http.send(outgoing.request)
+        return await self.slack.send_prepared(outgoing.prepared)
 
     async def wait_answered(self, asked: Iterable[Asked], timeout: float) -> bool:  # noqa: ASYNC109
         """Poll the call log until every question has its final answer, or `timeout` passes."""

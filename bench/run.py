@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import concurrency, replicas, report, throughput
-from bench.bots import BASELINE_APP, BOT_APP, BotProcess, free_port
+from bench.bots import BASELINE_APP, BOT_APP, FLOOR_APP, BotProcess, free_port
 from bench.context import Context, Settings
 from bench.measure import machine
 from bench.profile import Profiler
@@ -31,7 +31,7 @@ from bench.rig import Rig
 from tests.redis_server import RedisServer
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SCENARIOS = ("concurrency", "baseline", "throughput", "memory", "replicas", "history_growth")
+SCENARIOS = ("concurrency", "baseline", "throughput", "floor", "memory", "replicas", "history_growth")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,7 +115,9 @@ def _run(name: str, ctx: Context, done: dict[str, Any]) -> Any:
     if name == "baseline":
         return asyncio.run(_baseline(ctx))
     if name == "throughput":
-        return asyncio.run(_throughput(ctx))
+        return asyncio.run(_throughput(ctx, BOT_APP))
+    if name == "floor":
+        return asyncio.run(_floor(ctx))
     if name == "memory":
         return _memory(done.get("concurrency") or [], settings)
     if name == "replicas":
@@ -146,12 +148,21 @@ async def _baseline(ctx: Context) -> list[dict[str, Any]]:
     ]
 
 
-async def _throughput(ctx: Context) -> dict[str, Any]:
+async def _floor(ctx: Context) -> dict[str, Any]:
+    """The floor (bench/floor/app.py: network calls only, nothing stored) through the concurrency
+    sweep, limits off, in each mode, and the throughput search: what the harness and the machine
+    allow any bot."""
+    modes = ctx.settings.sweep_modes
+    runs = [await concurrency.sweep(ctx, name="floor", mode=mode, app=FLOOR_APP) for mode in modes]
+    return {"concurrency": runs, "throughput": await _throughput(ctx, FLOOR_APP, name="floor-throughput")}
+
+
+async def _throughput(ctx: Context, app: Path, name: str = "throughput") -> dict[str, Any]:
     rig = Rig(ctx.settings.throughput_model)
     await rig.start()
     await ctx.flush_redis()
     port = free_port()
-    bot = BotProcess("throughput", BOT_APP, rig.bot_env(ctx.redis_url, port, "http"), port, ctx.workdir)
+    bot = BotProcess(name, app, rig.bot_env(ctx.redis_url, port, "http"), port, ctx.workdir)
     try:
         await bot.start()
         return await throughput.search(ctx, rig, bot)

@@ -10,7 +10,7 @@ from typing import Any
 
 from bench.bots import BotProcess
 from bench.context import Context
-from bench.rig import Asked, Rig, summarize
+from bench.rig import Asked, Question, Rig, summarize
 
 _probes = itertools.count(1)
 DRAIN_SECONDS = 10.0  # after the last question, how long answers may still take
@@ -30,11 +30,13 @@ async def search(ctx: Context, rig: Rig, bot: BotProcess) -> dict[str, Any]:
         # A probe that overloaded the bot leaves it working off a backlog: the next one must
         # not start until that is done, or it measures the leftovers too.
         result_settle = await _settle(bot)
+        offer = Offer(rig, route, rate, seconds)
         result = await ctx.measured(
-            f"throughput-{rate:g}-{seconds:g}s",
+            f"{bot.name}-{rate:g}-{seconds:g}s",
             [bot],
             lambda: sum(a.done_at is not None for a in rig.tracker.asked.values()),
-            _offer(ctx, rig, route, rate, seconds),
+            offer.run(),
+            prepare=offer.prepare,
         )
         result["holds"] = _holds(result, settings.throughput_done_p99)
         result["settled_before_seconds"] = result_settle
@@ -89,38 +91,53 @@ async def _settle(bot: BotProcess, *, idle_share: float = 0.1, cap: float = 120.
     return time.monotonic() - started
 
 
-async def _offer(ctx: Context, rig: Rig, route: str, rate: float, seconds: float) -> dict[str, Any]:
-    """Open loop: question i is sent at start + i/rate, whatever the bot is doing."""
-    tracker = rig.new_tracker()
-    probe = next(_probes)
-    count = max(1, int(rate * seconds))
-    users = ("U1", "U2", "U3", "U4")
-    tasks: list[asyncio.Task[Asked]] = []
-    started = time.monotonic()
-    for i in range(count):
-        delay = started + i / rate - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(
-            asyncio.create_task(
-                rig.ask(f"CT{probe:02d}{i:06d}", router=lambda: [route], user=users[i % len(users)])
-            )
-        )
-    sending = time.monotonic() - started
-    asked = list(await asyncio.gather(*tasks))
-    complete = await rig.wait_answered(asked, DRAIN_SECONDS)
-    result = summarize(tracker, asked, None)
-    last_done = max((a.done_at for a in asked if a.done_at is not None), default=started)
-    answering = last_done - started
-    result |= {
-        "offered_turns_per_second": rate,
-        "seconds": seconds,
-        # Below the offered rate when the load generator could not send on time.
-        "sent_turns_per_second": count / sending if sending > 0 else None,
-        "achieved_turns_per_second": result["answered"] / answering if answering > 0 else None,
-        "timed_out": not complete,
-    }
-    return result
+class Offer:
+    """Open loop: question i is sent at start + i/rate, whatever the bot is doing. Every question is
+    prepared before the step's clock starts."""
+
+    def __init__(self, rig: Rig, route: str, rate: float, seconds: float) -> None:
+        self.rig = rig
+        self.route = route
+        self.rate = rate
+        self.seconds = seconds
+        self.questions: list[Question] = []
+
+    def prepare(self) -> None:
+        """Seed the users' messages and build, serialize and sign every event."""
+        self.rig.new_tracker()
+        probe = next(_probes)
+        users = ("U1", "U2", "U3", "U4")
+        self.questions = [
+            self.rig.prepare(f"CT{probe:02d}{i:06d}", router=lambda: [self.route], user=users[i % len(users)])
+            for i in range(max(1, int(self.rate * self.seconds)))
+        ]
+
+    async def run(self) -> dict[str, Any]:
+        tracker = self.rig.tracker
+        tasks: list[asyncio.Task[Asked]] = []
+        started = time.monotonic()
+        for i, question in enumerate(self.questions):
+            delay = started + i / self.rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(self.rig.send(question)))
+        asked = list(await asyncio.gather(*tasks))
+        complete = await self.rig.wait_answered(asked, DRAIN_SECONDS)
+        result = summarize(tracker, asked, None)
+        last_done = max((a.done_at for a in asked if a.done_at is not None), default=started)
+        answering = last_done - started
+        count = len(self.questions)
+        # From the first question sent to the last: count - 1 intervals of 1/rate when on time.
+        sending = max(a.sent_at for a in asked) - min(a.sent_at for a in asked)
+        result |= {
+            "offered_turns_per_second": self.rate,
+            "seconds": self.seconds,
+            # Below the offered rate when the load generator could not send on time.
+            "sent_turns_per_second": (count - 1) / sending if sending > 0 else None,
+            "achieved_turns_per_second": result["answered"] / answering if answering > 0 else None,
+            "timed_out": not complete,
+        }
+        return result
 
 
 def _holds(result: dict[str, Any], limit: float) -> bool:
@@ -151,6 +168,7 @@ def _brief(result: dict[str, Any]) -> dict[str, Any]:
         "loadgen_busy",
         "machine_shared",
         "loadgen_loop_lag",
+        "listen_overflows",
         "settled_before_seconds",
         "profile",
     )

@@ -240,7 +240,8 @@ class OpenAIEmulator:
         # A short shutdown timeout so stop() cancels hanging or slow handlers promptly.
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        # A big listen backlog: the real API does not refuse a burst of new connections.
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, backlog=4096)
         await site.start()
         port = self._runner.addresses[0][1]
         self.base_url = f"http://127.0.0.1:{port}/v1"

@@ -103,8 +103,27 @@ class Delivery:
     status: int | None  # HTTP status in HTTP mode; None in Socket Mode or without an answer
     body: str  # HTTP response body, or the ack's payload as JSON ("" when it had none)
     acked: bool
-    elapsed: float
+    elapsed: float  # from sent_at to the answer (or to giving up)
     event_id: str = ""
+    # time.monotonic() when sending began: right before the request's connection was taken or
+    # opened, or the envelope written to the socket.
+    sent_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class PreparedDelivery:
+    """One delivery built, serialized and (in HTTP mode) signed, ready to be written.
+
+    ``url`` is the bot's request URL, or None for the Socket Mode connection. ``data`` is the
+    request body, or the whole Socket Mode envelope as JSON; ``headers`` are the HTTP headers,
+    signature included.
+    """
+
+    url: str | None
+    data: bytes
+    headers: dict[str, str]
+    event_id: str
+    envelope_id: str = ""
 
 
 @dataclass
@@ -218,7 +237,9 @@ class SlackEmulator:
         app.router.add_get("/socket", self._socket)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        # A big listen backlog: Slack does not refuse a burst of new connections (aiohttp's 128 would
+        # drop some of a cold burst's, and each dropped one waits a second for its retry).
+        await web.TCPSite(self._runner, "127.0.0.1", 0, backlog=4096).start()
         self.port = self._runner.addresses[0][1]
         # No cap on connections: Slack delivers hundreds of events at once without queueing them.
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
@@ -517,7 +538,8 @@ class SlackEmulator:
                 }
             ],
         }
-        return await self._deliver(payload, self._events_url, None, None, kind="interactive")
+        prepared = self._prepare(payload, self._events_url, None, None, kind="interactive")
+        return await self.send_prepared(prepared)
 
     async def edit_message(self, channel: str, ts: str, new_text: str) -> None:
         """Edit a stored message and deliver the hidden message_changed event."""
@@ -564,6 +586,22 @@ class SlackEmulator:
         The route (the socket, or the URL use_http set last) is fixed when this is called,
         so deliveries gathered later still go where the test pointed them.
         """
+        prepared = self.prepare_event(
+            event, team=team, event_id=event_id, retry_num=retry_num, retry_reason=retry_reason
+        )
+        return self.send_prepared(prepared)
+
+    def prepare_event(
+        self,
+        event: dict,
+        *,
+        team: str | None = None,
+        event_id: str | None = None,
+        retry_num: int | None = None,
+        retry_reason: str | None = None,
+    ) -> PreparedDelivery:
+        """deliver_event's first half: the delivery built, serialized and signed, to the route
+        set now; `send_prepared` writes it. A load generator prepares a burst ahead of time."""
         team = team or self.team_id
         body = {
             "token": "emulator-verification-token",
@@ -578,7 +616,7 @@ class SlackEmulator:
             ],
             "is_ext_shared_channel": False,
         }
-        return self._deliver(body, self._events_url, retry_num, retry_reason)
+        return self._prepare(body, self._events_url, retry_num, retry_reason)
 
     def sign(self, body: bytes, timestamp: int) -> dict[str, str]:
         """The headers Slack signs a request with (v0, HMAC-SHA256)."""
@@ -597,45 +635,44 @@ class SlackEmulator:
         """POST raw bytes to the bot's host (see use_http); `headers` override the defaults."""
         if self._events_url is None:
             raise RuntimeError("call use_http(events_url) first")
-        return await self._post(str(URL(self._events_url).with_path(path)), body, headers, sign, timestamp)
+        url = str(URL(self._events_url).with_path(path))
+        sent = self._http_headers(body, headers, sign, timestamp)
+        return await self._post(url, body, sent)
 
-    async def _post(
-        self,
-        url: str,
-        body: bytes,
-        headers: dict | None = None,
-        sign: bool = True,
-        timestamp: int | None = None,
-    ) -> tuple[int, str]:
-        assert self._session is not None, "call start() first"
+    def _http_headers(
+        self, body: bytes, headers: dict | None = None, sign: bool = True, timestamp: int | None = None
+    ) -> dict[str, str]:
         timestamp = int(time.time()) if timestamp is None else timestamp
         sent = {"Content-Type": "application/json"}
         sent |= self.sign(body, timestamp) if sign else {}
-        sent |= headers or {}
+        return sent | (headers or {})
+
+    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
+        assert self._session is not None, "call start() first"
         timeout = aiohttp.ClientTimeout(total=self.http_timeout)
-        async with self._session.post(url, data=body, headers=sent, timeout=timeout) as resp:
+        async with self._session.post(url, data=body, headers=headers, timeout=timeout) as resp:
             return resp.status, await resp.text()
 
-    async def _deliver(
+    def _prepare(
         self,
         body: dict,
         url: str | None,
         retry_num: int | None,
         retry_reason: str | None,
         kind: str = "events_api",
-    ) -> Delivery:
-        started = time.monotonic()
+    ) -> PreparedDelivery:
+        event_id = body.get("event_id", "")
         if url is None:
-            status, text, acked = await self._send_envelope(body, retry_num, retry_reason, kind)
-        else:
-            status, text, acked = await self._post_event(url, body, retry_num, retry_reason, kind)
-        delivery = Delivery(status, text, acked, time.monotonic() - started, body.get("event_id", ""))
-        self.deliveries.append(delivery)
-        return delivery
-
-    async def _post_event(
-        self, url: str, body: dict, retry_num: int | None, retry_reason: str | None, kind: str
-    ) -> tuple[int | None, str, bool]:
+            envelope_id = str(uuid.uuid4())
+            envelope = {
+                "envelope_id": envelope_id,
+                "type": kind,
+                "accepts_response_payload": False,
+                "retry_attempt": retry_num or 0,
+                "retry_reason": retry_reason or "",
+                "payload": body,
+            }
+            return PreparedDelivery(None, json.dumps(envelope).encode(), {}, event_id, envelope_id)
         headers = {}
         if retry_num is not None:
             headers = {
@@ -647,38 +684,41 @@ class SlackEmulator:
             # Interactions arrive as a form with one field, `payload`, holding the JSON.
             headers["Content-Type"] = "application/x-www-form-urlencoded"
             data = urlencode({"payload": json.dumps(body)}).encode()
-        try:
-            status, text = await self._post(url, data, headers)
-        except (TimeoutError, aiohttp.ClientError):
-            return None, "", False
-        return status, text, 200 <= status < 300
+        return PreparedDelivery(url, data, self._http_headers(data, headers), event_id)
 
-    async def _send_envelope(
-        self, body: dict, retry_num: int | None, retry_reason: str | None, kind: str
-    ) -> tuple[None, str, bool]:
-        envelope_id = str(uuid.uuid4())
-        envelope = {
-            "envelope_id": envelope_id,
-            "type": kind,
-            "accepts_response_payload": False,
-            "retry_attempt": retry_num or 0,
-            "retry_reason": retry_reason or "",
-            "payload": body,
-        }
+    async def send_prepared(self, prepared: PreparedDelivery) -> Delivery:
+        """Write a prepared delivery and wait for the bot's answer (HTTP) or ack (Socket Mode)."""
+        if prepared.url is None:
+            status, text, acked, sent_at = await self._send_envelope(prepared)
+        else:
+            sent_at = time.monotonic()
+            try:
+                status, text = await self._post(prepared.url, prepared.data, prepared.headers)
+                acked = 200 <= status < 300
+            except (TimeoutError, aiohttp.ClientError):
+                status, text, acked = None, "", False
+        delivery = Delivery(status, text, acked, time.monotonic() - sent_at, prepared.event_id, sent_at)
+        self.deliveries.append(delivery)
+        return delivery
+
+    async def _send_envelope(self, prepared: PreparedDelivery) -> tuple[None, str, bool, float]:
+        """(status, ack payload, acked, when the envelope was written)."""
         ack_future: asyncio.Future[dict] = asyncio.get_running_loop().create_future()
-        self._pending_acks[envelope_id] = ack_future
+        self._pending_acks[prepared.envelope_id] = ack_future
+        sent_at = time.monotonic()
         try:
             # A delivery during a reconnection waits for the next socket, as Slack queues it.
             async with asyncio.timeout(self.ack_timeout):
                 while not self._sockets:  # noqa: ASYNC110 - sockets come and go; polling is simplest
                     await asyncio.sleep(0.01)
-                await self._sockets[-1][1].send_json(envelope)
+                sent_at = time.monotonic()
+                await self._sockets[-1][1].send_str(prepared.data.decode())
                 ack = await ack_future
         except (TimeoutError, ConnectionError, RuntimeError):
-            return None, "", False
+            return None, "", False, sent_at
         finally:
-            self._pending_acks.pop(envelope_id, None)
-        return None, json.dumps(ack["payload"]) if ack.get("payload") else "", True
+            self._pending_acks.pop(prepared.envelope_id, None)
+        return None, json.dumps(ack["payload"]) if ack.get("payload") else "", True, sent_at
 
     # ----- Socket Mode connection -----
 

@@ -1,0 +1,120 @@
+"""The benchmark's HTTP sender (bench/sender.py): the bot gets the request the emulator prepared,
+signature and all; answers are read whole; connections are reused, and replaced when they end."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+
+from bench.sender import HttpSender, encode
+from tests.emulators.slack import PreparedDelivery, SlackEmulator
+
+
+class Receiver:
+    """A stand-in for a bot's request URL that records what arrives and answers as told."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[dict[str, str], bytes, int]] = []  # headers, body, client port
+        self.answer: web.StreamResponse | None = None
+        self.delay = 0.0
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/slack/events", self._events)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/slack/events"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        port = request.transport.get_extra_info("peername")[1] if request.transport else 0
+        self.received.append((dict(request.headers), await request.read(), port))
+        await asyncio.sleep(self.delay)
+        if self.answer is not None:
+            return self.answer
+        return web.Response(text="ok")
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    receiver = Receiver()
+    await receiver.start()
+    try:
+        yield receiver
+    finally:
+        await receiver.stop()
+
+
+def prepared(receiver: Receiver, text: str = "hello") -> tuple[SlackEmulator, PreparedDelivery]:
+    slack = SlackEmulator()
+    slack.use_http(receiver.url)
+    event = {"type": "app_mention", "user": "U1", "text": text, "ts": "1.000001", "channel": "C1"}
+    return slack, slack.prepare_event(event, event_id="Ev1", retry_num=1)
+
+
+async def test_the_request_is_the_prepared_one_and_its_answer_is_read(receiver: Receiver) -> None:
+    slack, delivery = prepared(receiver, "héllo")
+    sender = HttpSender()
+    try:
+        answer = await sender.send(encode(delivery))
+    finally:
+        sender.close()
+
+    assert (answer.status, answer.body, answer.acked, answer.event_id) == (200, "ok", True, "Ev1")
+    assert answer.elapsed > 0 and answer.sent_at > 0
+    headers, body, _ = receiver.received[0]
+    assert body == delivery.data
+    timestamp = int(headers["X-Slack-Request-Timestamp"])
+    assert headers["X-Slack-Signature"] == slack.sign(body, timestamp)["X-Slack-Signature"]
+    assert headers["X-Slack-Retry-Num"] == "1" and headers["Content-Type"] == "application/json"
+
+
+async def test_a_connection_is_reused_unless_the_bot_closes_it(receiver: Receiver) -> None:
+    _, delivery = prepared(receiver)
+    sender = HttpSender()
+    try:
+        for _ in range(2):
+            assert (await sender.send(encode(delivery))).acked
+        receiver.answer = web.Response(text="bye", headers={"Connection": "close"})
+        assert (await sender.send(encode(delivery))).body == "bye"
+        receiver.answer = None
+        assert (await sender.send(encode(delivery))).acked
+    finally:
+        sender.close()
+
+    ports = [port for _, _, port in receiver.received]
+    assert ports[0] == ports[1] == ports[2] != ports[3]
+
+
+async def test_a_chunked_answer_is_read_whole(receiver: Receiver) -> None:
+    _, delivery = prepared(receiver)
+    response = web.Response(text="a chunked answer")
+    response.enable_chunked_encoding()
+    receiver.answer = response
+    sender = HttpSender()
+    try:
+        answer = await sender.send(encode(delivery))
+    finally:
+        sender.close()
+    assert (answer.status, answer.body) == (200, "a chunked answer")
+
+
+async def test_an_answer_later_than_the_timeout_is_not_an_ack(receiver: Receiver) -> None:
+    _, delivery = prepared(receiver)
+    receiver.delay = 1.0
+    sender = HttpSender(timeout=0.2)
+    try:
+        answer = await sender.send(encode(delivery))
+    finally:
+        sender.close()
+    assert (answer.status, answer.acked) == (None, False)
+    assert 0.2 <= answer.elapsed < 1.0
