@@ -14,7 +14,9 @@ from bench.rig import Asked, Question, Rig, summarize
 
 _probes = itertools.count(1)
 DRAIN_SECONDS = 10.0  # after the last question, how long answers may still take
-CONFIRM_ATTEMPTS = 3  # full-length runs, each at 85 % of the rate before
+# Full-length runs, each at 85 % of the rate before: down to about half the best short probe (a
+# 10-s probe can hold at a rate whose backlog only shows over 30 s).
+CONFIRM_ATTEMPTS = 5
 
 
 async def search(ctx: Context, rig: Rig, bot: BotProcess) -> dict[str, Any]:
