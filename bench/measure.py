@@ -152,7 +152,9 @@ class LoopLag:
     async def stop(self) -> dict[str, float | None]:
         if self._task is not None:
             self._task.cancel()
-        return percentiles(self.lags)
+        # The maximum too: a rare long stall (a collection, say) hides below p99 but delays every
+        # answer in flight. It includes the step's own summary, computed once answers are in.
+        return percentiles(self.lags) | {"max": max(self.lags, default=None)}
 
     async def _tick(self) -> None:
         while True:
