@@ -152,6 +152,8 @@ class TurnRunner:
             log.debug("duplicate delivery ignored team=%s channel=%s ts=%s", *seen)
             return
         self._remember(self._accepted, seen)  # now: the twin event is often already on its way
+        if message.action in ("answer", "record"):
+            self.workspace.look_up_soon(message.team, message.user)  # for the turn's transcript
         # A message that opens a thread can be taken at once: nothing in its thread can precede
         # it. Any other waits for `take_thread`, a round trip later, which takes the earliest
         # message waiting: a moment for an earlier one that Slack handed over later.

@@ -31,16 +31,27 @@ class Workspace:
 
     async def display_name(self, team: str, user: str) -> str:
         """A person's Slack display name, looked up once and cached; their id if Slack won't say."""
+        lookup = self._lookup(team, user)
+        return lookup if isinstance(lookup, str) else await asyncio.shield(lookup)
+
+    def look_up_soon(self, team: str, user: str) -> None:
+        """Start looking up a person's name without waiting for it: done while their message is
+        being queued, it is ready when the turn needs it (in a burst of questions, a lookup started
+        then goes out ahead of the hundreds of thinking statuses that follow)."""
+        self._lookup(team, user)
+
+    def _lookup(self, team: str, user: str) -> str | asyncio.Future[str]:
+        """The name if remembered, else the lookup under way (many questions from one person at
+        once share one)."""
         remembered = self._names.get((team, user))
         if remembered is not None and remembered[1] > time.monotonic():
             return remembered[0]
-        # Many questions from one person at once share one lookup.
         lookup = self._lookups.get((team, user))
         if lookup is None:
             lookup = asyncio.ensure_future(self._look_up(team, user))
             self._lookups[(team, user)] = lookup
             lookup.add_done_callback(lambda done: self._looked_up(team, user, done))
-        return await asyncio.shield(lookup)
+        return lookup
 
     async def _look_up(self, team: str, user: str) -> str:
         cached = await self.store.cached_name(team, user)
