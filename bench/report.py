@@ -289,6 +289,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, str]]:
     history = scenarios.get("history_growth")
     if history is not None and "skipped" in history:
         add("history growth: flat from 10 to 10,000 turns", history["skipped"], None)
+    elif history is not None and history.get("rows"):
+        add(*_history_verdict(history["rows"]))
     replicas = scenarios.get("replicas")
     if replicas:
         loads = replicas.get("loads", [])
@@ -390,8 +392,26 @@ def render(results: dict[str, Any]) -> str:
                     for q in thread
                 ]
     history = scenarios.get("history_growth")
-    if history is not None:
-        parts += ["", "History growth (3): " + history.get("skipped", "see the JSON results")]
+    if history is not None and "skipped" in history:
+        parts += ["", "History growth (3): " + history["skipped"]]
+    elif history is not None and history.get("rows"):
+        parts += ["", "History growth (3): the bot's own time per turn, instant model, one turn at a time"]
+        parts.append(
+            _table(
+                ["stored turns", "turn ms p50/p95", "prompt ms", "redis cmds/turn", "bytes", "prompt tokens"],
+                [
+                    [
+                        f"{row['stored_turns']:,}",
+                        f"{row['turn_p50_ms']:.1f}/{row['turn_p95_ms']:.1f}",
+                        f"{row['prompt_ms']:.2f}",
+                        f"{row['redis_commands_per_turn']:.1f}",
+                        f"{row['bytes_stored']:,}",
+                        f"{row['prompt_tokens']:,}",
+                    ]
+                    for row in history["rows"]
+                ],
+            )
+        )
     parts += _profiles(scenarios)
     verdicts = targets(results)
     if verdicts:
@@ -448,4 +468,30 @@ def _settings(settings: dict[str, Any]) -> str:
         f"of {settings['replica_messages']} questions {settings['replica_gap']:g} s apart, "
         f"{settings['redelivery']:.0%} redelivered; "
         f"baseline C {listed('baseline_sweep')}, cap {settings['baseline_cap']:g} s a step"
+    )
+
+
+def _history_verdict(rows: list[dict[str, Any]]) -> tuple[str, str, bool]:
+    """Flat means: Redis commands per turn within 10 % across all sizes, and the turn at the
+    largest history no slower than at the size below it (within 25 % + 1 ms of noise). Up to the
+    size where the prompt's token window fills, a turn grows with its prompt (more to read, count
+    and send), not with the history; past it the prompt is the same size, so only a cost
+    proportional to the history could make the largest size slower."""
+    commands = [row["redis_commands_per_turn"] for row in rows]
+    last, before = rows[-1], rows[-2] if len(rows) > 1 else rows[-1]
+    flat_commands = max(commands) <= 1.1 * min(commands)
+    flat_time = last["turn_p50_ms"] <= 1.25 * before["turn_p50_ms"] + 1.0
+    figure = (
+        "turn p50 "
+        + "/".join(f"{row['turn_p50_ms']:.1f}" for row in rows)
+        + " ms, Redis cmds/turn "
+        + "/".join(f"{c:.0f}" for c in commands)
+        + " at "
+        + "/".join(f"{row['stored_turns']:,}" for row in rows)
+        + " turns"
+    )
+    return (
+        "history growth: time and Redis commands per turn flat, 10 to 10,000 turns",
+        figure,
+        (flat_commands and flat_time),
     )

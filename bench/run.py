@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
-import importlib
-import inspect
 import json
 import os
 import shutil
@@ -181,21 +180,8 @@ def _memory(runs: list[dict[str, Any]], settings: Settings) -> dict[str, Any]:
 
 
 def _history_growth() -> dict[str, Any]:
-    """Scenario 3 is bench/history_growth.py's `main()`; it prints its own table."""
-    try:
-        module = importlib.import_module("bench.history_growth")
-    except ModuleNotFoundError as error:
-        if error.name != "bench.history_growth":
-            raise
-        return {"skipped": "absent: bench/history_growth.py (with a main()) is not on this branch yet"}
-    try:
-        outcome = module.main([])  # its own defaults, not the harness's command line
-        if inspect.isawaitable(outcome):
-            outcome = asyncio.run(outcome)  # type: ignore[arg-type]
-    except SystemExit as exit_:
-        outcome = {"exit_code": exit_.code}
-    try:
-        json.dumps(outcome)
-    except (TypeError, ValueError):
-        outcome = repr(outcome)
-    return {"result": outcome}
+    """Scenario 3: bench/history_growth.py's rows (it runs the bot in this process)."""
+    from bench import history_growth
+
+    rows = history_growth.run()
+    return {"rows": [dataclasses.asdict(row) for row in rows]}

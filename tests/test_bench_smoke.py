@@ -71,4 +71,9 @@ def test_bench_smoke_run_completes_with_well_formed_results(tmp_path: Path) -> N
     for load in scenarios["replicas"]["loads"]:
         assert load["answers_per_message"] == {"1": load["questions"]}  # JSON keys are strings
         assert load["out_of_order"] == 0
+    history = scenarios["history_growth"]["rows"]
+    assert [row["stored_turns"] for row in history] == [10, 100, 1_000, 10_000]
+    assert all(row["redis_commands_per_turn"] > 0 and row["turn_p50_ms"] > 0 for row in history)
+    assert "History growth (3)" in run.stdout
+    assert any(t["target"].startswith("history growth") for t in results["targets"])
     assert all({"target", "figure", "verdict"} <= set(t) for t in results["targets"])
