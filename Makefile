@@ -1,6 +1,6 @@
 # Two commands for a newcomer: `make run` and `make test`. Both create .venv and install the
 # project on first use; later runs reinstall only when pyproject.toml changes. `make bench` runs the
-# benchmarks (about twelve minutes); `make bench-smoke` (or BENCH_QUICK=1 make bench) a few seconds of them.
+# benchmarks (7 to 12 minutes); `make bench-smoke` (or BENCH_QUICK=1 make bench) a few seconds of them.
 
 PYTHON ?= python3
 VENV := .venv
@@ -15,7 +15,7 @@ BENCH_ARGS ?=
 help:
 	@echo "make run      run the bot (reads .env; starts a local redis-server when REDIS_URL is unset)"
 	@echo "make test     run the tests (PYTEST_ARGS='-k manifest' to pick some)"
-	@echo "make bench    run the benchmarks: table on screen, JSON in bench/results/ (~12 min)"
+	@echo "make bench    run the benchmarks: table on screen, JSON in bench/results/ (7-12 min)"
 	@echo "make bench-smoke  the same in a few seconds with small C (BENCH_ARGS='--only replicas')"
 	@echo "make lint     ruff check and ruff format --check"
 	@echo "make format   sort imports and format the code with ruff"
