@@ -85,6 +85,8 @@ CUT_OFF = "The language model stopped responding in the middle of this answer."
 
 # After [DONE], how long to wait for the end of the body (so that the connection can be reused).
 _END_GRACE_SECONDS = 1.0
+# Jitter from a generator of our own: the process-wide one belongs to whoever seeds it.
+_jitter = random.Random()
 
 
 class _Transient(Exception):
@@ -149,7 +151,7 @@ class ChatModel:
     def retry_delay(self, attempt: int, retry_after: float | None) -> float:
         """Exponential backoff with jitter; the server's Retry-After wins when it is longer."""
         ceiling = min(self.retry_max_seconds, self.retry_base_seconds * 2 ** (attempt - 1))
-        delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+        delay = ceiling / 2 + _jitter.uniform(0, ceiling / 2)
         if retry_after is not None:
             delay = max(delay, min(retry_after, self.retry_max_seconds))
         return delay

@@ -60,6 +60,8 @@ LIMITS: dict[str, MethodLimit] = {
 SAFETY = 1.1
 HOLD_SECONDS = 600  # a held slot not used by then (a crashed process) is free again
 REFUSALS_REMEMBERED = 1000  # per-channel and per-thread buckets come and go; past this, prune
+# Jitter from a generator of our own: the process-wide one belongs to whoever seeds it.
+_jitter = random.Random()
 
 
 class RateLimited(Exception):
@@ -131,7 +133,7 @@ class SlackBudget:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     raise RateLimited(first.name.split(":")[1], known_full)
-                await asyncio.sleep(min(known_full * random.uniform(1.0, 1.1), remaining))
+                await asyncio.sleep(min(known_full * _jitter.uniform(1.0, 1.1), remaining))
                 continue
             try:
                 grant = await self.store.claim_rate(claims, writer=writer, writer_ttl_ms=2 * first.window_ms)
@@ -151,7 +153,7 @@ class SlackBudget:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise RateLimited(first.name.split(":")[1], grant.wait)
-            await asyncio.sleep(min(grant.wait * random.uniform(1.0, 1.1), remaining))
+            await asyncio.sleep(min(grant.wait * _jitter.uniform(1.0, 1.1), remaining))
 
     def _forget_old_refusals(self, now: float) -> None:
         if len(self._refused_until) > REFUSALS_REMEMBERED:
