@@ -6,15 +6,12 @@ import asyncio
 import gc
 import logging
 import signal
-from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 from aiohttp import web
 from redis.exceptions import RedisError
 from slack_bolt.adapter.aiohttp import to_aiohttp_response
-from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.middleware.authorization.async_single_team_authorization import AsyncSingleTeamAuthorization
 from slack_bolt.request.async_request import AsyncBoltRequest
@@ -33,9 +30,11 @@ from bot.breaker import CircuitBreaker
 from bot.config import Settings
 from bot.context import ContextBuilder
 from bot.delivery import Delivery
+from bot.events import DispatchedMessages, message_event_key, shape_problem
 from bot.health import health_handler
 from bot.llm import ChatModel
 from bot.rate_limit import BudgetedSlack, SlackBudget
+from bot.socket_mode import SocketModeHandler
 from bot.store import Store, StoreUnavailable
 from bot.tokens import TokenBudget, TokenCounter
 from bot.turn import Limits, TurnRunner
@@ -48,7 +47,6 @@ MAX_EVENT_BYTES = 1024 * 1024  # Slack's own events are far smaller
 # burst of questions), and each connection dropped waits a second for the sender's retry.
 LISTEN_BACKLOG = 2048
 GC_YOUNG_THRESHOLD = 10_000  # allocations between young collections (Python's default: 700)
-MESSAGE_EVENTS_REMEMBERED = 10_000  # for spotting a mention's second event (see _slack_events)
 SOCKET_PING_SECONDS = 5.0
 REJECTED_TOKEN_ERRORS = {"invalid_auth", "not_authed", "account_inactive", "token_revoked"}
 
@@ -61,7 +59,7 @@ class StartupError(Exception):
 class _Running:
     session: aiohttp.ClientSession
     runner: web.AppRunner
-    socket_handler: AsyncSocketModeHandler | None
+    socket_handler: SocketModeHandler | None
 
 
 class SupportBot:
@@ -93,7 +91,7 @@ class SupportBot:
             SignatureVerifier(settings.slack_signing_secret) if settings.slack_signing_secret else None
         )
         self._running: _Running | None = None
-        self._message_events: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        self._dispatched = DispatchedMessages()
         self._socket_connect: asyncio.Task[None] | None = None
         self._recovery: asyncio.Task[None] | None = None
         self.app: AsyncApp | None = None
@@ -168,8 +166,11 @@ class SupportBot:
         socket_handler = None
         if settings.socket_mode:
             # A short ping notices a silently dropped socket within seconds, not the SDK's 10 s.
-            socket_handler = AsyncSocketModeHandler(
-                self.app, settings.slack_app_token, ping_interval=SOCKET_PING_SECONDS
+            socket_handler = SocketModeHandler(
+                self.app,
+                settings.slack_app_token,
+                ping_interval=SOCKET_PING_SECONDS,
+                dispatched=self._dispatched,
             )
         web_app = web.Application(client_max_size=MAX_EVENT_BYTES)
         web_app.router.add_get(
@@ -247,16 +248,14 @@ class SupportBot:
         except (UnicodeDecodeError, ValueError, TypeError, AttributeError, KeyError, IndexError):
             # Bolt's parser assumes a JSON object or form data; anything else is the sender's fault.
             return web.json_response({"error": "body is not valid JSON or form data"}, status=400)
-        problem = _shape_problem(bolt_request.body)
+        problem = shape_problem(bolt_request.body)
         if problem is not None:
             return web.json_response({"error": f"not a Slack request: {problem}"}, status=400)
         if bolt_request.body.get("type") == "app_rate_limited":
             log.warning("slack reports this app is over its event rate limit; events are being dropped")
-        # A channel mention comes as two events, `message` and `app_mention`, for one message.
-        # The second one Bolt has nothing to do for (the listener drops it as a duplicate), so it
-        # is acknowledged here, without Bolt's dispatch: a sixth of taking in a question.
-        message_event = _message_event_key(bolt_request.body)
-        if message_event is not None and message_event in self._message_events:
+        # A mention's second event is acknowledged without Bolt's dispatch (see bot/events.py).
+        message_event = message_event_key(bolt_request.body)
+        if message_event is not None and message_event in self._dispatched:
             log.debug("second event of a message acknowledged team=%s channel=%s ts=%s", *message_event)
             return web.Response()
         try:
@@ -273,9 +272,7 @@ class SupportBot:
             log.warning("slack request could not be processed by bolt status=%d", bolt_response.status)
             return web.json_response({"error": "request could not be processed"}, status=400)
         if message_event is not None and bolt_response.status == 200:
-            self._message_events[message_event] = None
-            if len(self._message_events) > MESSAGE_EVENTS_REMEMBERED:
-                self._message_events.popitem(last=False)
+            self._dispatched.add(message_event)
         return await to_aiohttp_response(bolt_response)
 
     def _signed_by_slack(self, request: web.Request, body: bytes) -> bool:
@@ -289,42 +286,6 @@ class SupportBot:
             )
         except ValueError:  # a timestamp that is not a number
             return False
-
-
-def _shape_problem(body: object) -> str | None:
-    """Why a parsed body cannot be a Slack request, or None. Bolt assumes these shapes."""
-    if not isinstance(body, dict) or not body:
-        return "the body is not an object"
-    if not isinstance(body.get("type"), str):
-        return "no type"
-    authorizations = body.get("authorizations")
-    if authorizations is not None and not (
-        isinstance(authorizations, list) and all(isinstance(a, dict) for a in authorizations)
-    ):
-        return "authorizations is not a list of objects"
-    if body["type"] == "event_callback":
-        event = body.get("event")
-        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-            return "event_callback without an event object that has a type"
-        # Bolt reads these as an id or an object with an id; anything else makes it crash.
-        for where in (body, event):
-            for name in ("user", "channel", "team"):
-                value = where.get(name)
-                if value is not None and not isinstance(value, str | dict):
-                    return f"{name} has the wrong type"
-    return None
-
-
-def _message_event_key(body: dict[str, Any]) -> tuple[str, str, str] | None:
-    """(team, channel, ts) of an event about a person's new message (`message` without a
-    subtype, or `app_mention`), or None."""
-    if body.get("type") != "event_callback":
-        return None
-    event = body["event"]  # checked by _shape_problem: an object with a type
-    if event["type"] not in ("message", "app_mention") or "subtype" in event:
-        return None
-    key = (body.get("team_id"), event.get("channel"), event.get("ts"))
-    return key if all(isinstance(part, str) for part in key) else None  # type: ignore[return-value]
 
 
 def _share_identity(app: AsyncApp, auth_test: AsyncSlackResponse | None) -> None:

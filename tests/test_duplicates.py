@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from bot.events import DispatchedMessages
 from tests.conftest import StartBot
 from tests.emulators.openai_api import OpenAIEmulator
 from tests.emulators.slack import SlackEmulator
@@ -78,3 +79,12 @@ async def test_concurrent_duplicates_across_two_processes_get_one_answer(
     for ts in timestamps:
         assert len(slack.bot_messages(CHANNEL, ts)) == 1
     assert len(llm.requests) == 20
+
+
+def test_the_memory_of_dispatched_messages_keeps_only_the_most_recent() -> None:
+    dispatched = DispatchedMessages(size=3)
+    keys = [("T1", CHANNEL, f"1700000000.00000{i}") for i in range(4)]
+    for key in keys:
+        dispatched.add(key)
+    assert keys[0] not in dispatched
+    assert all(key in dispatched for key in keys[1:])
