@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from dotenv import find_dotenv, load_dotenv
 
@@ -28,7 +30,7 @@ def main() -> int:
             local_redis = LocalRedis(LOCAL_REDIS_DIR)
             local_redis.start()
             redis_url = local_redis.url
-        asyncio.run(serve(settings, redis_url))
+        run(serve(settings, redis_url))
     except (ConfigError, LocalRedisError, StartupError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -38,6 +40,17 @@ def main() -> int:
         if local_redis is not None:
             local_redis.stop()
     return 0
+
+
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop where it is built (Linux, macOS): its event loop and sockets are C, about 6 %
+    less CPU a turn (`python -m bench.probe`, 2 Dec 2026). asyncio's own loop elsewhere."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 if __name__ == "__main__":
