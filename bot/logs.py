@@ -12,6 +12,10 @@ _SECRET_PATTERNS = re.compile(
     r"(xox[abposr]-[A-Za-z0-9-]+|xapp-[A-Za-z0-9-]+|sk-[A-Za-z0-9_-]{6,}|Bearer\s+[^\s'\"]+)"
 )
 REDACTED = "[redacted]"
+# slack_sdk's Web API clients test their logger's own level (`logger.level <= DEBUG`), not the
+# effective one, before building their debug lines; left unset (0), every call formats its request
+# and response for a debug() that then drops them: about 30 µs a call.
+_SDK_CLIENTS = ("slack_sdk.web.async_base_client", "slack_sdk.web.base_client")
 
 
 class RedactSecrets(logging.Filter):
@@ -45,5 +49,6 @@ def configure_logging(level: str, secrets: Iterable[str] = ()) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # Client libraries log request details at DEBUG; keep them at INFO or above.
-    for noisy in ("slack_sdk", "slack_bolt", "openai", "httpx", "httpx2", "aiohttp.access"):
-        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLevelName(level)))
+    library_level = max(logging.INFO, logging.getLevelName(level))
+    for noisy in ("slack_sdk", "slack_bolt", "openai", "httpx", "httpx2", "aiohttp.access", *_SDK_CLIENTS):
+        logging.getLogger(noisy).setLevel(library_level)

@@ -14,6 +14,7 @@ from pathlib import Path
 import aiohttp
 import openai
 import pytest
+from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.config import Settings
 from bot.llm import REJECTED, UNAVAILABLE
@@ -265,3 +266,11 @@ async def test_a_debug_log_of_a_turn_with_llm_and_auth_failures_holds_no_secret(
     ):
         assert expected in log, expected
     assert leaked(log) == []
+
+
+def test_slack_clients_skip_building_debug_lines(restore_logging: None) -> None:
+    # slack_sdk formats every request and response for debug() when its logger's own level is
+    # unset, whatever the effective level; the bot sets it, at INFO as at DEBUG.
+    for level in ("INFO", "DEBUG"):
+        configure_logging(level)
+        assert AsyncWebClient(token="xoxb-test")._logger.level > logging.DEBUG
