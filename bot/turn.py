@@ -91,6 +91,7 @@ FORGOTTEN = (
 DM_LOOKBACK_TURNS = 60
 MAX_DELIVERY_ATTEMPTS = 5
 FOLLOWED_MEMORY = 10_000  # threads this process recently answered in, for when Redis is down
+ARRIVAL_WAIT_SECONDS = 5.0  # at most, for a message of the thread still being queued here
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,7 @@ class TurnRunner:
         self._llm_slots = asyncio.Semaphore(max_concurrent_turns)
         self._tasks: set[asyncio.Task[None]] = set()
         self._intake: set[asyncio.Future[Any]] = set()  # events acknowledged, not yet queued
+        self._arriving: dict[ThreadKey, set[asyncio.Future[None]]] = {}  # the same, per thread
         self._working_on: dict[ThreadKey, int] = {}  # workers here per thread (two, briefly)
         self._held: dict[ThreadKey, str] = {}  # thread locks held here, by their token
         self._renewing: asyncio.Task[None] | None = None
@@ -226,18 +228,36 @@ class TurnRunner:
         return started
 
     @contextlib.contextmanager
-    def taking_in(self) -> Iterator[None]:
+    def taking_in(self, key: ThreadKey | None = None) -> Iterator[None]:
         """Marks a Slack event being turned into a queued message. It was acknowledged to Slack,
-        which will not send it again, so `drain` waits for it as for a turn."""
+        which will not send it again, so `drain` waits for it as for a turn. With its thread's
+        `key`, the thread's worker waits for it too before taking a message (`_after_arrivals`)."""
         task = asyncio.current_task()
-        if task is None:
-            yield
-            return
-        self._intake.add(task)
+        arrival: asyncio.Future[None] | None = None
+        if key is not None:
+            arrival = asyncio.get_running_loop().create_future()
+            self._arriving.setdefault(key, set()).add(arrival)
+        if task is not None:
+            self._intake.add(task)
         try:
             yield
         finally:
-            self._intake.discard(task)
+            if task is not None:
+                self._intake.discard(task)
+            if key is not None and arrival is not None:
+                arrival.set_result(None)
+                arriving = self._arriving[key]
+                arriving.discard(arrival)
+                if not arriving:
+                    del self._arriving[key]
+
+    async def _after_arrivals(self, key: ThreadKey) -> None:
+        """Wait until the thread's messages that this process is taking in now are queued. Two
+        follow-ups that arrive together reach Redis in whatever order their round trips come
+        back (each step may go on another connection); without this wait, the worker could take
+        the later one before the earlier one is in the inbox, and answer them out of order."""
+        if arriving := self._arriving.get(key):
+            await asyncio.wait(list(arriving), timeout=ARRIVAL_WAIT_SECONDS)
 
     async def drain(self, grace_seconds: float) -> None:
         """Wait (up to `grace_seconds`) for events being taken in and turns in flight, including
@@ -277,6 +297,7 @@ class TurnRunner:
                     (queued, token), taken = taken, None
                 else:
                     token = uuid.uuid4().hex
+                    await self._after_arrivals(key)
                     found = await self.store.take_thread(key, token)
                     if found is False:
                         return  # the holder (here or in another process) will reach our message
@@ -306,6 +327,7 @@ class TurnRunner:
                     outcome = await self._take_turn_safely(next_up.message, next_up.record)
                 except DeliveryDeferred:
                     return False  # left in the inbox; recovery retries it later
+                await self._after_arrivals(key)
                 next_up = await self.store.finish(next_up, token, outcome)
                 holding = next_up is not None  # an empty inbox: finish released the lock
             return True

@@ -39,7 +39,8 @@ def register(app: AsyncApp, turns: TurnRunner) -> None:
         log.debug("event ignored type=%s", event.get("type"))
 
     async def on_user_message(event: dict[str, Any], context: AsyncBoltContext, *, is_dm: bool) -> None:
-        with turns.taking_in():
+        # Known before the first await: the thread's worker then waits for this message.
+        with turns.taking_in(_thread_of(event, context, is_dm=is_dm)):
             message = await _incoming(event, context, is_dm=is_dm, turns=turns)
             if message is not None:
                 await turns.accept(message)
@@ -89,11 +90,8 @@ async def _incoming(
         text = ""
     if thread_ts is not None and not isinstance(thread_ts, str):
         return None
-    if is_dm:
-        conversation, reply_thread_ts = thread_ts or "dm", thread_ts
-    else:
-        conversation = thread_ts or ts
-        reply_thread_ts = conversation
+    conversation = _conversation(ts, thread_ts, is_dm=is_dm)
+    reply_thread_ts = thread_ts if is_dm else conversation
     action: Action
     if is_dm or f"<@{bot_user_id}" in text:
         action = "answer"
@@ -118,6 +116,24 @@ async def _incoming(
         bot_user_id=bot_user_id,
         is_dm=is_dm,
     )
+
+
+def _conversation(ts: str, thread_ts: str | None, *, is_dm: bool) -> str:
+    """The conversation a message belongs to: its thread, or a DM's rolling top level."""
+    if is_dm:
+        return thread_ts or "dm"
+    return thread_ts or ts
+
+
+def _thread_of(event: dict[str, Any], context: AsyncBoltContext, *, is_dm: bool) -> ThreadKey | None:
+    """The conversation a new message event belongs to, or None when its fields are not ids."""
+    team, channel, ts = context.team_id, event.get("channel"), event.get("ts")
+    thread_ts = event.get("thread_ts")
+    if not (team and isinstance(channel, str) and isinstance(ts, str) and ts):
+        return None
+    if thread_ts is not None and not isinstance(thread_ts, str):
+        return None
+    return ThreadKey(team, channel, _conversation(ts, thread_ts, is_dm=is_dm))
 
 
 def _object(value: object) -> dict[str, Any]:
