@@ -9,6 +9,13 @@ a transaction: steps that must be atomic are Lua scripts, which batch like any c
 
 A few batches may be on their way at once; commands that arrive meanwhile wait for the next one,
 so under load a batch grows to whatever arrived while the last was on the wire.
+
+Each batch in flight has a connection of its own, kept for the next batch rather than taken from
+redis-py's pool and given back: the pool's bookkeeping (a condition, a timeout, metrics hooks, a
+health check) cost more of this process's CPU than a small batch's own exchange. The kept
+connections have no socket timeout of their own, because with one redis-py sends every write
+through `asyncio.wait_for`, a task per write; a batch has one deadline for its whole exchange
+instead.
 """
 
 from __future__ import annotations
@@ -18,21 +25,40 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as redis
+from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 # Batches on the wire at once, each on its own connection. Enough to keep latency at one round
 # trip under load; more would only split batches that are cheaper whole.
 BATCHES_IN_FLIGHT = 8
 CLOSE_WAIT_SECONDS = 5.0  # on shutdown, for batches on their way (a Redis that went away)
+# One batch's write and replies, before its connection is dropped and the batch is tried again (as
+# redis-py does on a socket timeout). Scripts here take milliseconds; a batch of hundreds, tens.
+BATCH_TIMEOUT_SECONDS = 5.0
 
 _Queued = tuple[tuple[Any, ...], "asyncio.Future[Any]"]
 
 
 class CommandBatcher:
-    def __init__(self, client: redis.Redis, *, in_flight: int = BATCHES_IN_FLIGHT) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        in_flight: int = BATCHES_IN_FLIGHT,
+        timeout_seconds: float = BATCH_TIMEOUT_SECONDS,
+    ) -> None:
         self.client = client
         self.in_flight = in_flight
+        self.timeout_seconds = timeout_seconds
+        pool = client.connection_pool
+        # The pool's settings (address, TLS, credentials, retries, health checks), but not its
+        # bookkeeping; the batch's deadline stands in for the socket timeout.
+        self._connection_kwargs = {**pool.connection_kwargs, "socket_timeout": None}
+        self._connection_class = pool.connection_class
+        self._idle: list[AbstractConnection] = []
+        self._connections: set[AbstractConnection] = set()
         self._queue: list[_Queued] = []
         self._flying: set[asyncio.Task[None]] = set()
         self._scheduled = False
@@ -84,6 +110,10 @@ class CommandBatcher:
         for _, future in self._queue:
             future.cancel()
         self._queue = []
+        for connection in list(self._connections):
+            await connection.disconnect()
+        self._connections.clear()
+        self._idle.clear()
 
     def _send(self) -> None:
         self._scheduled = False
@@ -102,19 +132,14 @@ class CommandBatcher:
 
     async def _send_batch(self, batch: list[_Queued]) -> None:
         try:
-            if len(batch) == 1:
-                # A lone command is cheaper without a pipeline around it.
-                (args, future), replies = batch[0], None
-                try:
-                    reply: Any = await self.client.execute_command(*args)
-                except Exception as error:  # the caller's to handle, as if it had sent it itself
-                    reply = error
-                replies = [reply]
-            else:
-                pipe = self.client.pipeline(transaction=False)
-                for args, _ in batch:
-                    pipe.execute_command(*args)
-                replies = await pipe.execute(raise_on_error=False)
+            connection = self._idle.pop() if self._idle else self._new_connection()
+            commands = [args for args, _ in batch]
+            replies = await connection.retry.call_with_retry(
+                lambda: self._exchange(connection, commands), lambda _: connection.disconnect()
+            )
+            # After any failure the connection is closed (redis-py closes it on a failed read or
+            # write, cancellation included) and opens again on its next use.
+            self._idle.append(connection)
         except BaseException as error:  # the connection failed (after its retries), or cancelled
             failure = error if isinstance(error, Exception) else asyncio.CancelledError()
             for _, future in batch:
@@ -130,3 +155,25 @@ class CommandBatcher:
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
+
+    def _new_connection(self) -> AbstractConnection:
+        connection = self._connection_class(**self._connection_kwargs)
+        self._connections.add(connection)
+        return connection
+
+    async def _exchange(self, connection: AbstractConnection, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Write the commands at once and read every reply, an error reply as the command's own
+        result (so the connection stays in step), as redis-py's pipeline does."""
+        try:
+            async with asyncio.timeout(self.timeout_seconds):
+                await connection.send_packed_command(connection.pack_commands(commands))
+                replies: list[Any] = []
+                for args in commands:
+                    try:
+                        replies.append(await self.client.parse_response(connection, args[0]))
+                    except ResponseError as error:
+                        replies.append(error)
+                return replies
+        except TimeoutError:
+            await connection.disconnect()  # replies may still be on their way: never reuse it
+            raise RedisTimeoutError(f"no answer from Redis within {self.timeout_seconds:g} s") from None

@@ -6,7 +6,10 @@ import asyncio
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bot.pipelining import BATCHES_IN_FLIGHT, CommandBatcher
 
@@ -68,3 +71,26 @@ async def test_closing_waits_for_batches_on_their_way(client: aioredis.Redis) ->
     sent = [batcher.submit("INCR", "closing") for _ in range(50)]
     await batcher.close()
     assert [future.result() for future in sent] == list(range(1, 51))
+
+
+async def test_a_batch_redis_does_not_answer_in_time_fails_and_the_next_gets_its_own_reply(
+    redis_url: str,
+) -> None:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True, retry=Retry(NoBackoff(), 0))
+    batcher = CommandBatcher(client, timeout_seconds=0.2)
+    try:
+        await batcher.execute("SET", "before", "1")  # a kept connection, in step
+        await client.execute_command("CLIENT", "PAUSE", "600", "ALL")
+        with pytest.raises(RedisTimeoutError):
+            await batcher.execute("GET", "before")
+        await asyncio.sleep(0.6)  # the pause is over; the late reply must not reach a new caller
+        assert await asyncio.gather(
+            batcher.execute("SET", "after", "2"), batcher.execute("GET", "before")
+        ) == [
+            True,
+            "1",
+        ]
+        assert await batcher.execute("GET", "after") == "2"
+    finally:
+        await batcher.close()
+        await client.aclose()
