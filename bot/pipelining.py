@@ -15,7 +15,8 @@ redis-py's pool and given back: the pool's bookkeeping (a condition, a timeout, 
 health check) cost more of this process's CPU than a small batch's own exchange. The kept
 connections have no socket timeout of their own, because with one redis-py sends every write
 through `asyncio.wait_for`, a task per write; a batch has one deadline for its whole exchange
-instead.
+instead. Commands are packed by hiredis (C); redis-py's asyncio client packs them in Python, about
+50 µs for a script call with a message in it on a slow machine, against 9.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as redis
+from hiredis import pack_command
 from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
@@ -166,7 +168,7 @@ class CommandBatcher:
         result (so the connection stays in step), as redis-py's pipeline does."""
         try:
             async with asyncio.timeout(self.timeout_seconds):
-                await connection.send_packed_command(connection.pack_commands(commands))
+                await connection.send_packed_command([pack_command(args) for args in commands])
                 replies: list[Any] = []
                 for args in commands:
                     try:
