@@ -59,6 +59,8 @@ def sweep_rows(run: dict[str, Any]) -> list[list[str]]:
             notes.append("cut off before every answer came")
         if step["deliveries_failed"]:
             notes.append(f"{step['deliveries_failed']} deliveries not acked")
+        if step.get("acks_late"):
+            notes.append(f"{step['acks_late']} deliveries acked after Slack's 3 s")
         if step["other_posts"]:
             notes.append(f"{step['other_posts']} non-answer posts")
         if step["loadgen_busy"]:

@@ -40,6 +40,7 @@ FILLER = (
 )
 
 Route = str | None  # an HTTP request URL, or None for the Socket Mode connection
+SLACK_ACK_SECONDS = 3.0  # Slack retries an event delivery not acknowledged within this
 Router = Callable[[], list[Route]]  # where one event goes: its first delivery, then redeliveries
 
 
@@ -387,6 +388,9 @@ def summarize(tracker: Tracker, asked: list[Asked], ideal: float | None) -> dict
         "answered": len(done),
         "ack": percentiles([d.elapsed for d in first_acks if d.acked]),
         "deliveries_failed": sum(not d.acked for a in asked for d in a.deliveries),
+        # Every event's every delivery, a mention's twin event included: Slack delivers again
+        # what is not acknowledged within 3 s.
+        "acks_late": sum(d.acked and d.elapsed > SLACK_ACK_SECONDS for a in asked for d in a.deliveries),
         "signal": percentiles([a.signal_at - a.sent_at for a in asked if a.signal_at is not None]),
         "first_text": percentiles(
             [
