@@ -58,9 +58,16 @@ async def probe(args: argparse.Namespace) -> dict:
             route = bot.events_url if args.mode == "http" else None
             await asyncio.sleep(0.5)
             idle_rss = bot.sample().rss_bytes / 2**20
+            timeout = rig.model.ideal + ctx.settings.step_timeout
+            if args.warm:
+                # As in the sweep, where C = 500 follows smaller bursts: scripts loaded, connections open.
+                warm = concurrency.Burst(rig, args.warm, route, False, timeout)
+                warm.prepare()
+                await warm.run()
+                await asyncio.sleep(1.0)
             commands_before = await _command_counts(ctx.redis_url)
             load = (
-                concurrency.Burst(rig, args.burst, route, False, rig.model.ideal + ctx.settings.step_timeout)
+                concurrency.Burst(rig, args.burst, route, False, timeout)
                 if args.burst
                 else throughput.Offer(rig, route, args.rate, args.seconds)
             )
@@ -109,6 +116,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=50.0, help="questions offered per second")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--burst", type=int, default=0, help="instead: this many questions at once")
+    parser.add_argument("--warm", type=int, default=0, help="first, unmeasured: a burst of this many")
     parser.add_argument("--profile", action="store_true", help="sample the bot with py-spy")
     parser.add_argument("--json", action="store_true", help="print the whole result as JSON")
     args = parser.parse_args()

@@ -389,7 +389,8 @@ def summarize(tracker: Tracker, asked: list[Asked], ideal: float | None) -> dict
         "ack": percentiles([d.elapsed for d in first_acks if d.acked]),
         "deliveries_failed": sum(not d.acked for a in asked for d in a.deliveries),
         # Every event's every delivery, a mention's twin event included: Slack delivers again
-        # what is not acknowledged within 3 s.
+        # what is not acknowledged within 3 s. (Over HTTP the sender stops waiting at 3 s, as
+        # Slack does, and counts the delivery as failed; the Socket Mode emulator waits 5 s.)
         "acks_late": sum(d.acked and d.elapsed > SLACK_ACK_SECONDS for a in asked for d in a.deliveries),
         "signal": percentiles([a.signal_at - a.sent_at for a in asked if a.signal_at is not None]),
         "first_text": percentiles(
