@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
 
 from dotenv import find_dotenv, load_dotenv
 
@@ -30,7 +28,11 @@ def main() -> int:
             local_redis = LocalRedis(LOCAL_REDIS_DIR)
             local_redis.start()
             redis_url = local_redis.url
-        run(serve(settings, redis_url))
+        # asyncio's own event loop, not uvloop: under a burst of new HTTP connections uvloop
+        # served the first arrivals' whole turns before it took in the later requests (ack p99
+        # 2.0-2.5 s against 0.6-0.7 s for 500 questions, close to Slack's 3-s retry), for 2-5 %
+        # less CPU a turn in steady load. docs/performance.md has the figures.
+        asyncio.run(serve(settings, redis_url))
     except (ConfigError, LocalRedisError, StartupError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -40,17 +42,6 @@ def main() -> int:
         if local_redis is not None:
             local_redis.stop()
     return 0
-
-
-def run(main: Coroutine[Any, Any, None]) -> None:
-    """Run on uvloop where it is built (Linux, macOS): its event loop and sockets are C, about 6 %
-    less CPU a turn (`python -m bench.probe`, 2 Dec 2026). asyncio's own loop elsewhere."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main)
-    else:
-        uvloop.run(main)
 
 
 if __name__ == "__main__":

@@ -40,12 +40,7 @@ STATUS = "is thinking…"
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The event loop the bot runs on (app.py), so that the gap between the two is the bot's own.
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(serve(os.environ))
-    else:
-        uvloop.run(serve(os.environ))
+    asyncio.run(serve(os.environ))
 
 
 async def serve(env: Mapping[str, str]) -> None:
