@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bench.bots import BotProcess
@@ -13,6 +14,7 @@ from bench.context import Context
 from bench.rig import Asked, Question, Rig, summarize
 
 _probes = itertools.count(1)
+Probe = Callable[[float, float], Awaitable[dict[str, Any]]]  # (rate, seconds) -> result with "holds"
 DRAIN_SECONDS = 10.0  # after the last question, how long answers may still take
 # Full-length runs, each at 85 % of the rate before: down to about half the best short probe (a
 # 10-s probe can hold at a rate whose backlog only shows over 30 s).
@@ -46,29 +48,9 @@ async def search(ctx: Context, rig: Rig, bot: BotProcess) -> dict[str, Any]:
         probes.append(result)
         return result
 
-    best, failed = 0.0, None
-    rate = low
-    while rate <= high:
-        if not (await probe(rate, settings.throughput_probe_seconds))["holds"]:
-            failed = rate
-            break
-        best, rate = rate, rate * 2
-    if best and failed:
-        for _ in range(BISECTIONS):
-            middle = round((best + failed) / 2)
-            if (await probe(middle, settings.throughput_probe_seconds))["holds"]:
-                best = middle
-            else:
-                failed = middle
-    confirmed = None
-    for _ in range(CONFIRM_ATTEMPTS):
-        if not best:
-            break
-        result = await probe(best, settings.throughput_seconds)
-        if result["holds"]:
-            confirmed = result
-            break
-        best = round(best * 0.85)
+    confirmed, failed = await find_sustained(
+        probe, low, high, settings.throughput_probe_seconds, settings.throughput_seconds
+    )
     held = [p for p in probes if p["holds"]]
     return {
         "done_p99_limit": settings.throughput_done_p99,
@@ -84,6 +66,35 @@ async def search(ctx: Context, rig: Rig, bot: BotProcess) -> dict[str, Any]:
         "probes": [_brief(p) for p in probes],
         "first_failing_rate": failed,
     }
+
+
+async def find_sustained(
+    probe: Probe, low: float, high: float, probe_seconds: float, full_seconds: float
+) -> tuple[dict[str, Any] | None, float | None]:
+    """The search itself: the full-length result that held (None if none did), and the first
+    rate whose short probe did not hold."""
+    best, failed = 0.0, None
+    rate = low
+    while rate <= high:
+        if not (await probe(rate, probe_seconds))["holds"]:
+            failed = rate
+            break
+        best, rate = rate, rate * 2
+    if best and failed:
+        for _ in range(BISECTIONS):
+            middle = round((best + failed) / 2)
+            if (await probe(middle, probe_seconds))["holds"]:
+                best = middle
+            else:
+                failed = middle
+    for _ in range(CONFIRM_ATTEMPTS):
+        if not best:
+            break
+        result = await probe(best, full_seconds)
+        if result["holds"]:
+            return result, failed
+        best = round(best * 0.85)
+    return None, failed
 
 
 async def _settle(bot: BotProcess, *, idle_share: float = 0.1, cap: float = 120.0) -> float:
