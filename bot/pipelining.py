@@ -29,7 +29,7 @@ import redis.asyncio as redis
 from hiredis import pack_command
 from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import DataError, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 # Batches on the wire at once, each on its own connection. Enough to keep latency at one round
@@ -139,12 +139,15 @@ class CommandBatcher:
         if self._queue and self._next is None and len(self._flying) < self.in_flight:
             self._start_batch()
 
-    async def _send_batch(self, batch: list[_Queued]) -> None:
+    async def _send_batch(self, queued: list[_Queued]) -> None:
+        batch, packed = _packed(queued)
+        if not batch:
+            return
         try:
             connection = self._idle.pop() if self._idle else self._new_connection()
-            commands = [args for args, _ in batch]
+            names = [args[0] for args, _ in batch]
             replies = await connection.retry.call_with_retry(
-                lambda: self._exchange(connection, commands), lambda _: connection.disconnect()
+                lambda: self._exchange(connection, packed, names), lambda _: connection.disconnect()
             )
             # After any failure the connection is closed (redis-py closes it on a failed read or
             # write, cancellation included) and opens again on its next use.
@@ -170,19 +173,36 @@ class CommandBatcher:
         self._connections.add(connection)
         return connection
 
-    async def _exchange(self, connection: AbstractConnection, commands: list[tuple[Any, ...]]) -> list[Any]:
+    async def _exchange(
+        self, connection: AbstractConnection, packed: list[bytes], names: list[Any]
+    ) -> list[Any]:
         """Write the commands at once and read every reply, an error reply as the command's own
         result (so the connection stays in step), as redis-py's pipeline does."""
         try:
             async with asyncio.timeout(self.timeout_seconds):
-                await connection.send_packed_command([pack_command(args) for args in commands])
+                await connection.send_packed_command(packed)
                 replies: list[Any] = []
-                for args in commands:
+                for name in names:
                     try:
-                        replies.append(await self.client.parse_response(connection, args[0]))
+                        replies.append(await self.client.parse_response(connection, name))
                     except ResponseError as error:
                         replies.append(error)
                 return replies
         except TimeoutError:
             await connection.disconnect()  # replies may still be on their way: never reuse it
             raise RedisTimeoutError(f"no answer from Redis within {self.timeout_seconds:g} s") from None
+
+
+def _packed(queued: list[_Queued]) -> tuple[list[_Queued], list[bytes]]:
+    """The commands that could be packed, and their bytes. A command with an argument Redis cannot
+    take (None, say: a bug in its caller) fails on its own, not the batch it came with."""
+    batch, packed = [], []
+    for args, future in queued:
+        try:
+            packed.append(pack_command(args))
+        except TypeError as error:
+            if not future.done():
+                future.set_exception(DataError(f"{args[0]}: {error}"))
+            continue
+        batch.append((args, future))
+    return batch, packed

@@ -8,7 +8,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ResponseError
+from redis.exceptions import DataError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bot.pipelining import BATCHES_IN_FLIGHT, CommandBatcher
@@ -94,3 +94,15 @@ async def test_a_batch_redis_does_not_answer_in_time_fails_and_the_next_gets_its
     finally:
         await batcher.close()
         await client.aclose()
+
+
+async def test_a_command_with_an_argument_redis_cannot_take_fails_alone(client: aioredis.Redis) -> None:
+    batcher = CommandBatcher(client)
+    good = batcher.submit("SET", "fine", "1")
+    bad = batcher.submit("SET", "broken", None)  # a caller's bug: None is no Redis value
+    also_good = batcher.submit("GET", "fine")
+    assert await good is True
+    with pytest.raises(DataError):
+        await bad
+    assert await also_good == "1"
+    await batcher.close()
