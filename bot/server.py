@@ -15,6 +15,7 @@ from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.middleware.authorization.async_single_team_authorization import AsyncSingleTeamAuthorization
 from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_bolt.request.internals import parse_body
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
@@ -30,7 +31,7 @@ from bot.breaker import CircuitBreaker
 from bot.config import Settings
 from bot.context import ContextBuilder
 from bot.delivery import Delivery
-from bot.events import DispatchedMessages, message_event_key, shape_problem
+from bot.events import BotIdentity, MessageIntake, shape_problem
 from bot.health import health_handler
 from bot.llm import ChatModel
 from bot.rate_limit import BudgetedSlack, SlackBudget
@@ -91,7 +92,7 @@ class SupportBot:
             SignatureVerifier(settings.slack_signing_secret) if settings.slack_signing_secret else None
         )
         self._running: _Running | None = None
-        self._dispatched = DispatchedMessages()
+        self._intake = MessageIntake()
         self._socket_connect: asyncio.Task[None] | None = None
         self._recovery: asyncio.Task[None] | None = None
         self.app: AsyncApp | None = None
@@ -159,7 +160,8 @@ class SupportBot:
             ),
             max_concurrent_turns=settings.max_concurrent_turns,
         )
-        listeners.register(self.app, self.turns, self.store)
+        on_new_message = listeners.register(self.app, self.turns, self.store)
+        self._intake.connect(on_new_message, _identity(auth_test))
         if not await self.store.ping():
             log.error("redis is unreachable at start; /health reports 503 until it answers")
 
@@ -170,7 +172,7 @@ class SupportBot:
                 self.app,
                 settings.slack_app_token,
                 ping_interval=SOCKET_PING_SECONDS,
-                dispatched=self._dispatched,
+                intake=self._intake,
             )
         web_app = web.Application(client_max_size=MAX_EVENT_BYTES)
         web_app.router.add_get(
@@ -234,31 +236,28 @@ class SupportBot:
             await asyncio.sleep(interval)
 
     async def _slack_events(self, request: web.Request) -> web.Response:
-        """POST /slack/events: verify the signature, then let Bolt dispatch the event."""
+        """POST /slack/events: verify the signature; a person's new message goes to its listener
+        (bot/events.py), anything else to Bolt's dispatch."""
         assert self.app is not None and self._verifier is not None
-        body = await request.read()
-        if not self._signed_by_slack(request, body):
+        raw = await request.read()
+        if not self._signed_by_slack(request, raw):
             return web.json_response({"error": "invalid or stale request signature"}, status=401)
         try:
-            bolt_request = AsyncBoltRequest(
-                body=body.decode("utf-8"),
-                query=request.query_string,
-                headers=dict(request.headers),
-            )
+            text = raw.decode("utf-8")
+            body = parse_body(text, request.content_type)  # Bolt's own parser
         except (UnicodeDecodeError, ValueError, TypeError, AttributeError, KeyError, IndexError):
             # Bolt's parser assumes a JSON object or form data; anything else is the sender's fault.
             return web.json_response({"error": "body is not valid JSON or form data"}, status=400)
-        problem = shape_problem(bolt_request.body)
+        problem = shape_problem(body)
         if problem is not None:
             return web.json_response({"error": f"not a Slack request: {problem}"}, status=400)
-        if bolt_request.body.get("type") == "app_rate_limited":
+        if body.get("type") == "app_rate_limited":
             log.warning("slack reports this app is over its event rate limit; events are being dropped")
-        # A mention's second event is acknowledged without Bolt's dispatch (see bot/events.py).
-        message_event = message_event_key(bolt_request.body)
-        if message_event is not None and message_event in self._dispatched:
-            log.debug("second event of a message acknowledged team=%s channel=%s ts=%s", *message_event)
+        if self._intake.take(body):
             return web.Response()
         try:
+            headers = dict(request.headers)
+            bolt_request = AsyncBoltRequest(body=text, query=request.query_string, headers=headers)
             bolt_response = await self.app.async_dispatch(bolt_request)
         except Exception as error:  # a request of a shape Bolt cannot handle must not be a 500
             log.warning("slack request rejected error=%s", type(error).__name__)
@@ -271,8 +270,8 @@ class SupportBot:
             # Bolt answers 500 when its own middleware trips on an odd shape; the sender's fault.
             log.warning("slack request could not be processed by bolt status=%d", bolt_response.status)
             return web.json_response({"error": "request could not be processed"}, status=400)
-        if message_event is not None and bolt_response.status == 200:
-            self._dispatched.add(message_event)
+        if bolt_response.status == 200:
+            self._intake.bolt_dispatched(body)
         return await to_aiohttp_response(bolt_response)
 
     def _signed_by_slack(self, request: web.Request, body: bytes) -> bool:
@@ -296,6 +295,15 @@ def _share_identity(app: AsyncApp, auth_test: AsyncSlackResponse | None) -> None
     for middleware in app._async_middleware_list:  # Bolt has no public way to give it
         if isinstance(middleware, AsyncSingleTeamAuthorization):
             middleware.auth_test_result = auth_test
+
+
+def _identity(auth_test: AsyncSlackResponse | None) -> BotIdentity | None:
+    """The bot's user id and bot id, when Slack told them at start."""
+    user_id = auth_test.get("user_id") if auth_test is not None else None
+    if not isinstance(user_id, str) or not user_id:
+        return None
+    bot_id = auth_test.get("bot_id")
+    return BotIdentity(user_id, bot_id if isinstance(bot_id, str) else None)
 
 
 async def _check_token(client: AsyncWebClient) -> AsyncSlackResponse | None:

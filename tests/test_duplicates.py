@@ -88,3 +88,23 @@ def test_the_memory_of_dispatched_messages_keeps_only_the_most_recent() -> None:
         dispatched.add(key)
     assert keys[0] not in dispatched
     assert all(key in dispatched for key in keys[1:])
+
+
+@pytest.mark.parametrize("mode", ["socket", "http"])
+async def test_without_the_bots_identity_at_start_bolt_takes_messages_and_each_gets_one_answer(
+    start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator, mode: str
+) -> None:
+    """New messages skip Bolt's dispatch only when the start-up auth.test said who the bot is;
+    when it failed, Bolt dispatches them (and asks auth.test itself), twins dropped as before."""
+    slack.fail_next("auth.test", "internal_error")
+    running = await start_bot(mode)
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> hello")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and now?", thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2)
+    await asyncio.sleep(0.3)
+    await running.settle()
+    assert len(slack.bot_messages(CHANNEL, root)) == 2
+    assert len(llm.requests) == 2
+    assert len(slack.calls_to("auth.test")) == 2  # the failed one at start, then Bolt's own
+    assert all(delivery.acked for delivery in slack.deliveries)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
@@ -19,9 +20,16 @@ log = logging.getLogger(__name__)
 USER_SUBTYPES = {None, "file_share", "thread_broadcast", "me_message"}
 
 
-def register(app: AsyncApp, turns: TurnRunner) -> None:
+# A person's new message, with the team it came from and the bot's own user id.
+NewMessageListener = Callable[[dict[str, Any], str | None, str, bool], Awaitable[None]]
+
+
+def register(app: AsyncApp, turns: TurnRunner) -> NewMessageListener:
+    """Register the listeners with Bolt; returns the one for a person's new message, which
+    bot/events.py also calls directly, without Bolt's dispatch."""
+
     async def on_app_mention(event: dict[str, Any], context: AsyncBoltContext) -> None:
-        await on_user_message(event, context, is_dm=False)
+        await on_new_message(event, context.team_id, context.bot_user_id or "", False)
 
     async def on_message(event: dict[str, Any], context: AsyncBoltContext) -> None:
         subtype = event.get("subtype")
@@ -32,16 +40,17 @@ def register(app: AsyncApp, turns: TurnRunner) -> None:
         elif subtype == "message_changed":
             await on_edited(event, context)
         elif subtype in USER_SUBTYPES:
-            await on_user_message(event, context, is_dm=event.get("channel_type") == "im")
+            is_dm = event.get("channel_type") == "im"
+            await on_new_message(event, context.team_id, context.bot_user_id or "", is_dm)
 
     async def on_other_event(event: dict[str, Any]) -> None:
         # Acknowledged so that Slack does not retry it; nothing to do.
         log.debug("event ignored type=%s", event.get("type"))
 
-    async def on_user_message(event: dict[str, Any], context: AsyncBoltContext, *, is_dm: bool) -> None:
+    async def on_new_message(event: dict[str, Any], team: str | None, bot_user_id: str, is_dm: bool) -> None:
         # Known before the first await: the thread's worker then waits for this message.
-        with turns.taking_in(_thread_of(event, context, is_dm=is_dm)):
-            message = await _incoming(event, context, is_dm=is_dm, turns=turns)
+        with turns.taking_in(_thread_of(event, team, is_dm=is_dm)):
+            message = await _incoming(event, team, bot_user_id, is_dm=is_dm, turns=turns)
             if message is not None:
                 await turns.accept(message)
 
@@ -72,14 +81,14 @@ def register(app: AsyncApp, turns: TurnRunner) -> None:
     app.event("app_mention")(on_app_mention)
     app.event("message")(on_message)
     app.event(re.compile(".*"))(on_other_event)
+    return on_new_message
 
 
 async def _incoming(
-    event: dict[str, Any], context: AsyncBoltContext, *, is_dm: bool, turns: TurnRunner
+    event: dict[str, Any], team: str | None, bot_user_id: str, *, is_dm: bool, turns: TurnRunner
 ) -> IncomingMessage | None:
     """Decide whether (and how) the bot acts on a user's message; None means stay out of it."""
-    bot_user_id = context.bot_user_id or ""
-    team, channel, ts = context.team_id, event.get("channel"), event.get("ts")
+    channel, ts = event.get("channel"), event.get("ts")
     user, text, thread_ts = event.get("user"), event.get("text"), event.get("thread_ts")
     if event.get("bot_id") or user == bot_user_id:
         return None
@@ -125,9 +134,9 @@ def _conversation(ts: str, thread_ts: str | None, *, is_dm: bool) -> str:
     return thread_ts or ts
 
 
-def _thread_of(event: dict[str, Any], context: AsyncBoltContext, *, is_dm: bool) -> ThreadKey | None:
+def _thread_of(event: dict[str, Any], team: str | None, *, is_dm: bool) -> ThreadKey | None:
     """The conversation a new message event belongs to, or None when its fields are not ids."""
-    team, channel, ts = context.team_id, event.get("channel"), event.get("ts")
+    channel, ts = event.get("channel"), event.get("ts")
     thread_ts = event.get("thread_ts")
     if not (team and isinstance(channel, str) and isinstance(ts, str) and ts):
         return None
