@@ -125,8 +125,9 @@ def shape_problem(body: object) -> str | None:
         event = body.get("event")
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
             return "event_callback without an event object that has a type"
-        # Bolt reads these as an id or an object with an id; anything else makes it crash.
-        for where in (body, event):
+        # Bolt reads these as an id or an object with an id; anything else makes it crash. It
+        # reads the first authorization's before the body's (shared channels).
+        for where in (body, event, *(authorizations or [])[:1]):
             for name in ("user", "channel", "team"):
                 value = where.get(name)
                 if value is not None and not isinstance(value, str | dict):

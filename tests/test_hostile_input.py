@@ -285,6 +285,9 @@ MALFORMED_ENVELOPES = {
     "authorizations-a-string": envelope(broken(), authorizations="T1"),
     "authorizations-of-strings": envelope(broken(), authorizations=["T1"]),
     "authorizations-an-object": envelope(broken(), authorizations={"team_id": "T1"}),
+    # Where the team is read from first (Bolt's extract_team_id, used before and without Bolt).
+    "authorization-team-a-number": envelope(broken(), authorizations=[{"team": 5, "team_id": "T1"}]),
+    "authorization-team-id-a-list": envelope(broken(), authorizations=[{"team_id": ["T1"]}]),
 }
 
 
