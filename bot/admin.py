@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, urlparse
 from dotenv import find_dotenv, load_dotenv
 from redis.exceptions import RedisError
 
-from bot.config import check_redis_url
+from bot.redis_url import check_redis_url
 from bot.store import DAY, Keys, Store, ThreadKey
 from bot.tokens import TokenCounter
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from bot.redis_url import check_redis_url, url_passwords
 from bot.tokens import TokenBudget, TokenCounter, default_window
 
 DEFAULT_SYSTEM_PROMPT = """\
@@ -72,6 +73,7 @@ class Settings:
             self.slack_app_token,
             self.slack_signing_secret,
             self.openai_api_key,
+            *(url_passwords(self.redis_url) if self.redis_url else []),
         ]
         return [v for v in values if v and len(v) >= 6]
 
@@ -194,12 +196,6 @@ def _check_url(value: str) -> str | None:
     parsed = urlparse(value)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         return f"expected an http(s) URL, got {value!r}"
-    return None
-
-
-def check_redis_url(value: str) -> str | None:
-    if urlparse(value).scheme not in ("redis", "rediss", "unix"):
-        return "expected redis://host:port/db, rediss://… or unix:///path/to/socket"
     return None
 
 

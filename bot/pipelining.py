@@ -178,6 +178,10 @@ class CommandBatcher:
     ) -> list[Any]:
         """Write the commands at once and read every reply, an error reply as the command's own
         result (so the connection stays in step), as redis-py's pipeline does."""
+        if not connection.is_connected:
+            # Opened by its own connect(), as redis-py's pool does: a Sentinel's connection looks
+            # up the primary there (writing to an unopened one would go to localhost:6379).
+            await connection.connect()
         try:
             async with asyncio.timeout(self.timeout_seconds):
                 await connection.send_packed_command(packed)

@@ -29,6 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 
 from bot.pipelining import CommandBatcher
+from bot.redis_url import connection_pool
 
 log = logging.getLogger(__name__)
 
@@ -667,7 +668,7 @@ class Store:
     def __init__(self, url: str, *, conversation_ttl_days: float, lock_ttl_seconds: float = 30.0) -> None:
         # A bounded pool that makes callers wait for a free connection: hundreds of turns at
         # once share a bounded set of connections instead of failing with "too many connections".
-        pool = redis.BlockingConnectionPool.from_url(
+        pool, self._sentinel = connection_pool(
             url,
             max_connections=POOL_SIZE,
             timeout=POOL_WAIT_SECONDS,
@@ -706,6 +707,8 @@ class Store:
     async def close(self) -> None:
         await self._batch.close()
         await self.redis.aclose()  # the client owns its pool (from_pool) and closes it
+        if self._sentinel is not None:
+            await self._sentinel.aclose()
 
     async def ping(self) -> bool:
         try:

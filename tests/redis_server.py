@@ -66,9 +66,10 @@ class RedisServer:
     The port is picked once, so clients keep working across restart() and kill()/start().
     """
 
-    def __init__(self, data_dir: Path, *, appendonly: bool = True) -> None:
+    def __init__(self, data_dir: Path, *, appendonly: bool = True, replica_of: int | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.appendonly = appendonly
+        self.replica_of = replica_of  # the port of a primary on 127.0.0.1 to replicate
         self.port = _free_port()
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -97,12 +98,18 @@ class RedisServer:
             "--daemonize", "no",
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
+            "--repl-diskless-sync-delay", "0",  # a replica syncs at once (tests start only one)
         ]  # fmt: skip
+        if self.replica_of is not None:
+            args += ["--replicaof", "127.0.0.1", str(self.replica_of)]
         if self.appendonly:
             # fsync every write, so kill -9 loses nothing a client saw acknowledged.
             args += ["--appendfsync", "always"]
         # Redis logs to stdout by default; sending stdout/stderr to the log file also captures
         # errors printed before its own logging starts (bad arguments, port in use).
+        self._spawn(args)
+
+    def _spawn(self, args: list[str]) -> None:
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
                 args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
@@ -144,6 +151,15 @@ class RedisServer:
         _kill_quietly(self._process)
         self._process = None
 
+    def wait_for_replica(self, timeout: float = START_TIMEOUT) -> None:
+        """Wait until a replica has every write made here so far (Redis's WAIT)."""
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=timeout + 1)
+        try:
+            if client.wait(1, int(timeout * 1000)) < 1:
+                raise RuntimeError(f"no replica of port {self.port} caught up within {timeout}s")
+        finally:
+            client.close()
+
     def restart(self) -> None:
         self.stop()
         self.start()
@@ -154,3 +170,48 @@ class RedisServer:
         except OSError:
             return "(no redis log)"
         return "\n".join(text.splitlines()[-lines:])
+
+
+class SentinelServer(RedisServer):
+    """A Redis Sentinel (redis-server in sentinel mode) on 127.0.0.1, watching one primary as
+    `service`, quick to call it down (half a second) and to fail over."""
+
+    def __init__(self, data_dir: Path, *, primary_port: int, service: str = "mymaster") -> None:
+        super().__init__(data_dir, appendonly=False)
+        self.primary_port = primary_port
+        self.service = service
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.port}/{self.service}"
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self.data_dir / "sentinel.conf"  # Sentinel rewrites its config as it learns
+        config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.data_dir}\n"
+            f"sentinel monitor {self.service} 127.0.0.1 {self.primary_port} 1\n"
+            f"sentinel down-after-milliseconds {self.service} 500\n"
+            f"sentinel failover-timeout {self.service} 5000\n"
+        )
+        super().start()
+
+    def _spawn(self, args: list[str]) -> None:
+        super()._spawn([find_redis_server(), str(self.data_dir / "sentinel.conf"), "--sentinel"])
+
+    def primary_port_now(self) -> int:
+        """The port of the Redis this Sentinel calls the primary now."""
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1, decode_responses=True)
+        try:
+            return int(client.sentinel_get_master_addr_by_name(self.service)[1])
+        finally:
+            client.close()
+
+    def replicas_known(self) -> int:
+        """How many healthy replicas of the primary this Sentinel knows."""
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1, decode_responses=True)
+        try:
+            replicas = client.sentinel_slaves(self.service)
+        finally:
+            client.close()
+        return sum(1 for r in replicas if not r.get("is_sdown") and not r.get("is_odown"))

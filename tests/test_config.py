@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import DEFAULT_SYSTEM_PROMPT, ConfigError, Settings
+from bot.redis_url import parse_sentinel_url
 
 BASE = {"SLACK_BOT_TOKEN": "xoxb-1-2-abc", "SLACK_APP_TOKEN": "xapp-1-abc", "OPENAI_API_KEY": "sk-abc"}
 
@@ -103,3 +104,37 @@ def test_every_setting_is_documented_in_the_readme_and_env_example() -> None:
     readme, example = (root / "README.md").read_text(), (root / ".env.example").read_text()
     assert sorted(n for n in names if f"`{n}`" not in readme) == []
     assert sorted(n for n in names if n not in example) == []
+
+
+def test_redis_sentinel_url_is_read_with_its_sentinels_service_and_passwords() -> None:
+    url = "redis+sentinel://:pa%40ssword@s1.internal,s2.internal:26380,[::1]:26381/support-bot/2?sentinel_password=sentinel-pw"
+    settings = Settings.from_env(BASE | {"REDIS_URL": url})
+    assert settings.redis_url == url
+    where = parse_sentinel_url(url)
+    assert where.sentinels == [("s1.internal", 26379), ("s2.internal", 26380), ("::1", 26381)]
+    assert (where.service, where.db, where.tls) == ("support-bot", 2, False)
+    assert (where.username, where.password, where.sentinel_password) == (None, "pa@ssword", "sentinel-pw")
+    assert {"pa@ssword", "sentinel-pw"} <= set(settings.secrets())
+    assert parse_sentinel_url("rediss+sentinel://user:pw@s1/main").tls
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("redis+sentinel://:hunter22@s1:26379", "needs the service name"),
+        ("redis+sentinel://:hunter22@s1:port/mymaster", "host:port pairs"),
+        ("redis+sentinel://:hunter22@s1,,s2/mymaster", "host:port pairs"),
+        ("redis+sentinel://:hunter22@s1/mymaster/zero", "must be a number"),
+        ("redis+sentinel://:hunter22@s1/mymaster?sentinel_pass=x", "unknown option"),
+    ],
+)
+def test_a_malformed_sentinel_url_is_named_without_its_password(url: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        Settings.from_env(BASE | {"REDIS_URL": url})
+    assert "REDIS_URL is malformed" in str(error.value) and reason in str(error.value)
+    assert "hunter22" not in str(error.value)
+
+
+def test_the_redis_password_is_a_secret() -> None:
+    settings = Settings.from_env(BASE | {"REDIS_URL": "rediss://default:r3dis-pw@cache.internal:6380/0"})
+    assert "r3dis-pw" in settings.secrets()
