@@ -45,7 +45,7 @@ import redis.asyncio as aioredis  # noqa: E402
 
 from bot.config import Settings  # noqa: E402
 from bot.server import SupportBot  # noqa: E402
-from bot.store import Keys, ThreadKey, Turn  # noqa: E402
+from bot.store import ThreadKey, Turn  # noqa: E402
 from tests.emulators.openai_api import OpenAIEmulator  # noqa: E402
 from tests.emulators.slack import SlackEmulator  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
@@ -215,7 +215,7 @@ async def _prepare(size: int, bot: SupportBot, slack: SlackEmulator, probe: aior
     await slack.post_user_message(CHANNEL, QUESTION, thread_ts=root)
     await slack.wait_for_bot_messages(CHANNEL, root, count=thread.answered, timeout=60)
     await bot.turns.drain(300)
-    for name in (Keys.turns(thread.key), Keys.meta(thread.key)):
+    for name in (bot.store.keys.turns(thread.key), bot.store.keys.meta(thread.key)):
         thread.bytes_stored += await probe.memory_usage(name, samples=0) or 0
     return thread
 

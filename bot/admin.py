@@ -27,7 +27,7 @@ from dotenv import find_dotenv, load_dotenv
 from redis.exceptions import RedisError
 
 from bot.redis_url import check_redis_url
-from bot.store import DAY, Keys, Store, ThreadKey
+from bot.store import DAY, Store, ThreadKey
 from bot.tokens import TokenCounter
 
 LOCAL_REDIS_SOCKET = Path(__file__).resolve().parents[1] / "var" / "redis" / "redis.sock"
@@ -157,10 +157,11 @@ async def _stats(store: Store, args: argparse.Namespace) -> int:
         ("turns", turns),
         (f"tokens ({counter.encoding_name})", tokens),
         ("summaries", summaries),
-        ("people indexed", await store.count_keys(Keys.user_index("*", "*"))),
+        ("people indexed", await store.count_keys(store.keys.user_index("*", "*"))),
     ]
     rows += [
-        (f"records {pattern}", await store.count_keys(pattern)) for pattern in Keys.PERSONAL_RECORD_PATTERNS
+        (f"records {pattern}", await store.count_keys(pattern))
+        for pattern in store.keys.personal_record_patterns
     ]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:

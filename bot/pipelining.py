@@ -22,15 +22,19 @@ instead. Commands are packed by hiredis (C); redis-py's asyncio client packs the
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import redis.asyncio as redis
 from hiredis import pack_command
 from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
-from redis.exceptions import DataError, NoScriptError, ResponseError
+from redis.exceptions import DataError, MovedError, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+log = logging.getLogger(__name__)
 
 # Batches on the wire at once, each on its own connection. Enough to keep latency at one round
 # trip under load; more would only split batches that are cheaper whole.
@@ -39,6 +43,8 @@ CLOSE_WAIT_SECONDS = 5.0  # on shutdown, for batches on their way (a Redis that 
 # One batch's write and replies, before its connection is dropped and the batch is tried again (as
 # redis-py does on a socket timeout). Scripts here take milliseconds; a batch of hundreds, tens.
 BATCH_TIMEOUT_SECONDS = 5.0
+# Times a command refused with MOVED (a cluster failover) is sent on to the slot's new primary.
+MOVED_RETRIES = 3
 
 _Queued = tuple[tuple[Any, ...], "asyncio.Future[Any]"]
 
@@ -86,7 +92,13 @@ class CommandBatcher:
             return await self.submit("EVALSHA", script.sha, len(keys), *keys, *args)
         except NoScriptError:
             await self._load(script)
+        try:
             return await self.submit("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            # Loaded where this call did not go: in a cluster failover under way, on the old
+            # primary (now a replica, whose scripts never reach the new one). EVAL takes the
+            # script along, wherever the call is sent, and leaves it cached there.
+            return await self.submit("EVAL", script.script, len(keys), *keys, *args)
 
     async def _load(self, script: AsyncScript) -> None:
         loading = self._loading.get(script.sha)
@@ -143,12 +155,25 @@ class CommandBatcher:
         batch, packed = _packed(queued)
         if not batch:
             return
+        connection = self._idle.pop() if self._idle else self._new_connection()
         try:
-            connection = self._idle.pop() if self._idle else self._new_connection()
-            names = [args[0] for args, _ in batch]
-            replies = await connection.retry.call_with_retry(
-                lambda: self._exchange(connection, packed, names), lambda _: connection.disconnect()
-            )
+            for moves in range(MOVED_RETRIES + 1):
+                names = [args[0] for args, _ in batch]
+                replies = await connection.retry.call_with_retry(
+                    partial(self._exchange, connection, packed, names), lambda _: connection.disconnect()
+                )
+                moved = [i for i, reply in enumerate(replies) if isinstance(reply, MovedError)]
+                if not moved or moves == MOVED_RETRIES:
+                    break
+                # A cluster's slot has a new primary (bot/redis_url.py): the commands it refused
+                # were not run, so they go again, in their order, to where it is now; the others
+                # ran and have their replies.
+                ran = [i for i in range(len(batch)) if i not in set(moved)]
+                _deliver([batch[i] for i in ran], [replies[i] for i in ran])
+                target = replies[moved[0]]
+                log.info("redis slot moved to=%s:%s commands=%d", target.host, target.port, len(moved))
+                batch, packed = [batch[i] for i in moved], [packed[i] for i in moved]
+                await connection.disconnect()
             # After any failure the connection is closed (redis-py closes it on a failed read or
             # write, cancellation included) and opens again on its next use.
             self._idle.append(connection)
@@ -160,13 +185,7 @@ class CommandBatcher:
             if not isinstance(error, Exception):
                 raise
             return
-        for (_, future), reply in zip(batch, replies, strict=True):
-            if future.done():  # its caller was cancelled meanwhile
-                continue
-            if isinstance(reply, Exception):
-                future.set_exception(reply)
-            else:
-                future.set_result(reply)
+        _deliver(batch, replies)
 
     def _new_connection(self) -> AbstractConnection:
         connection = self._connection_class(**self._connection_kwargs)
@@ -195,6 +214,16 @@ class CommandBatcher:
         except TimeoutError:
             await connection.disconnect()  # replies may still be on their way: never reuse it
             raise RedisTimeoutError(f"no answer from Redis within {self.timeout_seconds:g} s") from None
+
+
+def _deliver(batch: list[_Queued], replies: list[Any]) -> None:
+    for (_, future), reply in zip(batch, replies, strict=True):
+        if future.done():  # its caller was cancelled meanwhile
+            continue
+        if isinstance(reply, Exception):
+            future.set_exception(reply)
+        else:
+            future.set_result(reply)
 
 
 def _packed(queued: list[_Queued]) -> tuple[list[_Queued], list[bytes]]:

@@ -1,6 +1,6 @@
-"""REDIS_URL: one Redis endpoint (`redis://`, `rediss://`, `unix://`), or the Sentinels that know
-which Redis is the primary (`redis+sentinel://`, `rediss+sentinel://`), turned into a connection
-pool.
+"""REDIS_URL: one Redis endpoint (`redis://`, `rediss://`, `unix://`), the Sentinels that know
+which Redis is the primary (`redis+sentinel://`, `rediss+sentinel://`), or nodes of a Redis Cluster
+(`redis+cluster://`, `rediss+cluster://`), turned into a connection pool.
 
 redis-py has no URL form for Sentinel, so the bot reads its own, shaped like redis-py's:
 
@@ -11,22 +11,44 @@ primary by (`sentinel monitor <service> …`). The user name and password are th
 Sentinels that ask for a password of their own take `sentinel_password`. `rediss+sentinel://`
 speaks TLS to the Sentinels and to Redis. Each new connection asks a Sentinel for the primary, so
 after a failover the bot's next connection reaches the new one by itself.
+
+A Redis Cluster is given by any of its nodes (port 6379 unless given):
+
+    redis+cluster://[[username]:password@]host[:port][,host[:port]...]
+
+In a cluster every key of the bot carries one hash tag (`CLUSTER_KEY_PREFIX`), so all of them live
+in one hash slot and the bot's Lua scripts may touch several at once. Its connections go to
+whichever primary serves that slot now: they ask the listed nodes (CLUSTER SLOTS) when they open,
+and a node that answers MOVED (a failover, or the slot moved to another shard) sends them on to
+the new one. A cluster gives the bot failover, not room: one shard holds all of its data.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 import redis.asyncio as redis
+from redis.asyncio.connection import Connection, SSLConnection
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import NoBackoff
+from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import MovedError, RedisError, ResponseError
 
 SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}  # scheme: TLS
 SENTINEL_PORT = 26379
+CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}
+CLUSTER_PORT = 6379
+# The hash tag of every key in a cluster: one slot, so that a script may touch any of them.
+CLUSTER_KEY_PREFIX = "{support-bot}:"
+PROBE_TIMEOUT_SECONDS = 2.0  # one node's answer to CLUSTER SLOTS
 URL_FORMS = (
-    "expected redis://host:port/db, rediss://…, unix:///path/to/socket or "
-    "redis+sentinel://host:port[,host:port…]/service[/db]"
+    "expected redis://host:port/db, rediss://…, unix:///path/to/socket, "
+    "redis+sentinel://host:port[,host:port…]/service[/db] or redis+cluster://host:port[,host:port…]"
 )
 
 
@@ -45,16 +67,97 @@ class SentinelUrl:
     sentinel_password: str | None = field(default=None, repr=False)
 
 
+@dataclass(frozen=True)
+class ClusterUrl:
+    nodes: list[tuple[str, int]]
+    tls: bool = False
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+
 class BlockingSentinelPool(SentinelConnectionPool, redis.BlockingConnectionPool):
     """The primary's pool, which waits for a free connection as the bot's plain pool does."""
+
+
+@dataclass
+class ClusterSlot:
+    """One hash slot of a cluster, the nodes to ask where it is, and where it was last seen;
+    shared by every connection of a pool."""
+
+    slot: int
+    nodes: list[tuple[str, int]]
+    owner: tuple[str, int] | None = None
+
+
+class ClusterSlotConnection(Connection):
+    """A connection to the primary that serves one hash slot of a Redis Cluster now."""
+
+    probe_class: type[Connection] = Connection
+
+    def __init__(self, *, cluster: ClusterSlot, **kwargs: Any) -> None:
+        self.cluster = cluster
+        # The probes ask each node once: the connection's own retries go round the nodes again.
+        self._probe_kwargs = {**kwargs, "retry": Retry(NoBackoff(), 0)}
+        host, port = cluster.owner or cluster.nodes[0]
+        super().__init__(host=host, port=port, **kwargs)
+
+    async def _connect(self) -> None:
+        if self.cluster.owner is not None:
+            self.host, self.port = self.cluster.owner
+            try:
+                return await super()._connect()
+            except OSError:
+                self.cluster.owner = None  # gone with a failover, most likely: ask again
+        self.host, self.port = self.cluster.owner = await self._find_owner()
+        await super()._connect()
+
+    async def _find_owner(self) -> tuple[str, int]:
+        """Ask the listed nodes, in turn, which primary serves the slot (CLUSTER SLOTS)."""
+        problems = []
+        for host, port in self.cluster.nodes:
+            probe = self.probe_class(host=host, port=port, **self._probe_kwargs)
+            try:
+                async with asyncio.timeout(probe.socket_connect_timeout or PROBE_TIMEOUT_SECONDS):
+                    await probe.connect()
+                    await probe.send_command("CLUSTER", "SLOTS")
+                    ranges = await probe.read_response()
+            except ResponseError as error:  # Redis's own words ("cluster support disabled")
+                problems.append(f"{host}:{port}: {error}")
+                continue
+            except (RedisError, OSError, TimeoutError) as error:
+                problems.append(f"{host}:{port}: {type(error).__name__}")
+                continue
+            finally:
+                await probe.disconnect()
+            for start, end, primary, *_ in ranges:
+                if int(start) <= self.cluster.slot <= int(end):
+                    # An empty address means "the node you asked" (CLUSTER SLOTS's convention).
+                    return (_text(primary[0]) or host), int(primary[1])
+            problems.append(f"{host}:{port}: no primary serves the slot")
+        raise RedisConnectionError(
+            f"no cluster node said where slot {self.cluster.slot} is: {'; '.join(problems)}"
+        )
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().read_response(*args, **kwargs)
+        except MovedError as moved:
+            # The slot has a new primary (a failover): this connection's next opening goes there.
+            # The caller retries on MovedError after closing the connection, or reroutes.
+            self.cluster.owner = (moved.host or self.host, moved.port)
+            raise
+
+
+class ClusterSlotSSLConnection(ClusterSlotConnection, SSLConnection):
+    probe_class = SSLConnection
 
 
 def check_redis_url(value: str) -> str | None:
     """What is wrong with a REDIS_URL, or None."""
     scheme = urlparse(value).scheme
-    if scheme in SENTINEL_SCHEMES:
+    if scheme in SENTINEL_SCHEMES or scheme in CLUSTER_SCHEMES:
         try:
-            parse_sentinel_url(value)
+            parse_sentinel_url(value) if scheme in SENTINEL_SCHEMES else parse_cluster_url(value)
         except RedisUrlError as error:
             return str(error)
         return None
@@ -68,8 +171,40 @@ def url_passwords(url: str) -> list[str]:
     if urlparse(url).scheme in SENTINEL_SCHEMES:
         where = parse_sentinel_url(url)
         return [p for p in (where.password, where.sentinel_password) if p]
+    if urlparse(url).scheme in CLUSTER_SCHEMES:
+        password = parse_cluster_url(url).password
+        return [password] if password else []
     password = urlparse(url).password
     return [unquote(password)] if password else []
+
+
+def is_cluster_url(url: str) -> bool:
+    return urlparse(url).scheme in CLUSTER_SCHEMES
+
+
+def key_prefix(url: str) -> str:
+    """What every key of the bot starts with in the Redis that `url` names."""
+    return CLUSTER_KEY_PREFIX if is_cluster_url(url) else ""
+
+
+def parse_cluster_url(url: str) -> ClusterUrl:
+    scheme, rest = url.split("://", 1)
+    if scheme not in CLUSTER_SCHEMES:
+        raise RedisUrlError(URL_FORMS)
+    netloc, _, path = rest.partition("/")
+    if path.strip("/") or "?" in netloc:
+        raise RedisUrlError(
+            "a cluster URL has no database or options (a cluster has database 0 only): "
+            "redis+cluster://host:port[,host:port…]"
+        )
+    userinfo, _, hosts = netloc.rpartition("@")
+    username, password = _credentials(userinfo) if userinfo else (None, None)
+    return ClusterUrl(
+        nodes=[_host_and_port(part, CLUSTER_PORT, "a cluster") for part in hosts.split(",")],
+        tls=CLUSTER_SCHEMES[scheme],
+        username=username,
+        password=password,
+    )
 
 
 def parse_sentinel_url(url: str) -> SentinelUrl:
@@ -80,7 +215,7 @@ def parse_sentinel_url(url: str) -> SentinelUrl:
     netloc, _, path = rest.partition("/")
     userinfo, _, hosts = netloc.rpartition("@")
     username, password = _credentials(userinfo) if userinfo else (None, None)
-    sentinels = [_host_and_port(part) for part in hosts.split(",")]
+    sentinels = [_host_and_port(part, SENTINEL_PORT, "a Sentinel") for part in hosts.split(",")]
     service, _, db = path.strip("/").partition("/")
     if not service:
         raise RedisUrlError("a Sentinel URL needs the service name after the hosts: …/mymaster")
@@ -104,6 +239,16 @@ def parse_sentinel_url(url: str) -> SentinelUrl:
 def connection_pool(url: str, **options: Any) -> tuple[redis.ConnectionPool, Sentinel | None]:
     """A pool that waits for a free connection, and the Sentinel client behind it if any (the
     caller closes it). `options` are the connections' settings (timeouts, retries, protocol)."""
+    if is_cluster_url(url):
+        where = parse_cluster_url(url)
+        pool = redis.BlockingConnectionPool(
+            connection_class=ClusterSlotSSLConnection if where.tls else ClusterSlotConnection,
+            cluster=ClusterSlot(key_slot(CLUSTER_KEY_PREFIX.encode()), where.nodes),
+            username=where.username,
+            password=where.password,
+            **options,
+        )
+        return pool, None
     if urlparse(url).scheme not in SENTINEL_SCHEMES:
         return redis.BlockingConnectionPool.from_url(url, **options), None
     where = parse_sentinel_url(url)
@@ -135,7 +280,11 @@ def _credentials(userinfo: str) -> tuple[str | None, str | None]:
     return (unquote(username) or None), (unquote(password) if colon else None)
 
 
-def _host_and_port(part: str) -> tuple[str, int]:
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _host_and_port(part: str, default_port: int, kind: str) -> tuple[str, int]:
     """`host`, `host:port` or `[v6 address]:port`."""
     host, port = part, ""
     if part.startswith("["):
@@ -144,5 +293,5 @@ def _host_and_port(part: str) -> tuple[str, int]:
     elif part.count(":") == 1:
         host, port = part.split(":")
     if not host or (port and not port.isdigit()) or (port and not 0 < int(port) < 65536):
-        raise RedisUrlError(f"a Sentinel URL lists host:port pairs separated by commas, got {part!r}")
-    return host, int(port or SENTINEL_PORT)
+        raise RedisUrlError(f"{kind} URL lists host:port pairs separated by commas, got {part!r}")
+    return host, int(port or default_port)

@@ -104,6 +104,9 @@ class SupportBot:
 
     async def start(self) -> None:
         settings = self.settings
+        if problem := await self.store.topology_problem():
+            await self.store.close()
+            raise StartupError(problem)
         session = aiohttp.ClientSession()
         client = AsyncWebClient(
             token=settings.slack_bot_token,

@@ -24,12 +24,12 @@ import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import MovedError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 
 from bot.pipelining import CommandBatcher
-from bot.redis_url import connection_pool
+from bot.redis_url import connection_pool, key_prefix
 
 log = logging.getLogger(__name__)
 
@@ -293,94 +293,93 @@ class StoreUnavailable(Exception):
 
 
 class Keys:
-    """Key names and their TTLs, in one place."""
+    """Key names and their TTLs, in one place. Every name starts with `prefix`: empty on one Redis
+    or behind Sentinel, a hash tag in a Redis Cluster (bot/redis_url.py), so that every key of
+    the bot lives in one hash slot there and one script may touch any of them."""
 
     DEDUP_TTL = DAY  # Slack retries within minutes; a day is ample and cheap.
     INBOX_TTL = DAY
     NAME_TTL = DAY  # display names change rarely
     JOURNAL_TTL = DAY
-    PENDING = "pending"  # sorted set: threads with queued messages, by when they last moved
-    JOURNAL = "turn:"  # + team:channel:ts (also built by the _TAKE and _FINISH scripts)
-
-    @staticmethod
-    def journal(team: str, channel: str, ts: str) -> str:
-        return f"{Keys.JOURNAL}{team}:{channel}:{ts}"
-
-    @staticmethod
-    def rate(scope: str, team: str, who: str, window: int, bucket: int) -> str:
-        # Hashed: a counter needs no one's id in clear, and outlives no "forget me" as personal data.
-        digest = hashlib.sha256(f"{team}:{who}".encode()).hexdigest()[:20]
-        return f"limit:{scope}:{digest}:{window}:{bucket}"
-
     SUMMARY_LOCK_TTL_MS = 120_000  # renewed after each summary call; a dead holder's expires
 
-    @staticmethod
-    def turns(key: ThreadKey) -> str:
-        return f"conv:{key}:turns"
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+        self.pending = f"{prefix}pending"  # sorted set: threads with queued messages, by when they last moved
+        self.journal_prefix = f"{prefix}turn:"  # + team:channel:ts (also built by _TAKE and _FINISH)
+        # Keys of per-person records kept by other features (feedback on answers). Forgetting a
+        # person also scans these for records naming them that were not registered in their index.
+        self.personal_record_patterns = (f"{prefix}feedback:*",)
 
-    @staticmethod
-    def meta(key: ThreadKey) -> str:
-        return f"conv:{key}:meta"
+    def journal(self, team: str, channel: str, ts: str) -> str:
+        return f"{self.journal_prefix}{team}:{channel}:{ts}"
 
-    @staticmethod
-    def inbox(key: ThreadKey) -> str:
-        return f"inbox:{key}"
+    def rate(self, scope: str, team: str, who: str, window: int, bucket: int) -> str:
+        # Hashed: a counter needs no one's id in clear, and outlives no "forget me" as personal data.
+        digest = hashlib.sha256(f"{team}:{who}".encode()).hexdigest()[:20]
+        return f"{self.prefix}limit:{scope}:{digest}:{window}:{bucket}"
 
-    @staticmethod
-    def lock(key: ThreadKey) -> str:
-        return f"lock:{key}"
+    def turns(self, key: ThreadKey) -> str:
+        return f"{self.prefix}conv:{key}:turns"
 
-    @staticmethod
-    def summary_lock(key: ThreadKey) -> str:
-        return f"summarising:{key}"
+    def meta(self, key: ThreadKey) -> str:
+        return f"{self.prefix}conv:{key}:meta"
 
-    @staticmethod
-    def seen(team: str, channel: str, ts: str) -> str:
-        return f"seen:{team}:{channel}:{ts}"
+    def conversations(self, team: str = "*", channel: str = "*", thread: str = "*") -> str:
+        """A SCAN pattern for conversations' keys (turns and meta)."""
+        return f"{self.prefix}conv:{team}:{channel}:{thread}:*"
 
-    @staticmethod
-    def display_name(team: str, user: str) -> str:
-        return f"name:{team}:{user}"
+    def inbox(self, key: ThreadKey) -> str:
+        return f"{self.prefix}inbox:{key}"
 
-    @staticmethod
-    def feedback(key: ThreadKey) -> str:
-        return f"feedback:{key}"  # TTL: the conversation's
+    def lock(self, key: ThreadKey) -> str:
+        return f"{self.prefix}lock:{key}"
 
-    @staticmethod
-    def user_index(team: str, user: str) -> str:
+    def summary_lock(self, key: ThreadKey) -> str:
+        return f"{self.prefix}summarising:{key}"
+
+    def seen(self, team: str, channel: str, ts: str) -> str:
+        return f"{self.prefix}seen:{team}:{channel}:{ts}"
+
+    def display_name(self, team: str, user: str) -> str:
+        return f"{self.prefix}name:{team}:{user}"
+
+    def feedback(self, key: ThreadKey) -> str:
+        return f"{self.prefix}feedback:{key}"  # TTL: the conversation's
+
+    def user_index(self, team: str, user: str) -> str:
         """A set of the keys that hold a person's data (their conversations' turn lists, and any
         per-person record another feature registers), so forgetting them needs no SCAN."""
-        return f"user:{team}:{user}"
+        return f"{self.prefix}user:{team}:{user}"
 
-    # Keys of per-person records kept by other features (feedback on answers). Forgetting a person
-    # also scans these for records naming them that were not registered in their index.
-    PERSONAL_RECORD_PATTERNS = ("feedback:*",)
+    def unprefixed(self, name: str) -> str:
+        return name.removeprefix(self.prefix)
 
-    @staticmethod
-    def thread_of_turns(name: str) -> ThreadKey | None:
-        """The conversation whose turn list `name` is, or None for any other key."""
-        parts = name.split(":")
-        if len(parts) == 5 and parts[0] == "conv" and parts[4] == "turns":
+    def thread_of(self, name: str) -> ThreadKey | None:
+        """The conversation whose turn list or metadata `name` is, or None for any other key."""
+        parts = self.unprefixed(name).split(":")
+        if len(parts) == 5 and parts[0] == "conv" and parts[4] in ("turns", "meta"):
             return ThreadKey(parts[1], parts[2], parts[3])
         return None
 
-    # A rate bucket's keys share a hash tag, so one script may touch them in Redis Cluster too.
-    # They expire one window after their last use.
-    @staticmethod
-    def rate_calls(bucket: str) -> str:
-        return f"rate:{{{bucket}}}:calls"
+    def thread_of_turns(self, name: str) -> ThreadKey | None:
+        """The conversation whose turn list `name` is, or None for any other key."""
+        return self.thread_of(name) if name.endswith(":turns") else None
 
-    @staticmethod
-    def rate_held(bucket: str) -> str:
-        return f"rate:{{{bucket}}}:held"
+    # A rate bucket's keys share a hash tag, so one script may touch them in Redis Cluster too
+    # (where the prefix's tag, the first in the name, comes first). They expire one window after
+    # their last use.
+    def rate_calls(self, bucket: str) -> str:
+        return f"{self.prefix}rate:{{{bucket}}}:calls"
 
-    @staticmethod
-    def rate_pause(bucket: str) -> str:
-        return f"rate:{{{bucket}}}:pause"
+    def rate_held(self, bucket: str) -> str:
+        return f"{self.prefix}rate:{{{bucket}}}:held"
 
-    @staticmethod
-    def rate_active(bucket: str) -> str:
-        return f"rate:{{{bucket}}}:active"
+    def rate_pause(self, bucket: str) -> str:
+        return f"{self.prefix}rate:{{{bucket}}}:pause"
+
+    def rate_active(self, bucket: str) -> str:
+        return f"{self.prefix}rate:{{{bucket}}}:active"
 
 
 # KEYS: seen, inbox, meta, journal, pending, lock[, a rate bucket's calls]. ARGV: message json,
@@ -678,7 +677,9 @@ class Store:
             health_check_interval=15,
             # A pooled connection is stale after a Redis restart: retry on a fresh one.
             retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 3),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+            # MOVED: in a Redis Cluster, the slot of the bot's keys has a new primary, which the
+            # connection opens to next (bot/redis_url.py).
+            retry_on_error=[RedisConnectionError, RedisTimeoutError, MovedError],
             # Off: a handshake for Redis Enterprise's maintenance events, one more round trip on
             # every new connection (and an error on open-source Redis), hundreds in a burst.
             maint_notifications_config=MaintNotificationsConfig(enabled=False),
@@ -686,6 +687,7 @@ class Store:
             protocol=2,
         )
         self.redis: redis.Redis = redis.Redis.from_pool(pool)
+        self.keys = Keys(key_prefix(url))
         self.conversation_ttl = max(1, int(conversation_ttl_days * DAY))
         # Renewed while held; expires this long after a holder dies, so no thread is blocked forever.
         self.lock_ttl_ms = max(100, int(lock_ttl_seconds * 1000))
@@ -716,6 +718,26 @@ class Store:
         except (RedisError, OSError):
             return False
 
+    async def topology_problem(self) -> str | None:
+        """What is wrong, if anything, between REDIS_URL's form and the Redis it names: one node
+        of a Redis Cluster given as one Redis (which would refuse most of the bot's keys with
+        MOVED), or the other way round. None when they agree, or when Redis cannot say now."""
+        try:
+            info = await self.redis.info("cluster")
+        except (RedisError, OSError) as error:
+            if self.keys.prefix and "cluster support disabled" in str(error):
+                return (
+                    "REDIS_URL is a redis+cluster:// URL but that Redis is not a cluster node: "
+                    "write it redis://host:port (or rediss://)"
+                )
+            return None
+        if not self.keys.prefix and str(info.get("cluster_enabled")) == "1":
+            return (
+                "REDIS_URL names a node of a Redis Cluster: write it "
+                "redis+cluster://host:port[,host:port…] (rediss+cluster:// for TLS)"
+            )
+        return None
+
     # -- inbox and dedup -------------------------------------------------------------------
 
     async def accept(
@@ -734,13 +756,13 @@ class Store:
             accepted = await self._batch.run_script(
                 self._accept,
                 [
-                    Keys.seen(key.team, key.channel, message.ts),
-                    Keys.inbox(key),
-                    Keys.meta(key),
-                    Keys.journal(key.team, key.channel, message.ts),
-                    Keys.PENDING,
-                    Keys.lock(key),
-                    *([Keys.rate_calls(count_call.name)] if count_call else []),
+                    self.keys.seen(key.team, key.channel, message.ts),
+                    self.keys.inbox(key),
+                    self.keys.meta(key),
+                    self.keys.journal(key.team, key.channel, message.ts),
+                    self.keys.pending,
+                    self.keys.lock(key),
+                    *([self.keys.rate_calls(count_call.name)] if count_call else []),
                 ],
                 [
                     message.to_json(),
@@ -771,8 +793,8 @@ class Store:
         """
         found = await self._batch.run_script(
             self._take,
-            [Keys.lock(key), Keys.inbox(key), Keys.PENDING],
-            [token, self.lock_ttl_ms, str(key), time.time(), Keys.JOURNAL],
+            [self.keys.lock(key), self.keys.inbox(key), self.keys.pending],
+            [token, self.lock_ttl_ms, str(key), time.time(), self.keys.journal_prefix],
         )
         if found is None:
             return False
@@ -786,8 +808,8 @@ class Store:
         keys, args = self._journal_step(message, outcome)
         found = await self._batch.run_script(
             self._finish,
-            [Keys.inbox(key), Keys.PENDING, Keys.lock(key), *keys],
-            [str(key), queued.raw, token, time.time(), Keys.JOURNAL, *args],
+            [self.keys.inbox(key), self.keys.pending, self.keys.lock(key), *keys],
+            [str(key), queued.raw, token, time.time(), self.keys.journal_prefix, *args],
         )
         return _queued(found)
 
@@ -795,7 +817,7 @@ class Store:
         """Threads with queued messages that nobody has moved for `idle_seconds`: their worker
         died, stopped, or is waiting to retry a delivery."""
         raw = await self.redis.zrangebyscore(
-            Keys.PENDING, "-inf", time.time() - idle_seconds, start=0, num=limit
+            self.keys.pending, "-inf", time.time() - idle_seconds, start=0, num=limit
         )
         return [ThreadKey.parse(item) for item in raw]
 
@@ -817,10 +839,10 @@ class Store:
         updates = [item for name, value in step.fields.items() if value is not None for item in (name, value)]
         cleared = [name for name, value in step.fields.items() if value is None]
         keys = [
-            Keys.journal(message.team, message.channel, message.ts),
-            Keys.turns(key),
-            Keys.meta(key),
-            *(Keys.user_index(key.team, user) for user in people),
+            self.keys.journal(message.team, message.channel, message.ts),
+            self.keys.turns(key),
+            self.keys.meta(key),
+            *(self.keys.user_index(key.team, user) for user in people),
         ]
         args = [
             Keys.JOURNAL_TTL,
@@ -837,7 +859,7 @@ class Store:
         return keys, args
 
     async def count_attempt(self, message: IncomingMessage) -> int:
-        key = Keys.journal(message.team, message.channel, message.ts)
+        key = self.keys.journal(message.team, message.channel, message.ts)
         return int(await self.redis.hincrby(key, "attempts", 1))
 
     # -- an answer's first step --------------------------------------------------------------
@@ -854,7 +876,8 @@ class Store:
         built from: the summary and the `newest` turns. One round trip."""
         now = int(time.time())
         limit_keys = [
-            Keys.rate(scope, message.team, who, window, now // window) for scope, who, _, window in limits
+            self.keys.rate(scope, message.team, who, window, now // window)
+            for scope, who, _, window in limits
         ]
         limit_args = [item for _, _, limit, window in limits for item in (limit, window)]
         keys, args = self._journal_step(
@@ -879,35 +902,39 @@ class Store:
     # -- per-thread lock (taken by `take_thread`, handed on by `finish`) --------------------
 
     async def renew_lock(self, key: ThreadKey, token: str) -> bool:
-        renewed = await self._batch.run_script(self._renew_lock, [Keys.lock(key)], [token, self.lock_ttl_ms])
+        renewed = await self._batch.run_script(
+            self._renew_lock, [self.keys.lock(key)], [token, self.lock_ttl_ms]
+        )
         return bool(renewed)
 
     async def release_lock(self, key: ThreadKey, token: str) -> None:
-        await self._batch.run_script(self._release_lock, [Keys.lock(key)], [token])
+        await self._batch.run_script(self._release_lock, [self.keys.lock(key)], [token])
 
     # -- one summary job per conversation, across processes ------------------------------------
 
     async def acquire_summary_lock(self, key: ThreadKey, token: str) -> bool:
-        return bool(await self.redis.set(Keys.summary_lock(key), token, nx=True, px=Keys.SUMMARY_LOCK_TTL_MS))
+        return bool(
+            await self.redis.set(self.keys.summary_lock(key), token, nx=True, px=Keys.SUMMARY_LOCK_TTL_MS)
+        )
 
     async def renew_summary_lock(self, key: ThreadKey, token: str) -> bool:
         return bool(
-            await self._renew_lock(keys=[Keys.summary_lock(key)], args=[token, Keys.SUMMARY_LOCK_TTL_MS])
+            await self._renew_lock(keys=[self.keys.summary_lock(key)], args=[token, Keys.SUMMARY_LOCK_TTL_MS])
         )
 
     async def release_summary_lock(self, key: ThreadKey, token: str) -> None:
-        await self._release_lock(keys=[Keys.summary_lock(key)], args=[token])
+        await self._release_lock(keys=[self.keys.summary_lock(key)], args=[token])
 
     # -- conversations ---------------------------------------------------------------------
 
     async def is_followed(self, key: ThreadKey) -> bool:
         try:
-            return await self._batch.execute("HGET", Keys.meta(key), "followed") == "1"
+            return await self._batch.execute("HGET", self.keys.meta(key), "followed") == "1"
         except (RedisError, OSError) as error:
             raise StoreUnavailable(type(error).__name__) from None
 
     async def is_hydrated(self, key: ThreadKey) -> bool:
-        return await self._batch.execute("HGET", Keys.meta(key), "hydrated") == "1"
+        return await self._batch.execute("HGET", self.keys.meta(key), "hydrated") == "1"
 
     async def append_turns(self, key: ThreadKey, *turns: Turn) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -915,57 +942,57 @@ class Store:
             await pipe.execute()
 
     def _queue_append(self, pipe: Any, key: ThreadKey, turns: tuple[Turn, ...]) -> None:
-        pipe.rpush(Keys.turns(key), *(turn.to_json() for turn in turns))
-        pipe.expire(Keys.turns(key), self.conversation_ttl)
-        pipe.hset(Keys.meta(key), "updated", int(time.time()))
-        pipe.expire(Keys.meta(key), self.conversation_ttl)
+        pipe.rpush(self.keys.turns(key), *(turn.to_json() for turn in turns))
+        pipe.expire(self.keys.turns(key), self.conversation_ttl)
+        pipe.hset(self.keys.meta(key), "updated", int(time.time()))
+        pipe.expire(self.keys.meta(key), self.conversation_ttl)
         self._index_people(pipe, key, turns)
 
     async def prepend_history(self, key: ThreadKey, turns: list[Turn]) -> None:
         """Put earlier thread messages (read from Slack) before what is stored; mark it read."""
         async with self.redis.pipeline(transaction=True) as pipe:
             if turns:
-                pipe.lpush(Keys.turns(key), *(turn.to_json() for turn in reversed(turns)))
-                pipe.expire(Keys.turns(key), self.conversation_ttl)
+                pipe.lpush(self.keys.turns(key), *(turn.to_json() for turn in reversed(turns)))
+                pipe.expire(self.keys.turns(key), self.conversation_ttl)
                 self._index_people(pipe, key, turns)
-            pipe.hset(Keys.meta(key), "hydrated", "1")
-            pipe.expire(Keys.meta(key), self.conversation_ttl)
+            pipe.hset(self.keys.meta(key), "hydrated", "1")
+            pipe.expire(self.keys.meta(key), self.conversation_ttl)
             await pipe.execute()
 
     def _index_people(self, pipe: Any, key: ThreadKey, turns: Iterable[Turn]) -> None:
         for user in {turn.user for turn in turns if turn.role == "user" and turn.user}:
-            pipe.sadd(Keys.user_index(key.team, user), Keys.turns(key))
-            pipe.expire(Keys.user_index(key.team, user), self.conversation_ttl)
+            pipe.sadd(self.keys.user_index(key.team, user), self.keys.turns(key))
+            pipe.expire(self.keys.user_index(key.team, user), self.conversation_ttl)
 
     async def recent_turns(self, key: ThreadKey, limit: int) -> list[Turn]:
         """The newest `limit` turns, oldest first; never reads more of the history than that."""
-        raw = await self.redis.lrange(Keys.turns(key), -limit, -1)
+        raw = await self.redis.lrange(self.keys.turns(key), -limit, -1)
         return [Turn.from_json(item) for item in raw]
 
     async def tail(self, key: ThreadKey, skip: int, count: int) -> list[Turn]:
         """`count` turns ending `skip` turns before the newest, oldest first (fewer at the start)."""
-        raw = await self._batch.execute("LRANGE", Keys.turns(key), -(skip + count), -(skip + 1))
+        raw = await self._batch.execute("LRANGE", self.keys.turns(key), -(skip + count), -(skip + 1))
         return [Turn.from_json(item) for item in raw]
 
     async def summary(self, key: ThreadKey) -> SummaryState:
-        text, upto, epoch = await self.redis.hmget(Keys.meta(key), "summary", "summary_upto", "epoch")
+        text, upto, epoch = await self.redis.hmget(self.keys.meta(key), "summary", "summary_upto", "epoch")
         return SummaryState(text or None, upto or None, epoch or "0")
 
     async def summary_and_tail(self, key: ThreadKey, count: int) -> tuple[SummaryState, list[Turn]]:
         """The rolling summary and the newest `count` turns (oldest first), in one round trip."""
-        found = self._batch.submit("HMGET", Keys.meta(key), "summary", "summary_upto", "epoch")
-        page = self._batch.submit("LRANGE", Keys.turns(key), -count, -1)  # the same batch
+        found = self._batch.submit("HMGET", self.keys.meta(key), "summary", "summary_upto", "epoch")
+        page = self._batch.submit("LRANGE", self.keys.turns(key), -count, -1)  # the same batch
         (text, upto, epoch), raw = await asyncio.gather(found, page)
         return SummaryState(text or None, upto or None, epoch or "0"), [Turn.from_json(item) for item in raw]
 
     async def stored_ts(self, key: ThreadKey) -> set[str]:
-        return {Turn.from_json(item).ts for item in await self.redis.lrange(Keys.turns(key), 0, -1)}
+        return {Turn.from_json(item).ts for item in await self.redis.lrange(self.keys.turns(key), 0, -1)}
 
     async def save_summary(self, key: ThreadKey, text: str, upto: str, based_on: SummaryState) -> bool:
         """Store a summary of every turn up to `upto`, unless the conversation changed since
         `based_on` was read (reset, a deletion or edit, or another summary saved first)."""
         saved = await self._save_summary(
-            keys=[Keys.meta(key), Keys.turns(key)],
+            keys=[self.keys.meta(key), self.keys.turns(key)],
             args=[text, upto, based_on.upto or "", based_on.epoch, self.conversation_ttl],
         )
         return bool(saved)
@@ -973,18 +1000,19 @@ class Store:
     async def reset(self, key: ThreadKey) -> None:
         """Forget a conversation's turns and summary; the bot keeps following the thread."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(Keys.turns(key))
-            pipe.hdel(Keys.meta(key), "summary", "summary_upto")
-            pipe.hincrby(Keys.meta(key), "epoch", 1)
-            pipe.hset(Keys.meta(key), "updated", int(time.time()))
-            pipe.expire(Keys.meta(key), self.conversation_ttl)
+            pipe.delete(self.keys.turns(key))
+            pipe.hdel(self.keys.meta(key), "summary", "summary_upto")
+            pipe.hincrby(self.keys.meta(key), "epoch", 1)
+            pipe.hset(self.keys.meta(key), "updated", int(time.time()))
+            pipe.expire(self.keys.meta(key), self.conversation_ttl)
             await pipe.execute()
 
     async def remove_user_message(self, key: ThreadKey, ts: str) -> bool:
         """Delete a person's message and the bot's answer to it, and the summary if it covers them."""
         return bool(
             await self._rewrite_turn(
-                keys=[Keys.turns(key), Keys.meta(key)], args=[ts, "", "delete", self.conversation_ttl]
+                keys=[self.keys.turns(key), self.keys.meta(key)],
+                args=[ts, "", "delete", self.conversation_ttl],
             )
         )
 
@@ -992,7 +1020,8 @@ class Store:
         """Replace a person's message text, and drop the summary if it covers the old text."""
         return bool(
             await self._rewrite_turn(
-                keys=[Keys.turns(key), Keys.meta(key)], args=[ts, text, "edit", self.conversation_ttl]
+                keys=[self.keys.turns(key), self.keys.meta(key)],
+                args=[ts, text, "edit", self.conversation_ttl],
             )
         )
 
@@ -1001,7 +1030,7 @@ class Store:
     async def index_personal_record(self, team: str, user: str, record_key: str, ttl_seconds: int) -> None:
         """Register a key that holds one person's data (e.g. their feedback), so that forgetting
         them deletes it. `ttl_seconds` should be the record's own TTL."""
-        index = Keys.user_index(team, user)
+        index = self.keys.user_index(team, user)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.sadd(index, record_key)
             pipe.expire(index, max(ttl_seconds, self.conversation_ttl))
@@ -1012,26 +1041,27 @@ class Store:
         conversation (and the bot's answers to them), summaries that may quote them, their
         personal records, their cached name and their index. With `scan_conversations`, every
         conversation of the workspace is searched too, not only those their index names."""
-        index = Keys.user_index(team, user)
+        index = self.keys.user_index(team, user)
         members: set[str] = set(await self.redis.smembers(index))
         if scan_conversations:
-            members |= {name async for name in self.redis.scan_iter(match=f"conv:{team}:*:turns", count=1000)}
+            pattern = self.keys.turns(ThreadKey(team, "*", "*"))
+            members |= {name async for name in self.redis.scan_iter(match=pattern, count=1000)}
         messages = conversations = records = 0
         for member in sorted(members):
-            thread = Keys.thread_of_turns(member)
+            thread = self.keys.thread_of_turns(member)
             if thread is None:
                 records += await self.redis.delete(member)
                 continue
             removed = await self._forget_in_conversation(
-                keys=[member, Keys.meta(thread)], args=[user, self.conversation_ttl]
+                keys=[member, self.keys.meta(thread)], args=[user, self.conversation_ttl]
             )
             if removed:
                 messages += int(removed)
                 conversations += 1
-        for pattern in Keys.PERSONAL_RECORD_PATTERNS:
+        for pattern in self.keys.personal_record_patterns:
             async for name in self.redis.scan_iter(match=pattern, count=1000):
                 records += await self._forget_in_record(name, user)
-        await self.redis.delete(index, Keys.display_name(team, user))
+        await self.redis.delete(index, self.keys.display_name(team, user))
         return Forgotten(messages=messages, conversations=conversations, records=records)
 
     async def _forget_in_record(self, name: str, user: str) -> int:
@@ -1072,10 +1102,10 @@ class Store:
     # -- cached Slack display names --------------------------------------------------------
 
     async def cached_name(self, team: str, user: str) -> str | None:
-        return await self._batch.execute("GET", Keys.display_name(team, user))
+        return await self._batch.execute("GET", self.keys.display_name(team, user))
 
     async def cache_name(self, team: str, user: str, name: str) -> None:
-        await self._batch.execute("SET", Keys.display_name(team, user), name, "EX", Keys.NAME_TTL)
+        await self._batch.execute("SET", self.keys.display_name(team, user), name, "EX", Keys.NAME_TTL)
 
     # -- feedback ----------------------------------------------------------------------------
 
@@ -1084,14 +1114,14 @@ class Store:
         key = ThreadKey(vote.team, vote.channel, vote.thread)
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(Keys.feedback(key), f"{vote.answer_ts}:{vote.user}", vote.to_json())
-                pipe.expire(Keys.feedback(key), self.conversation_ttl)
+                pipe.hset(self.keys.feedback(key), f"{vote.answer_ts}:{vote.user}", vote.to_json())
+                pipe.expire(self.keys.feedback(key), self.conversation_ttl)
                 await pipe.execute()
         except (RedisError, OSError) as error:
             raise StoreUnavailable(type(error).__name__) from None
 
     async def feedback_votes(self, key: ThreadKey) -> list[FeedbackVote]:
-        raw = await self.redis.hgetall(Keys.feedback(key))
+        raw = await self.redis.hgetall(self.keys.feedback(key))
         return [FeedbackVote(**json.loads(value)) for value in raw.values()]
 
     # -- the shared Slack rate budget --------------------------------------------------------
@@ -1105,12 +1135,12 @@ class Store:
             k
             for c in claims
             for k in (
-                Keys.rate_calls(c.bucket.name),
-                Keys.rate_held(c.bucket.name),
-                Keys.rate_pause(c.bucket.name),
+                self.keys.rate_calls(c.bucket.name),
+                self.keys.rate_held(c.bucket.name),
+                self.keys.rate_pause(c.bucket.name),
             )
         ]
-        keys.append(Keys.rate_active(claims[0].bucket.name))
+        keys.append(self.keys.rate_active(claims[0].bucket.name))
         spec = [
             {"limit": c.bucket.limit, "window": c.bucket.window_ms, "headroom": c.headroom,
              "mode": c.mode, "member": c.member, "hold": c.hold_ms}
@@ -1123,45 +1153,44 @@ class Store:
 
     async def release_rate_hold(self, bucket: RateBucket, member: str) -> None:
         """Give back a slot held for a call that will not be made."""
-        await self._batch.execute("ZREM", Keys.rate_held(bucket.name), member)
+        await self._batch.execute("ZREM", self.keys.rate_held(bucket.name), member)
 
     async def pause_rate(self, bucket: RateBucket, seconds: float) -> None:
         """Slack said 429: no process calls this bucket until its Retry-After has passed."""
-        key = Keys.rate_pause(bucket.name)
+        key = self.keys.rate_pause(bucket.name)
         milliseconds = max(1, int(seconds * 1000))
         if await self.redis.pttl(key) < milliseconds:
             await self.redis.set(key, "1", px=milliseconds)
 
     async def leave_rate(self, buckets: Iterable[RateBucket], writer: str) -> None:
         """An answer stops writing: it no longer takes a share of these buckets."""
-        await asyncio.gather(*(self._batch.submit("ZREM", Keys.rate_active(b.name), writer) for b in buckets))
+        await asyncio.gather(
+            *(self._batch.submit("ZREM", self.keys.rate_active(b.name), writer) for b in buckets)
+        )
 
     # -- for the admin command line -------------------------------------------------------
 
     async def conversation_keys(self, team: str | None = None) -> list[ThreadKey]:
         """Every stored conversation (of one workspace, or all), in key order."""
         found: set[ThreadKey] = set()
-        async for name in self.redis.scan_iter(match=f"conv:{team or '*'}:*", count=1000):
-            parts = name.split(":")
-            if len(parts) == 5 and parts[4] in ("turns", "meta"):
-                found.add(ThreadKey(parts[1], parts[2], parts[3]))
+        async for name in self.redis.scan_iter(match=self.keys.conversations(team or "*"), count=1000):
+            if (thread := self.keys.thread_of(name)) is not None:
+                found.add(thread)
         return sorted(found, key=str)
 
     async def conversations_in(self, channel: str, thread: str) -> list[ThreadKey]:
         """The stored conversations of a channel's thread, in whichever workspace."""
-        found = {
-            ThreadKey(*name.split(":")[1:4])
-            async for name in self.redis.scan_iter(match=f"conv:*:{channel}:{thread}:*", count=1000)
-        }
-        return sorted(found, key=str)
+        pattern = self.keys.conversations("*", channel, thread)
+        found = {self.keys.thread_of(name) async for name in self.redis.scan_iter(match=pattern, count=1000)}
+        return sorted((key for key in found if key is not None), key=str)
 
     async def stored_conversation(self, key: ThreadKey) -> StoredConversation | None:
         """One conversation as stored, all of it; None when nothing is stored."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hgetall(Keys.meta(key))
-            pipe.lrange(Keys.turns(key), 0, -1)
-            pipe.ttl(Keys.turns(key))
-            pipe.ttl(Keys.meta(key))
+            pipe.hgetall(self.keys.meta(key))
+            pipe.lrange(self.keys.turns(key), 0, -1)
+            pipe.ttl(self.keys.turns(key))
+            pipe.ttl(self.keys.meta(key))
             meta, raw, turns_ttl, meta_ttl = await pipe.execute()
         if not meta and not raw:
             return None
@@ -1175,15 +1204,17 @@ class Store:
     async def delete_conversation(self, key: ThreadKey) -> int:
         """Delete a conversation's turns, summary and bookkeeping; returns the turns deleted."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.llen(Keys.turns(key))
-            pipe.delete(Keys.turns(key), Keys.meta(key))
+            pipe.llen(self.keys.turns(key))
+            pipe.delete(self.keys.turns(key), self.keys.meta(key))
             turns, _ = await pipe.execute()
         return int(turns)
 
     async def teams_knowing(self, user: str) -> list[str]:
         """The workspaces whose per-person index names `user`."""
+        pattern = self.keys.user_index("*", user)
         found = {
-            name.split(":")[1] async for name in self.redis.scan_iter(match=f"user:*:{user}", count=1000)
+            self.keys.unprefixed(name).split(":")[1]
+            async for name in self.redis.scan_iter(match=pattern, count=1000)
         }
         return sorted(found)
 

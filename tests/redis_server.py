@@ -7,6 +7,7 @@ import socket
 import subprocess
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -215,3 +216,100 @@ class SentinelServer(RedisServer):
         finally:
             client.close()
         return sum(1 for r in replicas if not r.get("is_sdown") and not r.get("is_odown"))
+
+
+class ClusterNode(RedisServer):
+    """A redis-server in cluster mode on 127.0.0.1, quick to call a peer down (half a second).
+    Its cluster bus gets a free port of its own (by default it would be the port + 10000)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__(data_dir, appendonly=False)
+        self.bus_port = _free_port()
+
+    def _spawn(self, args: list[str]) -> None:
+        super()._spawn(
+            [
+                *args,
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", str(self.data_dir / "nodes.conf"),
+                "--cluster-port", str(self.bus_port),
+                "--cluster-node-timeout", "500",
+            ]
+        )  # fmt: skip
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2, decode_responses=True)
+
+    def node_id(self) -> str:
+        with self.client() as client:
+            return str(client.execute_command("CLUSTER", "MYID"))
+
+    def is_primary(self) -> bool:
+        with self.client() as client:
+            return client.info("replication")["role"] == "master"
+
+    def cluster_info(self) -> dict[str, str]:
+        with self.client() as client:
+            text = client.execute_command("CLUSTER", "INFO")
+        if isinstance(text, dict):
+            return {str(k): str(v) for k, v in text.items()}
+        return dict(line.split(":", 1) for line in str(text).splitlines() if ":" in line)
+
+
+class RedisCluster:
+    """A real Redis Cluster: three primaries sharing the 16,384 slots and one replica of the
+    primary that serves `slot`, formed by hand (CLUSTER ADDSLOTSRANGE, MEET, REPLICATE)."""
+
+    def __init__(self, data_dir: Path, *, slot: int) -> None:
+        self.slot = slot
+        self.primaries = [ClusterNode(data_dir / f"primary{i}") for i in range(3)]
+        self.replica = ClusterNode(data_dir / "replica")
+        self.ranges = [(0, 5460), (5461, 10922), (10923, 16383)]
+
+    @property
+    def nodes(self) -> list[ClusterNode]:
+        return [*self.primaries, self.replica]
+
+    @property
+    def owner(self) -> ClusterNode:
+        """The primary that was given `slot`."""
+        return next(n for n, (a, b) in zip(self.primaries, self.ranges, strict=True) if a <= self.slot <= b)
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        for node, (first, last) in zip(self.primaries, self.ranges, strict=True):
+            with node.client() as client:
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
+        with self.primaries[0].client() as client:
+            for node in self.nodes[1:]:
+                client.execute_command("CLUSTER", "MEET", "127.0.0.1", node.port, node.bus_port)
+        self.wait_until(lambda: all(n.cluster_info().get("cluster_known_nodes") == "4" for n in self.nodes))
+        owner_id = self.owner.node_id()
+        with self.replica.client() as client:
+            client.execute_command("CLUSTER", "REPLICATE", owner_id)
+        self.wait_until(lambda: all(n.cluster_info().get("cluster_state") == "ok" for n in self.nodes))
+        self.wait_until(self.replica_in_sync)
+
+    def replica_in_sync(self) -> bool:
+        with self.replica.client() as client:
+            return client.info("replication").get("master_link_status") == "up"
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def seed_url(self, node: ClusterNode) -> str:
+        return f"redis+cluster://127.0.0.1:{node.port}"
+
+    @staticmethod
+    def wait_until(condition: Callable[[], bool], timeout: float = START_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if condition():
+                    return
+            except redis.RedisError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"the cluster did not settle within {timeout}s")

@@ -17,6 +17,8 @@ import redis.asyncio as aioredis
 from bot.store import Keys, Store, ThreadKey, Turn
 from tests.test_forget import everything_in
 
+KEYS = Keys()  # the names on one Redis (no prefix)
+
 ROOT = Path(__file__).resolve().parents[1]
 OLD = ThreadKey("T1", "C1", "1600000000.000100")
 NEW = ThreadKey("T1", "C1", "1700000000.000100")
@@ -41,7 +43,7 @@ async def stored(redis_url: str, redis: aioredis.Redis) -> AsyncIterator[Store]:
         Turn(role="user", text="old question about E1234", ts=OLD.thread, user="U1", name="ann"),
         Turn(role="assistant", text="old answer", ts="1600000000.000200", reply_to=OLD.thread),
     )
-    await redis.hset(Keys.meta(OLD), "updated", 1600000000)
+    await redis.hset(KEYS.meta(OLD), "updated", 1600000000)
     await store.append_turns(
         NEW,
         Turn(role="user", text="check api-prod is red", ts=NEW.thread, user="U1", name="ann"),
@@ -123,11 +125,11 @@ async def test_purge_older_than(stored: Store, redis_url: str, redis: aioredis.R
     days = (time.time() - 1650000000) / 86400  # between the old thread and the new ones
     dry = admin(redis_url, "purge", "--older-than", f"{days:.0f}", "--dry-run", cwd=tmp_path)
     assert dry.returncode == 0 and dry.stdout.startswith("would purge 1 conversations (2 turns)")
-    assert await redis.exists(Keys.turns(OLD)) == 1
+    assert await redis.exists(KEYS.turns(OLD)) == 1
     result = admin(redis_url, "purge", "--older-than", f"{days:.0f}", cwd=tmp_path)
     assert result.returncode == 0 and result.stdout.startswith("purged 1 conversations (2 turns)")
-    assert await redis.exists(Keys.turns(OLD), Keys.meta(OLD)) == 0
-    assert await redis.exists(Keys.turns(NEW), Keys.turns(DM)) == 2
+    assert await redis.exists(KEYS.turns(OLD), KEYS.meta(OLD)) == 0
+    assert await redis.exists(KEYS.turns(NEW), KEYS.turns(DM)) == 2
 
     for bad_args in (["purge"], ["purge", "--older-than", "soon"], ["purge", "--older-than", "0"]):
         bad = admin(redis_url, *bad_args, cwd=tmp_path)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import DEFAULT_SYSTEM_PROMPT, ConfigError, Settings
-from bot.redis_url import parse_sentinel_url
+from bot.redis_url import parse_cluster_url, parse_sentinel_url
 
 BASE = {"SLACK_BOT_TOKEN": "xoxb-1-2-abc", "SLACK_APP_TOKEN": "xapp-1-abc", "OPENAI_API_KEY": "sk-abc"}
 
@@ -129,6 +129,33 @@ def test_redis_sentinel_url_is_read_with_its_sentinels_service_and_passwords() -
     ],
 )
 def test_a_malformed_sentinel_url_is_named_without_its_password(url: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        Settings.from_env(BASE | {"REDIS_URL": url})
+    assert "REDIS_URL is malformed" in str(error.value) and reason in str(error.value)
+    assert "hunter22" not in str(error.value)
+
+
+def test_redis_cluster_url_is_read_with_its_nodes_and_password() -> None:
+    url = "redis+cluster://bot:cl%40ster-pw@n1.internal,n2.internal:7001,[::1]:7002"
+    settings = Settings.from_env(BASE | {"REDIS_URL": url})
+    assert settings.redis_url == url
+    where = parse_cluster_url(url)
+    assert where.nodes == [("n1.internal", 6379), ("n2.internal", 7001), ("::1", 7002)]
+    assert (where.username, where.password, where.tls) == ("bot", "cl@ster-pw", False)
+    assert "cl@ster-pw" in settings.secrets()
+    assert parse_cluster_url("rediss+cluster://n1:7000/").tls
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("redis+cluster://:hunter22@n1:7000/2", "no database or options"),
+        ("redis+cluster://:hunter22@n1:7000?timeout=1", "no database or options"),
+        ("redis+cluster://:hunter22@n1:port", "host:port pairs"),
+        ("redis+cluster://:hunter22@n1,,n2", "host:port pairs"),
+    ],
+)
+def test_a_malformed_cluster_url_is_named_without_its_password(url: str, reason: str) -> None:
     with pytest.raises(ConfigError) as error:
         Settings.from_env(BASE | {"REDIS_URL": url})
     assert "REDIS_URL is malformed" in str(error.value) and reason in str(error.value)

@@ -12,6 +12,8 @@ from tests.conftest import RunningBot
 from tests.emulators.openai_api import OpenAIEmulator
 from tests.emulators.slack import SlackEmulator
 
+KEYS = Keys()  # the names on one Redis (no prefix)
+
 CHANNEL = "C400"
 DM = "D400"
 BOT = "UBOT"
@@ -109,5 +111,5 @@ async def test_forget_me_as_a_mention_in_a_channel(
     replies = await slack.wait_for_bot_messages(CHANNEL, root, count=2)
     await bot.settle()
     assert "2 stored message(s)" in replies[-1]["text"]
-    assert await redis.exists(Keys.turns(ThreadKey("T1", CHANNEL, root))) == 0
-    assert await redis.exists(Keys.user_index("T1", "U1"), Keys.display_name("T1", "U1")) == 0
+    assert await redis.exists(KEYS.turns(ThreadKey("T1", CHANNEL, root))) == 0
+    assert await redis.exists(KEYS.user_index("T1", "U1"), KEYS.display_name("T1", "U1")) == 0

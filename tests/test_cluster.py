@@ -1,0 +1,147 @@
+"""REDIS_URL may name nodes of a Redis Cluster: every key of the bot lives in one hash slot, on
+whichever primary serves it, and the bot follows that slot across failovers, conversations
+included. A URL whose form does not match the Redis it names stops the bot with one line."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis.crc import key_slot
+
+from bot.redis_url import CLUSTER_KEY_PREFIX
+from tests.conftest import RunningBot, StartBot, bot_env, free_port
+from tests.emulators.openai_api import OpenAIEmulator
+from tests.emulators.slack import SlackEmulator
+from tests.redis_server import ClusterNode, RedisCluster
+from tests.test_app import run_app
+
+CHANNEL = "C910"
+BOT = "UBOT"
+FAILOVER_TIMEOUT = 20.0
+SLOT = key_slot(CLUSTER_KEY_PREFIX.encode())
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[RedisCluster]:
+    """Three primaries and a replica of the one that serves the bot's slot, real processes."""
+    cluster = RedisCluster(tmp_path / "cluster", slot=SLOT)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def keys_on(node: ClusterNode) -> list[str]:
+    with node.client() as client:
+        return sorted(client.scan_iter(count=1000))
+
+
+def prompt_of_last_call(llm: OpenAIEmulator) -> str:
+    return " ".join(str(m.get("content")) for m in llm.requests[-1]["messages"])
+
+
+async def ask(
+    slack: SlackEmulator, llm: OpenAIEmulator, running: RunningBot, text: str, root: str | None, count: int
+) -> str:
+    """Post a message (a new thread mentioning the bot when `root` is None) and wait for the
+    bot's `count`th reply."""
+    posted = await slack.post_user_message(CHANNEL, text if root else f"<@{BOT}> {text}", thread_ts=root)
+    root = root or posted
+    replies = await slack.wait_for_bot_messages(CHANNEL, root, count=count, timeout=FAILOVER_TIMEOUT)
+    assert len(replies) == count
+    await running.settle()
+    # Answered by the model, not with "temporarily unavailable": Redis took the message.
+    assert text in prompt_of_last_call(llm), replies[-1]
+    return root
+
+
+@pytest.mark.slow
+async def test_the_bot_keeps_its_keys_in_one_slot_on_the_primary_that_serves_it(
+    start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator, cluster: RedisCluster
+) -> None:
+    # Seeded with a node that does not serve the slot: the bot must ask where it is.
+    stranger = next(node for node in cluster.primaries if node is not cluster.owner)
+    running = await start_bot("http", REDIS_URL=cluster.seed_url(stranger))
+
+    root = await ask(slack, llm, running, "the deploy of billing-api is stuck", None, 1)
+    await ask(slack, llm, running, "it says 'waiting for lock'", root, 2)
+    assert "billing-api is stuck" in prompt_of_last_call(llm)
+
+    stored = keys_on(cluster.owner)
+    assert any(name.endswith(f"conv:T1:{CHANNEL}:{root}:turns") for name in stored), stored
+    assert all(name.startswith(CLUSTER_KEY_PREFIX) for name in stored), stored
+    for node in cluster.primaries:
+        if node is not cluster.owner:
+            assert keys_on(node) == []
+
+
+@pytest.mark.slow
+async def test_the_bot_follows_its_slot_across_a_handover_and_a_crash(
+    start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator, cluster: RedisCluster
+) -> None:
+    first_primary, replica = cluster.owner, cluster.replica
+    running = await start_bot("http", REDIS_URL=cluster.seed_url(first_primary))
+    root = await ask(slack, llm, running, "the deploy of billing-api is stuck", None, 1)
+
+    # A handover (CLUSTER FAILOVER, as in maintenance): the old primary lives on as a replica and
+    # answers MOVED, which must send the bot's connections, batched or not, to the new one.
+    first_primary.wait_for_replica()
+    with replica.client() as client:
+        client.execute_command("CLUSTER", "FAILOVER")
+    await wait_until(lambda: replica.is_primary() and not first_primary.is_primary(), "no handover")
+    await ask(slack, llm, running, "it says 'waiting for lock'", root, 2)
+    assert "billing-api is stuck" in prompt_of_last_call(llm)
+
+    # A crash: the new primary dies once its replica has everything; the other primaries vote
+    # the old one back in, and the bot finds it again.
+    replica.wait_for_replica()
+    replica.kill()
+    await wait_until(first_primary.is_primary, "no failover after the crash")
+    await ask(slack, llm, running, "and now the lock is gone", root, 3)
+    prompt = prompt_of_last_call(llm)
+    assert "billing-api is stuck" in prompt and "waiting for lock" in prompt and "lock is gone" in prompt
+
+
+async def wait_until(condition: object, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + FAILOVER_TIMEOUT
+    while loop.time() < deadline:
+        try:
+            if condition():  # type: ignore[operator]
+                return
+        except Exception:  # a node that is going down mid-question: ask again
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{what} within {FAILOVER_TIMEOUT}s")
+
+
+async def test_a_cluster_node_given_as_one_redis_stops_the_bot_with_one_line(
+    tmp_path: Path, slack: SlackEmulator, llm: OpenAIEmulator, cluster: RedisCluster
+) -> None:
+    env = bot_env(slack, llm, cluster.owner.url, "http", free_port())
+    process = await run_app(env, tmp_path)
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2
+    assert stderr.decode().strip() == (
+        "error: REDIS_URL names a node of a Redis Cluster: write it "
+        "redis+cluster://host:port[,host:port…] (rediss+cluster:// for TLS)"
+    )
+
+
+async def test_a_cluster_url_for_one_redis_stops_the_bot_with_one_line(
+    tmp_path: Path, slack: SlackEmulator, llm: OpenAIEmulator, redis_url: str
+) -> None:
+    env = bot_env(
+        slack, llm, redis_url.replace("redis://", "redis+cluster://").removesuffix("/0"), "http", free_port()
+    )
+    process = await run_app(env, tmp_path)
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2
+    assert stderr.decode().strip() == (
+        "error: REDIS_URL is a redis+cluster:// URL but that Redis is not a cluster node: "
+        "write it redis://host:port (or rediss://)"
+    )
