@@ -12,6 +12,7 @@ import pytest
 from redis.crc import key_slot
 
 from bot.redis_url import CLUSTER_KEY_PREFIX
+from bot.store import Store, ThreadKey
 from tests.conftest import RunningBot, StartBot, bot_env, free_port
 from tests.emulators.openai_api import OpenAIEmulator
 from tests.emulators.slack import SlackEmulator
@@ -71,12 +72,22 @@ async def test_the_bot_keeps_its_keys_in_one_slot_on_the_primary_that_serves_it(
     await ask(slack, llm, running, "it says 'waiting for lock'", root, 2)
     assert "billing-api is stuck" in prompt_of_last_call(llm)
 
-    stored = keys_on(cluster.owner)
-    assert any(name.endswith(f"conv:T1:{CHANNEL}:{root}:turns") for name in stored), stored
-    assert all(name.startswith(CLUSTER_KEY_PREFIX) for name in stored), stored
+    names = keys_on(cluster.owner)
+    assert any(name.endswith(f"conv:T1:{CHANNEL}:{root}:turns") for name in names), names
+    assert all(name.startswith(CLUSTER_KEY_PREFIX) for name in names), names
     for node in cluster.primaries:
         if node is not cluster.owner:
             assert keys_on(node) == []
+
+    # The admin side (SCAN for conversations, a whole one read back) finds them through the prefix.
+    store = Store(cluster.seed_url(stranger), conversation_ttl_days=1)
+    try:
+        thread = ThreadKey("T1", CHANNEL, root)
+        assert await store.conversation_keys() == [thread]
+        stored = await store.stored_conversation(thread)
+        assert stored is not None and [turn.role for turn in stored.turns] == ["user", "assistant"] * 2
+    finally:
+        await store.close()
 
 
 @pytest.mark.slow

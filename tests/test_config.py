@@ -6,9 +6,18 @@ import re
 from pathlib import Path
 
 import pytest
+from redis.asyncio.connection import SSLConnection
+from redis.crc import key_slot
 
 from bot.config import DEFAULT_SYSTEM_PROMPT, ConfigError, Settings
-from bot.redis_url import parse_cluster_url, parse_sentinel_url
+from bot.redis_url import (
+    CLUSTER_KEY_PREFIX,
+    ClusterSlotConnection,
+    ClusterSlotSSLConnection,
+    connection_pool,
+    parse_cluster_url,
+    parse_sentinel_url,
+)
 
 BASE = {"SLACK_BOT_TOKEN": "xoxb-1-2-abc", "SLACK_APP_TOKEN": "xapp-1-abc", "OPENAI_API_KEY": "sk-abc"}
 
@@ -144,6 +153,16 @@ def test_redis_cluster_url_is_read_with_its_nodes_and_password() -> None:
     assert (where.username, where.password, where.tls) == ("bot", "cl@ster-pw", False)
     assert "cl@ster-pw" in settings.secrets()
     assert parse_cluster_url("rediss+cluster://n1:7000/").tls
+
+
+def test_a_cluster_url_gives_connections_to_its_slot_with_tls_when_asked() -> None:
+    plain, _ = connection_pool("redis+cluster://n1:7000,n2", decode_responses=True)
+    tls, _ = connection_pool("rediss+cluster://n1:7000", decode_responses=True)
+    assert plain.connection_class is ClusterSlotConnection
+    assert tls.connection_class is ClusterSlotSSLConnection
+    connection = tls.make_connection()
+    assert isinstance(connection, SSLConnection) and connection.cluster.nodes == [("n1", 7000)]
+    assert connection.cluster.slot == key_slot(CLUSTER_KEY_PREFIX.encode())
 
 
 @pytest.mark.parametrize(
