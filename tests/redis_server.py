@@ -33,6 +33,21 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _free_port_with_bus() -> int:
+    """A free port whose cluster bus port (+ 10000) is free too."""
+    for _ in range(100):
+        port = _free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port with a free cluster bus port")
+
+
 def _kill_quietly(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         process.kill()
@@ -220,11 +235,12 @@ class SentinelServer(RedisServer):
 
 class ClusterNode(RedisServer):
     """A redis-server in cluster mode on 127.0.0.1, quick to call a peer down (half a second).
-    Its cluster bus gets a free port of its own (by default it would be the port + 10000)."""
+    Its cluster bus listens on its port + 10000, as on every Redis version, so both are free."""
 
     def __init__(self, data_dir: Path) -> None:
         super().__init__(data_dir, appendonly=False)
-        self.bus_port = _free_port()
+        self.port = _free_port_with_bus()
+        self.bus_port = self.port + 10000
 
     def _spawn(self, args: list[str]) -> None:
         super()._spawn(
@@ -232,7 +248,6 @@ class ClusterNode(RedisServer):
                 *args,
                 "--cluster-enabled", "yes",
                 "--cluster-config-file", str(self.data_dir / "nodes.conf"),
-                "--cluster-port", str(self.bus_port),
                 "--cluster-node-timeout", "500",
             ]
         )  # fmt: skip
@@ -279,11 +294,11 @@ class RedisCluster:
         for node in self.nodes:
             node.start()
         for node, (first, last) in zip(self.primaries, self.ranges, strict=True):
-            with node.client() as client:
-                client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
+            with node.client() as client:  # ADDSLOTS, not ADDSLOTSRANGE: Redis 6 has no range form
+                client.execute_command("CLUSTER", "ADDSLOTS", *range(first, last + 1))
         with self.primaries[0].client() as client:
             for node in self.nodes[1:]:
-                client.execute_command("CLUSTER", "MEET", "127.0.0.1", node.port, node.bus_port)
+                client.execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
         self.wait_until(lambda: all(n.cluster_info().get("cluster_known_nodes") == "4" for n in self.nodes))
         owner_id = self.owner.node_id()
         with self.replica.client() as client:
