@@ -135,6 +135,8 @@ def _ttl_days() -> float:
 
 async def _run(store: Store, args: argparse.Namespace) -> int:
     try:
+        if problem := await store.topology_problem():
+            raise AdminError(problem)
         command = {"stats": _stats, "show": _show, "export": _export, "forget": _forget, "purge": _purge}
         return await command[args.command](store, args)
     finally:

@@ -17,6 +17,7 @@ from tests.conftest import RunningBot, StartBot, bot_env, free_port
 from tests.emulators.openai_api import OpenAIEmulator
 from tests.emulators.slack import SlackEmulator
 from tests.redis_server import ClusterNode, RedisCluster
+from tests.test_admin import admin
 from tests.test_app import run_app
 
 CHANNEL = "C910"
@@ -155,4 +156,18 @@ async def test_a_cluster_url_for_one_redis_stops_the_bot_with_one_line(
     assert stderr.decode().strip() == (
         "error: REDIS_URL is a redis+cluster:// URL but that Redis is not a cluster node: "
         "write it redis://host:port (or rediss://)"
+    )
+
+
+def test_the_admin_commands_read_a_cluster_and_name_a_node_given_as_one_redis(
+    tmp_path: Path, cluster: RedisCluster
+) -> None:
+    stats = admin(cluster.seed_url(cluster.owner), "stats", cwd=tmp_path)
+    assert stats.returncode == 0, stats.stderr
+    assert "conversations" in stats.stdout
+    wrong = admin(cluster.owner.url, "stats", cwd=tmp_path)
+    assert wrong.returncode == 1
+    assert wrong.stderr.strip() == (
+        "error: REDIS_URL names a node of a Redis Cluster: write it "
+        "redis+cluster://host:port[,host:port…] (rediss+cluster:// for TLS)"
     )
