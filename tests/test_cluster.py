@@ -131,29 +131,31 @@ async def wait_until(condition: object, what: str) -> None:
     raise AssertionError(f"{what} within {FAILOVER_TIMEOUT}s")
 
 
+NODE_AS_ONE_REDIS = (
+    "error: REDIS_URL names a node of a Redis Cluster: write it "
+    "redis+cluster://host:port[,host:port…] (rediss+cluster:// for TLS)"
+)
+
+
+async def app_error(slack: SlackEmulator, llm: OpenAIEmulator, redis_url: str, cwd: Path) -> str:
+    """What `python app.py` prints as it stops with REDIS_URL=`redis_url` (it must stop, exit 2)."""
+    process = await run_app(bot_env(slack, llm, redis_url, "http", free_port()), cwd)
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2
+    return stderr.decode().strip()
+
+
 async def test_a_cluster_node_given_as_one_redis_stops_the_bot_with_one_line(
     tmp_path: Path, slack: SlackEmulator, llm: OpenAIEmulator, cluster: RedisCluster
 ) -> None:
-    env = bot_env(slack, llm, cluster.owner.url, "http", free_port())
-    process = await run_app(env, tmp_path)
-    _, stderr = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode == 2
-    assert stderr.decode().strip() == (
-        "error: REDIS_URL names a node of a Redis Cluster: write it "
-        "redis+cluster://host:port[,host:port…] (rediss+cluster:// for TLS)"
-    )
+    assert await app_error(slack, llm, cluster.owner.url, tmp_path) == NODE_AS_ONE_REDIS
 
 
 async def test_a_cluster_url_for_one_redis_stops_the_bot_with_one_line(
     tmp_path: Path, slack: SlackEmulator, llm: OpenAIEmulator, redis_url: str
 ) -> None:
-    env = bot_env(
-        slack, llm, redis_url.replace("redis://", "redis+cluster://").removesuffix("/0"), "http", free_port()
-    )
-    process = await run_app(env, tmp_path)
-    _, stderr = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode == 2
-    assert stderr.decode().strip() == (
+    as_cluster = redis_url.replace("redis://", "redis+cluster://").removesuffix("/0")
+    assert await app_error(slack, llm, as_cluster, tmp_path) == (
         "error: REDIS_URL is a redis+cluster:// URL but that Redis is not a cluster node: "
         "write it redis://host:port (or rediss://)"
     )
@@ -167,7 +169,4 @@ def test_the_admin_commands_read_a_cluster_and_name_a_node_given_as_one_redis(
     assert "conversations" in stats.stdout
     wrong = admin(cluster.owner.url, "stats", cwd=tmp_path)
     assert wrong.returncode == 1
-    assert wrong.stderr.strip() == (
-        "error: REDIS_URL names a node of a Redis Cluster: write it "
-        "redis+cluster://host:port[,host:port…] (rediss+cluster:// for TLS)"
-    )
+    assert wrong.stderr.strip() == NODE_AS_ONE_REDIS
