@@ -6,8 +6,9 @@
     python -m bot forget U0789 [--team T0123] [--scan]
     python -m bot purge --older-than 90 [--dry-run]
 
-It needs only Redis: REDIS_URL from the environment or .env, else the local Redis that
-`python app.py` runs under ./var/redis. No Slack or OpenAI credentials.
+It needs only Redis: REDIS_URL (and REDIS_KEY_PREFIX, if the bot has one) from the environment
+or .env, else the local Redis that `python app.py` runs under ./var/redis. No Slack or OpenAI
+credentials.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from urllib.parse import parse_qs, urlparse
 from dotenv import find_dotenv, load_dotenv
 from redis.exceptions import RedisError
 
-from bot.redis_url import check_redis_url
+from bot.redis_url import check_key_prefix, check_redis_url
 from bot.store import DAY, Store, ThreadKey
 from bot.tokens import TokenCounter
 
@@ -62,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--older-than must be a positive number of days, got {args.older_than:g}")
     load_dotenv(find_dotenv(usecwd=True), override=False)
     try:
-        store = Store(_redis_url(), conversation_ttl_days=_ttl_days())
+        store = Store(_redis_url(), conversation_ttl_days=_ttl_days(), key_prefix=_key_prefix())
         return asyncio.run(_run(store, args))
     except AdminError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -123,6 +124,13 @@ def _redis_url() -> str:
         "REDIS_URL is not set and the local Redis of `python app.py` is not running: "
         "set REDIS_URL (in the environment or .env)"
     )
+
+
+def _key_prefix() -> str | None:
+    prefix = os.environ.get("REDIS_KEY_PREFIX", "").strip() or None
+    if prefix and (problem := check_key_prefix(prefix)):
+        raise AdminError(f"REDIS_KEY_PREFIX is malformed: {problem}")
+    return prefix
 
 
 def _ttl_days() -> float:

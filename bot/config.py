@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from bot.redis_url import check_redis_url, url_passwords
+from bot.redis_url import check_key_prefix, check_redis_url, url_passwords
 from bot.tokens import TokenBudget, TokenCounter, default_window
 
 DEFAULT_SYSTEM_PROMPT = """\
@@ -38,6 +38,7 @@ class Settings:
     openai_model: str
     system_prompt: str
     redis_url: str | None
+    redis_key_prefix: str | None
     host: str
     port: int
     conversation_ttl_days: float
@@ -116,6 +117,7 @@ class Settings:
             openai_model=model,
             system_prompt=system_prompt,
             redis_url=read.optional("REDIS_URL", check=check_redis_url),
+            redis_key_prefix=read.optional("REDIS_KEY_PREFIX", check=check_key_prefix),
             host=read.optional("HOST") or "0.0.0.0",
             port=read.number("PORT", 3000, int, low=1, high=65535),
             conversation_ttl_days=read.number("CONVERSATION_TTL_DAYS", 30, float, low=0.001),

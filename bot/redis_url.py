@@ -26,6 +26,7 @@ the new one. A cluster gives the bot failover, not room: one shard holds all of 
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
@@ -45,6 +46,7 @@ CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}
 CLUSTER_PORT = 6379
 # The hash tag of every key in a cluster: one slot, so that a script may touch any of them.
 CLUSTER_KEY_PREFIX = "{support-bot}:"
+_KEY_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 PROBE_TIMEOUT_SECONDS = 2.0  # one node's answer to CLUSTER SLOTS
 URL_FORMS = (
     "expected redis://host:port/db, rediss://…, unix:///path/to/socket, "
@@ -182,9 +184,23 @@ def is_cluster_url(url: str) -> bool:
     return urlparse(url).scheme in CLUSTER_SCHEMES
 
 
-def key_prefix(url: str) -> str:
-    """What every key of the bot starts with in the Redis that `url` names."""
-    return CLUSTER_KEY_PREFIX if is_cluster_url(url) else ""
+def key_prefix(url: str, name: str | None = None) -> str:
+    """What every key of the bot starts with in the Redis that `url` names, given REDIS_KEY_PREFIX
+    (`name`): `name:`, or nothing when unset; in a cluster, `{name}:`, a hash tag, by default
+    `{support-bot}:`."""
+    if is_cluster_url(url):
+        return f"{{{name}}}:" if name else CLUSTER_KEY_PREFIX
+    return f"{name}:" if name else ""
+
+
+def check_key_prefix(value: str) -> str | None:
+    """What is wrong with a REDIS_KEY_PREFIX, or None."""
+    if not _KEY_PREFIX.fullmatch(value):
+        return (
+            "use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit "
+            f"(the bot adds the ':'), got {value!r}"
+        )
+    return None
 
 
 def parse_cluster_url(url: str) -> ClusterUrl:
@@ -236,14 +252,17 @@ def parse_sentinel_url(url: str) -> SentinelUrl:
     )
 
 
-def connection_pool(url: str, **options: Any) -> tuple[redis.ConnectionPool, Sentinel | None]:
+def connection_pool(
+    url: str, key_prefix: str = CLUSTER_KEY_PREFIX, **options: Any
+) -> tuple[redis.ConnectionPool, Sentinel | None]:
     """A pool that waits for a free connection, and the Sentinel client behind it if any (the
-    caller closes it). `options` are the connections' settings (timeouts, retries, protocol)."""
+    caller closes it). In a cluster, the connections go to the slot of `key_prefix`'s hash tag.
+    `options` are the connections' settings (timeouts, retries, protocol)."""
     if is_cluster_url(url):
         where = parse_cluster_url(url)
         pool = redis.BlockingConnectionPool(
             connection_class=ClusterSlotSSLConnection if where.tls else ClusterSlotConnection,
-            cluster=ClusterSlot(key_slot(CLUSTER_KEY_PREFIX.encode()), where.nodes),
+            cluster=ClusterSlot(key_slot(key_prefix.encode()), where.nodes),
             username=where.username,
             password=where.password,
             **options,

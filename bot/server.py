@@ -71,6 +71,7 @@ class SupportBot:
             redis_url,
             conversation_ttl_days=settings.conversation_ttl_days,
             lock_ttl_seconds=settings.thread_lock_ttl_seconds,
+            key_prefix=settings.redis_key_prefix,
         )
         self.breaker = CircuitBreaker(
             failures_to_open=settings.llm_breaker_failures,

@@ -28,8 +28,8 @@ from redis.exceptions import MovedError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 
+from bot import redis_url
 from bot.pipelining import CommandBatcher
-from bot.redis_url import connection_pool, key_prefix
 
 log = logging.getLogger(__name__)
 
@@ -293,9 +293,10 @@ class StoreUnavailable(Exception):
 
 
 class Keys:
-    """Key names and their TTLs, in one place. Every name starts with `prefix`: empty on one Redis
-    or behind Sentinel, a hash tag in a Redis Cluster (bot/redis_url.py), so that every key of
-    the bot lives in one hash slot there and one script may touch any of them."""
+    """Key names and their TTLs, in one place. Every name starts with `prefix` (REDIS_KEY_PREFIX
+    and a colon; nothing when it is unset), which in a Redis Cluster is a hash tag
+    (bot/redis_url.py), so that every key of the bot lives in one hash slot there and one script
+    may touch any of them."""
 
     DEDUP_TTL = DAY  # Slack retries within minutes; a day is ample and cheap.
     INBOX_TTL = DAY
@@ -664,11 +665,21 @@ return {1, 0, active}
 class Store:
     """The bot's only door to Redis."""
 
-    def __init__(self, url: str, *, conversation_ttl_days: float, lock_ttl_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        conversation_ttl_days: float,
+        lock_ttl_seconds: float = 30.0,
+        key_prefix: str | None = None,
+    ) -> None:
+        """`key_prefix`: REDIS_KEY_PREFIX, which keeps bots that share one Redis apart."""
+        self.keys = Keys(redis_url.key_prefix(url, key_prefix))
         # A bounded pool that makes callers wait for a free connection: hundreds of turns at
         # once share a bounded set of connections instead of failing with "too many connections".
-        pool, self._sentinel = connection_pool(
+        pool, self._sentinel = redis_url.connection_pool(
             url,
+            self.keys.prefix,
             max_connections=POOL_SIZE,
             timeout=POOL_WAIT_SECONDS,
             decode_responses=True,
@@ -687,7 +698,6 @@ class Store:
             protocol=2,
         )
         self.redis: redis.Redis = redis.Redis.from_pool(pool)
-        self.keys = Keys(key_prefix(url))
         self.conversation_ttl = max(1, int(conversation_ttl_days * DAY))
         # Renewed while held; expires this long after a holder dies, so no thread is blocked forever.
         self.lock_ttl_ms = max(100, int(lock_ttl_seconds * 1000))
