@@ -155,8 +155,8 @@ class CommandBatcher:
         batch, packed = _packed(queued)
         if not batch:
             return
-        connection = self._idle.pop() if self._idle else self._new_connection()
         try:
+            connection = self._idle.pop() if self._idle else self._new_connection()
             for moves in range(MOVED_RETRIES + 1):
                 names = [args[0] for args, _ in batch]
                 replies = await connection.retry.call_with_retry(
@@ -168,7 +168,8 @@ class CommandBatcher:
                 # A cluster's slot has a new primary (bot/redis_url.py): the commands it refused
                 # were not run, so they go again, in their order, to where it is now; the others
                 # ran and have their replies.
-                ran = [i for i in range(len(batch)) if i not in set(moved)]
+                refused = set(moved)
+                ran = [i for i in range(len(batch)) if i not in refused]
                 _deliver([batch[i] for i in ran], [replies[i] for i in ran])
                 target = replies[moved[0]]
                 log.info("redis slot moved to=%s:%s commands=%d", target.host, target.port, len(moved))

@@ -16,8 +16,9 @@ A Redis Cluster is given by any of its nodes (port 6379 unless given):
 
     redis+cluster://[[username]:password@]host[:port][,host[:port]...]
 
-In a cluster every key of the bot carries one hash tag (`CLUSTER_KEY_PREFIX`), so all of them live
-in one hash slot and the bot's Lua scripts may touch several at once. Its connections go to
+In a cluster every key of the bot starts with one hash tag (`key_prefix`: `{support-bot}:`, or
+`{name}:` with REDIS_KEY_PREFIX=name), so all of them live in one hash slot and the bot's Lua
+scripts may touch several at once. Its connections go to
 whichever primary serves that slot now: they ask the listed nodes (CLUSTER SLOTS) when they open,
 and a node that answers MOVED (a failover, or the slot moved to another shard) sends them on to
 the new one. A cluster gives the bot failover, not room: one shard holds all of its data.
@@ -44,7 +45,8 @@ SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}  # scheme:
 SENTINEL_PORT = 26379
 CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}
 CLUSTER_PORT = 6379
-# The hash tag of every key in a cluster: one slot, so that a script may touch any of them.
+# The hash tag of every key in a cluster unless REDIS_KEY_PREFIX names another: one slot, so
+# that a script may touch any of them.
 CLUSTER_KEY_PREFIX = "{support-bot}:"
 _KEY_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 PROBE_TIMEOUT_SECONDS = 2.0  # one node's answer to CLUSTER SLOTS
