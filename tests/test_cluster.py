@@ -9,9 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from bot.redis_url import CLUSTER_KEY_PREFIX
+from bot.pipelining import CommandBatcher
+from bot.redis_url import CLUSTER_KEY_PREFIX, connection_pool
 from bot.store import Store, ThreadKey
 from tests.conftest import RunningBot, StartBot, bot_env, free_port
 from tests.emulators.openai_api import OpenAIEmulator
@@ -170,3 +172,36 @@ def test_the_admin_commands_read_a_cluster_and_name_a_node_given_as_one_redis(
     wrong = admin(cluster.owner.url, "stats", cwd=tmp_path)
     assert wrong.returncode == 1
     assert wrong.stderr.strip() == NODE_AS_ONE_REDIS
+
+
+async def test_a_batch_sends_on_only_the_commands_a_node_refused(cluster: RedisCluster) -> None:
+    """Commands for a slot the node does not serve come back MOVED in the middle of a batch: they
+    go on to the node named, in their order, and the commands around them are not run again."""
+    elsewhere = next(f"{{x{i}}}" for i in range(1000) if not _served_by(cluster.owner, cluster, f"{{x{i}}}"))
+    pool, _ = connection_pool(cluster.seed_url(cluster.owner), decode_responses=True, protocol=2)
+    client = aioredis.Redis.from_pool(pool)
+    batcher = CommandBatcher(client)
+    try:
+        ours = [f"{CLUSTER_KEY_PREFIX}{n}" for n in range(3)]
+        replies = await asyncio.gather(
+            batcher.submit("INCR", ours[0]),
+            batcher.submit("INCR", f"{elsewhere}:a"),
+            batcher.submit("INCR", f"{elsewhere}:a"),
+            batcher.submit("INCR", ours[1]),
+            batcher.submit("INCR", f"{elsewhere}:b"),
+            batcher.submit("INCR", ours[2]),
+        )
+        assert replies == [1, 1, 2, 1, 1, 1]
+    finally:
+        await batcher.close()
+        await client.aclose()
+    with cluster.owner.client() as owner:
+        assert [owner.get(name) for name in ours] == ["1", "1", "1"]
+    other = next(node for node in cluster.primaries if _served_by(node, cluster, elsewhere))
+    with other.client() as node:
+        assert [node.get(f"{elsewhere}:a"), node.get(f"{elsewhere}:b")] == ["2", "1"]
+
+
+def _served_by(node: ClusterNode, cluster: RedisCluster, tag: str) -> bool:
+    first, last = cluster.ranges[cluster.primaries.index(node)]
+    return first <= key_slot(tag.encode()) <= last
