@@ -132,6 +132,14 @@ def shape_problem(body: object) -> str | None:
                 value = where.get(name)
                 if value is not None and not isinstance(value, str | dict):
                     return f"{name} has the wrong type"
+    # The team is read from any of several places (the first authorization's first); whichever
+    # is read must be an id, or a thread's key could not be built from it.
+    try:
+        team = extract_team_id(body)
+    except (AttributeError, TypeError, KeyError, IndexError):
+        return "the team cannot be read"
+    if team is not None and not isinstance(team, str):
+        return "the team id is not a string"
     return None
 
 

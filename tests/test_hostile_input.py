@@ -65,7 +65,7 @@ def crashes(caplog: pytest.LogCaptureFixture) -> list[str]:
         and (
             record.name == "aiohttp.server"
             or "Failed to run" in record.getMessage()
-            or record.getMessage().startswith(("turn crashed", "turn failed"))
+            or record.getMessage().startswith(("turn crashed", "turn failed", "message listener failed"))
         )
     ]
 
@@ -288,6 +288,11 @@ MALFORMED_ENVELOPES = {
     # Where the team is read from first (Bolt's extract_team_id, used before and without Bolt).
     "authorization-team-a-number": envelope(broken(), authorizations=[{"team": 5, "team_id": "T1"}]),
     "authorization-team-id-a-list": envelope(broken(), authorizations=[{"team_id": ["T1"]}]),
+    "team-an-object-whose-id-is-a-list": envelope(broken(), team={"id": ["T1"]}),
+    "event-team-id-a-number-and-no-authorizations": envelope(
+        broken(team_id=5), team_id=..., authorizations=...
+    ),
+    "view-installed-team-a-list": envelope(broken(), view={"app_installed_team_id": ["T1"]}),
 }
 
 
