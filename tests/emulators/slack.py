@@ -736,6 +736,12 @@ class SlackEmulator:
         elif request.transport is not None:
             request.transport.abort()
 
+    async def send_socket_text(self, text: str) -> None:
+        """Write one text frame, whatever it holds, on the current connection."""
+        if not self._sockets:
+            raise AssertionError("no Socket Mode connection to write to")
+        await self._sockets[-1][1].send_str(text)
+
     async def send_disconnect(self, reason: str = "refresh_requested") -> None:
         """Ask the client to reconnect, as Slack does before recycling a socket."""
         if not self._sockets:
