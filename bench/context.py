@@ -66,7 +66,7 @@ class Settings:
             throughput_rates=(50.0, 800.0),
             throughput_done_p99=1.0,
             replicas=3,
-            replica_threads=(50, 200),
+            replica_threads=(50, 200, 500),
             replica_messages=3,
             replica_gap=0.3,
             redelivery=0.2,
