@@ -132,6 +132,11 @@ def shape_problem(body: object) -> str | None:
                 value = where.get(name)
                 if value is not None and not isinstance(value, str | dict):
                     return f"{name} has the wrong type"
+    if body["type"] == "block_actions":
+        # Bolt's matchers and middleware read actions[0] as an object.
+        actions = body.get("actions")
+        if not (isinstance(actions, list) and actions and all(isinstance(a, dict) for a in actions)):
+            return "block_actions without a list of action objects"
     # The team is read from any of several places (the first authorization's first); whichever
     # is read must be an id, or a thread's key could not be built from it.
     try:

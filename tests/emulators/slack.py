@@ -496,6 +496,15 @@ class SlackEmulator:
         self, channel: str, ts: str, *, user: str = "U1", positive: bool = True
     ) -> Delivery:
         """A user presses a feedback button on a bot message (a block_actions interaction)."""
+        return await self.deliver_interaction(self.feedback_click(channel, ts, user=user, positive=positive))
+
+    async def deliver_interaction(self, payload: dict) -> Delivery:
+        """Deliver an interaction payload, whatever it holds, as Slack does in the current mode."""
+        prepared = self._prepare(payload, self._events_url, None, None, kind="interactive")
+        return await self.send_prepared(prepared)
+
+    def feedback_click(self, channel: str, ts: str, *, user: str = "U1", positive: bool = True) -> dict:
+        """The block_actions payload of a press on a bot message's feedback button."""
         msg = self._find(channel, ts)
         for block in msg.get("blocks") or []:
             if block.get("type") != "context_actions":
@@ -538,8 +547,7 @@ class SlackEmulator:
                 }
             ],
         }
-        prepared = self._prepare(payload, self._events_url, None, None, kind="interactive")
-        return await self.send_prepared(prepared)
+        return payload
 
     async def edit_message(self, channel: str, ts: str, new_text: str) -> None:
         """Edit a stored message and deliver the hidden message_changed event."""

@@ -1,0 +1,96 @@
+"""Hostile and malformed feedback clicks, in both modes: whatever a block_actions payload holds,
+it is acknowledged or refused (never a 5xx, never a crashed listener), a vote is stored only with
+the fields it needs as ids, and the bot goes on answering."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from bot.store import ThreadKey
+from tests.conftest import RunningBot
+from tests.emulators.openai_api import OpenAIEmulator
+from tests.emulators.slack import SlackEmulator
+from tests.test_hostile_input import assert_only_the_next_mention_is_answered, crashes
+
+CHANNEL = "C710"
+BOT = "UBOT"
+
+Change = Callable[[dict[str, Any]], None]
+
+
+def setting(*path: str | int, to: Any) -> Change:
+    """Set the field at `path` (... removes it)."""
+
+    def change(payload: dict[str, Any]) -> None:
+        *parents, last = path
+        where: Any = payload
+        for step in parents:
+            where = where[step]
+        if to is ...:
+            del where[last]
+        else:
+            where[last] = to
+
+    return change
+
+
+CHANGES: dict[str, Change] = {
+    "team-a-string": setting("team", to="T1"),
+    "team-a-list": setting("team", to=["T1"]),
+    "team-id-a-number": setting("team", "id", to=5),
+    "user-a-string": setting("user", to="U2"),
+    "user-id-a-list": setting("user", "id", to=["U2"]),
+    "user-id-a-number": setting("user", "id", to=2),
+    "container-a-string": setting("container", to="message"),
+    "container-a-list": setting("container", to=[CHANNEL]),
+    "container-channel-a-number": setting("container", "channel_id", to=710),
+    "container-ts-a-number": setting("container", "message_ts", to=1700000000.5),
+    "container-thread-ts-an-object": setting("container", "thread_ts", to={"ts": "1.1"}),
+    "channel-a-string-and-no-container": lambda p: (p.pop("container"), p.update(channel=CHANNEL)),
+    "channel-id-a-list-and-no-container": lambda p: (p.pop("container"), p.update(channel={"id": [CHANNEL]})),
+    "message-a-list": setting("message", to=[]),
+    "message-thread-ts-a-number": setting("message", "thread_ts", to=5),
+    "value-a-number": setting("actions", 0, "value", to=5),
+    "value-an-object": setting("actions", 0, "value", to={"vote": "good"}),
+    "value-another-vote": setting("actions", 0, "value", to="meh:1.2"),
+    "actions-empty": setting("actions", to=[]),
+    "action-a-string": setting("actions", 0, to="answer_feedback"),
+    "action-id-a-number": setting("actions", 0, "action_id", to=7),
+    "actions-an-object": lambda p: p.update(actions=p["actions"][0]),
+}
+
+
+@pytest.mark.parametrize("change", CHANGES.values(), ids=CHANGES.keys())
+@pytest.mark.parametrize("mode", ["socket", "http"])
+async def test_a_malformed_feedback_click_is_answered_safely_and_the_bot_keeps_answering(
+    bot: RunningBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    caplog: pytest.LogCaptureFixture,
+    change: Change,
+) -> None:
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> was this useful?")
+    [answer] = await slack.wait_for_bot_messages(CHANNEL, ts)
+    await bot.settle()
+    payload = copy.deepcopy(slack.feedback_click(CHANNEL, answer["ts"], user="U2", positive=False))
+    change(payload)
+    delivery = await slack.deliver_interaction(payload)
+    if bot.mode == "socket":
+        assert delivery.acked
+    else:
+        assert delivery.status in (200, 400), (delivery.status, delivery.body)
+    await bot.settle()
+    # Whatever was stored was stored with ids; a click it could not read left nothing.
+    for vote in await bot.bot.store.feedback_votes(ThreadKey("T1", CHANNEL, ts)):
+        fields = (vote.team, vote.channel, vote.thread, vote.answer_ts, vote.message_ts, vote.user)
+        assert all(isinstance(field, str) and field for field in fields), vote
+    slack.calls.clear()
+    llm.requests.clear()
+    await assert_only_the_next_mention_is_answered(slack, llm, bot)
+    assert crashes(caplog) == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("slack_bolt")]
