@@ -121,6 +121,8 @@ def shape_problem(body: object) -> str | None:
         isinstance(authorizations, list) and all(isinstance(a, dict) for a in authorizations)
     ):
         return "authorizations is not a list of objects"
+    if body.get("event") is not None and not isinstance(body["event"], dict):
+        return "event is not an object"  # Bolt's middleware reads it as one, whatever the type
     if body["type"] == "event_callback":
         event = body.get("event")
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
@@ -132,11 +134,14 @@ def shape_problem(body: object) -> str | None:
                 value = where.get(name)
                 if value is not None and not isinstance(value, str | dict):
                     return f"{name} has the wrong type"
-    if body["type"] == "block_actions":
-        # Bolt's matchers and middleware read actions[0] as an object.
+    if body["type"] in ("block_actions", "interactive_message"):
+        # Bolt's matchers and middleware read actions[0] as an object, and a block action's
+        # action_id as a string.
         actions = body.get("actions")
         if not (isinstance(actions, list) and actions and all(isinstance(a, dict) for a in actions)):
-            return "block_actions without a list of action objects"
+            return f"{body['type']} without a list of action objects"
+        if body["type"] == "block_actions" and not all(isinstance(a.get("action_id"), str) for a in actions):
+            return "block_actions with an action without an action_id"
     # The team is read from any of several places (the first authorization's first); whichever
     # is read must be an id, or a thread's key could not be built from it.
     try:

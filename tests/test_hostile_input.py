@@ -288,6 +288,7 @@ MALFORMED_ENVELOPES = {
     # Where the team is read from first (Bolt's extract_team_id, used before and without Bolt).
     "authorization-team-a-number": envelope(broken(), authorizations=[{"team": 5, "team_id": "T1"}]),
     "authorization-team-id-a-list": envelope(broken(), authorizations=[{"team_id": ["T1"]}]),
+    "not-an-event-callback-with-an-event-list": envelope([mention("1.4")], type="block_suggestion"),
     "team-an-object-whose-id-is-a-list": envelope(broken(), team={"id": ["T1"]}),
     "event-team-id-a-number-and-no-authorizations": envelope(
         broken(team_id=5), team_id=..., authorizations=...

@@ -4,18 +4,26 @@ the fields it needs as ids, and the bot goes on answering."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bot.store import ThreadKey
 from tests.conftest import RunningBot
 from tests.emulators.openai_api import OpenAIEmulator
 from tests.emulators.slack import SlackEmulator
-from tests.test_hostile_input import assert_only_the_next_mention_is_answered, crashes
+from tests.test_hostile_input import (
+    FUZZ_EXAMPLES,
+    assert_only_the_next_mention_is_answered,
+    crashes,
+    json_values,
+)
 
 CHANNEL = "C710"
 BOT = "UBOT"
@@ -86,6 +94,84 @@ async def test_a_malformed_feedback_click_is_answered_safely_and_the_bot_keeps_a
         assert delivery.status in (200, 400), (delivery.status, delivery.body)
     await bot.settle()
     # Whatever was stored was stored with ids; a click it could not read left nothing.
+    for vote in await bot.bot.store.feedback_votes(ThreadKey("T1", CHANNEL, ts)):
+        fields = (vote.team, vote.channel, vote.thread, vote.answer_ts, vote.message_ts, vote.user)
+        assert all(isinstance(field, str) and field for field in fields), vote
+    slack.calls.clear()
+    llm.requests.clear()
+    await assert_only_the_next_mention_is_answered(slack, llm, bot)
+    assert crashes(caplog) == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("slack_bolt")]
+
+
+# ----- fuzz: clicks with any of their fields replaced by anything -----
+
+CLICK_FIELDS: list[tuple[str | int, ...]] = [
+    ("type",),
+    ("team",),
+    ("team", "id"),
+    ("user",),
+    ("user", "id"),
+    ("container",),
+    ("container", "channel_id"),
+    ("container", "message_ts"),
+    ("container", "thread_ts"),
+    ("channel",),
+    ("channel", "id"),
+    ("message",),
+    ("message", "ts"),
+    ("message", "thread_ts"),
+    ("actions",),
+    ("actions", 0),
+    ("actions", 0, "action_id"),
+    ("actions", 0, "value"),
+    ("actions", 0, "type"),
+    ("enterprise",),
+    ("is_enterprise_install",),
+]
+click_changes = st.lists(
+    st.tuples(st.sampled_from(CLICK_FIELDS), st.one_of(st.just(...), json_values)), min_size=1, max_size=3
+)
+
+
+def changed(payload: dict[str, Any], changes: list[tuple[tuple[str | int, ...], Any]]) -> dict[str, Any]:
+    """A copy of `payload` with each change made where its path still leads somewhere."""
+    result = copy.deepcopy(payload)
+    for path, value in changes:
+        try:
+            setting(*path, to=value)(result)
+        except (KeyError, IndexError, TypeError):
+            pass  # an earlier change took the path away
+    return result
+
+
+@pytest.mark.parametrize("mode", ["socket", "http"])
+async def test_fuzzed_feedback_clicks_are_each_answered_and_never_crash_a_listener(
+    bot: RunningBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> was this useful?")
+    [answer] = await slack.wait_for_bot_messages(CHANNEL, ts)
+    await bot.settle()
+    click = slack.feedback_click(CHANNEL, answer["ts"], user="U2", positive=False)
+    loop = asyncio.get_running_loop()
+    unanswered: list[dict[str, Any]] = []
+
+    @settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None, derandomize=FUZZ_EXAMPLES == 150)
+    @given(changes=click_changes)
+    def one_click(changes: list[tuple[tuple[str | int, ...], Any]]) -> None:
+        payload = changed(click, changes)
+        sent = asyncio.run_coroutine_threadsafe(slack.deliver_interaction(payload), loop)
+        delivery = sent.result(timeout=10)
+        # Socket Mode: acknowledged. HTTP: 200 or 400 within Slack's 3 s, never a 5xx.
+        if not (delivery.acked if bot.mode == "socket" else delivery.status in (200, 400)):
+            unanswered.append(payload)
+
+    await asyncio.to_thread(one_click)
+    await bot.settle()
+    assert unanswered == []
     for vote in await bot.bot.store.feedback_votes(ThreadKey("T1", CHANNEL, ts)):
         fields = (vote.team, vote.channel, vote.thread, vote.answer_ts, vote.message_ts, vote.user)
         assert all(isinstance(field, str) and field for field in fields), vote

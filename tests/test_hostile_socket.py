@@ -4,20 +4,32 @@ handler, and the bot goes on answering on the same connection."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import uuid
 from typing import Any
 
+import aiohttp
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import StartBot
 from tests.emulators.openai_api import OpenAIEmulator
 from tests.emulators.slack import SlackEmulator
 from tests.test_hostile_input import (
+    ANSWERABLE,
+    BOT,
+    CHANNEL,
+    FUZZ_EXAMPLES,
     MALFORMED_ENVELOPES,
     assert_only_the_next_mention_is_answered,
     crashes,
     envelope,
+    events,
+    json_values,
     mention,
+    top_level_overrides,
 )
 
 # Frames without an envelope id to acknowledge.
@@ -79,3 +91,66 @@ async def test_envelopes_with_a_payload_of_the_wrong_shape_are_acknowledged_and_
     await assert_only_the_next_mention_is_answered(slack, llm, running)
     assert slack.socket_connections == 1
     assert crashes(caplog) == []
+
+
+# ----- fuzz: envelopes of any shape around event_callbacks of any shape -----
+
+envelope_kinds = st.sampled_from(["events_api"] * 6 + ["interactive", "slash_commands", "hello", "telepathy"])
+envelope_extras = st.dictionaries(
+    st.sampled_from(["accepts_response_payload", "retry_attempt", "retry_reason", "debug_info"]),
+    json_values,
+    max_size=2,
+)
+
+
+def _answerable(test: Any) -> Any:
+    """The mentions the bot must answer, as plain envelopes, among the examples."""
+    for event in ANSWERABLE:
+        test = example(event=event, overrides={}, kind="events_api", extras={})(test)
+    return test
+
+
+async def acknowledged(slack: SlackEmulator, frame: dict[str, Any], timeout: float = 5.0) -> bool:  # noqa: ASYNC109
+    """Write `frame` on the socket; True once its envelope is acknowledged, False after `timeout`."""
+    await slack.send_socket_text(json.dumps(frame))
+    try:
+        await slack.wait_for(
+            lambda: any(a.get("envelope_id") == frame["envelope_id"] for a in slack.acks), timeout
+        )
+    except AssertionError:
+        return False
+    return True
+
+
+async def test_fuzzed_envelopes_are_each_acknowledged_and_the_bot_keeps_answering(
+    start_bot: StartBot, slack: SlackEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    running = await start_bot("socket")
+    loop = asyncio.get_running_loop()
+    unacknowledged: list[dict[str, Any]] = []
+
+    # As the HTTP fuzz test: Hypothesis runs in a worker thread, each frame is sent on the loop.
+    @settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None, derandomize=FUZZ_EXAMPLES == 150)
+    @given(event=events, overrides=top_level_overrides, kind=envelope_kinds, extras=envelope_extras)
+    @_answerable
+    def one_envelope(event: Any, overrides: dict[str, Any], kind: str, extras: dict[str, Any]) -> None:
+        frame = extras | {
+            "envelope_id": str(uuid.uuid4()),
+            "type": kind,
+            "payload": envelope(event, **overrides),
+        }
+        if not asyncio.run_coroutine_threadsafe(acknowledged(slack, frame), loop).result(timeout=10):
+            unacknowledged.append(frame)
+
+    await asyncio.to_thread(one_envelope)
+    await running.settle()
+    assert unacknowledged == []
+    assert all(slack.bot_messages(CHANNEL, event["ts"]) for event in ANSWERABLE)
+    ts = await slack.post_user_message("C799", f"<@{BOT}> are you still there?")
+    [answer] = await slack.wait_for_bot_messages("C799", ts)
+    assert answer["text"] == "Answer: ann: are you still there?"
+    await running.settle()
+    assert crashes(caplog) == []
+    assert slack.socket_connections == 1
+    async with aiohttp.ClientSession() as session, session.get(f"{running.url}/health") as response:
+        assert response.status == 200
