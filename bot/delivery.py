@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from slack_sdk.errors import SlackApiError
 
 from bot.rate_limit import BudgetedSlack, Hold, RateLimited
@@ -202,6 +203,9 @@ class Delivery:
             _log_api_error("chat.postEphemeral", error)
         except RateLimited as error:
             log.info("feedback thanks skipped: %s", error)
+        except (aiohttp.ClientError, TimeoutError) as error:
+            # Slack unreachable even after the client's retries; the vote is kept all the same.
+            log.warning("feedback thanks not sent error=%s", type(error).__name__)
 
     @property
     def _time_unit(self) -> float:

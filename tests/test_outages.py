@@ -11,6 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from bot.store import ThreadKey
 from bot.turn import STORE_UNAVAILABLE
 from tests.conftest import StartBot
 from tests.emulators.openai_api import OpenAIEmulator, Status
@@ -115,6 +116,36 @@ async def test_answer_slack_refuses_for_a_while_is_journaled_and_delivered_later
     assert "answer delivery deferred" in caplog.text
 
 
+@pytest.mark.parametrize("where", ["dm", "channel thread"])
+async def test_answer_whose_connections_to_slack_drop_is_journaled_and_delivered_once(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    caplog: pytest.LogCaptureFixture,
+    where: str,
+) -> None:
+    """The network fails under the Web API calls (no answer at all, not an error code): the sign
+    is given up, the answer waits in the journal and is delivered once the calls go through."""
+    running = await start_bot("http", RECOVERY_INTERVAL_SECONDS="0.3")
+    caplog.set_level(logging.INFO)
+    for method in ("chat.postMessage", "chat.startStream", "assistant.threads.setStatus", "reactions.add"):
+        slack.fail_next(method, drop=True, times=4)  # more than the client's two retries
+    if where == "dm":
+        await slack.post_user_message(DM, "please answer eventually")
+        answers = await slack.wait_for_bot_messages(DM, "top", timeout=20)
+    else:
+        ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> please answer eventually")
+        answers = await slack.wait_for_bot_messages(CHANNEL, ts, timeout=20)
+    await asyncio.sleep(0.5)
+    await running.settle()
+    assert [answer["text"] for answer in answers] == ["Answer: ann: please answer eventually"]
+    assert len(llm.requests) == 1  # the saved answer was delivered, not asked for again
+    assert [call.status for call in slack.calls_to("chat.postMessage")] == [0, 0, 0, 0, 200]
+    assert "answer delivery deferred" in caplog.text and "error=ServerDisconnectedError" in caplog.text
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []
+
+
 async def test_slack_error_is_logged_with_method_and_code(
     start_bot: StartBot, slack: SlackEmulator, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -150,6 +181,29 @@ async def test_socket_mode_reconnects_and_loses_no_event(
 
 
 # -- the model ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["socket", "http"])
+async def test_feedback_whose_thanks_cannot_reach_slack_is_kept_and_acknowledged(
+    start_bot: StartBot, slack: SlackEmulator, caplog: pytest.LogCaptureFixture, mode: str
+) -> None:
+    """The network to Slack's Web API fails while a person clicks: the click is acknowledged in
+    time, the vote kept, and the thanks given up with a warning, not a crashed listener."""
+    running = await start_bot(mode)
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> was this useful?")
+    [answer] = await slack.wait_for_bot_messages(CHANNEL, ts)
+    await running.settle()
+    slack.fail_next("chat.postEphemeral", drop=True, times=10)
+    started = time.monotonic()
+    delivery = await slack.click_feedback(CHANNEL, answer["ts"], user="U2", positive=True)
+    assert delivery.acked and time.monotonic() - started < 3.0
+    await slack.wait_for(lambda: len(slack.calls_to("chat.postEphemeral")) == 3)  # tried, retried twice
+    await asyncio.sleep(0.2)
+    [vote] = await running.bot.store.feedback_votes(ThreadKey("T1", CHANNEL, ts))
+    assert (vote.user, vote.vote) == ("U2", "good")
+    assert "feedback thanks not sent" in caplog.text
+    failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert failures == [], [r.getMessage() for r in failures]
 
 
 async def test_circuit_breaker_opens_answers_at_once_and_closes_after_a_probe(

@@ -131,6 +131,7 @@ class _Fault:
     error: str
     status: int
     retry_after: float | None
+    drop: bool = False  # cut the connection instead of answering
 
 
 def _truthy(value: Any) -> bool:
@@ -361,9 +362,12 @@ class SlackEmulator:
         status: int = 200,
         retry_after: float | None = None,
         times: int = 1,
+        drop: bool = False,
     ) -> None:
-        """Make the next `times` calls to `method` fail; status 429 means "ratelimited"."""
-        self._faults.setdefault(method, []).extend(_Fault(error, status, retry_after) for _ in range(times))
+        """Make the next `times` calls to `method` fail; status 429 means "ratelimited". With
+        `drop`, the connection is cut with no answer at all, as a failing network does."""
+        fault = _Fault(error, status, retry_after, drop)
+        self._faults.setdefault(method, []).extend(fault for _ in range(times))
 
     async def wait_for(
         self,
@@ -816,6 +820,10 @@ class SlackEmulator:
             queued = self._faults.get(method)
             if queued:
                 fault = queued.pop(0)
+                if fault.drop and request.transport is not None:
+                    self.calls.append(ApiCall(method, args, token, {}, 0, time.monotonic()))
+                    request.transport.abort()
+                    return web.Response(status=500)  # never written: the connection is gone
                 status = fault.status
                 if status == 429:
                     headers["Retry-After"] = str(math.ceil(fault.retry_after or 1))
