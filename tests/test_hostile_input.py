@@ -65,7 +65,9 @@ def crashes(caplog: pytest.LogCaptureFixture) -> list[str]:
         and (
             record.name == "aiohttp.server"
             or "Failed to run" in record.getMessage()
-            or record.getMessage().startswith(("turn crashed", "turn failed", "message listener failed"))
+            or record.getMessage().startswith(
+                ("turn crashed", "turn failed", "message listener failed", "feedback listener failed")
+            )
         )
     ]
 

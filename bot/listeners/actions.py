@@ -21,6 +21,15 @@ def register(app: AsyncApp, store: Store, delivery: Delivery) -> None:
         ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], context: AsyncBoltContext
     ) -> None:
         await ack()
+        try:
+            await take_feedback(body, action, context)
+        except Exception as error:
+            # Never into Bolt: its runner answers a listener that raised soon after its own ack()
+            # as if it had never acknowledged (over HTTP: nothing for 3 s, and Slack shows the
+            # click as failed). Every failure known is handled below; this is for the unknown.
+            log.error("feedback listener failed error=%s", type(error).__name__, exc_info=error)
+
+    async def take_feedback(body: dict[str, Any], action: dict[str, Any], context: AsyncBoltContext) -> None:
         vote = _vote(body, action, context)
         if vote is None:
             log.info("feedback ignored: payload without channel, message, user or vote")
