@@ -515,8 +515,15 @@ async def test_fuzzed_signed_event_callbacks_never_get_a_5xx_and_the_bot_keeps_a
     await asyncio.to_thread(one_request)
     await running.settle()
     assert len(statuses) >= 150
-    # The fuzz reached the turns, not only the front door: mentions among it got replies. (The
-    # mentions Hypothesis draws vary with every module it has seen imported, so a few are given.)
+    await assert_the_fuzz_reached_the_turns_and_the_bot_survived(slack, running, caplog)
+
+
+async def assert_the_fuzz_reached_the_turns_and_the_bot_survived(
+    slack: SlackEmulator, running: RunningBot, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a fuzz run: the mentions among it got replies (the mentions Hypothesis draws vary
+    with every module it has seen imported, so a few are given), the next question is answered,
+    nothing crashed, and /health says ok."""
     assert all(slack.bot_messages(CHANNEL, event["ts"]) for event in ANSWERABLE)
     ts = await slack.post_user_message("C799", f"<@{BOT}> are you still there?")
     [answer] = await slack.wait_for_bot_messages("C799", ts)

@@ -9,7 +9,6 @@ import json
 import uuid
 from typing import Any
 
-import aiohttp
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -19,11 +18,10 @@ from tests.emulators.openai_api import OpenAIEmulator
 from tests.emulators.slack import SlackEmulator
 from tests.test_hostile_input import (
     ANSWERABLE,
-    BOT,
-    CHANNEL,
     FUZZ_EXAMPLES,
     MALFORMED_ENVELOPES,
     assert_only_the_next_mention_is_answered,
+    assert_the_fuzz_reached_the_turns_and_the_bot_survived,
     crashes,
     envelope,
     events,
@@ -145,12 +143,5 @@ async def test_fuzzed_envelopes_are_each_acknowledged_and_the_bot_keeps_answerin
     await asyncio.to_thread(one_envelope)
     await running.settle()
     assert unacknowledged == []
-    assert all(slack.bot_messages(CHANNEL, event["ts"]) for event in ANSWERABLE)
-    ts = await slack.post_user_message("C799", f"<@{BOT}> are you still there?")
-    [answer] = await slack.wait_for_bot_messages("C799", ts)
-    assert answer["text"] == "Answer: ann: are you still there?"
-    await running.settle()
-    assert crashes(caplog) == []
+    await assert_the_fuzz_reached_the_turns_and_the_bot_survived(slack, running, caplog)
     assert slack.socket_connections == 1
-    async with aiohttp.ClientSession() as session, session.get(f"{running.url}/health") as response:
-        assert response.status == 200

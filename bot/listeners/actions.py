@@ -10,6 +10,7 @@ from typing import Any
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext
 
 from bot.delivery import Delivery
+from bot.listeners.fields import a_string, an_id, an_object
 from bot.store import FeedbackVote, Store, StoreUnavailable
 from bot.streaming import FEEDBACK_ACTION
 
@@ -57,16 +58,16 @@ def register(app: AsyncApp, store: Store, delivery: Delivery) -> None:
 def _vote(body: dict[str, Any], action: dict[str, Any], context: AsyncBoltContext) -> FeedbackVote | None:
     """The vote a click carries, or None when any part of it that the vote needs is missing or
     not an id (a payload can hold anything)."""
-    container, message = _object(body.get("container")), _object(body.get("message"))
-    team = _id(body.get("team")) or _text(context.team_id)
-    channel = _text(container.get("channel_id")) or _id(body.get("channel"))
-    message_ts = _text(container.get("message_ts")) or _text(message.get("ts"))
-    user = _id(body.get("user"))
+    container, message = an_object(body.get("container")), an_object(body.get("message"))
+    team = an_id(body.get("team")) or a_string(context.team_id)
+    channel = a_string(container.get("channel_id")) or an_id(body.get("channel"))
+    message_ts = a_string(container.get("message_ts")) or a_string(message.get("ts"))
+    user = an_id(body.get("user"))
     value = action.get("value")
     vote, _, answer_ts = (value if isinstance(value, str) else "").partition(":")
     if not (team and channel and message_ts and user) or vote not in ("good", "bad"):
         return None
-    thread_ts = _text(message.get("thread_ts")) or _text(container.get("thread_ts"))
+    thread_ts = a_string(message.get("thread_ts")) or a_string(container.get("thread_ts"))
     # The same conversation key the turn used: a thread, or a DM's rolling top level.
     if thread_ts and thread_ts != message_ts:
         thread = thread_ts
@@ -84,17 +85,3 @@ def _vote(body: dict[str, Any], action: dict[str, Any], context: AsyncBoltContex
         vote=vote,  # type: ignore[arg-type]
         at=time.time(),
     )
-
-
-def _object(value: object) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _text(value: object) -> str | None:
-    """A non-empty string, or None."""
-    return value if isinstance(value, str) and value else None
-
-
-def _id(value: object) -> str | None:
-    """An id given as itself or as an object's `id`, as Slack gives teams, users and channels."""
-    return _text(value) or _text(_object(value).get("id"))

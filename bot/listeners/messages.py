@@ -10,6 +10,7 @@ from typing import Any
 
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
 
+from bot.listeners.fields import an_object
 from bot.slack_text import is_command, mentions_others
 from bot.store import Action, IncomingMessage, ThreadKey
 from bot.turn import TurnRunner
@@ -55,7 +56,7 @@ def register(app: AsyncApp, turns: TurnRunner) -> NewMessageListener:
                 await turns.accept(message)
 
     async def on_deleted(event: dict[str, Any], context: AsyncBoltContext) -> None:
-        previous = _object(event.get("previous_message"))
+        previous = an_object(event.get("previous_message"))
         deleted_ts = event.get("deleted_ts") or previous.get("ts")
         channel, team = event.get("channel"), context.team_id
         if not (isinstance(deleted_ts, str) and isinstance(channel, str) and team):
@@ -64,7 +65,7 @@ def register(app: AsyncApp, turns: TurnRunner) -> NewMessageListener:
             await turns.remove_message(ThreadKey(team, channel, conversation), deleted_ts)
 
     async def on_edited(event: dict[str, Any], context: AsyncBoltContext) -> None:
-        edited = _object(event.get("message"))
+        edited = an_object(event.get("message"))
         channel, team, ts = event.get("channel"), context.team_id, edited.get("ts")
         if edited.get("bot_id") or edited.get("user") == context.bot_user_id:
             return
@@ -143,11 +144,6 @@ def _thread_of(event: dict[str, Any], team: str | None, *, is_dm: bool) -> Threa
     if thread_ts is not None and not isinstance(thread_ts, str):
         return None
     return ThreadKey(team, channel, _conversation(ts, thread_ts, is_dm=is_dm))
-
-
-def _object(value: object) -> dict[str, Any]:
-    """A field that should hold an object; anything else counts as empty."""
-    return value if isinstance(value, dict) else {}
 
 
 def _conversations_holding(message: dict[str, Any], ts: str, event: dict[str, Any]) -> list[str]:
