@@ -11,6 +11,13 @@ def _ms(values: dict[str, float | None] | None, points: tuple[str, ...] = ("p50"
     return "/".join("-" if values.get(p) is None else f"{values[p] * 1000:.0f}" for p in points)
 
 
+def _against(ratio: float | None, limit: float) -> str:
+    """A ratio for a verdict: with a third decimal when two would round it onto the limit."""
+    if ratio is None:
+        return "-"
+    return f"{ratio:.3f}×" if round(ratio, 2) == limit else f"{ratio:.2f}×"
+
+
 def _ratio(values: dict[str, float | None] | None) -> str:
     if not values or values.get("p99") is None:
         return "-"
@@ -248,14 +255,14 @@ def targets(results: dict[str, Any]) -> list[dict[str, str]]:
             ratio = (top.get("done_over_ideal") or {}).get("p99")
             add(
                 f"tiers ({where}): p99 done ≤ 1.5 × ideal at C={top['c']}",
-                "-" if ratio is None else f"{ratio:.2f}×",
+                _against(ratio, 1.5),
                 ratio is not None and ratio <= 1.5,
             )
             continue
         ratio = (top.get("done_over_ideal") or {}).get("p99")
         add(
             f"concurrency ({where}): p99 done ≤ 1.25 × ideal at C={top['c']}",
-            "-" if ratio is None else f"{ratio:.2f}×",
+            _against(ratio, 1.25),
             ratio is not None and ratio <= 1.25 and top["answered"] == top["questions"],
         )
         worst = max((s["signal"]["p99"] or float("inf") for s in steps), default=None)
