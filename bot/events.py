@@ -6,12 +6,18 @@ Bolt's dispatch of an event (building its request and context, matching it again
 listener, building each listener's arguments) costs some 150 µs of CPU, as much as a tenth of the
 whole turn of a quick answer; for these two events all it would do is what `MessageIntake.take`
 does: skip the bot's own messages and hand the event, the team and the bot's user id to the
-listener, after the acknowledgement. It needs the bot's identity from the start-up `auth.test`;
+listener. It needs the bot's identity from the start-up `auth.test`;
 without it (Slack unreachable at start) Bolt dispatches these events too, and asks Slack itself.
 
+A person's new message is acknowledged once it is queued in Redis (or its sender was told why it
+cannot be), not before: a process killed in between (SIGKILL, the machine, the kernel's OOM
+killer) leaves the event unacknowledged, and Slack sends it again, to this process or another.
+Queueing takes a Redis round trip, a few hundred milliseconds in a burst of 500; a Redis that
+stalls longer than `ACK_WAIT_SECONDS` gets the acknowledgement sent anyway, within Slack's 3 s.
+
 A channel mention comes as two events for one message, `message` and `app_mention`, mostly to the
-same process: the second is acknowledged without any work here. Redis still dedups across
-processes.
+same process: the second is acknowledged without any work here (should this process die before
+the first is queued, Slack sends the first again). Redis still dedups across processes.
 """
 
 from __future__ import annotations
@@ -31,6 +37,12 @@ log = logging.getLogger(__name__)
 
 EventKey = tuple[str, str, str]  # (team, channel, ts)
 DISPATCHED_REMEMBERED = 10_000  # a twin comes within moments of its first event
+# The longest an acknowledgement waits for its message to be queued: Slack wants one within 3 s.
+ACK_WAIT_SECONDS = 2.0
+
+# What `MessageIntake.take` did with an event: False, not taken (Bolt dispatches it); True, taken
+# and nothing to wait for; a task, the listener queueing the message (acknowledge it when done).
+Taken = bool | asyncio.Task[None]
 
 
 @dataclass(frozen=True)
@@ -71,10 +83,10 @@ class MessageIntake:
         self._listener = listener
         self._identity = identity
 
-    def take(self, body: dict[str, Any]) -> bool:
-        """True when the event is taken here: acknowledge it and do nothing more. False: let
-        Bolt dispatch it, and call `bolt_dispatched` when Bolt acknowledged it. `body` must have
-        passed `shape_problem`."""
+    def take(self, body: dict[str, Any]) -> Taken:
+        """True, or the listener's task, when the event is taken here: acknowledge it (once the
+        task is done: `until_queued`) and do nothing more. False: let Bolt dispatch it, and call
+        `bolt_dispatched` when Bolt acknowledged it. `body` must have passed `shape_problem`."""
         key = message_event_key(body)
         if key is None:
             return False
@@ -92,11 +104,10 @@ class MessageIntake:
             return True
         self.dispatched.add(key)
         is_dm = event["type"] == "message" and event.get("channel_type") == "im"
-        # After the acknowledgement, as Bolt runs listeners: the task starts once this returns.
         task = asyncio.create_task(listener(event, extract_team_id(body), identity.user_id, is_dm))
         self._started.add(task)
         task.add_done_callback(self._listener_done)
-        return True
+        return task
 
     def bolt_dispatched(self, body: dict[str, Any]) -> None:
         """Bolt acknowledged this event: its twin, if any, is taken here."""
@@ -108,6 +119,13 @@ class MessageIntake:
         if not task.cancelled() and (error := task.exception()) is not None:
             # What Bolt's listener runner would have done: log it; the event was acknowledged.
             log.error("message listener failed error=%s", type(error).__name__, exc_info=error)
+
+
+async def until_queued(taken: Taken) -> None:
+    """Wait, before acknowledging a taken event, until its listener has queued the message (or
+    told its sender why not), at most `ACK_WAIT_SECONDS`. The listener goes on after a timeout."""
+    if isinstance(taken, asyncio.Task) and not taken.done():
+        await asyncio.wait((taken,), timeout=ACK_WAIT_SECONDS)
 
 
 def shape_problem(body: object) -> str | None:

@@ -31,7 +31,7 @@ from bot.breaker import CircuitBreaker
 from bot.config import Settings
 from bot.context import ContextBuilder
 from bot.delivery import Delivery
-from bot.events import BotIdentity, MessageIntake, shape_problem
+from bot.events import BotIdentity, MessageIntake, shape_problem, until_queued
 from bot.health import health_handler
 from bot.llm import ChatModel
 from bot.rate_limit import BudgetedSlack, SlackBudget
@@ -257,7 +257,8 @@ class SupportBot:
             return web.json_response({"error": f"not a Slack request: {problem}"}, status=400)
         if body.get("type") == "app_rate_limited":
             log.warning("slack reports this app is over its event rate limit; events are being dropped")
-        if self._intake.take(body):
+        if taken := self._intake.take(body):
+            await until_queued(taken)
             return web.Response()
         try:
             headers = dict(request.headers)

@@ -1,9 +1,9 @@
 """Socket Mode: the SDK's aiohttp client and Bolt's handler, with what the HTTP listener does
 (bot/server.py) done here too.
 
-- A person's new message (bot/events.py) is acknowledged and taken where the socket is read,
-  without the SDK's queue and its task per envelope: in a burst those were two more passes of a
-  crowded event loop between an envelope and its turn.
+- A person's new message (bot/events.py) is taken where the socket is read, without the SDK's
+  queue and its task per envelope (in a burst those were two more passes of a crowded event loop
+  between an envelope and its turn), and acknowledged once it is queued in Redis.
 - An envelope that cannot be a request (not a JSON object, no envelope id, a payload Bolt would
   choke on) is logged and dropped, acknowledged when it has an id, so that Slack does not send it
   again; the SDK would have logged a traceback for some and handed the rest to Bolt.
@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -25,7 +26,7 @@ from slack_sdk.socket_mode.aiohttp import SocketModeClient
 from slack_sdk.socket_mode.async_client import AsyncBaseSocketModeClient
 from slack_sdk.socket_mode.request import SocketModeRequest
 
-from bot.events import MessageIntake, shape_problem
+from bot.events import MessageIntake, shape_problem, until_queued
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class IntakeSocketModeClient(SocketModeClient):
     def __init__(self, app_token: str, *, intake: MessageIntake, **options: Any) -> None:
         super().__init__(app_token, **options)
         self.intake = intake
+        self._acknowledging: set[asyncio.Task[None]] = set()
 
     async def enqueue_message(self, message: str) -> None:
         """Called by the SDK's receiving loop for each text frame, in order."""
@@ -59,10 +61,20 @@ class IntakeSocketModeClient(SocketModeClient):
         if problem is not None:
             log.warning("socket mode envelope ignored type=%.40r reason=%s", envelope.get("type"), problem)
             await self.acknowledge(envelope_id)
-        elif envelope.get("type") == "events_api" and self.intake.take(payload):
-            await self.acknowledge(envelope_id)
+        elif envelope.get("type") == "events_api" and (taken := self.intake.take(payload)):
+            if isinstance(taken, asyncio.Task):
+                # Not awaited here: this loop reads the socket, and the next envelope is waiting.
+                acknowledging = asyncio.create_task(self._acknowledge_once_queued(envelope_id, taken))
+                self._acknowledging.add(acknowledging)
+                acknowledging.add_done_callback(self._acknowledging.discard)
+            else:
+                await self.acknowledge(envelope_id)
         else:
             await super().enqueue_message(message)
+
+    async def _acknowledge_once_queued(self, envelope_id: str, listener: asyncio.Task[None]) -> None:
+        await until_queued(listener)
+        await self.acknowledge(envelope_id)
 
     async def acknowledge(self, envelope_id: str) -> None:
         try:

@@ -229,9 +229,10 @@ class TurnRunner:
 
     @contextlib.contextmanager
     def taking_in(self, key: ThreadKey | None = None) -> Iterator[None]:
-        """Marks a Slack event being turned into a queued message. It was acknowledged to Slack,
-        which will not send it again, so `drain` waits for it as for a turn. With its thread's
-        `key`, the thread's worker waits for it too before taking a message (`_after_arrivals`)."""
+        """Marks a Slack event being turned into a queued message. Its acknowledgement waits for
+        this (bot/events.py), at most 2 s, or Bolt's went out already; either way `drain` waits
+        for it as for a turn. With its thread's `key`, the thread's worker waits for it too
+        before taking a message (`_after_arrivals`)."""
         task = asyncio.current_task()
         arrival: asyncio.Future[None] | None = None
         if key is not None:

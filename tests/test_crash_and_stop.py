@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 from tests.bot_process import BotProcess
 from tests.conftest import StartBot, bot_env, free_port
@@ -30,17 +31,66 @@ async def spawn_bot(
 ) -> AsyncIterator[SpawnBot]:
     processes: list[BotProcess] = []
 
-    async def spawn(**overrides: str) -> BotProcess:
-        env = bot_env(slack, llm, redis_url, "http", free_port()) | FAST_RECOVERY | overrides
+    async def spawn(mode: str = "http", **overrides: str) -> BotProcess:
+        env = bot_env(slack, llm, redis_url, mode, free_port()) | FAST_RECOVERY | overrides
         process = BotProcess(env, tmp_path)
         processes.append(process)
         await process.start()
-        slack.use_http(f"{process.url}/slack/events")
+        if mode == "http":
+            slack.use_http(f"{process.url}/slack/events")
+        else:
+            slack.use_socket()
         return process
 
     yield spawn
     for process in processes:
         await process.close()
+
+
+@pytest.mark.parametrize("mode", ["http", "socket"])
+async def test_killed_before_the_message_is_queued_slack_sends_it_again_and_it_is_answered_once(
+    mode: str, spawn_bot: SpawnBot, slack: SlackEmulator, redis: Redis
+) -> None:
+    """The event is acknowledged only once its message is in Redis: a process killed before
+    that leaves it unacknowledged, and Slack's retry reaches the next process."""
+    first = await spawn_bot(mode)
+    event = slack.user_message_event(DM, "where is my refund?")
+    await redis.execute_command("CLIENT", "PAUSE", "20000", "WRITE")  # the queueing step waits
+    try:
+        delivery = asyncio.create_task(slack.deliver_event(event))
+        await asyncio.sleep(1.0)
+        assert not delivery.done(), "acknowledged before the message was queued"
+        first.kill()
+        await first.wait()
+        assert not (await delivery).acked
+    finally:
+        await redis.execute_command("CLIENT", "UNPAUSE")
+
+    # As Slack does with a delivery that was not acknowledged: send it again.
+    survivor = await spawn_bot(mode)
+    retry = await slack.deliver_event(event, retry_num=1, retry_reason="http_timeout")
+    assert retry.acked
+    [answer] = await slack.wait_for_bot_messages(DM, "top", count=1, timeout=15)
+    await asyncio.sleep(1.0)  # time for a duplicate to show up, if there were one
+    assert answer["text"] == "Answer: ann: where is my refund?"
+    assert len(slack.bot_messages(DM, "top")) == 1
+    assert "message listener failed" not in survivor.log()
+
+
+async def test_an_acknowledgement_waits_for_a_stalled_redis_at_most_two_seconds(
+    spawn_bot: SpawnBot, slack: SlackEmulator, redis: Redis
+) -> None:
+    """Slack wants an acknowledgement within 3 s: a Redis that stalls longer does not hold it."""
+    await spawn_bot("http")
+    event = slack.user_message_event(DM, "anyone there?")
+    await redis.execute_command("CLIENT", "PAUSE", "3500", "WRITE")
+    try:
+        delivery = await slack.deliver_event(event)
+    finally:
+        await redis.execute_command("CLIENT", "UNPAUSE")
+    assert delivery.acked and 1.9 < delivery.elapsed < 3.0, delivery
+    [answer] = await slack.wait_for_bot_messages(DM, "top", count=1, timeout=15)
+    assert answer["text"] == "Answer: ann: anyone there?"
 
 
 async def test_killed_mid_answer_is_answered_once_when_two_processes_recover_at_once(

@@ -482,19 +482,28 @@ class SlackEmulator:
         deliver_mention: bool = True,
     ) -> str:
         """Store a user's message and deliver `message` (and `app_mention`) events."""
+        event = self.user_message_event(channel, text, user, thread_ts, team, channel_type)
+        await self.deliver_event(event)
+        if deliver_mention and event["channel_type"] != "im" and f"<@{self.bot_user_id}>" in text:
+            mention = {k: v for k, v in event.items() if k != "channel_type"}
+            await self.deliver_event(mention | {"type": "app_mention"})
+        return event["ts"]
+
+    def user_message_event(
+        self,
+        channel: str,
+        text: str,
+        user: str = "U1",
+        thread_ts: str | None = None,
+        team: str | None = None,
+        channel_type: str | None = None,
+    ) -> dict:
+        """Store a user's message; its `message` event, for the test to deliver."""
         kind = self._channel(channel)["kind"]
         extra = {"client_msg_id": str(uuid.uuid4())} | ({"team": team} if team else {})
         msg = self._add_message(channel, user, text=text, thread_ts=thread_ts, **extra)
-        event = self._public(msg) | {
-            "channel": channel,
-            "event_ts": msg["ts"],
-            "channel_type": channel_type or kind,
-        }
-        await self.deliver_event(event)
-        if deliver_mention and kind != "im" and f"<@{self.bot_user_id}>" in text:
-            mention = {k: v for k, v in event.items() if k != "channel_type"}
-            await self.deliver_event(mention | {"type": "app_mention"})
-        return msg["ts"]
+        where = {"channel": channel, "event_ts": msg["ts"], "channel_type": channel_type or kind}
+        return self._public(msg) | where
 
     async def click_feedback(
         self, channel: str, ts: str, *, user: str = "U1", positive: bool = True
