@@ -49,6 +49,8 @@ MAX_EVENT_BYTES = 1024 * 1024  # Slack's own events are far smaller
 LISTEN_BACKLOG = 2048
 GC_YOUNG_THRESHOLD = 10_000  # allocations between young collections (Python's default: 700)
 SOCKET_PING_SECONDS = 5.0
+IDENTITY_RETRY_FIRST_SECONDS = 1.0  # auth.test asked again after a failure at start, doubling
+IDENTITY_RETRY_MAX_SECONDS = 60.0
 REJECTED_TOKEN_ERRORS = {"invalid_auth", "not_authed", "account_inactive", "token_revoked"}
 
 
@@ -96,6 +98,7 @@ class SupportBot:
         self._intake = MessageIntake()
         self._socket_connect: asyncio.Task[None] | None = None
         self._recovery: asyncio.Task[None] | None = None
+        self._identity_lookup: asyncio.Task[None] | None = None
         self.app: AsyncApp | None = None
         self.turns: TurnRunner | None = None
 
@@ -165,7 +168,10 @@ class SupportBot:
             max_concurrent_turns=settings.max_concurrent_turns,
         )
         on_new_message = listeners.register(self.app, self.turns, self.store)
-        self._intake.connect(on_new_message, _identity(auth_test))
+        if auth_test is not None:
+            self._intake.connect(on_new_message, _identity(auth_test))
+        else:
+            self._identity_lookup = asyncio.create_task(self._learn_identity(client, on_new_message))
         if not await self.store.ping():
             log.error("redis is unreachable at start; /health reports 503 until it answers")
 
@@ -206,7 +212,7 @@ class SupportBot:
         running, self._running = self._running, None
         if running is None:
             return
-        for task in (self._socket_connect, self._recovery):
+        for task in (self._socket_connect, self._recovery, self._identity_lookup):
             if task is not None:
                 task.cancel()
         if running.socket_handler is not None:
@@ -238,6 +244,27 @@ class SupportBot:
             except RedisError as error:
                 log.warning("recovery round failed error=%s", type(error).__name__)
             await asyncio.sleep(interval)
+
+    async def _learn_identity(
+        self, client: AsyncWebClient, on_new_message: listeners.NewMessageListener
+    ) -> None:
+        """Slack did not answer auth.test at start. Until it does, Bolt dispatches new messages
+        (and acknowledges them before they are queued); ask again, then take them directly."""
+        assert self.app is not None
+        delay = IDENTITY_RETRY_FIRST_SECONDS
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                auth_test = await _check_token(client)
+            except StartupError as error:
+                log.error("%s", error)  # Bolt's own checks refuse every event meanwhile
+                auth_test = None
+            if auth_test is not None:
+                _share_identity(self.app, auth_test)
+                self._intake.connect(on_new_message, _identity(auth_test))
+                log.info("slack answered auth.test; new messages are taken directly")
+                return
+            delay = min(delay * 2, IDENTITY_RETRY_MAX_SECONDS)
 
     async def _slack_events(self, request: web.Request) -> web.Response:
         """POST /slack/events: verify the signature; a person's new message goes to its listener
@@ -323,9 +350,9 @@ async def _check_token(client: AsyncWebClient) -> AsyncSlackResponse | None:
                 f"SLACK_BOT_TOKEN was rejected by Slack ({code}): copy the current Bot User "
                 "OAuth Token from your app's OAuth & Permissions page."
             ) from None
-        log.warning("auth.test failed at start error=%s; carrying on", code)
+        log.warning("auth.test failed error=%s; carrying on", code)
     except (aiohttp.ClientError, TimeoutError) as error:
-        log.warning("slack unreachable at start error=%s; carrying on", type(error).__name__)
+        log.warning("slack unreachable for auth.test error=%s; carrying on", type(error).__name__)
     return None
 
 

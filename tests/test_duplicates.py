@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from redis.asyncio import Redis
 
 from bot.events import DispatchedMessages
 from tests.conftest import StartBot
@@ -91,20 +92,36 @@ def test_the_memory_of_dispatched_messages_keeps_only_the_most_recent() -> None:
 
 
 @pytest.mark.parametrize("mode", ["socket", "http"])
-async def test_without_the_bots_identity_at_start_bolt_takes_messages_and_each_gets_one_answer(
-    start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator, mode: str
+async def test_without_the_bots_identity_at_start_bolt_takes_messages_until_slack_answers_again(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+    mode: str,
 ) -> None:
-    """New messages skip Bolt's dispatch only when the start-up auth.test said who the bot is;
-    when it failed, Bolt dispatches them (and asks auth.test itself), twins dropped as before."""
+    """New messages skip Bolt's dispatch only once auth.test has said who the bot is. When it
+    failed at start, Bolt dispatches them (and asks auth.test itself), twins dropped as before;
+    the bot asks again, and from then on takes them directly, acknowledged once queued."""
     slack.fail_next("auth.test", "internal_error")
     running = await start_bot(mode)
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> hello")
     await slack.wait_for_bot_messages(CHANNEL, root, count=1)
-    await slack.post_user_message(CHANNEL, f"<@{BOT}> and now?", thread_ts=root)
+    await slack.wait_for(
+        lambda: any("new messages are taken directly" in r.getMessage() for r in caplog.records),
+        what="auth.test asked again",
+    )
+
+    await redis.execute_command("CLIENT", "PAUSE", "1500", "WRITE")  # queueing waits 1.5 s
+    try:
+        event = slack.user_message_event(CHANNEL, f"<@{BOT}> and now?", thread_ts=root)
+        delivery = await slack.deliver_event(event)
+    finally:
+        await redis.execute_command("CLIENT", "UNPAUSE")
+    assert delivery.acked and delivery.elapsed > 1.0, "acknowledged before the message was queued"
     await slack.wait_for_bot_messages(CHANNEL, root, count=2)
     await asyncio.sleep(0.3)
     await running.settle()
     assert len(slack.bot_messages(CHANNEL, root)) == 2
     assert len(llm.requests) == 2
-    assert len(slack.calls_to("auth.test")) == 2  # the failed one at start, then Bolt's own
     assert all(delivery.acked for delivery in slack.deliveries)
