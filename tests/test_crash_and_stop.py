@@ -77,6 +77,39 @@ async def test_killed_before_the_message_is_queued_slack_sends_it_again_and_it_i
     assert "message listener failed" not in survivor.log()
 
 
+@pytest.mark.parametrize("mode", ["http", "socket"])
+async def test_killed_amid_a_burst_of_mentions_each_is_answered_once_after_slacks_retries(
+    mode: str, spawn_bot: SpawnBot, slack: SlackEmulator, redis: Redis
+) -> None:
+    """Twenty channel mentions, each as Slack sends it (`message` and `app_mention` at once), reach
+    a process that is killed before it could queue them. Each mention keeps an event Slack will
+    send again (the twin taken second is acknowledged at once, the one taken first is not), and
+    the next process answers each exactly once."""
+    first = await spawn_bot(mode)
+    messages = [slack.user_message_event(CHANNEL, f"<@{BOT}> question {i}") for i in range(20)]
+    events = [event for message in messages for event in (message, slack.mention_twin(message))]
+    await redis.execute_command("CLIENT", "PAUSE", "20000", "WRITE")
+    try:
+        sending = [asyncio.create_task(slack.deliver_event(event)) for event in events]
+        await asyncio.sleep(1.0)
+        first.kill()
+        await first.wait()
+        deliveries = await asyncio.gather(*sending)
+    finally:
+        await redis.execute_command("CLIENT", "UNPAUSE")
+    unacknowledged = [event for event, delivery in zip(events, deliveries, strict=True) if not delivery.acked]
+    assert {event["ts"] for event in unacknowledged} == {message["ts"] for message in messages}
+
+    await spawn_bot(mode)
+    for event in unacknowledged:  # as Slack does
+        assert (await slack.deliver_event(event, retry_num=1, retry_reason="http_timeout")).acked
+    for message in messages:
+        [answer] = await slack.wait_for_bot_messages(CHANNEL, message["ts"], count=1, timeout=15)
+        assert answer["text"] == f"Answer: ann: {message['text'].removeprefix(f'<@{BOT}> ')}"
+    await asyncio.sleep(1.0)  # time for a duplicate to show up, if there were one
+    assert all(len(slack.bot_messages(CHANNEL, message["ts"])) == 1 for message in messages)
+
+
 async def test_an_acknowledgement_waits_for_a_stalled_redis_at_most_two_seconds(
     spawn_bot: SpawnBot, slack: SlackEmulator, redis: Redis
 ) -> None:

@@ -485,9 +485,13 @@ class SlackEmulator:
         event = self.user_message_event(channel, text, user, thread_ts, team, channel_type)
         await self.deliver_event(event)
         if deliver_mention and event["channel_type"] != "im" and f"<@{self.bot_user_id}>" in text:
-            mention = {k: v for k, v in event.items() if k != "channel_type"}
-            await self.deliver_event(mention | {"type": "app_mention"})
+            await self.deliver_event(self.mention_twin(event))
         return event["ts"]
+
+    @staticmethod
+    def mention_twin(event: dict) -> dict:
+        """The `app_mention` event Slack sends beside a channel message's `message` event."""
+        return {k: v for k, v in event.items() if k != "channel_type"} | {"type": "app_mention"}
 
     def user_message_event(
         self,
