@@ -1,5 +1,7 @@
 """GET /health: 200 when the bot can work (Redis answers; the socket is up in Socket Mode), else 503
-naming the failing part; also the LLM circuit breaker's state. Never a secret or exception text."""
+naming the failing part; also the LLM circuit breaker's state. Never a secret or exception text.
+From SIGTERM on, 503 "stopping": a load balancer takes the process out of rotation while it
+finishes its answers (events that still reach it are taken, as at any other time)."""
 
 from __future__ import annotations
 
@@ -20,8 +22,11 @@ def health_handler(
     mode: str,
     socket_connected: Callable[[], Awaitable[bool]] | None,
     breaker: CircuitBreaker,
+    stopping: Callable[[], bool],
 ) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def health(_: web.Request) -> web.Response:
+        if stopping():
+            return web.json_response({"status": "stopping", "mode": mode}, status=503)
         checks: dict[str, str] = {}
         try:
             redis_ok = await asyncio.wait_for(store.ping(), CHECK_TIMEOUT)

@@ -99,6 +99,7 @@ class SupportBot:
         self._socket_connect: asyncio.Task[None] | None = None
         self._recovery: asyncio.Task[None] | None = None
         self._identity_lookup: asyncio.Task[None] | None = None
+        self._stopping = False  # from SIGTERM on: /health says so
         self.app: AsyncApp | None = None
         self.turns: TurnRunner | None = None
 
@@ -192,6 +193,7 @@ class SupportBot:
                 mode=self.mode,
                 socket_connected=socket_handler.client.is_connected if socket_handler else None,
                 breaker=self.breaker,
+                stopping=lambda: self._stopping,
             ),
         )
         if not settings.socket_mode:
@@ -207,11 +209,14 @@ class SupportBot:
         log.info("bot started mode=%s port=%d model=%s", self.mode, settings.port, settings.openai_model)
 
     async def stop(self, grace_seconds: float | None = None) -> None:
-        """Stop taking events, give answers in flight `grace_seconds` to finish, and leave the
-        rest journaled for the next process."""
+        """Turn /health to 503 (a load balancer stops sending events here; those that still
+        come over HTTP are taken), close the Socket Mode connection (Slack sends its events to
+        the app's other connections), give answers in flight `grace_seconds` to finish, and leave
+        the rest journaled for the next process."""
         running, self._running = self._running, None
         if running is None:
             return
+        self._stopping = True
         for task in (self._socket_connect, self._recovery, self._identity_lookup):
             if task is not None:
                 task.cancel()

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
 from redis.asyncio import Redis
 
@@ -227,6 +228,30 @@ async def test_sigterm_lets_answers_in_flight_finish_and_exits_0(
     assert await bot.wait() == 0, bot.log()
     assert [m["text"] for m in slack.bot_messages(CHANNEL, ts)] == ["Answer: ann: slow question"]
     assert "bot stopped" in bot.log()
+
+
+async def test_sigterm_turns_health_503_and_an_event_that_still_arrives_is_answered(
+    spawn_bot: SpawnBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    """Behind a load balancer, events keep coming for a moment after SIGTERM: /health says
+    "stopping" so that the balancer takes the process out, and what still arrives is answered."""
+    bot = await spawn_bot(SHUTDOWN_GRACE_SECONDS="10")
+    llm.first_token_delay = 1.5
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> slow question")
+    await llm.wait_for_requests(1)
+    bot.terminate()
+    async with aiohttp.ClientSession() as session:
+
+        async def health() -> tuple[int, dict]:
+            async with session.get(f"{bot.url}/health") as response:
+                return response.status, await response.json()
+
+        await slack.wait_for(lambda: "stopping: finishing answers" in bot.log(), what="the stop to begin")
+        assert await health() == (503, {"status": "stopping", "mode": "http"})
+    event = slack.user_message_event(CHANNEL, f"<@{BOT}> one more")
+    assert (await slack.deliver_event(event)).acked
+    assert await bot.wait() == 0, bot.log()
+    assert [m["text"] for m in slack.bot_messages(CHANNEL, event["ts"])] == ["Answer: ann: one more"]
 
 
 async def test_sigterm_past_the_deadline_hands_the_turn_to_the_next_process(
