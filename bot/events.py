@@ -6,9 +6,9 @@ Bolt's dispatch of an event (building its request and context, matching it again
 listener, building each listener's arguments) costs some 150 µs of CPU, as much as a tenth of the
 whole turn of a quick answer; for these two events all it would do is what `MessageIntake.take`
 does: skip the bot's own messages and hand the event, the team and the bot's user id to the
-listener. It needs the bot's identity from the start-up `auth.test`;
-without it (Slack unreachable at start) Bolt dispatches these events too, and asks Slack itself,
-until the bot's own auth.test, asked again in the background, answers (bot/server.py).
+listener. It needs the bot's identity from `auth.test`; until Slack has answered it (asked at
+start, and again in the background if that failed: bot/server.py), Bolt dispatches these events
+too, and asks Slack itself.
 
 A person's new message is acknowledged once it is queued in Redis (or its sender was told why it
 cannot be), not before: a process killed in between (SIGKILL, the machine, the kernel's OOM
