@@ -101,6 +101,11 @@ class BotProcess:
         except (aiohttp.ClientError, TimeoutError):
             return False
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash or the kernel's OOM killer would end it; `stop` then reaps it."""
+        if self._process is not None and self._process.returncode is None:
+            self._process.kill()
+
     async def stop(self) -> int | None:
         """SIGTERM, then SIGKILL if it has not exited within STOP_TIMEOUT; returns the exit code."""
         process, self._process = self._process, None

@@ -47,6 +47,7 @@ class Settings:
     replica_messages: int  # per thread
     replica_gap: float  # seconds between one thread's messages
     redelivery: float  # share of events delivered again to another process
+    crash_threads: int  # a last load during which one process is killed; 0: none
     baseline_sweep: tuple[int, ...]
     baseline_cap: float  # seconds a baseline step may take; bigger steps are skipped
 
@@ -70,6 +71,7 @@ class Settings:
             replica_messages=3,
             replica_gap=0.3,
             redelivery=0.2,
+            crash_threads=200,
             baseline_sweep=(1, 50, 200),
             baseline_cap=60.0,
         )
@@ -94,6 +96,7 @@ class Settings:
             replica_messages=2,
             replica_gap=0.05,
             redelivery=0.2,
+            crash_threads=0,  # its answers wait out a dead process's thread locks (30 s)
             baseline_sweep=(1, 4),
             baseline_cap=5.0,
         )

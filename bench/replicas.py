@@ -1,6 +1,12 @@
 """Scenario 5: several bot processes in HTTP mode sharing one Redis. Each event goes to a random
 process and some are delivered again to another one, as Slack retries do; threads hold several
-questions sent while the first is still being answered."""
+questions sent while the first is still being answered.
+
+A last load kills one process (SIGKILL) as the threads' second questions go out. An event it had
+not acknowledged is sent again to a live process, as Slack sends it again; the turns it had begun
+are taken over by the others once its thread locks expire (the bot's THREAD_LOCK_TTL_SECONDS,
+30 s, and RECOVERY_INTERVAL_SECONDS, 10 s), so those answers come some 40 s late. Each message
+must still be answered exactly once, in order."""
 
 from __future__ import annotations
 
@@ -15,6 +21,9 @@ from bench.context import Context
 from bench.rig import Asked, Rig, Route, describe_thread, out_of_order, summarize
 
 _loads = itertools.count(1)
+# A killed process's threads wait for its locks to expire and the next recovery round (the
+# bot's defaults), then for their answers.
+TAKEOVER_SECONDS = 30.0 + 10.0
 
 
 async def replicas(ctx: Context) -> dict[str, Any]:
@@ -46,6 +55,16 @@ async def replicas(ctx: Context) -> dict[str, Any]:
                 _threads(ctx, rig, router, threads, routes),
             )
             result["loads"].append(load)
+        if settings.crash_threads:
+            threads = settings.crash_threads
+            survivors = bots[:-1]  # the killed one's CPU is not counted
+            load = await ctx.measured(
+                f"replicas-{threads}-crash",
+                survivors,
+                lambda: sum(a.done_at is not None for a in rig.tracker.asked.values()),
+                _crash(ctx, rig, router, threads, routes, bots[-1]),
+            )
+            result["loads"].append(load)
     finally:
         codes = await asyncio.gather(*(bot.stop() for bot in bots))
         result["exit_codes"] = list(codes)
@@ -53,7 +72,32 @@ async def replicas(ctx: Context) -> dict[str, Any]:
     return result
 
 
-async def _threads(ctx: Context, rig: Rig, router: Any, threads: int, routes: list[Route]) -> dict[str, Any]:
+async def _crash(
+    ctx: Context, rig: Rig, router: Any, threads: int, routes: list[Route], victim: BotProcess
+) -> dict[str, Any]:
+    """`_threads`, with `victim` killed as the threads' second questions go out."""
+    kill_after = ctx.settings.replica_gap  # the second questions' events are on their way then
+
+    async def kill() -> None:
+        await asyncio.sleep(kill_after)
+        victim.kill()
+
+    rig.retry_routes = [route for route in routes if route != victim.events_url]
+    rig.retried = 0
+    killing = asyncio.create_task(kill())
+    try:
+        result = await _threads(ctx, rig, router, threads, routes, extra_seconds=TAKEOVER_SECONDS)
+    finally:
+        rig.retry_routes = None
+        await killing
+    result["killed"] = {"process": routes.index(victim.events_url) + 1, "after_s": kill_after}
+    result["sent_again_after_failure"] = rig.retried
+    return result
+
+
+async def _threads(
+    ctx: Context, rig: Rig, router: Any, threads: int, routes: list[Route], extra_seconds: float = 0.0
+) -> dict[str, Any]:
     settings = ctx.settings
     tracker = rig.new_tracker()
     load = next(_loads)
@@ -71,7 +115,7 @@ async def _threads(ctx: Context, rig: Rig, router: Any, threads: int, routes: li
 
     conversations = await asyncio.gather(*(conversation(i) for i in range(threads)))
     asked = [a for thread in conversations for a in thread]
-    timeout = settings.replica_messages * rig.model.ideal + settings.step_timeout
+    timeout = settings.replica_messages * rig.model.ideal + settings.step_timeout + extra_seconds
     complete = await rig.wait_answered(asked, timeout)
     # Late duplicates would show up after the last answer: give them a moment to appear.
     await asyncio.sleep(min(2.0, rig.model.ideal))

@@ -316,6 +316,16 @@ def targets(results: dict[str, Any]) -> list[dict[str, str]]:
     return found
 
 
+def _killed_note(load: dict[str, Any]) -> str:
+    if "killed" not in load:
+        return ""
+    killed = load["killed"]
+    return (
+        f"process {killed['process']} killed (SIGKILL) {killed['after_s']:g} s in; "
+        f"{load['sent_again_after_failure']} deliveries failed and were sent again"
+    )
+
+
 def _completed(scenarios: dict[str, Any]) -> dict[str, Any]:
     """The scenarios that ran to the end (a failed one holds only its error)."""
     return {k: v for k, v in scenarios.items() if not (isinstance(v, dict) and "error" in v)}
@@ -370,6 +380,7 @@ def render(results: dict[str, Any]) -> str:
                     for note, flag in (
                         ("cut off before every answer came", load["timed_out"]),
                         ("machine shared with other processes", load.get("machine_shared")),
+                        (_killed_note(load), "killed" in load),
                     )
                     if flag
                 ),
@@ -470,6 +481,8 @@ def _settings(settings: dict[str, Any]) -> str:
     def listed(key: str) -> str:
         return ", ".join(map(str, settings[key]))
 
+    crash = settings.get("crash_threads")
+    killed = f", then {crash} with one process killed" if crash else ""
     return (
         f"settings: C {listed('sweep')} in {' and '.join(settings['sweep_modes'])} mode; "
         f"tiers run {'on' if settings['tiers'] else 'off'}; "
@@ -477,7 +490,7 @@ def _settings(settings: dict[str, Any]) -> str:
         f"held {settings['throughput_seconds']:g} s, p99 done < {settings['throughput_done_p99']:g} s; "
         f"{settings['replicas']} replicas, threads {listed('replica_threads')} "
         f"of {settings['replica_messages']} questions {settings['replica_gap']:g} s apart, "
-        f"{settings['redelivery']:.0%} redelivered; "
+        f"{settings['redelivery']:.0%} redelivered{killed}; "
         f"baseline C {listed('baseline_sweep')}, cap {settings['baseline_cap']:g} s a step"
     )
 

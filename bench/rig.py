@@ -17,7 +17,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
@@ -230,6 +230,10 @@ class Rig:
         self._ids = itertools.count(1)
         self.tracker = Tracker(self.slack, self.llm)
         self.http = HttpSender(timeout=self.slack.http_timeout)
+        # Where an HTTP delivery that was not acknowledged is sent again, as Slack does (its
+        # first retry comes at once); None: not sent again.
+        self.retry_routes: list[str] | None = None
+        self.retried = 0
 
     async def start(self) -> None:
         await self.slack.start()
@@ -359,9 +363,23 @@ class Rig:
     async def _send(self, outgoing: Outgoing) -> Delivery:
         if outgoing.delay:
             await asyncio.sleep(outgoing.delay)
-        if outgoing.request is not None:
-            return await self.http.send(outgoing.request)
-        return await self.slack.send_prepared(outgoing.prepared)
+        if outgoing.request is None:
+            return await self.slack.send_prepared(outgoing.prepared)
+        delivery = await self.http.send(outgoing.request)
+        if delivery.acked or not self.retry_routes:
+            return delivery
+        # Slack sends it again, marked as a retry; a load balancer passes it to a live process.
+        self.retried += 1
+        retry_headers = {"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_error"}
+        again = replace(
+            outgoing.prepared,
+            url=random.choice(self.retry_routes),
+            headers=outgoing.prepared.headers | retry_headers,
+        )
+        retried = await self.http.send(encode(again))
+        # One delivery as Slack's log would show it: sent when the first attempt was.
+        elapsed = retried.sent_at + retried.elapsed - delivery.sent_at
+        return replace(retried, elapsed=elapsed, sent_at=delivery.sent_at)
 
     async def wait_answered(self, asked: Iterable[Asked], timeout: float) -> bool:  # noqa: ASYNC109
         """Poll the call log until every question has its final answer, or `timeout` passes."""

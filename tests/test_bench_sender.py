@@ -4,11 +4,13 @@ signature and all; answers are read whole; connections are reused, and replaced 
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
 
+from bench.rig import ModelShape, Rig
 from bench.sender import HttpSender, encode
 from tests.emulators.slack import PreparedDelivery, SlackEmulator
 
@@ -118,3 +120,37 @@ async def test_an_answer_later_than_the_timeout_is_not_an_ack(receiver: Receiver
         sender.close()
     assert (answer.status, answer.acked) == (None, False)
     assert 0.2 <= answer.elapsed < 1.0
+
+
+def nothing_listens() -> str:
+    """A request URL whose port refuses connections, as a killed bot's does."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/slack/events"
+
+
+@pytest.mark.parametrize("retry", [True, False])
+async def test_a_delivery_that_fails_is_sent_again_to_a_live_process_when_retries_are_on(
+    receiver: Receiver, retry: bool
+) -> None:
+    """The replicas' crash load: what a killed process did not acknowledge, Slack sends again,
+    marked as a retry, and a load balancer passes it to a live process."""
+    rig = Rig(ModelShape(0.0, 0.0, answer_chars=10, chunk_chars=10))
+    rig.retry_routes = [receiver.url] if retry else None
+    dead = nothing_listens()
+    try:
+        question = rig.prepare("C1", router=lambda: [dead])
+        asked = await rig.send(question)
+    finally:
+        rig.http.close()
+
+    message, mention = asked.deliveries
+    if not retry:
+        assert not message.acked and not mention.acked and receiver.received == []
+        return
+    assert message.acked and mention.acked and rig.retried == 2
+    assert all(d.elapsed >= 0 for d in asked.deliveries)
+    bodies = sorted(body for _, body, _ in receiver.received)
+    assert bodies == sorted(outgoing.prepared.data for outgoing in question.deliveries)
+    assert all(headers["X-Slack-Retry-Num"] == "1" for headers, _, _ in receiver.received)
