@@ -823,9 +823,11 @@ class Store:
         )
         return _queued(found)
 
-    async def threads_waiting(self, idle_seconds: float, limit: int = 100) -> list[ThreadKey]:
+    async def threads_waiting(self, idle_seconds: float, limit: int = 1000) -> list[ThreadKey]:
         """Threads with queued messages that nobody has moved for `idle_seconds`: their worker
-        died, stopped, or is waiting to retry a delivery."""
+        died, stopped, or is waiting to retry a delivery. Every process asks for the same oldest
+        `limit`: a dead process may have held hundreds (a burst), and with too small a limit the
+        rest would each wait for a later round."""
         raw = await self.redis.zrangebyscore(
             self.keys.pending, "-inf", time.time() - idle_seconds, start=0, num=limit
         )

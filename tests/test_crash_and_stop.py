@@ -197,6 +197,32 @@ async def test_killed_mid_dm_answer_clears_the_reaction(
     await slack.wait_for(lambda: not question.get("reactions"), what="the reaction to be removed")
 
 
+async def test_a_process_killed_holding_150_threads_leaves_them_to_one_recovery_round(
+    spawn_bot: SpawnBot,
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """After a burst, a dead process may hold the locks of hundreds of threads: the next process
+    takes them all up in one recovery round, not a hundred a round."""
+    first = await spawn_bot()
+    llm.enqueue(*(Hang() for _ in range(150)))
+    messages = [slack.user_message_event(CHANNEL, f"<@{BOT}> question {i}") for i in range(150)]
+    await asyncio.gather(*(slack.deliver_event(message) for message in messages))
+    await llm.wait_for_requests(150)
+    first.kill()
+    await first.wait()
+
+    survivor = await start_bot("http", **FAST_RECOVERY)
+    for message in messages:
+        [answer] = await slack.wait_for_bot_messages(CHANNEL, message["ts"], count=1, timeout=30)
+        assert answer["text"] == f"Answer: ann: {message['text'].removeprefix(f'<@{BOT}> ')}"
+    await survivor.settle()
+    rounds = [r.getMessage() for r in caplog.records if r.getMessage().startswith("recovery started work on")]
+    assert rounds[0] == "recovery started work on 150 waiting threads", rounds
+
+
 async def test_thread_lock_of_a_dead_process_expires(
     spawn_bot: SpawnBot, start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator
 ) -> None:
