@@ -96,7 +96,7 @@ class Settings:
             replica_messages=2,
             replica_gap=0.05,
             redelivery=0.2,
-            crash_threads=0,  # its answers wait out a dead process's thread locks (30 s)
+            crash_threads=0,  # its answers wait out a dead process's thread locks (15 s)
             baseline_sweep=(1, 4),
             baseline_cap=5.0,
         )

@@ -5,8 +5,8 @@ questions sent while the first is still being answered.
 A last load kills one process (SIGKILL) as the threads' second questions go out. An event it had
 not acknowledged is sent again to a live process, as Slack sends it again; the turns it had begun
 are taken over by the others once its thread locks expire (the bot's THREAD_LOCK_TTL_SECONDS,
-30 s, and RECOVERY_INTERVAL_SECONDS, 10 s), so those answers come some 40 s late. Each message
-must still be answered exactly once, in order."""
+15 s) and a recovery round comes (RECOVERY_INTERVAL_SECONDS, 5 s), so those answers come some
+20 s late. Each message must still be answered exactly once, in order."""
 
 from __future__ import annotations
 
@@ -19,11 +19,12 @@ from typing import Any
 from bench.bots import BOT_APP, BotProcess, free_port
 from bench.context import Context
 from bench.rig import Asked, Rig, Route, describe_thread, out_of_order, summarize
+from bot.config import DEFAULT_RECOVERY_INTERVAL_SECONDS, DEFAULT_THREAD_LOCK_TTL_SECONDS
 
 _loads = itertools.count(1)
 # A killed process's threads wait for its locks to expire and the next recovery round (the
 # bot's defaults), then for their answers.
-TAKEOVER_SECONDS = 30.0 + 10.0
+TAKEOVER_SECONDS = DEFAULT_THREAD_LOCK_TTL_SECONDS + DEFAULT_RECOVERY_INTERVAL_SECONDS
 
 
 async def replicas(ctx: Context) -> dict[str, Any]:

@@ -239,9 +239,14 @@ class SupportBot:
         """Pick up turns left by a crashed or stopped process, and deferred deliveries."""
         assert self.turns is not None
         interval = self.settings.recovery_interval_seconds
+        # A thread counts as waiting once nobody has moved it for two rounds: a deferred delivery
+        # is tried again no sooner (Slack gets its time to recover: 5 tries span a minute or so),
+        # while a dead process's threads, whose locks outlive that, are taken in the first round
+        # after their locks expire.
+        idle_seconds = 2 * interval
         while True:
             try:
-                started = await self.turns.recover(idle_seconds=interval)
+                started = await self.turns.recover(idle_seconds=idle_seconds)
                 if started:
                     log.info("recovery started work on %d waiting threads", started)
             except StoreUnavailable:

@@ -670,7 +670,7 @@ class Store:
         url: str,
         *,
         conversation_ttl_days: float,
-        lock_ttl_seconds: float = 30.0,
+        lock_ttl_seconds: float = 15.0,
         key_prefix: str | None = None,
     ) -> None:
         """`key_prefix`: REDIS_KEY_PREFIX, which keeps bots that share one Redis apart."""

@@ -133,7 +133,8 @@ class TurnRunner:
         self._intake: set[asyncio.Future[Any]] = set()  # events acknowledged, not yet queued
         self._arriving: dict[ThreadKey, set[asyncio.Future[None]]] = {}  # the same, per thread
         self._working_on: dict[ThreadKey, int] = {}  # workers here per thread (two, briefly)
-        self._held: dict[ThreadKey, str] = {}  # thread locks held here, by their token
+        # Thread locks held here: their token, and when (loop time) the lock was last set.
+        self._held: dict[ThreadKey, tuple[str, float]] = {}
         self._renewing: asyncio.Task[None] | None = None
         self._poked: set[ThreadKey] = set()
         self._recently_followed: OrderedDict[ThreadKey, None] = OrderedDict()
@@ -333,29 +334,39 @@ class TurnRunner:
                 holding = next_up is not None  # an empty inbox: finish released the lock
             return True
         finally:
-            if self._held.get(key) == token:
+            if self._held.get(key, ("",))[0] == token:
                 del self._held[key]
             if holding:
                 await self.store.release_lock(key, token)
 
     def _hold(self, key: ThreadKey, token: str) -> None:
-        self._held[key] = token
+        self._held[key] = (token, asyncio.get_running_loop().time())
         if self._renewing is None or self._renewing.done():
             self._renewing = asyncio.create_task(self._renew_held_locks())
 
     async def _renew_held_locks(self) -> None:
-        """Renew every thread lock held here, a third of their lifetime at a time, in one batch
-        (one task for them all, not one per turn); stops when none is held."""
+        """Renew the thread locks held here that have lived a fifth of their lifetime, looking
+        every tenth, in one batch (one task for them all, not one per turn); stops when none is
+        held. The lifetime is short, so that a dead holder's threads are soon taken over; a lock
+        renewed at latest 0.3 of the way through it survives a stall of the rest (the event loop,
+        or Redis out of reach). A turn shorter than a fifth of it (most: 3 s by default) is never
+        renewed, so a burst of answers costs no renewals."""
+        loop = asyncio.get_running_loop()
+        lifetime = self.store.lock_ttl_ms / 1000
         while self._held:
-            await asyncio.sleep(self.store.lock_ttl_ms / 3000)
-            held = list(self._held.items())
+            await asyncio.sleep(lifetime / 10)
+            now = loop.time()
+            due = [(key, token) for key, (token, since) in self._held.items() if now - since >= lifetime / 5]
             renewed = await asyncio.gather(
-                *(self.store.renew_lock(key, token) for key, token in held), return_exceptions=True
+                *(self.store.renew_lock(key, token) for key, token in due), return_exceptions=True
             )
-            for (key, token), outcome in zip(held, renewed, strict=True):
+            for (key, token), outcome in zip(due, renewed, strict=True):
+                still_held = self._held.get(key, ("",))[0] == token
                 if outcome is True:
+                    if still_held:
+                        self._held[key] = (token, now)
                     continue
-                if outcome is False and self._held.get(key) == token:
+                if outcome is False and still_held:
                     del self._held[key]  # expired, or taken over: nothing left to renew
                     log.warning("thread lock lost thread=%s", key)
                 elif isinstance(outcome, BaseException):

@@ -213,6 +213,9 @@ async def test_a_process_killed_holding_150_threads_leaves_them_to_one_recovery_
     await llm.wait_for_requests(150)
     first.kill()
     await first.wait()
+    # Past the recovery's idle threshold (two rounds: 0.6 s), so that every thread counts as
+    # waiting in the first round; a busy machine could otherwise start the survivor within it.
+    await asyncio.sleep(1.0)
 
     survivor = await start_bot("http", **FAST_RECOVERY)
     for message in messages:
@@ -241,6 +244,25 @@ async def test_thread_lock_of_a_dead_process_expires(
     answers = await slack.wait_for_bot_messages(CHANNEL, root, count=3, timeout=15)
     await survivor.settle()
     assert [a["text"] for a in answers] == ["Answer: ann: first", "Answer: ann: second", "Answer: ann: third"]
+
+
+async def test_a_turn_longer_than_its_lock_lifetime_keeps_its_thread(
+    spawn_bot: SpawnBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    """The holder renews its thread's lock while the turn runs: another process's recovery
+    rounds (every 0.3 s here) never take over a live turn that outlasts the lock's lifetime (1 s
+    here) four times over, so the question is answered once, with no "interrupted" note."""
+    processes = [await spawn_bot(), await spawn_bot()]
+    llm.first_token_delay = 4.0
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> a slow one")
+    [answer] = await slack.wait_for_bot_messages(CHANNEL, ts, count=1, timeout=15)
+    await asyncio.sleep(1.0)  # time for a second answer or a note to show up, if there were one
+    assert answer["text"] == "Answer: ann: a slow one"
+    assert len(slack.bot_messages(CHANNEL, ts)) == 1
+    assert len(llm.requests) == 1
+    for process in processes:
+        assert "thread lock lost" not in process.log()
+        assert "resuming interrupted turn" not in process.log()
 
 
 async def test_sigterm_lets_answers_in_flight_finish_and_exits_0(
