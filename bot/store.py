@@ -101,6 +101,15 @@ class Accepted(enum.IntEnum):
     TAKEN = 3  # nothing else waiting in its thread, and its lock is now held for the caller
 
 
+class LockRenewal(enum.IntEnum):
+    """What renewing a thread's lock found."""
+
+    RENEWED = 1
+    TAKEN_BACK = 2  # it had expired (its holder stalled) and nobody had taken it: held again
+    TAKEN_OVER = 0  # another worker holds it now: the holder must stand down
+    RELEASED = -1  # not held, and the inbox is empty: the holder has just finished
+
+
 @dataclass(frozen=True)
 class Queued:
     """A message waiting in its thread's inbox, with its stored form (to remove exactly that)
@@ -609,6 +618,19 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[
 return 0
 """
 
+# KEYS: lock, inbox. ARGV: token, ttl ms. A thread lock's renewal, which also takes back a lock
+# that expired while its holder was stalled, if nobody took it meanwhile and the thread still has
+# messages (an empty inbox: the holder has just finished and released it). Returns 1 renewed,
+# 2 taken back, 0 held by another token, -1 neither held nor anything left to hold it for.
+_RENEW_THREAD_LOCK = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if holder then return 0 end
+if redis.call('ZCARD', KEYS[2]) == 0 then return -1 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 2
+"""
+
 
 # Sliding-window rate budget over several buckets at once: all claims are granted, or none.
 # KEYS: per claim its calls, held and pause keys, then the first bucket's active key.
@@ -710,6 +732,7 @@ class Store:
         self._forget_in_conversation = self.redis.register_script(_FORGET_IN_CONVERSATION)
         self._release_lock = self.redis.register_script(_RELEASE_LOCK)
         self._renew_lock = self.redis.register_script(_RENEW_LOCK)
+        self._renew_thread_lock = self.redis.register_script(_RENEW_THREAD_LOCK)
         self._rate_claim = self.redis.register_script(_RATE_CLAIM)
         self._record_progress = self.redis.register_script(_JOURNAL_STEP)
         # The turns' commands go out in batches (bot/pipelining.py); admin and background work
@@ -913,11 +936,12 @@ class Store:
 
     # -- per-thread lock (taken by `take_thread`, handed on by `finish`) --------------------
 
-    async def renew_lock(self, key: ThreadKey, token: str) -> bool:
-        renewed = await self._batch.run_script(
-            self._renew_lock, [self.keys.lock(key)], [token, self.lock_ttl_ms]
+    async def renew_lock(self, key: ThreadKey, token: str) -> LockRenewal:
+        """Renew the thread's lock held by `token`; see `LockRenewal` for what can be found."""
+        found = await self._batch.run_script(
+            self._renew_thread_lock, [self.keys.lock(key), self.keys.inbox(key)], [token, self.lock_ttl_ms]
         )
-        return bool(renewed)
+        return LockRenewal(int(found))
 
     async def release_lock(self, key: ThreadKey, token: str) -> None:
         await self._batch.run_script(self._release_lock, [self.keys.lock(key)], [token])

@@ -176,6 +176,16 @@ class Reply:
             await self._leave()
         return list(self._posted)
 
+    def abandon(self) -> None:
+        """Show nothing more, without giving the answer its final form: its turn was given up
+        (the process is stopping, or another worker took the thread over and will close what
+        is shown, from the journal)."""
+        self._closing.set()
+        if self._first_show is not None:
+            self._first_show.cancel()
+        if self._task is not None:
+            self._task.cancel()
+
     @property
     def shown(self) -> bool:
         return bool(self._posted or self._message)

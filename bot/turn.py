@@ -40,6 +40,7 @@ from bot.llm import UNAVAILABLE, Answer, ChatMessage, ChatModel, LLMError
 from bot.store import (
     Accepted,
     IncomingMessage,
+    LockRenewal,
     Progress,
     Queued,
     Store,
@@ -133,8 +134,7 @@ class TurnRunner:
         self._intake: set[asyncio.Future[Any]] = set()  # events acknowledged, not yet queued
         self._arriving: dict[ThreadKey, set[asyncio.Future[None]]] = {}  # the same, per thread
         self._working_on: dict[ThreadKey, int] = {}  # workers here per thread (two, briefly)
-        # Thread locks held here: their token, and when (loop time) the lock was last set.
-        self._held: dict[ThreadKey, tuple[str, float]] = {}
+        self._held: dict[ThreadKey, _HeldLock] = {}  # thread locks held here
         self._renewing: asyncio.Task[None] | None = None
         self._poked: set[ThreadKey] = set()
         self._recently_followed: OrderedDict[ThreadKey, None] = OrderedDict()
@@ -334,15 +334,24 @@ class TurnRunner:
                 holding = next_up is not None  # an empty inbox: finish released the lock
             return True
         finally:
-            if self._held.get(key, ("",))[0] == token:
-                del self._held[key]
+            self._let_go(key, token)
             if holding:
                 await self.store.release_lock(key, token)
 
     def _hold(self, key: ThreadKey, token: str) -> None:
-        self._held[key] = (token, asyncio.get_running_loop().time())
+        worker = asyncio.current_task()
+        assert worker is not None
+        self._held[key] = _HeldLock(token, asyncio.get_running_loop().time(), worker)
         if self._renewing is None or self._renewing.done():
             self._renewing = asyncio.create_task(self._renew_held_locks())
+
+    def _let_go(self, key: ThreadKey, token: str) -> bool:
+        """Stop renewing the thread's lock if `token` still holds it here; says whether it did."""
+        held = self._held.get(key)
+        if held is None or held.token != token:
+            return False
+        del self._held[key]
+        return True
 
     async def _renew_held_locks(self) -> None:
         """Renew the thread locks held here that have lived a fifth of their lifetime, looking
@@ -350,27 +359,38 @@ class TurnRunner:
         held. The lifetime is short, so that a dead holder's threads are soon taken over; a lock
         renewed at latest 0.3 of the way through it survives a stall of the rest (the event loop,
         or Redis out of reach). A turn shorter than a fifth of it (most: 3 s by default) is never
-        renewed, so a burst of answers costs no renewals."""
+        renewed, so a burst of answers costs no renewals. A lock lost to a longer stall is taken
+        back if nobody took it meanwhile; if another process did, the turn here stands down,
+        since that process now answers the message (from the journal), and going on here too
+        would answer it twice."""
         loop = asyncio.get_running_loop()
         lifetime = self.store.lock_ttl_ms / 1000
         while self._held:
             await asyncio.sleep(lifetime / 10)
             now = loop.time()
-            due = [(key, token) for key, (token, since) in self._held.items() if now - since >= lifetime / 5]
-            renewed = await asyncio.gather(
-                *(self.store.renew_lock(key, token) for key, token in due), return_exceptions=True
+            due = [(key, held) for key, held in self._held.items() if now - held.since >= lifetime / 5]
+            found = await asyncio.gather(
+                *(self.store.renew_lock(key, held.token) for key, held in due), return_exceptions=True
             )
-            for (key, token), outcome in zip(due, renewed, strict=True):
-                still_held = self._held.get(key, ("",))[0] == token
-                if outcome is True:
-                    if still_held:
-                        self._held[key] = (token, now)
-                    continue
-                if outcome is False and still_held:
-                    del self._held[key]  # expired, or taken over: nothing left to renew
-                    log.warning("thread lock lost thread=%s", key)
-                elif isinstance(outcome, BaseException):
+            for (key, held), outcome in zip(due, found, strict=True):
+                if isinstance(outcome, BaseException):
                     log.warning("thread lock not renewed thread=%s error=%s", key, type(outcome).__name__)
+                    continue  # tried again at the next look
+                if self._held.get(key) is not held:
+                    # The turn ended meanwhile; a lock just taken back is nobody's: free it.
+                    if outcome == LockRenewal.TAKEN_BACK:
+                        await self.store.release_lock(key, held.token)
+                    continue
+                if outcome in (LockRenewal.RENEWED, LockRenewal.TAKEN_BACK):
+                    held.since = now
+                    if outcome == LockRenewal.TAKEN_BACK:
+                        log.warning("thread lock expired and taken back thread=%s", key)
+                elif outcome == LockRenewal.TAKEN_OVER:
+                    del self._held[key]
+                    log.warning("thread lock taken over by another worker; standing down thread=%s", key)
+                    held.worker.cancel()
+                else:
+                    del self._held[key]  # finished and released: nothing left to renew
 
     # -- one turn --------------------------------------------------------------------------
 
@@ -497,6 +517,7 @@ class TurnRunner:
         # The sign goes up alongside: the model is asked without waiting for Slack to show it.
         sign = self._sign_for(message)
         answer: Answer | None = None
+        reply: Reply | None = None
         outcome = "answered"
         answered = False
         try:
@@ -533,7 +554,11 @@ class TurnRunner:
             outcome = "delivery_deferred"
             raise
         except asyncio.CancelledError:
-            outcome = "interrupted"  # shutting down: the journal hands the turn to the next process
+            # Shutting down, or standing down for a worker that took the thread over: the
+            # journal hands the turn on. Nothing more of this answer is shown from here.
+            outcome = "interrupted"
+            if reply is not None:
+                reply.abandon()
             raise
         finally:
             if outcome not in ("delivery_deferred", "interrupted"):
@@ -717,3 +742,13 @@ def _seen(message: IncomingMessage) -> tuple[str, str, str]:
 
 def _where(message: IncomingMessage) -> tuple[str, str, str, str]:
     return message.team, message.channel, message.conversation, message.user
+
+
+@dataclass
+class _HeldLock:
+    """A thread lock held here: its token, when (loop time) it was last set, and the task that
+    works through the thread under it."""
+
+    token: str
+    since: float
+    worker: asyncio.Task[Any]

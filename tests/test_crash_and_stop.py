@@ -265,6 +265,52 @@ async def test_a_turn_longer_than_its_lock_lifetime_keeps_its_thread(
         assert "resuming interrupted turn" not in process.log()
 
 
+async def _thread_lock(redis: Redis) -> str:
+    [lock] = [key async for key in redis.scan_iter("lock:*")]
+    return lock
+
+
+async def test_a_holder_whose_lock_was_taken_over_stands_down_and_the_message_is_answered_once(
+    spawn_bot: SpawnBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: Redis
+) -> None:
+    """A holder stalled past its lock's lifetime finds another worker holding the lock: it stops
+    its turn (that worker now answers the message, from the journal) rather than answer it too."""
+    processes = [await spawn_bot(), await spawn_bot()]
+    llm.first_token_delay = 3.0
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> who answers this?")
+    await llm.wait_for_requests(1)
+    # As if this process had stalled and another had taken the thread: a foreign token, which
+    # expires in its turn (that worker "dies" too) and leaves the thread to recovery.
+    await redis.set(await _thread_lock(redis), "another-worker", px=1500)
+    [answer] = await slack.wait_for_bot_messages(CHANNEL, ts, count=1, timeout=15)
+    await asyncio.sleep(llm.first_token_delay + 1.0)  # the first turn's answer would be out by now
+    assert answer["text"] == "Answer: ann: who answers this?"
+    assert len(slack.bot_messages(CHANNEL, ts)) == 1
+    logs = "".join(process.log() for process in processes)
+    assert "standing down" in logs
+    assert "Task was destroyed" not in logs and "turn crashed" not in logs
+
+
+async def test_a_lock_that_expired_under_a_stalled_holder_is_taken_back_or_handed_over_once(
+    spawn_bot: SpawnBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: Redis
+) -> None:
+    """The lock vanishes mid-turn, as after a stall longer than its lifetime. Either the holder
+    takes it back at its next renewal, or the other process's recovery takes the thread first
+    and the holder stands down: one answer either way (two, when the holder went on regardless)."""
+    processes = [await spawn_bot(), await spawn_bot()]
+    llm.first_token_delay = 3.0
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> a stalled one")
+    await llm.wait_for_requests(1)
+    await asyncio.sleep(0.8)  # past the recovery's idle threshold (0.6 s): the thread is fair game
+    await redis.delete(await _thread_lock(redis))
+    [answer] = await slack.wait_for_bot_messages(CHANNEL, ts, count=1, timeout=15)
+    await asyncio.sleep(llm.first_token_delay + 1.0)
+    assert answer["text"] == "Answer: ann: a stalled one"
+    assert len(slack.bot_messages(CHANNEL, ts)) == 1
+    logs = "".join(process.log() for process in processes)
+    assert "taken back" in logs or "standing down" in logs
+
+
 async def test_sigterm_lets_answers_in_flight_finish_and_exits_0(
     spawn_bot: SpawnBot, slack: SlackEmulator, llm: OpenAIEmulator
 ) -> None:
