@@ -1,6 +1,6 @@
 """A person's new message on its way in, before Bolt: in both modes, the events that carry one
-(`message` without a subtype, `app_mention`) go straight to the message listener; Bolt dispatches
-everything else.
+(`message` without a subtype or with one of `NEW_MESSAGE_SUBTYPES`, `app_mention`) go straight to
+the message listener; Bolt dispatches everything else.
 
 Bolt's dispatch of an event (building its request and context, matching it against every
 listener, building each listener's arguments) costs some 150 µs of CPU, as much as a tenth of the
@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EventKey = tuple[str, str, str]  # (team, channel, ts)
+# Subtypes of `message` that are still a person saying something: with a file, also sent to the
+# channel from a thread, /me.
+NEW_MESSAGE_SUBTYPES = frozenset({"file_share", "thread_broadcast", "me_message"})
 DISPATCHED_REMEMBERED = 10_000  # a twin comes within moments of its first event
 # The longest an acknowledgement waits for its message to be queued: Slack wants one within 3 s.
 ACK_WAIT_SECONDS = 2.0
@@ -174,11 +177,16 @@ def shape_problem(body: object) -> str | None:
 
 def message_event_key(body: dict[str, Any]) -> EventKey | None:
     """(team, channel, ts) of an event about a person's new message (`message` without a
-    subtype, or `app_mention`), or None."""
+    subtype or with one of `NEW_MESSAGE_SUBTYPES`, or `app_mention`), or None."""
     if body.get("type") != "event_callback":
         return None
     event = body["event"]  # checked by shape_problem: an object with a type
-    if event["type"] not in ("message", "app_mention") or "subtype" in event:
+    if event["type"] not in ("message", "app_mention"):
+        return None
+    subtype = event.get("subtype")  # a hostile one may be of any type, unhashable included
+    if "subtype" in event and not (
+        event["type"] == "message" and isinstance(subtype, str) and subtype in NEW_MESSAGE_SUBTYPES
+    ):
         return None
     key = (body.get("team_id"), event.get("channel"), event.get("ts"))
     return key if all(isinstance(part, str) for part in key) else None  # type: ignore[return-value]

@@ -48,14 +48,18 @@ async def spawn_bot(
         await process.close()
 
 
+@pytest.mark.parametrize("subtype", [None, "file_share"])
 @pytest.mark.parametrize("mode", ["http", "socket"])
 async def test_killed_before_the_message_is_queued_slack_sends_it_again_and_it_is_answered_once(
-    mode: str, spawn_bot: SpawnBot, slack: SlackEmulator, redis: Redis
+    mode: str, subtype: str | None, spawn_bot: SpawnBot, slack: SlackEmulator, redis: Redis
 ) -> None:
     """The event is acknowledged only once its message is in Redis: a process killed before
-    that leaves it unacknowledged, and Slack's retry reaches the next process."""
+    that leaves it unacknowledged, and Slack's retry reaches the next process. The same for a
+    message with a file (subtype `file_share`), which is as much a person's new message."""
     first = await spawn_bot(mode)
     event = slack.user_message_event(DM, "where is my refund?")
+    if subtype is not None:
+        event |= {"subtype": subtype, "files": [{"id": "F1", "name": "receipt.pdf"}]}
     await redis.execute_command("CLIENT", "PAUSE", "20000", "WRITE")  # the queueing step waits
     try:
         delivery = asyncio.create_task(slack.deliver_event(event))

@@ -10,15 +10,13 @@ from typing import Any
 
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
 
+from bot.events import NEW_MESSAGE_SUBTYPES
 from bot.listeners.fields import an_object
 from bot.slack_text import is_command, mentions_others
 from bot.store import Action, IncomingMessage, ThreadKey
 from bot.turn import TurnRunner
 
 log = logging.getLogger(__name__)
-
-# Subtypes that are still a person saying something to the channel.
-USER_SUBTYPES = {None, "file_share", "thread_broadcast", "me_message"}
 
 
 # A person's new message, with the team it came from and the bot's own user id.
@@ -40,7 +38,7 @@ def register(app: AsyncApp, turns: TurnRunner) -> NewMessageListener:
             await on_deleted(event, context)
         elif subtype == "message_changed":
             await on_edited(event, context)
-        elif subtype in USER_SUBTYPES:
+        elif subtype is None or subtype in NEW_MESSAGE_SUBTYPES:
             is_dm = event.get("channel_type") == "im"
             await on_new_message(event, context.team_id, context.bot_user_id or "", is_dm)
 
