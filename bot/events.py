@@ -1,18 +1,20 @@
-"""A person's new message on its way in, before Bolt: in both modes, the events that carry one
+"""A person's message on its way in, before Bolt: in both modes, the events that carry a new one
 (`message` without a subtype or with one of `NEW_MESSAGE_SUBTYPES`, `app_mention`) go straight to
-the message listener; Bolt dispatches everything else.
+the new-message listener, and those that edit or delete one (`CHANGE_SUBTYPES`) to the change
+listener; Bolt dispatches everything else.
 
 Bolt's dispatch of an event (building its request and context, matching it against every
 listener, building each listener's arguments) costs some 150 µs of CPU, as much as a tenth of the
-whole turn of a quick answer; for these two events all it would do is what `MessageIntake.take`
+whole turn of a quick answer; for these events all it would do is what `MessageIntake.take`
 does: skip the bot's own messages and hand the event, the team and the bot's user id to the
 listener. It needs the bot's identity from `auth.test`; until Slack has answered it (asked at
 start, and again in the background if that failed: bot/server.py), Bolt dispatches these events
 too, and asks Slack itself.
 
 A person's new message is acknowledged once it is queued in Redis (or its sender was told why it
-cannot be), not before: a process killed in between (SIGKILL, the machine, the kernel's OOM
-killer) leaves the event unacknowledged, and Slack sends it again, to this process or another.
+cannot be), and an edit or a deletion once the stored conversation has it, not before: a process
+killed in between (SIGKILL, the machine, the kernel's OOM killer) leaves the event
+unacknowledged, and Slack sends it again, to this process or another.
 Queueing takes a Redis round trip, a few hundred milliseconds in a burst of 500; a Redis that
 stalls longer than `ACK_WAIT_SECONDS` gets the acknowledgement sent anyway, within Slack's 3 s.
 
@@ -26,20 +28,26 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from slack_bolt.request.internals import extract_team_id
 
-if TYPE_CHECKING:
-    from bot.listeners.messages import NewMessageListener
-
 log = logging.getLogger(__name__)
+
+# A person's new message: the event, the team it came from, the bot's user id, and whether it is
+# a DM.
+NewMessageListener = Callable[[dict[str, Any], str | None, str, bool], Awaitable[None]]
+# A person's message edited or deleted: the event, the team, the bot's user id.
+MessageChangeListener = Callable[[dict[str, Any], str | None, str], Awaitable[None]]
 
 EventKey = tuple[str, str, str]  # (team, channel, ts)
 # Subtypes of `message` that are still a person saying something: with a file, also sent to the
 # channel from a thread, /me.
 NEW_MESSAGE_SUBTYPES = frozenset({"file_share", "thread_broadcast", "me_message"})
+# Subtypes of `message` that change what a person said: what the stored conversation must follow.
+CHANGE_SUBTYPES = frozenset({"message_changed", "message_deleted"})
 DISPATCHED_REMEMBERED = 10_000  # a twin comes within moments of its first event
 # The longest an acknowledgement waits for its message to be queued: Slack wants one within 3 s.
 ACK_WAIT_SECONDS = 2.0
@@ -47,6 +55,14 @@ ACK_WAIT_SECONDS = 2.0
 # What `MessageIntake.take` did with an event: False, not taken (Bolt dispatches it); True, taken
 # and nothing to wait for; a task, the listener queueing the message (acknowledge it when done).
 Taken = bool | asyncio.Task[None]
+
+
+@dataclass(frozen=True)
+class MessageListeners:
+    """The listeners `MessageIntake` calls directly."""
+
+    new_message: NewMessageListener
+    change: MessageChangeListener
 
 
 @dataclass(frozen=True)
@@ -74,17 +90,17 @@ class DispatchedMessages:
 
 
 class MessageIntake:
-    """Takes the events that carry a person's new message, in either mode."""
+    """Takes the events that carry, edit or delete a person's message, in either mode."""
 
     def __init__(self, dispatched: DispatchedMessages | None = None) -> None:
         self.dispatched = dispatched if dispatched is not None else DispatchedMessages()
-        self._listener: NewMessageListener | None = None
+        self._listeners: MessageListeners | None = None
         self._identity: BotIdentity | None = None
         self._started: set[asyncio.Task[None]] = set()
 
-    def connect(self, listener: NewMessageListener, identity: BotIdentity | None) -> None:
-        """Call the listener directly from now on; with no identity, leave it all to Bolt."""
-        self._listener = listener
+    def connect(self, listeners: MessageListeners, identity: BotIdentity | None) -> None:
+        """Call the listeners directly from now on; with no identity, leave it all to Bolt."""
+        self._listeners = listeners
         self._identity = identity
 
     def take(self, body: dict[str, Any]) -> Taken:
@@ -93,22 +109,38 @@ class MessageIntake:
         `bolt_dispatched` when Bolt acknowledged it. `body` must have passed `shape_problem`."""
         key = message_event_key(body)
         if key is None:
-            return False
+            return self._take_change(body)
         if key in self.dispatched:
             log.debug("second event of a message acknowledged team=%s channel=%s ts=%s", *key)
             return True
-        listener, identity = self._listener, self._identity
-        if listener is None or identity is None:
+        listeners, identity = self._listeners, self._identity
+        if listeners is None or identity is None:
             return False
         event = body["event"]
         # As Bolt's IgnoringSelfEvents middleware: the bot's own messages come back as events.
-        if event.get("user") == identity.user_id or (
-            identity.bot_id is not None and event.get("bot_id") == identity.bot_id
-        ):
+        if _is_own(event, identity):
             return True
         self.dispatched.add(key)
         is_dm = event["type"] == "message" and event.get("channel_type") == "im"
-        task = asyncio.create_task(listener(event, extract_team_id(body), identity.user_id, is_dm))
+        return self._start(listeners.new_message(event, extract_team_id(body), identity.user_id, is_dm))
+
+    def _take_change(self, body: dict[str, Any]) -> Taken:
+        """An edit or a deletion of a message: taken as a new message is, or left to Bolt."""
+        listeners, identity = self._listeners, self._identity
+        if listeners is None or identity is None or body.get("type") != "event_callback":
+            return False
+        event = body["event"]
+        subtype = event.get("subtype")
+        if event["type"] != "message" or not (isinstance(subtype, str) and subtype in CHANGE_SUBTYPES):
+            return False
+        # The bot's own answers are edited as they are written: each edit comes back as an event.
+        changed = event.get("message" if subtype == "message_changed" else "previous_message")
+        if isinstance(changed, dict) and _is_own(changed, identity):
+            return True
+        return self._start(listeners.change(event, extract_team_id(body), identity.user_id))
+
+    def _start(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(work)
         self._started.add(task)
         task.add_done_callback(self._listener_done)
         return task
@@ -125,9 +157,16 @@ class MessageIntake:
             log.error("message listener failed error=%s", type(error).__name__, exc_info=error)
 
 
+def _is_own(message: dict[str, Any], identity: BotIdentity) -> bool:
+    return message.get("user") == identity.user_id or (
+        identity.bot_id is not None and message.get("bot_id") == identity.bot_id
+    )
+
+
 async def until_queued(taken: Taken) -> None:
-    """Wait, before acknowledging a taken event, until its listener has queued the message (or
-    told its sender why not), at most `ACK_WAIT_SECONDS`. The listener goes on after a timeout."""
+    """Wait, before acknowledging a taken event, until its listener has queued the message, or
+    stored the edit or deletion (or told its sender why not), at most `ACK_WAIT_SECONDS`. The
+    listener goes on after a timeout."""
     if isinstance(taken, asyncio.Task) and not taken.done():
         await asyncio.wait((taken,), timeout=ACK_WAIT_SECONDS)
 

@@ -31,7 +31,7 @@ from bot.breaker import CircuitBreaker
 from bot.config import Settings
 from bot.context import ContextBuilder
 from bot.delivery import Delivery
-from bot.events import BotIdentity, MessageIntake, shape_problem, until_queued
+from bot.events import BotIdentity, MessageIntake, MessageListeners, shape_problem, until_queued
 from bot.health import health_handler
 from bot.llm import ChatModel
 from bot.rate_limit import BudgetedSlack, SlackBudget
@@ -168,11 +168,11 @@ class SupportBot:
             ),
             max_concurrent_turns=settings.max_concurrent_turns,
         )
-        on_new_message = listeners.register(self.app, self.turns, self.store)
+        message_listeners = listeners.register(self.app, self.turns, self.store)
         if auth_test is not None:
-            self._intake.connect(on_new_message, _identity(auth_test))
+            self._intake.connect(message_listeners, _identity(auth_test))
         else:
-            self._identity_lookup = asyncio.create_task(self._learn_identity(client, on_new_message))
+            self._identity_lookup = asyncio.create_task(self._learn_identity(client, message_listeners))
         if not await self.store.ping():
             log.error("redis is unreachable at start; /health reports 503 until it answers")
 
@@ -255,9 +255,7 @@ class SupportBot:
                 log.warning("recovery round failed error=%s", type(error).__name__)
             await asyncio.sleep(interval)
 
-    async def _learn_identity(
-        self, client: AsyncWebClient, on_new_message: listeners.NewMessageListener
-    ) -> None:
+    async def _learn_identity(self, client: AsyncWebClient, message_listeners: MessageListeners) -> None:
         """Slack did not answer auth.test at start. Until it does, Bolt dispatches new messages
         (and acknowledges them before they are queued); ask again, then take them directly."""
         assert self.app is not None
@@ -271,7 +269,7 @@ class SupportBot:
                 auth_test = None
             if auth_test is not None:
                 _share_identity(self.app, auth_test)
-                self._intake.connect(on_new_message, _identity(auth_test))
+                self._intake.connect(message_listeners, _identity(auth_test))
                 log.info("slack answered auth.test; new messages are taken directly")
                 return
             delay = min(delay * 2, IDENTITY_RETRY_MAX_SECONDS)

@@ -83,6 +83,46 @@ async def test_killed_before_the_message_is_queued_slack_sends_it_again_and_it_i
 
 
 @pytest.mark.parametrize("mode", ["http", "socket"])
+async def test_an_edit_is_acknowledged_only_once_stored_so_a_kill_before_that_loses_nothing(
+    mode: str, spawn_bot: SpawnBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: Redis
+) -> None:
+    """An edit is acknowledged once the stored conversation has it: a process killed before
+    that leaves it to Slack's retry, and the next question is asked with the edited text."""
+    first = await spawn_bot(mode)
+    ts = await slack.post_user_message(DM, "my check is slow")
+    await slack.wait_for_bot_messages(DM, "top", count=1)
+    await _wait_for_stored_turns(redis, 2)
+    event = slack.edited_event(DM, ts, "my check is down")
+    await redis.execute_command("CLIENT", "PAUSE", "20000", "WRITE")
+    try:
+        delivery = asyncio.create_task(slack.deliver_event(event))
+        await asyncio.sleep(1.0)
+        assert not delivery.done(), "acknowledged before the edit was stored"
+        first.kill()
+        await first.wait()
+        assert not (await delivery).acked
+    finally:
+        await redis.execute_command("CLIENT", "UNPAUSE")
+
+    await spawn_bot(mode)
+    assert (await slack.deliver_event(event, retry_num=1, retry_reason="http_timeout")).acked
+    await slack.post_user_message(DM, "since 9am")
+    await slack.wait_for_bot_messages(DM, "top", count=2, timeout=15)
+    asked = [m["content"] for m in llm.requests[-1]["messages"]]
+    assert "ann: my check is down" in asked and "ann: my check is slow" not in asked
+
+
+async def _wait_for_stored_turns(redis: Redis, count: int) -> None:
+    """Until the one stored conversation holds `count` turns."""
+    for _ in range(100):
+        keys = [key async for key in redis.scan_iter("conv:*:turns")]
+        if keys and await redis.llen(keys[0]) >= count:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the conversation never held {count} turns")
+
+
+@pytest.mark.parametrize("mode", ["http", "socket"])
 async def test_killed_amid_a_burst_of_mentions_each_is_answered_once_after_slacks_retries(
     mode: str, spawn_bot: SpawnBot, slack: SlackEmulator, redis: Redis
 ) -> None:

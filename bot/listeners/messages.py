@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
 
-from bot.events import NEW_MESSAGE_SUBTYPES
+from bot.events import CHANGE_SUBTYPES, NEW_MESSAGE_SUBTYPES, MessageListeners
 from bot.listeners.fields import an_object
 from bot.slack_text import is_command, mentions_others
 from bot.store import Action, IncomingMessage, ThreadKey
@@ -19,13 +18,9 @@ from bot.turn import TurnRunner
 log = logging.getLogger(__name__)
 
 
-# A person's new message, with the team it came from and the bot's own user id.
-NewMessageListener = Callable[[dict[str, Any], str | None, str, bool], Awaitable[None]]
-
-
-def register(app: AsyncApp, turns: TurnRunner) -> NewMessageListener:
-    """Register the listeners with Bolt; returns the one for a person's new message, which
-    bot/events.py also calls directly, without Bolt's dispatch."""
+def register(app: AsyncApp, turns: TurnRunner) -> MessageListeners:
+    """Register the listeners with Bolt; returns those for a person's new, edited or deleted
+    message, which bot/events.py also calls directly, without Bolt's dispatch."""
 
     async def on_app_mention(event: dict[str, Any], context: AsyncBoltContext) -> None:
         await on_new_message(event, context.team_id, context.bot_user_id or "", False)
@@ -34,10 +29,8 @@ def register(app: AsyncApp, turns: TurnRunner) -> NewMessageListener:
         subtype = event.get("subtype")
         if subtype is not None and not isinstance(subtype, str):
             return
-        if subtype == "message_deleted":
-            await on_deleted(event, context)
-        elif subtype == "message_changed":
-            await on_edited(event, context)
+        if subtype in CHANGE_SUBTYPES:
+            await on_change(event, context.team_id, context.bot_user_id or "")
         elif subtype is None or subtype in NEW_MESSAGE_SUBTYPES:
             is_dm = event.get("channel_type") == "im"
             await on_new_message(event, context.team_id, context.bot_user_id or "", is_dm)
@@ -53,34 +46,39 @@ def register(app: AsyncApp, turns: TurnRunner) -> NewMessageListener:
             if message is not None:
                 await turns.accept(message)
 
-    async def on_deleted(event: dict[str, Any], context: AsyncBoltContext) -> None:
+    async def on_change(event: dict[str, Any], team: str | None, bot_user_id: str) -> None:
+        # Counted as an event being taken in: a stop waits for it as for a new message.
+        with turns.taking_in():
+            if event.get("subtype") == "message_deleted":
+                await on_deleted(event, team)
+            else:
+                await on_edited(event, team, bot_user_id)
+
+    async def on_deleted(event: dict[str, Any], team: str | None) -> None:
         previous = an_object(event.get("previous_message"))
         deleted_ts = event.get("deleted_ts") or previous.get("ts")
-        channel, team = event.get("channel"), context.team_id
+        channel = event.get("channel")
         if not (isinstance(deleted_ts, str) and isinstance(channel, str) and team):
             return
         for conversation in _conversations_holding(previous, deleted_ts, event):
             await turns.remove_message(ThreadKey(team, channel, conversation), deleted_ts)
 
-    async def on_edited(event: dict[str, Any], context: AsyncBoltContext) -> None:
+    async def on_edited(event: dict[str, Any], team: str | None, bot_user_id: str) -> None:
         edited = an_object(event.get("message"))
-        channel, team, ts = event.get("channel"), context.team_id, edited.get("ts")
-        if edited.get("bot_id") or edited.get("user") == context.bot_user_id:
+        channel, ts = event.get("channel"), edited.get("ts")
+        if edited.get("bot_id") or edited.get("user") == bot_user_id:
             return
         if not (isinstance(ts, str) and isinstance(channel, str) and team):
             return
         for conversation in _conversations_holding(edited, ts, event):
             await turns.edit_message(
-                ThreadKey(team, channel, conversation),
-                ts,
-                str(edited.get("text") or ""),
-                context.bot_user_id or "",
+                ThreadKey(team, channel, conversation), ts, str(edited.get("text") or ""), bot_user_id
             )
 
     app.event("app_mention")(on_app_mention)
     app.event("message")(on_message)
     app.event(re.compile(".*"))(on_other_event)
-    return on_new_message
+    return MessageListeners(new_message=on_new_message, change=on_change)
 
 
 async def _incoming(

@@ -568,10 +568,14 @@ class SlackEmulator:
 
     async def edit_message(self, channel: str, ts: str, new_text: str) -> None:
         """Edit a stored message and deliver the hidden message_changed event."""
+        await self.deliver_event(self.edited_event(channel, ts, new_text))
+
+    def edited_event(self, channel: str, ts: str, new_text: str) -> dict:
+        """Edit a stored message; its hidden message_changed event, for the test to deliver."""
         msg = self._find(channel, ts)
         previous = self._edit(msg, {"text": new_text})
         event = self._hidden_event(channel, "message_changed", message=self._public(msg))
-        await self.deliver_event(event | {"previous_message": previous})
+        return event | {"previous_message": previous}
 
     async def delete_message(self, channel: str, ts: str) -> None:
         """Delete a stored message and deliver the hidden message_deleted event."""
