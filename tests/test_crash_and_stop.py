@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from tests.bot_process import BotProcess
 from tests.conftest import StartBot, bot_env, free_port
 from tests.emulators.openai_api import Hang, OpenAIEmulator
-from tests.emulators.slack import SlackEmulator
+from tests.emulators.slack import Delivery, SlackEmulator
 
 pytestmark = pytest.mark.slow
 
@@ -60,16 +60,8 @@ async def test_killed_before_the_message_is_queued_slack_sends_it_again_and_it_i
     event = slack.user_message_event(DM, "where is my refund?")
     if subtype is not None:
         event |= {"subtype": subtype, "files": [{"id": "F1", "name": "receipt.pdf"}]}
-    await redis.execute_command("CLIENT", "PAUSE", "20000", "WRITE")  # the queueing step waits
-    try:
-        delivery = asyncio.create_task(slack.deliver_event(event))
-        await asyncio.sleep(1.0)
-        assert not delivery.done(), "acknowledged before the message was queued"
-        first.kill()
-        await first.wait()
-        assert not (await delivery).acked
-    finally:
-        await redis.execute_command("CLIENT", "UNPAUSE")
+    [delivery] = await _killed_while_delivering(slack, redis, first, event)
+    assert not delivery.acked, "acknowledged before the message was queued"
 
     # As Slack does with a delivery that was not acknowledged: send it again.
     survivor = await spawn_bot(mode)
@@ -93,16 +85,8 @@ async def test_an_edit_is_acknowledged_only_once_stored_so_a_kill_before_that_lo
     await slack.wait_for_bot_messages(DM, "top", count=1)
     await _wait_for_stored_turns(redis, 2)
     event = slack.edited_event(DM, ts, "my check is down")
-    await redis.execute_command("CLIENT", "PAUSE", "20000", "WRITE")
-    try:
-        delivery = asyncio.create_task(slack.deliver_event(event))
-        await asyncio.sleep(1.0)
-        assert not delivery.done(), "acknowledged before the edit was stored"
-        first.kill()
-        await first.wait()
-        assert not (await delivery).acked
-    finally:
-        await redis.execute_command("CLIENT", "UNPAUSE")
+    [delivery] = await _killed_while_delivering(slack, redis, first, event)
+    assert not delivery.acked, "acknowledged before the edit was stored"
 
     await spawn_bot(mode)
     assert (await slack.deliver_event(event, retry_num=1, retry_reason="http_timeout")).acked
@@ -110,6 +94,22 @@ async def test_an_edit_is_acknowledged_only_once_stored_so_a_kill_before_that_lo
     await slack.wait_for_bot_messages(DM, "top", count=2, timeout=15)
     asked = [m["content"] for m in llm.requests[-1]["messages"]]
     assert "ann: my check is down" in asked and "ann: my check is slow" not in asked
+
+
+async def _killed_while_delivering(
+    slack: SlackEmulator, redis: Redis, process: BotProcess, *events: dict
+) -> list[Delivery]:
+    """Deliver `events` with Redis's writes paused, so that nothing of them can be stored, and
+    kill `process` a second later (before Slack's 3 s): what each delivery got back."""
+    await redis.execute_command("CLIENT", "PAUSE", "20000", "WRITE")
+    try:
+        sending = [asyncio.create_task(slack.deliver_event(event)) for event in events]
+        await asyncio.sleep(1.0)
+        process.kill()
+        await process.wait()
+        return list(await asyncio.gather(*sending))
+    finally:
+        await redis.execute_command("CLIENT", "UNPAUSE")
 
 
 async def _wait_for_stored_turns(redis: Redis, count: int) -> None:
@@ -133,15 +133,7 @@ async def test_killed_amid_a_burst_of_mentions_each_is_answered_once_after_slack
     first = await spawn_bot(mode)
     messages = [slack.user_message_event(CHANNEL, f"<@{BOT}> question {i}") for i in range(20)]
     events = [event for message in messages for event in (message, slack.mention_twin(message))]
-    await redis.execute_command("CLIENT", "PAUSE", "20000", "WRITE")
-    try:
-        sending = [asyncio.create_task(slack.deliver_event(event)) for event in events]
-        await asyncio.sleep(1.0)
-        first.kill()
-        await first.wait()
-        deliveries = await asyncio.gather(*sending)
-    finally:
-        await redis.execute_command("CLIENT", "UNPAUSE")
+    deliveries = await _killed_while_delivering(slack, redis, first, *events)
     unacknowledged = [event for event, delivery in zip(events, deliveries, strict=True) if not delivery.acked]
     assert {event["ts"] for event in unacknowledged} == {message["ts"] for message in messages}
 
