@@ -4,8 +4,9 @@ exactly one outcome, from the next process (or another replica), and no thread s
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -60,7 +61,7 @@ async def test_killed_before_the_message_is_queued_slack_sends_it_again_and_it_i
     event = slack.user_message_event(DM, "where is my refund?")
     if subtype is not None:
         event |= {"subtype": subtype, "files": [{"id": "F1", "name": "receipt.pdf"}]}
-    [delivery] = await _killed_while_delivering(slack, redis, first, event)
+    [delivery] = await _killed_while_delivering(redis, first, slack.deliver_event(event))
     assert not delivery.acked, "acknowledged before the message was queued"
 
     # As Slack does with a delivery that was not acknowledged: send it again.
@@ -85,7 +86,7 @@ async def test_an_edit_is_acknowledged_only_once_stored_so_a_kill_before_that_lo
     await slack.wait_for_bot_messages(DM, "top", count=1)
     await _wait_for_stored_turns(redis, 2)
     event = slack.edited_event(DM, ts, "my check is down")
-    [delivery] = await _killed_while_delivering(slack, redis, first, event)
+    [delivery] = await _killed_while_delivering(redis, first, slack.deliver_event(event))
     assert not delivery.acked, "acknowledged before the edit was stored"
 
     await spawn_bot(mode)
@@ -96,14 +97,35 @@ async def test_an_edit_is_acknowledged_only_once_stored_so_a_kill_before_that_lo
     assert "ann: my check is down" in asked and "ann: my check is slow" not in asked
 
 
+@pytest.mark.parametrize("mode", ["http", "socket"])
+async def test_a_feedback_click_is_acknowledged_only_once_its_vote_is_kept(
+    mode: str, spawn_bot: SpawnBot, slack: SlackEmulator, redis: Redis
+) -> None:
+    """Slack never sends a click again: one whose process dies before the vote is kept is left
+    unacknowledged, so that Slack shows the person it failed (they click again), instead of
+    looking taken and being lost."""
+    first = await spawn_bot(mode)
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> was this useful?")
+    [answer] = await slack.wait_for_bot_messages(CHANNEL, ts)
+    click = slack.click_feedback(CHANNEL, answer["ts"], user="U2")
+    [delivery] = await _killed_while_delivering(redis, first, click)
+    assert not delivery.acked, "acknowledged before the vote was kept"
+    assert not [key async for key in redis.scan_iter("feedback:*")]
+
+    await spawn_bot(mode)
+    assert (await slack.click_feedback(CHANNEL, answer["ts"], user="U2")).acked
+    [votes] = [key async for key in redis.scan_iter("feedback:*")]
+    assert len(await redis.hgetall(votes)) == 1  # kept by the time of the acknowledgement
+
+
 async def _killed_while_delivering(
-    slack: SlackEmulator, redis: Redis, process: BotProcess, *events: dict
+    redis: Redis, process: BotProcess, *deliveries: Coroutine[Any, Any, Delivery]
 ) -> list[Delivery]:
-    """Deliver `events` with Redis's writes paused, so that nothing of them can be stored, and
+    """Make the deliveries with Redis's writes paused, so that nothing of them can be stored, and
     kill `process` a second later (before Slack's 3 s): what each delivery got back."""
     await redis.execute_command("CLIENT", "PAUSE", "20000", "WRITE")
     try:
-        sending = [asyncio.create_task(slack.deliver_event(event)) for event in events]
+        sending = [asyncio.create_task(delivery) for delivery in deliveries]
         await asyncio.sleep(1.0)
         process.kill()
         await process.wait()
@@ -133,7 +155,7 @@ async def test_killed_amid_a_burst_of_mentions_each_is_answered_once_after_slack
     first = await spawn_bot(mode)
     messages = [slack.user_message_event(CHANNEL, f"<@{BOT}> question {i}") for i in range(20)]
     events = [event for message in messages for event in (message, slack.mention_twin(message))]
-    deliveries = await _killed_while_delivering(slack, redis, first, *events)
+    deliveries = await _killed_while_delivering(redis, first, *map(slack.deliver_event, events))
     unacknowledged = [event for event, delivery in zip(events, deliveries, strict=True) if not delivery.acked]
     assert {event["ts"] for event in unacknowledged} == {message["ts"] for message in messages}
 

@@ -1,8 +1,9 @@
-"""Interactions: a press on an answer's feedback buttons is kept with the answer it rates, and the
-person is thanked (only they see it)."""
+"""Interactions: a press on an answer's feedback buttons is kept with the answer it rates, then
+acknowledged, and the person is thanked (only they see it)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext
 
 from bot.delivery import Delivery
+from bot.events import ACK_WAIT_SECONDS
 from bot.listeners.fields import a_string, an_id, an_object
 from bot.store import FeedbackVote, Store, StoreUnavailable
 from bot.streaming import FEEDBACK_ACTION
@@ -21,25 +23,36 @@ def register(app: AsyncApp, store: Store, delivery: Delivery) -> None:
     async def on_feedback(
         ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], context: AsyncBoltContext
     ) -> None:
+        # Acknowledged once the vote is kept (at most ACK_WAIT_SECONDS): Slack never sends a
+        # click again, but one whose process dies before it is kept then shows the person that
+        # it failed, so they can click again, instead of looking taken and being lost.
+        keeping = asyncio.ensure_future(keep_vote(body, action, context))
+        await asyncio.wait((keeping,), timeout=ACK_WAIT_SECONDS)
         await ack()
         try:
-            await take_feedback(body, action, context)
+            vote = await keeping
+            if vote is not None:
+                thread_ts = None if vote.thread == "dm" else vote.thread
+                await delivery.thank_for_feedback(vote.team, vote.channel, thread_ts, vote.user)
         except Exception as error:
             # Never into Bolt: its runner answers a listener that raised soon after its own ack()
             # as if it had never acknowledged (over HTTP: nothing for 3 s, and Slack shows the
             # click as failed). Every failure known is handled below; this is for the unknown.
             log.error("feedback listener failed error=%s", type(error).__name__, exc_info=error)
 
-    async def take_feedback(body: dict[str, Any], action: dict[str, Any], context: AsyncBoltContext) -> None:
+    async def keep_vote(
+        body: dict[str, Any], action: dict[str, Any], context: AsyncBoltContext
+    ) -> FeedbackVote | None:
+        """The click's vote, once stored; None when there is none or it could not be stored."""
         vote = _vote(body, action, context)
         if vote is None:
             log.info("feedback ignored: payload without channel, message, user or vote")
-            return
+            return None
         try:
             await store.record_feedback(vote)
         except StoreUnavailable as error:
             log.error("feedback not stored team=%s channel=%s error=%s", vote.team, vote.channel, error)
-            return
+            return None
         log.info(
             "feedback team=%s channel=%s thread=%s answer=%s user=%s vote=%s",
             vote.team,
@@ -49,8 +62,7 @@ def register(app: AsyncApp, store: Store, delivery: Delivery) -> None:
             vote.user,
             vote.vote,
         )
-        thread_ts = None if vote.thread == "dm" else vote.thread
-        await delivery.thank_for_feedback(vote.team, vote.channel, thread_ts, vote.user)
+        return vote
 
     app.action(FEEDBACK_ACTION)(on_feedback)
 
