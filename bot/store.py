@@ -236,6 +236,8 @@ class TurnRecord:
     answer: str | None = None  # produced but not yet delivered
     answer_ts: str | None = None  # something of the answer is visible in Slack
     attempts: int = 0
+    edited_text: str | None = None  # edited (as Slack writes it) while it waited for its turn
+    deleted: bool = False  # deleted while it waited for its turn
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> TurnRecord:
@@ -246,6 +248,8 @@ class TurnRecord:
             answer=raw.get("answer") or None,
             answer_ts=raw.get("answer_ts") or None,
             attempts=int(raw.get("attempts", "0")),
+            edited_text=raw.get("edited_text"),
+            deleted=raw.get("deleted") == "1",
         )
 
 
@@ -424,12 +428,22 @@ end
 return {3, ARGV[1], redis.call('HGETALL', KEYS[4])}
 """
 
-# KEYS: turns, meta. ARGV: ts, replacement text, 'edit' or 'delete', conversation ttl. Deleting a
-# person's message also drops the bot's answer to it, which may quote it. Deletes and edits are
-# rare, so a scan of one conversation is fine here. A summary that covers the turn may quote it
-# too, so it is dropped (and rebuilt from the turns as they are now); the epoch bump stops a
-# summary being computed meanwhile from saving the old text.
+# KEYS: turns, meta, the message's journal. ARGV: ts, replacement text, 'edit' or 'delete',
+# conversation ttl, the replacement as Slack wrote it. Deleting a person's message also drops the
+# bot's answer to it, which may quote it. Deletes and edits are rare, so a scan of one
+# conversation is fine here. A summary that covers the turn may quote it too, so it is dropped
+# (and rebuilt from the turns as they are now); the epoch bump stops a summary being computed
+# meanwhile from saving the old text. A message still waiting for its turn (journal state
+# `queued`) is no stored turn yet: its journal keeps the change for the turn (returns 2).
 _REWRITE_TURN = """
+if redis.call('HGET', KEYS[3], 'state') == 'queued' then
+  if ARGV[3] == 'delete' then
+    redis.call('HSET', KEYS[3], 'deleted', '1')
+  else
+    redis.call('HSET', KEYS[3], 'edited_text', ARGV[5])
+  end
+  return 2
+end
 local items = redis.call('LRANGE', KEYS[1], 0, -1)
 local found = false
 for i, raw in ipairs(items) do
@@ -1044,22 +1058,25 @@ class Store:
             await pipe.execute()
 
     async def remove_user_message(self, key: ThreadKey, ts: str) -> bool:
-        """Delete a person's message and the bot's answer to it, and the summary if it covers them."""
+        """Delete a person's message and the bot's answer to it, and the summary if it covers
+        them; a message still waiting for its turn is marked deleted, and not answered."""
         return bool(
             await self._rewrite_turn(
-                keys=[self.keys.turns(key), self.keys.meta(key)],
-                args=[ts, "", "delete", self.conversation_ttl],
+                keys=self._rewrite_keys(key, ts), args=[ts, "", "delete", self.conversation_ttl, ""]
             )
         )
 
-    async def edit_user_message(self, key: ThreadKey, ts: str, text: str) -> bool:
-        """Replace a person's message text, and drop the summary if it covers the old text."""
+    async def edit_user_message(self, key: ThreadKey, ts: str, text: str, slack_text: str) -> bool:
+        """Replace a person's message `text` (as stored), and drop the summary if it covers the
+        old text; a message still waiting for its turn is answered as edited (`slack_text`)."""
         return bool(
             await self._rewrite_turn(
-                keys=[self.keys.turns(key), self.keys.meta(key)],
-                args=[ts, text, "edit", self.conversation_ttl],
+                keys=self._rewrite_keys(key, ts), args=[ts, text, "edit", self.conversation_ttl, slack_text]
             )
         )
+
+    def _rewrite_keys(self, key: ThreadKey, ts: str) -> list[str]:
+        return [self.keys.turns(key), self.keys.meta(key), self.keys.journal(key.team, key.channel, ts)]
 
     # -- the right to be forgotten ---------------------------------------------------------
 

@@ -26,7 +26,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Coroutine, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -210,7 +210,7 @@ class TurnRunner:
 
     async def edit_message(self, key: ThreadKey, ts: str, text: str, bot_user_id: str) -> None:
         readable = await self.workspace.readable(key.team, text, bot_user_id)
-        await self.store.edit_user_message(key, ts, readable)
+        await self.store.edit_user_message(key, ts, readable, text)
 
     def start_work(self, key: ThreadKey) -> None:
         if key in self._working_on:
@@ -445,6 +445,11 @@ class TurnRunner:
             return Progress()  # finished before a crash; only taking it off the inbox was lost
         if record.state == "working" and (resumed := await self._resume(message, record)) is not None:
             return resumed
+        if record.deleted:
+            log.info("turn team=%s channel=%s thread=%s user=%s outcome=deleted", *_where(message))
+            return Progress.of(state="noted")  # deleted before its turn came: nothing to answer
+        if record.edited_text is not None:
+            message = replace(message, text=record.edited_text)  # edited before its turn came
         if message.action == "reset":
             await self.store.reset(message.key)
             await self.delivery.post_notice(target_for(message), RESET_CONFIRMATION)

@@ -284,6 +284,38 @@ async def test_edited_message_is_updated_in_the_conversation(
     assert contents(last_prompt(llm))[1] == "ann: my check is down"
 
 
+async def test_a_follow_up_edited_while_it_waits_for_its_turn_is_answered_as_edited(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    llm.first_token_delay = 1.5  # the thread is busy with the first answer meanwhile
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> my check is failing")
+    await llm.wait_for_requests(1)
+    follow_up = await slack.post_user_message(CHANNEL, "since 8am", thread_ts=root)
+    await slack.edit_message(CHANNEL, follow_up, "since 9am")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
+    await bot.settle()
+    assert contents(last_prompt(llm))[-1] == "ann: since 9am"
+    stored = [turn.text for turn in await bot.bot.store.recent_turns(ThreadKey("T1", CHANNEL, root), 50)]
+    assert "since 8am" not in str(stored) and "since 9am" in str(stored)
+
+
+async def test_a_follow_up_deleted_while_it_waits_for_its_turn_is_not_answered(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    llm.first_token_delay = 1.5
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> my check is failing")
+    await llm.wait_for_requests(1)
+    oops = await slack.post_user_message(CHANNEL, "my password is hunter2", thread_ts=root)
+    await slack.delete_message(CHANNEL, oops)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1, timeout=15)
+    await asyncio.sleep(1.0)  # time for an answer to the deleted message, if there were one
+    await bot.settle()
+    assert len(slack.bot_messages(CHANNEL, root)) == 1
+    assert len(llm.requests) == 1
+    stored = [turn.text for turn in await bot.bot.store.recent_turns(ThreadKey("T1", CHANNEL, root), 50)]
+    assert "hunter2" not in str(stored)
+
+
 async def test_history_survives_a_restart_of_the_bot(
     start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator
 ) -> None:
