@@ -345,13 +345,11 @@ class TurnRunner:
         if self._renewing is None or self._renewing.done():
             self._renewing = asyncio.create_task(self._renew_held_locks())
 
-    def _let_go(self, key: ThreadKey, token: str) -> bool:
-        """Stop renewing the thread's lock if `token` still holds it here; says whether it did."""
+    def _let_go(self, key: ThreadKey, token: str) -> None:
+        """Stop renewing the thread's lock, if `token` still holds it here."""
         held = self._held.get(key)
-        if held is None or held.token != token:
-            return False
-        del self._held[key]
-        return True
+        if held is not None and held.token == token:
+            del self._held[key]
 
     async def _renew_held_locks(self) -> None:
         """Renew the thread locks held here that have lived a fifth of their lifetime, looking
@@ -363,34 +361,40 @@ class TurnRunner:
         back if nobody took it meanwhile; if another process did, the turn here stands down,
         since that process now answers the message (from the journal), and going on here too
         would answer it twice."""
-        loop = asyncio.get_running_loop()
         lifetime = self.store.lock_ttl_ms / 1000
         while self._held:
             await asyncio.sleep(lifetime / 10)
-            now = loop.time()
-            due = [(key, held) for key, held in self._held.items() if now - held.since >= lifetime / 5]
-            found = await asyncio.gather(
-                *(self.store.renew_lock(key, held.token) for key, held in due), return_exceptions=True
-            )
-            for (key, held), outcome in zip(due, found, strict=True):
-                if isinstance(outcome, BaseException):
-                    log.warning("thread lock not renewed thread=%s error=%s", key, type(outcome).__name__)
-                    continue  # tried again at the next look
-                if self._held.get(key) is not held:
-                    # The turn ended meanwhile; a lock just taken back is nobody's: free it.
-                    if outcome == LockRenewal.TAKEN_BACK:
-                        await self.store.release_lock(key, held.token)
-                    continue
-                if outcome in (LockRenewal.RENEWED, LockRenewal.TAKEN_BACK):
-                    held.since = now
-                    if outcome == LockRenewal.TAKEN_BACK:
-                        log.warning("thread lock expired and taken back thread=%s", key)
-                elif outcome == LockRenewal.TAKEN_OVER:
-                    del self._held[key]
-                    log.warning("thread lock taken over by another worker; standing down thread=%s", key)
-                    held.worker.cancel()
-                else:
-                    del self._held[key]  # finished and released: nothing left to renew
+            try:
+                await self._renew_due(lifetime / 5)
+            except Exception as error:  # the task must go on: a lock not renewed is a double answer
+                log.warning("thread lock renewal failed error=%s", type(error).__name__)
+
+    async def _renew_due(self, age: float) -> None:
+        """One round of `_renew_held_locks`: the locks at least `age` seconds old."""
+        now = asyncio.get_running_loop().time()
+        due = [(key, held) for key, held in self._held.items() if now - held.since >= age]
+        found = await asyncio.gather(
+            *(self.store.renew_lock(key, held.token) for key, held in due), return_exceptions=True
+        )
+        for (key, held), outcome in zip(due, found, strict=True):
+            if isinstance(outcome, BaseException):
+                log.warning("thread lock not renewed thread=%s error=%s", key, type(outcome).__name__)
+                continue  # tried again at the next look
+            if self._held.get(key) is not held:
+                # The turn ended meanwhile; a lock just taken back is nobody's: free it.
+                if outcome == LockRenewal.TAKEN_BACK:
+                    await self.store.release_lock(key, held.token)
+                continue
+            if outcome in (LockRenewal.RENEWED, LockRenewal.TAKEN_BACK):
+                held.since = now
+                if outcome == LockRenewal.TAKEN_BACK:
+                    log.warning("thread lock expired and taken back thread=%s", key)
+            elif outcome == LockRenewal.TAKEN_OVER:
+                del self._held[key]
+                log.warning("thread lock taken over by another worker; standing down thread=%s", key)
+                held.worker.cancel()
+            else:
+                del self._held[key]  # finished and released: nothing left to renew
 
     # -- one turn --------------------------------------------------------------------------
 
