@@ -182,8 +182,8 @@ def shape_problem(body: object) -> str | None:
         isinstance(authorizations, list) and all(isinstance(a, dict) for a in authorizations)
     ):
         return "authorizations is not a list of objects"
-    if body.get("event") is not None and not isinstance(body["event"], dict):
-        return "event is not an object"  # Bolt's middleware reads it as one, whatever the type
+    if "event" in body and not isinstance(body["event"], dict):
+        return "event is not an object"  # Bolt's middleware reads it as one (null too), whatever the type
     if body["type"] == "event_callback":
         event = body.get("event")
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
