@@ -15,10 +15,10 @@ import aiohttp
 from slack_sdk.errors import SlackApiError
 
 from bot.rate_limit import BudgetedSlack, Hold, RateLimited
-from bot.store import IncomingMessage, RateBucket
-from bot.streaming import DeliveryError, Ending, OnVisible, Reply, Target
+from bot.store import Fence, IncomingMessage, RateBucket
+from bot.streaming import DeliveryError, Ending, OnVisible, Reply, Target, answer_block_id
 
-__all__ = ["Delivery", "DeliveryError", "Ending", "Reply", "Target", "ThinkingSign"]
+__all__ = ["Delivery", "DeliveryError", "Ending", "FoundAnswer", "Reply", "Target", "ThinkingSign"]
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,19 @@ FEEDBACK_THANKS = "Thanks for the feedback!"
 # must not wait for it (a quick follow-up in a thread waited up to 1 s for setStatus's slot).
 SIGN_WAIT = 0.0
 THANKS_WAIT = 1.0  # seconds the thanks for a vote may wait for a rate slot
+
+
+# How many messages after a question are searched for an answer already posted to it: the
+# answer follows its question closely, and recovery runs within seconds of the crash.
+FIND_ANSWER_LIMIT = 200
+
+
+@dataclass(frozen=True)
+class FoundAnswer:
+    """An answer's last message, already in Slack."""
+
+    ts: str
+    text: str
 
 
 @dataclass
@@ -65,10 +78,12 @@ class Delivery:
         *,
         on_visible: OnVisible | None = None,
         after: asyncio.Future[Any] | None = None,
+        fence: Fence | None = None,
     ) -> Reply:
         """A new answer; nothing is posted until its first text is written, nor before `after`
         (the thinking sign on its way) is done. `on_visible` is awaited with the ts of its first
-        message as soon as Slack shows it while the answer is still being written."""
+        message as soon as Slack shows it while the answer is still being written. `fence`: the
+        turn's thread lock, without which no new message of it is posted."""
         return Reply(
             self.slack,
             target,
@@ -76,6 +91,7 @@ class Delivery:
             final_wait=self.final_wait,
             on_visible=on_visible,
             after=after,
+            fence=fence,
         )
 
     def status_bucket(self, target: Target) -> RateBucket:
@@ -167,6 +183,33 @@ class Delivery:
                 _log_api_error("chat.stopStream", error)
         except RateLimited as error:
             log.warning("abandoned stream left open: %s", error)
+
+    async def find_answer(self, target: Target) -> FoundAnswer | None:
+        """The last message of an answer to the target's question already in Slack (a process
+        posted it and died before recording it), found by its buttons' block id; None when
+        there is none, or Slack cannot tell now (the caller answers then). Never raises."""
+        where = {"channel": target.channel, "oldest": target.message_ts, "limit": FIND_ANSWER_LIMIT}
+        try:
+            if target.thread_ts is not None:
+                response = await self.slack.client.api_call(
+                    "conversations.replies", params=where | {"ts": target.thread_ts}
+                )
+            else:
+                response = await self.slack.client.api_call("conversations.history", params=where)
+        except (SlackApiError, aiohttp.ClientError, TimeoutError) as error:
+            code = error.response.get("error") if isinstance(error, SlackApiError) else type(error).__name__
+            log.warning(
+                "could not look for an answer posted already channel=%s error=%s", target.channel, code
+            )
+            return None
+        wanted = answer_block_id(target.message_ts)
+        for message in response.get("messages") or []:
+            blocks = [b for b in message.get("blocks") or [] if isinstance(b, dict)]
+            if message.get("bot_id") and any(b.get("block_id") == wanted for b in blocks):
+                markdown = [b.get("text") for b in blocks if b.get("type") == "markdown"]
+                text = markdown[0] if markdown else message.get("text")
+                return FoundAnswer(str(message["ts"]), str(text or ""))
+        return None
 
     async def post_notice(self, target: Target, text: str) -> str | None:
         """A short message from the bot itself (an error, a confirmation). Never raises."""

@@ -30,7 +30,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
-from bot.store import RateBucket, RateClaim, Store
+from bot.store import Fence, RateBucket, RateClaim, Store
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +120,10 @@ class SlackBudget:
         *,
         wait: float,
         writer: str = "",
+        fence: Fence | None = None,
     ) -> None:
-        """Take the claims within `wait` seconds, or raise RateLimited."""
+        """Take the claims within `wait` seconds, or raise RateLimited; LockLost when `fence`
+        no longer holds (see `Store.claim_rate`)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         first = claims[0].bucket
@@ -136,7 +138,9 @@ class SlackBudget:
                 await asyncio.sleep(min(known_full * _jitter.uniform(1.0, 1.1), remaining))
                 continue
             try:
-                grant = await self.store.claim_rate(claims, writer=writer, writer_ttl_ms=2 * first.window_ms)
+                grant = await self.store.claim_rate(
+                    claims, writer=writer, writer_ttl_ms=2 * first.window_ms, fence=fence
+                )
             except (RedisError, OSError) as error:
                 # Without Redis the budget is unknown: call Slack anyway and rely on its 429s.
                 if not self._redis_warned:
@@ -199,13 +203,15 @@ class BudgetedSlack:
         use: Hold | None = None,
         writer: str = "",
         counted: bool = False,
+        fence: Fence | None = None,
         **args: Any,
     ) -> AsyncSlackResponse:
         """Call `method` once a slot is free (waiting at most `wait` s), taking `holds` with it.
 
         `use` spends a slot held earlier; `counted`: the call was counted in its bucket already
-        (see `Store.accept`). Raises RateLimited when no slot came in time or Slack answered 429;
-        other Slack errors as SlackApiError.
+        (see `Store.accept`); `fence`: made only while that thread lock is held, else LockLost.
+        Raises RateLimited when no slot came in time or Slack answered 429; other Slack errors
+        as SlackApiError.
         """
         bucket = self.budget.bucket(team, method, scope)
         if not counted:
@@ -216,7 +222,7 @@ class BudgetedSlack:
             )
             hold_ms = int(HOLD_SECONDS * 1000 / max(self.budget.scale, 1))
             claims = [first] + [RateClaim(h.bucket, "hold", h.member, hold_ms=hold_ms) for h in holds]
-            await self.budget.claim(claims, wait=wait, writer=writer)
+            await self.budget.claim(claims, wait=wait, writer=writer, fence=fence)
         try:
             return await self.client.api_call(method, json=_without_none(args))
         except BaseException as error:

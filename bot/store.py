@@ -111,6 +111,22 @@ class LockRenewal(enum.IntEnum):
 
 
 @dataclass(frozen=True)
+class Fence:
+    """A thread lock that must still be held, by `token`, for a Slack call to be made: the
+    call that would show a new message of the answer to the message at `ts` (see
+    `Store.claim_rate`), whose journal then notes that something may have been posted."""
+
+    key: ThreadKey
+    token: str
+    ts: str
+
+
+class LockLost(Exception):
+    """The thread's lock is held by another worker now (this one stalled past its lifetime):
+    that worker answers the message, so nothing more of this turn may be shown."""
+
+
+@dataclass(frozen=True)
 class Queued:
     """A message waiting in its thread's inbox, with its stored form (to remove exactly that)
     and its journal as it was when the message was taken."""
@@ -134,10 +150,11 @@ class Progress:
 
 @dataclass(frozen=True)
 class Begun:
-    """An answer's first step: the abuse limit it exceeds (1-based, 0 for none), or what its
-    prompt is built from."""
+    """An answer's first step: the abuse limit it exceeds (1-based, 0 for none), that its
+    message is gone, or what its prompt is built from."""
 
     over_limit: int
+    deleted: bool = False  # deleted by its author after it was taken, before this step
     hydrated: bool = False
     summary: SummaryState | None = None
     newest_turns: list[Turn] = field(default_factory=list)
@@ -238,6 +255,7 @@ class TurnRecord:
     attempts: int = 0
     edited_text: str | None = None  # edited (as Slack writes it) while it waited for its turn
     deleted: bool = False  # deleted while it waited for its turn
+    posting: bool = False  # a message of the answer may have been posted (see `Fence`)
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> TurnRecord:
@@ -250,6 +268,7 @@ class TurnRecord:
             attempts=int(raw.get("attempts", "0")),
             edited_text=raw.get("edited_text"),
             deleted=raw.get("deleted") == "1",
+            posting=raw.get("posting") == "1",
         )
 
 
@@ -434,13 +453,15 @@ return {3, ARGV[1], redis.call('HGETALL', KEYS[4])}
 # conversation is fine here. A summary that covers the turn may quote it too, so it is dropped
 # (and rebuilt from the turns as they are now); the epoch bump stops a summary being computed
 # meanwhile from saving the old text. A message still waiting for its turn (journal state
-# `queued`) is no stored turn yet: its journal keeps the change for the turn (returns 2).
+# `queued`) is no stored turn yet: its journal keeps the change (returns 2), which the turn reads
+# when it takes the message, and the step that stores the message applies (`journal_step`), in
+# case the change came after the turn had read the journal.
 _REWRITE_TURN = """
 if redis.call('HGET', KEYS[3], 'state') == 'queued' then
   if ARGV[3] == 'delete' then
     redis.call('HSET', KEYS[3], 'deleted', '1')
   else
-    redis.call('HSET', KEYS[3], 'edited_text', ARGV[5])
+    redis.call('HSET', KEYS[3], 'edited_text', ARGV[5], 'edited_readable', ARGV[2])
   end
   return 2
 end
@@ -551,8 +572,25 @@ local function journal_step(k, a)
   local set, cleared = tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
   local at = a + 7
   if turns > 0 then
-    redis.call('RPUSH', KEYS[k + 1], unpack(ARGV, at, at + turns - 1))
+    local pushed = {unpack(ARGV, at, at + turns - 1)}
     at = at + turns
+    -- The step that stores the message's own turn ends its wait; an edit or deletion that came
+    -- after its worker read the journal (kept there, see _REWRITE_TURN) is applied here.
+    local change = redis.call('HMGET', KEYS[k], 'state', 'edited_readable', 'deleted')
+    if change[1] == 'queued' and (change[2] or change[3]) then
+      local kept = {}
+      for _, raw in ipairs(pushed) do
+        local turn = cjson.decode(raw)
+        if turn['role'] ~= 'user' then
+          table.insert(kept, raw)
+        elseif change[3] ~= '1' then
+          turn['text'] = change[2]
+          table.insert(kept, cjson.encode(turn))
+        end
+      end
+      pushed = kept
+    end
+    if #pushed > 0 then redis.call('RPUSH', KEYS[k + 1], unpack(pushed)) end
     redis.call('EXPIRE', KEYS[k + 1], ARGV[a + 1])
     redis.call('HSET', KEYS[k + 2], 'updated', ARGV[a + 2])
     redis.call('EXPIRE', KEYS[k + 2], ARGV[a + 1])
@@ -603,11 +641,13 @@ return ''
 # message uses up no budget, so a limit never compounds another), the journal step is written
 # (the question joins the conversation as the turn is marked begun), and what the prompt is built
 # from is read back. Returns {i} for the first limit exceeded, else {0, {hydrated, summary,
-# summary_upto, epoch}, the newest turns}.
+# summary_upto, epoch}, the newest turns}; {-1} when the message was deleted while it waited.
 _BEGIN_ANSWER = (
     _JOURNAL_STEP_FUNCTION
     + """
 local limits = tonumber(ARGV[1])
+local journal = redis.call('HMGET', KEYS[limits + 1], 'state', 'deleted')
+if journal[1] == 'queued' and journal[2] == '1' then return {-1} end
 for i = 1, limits do
   local count = tonumber(redis.call('GET', KEYS[i]) or '0')
   if count + 1 > tonumber(ARGV[2 * i]) then return {i} end
@@ -647,12 +687,25 @@ return 2
 
 
 # Sliding-window rate budget over several buckets at once: all claims are granted, or none.
-# KEYS: per claim its calls, held and pause keys, then the first bucket's active key.
-# ARGV: claims as JSON [{limit, window, headroom, mode, member, hold}], active member ('' for
-# none), active ttl ms. Returns {granted 0/1, wait ms, active writers}. Time is Redis's own, so
-# processes with skewed clocks still share one window.
+# KEYS: per claim its calls, held and pause keys, then the first bucket's active key, then
+# (with a fence) the thread's lock, inbox and message journal. ARGV: claims as JSON [{limit, window, headroom,
+# mode, member, hold}], active member ('' for none), active ttl ms, then the fence's token ('' for
+# none) and the lock's ttl ms. Returns {granted 1/0, or -1 when fenced off; wait ms; active
+# writers}. Time is Redis's own, so processes with skewed clocks still share one window.
+# The fence: a lock held by another token refuses the call; an expired one is taken back (as
+# `_RENEW_THREAD_LOCK` does) while the thread still has a message waiting. A call it lets through
+# is noted in the message's journal (`posting`), for recovery to look in Slack before posting.
 _RATE_CLAIM = """
 local claims = cjson.decode(ARGV[1])
+local fenced = ARGV[4] and ARGV[4] ~= ''
+if fenced then
+  local lock, inbox = KEYS[#claims * 3 + 2], KEYS[#claims * 3 + 3]
+  local holder = redis.call('GET', lock)
+  if holder ~= ARGV[4] then
+    if holder or redis.call('ZCARD', inbox) == 0 then return {-1, 0, 0} end
+    redis.call('SET', lock, ARGV[4], 'PX', ARGV[5])
+  end
+end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local active = 0
@@ -694,6 +747,8 @@ for i, c in ipairs(claims) do
     redis.call('PEXPIRE', calls, c.window)
   end
 end
+local journal = KEYS[#claims * 3 + 4]
+if fenced and redis.call('EXISTS', journal) == 1 then redis.call('HSET', journal, 'posting', '1') end
 return {1, 0, active}
 """
 
@@ -938,6 +993,8 @@ class Store:
             )
         except (RedisError, OSError) as error:
             raise StoreUnavailable(type(error).__name__) from None
+        if int(found[0]) < 0:
+            return Begun(over_limit=0, deleted=True)
         if found[0]:
             return Begun(over_limit=int(found[0]))
         (hydrated, text, upto, epoch), raw = found[1], found[2]
@@ -1180,10 +1237,12 @@ class Store:
     # -- the shared Slack rate budget --------------------------------------------------------
 
     async def claim_rate(
-        self, claims: list[RateClaim], *, writer: str = "", writer_ttl_ms: int = 0
+        self, claims: list[RateClaim], *, writer: str = "", writer_ttl_ms: int = 0, fence: Fence | None = None
     ) -> RateGrant:
         """Take slots from rate buckets, all or none (see `_RATE_CLAIM`); `writer` marks an
-        answer in flight on the first bucket, so that each can be given its fair share."""
+        answer in flight on the first bucket, so that each can be given its fair share. With a
+        `fence`, only while its token holds the thread's lock (in the same step, so a post that
+        checks it costs no extra round trip), else LockLost."""
         keys = [
             k
             for c in claims
@@ -1199,9 +1258,14 @@ class Store:
              "mode": c.mode, "member": c.member, "hold": c.hold_ms}
             for c in claims
         ]  # fmt: skip
-        granted, wait_ms, active = await self._batch.run_script(
-            self._rate_claim, keys, [json.dumps(spec), writer, max(writer_ttl_ms, 1)]
-        )
+        args: list[str | int] = [json.dumps(spec), writer, max(writer_ttl_ms, 1)]
+        if fence is not None:
+            journal = self.keys.journal(fence.key.team, fence.key.channel, fence.ts)
+            keys += [self.keys.lock(fence.key), self.keys.inbox(fence.key), journal]
+            args += [fence.token, self.lock_ttl_ms]
+        granted, wait_ms, active = await self._batch.run_script(self._rate_claim, keys, args)
+        if int(granted) < 0:
+            raise LockLost(str(fence.key if fence else ""))
         return RateGrant(bool(granted), int(wait_ms) / 1000, int(active))
 
     async def release_rate_hold(self, bucket: RateBucket, member: str) -> None:

@@ -29,6 +29,7 @@ from slack_sdk.errors import SlackApiError
 
 from bot.formatting import TEXT_LIMIT, SlackMarkdown, find_cut, sendable, to_mrkdwn
 from bot.rate_limit import BudgetedSlack, Hold, RateLimited
+from bot.store import Fence, LockLost
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,9 @@ NOTES = {
     ),
 }
 FEEDBACK_ACTION = "answer_feedback"
+# The block id of an answer's buttons names the question it answers: recovery finds an answer a
+# process posted and died before recording (see `Delivery.find_answer`).
+ANSWER_BLOCK_PREFIX = "answer_to:"
 
 # Errors that mean "no streaming here": post and update instead.
 STREAMING_REFUSED = {
@@ -116,8 +120,14 @@ class Reply:
         final_wait: float,
         on_visible: OnVisible | None = None,
         after: asyncio.Future[Any] | None = None,
+        fence: Fence | None = None,
     ) -> None:
         self.slack = slack
+        # Each new message of the answer is posted only while the turn's thread lock is still
+        # its own: a worker that stalled past the lock's lifetime, and whose thread another
+        # worker took meanwhile, must not answer the message as well.
+        self._fence = fence
+        self._lost = False
         self._on_visible = on_visible
         self._after = after
         self.budget = slack.budget
@@ -143,8 +153,9 @@ class Reply:
     # -- the turn's side -------------------------------------------------------------------
 
     def write(self, text: str) -> bool:
-        """Add the model's next text. Returns False once the user has pressed stop."""
-        if self.stopped_by_user:
+        """Add the model's next text. Returns False once the user has pressed stop, or the
+        thread was found taken over (the model need not write more)."""
+        if self.stopped_by_user or self._lost:
             return False
         self._add(self._formatter.feed(text))
         if self._first_show is None:
@@ -159,7 +170,8 @@ class Reply:
 
     async def finish(self, ending: Ending) -> list[str]:
         """Show the answer in its final form; returns the ts of its messages (none if it had no
-        text). Raises DeliveryError when Slack would not take it."""
+        text). Raises DeliveryError when Slack would not take it, LockLost when the thread was
+        taken over by another worker (which answers instead)."""
         self._closing.set()
         self._wake.set()
         if self._first_show is not None:
@@ -167,6 +179,8 @@ class Reply:
         if self._task is not None:
             await self._task
         try:
+            if self._lost:
+                raise LockLost(self.target.channel)
             await self._finish(ending)
         except SlackApiError as error:
             raise DeliveryError(str(error.response.get("error"))) from None
@@ -215,6 +229,9 @@ class Reply:
                 # Keep the text; it goes out with the next update, once there is room.
                 self._next_at = loop.time() + min(max(busy.retry_in, 0.01), 5.0)
                 self._wake.set()
+            except LockLost:
+                self._lost = True  # finish() tells the turn
+                return
             except Exception as error:  # a background task: log it here or it is lost
                 self._failures += 1
                 code = (
@@ -295,6 +312,7 @@ class Reply:
                     "chat.startStream",
                     team=target.team,
                     holds=(stop_slot,),
+                    fence=self._fence,
                     channel=target.channel,
                     thread_ts=target.thread_ts,
                     markdown_text=text,
@@ -317,6 +335,7 @@ class Reply:
             team=target.team,
             scope=target.channel,
             holds=(update_slot,),
+            fence=self._fence,
             channel=target.channel,
             thread_ts=target.thread_ts,
             markdown_text=text,
@@ -376,7 +395,8 @@ class Reply:
         """
         target = self.target
         message, self._message = self._message, None
-        blocks = [_feedback_block(feedback)] if feedback is not None else None
+        question = target.message_ts
+        blocks = [_feedback_block(feedback, question)] if feedback is not None else None
         if message is not None and message.mode == "stream":
             rest = text[len(message.shown) :] if text.startswith(message.shown) else ""
             try:
@@ -403,7 +423,7 @@ class Reply:
                 message = None
                 if not text.strip():
                     return
-        content = _content(text, feedback)
+        content = _content(text, feedback, question)
         await self._after_sign()
         if message is not None:
             await self._final_call("chat.update", use=message.final_slot, channel=target.channel,
@@ -413,6 +433,7 @@ class Reply:
         response = await self._final_call(
             "chat.postMessage",
             scope=target.channel,
+            fence=self._fence,
             channel=target.channel,
             thread_ts=target.thread_ts,
             unfurl_links=False,
@@ -459,7 +480,7 @@ class Reply:
         await self.budget.leave(self.target.team, ("chat.appendStream", "chat.update"), self._writer)
 
 
-def _content(text: str, feedback: str | None) -> dict[str, Any]:
+def _content(text: str, feedback: str | None, question: str) -> dict[str, Any]:
     """A message's content: Markdown, plus (on the last message) the feedback buttons, with
     mrkdwn `text` for notifications and clients that cannot show blocks."""
     if feedback is None:
@@ -467,13 +488,20 @@ def _content(text: str, feedback: str | None) -> dict[str, Any]:
     fallback = to_mrkdwn(text)
     if len(fallback) > TEXT_LIMIT:
         fallback = fallback[: TEXT_LIMIT - 1] + "…"
-    return {"blocks": [{"type": "markdown", "text": text}, _feedback_block(feedback)], "text": fallback}
+    blocks = [{"type": "markdown", "text": text}, _feedback_block(feedback, question)]
+    return {"blocks": blocks, "text": fallback}
 
 
-def _feedback_block(answer_ts: str) -> dict[str, Any]:
-    """👍 / 👎 under an answer; the values name the answer's first message (empty: this one)."""
+def answer_block_id(question_ts: str) -> str:
+    return ANSWER_BLOCK_PREFIX + question_ts
+
+
+def _feedback_block(answer_ts: str, question_ts: str) -> dict[str, Any]:
+    """👍 / 👎 under an answer; the values name the answer's first message (empty: this one),
+    the block's id the question answered."""
     return {
         "type": "context_actions",
+        "block_id": answer_block_id(question_ts),
         "elements": [
             {
                 "type": "feedback_buttons",

@@ -9,7 +9,8 @@ Each turn is journaled as it goes (working; part of the answer visible; an answe
 take yet; done). A message stays in its inbox until it has its outcome, which is recorded in the
 same step that takes it off, so when a process dies mid-turn the lock expires and another process
 (or the next start) picks the turn up from its journal: it answers it, delivers the answer kept
-for a retry, or says the answer was interrupted. Never twice.
+for a retry, records the answer it finds in Slack already, or says the answer was interrupted.
+Never twice: a worker that stalled past its lock's lifetime posts nothing once another holds it.
 
 A turn costs few round trips to Redis (bot/pipelining.py sends those of concurrent turns together):
 a message that opens a thread is queued and its thread locked in one step; the limits, the
@@ -39,7 +40,9 @@ from bot.delivery import Delivery, DeliveryError, Ending, Reply, Target, Thinkin
 from bot.llm import UNAVAILABLE, Answer, ChatMessage, ChatModel, LLMError
 from bot.store import (
     Accepted,
+    Fence,
     IncomingMessage,
+    LockLost,
     LockRenewal,
     Progress,
     Queued,
@@ -329,6 +332,11 @@ class TurnRunner:
                     outcome = await self._take_turn_safely(next_up.message, next_up.record)
                 except DeliveryDeferred:
                     return False  # left in the inbox; recovery retries it later
+                except LockLost:
+                    # Found as the answer was about to show: the worker that holds the lock
+                    # now answers the message (from the journal), and the thread is its own.
+                    log.warning("thread lock taken over by another worker; standing down thread=%s", key)
+                    return True
                 await self._after_arrivals(key)
                 next_up = await self.store.finish(next_up, token, outcome)
                 holding = next_up is not None  # an empty inbox: finish released the lock
@@ -403,7 +411,7 @@ class TurnRunner:
         Returns the outcome to record as the message leaves the inbox."""
         try:
             outcome = await self._take_turn(message, record)
-        except (DeliveryDeferred, asyncio.CancelledError):
+        except (DeliveryDeferred, asyncio.CancelledError, LockLost):
             self._cancel_early_sign(message)
             raise
         except Exception as error:
@@ -488,7 +496,15 @@ class TurnRunner:
             record.answer_ts is not None,
         )
         target = target_for(message)
-        if record.answer_ts is not None:
+        # Whether its last message is in Slack already (posted, the process died before the
+        # outcome was recorded) is looked up only when a post may have happened.
+        found = await self.delivery.find_answer(target) if record.posting or record.answer_ts else None
+        if found is not None:
+            log.info("answer found posted already team=%s channel=%s thread=%s user=%s", *_where(message))
+            ts = record.answer_ts or found.ts
+            stored = Turn(role="assistant", text=found.text, ts=ts, reply_to=message.ts)
+            outcome = Progress.of(turns=(stored,), state="answered", answer_ts=ts, answer=None)
+        elif record.answer_ts is not None:
             await self.delivery.end_abandoned(target, record.answer_ts)
             await self.delivery.post_notice(target, INTERRUPTED)
             outcome = Progress.of(state="noted")
@@ -535,6 +551,9 @@ class TurnRunner:
             question = () if record.user_turn_stored else (await self._user_turn(message),)
             checks = self._limit_checks(message)
             begun = await self.store.begin_answer(message, question, checks, FIRST_PAGE)
+            if begun.deleted:
+                outcome = "deleted"
+                return Progress.of(state="noted")
             if begun.over_limit:
                 outcome = f"limited:{checks[begun.over_limit - 1][0]}"
                 limit = checks[begun.over_limit - 1][2]
@@ -562,7 +581,7 @@ class TurnRunner:
         except DeliveryDeferred:
             outcome = "delivery_deferred"
             raise
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, LockLost):
             # Shutting down, or standing down for a worker that took the thread over: the
             # journal hands the turn on. Nothing more of this answer is shown from here.
             outcome = "interrupted"
@@ -589,12 +608,15 @@ class TurnRunner:
         self, message: IncomingMessage, target: Target, after: asyncio.Task[ThinkingSign] | None = None
     ) -> Reply:
         """A reply that journals the moment part of it becomes visible in Slack (before it is
-        whole), and shows nothing before the thinking sign `after` is up."""
+        whole), shows nothing before the thinking sign `after` is up, and posts nothing once
+        another worker holds the thread's lock."""
 
         async def visible(ts: str) -> None:
             await self.store.record_progress(message, answer_ts=ts)
 
-        return self.delivery.reply(target, on_visible=visible, after=after)
+        held = self._held.get(message.key)
+        fence = Fence(message.key, held.token, message.ts) if held is not None else None
+        return self.delivery.reply(target, on_visible=visible, after=after, fence=fence)
 
     async def _ask_model(self, prompt: list[ChatMessage], reply: Reply) -> tuple[Answer, Ending]:
         """Stream the model's answer into the reply unless the breaker is open; tell the

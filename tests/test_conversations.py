@@ -316,6 +316,46 @@ async def test_a_follow_up_deleted_while_it_waits_for_its_turn_is_not_answered(
     assert "hunter2" not in str(stored)
 
 
+async def test_a_question_edited_after_its_worker_took_it_is_answered_as_edited(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    """The edit lands after the worker took the message (a mention that opens a thread is taken
+    as it is queued) and before the question is stored (the turn waits here for the asker's
+    name, held by the emulator): the step that stores the question applies it."""
+    slack.add_user("U9", "bea")
+    name_lookup = slack.gate("users.info", user="U9")
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> my check is slow", user="U9")
+    await slack.wait_for(lambda: name_lookup.waiting > 0, what="the turn to look up the asker")
+    await slack.edit_message(CHANNEL, root, f"<@{BOT}> my check is down")
+    name_lookup.opened.set()
+    [answer] = await slack.wait_for_bot_messages(CHANNEL, root, count=1, timeout=15)
+    await bot.settle()
+    assert contents(last_prompt(llm))[-1] == "bea: my check is down"
+    assert answer["text"] == "Answer: bea: my check is down"
+    stored = [turn.text for turn in await bot.bot.store.recent_turns(ThreadKey("T1", CHANNEL, root), 50)]
+    assert "slow" not in str(stored) and "my check is down" in str(stored)
+
+
+async def test_a_question_deleted_after_its_worker_took_it_is_not_answered(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    """As above, with the question deleted in that moment: no answer, nothing stored, and the
+    thinking status it showed is taken away."""
+    slack.add_user("U9", "bea")
+    name_lookup = slack.gate("users.info", user="U9")
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> my password is hunter2", user="U9")
+    await slack.wait_for(lambda: name_lookup.waiting > 0, what="the turn to look up the asker")
+    await slack.delete_message(CHANNEL, root)
+    name_lookup.opened.set()
+    await slack.wait_for(lambda: not slack.statuses.get((CHANNEL, root)), what="the status to be cleared")
+    await asyncio.sleep(1.0)  # time for an answer to the deleted message, if there were one
+    await bot.settle()
+    assert slack.bot_messages(CHANNEL, root) == []
+    assert llm.requests == []
+    stored = await bot.bot.store.recent_turns(ThreadKey("T1", CHANNEL, root), 50)
+    assert "hunter2" not in str([turn.text for turn in stored])
+
+
 async def test_history_survives_a_restart_of_the_bot(
     start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator
 ) -> None:

@@ -4,6 +4,7 @@ exactly one outcome, from the next process (or another replica), and no thread s
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -237,6 +238,54 @@ async def test_killed_while_the_answer_streams_ends_with_one_interrupted_note(
     assert slack.calls_to("chat.stopStream")  # the abandoned stream was closed
 
 
+@pytest.mark.parametrize("where", ["thread", "dm", "streamed"])
+async def test_killed_after_posting_the_answer_before_recording_it_is_not_answered_again(
+    where: str,
+    spawn_bot: SpawnBot,
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The process dies after Slack showed the answer whole (posted in a thread or a DM, or a
+    stream finished) and before Redis recorded it (its writes paused meanwhile). Recovery finds
+    the answer in Slack by its buttons' block id, records it as the turn's answer, and posts
+    nothing more: no second answer, no "interrupted" note, the model not asked again."""
+    first = await spawn_bot()
+    if where == "streamed":
+        llm.chunk_delay = 0.05  # written over half a second: it streams
+    posting = slack.gate("chat.stopStream" if where == "streamed" else "chat.postMessage")
+    channel, text = (DM, "is billing down?") if where == "dm" else (CHANNEL, f"<@{BOT}> is billing down?")
+    ts = await slack.post_user_message(channel, text)
+    thread = "top" if where == "dm" else ts
+    await slack.wait_for(lambda: posting.waiting > 0, what="the answer to be on its way")
+    await redis.execute_command("CLIENT", "PAUSE", "20000", "WRITE")
+    try:
+        posting.opened.set()
+        await slack.wait_for(lambda: len(slack.bot_messages(channel, thread)) == 1, what="the answer")
+        await asyncio.sleep(0.3)  # the process now waits for Redis to record the answer
+        first.kill()
+        await first.wait()
+    finally:
+        await redis.execute_command("CLIENT", "UNPAUSE")
+
+    survivor = await start_bot("http", **FAST_RECOVERY)
+    await _wait_for_stored_turns(redis, 2)  # the question, and the answer found in Slack
+    await asyncio.sleep(1.0)  # time for a second answer to show up, if there were one
+    await survivor.settle()
+    [answer] = slack.bot_messages(channel, thread)
+    assert answer["text"] == "Answer: ann: is billing down?"
+    assert len(llm.requests) == 1
+    assert "answer found posted already" in caplog.text
+    [turns] = [key async for key in redis.scan_iter("conv:*:turns")]
+    stored = [json.loads(item) for item in await redis.lrange(turns, 0, -1)]
+    assert [(turn["role"], turn["ts"]) for turn in stored] == [("user", ts), ("assistant", answer["ts"])]
+    assert stored[1]["text"] == "Answer: ann: is billing down?"
+    [question] = [m for m in slack.messages(channel) if m["ts"] == ts]
+    await slack.wait_for(lambda: not question.get("reactions"), what="no thinking reaction left")
+
+
 async def test_killed_mid_dm_answer_clears_the_reaction(
     spawn_bot: SpawnBot, start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator
 ) -> None:
@@ -367,6 +416,31 @@ async def test_a_lock_that_expired_under_a_stalled_holder_is_taken_back_or_hande
     assert len(slack.bot_messages(CHANNEL, ts)) == 1
     logs = "".join(process.log() for process in processes)
     assert "taken back" in logs or "standing down" in logs
+
+
+@pytest.mark.parametrize("chunk_delay", [0.0, 0.2], ids=["posted whole", "streamed"])
+async def test_a_holder_that_stalled_past_a_renewal_posts_nothing_once_its_thread_was_taken(
+    chunk_delay: float, spawn_bot: SpawnBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: Redis
+) -> None:
+    """The lock is lost between two renewal rounds (a 30-s lock here, renewed only once 6 s
+    old, so no round runs during this turn) and the other process takes the thread and asks
+    the model again. When the stalled holder's answer is ready, the post that would show it
+    (whole, or the start of its stream) checks the lock in the step that claims its rate slot,
+    finds another worker's token, and the holder stands down: one answer (two before the check)."""
+    processes = [await spawn_bot(THREAD_LOCK_TTL_SECONDS="30") for _ in range(2)]
+    llm.first_token_delay = 2.0
+    llm.chunk_delay = chunk_delay
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> whose answer is this?")
+    await llm.wait_for_requests(1)
+    await redis.delete(await _thread_lock(redis))  # as if it had expired under a stalled holder
+    await llm.wait_for_requests(2, timeout=10)  # the other process took the thread over
+    [answer] = await slack.wait_for_bot_messages(CHANNEL, ts, count=1, timeout=15)
+    await asyncio.sleep(1.0)  # time for a second answer to show up, if there were one
+    assert answer["text"] == "Answer: ann: whose answer is this?"
+    assert len(slack.bot_messages(CHANNEL, ts)) == 1
+    logs = "".join(process.log() for process in processes)
+    assert "standing down" in logs
+    assert "turn failed" not in logs and "turn crashed" not in logs
 
 
 async def test_sigterm_lets_answers_in_flight_finish_and_exits_0(

@@ -13,7 +13,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.rate_limit import SAFETY, RateLimited, SlackBudget
-from bot.store import Accepted, IncomingMessage, RateClaim, Store
+from bot.store import Accepted, Fence, IncomingMessage, LockLost, RateClaim, Store
 from tests.emulators.slack import SlackEmulator
 
 
@@ -67,6 +67,37 @@ async def test_a_new_threads_first_status_is_counted_as_its_message_is_queued(st
     other = budget.bucket("T1", "assistant.threads.setStatus", "C1:other")
     assert (await store.accept(reply, "token2", other))[0] is Accepted.QUEUED
     await budget.claim([RateClaim(other, "take", "x")], wait=0)
+
+
+async def test_a_fenced_claim_is_granted_only_to_the_thread_locks_holder(store: Store) -> None:
+    """The claim of a post that would show an answer checks its turn's thread lock in the same
+    step: held by its token, granted (and the journal notes the post); held by another, refused
+    with nothing taken; expired with the message still waiting, taken back and granted; expired
+    with the inbox empty, refused."""
+    budget = SlackBudget(store, scale=1)
+    message = IncomingMessage("T1", "C1", "1.1", "U1", "<@UB> hi", "answer", "1.1", "1.1", "UB")
+    assert (await store.accept(message, "mine"))[0] is Accepted.TAKEN
+    lock = store.keys.lock(message.key)
+    mine, theirs = Fence(message.key, "mine", "1.1"), Fence(message.key, "theirs", "1.1")
+
+    journal = store.keys.journal("T1", "C1", "1.1")
+    assert await store.redis.hget(journal, "posting") is None
+    await budget.claim([take(budget, "chat.update")], wait=0, fence=mine)
+    assert await store.redis.hget(journal, "posting") == "1"  # recovery looks in Slack first
+    with pytest.raises(LockLost):
+        await budget.claim([take(budget, "chat.update")], wait=0, fence=theirs)
+    assert await store.redis.get(lock) == "mine"
+    assert len(await store.redis.zrange(store.keys.rate_calls("T1:chat.update"), 0, -1)) == 1
+
+    await store.redis.delete(lock)
+    await budget.claim([take(budget, "chat.update")], wait=0, fence=mine)
+    assert await store.redis.get(lock) == "mine"
+    assert 0 < await store.redis.pttl(lock) <= store.lock_ttl_ms
+
+    await store.redis.delete(lock, store.keys.inbox(message.key))
+    with pytest.raises(LockLost):
+        await budget.claim([take(budget, "chat.update")], wait=0, fence=mine)
+    assert await store.redis.get(lock) is None
 
 
 async def test_processes_sharing_redis_share_one_budget(redis_url: str) -> None:

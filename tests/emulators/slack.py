@@ -39,7 +39,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
@@ -127,6 +127,18 @@ class PreparedDelivery:
 
 
 @dataclass
+class Gate:
+    """Calls to one method whose arguments include `match` wait until `opened` is set."""
+
+    match: dict[str, str]
+    opened: asyncio.Event = field(default_factory=asyncio.Event)
+    waiting: int = 0  # calls held at the gate now
+
+    def admits(self, args: dict) -> bool:
+        return all(args.get(name) == value for name, value in self.match.items())
+
+
+@dataclass
 class _Fault:
     error: str
     status: int
@@ -141,6 +153,24 @@ def _truthy(value: Any) -> bool:
 
 def _micros(ts: str) -> int:
     return int(Decimal(ts) * 1_000_000)
+
+
+def _timeline_filter(args: dict) -> Callable[[dict], bool]:
+    """Messages after `oldest` and before `latest` (either end included with `inclusive`)."""
+    try:
+        oldest = Decimal(args.get("oldest") or "0")
+        latest = Decimal(args["latest"]) if args.get("latest") else None
+    except ArithmeticError as exc:
+        raise ApiError("invalid_ts_oldest") from exc
+    inclusive = _truthy(args.get("inclusive"))
+
+    def within(message: dict) -> bool:
+        ts = Decimal(message["ts"])
+        if ts < oldest or (ts == oldest and not inclusive):
+            return False
+        return latest is None or ts < latest or (ts == latest and inclusive)
+
+    return within
 
 
 def _encode_cursor(ts: str) -> str:
@@ -193,6 +223,7 @@ class SlackEmulator:
             "users.info": self._users_info,
             "conversations.info": self._conversations_info,
             "conversations.replies": self._conversations_replies,
+            "conversations.history": self._conversations_history,
             "chat.postMessage": self._chat_post_message,
             "chat.startStream": self._chat_start_stream,
             "chat.appendStream": self._chat_append_stream,
@@ -210,6 +241,7 @@ class SlackEmulator:
         self._channels: dict[str, dict] = {}
         self._messages: dict[str, dict[str, dict]] = {}  # channel -> ts -> message
         self._faults: dict[str, list[_Fault]] = {}
+        self._gates: dict[str, list[Gate]] = {}
         self.time_scale = 1.0  # rate-limit windows are multiplied by it
         self.rate_limited: list[ApiCall] = []  # every call answered 429
         self._enforce = False
@@ -354,6 +386,13 @@ class SlackEmulator:
 
     def calls_to(self, method: str) -> list[ApiCall]:
         return [call for call in self.calls if call.method == method]
+
+    def gate(self, method: str, **match: str) -> Gate:
+        """Hold calls to `method` whose arguments include `match` (all of them, with none) until
+        the gate's `opened` is set: a call to Slack that takes as long as the test wants."""
+        gate = Gate(match)
+        self._gates.setdefault(method, []).append(gate)
+        return gate
 
     def fail_next(
         self,
@@ -834,6 +873,13 @@ class SlackEmulator:
                     str(math.ceil(wait)) if self.time_scale >= 1 else f"{max(wait, 0.001):.3f}"
                 )
                 raise ApiError("ratelimited")
+            for gate in self._gates.get(method, ()):
+                if gate.admits(args) and not gate.opened.is_set():
+                    gate.waiting += 1
+                    try:
+                        await gate.opened.wait()
+                    finally:
+                        gate.waiting -= 1
             queued = self._faults.get(method)
             if queued:
                 fault = queued.pop(0)
@@ -1020,6 +1066,11 @@ class SlackEmulator:
         if len(blocks) > 50:
             raise ApiError("invalid_blocks")
         markdown = 0
+        block_ids = [b["block_id"] for b in blocks if isinstance(b, dict) and "block_id" in b]
+        if any(not isinstance(i, str) or not 0 < len(i) <= 255 for i in block_ids):
+            raise ApiError("invalid_blocks")
+        if len(set(block_ids)) < len(block_ids):
+            raise ApiError("invalid_blocks")  # block ids must be unique within a message
         for block in blocks:
             kind = block.get("type") if isinstance(block, dict) else None
             if kind == "markdown":
@@ -1095,7 +1146,33 @@ class SlackEmulator:
             # The cursor names the first ts of the next page; compare, as that one may be gone.
             first = _decode_cursor(args["cursor"])
             start = next((i for i, m in enumerate(thread) if Decimal(m["ts"]) >= first), len(thread))
+        if args.get("oldest"):
+            # The parent always comes first; replies only after `oldest` (or at it, `inclusive`).
+            after = _timeline_filter(args)
+            thread = thread[:1] + [m for m in thread[1:] if after(m)]
         page, rest = thread[start : start + limit], thread[start + limit :]
+        next_cursor = _encode_cursor(rest[0]["ts"]) if rest else ""
+        return {
+            "messages": [self._public(m) for m in page],
+            "has_more": bool(next_cursor),
+            "response_metadata": {"next_cursor": next_cursor},
+        }
+
+    def _conversations_history(self, args: dict) -> dict:
+        """The channel's own timeline (no thread replies), newest first, within oldest/latest."""
+        channel = args.get("channel")
+        self._channel(channel)
+        try:
+            limit = min(max(int(args.get("limit") or 100), 1), 1000)
+        except ValueError as exc:
+            raise ApiError("invalid_arguments") from exc
+        within = _timeline_filter(args)
+        top_level = [m for m in self.messages(channel) if m.get("thread_ts", m["ts"]) == m["ts"]]
+        timeline = [m for m in reversed(top_level) if within(m)]
+        if args.get("cursor"):
+            last = _decode_cursor(args["cursor"])
+            timeline = [m for m in timeline if Decimal(m["ts"]) <= last]
+        page, rest = timeline[:limit], timeline[limit:]
         next_cursor = _encode_cursor(rest[0]["ts"]) if rest else ""
         return {
             "messages": [self._public(m) for m in page],
