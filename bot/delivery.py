@@ -188,15 +188,21 @@ class Delivery:
         """The last message of an answer to the target's question already in Slack (a process
         posted it and died before recording it), found by its buttons' block id; None when
         there is none, or Slack cannot tell now (the caller answers then). Never raises."""
-        where = {"channel": target.channel, "oldest": target.message_ts, "limit": FIND_ANSWER_LIMIT}
+        where: dict[str, Any] = {"channel": target.channel, "oldest": target.message_ts}
+        if target.thread_ts is not None:
+            method, where["ts"] = "conversations.replies", target.thread_ts
+        else:
+            method = "conversations.history"
         try:
-            if target.thread_ts is not None:
-                response = await self.slack.client.api_call(
-                    "conversations.replies", params=where | {"ts": target.thread_ts}
-                )
-            else:
-                response = await self.slack.client.api_call("conversations.history", params=where)
-        except (SlackApiError, aiohttp.ClientError, TimeoutError) as error:
+            response = await self.slack.call(
+                method,
+                team=target.team,
+                wait=self.final_wait,
+                http_verb="GET",
+                limit=FIND_ANSWER_LIMIT,
+                **where,
+            )
+        except (SlackApiError, RateLimited, aiohttp.ClientError, TimeoutError) as error:
             code = error.response.get("error") if isinstance(error, SlackApiError) else type(error).__name__
             log.warning(
                 "could not look for an answer posted already channel=%s error=%s", target.channel, code

@@ -55,6 +55,10 @@ LIMITS: dict[str, MethodLimit] = {
     "assistant.threads.setStatus": MethodLimit(1, 1, "thread"),  # ~1/s per conversation
     "reactions.add": MethodLimit(50, 60, "workspace"),  # Tier 3
     "reactions.remove": MethodLimit(20, 60, "workspace"),  # Tier 2
+    # Read only to look for an answer a crashed process posted (internal apps: Tier 3; Slack
+    # allows commercially distributed apps outside its Marketplace far less, see README).
+    "conversations.replies": MethodLimit(50, 60, "workspace"),  # Tier 3
+    "conversations.history": MethodLimit(50, 60, "workspace"),  # Tier 3
 }
 # Our window is a little longer than Slack's: calls reach Slack a moment after they are counted.
 SAFETY = 1.1
@@ -204,12 +208,14 @@ class BudgetedSlack:
         writer: str = "",
         counted: bool = False,
         fence: Fence | None = None,
+        http_verb: Literal["POST", "GET"] = "POST",
         **args: Any,
     ) -> AsyncSlackResponse:
         """Call `method` once a slot is free (waiting at most `wait` s), taking `holds` with it.
 
         `use` spends a slot held earlier; `counted`: the call was counted in its bucket already
-        (see `Store.accept`); `fence`: made only while that thread lock is held, else LockLost.
+        (see `Store.accept`); `fence`: made only while that thread lock is held, else LockLost;
+        `http_verb` GET sends the arguments as a query (Slack's read methods).
         Raises RateLimited when no slot came in time or Slack answered 429; other Slack errors
         as SlackApiError.
         """
@@ -224,6 +230,8 @@ class BudgetedSlack:
             claims = [first] + [RateClaim(h.bucket, "hold", h.member, hold_ms=hold_ms) for h in holds]
             await self.budget.claim(claims, wait=wait, writer=writer, fence=fence)
         try:
+            if http_verb == "GET":
+                return await self.client.api_call(method, http_verb="GET", params=_without_none(args))
             return await self.client.api_call(method, json=_without_none(args))
         except BaseException as error:
             # A failed call needs no later call: its holds go back to the budget.
