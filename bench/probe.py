@@ -9,6 +9,7 @@ python -m bench.probe --model stream --rate 40 --seconds 10
 python -m bench.probe --model instant --rate 100 --profile
 python -m bench.probe --model stream --burst 500
 python -m bench.probe --model stream --burst 500 --app floor --mode socket
+python -m bench.probe --model stream --burst 500 --warm 200 --env SLACK_RATE_LIMIT_SCALE=100
 
 `--app floor` probes bench/floor/app.py (network calls only, nothing stored) instead of the bot: what
 the harness and this machine allow any bot.
@@ -49,7 +50,9 @@ async def probe(args: argparse.Namespace) -> dict:
     await rig.start()
     try:
         port = free_port()
-        env = rig.bot_env(ctx.redis_url, port, args.mode)
+        env = rig.bot_env(ctx.redis_url, port, args.mode) | dict(
+            setting.split("=", 1) for setting in args.env
+        )
         bot = BotProcess(f"probe-{args.app}", APPS[args.app], env, port, workdir)
         await bot.start(ready="health")
         try:
@@ -119,6 +122,9 @@ def main() -> int:
     parser.add_argument("--warm", type=int, default=0, help="first, unmeasured: a burst of this many")
     parser.add_argument("--profile", action="store_true", help="sample the bot with py-spy")
     parser.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="NAME=VALUE", help="a setting of the bot's (repeatable)"
+    )
     args = parser.parse_args()
     result = asyncio.run(probe(args))
     if args.json:
