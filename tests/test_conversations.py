@@ -356,6 +356,31 @@ async def test_a_question_deleted_after_its_worker_took_it_is_not_answered(
     assert "hunter2" not in str([turn.text for turn in stored])
 
 
+async def test_a_remark_edited_after_its_worker_took_it_is_kept_as_edited(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    """The same for a message kept only as context (people talking to each other in the
+    thread): the step that stores it applies the edit that came while its turn looked up the
+    author's name."""
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> how do I rotate my API key?")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    await bot.settle()
+    slack.add_user("U9", "bea")
+    name_lookup = slack.gate("users.info", user="U9")
+    remark = await slack.post_user_message(
+        CHANNEL, "<@U2> did you rotate ours last week?", thread_ts=root, user="U9"
+    )
+    await slack.wait_for(lambda: name_lookup.waiting > 0, what="the turn to look up the author")
+    await asyncio.sleep(0.3)  # the worker takes the message meanwhile (one Redis round trip)
+    await slack.edit_message(CHANNEL, remark, "<@U2> did you rotate ours on Monday?")
+    name_lookup.opened.set()
+    await asyncio.sleep(0.3)
+    await bot.settle()
+    assert len(llm.requests) == 1  # a remark, not a question
+    stored = [turn.text for turn in await bot.bot.store.recent_turns(ThreadKey("T1", CHANNEL, root), 50)]
+    assert "last week" not in str(stored) and "@bob did you rotate ours on Monday?" in stored
+
+
 async def test_history_survives_a_restart_of_the_bot(
     start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator
 ) -> None:
