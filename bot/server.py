@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
@@ -98,6 +99,7 @@ class SupportBot:
         self._intake = MessageIntake()
         self._socket_connect: asyncio.Task[None] | None = None
         self._recovery: asyncio.Task[None] | None = None
+        self._beating: asyncio.Task[None] | None = None
         self._identity_lookup: asyncio.Task[None] | None = None
         self._stopping = False  # from SIGTERM on: /health says so
         self.app: AsyncApp | None = None
@@ -175,6 +177,13 @@ class SupportBot:
             self._identity_lookup = asyncio.create_task(self._learn_identity(client, message_listeners))
         if not await self.store.ping():
             log.error("redis is unreachable at start; /health reports 503 until it answers")
+        # Alive before it takes any thread: a lock of a process never heard of counts as gone.
+        try:
+            async with asyncio.timeout(self.turns.beat_seconds):
+                await self.turns.beat()
+        except (StoreUnavailable, RedisError, OSError, TimeoutError):
+            pass  # Redis is out of reach (said above); the beats go on trying
+        self._beating = asyncio.create_task(self._beat_forever())
 
         socket_handler = None
         if settings.socket_mode:
@@ -229,6 +238,11 @@ class SupportBot:
             if self.turns.in_flight:
                 log.warning("grace period over; %d turns left for recovery", self.turns.in_flight)
             await self.turns.abandon()
+        if self._beating is not None:
+            self._beating.cancel()
+            if self.turns is not None:
+                with contextlib.suppress(StoreUnavailable, RedisError, OSError):
+                    await self.turns.leave()
         await running.runner.cleanup()
         await self.model.close()
         await self.store.close()
@@ -254,6 +268,22 @@ class SupportBot:
             except RedisError as error:
                 log.warning("recovery round failed error=%s", type(error).__name__)
             await asyncio.sleep(interval)
+
+    async def _beat_forever(self) -> None:
+        """Say that this process is alive, and take over the threads of processes that stopped
+        saying so, every beat (a second): a killed process's threads move within its liveness
+        (5 s), not when its thread locks expire."""
+        assert self.turns is not None
+        while True:
+            try:
+                await self.turns.beat()
+                if taken := await self.turns.take_over_orphans():
+                    log.info("recovery took over %d threads of a process that is gone", taken)
+            except StoreUnavailable:
+                pass  # /health already says so
+            except Exception as error:  # the task must go on: without beats, others take our threads
+                log.warning("liveness beat failed error=%s", type(error).__name__)
+            await asyncio.sleep(self.turns.beat_seconds)
 
     async def _learn_identity(self, client: AsyncWebClient, message_listeners: MessageListeners) -> None:
         """Slack did not answer auth.test at start. Until it does, Bolt dispatches new messages

@@ -339,6 +339,8 @@ class Keys:
     def __init__(self, prefix: str = "") -> None:
         self.prefix = prefix
         self.pending = f"{prefix}pending"  # sorted set: threads with queued messages, by when they last moved
+        self.processes = f"{prefix}processes"  # sorted set: bot processes, by when their liveness lapses
+        self.lock_prefix = f"{prefix}lock:"  # + thread key (also built by _ORPHANED_THREADS)
         self.journal_prefix = f"{prefix}turn:"  # + team:channel:ts (also built by _TAKE and _FINISH)
         # Keys of per-person records kept by other features (feedback on answers). Forgetting a
         # person also scans these for records naming them that were not registered in their index.
@@ -366,7 +368,7 @@ class Keys:
         return f"{self.prefix}inbox:{key}"
 
     def lock(self, key: ThreadKey) -> str:
-        return f"{self.prefix}lock:{key}"
+        return f"{self.lock_prefix}{key}"
 
     def summary_lock(self, key: ThreadKey) -> str:
         return f"{self.prefix}summarising:{key}"
@@ -544,20 +546,62 @@ local function head_with_journal(inbox)
 end
 """
 
-# KEYS: lock, inbox, pending. ARGV: token, lock ttl ms, thread key, now, journal prefix. Takes
-# the thread's lock and returns its earliest waiting message with its journal, marking the thread
-# as being worked on. Returns false when another worker holds the lock; an empty inbox releases
-# the lock at once and returns '' (nothing to do). One round trip instead of five.
+# A thread lock's token starts with its process's id ("<process id>:<random>"); the process says
+# it is alive in the processes' sorted set (`Store.beat`). A lock whose process stopped saying so
+# (it died, or stalled past its liveness) is taken over at once instead of when it expires.
+_HOLDER_IS_GONE_FUNCTION = """
+local function holder_is_gone(holder, processes)
+  local process = holder and string.match(holder, '^(%x+):')
+  if not process then return false end
+  local alive_until = redis.call('ZSCORE', processes, process)
+  if not alive_until then return true end
+  local clock = redis.call('TIME')
+  return tonumber(alive_until) < tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+end
+"""
+
+# KEYS: lock, inbox, pending, processes. ARGV: token, lock ttl ms, thread key, now, journal
+# prefix. Takes the thread's lock (also from a holder whose process is gone) and returns its
+# earliest waiting message with its journal, marking the thread as being worked on. Returns false
+# when another worker holds the lock; an empty inbox releases the lock at once and returns ''
+# (nothing to do). One round trip instead of five.
 _TAKE = (
     _HEAD_WITH_JOURNAL
+    + _HOLDER_IS_GONE_FUNCTION
     + """
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  if not holder_is_gone(redis.call('GET', KEYS[1]), KEYS[4]) then return false end
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
 local found = head_with_journal(KEYS[2])
 if not found then
   redis.call('DEL', KEYS[1])
   return ''
 end
 redis.call('ZADD', KEYS[3], 'XX', ARGV[4], ARGV[3])
+return found
+"""
+)
+
+# KEYS: processes. ARGV: process id, liveness ms. A process says it is alive for the next
+# `liveness` ms; entries gone for an hour are dropped.
+_BEAT = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 3600000)
+redis.call('PEXPIRE', KEYS[1], 86400000)
+"""
+
+# KEYS: pending, processes. ARGV: latest last-moved time, lock key prefix, limit. The waiting
+# threads whose lock is held by a process that is gone (see holder_is_gone).
+_ORPHANED_THREADS = (
+    _HOLDER_IS_GONE_FUNCTION
+    + """
+local found = {}
+for _, thread in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])) do
+  if holder_is_gone(redis.call('GET', ARGV[2] .. thread), KEYS[2]) then table.insert(found, thread) end
+end
 return found
 """
 )
@@ -688,21 +732,23 @@ return 2
 
 # Sliding-window rate budget over several buckets at once: all claims are granted, or none.
 # KEYS: per claim its calls, held and pause keys, then the first bucket's active key, then
-# (with a fence) the thread's lock, inbox and message journal. ARGV: claims as JSON [{limit, window, headroom,
-# mode, member, hold}], active member ('' for none), active ttl ms, then the fence's token ('' for
-# none) and the lock's ttl ms. Returns {granted 1/0, or -1 when fenced off; wait ms; active
-# writers}. Time is Redis's own, so processes with skewed clocks still share one window.
-# The fence: a lock held by another token refuses the call; an expired one is taken back (as
-# `_RENEW_THREAD_LOCK` does) while the thread still has a message waiting. A call it lets through
-# is noted in the message's journal (`posting`), for recovery to look in Slack before posting.
+# (with a fence) the thread's lock and the message's journal. ARGV: claims as JSON [{limit,
+# window, headroom, mode, member, hold}], active member ('' for none), active ttl ms, then the
+# fence's token ('' for none) and the lock's ttl ms. Returns {granted 1/0, or -1 when fenced
+# off; wait ms; active writers}. Time is Redis's own, so processes with skewed clocks still share
+# one window.
+# The fence: a lock held by another token refuses the call; an expired one is taken back while
+# the message's turn is still unfinished (journal state `working`: no worker holds the lock, so
+# none is answering it) and refuses the call once another worker finished it. A call it lets
+# through is noted in the message's journal (`posting`), for recovery to look in Slack first.
 _RATE_CLAIM = """
 local claims = cjson.decode(ARGV[1])
 local fenced = ARGV[4] and ARGV[4] ~= ''
 if fenced then
-  local lock, inbox = KEYS[#claims * 3 + 2], KEYS[#claims * 3 + 3]
+  local lock, journal = KEYS[#claims * 3 + 2], KEYS[#claims * 3 + 3]
   local holder = redis.call('GET', lock)
   if holder ~= ARGV[4] then
-    if holder or redis.call('ZCARD', inbox) == 0 then return {-1, 0, 0} end
+    if holder or redis.call('HGET', journal, 'state') ~= 'working' then return {-1, 0, 0} end
     redis.call('SET', lock, ARGV[4], 'PX', ARGV[5])
   end
 end
@@ -747,7 +793,7 @@ for i, c in ipairs(claims) do
     redis.call('PEXPIRE', calls, c.window)
   end
 end
-local journal = KEYS[#claims * 3 + 4]
+local journal = KEYS[#claims * 3 + 3]
 if fenced and redis.call('EXISTS', journal) == 1 then redis.call('HSET', journal, 'posting', '1') end
 return {1, 0, active}
 """
@@ -793,6 +839,8 @@ class Store:
         # Renewed while held; expires this long after a holder dies, so no thread is blocked forever.
         self.lock_ttl_ms = max(100, int(lock_ttl_seconds * 1000))
         self._take = self.redis.register_script(_TAKE)
+        self._beat = self.redis.register_script(_BEAT)
+        self._orphaned_threads = self.redis.register_script(_ORPHANED_THREADS)
         self._finish = self.redis.register_script(_FINISH)
         self._begin_answer = self.redis.register_script(_BEGIN_ANSWER)
         self._accept = self.redis.register_script(_ACCEPT)
@@ -895,7 +943,7 @@ class Store:
         """
         found = await self._batch.run_script(
             self._take,
-            [self.keys.lock(key), self.keys.inbox(key), self.keys.pending],
+            [self.keys.lock(key), self.keys.inbox(key), self.keys.pending, self.keys.processes],
             [token, self.lock_ttl_ms, str(key), time.time(), self.keys.journal_prefix],
         )
         if found is None:
@@ -914,6 +962,25 @@ class Store:
             [str(key), queued.raw, token, time.time(), self.keys.journal_prefix, *args],
         )
         return _queued(found)
+
+    async def beat(self, process: str, liveness_ms: int) -> None:
+        """Say that `process` is alive for the next `liveness_ms`: the thread locks it holds are
+        its own until then, whatever their own lifetime (see `threads_orphaned`)."""
+        await self._batch.run_script(self._beat, [self.keys.processes], [process, liveness_ms])
+
+    async def leave(self, process: str) -> None:
+        """`process` is stopping: locks it still holds may be taken over at once."""
+        await self.redis.zrem(self.keys.processes, process)
+
+    async def threads_orphaned(self, idle_seconds: float, limit: int = 1000) -> list[ThreadKey]:
+        """Threads with queued messages, unmoved for `idle_seconds`, whose lock is held by a
+        process that stopped saying it is alive: `take_thread` takes them over."""
+        raw = await self._batch.run_script(
+            self._orphaned_threads,
+            [self.keys.pending, self.keys.processes],
+            [time.time() - idle_seconds, self.keys.lock_prefix, limit],
+        )
+        return [ThreadKey.parse(item) for item in raw]
 
     async def threads_waiting(self, idle_seconds: float, limit: int = 1000) -> list[ThreadKey]:
         """Threads with queued messages that nobody has moved for `idle_seconds`: their worker
@@ -1261,7 +1328,7 @@ class Store:
         args: list[str | int] = [json.dumps(spec), writer, max(writer_ttl_ms, 1)]
         if fence is not None:
             journal = self.keys.journal(fence.key.team, fence.key.channel, fence.ts)
-            keys += [self.keys.lock(fence.key), self.keys.inbox(fence.key), journal]
+            keys += [self.keys.lock(fence.key), journal]
             args += [fence.token, self.lock_ttl_ms]
         granted, wait_ms, active = await self._batch.run_script(self._rate_claim, keys, args)
         if int(granted) < 0:

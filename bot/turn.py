@@ -96,6 +96,12 @@ DM_LOOKBACK_TURNS = 60
 MAX_DELIVERY_ATTEMPTS = 5
 FOLLOWED_MEMORY = 10_000  # threads this process recently answered in, for when Redis is down
 ARRIVAL_WAIT_SECONDS = 5.0  # at most, for a message of the thread still being queued here
+# A process says it is alive this often (`beat`); it counts as gone, and the threads it holds are
+# taken over, once it has not said so for LIVENESS_BEATS beats (and never sooner than the thread
+# locks' own lifetime, when that is shorter). Threads unmoved for ORPHAN_IDLE_SECONDS are checked.
+BEAT_SECONDS = 1.0
+LIVENESS_BEATS = 5
+ORPHAN_IDLE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,10 @@ class TurnRunner:
         self.context = context
         self.breaker = breaker
         self.limits = limits
+        # Names this process in its thread locks' tokens, so that others can tell when it is gone.
+        self.process_id = uuid.uuid4().hex[:16]
+        lock_lifetime = store.lock_ttl_ms / 1000
+        self.beat_seconds = min(BEAT_SECONDS, lock_lifetime / LIVENESS_BEATS)
         self._llm_slots = asyncio.Semaphore(max_concurrent_turns)
         self._tasks: set[asyncio.Task[None]] = set()
         self._intake: set[asyncio.Future[Any]] = set()  # events acknowledged, not yet queued
@@ -164,7 +174,7 @@ class TurnRunner:
         # it. Any other waits for `take_thread`, a round trip later, which takes the earliest
         # message waiting: a moment for an earlier one that Slack handed over later.
         opens_thread = message.conversation == message.ts
-        token = uuid.uuid4().hex if opens_thread else ""
+        token = self._new_token() if opens_thread else ""
         # Its first thinking status is counted in the new thread's rate bucket in the same step.
         first_status = (
             self.delivery.status_bucket(target_for(message))
@@ -230,6 +240,27 @@ class TurnRunner:
                 self.start_work(key)
                 started += 1
         return started
+
+    async def beat(self) -> None:
+        """Say that this process is alive; call every `beat_seconds`."""
+        await self.store.beat(self.process_id, int(self.beat_seconds * LIVENESS_BEATS * 1000))
+
+    async def take_over_orphans(self) -> int:
+        """Start work on waiting threads whose lock holder's process is gone (killed, or stalled
+        past its liveness), without waiting for the locks to expire. Returns how many."""
+        started = 0
+        for key in await self.store.threads_orphaned(ORPHAN_IDLE_SECONDS):
+            if key not in self._working_on:
+                self.start_work(key)
+                started += 1
+        return started
+
+    async def leave(self) -> None:
+        """This process stops: the locks it may still hold are free to take over at once."""
+        await self.store.leave(self.process_id)
+
+    def _new_token(self) -> str:
+        return f"{self.process_id}:{uuid.uuid4().hex}"
 
     @contextlib.contextmanager
     def taking_in(self, key: ThreadKey | None = None) -> Iterator[None]:
@@ -301,7 +332,7 @@ class TurnRunner:
                 if taken is not None:
                     (queued, token), taken = taken, None
                 else:
-                    token = uuid.uuid4().hex
+                    token = self._new_token()
                     await self._after_arrivals(key)
                     found = await self.store.take_thread(key, token)
                     if found is False:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -331,6 +332,54 @@ async def test_a_process_killed_holding_150_threads_leaves_them_to_one_recovery_
     await survivor.settle()
     rounds = [r.getMessage() for r in caplog.records if r.getMessage().startswith("recovery started work on")]
     assert rounds[0] == "recovery started work on 150 waiting threads", rounds
+
+
+async def test_a_killed_process_threads_are_taken_over_once_it_stops_beating_not_when_its_locks_expire(
+    spawn_bot: SpawnBot, start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    """Its thread locks would last a minute here, but a process says every second that it is
+    alive, and its locks name it: five seconds after the last word from the killed process, the
+    next one takes its thread over and answers."""
+    first = await spawn_bot(THREAD_LOCK_TTL_SECONDS="60")
+    llm.enqueue(Hang())
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> is billing down?")
+    await llm.wait_for_requests(1)
+    first.kill()
+    await first.wait()
+
+    survivor = await start_bot("http", THREAD_LOCK_TTL_SECONDS="60", RECOVERY_INTERVAL_SECONDS="0.3")
+    [answer] = await slack.wait_for_bot_messages(CHANNEL, ts, count=1, timeout=20)
+    await survivor.settle()
+    assert answer["text"] == "Answer: ann: is billing down?"
+    assert len(slack.bot_messages(CHANNEL, ts)) == 1
+
+
+async def test_a_process_frozen_past_its_liveness_loses_its_thread_and_posts_nothing_when_it_thaws(
+    spawn_bot: SpawnBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    """The holder is frozen (SIGSTOP) while the model writes its answer: it stops saying it is
+    alive, so after its liveness the other process takes the thread over and answers. Thawed
+    (SIGCONT), the holder finds its thread taken, or its message answered, and shows nothing."""
+    other = await spawn_bot(THREAD_LOCK_TTL_SECONDS="60", RECOVERY_INTERVAL_SECONDS="0.3")
+    holder = await spawn_bot(THREAD_LOCK_TTL_SECONDS="60", RECOVERY_INTERVAL_SECONDS="0.3")  # gets the events
+    llm.first_token_delay = 1.0
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> who answers this?")
+    await llm.wait_for_requests(1)
+    assert holder.process is not None
+    holder.process.send_signal(signal.SIGSTOP)
+    try:
+        [answer] = await slack.wait_for_bot_messages(CHANNEL, ts, count=1, timeout=20)
+    finally:
+        holder.process.send_signal(signal.SIGCONT)
+    await asyncio.sleep(2.0)  # the thawed holder's answer would be out by now
+    assert answer["text"] == "Answer: ann: who answers this?"
+    assert len(slack.bot_messages(CHANNEL, ts)) == 1
+    # The other's request, and sometimes one more from the thawed holder, whose model call timed
+    # out across the freeze and was retried before its post found the thread taken.
+    assert len(llm.requests) in (2, 3)
+    assert "resuming interrupted turn" in other.log()  # taken over: by its recovery or its beat
+    assert "standing down" in holder.log()
+    assert "turn failed" not in holder.log() and "turn crashed" not in holder.log()
 
 
 async def test_thread_lock_of_a_dead_process_expires(
