@@ -22,8 +22,9 @@ from bench.rig import Asked, Rig, Route, describe_thread, out_of_order, summariz
 from bot.config import DEFAULT_RECOVERY_INTERVAL_SECONDS, DEFAULT_THREAD_LOCK_TTL_SECONDS
 
 _loads = itertools.count(1)
-# A killed process's threads wait for its locks to expire and the next recovery round (the
-# bot's defaults), then for their answers.
+# A killed process's threads are taken over once its liveness lapses (5 s); the step allows them
+# as long as its locks' expiry and the next recovery round would take (the bot's defaults, the
+# backstop), then their answers.
 TAKEOVER_SECONDS = DEFAULT_THREAD_LOCK_TTL_SECONDS + DEFAULT_RECOVERY_INTERVAL_SECONDS
 
 
