@@ -107,7 +107,7 @@ class LockRenewal(enum.IntEnum):
     RENEWED = 1
     TAKEN_BACK = 2  # it had expired (its holder stalled) and nobody had taken it: held again
     TAKEN_OVER = 0  # another worker holds it now: the holder must stand down
-    RELEASED = -1  # not held, and the inbox is empty: the holder has just finished
+    RELEASED = -1  # not held, its message finished: by the holder just now, or by another worker
 
 
 @dataclass(frozen=True)
@@ -716,15 +716,17 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[
 return 0
 """
 
-# KEYS: lock, inbox. ARGV: token, ttl ms. A thread lock's renewal, which also takes back a lock
-# that expired while its holder was stalled, if nobody took it meanwhile and the thread still has
-# messages (an empty inbox: the holder has just finished and released it). Returns 1 renewed,
-# 2 taken back, 0 held by another token, -1 neither held nor anything left to hold it for.
+# KEYS: lock, the journal of the message its holder works on. ARGV: token, ttl ms. A thread
+# lock's renewal, which also takes back a lock that expired while its holder was stalled, if
+# nobody took it meanwhile and that message is still unfinished (finished: the holder has just
+# released the lock, or another worker answered the message during the stall). Returns 1
+# renewed, 2 taken back, 0 held by another token, -1 neither held nor anything left to hold it for.
 _RENEW_THREAD_LOCK = """
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 if holder then return 0 end
-if redis.call('ZCARD', KEYS[2]) == 0 then return -1 end
+local state = redis.call('HGET', KEYS[2], 'state')
+if state ~= 'queued' and state ~= 'working' then return -1 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 2
 """
@@ -1074,10 +1076,12 @@ class Store:
 
     # -- per-thread lock (taken by `take_thread`, handed on by `finish`) --------------------
 
-    async def renew_lock(self, key: ThreadKey, token: str) -> LockRenewal:
-        """Renew the thread's lock held by `token`; see `LockRenewal` for what can be found."""
+    async def renew_lock(self, key: ThreadKey, token: str, ts: str) -> LockRenewal:
+        """Renew the thread's lock held by `token` for its message at `ts`; see `LockRenewal` for
+        what can be found."""
+        journal = self.keys.journal(key.team, key.channel, ts)
         found = await self._batch.run_script(
-            self._renew_thread_lock, [self.keys.lock(key), self.keys.inbox(key)], [token, self.lock_ttl_ms]
+            self._renew_thread_lock, [self.keys.lock(key), journal], [token, self.lock_ttl_ms]
         )
         return LockRenewal(int(found))
 

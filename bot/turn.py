@@ -354,11 +354,12 @@ class TurnRunner:
         """Work through the inbox from `queued` on; `finish` hands the lock back when it is empty.
         False when a delivery was deferred (its message stays first in the inbox)."""
         key = queued.message.key
-        self._hold(key, token)
+        held = self._hold(key, token)
         holding = True
         try:
             next_up: Queued | None = queued
             while next_up is not None:
+                held.ts = next_up.message.ts
                 try:
                     outcome = await self._take_turn_safely(next_up.message, next_up.record)
                 except DeliveryDeferred:
@@ -377,12 +378,13 @@ class TurnRunner:
             if holding:
                 await self.store.release_lock(key, token)
 
-    def _hold(self, key: ThreadKey, token: str) -> None:
+    def _hold(self, key: ThreadKey, token: str) -> _HeldLock:
         worker = asyncio.current_task()
         assert worker is not None
-        self._held[key] = _HeldLock(token, asyncio.get_running_loop().time(), worker)
+        held = self._held[key] = _HeldLock(token, asyncio.get_running_loop().time(), worker)
         if self._renewing is None or self._renewing.done():
             self._renewing = asyncio.create_task(self._renew_held_locks())
+        return held
 
     def _let_go(self, key: ThreadKey, token: str) -> None:
         """Stop renewing the thread's lock, if `token` still holds it here."""
@@ -413,7 +415,7 @@ class TurnRunner:
         now = asyncio.get_running_loop().time()
         due = [(key, held) for key, held in self._held.items() if now - held.since >= age]
         found = await asyncio.gather(
-            *(self.store.renew_lock(key, held.token) for key, held in due), return_exceptions=True
+            *(self.store.renew_lock(key, held.token, held.ts) for key, held in due), return_exceptions=True
         )
         for (key, held), outcome in zip(due, found, strict=True):
             if isinstance(outcome, BaseException):
@@ -808,9 +810,10 @@ def _where(message: IncomingMessage) -> tuple[str, str, str, str]:
 
 @dataclass
 class _HeldLock:
-    """A thread lock held here: its token, when (loop time) it was last set, and the task that
-    works through the thread under it."""
+    """A thread lock held here: its token, when (loop time) it was last set, the task that works
+    through the thread under it, and the message (ts) it works on now."""
 
     token: str
     since: float
     worker: asyncio.Task[Any]
+    ts: str = ""

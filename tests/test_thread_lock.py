@@ -1,0 +1,72 @@
+"""The thread lock's scripts against a real Redis: renewal (and taking a lock back), and the take
+over of a lock whose process stopped saying it is alive."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bot.store import Accepted, IncomingMessage, LockRenewal, Store, ThreadKey
+
+OPENING = IncomingMessage("T1", "C1", "1.1", "U1", "<@UB> hi", "answer", "1.1", "1.1", "UB")
+FOLLOW_UP = IncomingMessage("T1", "C1", "1.2", "U1", "more", "answer", "1.1", "1.1", "UB")
+THREAD = OPENING.key
+
+
+@pytest.fixture
+async def store(redis_url: str):
+    store = Store(redis_url, conversation_ttl_days=1)
+    yield store
+    await store.close()
+
+
+async def test_renewal_renews_its_own_lock_and_takes_back_an_expired_one_only_for_an_unfinished_turn(
+    store: Store,
+) -> None:
+    assert (await store.accept(OPENING, "p1:mine"))[0] is Accepted.TAKEN
+    lock, journal = store.keys.lock(THREAD), store.keys.journal("T1", "C1", "1.1")
+    assert await store.renew_lock(THREAD, "p1:mine", "1.1") is LockRenewal.RENEWED
+    assert await store.renew_lock(THREAD, "p1:someone-else", "1.1") is LockRenewal.TAKEN_OVER
+
+    await store.redis.delete(lock)  # expired during a stall; the turn is still unfinished
+    assert await store.renew_lock(THREAD, "p1:mine", "1.1") is LockRenewal.TAKEN_BACK
+    assert await store.redis.get(lock) == "p1:mine"
+
+    # Another worker took the thread during the stall, answered the message and let the lock go:
+    # nothing is taken back, even with a newer message waiting in the inbox.
+    await store.redis.delete(lock)
+    await store.redis.hset(journal, "state", "answered")
+    await store.accept(FOLLOW_UP, "")
+    assert await store.renew_lock(THREAD, "p1:mine", "1.1") is LockRenewal.RELEASED
+    assert await store.redis.get(lock) is None
+
+
+async def test_a_lock_whose_process_went_silent_is_taken_over_and_listed_as_orphaned(store: Store) -> None:
+    assert (await store.accept(OPENING, "aaaa:turn"))[0] is Accepted.TAKEN
+    await store.beat("aaaa", 300)
+    await store.beat("bbbb", 60_000)
+    assert await store.take_thread(THREAD, "bbbb:turn") is False  # its holder is alive
+    assert await store.threads_orphaned(0) == []
+
+    await asyncio.sleep(0.4)  # aaaa's liveness lapses
+    assert await store.threads_orphaned(0) == [THREAD]
+    taken = await store.take_thread(THREAD, "bbbb:turn")
+    assert taken and taken.message == OPENING
+    assert await store.redis.get(store.keys.lock(THREAD)) == "bbbb:turn"
+    assert await store.threads_orphaned(0) == []
+
+
+async def test_a_lock_of_a_process_that_left_or_never_beat_is_taken_over_one_without_a_process_is_not(
+    store: Store,
+) -> None:
+    other = ThreadKey("T1", "C2", "2.1")
+    second = IncomingMessage("T1", "C2", "2.1", "U1", "<@UB> hi", "answer", "2.1", "2.1", "UB")
+    assert (await store.accept(OPENING, "cccc:turn"))[0] is Accepted.TAKEN
+    assert (await store.accept(second, "a-token-of-no-process"))[0] is Accepted.TAKEN
+    await store.beat("cccc", 60_000)
+    await store.leave("cccc")  # stopped: its locks are free to take over at once
+    assert await store.threads_orphaned(0) == [THREAD]
+    assert await store.take_thread(THREAD, "dddd:turn")
+    # A token that names no process (as before the beats) waits for its lock to expire.
+    assert await store.take_thread(other, "dddd:turn") is False
