@@ -234,12 +234,7 @@ class TurnRunner:
     async def recover(self, idle_seconds: float) -> int:
         """Pick up threads whose queued messages nobody is working on (a crashed or stopped
         process, or a delivery waiting to be retried). Returns how many were started."""
-        started = 0
-        for key in await self.store.threads_waiting(idle_seconds):
-            if key not in self._working_on:
-                self.start_work(key)
-                started += 1
-        return started
+        return self._start_work_on(await self.store.threads_waiting(idle_seconds))
 
     async def beat(self) -> None:
         """Say that this process is alive; call every `beat_seconds`."""
@@ -248,12 +243,14 @@ class TurnRunner:
     async def take_over_orphans(self) -> int:
         """Start work on waiting threads whose lock holder's process is gone (killed, or stalled
         past its liveness), without waiting for the locks to expire. Returns how many."""
-        started = 0
-        for key in await self.store.threads_orphaned(ORPHAN_IDLE_SECONDS):
-            if key not in self._working_on:
-                self.start_work(key)
-                started += 1
-        return started
+        return self._start_work_on(await self.store.threads_orphaned(ORPHAN_IDLE_SECONDS))
+
+    def _start_work_on(self, threads: list[ThreadKey]) -> int:
+        """A worker for each thread not worked on here already; how many were started."""
+        idle = [key for key in threads if key not in self._working_on]
+        for key in idle:
+            self.start_work(key)
+        return len(idle)
 
     async def leave(self) -> None:
         """This process stops: the locks it may still hold are free to take over at once."""
