@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 from slack_sdk.errors import SlackApiError
 
-from bot.rate_limit import BudgetedSlack, Hold, RateLimited
+from bot.rate_limit import CALL_ERRORS, BudgetedSlack, Hold, RateLimited, error_code
 from bot.store import Fence, IncomingMessage, RateBucket
 from bot.streaming import DeliveryError, Ending, OnVisible, Reply, Target, answer_block_id
 
@@ -202,10 +202,11 @@ class Delivery:
                 limit=FIND_ANSWER_LIMIT,
                 **where,
             )
-        except (SlackApiError, RateLimited, aiohttp.ClientError, TimeoutError) as error:
-            code = error.response.get("error") if isinstance(error, SlackApiError) else type(error).__name__
+        except CALL_ERRORS as error:
             log.warning(
-                "could not look for an answer posted already channel=%s error=%s", target.channel, code
+                "could not look for an answer posted already channel=%s error=%s",
+                target.channel,
+                error_code(error),
             )
             return None
         wanted = answer_block_id(target.message_ts)

@@ -1,4 +1,5 @@
-"""Slack's rate limits as one shared budget: every Slack call delivery makes is taken from it first.
+"""Slack's rate limits as one shared budget: every Slack call the bot makes for a turn (delivery,
+and reading names and earlier thread messages) is taken from it first.
 
 Slack limits each Web API method per workspace (Tier 2 ≈ 20 calls a minute, Tier 3 ≈ 50, Tier 4
 ≈ 100), chat.postMessage to about one message a second per channel, and
@@ -25,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import aiohttp
 from redis.exceptions import RedisError
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
@@ -55,8 +57,10 @@ LIMITS: dict[str, MethodLimit] = {
     "assistant.threads.setStatus": MethodLimit(1, 1, "thread"),  # ~1/s per conversation
     "reactions.add": MethodLimit(50, 60, "workspace"),  # Tier 3
     "reactions.remove": MethodLimit(20, 60, "workspace"),  # Tier 2
-    # Read only to look for an answer a crashed process posted (internal apps: Tier 3; Slack
-    # allows commercially distributed apps outside its Marketplace far less, see README).
+    "users.info": MethodLimit(100, 60, "workspace"),  # Tier 4: names of people new to the bot
+    # Read for a thread's earlier messages and for an answer a crashed process posted (internal
+    # apps: Tier 3; Slack allows commercially distributed apps outside its Marketplace far less,
+    # see README).
     "conversations.replies": MethodLimit(50, 60, "workspace"),  # Tier 3
     "conversations.history": MethodLimit(50, 60, "workspace"),  # Tier 3
 }
@@ -243,6 +247,16 @@ class BudgetedSlack:
             log.warning("slack rate limited method=%s retry_after=%.2fs", method, retry_after)
             await self.budget.pause(bucket, retry_after)
             raise RateLimited(method, retry_after, from_slack=True) from None
+
+
+# What a budgeted call can fail with, besides LockLost: Slack's error, no slot in time (or a 429),
+# or no answer from Slack at all.
+CALL_ERRORS: tuple[type[BaseException], ...] = (SlackApiError, RateLimited, aiohttp.ClientError, TimeoutError)
+
+
+def error_code(error: BaseException) -> str:
+    """For a log line: Slack's error code, else the kind of failure."""
+    return str(error.response.get("error")) if isinstance(error, SlackApiError) else type(error).__name__
 
 
 def _without_none(args: dict[str, Any]) -> dict[str, Any]:

@@ -137,9 +137,9 @@ class SupportBot:
             process_before_response=False,
         )
         _share_identity(self.app, auth_test)
-        # Delivery handles 429s itself (pausing the shared budget, keeping its text), so its client
-        # retries only broken connections and Slack's 5xx.
-        delivery_client = AsyncWebClient(
+        # The calls a turn makes handle 429s themselves (pausing the shared budget; delivery keeps
+        # its text), so their client retries only broken connections and Slack's 5xx.
+        turn_client = AsyncWebClient(
             token=settings.slack_bot_token,
             base_url=settings.slack_api_url,
             session=session,
@@ -149,10 +149,11 @@ class SupportBot:
             ],
         )
         budget = SlackBudget(self.store, scale=settings.slack_rate_limit_scale)
+        budgeted = BudgetedSlack(turn_client, budget)
         self.turns = TurnRunner(
             store=self.store,
-            workspace=Workspace(client, self.store),
-            delivery=Delivery(BudgetedSlack(delivery_client, budget)),
+            workspace=Workspace(budgeted, self.store),
+            delivery=Delivery(budgeted),
             model=self.model,
             context=ContextBuilder(
                 self.store,
@@ -262,7 +263,8 @@ class SupportBot:
             try:
                 started = await self.turns.recover(idle_seconds=idle_seconds)
                 if started:
-                    log.info("recovery started work on %d waiting threads", started)
+                    # Workers, not threads taken: with several processes, one takes each thread.
+                    log.info("recovery found %d waiting threads, started a worker for each", started)
             except StoreUnavailable:
                 pass  # /health already says so; try again next round
             except RedisError as error:
@@ -278,7 +280,7 @@ class SupportBot:
             try:
                 await self.turns.beat()
                 if taken := await self.turns.take_over_orphans():
-                    log.info("recovery took over %d threads of a process that is gone", taken)
+                    log.info("recovery found %d threads of a gone process, started a worker for each", taken)
             except StoreUnavailable:
                 pass  # /health already says so
             except Exception as error:  # the task must go on: without beats, others take our threads

@@ -32,12 +32,12 @@ from typing import Any
 
 import aiohttp
 from redis.exceptions import RedisError
-from slack_sdk.errors import SlackApiError
 
 from bot.breaker import CircuitBreaker
 from bot.context import FIRST_PAGE, ContextBuilder
 from bot.delivery import Delivery, DeliveryError, Ending, Reply, Target, ThinkingSign, target_for
 from bot.llm import UNAVAILABLE, Answer, ChatMessage, ChatModel, LLMError
+from bot.rate_limit import CALL_ERRORS, error_code
 from bot.store import (
     Accepted,
     Fence,
@@ -742,9 +742,9 @@ class TurnRunner:
             earlier = await self.workspace.earlier_thread_turns(
                 key, key.thread, message.ts, message.bot_user_id
             )
-        except SlackApiError as error:
+        except CALL_ERRORS as error:
             # Answer without the earlier messages rather than not at all; try again next turn.
-            log.warning("could not read earlier thread thread=%s error=%s", key, error.response.get("error"))
+            log.warning("could not read earlier thread thread=%s error=%s", key, error_code(error))
             return False
         if message.is_dm:
             earlier = await self._question_before(message, earlier) + earlier

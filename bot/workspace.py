@@ -1,4 +1,9 @@
-"""What the bot reads from Slack: people's display names (cached in Redis) and earlier thread messages."""
+"""What the bot reads from Slack: people's display names (cached in Redis) and earlier thread messages.
+
+Both reads draw on Slack's shared rate budget and never hold an answer up for long: a name Slack
+cannot give now is the person's id this turn, and a thread Slack will not show now is answered
+without its earlier messages (read again on the next turn).
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,18 @@ import logging
 import time
 from collections import OrderedDict
 
-from slack_sdk.errors import SlackApiError
-from slack_sdk.web.async_client import AsyncWebClient
-
+from bot.rate_limit import CALL_ERRORS, BudgetedSlack, error_code
 from bot.slack_text import mentioned_users, to_plain_text
 from bot.store import Store, ThreadKey, Turn
 
 log = logging.getLogger(__name__)
 
 REPLIES_PAGE = 200
+# users.info is Tier 4 (100 a minute per workspace). A burst from more people new to the bot than
+# that answers the rest under their ids rather than wait up to a minute for a name.
+NAME_WAIT_SECONDS = 0.0
+# conversations.replies is Tier 3 (50 a minute): a thread's earlier messages are worth a short wait.
+EARLIER_THREAD_WAIT_SECONDS = 5.0
 # Names are also kept in this process for a while, which saves a Redis read on every turn. A
 # renamed person shows under the old name in new turns until it expires.
 NAME_MEMORY_SECONDS = 600
@@ -23,8 +31,8 @@ NAME_MEMORY_SIZE = 10_000
 
 
 class Workspace:
-    def __init__(self, client: AsyncWebClient, store: Store) -> None:
-        self.client = client
+    def __init__(self, slack: BudgetedSlack, store: Store) -> None:
+        self.slack = slack
         self.store = store
         self._names: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
         self._lookups: dict[tuple[str, str], asyncio.Future[str]] = {}
@@ -59,9 +67,12 @@ class Workspace:
             self._remember(team, user, cached)
             return cached
         try:
-            response = await self.client.users_info(user=user)
-        except SlackApiError as error:
-            log.warning("users.info failed user=%s error=%s", user, error.response.get("error"))
+            response = await self.slack.call(
+                "users.info", team=team, wait=NAME_WAIT_SECONDS, http_verb="GET", user=user
+            )
+        except CALL_ERRORS as error:
+            # Not remembered: the next turn asks again.
+            log.info("name not looked up now user=%s reason=%s", user, error_code(error))
             return user
         person = response.get("user") or {}
         profile = person.get("profile") or {}
@@ -100,12 +111,20 @@ class Workspace:
     async def earlier_thread_turns(
         self, key: ThreadKey, thread_ts: str, before_ts: str, bot_user_id: str
     ) -> list[Turn]:
-        """The thread's messages before `before_ts`, read once from Slack (all pages)."""
+        """The thread's messages before `before_ts`, read once from Slack (all pages).
+        Raises one of `CALL_ERRORS` when Slack cannot show them now."""
         turns: list[Turn] = []
         cursor: str | None = None
         while True:
-            response = await self.client.conversations_replies(
-                channel=key.channel, ts=thread_ts, limit=REPLIES_PAGE, cursor=cursor
+            response = await self.slack.call(
+                "conversations.replies",
+                team=key.team,
+                wait=EARLIER_THREAD_WAIT_SECONDS,
+                http_verb="GET",
+                channel=key.channel,
+                ts=thread_ts,
+                limit=REPLIES_PAGE,
+                cursor=cursor,
             )
             for message in response.get("messages") or []:
                 turn = await self._as_turn(key.team, message, bot_user_id)

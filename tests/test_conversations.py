@@ -136,6 +136,33 @@ async def test_mention_in_an_existing_thread_reads_it_first_then_follows_it(
     assert len(slack.calls_to("conversations.replies")) == len(replies_calls)
 
 
+async def test_a_thread_slack_will_not_show_now_is_answered_without_it_and_read_next_turn(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    """Slack is unreachable for conversations.replies (every try of the connection cut): the
+    mention is answered without the earlier messages rather than not at all, and the thread's
+    next turn reads them."""
+    root = slack.seed_message(CHANNEL, "the printer on floor 3 is offline", user="U2")
+    # More than every try: aiohttp itself tries a GET again on a kept connection that was cut.
+    slack.fail_next("conversations.replies", drop=True, times=10)
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> any idea?", thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    await bot.settle()
+    assert contents(last_prompt(llm))[1:] == ["ann: any idea?"]
+    assert slack.calls_to("conversations.replies")
+    slack.clear_faults()
+
+    await slack.post_user_message(CHANNEL, "it says paper jam", thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2)
+    await bot.settle()
+    assert contents(last_prompt(llm))[1:] == [
+        "bob: the printer on floor 3 is offline",
+        "ann: any idea?",
+        "Answer: ann: any idea?",
+        "ann: it says paper jam",
+    ]
+
+
 async def test_dm_is_one_rolling_conversation_and_reset_starts_afresh(
     bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
 ) -> None:

@@ -330,8 +330,9 @@ async def test_a_process_killed_holding_150_threads_leaves_them_to_one_recovery_
         [answer] = await slack.wait_for_bot_messages(CHANNEL, message["ts"], count=1, timeout=30)
         assert answer["text"] == f"Answer: ann: {message['text'].removeprefix(f'<@{BOT}> ')}"
     await survivor.settle()
-    rounds = [r.getMessage() for r in caplog.records if r.getMessage().startswith("recovery started work on")]
-    assert rounds[0] == "recovery started work on 150 waiting threads", rounds
+    logged = [r.getMessage() for r in caplog.records]
+    rounds = [m for m in logged if m.startswith("recovery found") and "waiting threads" in m]
+    assert rounds[0] == "recovery found 150 waiting threads, started a worker for each", rounds
 
 
 async def test_a_killed_process_threads_are_taken_over_once_it_stops_beating_not_when_its_locks_expire(

@@ -408,6 +408,10 @@ class SlackEmulator:
         fault = _Fault(error, status, retry_after, drop)
         self._faults.setdefault(method, []).extend(fault for _ in range(times))
 
+    def clear_faults(self) -> None:
+        """Forget the faults `fail_next` queued and no call has met yet."""
+        self._faults.clear()
+
     async def wait_for(
         self,
         predicate: Callable[[], bool],
