@@ -10,7 +10,7 @@ from typing import Any
 
 from bench.bots import BASELINE_APP, BOT_APP, BotProcess, free_port
 from bench.context import Context
-from bench.rig import Question, Rig, enable_slack_tiers, slack_tiers_available, summarize
+from bench.rig import USERS, Question, Rig, enable_slack_tiers, slack_tiers_available, summarize
 
 _steps = itertools.count(1)
 SATURATING_C = 20
@@ -93,8 +93,17 @@ class Burst:
     """C questions at once, each in its own thread (or DM), prepared before the step's clock starts;
     answers are waited for at most `timeout` seconds."""
 
-    def __init__(self, rig: Rig, c: int, route: str | None, dm: bool, timeout: float) -> None:
+    def __init__(
+        self,
+        rig: Rig,
+        c: int,
+        route: str | None,
+        dm: bool,
+        timeout: float,
+        people: tuple[str, ...] | None = None,
+    ) -> None:
         self.rig = rig
+        self.people = people
         self.c = c
         self.route = route
         self.dm = dm
@@ -102,16 +111,18 @@ class Burst:
         self.questions: list[Question] = []
 
     def prepare(self) -> None:
-        """Seed the users' messages and build, serialize and sign every event."""
+        """Seed the users' messages and build, serialize and sign every event. Mentions come from
+        four people; DMs each from its own (a DM channel is one person's), whose name the bot
+        looks up within Slack's Tier 4 for users.info."""
         self.rig.new_tracker()
         step = next(_steps)
-        users = ("U1", "U2", "U3", "U4")
+        people = self.people or (self.rig.people(self.c) if self.dm else USERS)
         self.questions = [
             self.rig.prepare(
                 f"{'D' if self.dm else 'C'}{step:03d}{i:05d}",
                 dm=self.dm,
                 router=lambda: [self.route],
-                user=users[i % len(users)],
+                user=people[i % len(people)],
             )
             for i in range(self.c)
         ]

@@ -10,7 +10,11 @@ python -m bench.probe --model instant --rate 100 --profile
 python -m bench.probe --model stream --burst 500
 python -m bench.probe --model stream --burst 500 --app floor --mode socket
 python -m bench.probe --model stream --burst 500 --warm 200 --env SLACK_RATE_LIMIT_SCALE=100
+python -m bench.probe --model stream --burst 500 --tiers --people 500
 
+`--tiers` enforces Slack's published tiers and asks in DMs, as the sweep's tiers step does;
+`--people N` has N different people ask, each new to the bot (by default, as in the sweep: four
+people in channels, a person of its own for each DM).
 `--app floor` probes bench/floor/app.py (network calls only, nothing stored) instead of the bot: what
 the harness and this machine allow any bot.
 """
@@ -22,6 +26,7 @@ import asyncio
 import json
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -29,7 +34,7 @@ import redis.asyncio as aioredis
 from bench import concurrency, throughput
 from bench.bots import BOT_APP, FLOOR_APP, BotProcess, free_port
 from bench.context import Context, Settings
-from bench.rig import ModelShape, Rig
+from bench.rig import ModelShape, Rig, enable_slack_tiers
 from tests.redis_server import RedisServer
 
 APPS = {"bot": BOT_APP, "floor": FLOOR_APP}
@@ -62,15 +67,19 @@ async def probe(args: argparse.Namespace) -> dict:
             await asyncio.sleep(0.5)
             idle_rss = bot.sample().rss_bytes / 2**20
             timeout = rig.model.ideal + ctx.settings.step_timeout
+            if args.tiers:
+                enable_slack_tiers(rig.slack)
             if args.warm:
                 # As in the sweep, where C = 500 follows smaller bursts: scripts loaded, connections open.
-                warm = concurrency.Burst(rig, args.warm, route, False, timeout)
+                warm = concurrency.Burst(rig, args.warm, route, args.tiers, timeout)
                 warm.prepare()
                 await warm.run()
                 await asyncio.sleep(1.0)
             commands_before = await _command_counts(ctx.redis_url)
+            calls_before, limited_before = len(rig.slack.calls), len(rig.slack.rate_limited)
+            people = rig.people(args.people) if args.people else None
             load = (
-                concurrency.Burst(rig, args.burst, route, False, timeout)
+                concurrency.Burst(rig, args.burst, route, args.tiers, timeout, people)
                 if args.burst
                 else throughput.Offer(rig, route, args.rate, args.seconds)
             )
@@ -82,6 +91,8 @@ async def probe(args: argparse.Namespace) -> dict:
                 prepare=load.prepare,
             )
             result["idle_rss_mb"] = idle_rss
+            result["slack_calls"] = dict(Counter(c.method for c in rig.slack.calls[calls_before:]))
+            result["slack_429s"] = len(rig.slack.rate_limited) - limited_before
             after = await _command_counts(ctx.redis_url)
             turns = max(1, result["answered"])
             result["redis_commands"] = {
@@ -120,6 +131,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--burst", type=int, default=0, help="instead: this many questions at once")
     parser.add_argument("--warm", type=int, default=0, help="first, unmeasured: a burst of this many")
+    parser.add_argument("--tiers", action="store_true", help="Slack's tiers enforced, questions in DMs")
+    parser.add_argument("--people", type=int, default=0, help="this many people ask")
     parser.add_argument("--profile", action="store_true", help="sample the bot with py-spy")
     parser.add_argument("--json", action="store_true", help="print the whole result as JSON")
     parser.add_argument(
@@ -157,6 +170,8 @@ def main() -> int:
         f"done p50/p95/p99 ms {done['p50'] * 1000:.0f}/{done['p95'] * 1000:.0f}/{done['p99'] * 1000:.0f}; "
         f"RSS idle {result['idle_rss_mb']:.0f} MB, peak {result['bot_peak_rss_mb']:.0f} MB"
     )
+    calls = ", ".join(f"{method} {n}" for method, n in sorted(result["slack_calls"].items()))
+    print(f"Slack calls: {calls}; 429s: {result['slack_429s']}")
     print("redis commands per turn:", ", ".join(f"{k} {v:g}" for k, v in result["redis_commands"].items()))
     if profile := result.get("profile"):
         print(json.dumps(profile, indent=1, default=str)[:6000])

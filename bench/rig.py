@@ -234,6 +234,7 @@ class Rig:
         # first retry comes at once); None: not sent again.
         self.retry_routes: list[str] | None = None
         self.retried = 0
+        self._people = 0  # how many of `people` Slack knows
 
     async def start(self) -> None:
         await self.slack.start()
@@ -266,7 +267,7 @@ class Rig:
             "HOST": "127.0.0.1",
             "PORT": str(port),
             "LOG_LEVEL": "INFO",
-            # The load comes from four user ids in a handful of channels; at the per-person
+            # Mentions come from four people (a DM from its own person); at the per-person
             # abuse limits (10 a minute) all but 40 questions would get the polite refusal.
             "RATE_LIMIT_USER_PER_MINUTE": "1000000",
             "RATE_LIMIT_USER_PER_DAY": "1000000",
@@ -283,6 +284,14 @@ class Rig:
         return self.model.answer(qid) if qid else "I could not find a question id."
 
     # -- users asking --------------------------------------------------------------------
+
+    def people(self, n: int) -> tuple[str, ...]:
+        """`n` people with names in Slack; the same ones on every call (new to a fresh bot)."""
+        people = tuple(f"UP{i:05d}" for i in range(n))
+        for person in people[self._people :]:
+            self.slack.add_user(person, f"person-{person.lower()}")
+        self._people = max(self._people, n)
+        return people
 
     def prepare(
         self,
