@@ -22,7 +22,10 @@ REPLIES_PAGE = 200
 # users.info is Tier 4 (100 a minute per workspace). A burst from more people new to the bot than
 # that answers the rest under their ids rather than wait up to a minute for a name.
 NAME_WAIT_SECONDS = 0.0
-# conversations.replies is Tier 3 (50 a minute): a thread's earlier messages are worth a short wait.
+# conversations.replies is Tier 3 (50 a minute): a thread's earlier messages are worth a short wait
+# for the first page. A long thread, once begun, is read to its end, each later page waiting for a
+# slot as long as the budget's window: stopping short would leave it to be read again, from its
+# start, on the next turn.
 EARLIER_THREAD_WAIT_SECONDS = 5.0
 # Names are also kept in this process for a while, which saves a Redis read on every turn. A
 # renamed person shows under the old name in new turns until it expires.
@@ -115,11 +118,12 @@ class Workspace:
         Raises one of `CALL_ERRORS` when Slack cannot show them now."""
         turns: list[Turn] = []
         cursor: str | None = None
+        window = self.slack.budget.bucket(key.team, "conversations.replies").window_ms / 1000
         while True:
             response = await self.slack.call(
                 "conversations.replies",
                 team=key.team,
-                wait=EARLIER_THREAD_WAIT_SECONDS,
+                wait=window if cursor else EARLIER_THREAD_WAIT_SECONDS,
                 http_verb="GET",
                 channel=key.channel,
                 ts=thread_ts,

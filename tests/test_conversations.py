@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 
-from bot.store import ThreadKey
+from bot.rate_limit import SlackBudget
+from bot.store import RateClaim, ThreadKey
 from tests.conftest import RunningBot, StartBot
 from tests.emulators.openai_api import OpenAIEmulator
 from tests.emulators.slack import SlackEmulator
@@ -161,6 +162,35 @@ async def test_a_thread_slack_will_not_show_now_is_answered_without_it_and_read_
         "Answer: ann: any idea?",
         "ann: it says paper jam",
     ]
+
+
+async def test_a_long_thread_is_read_to_its_end_when_its_pages_must_wait_for_the_budget(
+    start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    """conversations.replies is Tier 3 (50 a minute per workspace), shared with every other read.
+    With the minute's budget all but spent, a mention in a thread of three pages reads the first
+    page at once and waits for the window to reopen for the others (here 6.6 s: a minute of Slack
+    played ten times faster), rather than answer without the thread and read it all again next
+    turn."""
+    running = await start_bot("http", SLACK_RATE_LIMIT_SCALE="10")
+    budget = SlackBudget(running.bot.store, scale=10)
+    replies = budget.bucket("T1", "conversations.replies")
+    await budget.claim([RateClaim(replies, "take", f"other-{i}") for i in range(replies.limit - 1)], wait=0)
+    root = slack.seed_message(CHANNEL, "message 0", user="U2")
+    for i in range(1, 450):  # three pages of 200
+        slack.seed_message(CHANNEL, f"message {i}", user="U3" if i % 2 else "U2", thread_ts=root)
+
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> can you summarise?", thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1, timeout=30)
+    await running.settle()
+
+    pages = slack.calls_to("conversations.replies")
+    assert len(pages) == 3
+    assert pages[1].at - pages[0].at > 5, "the second page waited for the window"
+    prompt = contents(last_prompt(llm))
+    assert prompt[-3:] == ["bob: message 448", "cem: message 449", "ann: can you summarise?"]
+    stored = await running.bot.store.recent_turns(ThreadKey("T1", CHANNEL, root), 1000)
+    assert len(stored) == 450 + 2
 
 
 async def test_dm_is_one_rolling_conversation_and_reset_starts_afresh(
