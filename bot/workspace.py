@@ -27,6 +27,9 @@ NAME_WAIT_SECONDS = 0.0
 # slot as long as the budget's window: stopping short would leave it to be read again, from its
 # start, on the next turn.
 EARLIER_THREAD_WAIT_SECONDS = 5.0
+# Slack's answers for a person it will not name (deleted, or not visible to the bot, as some
+# people of other organizations in shared channels): their id stands in for a while.
+NO_NAME_ERRORS = frozenset({"user_not_found", "user_not_visible"})
 # Names are also kept in this process for a while, which saves a Redis read on every turn. A
 # renamed person shows under the old name in new turns until it expires.
 NAME_MEMORY_SECONDS = 600
@@ -74,8 +77,11 @@ class Workspace:
                 "users.info", team=team, wait=NAME_WAIT_SECONDS, http_verb="GET", user=user
             )
         except CALL_ERRORS as error:
-            # Not remembered: the next turn asks again.
-            log.info("name not looked up now user=%s reason=%s", user, error_code(error))
+            code = error_code(error)
+            log.info("name not looked up user=%s reason=%s", user, code)
+            if code in NO_NAME_ERRORS:
+                self._remember(team, user, user)  # asking again soon would get the same answer
+            # Otherwise not remembered: the next turn asks again.
             return user
         person = response.get("user") or {}
         profile = person.get("profile") or {}

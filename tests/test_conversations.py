@@ -258,6 +258,19 @@ async def test_several_people_are_named(bot: RunningBot, slack: SlackEmulator, l
     assert sorted(looked_up) == ["U1", "U3"]
 
 
+async def test_a_person_slack_will_not_name_is_asked_about_once_and_named_by_id(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> login fails", user="U404")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    await bot.settle()
+    await slack.post_user_message(CHANNEL, "still failing", thread_ts=root, user="U404")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2)
+    await bot.settle()
+    assert contents(last_prompt(llm))[-1] == "U404: still failing"
+    assert [c.response.get("error") for c in slack.calls_to("users.info")] == ["user_not_found"]
+
+
 async def test_two_quick_messages_are_answered_in_order(
     bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
 ) -> None:
