@@ -101,9 +101,11 @@ class Burst:
         dm: bool,
         timeout: float,
         people: tuple[str, ...] | None = None,
+        channels: int | None = None,
     ) -> None:
         self.rig = rig
         self.people = people
+        self.channels = channels  # mentions in this many channels; by default each in its own
         self.c = c
         self.route = route
         self.dm = dm
@@ -119,7 +121,7 @@ class Burst:
         people = self.people or (self.rig.people(self.c) if self.dm else USERS)
         self.questions = [
             self.rig.prepare(
-                f"{'D' if self.dm else 'C'}{step:03d}{i:05d}",
+                f"{'D' if self.dm else 'C'}{step:03d}{i % (self.channels or self.c):05d}",
                 dm=self.dm,
                 router=lambda: [self.route],
                 user=people[i % len(people)],

@@ -10,9 +10,11 @@ python -m bench.probe --model instant --rate 100 --profile
 python -m bench.probe --model stream --burst 500
 python -m bench.probe --model stream --burst 500 --app floor --mode socket
 python -m bench.probe --model stream --burst 500 --warm 200 --env SLACK_RATE_LIMIT_SCALE=100
-python -m bench.probe --model stream --burst 500 --tiers --people 500
+python -m bench.probe --model stream --burst 500 --tiers --dm --people 500
+python -m bench.probe --model stream --burst 50 --tiers --channels 1  # 50 threads in one channel
 
-`--tiers` enforces Slack's published tiers and asks in DMs, as the sweep's tiers step does;
+`--tiers` enforces Slack's published tiers; with `--dm` the questions are DMs, as in the sweep's tiers
+step, else mentions in channels (each in its own, or in `--channels N`);
 `--people N` has N different people ask, each new to the bot (by default, as in the sweep: four
 people in channels, a person of its own for each DM).
 `--app floor` probes bench/floor/app.py (network calls only, nothing stored) instead of the bot: what
@@ -71,7 +73,7 @@ async def probe(args: argparse.Namespace) -> dict:
                 enable_slack_tiers(rig.slack)
             if args.warm:
                 # As in the sweep, where C = 500 follows smaller bursts: scripts loaded, connections open.
-                warm = concurrency.Burst(rig, args.warm, route, args.tiers, timeout)
+                warm = concurrency.Burst(rig, args.warm, route, args.dm, timeout)
                 warm.prepare()
                 await warm.run()
                 await asyncio.sleep(1.0)
@@ -79,7 +81,7 @@ async def probe(args: argparse.Namespace) -> dict:
             calls_before, limited_before = len(rig.slack.calls), len(rig.slack.rate_limited)
             people = rig.people(args.people) if args.people else None
             load = (
-                concurrency.Burst(rig, args.burst, route, args.tiers, timeout, people)
+                concurrency.Burst(rig, args.burst, route, args.dm, timeout, people, args.channels or None)
                 if args.burst
                 else throughput.Offer(rig, route, args.rate, args.seconds)
             )
@@ -131,8 +133,10 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--burst", type=int, default=0, help="instead: this many questions at once")
     parser.add_argument("--warm", type=int, default=0, help="first, unmeasured: a burst of this many")
-    parser.add_argument("--tiers", action="store_true", help="Slack's tiers enforced, questions in DMs")
+    parser.add_argument("--tiers", action="store_true", help="Slack's published tiers enforced")
+    parser.add_argument("--dm", action="store_true", help="questions in DMs, not mentions in channels")
     parser.add_argument("--people", type=int, default=0, help="this many people ask")
+    parser.add_argument("--channels", type=int, default=0, help="mentions in this many channels")
     parser.add_argument("--profile", action="store_true", help="sample the bot with py-spy")
     parser.add_argument("--json", action="store_true", help="print the whole result as JSON")
     parser.add_argument(
