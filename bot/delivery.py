@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import aiohttp
@@ -16,7 +17,15 @@ from slack_sdk.errors import SlackApiError
 
 from bot.rate_limit import CALL_ERRORS, BudgetedSlack, Hold, RateLimited, error_code
 from bot.store import Fence, IncomingMessage, RateBucket
-from bot.streaming import DeliveryError, Ending, OnVisible, Reply, Target, answer_block_id
+from bot.streaming import (
+    ANSWER_BLOCK_PREFIX,
+    DeliveryError,
+    Ending,
+    OnVisible,
+    Reply,
+    Target,
+    answer_block_id,
+)
 
 __all__ = ["Delivery", "DeliveryError", "Ending", "FoundAnswer", "Reply", "Target", "ThinkingSign"]
 
@@ -35,14 +44,19 @@ THANKS_WAIT = 1.0  # seconds the thanks for a vote may wait for a rate slot
 # How many messages after a question are searched for an answer already posted to it: the
 # answer follows its question closely, and recovery runs within seconds of the crash.
 FIND_ANSWER_LIMIT = 200
+# The block id of a notice, so that recovery never takes one for the start of an answer.
+NOTICE_BLOCK_ID = "notice"
+SECTION_TEXT_LIMIT = 3000  # Slack's limit for a section block's text
 
 
 @dataclass(frozen=True)
 class FoundAnswer:
-    """An answer's last message, already in Slack."""
+    """An answer already in Slack: its last message, buttons and all; or, when not `complete`,
+    its first message, cut short (its process died as it showed, before noting it)."""
 
     ts: str
     text: str
+    complete: bool = True
 
 
 @dataclass
@@ -184,10 +198,13 @@ class Delivery:
         except RateLimited as error:
             log.warning("abandoned stream left open: %s", error)
 
-    async def find_answer(self, target: Target) -> FoundAnswer | None:
-        """The last message of an answer to the target's question already in Slack (a process
-        posted it and died before recording it), found by its buttons' block id; None when
-        there is none, or Slack cannot tell now (the caller answers then). Never raises."""
+    async def find_answer(self, target: Target, bot_user_id: str) -> FoundAnswer | None:
+        """An answer to the target's question already in Slack, from a process that showed it
+        and died before recording that: its last message, found by its buttons' block id; else
+        the start of one cut short, the bot's last message after the question when that has no
+        buttons and is no notice (turns in a thread run one after another, so nothing of this
+        bot's comes after it). None when there is neither, or Slack cannot tell now (the caller
+        answers then). Never raises."""
         where: dict[str, Any] = {"channel": target.channel, "oldest": target.message_ts}
         if target.thread_ts is not None:
             method, where["ts"] = "conversations.replies", target.thread_ts
@@ -209,14 +226,22 @@ class Delivery:
                 error_code(error),
             )
             return None
+        messages = [m for m in response.get("messages") or [] if isinstance(m, dict)]
         wanted = answer_block_id(target.message_ts)
-        for message in response.get("messages") or []:
-            blocks = [b for b in message.get("blocks") or [] if isinstance(b, dict)]
-            if message.get("bot_id") and any(b.get("block_id") == wanted for b in blocks):
-                markdown = [b.get("text") for b in blocks if b.get("type") == "markdown"]
-                text = markdown[0] if markdown else message.get("text")
-                return FoundAnswer(str(message["ts"]), str(text or ""))
-        return None
+        for message in messages:
+            if message.get("bot_id") and wanted in _block_ids(message):
+                return FoundAnswer(str(message["ts"]), _shown_text(message))
+        if response.get("has_more"):
+            return None  # the bot's last message may be on a later page: not worth the guess
+        question = _ts(target.message_ts)
+        ours = [m for m in messages if m.get("bot_id") and m.get("user") == bot_user_id]
+        later = [(ts, m) for m in ours if question is not None and (ts := _ts(m.get("ts"))) and ts > question]
+        if not later:
+            return None
+        last = max(later, key=lambda pair: pair[0])[1]
+        if any(i == NOTICE_BLOCK_ID or i.startswith(ANSWER_BLOCK_PREFIX) for i in _block_ids(last)):
+            return None
+        return FoundAnswer(str(last["ts"]), _shown_text(last), complete=False)
 
     async def post_notice(self, target: Target, text: str) -> str | None:
         """A short message from the bot itself (an error, a confirmation). Never raises."""
@@ -229,6 +254,7 @@ class Delivery:
                 channel=target.channel,
                 thread_ts=target.thread_ts,
                 text=text,
+                blocks=_notice_blocks(text),
             )
             return str(response["ts"])
         except SlackApiError as error:
@@ -268,3 +294,34 @@ def _thread_scope(target: Target) -> str:
 
 def _log_api_error(method: str, error: SlackApiError) -> None:
     log.warning("slack call failed method=%s error=%s", method, error.response.get("error"))
+
+
+def _notice_blocks(text: str) -> list[dict[str, Any]] | None:
+    """A notice's text in a block that names it a notice (see `find_answer`)."""
+    if len(text) > SECTION_TEXT_LIMIT:
+        return None
+    return [{"type": "section", "block_id": NOTICE_BLOCK_ID, "text": {"type": "mrkdwn", "text": text}}]
+
+
+def _block_ids(message: dict[str, Any]) -> list[str]:
+    blocks = message.get("blocks")
+    if not isinstance(blocks, list):
+        return []
+    return [i for b in blocks if isinstance(b, dict) and isinstance(i := b.get("block_id"), str)]
+
+
+def _shown_text(message: dict[str, Any]) -> str:
+    """What an answer's message shows: its markdown block's text, else its text."""
+    blocks = message.get("blocks")
+    blocks = blocks if isinstance(blocks, list) else []
+    markdown = [b.get("text") for b in blocks if isinstance(b, dict) and b.get("type") == "markdown"]
+    return str((markdown[0] if markdown else None) or message.get("text") or "")
+
+
+def _ts(value: object) -> Decimal | None:
+    """A Slack ts as a number, to compare; None when it is not one."""
+    try:
+        number = Decimal(value) if isinstance(value, str) else None
+    except InvalidOperation:
+        return None
+    return number if number is not None and number.is_finite() else None

@@ -527,15 +527,19 @@ class TurnRunner:
         )
         target = target_for(message)
         # Whether its last message is in Slack already (posted, the process died before the
-        # outcome was recorded) is looked up only when a post may have happened.
-        found = await self.delivery.find_answer(target) if record.posting or record.answer_ts else None
-        if found is not None:
+        # outcome was recorded), or its first, cut short (the process died as it showed, before
+        # noting it), is looked up only when a post may have happened.
+        looked = record.posting or record.answer_ts
+        found = await self.delivery.find_answer(target, message.bot_user_id) if looked else None
+        if found is not None and found.complete:
             log.info("answer found posted already team=%s channel=%s thread=%s user=%s", *_where(message))
             ts = record.answer_ts or found.ts
             stored = Turn(role="assistant", text=found.text, ts=ts, reply_to=message.ts)
             outcome = Progress.of(turns=(stored,), state="answered", answer_ts=ts, answer=None)
-        elif record.answer_ts is not None:
-            await self.delivery.end_abandoned(target, record.answer_ts)
+        elif (shown := record.answer_ts or (found.ts if found else None)) is not None:
+            if record.answer_ts is None:
+                log.info("answer found cut short team=%s channel=%s thread=%s user=%s", *_where(message))
+            await self.delivery.end_abandoned(target, shown)
             await self.delivery.post_notice(target, INTERRUPTED)
             outcome = Progress.of(state="noted")
         elif record.answer is not None:

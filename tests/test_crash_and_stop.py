@@ -7,6 +7,7 @@ import asyncio
 import json
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,11 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
+from bot.llm import REJECTED
 from tests.bot_process import BotProcess
 from tests.conftest import StartBot, bot_env, free_port
-from tests.emulators.openai_api import Hang, OpenAIEmulator
-from tests.emulators.slack import Delivery, SlackEmulator
+from tests.emulators.openai_api import Hang, OpenAIEmulator, Status
+from tests.emulators.slack import Delivery, Gate, SlackEmulator
 
 pytestmark = pytest.mark.slow
 
@@ -132,6 +134,23 @@ async def _killed_while_delivering(
         process.kill()
         await process.wait()
         return list(await asyncio.gather(*sending))
+    finally:
+        await redis.execute_command("CLIENT", "UNPAUSE")
+
+
+async def _killed_once_shown(
+    process: BotProcess, gate: Gate, redis: Redis, slack: SlackEmulator, channel: str, thread: str
+) -> None:
+    """Let the call held at `gate` through with Redis's writes paused, and kill `process` once
+    Slack shows the bot's message, while it waits for Redis to record what it showed."""
+    await slack.wait_for(lambda: gate.waiting > 0, what="the answer to be on its way")
+    await redis.execute_command("CLIENT", "PAUSE", "20000", "WRITE")
+    try:
+        gate.opened.set()
+        await slack.wait_for(lambda: len(slack.bot_messages(channel, thread)) == 1, what="the message")
+        await asyncio.sleep(0.3)  # the process now waits for Redis
+        process.kill()
+        await process.wait()
     finally:
         await redis.execute_command("CLIENT", "UNPAUSE")
 
@@ -260,16 +279,7 @@ async def test_killed_after_posting_the_answer_before_recording_it_is_not_answer
     channel, text = (DM, "is billing down?") if where == "dm" else (CHANNEL, f"<@{BOT}> is billing down?")
     ts = await slack.post_user_message(channel, text)
     thread = "top" if where == "dm" else ts
-    await slack.wait_for(lambda: posting.waiting > 0, what="the answer to be on its way")
-    await redis.execute_command("CLIENT", "PAUSE", "20000", "WRITE")
-    try:
-        posting.opened.set()
-        await slack.wait_for(lambda: len(slack.bot_messages(channel, thread)) == 1, what="the answer")
-        await asyncio.sleep(0.3)  # the process now waits for Redis to record the answer
-        first.kill()
-        await first.wait()
-    finally:
-        await redis.execute_command("CLIENT", "UNPAUSE")
+    await _killed_once_shown(first, posting, redis, slack, channel, thread)
 
     survivor = await start_bot("http", **FAST_RECOVERY)
     await _wait_for_stored_turns(redis, 2)  # the question, and the answer found in Slack
@@ -285,6 +295,83 @@ async def test_killed_after_posting_the_answer_before_recording_it_is_not_answer
     assert stored[1]["text"] == "Answer: ann: is billing down?"
     [question] = [m for m in slack.messages(channel) if m["ts"] == ts]
     await slack.wait_for(lambda: not question.get("reactions"), what="no thinking reaction left")
+
+
+@pytest.mark.parametrize("where", ["streamed", "posted", "dm"])
+async def test_killed_as_the_answer_first_showed_before_recording_it_ends_with_one_interrupted_note(
+    where: str,
+    spawn_bot: SpawnBot,
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The process dies just after the first part of a long answer showed (its stream started,
+    or, where Slack refuses streams, its first message posted, to be grown by edits) and before
+    Redis recorded that it is visible (its writes paused meanwhile). Recovery finds that message
+    in Slack, the bot's last after the question, with no buttons and not a notice: it is closed and
+    one note says the answer was interrupted, as when a process dies later in the stream, rather
+    than a second answer under the first one's beginning."""
+    first = await spawn_bot()
+    if where != "streamed":
+        slack.refuse_streaming("im" if where == "dm" else "channel")
+    llm.chunk_delay = 0.1  # a long answer, written slowly
+    llm.reply = lambda messages: "A long answer that takes a while to write. " * 20
+    opening = slack.gate("chat.startStream" if where == "streamed" else "chat.postMessage")
+    channel, text = (DM, "explain everything") if where == "dm" else (CHANNEL, f"<@{BOT}> explain everything")
+    ts = await slack.post_user_message(channel, text)
+    thread = "top" if where == "dm" else ts
+    await _killed_once_shown(first, opening, redis, slack, channel, thread)
+
+    llm.chunk_delay = 0.0
+    survivor = await start_bot("http", **FAST_RECOVERY)
+    await slack.wait_for(lambda: len(slack.bot_messages(channel, thread)) == 2, timeout=15, what="the note")
+    await asyncio.sleep(1.0)  # time for a second answer to show up, if there were one
+    await survivor.settle()
+    partial, note = slack.bot_messages(channel, thread)
+    assert partial["text"] and llm.reply([]).startswith(partial["text"].strip())  # what showed stays
+    assert note["text"].startswith("Sorry, my answer above was interrupted")
+    assert len(llm.requests) == 1  # not answered a second time
+    assert "answer found cut short" in caplog.text
+    if where == "streamed":
+        assert [call.args["ts"] for call in slack.calls_to("chat.stopStream")] == [partial["ts"]]
+
+
+async def test_a_notice_after_the_question_is_not_taken_for_an_answer_cut_short(
+    spawn_bot: SpawnBot,
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+) -> None:
+    """A second question in a thread waits for the first's turn; that turn ends in a notice (the
+    model's error) posted after the second question. The process dies after claiming the second
+    answer's post, before Slack got it: the bot's last message after the question is that
+    notice, which is no part of an answer, so the second question is answered, once."""
+    first = await spawn_bot()
+    llm.enqueue(Status(400))
+    slack.refuse_streaming("channel")
+    notice_held = slack.gate("chat.postMessage", text=REJECTED)
+    holding = True  # the dead process's call is never let through: Slack never got it
+    answer_held = slack.gate("chat.postMessage", when=lambda args: holding and args.get("text") != REJECTED)
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> first question")
+    await slack.wait_for(lambda: notice_held.waiting > 0, what="the first question's notice")
+    second = await slack.post_user_message(CHANNEL, f"<@{BOT}> second question", thread_ts=ts)
+    await asyncio.sleep(0.3)  # the second message is queued behind the first turn
+    notice_held.opened.set()
+    await slack.wait_for(lambda: answer_held.waiting > 0, what="the second answer to be on its way")
+    first.kill()
+    await first.wait()
+    holding = False
+    [notice] = slack.bot_messages(CHANNEL, ts)
+    assert Decimal(notice["ts"]) > Decimal(second)
+
+    await start_bot("http", **FAST_RECOVERY)
+    await slack.wait_for(lambda: len(slack.bot_messages(CHANNEL, ts)) == 2, timeout=15, what="the answer")
+    await asyncio.sleep(1.0)
+    notice, answer = slack.bot_messages(CHANNEL, ts)
+    assert answer["text"] == "Answer: ann: second question"
 
 
 async def test_killed_mid_dm_answer_clears_the_reaction(

@@ -131,11 +131,13 @@ class Gate:
     """Calls to one method whose arguments include `match` wait until `opened` is set."""
 
     match: dict[str, str]
+    when: Callable[[dict], bool] | None = None  # and this, if given, says yes to the arguments
     opened: asyncio.Event = field(default_factory=asyncio.Event)
     waiting: int = 0  # calls held at the gate now
 
     def admits(self, args: dict) -> bool:
-        return all(args.get(name) == value for name, value in self.match.items())
+        matched = all(args.get(name) == value for name, value in self.match.items())
+        return matched and (self.when is None or self.when(args))
 
 
 @dataclass
@@ -387,10 +389,11 @@ class SlackEmulator:
     def calls_to(self, method: str) -> list[ApiCall]:
         return [call for call in self.calls if call.method == method]
 
-    def gate(self, method: str, **match: str) -> Gate:
-        """Hold calls to `method` whose arguments include `match` (all of them, with none) until
-        the gate's `opened` is set: a call to Slack that takes as long as the test wants."""
-        gate = Gate(match)
+    def gate(self, method: str, when: Callable[[dict], bool] | None = None, **match: str) -> Gate:
+        """Hold calls to `method` whose arguments include `match` (all of them, with none) and
+        satisfy `when` until the gate's `opened` is set: a call to Slack that takes as long as the
+        test wants."""
+        gate = Gate(match, when)
         self._gates.setdefault(method, []).append(gate)
         return gate
 
