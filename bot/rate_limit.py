@@ -105,6 +105,7 @@ class SlackBudget:
         # trip spent on a refusal (many answers in flight try the same full bucket). Only a hold
         # given back early frees a slot sooner, and that only delays an update, never loses one.
         self._refused_until: dict[tuple[str, ...], float] = {}
+        self._prune_above = REFUSALS_REMEMBERED
         self._redis_warned = False
 
     def bucket(self, team: str, method: str, scope: str | None = None) -> RateBucket:
@@ -168,8 +169,12 @@ class SlackBudget:
             await asyncio.sleep(min(grant.wait * _jitter.uniform(1.0, 1.1), remaining))
 
     def _forget_old_refusals(self, now: float) -> None:
-        if len(self._refused_until) > REFUSALS_REMEMBERED:
+        # Pruned only once the refusals have doubled since the last pruning: with more than
+        # REFUSALS_REMEMBERED still current (a burst's answers each waiting on a channel's
+        # bucket of its own), pruning at every refusal took 4 % of the bot's CPU at 150 answers a second.
+        if len(self._refused_until) > self._prune_above:
             self._refused_until = {k: t for k, t in self._refused_until.items() if t > now}
+            self._prune_above = max(REFUSALS_REMEMBERED, 2 * len(self._refused_until))
 
     async def release(self, hold: Hold) -> None:
         # A slot given back here may be what a refusal remembered here was missing.
