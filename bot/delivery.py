@@ -233,15 +233,7 @@ class Delivery:
                 return FoundAnswer(str(message["ts"]), _shown_text(message))
         if response.get("has_more"):
             return None  # the bot's last message may be on a later page: not worth the guess
-        question = _ts(target.message_ts)
-        ours = [m for m in messages if m.get("bot_id") and m.get("user") == bot_user_id]
-        later = [(ts, m) for m in ours if question is not None and (ts := _ts(m.get("ts"))) and ts > question]
-        if not later:
-            return None
-        last = max(later, key=lambda pair: pair[0])[1]
-        if any(i == NOTICE_BLOCK_ID or i.startswith(ANSWER_BLOCK_PREFIX) for i in _block_ids(last)):
-            return None
-        return FoundAnswer(str(last["ts"]), _shown_text(last), complete=False)
+        return _answer_begun(messages, target.message_ts, bot_user_id)
 
     async def post_notice(self, target: Target, text: str) -> str | None:
         """A short message from the bot itself (an error, a confirmation). Never raises."""
@@ -301,6 +293,25 @@ def _notice_blocks(text: str) -> list[dict[str, Any]] | None:
     if len(text) > SECTION_TEXT_LIMIT:
         return None
     return [{"type": "section", "block_id": NOTICE_BLOCK_ID, "text": {"type": "mrkdwn", "text": text}}]
+
+
+def _answer_begun(messages: list[dict[str, Any]], question_ts: str, bot_user_id: str) -> FoundAnswer | None:
+    """The bot's last message after the question, when it can only be the beginning of that
+    question's answer: it has no buttons (an answer's last message has them) and is no notice."""
+    question = _ts(question_ts)
+    if question is None:
+        return None
+    later: list[tuple[Decimal, dict[str, Any]]] = []
+    for message in messages:
+        ts = _ts(message.get("ts"))
+        if message.get("bot_id") and message.get("user") == bot_user_id and ts is not None and ts > question:
+            later.append((ts, message))
+    if not later:
+        return None
+    _, last = max(later, key=lambda pair: pair[0])
+    if any(i == NOTICE_BLOCK_ID or i.startswith(ANSWER_BLOCK_PREFIX) for i in _block_ids(last)):
+        return None
+    return FoundAnswer(str(last["ts"]), _shown_text(last), complete=False)
 
 
 def _block_ids(message: dict[str, Any]) -> list[str]:
