@@ -9,8 +9,11 @@ both alike, and a difference smaller than the spread of one tree's own runs is n
 
 python -m bench.compare ../before . --runs 8
 
-Each tree runs with its own code (its `bench/` as well as its `bot/`) and this interpreter, so
-both must work with this virtual environment. A sweep takes about a minute.
+Each tree runs with its own code (its `bench/` as well as its `bot/`) and, unless `--python-a` or
+`--python-b` names another, this interpreter, so both must work with this virtual environment. To
+compare interpreters, give one tree twice with two (each needs the project installed):
+python -m bench.compare . . --python-b /tmp/venv3.13/bin/python
+A sweep takes about a minute.
 """
 
 from __future__ import annotations
@@ -60,8 +63,8 @@ def steps_of(results: dict, tree: str, run: int) -> list[Step]:
     return found
 
 
-def sweep(tree: Path, bench_args: list[str], out: Path) -> dict:
-    command = [sys.executable, "-m", "bench", "--only", "concurrency", "--out", str(out), *bench_args]
+def sweep(tree: Path, python: str, bench_args: list[str], out: Path) -> dict:
+    command = [python, "-m", "bench", "--only", "concurrency", "--out", str(out), *bench_args]
     finished = subprocess.run(command, cwd=tree, capture_output=True, text=True)
     if finished.returncode != 0:
         raise SystemExit(f"the sweep failed in {tree}:\n{finished.stderr[-2000:]}")
@@ -94,16 +97,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("a", type=Path, help="checkout A (the reference)")
     parser.add_argument("b", type=Path, help="checkout B (the change)")
     parser.add_argument("--runs", type=int, default=8, help="sweeps in all, A B B A …; a multiple of 4")
+    parser.add_argument("--python-a", default=sys.executable, help="A's interpreter (default: this one)")
+    parser.add_argument("--python-b", default=sys.executable, help="B's interpreter (default: this one)")
     args, bench_args = parser.parse_known_args(argv)
     trees = (args.a.resolve(), args.b.resolve())
+    pythons = (args.python_a, args.python_b)
     names = ("A", "B")
     steps: list[Step] = []
     with tempfile.TemporaryDirectory(prefix="bench-compare-") as scratch:
         for run, which in enumerate(abba(args.runs), start=1):
-            print(f"run {run}/{args.runs}: {names[which]} ({trees[which]})", file=sys.stderr, flush=True)
-            results = sweep(trees[which], bench_args, Path(scratch) / f"run{run}.json")
+            print(
+                f"run {run}/{args.runs}: {names[which]} ({trees[which]}, {pythons[which]})",
+                file=sys.stderr,
+                flush=True,
+            )
+            results = sweep(trees[which], pythons[which], bench_args, Path(scratch) / f"run{run}.json")
             steps += steps_of(results, names[which], run)
-    print(f"A: {trees[0]}\nB: {trees[1]}")
+    print(f"A: {trees[0]} ({pythons[0]})\nB: {trees[1]} ({pythons[1]})")
     print(report(steps, names))
     return 0
 
