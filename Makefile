@@ -10,13 +10,14 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help run test bench bench-smoke lint format clean
+.PHONY: help run test bench bench-smoke soak lint format clean
 
 help:
 	@echo "make run      run the bot (reads .env; starts a local redis-server when REDIS_URL is unset)"
 	@echo "make test     run the tests (PYTEST_ARGS='-k manifest' to pick some)"
 	@echo "make bench    run the benchmarks: table on screen, JSON in bench/results/ (7-12 min)"
 	@echo "make bench-smoke  the same in a few seconds with small C (BENCH_ARGS='--only replicas')"
+	@echo "make soak     one process under a steady load for 10 minutes: RSS, CPU and done over time (SOAK_ARGS)"
 	@echo "make lint     ruff check and ruff format --check"
 	@echo "make format   sort imports and format the code with ruff"
 	@echo "make clean    remove .venv and caches (keeps ./var, the local Redis data)"
@@ -41,6 +42,9 @@ bench: $(INSTALLED)
 
 bench-smoke: $(INSTALLED)
 	BENCH_QUICK=1 $(BIN)/python -m bench $(BENCH_ARGS)
+
+soak: $(INSTALLED)
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

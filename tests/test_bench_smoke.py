@@ -77,3 +77,28 @@ def test_bench_smoke_run_completes_with_well_formed_results(tmp_path: Path) -> N
     assert "History growth (3)" in run.stdout
     assert any(t["target"].startswith("history growth") for t in results["targets"])
     assert all({"target", "figure", "verdict"} <= set(t) for t in results["targets"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_soak_smoke_run_measures_every_window(tmp_path: Path) -> None:
+    out = tmp_path / "soak.json"
+    settings = ["--rate", "20", "--minutes", "0.1", "--window", "2", "--channels", "40"]
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.soak", *settings, "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    windows = result["windows"]
+    assert [w["window"] for w in windows] == [1, 2, 3]
+    assert all(w["answered"] == w["questions"] == 40 and not w["timed_out"] for w in windows)
+    assert [w["turns_so_far"] for w in windows] == [40, 80, 120]
+    assert all(w["bot_rss_mb"] > 0 and w["redis_keys"] > 0 and w["bot_cpu_ms_per_turn"] > 0 for w in windows)
+    # Channels are taken in turn: from the second window on, a quarter of questions follow up.
+    assert 0 < result["follow_ups"] < 80
+    assert result["summary"]["turns"] == 120 and result["summary"]["unanswered"] == 0
+    assert "120 turns, 0 unanswered" in run.stdout

@@ -1,0 +1,276 @@
+"""`python -m bench.soak`: one process under a steady load for many minutes. Does it stay the same?
+
+A production bot runs for weeks. This offers questions at a fixed rate (open loop) for
+`--minutes`, measured in windows of `--window` seconds, and prints after each window the bot's
+RSS, its CPU per turn, done p50/p99 and what Redis holds. A leak shows as RSS that keeps
+growing after the first windows; a cost that grows with what the process has seen, as CPU a
+turn or done that keeps rising.
+
+Questions come from four people in `--channels` channels, taken in turn, so that no channel gets
+a second question within Slack's second for `chat.postMessage`; a share (`--follow-ups`) are
+follow-ups in the last thread of their channel, so threads grow as they do in a team. Not part of
+`make bench` (it takes minutes by design): `make soak`, or
+
+python -m bench.soak --rate 150 --minutes 10
+python -m bench.soak --rate 100 --minutes 3 --mode socket --model stream
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from bench.bots import BOT_APP, BotProcess, free_port
+from bench.context import Context, Settings
+from bench.measure import machine
+from bench.rig import ModelShape, Question, Rig, summarize
+from bench.throughput import DRAIN_SECONDS
+from tests.redis_server import RedisServer
+
+RESULTS = Path(__file__).resolve().parent / "results"
+USERS = ("U1", "U2", "U3", "U4")
+MODELS = {
+    "instant": ModelShape(0.0, 0.0, answer_chars=200, chunk_chars=50),
+    # Streams for half a second: some answers stream, most arrive whole (Slack's budget).
+    "stream": ModelShape(first_token_seconds=0.2, stream_seconds=0.5, answer_chars=400, chunk_chars=40),
+}
+
+
+@dataclass
+class Threads:
+    """Where the next question goes: channels in turn; a follow-up in a channel's last thread."""
+
+    channels: int
+    follow_ups: float
+    last_thread: dict[str, str] = field(default_factory=dict)
+    asked: int = 0
+    followed: int = 0
+    random: random.Random = field(default_factory=lambda: random.Random(6))
+
+    def prepare(self, rig: Rig, route: str | None) -> Question:
+        channel = f"CS{self.asked % self.channels:05d}"
+        user = USERS[self.asked % len(USERS)]
+        self.asked += 1
+        thread = self.last_thread.get(channel)
+        if thread is None or self.random.random() >= self.follow_ups:
+            thread = None
+        else:
+            self.followed += 1
+        question = rig.prepare(channel, thread_ts=thread, router=lambda: [route], user=user)
+        self.last_thread[channel] = question.asked.thread or question.asked.ts
+        return question
+
+
+class Window:
+    """One window of the open-loop offer: question i is sent at start + i/rate."""
+
+    def __init__(self, rig: Rig, threads: Threads, route: str | None, rate: float, seconds: float) -> None:
+        self.rig, self.threads, self.route = rig, threads, route
+        self.rate, self.seconds = rate, seconds
+        self.questions: list[Question] = []
+
+    def prepare(self) -> None:
+        self.rig.new_tracker()
+        count = max(1, int(self.rate * self.seconds))
+        self.questions = [self.threads.prepare(self.rig, self.route) for _ in range(count)]
+
+    async def run(self) -> dict[str, Any]:
+        tasks = []
+        started = time.monotonic()
+        for i, question in enumerate(self.questions):
+            delay = started + i / self.rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(self.rig.send(question)))
+        asked = list(await asyncio.gather(*tasks))
+        complete = await self.rig.wait_answered(asked, DRAIN_SECONDS)
+        return summarize(self.rig.tracker, asked, None) | {"timed_out": not complete}
+
+
+async def soak(args: argparse.Namespace) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="bench-soak-"))
+    redis_server = RedisServer(workdir / "redis", appendonly=False)
+    redis_server.start()
+    ctx = Context(Settings.full(), redis_server.url, workdir, quiet_budget=10.0)
+    rig = Rig(MODELS[args.model])
+    await rig.start()
+    redis = aioredis.Redis.from_url(redis_server.url)
+    windows: list[dict[str, Any]] = []
+    try:
+        port = free_port()
+        bot = BotProcess("soak", BOT_APP, rig.bot_env(ctx.redis_url, port, args.mode), port, workdir)
+        await bot.start(ready="health")
+        try:
+            if args.mode == "socket":
+                await rig.slack.wait_for_socket(timeout=30)
+            route = bot.events_url if args.mode == "http" else None
+            await asyncio.sleep(1.0)
+            idle_rss = bot.sample().rss_bytes / 2**20
+            print(_header(args, idle_rss), flush=True)
+            threads = Threads(args.channels, args.follow_ups)
+            turns = 0
+            count = max(1, round(args.minutes * 60 / args.window))
+            for index in range(count):
+                window = Window(rig, threads, route, args.rate, args.window)
+                result = await ctx.measured(
+                    f"soak-{index}",
+                    [bot],
+                    lambda: sum(a.done_at is not None for a in rig.tracker.asked.values()),
+                    window.run(),
+                    prepare=window.prepare,
+                )
+                turns += result["answered"]
+                memory = await redis.info("memory")
+                row = {
+                    "window": index + 1,
+                    "turns_so_far": turns,
+                    "questions": result["questions"],
+                    "answered": result["answered"],
+                    "timed_out": result["timed_out"],
+                    "done_p50_ms": _ms(result["done"]["p50"]),
+                    "done_p99_ms": _ms(result["done"]["p99"]),
+                    "bot_cpu_ms_per_turn": result["bot_cpu_ms_per_turn"],
+                    "redis_commands_per_turn": result["redis_commands_per_turn"],
+                    "bot_rss_mb": bot.sample().rss_bytes / 2**20,
+                    "bot_peak_rss_mb": result["bot_peak_rss_mb"],
+                    "redis_used_mb": int(memory["used_memory"]) / 2**20,
+                    "redis_keys": await redis.dbsize(),
+                    "loadgen_busy": result["loadgen_busy"],
+                    "machine_shared": result["machine_shared"],
+                    "slack_429s": sum(rig.tracker.rate_limited.values()),
+                }
+                windows.append(row)
+                print(_row(row), flush=True)
+            await asyncio.sleep(5.0)
+            end_idle_rss = bot.sample().rss_bytes / 2**20
+        finally:
+            await bot.stop()
+    finally:
+        await redis.aclose()
+        await rig.stop()
+        redis_server.stop()
+    return {
+        "machine": machine(),
+        "settings": vars(args),
+        "idle_rss_mb": idle_rss,
+        "end_idle_rss_mb": end_idle_rss,
+        "follow_ups": threads.followed,
+        "windows": windows,
+        "summary": summarize_soak(windows),
+    }
+
+
+def summarize_soak(windows: list[dict[str, Any]]) -> dict[str, Any]:
+    """First against last: RSS (and its growth per 10,000 turns after the first window, a least-
+    squares slope), CPU a turn and done p99, each the mean of the first and of the last three."""
+    if not windows:
+        return {}
+    later = windows[1:] or windows
+    xs = [w["turns_so_far"] for w in later]
+    ys = [w["bot_rss_mb"] for w in later]
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    spread = sum((x - mean_x) ** 2 for x in xs)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread if spread else 0.0
+    head, tail = windows[:3], windows[-3:]
+
+    def mean(rows: list[dict[str, Any]], key: str) -> float | None:
+        values = [r[key] for r in rows if r[key] is not None]
+        return sum(values) / len(values) if values else None
+
+    return {
+        "turns": windows[-1]["turns_so_far"],
+        "unanswered": sum(w["questions"] - w["answered"] for w in windows),
+        "rss_mb_first_window": windows[0]["bot_rss_mb"],
+        "rss_mb_last_window": windows[-1]["bot_rss_mb"],
+        "rss_mb_per_10k_turns_after_first_window": slope * 10_000,
+        "cpu_ms_per_turn_first_3": mean(head, "bot_cpu_ms_per_turn"),
+        "cpu_ms_per_turn_last_3": mean(tail, "bot_cpu_ms_per_turn"),
+        "done_p99_ms_first_3": mean(head, "done_p99_ms"),
+        "done_p99_ms_last_3": mean(tail, "done_p99_ms"),
+        "redis_mb_per_1k_turns": (windows[-1]["redis_used_mb"] - windows[0]["redis_used_mb"])
+        * 1000
+        / max(1, windows[-1]["turns_so_far"] - windows[0]["turns_so_far"]),
+    }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000
+
+
+def _header(args: argparse.Namespace, idle_rss: float) -> str:
+    return (
+        f"soak: mode={args.mode} model={args.model} {args.rate:g} questions/s for {args.minutes:g} min "
+        f"in {args.window:g}-s windows, {args.channels} channels, follow-ups {args.follow_ups:.0%}; "
+        f"RSS idle {idle_rss:.0f} MB\n"
+        f"{'window':>6} {'turns':>8} {'answered':>9} {'done p50/p99 ms':>16} {'CPU ms/turn':>11} "
+        f"{'redis cmds':>10} {'RSS MB':>7} {'peak':>6} {'redis MB':>8} {'keys':>8}"
+    )
+
+
+def _row(row: dict[str, Any]) -> str:
+    done = f"{row['done_p50_ms'] or 0:.0f}/{row['done_p99_ms'] or 0:.0f}"
+    flags = "".join(
+        (
+            " timed out" if row["timed_out"] else "",
+            " load generator busy" if row["loadgen_busy"] else "",
+            " machine shared" if row["machine_shared"] else "",
+            f" 429s {row['slack_429s']}" if row["slack_429s"] else "",
+        )
+    )
+    return (
+        f"{row['window']:>6} {row['turns_so_far']:>8,} {row['answered']:>4}/{row['questions']:<4} {done:>16} "
+        f"{row['bot_cpu_ms_per_turn'] or 0:>11.2f} {row['redis_commands_per_turn'] or 0:>10.1f} "
+        f"{row['bot_rss_mb']:>7.1f} {row['bot_peak_rss_mb']:>6.1f} {row['redis_used_mb']:>8.1f} "
+        f"{row['redis_keys']:>8,}{flags}"
+    )
+
+
+def _summary_line(result: dict[str, Any]) -> str:
+    s = result["summary"]
+    return (
+        f"{s['turns']:,} turns, {s['unanswered']} unanswered; "
+        f"RSS {s['rss_mb_first_window']:.1f} MB after the first window, "
+        f"{s['rss_mb_last_window']:.1f} MB after the last "
+        f"({s['rss_mb_per_10k_turns_after_first_window']:+.2f} MB per 10,000 turns), "
+        f"{result['end_idle_rss_mb']:.1f} MB idle at the end ({result['idle_rss_mb']:.1f} at the start); "
+        f"CPU {s['cpu_ms_per_turn_first_3']:.2f} → {s['cpu_ms_per_turn_last_3']:.2f} ms a turn, "
+        f"done p99 {s['done_p99_ms_first_3']:.0f} → {s['done_p99_ms_last_3']:.0f} ms "
+        f"(first three windows → last three); Redis {s['redis_mb_per_1k_turns']:.2f} MB per 1,000 turns"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=("http", "socket"), default="http")
+    parser.add_argument("--model", choices=sorted(MODELS), default="instant")
+    parser.add_argument("--rate", type=float, default=150.0, help="questions offered per second")
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--window", type=float, default=30.0, help="seconds per measured window")
+    parser.add_argument("--channels", type=int, default=1000, help="questions go to these in turn")
+    parser.add_argument("--follow-ups", type=float, default=0.25, help="share asked in an earlier thread")
+    parser.add_argument("--out", type=Path, help="the JSON result (default: bench/results/soak-<time>.json)")
+    args = parser.parse_args(argv)
+    if args.rate * 1.0 >= args.channels:
+        parser.error("--channels must exceed --rate: a channel takes one answer a second")
+    result = asyncio.run(soak(args))
+    print(_summary_line(result))
+    out = args.out or RESULTS / f"soak-{datetime.now(UTC):%Y%m%d-%H%M%S}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1, default=str))
+    print(f"written: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
