@@ -123,6 +123,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             count = max(1, round(args.minutes * 60 / args.window))
             for index in range(count):
                 window = Window(rig, threads, route, args.rate, args.window)
+                commands_before = await _command_counts(redis)
                 result = await ctx.measured(
                     f"soak-{index}",
                     [bot],
@@ -131,6 +132,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                     prepare=window.prepare,
                 )
                 turns += result["answered"]
+                commands = _per_turn(commands_before, await _command_counts(redis), result["answered"])
                 memory = await redis.info("memory")
                 row = {
                     "window": index + 1,
@@ -149,6 +151,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                     "loadgen_busy": result["loadgen_busy"],
                     "machine_shared": result["machine_shared"],
                     "slack_429s": sum(rig.tracker.rate_limited.values()),
+                    "redis_commands": commands,
                 }
                 windows.append(row)
                 print(_row(row), flush=True)
@@ -168,6 +171,22 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "follow_ups": threads.followed,
         "windows": windows,
         "summary": summarize_soak(windows),
+    }
+
+
+async def _command_counts(redis: aioredis.Redis) -> dict[str, int]:
+    """Redis's calls per command so far (commands inside scripts included)."""
+    stats = await redis.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
+
+
+def _per_turn(before: dict[str, int], after: dict[str, int], turns: int) -> dict[str, float]:
+    """Each command's calls a turn in a window, the most called first."""
+    counts = {name: count - before.get(name, 0) for name, count in after.items()}
+    return {
+        name: round(count / max(1, turns), 2)
+        for name, count in sorted(counts.items(), key=lambda kv: -kv[1])
+        if count > 0
     }
 
 
