@@ -13,6 +13,7 @@ follow-ups in the last thread of their channel, so threads grow as they do in a 
 
 python -m bench.soak --rate 150 --minutes 10
 python -m bench.soak --rate 100 --minutes 3 --mode socket --model stream
+python -m bench.soak --then-burst 500   # then the sweep's burst, on a process whose memories are full
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from bench import concurrency
 from bench.bots import BOT_APP, BotProcess, free_port
 from bench.context import Context, Settings
 from bench.measure import machine
@@ -157,6 +159,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                 print(_row(row), flush=True)
             await asyncio.sleep(5.0)
             end_idle_rss = bot.sample().rss_bytes / 2**20
+            burst = await _burst(ctx, rig, bot, route, args.then_burst) if args.then_burst else None
         finally:
             await bot.stop()
     finally:
@@ -171,6 +174,29 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "follow_ups": threads.followed,
         "windows": windows,
         "summary": summarize_soak(windows),
+        "burst_after": burst,
+    }
+
+
+async def _burst(ctx: Context, rig: Rig, bot: BotProcess, route: str | None, c: int) -> dict[str, Any]:
+    """A burst of `c` questions with the concurrency sweep's model, after the soak: the peak RSS
+    of a process whose bounded memories are full, against the sweep's fresh one."""
+    rig.set_model(ctx.settings.model)
+    load = concurrency.Burst(rig, c, route, False, rig.model.ideal + ctx.settings.step_timeout)
+    result = await ctx.measured(
+        f"burst-{c}",
+        [bot],
+        lambda: sum(a.done_at is not None for a in rig.tracker.asked.values()),
+        load.run(),
+        prepare=load.prepare,
+    )
+    return {
+        "c": c,
+        "answered": result["answered"],
+        "timed_out": result["timed_out"],
+        "done_over_ideal_p99": (result.get("done_over_ideal") or {}).get("p99"),
+        "bot_peak_rss_mb": result["bot_peak_rss_mb"],
+        "bot_cpu_ms_per_turn": result["bot_cpu_ms_per_turn"],
     }
 
 
@@ -280,12 +306,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=float, default=30.0, help="seconds per measured window")
     parser.add_argument("--channels", type=int, default=1000, help="questions go to these in turn")
     parser.add_argument("--follow-ups", type=float, default=0.25, help="share asked in an earlier thread")
+    parser.add_argument(
+        "--then-burst", type=int, default=0, metavar="C", help="then C questions at once (the sweep's model)"
+    )
     parser.add_argument("--out", type=Path, help="the JSON result (default: bench/results/soak-<time>.json)")
     args = parser.parse_args(argv)
     if args.rate * 1.0 >= args.channels:
         parser.error("--channels must exceed --rate: a channel takes one answer a second")
     result = asyncio.run(soak(args))
     print(_summary_line(result))
+    if burst := result["burst_after"]:
+        print(
+            f"then a burst of {burst['c']}: {burst['answered']}/{burst['c']} answered, "
+            f"done/ideal p99 {burst['done_over_ideal_p99'] or 0:.2f}, "
+            f"peak RSS {burst['bot_peak_rss_mb']:.1f} MB, "
+            f"CPU {burst['bot_cpu_ms_per_turn'] or 0:.2f} ms a turn"
+        )
     out = args.out or RESULTS / f"soak-{datetime.now(UTC):%Y%m%d-%H%M%S}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1, default=str))
