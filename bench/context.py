@@ -233,8 +233,13 @@ def _collector_paused() -> Iterator[None]:
     the emulators' record of every step so far) grows step by step, and its full collections
     paused its loop for 0.05 s early in a run and 0.5 s later, every 8 to 10 s: each pause made
     every answer in flight look that much later, and a 30-s throughput run failed on the
-    generator's pauses, not the bot's. Collected between steps instead."""
+    generator's pauses, not the bot's. Collected between steps instead, and what survives is
+    frozen (kept out of later collections): otherwise each step's collection walks the whole record
+    so far: after half an hour of `bench.soak`, that (with the step's preparation) most likely
+    blocked the loop long enough for a bot in Socket Mode to hear no pong to its ping within 2.5 s,
+    close the socket and reconnect; an envelope sent meanwhile was lost (docs/performance.md, "Soak")."""
     gc.collect()
+    gc.freeze()
     gc.disable()
     try:
         yield

@@ -24,7 +24,6 @@ import json
 import random
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,12 +31,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from bench import concurrency
+from bench import concurrency, throughput
 from bench.bots import BOT_APP, BotProcess, free_port
 from bench.context import Context, Settings
 from bench.measure import machine
-from bench.rig import ModelShape, Question, Rig, summarize
-from bench.throughput import DRAIN_SECONDS
+from bench.rig import ModelShape, Question, Rig
 from tests.redis_server import RedisServer
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -74,30 +72,18 @@ class Threads:
         return question
 
 
-class Window:
-    """One window of the open-loop offer: question i is sent at start + i/rate."""
+class Window(throughput.Offer):
+    """One window of the open-loop offer (question i sent at start + i/rate), its questions placed
+    by `Threads`."""
 
     def __init__(self, rig: Rig, threads: Threads, route: str | None, rate: float, seconds: float) -> None:
-        self.rig, self.threads, self.route = rig, threads, route
-        self.rate, self.seconds = rate, seconds
-        self.questions: list[Question] = []
+        super().__init__(rig, route, rate, seconds)
+        self.threads = threads
 
     def prepare(self) -> None:
         self.rig.new_tracker()
         count = max(1, int(self.rate * self.seconds))
         self.questions = [self.threads.prepare(self.rig, self.route) for _ in range(count)]
-
-    async def run(self) -> dict[str, Any]:
-        tasks = []
-        started = time.monotonic()
-        for i, question in enumerate(self.questions):
-            delay = started + i / self.rate - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(self.rig.send(question)))
-        asked = list(await asyncio.gather(*tasks))
-        complete = await self.rig.wait_answered(asked, DRAIN_SECONDS)
-        return summarize(self.rig.tracker, asked, None) | {"timed_out": not complete}
 
 
 async def soak(args: argparse.Namespace) -> dict[str, Any]:

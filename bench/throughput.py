@@ -113,7 +113,7 @@ class Offer:
     """Open loop: question i is sent at start + i/rate, whatever the bot is doing. Every question is
     prepared before the step's clock starts."""
 
-    def __init__(self, rig: Rig, route: str, rate: float, seconds: float) -> None:
+    def __init__(self, rig: Rig, route: str | None, rate: float, seconds: float) -> None:
         self.rig = rig
         self.route = route
         self.rate = rate
