@@ -183,7 +183,7 @@ class Context:
         for peak in peaks:
             peak.start()
         started = time.monotonic()
-        with _collector_paused():
+        with _collector_paused() as collected:
             result = await load
         wall = time.monotonic() - started
         loop_lag = await lag.stop()
@@ -222,13 +222,19 @@ class Context:
         result["loadgen_busy"] = busy
         result["machine_shared"] = result["cpu_share"]["other"] > OTHER_LOAD_BUSY
         result["waited_for_quiet_seconds"] = waited
+        result["loadgen_collect_seconds"] = collected.seconds
         if profiler is not None:
             result["profile"] = await profiler.stop()
         return result
 
 
+@dataclass(frozen=True)
+class _Collected:
+    seconds: float
+
+
 @contextmanager
-def _collector_paused() -> Iterator[None]:
+def _collector_paused() -> Iterator[_Collected]:
     """No garbage collection in the load generator while a step runs. Its heap (prepared events,
     the emulators' record of every step so far) grows step by step, and its full collections
     paused its loop for 0.05 s early in a run and 0.5 s later, every 8 to 10 s: each pause made
@@ -238,10 +244,12 @@ def _collector_paused() -> Iterator[None]:
     so far: after half an hour of `bench.soak`, that (with the step's preparation) most likely
     blocked the loop long enough for a bot in Socket Mode to hear no pong to its ping within 2.5 s,
     close the socket and reconnect; an envelope sent meanwhile was lost (docs/performance.md, "Soak")."""
+    started = time.perf_counter()
     gc.collect()
     gc.freeze()
+    collected = _Collected(time.perf_counter() - started)  # the loop was blocked this long
     gc.disable()
     try:
-        yield
+        yield collected
     finally:
         gc.enable()

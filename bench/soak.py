@@ -137,6 +137,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                     "redis_used_mb": int(memory["used_memory"]) / 2**20,
                     "redis_keys": await redis.dbsize(),
                     "loadgen_busy": result["loadgen_busy"],
+                    "loadgen_collect_seconds": result["loadgen_collect_seconds"],
                     "machine_shared": result["machine_shared"],
                     "slack_429s": sum(rig.tracker.rate_limited.values()),
                     "redis_commands": commands,
@@ -257,6 +258,9 @@ def _row(row: dict[str, Any]) -> str:
         (
             " timed out" if row["timed_out"] else "",
             " load generator busy" if row["loadgen_busy"] else "",
+            f" load generator paused {row['loadgen_collect_seconds']:.1f} s"
+            if row["loadgen_collect_seconds"] > 1
+            else "",
             " machine shared" if row["machine_shared"] else "",
             f" 429s {row['slack_429s']}" if row["slack_429s"] else "",
         )
