@@ -167,6 +167,101 @@ async def test_signed_http_delivery(emu: SlackEmulator) -> None:
     assert stale[0] == 401
 
 
+async def test_failed_http_deliveries_are_sent_again_as_slack_does(emu: SlackEmulator) -> None:
+    verifier = SignatureVerifier(emu.signing_secret)
+    received: list[tuple[str | None, str | None, bool]] = []
+
+    async def bot(request: web.Request) -> web.Response:
+        valid = verifier.is_valid_request(await request.read(), request.headers)
+        received.append(
+            (request.headers.get("X-Slack-Retry-Num"), request.headers.get("X-Slack-Retry-Reason"), valid)
+        )
+        return web.Response(status=503 if len(received) < 3 else 200)
+
+    app = web.Application()
+    app.router.add_post("/slack/events", bot)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        emu.use_http(f"http://127.0.0.1:{runner.addresses[0][1]}/slack/events")
+        emu.retry_failed_deliveries(waits=(0.0, 0.05, 0.1))
+        delivery = await emu.deliver_event({"type": "app_home_opened"}, event_id="Ev1")
+        click = await emu.deliver_interaction({"type": "block_actions", "actions": []})
+    finally:
+        await runner.cleanup()
+
+    assert delivery.acked and delivery.retry_attempt == 2
+    assert received == [
+        (None, None, True),
+        ("1", "http_error", True),
+        ("2", "http_error", True),
+        (None, None, True),
+    ]
+    assert [(d.event_id, d.retry_attempt, d.acked) for d in emu.deliveries[:3]] == [
+        ("Ev1", 0, False),
+        ("Ev1", 1, False),
+        ("Ev1", 2, True),
+    ]
+    assert click.acked  # the fourth request; an interaction is never sent again
+    assert len(emu.deliveries) == 4
+
+
+async def test_unacknowledged_envelope_is_sent_again_on_the_socket(emu: SlackEmulator) -> None:
+    received: list[SocketModeRequest] = []
+
+    async def ack_all_but_the_first(client: SocketModeClient, request: SocketModeRequest) -> None:
+        received.append(request)
+        if len(received) > 1:
+            await client.send_socket_mode_response(SocketModeResponse(envelope_id=request.envelope_id))
+
+    socket = SocketModeClient(app_token=emu.app_token, web_client=AsyncWebClient(base_url=emu.api_url))
+    socket.socket_mode_request_listeners.append(ack_all_but_the_first)
+    emu.ack_timeout = 0.3
+    emu.retry_failed_deliveries(waits=(0.0, 0.0, 0.0))
+    try:
+        await socket.connect()
+        await emu.wait_for_socket()
+        delivery = await emu.deliver_event({"type": "app_home_opened", "user": "U1"}, event_id="Ev1")
+    finally:
+        await socket.close()
+
+    assert delivery.acked and delivery.retry_attempt == 1
+    assert [(r.retry_attempt, r.retry_reason, r.payload["event_id"]) for r in received] == [
+        (0, "", "Ev1"),
+        (1, "http_timeout", "Ev1"),
+    ]
+    assert received[0].envelope_id != received[1].envelope_id
+
+
+async def test_a_stalled_socket_takes_no_acks_and_the_client_moves_on(emu: SlackEmulator) -> None:
+    """A half-open connection: the client's pings go unanswered, so it connects again; what was
+    sent over the stalled one and never acknowledged goes again over the new one."""
+    received: list[SocketModeRequest] = []
+
+    async def ack(client: SocketModeClient, request: SocketModeRequest) -> None:
+        received.append(request)
+        await client.send_socket_mode_response(SocketModeResponse(envelope_id=request.envelope_id))
+
+    web_client = AsyncWebClient(base_url=emu.api_url)
+    socket = SocketModeClient(app_token=emu.app_token, web_client=web_client, ping_interval=0.3)
+    socket.socket_mode_request_listeners.append(ack)
+    emu.ack_timeout = 1.0
+    emu.retry_failed_deliveries(waits=(0.0, 0.5, 1.0))
+    try:
+        await socket.connect()
+        await emu.wait_for_socket()
+        emu.stall_socket()
+        delivery = await emu.deliver_event({"type": "app_home_opened", "user": "U1"}, event_id="Ev1")
+    finally:
+        await socket.close()
+
+    assert emu.socket_connections >= 2
+    assert delivery.acked and delivery.retry_attempt >= 1
+    assert received[0].retry_attempt == 0  # reached the client, but its ack did not reach Slack
+    assert {r.payload["event_id"] for r in received} == {"Ev1"}
+
+
 async def test_socket_mode_round_trip_and_reconnect(emu: SlackEmulator) -> None:
     received: list[SocketModeRequest] = []
 

@@ -180,6 +180,31 @@ async def test_socket_mode_reconnects_and_loses_no_event(
     assert len(slack.bot_messages(CHANNEL, ts)) == 1 and len(llm.requests) == 1
 
 
+@pytest.mark.parametrize("lost", ["the ack", "the event"])
+async def test_a_half_open_socket_loses_no_question_and_answers_it_once(
+    start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator, lost: str
+) -> None:
+    """The connection stops carrying the bot's frames (a half-open one): Slack hears no ack and
+    sends the event again, after the bot's heartbeat has given up on the connection and it has
+    connected anew. Whether the first envelope reached the bot (its ack lost) or not (the event
+    lost), the question is answered, and once."""
+    running = await start_bot("socket")
+    # Slack sends an event again three times over five minutes; here, every 3 s while it fails.
+    slack.ack_timeout = 1.0
+    slack.retry_failed_deliveries(waits=(0.0,) + (2.0,) * 14)
+    before = slack.socket_connections
+    slack.stall_socket(lose_writes=lost == "the event")
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> still there?")
+    [answer] = await slack.wait_for_bot_messages(CHANNEL, ts, timeout=45)
+    await running.settle()
+    assert slack.socket_connections > before
+    last = {d.event_id: d for d in slack.deliveries}  # each event's last delivery
+    assert len(last) == 2 and all(d.acked for d in last.values())
+    assert any(not d.acked for d in slack.deliveries) and any(d.retry_attempt for d in last.values())
+    assert answer["text"] == "Answer: ann: still there?"
+    assert len(slack.bot_messages(CHANNEL, ts)) == 1 and len(llm.requests) == 1
+
+
 # -- the model ----------------------------------------------------------------------------------
 
 

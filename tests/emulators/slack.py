@@ -6,8 +6,13 @@ slack_sdk clients (``AsyncWebClient(base_url=emu.api_url)``); tests play the use
 ``messages``, ``bot_messages`` and ``statuses``.
 
 Message ``ts`` values follow the wall clock in microseconds and strictly increase, so a
-message's age looks real to the bot. Slack does not retry deliveries here: a test sends a
-retry itself with ``deliver_event(..., retry_num=1)``.
+message's age looks real to the bot. A delivery that fails is not sent again unless
+``retry_failed_deliveries()`` is called: then an event the bot did not acknowledge (no ack on the
+socket within ``ack_timeout``; over HTTP a timeout, a refused connection or a status other than
+2xx) goes again as Slack sends it, with the next retry number and a reason, up to three times.
+A test can also send a retry itself with ``deliver_event(..., retry_num=1)``. ``stall_socket``
+plays a connection that stops carrying the client's frames (a half-open one), with or without
+the emulator's own writes getting through.
 
 A Web API method is one entry in ``handlers``: a function from the call's arguments to the
 response's fields, raising ``ApiError("some_error")`` to fail. Add one there (and its name to
@@ -30,6 +35,7 @@ import asyncio
 import base64
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import hmac
 import inspect
@@ -108,6 +114,7 @@ class Delivery:
     # time.monotonic() when sending began: right before the request's connection was taken or
     # opened, or the envelope written to the socket.
     sent_at: float = 0.0
+    retry_attempt: int = 0  # 0 for a first delivery, n for Slack's n-th retry of it
 
 
 @dataclass(frozen=True)
@@ -124,6 +131,12 @@ class PreparedDelivery:
     headers: dict[str, str]
     event_id: str
     envelope_id: str = ""
+    retry_attempt: int = 0
+    kind: str = "events_api"  # or "interactive"
+
+
+# Slack's waits before its retries of a failed event delivery: at once, after a minute, after five.
+SLACK_RETRY_WAITS = (0.0, 60.0, 300.0)
 
 
 @dataclass
@@ -256,6 +269,8 @@ class SlackEmulator:
         self._tickets: set[str] = set()
         self._sockets: list[tuple[web.Request, web.WebSocketResponse]] = []
         self._pending_acks: dict[str, asyncio.Future[dict]] = {}
+        self._stalled: dict[web.WebSocketResponse, bool] = {}  # -> whether writes to it are lost
+        self._retry_waits: tuple[float, ...] = ()
         self._events_url: str | None = None
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -282,8 +297,11 @@ class SlackEmulator:
     async def stop(self) -> None:
         """Close sockets and the server; refuse reconnections meanwhile."""
         self._stopping = True
-        for _, ws in list(self._sockets):
-            await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY)
+        for request, ws in list(self._sockets):
+            if ws in self._stalled and request.transport is not None:
+                request.transport.abort()  # no close handshake over a connection that reads nothing
+            else:
+                await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY)
         self._sockets.clear()
         for future in self._pending_acks.values():
             future.cancel()
@@ -647,6 +665,13 @@ class SlackEmulator:
         """Deliver events as Socket Mode envelopes (the default)."""
         self._events_url = None
 
+    def retry_failed_deliveries(self, waits: tuple[float, ...] = SLACK_RETRY_WAITS) -> None:
+        """From now on, send an event delivery that failed again, as Slack does: after each of
+        `waits` in turn until one is acknowledged. Interactions are not sent again (Slack shows
+        the person an error instead). `send_prepared` returns the last attempt; every attempt
+        is in `deliveries`."""
+        self._retry_waits = tuple(waits)
+
     def deliver_event(
         self,
         event: dict,
@@ -747,7 +772,8 @@ class SlackEmulator:
                 "retry_reason": retry_reason or "",
                 "payload": body,
             }
-            return PreparedDelivery(None, json.dumps(envelope).encode(), {}, event_id, envelope_id)
+            data = json.dumps(envelope).encode()
+            return PreparedDelivery(None, data, {}, event_id, envelope_id, retry_num or 0, kind)
         headers = {}
         if retry_num is not None:
             headers = {
@@ -759,10 +785,22 @@ class SlackEmulator:
             # Interactions arrive as a form with one field, `payload`, holding the JSON.
             headers["Content-Type"] = "application/x-www-form-urlencoded"
             data = urlencode({"payload": json.dumps(body)}).encode()
-        return PreparedDelivery(url, data, self._http_headers(data, headers), event_id)
+        signed = self._http_headers(data, headers)
+        return PreparedDelivery(url, data, signed, event_id, "", retry_num or 0, kind)
 
     async def send_prepared(self, prepared: PreparedDelivery) -> Delivery:
-        """Write a prepared delivery and wait for the bot's answer (HTTP) or ack (Socket Mode)."""
+        """Write a prepared delivery and wait for the bot's answer (HTTP) or ack (Socket Mode);
+        send it again while it fails, if retry_failed_deliveries is on."""
+        delivery = await self._send_once(prepared)
+        for wait in self._retry_waits if prepared.kind == "events_api" else ():
+            if delivery.acked:
+                break
+            await asyncio.sleep(wait)
+            prepared = self._again(prepared, self._failure_reason(prepared, delivery))
+            delivery = await self._send_once(prepared)
+        return delivery
+
+    async def _send_once(self, prepared: PreparedDelivery) -> Delivery:
         if prepared.url is None:
             status, text, acked, sent_at = await self._send_envelope(prepared)
         else:
@@ -772,9 +810,31 @@ class SlackEmulator:
                 acked = 200 <= status < 300
             except (TimeoutError, aiohttp.ClientError):
                 status, text, acked = None, "", False
-        delivery = Delivery(status, text, acked, time.monotonic() - sent_at, prepared.event_id, sent_at)
+        elapsed = time.monotonic() - sent_at
+        delivery = Delivery(status, text, acked, elapsed, prepared.event_id, sent_at, prepared.retry_attempt)
         self.deliveries.append(delivery)
         return delivery
+
+    def _failure_reason(self, prepared: PreparedDelivery, delivery: Delivery) -> str:
+        """The retry reason for a failed delivery (the Events API's names)."""
+        if delivery.status is not None:
+            return "http_error"
+        timeout = self.ack_timeout if prepared.url is None else self.http_timeout
+        return "http_timeout" if delivery.elapsed >= timeout else "connection_failed"
+
+    def _again(self, prepared: PreparedDelivery, reason: str) -> PreparedDelivery:
+        """The next retry of a delivery: a new envelope with the retry's number and reason, or
+        the same body with Slack's retry headers, signed anew."""
+        attempt = prepared.retry_attempt + 1
+        if prepared.url is None:
+            envelope = json.loads(prepared.data)
+            envelope_id = str(uuid.uuid4())
+            envelope |= {"envelope_id": envelope_id, "retry_attempt": attempt, "retry_reason": reason}
+            data = json.dumps(envelope).encode()
+            return dataclasses.replace(prepared, data=data, envelope_id=envelope_id, retry_attempt=attempt)
+        retry = {"X-Slack-Retry-Num": str(attempt), "X-Slack-Retry-Reason": reason}
+        headers = self._http_headers(prepared.data, retry)
+        return dataclasses.replace(prepared, headers=headers, retry_attempt=attempt)
 
     async def _send_envelope(self, prepared: PreparedDelivery) -> tuple[None, str, bool, float]:
         """(status, ack payload, acked, when the envelope was written)."""
@@ -787,7 +847,9 @@ class SlackEmulator:
                 while not self._sockets:  # noqa: ASYNC110 - sockets come and go; polling is simplest
                     await asyncio.sleep(0.01)
                 sent_at = time.monotonic()
-                await self._sockets[-1][1].send_str(prepared.data.decode())
+                ws = self._sockets[-1][1]
+                if not self._stalled.get(ws, False):
+                    await ws.send_str(prepared.data.decode())
                 ack = await ack_future
         except (TimeoutError, ConnectionError, RuntimeError):
             return None, "", False, sent_at
@@ -810,6 +872,18 @@ class SlackEmulator:
             await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY)
         elif request.transport is not None:
             request.transport.abort()
+
+    def stall_socket(self, *, lose_writes: bool = False) -> None:
+        """The current connection stops carrying the client's frames, as a half-open one does:
+        its acks and pings go unread and unanswered (the client's heartbeat gives up on it and
+        it connects again). What the emulator writes still reaches the client, unless
+        `lose_writes`. The connection stays the one events go to until a new one opens."""
+        if not self._sockets:
+            raise AssertionError("no Socket Mode connection to stall")
+        request, ws = self._sockets[-1]
+        assert request.transport is not None
+        request.transport.pause_reading()
+        self._stalled[ws] = lose_writes
 
     async def send_socket_text(self, text: str) -> None:
         """Write one text frame, whatever it holds, on the current connection."""
@@ -848,6 +922,7 @@ class SlackEmulator:
         finally:
             if entry in self._sockets:
                 self._sockets.remove(entry)
+            self._stalled.pop(ws, None)
         return ws
 
     def _on_socket_text(self, data: str) -> None:
