@@ -141,6 +141,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                     "machine_shared": result["machine_shared"],
                     "slack_429s": sum(rig.tracker.rate_limited.values()),
                     "redis_commands": commands,
+                    "rate_budget": await _rate_budget(redis, rig.slack.team_id),
                 }
                 windows.append(row)
                 print(_row(row), flush=True)
@@ -185,6 +186,35 @@ async def _burst(ctx: Context, rig: Rig, bot: BotProcess, route: str | None, c: 
         "bot_peak_rss_mb": result["bot_peak_rss_mb"],
         "bot_cpu_ms_per_turn": result["bot_cpu_ms_per_turn"],
     }
+
+
+# The workspace's buckets of Slack methods whose slots are held for a later call (bot/rate_limit.py).
+HELD_METHODS = ("chat.stopStream", "chat.update", "reactions.remove", "chat.startStream")
+WINDOW_MS = 66_000  # their window: a minute, with the bot's safety margin of 10 %
+
+
+async def _rate_budget(redis: aioredis.Redis, team: str) -> dict[str, dict[str, float]]:
+    """Per method of the workspace's shared Slack budget: slots taken in the window, the seconds
+    between the first and the last of them (how spread over the window the budget is spent), and
+    slots held for later calls. Held slots that only grow are holds never used nor given back
+    (each expires after 10 minutes), and they shrink what the window has left."""
+    seconds, micros = await redis.time()
+    window_start = seconds * 1000 + micros // 1000 - WINDOW_MS  # older ones are not trimmed yet
+    pipe = redis.pipeline(transaction=False)
+    for method in HELD_METHODS:
+        pipe.zrangebyscore(f"rate:{{{team}:{method}}}:calls", window_start, "+inf", withscores=True)
+        pipe.zcard(f"rate:{{{team}:{method}}}:held")
+    replies = await pipe.execute()
+    budget = {}
+    for i, method in enumerate(HELD_METHODS):
+        times = [score for _, score in replies[2 * i]]
+        span = (max(times) - min(times)) / 1000 if times else 0.0
+        budget[method] = {
+            "taken": len(times),
+            "taken_span_s": round(span, 2),
+            "held": int(replies[2 * i + 1]),
+        }
+    return budget
 
 
 async def _command_counts(redis: aioredis.Redis) -> dict[str, int]:
@@ -248,7 +278,7 @@ def _header(args: argparse.Namespace, idle_rss: float) -> str:
         f"in {args.window:g}-s windows, {args.channels} channels, follow-ups {args.follow_ups:.0%}; "
         f"RSS idle {idle_rss:.0f} MB\n"
         f"{'window':>6} {'turns':>8} {'answered':>9} {'done p50/p99 ms':>16} {'CPU ms/turn':>11} "
-        f"{'redis cmds':>10} {'RSS MB':>7} {'peak':>6} {'redis MB':>8} {'keys':>8}"
+        f"{'redis cmds':>10} {'RSS MB':>7} {'peak':>6} {'redis MB':>8} {'keys':>8} {'held':>5}"
     )
 
 
@@ -269,7 +299,7 @@ def _row(row: dict[str, Any]) -> str:
         f"{row['window']:>6} {row['turns_so_far']:>8,} {row['answered']:>4}/{row['questions']:<4} {done:>16} "
         f"{row['bot_cpu_ms_per_turn'] or 0:>11.2f} {row['redis_commands_per_turn'] or 0:>10.1f} "
         f"{row['bot_rss_mb']:>7.1f} {row['bot_peak_rss_mb']:>6.1f} {row['redis_used_mb']:>8.1f} "
-        f"{row['redis_keys']:>8,}{flags}"
+        f"{row['redis_keys']:>8,} {sum(b['held'] for b in row['rate_budget'].values()):>5}{flags}"
     )
 
 
