@@ -101,10 +101,13 @@ class SlackBudget:
         self.store = store
         self.scale = scale
         self._active: dict[str, int] = {}  # last count of writers seen per bucket
-        # When Redis last refused a set of claims, and until when: asking again sooner is a round
-        # trip spent on a refusal (many answers in flight try the same full bucket). Only a hold
-        # given back early frees a slot sooner, and that only delays an update, never loses one.
-        self._refused_until: dict[tuple[str, ...], float] = {}
+        # Buckets Redis last found full, until when, and for claims of which headroom (one that
+        # leaves more room is refused too): asking again sooner is a round trip spent on a
+        # refusal. Kept per bucket, not per set of claims: a posted answer claims its channel's
+        # bucket with the workspace's chat.update, and many answers in as many channels meet the
+        # same full chat.update. Only a hold given back early frees a slot sooner, and that only
+        # delays an update, never loses one.
+        self._full_until: dict[str, tuple[float, int]] = {}
         self._prune_above = REFUSALS_REMEMBERED
         self._redis_warned = False
 
@@ -136,10 +139,10 @@ class SlackBudget:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         first = claims[0].bucket
-        # A held slot is spent whatever else is in the window: no refusal of others applies to it.
-        refusal = None if any(c.mode == "use" for c in claims) else tuple(c.bucket.name for c in claims)
+        # A held slot is spent whatever else is in the window: no remembered refusal applies to it.
+        remembered = not any(c.mode == "use" for c in claims)
         while True:
-            known_full = self._refused_until.get(refusal, 0.0) - loop.time() if refusal else 0.0
+            known_full = self._known_full(claims, loop.time()) if remembered else 0.0
             if known_full > 0:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -160,25 +163,39 @@ class SlackBudget:
                 self._active[first.name] = grant.active
             if grant.granted:
                 return
-            if refusal:
-                self._forget_old_refusals(loop.time())
-                self._refused_until[refusal] = loop.time() + grant.wait
+            if remembered:
+                self._remember_full(claims, grant.waits, loop.time())
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise RateLimited(first.name.split(":")[1], grant.wait)
             await asyncio.sleep(min(grant.wait * _jitter.uniform(1.0, 1.1), remaining))
 
+    def _known_full(self, claims: list[RateClaim], now: float) -> float:
+        """Seconds until the fullest of these buckets may have room, as last refused; 0 if none."""
+        longest = 0.0
+        for claim in claims:
+            until, headroom = self._full_until.get(claim.bucket.name, (0.0, 0))
+            if claim.headroom >= headroom:
+                longest = max(longest, until - now)
+        return longest
+
+    def _remember_full(self, claims: list[RateClaim], waits: tuple[float, ...], now: float) -> None:
+        self._forget_old_refusals(now)
+        for claim, seconds in zip(claims, waits, strict=False):
+            if seconds > 0:
+                self._full_until[claim.bucket.name] = (now + seconds, claim.headroom)
+
     def _forget_old_refusals(self, now: float) -> None:
         # Pruned only once the refusals have doubled since the last pruning: with more than
         # REFUSALS_REMEMBERED still current (a burst's answers each waiting on a channel's
         # bucket of its own), pruning at every refusal took 4 % of the bot's CPU at 150 answers a second.
-        if len(self._refused_until) > self._prune_above:
-            self._refused_until = {k: t for k, t in self._refused_until.items() if t > now}
-            self._prune_above = max(REFUSALS_REMEMBERED, 2 * len(self._refused_until))
+        if len(self._full_until) > self._prune_above:
+            self._full_until = {k: v for k, v in self._full_until.items() if v[0] > now}
+            self._prune_above = max(REFUSALS_REMEMBERED, 2 * len(self._full_until))
 
     async def release(self, hold: Hold) -> None:
         # A slot given back here may be what a refusal remembered here was missing.
-        self._refused_until = {k: t for k, t in self._refused_until.items() if hold.bucket.name not in k}
+        self._full_until.pop(hold.bucket.name, None)
         try:
             await self.store.release_rate_hold(hold.bucket, hold.member)
         except (RedisError, OSError):

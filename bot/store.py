@@ -241,6 +241,7 @@ class RateGrant:
     granted: bool
     wait: float  # seconds until a slot may free, when not granted
     active: int  # writers in flight on the first bucket (for sharing it fairly)
+    waits: tuple[float, ...] = ()  # when not granted: each claim's own wait (0: it had room)
 
 
 @dataclass(frozen=True)
@@ -737,8 +738,8 @@ return 2
 # (with a fence) the thread's lock and the message's journal. ARGV: claims as JSON [{limit,
 # window, headroom, mode, member, hold}], active member ('' for none), active ttl ms, then the
 # fence's token ('' for none) and the lock's ttl ms. Returns {granted 1/0, or -1 when fenced
-# off; wait ms; active writers}. Time is Redis's own, so processes with skewed clocks still share
-# one window.
+# off; wait ms; active writers}, and when refused, each claim's own wait ms (0: it had room).
+# Time is Redis's own, so processes with skewed clocks still share one window.
 # The fence: a lock held by another token refuses the call; an expired one is taken back while
 # the message's turn is still unfinished (journal state `working`: no worker holds the lock, so
 # none is answering it) and refuses the call once another worker finished it. A call it lets
@@ -765,11 +766,13 @@ end
 redis.call('ZREMRANGEBYSCORE', active_key, '-inf', now)
 active = redis.call('ZCARD', active_key)
 local wait = 0
+local waits = {}
 for i, c in ipairs(claims) do
   local calls, held, pause = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
   local paused = redis.call('PTTL', pause)
+  waits[i] = 0
   if paused > 0 then
-    wait = math.max(wait, paused)
+    waits[i] = paused
   else
     redis.call('ZREMRANGEBYSCORE', calls, '-inf', now - c.window)
     redis.call('ZREMRANGEBYSCORE', held, '-inf', now)
@@ -779,11 +782,12 @@ for i, c in ipairs(claims) do
       local oldest = redis.call('ZRANGE', calls, 0, 0, 'WITHSCORES')
       local free_in = c.window
       if oldest[2] then free_in = tonumber(oldest[2]) + c.window - now end
-      wait = math.max(wait, free_in, 1)
+      waits[i] = math.max(free_in, 1)
     end
   end
+  wait = math.max(wait, waits[i])
 end
-if wait > 0 then return {0, wait, active} end
+if wait > 0 then return {0, wait, active, waits} end
 for i, c in ipairs(claims) do
   local calls, held = KEYS[3 * i - 2], KEYS[3 * i - 1]
   if c.mode == 'hold' then
@@ -1334,10 +1338,11 @@ class Store:
             journal = self.keys.journal(fence.key.team, fence.key.channel, fence.ts)
             keys += [self.keys.lock(fence.key), journal]
             args += [fence.token, self.lock_ttl_ms]
-        granted, wait_ms, active = await self._batch.run_script(self._rate_claim, keys, args)
+        granted, wait_ms, active, *refused = await self._batch.run_script(self._rate_claim, keys, args)
         if int(granted) < 0:
             raise LockLost(str(fence.key if fence else ""))
-        return RateGrant(bool(granted), int(wait_ms) / 1000, int(active))
+        waits = tuple(int(w) / 1000 for w in refused[0]) if refused else ()
+        return RateGrant(bool(granted), int(wait_ms) / 1000, int(active), waits)
 
     async def release_rate_hold(self, bucket: RateBucket, member: str) -> None:
         """Give back a slot held for a call that will not be made."""

@@ -9,6 +9,7 @@ import asyncio
 import uuid
 
 import pytest
+import redis.asyncio as aioredis
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -151,6 +152,49 @@ async def test_held_slots_keep_room_for_final_messages(store: Store) -> None:
         await budget.claim([take(budget, "reactions.remove")], wait=0)
     await budget.release(spare)
     await budget.claim([take(budget, "reactions.remove")], wait=0)
+
+
+async def test_a_full_bucket_is_remembered_so_claims_in_other_channels_spend_no_round_trip(
+    store: Store, redis_url: str
+) -> None:
+    """A posted answer claims its channel's chat.postMessage with a hold on the workspace's
+    chat.update. Once Redis has said chat.update is full, the same claim in another channel is
+    refused here, without asking Redis again; a claim that leaves less room is still asked."""
+    budget = SlackBudget(store, scale=1)
+    for _ in range(49):
+        await budget.claim([take(budget, "chat.update")], wait=0)
+
+    def post_in(channel: str) -> list[RateClaim]:
+        hold = budget.hold_for("T1", "chat.update")
+        return [
+            take(budget, "chat.postMessage", channel),
+            RateClaim(hold.bucket, "hold", hold.member, hold_ms=60_000),
+        ]
+
+    # An intermediate update keeps one slot back (headroom 1): refused by Redis at 49 of 50.
+    with pytest.raises(RateLimited):
+        await budget.claim([RateClaim(budget.bucket("T1", "chat.update"), "take", "u", headroom=1)], wait=0)
+    scripts = await _script_calls(redis_url)
+    await budget.claim(post_in("C1"), wait=0)  # headroom 0: asked, and granted the 50th slot
+    assert await _script_calls(redis_url) == scripts + 1
+    with pytest.raises(RateLimited):
+        await budget.claim(post_in("C2"), wait=0)  # asked: refused, chat.update full
+    assert await _script_calls(redis_url) == scripts + 2
+    for channel in ("C3", "C4", "C5"):
+        with pytest.raises(RateLimited) as busy:
+            await budget.claim(post_in(channel), wait=0)
+        assert 60 <= busy.value.retry_in <= 60 * SAFETY + 1
+    assert await _script_calls(redis_url) == scripts + 2  # known full: no round trip
+    await budget.claim([take(budget, "chat.postMessage", "C6")], wait=0)  # its own bucket had room
+
+
+async def _script_calls(redis_url: str) -> int:
+    """How many scripts Redis has run (EVALSHA), from its own statistics."""
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        return int((await client.info("commandstats"))["cmdstat_evalsha"]["calls"])
+    finally:
+        await client.aclose()
 
 
 async def test_a_429_pauses_the_bucket_for_everyone_for_its_retry_after(redis_url: str) -> None:
