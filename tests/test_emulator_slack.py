@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from aiohttp import web
@@ -150,21 +151,42 @@ async def test_signed_http_delivery(emu: SlackEmulator) -> None:
         valid = verifier.is_valid_request(await request.read(), request.headers)
         return web.Response(status=200 if valid else 401)
 
-    app = web.Application()
-    app.router.add_post("/slack/events", bot)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        emu.use_http(f"http://127.0.0.1:{runner.addresses[0][1]}/slack/events")
+    async with request_url(bot) as url:
+        emu.use_http(url)
         delivery = await emu.deliver_event({"type": "app_home_opened"}, retry_num=1)
         stale = await emu.send_http(body, timestamp=now - 600)
-    finally:
-        await runner.cleanup()
 
     assert delivery.acked and delivery.status == 200
     assert received[0].headers["X-Slack-Retry-Num"] == "1"
     assert stale[0] == 401
+
+
+@contextlib.asynccontextmanager
+async def request_url(handler: Callable[[web.Request], Awaitable[web.Response]]) -> AsyncIterator[str]:
+    """A bot's request URL on 127.0.0.1 whose POSTs `handler` answers."""
+    app = web.Application()
+    app.router.add_post("/slack/events", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/slack/events"
+    finally:
+        await runner.cleanup()
+
+
+def acknowledging_client(emu: SlackEmulator, received: list[SocketModeRequest]) -> SocketModeClient:
+    """slack_sdk's Socket Mode client, acknowledging every request and keeping it in `received`.
+    A short ping interval: after an abrupt drop the client notices only at its next ping."""
+
+    async def ack(client: SocketModeClient, request: SocketModeRequest) -> None:
+        received.append(request)
+        await client.send_socket_mode_response(SocketModeResponse(envelope_id=request.envelope_id))
+
+    web_client = AsyncWebClient(base_url=emu.api_url)
+    socket = SocketModeClient(app_token=emu.app_token, web_client=web_client, ping_interval=0.3)
+    socket.socket_mode_request_listeners.append(ack)
+    return socket
 
 
 async def test_failed_http_deliveries_are_sent_again_as_slack_does(emu: SlackEmulator) -> None:
@@ -178,18 +200,11 @@ async def test_failed_http_deliveries_are_sent_again_as_slack_does(emu: SlackEmu
         )
         return web.Response(status=503 if len(received) < 3 else 200)
 
-    app = web.Application()
-    app.router.add_post("/slack/events", bot)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        emu.use_http(f"http://127.0.0.1:{runner.addresses[0][1]}/slack/events")
+    async with request_url(bot) as url:
+        emu.use_http(url)
         emu.retry_failed_deliveries(waits=(0.0, 0.05, 0.1))
         delivery = await emu.deliver_event({"type": "app_home_opened"}, event_id="Ev1")
         click = await emu.deliver_interaction({"type": "block_actions", "actions": []})
-    finally:
-        await runner.cleanup()
 
     assert delivery.acked and delivery.retry_attempt == 2
     assert received == [
@@ -238,14 +253,7 @@ async def test_a_stalled_socket_takes_no_acks_and_the_client_moves_on(emu: Slack
     """A half-open connection: the client's pings go unanswered, so it connects again; what was
     sent over the stalled one and never acknowledged goes again over the new one."""
     received: list[SocketModeRequest] = []
-
-    async def ack(client: SocketModeClient, request: SocketModeRequest) -> None:
-        received.append(request)
-        await client.send_socket_mode_response(SocketModeResponse(envelope_id=request.envelope_id))
-
-    web_client = AsyncWebClient(base_url=emu.api_url)
-    socket = SocketModeClient(app_token=emu.app_token, web_client=web_client, ping_interval=0.3)
-    socket.socket_mode_request_listeners.append(ack)
+    socket = acknowledging_client(emu, received)
     emu.ack_timeout = 1.0
     emu.retry_failed_deliveries(waits=(0.0, 0.5, 1.0))
     try:
@@ -264,15 +272,7 @@ async def test_a_stalled_socket_takes_no_acks_and_the_client_moves_on(emu: Slack
 
 async def test_socket_mode_round_trip_and_reconnect(emu: SlackEmulator) -> None:
     received: list[SocketModeRequest] = []
-
-    async def ack(client: SocketModeClient, request: SocketModeRequest) -> None:
-        received.append(request)
-        await client.send_socket_mode_response(SocketModeResponse(envelope_id=request.envelope_id))
-
-    web_client = AsyncWebClient(base_url=emu.api_url)
-    # A short ping interval: after an abrupt drop the client notices only at its next ping.
-    socket = SocketModeClient(app_token=emu.app_token, web_client=web_client, ping_interval=0.3)
-    socket.socket_mode_request_listeners.append(ack)
+    socket = acknowledging_client(emu, received)
     try:
         await socket.connect()
         await emu.wait_for_socket()
