@@ -14,6 +14,12 @@ follow-ups in the last thread of their channel, so threads grow as they do in a 
 python -m bench.soak --rate 150 --minutes 10
 python -m bench.soak --rate 100 --minutes 3 --mode socket --model stream
 python -m bench.soak --then-burst 500   # then the sweep's burst, on a process whose memories are full
+python -m bench.soak --minutes 40 --diagnose --profile-windows 2,39   # what grows, and where time goes
+
+`--diagnose` runs the bot through `bench/memwatch.py` and adds to every window what its memory is
+made of (live Python objects, the allocators' free bytes, objects by type; `--trace-memory` adds
+tracemalloc's source lines, at a cost in CPU). `--profile-windows` samples the bot and the load
+generator itself (its emulators included) with py-spy in the windows named.
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
+import signal
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -32,9 +40,10 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from bench import concurrency, throughput
-from bench.bots import BOT_APP, BotProcess, free_port
+from bench.bots import BOT_APP, ROOT, BotProcess, free_port
 from bench.context import Context, Settings
 from bench.measure import machine
+from bench.profile import Profiler
 from bench.rig import ModelShape, Question, Rig
 from tests.redis_server import RedisServer
 
@@ -97,7 +106,12 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     windows: list[dict[str, Any]] = []
     try:
         port = free_port()
-        bot = BotProcess("soak", BOT_APP, rig.bot_env(ctx.redis_url, port, args.mode), port, workdir)
+        env = rig.bot_env(ctx.redis_url, port, args.mode)
+        app = BOT_APP
+        if args.diagnose:
+            app = MEMWATCH_APP
+            env |= {"PYTHONTRACEMALLOC": "1"} if args.trace_memory else {}
+        bot = BotProcess("soak", app, env, port, workdir)
         await bot.start(ready="health")
         try:
             if args.mode == "socket":
@@ -112,6 +126,11 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             for index in range(count):
                 window = Window(rig, threads, route, args.rate, args.window)
                 commands_before = await _command_counts(redis)
+                profilers: dict[str, Profiler] = {}
+                if index + 1 in args.profile_windows:
+                    for name, pid in (("bot", bot.pid), ("loadgen", os.getpid())):
+                        profilers[name] = Profiler(pid, workdir / f"window-{index + 1}-{name}.txt", rate=100)
+                        await profilers[name].start()
                 result = await ctx.measured(
                     f"soak-{index}",
                     [bot],
@@ -119,6 +138,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                     window.run(),
                     prepare=window.prepare,
                 )
+                profiles = {name: await profiler.stop() for name, profiler in profilers.items()}
                 turns += result["answered"]
                 commands = _per_turn(commands_before, await _command_counts(redis), result["answered"])
                 memory = await redis.info("memory")
@@ -137,14 +157,24 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                     "redis_used_mb": int(memory["used_memory"]) / 2**20,
                     "redis_keys": await redis.dbsize(),
                     "loadgen_busy": result["loadgen_busy"],
+                    "cpu_share": result["cpu_share"],
+                    "loadgen_loop_lag_p99_ms": _ms(result["loadgen_loop_lag"]["p99"]),
                     "loadgen_collect_seconds": result["loadgen_collect_seconds"],
                     "machine_shared": result["machine_shared"],
                     "slack_429s": sum(rig.tracker.rate_limited.values()),
                     "redis_commands": commands,
                     "rate_budget": await _rate_budget(redis, rig.slack.team_id),
                 }
+                if args.diagnose:
+                    row["memory"] = await _memory_report(bot)
+                if profiles:
+                    row["profiles"] = profiles
                 windows.append(row)
                 print(_row(row), flush=True)
+                if args.diagnose:
+                    print(_memory_line(row["memory"]), flush=True)
+                for name, profile in profiles.items():
+                    print(_profile_line(name, profile), flush=True)
             await asyncio.sleep(5.0)
             end_idle_rss = bot.sample().rss_bytes / 2**20
             burst = await _burst(ctx, rig, bot, route, args.then_burst) if args.then_burst else None
@@ -156,7 +186,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         redis_server.stop()
     return {
         "machine": machine(),
-        "settings": vars(args),
+        "settings": vars(args) | {"profile_windows": sorted(args.profile_windows)},
         "idle_rss_mb": idle_rss,
         "end_idle_rss_mb": end_idle_rss,
         "follow_ups": threads.followed,
@@ -186,6 +216,43 @@ async def _burst(ctx: Context, rig: Rig, bot: BotProcess, route: str | None, c: 
         "bot_peak_rss_mb": result["bot_peak_rss_mb"],
         "bot_cpu_ms_per_turn": result["bot_cpu_ms_per_turn"],
     }
+
+
+MEMWATCH_APP = ROOT / "bench" / "memwatch.py"
+
+
+async def _memory_report(bot: BotProcess, within: float = 30.0) -> dict[str, Any]:
+    """Ask the bot (run by bench/memwatch.py) what its memory is made of, and wait for the answer."""
+    path = bot.workdir / "memwatch.json"
+    before = path.stat().st_mtime_ns if path.exists() else 0
+    os.kill(bot.pid, signal.SIGUSR2)
+    deadline = asyncio.get_running_loop().time() + within
+    while asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.1)
+        if path.exists() and path.stat().st_mtime_ns != before:
+            return json.loads(path.read_text())
+    return {"error": f"no report within {within:g} s"}
+
+
+def _memory_line(memory: dict[str, Any]) -> str:
+    if "error" in memory:
+        return f"{'':>6} memory: {memory['error']}"
+    py, libc = memory["pymalloc"], memory["glibc"]
+    types = ", ".join(f"{name} {count:,}" for name, count in list(memory["gc_types"]["by_type"].items())[:4])
+    traced = memory.get("tracemalloc") or {}
+    return (
+        f"{'':>6} memory: pymalloc live {py.get('live_bytes', 0):.1f} free {py.get('free_bytes', 0):.1f} "
+        f"arenas {py.get('arenas', 0)}; malloc in use {libc.get('in_use_mb', 0):.1f} "
+        f"free {libc.get('free_mb', 0):.1f} "
+        f"mmap {libc.get('mmap_mb', 0):.1f} MB; gc objects {memory['gc_types']['objects']:,} ({types})"
+        + (f"; traced {traced['traced_mb']:.1f} MB" if traced else "")
+        + f"; report {memory['report_seconds']:.2f} s"
+    )
+
+
+def _profile_line(name: str, profile: dict[str, Any]) -> str:
+    top = "; ".join(f"{p['function']} {p['share']:.0%}" for p in profile.get("top_own", [])[:6])
+    return f"{'':>6} py-spy {name} ({profile.get('samples', 0)} samples): {top}"
 
 
 # The workspace's buckets of Slack methods whose slots are held for a later call (bot/rate_limit.py).
@@ -278,7 +345,8 @@ def _header(args: argparse.Namespace, idle_rss: float) -> str:
         f"in {args.window:g}-s windows, {args.channels} channels, follow-ups {args.follow_ups:.0%}; "
         f"RSS idle {idle_rss:.0f} MB\n"
         f"{'window':>6} {'turns':>8} {'answered':>9} {'done p50/p99 ms':>16} {'CPU ms/turn':>11} "
-        f"{'redis cmds':>10} {'RSS MB':>7} {'peak':>6} {'redis MB':>8} {'keys':>8} {'held':>5}"
+        f"{'redis cmds':>10} {'RSS MB':>7} {'peak':>6} {'redis MB':>8} {'keys':>8} {'held':>5} "
+        f"{'loadgen CPU':>11} {'lag p99':>7}"
     )
 
 
@@ -299,7 +367,8 @@ def _row(row: dict[str, Any]) -> str:
         f"{row['window']:>6} {row['turns_so_far']:>8,} {row['answered']:>4}/{row['questions']:<4} {done:>16} "
         f"{row['bot_cpu_ms_per_turn'] or 0:>11.2f} {row['redis_commands_per_turn'] or 0:>10.1f} "
         f"{row['bot_rss_mb']:>7.1f} {row['bot_peak_rss_mb']:>6.1f} {row['redis_used_mb']:>8.1f} "
-        f"{row['redis_keys']:>8,} {sum(b['held'] for b in row['rate_budget'].values()):>5}{flags}"
+        f"{row['redis_keys']:>8,} {sum(b['held'] for b in row['rate_budget'].values()):>5} "
+        f"{row['cpu_share']['loadgen']:>11.0%} {row['loadgen_loop_lag_p99_ms'] or 0:>5.0f}ms{flags}"
     )
 
 
@@ -329,8 +398,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--then-burst", type=int, default=0, metavar="C", help="then C questions at once (the sweep's model)"
     )
+    parser.add_argument("--diagnose", action="store_true", help="what the bot's memory holds, each window")
+    parser.add_argument("--trace-memory", action="store_true", help="--diagnose, and tracemalloc in the bot")
+    parser.add_argument(
+        "--profile-windows",
+        type=lambda text: {int(n) for n in text.split(",") if n},
+        default=set(),
+        metavar="N,N",
+        help="py-spy the bot and the load generator in these windows (from 1)",
+    )
     parser.add_argument("--out", type=Path, help="the JSON result (default: bench/results/soak-<time>.json)")
     args = parser.parse_args(argv)
+    args.diagnose = args.diagnose or args.trace_memory
+    if args.profile_windows and not Profiler.available():
+        parser.error("--profile-windows needs py-spy (pip install py-spy)")
     if args.rate * 1.0 >= args.channels:
         parser.error("--channels must exceed --rate: a channel takes one answer a second")
     result = asyncio.run(soak(args))

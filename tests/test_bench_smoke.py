@@ -84,6 +84,7 @@ def test_bench_smoke_run_completes_with_well_formed_results(tmp_path: Path) -> N
 def test_soak_smoke_run_measures_every_window(tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
     settings = ["--rate", "20", "--minutes", "0.1", "--window", "2", "--channels", "40", "--then-burst", "20"]
+    settings.append("--diagnose")  # the bot under bench/memwatch.py, asked what its memory holds
     run = subprocess.run(
         [sys.executable, "-m", "bench.soak", *settings, "--out", str(out)],
         cwd=ROOT,
@@ -102,6 +103,10 @@ def test_soak_smoke_run_measures_every_window(tmp_path: Path) -> None:
     assert 0 < result["follow_ups"] < 80
     assert result["summary"]["turns"] == 120 and result["summary"]["unanswered"] == 0
     assert "120 turns, 0 unanswered" in run.stdout
+    for memory in (w["memory"] for w in windows):
+        assert memory["pymalloc"]["live_bytes"] > 0 and memory["pymalloc"]["arenas"] > 0
+        assert memory["gc_types"]["objects"] > 0 and memory["gc_types"]["by_type"]
+        assert memory["glibc"]["in_use_mb"] > 0  # the bench runs on glibc (Debian, Ubuntu)
     burst = result["burst_after"]
     assert burst["answered"] == burst["c"] == 20 and not burst["timed_out"]
     assert burst["bot_peak_rss_mb"] > 0 and burst["done_over_ideal_p99"] >= 1.0
