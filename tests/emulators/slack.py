@@ -255,6 +255,9 @@ class SlackEmulator:
         self._users: dict[str, dict] = {}
         self._channels: dict[str, dict] = {}
         self._messages: dict[str, dict[str, dict]] = {}  # channel -> ts -> message
+        # channel -> thread ts -> its replies' ts: a reply then costs its thread's size, not its
+        # channel's (a soak stores hundreds of thousands of threads, hundreds a channel).
+        self._replies: dict[str, dict[str, dict[str, None]]] = {}
         self._faults: dict[str, list[_Fault]] = {}
         self._gates: dict[str, list[Gate]] = {}
         self.time_scale = 1.0  # rate-limit windows are multiplied by it
@@ -370,7 +373,11 @@ class SlackEmulator:
 
     def thread(self, channel: str, thread_ts: str) -> list[dict]:
         """The parent (when stored) and its replies, in ts order."""
-        return [m for m in self.messages(channel) if thread_ts in (m["ts"], m.get("thread_ts"))]
+        stored = self._messages.get(channel, {})
+        members = [stored[ts] for ts in self._replies.get(channel, {}).get(thread_ts, {}) if ts in stored]
+        if (parent := stored.get(thread_ts)) is not None:
+            members.append(parent)
+        return sorted(members, key=lambda m: Decimal(m["ts"]))
 
     def bot_messages(self, channel: str, thread_ts: str | None = None) -> list[dict]:
         """Stored messages the bot posted through the API, current versions.
@@ -1082,6 +1089,8 @@ class SlackEmulator:
         msg |= extra
         stored[ts] = msg
         if thread_ts:
+            if thread_ts != ts:
+                self._replies.setdefault(channel, {}).setdefault(thread_ts, {})[ts] = None
             self._refresh_thread(channel, thread_ts)
         return msg
 
@@ -1105,6 +1114,8 @@ class SlackEmulator:
 
     def _remove(self, channel: str, ts: str) -> None:
         msg = self._messages[channel].pop(ts)
+        if (root := msg.get("thread_ts", ts)) != ts:
+            self._replies.get(channel, {}).get(root, {}).pop(ts, None)
         if msg.get("reply_count"):
             # Slack keeps a deleted parent's replies under a tombstone.
             self._messages[channel][ts] = {
