@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import inspect
 import json
 import os
 import re
@@ -36,6 +37,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT = "memwatch.json"
+TRIM_REQUEST = "memwatch.trim"  # present: the report also trims glibc's heap, and says what it gave back
 _PYMALLOC_LINES = {
     "arenas": re.compile(r"^# arenas allocated current\s*=\s*([\d,]+)"),
     "live_bytes": re.compile(r"^# bytes in allocated blocks\s*=\s*([\d,]+)"),
@@ -71,6 +73,22 @@ def glibc_malloc() -> dict[str, float]:
     }
 
 
+def trim() -> dict[str, float]:
+    """glibc's malloc_trim(0): free pages inside the heap go back to the system. The RSS it gives
+    back is what fragmentation held, not what the bot uses."""
+    before = _rss_mb()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        return {}
+    return {"rss_before_mb": before, "rss_after_mb": _rss_mb()}
+
+
+def _rss_mb() -> float:
+    resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def pymalloc() -> dict[str, float]:
     """pymalloc's arenas, and the bytes live and free in them (MB)."""
     with tempfile.TemporaryFile(mode="w+") as out:
@@ -94,8 +112,41 @@ def pymalloc() -> dict[str, float]:
 
 
 def gc_types(top: int = 25) -> dict[str, Any]:
-    counts = Counter(type(o).__qualname__ for o in gc.get_objects())
-    return {"objects": sum(counts.values()), "by_type": dict(counts.most_common(top))}
+    """The collector's objects by type (those made since start-up: the bot freezes what start-up
+    made), and for the closure cells among them what they hold and whose they are."""
+    objects = gc.get_objects()
+    counts = Counter(type(o).__qualname__ for o in objects)
+    cells = [o for o in objects if type(o).__qualname__ == "cell"]
+    closures = {id(f.__closure__): f for f in objects if inspect.isfunction(f) and f.__closure__}
+    holders = Counter(
+        _describe(closures.get(id(r), r))
+        for r in (gc.get_referrers(*cells) if cells else [])
+        if r is not objects
+    )
+    held = Counter(type(c.cell_contents).__qualname__ for c in cells if _full(c))
+    return {
+        "objects": sum(counts.values()),
+        "by_type": dict(counts.most_common(top)),
+        "cells_hold": dict(held.most_common(10)),
+        "cells_held_by": dict(holders.most_common(10)),
+    }
+
+
+def _full(cell: Any) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018 (an empty cell raises)
+    except ValueError:
+        return False
+    return True
+
+
+def _describe(holder: Any) -> str:
+    """A cell's holder: a function or coroutine by its qualified name, else by its type."""
+    if inspect.isfunction(holder):
+        return f"function {holder.__qualname__}"
+    if inspect.iscoroutine(holder):
+        return f"coroutine {holder.cr_code.co_qualname}"
+    return type(holder).__qualname__
 
 
 def traced(top: int = 25) -> dict[str, Any]:
@@ -128,9 +179,14 @@ def report(_signum: int = 0, _frame: FrameType | None = None) -> None:
         "gc_types": gc_types(),
         "tracemalloc": traced(),
     }
+    if Path(TRIM_REQUEST).exists():
+        Path(TRIM_REQUEST).unlink()
+        body["trimmed"] = trim()
     body["report_seconds"] = time.monotonic() - started
     temporary = Path(REPORT + ".tmp")
-    temporary.write_text(json.dumps(body, indent=1))
+    # No indent: the indenting encoder is Python closures whose cycles would wait in the bot's
+    # garbage, next to what the report counts.
+    temporary.write_text(json.dumps(body))
     temporary.replace(REPORT)  # the soak reads a whole report or none
 
 

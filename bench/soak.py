@@ -177,7 +177,21 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                     print(_profile_line(name, profile), flush=True)
             await asyncio.sleep(5.0)
             end_idle_rss = bot.sample().rss_bytes / 2**20
+            end_memory = await _memory_report(bot) if args.diagnose else None
             burst = await _burst(ctx, rig, bot, route, args.then_burst) if args.then_burst else None
+            if args.diagnose:
+                # Last, so that the burst meets the heap as the soak left it.
+                await asyncio.sleep(5.0)
+                trimmed = (await _memory_report(bot, trim=True)).get("trimmed") or {}
+                if end_memory is not None:
+                    end_memory["trimmed_after_all"] = trimmed
+                if trimmed:
+                    print(
+                        f"idle at the end: RSS {trimmed['rss_before_mb']:.1f} MB, "
+                        f"{trimmed['rss_after_mb']:.1f} MB after malloc_trim (the difference: free pages "
+                        "inside glibc's heap)",
+                        flush=True,
+                    )
         finally:
             await bot.stop()
     finally:
@@ -189,6 +203,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "settings": vars(args) | {"profile_windows": sorted(args.profile_windows)},
         "idle_rss_mb": idle_rss,
         "end_idle_rss_mb": end_idle_rss,
+        "end_memory": end_memory,
         "follow_ups": threads.followed,
         "windows": windows,
         "summary": summarize_soak(windows),
@@ -221,10 +236,13 @@ async def _burst(ctx: Context, rig: Rig, bot: BotProcess, route: str | None, c: 
 MEMWATCH_APP = ROOT / "bench" / "memwatch.py"
 
 
-async def _memory_report(bot: BotProcess, within: float = 30.0) -> dict[str, Any]:
-    """Ask the bot (run by bench/memwatch.py) what its memory is made of, and wait for the answer."""
+async def _memory_report(bot: BotProcess, within: float = 30.0, trim: bool = False) -> dict[str, Any]:
+    """Ask the bot (run by bench/memwatch.py) what its memory is made of, and wait for the answer;
+    `trim`: then also hand glibc's free heap pages back, and say how much RSS that was."""
     path = bot.workdir / "memwatch.json"
     before = path.stat().st_mtime_ns if path.exists() else 0
+    if trim:
+        (bot.workdir / "memwatch.trim").touch()
     os.kill(bot.pid, signal.SIGUSR2)
     deadline = asyncio.get_running_loop().time() + within
     while asyncio.get_running_loop().time() < deadline:
