@@ -34,6 +34,7 @@ from bot.context import ContextBuilder
 from bot.delivery import Delivery
 from bot.events import BotIdentity, MessageIntake, MessageListeners, shape_problem, until_queued
 from bot.health import health_handler
+from bot.heap import trim_heap_forever
 from bot.llm import ChatModel
 from bot.rate_limit import BudgetedSlack, SlackBudget
 from bot.socket_mode import SocketModeHandler
@@ -99,6 +100,7 @@ class SupportBot:
         self._intake = MessageIntake()
         self._socket_connect: asyncio.Task[None] | None = None
         self._recovery: asyncio.Task[None] | None = None
+        self._trimming: asyncio.Task[None] | None = None
         self._beating: asyncio.Task[None] | None = None
         self._identity_lookup: asyncio.Task[None] | None = None
         self._stopping = False  # from SIGTERM on: /health says so
@@ -213,6 +215,7 @@ class SupportBot:
         await web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG).start()
         self._running = _Running(session, runner, socket_handler)
         self._recovery = asyncio.create_task(self._recover_forever())
+        self._trimming = asyncio.create_task(trim_heap_forever())
         if socket_handler is not None:
             # The SDK keeps retrying until Slack answers; /health says 503 meanwhile.
             self._socket_connect = asyncio.create_task(socket_handler.connect_async())
@@ -227,7 +230,7 @@ class SupportBot:
         if running is None:
             return
         self._stopping = True
-        for task in (self._socket_connect, self._recovery, self._identity_lookup):
+        for task in (self._socket_connect, self._recovery, self._identity_lookup, self._trimming):
             if task is not None:
                 task.cancel()
         if running.socket_handler is not None:
