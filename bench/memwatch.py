@@ -8,6 +8,8 @@ SIGUSR2 writes `memwatch.json` in the working directory (the bot's scratch direc
 - glibc's (`mallinfo2`): bytes in use and free in the malloc heap, and bytes in mmap'd blocks
   (larger objects: dict and list tables of thousands of entries, buffers);
 - the garbage collector's objects by type, the most numerous first;
+- what the bot's own heap trims (bot/heap.py) have cost so far: how many, their time in all,
+  the longest;
 - with `PYTHONTRACEMALLOC` set: the source lines that hold the most, and the change in each since
   the first report.
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import gc
 import inspect
 import json
@@ -82,6 +85,13 @@ def trim() -> dict[str, float]:
     except (OSError, AttributeError):
         return {}
     return {"rss_before_mb": before, "rss_after_mb": _rss_mb()}
+
+
+def bot_trims() -> dict[str, float]:
+    """What the bot's own trims (bot/heap.py, once a minute) have cost it so far."""
+    from bot import heap
+
+    return dataclasses.asdict(heap.tally)
 
 
 def _rss_mb() -> float:
@@ -178,6 +188,7 @@ def report(_signum: int = 0, _frame: FrameType | None = None) -> None:
         "glibc": glibc_malloc(),
         "gc_types": gc_types(),
         "tracemalloc": traced(),
+        "bot_trims": bot_trims(),
     }
     if Path(TRIM_REQUEST).exists():
         Path(TRIM_REQUEST).unlink()

@@ -258,12 +258,19 @@ def _memory_line(memory: dict[str, Any]) -> str:
     py, libc = memory["pymalloc"], memory["glibc"]
     types = ", ".join(f"{name} {count:,}" for name, count in list(memory["gc_types"]["by_type"].items())[:4])
     traced = memory.get("tracemalloc") or {}
+    trims = memory.get("bot_trims") or {}
     return (
         f"{'':>6} memory: pymalloc live {py.get('live_bytes', 0):.1f} free {py.get('free_bytes', 0):.1f} "
         f"arenas {py.get('arenas', 0)}; malloc in use {libc.get('in_use_mb', 0):.1f} "
         f"free {libc.get('free_mb', 0):.1f} "
         f"mmap {libc.get('mmap_mb', 0):.1f} MB; gc objects {memory['gc_types']['objects']:,} ({types})"
         + (f"; traced {traced['traced_mb']:.1f} MB" if traced else "")
+        + (
+            f"; the bot's {trims['trims']} trims {trims['seconds'] * 1000:.0f} ms "
+            f"(longest {trims['longest_seconds'] * 1000:.1f})"
+            if trims.get("trims")
+            else ""
+        )
         + f"; report {memory['report_seconds']:.2f} s"
     )
 

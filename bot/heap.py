@@ -15,11 +15,31 @@ import asyncio
 import ctypes
 import ctypes.util
 import logging
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
 TRIM_INTERVAL_SECONDS = 60.0
+
+
+@dataclass
+class TrimTally:
+    """What this process's trims have cost: the seam for a metrics endpoint, and what
+    `bench.memwatch` reports in a soak."""
+
+    trims: int = 0
+    seconds: float = 0.0
+    longest_seconds: float = 0.0
+
+    def add(self, seconds: float) -> None:
+        self.trims += 1
+        self.seconds += seconds
+        self.longest_seconds = max(self.longest_seconds, seconds)
+
+
+tally = TrimTally()
 
 
 def _find_malloc_trim() -> Callable[[int], int] | None:
@@ -44,7 +64,12 @@ def can_trim() -> bool:
 
 def trim_heap() -> bool:
     """Give the heap's free pages back now; True when glibc gave any back."""
-    return bool(_malloc_trim(0)) if _malloc_trim is not None else False
+    if _malloc_trim is None:
+        return False
+    started = time.perf_counter()
+    gave_back = bool(_malloc_trim(0))
+    tally.add(time.perf_counter() - started)
+    return gave_back
 
 
 async def trim_heap_forever(interval: float = TRIM_INTERVAL_SECONDS) -> None:

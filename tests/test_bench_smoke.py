@@ -107,6 +107,8 @@ def test_soak_smoke_run_measures_every_window(tmp_path: Path) -> None:
         assert memory["pymalloc"]["live_bytes"] > 0 and memory["pymalloc"]["arenas"] > 0
         assert memory["gc_types"]["objects"] > 0 and memory["gc_types"]["by_type"]
         assert memory["glibc"]["in_use_mb"] > 0  # the bench runs on glibc (Debian, Ubuntu)
+        # The bot's own trims so far (one a minute: none yet in a run this short).
+        assert set(memory["bot_trims"]) == {"trims", "seconds", "longest_seconds"}
     trimmed = result["end_memory"]["trimmed_after_all"]  # malloc_trim's RSS before and after
     assert 0 < trimmed["rss_after_mb"] <= trimmed["rss_before_mb"] + 1.0
     burst = result["burst_after"]
