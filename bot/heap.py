@@ -5,7 +5,8 @@ still creeps up: in the soaks of docs/performance.md, Python's objects and glibc
 stayed flat over 180,000-360,000 turns while the free space inside glibc's heap grew, from 2-3
 MB to 6-10 MB over HTTP and to 16 MB in Socket Mode. glibc returns memory to the system only from
 the top of its heap; `malloc_trim(0)` also returns every whole free page inside it (madvise). At
-the end of the Socket Mode soak it gave back 12.9 MB of 140.9, in a few ms. Elsewhere than glibc
+the end of the Socket Mode soak it gave back 12.9 MB of 140.9; trimming once a minute, an hour of
+the same load stayed at 111-118 MB, each trim taking under 1 ms. Elsewhere than glibc
 (musl, macOS) there is no malloc_trim and this does nothing.
 """
 
@@ -78,4 +79,4 @@ async def trim_heap_forever(interval: float = TRIM_INTERVAL_SECONDS) -> None:
         return
     while True:
         await asyncio.sleep(interval)
-        trim_heap()  # a few ms on the loop; from a thread it would wait on the heap's lock anyway
+        trim_heap()  # under 1 ms on the loop; from a thread it would wait on the heap's lock anyway
