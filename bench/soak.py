@@ -42,7 +42,7 @@ import redis.asyncio as aioredis
 from bench import concurrency, throughput
 from bench.bots import BOT_APP, ROOT, BotProcess, free_port
 from bench.context import Context, Settings
-from bench.measure import machine
+from bench.measure import machine, proc_sample
 from bench.profile import Profiler
 from bench.rig import ModelShape, Question, Rig
 from tests.redis_server import RedisServer
@@ -159,6 +159,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                     "loadgen_busy": result["loadgen_busy"],
                     "cpu_share": result["cpu_share"],
                     "loadgen_loop_lag_p99_ms": _ms(result["loadgen_loop_lag"]["p99"]),
+                    # The emulators keep every call and stream: what bounds a soak's length.
+                    "loadgen_rss_mb": proc_sample(os.getpid()).rss_bytes / 2**20,
                     "loadgen_collect_seconds": result["loadgen_collect_seconds"],
                     "machine_shared": result["machine_shared"],
                     "slack_429s": sum(rig.tracker.rate_limited.values()),
@@ -371,7 +373,7 @@ def _header(args: argparse.Namespace, idle_rss: float) -> str:
         f"RSS idle {idle_rss:.0f} MB\n"
         f"{'window':>6} {'turns':>8} {'answered':>9} {'done p50/p99 ms':>16} {'CPU ms/turn':>11} "
         f"{'redis cmds':>10} {'RSS MB':>7} {'peak':>6} {'redis MB':>8} {'keys':>8} {'held':>5} "
-        f"{'loadgen CPU':>11} {'lag p99':>7}"
+        f"{'loadgen CPU':>11} {'lag p99':>7} {'loadgen MB':>10}"
     )
 
 
@@ -393,7 +395,8 @@ def _row(row: dict[str, Any]) -> str:
         f"{row['bot_cpu_ms_per_turn'] or 0:>11.2f} {row['redis_commands_per_turn'] or 0:>10.1f} "
         f"{row['bot_rss_mb']:>7.1f} {row['bot_peak_rss_mb']:>6.1f} {row['redis_used_mb']:>8.1f} "
         f"{row['redis_keys']:>8,} {sum(b['held'] for b in row['rate_budget'].values()):>5} "
-        f"{row['cpu_share']['loadgen']:>11.0%} {row['loadgen_loop_lag_p99_ms'] or 0:>5.0f}ms{flags}"
+        f"{row['cpu_share']['loadgen']:>11.0%} {row['loadgen_loop_lag_p99_ms'] or 0:>5.0f}ms "
+        f"{row['loadgen_rss_mb']:>10,.0f}{flags}"
     )
 
 
