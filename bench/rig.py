@@ -255,6 +255,13 @@ class Rig:
         self.tracker = Tracker(self.slack, self.llm)
         return self.tracker
 
+    def forget(self, keep_threads: Iterable[tuple[str, str]] = ()) -> Tracker:
+        """Start a new tracker on emulators that forgot everything measured so far, but the
+        threads in `keep_threads` ((channel, thread ts)): what lets a soak run for hours."""
+        self.slack.forget(keep_threads)
+        self.llm.forget()
+        return self.new_tracker()
+
     def bot_env(self, redis_url: str, port: int, mode: str) -> dict[str, str]:
         """The bot's settings: production defaults, with Slack, the model and Redis pointed here."""
         env = {

@@ -137,6 +137,34 @@ async def test_messages_edits_reactions_and_status(emu: SlackEmulator, client: A
     assert info["is_im"] and not info["is_channel"]
 
 
+async def test_forget_keeps_only_the_threads_named(emu: SlackEmulator, client: AsyncWebClient) -> None:
+    # What a long soak does between windows: the load generator's memory then stays flat.
+    kept = emu.seed_message("C1", "kept question")
+    await client.chat_postMessage(channel="C1", thread_ts=kept, text="kept answer")
+    old = emu.seed_message("C1", "old question")
+    await client.chat_postMessage(channel="C1", thread_ts=old, text="old answer")
+    elsewhere = emu.seed_message("C2", "question elsewhere")
+    await client.assistant_threads_setStatus(channel_id="C2", thread_ts=elsewhere, status="is thinking...")
+    shown = emu.seed_message("C2", "still thinking")
+    await client.assistant_threads_setStatus(channel_id="C2", thread_ts=shown, status="is thinking...")
+    await client.chat_postMessage(channel="C2", thread_ts=elsewhere, text="answer elsewhere")
+
+    emu.forget([("C1", kept)])
+
+    assert [m["text"] for m in emu.messages("C1")] == ["kept question", "kept answer"]
+    assert emu.messages("C2") == []
+    assert (emu.calls, emu.status_history, emu.deliveries) == ([], [], [])
+    assert emu.statuses == {("C2", shown): "is thinking..."}  # a status still shown stays
+    # The kept thread grows and reads as before.
+    await client.chat_postMessage(channel="C1", thread_ts=kept, text="second answer")
+    replies = (await client.conversations_replies(channel="C1", ts=kept))["messages"]
+    assert [m["text"] for m in replies] == ["kept question", "kept answer", "second answer"]
+    assert replies[0]["reply_count"] == 2
+    assert [call.method for call in emu.calls] == ["chat.postMessage", "conversations.replies"]
+    with pytest.raises(SlackApiError, match="thread_not_found"):
+        await client.conversations_replies(channel="C1", ts=old)
+
+
 async def test_signed_http_delivery(emu: SlackEmulator) -> None:
     verifier = SignatureVerifier(emu.signing_secret)
     body = b'{"type":"event_callback"}'

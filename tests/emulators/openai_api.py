@@ -252,6 +252,12 @@ class OpenAIEmulator:
             await self._runner.cleanup()
             self._runner = None
 
+    def forget(self) -> None:
+        """Forget the requests and stream timings recorded so far (a long soak, between windows)."""
+        self.requests.clear()
+        self.client_ports.clear()
+        self.streams.clear()
+
     def enqueue(self, *behaviours: Behaviour) -> None:
         """Queue behaviours, consumed one per chat request; an empty queue means a normal reply."""
         self._queue.extend(behaviours)

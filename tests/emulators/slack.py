@@ -44,7 +44,7 @@ import math
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -1435,6 +1435,30 @@ class SlackEmulator:
         ticket = uuid.uuid4().hex
         self._tickets.add(ticket)
         return {"url": f"ws://127.0.0.1:{self.port}/socket?ticket={ticket}&app_id={self.app_id}"}
+
+    # ----- forgetting -----
+
+    def forget(self, keep_threads: Iterable[tuple[str, str]] = ()) -> None:
+        """Forget what has been measured: the call log, deliveries, acks, status history, and
+        every message outside `keep_threads` ((channel, thread ts) pairs, parent and replies).
+
+        A long soak calls it between windows: these records grow some 14 KB a streamed turn and
+        would otherwise bound how long it can run. Users, channels, statuses still shown and
+        rate-limit windows stay. Afterwards `bot_messages` knows only the bot's later posts.
+        """
+        for log in (self.calls, self.acks, self.deliveries, self.status_history, self.rate_limited):
+            log.clear()
+        messages: dict[str, dict[str, dict]] = {}
+        replies: dict[str, dict[str, dict[str, None]]] = {}
+        for channel, root in keep_threads:
+            stored = self._messages.get(channel, {})
+            thread = self._replies.get(channel, {}).get(root, {})
+            kept = {ts: stored[ts] for ts in (root, *thread) if ts in stored}
+            messages.setdefault(channel, {}).update(kept)
+            if thread:
+                replies.setdefault(channel, {})[root] = thread
+        self._messages, self._replies = messages, replies
+        self.statuses = {where: status for where, status in self.statuses.items() if status}
 
     # ----- diagnostics -----
 
