@@ -8,13 +8,17 @@ turn or done that keeps rising.
 
 Questions come from four people in `--channels` channels, taken in turn, so that no channel gets
 a second question within Slack's second for `chat.postMessage`; a share (`--follow-ups`) are
-follow-ups in the last thread of their channel, so threads grow as they do in a team. Not part of
-`make bench` (it takes minutes by design): `make soak`, or
+follow-ups in the last thread of their channel, so threads grow as they do in a team. Between
+windows the emulators forget what they measured but those threads, so the load generator stays the
+same size however long the soak. Redis grows by the conversations, kept `CONVERSATION_TTL_DAYS`
+(`--env` sets it, or any setting of the bot's), and by each message's dedup key and journal, kept
+a day. Not part of `make bench` (it takes minutes by design): `make soak`, or
 
 python -m bench.soak --rate 150 --minutes 10
 python -m bench.soak --rate 100 --minutes 3 --mode socket --model stream
 python -m bench.soak --then-burst 500   # then the sweep's burst, on a process whose memories are full
 python -m bench.soak --minutes 40 --diagnose --profile-windows 2,39   # what grows, and where time goes
+python -m bench.soak --minutes 1440 --window 300 --env CONVERSATION_TTL_DAYS=0.01   # a day
 
 `--diagnose` runs the bot through `bench/memwatch.py` and adds to every window what its memory is
 made of (live Python objects, the allocators' free bytes, objects by type; `--trace-memory` adds
@@ -108,7 +112,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     windows: list[dict[str, Any]] = []
     try:
         port = free_port()
-        env = rig.bot_env(ctx.redis_url, port, args.mode)
+        env = rig.bot_env(ctx.redis_url, port, args.mode) | args.env
         app = BOT_APP
         if args.diagnose:
             app = MEMWATCH_APP
@@ -372,7 +376,8 @@ def _header(args: argparse.Namespace, idle_rss: float) -> str:
     return (
         f"soak: mode={args.mode} model={args.model} {args.rate:g} questions/s for {args.minutes:g} min "
         f"in {args.window:g}-s windows, {args.channels} channels, follow-ups {args.follow_ups:.0%}; "
-        f"RSS idle {idle_rss:.0f} MB\n"
+        + "".join(f"{name}={value}; " for name, value in args.env.items())
+        + f"RSS idle {idle_rss:.0f} MB\n"
         f"{'window':>6} {'turns':>8} {'answered':>9} {'done p50/p99 ms':>16} {'CPU ms/turn':>11} "
         f"{'redis cmds':>10} {'RSS MB':>7} {'peak':>6} {'redis MB':>8} {'keys':>8} {'held':>5} "
         f"{'loadgen CPU':>11} {'lag p99':>7} {'loadgen MB':>10}"
@@ -437,8 +442,18 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N,N",
         help="py-spy the bot and the load generator in these windows (from 1)",
     )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting of the bot's (repeatable); CONVERSATION_TTL_DAYS=0.01: conversations kept 14 min",
+    )
     parser.add_argument("--out", type=Path, help="the JSON result (default: bench/results/soak-<time>.json)")
     args = parser.parse_args(argv)
+    if malformed := [setting for setting in args.env if "=" not in setting]:
+        parser.error(f"--env takes NAME=VALUE, not {malformed[0]!r}")
+    args.env = dict(setting.split("=", 1) for setting in args.env)
     args.diagnose = args.diagnose or args.trace_memory
     if args.profile_windows and not Profiler.available():
         parser.error("--profile-windows needs py-spy (pip install py-spy)")

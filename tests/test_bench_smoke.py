@@ -87,6 +87,7 @@ def test_soak_smoke_run_measures_every_window(tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
     settings = ["--rate", "20", "--minutes", "0.1", "--window", "2", "--channels", "40", "--then-burst", "20"]
     settings.append("--diagnose")  # the bot under bench/memwatch.py, asked what its memory holds
+    settings += ["--env", "CONVERSATION_TTL_DAYS=0.01"]  # how a day-long soak keeps Redis bounded
     run = subprocess.run(
         [sys.executable, "-m", "bench.soak", *settings, "--out", str(out)],
         cwd=ROOT,
@@ -106,6 +107,8 @@ def test_soak_smoke_run_measures_every_window(tmp_path: Path) -> None:
     assert 0 < result["follow_ups"] < 80
     assert result["summary"]["turns"] == 120 and result["summary"]["unanswered"] == 0
     assert "120 turns, 0 unanswered" in run.stdout
+    assert result["settings"]["env"] == {"CONVERSATION_TTL_DAYS": "0.01"}
+    assert "CONVERSATION_TTL_DAYS=0.01;" in run.stdout.splitlines()[0]
     for memory in (w["memory"] for w in windows):
         assert memory["pymalloc"]["live_bytes"] > 0 and memory["pymalloc"]["arenas"] > 0
         assert memory["gc_types"]["objects"] > 0 and memory["gc_types"]["by_type"]
