@@ -28,6 +28,8 @@ You are a friendly, precise support assistant working inside Slack.
 # loses one.
 DEFAULT_THREAD_LOCK_TTL_SECONDS = 15.0
 DEFAULT_RECOVERY_INTERVAL_SECONDS = 5.0
+MAX_PROCESSES = 64
+MAX_SOCKET_MODE_CONNECTIONS = 10
 
 
 class ConfigError(Exception):
@@ -49,6 +51,7 @@ class Settings:
     redis_key_prefix: str | None
     host: str
     port: int
+    processes: int
     conversation_ttl_days: float
     max_context_tokens: int
     max_answer_tokens: int
@@ -128,6 +131,7 @@ class Settings:
             redis_key_prefix=read.optional("REDIS_KEY_PREFIX", check=check_key_prefix),
             host=read.optional("HOST") or "0.0.0.0",
             port=read.number("PORT", 3000, int, low=1, high=65535),
+            processes=_processes(read, socket_mode=app_token is not None),
             conversation_ttl_days=read.number("CONVERSATION_TTL_DAYS", 30, float, low=0.001),
             max_context_tokens=max_context_tokens,
             max_answer_tokens=max_answer_tokens,
@@ -246,6 +250,27 @@ def _token_budget(read: _Reader, model: str, system_prompt: str) -> tuple[int, i
             "MAX_CONTEXT_TOKENS, or shorten the system prompt or MAX_ANSWER_TOKENS."
         )
     return window, answer
+
+
+def _processes(read: _Reader, *, socket_mode: bool) -> int:
+    """PROCESSES: bot processes on this machine, a whole number or `auto` (one per core)."""
+    # Slack keeps at most 10 Socket Mode connections open for one app, one per process here.
+    most = MAX_SOCKET_MODE_CONNECTIONS if socket_mode else MAX_PROCESSES
+    if read.optional("PROCESSES") == "auto":
+        return min(_usable_cores(), most)
+    count = read.number("PROCESSES", 1, int, low=1, high=MAX_PROCESSES)
+    if count > most:
+        raise ConfigError(
+            f"PROCESSES is out of range: Socket Mode allows at most {most} connections per app, "
+            f"one per process; got {count}. Lower it, or use HTTP mode to run more."
+        )
+    return count
+
+
+def _usable_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):  # the cores this process may run on, not the machine's
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def _log_level(value: str) -> str:

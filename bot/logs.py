@@ -41,9 +41,11 @@ class RedactSecrets(logging.Filter):
         return True
 
 
-def configure_logging(level: str, secrets: Iterable[str] = ()) -> None:
+def configure_logging(level: str, secrets: Iterable[str] = (), *, source: str = "") -> None:
+    """`source` names the process in every line when several share the output (PROCESSES)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    source = f"{source} " if source else ""
+    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {source}%(name)s: %(message)s"))
     handler.addFilter(RedactSecrets(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 from dataclasses import dataclass
 
@@ -39,6 +40,7 @@ from bot.llm import ChatModel
 from bot.rate_limit import BudgetedSlack, SlackBudget
 from bot.socket_mode import SocketModeHandler
 from bot.store import Store, StoreUnavailable
+from bot.supervisor import orphaned
 from bot.tokens import TokenBudget, TokenCounter
 from bot.turn import Limits, TurnRunner
 from bot.workspace import Workspace
@@ -49,6 +51,7 @@ MAX_EVENT_BYTES = 1024 * 1024  # Slack's own events are far smaller
 # Connections waiting to be accepted. aiohttp's 128 overflows when Slack opens hundreds at once (a
 # burst of questions), and each connection dropped waits a second for the sender's retry.
 LISTEN_BACKLOG = 2048
+ORPHAN_CHECK_SECONDS = 1.0
 GC_YOUNG_THRESHOLD = 10_000  # allocations between young collections (Python's default: 700)
 SOCKET_PING_SECONDS = 5.0
 IDENTITY_RETRY_FIRST_SECONDS = 1.0  # auth.test asked again after a failure at start, doubling
@@ -212,8 +215,20 @@ class SupportBot:
             web_app.router.add_post("/slack/events", self._slack_events)
         runner = web.AppRunner(web_app, access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG).start()
         self._running = _Running(session, runner, socket_handler)
+        # With PROCESSES > 1 every process binds the port and the kernel spreads connections.
+        site = web.TCPSite(
+            runner, settings.host, settings.port, backlog=LISTEN_BACKLOG, reuse_port=settings.processes > 1
+        )
+        try:
+            await site.start()
+        except OSError as error:
+            await self.stop(grace_seconds=0)
+            reason = os.strerror(error.errno) if error.errno else str(error)  # asyncio's own is long
+            raise StartupError(
+                f"PORT {settings.port} cannot be opened on {settings.host} ({reason}):"
+                " set PORT to a free port, or stop the program that holds it."
+            ) from None
         self._recovery = asyncio.create_task(self._recover_forever())
         self._trimming = asyncio.create_task(trim_heap_forever())
         if socket_handler is not None:
@@ -410,17 +425,29 @@ def _settle_garbage_collector() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
-async def serve(settings: Settings, redis_url: str) -> None:
-    """Run the bot until SIGTERM or SIGINT, then stop gracefully."""
+async def serve(settings: Settings, redis_url: str, *, supervisor_pid: int | None = None) -> None:
+    """Run the bot until SIGTERM or SIGINT (or until its supervisor is gone), then stop
+    gracefully."""
     bot = SupportBot(settings, redis_url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    watch = asyncio.create_task(_stop_when_orphaned(supervisor_pid, stop)) if supervisor_pid else None
     try:
         await bot.start()
         _settle_garbage_collector()
         await stop.wait()
         log.info("stopping: finishing answers in flight")
     finally:
+        if watch is not None:
+            watch.cancel()
         await bot.stop()
+
+
+async def _stop_when_orphaned(supervisor_pid: int, stop: asyncio.Event) -> None:
+    # A supervisor killed outright cannot pass a stop on; its processes must not run on unseen.
+    while not orphaned(supervisor_pid):  # noqa: ASYNC110 - no event says a parent died
+        await asyncio.sleep(ORPHAN_CHECK_SECONDS)
+    log.warning("the supervisor (pid %d) is gone; stopping", supervisor_pid)
+    stop.set()

@@ -25,13 +25,17 @@ class BotProcess:
         return f"http://127.0.0.1:{self.env['PORT']}"
 
     async def start(self) -> None:
+        await self.spawn()
+        await self.wait_healthy()
+
+    async def spawn(self) -> None:
+        """Start it without waiting for it to serve."""
         # stderr to a file: a pipe nobody reads would block the bot once it fills.
         with self.log_path.open("wb") as log:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, str(APP), cwd=self.workdir, stdout=log, stderr=log,
                 env={"PATH": os.environ["PATH"], **self.env},
             )  # fmt: skip
-        await self.wait_healthy()
 
     async def wait_healthy(self, within: float = 20.0) -> None:
         deadline = asyncio.get_running_loop().time() + within

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -60,6 +61,10 @@ def test_token_budget_follows_the_model_and_can_be_set() -> None:
         ({"REDIS_URL": "http://localhost"}, "REDIS_URL is malformed"),
         ({"PORT": "http"}, "PORT is malformed"),
         ({"PORT": "70000"}, "PORT is out of range"),
+        ({"PROCESSES": "two"}, "PROCESSES is malformed"),
+        ({"PROCESSES": "0"}, "PROCESSES is out of range"),
+        ({"PROCESSES": "65", "SLACK_APP_TOKEN": "", "SLACK_SIGNING_SECRET": "s"}, "PROCESSES is out of"),
+        ({"PROCESSES": "11"}, "Socket Mode allows at most 10 connections"),
         ({"CONVERSATION_TTL_DAYS": "-1"}, "CONVERSATION_TTL_DAYS is out of range"),
         ({"LLM_MAX_RETRIES": "2.5"}, "LLM_MAX_RETRIES is malformed"),
         ({"LLM_FIRST_TOKEN_TIMEOUT_SECONDS": "0"}, "LLM_FIRST_TOKEN_TIMEOUT_SECONDS is out of range"),
@@ -79,6 +84,15 @@ def test_bad_settings_are_named(change: dict[str, str], named: str) -> None:
         Settings.from_env(BASE | change)
     assert named in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def test_processes_default_to_one_and_auto_is_one_per_usable_core() -> None:
+    http = BASE | {"SLACK_APP_TOKEN": "", "SLACK_SIGNING_SECRET": "s"}
+    cores = len(os.sched_getaffinity(0))
+    assert Settings.from_env(BASE).processes == 1
+    assert Settings.from_env(http | {"PROCESSES": "12"}).processes == 12
+    assert Settings.from_env(http | {"PROCESSES": "auto"}).processes == cores
+    assert Settings.from_env(BASE | {"PROCESSES": "auto"}).processes == min(cores, 10)
 
 
 def test_http_mode_and_a_compatible_server_without_key(tmp_path) -> None:

@@ -232,6 +232,10 @@ class SlackEmulator:
         self.statuses: dict[tuple[str, str], str] = {}
         self.status_history: list[tuple[str, str, str]] = []  # (channel, thread_ts, status)
         self.socket_connections = 0
+        # Slack sends each envelope to one of the app's open connections. By default here, the
+        # newest (what reconnection tests need); spread, to each in turn (several processes).
+        self.spread_envelopes = False
+        self._next_socket = 0
         self.port = 0
         self.handlers: dict[str, Handler] = {
             "auth.test": self._auth_test,
@@ -854,7 +858,7 @@ class SlackEmulator:
                 while not self._sockets:  # noqa: ASYNC110 - sockets come and go; polling is simplest
                     await asyncio.sleep(0.01)
                 sent_at = time.monotonic()
-                ws = self._sockets[-1][1]
+                ws = self._envelope_socket()
                 if not self._stalled.get(ws, False):
                     await ws.send_str(prepared.data.decode())
                 ack = await ack_future
@@ -864,7 +868,18 @@ class SlackEmulator:
             self._pending_acks.pop(prepared.envelope_id, None)
         return None, json.dumps(ack["payload"]) if ack.get("payload") else "", True, sent_at
 
+    def _envelope_socket(self) -> web.WebSocketResponse:
+        if not self.spread_envelopes:
+            return self._sockets[-1][1]
+        self._next_socket += 1
+        return self._sockets[self._next_socket % len(self._sockets)][1]
+
     # ----- Socket Mode connection -----
+
+    @property
+    def open_sockets(self) -> int:
+        """Socket Mode connections open now (one per bot process)."""
+        return len(self._sockets)
 
     async def wait_for_socket(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
         """Wait until a Socket Mode client is connected and greeted."""

@@ -1,0 +1,115 @@
+"""`PROCESSES=N`: N bot processes on one machine, one port, one Redis.
+
+A bot process does its work on one core (Python runs one thread of it), so a machine with more
+cores runs more processes. The supervisor starts N copies of the bot (`python app.py`, each
+told its place by `BOT_PROCESS_INDEX`). Over HTTP each binds `PORT` with SO_REUSEPORT and the
+kernel spreads new connections between them; in Socket Mode each opens a connection of its own
+and Slack spreads envelopes between those. Redis makes them one bot, as it does processes on
+several machines: a message is taken once, by whichever process Slack reached, and the threads of
+a process that dies are taken over by the others.
+
+The supervisor starts a process again when it dies (a crash or a kill, not a stop it was asked
+for), passes SIGTERM and SIGINT on to all of them and exits once they have stopped. A process
+that fails at start-up (exit status 2: a setting, the port, Redis) stops them all: that failure
+would repeat in every copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Set by the supervisor in each process it starts: that process runs the bot, not a supervisor.
+PROCESS_INDEX_ENV = "BOT_PROCESS_INDEX"
+STARTUP_FAILED = 2  # app.py's exit status for a setting, port or Redis it cannot start with
+# A process that dies within this long of its start is restarted after a longer wait each time.
+STEADY_SECONDS = 60.0
+RESTART_WAIT_SECONDS = 1.0
+RESTART_WAIT_MAX_SECONDS = 30.0
+
+
+def process_index(env: Mapping[str, str]) -> int | None:
+    """This process's place among its supervisor's (0, 1, ...), or None when unsupervised."""
+    raw = env.get(PROCESS_INDEX_ENV, "")
+    return int(raw) if raw.isdigit() else None
+
+
+class Supervisor:
+    def __init__(self, app: Path, count: int, env: Mapping[str, str]) -> None:
+        self.app = app
+        self.count = count
+        self.env = dict(env)
+        self._stopping = asyncio.Event()
+        self._exit_status = 0
+
+    async def run(self) -> int:
+        """Keep `count` bot processes running until SIGTERM or SIGINT; the exit status."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        log.info("starting %d bot processes", self.count)
+        await asyncio.gather(*(self._keep_running(index) for index in range(self.count)))
+        log.info("all bot processes stopped")
+        return self._exit_status
+
+    async def _keep_running(self, index: int) -> None:
+        wait = RESTART_WAIT_SECONDS
+        while not self._stopping.is_set():
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, str(self.app),
+                env=self.env | {"PROCESSES": str(self.count), PROCESS_INDEX_ENV: str(index)},
+            )  # fmt: skip
+            started = asyncio.get_running_loop().time()
+            status = await self._until_exit_or_stop(process)
+            if self._stopping.is_set():
+                return
+            if status == 0:
+                # Told to stop by someone else (SIGTERM sent to it alone): leave it stopped.
+                log.info("bot process %d (pid %d) stopped", index + 1, process.pid)
+                return
+            if status == STARTUP_FAILED:
+                log.error("bot process %d could not start; stopping the others", index + 1)
+                self._exit_status = STARTUP_FAILED
+                self._stopping.set()
+                return
+            ran = asyncio.get_running_loop().time() - started
+            wait = RESTART_WAIT_SECONDS if ran >= STEADY_SECONDS else min(wait * 2, RESTART_WAIT_MAX_SECONDS)
+            log.warning(
+                "bot process %d (pid %d) %s; starting it again in %.0f s",
+                index + 1, process.pid, _describe(status), wait,
+            )  # fmt: skip
+            # Its threads are taken over by the others meanwhile (it stopped beating in Redis).
+            try:
+                await asyncio.wait_for(self._stopping.wait(), wait)
+            except TimeoutError:
+                pass
+
+    async def _until_exit_or_stop(self, process: asyncio.subprocess.Process) -> int:
+        exited = asyncio.ensure_future(process.wait())
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        await asyncio.wait((exited, stopping), return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not exited.done():
+            # The process finishes its answers in flight (SHUTDOWN_GRACE_SECONDS) and exits.
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+        return await exited
+
+
+def _describe(status: int) -> str:
+    if status < 0:
+        return f"was killed by {signal.Signals(-status).name}"
+    return f"exited with status {status}"
+
+
+def orphaned(parent_pid: int) -> bool:
+    """True once the supervisor that started this process is gone (it was killed outright)."""
+    return os.getppid() != parent_pid

@@ -1,0 +1,200 @@
+"""PROCESSES=N: `python app.py` supervises N bot processes on one port (each a Socket Mode
+connection of its own), all sharing one Redis. Each message is answered once, whichever process
+Slack reached; a process that dies is started again; a stop reaches them all."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from tests.bot_process import BotProcess
+from tests.conftest import bot_env, free_port
+from tests.emulators.openai_api import OpenAIEmulator
+from tests.emulators.slack import SlackEmulator
+
+pytestmark = pytest.mark.slow
+
+BOT = "UBOT"
+FAST_RECOVERY = {"THREAD_LOCK_TTL_SECONDS": "1", "RECOVERY_INTERVAL_SECONDS": "0.3"}
+
+StartSupervisor = Callable[..., Awaitable[BotProcess]]
+
+
+@pytest.fixture
+async def start_supervisor(
+    slack: SlackEmulator, llm: OpenAIEmulator, redis_url: str, tmp_path: Path
+) -> AsyncIterator[StartSupervisor]:
+    started: list[BotProcess] = []
+
+    async def start(mode: str = "http", processes: int = 2, **overrides: str) -> BotProcess:
+        env = bot_env(slack, llm, redis_url, mode, free_port()) | FAST_RECOVERY | overrides
+        supervisor = BotProcess(env | {"PROCESSES": str(processes)}, tmp_path)
+        started.append(supervisor)
+        await supervisor.start()
+        if mode == "http":
+            slack.use_http(f"{supervisor.url}/slack/events")
+        else:
+            slack.spread_envelopes = True
+            await slack.wait_for(lambda: slack.open_sockets == processes, 20, what=f"{processes} sockets")
+            slack.use_socket()
+        return supervisor
+
+    yield start
+    for supervisor in started:
+        for pid in _children(supervisor):
+            _kill(pid)
+        await supervisor.close()
+
+
+def _children(supervisor: BotProcess) -> list[int]:
+    assert supervisor.process is not None
+    pid = supervisor.process.pid
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's exit is reaped by whoever adopted it, maybe never)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+async def _wait_for_children(
+    supervisor: BotProcess, count: int, *, starts: int | None = None, within: float = 20.0
+) -> list[int]:
+    """The supervisor's `count` processes, once `starts` (default: `count`) processes have
+    started in all (their listeners bound)."""
+    deadline = asyncio.get_running_loop().time() + within
+    starts = count if starts is None else starts
+    while len(children := _children(supervisor)) != count or supervisor.log().count("bot started") < starts:
+        assert asyncio.get_running_loop().time() < deadline, f"{children} of {count}\n{supervisor.log()}"
+        await asyncio.sleep(0.05)
+    return children
+
+
+async def _ask_in_threads(slack: SlackEmulator, count: int, prefix: str) -> dict[str, str]:
+    """`count` mentions at once, each in a channel of its own: channel -> the question's ts."""
+    channels = [f"C{prefix}{i:03d}" for i in range(count)]
+    asked = await asyncio.gather(
+        *(slack.post_user_message(channel, f"<@{BOT}> question {i}") for i, channel in enumerate(channels))
+    )
+    return dict(zip(channels, asked, strict=True))
+
+
+async def _answered_once(slack: SlackEmulator, threads: dict[str, str]) -> None:
+    for channel, ts in threads.items():
+        await slack.wait_for_bot_messages(channel, ts, count=1, timeout=20)
+    await asyncio.sleep(1.0)  # time for a duplicate to show up, if there were one
+    answers = {channel: len(slack.bot_messages(channel, ts)) for channel, ts in threads.items()}
+    assert answers == dict.fromkeys(threads, 1)
+
+
+def _answers_by_process(log: str) -> Counter[str]:
+    return Counter(re.findall(r"process=(\d+)/\d+ bot\.turn: turn .* outcome=answered", log))
+
+
+@pytest.mark.parametrize("mode", ["http", "socket"])
+async def test_processes_share_the_work_and_answer_each_message_once(
+    mode: str, start_supervisor: StartSupervisor, slack: SlackEmulator, redis: Redis
+) -> None:
+    supervisor = await start_supervisor(mode, processes=2)
+    assert len(await _wait_for_children(supervisor, 2)) == 2
+    assert await redis.zcard("processes") == 2  # both say in Redis that they are alive
+    threads = await _ask_in_threads(slack, 40, "8")
+    await _answered_once(slack, threads)
+    by_process = _answers_by_process(supervisor.log())
+    # Over HTTP the kernel spreads 80 new connections (each mention is two events) between the
+    # two listeners; in Socket Mode Slack spreads envelopes between the two connections.
+    assert set(by_process) == {"1", "2"}, by_process
+    assert sum(by_process.values()) == 40
+
+
+async def test_a_killed_process_is_started_again_and_its_peers_keep_answering(
+    start_supervisor: StartSupervisor, slack: SlackEmulator, redis: Redis
+) -> None:
+    supervisor = await start_supervisor("http", processes=2)
+    first, second = await _wait_for_children(supervisor, 2)
+    os.kill(first, signal.SIGKILL)
+    threads = await _ask_in_threads(slack, 10, "9")  # while it is down: the other takes them
+    await _answered_once(slack, threads)
+    replaced = await _wait_for_children(supervisor, 2, starts=3)
+    assert second in replaced and first not in replaced
+    restarted = rf"bot process \d \(pid {first}\) was killed by SIGKILL; starting it again"
+    assert re.search(restarted, supervisor.log())
+    more = await _ask_in_threads(slack, 10, "7")
+    await _answered_once(slack, more)
+
+
+async def test_sigterm_stops_every_process_and_the_supervisor_exits_0(
+    start_supervisor: StartSupervisor, slack: SlackEmulator
+) -> None:
+    supervisor = await start_supervisor("http", processes=2)
+    children = await _wait_for_children(supervisor, 2)
+    await _answered_once(slack, await _ask_in_threads(slack, 4, "6"))
+    supervisor.terminate()
+    assert await supervisor.wait(30) == 0
+    assert not [pid for pid in children if _running(pid)]
+    assert supervisor.log().count("bot stopped") == 2
+
+
+async def test_processes_stop_by_themselves_when_their_supervisor_is_killed(
+    start_supervisor: StartSupervisor,
+) -> None:
+    supervisor = await start_supervisor("http", processes=2)
+    children = await _wait_for_children(supervisor, 2)
+    supervisor.kill()
+    await supervisor.wait(10)
+    deadline = asyncio.get_running_loop().time() + 15
+    while [pid for pid in children if _running(pid)]:
+        assert asyncio.get_running_loop().time() < deadline, supervisor.log()
+        await asyncio.sleep(0.1)
+    assert supervisor.process is not None
+    assert f"the supervisor (pid {supervisor.process.pid}) is gone; stopping" in supervisor.log()
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+async def test_a_port_held_by_another_program_stops_the_bot_with_one_line(
+    processes: int, slack: SlackEmulator, llm: OpenAIEmulator, redis_url: str, tmp_path: Path
+) -> None:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    env = bot_env(slack, llm, redis_url, "http", port) | {"PROCESSES": str(processes)}
+    bot = BotProcess(env, tmp_path)
+    try:
+        await bot.spawn()
+        assert await bot.wait(30) == 2
+    finally:
+        holder.close()
+        await bot.close()
+    errors = [line for line in bot.log().splitlines() if line.startswith("error: ")]
+    assert errors, bot.log()
+    assert set(errors) == {
+        f"error: PORT {port} cannot be opened on 127.0.0.1 (Address already in use): set PORT to a "
+        "free port, or stop the program that holds it."
+    }
+    assert "Traceback" not in bot.log()
+    if processes > 1:
+        assert "could not start; stopping the others" in bot.log()
