@@ -43,10 +43,28 @@ class ProcSample:
 
 
 def proc_sample(pid: int) -> ProcSample:
+    """The process with its children, summed: a bot run with PROCESSES > 1 is a supervisor whose
+    children do the work (each child's peak counts, though they may not have peaked together)."""
+    own = _one_process(pid)
+    for child in _children(pid):
+        try:
+            theirs = proc_sample(child)
+        except FileNotFoundError:  # it exited meanwhile
+            continue
+        own = ProcSample(
+            own.cpu_seconds + theirs.cpu_seconds,
+            own.rss_bytes + theirs.rss_bytes,
+            own.peak_rss_bytes + theirs.peak_rss_bytes,
+        )
+    return own
+
+
+def _one_process(pid: int) -> ProcSample:
     with open(f"/proc/{pid}/stat") as stat:
         # The command name may hold spaces; the fields after its closing parenthesis do not.
         fields = stat.read().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+    # utime + stime, and cutime + cstime: the children it has seen exit (a restarted one's).
+    cpu = sum(int(value) for value in fields[11:15]) / CLOCK_TICKS
     memory = {}
     with open(f"/proc/{pid}/status") as status:
         for line in status:
@@ -54,6 +72,14 @@ def proc_sample(pid: int) -> ProcSample:
             if name in ("VmRSS", "VmHWM"):
                 memory[name] = int(value.split()[0]) * 1024
     return ProcSample(cpu, memory.get("VmRSS", 0), memory.get("VmHWM", 0))
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as children:
+            return [int(child) for child in children.read().split()]
+    except FileNotFoundError:
+        return []
 
 
 def machine_busy_seconds() -> float:

@@ -28,6 +28,7 @@ import asyncio
 import json
 import sys
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -65,6 +66,7 @@ async def probe(args: argparse.Namespace) -> dict:
         try:
             if args.mode == "socket":
                 await rig.slack.wait_for_socket(timeout=30)
+            await _every_process_started(bot, rig, args.mode, env.get("PROCESSES", "1"))
             route = bot.events_url if args.mode == "http" else None
             await asyncio.sleep(0.5)
             idle_rss = bot.sample().rss_bytes / 2**20
@@ -122,6 +124,21 @@ async def _command_counts(url: str) -> dict[str, int]:
 
 def _ms(points: dict) -> str:
     return "/".join(f"{(points[p] or 0) * 1000:.0f}" for p in ("p50", "p99"))
+
+
+async def _every_process_started(bot: BotProcess, rig: Rig, mode: str, processes: str) -> None:
+    """With PROCESSES > 1, wait until each of the supervisor's processes is serving."""
+    count = int(processes) if processes.isdigit() else 1
+    if count <= 1:
+        return
+    rig.slack.spread_envelopes = True  # as Slack does over an app's several connections
+    if mode == "socket":
+        await rig.slack.wait_for(lambda: rig.slack.open_sockets == count, 30, what=f"{count} sockets")
+    deadline = time.monotonic() + 30
+    while bot.log_path.read_text(errors="replace").count("bot started") < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{count} processes did not all start; see {bot.log_path}")
+        await asyncio.sleep(0.1)
 
 
 def main() -> int:
