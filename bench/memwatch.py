@@ -206,7 +206,7 @@ def main() -> int:
     signal.signal(signal.SIGUSR2, report)
     import app  # after the handler, so that a report can be asked for at once
 
-    return app.main()
+    return app.main([])
 
 
 if __name__ == "__main__":

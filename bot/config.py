@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from bot.redis_url import check_key_prefix, check_redis_url, url_passwords
+from bot.supervisor import MAX_PROCESSES, MAX_SOCKET_MODE_CONNECTIONS, process_count
 from bot.tokens import TokenBudget, TokenCounter, default_window
 
 DEFAULT_SYSTEM_PROMPT = """\
@@ -28,8 +29,6 @@ You are a friendly, precise support assistant working inside Slack.
 # loses one.
 DEFAULT_THREAD_LOCK_TTL_SECONDS = 15.0
 DEFAULT_RECOVERY_INTERVAL_SECONDS = 5.0
-MAX_PROCESSES = 64
-MAX_SOCKET_MODE_CONNECTIONS = 10
 
 
 class ConfigError(Exception):
@@ -254,23 +253,17 @@ def _token_budget(read: _Reader, model: str, system_prompt: str) -> tuple[int, i
 
 def _processes(read: _Reader, *, socket_mode: bool) -> int:
     """PROCESSES: bot processes on this machine, a whole number or `auto` (one per core)."""
-    # Slack keeps at most 10 Socket Mode connections open for one app, one per process here.
-    most = MAX_SOCKET_MODE_CONNECTIONS if socket_mode else MAX_PROCESSES
-    if read.optional("PROCESSES") == "auto":
-        return min(_usable_cores(), most)
-    count = read.number("PROCESSES", 1, int, low=1, high=MAX_PROCESSES)
-    if count > most:
-        raise ConfigError(
-            f"PROCESSES is out of range: Socket Mode allows at most {most} connections per app, "
-            f"one per process; got {count}. Lower it, or use HTTP mode to run more."
-        )
-    return count
-
-
-def _usable_cores() -> int:
-    if hasattr(os, "sched_getaffinity"):  # the cores this process may run on, not the machine's
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
+    value = (read.optional("PROCESSES") or "1").lower()
+    if value != "auto":
+        if not value.isdigit():
+            raise ConfigError(f"PROCESSES is malformed: expected a whole number or 'auto', got {value!r}.")
+        count = read.number("PROCESSES", 1, int, low=1, high=MAX_PROCESSES)
+        if socket_mode and count > MAX_SOCKET_MODE_CONNECTIONS:
+            raise ConfigError(
+                f"PROCESSES is out of range: Socket Mode allows at most {MAX_SOCKET_MODE_CONNECTIONS}"
+                f" connections per app, one per process; got {count}. Lower it, or use HTTP mode."
+            )
+    return process_count(value, socket_mode=socket_mode)
 
 
 def _log_level(value: str) -> str:

@@ -8,8 +8,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import redis
-
 START_TIMEOUT = 10.0
 
 
@@ -75,6 +73,8 @@ class LocalRedis:
     def _answers(self) -> bool:
         if not self.socket.exists():
             return False
+        import redis  # here: a PROCESSES supervisor, which starts this Redis, imports no client
+
         try:
             return bool(redis.Redis(unix_socket_path=str(self.socket), socket_timeout=0.5).ping())
         except (redis.RedisError, OSError):

@@ -425,9 +425,11 @@ def _settle_garbage_collector() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
-async def serve(settings: Settings, redis_url: str, *, supervisor_pid: int | None = None) -> None:
+async def serve(
+    settings: Settings, redis_url: str, *, supervisor_pid: int | None = None, ready_fd: int | None = None
+) -> None:
     """Run the bot until SIGTERM or SIGINT (or until its supervisor is gone), then stop
-    gracefully."""
+    gracefully. `ready_fd`: a pipe to write a byte to once serving (bot/supervisor.py)."""
     bot = SupportBot(settings, redis_url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -437,6 +439,13 @@ async def serve(settings: Settings, redis_url: str, *, supervisor_pid: int | Non
     try:
         await bot.start()
         _settle_garbage_collector()
+        if ready_fd is not None:
+            try:
+                os.write(ready_fd, b"1")
+            except OSError:
+                pass  # the supervisor is gone: _stop_when_orphaned stops this process
+            finally:
+                os.close(ready_fd)
         await stop.wait()
         log.info("stopping: finishing answers in flight")
     finally:

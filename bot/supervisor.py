@@ -29,11 +29,34 @@ log = logging.getLogger(__name__)
 
 # Set by the supervisor in each process it starts: that process runs the bot, not a supervisor.
 PROCESS_INDEX_ENV = "BOT_PROCESS_INDEX"
+READY_FD_ENV = "BOT_READY_FD"
+MAX_PROCESSES = 64
+# Slack keeps at most 10 Socket Mode connections open for one app, one per process here.
+MAX_SOCKET_MODE_CONNECTIONS = 10
 STARTUP_FAILED = 2  # app.py's exit status for a setting, port or Redis it cannot start with
 # A process that dies within this long of its start is restarted after a longer wait each time.
 STEADY_SECONDS = 60.0
 RESTART_WAIT_SECONDS = 1.0
 RESTART_WAIT_MAX_SECONDS = 30.0
+
+
+def usable_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):  # the cores this process may run on, not the machine's
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def process_count(value: str, *, socket_mode: bool) -> int:
+    """PROCESSES, already checked (bot/config.py): a whole number, or `auto`, one per core."""
+    if value.strip().lower() == "auto":
+        return min(usable_cores(), MAX_SOCKET_MODE_CONNECTIONS if socket_mode else MAX_PROCESSES)
+    return int(value)
+
+
+def wants_several(env: Mapping[str, str]) -> bool:
+    """Whether this process is to supervise others: PROCESSES is set to anything but 1 (a
+    malformed value too: the check of the settings names it) and nobody started this one."""
+    return env.get("PROCESSES", "").strip() not in ("", "1") and process_index(env) is None
 
 
 def process_index(env: Mapping[str, str]) -> int | None:
@@ -55,25 +78,60 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
-        log.info("starting %d bot processes", self.count)
-        await asyncio.gather(*(self._keep_running(index) for index in range(self.count)))
+        # The first alone, until it serves: what stops one copy at start-up (a rejected token, the
+        # port, Redis) would stop them all, and its one line should be said once, not N times.
+        first = await self._spawn_and_wait_until_serving(0)
+        if first.returncode == STARTUP_FAILED:
+            return STARTUP_FAILED
+        if first.returncode is None:
+            log.info("bot process 1 (pid %d) serves; starting %d more", first.pid, self.count - 1)
+        await asyncio.gather(
+            self._keep_running(0, first), *(self._keep_running(index) for index in range(1, self.count))
+        )
         log.info("all bot processes stopped")
         return self._exit_status
 
-    async def _keep_running(self, index: int) -> None:
+    async def _spawn(
+        self, index: int, extra_env: Mapping[str, str] | None = None, pass_fds: tuple[int, ...] = ()
+    ) -> asyncio.subprocess.Process:
+        env = self.env | {"PROCESSES": str(self.count), PROCESS_INDEX_ENV: str(index)} | dict(extra_env or {})
+        return await asyncio.create_subprocess_exec(sys.executable, str(self.app), env=env, pass_fds=pass_fds)
+
+    async def _spawn_and_wait_until_serving(self, index: int) -> asyncio.subprocess.Process:
+        """Start a process that says through a pipe once it serves; wait for that or its exit."""
+        read_end, write_end = os.pipe()
+        try:
+            process = await self._spawn(index, {READY_FD_ENV: str(write_end)}, pass_fds=(write_end,))
+        finally:
+            os.close(write_end)
+        try:
+            # One byte once it serves; end of file if it exits first.
+            reading = asyncio.ensure_future(asyncio.to_thread(os.read, read_end, 1))
+            stopping = asyncio.ensure_future(self._stopping.wait())
+            await asyncio.wait((reading, stopping), return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not reading.done():
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
+            if not await reading:
+                await process.wait()
+        finally:
+            os.close(read_end)
+        return process
+
+    async def _keep_running(self, index: int, process: asyncio.subprocess.Process | None = None) -> None:
         wait = RESTART_WAIT_SECONDS
         while not self._stopping.is_set():
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, str(self.app),
-                env=self.env | {"PROCESSES": str(self.count), PROCESS_INDEX_ENV: str(index)},
-            )  # fmt: skip
+            if process is None:
+                process = await self._spawn(index)
             started = asyncio.get_running_loop().time()
             status = await self._until_exit_or_stop(process)
+            pid, process = process.pid, None
             if self._stopping.is_set():
                 return
             if status == 0:
                 # Told to stop by someone else (SIGTERM sent to it alone): leave it stopped.
-                log.info("bot process %d (pid %d) stopped", index + 1, process.pid)
+                log.info("bot process %d (pid %d) stopped", index + 1, pid)
                 return
             if status == STARTUP_FAILED:
                 log.error("bot process %d could not start; stopping the others", index + 1)
@@ -84,7 +142,7 @@ class Supervisor:
             wait = RESTART_WAIT_SECONDS if ran >= STEADY_SECONDS else min(wait * 2, RESTART_WAIT_MAX_SECONDS)
             log.warning(
                 "bot process %d (pid %d) %s; starting it again in %.0f s",
-                index + 1, process.pid, _describe(status), wait,
+                index + 1, pid, _describe(status), wait,
             )  # fmt: skip
             # Its threads are taken over by the others meanwhile (it stopped beating in Redis).
             try:
@@ -102,6 +160,12 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
         return await exited
+
+
+def ready_fd(env: Mapping[str, str]) -> int | None:
+    """The pipe this process writes a byte to once it serves, if its supervisor waits for that."""
+    raw = env.get(READY_FD_ENV, "")
+    return int(raw) if raw.isdigit() else None
 
 
 def _describe(status: int) -> str:

@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.bot_process import BotProcess
 from tests.conftest import bot_env, free_port
 from tests.emulators.openai_api import OpenAIEmulator
@@ -15,9 +17,9 @@ from tests.emulators.slack import SlackEmulator
 APP = Path(__file__).resolve().parents[1] / "app.py"
 
 
-async def run_app(env: dict[str, str], cwd: Path) -> asyncio.subprocess.Process:
+async def run_app(env: dict[str, str], cwd: Path, *args: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, str(APP), cwd=cwd, env={"PATH": os.environ["PATH"], **env},
+        sys.executable, str(APP), *args, cwd=cwd, env={"PATH": os.environ["PATH"], **env},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
 
@@ -30,18 +32,23 @@ async def test_missing_setting_stops_with_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: SLACK_BOT_TOKEN is not set")
 
 
-async def test_malformed_setting_in_dotenv_is_named(tmp_path: Path) -> None:
-    (tmp_path / ".env").write_text("SLACK_BOT_TOKEN=xoxb-1\nSLACK_APP_TOKEN=xapp-1\nPORT=eighty\n")
+@pytest.mark.parametrize("processes", ["1", "3"])
+async def test_malformed_setting_in_dotenv_is_named(processes: str, tmp_path: Path) -> None:
+    settings = ["SLACK_BOT_TOKEN=xoxb-1", "SLACK_APP_TOKEN=xapp-1", "PORT=eighty", f"PROCESSES={processes}"]
+    (tmp_path / ".env").write_text("\n".join(settings) + "\n")
     process = await run_app({"OPENAI_API_KEY": "sk-test"}, tmp_path)
     _, stderr = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 2
     assert stderr.decode().strip() == "error: PORT is malformed: expected a whole number, got 'eighty'."
 
 
+@pytest.mark.parametrize("processes", ["1", "3"])
 async def test_rejected_bot_token_stops_with_one_line(
-    tmp_path: Path, slack: SlackEmulator, llm: OpenAIEmulator, redis_url: str
+    processes: str, tmp_path: Path, slack: SlackEmulator, llm: OpenAIEmulator, redis_url: str
 ) -> None:
+    """Also with PROCESSES: the first process starts alone, so its error is said once."""
     env = bot_env(slack, llm, redis_url, "http", free_port()) | {"SLACK_BOT_TOKEN": "xoxb-revoked"}
+    env["PROCESSES"] = processes
     process = await run_app(env, tmp_path)
     _, stderr = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 2
@@ -49,6 +56,26 @@ async def test_rejected_bot_token_stops_with_one_line(
         stderr.decode().strip().startswith("error: SLACK_BOT_TOKEN was rejected by Slack (invalid_auth)")
     ), stderr.decode()
     assert len(stderr.decode().strip().splitlines()) == 1
+
+
+async def test_check_says_whether_the_settings_are_valid_and_exits(tmp_path: Path) -> None:
+    valid = {"SLACK_BOT_TOKEN": "xoxb-1", "SLACK_SIGNING_SECRET": "s3cret", "OPENAI_API_KEY": "sk-test"}
+    process = await run_app(valid | {"PROCESSES": "4"}, tmp_path, "--check")
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert (process.returncode, stderr) == (0, b"")
+    assert stdout.decode() == "settings are valid: HTTP mode, 4 processes, model gpt-4o-mini\n"
+
+    process = await run_app(valid | {"PROCESSES": "none"}, tmp_path, "--check")
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert (process.returncode, stdout) == (2, b"")
+    assert stderr.decode() == (
+        "error: PROCESSES is malformed: expected a whole number or 'auto', got 'none'.\n"
+    )
+
+    process = await run_app(valid, tmp_path, "--verbose")
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2
+    assert stderr.decode().startswith("error: unknown arguments '--verbose'")
 
 
 async def test_app_serves_answers_and_stops_cleanly_on_sigterm(

@@ -189,12 +189,8 @@ async def test_a_port_held_by_another_program_stops_the_bot_with_one_line(
     finally:
         holder.close()
         await bot.close()
-    errors = [line for line in bot.log().splitlines() if line.startswith("error: ")]
-    assert errors, bot.log()
-    assert set(errors) == {
+    # Said once: with several processes the first starts alone, and the rest only once it serves.
+    assert [line for line in bot.log().splitlines() if line.startswith("error: ")] == [
         f"error: PORT {port} cannot be opened on 127.0.0.1 (Address already in use): set PORT to a "
         "free port, or stop the program that holds it."
-    }
-    assert "Traceback" not in bot.log()
-    if processes > 1:
-        assert "could not start; stopping the others" in bot.log()
+    ], bot.log()
