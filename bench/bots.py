@@ -56,6 +56,14 @@ class BotProcess:
     def sample(self) -> ProcSample:
         return proc_sample(self.pid)
 
+    async def every_process_started(self, count: int, within: float = START_TIMEOUT) -> None:
+        """With PROCESSES = count > 1: wait until each of the supervisor's processes serves."""
+        deadline = time.monotonic() + within
+        while self.log_path.read_text(errors="replace").count("bot started") < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: not all {count} processes started; see {self.log_path}")
+            await asyncio.sleep(0.1)
+
     async def start(self, ready: str = "health") -> None:
         """Spawn it and wait until it is ready: `health` (GET /health says 200), `port` (the port
         accepts connections) or `spawned` (the caller waits, e.g. for its Socket Mode connection)."""

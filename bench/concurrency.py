@@ -27,12 +27,14 @@ async def sweep(
     dm: bool = False,
     cap: float | None = None,
     rig: Rig | None = None,
+    processes: int = 1,
 ) -> dict[str, Any]:
     """Start a bot, then fire C questions at once for each C; returns per-C figures and idle memory.
 
     `tiers`: Slack's per-method rate limits on (skipped, saying so, when the emulator lacks them).
     `dm`: each question in its own DM channel instead of a channel thread.
     `cap`: a step that would take longer than this (projected from the last step) is skipped.
+    `processes`: the bot's PROCESSES (a supervisor and that many processes on one port).
     """
     settings = ctx.settings
     own_rig = rig is None
@@ -51,13 +53,18 @@ async def sweep(
             enable_slack_tiers(rig.slack)
         await ctx.flush_redis()
         port = free_port()
-        bot = BotProcess(name, app, rig.bot_env(ctx.redis_url, port, mode), port, ctx.workdir)
+        env = rig.bot_env(ctx.redis_url, port, mode)
+        if processes > 1:
+            env["PROCESSES"] = str(processes)
+        bot = BotProcess(name, app, env, port, ctx.workdir)
         # The baseline has no /health: its HTTP port, or its socket, says it is up.
         baseline = app == BASELINE_APP
         await bot.start(ready=("port" if mode == "http" else "spawned") if baseline else "health")
         try:
             if mode == "socket":
                 await rig.slack.wait_for_socket(timeout=30)
+            if processes > 1:
+                await every_process_started(bot, rig, mode, processes)
             route = bot.events_url if mode == "http" else None
             await asyncio.sleep(0.5)  # let start-up settle before reading the idle figures
             result["idle_rss_mb"] = bot.sample().rss_bytes / 2**20
@@ -87,6 +94,15 @@ async def sweep(
         if own_rig:
             await rig.stop()
     return result
+
+
+async def every_process_started(bot: BotProcess, rig: Rig, mode: str, count: int) -> None:
+    """A bot run with PROCESSES = count: wait for each process (and, in Socket Mode, its
+    connection); Slack spreads envelopes over an app's connections, and so does the emulator."""
+    rig.slack.spread_envelopes = True
+    if mode == "socket":
+        await rig.slack.wait_for(lambda: rig.slack.open_sockets == count, 30, what=f"{count} connections")
+    await bot.every_process_started(count)
 
 
 class Burst:

@@ -28,7 +28,6 @@ import asyncio
 import json
 import sys
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -129,16 +128,8 @@ def _ms(points: dict) -> str:
 async def _every_process_started(bot: BotProcess, rig: Rig, mode: str, processes: str) -> None:
     """With PROCESSES > 1, wait until each of the supervisor's processes is serving."""
     count = int(processes) if processes.isdigit() else 1
-    if count <= 1:
-        return
-    rig.slack.spread_envelopes = True  # as Slack does over an app's several connections
-    if mode == "socket":
-        await rig.slack.wait_for(lambda: rig.slack.open_sockets == count, 30, what=f"{count} sockets")
-    deadline = time.monotonic() + 30
-    while bot.log_path.read_text(errors="replace").count("bot started") < count:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{count} processes did not all start; see {bot.log_path}")
-        await asyncio.sleep(0.1)
+    if count > 1:
+        await concurrency.every_process_started(bot, rig, mode, count)
 
 
 def main() -> int:

@@ -134,8 +134,14 @@ FLOOR_HEADERS = [
 ]
 
 
+PROCESSES_HEADERS = [
+    h.replace("ours/floor", "1 process/2") if "ours/floor" in h else h for h in FLOOR_HEADERS
+]
+
+
 def floor_rows(ours: list[dict[str, Any]], floor: list[dict[str, Any]]) -> list[list[str]]:
-    """Our p99s beside the floor's at the same C and mode (limits off): what is left to the bot."""
+    """Our p99s beside the floor's at the same C and mode (limits off): what is left to the bot.
+    Also one process's beside PROCESSES=2's."""
     rows = []
     for theirs in floor:
         mine = next((r for r in ours if r["mode"] == theirs["mode"] and not r["tiers"]), None)
@@ -346,7 +352,12 @@ def render(results: dict[str, Any]) -> str:
         _settings(results["settings"]),
     ]
     floor = scenarios.get("floor") or {}
-    runs = scenarios.get("concurrency", []) + scenarios.get("baseline", []) + floor.get("concurrency", [])
+    runs = (
+        scenarios.get("concurrency", [])
+        + scenarios.get("processes", [])
+        + scenarios.get("baseline", [])
+        + floor.get("concurrency", [])
+    )
     if runs:
         rows = [row for run in runs for row in sweep_rows(run)]
         title = "Concurrency sweep (1), memory (4), baseline (6)"
@@ -360,6 +371,13 @@ def render(results: dict[str, Any]) -> str:
     if floor.get("concurrency"):
         rows = floor_rows(scenarios.get("concurrency", []), floor["concurrency"])
         parts += ["", f"Ours against the {FLOOR}", _table(FLOOR_HEADERS, rows)]
+    if scenarios.get("processes"):
+        rows = floor_rows(scenarios.get("concurrency", []), scenarios["processes"])
+        title = (
+            "One machine, PROCESSES=2 (a supervisor and two bot processes on one port, or two Socket "
+            "Mode connections); not among the issue's targets, which are per process"
+        )
+        parts += ["", title, _table(PROCESSES_HEADERS, rows)]
     throughputs = [("ours", scenarios.get("throughput")), ("floor", floor.get("throughput"))]
     if any(found for _, found in throughputs):
         parts += ["", *_throughput(throughputs)]
@@ -454,7 +472,12 @@ def _profiles(scenarios: dict[str, Any]) -> list[str]:
     """With --profile: for each profiled step, where the bot's CPU went."""
     steps: list[tuple[str, dict[str, Any]]] = []
     floor = scenarios.get("floor") or {}
-    runs = scenarios.get("concurrency", []) + scenarios.get("baseline", []) + floor.get("concurrency", [])
+    runs = (
+        scenarios.get("concurrency", [])
+        + scenarios.get("processes", [])
+        + scenarios.get("baseline", [])
+        + floor.get("concurrency", [])
+    )
     for run in runs:
         for step in run.get("steps", []):
             steps.append((f"{run['name']} {run['mode']} C={step['c']}", step.get("profile") or {}))

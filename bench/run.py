@@ -30,7 +30,17 @@ from bench.rig import Rig
 from tests.redis_server import RedisServer
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SCENARIOS = ("concurrency", "baseline", "throughput", "floor", "memory", "replicas", "history_growth")
+SCENARIOS = (
+    "concurrency",
+    "baseline",
+    "throughput",
+    "floor",
+    "processes",
+    "memory",
+    "replicas",
+    "history_growth",
+)
+PROCESSES = 2  # the "processes" scenario: one machine's two cores, PROCESSES=2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,6 +127,8 @@ def _run(name: str, ctx: Context, done: dict[str, Any]) -> Any:
         return asyncio.run(_throughput(ctx, BOT_APP))
     if name == "floor":
         return asyncio.run(_floor(ctx))
+    if name == "processes":
+        return asyncio.run(_processes(ctx))
     if name == "memory":
         return _memory(done.get("concurrency") or [], settings)
     if name == "replicas":
@@ -130,6 +142,14 @@ async def _ours(ctx: Context) -> list[dict[str, Any]]:
         # Slack's tiers, questions spread over as many DM channels: how delivery uses the budget.
         runs.append(await concurrency.sweep(ctx, name="bot", mode="http", tiers=True, dm=True))
     return runs
+
+
+async def _processes(ctx: Context) -> list[dict[str, Any]]:
+    """Not one of the issue's scenarios: the sweep against PROCESSES=2 (a supervisor and two
+    bot processes on one port, or two Socket Mode connections), to set beside one process's."""
+    name = f"bot, PROCESSES={PROCESSES}"
+    modes = ctx.settings.sweep_modes
+    return [await concurrency.sweep(ctx, name=name, mode=mode, processes=PROCESSES) for mode in modes]
 
 
 async def _baseline(ctx: Context) -> list[dict[str, Any]]:

@@ -30,6 +30,7 @@ def test_bench_smoke_run_completes_with_well_formed_results(tmp_path: Path) -> N
     assert run.returncode == 0, run.stderr[-3000:]
     assert "Targets (issue 6)" in run.stdout
     assert "calibration:" in run.stdout and "Ours against the floor" in run.stdout
+    assert "One machine, PROCESSES=2" in run.stdout
 
     results = json.loads(out.read_text())
     assert results["quick"] is True
@@ -44,18 +45,16 @@ def test_bench_smoke_run_completes_with_well_formed_results(tmp_path: Path) -> N
         "baseline",
         "throughput",
         "floor",
+        "processes",
         "memory",
         "replicas",
         "history_growth",
     }
 
     floor = scenarios["floor"]
-    swept = [
-        run
-        for run in scenarios["concurrency"] + scenarios["baseline"] + floor["concurrency"]
-        if "skipped" not in run
-    ]
-    assert {run["name"] for run in swept} == {"bot", "baseline", "floor"}
+    runs = scenarios["concurrency"] + scenarios["processes"] + scenarios["baseline"] + floor["concurrency"]
+    swept = [run for run in runs if "skipped" not in run]
+    assert {run["name"] for run in swept} == {"bot", "bot, PROCESSES=2", "baseline", "floor"}
     for sweep in swept:
         for step in sweep["steps"]:
             assert step["answered"] == step["questions"] == step["c"]
