@@ -16,7 +16,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.measure import ProcSample, proc_sample
+from bench.measure import ProcSample, tree_sample
 
 ROOT = Path(__file__).resolve().parent.parent
 BOT_APP = ROOT / "app.py"
@@ -54,7 +54,7 @@ class BotProcess:
         return f"http://127.0.0.1:{self.port}/slack/events"
 
     def sample(self) -> ProcSample:
-        return proc_sample(self.pid)
+        return tree_sample(self.pid)
 
     async def every_process_started(self, count: int, within: float = START_TIMEOUT) -> None:
         """With PROCESSES = count > 1: wait until each of the supervisor's processes serves."""

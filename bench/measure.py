@@ -42,29 +42,13 @@ class ProcSample:
     peak_rss_bytes: int
 
 
-def proc_sample(pid: int) -> ProcSample:
-    """The process with its children, summed: a bot run with PROCESSES > 1 is a supervisor whose
-    children do the work (each child's peak counts, though they may not have peaked together)."""
-    own = _one_process(pid)
-    for child in _children(pid):
-        try:
-            theirs = proc_sample(child)
-        except FileNotFoundError:  # it exited meanwhile
-            continue
-        own = ProcSample(
-            own.cpu_seconds + theirs.cpu_seconds,
-            own.rss_bytes + theirs.rss_bytes,
-            own.peak_rss_bytes + theirs.peak_rss_bytes,
-        )
-    return own
-
-
-def _one_process(pid: int) -> ProcSample:
+def proc_sample(pid: int, *, reaped_children: bool = False) -> ProcSample:
+    """One process alone. `reaped_children`: with the CPU of the children it has waited for."""
     with open(f"/proc/{pid}/stat") as stat:
         # The command name may hold spaces; the fields after its closing parenthesis do not.
         fields = stat.read().rsplit(")", 1)[1].split()
-    # utime + stime, and cutime + cstime: the children it has seen exit (a restarted one's).
-    cpu = sum(int(value) for value in fields[11:15]) / CLOCK_TICKS
+    # utime + stime, and cutime + cstime if asked (the children it has seen exit).
+    cpu = sum(int(value) for value in fields[11 : 15 if reaped_children else 13]) / CLOCK_TICKS
     memory = {}
     with open(f"/proc/{pid}/status") as status:
         for line in status:
@@ -72,6 +56,25 @@ def _one_process(pid: int) -> ProcSample:
             if name in ("VmRSS", "VmHWM"):
                 memory[name] = int(value.split()[0]) * 1024
     return ProcSample(cpu, memory.get("VmRSS", 0), memory.get("VmHWM", 0))
+
+
+def tree_sample(pid: int) -> ProcSample:
+    """A bot process with its children, summed: a bot run with PROCESSES > 1 is a supervisor
+    whose children do the work, and one restarted counts through its parent's reaped CPU. Each
+    child's peak counts, though they may not have peaked together. Never for the load generator,
+    whose children are the bots and Redis."""
+    total = proc_sample(pid, reaped_children=True)
+    for child in _children(pid):
+        try:
+            theirs = tree_sample(child)
+        except FileNotFoundError:  # it exited meanwhile
+            continue
+        total = ProcSample(
+            total.cpu_seconds + theirs.cpu_seconds,
+            total.rss_bytes + theirs.rss_bytes,
+            total.peak_rss_bytes + theirs.peak_rss_bytes,
+        )
+    return total
 
 
 def _children(pid: int) -> list[int]:
@@ -198,7 +201,7 @@ class PeakRss:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self.peak = proc_sample(self.pid).rss_bytes
+        self.peak = tree_sample(self.pid).rss_bytes
         self._task = asyncio.create_task(self._sample())
 
     def stop(self) -> int:
@@ -210,6 +213,6 @@ class PeakRss:
         while True:
             await asyncio.sleep(0.1)
             try:
-                self.peak = max(self.peak, proc_sample(self.pid).rss_bytes)
+                self.peak = max(self.peak, tree_sample(self.pid).rss_bytes)
             except OSError:
                 return
