@@ -341,6 +341,7 @@ class Keys:
         self.prefix = prefix
         self.pending = f"{prefix}pending"  # sorted set: threads with queued messages, by when they last moved
         self.processes = f"{prefix}processes"  # sorted set: bot processes, by when their liveness lapses
+        self.orphan_scan = f"{prefix}orphan-scan"  # set while one process looks for a gone one's threads
         self.lock_prefix = f"{prefix}lock:"  # + thread key (also built by _ORPHANED_THREADS)
         self.journal_prefix = f"{prefix}turn:"  # + team:channel:ts (also built by _TAKE and _FINISH)
         # Keys of per-person records kept by other features (feedback on answers). Forgetting a
@@ -594,11 +595,14 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 3600000)
 redis.call('PEXPIRE', KEYS[1], 86400000)
 """
 
-# KEYS: pending, processes. ARGV: latest last-moved time, lock key prefix, limit. The waiting
-# threads whose lock is held by a process that is gone (see holder_is_gone).
+# KEYS: pending, processes, scan gate. ARGV: latest last-moved time, lock key prefix, limit, gate
+# ms. The waiting threads whose lock is held by a process that is gone (see holder_is_gone). With
+# a gate (ms > 0), only the first of all processes to ask within that time looks: the look costs
+# Redis three commands a waiting thread, and every process asks every second.
 _ORPHANED_THREADS = (
     _HOLDER_IS_GONE_FUNCTION
     + """
+if tonumber(ARGV[4]) > 0 and not redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[4]) then return {} end
 local found = {}
 for _, thread in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])) do
   if holder_is_gone(redis.call('GET', ARGV[2] .. thread), KEYS[2]) then table.insert(found, thread) end
@@ -978,13 +982,17 @@ class Store:
         """`process` is stopping: locks it still holds may be taken over at once."""
         await self.redis.zrem(self.keys.processes, process)
 
-    async def threads_orphaned(self, idle_seconds: float, limit: int = 1000) -> list[ThreadKey]:
+    async def threads_orphaned(
+        self, idle_seconds: float, limit: int = 1000, *, once_per_seconds: float = 0
+    ) -> list[ThreadKey]:
         """Threads with queued messages, unmoved for `idle_seconds`, whose lock is held by a
-        process that stopped saying it is alive: `take_thread` takes them over."""
+        process that stopped saying it is alive: `take_thread` takes them over. With
+        `once_per_seconds`, an empty list unless no process has looked within that time: one
+        look a period serves them all, however many processes share Redis."""
         raw = await self._batch.run_script(
             self._orphaned_threads,
-            [self.keys.pending, self.keys.processes],
-            [time.time() - idle_seconds, self.keys.lock_prefix, limit],
+            [self.keys.pending, self.keys.processes, self.keys.orphan_scan],
+            [time.time() - idle_seconds, self.keys.lock_prefix, limit, int(once_per_seconds * 1000)],
         )
         return [ThreadKey.parse(item) for item in raw]
 

@@ -102,6 +102,7 @@ ARRIVAL_WAIT_SECONDS = 5.0  # at most, for a message of the thread still being q
 BEAT_SECONDS = 1.0
 LIVENESS_BEATS = 5
 ORPHAN_IDLE_SECONDS = 1.0
+ORPHAN_SCAN_SHARE_OF_BEAT = 0.9
 
 
 @dataclass(frozen=True)
@@ -243,7 +244,12 @@ class TurnRunner:
     async def take_over_orphans(self) -> int:
         """Start work on waiting threads whose lock holder's process is gone (killed, or stalled
         past its liveness), without waiting for the locks to expire. Returns how many."""
-        return self._start_work_on(await self.store.threads_orphaned(ORPHAN_IDLE_SECONDS))
+        # Every process beats each second, but one look a beat serves them all (a little under a
+        # beat, so that a process's own next look is not shut out by its last).
+        found = await self.store.threads_orphaned(
+            ORPHAN_IDLE_SECONDS, once_per_seconds=self.beat_seconds * ORPHAN_SCAN_SHARE_OF_BEAT
+        )
+        return self._start_work_on(found)
 
     def _start_work_on(self, threads: list[ThreadKey]) -> int:
         """A worker for each thread not worked on here already; how many were started."""

@@ -51,6 +51,12 @@ async def test_a_lock_whose_process_went_silent_is_taken_over_and_listed_as_orph
 
     await asyncio.sleep(0.4)  # aaaa's liveness lapses
     assert await store.threads_orphaned(0) == [THREAD]
+    # Gated, as every process asks each beat: the first to ask within the period looks, the
+    # others get nothing until it ends (the first has taken the thread over by then).
+    assert await store.threads_orphaned(0, once_per_seconds=0.3) == [THREAD]
+    assert await store.threads_orphaned(0, once_per_seconds=0.3) == []
+    await asyncio.sleep(0.35)
+    assert await store.threads_orphaned(0, once_per_seconds=0.3) == [THREAD]
     taken = await store.take_thread(THREAD, "bbbb:turn")
     assert taken and taken.message == OPENING
     assert await store.redis.get(store.keys.lock(THREAD)) == "bbbb:turn"
