@@ -22,10 +22,12 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Set by the supervisor in each process it starts: that process runs the bot, not a supervisor.
 PROCESS_INDEX_ENV = "BOT_PROCESS_INDEX"
@@ -106,14 +108,7 @@ class Supervisor:
             os.close(write_end)
         try:
             # One byte once it serves; end of file if it exits first.
-            reading = asyncio.ensure_future(asyncio.to_thread(os.read, read_end, 1))
-            stopping = asyncio.ensure_future(self._stopping.wait())
-            await asyncio.wait((reading, stopping), return_when=asyncio.FIRST_COMPLETED)
-            stopping.cancel()
-            if not reading.done():
-                with contextlib.suppress(ProcessLookupError):
-                    process.send_signal(signal.SIGTERM)
-            if not await reading:
+            if not await self._unless_stopped(asyncio.to_thread(os.read, read_end, 1), process):
                 await process.wait()
         finally:
             os.close(read_end)
@@ -125,7 +120,7 @@ class Supervisor:
             if process is None:
                 process = await self._spawn(index)
             started = asyncio.get_running_loop().time()
-            status = await self._until_exit_or_stop(process)
+            status = await self._unless_stopped(process.wait(), process)
             pid, process = process.pid, None
             if self._stopping.is_set():
                 return
@@ -150,16 +145,17 @@ class Supervisor:
             except TimeoutError:
                 pass
 
-    async def _until_exit_or_stop(self, process: asyncio.subprocess.Process) -> int:
-        exited = asyncio.ensure_future(process.wait())
+    async def _unless_stopped(self, work: Awaitable[T], process: asyncio.subprocess.Process) -> T:
+        """`work`'s result. A stop that comes first is passed on to `process` (it finishes its
+        answers in flight, SHUTDOWN_GRACE_SECONDS, and exits), and `work` is still awaited."""
+        working = asyncio.ensure_future(work)
         stopping = asyncio.ensure_future(self._stopping.wait())
-        await asyncio.wait((exited, stopping), return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait((working, stopping), return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
-        if not exited.done():
-            # The process finishes its answers in flight (SHUTDOWN_GRACE_SECONDS) and exits.
+        if not working.done():
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
-        return await exited
+        return await working
 
 
 def ready_fd(env: Mapping[str, str]) -> int | None:

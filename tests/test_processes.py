@@ -71,6 +71,13 @@ def _kill(pid: int) -> None:
         pass
 
 
+def _command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    except FileNotFoundError:
+        return ""
+
+
 def _running(pid: int) -> bool:
     """Alive and not a zombie (an orphan's exit is reaped by whoever adopted it, maybe never)."""
     try:
@@ -194,3 +201,25 @@ async def test_a_port_held_by_another_program_stops_the_bot_with_one_line(
         f"error: PORT {port} cannot be opened on 127.0.0.1 (Address already in use): set PORT to a "
         "free port, or stop the program that holds it."
     ], bot.log()
+
+
+async def test_sigterm_while_the_first_process_starts_stops_everything(
+    slack: SlackEmulator, llm: OpenAIEmulator, redis_url: str, tmp_path: Path
+) -> None:
+    """The supervisor waits for its first process to serve before it starts the others; a stop
+    meanwhile is passed on to that one, and no other is started."""
+    env = bot_env(slack, llm, redis_url, "http", free_port()) | {"PROCESSES": "3"}
+    supervisor = BotProcess(env, tmp_path)
+    try:
+        await supervisor.spawn()
+        deadline = asyncio.get_running_loop().time() + 20
+        # Past the check of the settings (`app.py --check`, a child of its own): the first process.
+        while not (started := [pid for pid in _children(supervisor) if "--check" not in _command(pid)]):
+            assert asyncio.get_running_loop().time() < deadline, supervisor.log()
+            await asyncio.sleep(0.01)
+        supervisor.terminate()  # long before it serves: importing the bot takes a second
+        assert await supervisor.wait(30) == 0, supervisor.log()
+        assert started == [started[0]] and not _running(started[0])
+        assert "bot started" not in supervisor.log()
+    finally:
+        await supervisor.close()
