@@ -79,7 +79,18 @@ class Supervisor:
         """Keep `count` bot processes running until SIGTERM or SIGINT; the exit status."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stopping.set)
+            loop.add_signal_handler(sig, self.stop)
+        try:
+            return await self._run()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    def stop(self) -> None:
+        """Stop every process (each finishes its answers in flight), then `run` returns."""
+        self._stopping.set()
+
+    async def _run(self) -> int:
         # The first alone, until it serves: what stops one copy at start-up (a rejected token, the
         # port, Redis) would stop them all, and its one line should be said once, not N times.
         first = await self._spawn_and_wait_until_serving(0)
@@ -133,8 +144,8 @@ class Supervisor:
                 self._exit_status = STARTUP_FAILED
                 self._stopping.set()
                 return
-            ran = asyncio.get_running_loop().time() - started
-            wait = RESTART_WAIT_SECONDS if ran >= STEADY_SECONDS else min(wait * 2, RESTART_WAIT_MAX_SECONDS)
+            if asyncio.get_running_loop().time() - started >= STEADY_SECONDS:
+                wait = RESTART_WAIT_SECONDS  # it had run steadily: this is a new crash, not a loop
             log.warning(
                 "bot process %d (pid %d) %s; starting it again in %.0f s",
                 index + 1, pid, _describe(status), wait,
@@ -144,6 +155,7 @@ class Supervisor:
                 await asyncio.wait_for(self._stopping.wait(), wait)
             except TimeoutError:
                 pass
+            wait = min(wait * 2, RESTART_WAIT_MAX_SECONDS)
 
     async def _unless_stopped(self, work: Awaitable[T], process: asyncio.subprocess.Process) -> T:
         """`work`'s result. A stop that comes first is passed on to `process` (it finishes its

@@ -5,6 +5,7 @@ Slack reached; a process that dies is started again; a stop reaches them all."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import signal
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from bot.supervisor import PROCESS_INDEX_ENV, Supervisor
 from tests.bot_process import BotProcess
 from tests.conftest import bot_env, free_port
 from tests.emulators.openai_api import OpenAIEmulator
@@ -71,11 +73,11 @@ def _kill(pid: int) -> None:
         pass
 
 
-def _command(pid: int) -> str:
+def _is_first_process(pid: int) -> bool:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
-    except FileNotFoundError:
-        return ""
+        return f"{PROCESS_INDEX_ENV}=0" in Path(f"/proc/{pid}/environ").read_text().split("\0")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
 
 
 def _running(pid: int) -> bool:
@@ -213,8 +215,10 @@ async def test_sigterm_while_the_first_process_starts_stops_everything(
     try:
         await supervisor.spawn()
         deadline = asyncio.get_running_loop().time() + 20
-        # Past the check of the settings (`app.py --check`, a child of its own): the first process.
-        while not (started := [pid for pid in _children(supervisor) if "--check" not in _command(pid)]):
+        # Past the check of the settings (`app.py --check`, a child of its own): the first process,
+        # once it runs with the index its supervisor gave it (before exec, a child has the
+        # supervisor's environment).
+        while not (started := [pid for pid in _children(supervisor) if _is_first_process(pid)]):
             assert asyncio.get_running_loop().time() < deadline, supervisor.log()
             await asyncio.sleep(0.01)
         supervisor.terminate()  # long before it serves: importing the bot takes a second
@@ -223,3 +227,26 @@ async def test_sigterm_while_the_first_process_starts_stops_everything(
         assert "bot started" not in supervisor.log()
     finally:
         await supervisor.close()
+
+
+async def test_a_process_that_keeps_dying_is_started_again_after_ever_longer_waits(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A process that dies at once, every time (a crash loop), is started again after 1 s, then
+    2, then 4 (up to 30), not as fast as it can die. A real process stands in for the bot here."""
+    starts = tmp_path / "starts"
+    crashing = tmp_path / "crashing.py"
+    crashing.write_text(f"open({str(starts)!r}, 'a').write('start\\n'); raise SystemExit(1)\n")
+    supervisor = Supervisor(crashing, 1, dict(os.environ))
+    caplog.set_level(logging.INFO, logger="bot.supervisor")
+    running = asyncio.create_task(supervisor.run())
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        while not starts.exists() or starts.read_text().count("start") < 4:
+            assert asyncio.get_running_loop().time() < deadline and not running.done()
+            await asyncio.sleep(0.05)
+    finally:
+        supervisor.stop()
+        assert await asyncio.wait_for(running, 10) == 0
+    waits = re.findall(r"exited with status 1; starting it again in (\d+) s", caplog.text)
+    assert waits[:3] == ["1", "2", "4"], caplog.text
