@@ -64,7 +64,7 @@ def tree_sample(pid: int) -> ProcSample:
     child's peak counts, though they may not have peaked together. Never for the load generator,
     whose children are the bots and Redis."""
     total = proc_sample(pid, reaped_children=True)
-    for child in _children(pid):
+    for child in children(pid):
         try:
             theirs = tree_sample(child)
         except FileNotFoundError:  # it exited meanwhile
@@ -77,7 +77,8 @@ def tree_sample(pid: int) -> ProcSample:
     return total
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
+    """The processes `pid` started that still run (Linux)."""
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as children:
             return [int(child) for child in children.read().split()]

@@ -46,7 +46,7 @@ import redis.asyncio as aioredis
 from bench import concurrency, throughput
 from bench.bots import BOT_APP, ROOT, BotProcess, free_port
 from bench.context import Context, Settings
-from bench.measure import machine, proc_sample
+from bench.measure import children, machine, proc_sample
 from bench.profile import Profiler
 from bench.rig import ModelShape, Question, Rig
 from tests.redis_server import RedisServer
@@ -118,10 +118,17 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             app = MEMWATCH_APP
             env |= {"PYTHONTRACEMALLOC": "1"} if args.trace_memory else {}
         bot = BotProcess("soak", app, env, port, workdir)
+        # As Slack does: a delivery that was not acknowledged is sent again (at once, 1 min, 5 min).
+        rig.slack.retry_failed_deliveries()
         await bot.start(ready="health")
+        killing: asyncio.Task[dict[str, Any]] | None = None
         try:
             if args.mode == "socket":
                 await rig.slack.wait_for_socket(timeout=30)
+            if args.processes > 1:
+                await concurrency.every_process_started(bot, rig, args.mode, args.processes)
+            if args.kill_one_at is not None:
+                killing = asyncio.create_task(_kill_one_process(bot, args.kill_one_at * 60))
             route = bot.events_url if args.mode == "http" else None
             await asyncio.sleep(1.0)
             idle_rss = bot.sample().rss_bytes / 2**20
@@ -201,7 +208,10 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                         flush=True,
                     )
         finally:
+            if killing is not None and not killing.done():
+                killing.cancel()
             await bot.stop()
+        killed = killing.result() if killing is not None and not killing.cancelled() else None
     finally:
         await redis.aclose()
         await rig.stop()
@@ -216,7 +226,18 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "windows": windows,
         "summary": summarize_soak(windows),
         "burst_after": burst,
+        "killed": killed,
     }
+
+
+async def _kill_one_process(bot: BotProcess, after_seconds: float) -> dict[str, Any]:
+    """SIGKILL the first of the supervisor's bot processes (`PROCESSES` > 1) `after_seconds` in;
+    the supervisor starts it again, and the other takes its threads over meanwhile."""
+    await asyncio.sleep(after_seconds)
+    victim = children(bot.pid)[0]
+    os.kill(victim, signal.SIGKILL)
+    print(f"killed bot process pid {victim} (SIGKILL) {after_seconds / 60:g} min in", flush=True)
+    return {"pid": victim, "at_seconds": after_seconds}
 
 
 async def _burst(ctx: Context, rig: Rig, bot: BotProcess, route: str | None, c: int) -> dict[str, Any]:
@@ -449,12 +470,24 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=VALUE",
         help="a setting of the bot's (repeatable); CONVERSATION_TTL_DAYS=0.01: conversations kept 14 min",
     )
+    parser.add_argument(
+        "--kill-one-at",
+        type=float,
+        metavar="MINUTES",
+        help="with --env PROCESSES=N (N > 1): SIGKILL one of the bot's processes this far in",
+    )
     parser.add_argument("--out", type=Path, help="the JSON result (default: bench/results/soak-<time>.json)")
     args = parser.parse_args(argv)
     if malformed := [setting for setting in args.env if "=" not in setting]:
         parser.error(f"--env takes NAME=VALUE, not {malformed[0]!r}")
     args.env = dict(setting.split("=", 1) for setting in args.env)
     args.diagnose = args.diagnose or args.trace_memory
+    processes = args.env.get("PROCESSES", "1")
+    args.processes = int(processes) if processes.isdigit() else 1
+    if args.processes > 1 and args.diagnose:
+        parser.error("--diagnose reads one bot process; it cannot with PROCESSES > 1")
+    if args.kill_one_at is not None and args.processes < 2:
+        parser.error("--kill-one-at needs --env PROCESSES=N with N > 1 (a supervisor to start it again)")
     if args.profile_windows and not Profiler.available():
         parser.error("--profile-windows needs py-spy (pip install py-spy)")
     if args.rate * 1.0 >= args.channels:
