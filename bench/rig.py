@@ -435,6 +435,7 @@ def summarize(tracker: Tracker, asked: list[Asked], ideal: float | None) -> dict
             ]
         ),
         "done": percentiles(done),
+        "done_max": max(done) if done else None,
         "model_time": percentiles(
             [
                 timing.finished_at - timing.arrived_at

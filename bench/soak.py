@@ -163,6 +163,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                     "timed_out": result["timed_out"],
                     "done_p50_ms": _ms(result["done"]["p50"]),
                     "done_p99_ms": _ms(result["done"]["p99"]),
+                    "done_max_ms": _ms(result["done_max"]),
+                    "deliveries_failed": result["deliveries_failed"],
                     "bot_cpu_ms_per_turn": result["bot_cpu_ms_per_turn"],
                     "redis_commands_per_turn": result["redis_commands_per_turn"],
                     "bot_rss_mb": bot.sample().rss_bytes / 2**20,
@@ -231,13 +233,22 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _kill_one_process(bot: BotProcess, after_seconds: float) -> dict[str, Any]:
-    """SIGKILL the first of the supervisor's bot processes (`PROCESSES` > 1) `after_seconds` in;
-    the supervisor starts it again, and the other takes its threads over meanwhile."""
-    await asyncio.sleep(after_seconds)
-    victim = children(bot.pid)[0]
+    """SIGKILL the busiest of the supervisor's bot processes (`PROCESSES` > 1) `after_seconds` in,
+    so that it dies with turns in flight (the kernel spreads connections, not events: with kept
+    connections one process can have none for a while); the supervisor starts it again, and the
+    others take its threads over once its liveness lapses."""
+    await asyncio.sleep(after_seconds - 1.0)
+    before = {pid: proc_sample(pid).cpu_seconds for pid in children(bot.pid)}
+    await asyncio.sleep(1.0)
+    busy = {pid: proc_sample(pid).cpu_seconds - cpu for pid, cpu in before.items()}
+    victim = max(busy, key=lambda pid: busy[pid])
     os.kill(victim, signal.SIGKILL)
-    print(f"killed bot process pid {victim} (SIGKILL) {after_seconds / 60:g} min in", flush=True)
-    return {"pid": victim, "at_seconds": after_seconds}
+    print(
+        f"killed bot process pid {victim} (SIGKILL) {after_seconds / 60:g} min in, "
+        f"the busiest ({busy[victim]:.2f} s of CPU in the last second)",
+        flush=True,
+    )
+    return {"pid": victim, "at_seconds": after_seconds, "cpu_last_second": busy}
 
 
 async def _burst(ctx: Context, rig: Rig, bot: BotProcess, route: str | None, c: int) -> dict[str, Any]:
@@ -416,6 +427,9 @@ def _row(row: dict[str, Any]) -> str:
             else "",
             " machine shared" if row["machine_shared"] else "",
             f" 429s {row['slack_429s']}" if row["slack_429s"] else "",
+            # The slowest, when it stands out: a window with a process killed in it, say.
+            f" done max {row['done_max_ms']:.0f} ms" if _stands_out(row) else "",
+            f" {row['deliveries_failed']} deliveries failed" if row["deliveries_failed"] else "",
         )
     )
     return (
@@ -426,6 +440,10 @@ def _row(row: dict[str, Any]) -> str:
         f"{row['cpu_share']['loadgen']:>11.0%} {row['loadgen_loop_lag_p99_ms'] or 0:>5.0f}ms "
         f"{row['loadgen_rss_mb']:>10,.0f}{flags}"
     )
+
+
+def _stands_out(row: dict[str, Any]) -> bool:
+    return (row.get("done_max_ms") or 0) > 2 * (row["done_p99_ms"] or 0)
 
 
 def _summary_line(result: dict[str, Any]) -> str:
