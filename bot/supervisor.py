@@ -8,10 +8,11 @@ and Slack spreads envelopes between those. Redis makes them one bot, as it does 
 several machines: a message is taken once, by whichever process Slack reached, and the threads of
 a process that dies are taken over by the others.
 
-The supervisor starts a process again when it dies (a crash or a kill, not a stop it was asked
-for), passes SIGTERM and SIGINT on to all of them and exits once they have stopped. A process
-that fails at start-up (exit status 2: a setting, the port, Redis) stops them all: that failure
-would repeat in every copy.
+The first process starts alone and says through a pipe once it serves; the others start then.
+A process that fails at start-up (exit status 2: a token, the port, Redis) stops them all, since
+that failure would repeat in every copy, and its one line is said once. The supervisor starts a
+process again when it dies (a crash or a kill, not a stop it was asked for), passes SIGTERM and
+SIGINT on to all of them and exits once they have stopped.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -40,12 +42,34 @@ STARTUP_FAILED = 2  # app.py's exit status for a setting, port or Redis it canno
 STEADY_SECONDS = 60.0
 RESTART_WAIT_SECONDS = 1.0
 RESTART_WAIT_MAX_SECONDS = 30.0
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
-def usable_cores() -> int:
-    if hasattr(os, "sched_getaffinity"):  # the cores this process may run on, not the machine's
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
+def usable_cores(cgroup_root: Path = CGROUP_ROOT) -> int:
+    """The cores this process may use: those it may run on, and no more than a container's CPU
+    quota allows (a container limited to 2 CPUs on a 64-core host sees all 64)."""
+    if hasattr(os, "sched_getaffinity"):
+        cores = max(1, len(os.sched_getaffinity(0)))
+    else:
+        cores = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota(cgroup_root)
+    return cores if quota is None else max(1, min(cores, math.ceil(quota)))
+
+
+def _cgroup_cpu_quota(root: Path) -> float | None:
+    """CPUs' worth of time the cgroup may use (cgroup v2 `cpu.max`, or v1 CFS quota), None for
+    no limit or where there is no such file."""
+    try:
+        limit, period = (root / "cpu.max").read_text().split()[:2]  # v2: "max 100000" or "200000 100000"
+        return None if limit == "max" else int(limit) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())  # v1: -1 for no limit
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if quota <= 0 or period <= 0 else quota / period
 
 
 def process_count(value: str, *, socket_mode: bool) -> int:

@@ -19,6 +19,7 @@ from bot.redis_url import (
     parse_cluster_url,
     parse_sentinel_url,
 )
+from bot.supervisor import usable_cores
 
 BASE = {"SLACK_BOT_TOKEN": "xoxb-1-2-abc", "SLACK_APP_TOKEN": "xapp-1-abc", "OPENAI_API_KEY": "sk-abc"}
 
@@ -93,6 +94,29 @@ def test_processes_default_to_one_and_auto_is_one_per_usable_core() -> None:
     assert Settings.from_env(http | {"PROCESSES": "12"}).processes == 12
     assert Settings.from_env(http | {"PROCESSES": "auto"}).processes == cores
     assert Settings.from_env(BASE | {"PROCESSES": "auto"}).processes == min(cores, 10)
+
+
+@pytest.mark.parametrize(
+    ("files", "quota"),
+    [
+        ({"cpu.max": "max 100000\n"}, None),  # cgroup v2, no limit
+        ({"cpu.max": "100000 100000\n"}, 1),
+        ({"cpu.max": "50000 100000\n"}, 1),  # half a CPU: still one process
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),  # v1, no limit
+        ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),
+        ({}, None),  # no cgroup files
+    ],
+)
+def test_auto_processes_keep_within_a_containers_cpu_quota(
+    files: dict[str, str], quota: int | None, tmp_path: Path
+) -> None:
+    """A container limited to some CPUs on a bigger host sees all the host's cores; `auto` must
+    not start a process for each of them."""
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    cores = len(os.sched_getaffinity(0))
+    assert usable_cores(tmp_path) == (cores if quota is None else min(cores, quota))
 
 
 def test_http_mode_and_a_compatible_server_without_key(tmp_path) -> None:
