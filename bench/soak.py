@@ -33,6 +33,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import sys
 import tempfile
@@ -134,6 +135,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             idle_rss = bot.sample().rss_bytes / 2**20
             print(_header(args, idle_rss), flush=True)
             threads = Threads(args.channels, args.follow_ups)
+            turn_lines = TurnLines(bot.log_path, args.processes)
             turns = 0
             count = max(1, round(args.minutes * 60 / args.window))
             for index in range(count):
@@ -165,6 +167,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                     "done_p99_ms": _ms(result["done"]["p99"]),
                     "done_max_ms": _ms(result["done_max"]),
                     "deliveries_failed": result["deliveries_failed"],
+                    "turns_by_process": turn_lines.count_new() if args.processes > 1 else None,
                     "bot_cpu_ms_per_turn": result["bot_cpu_ms_per_turn"],
                     "redis_commands_per_turn": result["redis_commands_per_turn"],
                     "bot_rss_mb": bot.sample().rss_bytes / 2**20,
@@ -230,6 +233,30 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "burst_after": burst,
         "killed": killed,
     }
+
+
+class TurnLines:
+    """Which process finished each turn, read off the bot's log: with `PROCESSES` > 1 every line
+    names its process (`process=2/4`), and every finished turn logs `turn team=...`."""
+
+    LINE = re.compile(rb" process=(\d+)/\d+ \S+: turn team=")
+
+    def __init__(self, log_path: Path, processes: int) -> None:
+        self.log_path = log_path
+        self.processes = processes
+        self.offset = log_path.stat().st_size if log_path.exists() else 0
+
+    def count_new(self) -> list[int]:
+        """Turns finished by each process (process 1 first) since the last call."""
+        with self.log_path.open("rb") as log:
+            log.seek(self.offset)
+            text = log.read()
+        complete = text.rfind(b"\n") + 1  # a line being written is counted next time
+        self.offset += complete
+        counts = [0] * self.processes
+        for match in self.LINE.finditer(text[:complete]):
+            counts[int(match.group(1)) - 1] += 1
+        return counts
 
 
 async def _kill_one_process(bot: BotProcess, after_seconds: float) -> dict[str, Any]:
@@ -430,6 +457,7 @@ def _row(row: dict[str, Any]) -> str:
             # The slowest, when it stands out: a window with a process killed in it, say.
             f" done max {row['done_max_ms']:.0f} ms" if _stands_out(row) else "",
             f" {row['deliveries_failed']} deliveries failed" if row["deliveries_failed"] else "",
+            f" split {_split(row['turns_by_process'])}" if row.get("turns_by_process") is not None else "",
         )
     )
     return (
@@ -440,6 +468,10 @@ def _row(row: dict[str, Any]) -> str:
         f"{row['cpu_share']['loadgen']:>11.0%} {row['loadgen_loop_lag_p99_ms'] or 0:>5.0f}ms "
         f"{row['loadgen_rss_mb']:>10,.0f}{flags}"
     )
+
+
+def _split(by_process: list[int]) -> str:
+    return "/".join(f"{count:,}" for count in by_process)
 
 
 def _stands_out(row: dict[str, Any]) -> bool:

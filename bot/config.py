@@ -51,6 +51,7 @@ class Settings:
     host: str
     port: int
     processes: int
+    http_requests_per_connection: int
     conversation_ttl_days: float
     max_context_tokens: int
     max_answer_tokens: int
@@ -131,6 +132,7 @@ class Settings:
             host=read.optional("HOST") or "0.0.0.0",
             port=read.number("PORT", 3000, int, low=1, high=65535),
             processes=_processes(read, socket_mode=app_token is not None),
+            http_requests_per_connection=read.number("HTTP_REQUESTS_PER_CONNECTION", 100, int, low=0),
             conversation_ttl_days=read.number("CONVERSATION_TTL_DAYS", 30, float, low=0.001),
             max_context_tokens=max_context_tokens,
             max_answer_tokens=max_answer_tokens,

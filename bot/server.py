@@ -31,6 +31,7 @@ from slack_sdk.web.async_slack_response import AsyncSlackResponse
 from bot import listeners
 from bot.breaker import CircuitBreaker
 from bot.config import Settings
+from bot.connection_turnover import ConnectionTurnover
 from bot.context import ContextBuilder
 from bot.delivery import Delivery
 from bot.events import BotIdentity, MessageIntake, MessageListeners, shape_problem, until_queued
@@ -101,6 +102,9 @@ class SupportBot:
         )
         self._running: _Running | None = None
         self._intake = MessageIntake()
+        # Only several processes on one port need their clients to reconnect now and then.
+        turnover = settings.processes > 1 and settings.http_requests_per_connection > 0
+        self._turnover = ConnectionTurnover(settings.http_requests_per_connection) if turnover else None
         self._socket_connect: asyncio.Task[None] | None = None
         self._recovery: asyncio.Task[None] | None = None
         self._trimming: asyncio.Task[None] | None = None
@@ -325,8 +329,16 @@ class SupportBot:
             delay = min(delay * 2, IDENTITY_RETRY_MAX_SECONDS)
 
     async def _slack_events(self, request: web.Request) -> web.Response:
-        """POST /slack/events: verify the signature; a person's new message goes to its listener
-        (bot/events.py), anything else to Bolt's dispatch."""
+        """POST /slack/events. With PROCESSES > 1, every HTTP_REQUESTS_PER_CONNECTION-th response
+        on a connection closes it (bot/connection_turnover.py)."""
+        response = await self._slack_request(request)
+        if self._turnover is not None and self._turnover.is_last(request.transport):
+            response.force_close()  # says `Connection: close`, and closes once it is written
+        return response
+
+    async def _slack_request(self, request: web.Request) -> web.Response:
+        """Verify the signature; a person's new message goes to its listener (bot/events.py),
+        anything else to Bolt's dispatch."""
         assert self.app is not None and self._verifier is not None
         raw = await request.read()
         if not self._signed_by_slack(request, raw):

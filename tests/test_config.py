@@ -66,6 +66,8 @@ def test_token_budget_follows_the_model_and_can_be_set() -> None:
         ({"PROCESSES": "0"}, "PROCESSES is out of range"),
         ({"PROCESSES": "65", "SLACK_APP_TOKEN": "", "SLACK_SIGNING_SECRET": "s"}, "PROCESSES is out of"),
         ({"PROCESSES": "11"}, "Socket Mode allows at most 10 connections"),
+        ({"HTTP_REQUESTS_PER_CONNECTION": "many"}, "HTTP_REQUESTS_PER_CONNECTION is malformed"),
+        ({"HTTP_REQUESTS_PER_CONNECTION": "-1"}, "HTTP_REQUESTS_PER_CONNECTION is out of range"),
         ({"CONVERSATION_TTL_DAYS": "-1"}, "CONVERSATION_TTL_DAYS is out of range"),
         ({"LLM_MAX_RETRIES": "2.5"}, "LLM_MAX_RETRIES is malformed"),
         ({"LLM_FIRST_TOKEN_TIMEOUT_SECONDS": "0"}, "LLM_FIRST_TOKEN_TIMEOUT_SECONDS is out of range"),
@@ -94,6 +96,11 @@ def test_processes_default_to_one_and_auto_is_one_per_usable_core() -> None:
     assert Settings.from_env(http | {"PROCESSES": "12"}).processes == 12
     assert Settings.from_env(http | {"PROCESSES": "auto"}).processes == cores
     assert Settings.from_env(BASE | {"PROCESSES": "auto"}).processes == min(cores, 10)
+
+
+def test_a_connection_carries_100_requests_by_default_and_0_keeps_it_as_long_as_the_client_does() -> None:
+    assert Settings.from_env(BASE).http_requests_per_connection == 100
+    assert Settings.from_env(BASE | {"HTTP_REQUESTS_PER_CONNECTION": "0"}).http_requests_per_connection == 0
 
 
 @pytest.mark.parametrize(

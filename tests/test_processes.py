@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from bench.sender import encode
 from bot.supervisor import PROCESS_INDEX_ENV, Supervisor
 from tests.bot_process import BotProcess
 from tests.conftest import bot_env, free_port
@@ -250,3 +251,51 @@ async def test_a_process_that_keeps_dying_is_started_again_after_ever_longer_wai
         assert await asyncio.wait_for(running, 10) == 0
     waits = re.findall(r"exited with status 1; starting it again in (\d+) s", caplog.text)
     assert waits[:3] == ["1", "2", "4"], caplog.text
+
+
+async def test_a_kept_connection_is_closed_after_its_share_of_requests_so_the_kernel_spreads_it_again(
+    start_supervisor: StartSupervisor, slack: SlackEmulator
+) -> None:
+    supervisor = await start_supervisor("http", processes=2, HTTP_REQUESTS_PER_CONNECTION="3")
+    await _wait_for_children(supervisor, 2)
+    ignored = {"type": "reaction_added", "user": "U1", "reaction": "eyes", "item": {"type": "message"}}
+    port = int(supervisor.url.rsplit(":", 1)[1])
+    for _ in range(2):  # the second connection counts its own requests from 1
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for number in (1, 2, 3):
+                writer.write(encode(slack.prepare_event(ignored)).data)
+                status, headers = await _response(reader)
+                assert status == 200
+                assert (headers.get("connection") == "close") == (number == 3), (number, headers)
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # the bot closed it
+        finally:
+            writer.close()
+
+
+async def test_mentions_over_one_kept_connection_are_shared_by_the_processes(
+    start_supervisor: StartSupervisor, slack: SlackEmulator
+) -> None:
+    # One mention at a time: the emulator's client reuses one connection for every event, as a
+    # proxy's pool does when it is not busy. Each mention is two events, so each connection
+    # carries one mention before the bot closes it.
+    supervisor = await start_supervisor("http", processes=2, HTTP_REQUESTS_PER_CONNECTION="2")
+    await _wait_for_children(supervisor, 2)
+    threads = {}
+    for i in range(20):
+        threads[f"C5{i:03d}"] = await slack.post_user_message(f"C5{i:03d}", f"<@{BOT}> question {i}")
+    await _answered_once(slack, threads)
+    by_process = _answers_by_process(supervisor.log())
+    # 20 connections, each given to either process: all to one would happen once in 500,000 runs.
+    assert set(by_process) == {"1", "2"}, by_process
+
+
+async def _response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
+    """One HTTP/1.1 response off `reader`: its status and headers (lower-cased names)."""
+    head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).decode("latin-1")
+    status_line, *lines = head.strip().split("\r\n")
+    headers = {
+        name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)
+    }
+    await reader.readexactly(int(headers.get("content-length", "0")))
+    return int(status_line.split()[1]), headers
