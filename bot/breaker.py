@@ -1,5 +1,7 @@
 """A circuit breaker for the model: after repeated failed turns, stop calling it for a while and
-answer at once; then let one probe through, and close again when it succeeds."""
+answer at once; then let one probe through, and close again when it succeeds. A process that
+opens its breaker says so in Redis, and the others open theirs for the rest of its cooldown
+(`opened_elsewhere`): N processes do not each need their own failed turns to learn it."""
 
 from __future__ import annotations
 
@@ -35,17 +37,33 @@ class CircuitBreaker:
             return True
         return False
 
-    def succeeded(self) -> None:
+    def succeeded(self) -> bool:
+        """A turn's call went through. True when this closed an open breaker (a probe's success),
+        for the other processes to learn."""
+        closed = self._opened_at is not None
         self._failures = 0
         self._opened_at = None
         self._probe_in_flight = False
+        return closed
 
-    def failed(self) -> None:
-        """A turn's call failed after its retries (a model that is down, not a bad request)."""
+    def failed(self) -> bool:
+        """A turn's call failed after its retries (a model that is down, not a bad request).
+        True when this opened the breaker (again), for the other processes to learn."""
         self._failures += 1
-        if self._probe_in_flight or self._failures >= self.failures_to_open:
+        opened = self._probe_in_flight or self._failures >= self.failures_to_open
+        if opened:
             self._opened_at = time.monotonic()
         self._probe_in_flight = False
+        return opened
+
+    def opened_elsewhere(self, remaining_seconds: float) -> None:
+        """Another process found the model down: stay open for what is left of its cooldown
+        (unless this one's own lasts longer), then let a probe through as usual."""
+        if remaining_seconds <= 0:
+            return
+        opened_at = time.monotonic() - (self.cooldown_seconds - remaining_seconds)
+        if self._opened_at is None or opened_at > self._opened_at:
+            self._opened_at = opened_at
 
     def released(self) -> None:
         """A permitted call ended without telling us about the model's health (e.g. cancelled)."""

@@ -342,6 +342,7 @@ class Keys:
         self.pending = f"{prefix}pending"  # sorted set: threads with queued messages, by when they last moved
         self.processes = f"{prefix}processes"  # sorted set: bot processes, by when their liveness lapses
         self.orphan_scan = f"{prefix}orphan-scan"  # set while one process looks for a gone one's threads
+        self.llm_breaker = f"{prefix}llm-breaker"  # set for the cooldown when a process finds the model down
         self.lock_prefix = f"{prefix}lock:"  # + thread key (also built by _ORPHANED_THREADS)
         self.journal_prefix = f"{prefix}turn:"  # + team:channel:ts (also built by _TAKE and _FINISH)
         # Keys of per-person records kept by other features (feedback on answers). Forgetting a
@@ -585,14 +586,16 @@ return found
 """
 )
 
-# KEYS: processes. ARGV: process id, liveness ms. A process says it is alive for the next
-# `liveness` ms; entries gone for an hour are dropped.
+# KEYS: processes, LLM breaker. ARGV: process id, liveness ms. A process says it is alive for the
+# next `liveness` ms; entries gone for an hour are dropped. Returns the ms left of a breaker some
+# process opened (negative when none is open).
 _BEAT = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 3600000)
 redis.call('PEXPIRE', KEYS[1], 86400000)
+return redis.call('PTTL', KEYS[2])
 """
 
 # KEYS: pending, processes, scan gate. ARGV: latest last-moved time, lock key prefix, limit, gate
@@ -973,10 +976,22 @@ class Store:
         )
         return _queued(found)
 
-    async def beat(self, process: str, liveness_ms: int) -> None:
+    async def beat(self, process: str, liveness_ms: int) -> float:
         """Say that `process` is alive for the next `liveness_ms`: the thread locks it holds are
-        its own until then, whatever their own lifetime (see `threads_orphaned`)."""
-        await self._batch.run_script(self._beat, [self.keys.processes], [process, liveness_ms])
+        its own until then, whatever their own lifetime (see `threads_orphaned`). Returns the
+        seconds left of a model breaker that a process opened (`llm_breaker_opened`), or 0."""
+        keys = [self.keys.processes, self.keys.llm_breaker]
+        left_ms = await self._batch.run_script(self._beat, keys, [process, liveness_ms])
+        return max(0, int(left_ms)) / 1000
+
+    async def llm_breaker_opened(self, cooldown_seconds: float) -> None:
+        """This process found the model down: the others' beats learn it for `cooldown_seconds`."""
+        cooldown_ms = max(1, int(cooldown_seconds * 1000))
+        await self._batch.execute("SET", self.keys.llm_breaker, "1", "PX", cooldown_ms)
+
+    async def llm_breaker_closed(self) -> None:
+        """A probe of this process's reached the model: beats no longer learn that it is down."""
+        await self._batch.execute("DEL", self.keys.llm_breaker)
 
     async def leave(self, process: str) -> None:
         """`process` is stopping: locks it still holds may be taken over at once."""

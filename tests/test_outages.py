@@ -259,6 +259,49 @@ async def test_circuit_breaker_opens_answers_at_once_and_closes_after_a_probe(
     assert (await health(running.url))[1]["llm_breaker"] == "closed"
 
 
+async def test_a_breaker_one_process_opens_opens_in_the_others_and_a_probe_that_succeeds_ends_it(
+    start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    """Two processes share Redis: once the model has failed the first one's turns, the second
+    answers at once without its own failed turns; the probe that finds the model back clears it."""
+    settings = {"LLM_MAX_RETRIES": "0", "LLM_BREAKER_FAILURES": "2", "LLM_BREAKER_COOLDOWN_SECONDS": "4"}
+    first = await start_bot("http", **settings)
+    second = await start_bot("http", **settings)
+    slack.use_http(f"{first.url}/slack/events")
+    llm.enqueue(Status(500), Status(500))
+    for i in range(2):
+        ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> try {i}")
+        [reply] = await slack.wait_for_bot_messages(CHANNEL, ts)
+        assert reply["text"].startswith("Sorry, I couldn't reach the language model")
+    await first.settle()
+    assert (await health(first.url))[1]["llm_breaker"] == "open"
+    redis = second.bot.store.redis
+    breaker_key = second.bot.store.keys.llm_breaker
+    assert 0 < await redis.pttl(breaker_key) <= 4000
+
+    await _until_breaker(second.url, "open", within=2.5)  # its next beat (every second) learns it
+    slack.use_http(f"{second.url}/slack/events")
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> and here?")
+    [reply] = await slack.wait_for_bot_messages(CHANNEL, ts)
+    assert reply["text"].startswith("Sorry, I couldn't reach the language model")
+    assert len(llm.requests) == 2  # answered at once, the model left alone
+
+    await _until_breaker(first.url, "half_open", within=5)  # the first's cooldown is over
+    slack.use_http(f"{first.url}/slack/events")
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> probe")
+    [reply] = await slack.wait_for_bot_messages(CHANNEL, ts)
+    assert reply["text"] == "Answer: ann: probe"
+    await first.settle()
+    assert await redis.exists(breaker_key) == 0  # no beat learns that the model is down any more
+
+
+async def _until_breaker(url: str, state: str, within: float) -> None:
+    deadline = time.monotonic() + within
+    while (await health(url))[1]["llm_breaker"] != state:
+        assert time.monotonic() < deadline, f"the breaker never became {state}"
+        await asyncio.sleep(0.05)
+
+
 # -- overload and abuse ----------------------------------------------------------------------------
 
 
