@@ -1,7 +1,6 @@
 """A circuit breaker for the model: after repeated failed turns, stop calling it for a while and
-answer at once; then let one probe through, and close again when it succeeds. A process that
-opens its breaker says so in Redis, and the others open theirs for the rest of its cooldown
-(`opened_elsewhere`): N processes do not each need their own failed turns to learn it."""
+answer at once; then let one probe through, and close again when it succeeds. One process's
+breaker; bot/shared_breaker.py keeps those of all processes in step."""
 
 from __future__ import annotations
 
@@ -46,22 +45,27 @@ class CircuitBreaker:
         self._probe_in_flight = False
         return closed
 
-    def failed(self) -> bool:
-        """A turn's call failed after its retries (a model that is down, not a bad request).
-        True when this opened the breaker (again), for the other processes to learn."""
+    def failed(self, counted_everywhere: int = 0) -> bool:
+        """A turn's call failed after its retries (a model that is down, not a bad request);
+        `counted_everywhere`: such turns in a row in all processes, this one included. True when
+        this opened the breaker (again), for the other processes to learn."""
         self._failures += 1
-        opened = self._probe_in_flight or self._failures >= self.failures_to_open
+        failures = max(self._failures, counted_everywhere)
+        opened = self._probe_in_flight or failures >= self.failures_to_open
         if opened:
             self._opened_at = time.monotonic()
         self._probe_in_flight = False
         return opened
 
-    def opened_elsewhere(self, remaining_seconds: float) -> None:
-        """Another process found the model down: stay open for what is left of its cooldown
-        (unless this one's own lasts longer), then let a probe through as usual."""
-        if remaining_seconds <= 0:
+    def learn(self, *, open_seconds_left: float, failures_in_a_row: int) -> None:
+        """What all processes found, as Redis holds it: the seconds left of a breaker one of them
+        opened, and the failed turns in a row counted in all (a success anywhere ends a row)."""
+        self._failures = min(self._failures, failures_in_a_row)
+        if open_seconds_left <= 0:
             return
-        opened_at = time.monotonic() - (self.cooldown_seconds - remaining_seconds)
+        # Open for what is left of that cooldown (unless this one's own lasts longer), then let
+        # a probe through as usual.
+        opened_at = time.monotonic() - (self.cooldown_seconds - open_seconds_left)
         if self._opened_at is None or opened_at > self._opened_at:
             self._opened_at = opened_at
 

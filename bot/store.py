@@ -321,6 +321,14 @@ class StoredConversation:
         }
 
 
+@dataclass(frozen=True)
+class BreakerNews:
+    """What Redis holds of the model's circuit breaker, shared by all processes."""
+
+    open_seconds_left: float  # of a breaker a process opened; 0 when none is open
+    failures_counted: int  # turns in a row that found the model down
+
+
 class StoreUnavailable(Exception):
     """Redis did not answer; callers tell the user to try again rather than go silent."""
 
@@ -336,6 +344,7 @@ class Keys:
     NAME_TTL = DAY  # display names change rarely
     JOURNAL_TTL = DAY
     SUMMARY_LOCK_TTL_MS = 120_000  # renewed after each summary call; a dead holder's expires
+    LLM_FAILURES_TTL_MS = 300_000  # failed turns further apart than this are not "in a row"
 
     def __init__(self, prefix: str = "") -> None:
         self.prefix = prefix
@@ -343,6 +352,7 @@ class Keys:
         self.processes = f"{prefix}processes"  # sorted set: bot processes, by when their liveness lapses
         self.orphan_scan = f"{prefix}orphan-scan"  # set while one process looks for a gone one's threads
         self.llm_breaker = f"{prefix}llm-breaker"  # set for the cooldown when a process finds the model down
+        self.llm_failures = f"{prefix}llm-failures"  # turns in a row that found the model down
         self.lock_prefix = f"{prefix}lock:"  # + thread key (also built by _ORPHANED_THREADS)
         self.journal_prefix = f"{prefix}turn:"  # + team:channel:ts (also built by _TAKE and _FINISH)
         # Keys of per-person records kept by other features (feedback on answers). Forgetting a
@@ -586,16 +596,16 @@ return found
 """
 )
 
-# KEYS: processes, LLM breaker. ARGV: process id, liveness ms. A process says it is alive for the
-# next `liveness` ms; entries gone for an hour are dropped. Returns the ms left of a breaker some
-# process opened (negative when none is open).
+# KEYS: processes, LLM breaker, LLM failures. ARGV: process id, liveness ms. A process says it is
+# alive for the next `liveness` ms; entries gone for an hour are dropped. Returns the ms left of a
+# breaker some process opened (negative when none is open) and the failed turns counted.
 _BEAT = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 3600000)
 redis.call('PEXPIRE', KEYS[1], 86400000)
-return redis.call('PTTL', KEYS[2])
+return {redis.call('PTTL', KEYS[2]), tonumber(redis.call('GET', KEYS[3]) or '0')}
 """
 
 # KEYS: pending, processes, scan gate. ARGV: latest last-moved time, lock key prefix, limit, gate
@@ -976,22 +986,32 @@ class Store:
         )
         return _queued(found)
 
-    async def beat(self, process: str, liveness_ms: int) -> float:
+    async def beat(self, process: str, liveness_ms: int) -> BreakerNews:
         """Say that `process` is alive for the next `liveness_ms`: the thread locks it holds are
-        its own until then, whatever their own lifetime (see `threads_orphaned`). Returns the
-        seconds left of a model breaker that a process opened (`llm_breaker_opened`), or 0."""
-        keys = [self.keys.processes, self.keys.llm_breaker]
-        left_ms = await self._batch.run_script(self._beat, keys, [process, liveness_ms])
-        return max(0, int(left_ms)) / 1000
+        its own until then, whatever their own lifetime (see `threads_orphaned`). Returns what
+        Redis holds of the model's breaker (bot/shared_breaker.py)."""
+        keys = [self.keys.processes, self.keys.llm_breaker, self.keys.llm_failures]
+        left_ms, failures = await self._batch.run_script(self._beat, keys, [process, liveness_ms])
+        return BreakerNews(max(0, int(left_ms)) / 1000, int(failures))
+
+    async def llm_failed(self) -> int:
+        """One more turn found the model down: how many have in a row, in all processes."""
+        count = self._batch.submit("INCR", self.keys.llm_failures)
+        expiry = self._batch.submit("PEXPIRE", self.keys.llm_failures, Keys.LLM_FAILURES_TTL_MS)
+        await asyncio.gather(count, expiry)
+        return int(count.result())
 
     async def llm_breaker_opened(self, cooldown_seconds: float) -> None:
-        """This process found the model down: the others' beats learn it for `cooldown_seconds`."""
+        """This process's breaker opened: every process's beat learns it for `cooldown_seconds`."""
         cooldown_ms = max(1, int(cooldown_seconds * 1000))
-        await self._batch.execute("SET", self.keys.llm_breaker, "1", "PX", cooldown_ms)
+        opened = self._batch.submit("SET", self.keys.llm_breaker, "1", "PX", cooldown_ms)
+        counted = self._batch.submit("DEL", self.keys.llm_failures)
+        await asyncio.gather(opened, counted)
 
-    async def llm_breaker_closed(self) -> None:
-        """A probe of this process's reached the model: beats no longer learn that it is down."""
-        await self._batch.execute("DEL", self.keys.llm_breaker)
+    async def llm_reached(self, *, breaker_was_open: bool) -> None:
+        """A turn reached the model: no failures in a row now, and, after a probe, no breaker."""
+        keys = [self.keys.llm_failures] + ([self.keys.llm_breaker] if breaker_was_open else [])
+        await self._batch.execute("DEL", *keys)
 
     async def leave(self, process: str) -> None:
         """`process` is stopping: locks it still holds may be taken over at once."""

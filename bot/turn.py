@@ -38,6 +38,7 @@ from bot.context import FIRST_PAGE, ContextBuilder
 from bot.delivery import Delivery, DeliveryError, Ending, Reply, Target, ThinkingSign, target_for
 from bot.llm import UNAVAILABLE, Answer, ChatMessage, ChatModel, LLMError
 from bot.rate_limit import CALL_ERRORS, error_code
+from bot.shared_breaker import SharedBreaker
 from bot.store import (
     Accepted,
     Fence,
@@ -137,7 +138,7 @@ class TurnRunner:
         self.delivery = delivery
         self.model = model
         self.context = context
-        self.breaker = breaker
+        self.breaker = SharedBreaker(breaker, store)
         self.limits = limits
         # Names this process in its thread locks' tokens, so that others can tell when it is gone.
         self.process_id = uuid.uuid4().hex[:16]
@@ -243,8 +244,8 @@ class TurnRunner:
     async def beat(self) -> None:
         """Say that this process is alive, and learn whether another found the model down; call
         every `beat_seconds`."""
-        breaker_left = await self.store.beat(self.process_id, int(self.beat_seconds * LIVENESS_BEATS * 1000))
-        self.breaker.opened_elsewhere(breaker_left)
+        news = await self.store.beat(self.process_id, int(self.beat_seconds * LIVENESS_BEATS * 1000))
+        self.breaker.heard(news)
 
     async def take_over_orphans(self) -> int:
         """Start work on waiting threads whose lock holder's process is gone (killed, or stalled
@@ -673,8 +674,7 @@ class TurnRunner:
                 answer, ending = await self._write_answer(prompt, reply)
         except LLMError as error:
             if error.model_down:
-                if self.breaker.failed():
-                    await self._tell_other_processes_the_model_is_down()
+                await self.breaker.failed()
             else:
                 self.breaker.released()
             raise
@@ -683,25 +683,9 @@ class TurnRunner:
             raise
         if ending is Ending.CUT_OFF:
             self.breaker.released()  # it spoke, then broke: no verdict on its health
-        elif self.breaker.succeeded():
-            await self._tell_other_processes_the_model_is_back()
+        else:
+            await self.breaker.succeeded()
         return answer, ending
-
-    async def _tell_other_processes_the_model_is_down(self) -> None:
-        """Share an opened breaker through Redis (their next beat learns it); best effort: each
-        process still opens its own after its own failed turns."""
-        try:
-            await self.store.llm_breaker_opened(self.breaker.cooldown_seconds)
-        except (StoreUnavailable, RedisError, OSError) as error:
-            log.warning("model breaker not shared error=%s", type(error).__name__)
-
-    async def _tell_other_processes_the_model_is_back(self) -> None:
-        """A probe went through: no process should go on learning that the model is down (the
-        others' own breakers, already open, let their probes through when their cooldown ends)."""
-        try:
-            await self.store.llm_breaker_closed()
-        except (StoreUnavailable, RedisError, OSError) as error:
-            log.warning("model breaker's close not shared error=%s", type(error).__name__)
 
     async def _write_answer(self, prompt: list[ChatMessage], reply: Reply) -> tuple[Answer, Ending]:
         """Stream the model's answer into the reply; says how it ended. Raises LLMError only when

@@ -295,6 +295,60 @@ async def test_a_breaker_one_process_opens_opens_in_the_others_and_a_probe_that_
     assert await redis.exists(breaker_key) == 0  # no beat learns that the model is down any more
 
 
+async def test_failed_turns_in_different_processes_count_together_and_open_every_breaker(
+    start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    """LLM_BREAKER_FAILURES turns in a row, wherever they ran: one failed turn in each of two
+    processes opens both breakers (each alone has seen one)."""
+    settings = {"LLM_MAX_RETRIES": "0", "LLM_BREAKER_FAILURES": "2", "LLM_BREAKER_COOLDOWN_SECONDS": "30"}
+    first = await start_bot("http", **settings)
+    second = await start_bot("http", **settings)
+    llm.enqueue(Status(500), Status(500))
+    for running in (first, second):
+        slack.use_http(f"{running.url}/slack/events")
+        ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> are you there?")
+        [reply] = await slack.wait_for_bot_messages(CHANNEL, ts)
+        assert reply["text"].startswith("Sorry, I couldn't reach the language model")
+        await running.settle()
+    assert (await health(second.url))[1]["llm_breaker"] == "open"
+    await _until_breaker(first.url, "open", within=2.5)
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> and now?")
+    [reply] = await slack.wait_for_bot_messages(CHANNEL, ts)
+    assert reply["text"].startswith("Sorry, I couldn't reach the language model")
+    assert len(llm.requests) == 2
+
+
+async def test_a_turn_that_reaches_the_model_ends_the_row_of_failures_in_every_process(
+    start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    settings = {"LLM_MAX_RETRIES": "0", "LLM_BREAKER_FAILURES": "2", "LLM_BREAKER_COOLDOWN_SECONDS": "30"}
+    first = await start_bot("http", **settings)
+    second = await start_bot("http", **settings)
+    failures_key = first.bot.store.keys.llm_failures
+    redis = first.bot.store.redis
+    llm.enqueue(Status(500))
+    slack.use_http(f"{first.url}/slack/events")
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> one")
+    await slack.wait_for_bot_messages(CHANNEL, ts)
+    await first.settle()
+    assert await redis.get(failures_key) == "1"
+    await asyncio.sleep(1.5)  # a beat: the second learns that failures are counted
+    slack.use_http(f"{second.url}/slack/events")
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> two")
+    [reply] = await slack.wait_for_bot_messages(CHANNEL, ts)
+    assert reply["text"] == "Answer: ann: two"
+    await second.settle()
+    assert await redis.exists(failures_key) == 0  # the row is broken
+    await asyncio.sleep(1.5)  # a beat: the first learns it (its own count said one failure)
+    llm.enqueue(Status(500))
+    slack.use_http(f"{first.url}/slack/events")
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> three")
+    await slack.wait_for_bot_messages(CHANNEL, ts)
+    await first.settle()
+    for running in (first, second):
+        assert (await health(running.url))[1]["llm_breaker"] == "closed"
+
+
 async def _until_breaker(url: str, state: str, within: float) -> None:
     deadline = time.monotonic() + within
     while (await health(url))[1]["llm_breaker"] != state:
