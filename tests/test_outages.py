@@ -21,6 +21,8 @@ from tests.redis_server import RedisServer
 CHANNEL = "C800"
 DM = "D800"
 BOT = "UBOT"
+NO_MODEL = "Sorry, I couldn't reach the language model"
+BREAKER_OF_TWO = {"LLM_MAX_RETRIES": "0", "LLM_BREAKER_FAILURES": "2"}  # opens after two failed turns
 
 
 async def health(url: str) -> tuple[int, dict]:
@@ -234,28 +236,23 @@ async def test_feedback_whose_thanks_cannot_reach_slack_is_kept_and_acknowledged
 async def test_circuit_breaker_opens_answers_at_once_and_closes_after_a_probe(
     start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator
 ) -> None:
-    running = await start_bot(
-        "http", LLM_MAX_RETRIES="0", LLM_BREAKER_FAILURES="2", LLM_BREAKER_COOLDOWN_SECONDS="1"
-    )
+    running = await start_bot("http", **BREAKER_OF_TWO, LLM_BREAKER_COOLDOWN_SECONDS="1")
     llm.enqueue(Status(500), Status(500))
     for i in range(2):
-        ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> try {i}")
-        [reply] = await slack.wait_for_bot_messages(CHANNEL, ts)
-        assert reply["text"].startswith("Sorry, I couldn't reach the language model")
+        reply = await _reply_to(slack, f"try {i}")
+        assert reply.startswith(NO_MODEL)
     await running.settle()
     status, body = await health(running.url)
     assert (status, body["llm_breaker"]) == (200, "open")
 
-    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> and now?")
-    [reply] = await slack.wait_for_bot_messages(CHANNEL, ts)
-    assert reply["text"].startswith("Sorry, I couldn't reach the language model")
+    reply = await _reply_to(slack, "and now?")
+    assert reply.startswith(NO_MODEL)
     assert len(llm.requests) == 2  # answered at once, the model left alone
 
     await asyncio.sleep(1.1)
-    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> probe")
-    [reply] = await slack.wait_for_bot_messages(CHANNEL, ts)
+    reply = await _reply_to(slack, "probe")
     await running.settle()
-    assert reply["text"] == "Answer: ann: probe"
+    assert reply == "Answer: ann: probe"
     assert (await health(running.url))[1]["llm_breaker"] == "closed"
 
 
@@ -264,15 +261,14 @@ async def test_a_breaker_one_process_opens_opens_in_the_others_and_a_probe_that_
 ) -> None:
     """Two processes share Redis: once the model has failed the first one's turns, the second
     answers at once without its own failed turns; the probe that finds the model back clears it."""
-    settings = {"LLM_MAX_RETRIES": "0", "LLM_BREAKER_FAILURES": "2", "LLM_BREAKER_COOLDOWN_SECONDS": "4"}
+    settings = BREAKER_OF_TWO | {"LLM_BREAKER_COOLDOWN_SECONDS": "4"}
     first = await start_bot("http", **settings)
     second = await start_bot("http", **settings)
     slack.use_http(f"{first.url}/slack/events")
     llm.enqueue(Status(500), Status(500))
     for i in range(2):
-        ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> try {i}")
-        [reply] = await slack.wait_for_bot_messages(CHANNEL, ts)
-        assert reply["text"].startswith("Sorry, I couldn't reach the language model")
+        reply = await _reply_to(slack, f"try {i}")
+        assert reply.startswith(NO_MODEL)
     await first.settle()
     assert (await health(first.url))[1]["llm_breaker"] == "open"
     redis = second.bot.store.redis
@@ -281,16 +277,14 @@ async def test_a_breaker_one_process_opens_opens_in_the_others_and_a_probe_that_
 
     await _until_breaker(second.url, "open", within=2.5)  # its next beat (every second) learns it
     slack.use_http(f"{second.url}/slack/events")
-    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> and here?")
-    [reply] = await slack.wait_for_bot_messages(CHANNEL, ts)
-    assert reply["text"].startswith("Sorry, I couldn't reach the language model")
+    reply = await _reply_to(slack, "and here?")
+    assert reply.startswith(NO_MODEL)
     assert len(llm.requests) == 2  # answered at once, the model left alone
 
     await _until_breaker(first.url, "half_open", within=5)  # the first's cooldown is over
     slack.use_http(f"{first.url}/slack/events")
-    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> probe")
-    [reply] = await slack.wait_for_bot_messages(CHANNEL, ts)
-    assert reply["text"] == "Answer: ann: probe"
+    reply = await _reply_to(slack, "probe")
+    assert reply == "Answer: ann: probe"
     await first.settle()
     assert await redis.exists(breaker_key) == 0  # no beat learns that the model is down any more
 
@@ -300,53 +294,55 @@ async def test_failed_turns_in_different_processes_count_together_and_open_every
 ) -> None:
     """LLM_BREAKER_FAILURES turns in a row, wherever they ran: one failed turn in each of two
     processes opens both breakers (each alone has seen one)."""
-    settings = {"LLM_MAX_RETRIES": "0", "LLM_BREAKER_FAILURES": "2", "LLM_BREAKER_COOLDOWN_SECONDS": "30"}
+    settings = BREAKER_OF_TWO | {"LLM_BREAKER_COOLDOWN_SECONDS": "30"}
     first = await start_bot("http", **settings)
     second = await start_bot("http", **settings)
     llm.enqueue(Status(500), Status(500))
     for running in (first, second):
         slack.use_http(f"{running.url}/slack/events")
-        ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> are you there?")
-        [reply] = await slack.wait_for_bot_messages(CHANNEL, ts)
-        assert reply["text"].startswith("Sorry, I couldn't reach the language model")
+        reply = await _reply_to(slack, "are you there?")
+        assert reply.startswith(NO_MODEL)
         await running.settle()
     assert (await health(second.url))[1]["llm_breaker"] == "open"
     await _until_breaker(first.url, "open", within=2.5)
-    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> and now?")
-    [reply] = await slack.wait_for_bot_messages(CHANNEL, ts)
-    assert reply["text"].startswith("Sorry, I couldn't reach the language model")
+    reply = await _reply_to(slack, "and now?")
+    assert reply.startswith(NO_MODEL)
     assert len(llm.requests) == 2
 
 
 async def test_a_turn_that_reaches_the_model_ends_the_row_of_failures_in_every_process(
     start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator
 ) -> None:
-    settings = {"LLM_MAX_RETRIES": "0", "LLM_BREAKER_FAILURES": "2", "LLM_BREAKER_COOLDOWN_SECONDS": "30"}
+    settings = BREAKER_OF_TWO | {"LLM_BREAKER_COOLDOWN_SECONDS": "30"}
     first = await start_bot("http", **settings)
     second = await start_bot("http", **settings)
     failures_key = first.bot.store.keys.llm_failures
     redis = first.bot.store.redis
     llm.enqueue(Status(500))
     slack.use_http(f"{first.url}/slack/events")
-    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> one")
-    await slack.wait_for_bot_messages(CHANNEL, ts)
+    await _reply_to(slack, "one")
     await first.settle()
     assert await redis.get(failures_key) == "1"
     await asyncio.sleep(1.5)  # a beat: the second learns that failures are counted
     slack.use_http(f"{second.url}/slack/events")
-    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> two")
-    [reply] = await slack.wait_for_bot_messages(CHANNEL, ts)
-    assert reply["text"] == "Answer: ann: two"
+    reply = await _reply_to(slack, "two")
+    assert reply == "Answer: ann: two"
     await second.settle()
     assert await redis.exists(failures_key) == 0  # the row is broken
     await asyncio.sleep(1.5)  # a beat: the first learns it (its own count said one failure)
     llm.enqueue(Status(500))
     slack.use_http(f"{first.url}/slack/events")
-    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> three")
-    await slack.wait_for_bot_messages(CHANNEL, ts)
+    await _reply_to(slack, "three")
     await first.settle()
     for running in (first, second):
         assert (await health(running.url))[1]["llm_breaker"] == "closed"
+
+
+async def _reply_to(slack: SlackEmulator, text: str) -> str:
+    """Mention the bot in CHANNEL with `text`: the text of its one reply."""
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> {text}")
+    [reply] = await slack.wait_for_bot_messages(CHANNEL, ts)
+    return reply["text"]
 
 
 async def _until_breaker(url: str, state: str, within: float) -> None:
