@@ -80,7 +80,10 @@ def _parser() -> argparse.ArgumentParser:
         "environment or .env).",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("stats", help="conversations, turns, tokens, summaries, people, feedback")
+    commands.add_parser(
+        "stats",
+        help="what is stored; processes alive, threads waiting, the model's breaker",
+    )
     show = commands.add_parser("show", help="one conversation as stored, as JSON")
     show.add_argument("thread", metavar="THREAD", help=THREAD_SYNTAX)
     export = commands.add_parser("export", help="every conversation as JSON lines, for audit")
@@ -172,6 +175,13 @@ async def _stats(store: Store, args: argparse.Namespace) -> int:
     rows += [
         (f"records {pattern}", await store.count_keys(pattern))
         for pattern in store.keys.personal_record_patterns
+    ]
+    shared = await store.shared_state()
+    rows += [
+        ("bot processes alive", shared.processes_alive),
+        ("threads waiting", shared.threads_waiting),
+        ("model breaker open, seconds left", round(shared.breaker.open_seconds_left)),
+        ("model turns failed in a row", shared.breaker.failures_counted),
     ]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:

@@ -329,6 +329,15 @@ class BreakerNews:
     failures_counted: int  # turns in a row that found the model down
 
 
+@dataclass(frozen=True)
+class SharedState:
+    """What all the bot's processes share in Redis, for an operator (`python -m bot stats`)."""
+
+    processes_alive: int  # processes whose last beat is still within their liveness
+    threads_waiting: int  # threads with queued messages
+    breaker: BreakerNews
+
+
 class StoreUnavailable(Exception):
     """Redis did not answer; callers tell the user to try again rather than go silent."""
 
@@ -1012,6 +1021,15 @@ class Store:
         """A turn reached the model: no failures in a row now, and, after a probe, no breaker."""
         keys = [self.keys.llm_failures] + ([self.keys.llm_breaker] if breaker_was_open else [])
         await self._batch.execute("DEL", *keys)
+
+    async def shared_state(self) -> SharedState:
+        seconds, micros = await self.redis.time()  # the clock the beats are scored by
+        now_ms = seconds * 1000 + micros // 1000
+        alive = await self.redis.zcount(self.keys.processes, f"({now_ms}", "+inf")
+        waiting = await self.redis.zcard(self.keys.pending)
+        breaker_ms = await self.redis.pttl(self.keys.llm_breaker)
+        failures = await self.redis.get(self.keys.llm_failures)
+        return SharedState(alive, waiting, BreakerNews(max(0, breaker_ms) / 1000, int(failures or 0)))
 
     async def leave(self, process: str) -> None:
         """`process` is stopping: locks it still holds may be taken over at once."""

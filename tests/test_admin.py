@@ -3,6 +3,7 @@ arguments with a clear message and a non-zero exit."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -69,6 +70,21 @@ async def test_stats(stored: Store, redis_url: str, tmp_path: Path) -> None:
     assert table["summaries"] == "1"
     assert table["people indexed"] == "2"
     assert table["records feedback:*"] == "1"
+    assert table["bot processes alive"] == "0"
+    assert table["model breaker open, seconds left"] == "0"
+
+    # What the bot's processes share: two beating, one gone; a breaker one of them opened.
+    await stored.beat("p1", 60_000)
+    await stored.beat("p2", 60_000)
+    await stored.beat("gone", 1)
+    await stored.llm_failed()
+    await stored.llm_breaker_opened(30)
+    await stored.llm_failed()
+    await asyncio.sleep(0.01)
+    table = dict(line.rsplit(None, 1) for line in admin(redis_url, "stats", cwd=tmp_path).stdout.splitlines())
+    assert table["bot processes alive"] == "2"
+    assert 28 <= int(table["model breaker open, seconds left"]) <= 30
+    assert table["model turns failed in a row"] == "1"
 
     bad = admin(redis_url, "stats", "--verbose", cwd=tmp_path)
     assert bad.returncode == 2 and "unrecognized arguments: --verbose" in bad.stderr
