@@ -4,6 +4,7 @@ many bot processes (bot/supervisor.py). `python app.py --check` checks the setti
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -11,7 +12,15 @@ from pathlib import Path
 
 from dotenv import find_dotenv, load_dotenv
 
-from bot.supervisor import Supervisor, process_count, process_index, ready_fd, wants_several
+from bot.supervisor import (
+    Supervisor,
+    process_count,
+    process_index,
+    ready_fd,
+    usable_cores,
+    usable_memory,
+    wants_several,
+)
 
 APP = Path(__file__).resolve()
 LOCAL_REDIS_DIR = APP.parent / "var" / "redis"
@@ -95,6 +104,14 @@ def supervise() -> int:
     if count == 1:  # `auto` on one core
         return run()
     configure_logging((env.get("LOG_LEVEL") or "INFO").strip().upper(), source="supervisor")
+    if env["PROCESSES"].strip().lower() == "auto":
+        memory = usable_memory()
+        logging.getLogger("bot.supervisor").info(
+            "PROCESSES=auto: %d processes (%d usable cores; %s of memory, 160 MB a process)",
+            count,
+            usable_cores(),
+            f"{memory / 2**30:.1f} GiB" if memory is not None else "unknown",
+        )
     local_redis: LocalRedis | None = None
     try:
         if not env.get("REDIS_URL", "").strip():

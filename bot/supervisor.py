@@ -43,6 +43,11 @@ STEADY_SECONDS = 60.0
 RESTART_WAIT_SECONDS = 1.0
 RESTART_WAIT_MAX_SECONDS = 30.0
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+MEMINFO = Path("/proc/meminfo")
+# What `auto` leaves each process: its RSS peaked at 130-146 MB in a burst of 500 (docs/performance.md),
+# and the supervisor itself holds about 21 MB.
+PROCESS_MEMORY_BYTES = 160 * 2**20
+SUPERVISOR_MEMORY_BYTES = 25 * 2**20
 
 
 def usable_cores(cgroup_root: Path = CGROUP_ROOT) -> int:
@@ -72,11 +77,46 @@ def _cgroup_cpu_quota(root: Path) -> float | None:
     return None if quota <= 0 or period <= 0 else quota / period
 
 
-def process_count(value: str, *, socket_mode: bool) -> int:
-    """PROCESSES, already checked (bot/config.py): a whole number, or `auto`, one per core."""
-    if value.strip().lower() == "auto":
-        return min(usable_cores(), MAX_SOCKET_MODE_CONNECTIONS if socket_mode else MAX_PROCESSES)
-    return int(value)
+def usable_memory(cgroup_root: Path = CGROUP_ROOT, meminfo: Path = MEMINFO) -> int | None:
+    """Bytes the processes may use together: the machine's memory, and no more than a
+    container's limit (cgroup v2 `memory.max`, or v1 `memory.limit_in_bytes`); None if unknown."""
+    limits = [_meminfo_total(meminfo), _cgroup_memory_limit(cgroup_root)]
+    known = [limit for limit in limits if limit is not None]
+    return min(known) if known else None
+
+
+def _meminfo_total(meminfo: Path) -> int | None:
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024  # in kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _cgroup_memory_limit(root: Path) -> int | None:
+    for name in ("memory.max", "memory/memory.limit_in_bytes"):  # v2 ("max" for none), v1
+        try:
+            text = (root / name).read_text().strip()
+        except OSError:
+            continue
+        # v1 says "no limit" with a huge number (the largest page-aligned 63-bit value).
+        return int(text) if text.isdigit() and int(text) < 2**60 else None
+    return None
+
+
+def process_count(
+    value: str, *, socket_mode: bool, cgroup_root: Path = CGROUP_ROOT, meminfo: Path = MEMINFO
+) -> int:
+    """PROCESSES, already checked (bot/config.py): a whole number, or `auto`: one per core, as
+    many as the memory holds (a container limited to 512 MB that sees 8 cores runs 3, not 8)."""
+    if value.strip().lower() != "auto":
+        return int(value)
+    cap = MAX_SOCKET_MODE_CONNECTIONS if socket_mode else MAX_PROCESSES
+    memory = usable_memory(cgroup_root, meminfo)
+    fit = cap if memory is None else (memory - SUPERVISOR_MEMORY_BYTES) // PROCESS_MEMORY_BYTES
+    return max(1, min(usable_cores(cgroup_root), fit, cap))
 
 
 def wants_several(env: Mapping[str, str]) -> bool:

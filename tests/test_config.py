@@ -19,7 +19,7 @@ from bot.redis_url import (
     parse_cluster_url,
     parse_sentinel_url,
 )
-from bot.supervisor import usable_cores
+from bot.supervisor import process_count, usable_cores, usable_memory
 
 BASE = {"SLACK_BOT_TOKEN": "xoxb-1-2-abc", "SLACK_APP_TOKEN": "xapp-1-abc", "OPENAI_API_KEY": "sk-abc"}
 
@@ -124,6 +124,37 @@ def test_auto_processes_keep_within_a_containers_cpu_quota(
         (tmp_path / name).write_text(text)
     cores = len(os.sched_getaffinity(0))
     assert usable_cores(tmp_path) == (cores if quota is None else min(cores, quota))
+
+
+MB = 2**20
+
+
+@pytest.mark.parametrize(
+    ("files", "memory", "processes"),
+    [
+        ({}, 24 * 1024 * MB, "cores"),  # no cgroup files: the machine's memory
+        ({"memory.max": "max\n"}, 24 * 1024 * MB, "cores"),  # cgroup v2, no limit
+        ({"memory.max": "314572800\n"}, 300 * MB, 1),  # 300 MB: room for one process
+        ({"memory.max": "1073741824\n"}, 1024 * MB, "cores"),  # 1 GB: six would fit
+        ({"memory/memory.limit_in_bytes": "9223372036854771712\n"}, 24 * 1024 * MB, "cores"),  # v1, none
+        ({"memory/memory.limit_in_bytes": "104857600\n"}, 100 * MB, 1),  # too little even for one
+    ],
+)
+def test_auto_processes_keep_within_a_containers_memory(
+    files: dict[str, str], memory: int, processes: int | str, tmp_path: Path
+) -> None:
+    """A container limited to 512 MB may see a host's 8 cores (a Heroku-style dyno); `auto` must
+    start no more processes than its memory holds (160 MB each, after the supervisor's 25)."""
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       25165824 kB\nMemFree:         1000000 kB\n")
+    assert usable_memory(tmp_path, meminfo) == memory
+    fit = (memory - 25 * MB) // (160 * MB)
+    expected = min(len(os.sched_getaffinity(0)), fit, 64) if processes == "cores" else processes
+    assert process_count("auto", socket_mode=False, cgroup_root=tmp_path, meminfo=meminfo) == expected
+    assert process_count("3", socket_mode=False, cgroup_root=tmp_path, meminfo=meminfo) == 3  # as asked
 
 
 def test_http_mode_and_a_compatible_server_without_key(tmp_path) -> None:
