@@ -41,6 +41,15 @@ class RedactSecrets(logging.Filter):
         return True
 
 
+class DropBoltTokenNotice(logging.Filter):
+    """Bolt warns "As you gave `client` as well, `token` will be unused." whenever SLACK_BOT_TOKEN
+    is in the environment (it reads it itself) and a client is given, as the bot gives one by
+    design: a warning at every start that asks nothing of the operator."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`token` will be unused" not in record.getMessage()
+
+
 def configure_logging(level: str, secrets: Iterable[str] = (), *, source: str = "") -> None:
     """`source` names the process in every line when several share the output (PROCESSES)."""
     handler = logging.StreamHandler(sys.stderr)
@@ -52,5 +61,8 @@ def configure_logging(level: str, secrets: Iterable[str] = (), *, source: str = 
     root.setLevel(level)
     # Client libraries log request details at DEBUG; keep them at INFO or above.
     library_level = max(logging.INFO, logging.getLevelName(level))
+    bolt_app = logging.getLogger("slack_bolt.AsyncApp")
+    if not any(isinstance(f, DropBoltTokenNotice) for f in bolt_app.filters):
+        bolt_app.addFilter(DropBoltTokenNotice())
     for noisy in ("slack_sdk", "slack_bolt", "openai", "httpx", "httpx2", "aiohttp.access", *_SDK_CLIENTS):
         logging.getLogger(noisy).setLevel(library_level)

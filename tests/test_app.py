@@ -96,3 +96,6 @@ async def test_app_serves_answers_and_stops_cleanly_on_sigterm(
     assert "outcome=answered" in log
     for secret in (slack.bot_token, slack.signing_secret, llm.api_key):
         assert secret not in log
+    # A clean start and stop warns of nothing (Bolt's notice that its own SLACK_BOT_TOKEN
+    # lookup is unused, given our client, is dropped).
+    assert " WARNING " not in log and " ERROR " not in log, log
