@@ -20,6 +20,9 @@ python -m bench.soak --then-burst 500   # then the sweep's burst, on a process w
 python -m bench.soak --minutes 40 --diagnose --profile-windows 2,39   # what grows, and where time goes
 python -m bench.soak --minutes 1440 --window 300 --env CONVERSATION_TTL_DAYS=0.01   # a day
 
+A question not answered within its window (one whose events a killed process was reading is
+left to Slack's retry a minute later) is looked for again after the last window, for up to 75 s.
+
 `--diagnose` runs the bot through `bench/memwatch.py` and adds to every window what its memory is
 made of (live Python objects, the allocators' free bytes, objects by type; `--trace-memory` adds
 tracemalloc's source lines, at a cost in CPU). `--profile-windows` samples the bot and the load
@@ -49,7 +52,8 @@ from bench.bots import BOT_APP, ROOT, BotProcess, free_port
 from bench.context import Context, Settings
 from bench.measure import children, machine, proc_sample
 from bench.profile import Profiler
-from bench.rig import ModelShape, Question, Rig
+from bench.rig import Asked, ModelShape, Question, Rig
+from tests.emulators.slack import SlackEmulator
 from tests.redis_server import RedisServer
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -71,6 +75,14 @@ class Threads:
     asked: int = 0
     followed: int = 0
     random: random.Random = field(default_factory=lambda: random.Random(6))
+    # Questions not answered within their window: their threads are kept, to be looked at again
+    # at the end (one left to Slack's retry a minute later is answered after its window).
+    late: list[Asked] = field(default_factory=list)
+
+    def kept(self) -> list[tuple[str, str]]:
+        """The threads the emulators must not forget: where follow-ups go, and late questions'."""
+        late = [(asked.channel, asked.thread or asked.ts) for asked in self.late]
+        return [*self.last_thread.items(), *late]
 
     def prepare(self, rig: Rig, route: str | None) -> Question:
         channel = f"CS{self.asked % self.channels:05d}"
@@ -97,7 +109,7 @@ class Window(throughput.Offer):
     def prepare(self) -> None:
         # The emulators forget the windows measured, but the threads follow-ups may go to: the load
         # generator's memory then stays flat, however long the soak.
-        self.rig.forget((channel, thread) for channel, thread in self.threads.last_thread.items())
+        self.rig.forget(self.threads.kept())
         count = max(1, int(self.rate * self.seconds))
         self.questions = [self.threads.prepare(self.rig, self.route) for _ in range(count)]
 
@@ -154,6 +166,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                     prepare=window.prepare,
                 )
                 profiles = {name: await profiler.stop() for name, profiler in profilers.items()}
+                threads.late += [asked for asked in rig.tracker.asked.values() if asked.done_at is None]
                 turns += result["answered"]
                 commands = _per_turn(commands_before, await _command_counts(redis), result["answered"])
                 memory = await redis.info("memory")
@@ -195,6 +208,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                     print(_memory_line(row["memory"]), flush=True)
                 for name, profile in profiles.items():
                     print(_profile_line(name, profile), flush=True)
+            late = await follow_late(rig.slack, threads.late)
             await asyncio.sleep(5.0)
             end_idle_rss = bot.sample().rss_bytes / 2**20
             end_memory = await _memory_report(bot) if args.diagnose else None
@@ -228,6 +242,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "end_idle_rss_mb": end_idle_rss,
         "end_memory": end_memory,
         "follow_ups": threads.followed,
+        "late": late,
         "windows": windows,
         "summary": summarize_soak(windows),
         "burst_after": burst,
@@ -257,6 +272,37 @@ class TurnLines:
         for match in self.LINE.finditer(text[:complete]):
             counts[int(match.group(1)) - 1] += 1
         return counts
+
+
+# Slack sends an unacknowledged event again at once, a minute later and five minutes later.
+LATE_WAIT_SECONDS = 75.0
+
+
+async def follow_late(
+    slack: SlackEmulator, late: list[Asked], within: float = LATE_WAIT_SECONDS
+) -> dict[str, Any]:
+    """Whether the questions not answered within their window were answered later: their final
+    answer's end marker in their thread, looked for until `within` seconds after the last window
+    (enough for Slack's retry a minute later, not the one five minutes later)."""
+    if not late:
+        return {"unanswered_in_window": 0, "answered_later": 0, "never": 0, "qids": []}
+    waiting = {asked.qid: asked for asked in late}
+    deadline = asyncio.get_running_loop().time() + within
+    print(f"{len(late)} questions unanswered within their window; waiting up to {within:g} s", flush=True)
+    while waiting and asyncio.get_running_loop().time() < deadline:
+        for qid, asked in list(waiting.items()):
+            thread = slack.thread(asked.channel, asked.thread or asked.ts)
+            if any(f"END{qid}" in json.dumps(message) for message in thread):
+                del waiting[qid]
+        await asyncio.sleep(0.5)
+    answered = len(late) - len(waiting)
+    print(f"  {answered} answered later, {len(waiting)} not within {within:g} s", flush=True)
+    return {
+        "unanswered_in_window": len(late),
+        "answered_later": answered,
+        "never": len(waiting),
+        "qids": sorted(waiting),
+    }
 
 
 async def _kill_one_process(bot: BotProcess, after_seconds: float) -> dict[str, Any]:

@@ -105,6 +105,7 @@ def test_soak_smoke_run_measures_every_window(tmp_path: Path) -> None:
     # Channels are taken in turn: from the second window on, a quarter of questions follow up.
     assert 0 < result["follow_ups"] < 80
     assert result["summary"]["turns"] == 120 and result["summary"]["unanswered"] == 0
+    assert result["late"]["unanswered_in_window"] == 0
     assert "120 turns, 0 unanswered" in run.stdout
     assert result["settings"]["env"] == {"CONVERSATION_TTL_DAYS": "0.01"}
     assert "CONVERSATION_TTL_DAYS=0.01;" in run.stdout.splitlines()[0]

@@ -1,9 +1,11 @@
 """The benchmark's reading of Slack's call log: when an answer first showed and when it was final,
-whichever way delivery posts it (one message, a message then updates, or Slack's streaming API)."""
+whichever way delivery posts it (one message, a message then updates, or Slack's streaming API);
+and the soak's second look at questions not answered within their window."""
 
 from __future__ import annotations
 
 from bench.rig import Asked, Tracker
+from bench.soak import follow_late
 from tests.emulators.openai_api import OpenAIEmulator
 from tests.emulators.slack import ApiCall, SlackEmulator
 
@@ -76,3 +78,18 @@ def test_rate_limited_and_failed_calls_are_counted_not_read() -> None:
 
     assert tracker.rate_limited == {"chat.postMessage": 1}
     assert asked["q00004"].first_text_at is None and tracker.other_posts == 1
+
+
+async def test_the_soak_looks_again_for_answers_to_questions_left_unanswered_in_their_window() -> None:
+    slack = SlackEmulator()
+    later = slack.user_message_event("C1", "<@UBOT> first")
+    never = slack.user_message_event("C2", "<@UBOT> second")
+    late = [
+        Asked(qid, channel, m["ts"], m["ts"], 0.0)
+        for qid, channel, m in (("q00001", "C1", later), ("q00002", "C2", never))
+    ]
+    slack._add_message("C1", "UBOT", text="ANSq00001 the answer ENDq00001", thread_ts=later["ts"], bot=True)
+    slack._add_message("C2", "UBOT", text="ANSq00002 the beginning only", thread_ts=never["ts"], bot=True)
+    found = await follow_late(slack, late, within=0.6)
+    assert found == {"unanswered_in_window": 2, "answered_later": 1, "never": 1, "qids": ["q00002"]}
+    assert (await follow_late(slack, []))["unanswered_in_window"] == 0  # and no wait
