@@ -234,6 +234,7 @@ class Rig:
         # first retry comes at once); None: not sent again.
         self.retry_routes: list[str] | None = None
         self.retried = 0
+        self._later: set[asyncio.Task[None]] = set()  # deliveries to be sent again after a wait
         self._people = 0  # how many of `people` Slack knows
 
     async def start(self) -> None:
@@ -241,6 +242,8 @@ class Rig:
         await self.llm.start()
 
     async def stop(self) -> None:
+        for later in list(self._later):
+            later.cancel()
         self.http.close()
         await self.llm.stop()
         await self.slack.stop()
@@ -379,10 +382,12 @@ class Rig:
     async def _send(self, outgoing: Outgoing) -> Delivery:
         if outgoing.delay:
             await asyncio.sleep(outgoing.delay)
-        if outgoing.request is None:
-            return await self.slack.send_prepared(outgoing.prepared)
-        delivery = await self.http.send(outgoing.request)
-        if delivery.acked or not self.retry_routes:
+        delivery = await self._send_once(outgoing.prepared, outgoing.request)
+        if delivery.acked:
+            return delivery
+        if self.slack.retry_waits and not self.retry_routes:
+            return await self._send_again(outgoing.prepared, delivery, self.slack.retry_waits)
+        if outgoing.request is None or not self.retry_routes:
             return delivery
         # Slack sends it again, marked as a retry; a load balancer passes it to a live process.
         self.retried += 1
@@ -396,6 +401,44 @@ class Rig:
         # One delivery as Slack's log would show it: sent when the first attempt was.
         elapsed = retried.sent_at + retried.elapsed - delivery.sent_at
         return replace(retried, elapsed=elapsed, sent_at=delivery.sent_at)
+
+    async def _send_once(self, prepared: PreparedDelivery, request: Request | None = None) -> Delivery:
+        if prepared.url is None:
+            return await self.slack.send_prepared(prepared, waits=())
+        return await self.http.send(request or encode(prepared))
+
+    async def _send_again(
+        self, prepared: PreparedDelivery, failed: Delivery, waits: tuple[float, ...]
+    ) -> Delivery:
+        """As Slack does with a delivery that failed (SlackEmulator.retry_failed_deliveries): again
+        at once, then after each longer wait. Those later attempts run on their own, so that a step
+        does not wait minutes for them; a question answered through one is answered after its
+        step (bench.soak looks for those again at its end)."""
+        first = failed
+        for index, wait in enumerate(waits):
+            if wait > 0:
+                later = asyncio.create_task(self._send_later(prepared, failed, waits[index:]))
+                self._later.add(later)
+                later.add_done_callback(self._later.discard)
+                break
+            prepared = self.slack.redelivery(prepared, failed)
+            self.retried += 1
+            failed = await self._send_once(prepared)
+            if failed.acked:
+                break
+        # One delivery as Slack's log would show it: sent when the first attempt was.
+        return replace(failed, elapsed=failed.sent_at + failed.elapsed - first.sent_at, sent_at=first.sent_at)
+
+    async def _send_later(
+        self, prepared: PreparedDelivery, failed: Delivery, waits: tuple[float, ...]
+    ) -> None:
+        for wait in waits:
+            await asyncio.sleep(wait)
+            prepared = self.slack.redelivery(prepared, failed)
+            self.retried += 1
+            failed = await self._send_once(prepared)
+            if failed.acked:
+                return
 
     async def wait_answered(self, asked: Iterable[Asked], timeout: float) -> bool:  # noqa: ASYNC109
         """Poll the call log until every question has its final answer, or `timeout` passes."""

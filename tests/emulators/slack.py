@@ -799,17 +799,28 @@ class SlackEmulator:
         signed = self._http_headers(data, headers)
         return PreparedDelivery(url, data, signed, event_id, "", retry_num or 0, kind)
 
-    async def send_prepared(self, prepared: PreparedDelivery) -> Delivery:
+    async def send_prepared(
+        self, prepared: PreparedDelivery, waits: tuple[float, ...] | None = None
+    ) -> Delivery:
         """Write a prepared delivery and wait for the bot's answer (HTTP) or ack (Socket Mode);
-        send it again while it fails, if retry_failed_deliveries is on."""
+        send it again while it fails, after each of `waits` (default: retry_failed_deliveries')."""
         delivery = await self._send_once(prepared)
-        for wait in self._retry_waits if prepared.kind == "events_api" else ():
+        for wait in (self._retry_waits if waits is None else waits) if prepared.kind == "events_api" else ():
             if delivery.acked:
                 break
             await asyncio.sleep(wait)
-            prepared = self._again(prepared, self._failure_reason(prepared, delivery))
+            prepared = self.redelivery(prepared, delivery)
             delivery = await self._send_once(prepared)
         return delivery
+
+    @property
+    def retry_waits(self) -> tuple[float, ...]:
+        """The waits before each retry of a failed event delivery (retry_failed_deliveries)."""
+        return self._retry_waits
+
+    def redelivery(self, prepared: PreparedDelivery, failed: Delivery) -> PreparedDelivery:
+        """Slack's next attempt at a delivery that `failed`: its retry number and reason set."""
+        return self._again(prepared, self._failure_reason(prepared, failed))
 
     async def _send_once(self, prepared: PreparedDelivery) -> Delivery:
         if prepared.url is None:
