@@ -26,6 +26,11 @@ class CircuitBreaker:
             return "open"
         return "half_open"
 
+    @property
+    def probing(self) -> bool:
+        """A probe is in flight: the one call let through after the cooldown."""
+        return self._probe_in_flight
+
     def allow(self) -> bool:
         """May this turn call the model? In half-open state only one probe at a time may."""
         state = self.state

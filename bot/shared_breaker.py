@@ -3,14 +3,18 @@
 Each process has its own `CircuitBreaker` (bot/breaker.py); this counts the turns that found the
 model down in Redis as well, so that `LLM_BREAKER_FAILURES` of them in a row open the breaker
 wherever they happened, and says in Redis when one opens, which every process's beat (once a
-second) learns. A turn that reaches the model clears the count, and the breaker with it when it
-was open (the probe's success). Redis is a help here, not a need: when it cannot be reached, each
-process's breaker still counts and opens on its own.
+second) learns. After the cooldown one turn in all processes tries the model (the probe; the
+first to claim it in Redis), as one process's breaker lets one through: the others answer at once
+meanwhile, as while open. A turn that reaches the model clears the count, and the breaker with it
+when it was open (the probe's success). Redis is a help here, not a need: when it cannot be
+reached, each process's breaker still counts, opens and probes on its own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import uuid
 from collections.abc import Awaitable
 
 from redis.exceptions import RedisError
@@ -26,15 +30,48 @@ class SharedBreaker:
         self.breaker = breaker
         self.store = store
         self._failures_counted = False  # Redis holds failed turns that a success should clear
+        self._token = uuid.uuid4().hex  # names this process's claim to the probe
+        self._probe_claimed = False
+        self._releases: set[asyncio.Task[None]] = set()
 
-    def allow(self) -> bool:
-        return self.breaker.allow()
+    async def allow(self) -> bool:
+        """May this turn call the model? After the cooldown, only the probe of all processes may."""
+        if not self.breaker.allow():
+            return False
+        if not self.breaker.probing:
+            return True
+        try:
+            claimed, open_seconds_left = await self.store.claim_llm_probe(
+                self._token, self.breaker.cooldown_seconds
+            )
+        except (StoreUnavailable, RedisError, OSError) as error:
+            log.warning("model probe not shared error=%s", type(error).__name__)
+            return True  # probe alone, as without Redis
+        if claimed:
+            self._probe_claimed = True
+            return True
+        self.breaker.released()  # another process probes (or found the model down again)
+        if open_seconds_left > 0:
+            self.breaker.learn(open_seconds_left=open_seconds_left, failures_in_a_row=0)
+        return False
 
     def released(self) -> None:
+        """A permitted call ended with no verdict on the model (cancelled, or cut off after it
+        spoke): a probe's claim is given back for another process to try at once."""
         self.breaker.released()
+        if self._probe_claimed:
+            self._probe_claimed = False
+            # Not awaited: this runs as the turn is being cancelled, too. Unreleased, the claim
+            # lapses after a cooldown.
+            release = asyncio.get_running_loop().create_task(
+                self._shared(self.store.release_llm_probe(self._token))
+            )
+            self._releases.add(release)
+            release.add_done_callback(self._releases.discard)
 
     async def failed(self) -> None:
         """A turn found the model down after its retries."""
+        self._probe_claimed = False  # a failed probe reopens the breaker, which ends the claim
         counted = await self._shared(self.store.llm_failed(), default=0)
         self._failures_counted = counted > 0
         if self.breaker.failed(counted_everywhere=counted):
@@ -44,6 +81,7 @@ class SharedBreaker:
     async def succeeded(self) -> None:
         """A turn reached the model."""
         closed = self.breaker.succeeded()
+        self._probe_claimed = False  # a success clears the claim along with the breaker
         if closed or self._failures_counted:
             self._failures_counted = False
             await self._shared(self.store.llm_reached(breaker_was_open=closed))

@@ -362,6 +362,7 @@ class Keys:
         self.orphan_scan = f"{prefix}orphan-scan"  # set while one process looks for a gone one's threads
         self.llm_breaker = f"{prefix}llm-breaker"  # set for the cooldown when a process finds the model down
         self.llm_failures = f"{prefix}llm-failures"  # turns in a row that found the model down
+        self.llm_probe = f"{prefix}llm-probe"  # the process whose turn tries the model after a cooldown
         self.lock_prefix = f"{prefix}lock:"  # + thread key (also built by _ORPHANED_THREADS)
         self.journal_prefix = f"{prefix}turn:"  # + team:channel:ts (also built by _TAKE and _FINISH)
         # Keys of per-person records kept by other features (feedback on answers). Forgetting a
@@ -615,6 +616,26 @@ redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 3600000)
 redis.call('PEXPIRE', KEYS[1], 86400000)
 return {redis.call('PTTL', KEYS[2]), tonumber(redis.call('GET', KEYS[3]) or '0')}
+"""
+
+# KEYS: LLM breaker, LLM probe. ARGV: process token, claim ms. After a cooldown one turn in all
+# processes tries the model (the probe): the first to ask while no breaker is open, or the one that
+# already holds the claim. Returns whether this process may probe, and the ms left of a breaker
+# some process opened meanwhile (its probe failed), which it learns at once.
+_CLAIM_PROBE = """
+local left = redis.call('PTTL', KEYS[1])
+if left > 0 then return {0, left} end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[1] then return {0, 0} end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return {1, 0}
+"""
+
+# KEYS: LLM probe. ARGV: process token. A probe ended with no verdict on the model (cancelled, or
+# cut off after it spoke): another process may try at once.
+_RELEASE_PROBE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 # KEYS: pending, processes, scan gate. ARGV: latest last-moved time, lock key prefix, limit, gate
@@ -872,6 +893,8 @@ class Store:
         self.lock_ttl_ms = max(100, int(lock_ttl_seconds * 1000))
         self._take = self.redis.register_script(_TAKE)
         self._beat = self.redis.register_script(_BEAT)
+        self._claim_probe = self.redis.register_script(_CLAIM_PROBE)
+        self._release_probe = self.redis.register_script(_RELEASE_PROBE)
         self._orphaned_threads = self.redis.register_script(_ORPHANED_THREADS)
         self._finish = self.redis.register_script(_FINISH)
         self._begin_answer = self.redis.register_script(_BEGIN_ANSWER)
@@ -1011,16 +1034,30 @@ class Store:
         return int(count.result())
 
     async def llm_breaker_opened(self, cooldown_seconds: float) -> None:
-        """This process's breaker opened: every process's beat learns it for `cooldown_seconds`."""
+        """This process's breaker opened: every process's beat learns it for `cooldown_seconds`
+        (and a process asking to probe, at once); a probe's claim ends with it."""
         cooldown_ms = max(1, int(cooldown_seconds * 1000))
         opened = self._batch.submit("SET", self.keys.llm_breaker, "1", "PX", cooldown_ms)
-        counted = self._batch.submit("DEL", self.keys.llm_failures)
-        await asyncio.gather(opened, counted)
+        cleared = self._batch.submit("DEL", self.keys.llm_failures, self.keys.llm_probe)
+        await asyncio.gather(opened, cleared)
 
     async def llm_reached(self, *, breaker_was_open: bool) -> None:
-        """A turn reached the model: no failures in a row now, and, after a probe, no breaker."""
-        keys = [self.keys.llm_failures] + ([self.keys.llm_breaker] if breaker_was_open else [])
-        await self._batch.execute("DEL", *keys)
+        """A turn reached the model: no failures in a row now, and, after a probe, no breaker and
+        no probe's claim."""
+        after_probe = [self.keys.llm_breaker, self.keys.llm_probe] if breaker_was_open else []
+        await self._batch.execute("DEL", self.keys.llm_failures, *after_probe)
+
+    async def claim_llm_probe(self, token: str, claim_seconds: float) -> tuple[bool, float]:
+        """May this process (`token`) send the one probe of all processes after a cooldown? Held
+        for `claim_seconds` at most (a process that dies probing). Also the seconds left of a
+        breaker another process opened since (0 when none is open)."""
+        keys = [self.keys.llm_breaker, self.keys.llm_probe]
+        claim_ms = max(1, int(claim_seconds * 1000))
+        claimed, left_ms = await self._batch.run_script(self._claim_probe, keys, [token, claim_ms])
+        return bool(claimed), max(0, int(left_ms)) / 1000
+
+    async def release_llm_probe(self, token: str) -> None:
+        await self._batch.run_script(self._release_probe, [self.keys.llm_probe], [token])
 
     async def shared_state(self) -> SharedState:
         seconds, micros = await self.redis.time()  # the clock the beats are scored by

@@ -667,7 +667,7 @@ class TurnRunner:
     async def _ask_model(self, prompt: list[ChatMessage], reply: Reply) -> tuple[Answer, Ending]:
         """Stream the model's answer into the reply unless the breaker is open; tell the
         breaker how it went."""
-        if not self.breaker.allow():
+        if not await self.breaker.allow():
             raise LLMError("circuit_open", UNAVAILABLE, attempts=0)
         try:
             async with self._llm_slots:

@@ -1,10 +1,39 @@
-"""The model's circuit breaker on its own (bot/breaker.py); with real processes in test_outages.py."""
+"""The model's circuit breaker on its own (bot/breaker.py), shared by two breakers through a real
+Redis (bot/shared_breaker.py); with real processes in test_outages.py."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
+import pytest
+
 from bot.breaker import CircuitBreaker
+from bot.shared_breaker import SharedBreaker
+from bot.store import Store
+
+COOLDOWN = 0.3
+
+
+@pytest.fixture
+async def store(redis_url: str):
+    store = Store(redis_url, conversation_ttl_days=1)
+    yield store
+    await store.close()
+
+
+async def _two_processes_after_a_cooldown(store: Store) -> tuple[SharedBreaker, SharedBreaker]:
+    """Two processes' breakers, both opened by the first's failed turn and now past the cooldown."""
+    first, second = (
+        SharedBreaker(CircuitBreaker(failures_to_open=1, cooldown_seconds=COOLDOWN), store) for _ in range(2)
+    )
+    assert await first.allow()
+    await first.failed()
+    second.heard(await store.beat("second", 5000))
+    assert first.breaker.state == second.breaker.state == "open"
+    await asyncio.sleep(COOLDOWN + 0.05)
+    assert first.breaker.state == second.breaker.state == "half_open"
+    return first, second
 
 
 def test_the_failure_that_opens_it_says_so_and_so_does_the_success_that_closes_it() -> None:
@@ -49,3 +78,63 @@ def test_a_success_elsewhere_ends_this_process_s_row_of_failures() -> None:
     breaker.learn(open_seconds_left=0, failures_in_a_row=0)  # another process reached the model
     assert breaker.failed(counted_everywhere=1) is False
     assert breaker.state == "closed"
+
+
+async def test_after_a_cooldown_one_probe_goes_out_of_all_processes_and_its_success_lets_all_through(
+    store: Store,
+) -> None:
+    first, second = await _two_processes_after_a_cooldown(store)
+    assert await second.allow()  # the probe
+    assert not await first.allow()  # the other process answers at once meanwhile
+    assert not await second.allow()  # and so does the probing one, as one process's breaker does
+    await second.succeeded()
+    assert second.breaker.state == "closed"
+    assert await first.allow()  # no breaker, no claim: its next turn goes through
+    await first.succeeded()
+    assert first.breaker.state == "closed"
+    assert await store.redis.exists(store.keys.llm_probe, store.keys.llm_breaker) == 0
+
+
+async def test_a_failed_probe_reopens_the_breaker_and_the_others_learn_it_when_they_ask(store: Store) -> None:
+    first, second = await _two_processes_after_a_cooldown(store)
+    assert await first.allow()
+    await first.failed()
+    assert first.breaker.state == "open"
+    assert not await second.allow()
+    assert second.breaker.state == "open"  # learned from the claim's answer, before its next beat
+    await asyncio.sleep(COOLDOWN + 0.05)
+    assert await second.allow()  # the next cooldown's probe may be anyone's
+
+
+async def test_a_probe_that_ends_with_no_verdict_lets_another_process_probe_at_once(store: Store) -> None:
+    first, second = await _two_processes_after_a_cooldown(store)
+    assert await first.allow()
+    first.released()  # cancelled: nothing learned about the model
+    for _ in range(50):
+        if await store.redis.exists(store.keys.llm_probe) == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert await second.allow()
+
+
+async def test_a_probe_claim_whose_process_died_lapses_after_a_cooldown(store: Store) -> None:
+    first, second = await _two_processes_after_a_cooldown(store)
+    assert await first.allow()  # and never reports back
+    assert not await second.allow()
+    await asyncio.sleep(COOLDOWN + 0.05)
+    assert await second.allow()
+
+
+async def test_without_redis_each_process_probes_on_its_own(redis_url: str) -> None:
+    store = Store(redis_url, conversation_ttl_days=1)
+    breaker = SharedBreaker(CircuitBreaker(failures_to_open=1, cooldown_seconds=COOLDOWN), store)
+    await breaker.failed()
+    await store.close()
+    unreachable = Store("redis://127.0.0.1:1", conversation_ttl_days=1)
+    breaker.store = unreachable
+    await asyncio.sleep(COOLDOWN + 0.05)
+    try:
+        assert await breaker.allow()
+        assert not await breaker.allow()
+    finally:
+        await unreachable.close()

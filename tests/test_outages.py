@@ -14,7 +14,7 @@ import pytest
 from bot.store import ThreadKey
 from bot.turn import STORE_UNAVAILABLE
 from tests.conftest import StartBot
-from tests.emulators.openai_api import OpenAIEmulator, Status
+from tests.emulators.openai_api import OpenAIEmulator, SlowFirstToken, Status
 from tests.emulators.slack import POSTING_METHODS, SlackEmulator
 from tests.redis_server import RedisServer
 
@@ -287,6 +287,36 @@ async def test_a_breaker_one_process_opens_opens_in_the_others_and_a_probe_that_
     assert reply == "Answer: ann: probe"
     await first.settle()
     assert await redis.exists(breaker_key) == 0  # no beat learns that the model is down any more
+
+
+async def test_after_a_cooldown_only_one_process_probes_the_model_and_the_others_answer_at_once(
+    start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    """As one process's breaker lets one probe through, so do two together: while the first's
+    probe waits for the model, the second answers its own question at once, and the model sees
+    one request; once the probe succeeds, the second's next question is answered."""
+    settings = BREAKER_OF_TWO | {"LLM_BREAKER_COOLDOWN_SECONDS": "2"}
+    first = await start_bot("http", **settings)
+    second = await start_bot("http", **settings)
+    slack.use_http(f"{first.url}/slack/events")
+    llm.enqueue(Status(500), Status(500))
+    for i in range(2):
+        assert (await _reply_to(slack, f"try {i}")).startswith(NO_MODEL)
+    for running in (first, second):
+        await _until_breaker(running.url, "half_open", within=5)
+
+    llm.enqueue(SlowFirstToken(1.5))
+    probe_ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> probe")
+    await llm.wait_for_requests(3)  # the probe has reached the model
+    slack.use_http(f"{second.url}/slack/events")
+    assert (await _reply_to(slack, "meanwhile")).startswith(NO_MODEL)
+    assert len(llm.requests) == 3
+
+    [probe_reply] = await slack.wait_for_bot_messages(CHANNEL, probe_ts)
+    assert probe_reply["text"] == "Answer: ann: probe"
+    assert await _reply_to(slack, "and now?") == "Answer: ann: and now?"
+    for running in (first, second):
+        assert (await health(running.url))[1]["llm_breaker"] == "closed"
 
 
 async def test_failed_turns_in_different_processes_count_together_and_open_every_breaker(
