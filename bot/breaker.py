@@ -54,9 +54,10 @@ class CircuitBreaker:
         """A turn's call failed after its retries (a model that is down, not a bad request);
         `counted_everywhere`: such turns in a row in all processes, this one included. True when
         this opened the breaker (again), for the other processes to learn."""
-        self._failures += 1
-        failures = max(self._failures, counted_everywhere)
-        opened = self._probe_in_flight or failures >= self.failures_to_open
+        # Redis's count, when there is one, is the row: it includes this one, and a success in
+        # another process since (which this one learns only at its next beat) ended it.
+        self._failures = counted_everywhere or self._failures + 1
+        opened = self._probe_in_flight or self._failures >= self.failures_to_open
         if opened:
             self._opened_at = time.monotonic()
         self._probe_in_flight = False

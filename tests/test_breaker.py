@@ -72,6 +72,14 @@ def test_failures_counted_in_all_processes_open_it_though_this_one_saw_fewer() -
     assert breaker.state == "open"
 
 
+def test_the_row_counted_in_all_processes_wins_over_this_one_s_own_count() -> None:
+    breaker = CircuitBreaker(failures_to_open=2, cooldown_seconds=60)
+    assert breaker.failed(counted_everywhere=1) is False
+    # Another process reached the model (Redis's count restarted) before this one's beat said so.
+    assert breaker.failed(counted_everywhere=1) is False
+    assert breaker.failed() is True  # Redis out of reach: this process counts on its own
+
+
 def test_a_success_elsewhere_ends_this_process_s_row_of_failures() -> None:
     breaker = CircuitBreaker(failures_to_open=2, cooldown_seconds=60)
     breaker.failed(counted_everywhere=1)

@@ -359,8 +359,7 @@ async def test_a_turn_that_reaches_the_model_ends_the_row_of_failures_in_every_p
     assert reply == "Answer: ann: two"
     await second.settle()
     assert await redis.exists(failures_key) == 0  # the row is broken
-    await asyncio.sleep(1.5)  # a beat: the first learns it (its own count said one failure)
-    llm.enqueue(Status(500))
+    llm.enqueue(Status(500))  # at once: the first's own count, one failure, is not its row
     slack.use_http(f"{first.url}/slack/events")
     await _reply_to(slack, "three")
     await first.settle()
