@@ -182,6 +182,7 @@ async def _stats(store: Store, args: argparse.Namespace) -> int:
         ("threads waiting", shared.threads_waiting),
         ("model breaker open, seconds left", round(shared.breaker.open_seconds_left)),
         ("model turns failed in a row", shared.breaker.failures_counted),
+        ("model probe under way", "yes" if shared.probing else "no"),
     ]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:

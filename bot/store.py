@@ -336,6 +336,7 @@ class SharedState:
     processes_alive: int  # processes whose last beat is still within their liveness
     threads_waiting: int  # threads with queued messages
     breaker: BreakerNews
+    probing: bool  # a process is trying the model after a cooldown
 
 
 class StoreUnavailable(Exception):
@@ -1066,7 +1067,9 @@ class Store:
         waiting = await self.redis.zcard(self.keys.pending)
         breaker_ms = await self.redis.pttl(self.keys.llm_breaker)
         failures = await self.redis.get(self.keys.llm_failures)
-        return SharedState(alive, waiting, BreakerNews(max(0, breaker_ms) / 1000, int(failures or 0)))
+        probing = await self.redis.exists(self.keys.llm_probe) > 0
+        breaker = BreakerNews(max(0, breaker_ms) / 1000, int(failures or 0))
+        return SharedState(alive, waiting, breaker, probing)
 
     async def leave(self, process: str) -> None:
         """`process` is stopping: locks it still holds may be taken over at once."""

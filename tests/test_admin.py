@@ -72,6 +72,7 @@ async def test_stats(stored: Store, redis_url: str, tmp_path: Path) -> None:
     assert table["records feedback:*"] == "1"
     assert table["bot processes alive"] == "0"
     assert table["model breaker open, seconds left"] == "0"
+    assert table["model probe under way"] == "no"
 
     # What the bot's processes share: two beating, one gone; a breaker one of them opened.
     await stored.beat("p1", 60_000)
@@ -85,6 +86,12 @@ async def test_stats(stored: Store, redis_url: str, tmp_path: Path) -> None:
     assert table["bot processes alive"] == "2"
     assert 28 <= int(table["model breaker open, seconds left"]) <= 30
     assert table["model turns failed in a row"] == "1"
+    assert table["model probe under way"] == "no"
+    # The cooldown is over and one process tries the model.
+    await stored.redis.delete(stored.keys.llm_breaker)
+    assert await stored.claim_llm_probe("p1", 30) == (True, 0)
+    table = dict(line.rsplit(None, 1) for line in admin(redis_url, "stats", cwd=tmp_path).stdout.splitlines())
+    assert table["model probe under way"] == "yes"
 
     bad = admin(redis_url, "stats", "--verbose", cwd=tmp_path)
     assert bad.returncode == 2 and "unrecognized arguments: --verbose" in bad.stderr
