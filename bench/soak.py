@@ -19,9 +19,16 @@ python -m bench.soak --rate 100 --minutes 3 --mode socket --model stream
 python -m bench.soak --then-burst 500   # then the sweep's burst, on a process whose memories are full
 python -m bench.soak --minutes 40 --diagnose --profile-windows 2,39   # what grows, and where time goes
 python -m bench.soak --minutes 1440 --window 300 --env CONVERSATION_TTL_DAYS=0.01   # a day
+python -m bench.soak --rate 100 --minutes 4 --window 60 --restart-at 1.25 --down 10   # all down
 
 A question not answered within its window (one whose events a killed process was reading is
-left to Slack's retry a minute later) is looked for again after the last window, for up to 75 s.
+left to Slack's retry a minute later) is looked for again after the last window, for up to 75 s,
+and counted once more if its thread holds its answer twice.
+
+`--restart-at MINUTES` stops the whole bot, every process at once, with turns in flight (SIGKILL:
+a host lost; `--restart-signal term`: a deploy, the bot's own shutdown), keeps it down `--down`
+seconds while questions keep coming, and starts it again: what was in flight, and what Slack
+could not deliver meanwhile, must each be answered once.
 
 `--diagnose` runs the bot through `bench/memwatch.py` and adds to every window what its memory is
 made of (live Python objects, the allocators' free bytes, objects by type; `--trace-memory` adds
@@ -40,6 +47,7 @@ import re
 import signal
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -135,6 +143,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         rig.slack.retry_failed_deliveries()
         await bot.start(ready="health")
         killing: asyncio.Task[dict[str, Any]] | None = None
+        restarting: asyncio.Task[None] | None = None
+        restart = Restart()
         try:
             if args.mode == "socket":
                 await rig.slack.wait_for_socket(timeout=30)
@@ -142,6 +152,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                 await concurrency.every_process_started(bot, rig, args.mode, args.processes)
             if args.kill_one_at is not None:
                 killing = asyncio.create_task(_kill_one_process(bot, args.kill_one_at * 60))
+            if args.restart_at is not None:
+                restarting = asyncio.create_task(_restart_everything(bot, rig, args, restart))
             route = bot.events_url if args.mode == "http" else None
             await asyncio.sleep(1.0)
             idle_rss = bot.sample().rss_bytes / 2**20
@@ -158,6 +170,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                     for name, pid in (("bot", bot.pid), ("loadgen", os.getpid())):
                         profilers[name] = Profiler(pid, workdir / f"window-{index + 1}-{name}.txt", rate=100)
                         await profilers[name].start()
+                window_started = time.monotonic()
                 result = await ctx.measured(
                     f"soak-{index}",
                     [bot],
@@ -167,6 +180,11 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 profiles = {name: await profiler.stop() for name, profiler in profilers.items()}
                 threads.late += [asked for asked in rig.tracker.asked.values() if asked.done_at is None]
+                window_ended = time.monotonic()
+                # The bot's CPU is read at a window's start and end: across a restart, of two processes.
+                restarted_here = restart.overlaps(window_started, window_ended)
+                if restarted_here:
+                    result["bot_cpu_ms_per_turn"] = None
                 turns += result["answered"]
                 commands = _per_turn(commands_before, await _command_counts(redis), result["answered"])
                 memory = await redis.info("memory")
@@ -195,6 +213,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                     "loadgen_collect_seconds": result["loadgen_collect_seconds"],
                     "machine_shared": result["machine_shared"],
                     "slack_429s": sum(rig.tracker.rate_limited.values()),
+                    "answers_per_message": result["answers_per_message"],
+                    "restarted": restarted_here,
                     "redis_commands": commands,
                     "rate_budget": await _rate_budget(redis, rig.slack.team_id),
                 }
@@ -227,10 +247,13 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                         flush=True,
                     )
         finally:
-            if killing is not None and not killing.done():
-                killing.cancel()
+            for task in (killing, restarting):
+                if task is not None and not task.done():
+                    task.cancel()
             await bot.stop()
         killed = killing.result() if killing is not None and not killing.cancelled() else None
+        if restarting is not None and restarting.done() and not restarting.cancelled():
+            restarting.result()  # raises what went wrong
     finally:
         await redis.aclose()
         await rig.stop()
@@ -247,6 +270,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "summary": summarize_soak(windows),
         "burst_after": burst,
         "killed": killed,
+        "restarted": restart.report or None,
     }
 
 
@@ -291,18 +315,39 @@ async def follow_late(
     print(f"{len(late)} questions unanswered within their window; waiting up to {within:g} s", flush=True)
     while waiting and asyncio.get_running_loop().time() < deadline:
         for qid, asked in list(waiting.items()):
-            thread = slack.thread(asked.channel, asked.thread or asked.ts)
-            if any(f"END{qid}" in json.dumps(message) for message in thread):
+            if _answers_in_thread(slack, asked):
                 del waiting[qid]
         await asyncio.sleep(0.5)
     answered = len(late) - len(waiting)
-    print(f"  {answered} answered later, {len(waiting)} not within {within:g} s", flush=True)
+    twice = sorted(asked.qid for asked in late if len(_answers_in_thread(slack, asked)) > 1)
+    # Slack's ts is wall-clock time; the question's sending, monotonic.
+    wall_offset = time.time() - time.monotonic()
+    delays = sorted(
+        float(answers[0]["ts"]) - (asked.sent_at + wall_offset)
+        for asked in late
+        if (answers := _answers_in_thread(slack, asked))
+    )
+    line = f"  {answered} answered later, {len(waiting)} not within {within:g} s"
+    line += f", {len(twice)} answered more than once" if twice else ""
+    if delays:
+        line += f"; answered {delays[len(delays) // 2]:.1f} s (p50) to {delays[-1]:.1f} s after asked"
+    print(line, flush=True)
     return {
         "unanswered_in_window": len(late),
         "answered_later": answered,
         "never": len(waiting),
         "qids": sorted(waiting),
+        "answered_twice": len(twice),
+        "twice_qids": twice,
+        "answered_after_seconds_p50": delays[len(delays) // 2] if delays else None,
+        "answered_after_seconds_max": delays[-1] if delays else None,
     }
+
+
+def _answers_in_thread(slack: SlackEmulator, asked: Asked) -> list[dict[str, Any]]:
+    """The bot's messages in the question's thread that end its answer (its end marker)."""
+    thread = slack.thread(asked.channel, asked.thread or asked.ts)
+    return [message for message in thread if f"END{asked.qid}" in json.dumps(message)]
 
 
 async def _kill_one_process(bot: BotProcess, after_seconds: float) -> dict[str, Any]:
@@ -322,6 +367,53 @@ async def _kill_one_process(bot: BotProcess, after_seconds: float) -> dict[str, 
         flush=True,
     )
     return {"pid": victim, "at_seconds": after_seconds, "cpu_last_second": busy}
+
+
+@dataclass
+class Restart:
+    """`--restart-at`: when the bot was stopped and when it served again (monotonic seconds)."""
+
+    stopping_at: float | None = None
+    up_at: float | None = None
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def overlaps(self, start: float, end: float) -> bool:
+        """Whether the bot was stopped, or not yet serving again, within start..end."""
+        if self.stopping_at is None or self.stopping_at >= end:
+            return False
+        return self.up_at is None or self.up_at > start
+
+
+async def _restart_everything(bot: BotProcess, rig: Rig, args: argparse.Namespace, restart: Restart) -> None:
+    """`--restart-at` minutes in: stop every process of the bot at once (SIGKILL to its process
+    group, or SIGTERM to it for its own shutdown), keep it down `--down` seconds while the load
+    generator goes on asking, then start it again and wait until every process serves."""
+    await asyncio.sleep(args.restart_at * 60)
+    started_lines = bot.log_path.read_text(errors="replace").count("bot started")
+    restart.stopping_at = time.monotonic()
+    if args.restart_signal == "kill":
+        os.killpg(bot.pid, signal.SIGKILL)  # its own session: the supervisor and every child
+    exit_code = await bot.stop()  # SIGTERM, unless it is dead already
+    stopped = time.monotonic()
+    await asyncio.sleep(args.down)
+    await bot.start(ready="health")
+    if args.mode == "socket":
+        await rig.slack.wait_for(lambda: rig.slack.open_sockets == args.processes, 30, what="connections")
+    await bot.every_process_started(started_lines + args.processes)
+    restart.up_at = time.monotonic()
+    print(
+        f"bot stopped (SIG{args.restart_signal.upper()}, every process) {args.restart_at:g} min in, "
+        f"in {stopped - restart.stopping_at:.1f} s (exit {exit_code}); down {args.down:g} s; serving "
+        f"again {restart.up_at - stopped:.1f} s after it stopped",
+        flush=True,
+    )
+    restart.report = {
+        "signal": args.restart_signal,
+        "at_seconds": args.restart_at * 60,
+        "stop_seconds": stopped - restart.stopping_at,
+        "exit_code": exit_code,
+        "stopped_to_serving_seconds": restart.up_at - stopped,
+    }
 
 
 async def _burst(ctx: Context, rig: Rig, bot: BotProcess, route: str | None, c: int) -> dict[str, Any]:
@@ -504,6 +596,8 @@ def _row(row: dict[str, Any]) -> str:
             f" done max {row['done_max_ms']:.0f} ms" if _stands_out(row) else "",
             f" {row['deliveries_failed']} deliveries failed" if row["deliveries_failed"] else "",
             f" split {_split(row['turns_by_process'])}" if row.get("turns_by_process") is not None else "",
+            " bot restarted" if row["restarted"] else "",
+            f" {_twice(row)} answered more than once" if _twice(row) else "",
         )
     )
     return (
@@ -514,6 +608,10 @@ def _row(row: dict[str, Any]) -> str:
         f"{row['cpu_share']['loadgen']:>11.0%} {row['loadgen_loop_lag_p99_ms'] or 0:>5.0f}ms "
         f"{row['loadgen_rss_mb']:>10,.0f}{flags}"
     )
+
+
+def _twice(row: dict[str, Any]) -> int:
+    return sum(count for messages, count in row["answers_per_message"].items() if int(messages) > 1)
 
 
 def _split(by_process: list[int]) -> str:
@@ -571,6 +669,19 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         metavar="MINUTES",
         help="with --env PROCESSES=N (N > 1): SIGKILL one of the bot's processes this far in",
+    )
+    parser.add_argument(
+        "--restart-at",
+        type=float,
+        metavar="MINUTES",
+        help="stop every process of the bot this far in, keep it down --down s, start it again",
+    )
+    parser.add_argument("--down", type=float, default=10.0, metavar="SECONDS", help="with --restart-at")
+    parser.add_argument(
+        "--restart-signal",
+        choices=("kill", "term"),
+        default="kill",
+        help="with --restart-at: SIGKILL (a lost host) or SIGTERM (a deploy: the bot's own shutdown)",
     )
     parser.add_argument("--out", type=Path, help="the JSON result (default: bench/results/soak-<time>.json)")
     args = parser.parse_args(argv)

@@ -4,8 +4,10 @@ and the soak's second look at questions not answered within their window."""
 
 from __future__ import annotations
 
+import time
+
 from bench.rig import Asked, Tracker
-from bench.soak import follow_late
+from bench.soak import Restart, follow_late
 from tests.emulators.openai_api import OpenAIEmulator
 from tests.emulators.slack import ApiCall, SlackEmulator
 
@@ -84,12 +86,35 @@ async def test_the_soak_looks_again_for_answers_to_questions_left_unanswered_in_
     slack = SlackEmulator()
     later = slack.user_message_event("C1", "<@UBOT> first")
     never = slack.user_message_event("C2", "<@UBOT> second")
+    twice = slack.user_message_event("C3", "<@UBOT> third")
+    asked_at = time.monotonic() - 2.0  # sent two seconds ago, answered now
     late = [
-        Asked(qid, channel, m["ts"], m["ts"], 0.0)
-        for qid, channel, m in (("q00001", "C1", later), ("q00002", "C2", never))
+        Asked(qid, channel, m["ts"], m["ts"], asked_at)
+        for qid, channel, m in (("q00001", "C1", later), ("q00002", "C2", never), ("q00003", "C3", twice))
     ]
     slack._add_message("C1", "UBOT", text="ANSq00001 the answer ENDq00001", thread_ts=later["ts"], bot=True)
     slack._add_message("C2", "UBOT", text="ANSq00002 the beginning only", thread_ts=never["ts"], bot=True)
+    for _ in range(2):
+        slack._add_message("C3", "UBOT", text="ANSq00003 again ENDq00003", thread_ts=twice["ts"], bot=True)
     found = await follow_late(slack, late, within=0.6)
-    assert found == {"unanswered_in_window": 2, "answered_later": 1, "never": 1, "qids": ["q00002"]}
+    delays = found.pop("answered_after_seconds_p50"), found.pop("answered_after_seconds_max")
+    assert found == {
+        "unanswered_in_window": 3,
+        "answered_later": 2,
+        "never": 1,
+        "qids": ["q00002"],
+        "answered_twice": 1,
+        "twice_qids": ["q00003"],
+    }
+    assert all(1.9 < delay < 2.9 for delay in delays)
     assert (await follow_late(slack, []))["unanswered_in_window"] == 0  # and no wait
+
+
+def test_a_soak_window_counts_as_restarted_when_the_bot_was_down_or_starting_in_it() -> None:
+    restart = Restart()
+    assert not restart.overlaps(0, 60)  # not yet stopped
+    restart.stopping_at = 75.0
+    assert not restart.overlaps(0, 60)
+    assert restart.overlaps(60, 120)  # stopped in it, not yet serving again
+    restart.up_at = 86.0
+    assert restart.overlaps(60, 120) and not restart.overlaps(120, 180)
