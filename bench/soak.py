@@ -48,6 +48,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -86,11 +87,15 @@ class Threads:
     # Questions not answered within their window: their threads are kept, to be looked at again
     # at the end (one left to Slack's retry a minute later is answered after its window).
     late: list[Asked] = field(default_factory=list)
+    # With --restart-at, every question: their threads are kept, to count each one's answers at
+    # the end (a second answer could come a window later, from an event Slack sent again).
+    watched: list[Asked] = field(default_factory=list)
 
     def kept(self) -> list[tuple[str, str]]:
-        """The threads the emulators must not forget: where follow-ups go, and late questions'."""
-        late = [(asked.channel, asked.thread or asked.ts) for asked in self.late]
-        return [*self.last_thread.items(), *late]
+        """The threads the emulators must not forget: where follow-ups go, late questions' and
+        watched ones'."""
+        kept = [(asked.channel, asked.thread or asked.ts) for asked in (*self.late, *self.watched)]
+        return [*self.last_thread.items(), *kept]
 
     def prepare(self, rig: Rig, route: str | None) -> Question:
         channel = f"CS{self.asked % self.channels:05d}"
@@ -180,6 +185,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 profiles = {name: await profiler.stop() for name, profiler in profilers.items()}
                 threads.late += [asked for asked in rig.tracker.asked.values() if asked.done_at is None]
+                if args.restart_at is not None:
+                    threads.watched += rig.tracker.asked.values()
                 window_ended = time.monotonic()
                 # The bot's CPU is read at a window's start and end: across a restart, of two processes.
                 restarted_here = restart.overlaps(window_started, window_ended)
@@ -229,6 +236,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                 for name, profile in profiles.items():
                     print(_profile_line(name, profile), flush=True)
             late = await follow_late(rig.slack, threads.late)
+            answer_counts = _answer_counts(rig.slack, threads.watched) if threads.watched else None
             await asyncio.sleep(5.0)
             end_idle_rss = bot.sample().rss_bytes / 2**20
             end_memory = await _memory_report(bot) if args.diagnose else None
@@ -266,6 +274,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "end_memory": end_memory,
         "follow_ups": threads.followed,
         "late": late,
+        "answers_per_question": answer_counts,
         "windows": windows,
         "summary": summarize_soak(windows),
         "burst_after": burst,
@@ -342,6 +351,17 @@ async def follow_late(
         "answered_after_seconds_p50": delays[len(delays) // 2] if delays else None,
         "answered_after_seconds_max": delays[-1] if delays else None,
     }
+
+
+def _answer_counts(slack: SlackEmulator, watched: list[Asked]) -> dict[int, int]:
+    """How many questions have 0, 1, 2 … answers in their thread, at the end of the soak."""
+    counts = dict(sorted(Counter(len(_answers_in_thread(slack, asked)) for asked in watched).items()))
+    print(
+        f"answers a question, all {len(watched):,} of the soak's: "
+        + ", ".join(f"{answers}: {questions:,}" for answers, questions in counts.items()),
+        flush=True,
+    )
+    return counts
 
 
 def _answers_in_thread(slack: SlackEmulator, asked: Asked) -> list[dict[str, Any]]:
