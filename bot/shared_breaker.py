@@ -47,6 +47,9 @@ class SharedBreaker:
         except (StoreUnavailable, RedisError, OSError) as error:
             log.warning("model probe not shared error=%s", type(error).__name__)
             return True  # probe alone, as without Redis
+        except BaseException:
+            self.breaker.released()  # cancelled while asking: not this turn's probe after all
+            raise
         if claimed:
             self._probe_claimed = True
             return True

@@ -146,3 +146,14 @@ async def test_without_redis_each_process_probes_on_its_own(redis_url: str) -> N
         assert not await breaker.allow()
     finally:
         await unreachable.close()
+
+
+async def test_a_turn_cancelled_while_claiming_the_probe_leaves_the_next_free_to_probe(store: Store) -> None:
+    first, _ = await _two_processes_after_a_cooldown(store)
+    asking = asyncio.create_task(first.allow())
+    await asyncio.sleep(0)  # it has let a probe through locally and waits for Redis
+    asking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asking
+    assert not first.breaker.probing
+    assert await first.allow()  # its own claim, if Redis took it, is still its own
