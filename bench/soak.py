@@ -87,8 +87,9 @@ class Threads:
     # Questions not answered within their window: their threads are kept, to be looked at again
     # at the end (one left to Slack's retry a minute later is answered after its window).
     late: list[Asked] = field(default_factory=list)
-    # With --restart-at, every question: their threads are kept, to count each one's answers at
-    # the end (a second answer could come a window later, from an event Slack sent again).
+    # With --restart-at or --kill-one-at, every question: their threads are kept, to count each
+    # one's answers at the end (a second answer could come a window later, from an event Slack
+    # sent again).
     watched: list[Asked] = field(default_factory=list)
 
     def kept(self) -> list[tuple[str, str]]:
@@ -185,7 +186,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 profiles = {name: await profiler.stop() for name, profiler in profilers.items()}
                 threads.late += [asked for asked in rig.tracker.asked.values() if asked.done_at is None]
-                if args.restart_at is not None:
+                if args.restart_at is not None or args.kill_one_at is not None:
                     threads.watched += rig.tracker.asked.values()
                 window_ended = time.monotonic()
                 # The bot's CPU is read at a window's start and end: across a restart, of two processes.
