@@ -43,17 +43,24 @@ class BotProcess:
         self.workdir = workdir
         self.log_path = workdir / f"{name}.log"
         self._process: asyncio.subprocess.Process | None = None
+        self._last_pid: int | None = None
 
     @property
     def pid(self) -> int:
-        assert self._process is not None
-        return self._process.pid
+        """The running process's id; while it is stopped (a soak's restart), the last one's."""
+        if self._process is not None:
+            return self._process.pid
+        assert self._last_pid is not None, f"{self.name} was never started"
+        return self._last_pid
 
     @property
     def events_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/slack/events"
 
     def sample(self) -> ProcSample:
+        """Its CPU and memory, with its children's; nothing while it is stopped."""
+        if self._process is None:
+            return ProcSample(0.0, 0, 0)
         return tree_sample(self.pid)
 
     async def every_process_started(self, count: int, within: float = START_TIMEOUT) -> None:
@@ -81,6 +88,7 @@ class BotProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        self._last_pid = self._process.pid
         if ready == "spawned":
             return
         deadline = time.monotonic() + START_TIMEOUT

@@ -202,7 +202,10 @@ class PeakRss:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self.peak = tree_sample(self.pid).rss_bytes
+        try:
+            self.peak = tree_sample(self.pid).rss_bytes
+        except OSError:  # stopped (a soak's restart); sampled from the next 100 ms on
+            self.peak = 0
         self._task = asyncio.create_task(self._sample())
 
     def stop(self) -> int:

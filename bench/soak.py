@@ -28,7 +28,9 @@ and counted once more if its thread holds its answer twice.
 `--restart-at MINUTES` stops the whole bot, every process at once, with turns in flight (SIGKILL:
 a host lost; `--restart-signal term`: a deploy, the bot's own shutdown), keeps it down `--down`
 seconds while questions keep coming, and starts it again: what was in flight, and what Slack
-could not deliver meanwhile, must each be answered once.
+could not deliver meanwhile, must each be answered once. `--retry-waits` shortens Slack's
+retries (0, 60 and 300 s) for a quick check (tests/test_bench_smoke.py); with them shorter than
+the bot is down, Slack gives up on an event and its question is never answered, as it would be.
 
 `--diagnose` runs the bot through `bench/memwatch.py` and adds to every window what its memory is
 made of (live Python objects, the allocators' free bytes, objects by type; `--trace-memory` adds
@@ -62,7 +64,7 @@ from bench.context import Context, Settings
 from bench.measure import children, machine, proc_sample
 from bench.profile import Profiler
 from bench.rig import Asked, ModelShape, Question, Rig
-from tests.emulators.slack import SlackEmulator
+from tests.emulators.slack import SLACK_RETRY_WAITS, SlackEmulator
 from tests.redis_server import RedisServer
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -146,7 +148,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             env |= {"PYTHONTRACEMALLOC": "1"} if args.trace_memory else {}
         bot = BotProcess("soak", app, env, port, workdir)
         # As Slack does: a delivery that was not acknowledged is sent again (at once, 1 min, 5 min).
-        rig.slack.retry_failed_deliveries()
+        rig.slack.retry_failed_deliveries(args.retry_waits)
         await bot.start(ready="health")
         killing: asyncio.Task[dict[str, Any]] | None = None
         restarting: asyncio.Task[None] | None = None
@@ -703,6 +705,13 @@ def main(argv: list[str] | None = None) -> int:
         choices=("kill", "term"),
         default="kill",
         help="with --restart-at: SIGKILL (a lost host) or SIGTERM (a deploy: the bot's own shutdown)",
+    )
+    parser.add_argument(
+        "--retry-waits",
+        type=lambda text: tuple(float(n) for n in text.split(",") if n),
+        default=SLACK_RETRY_WAITS,
+        metavar="S,S,S",
+        help="seconds before each retry of an unacknowledged event (Slack's: 0,60,300)",
     )
     parser.add_argument("--out", type=Path, help="the JSON result (default: bench/results/soak-<time>.json)")
     args = parser.parse_args(argv)

@@ -120,3 +120,36 @@ def test_soak_smoke_run_measures_every_window(tmp_path: Path) -> None:
     burst = result["burst_after"]
     assert burst["answered"] == burst["c"] == 20 and not burst["timed_out"]
     assert burst["bot_peak_rss_mb"] > 0 and burst["done_over_ideal_p99"] >= 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_soak_restart_stops_every_process_and_counts_each_question_s_answers(tmp_path: Path) -> None:
+    """`--restart-at`: the bot is SIGKILLed 1.8 s in, kept down half a second and started again;
+    what Slack could not deliver meanwhile comes with its retries (a second and three later here,
+    Slack's are a minute and five), and every question is answered exactly once."""
+    out = tmp_path / "soak.json"
+    settings = ["--rate", "20", "--minutes", "0.1", "--window", "2", "--channels", "40"]
+    settings += ["--restart-at", "0.03", "--down", "0.5", "--retry-waits", "0,1,3"]
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.soak", *settings, "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    restarted = result["restarted"]
+    assert restarted["signal"] == "kill" and restarted["exit_code"] == -9
+    assert restarted["stopped_to_serving_seconds"] >= 0.5
+    windows = result["windows"]
+    restarted_in = [w for w in windows if w["restarted"]]
+    assert restarted_in and windows[-1] not in restarted_in
+    # Its CPU is read at the window's start and end, across two processes: not reported.
+    assert all(w["bot_cpu_ms_per_turn"] is None for w in restarted_in)
+    assert all(w["bot_cpu_ms_per_turn"] > 0 for w in windows if not w["restarted"])
+    assert "bot stopped (SIGKILL, every process)" in run.stdout
+    # Each of the 120 questions answered exactly once, within its window or after it.
+    assert result["answers_per_question"] == {"1": 120}
+    assert result["late"]["never"] == 0
