@@ -113,10 +113,8 @@ class Delivery:
         return self.budget.bucket(target.team, "assistant.threads.setStatus", _thread_scope(target))
 
     async def show_thinking(self, target: Target, *, counted: bool = False) -> ThinkingSign:
-        """Show that the bot is working: a thread status where there is a thread, else a reaction,
-        sent from the Slack lane (bot/lane.py) where there is one: in a burst, the sign does not
-        wait for the main loop's passes. `counted`: the status call was counted in its rate
-        bucket already."""
+        """Show that the bot is working: a thread status where there is a thread, else a reaction.
+        `counted`: the status call was counted in its rate bucket already."""
         if target.thread_ts is not None:
             try:
                 await self.slack.call(
@@ -125,7 +123,6 @@ class Delivery:
                     scope=_thread_scope(target),
                     wait=SIGN_WAIT * self._time_unit,
                     counted=counted,
-                    in_lane=True,
                     channel_id=target.channel,
                     thread_ts=target.thread_ts,
                     status=THINKING_STATUS,
@@ -143,7 +140,6 @@ class Delivery:
                 "reactions.add",
                 team=target.team,
                 holds=(removal,),
-                in_lane=True,
                 channel=target.channel,
                 timestamp=target.message_ts,
                 name=THINKING_REACTION,

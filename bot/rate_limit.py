@@ -32,7 +32,6 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
-from bot.lane import SlackLane
 from bot.store import Fence, RateBucket, RateClaim, Store
 
 log = logging.getLogger(__name__)
@@ -218,10 +217,9 @@ class SlackBudget:
 class BudgetedSlack:
     """Slack Web API calls made within the shared budget; 429s pause the bucket for everyone."""
 
-    def __init__(self, client: AsyncWebClient, budget: SlackBudget, lane: SlackLane | None = None) -> None:
+    def __init__(self, client: AsyncWebClient, budget: SlackBudget) -> None:
         self.client = client
         self.budget = budget
-        self.lane = lane
 
     async def call(
         self,
@@ -237,15 +235,13 @@ class BudgetedSlack:
         counted: bool = False,
         fence: Fence | None = None,
         http_verb: Literal["POST", "GET"] = "POST",
-        in_lane: bool = False,
         **args: Any,
     ) -> AsyncSlackResponse:
         """Call `method` once a slot is free (waiting at most `wait` s), taking `holds` with it.
 
         `use` spends a slot held earlier; `counted`: the call was counted in its bucket already
         (see `Store.accept`); `fence`: made only while that thread lock is held, else LockLost;
-        `http_verb` GET sends the arguments as a query (Slack's read methods); `in_lane`: sent
-        from the lane's thread (bot/lane.py), where one is given, not from the busy main loop.
+        `http_verb` GET sends the arguments as a query (Slack's read methods).
         Raises RateLimited when no slot came in time or Slack answered 429; other Slack errors
         as SlackApiError.
         """
@@ -259,11 +255,10 @@ class BudgetedSlack:
             hold_ms = int(HOLD_SECONDS * 1000 / max(self.budget.scale, 1))
             claims = [first] + [RateClaim(h.bucket, "hold", h.member, hold_ms=hold_ms) for h in holds]
             await self.budget.claim(claims, wait=wait, writer=writer, fence=fence)
-        client = self.lane if in_lane and self.lane is not None else self.client
         try:
             if http_verb == "GET":
-                return await client.api_call(method, http_verb="GET", params=_without_none(args))
-            return await client.api_call(method, json=_without_none(args))
+                return await self.client.api_call(method, http_verb="GET", params=_without_none(args))
+            return await self.client.api_call(method, json=_without_none(args))
         except BaseException as error:
             # A failed call needs no later call: its holds go back to the budget.
             for hold in holds:

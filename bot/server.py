@@ -37,7 +37,6 @@ from bot.delivery import Delivery
 from bot.events import BotIdentity, MessageIntake, MessageListeners, shape_problem, until_queued
 from bot.health import health_handler
 from bot.heap import trim_heap_forever
-from bot.lane import SlackLane
 from bot.llm import ChatModel
 from bot.rate_limit import BudgetedSlack, SlackBudget
 from bot.socket_mode import SocketModeHandler
@@ -68,7 +67,6 @@ class StartupError(Exception):
 @dataclass
 class _Running:
     session: aiohttp.ClientSession
-    lane: SlackLane
     runner: web.AppRunner
     socket_handler: SocketModeHandler | None
 
@@ -148,11 +146,19 @@ class SupportBot:
             process_before_response=False,
         )
         _share_identity(self.app, auth_test)
-        turn_client = _turn_client(settings, session)
-        # The thinking sign's calls, made from a thread of their own (bot/lane.py).
-        lane = SlackLane(lambda: _turn_client(settings, aiohttp.ClientSession()))
+        # The calls a turn makes handle 429s themselves (pausing the shared budget; delivery keeps
+        # its text), so their client retries only broken connections and Slack's 5xx.
+        turn_client = AsyncWebClient(
+            token=settings.slack_bot_token,
+            base_url=settings.slack_api_url,
+            session=session,
+            retry_handlers=[
+                AsyncConnectionErrorRetryHandler(max_retry_count=2),
+                AsyncServerErrorRetryHandler(max_retry_count=2),
+            ],
+        )
         budget = SlackBudget(self.store, scale=settings.slack_rate_limit_scale)
-        budgeted = BudgetedSlack(turn_client, budget, lane)
+        budgeted = BudgetedSlack(turn_client, budget)
         self.turns = TurnRunner(
             store=self.store,
             workspace=Workspace(budgeted, self.store),
@@ -213,8 +219,7 @@ class SupportBot:
             web_app.router.add_post("/slack/events", self._slack_events)
         runner = web.AppRunner(web_app, access_log=None)
         await runner.setup()
-        await lane.start()
-        self._running = _Running(session, lane, runner, socket_handler)
+        self._running = _Running(session, runner, socket_handler)
         # With PROCESSES > 1 every process binds the port and the kernel spreads connections.
         site = web.TCPSite(
             runner, settings.host, settings.port, backlog=LISTEN_BACKLOG, reuse_port=settings.processes > 1
@@ -265,7 +270,6 @@ class SupportBot:
         await self.model.close()
         await self.store.close()
         await running.session.close()
-        await running.lane.close()
         log.info("bot stopped")
 
     async def _recover_forever(self) -> None:
@@ -402,20 +406,6 @@ def _identity(auth_test: AsyncSlackResponse | None) -> BotIdentity | None:
         return None
     bot_id = auth_test.get("bot_id")
     return BotIdentity(user_id, bot_id if isinstance(bot_id, str) else None)
-
-
-def _turn_client(settings: Settings, session: aiohttp.ClientSession) -> AsyncWebClient:
-    """The client of a turn's calls. They handle 429s themselves (pausing the shared budget;
-    delivery keeps its text), so it retries only broken connections and Slack's 5xx."""
-    return AsyncWebClient(
-        token=settings.slack_bot_token,
-        base_url=settings.slack_api_url,
-        session=session,
-        retry_handlers=[
-            AsyncConnectionErrorRetryHandler(max_retry_count=2),
-            AsyncServerErrorRetryHandler(max_retry_count=2),
-        ],
-    )
 
 
 async def _check_token(client: AsyncWebClient) -> AsyncSlackResponse | None:
