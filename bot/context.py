@@ -28,6 +28,13 @@ SUMMARISE_AT = 0.8
 KEEP_SHARE = 0.5
 
 SUMMARY_HEADING = "Summary of the earlier conversation (older messages are not shown):"
+# When Slack would not show a thread's earlier messages (its read budget spent, an outage), the
+# model is told, so that a follow-up such as "and the second one?" gets a question back, not a guess.
+EARLIER_UNREAD_NOTE = (
+    "The earlier messages of this Slack thread could not be loaded just now, so only the latest "
+    "are shown. If the question depends on what was said before, say that you cannot see the "
+    "earlier messages and ask for what is missing instead of guessing."
+)
 # Summaries run in the background; this many at once per process leaves the model to answers.
 SUMMARIES_AT_ONCE = 4
 
@@ -66,11 +73,15 @@ def author(turn: Turn) -> str:
     return turn.name or turn.user or "someone"
 
 
-def system_message(system_prompt: str, summary: str | None, asker: str | None) -> ChatMessage:
+def system_message(
+    system_prompt: str, summary: str | None, asker: str | None, *, earlier_unread: bool = False
+) -> ChatMessage:
     # One system message: several, or one not at the start, break some servers' chat templates.
     parts = [system_prompt]
     if summary:
         parts.append(f"{SUMMARY_HEADING}\n{summary}")
+    if earlier_unread:
+        parts.append(EARLIER_UNREAD_NOTE)
     if asker:
         parts.append(f"You are answering {asker}, who wrote the last message.")
     return {"role": "system", "content": "\n\n".join(parts)}
@@ -133,17 +144,24 @@ class ContextBuilder:
         self._summaries = asyncio.Semaphore(SUMMARIES_AT_ONCE)
         self._turn_room = budget.turn_room(counter.count(system_prompt))
 
-    async def prompt_for(self, key: ThreadKey, read: tuple[SummaryState, list[Turn]] | None = None) -> Prompt:
+    async def prompt_for(
+        self,
+        key: ThreadKey,
+        read: tuple[SummaryState, list[Turn]] | None = None,
+        *,
+        earlier_unread: bool = False,
+    ) -> Prompt:
         """System prompt, summary, and the newest turns that fit; the newest turn (the question
         being answered) is always in, cut to fit if it alone is too long. `read`: the summary and
-        the newest FIRST_PAGE turns, when the caller read them already."""
+        the newest FIRST_PAGE turns, when the caller read them already. `earlier_unread`: the
+        thread has earlier messages Slack would not show now (the model is told)."""
         summary, first_page = read or await self.store.summary_and_tail(key, FIRST_PAGE)
         covered = ts_order(summary.upto) if summary.upto else None
         tail = TailReader(self.store, key, first_page)
         newest = await tail.next()
         asker = author(newest) if newest is not None and newest.role == "user" else None
         summary_text = self.counter.truncate(summary.text, self.budget.summary) if summary.text else None
-        system = system_message(self.system_prompt, summary_text, asker)
+        system = system_message(self.system_prompt, summary_text, asker, earlier_unread=earlier_unread)
         room = self.budget.prompt - REPLY_PRIMING - self.counter.count_message(system)
         picked: list[ChatMessage] = []
         used = 0

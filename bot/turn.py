@@ -28,6 +28,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Coroutine, Iterator
 from dataclasses import asdict, dataclass, replace
+from enum import Enum
 from typing import Any
 
 import aiohttp
@@ -114,6 +115,14 @@ class Limits:
     user_per_minute: int = 10
     user_per_day: int = 300
     channel_per_minute: int = 60
+
+
+class EarlierThread(Enum):
+    """What became of a thread's messages from before the bot's first turn in it."""
+
+    NOT_NEEDED = "not needed"  # a new thread, or one read already
+    READ = "read"  # added to the conversation now
+    UNREADABLE = "unreadable"  # Slack would not show them now: answered without, read next turn
 
 
 class DeliveryDeferred(Exception):
@@ -606,11 +615,16 @@ class TurnRunner:
                 notice = LIMITED[begun.over_limit].format(limit=limit)
                 answered = await self.delivery.post_notice(target, notice) is not None
                 return Progress.of(state="noted")
-            if await self._read_earlier_thread(message, begun.hydrated):
+            earlier = await self._read_earlier_thread(message, begun.hydrated)
+            if earlier is EarlierThread.READ:
                 prompt = await self.context.prompt_for(message.key)
             else:
                 assert begun.summary is not None
-                prompt = await self.context.prompt_for(message.key, (begun.summary, begun.newest_turns))
+                prompt = await self.context.prompt_for(
+                    message.key,
+                    (begun.summary, begun.newest_turns),
+                    earlier_unread=earlier is EarlierThread.UNREADABLE,
+                )
             reply = self._reply(message, target, after=sign)
             answer, ending = await self._ask_model(prompt.messages, reply)
             posted, step = await self._finish_reply(message, reply, ending, answer.text, answer)
@@ -748,12 +762,11 @@ class TurnRunner:
         )
         return posted, Progress.of(turns=(stored,), state="answered", answer_ts=posted[0], answer=None)
 
-    async def _read_earlier_thread(self, message: IncomingMessage, hydrated: bool) -> bool:
-        """A mention inside a thread the bot was not part of: read what came before, once.
-        True when earlier messages were added to the conversation."""
+    async def _read_earlier_thread(self, message: IncomingMessage, hydrated: bool) -> EarlierThread:
+        """A mention inside a thread the bot was not part of: read what came before, once."""
         key = message.key
         if message.starts_conversation or hydrated:
-            return False
+            return EarlierThread.NOT_NEEDED
         try:
             earlier = await self.workspace.earlier_thread_turns(
                 key, key.thread, message.ts, message.bot_user_id
@@ -761,12 +774,12 @@ class TurnRunner:
         except CALL_ERRORS as error:
             # Answer without the earlier messages rather than not at all; try again next turn.
             log.warning("could not read earlier thread thread=%s error=%s", key, error_code(error))
-            return False
+            return EarlierThread.UNREADABLE
         if message.is_dm:
             earlier = await self._question_before(message, earlier) + earlier
         known = await self.store.stored_ts(key)
         await self.store.prepend_history(key, [t for t in earlier if t.ts not in known])
-        return True
+        return EarlierThread.READ
 
     async def _question_before(self, message: IncomingMessage, thread: list[Turn]) -> list[Turn]:
         """A DM thread under one of the bot's answers starts with the question that answer was for."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
+from bot.context import EARLIER_UNREAD_NOTE
 from bot.rate_limit import SlackBudget
 from bot.store import RateClaim, ThreadKey
 from tests.conftest import RunningBot, StartBot
@@ -141,8 +142,8 @@ async def test_a_thread_slack_will_not_show_now_is_answered_without_it_and_read_
     bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
 ) -> None:
     """Slack is unreachable for conversations.replies (every try of the connection cut): the
-    mention is answered without the earlier messages rather than not at all, and the thread's
-    next turn reads them."""
+    mention is answered without the earlier messages rather than not at all, the model told that
+    they could not be read, and the thread's next turn reads them."""
     root = slack.seed_message(CHANNEL, "the printer on floor 3 is offline", user="U2")
     # More than every try: aiohttp itself tries a GET again on a kept connection that was cut.
     slack.fail_next("conversations.replies", drop=True, times=10)
@@ -150,6 +151,7 @@ async def test_a_thread_slack_will_not_show_now_is_answered_without_it_and_read_
     await slack.wait_for_bot_messages(CHANNEL, root, count=1)
     await bot.settle()
     assert contents(last_prompt(llm))[1:] == ["ann: any idea?"]
+    assert EARLIER_UNREAD_NOTE in last_prompt(llm)[0]["content"]
     assert slack.calls_to("conversations.replies")
     slack.clear_faults()
 
@@ -162,6 +164,7 @@ async def test_a_thread_slack_will_not_show_now_is_answered_without_it_and_read_
         "Answer: ann: any idea?",
         "ann: it says paper jam",
     ]
+    assert EARLIER_UNREAD_NOTE not in last_prompt(llm)[0]["content"]
 
 
 async def test_a_long_thread_is_read_to_its_end_when_its_pages_must_wait_for_the_budget(
