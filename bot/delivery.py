@@ -51,8 +51,9 @@ SECTION_TEXT_LIMIT = 3000  # Slack's limit for a section block's text
 
 @dataclass(frozen=True)
 class FoundAnswer:
-    """An answer already in Slack: its last message, buttons and all; or, when not `complete`,
-    its first message, cut short (its process died as it showed, before noting it)."""
+    """An answer already in Slack, whole (`ts` its first message, `text` all of it, to its
+    buttons); or, when not `complete`, its first message, cut short (its process died as it
+    showed, before noting it)."""
 
     ts: str
     text: str
@@ -230,7 +231,7 @@ class Delivery:
         wanted = answer_block_id(target.message_ts)
         for message in messages:
             if message.get("bot_id") and wanted in _block_ids(message):
-                return FoundAnswer(str(message["ts"]), _shown_text(message))
+                return _whole_answer(messages, message, bot_user_id)
         if response.get("has_more"):
             return None  # the bot's last message may be on a later page: not worth the guess
         return _answer_begun(messages, target.message_ts, bot_user_id)
@@ -312,6 +313,44 @@ def _answer_begun(messages: list[dict[str, Any]], question_ts: str, bot_user_id:
     if any(i == NOTICE_BLOCK_ID or i.startswith(ANSWER_BLOCK_PREFIX) for i in _block_ids(last)):
         return None
     return FoundAnswer(str(last["ts"]), _shown_text(last), complete=False)
+
+
+def _whole_answer(messages: list[dict[str, Any]], last: dict[str, Any], bot_user_id: str) -> FoundAnswer:
+    """An answer found by its last message, with the messages before it when it was too long
+    for one: its buttons name its first message, and every message of the bot's from that one
+    to the last is part of it (a thread's turns run one after another). The text is what Slack
+    shows, the parts joined as separate paragraphs."""
+    last_ts = str(last["ts"])
+    first_ts = _first_message_named(last) or last_ts
+    first, end = _ts(first_ts), _ts(last_ts)
+    if first is None or end is None or first >= end:
+        return FoundAnswer(last_ts, _shown_text(last))
+    parts = [
+        (ts, message)
+        for message in messages
+        if message.get("bot_id")
+        and message.get("user") == bot_user_id
+        and (ts := _ts(message.get("ts"))) is not None
+        and first <= ts < end
+        and NOTICE_BLOCK_ID not in _block_ids(message)
+    ]
+    parts.sort(key=lambda pair: pair[0])
+    texts = [_shown_text(message) for _, message in parts] + [_shown_text(last)]
+    return FoundAnswer(first_ts, "\n\n".join(text.strip() for text in texts if text.strip()))
+
+
+def _first_message_named(message: dict[str, Any]) -> str | None:
+    """The first message of the answer whose buttons `message` carries ("good:<ts>"; empty when
+    it is that message itself), or None when its buttons do not say."""
+    blocks = message.get("blocks")
+    for block in blocks if isinstance(blocks, list) else []:
+        elements = block.get("elements") if isinstance(block, dict) else None
+        for element in elements if isinstance(elements, list) else []:
+            button = element.get("positive_button") if isinstance(element, dict) else None
+            value = button.get("value") if isinstance(button, dict) else None
+            if isinstance(value, str) and value.startswith("good:"):
+                return value.removeprefix("good:") or None
+    return None
 
 
 def _block_ids(message: dict[str, Any]) -> list[str]:

@@ -552,6 +552,10 @@ class TurnRunner:
         # noting it), is looked up only when a post may have happened.
         looked = record.posting or record.answer_ts
         found = await self.delivery.find_answer(target, message.bot_user_id) if looked else None
+        if found is not None and not found.complete and found.ts in await self.store.stored_ts(message.key):
+            # An earlier turn's answer, shown after this question was asked, that a person
+            # stopped (so it has no buttons): not the beginning of this one's.
+            found = None
         if found is not None and found.complete:
             log.info("answer found posted already team=%s channel=%s thread=%s user=%s", *_where(message))
             ts = record.answer_ts or found.ts

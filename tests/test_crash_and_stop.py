@@ -139,15 +139,21 @@ async def _killed_while_delivering(
 
 
 async def _killed_once_shown(
-    process: BotProcess, gate: Gate, redis: Redis, slack: SlackEmulator, channel: str, thread: str
+    process: BotProcess,
+    gate: Gate,
+    redis: Redis,
+    slack: SlackEmulator,
+    channel: str,
+    thread: str,
+    shown: int = 1,
 ) -> None:
     """Let the call held at `gate` through with Redis's writes paused, and kill `process` once
-    Slack shows the bot's message, while it waits for Redis to record what it showed."""
+    Slack shows the bot's `shown`th message, while it waits for Redis to record what it showed."""
     await slack.wait_for(lambda: gate.waiting > 0, what="the answer to be on its way")
     await redis.execute_command("CLIENT", "PAUSE", "20000", "WRITE")
     try:
         gate.opened.set()
-        await slack.wait_for(lambda: len(slack.bot_messages(channel, thread)) == 1, what="the message")
+        await slack.wait_for(lambda: len(slack.bot_messages(channel, thread)) == shown, what="the message")
         await asyncio.sleep(0.3)  # the process now waits for Redis
         process.kill()
         await process.wait()
@@ -297,6 +303,44 @@ async def test_killed_after_posting_the_answer_before_recording_it_is_not_answer
     await slack.wait_for(lambda: not question.get("reactions"), what="no thinking reaction left")
 
 
+async def test_killed_after_posting_a_long_answer_before_recording_it_keeps_all_of_it(
+    spawn_bot: SpawnBot,
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An answer too long for one message goes out as two; the process dies after the second
+    (with the buttons) showed and before Redis recorded it. Recovery stores all of the answer,
+    both messages, as the turn's answer (not only its last message), so the next turn's prompt
+    holds what the person was shown."""
+    first = await spawn_bot()
+    paragraphs = [f"Step {i}: " + "check the settings " * 50 for i in range(12)]  # ~11,500 characters
+    llm.reply = lambda messages: "\n\n".join(paragraphs)
+    last_message = slack.gate("chat.postMessage", when=lambda args: bool(args.get("blocks")))
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> how do I set it up?")
+    await _killed_once_shown(first, last_message, redis, slack, CHANNEL, ts, shown=2)
+
+    survivor = await start_bot("http", **FAST_RECOVERY)
+    await _wait_for_stored_turns(redis, 2)
+    await asyncio.sleep(1.0)  # time for a second answer to show up, if there were one
+    parts = slack.bot_messages(CHANNEL, ts)
+    assert len(parts) == 2 and len(llm.requests) == 1
+    assert "answer found posted already" in caplog.text
+    [turns] = [key async for key in redis.scan_iter("conv:*:turns")]
+    stored = [json.loads(item) for item in await redis.lrange(turns, 0, -1)]
+    assert [(turn["role"], turn["ts"]) for turn in stored] == [("user", ts), ("assistant", parts[0]["ts"])]
+    assert [p.strip() for p in stored[1]["text"].split("\n\n")] == [p.strip() for p in paragraphs]
+
+    llm.reply = lambda messages: "Glad to help."
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> thanks", thread_ts=ts)
+    await slack.wait_for(lambda: len(llm.requests) == 2, what="the follow-up's model call")
+    prompt = "\n".join(m["content"] for m in llm.requests[-1]["messages"])
+    assert paragraphs[0].strip() in prompt and paragraphs[-1].strip() in prompt
+    await survivor.settle()
+
+
 @pytest.mark.parametrize("where", ["streamed", "posted", "dm"])
 async def test_killed_as_the_answer_first_showed_before_recording_it_ends_with_one_interrupted_note(
     where: str,
@@ -372,6 +416,50 @@ async def test_a_notice_after_the_question_is_not_taken_for_an_answer_cut_short(
     await asyncio.sleep(1.0)
     notice, answer = slack.bot_messages(CHANNEL, ts)
     assert answer["text"] == "Answer: ann: second question"
+
+
+async def test_an_earlier_answer_a_person_stopped_is_not_taken_for_an_answer_cut_short(
+    spawn_bot: SpawnBot,
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+) -> None:
+    """A second question in a thread waits for the first's answer, which starts streaming after
+    it and which the person stops (a stopped answer has no buttons). The process dies after
+    claiming the second answer's post, before Slack got it: the bot's last message after the
+    second question is that stopped answer, an earlier turn's, so the second question is
+    answered, once, and gets no "interrupted" note."""
+    first = await spawn_bot()
+    llm.chunk_delay = 0.1  # the first answer is written slowly, so that it can be stopped
+    long = "A long answer that takes a while to write. " * 20
+    llm.reply = lambda messages: long if "first question" in messages[-1]["content"] else "The second answer."
+    opening = slack.gate("chat.startStream")
+    holding = True  # the dead process's call is never let through: Slack never got it
+    answer_held = slack.gate("chat.postMessage", when=lambda args: holding)
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> first question")
+    await slack.wait_for(lambda: opening.waiting > 0, what="the first answer to be on its way")
+    second = await slack.post_user_message(CHANNEL, f"<@{BOT}> second question", thread_ts=ts)
+    await asyncio.sleep(0.3)  # the second message is queued behind the first turn
+    opening.opened.set()
+    await slack.wait_for(lambda: len(slack.bot_messages(CHANNEL, ts)) == 1, what="the first answer")
+    [stopped] = slack.bot_messages(CHANNEL, ts)
+    slack.press_stop(CHANNEL, stopped["ts"])
+    llm.chunk_delay = 0.0  # the second answer comes whole, as one post
+    await slack.wait_for(lambda: answer_held.waiting > 0, what="the second answer to be on its way")
+    first.kill()
+    await first.wait()
+    holding = False
+    [stopped] = slack.bot_messages(CHANNEL, ts)
+    assert Decimal(stopped["ts"]) > Decimal(second)
+    assert not any(block.get("block_id") for block in stopped.get("blocks") or [])  # no buttons
+
+    await start_bot("http", **FAST_RECOVERY)
+    await slack.wait_for(lambda: len(slack.bot_messages(CHANNEL, ts)) == 2, timeout=15, what="the answer")
+    await asyncio.sleep(1.0)  # time for a note or a second answer to show up, if there were one
+    stopped, answer = slack.bot_messages(CHANNEL, ts)
+    assert answer["text"] == "The second answer."
+    assert len(llm.requests) == 3  # the first question, and the second twice (its first answer never showed)
 
 
 async def test_killed_mid_dm_answer_clears_the_reaction(
