@@ -160,7 +160,8 @@ class Delivery:
             await self.clear_sign(sign.target, sign.kind, sign.removal)
 
     async def clear_sign(self, target: Target, kind: str, removal: Hold | None = None) -> None:
-        """Remove a thinking sign, also one left by an interrupted turn (which has no held slot)."""
+        """Remove a thinking sign, also one left by an interrupted turn (which has no held slot).
+        Never raises: a sign that cannot be taken away is not worth failing a turn over."""
         try:
             if kind == "status":
                 await self.slack.call(
@@ -186,6 +187,8 @@ class Delivery:
             _log_api_error("clear thinking sign", error)
         except RateLimited as error:
             log.warning("thinking sign left in place: %s", error)
+        except (aiohttp.ClientError, TimeoutError) as error:  # Slack unreachable, retries spent
+            log.warning("thinking sign left in place error=%s", error_code(error))
 
     async def end_abandoned(self, target: Target, ts: str) -> None:
         """Close a message an interrupted turn left streaming, so it shows as finished. Never raises."""
@@ -198,6 +201,8 @@ class Delivery:
                 _log_api_error("chat.stopStream", error)
         except RateLimited as error:
             log.warning("abandoned stream left open: %s", error)
+        except (aiohttp.ClientError, TimeoutError) as error:
+            log.warning("abandoned stream left open error=%s", error_code(error))
 
     async def find_answer(self, target: Target, bot_user_id: str) -> FoundAnswer | None:
         """An answer to the target's question already in Slack, from a process that showed it
@@ -254,6 +259,8 @@ class Delivery:
             _log_api_error("chat.postMessage", error)
         except RateLimited as error:
             log.warning("notice not posted: %s", error)
+        except (aiohttp.ClientError, TimeoutError) as error:
+            log.warning("notice not posted error=%s", error_code(error))
         return None
 
     async def thank_for_feedback(self, team: str, channel: str, thread_ts: str | None, user: str) -> None:

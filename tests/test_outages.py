@@ -148,6 +148,39 @@ async def test_answer_whose_connections_to_slack_drop_is_journaled_and_delivered
     assert errors == []
 
 
+@pytest.mark.parametrize("reply", ["answer", "refusal"])
+async def test_a_thinking_reaction_slack_cannot_take_away_fails_nothing(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    caplog: pytest.LogCaptureFixture,
+    reply: str,
+) -> None:
+    """The network fails under reactions.remove (no answer at all, more often than the client
+    retries) once a DM's answer, or its refusal, is posted: the reply stands alone and once (no
+    "something went wrong" under it, no second refusal from recovery), the answer is kept in the
+    conversation, and the 👀 stays, logged."""
+    running = await start_bot("http", RECOVERY_INTERVAL_SECONDS="0.3", MAX_MESSAGE_CHARS="100")
+    caplog.set_level(logging.INFO)
+    slack.fail_next("reactions.remove", drop=True, times=4)  # more than the client's two retries
+    await slack.post_user_message(DM, "please answer" if reply == "answer" else "x" * 200)
+    [first] = await slack.wait_for_bot_messages(DM, "top", timeout=20)
+    await asyncio.sleep(1.5)  # recovery rounds: time for a second reply, if there were one
+    assert len(slack.bot_messages(DM)) == 1
+    if reply == "answer":
+        assert first["text"] == "Answer: ann: please answer"
+        await slack.post_user_message(DM, "and then?")
+        await slack.wait_for(lambda: len(llm.requests) == 2, what="the next question's model call")
+        assert "Answer: ann: please answer" in [m["content"] for m in llm.requests[-1]["messages"]]
+    else:
+        assert first["text"].startswith("Your message is 200 characters long")
+        assert not llm.requests
+    await running.settle()
+    assert "thinking sign left in place error=ServerDisconnectedError" in caplog.text
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []
+
+
 async def test_slack_error_is_logged_with_method_and_code(
     start_bot: StartBot, slack: SlackEmulator, caplog: pytest.LogCaptureFixture
 ) -> None:
