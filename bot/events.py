@@ -17,6 +17,9 @@ killed in between (SIGKILL, the machine, the kernel's OOM killer) leaves the eve
 unacknowledged, and Slack sends it again, to this process or another.
 Queueing takes a Redis round trip, a few hundred milliseconds in a burst of 500; a Redis that
 stalls longer than `ACK_WAIT_SECONDS` gets the acknowledgement sent anyway, within Slack's 3 s.
+A listener that fails (an edit or a deletion while Redis is down: Redis refuses within the ack's
+wait) leaves its event unacknowledged too, so that Slack sends it again (at once, after a minute,
+after five) and the change is applied once Redis is back, not dropped.
 
 A channel mention comes as two events for one message, `message` and `app_mention`, mostly to the
 same process: the second is acknowledged without any work here (should this process die before
@@ -30,6 +33,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from slack_bolt.request.internals import extract_team_id
@@ -83,6 +87,9 @@ class DispatchedMessages:
     def __contains__(self, key: EventKey) -> bool:
         return key in self._keys
 
+    def discard(self, key: EventKey) -> None:
+        self._keys.pop(key, None)
+
     def add(self, key: EventKey) -> None:
         self._keys[key] = None
         if len(self._keys) > self._size:
@@ -122,7 +129,15 @@ class MessageIntake:
             return True
         self.dispatched.add(key)
         is_dm = event["type"] == "message" and event.get("channel_type") == "im"
-        return self._start(listeners.new_message(event, extract_team_id(body), identity.user_id, is_dm))
+        task = self._start(listeners.new_message(event, extract_team_id(body), identity.user_id, is_dm))
+        # Not acknowledged when it fails: Slack's next delivery of it (its twin's, or its retry)
+        # must be taken, not acknowledged as a second event.
+        task.add_done_callback(partial(self._forget_if_failed, key))
+        return task
+
+    def _forget_if_failed(self, key: EventKey, task: asyncio.Task[None]) -> None:
+        if _failed(task):
+            self.dispatched.discard(key)
 
     def _take_change(self, body: dict[str, Any]) -> Taken:
         """An edit or a deletion of a message: taken as a new message is, or left to Bolt."""
@@ -152,9 +167,15 @@ class MessageIntake:
 
     def _listener_done(self, task: asyncio.Task[None]) -> None:
         self._started.discard(task)
-        if not task.cancelled() and (error := task.exception()) is not None:
-            # What Bolt's listener runner would have done: log it; the event was acknowledged.
+        if _failed(task):
+            # Its event is not acknowledged (when the failure came within the wait for the ack):
+            # Slack sends it again.
+            error = task.exception()
             log.error("message listener failed error=%s", type(error).__name__, exc_info=error)
+
+
+def _failed(task: asyncio.Task[None]) -> bool:
+    return task.done() and not task.cancelled() and task.exception() is not None
 
 
 def _is_own(message: dict[str, Any], identity: BotIdentity) -> bool:
@@ -163,12 +184,16 @@ def _is_own(message: dict[str, Any], identity: BotIdentity) -> bool:
     )
 
 
-async def until_queued(taken: Taken) -> None:
+async def until_queued(taken: Taken) -> bool:
     """Wait, before acknowledging a taken event, until its listener has queued the message, or
     stored the edit or deletion (or told its sender why not), at most `ACK_WAIT_SECONDS`. The
-    listener goes on after a timeout."""
-    if isinstance(taken, asyncio.Task) and not taken.done():
-        await asyncio.wait((taken,), timeout=ACK_WAIT_SECONDS)
+    listener goes on after a timeout. False when the listener failed: leave the event
+    unacknowledged, for Slack to send again."""
+    if isinstance(taken, asyncio.Task):
+        if not taken.done():
+            await asyncio.wait((taken,), timeout=ACK_WAIT_SECONDS)
+        return not _failed(taken)
+    return True
 
 
 def shape_problem(body: object) -> str | None:

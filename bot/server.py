@@ -355,7 +355,10 @@ class SupportBot:
         if body.get("type") == "app_rate_limited":
             log.warning("slack reports this app is over its event rate limit; events are being dropped")
         if taken := self._intake.take(body):
-            await until_queued(taken)
+            if not await until_queued(taken):
+                # Not stored (Redis down, say): a 5xx makes Slack send it again, as it would
+                # have had this process died.
+                return web.json_response({"error": "the event could not be stored now"}, status=503)
             return web.Response()
         try:
             headers = dict(request.headers)

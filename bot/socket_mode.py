@@ -73,8 +73,9 @@ class IntakeSocketModeClient(SocketModeClient):
             await super().enqueue_message(message)
 
     async def _acknowledge_once_queued(self, envelope_id: str, listener: asyncio.Task[None]) -> None:
-        await until_queued(listener)
-        await self.acknowledge(envelope_id)
+        if await until_queued(listener):
+            await self.acknowledge(envelope_id)
+        # Else left unacknowledged (its listener failed): Slack sends the envelope again.
 
     async def acknowledge(self, envelope_id: str) -> None:
         try:

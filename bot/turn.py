@@ -205,6 +205,9 @@ class TurnRunner:
             if message.action != "record" and self._first_notice_for(message):
                 await self.delivery.post_notice(target_for(message), STORE_UNAVAILABLE)
             return
+        except BaseException:
+            self._accepted.pop(seen, None)  # not queued: Slack's next delivery of it is no duplicate
+            raise
         if accepted is Accepted.DUPLICATE:
             # Slack sending an event again, or a mention's second event that reached another
             # process (most mentions where several share the work: 86,305 of 120,000 over two

@@ -74,6 +74,54 @@ async def test_message_during_a_redis_outage_gets_a_reply_and_the_bot_recovers_b
     assert "ann: the check api-prod is red" in [m["content"] for m in llm.requests[-1]["messages"]]
 
 
+@pytest.mark.parametrize("mode", ["http", "socket"])
+@pytest.mark.parametrize("change", ["deleted", "edited"])
+async def test_an_edit_or_deletion_during_a_redis_outage_is_applied_from_slacks_next_delivery(
+    change: str,
+    mode: str,
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    own_redis: RedisServer,
+) -> None:
+    """A person deletes (or edits) a message of theirs while Redis is down: the change cannot be
+    stored, so its event is not acknowledged (over HTTP, a 503), and Slack's next delivery of it,
+    once Redis is back, applies it: the next prompt has the message as changed. (Before, the event
+    was acknowledged and the change dropped: a deleted message stayed in the conversation.)"""
+    running = await start_bot(mode, REDIS_URL=own_redis.url)
+    slack.ack_timeout = 3.0  # Slack's own wait for a Socket Mode ack
+    slack.retry_failed_deliveries(waits=(0.5, 1.0, 2.0))
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> the staging api refuses my token")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    secret = await slack.post_user_message(CHANNEL, "my token is hunter2", thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2)
+    await running.settle()
+
+    own_redis.kill()
+    before = len(slack.deliveries)
+    if change == "deleted":
+        changing = asyncio.create_task(slack.delete_message(CHANNEL, secret))
+    else:
+        changing = asyncio.create_task(slack.edit_message(CHANNEL, secret, "my token is [removed]"))
+    await slack.wait_for(lambda: len(slack.deliveries) > before, timeout=10, what="the change refused")
+    own_redis.start()  # same port, same append-only file
+    await changing
+    attempts = slack.deliveries[before:]  # the change's, and nothing else's
+    assert len(attempts) >= 2 and not attempts[0].acked and attempts[-1].acked
+    if mode == "http":
+        assert attempts[0].status == 503
+
+    await slack.post_user_message(CHANNEL, "what did I send you?", thread_ts=root)
+    await slack.wait_for(lambda: len(llm.requests) == 3, timeout=15, what="the next question's model call")
+    await running.settle()
+    prompt = [m["content"] for m in llm.requests[-1]["messages"]]
+    assert "ann: my token is hunter2" not in prompt
+    if change == "deleted":
+        assert not any("hunter2" in content for content in prompt)  # its answer went with it
+    else:
+        assert "ann: my token is [removed]" in prompt
+
+
 # -- Slack ------------------------------------------------------------------------------------
 
 
