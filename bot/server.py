@@ -291,6 +291,8 @@ class SupportBot:
                 pass  # /health already says so; try again next round
             except RedisError as error:
                 log.warning("recovery round failed error=%s", type(error).__name__)
+            except Exception:  # the task must go on: without it, no turn left behind is picked up
+                log.exception("recovery round failed")
             await asyncio.sleep(interval)
 
     async def _beat_forever(self) -> None:

@@ -1087,7 +1087,7 @@ class Store:
             [self.keys.pending, self.keys.processes, self.keys.orphan_scan],
             [time.time() - idle_seconds, self.keys.lock_prefix, limit, int(once_per_seconds * 1000)],
         )
-        return [ThreadKey.parse(item) for item in raw]
+        return await self._thread_keys(raw)
 
     async def threads_waiting(self, idle_seconds: float, limit: int = 1000) -> list[ThreadKey]:
         """Threads with queued messages that nobody has moved for `idle_seconds`: their worker
@@ -1097,7 +1097,20 @@ class Store:
         raw = await self.redis.zrangebyscore(
             self.keys.pending, "-inf", time.time() - idle_seconds, start=0, num=limit
         )
-        return [ThreadKey.parse(item) for item in raw]
+        return await self._thread_keys(raw)
+
+    async def _thread_keys(self, members: list[str]) -> list[ThreadKey]:
+        """The threads named by members of `pending`. One that names no thread (written by hand,
+        or by something else sharing the key prefix) can never be worked: it is dropped, rather
+        than stop every recovery round that meets it."""
+        keys: list[ThreadKey] = []
+        for member in members:
+            try:
+                keys.append(ThreadKey.parse(member))
+            except ValueError:
+                log.warning("malformed entry dropped from the waiting threads entry=%.80r", member)
+                await self.redis.zrem(self.keys.pending, member)
+        return keys
 
     # -- the turn journal ------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from redis.asyncio import Redis
 
 from bot.store import ThreadKey
 from bot.turn import STORE_UNAVAILABLE
@@ -164,6 +165,24 @@ async def test_answer_slack_refuses_for_a_while_is_journaled_and_delivered_later
     assert len(slack.bot_messages(DM)) == 1
     assert len(llm.requests) == 1  # the saved answer was delivered, not asked for again
     assert "answer delivery deferred" in caplog.text
+
+
+async def test_a_malformed_entry_among_the_waiting_threads_does_not_stop_recovery(
+    start_bot: StartBot, slack: SlackEmulator, redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Entries that name no thread in the set of waiting threads (written by hand, say) are
+    dropped with a warning; recovery goes on, and delivers an answer Slack refused at first.
+    (Before, the first round that met one raised, and this process never recovered a turn again.)"""
+    await redis.zadd("pending", {"not a thread": 0, "T1:C1": 0})
+    running = await start_bot("http", RECOVERY_INTERVAL_SECONDS="0.3")
+    slack.fail_next("chat.postMessage", error="internal_error", status=503, times=3)
+    await slack.post_user_message(DM, "please answer eventually")
+    [answer] = await slack.wait_for_bot_messages(DM, "top", timeout=20)
+    await running.settle()
+    assert answer["text"] == "Answer: ann: please answer eventually"
+    assert await redis.zscore("pending", "not a thread") is None
+    assert await redis.zscore("pending", "T1:C1") is None
+    assert "malformed entry dropped from the waiting threads" in caplog.text
 
 
 @pytest.mark.parametrize("where", ["dm", "channel thread"])
