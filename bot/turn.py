@@ -643,6 +643,8 @@ class TurnRunner:
             return step
         except LLMError as error:
             outcome = f"llm_error:{error.kind}"
+            if reply is not None:
+                reply.abandon()  # it showed nothing (an answer of only blanks, say): no task left waiting
             answered = await self.delivery.post_notice(target, error.user_message) is not None
             return Progress.of(state="noted")
         except DeliveryDeferred:

@@ -3,12 +3,13 @@ always gets an answer or a short, human message, and their message stays in the 
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
 
 from bot.delivery import Ending
-from bot.llm import ChatModel, parse_retry_after
+from bot.llm import EMPTY, ChatModel, parse_retry_after
 from bot.store import ThreadKey
 from bot.streaming import NOTES
 from tests.conftest import RunningBot
@@ -49,6 +50,20 @@ async def test_bad_request_is_not_retried_and_the_user_gets_a_friendly_message(
         "ann: a question",
         "ann: any luck?",
     ]
+
+
+async def test_an_answer_of_only_blanks_gets_a_friendly_message_and_nothing_else(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    llm.chunk_delay = 0.05  # its blanks come over the moment an answer waits before it shows
+    llm.reply = lambda messages: " \n\n  \n " * 4
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> say nothing")
+    [reply] = await slack.wait_for_bot_messages(CHANNEL, ts)
+    await asyncio.sleep(0.5)  # time for anything more to show up, if there were anything
+    await bot.settle()
+    assert reply["text"] == EMPTY
+    assert len(slack.bot_messages(CHANNEL, ts)) == 1 and not slack.calls_to("chat.startStream")
+    assert not slack.statuses.get((CHANNEL, ts))
 
 
 async def test_model_down_after_retries_gives_a_friendly_message_and_clears_the_status(
