@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from bot.llm import is_openai
 from bot.redis_url import check_key_prefix, check_redis_url, url_passwords
 from bot.supervisor import MAX_PROCESSES, MAX_SOCKET_MODE_CONNECTIONS, process_count
 from bot.tokens import TokenBudget, TokenCounter, default_window
@@ -107,7 +108,7 @@ class Settings:
             )
         openai_base_url = read.optional("OPENAI_BASE_URL", check=_check_url)
         # A self-hosted OpenAI-compatible server often needs no key; OpenAI itself does.
-        if openai_base_url is None:
+        if is_openai(openai_base_url):
             openai_api_key = read.required(
                 "OPENAI_API_KEY", hint="create one at platform.openai.com/api-keys"
             )

@@ -32,6 +32,13 @@ ChatMessage = dict[str, str]
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 
+
+def is_openai(base_url: str | None) -> bool:
+    """Whether the model is OpenAI's own API (no base URL, or one on OpenAI's host): it needs a
+    key, and names the answer's limit max_completion_tokens (reasoning models refuse max_tokens)."""
+    return base_url is None or URL(base_url).host == URL(OPENAI_BASE_URL).host
+
+
 # What the HTTP client can raise while sending a request or reading its answer.
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, OSError, TimeoutError)
 
@@ -127,9 +134,8 @@ class ChatModel:
         self._session: aiohttp.ClientSession | None = None
         self._proxy: URL | None = None
         self._proxy_auth: aiohttp.BasicAuth | None = None
-        # OpenAI itself takes max_completion_tokens (reasoning models refuse max_tokens);
-        # compatible servers (vLLM, Ollama) know max_tokens.
-        self._limit_name = "max_completion_tokens" if base_url is None else "max_tokens"
+        # Compatible servers (vLLM, Ollama) know max_tokens.
+        self._limit_name = "max_completion_tokens" if is_openai(base_url) else "max_tokens"
         self._answer_limit = {self._limit_name: max_answer_tokens} if max_answer_tokens else {}
 
     async def close(self) -> None:

@@ -57,6 +57,7 @@ def test_token_budget_follows_the_model_and_can_be_set() -> None:
         ({"SLACK_APP_TOKEN": "xoxb-wrong-kind"}, "SLACK_APP_TOKEN is malformed"),
         ({"SLACK_APP_TOKEN": ""}, "SLACK_SIGNING_SECRET is not set"),
         ({"OPENAI_API_KEY": ""}, "OPENAI_API_KEY is not set"),
+        ({"OPENAI_API_KEY": "", "OPENAI_BASE_URL": "https://api.openai.com/v1"}, "OPENAI_API_KEY is not set"),
         ({"OPENAI_BASE_URL": "localhost:8000"}, "OPENAI_BASE_URL is malformed"),
         ({"SLACK_API_URL": "ftp://slack"}, "SLACK_API_URL is malformed"),
         ({"REDIS_URL": "http://localhost"}, "REDIS_URL is malformed"),

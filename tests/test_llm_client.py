@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from bot.llm import CUT_OFF, REJECTED, UNAVAILABLE, AnswerStream, ChatModel, LLMError
+from bot.llm import CUT_OFF, REJECTED, UNAVAILABLE, AnswerStream, ChatModel, LLMError, is_openai
 from tests.emulators.openai_api import NotStreamed, OpenAIEmulator, Raw, Reply, Status, sse_chunk
 
 QUESTION = [{"role": "user", "content": "how do I rotate my deploy key?"}]
@@ -249,3 +249,16 @@ async def test_a_proxy_from_the_environment_is_used(
     finally:
         await model.close()
     assert answer.text == ANSWER
+
+
+@pytest.mark.parametrize(
+    ("base_url", "openai"),
+    [
+        (None, True),
+        ("https://api.openai.com/v1", True),  # set to OpenAI's own URL: still OpenAI (key, limit's name)
+        ("http://127.0.0.1:8000/v1", False),
+        ("https://api.openai.com.example/v1", False),
+    ],
+)
+def test_openai_itself_is_known_by_its_host(base_url: str | None, openai: bool) -> None:
+    assert is_openai(base_url) is openai
