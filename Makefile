@@ -1,6 +1,6 @@
 # Two commands for a newcomer: `make run` and `make test`. Both create .venv and install the
 # project on first use; later runs reinstall only when pyproject.toml changes. `make bench` runs the
-# benchmarks (7 to 12 minutes); `make bench-smoke` (or BENCH_QUICK=1 make bench) a few seconds of them.
+# benchmarks (7 to 13 minutes); `make bench-smoke` (or BENCH_QUICK=1 make bench) a few seconds of them.
 
 PYTHON ?= python3
 VENV := .venv
