@@ -204,8 +204,11 @@ def _inline(text: str, *, complete: bool) -> tuple[str, int]:
             while run_end < n and text[run_end] == "`":
                 run_end += 1
             close = _find_run(text, run_end - i, run_end)
-            if close < 0 and not complete:
-                break  # the span may close later; until then its content is not known to be code
+            if not complete and (close < 0 or close + run_end - i == n):
+                # The span may close later, or the run that seems to close it may grow with the
+                # next text (and then not close it): until then its content is not known to be
+                # code, and `<!here>` in it would be given out as it is.
+                break
             if close >= 0:
                 out.append(text[i : close + run_end - i])
                 i = close + run_end - i
@@ -327,6 +330,7 @@ def _mrkdwn_line(line: str) -> str:
 
 _ESCAPED = re.compile(r"\\([" + re.escape("".join(sorted(_PUNCTUATION))) + r"])")
 _LINK = re.compile(r"!?\[([^\]]*)\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+_LINKABLE = re.compile(r"(?:https?://|mailto:)", re.IGNORECASE)
 _BARE_URL = re.compile(r"\b(?:https?://|mailto:)[^\s<>]*[^\s<>.,;:!?)\]'\"]")
 
 
@@ -347,6 +351,10 @@ def _mrkdwn_inline(text: str, kept: list[str] | None = None) -> str:
 
     def link(match: re.Match[str]) -> str:
         label, url = match.group(1), match.group(2).replace("\\", "")
+        if not _LINKABLE.match(url):
+            # Not a web or mail address: as a link, `<!here|…>` or `<@U1|…>` would be a mention.
+            shown = _mrkdwn_inline(label, kept) + " " if label else ""
+            return keep(f"{shown}({_escape(url)})")
         shown = _mrkdwn_inline(label, kept).replace("|", "¦") if label else _escape(url)
         return keep(f"<{_escape(url)}|{shown}>")
 

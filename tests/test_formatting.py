@@ -101,7 +101,12 @@ def test_an_unclosed_code_block_is_closed() -> None:
     assert SlackMarkdown.format("look:\n```\nx = 1") == "look:\n```\nx = 1\n```"
 
 
-SAMPLE = "\n\n".join([c[0] for c in CONSTRUCTS] + [t for t, _ in DEFANGED] + [TABLE, "tail <!here"])
+# A code span that seems to close where a chunk ends, but whose closing run grows with the next
+# chunk: its "code" was then given out as it was, a live `<!channel>` included.
+GROWING_RUN = "Type `<!channel>``` to wrap code."
+SAMPLE = "\n\n".join(
+    [c[0] for c in CONSTRUCTS] + [t for t, _ in DEFANGED] + [TABLE, GROWING_RUN, "tail <!here"]
+)
 
 
 def test_formatting_in_any_chunks_gives_the_same_text_and_never_takes_anything_back() -> None:
@@ -115,6 +120,21 @@ def test_formatting_in_any_chunks_gives_the_same_text_and_never_takes_anything_b
             assert whole.startswith(out), "a streamed prefix must never change later"
             at += step
         assert out + formatter.finish() == whole
+
+
+def test_a_backtick_run_at_the_end_of_a_chunk_is_not_taken_for_a_closing_one() -> None:
+    formatter = SlackMarkdown()
+    out = formatter.feed("Type `<!channel>`") + formatter.feed("`` to wrap code.") + formatter.finish()
+    assert out == SlackMarkdown.format(GROWING_RUN) == f"Type `@{ZWSP}channel``` to wrap code."
+
+
+@pytest.mark.parametrize("url", ["!here", "!channel", "@U123", "!subteam^S1", "/relative/path"])
+def test_a_link_to_anything_but_a_web_or_mail_address_is_text_in_mrkdwn(url: str) -> None:
+    """In mrkdwn, `<!here|label>` and `<@U123|label>` are mentions: a Markdown link the model
+    writes to such a "URL" must not become one."""
+    mrkdwn = to_mrkdwn(f"Sure: [read this]({url}) now")
+    assert "<" not in mrkdwn and mrkdwn.startswith("Sure: read this (")
+    assert to_mrkdwn("[docs](HTTPS://x.io)") == "<HTTPS://x.io|docs>"
 
 
 def test_words_are_given_out_before_their_line_ends() -> None:
