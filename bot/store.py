@@ -368,7 +368,12 @@ class Keys:
         self.journal_prefix = f"{prefix}turn:"  # + team:channel:ts (also built by _TAKE and _FINISH)
         # Keys of per-person records kept by other features (feedback on answers). Forgetting a
         # person also scans these for records naming them that were not registered in their index.
-        self.personal_record_patterns = (f"{prefix}feedback:*",)
+        # Records that may hold people's data, each kind keyed by workspace first (`forget` scans them).
+        self.personal_record_kinds = ("feedback",)
+        self.personal_record_patterns = tuple(f"{prefix}{kind}:*" for kind in self.personal_record_kinds)
+
+    def personal_record_patterns_of(self, team: str) -> tuple[str, ...]:
+        return tuple(f"{self.prefix}{kind}:{team}:*" for kind in self.personal_record_kinds)
 
     def journal(self, team: str, channel: str, ts: str) -> str:
         return f"{self.journal_prefix}{team}:{channel}:{ts}"
@@ -1348,8 +1353,8 @@ class Store:
         messages = conversations = records = 0
         for member in sorted(members):
             thread = self.keys.thread_of_turns(member)
-            if thread is None:
-                records += await self.redis.delete(member)
+            if thread is None:  # a record registered as holding their data: theirs, or shared
+                records += await self._forget_in_record(member, user)
                 continue
             removed = await self._forget_in_conversation(
                 keys=[member, self.keys.meta(thread)], args=[user, self.conversation_ttl]
@@ -1357,15 +1362,16 @@ class Store:
             if removed:
                 messages += int(removed)
                 conversations += 1
-        for pattern in self.keys.personal_record_patterns:
+        for pattern in self.keys.personal_record_patterns_of(team):
             async for name in self.redis.scan_iter(match=pattern, count=1000):
                 records += await self._forget_in_record(name, user)
         await self.redis.delete(index, self.keys.display_name(team, user))
         return Forgotten(messages=messages, conversations=conversations, records=records)
 
     async def _forget_in_record(self, name: str, user: str) -> int:
-        """Delete a record that is the person's, or the entries in it that name them. Records of
-        unknown shape are judged by whether their name or content carries the user id."""
+        """Delete a record that is the person's, or the entries in it that name them (a hash's
+        fields whose name or value carries the user id: one person's vote among a conversation's,
+        say), leaving everyone else's. Returns how many records or entries went."""
         if user in name.split(":"):
             return int(await self.redis.delete(name))
         kind = await self.redis.type(name)
@@ -1375,11 +1381,8 @@ class Store:
             return int(await self.redis.delete(name)) if value and names(value) else 0
         if kind == "hash":
             record = await self.redis.hgetall(name)
-            if user in record:  # a hash keyed by person: drop their entry only
-                return int(await self.redis.hdel(name, user))
-            if any(names(value) for value in record.values()):
-                return int(await self.redis.delete(name))
-            return 0
+            theirs = [field for field, value in record.items() if names(field) or names(value)]
+            return int(await self.redis.hdel(name, *theirs)) if theirs else 0
         if kind in ("list", "set", "zset"):
             if kind == "list":
                 entries = await self.redis.lrange(name, 0, -1)
@@ -1411,10 +1414,14 @@ class Store:
     async def record_feedback(self, vote: FeedbackVote) -> None:
         """Keep a vote beside the conversation it rates; a person's later click replaces it."""
         key = ThreadKey(vote.team, vote.channel, vote.thread)
+        index = self.keys.user_index(vote.team, vote.user)
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.hset(self.keys.feedback(key), f"{vote.answer_ts}:{vote.user}", vote.to_json())
                 pipe.expire(self.keys.feedback(key), self.conversation_ttl)
+                # In the voter's index, so that forgetting someone who only voted finds it.
+                pipe.sadd(index, self.keys.feedback(key))
+                pipe.expire(index, self.conversation_ttl)
                 await pipe.execute()
         except (RedisError, OSError) as error:
             raise StoreUnavailable(type(error).__name__) from None

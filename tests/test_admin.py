@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from bot.store import Keys, Store, ThreadKey, Turn
+from bot.store import FeedbackVote, Keys, Store, ThreadKey, Turn
 from tests.test_forget import everything_in
 
 KEYS = Keys()  # the names on one Redis (no prefix)
@@ -55,7 +55,13 @@ async def stored(redis_url: str, redis: aioredis.Redis) -> AsyncIterator[Store]:
     await store.append_turns(
         DM, Turn(role="user", text="billing question", ts="1700000001.000100", user="U2")
     )
-    await redis.hset("feedback:T1:C1:1700000000.000200", mapping={"user": "U1", "vote": "up"})
+    # Votes on the new thread's answer, as the buttons keep them: ann's, bob's, and cem's (U9),
+    # who only voted.
+    for user in ("U1", "U2", "U9"):
+        vote = FeedbackVote(
+            "T1", "C1", NEW.thread, "1700000000.000200", "1700000000.000200", user, "good", 1.0
+        )
+        await store.record_feedback(vote)
     yield store
     await store.close()
 
@@ -68,7 +74,7 @@ async def test_stats(stored: Store, redis_url: str, tmp_path: Path) -> None:
     assert table["turns"] == "6"
     assert int(table["tokens (o200k_base)"]) > 10
     assert table["summaries"] == "1"
-    assert table["people indexed"] == "2"
+    assert table["people indexed"] == "3"  # ann and bob, and cem, who only voted
     assert table["records feedback:*"] == "1"
     assert table["bot processes alive"] == "0"
     assert table["model breaker open, seconds left"] == "0"
@@ -139,9 +145,17 @@ async def test_forget_a_user(stored: Store, redis_url: str, redis: aioredis.Redi
     for key, content in (await everything_in(redis)).items():
         assert "U1" not in key and "U1" not in content and "api-prod" not in content, key
     assert [t.text for t in await stored.recent_turns(NEW, 10)] == ["same here"]
+    assert sorted(vote.user for vote in await stored.feedback_votes(NEW)) == ["U2", "U9"]
 
     bad = admin(redis_url, "forget", "ann", cwd=tmp_path)
     assert bad.returncode == 2 and "USER 'ann' is not a Slack user id" in bad.stderr
+
+
+async def test_forget_a_user_who_only_voted(stored: Store, redis_url: str, tmp_path: Path) -> None:
+    result = admin(redis_url, "forget", "U9", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "forgot U9 in T1: 0 messages" in result.stdout and "1 records" in result.stdout
+    assert sorted(vote.user for vote in await stored.feedback_votes(NEW)) == ["U1", "U2"]
 
 
 async def test_purge_older_than(stored: Store, redis_url: str, redis: aioredis.Redis, tmp_path: Path) -> None:

@@ -62,16 +62,22 @@ async def test_forget_me_in_a_dm_leaves_no_trace_of_the_person(
     await bot.settle()
     shared = ThreadKey("T1", CHANNEL, root)
     assert await store.save_summary(shared, f"- ann: {ANN_SAYS[1]}", root, await store.summary(shared))
-    # Feedback records, as the feedback feature keeps them: one registered in ann's index, one
-    # found by scanning, and bob's, which must stay.
-    await redis.hset(f"feedback:T1:{CHANNEL}:1.1", mapping={"user": "U1", "vote": "down"})
-    await store.index_personal_record("T1", "U1", f"feedback:T1:{CHANNEL}:1.1", 3600)
-    await redis.hset(f"feedback:T1:{CHANNEL}:1.2", mapping={"user": "U1", "vote": "up"})
-    await redis.expire(f"feedback:T1:{CHANNEL}:1.2", 3600)
-    await redis.hset(f"feedback:T1:{CHANNEL}:1.3", mapping={"user": "U2", "vote": "up"})
-    await redis.expire(f"feedback:T1:{CHANNEL}:1.3", 3600)
-    await redis.hset(f"feedback:T1:{CHANNEL}:1.4", mapping={"user": "U11", "vote": "up"})  # not U1
-    await redis.expire(f"feedback:T1:{CHANNEL}:1.4", 3600)
+    # Votes, as the feedback buttons keep them (a hash a conversation, a field a vote): ann's on
+    # her DM answer and on the shared thread's first answer, bob's and U11's (not ann) on that one
+    # too, which must stay; and ann's in another workspace, which "forget me" here leaves alone.
+    [dm_answer] = slack.bot_messages(DM)
+    first_answer = slack.bot_messages(CHANNEL, root)[0]
+    for channel, answer, voter in [
+        (DM, dm_answer, "U1"),
+        *[(CHANNEL, first_answer, v) for v in ("U1", "U2", "U11")],
+    ]:
+        assert (await slack.click_feedback(channel, answer["ts"], user=voter)).acked
+    elsewhere = f"feedback:T2:{CHANNEL}:{root}"
+    await redis.hset(elsewhere, f"{first_answer['ts']}:U1", '{"user": "U1", "team": "T2"}')
+    await redis.expire(elsewhere, 3600)
+    shared_votes = KEYS.feedback(shared)
+    # A click is acknowledged once its vote is kept.
+    assert sorted(f.split(":")[-1] for f in await redis.hkeys(shared_votes)) == ["U1", "U11", "U2"]
     before = await everything_in(redis)
     assert any(ANN_ID.search(k) or ANN_ID.search(v) for k, v in before.items())
     assert any(ANN_SAYS[1] in v for v in before.values())
@@ -82,9 +88,11 @@ async def test_forget_me_in_a_dm_leaves_no_trace_of_the_person(
 
     assert replies[-1]["text"].startswith("Done: I've deleted what I stored about you")
     assert "6 stored message(s)" in replies[-1]["text"]  # her 3 messages and the 3 answers to them
-    assert "from 2 conversation(s), 2 feedback record(s)" in replies[-1]["text"]
+    assert "from 2 conversation(s), 2 feedback record(s)" in replies[-1]["text"]  # her 2 votes
     after = await everything_in(redis)
     for key, content in after.items():
+        if key == elsewhere:
+            continue  # another workspace's
         assert not ANN_ID.search(key) and not ANN_ID.search(content), (key, content)
         for said in ANN_SAYS:
             assert said not in content, (key, content)
@@ -96,8 +104,9 @@ async def test_forget_me_in_a_dm_leaves_no_trace_of_the_person(
         "bob's own question",
         "Answer: bob: bob's own question",
     ]
-    assert await redis.hget(f"feedback:T1:{CHANNEL}:1.3", "user") == "U2"
-    assert await redis.hget(f"feedback:T1:{CHANNEL}:1.4", "user") == "U11"
+    # bob's and U11's votes stay beside the answer ann voted on too; her vote elsewhere stays.
+    assert sorted(f.split(":")[-1] for f in await redis.hkeys(shared_votes)) == ["U11", "U2"]
+    assert await redis.hkeys(elsewhere) == [f"{first_answer['ts']}:U1"]
     assert len(llm.requests) == 5  # five answers; `forget me` was not sent to the model
 
 
