@@ -604,6 +604,9 @@ if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
 end
 local found = head_with_journal(KEYS[2])
 if not found then
+  -- Nothing waits (its inbox was emptied, or expired): the thread leaves the pending set too,
+  -- or every recovery round would find it again, forever.
+  redis.call('ZREM', KEYS[3], ARGV[3])
   redis.call('DEL', KEYS[1])
   return ''
 end

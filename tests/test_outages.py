@@ -185,6 +185,24 @@ async def test_a_malformed_entry_among_the_waiting_threads_does_not_stop_recover
     assert "malformed entry dropped from the waiting threads" in caplog.text
 
 
+async def test_a_waiting_thread_whose_messages_expired_leaves_the_waiting_threads(
+    start_bot: StartBot, redis: Redis
+) -> None:
+    """A thread in the set of waiting threads whose inbox is gone (expired after a day of failed
+    deliveries, or evicted): recovery finds nothing to do in it and drops it, rather than find it
+    again every round (and, with enough of them, crowd out threads really waiting, since every round
+    takes the oldest thousand)."""
+    ghost = "T1:C1:1700000000.000100"
+    await redis.zadd("pending", {ghost: 1})
+    running = await start_bot("http", RECOVERY_INTERVAL_SECONDS="0.3")
+    for _ in range(50):
+        if await redis.zscore("pending", ghost) is None:
+            break
+        await asyncio.sleep(0.1)
+    await running.settle()
+    assert await redis.zscore("pending", ghost) is None
+
+
 @pytest.mark.parametrize("where", ["dm", "channel thread"])
 async def test_answer_whose_connections_to_slack_drop_is_journaled_and_delivered_once(
     start_bot: StartBot,
