@@ -95,6 +95,20 @@ def ts_order(ts: str) -> Decimal:
         return Decimal(0)
 
 
+def summarised(turn: Turn, upto: str | None) -> bool:
+    """Whether `turn`, met reading the stored turns from the newest, is where the summary's turns
+    begin: the summary's last turn itself. Turns are stored in the order they were answered, not
+    by ts: a question sent while the answer before it was being written is older than that
+    answer, yet stored after it, and not summarised when the summary ends at that answer. Should
+    the summary's last turn be gone, an answer older than it ends the reading: answers are
+    stored in the order they were posted."""
+    if upto is None:
+        return False
+    if turn.ts == upto:
+        return True
+    return turn.role == "assistant" and ts_order(turn.ts) < ts_order(upto)
+
+
 class TailReader:
     """A conversation's turns, newest first, read from the store in growing pages."""
 
@@ -156,7 +170,6 @@ class ContextBuilder:
         the newest FIRST_PAGE turns, when the caller read them already. `earlier_unread`: the
         thread has earlier messages Slack would not show now (the model is told)."""
         summary, first_page = read or await self.store.summary_and_tail(key, FIRST_PAGE)
-        covered = ts_order(summary.upto) if summary.upto else None
         tail = TailReader(self.store, key, first_page)
         newest = await tail.next()
         asker = author(newest) if newest is not None and newest.role == "user" else None
@@ -168,7 +181,7 @@ class ContextBuilder:
         overflow = False
         turn = newest
         while turn is not None:
-            if covered is not None and ts_order(turn.ts) <= covered:
+            if summarised(turn, summary.upto):
                 break  # this turn and all before it are in the summary
             message = turn_message(turn)
             cost = self.counter.count_message(message)
@@ -238,11 +251,10 @@ class ContextBuilder:
 
     async def _unsummarised(self, key: ThreadKey, state: SummaryState) -> list[Turn]:
         """The turns after the summary's last one, oldest first: the window and what fell out."""
-        covered = ts_order(state.upto) if state.upto else None
         tail = TailReader(self.store, key)
         found: list[Turn] = []
         while (turn := await tail.next()) is not None:
-            if covered is not None and ts_order(turn.ts) <= covered:
+            if summarised(turn, state.upto):
                 break
             found.append(turn)
         found.reverse()

@@ -138,6 +138,50 @@ async def test_a_2000_message_thread_is_answered_from_summary_and_recent_turns(
     assert TokenCounter("test-model").count_messages(messages) <= window - answer
 
 
+async def test_a_question_sent_while_the_answer_before_it_was_written_is_never_lost_to_the_summary(
+    start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator, redis
+) -> None:
+    """Each question is sent while the answer to the one before is being written, as people do:
+    its Slack ts is older than that answer's, though it is stored after it. Once the summary ends
+    at such an answer, the question after it must still reach the model, as itself or in a later
+    summary. (Before, a turn was taken for summarised when its ts was not after the summary's
+    last, so that question fell out of the prompt and of every later summary.)"""
+    running = await start_small(start_bot)
+    padding = " the sync job logs E1234 again and again" * 3
+
+    def reply(messages: list[dict]) -> str | SlowFirstToken:
+        if is_summary_request(messages):
+            return "- tried: " + " ".join(tags(messages[-1]["content"]))  # every tag it was given
+        return SlowFirstToken(0.4, "Try restarting the agent, then check the sync job's logs again.")
+
+    llm.reply = reply
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> the sync job fails #k0{padding}")
+    meta = f"conv:T1:{CHANNEL}:{root}:meta"
+    asked = ["#k0"]
+    for n in range(1, 80):
+        # Question n goes out while the answer to question n - 1 is being written.
+        await slack.wait_for(lambda n=n: len(answer_requests(llm)) == n, timeout=15, what=f"question {n - 1}")
+        await slack.post_user_message(CHANNEL, f"still failing #k{n}{padding}", thread_ts=root)
+        asked.append(f"#k{n}")
+        await slack.wait_for_bot_messages(CHANNEL, root, count=n, timeout=15)
+        upto = await redis.hget(meta, "summary_upto")
+        if upto in {m["ts"] for m in slack.bot_messages(CHANNEL, root)}:
+            break  # the summary ends at an answer: the next question is older than it
+    else:
+        raise AssertionError("no summary ever ended at an answer")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=len(asked), timeout=15)
+    await running.settle(15)
+    await slack.post_user_message(CHANNEL, f"so what now? #kend{padding}", thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=len(asked) + 1, timeout=15)
+    await running.settle(15)
+
+    request = answer_requests(llm)[-1]["messages"]  # the summary and the turns after it, at once
+    summary, turns = request[0]["content"], " ".join(m["content"] for m in request[1:])
+    assert "Summary of the earlier conversation" in summary
+    missing = set(asked) - set(tags(summary)) - set(tags(turns))
+    assert not missing, f"questions the model never saw: {sorted(missing)}"
+
+
 async def test_a_deleted_message_does_not_live_on_in_the_summary(
     start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator, redis
 ) -> None:
