@@ -167,6 +167,22 @@ def check_redis_url(value: str) -> str | None:
         return None
     if scheme not in ("redis", "rediss", "unix"):
         return URL_FORMS
+    return _plain_url_problem(value) if scheme != "unix" else None
+
+
+def _plain_url_problem(value: str) -> str | None:
+    """What redis-py would not read as meant in a redis:// or rediss:// URL: a port that is no
+    number (it raises when connecting), a database that is no number (it quietly uses 0), no host
+    (it quietly uses localhost)."""
+    parsed = urlparse(value)
+    try:
+        _ = parsed.port  # raises when it is not a number
+    except ValueError:
+        return f"its port is not a number between 0 and 65535 ({URL_FORMS})"
+    if not parsed.hostname:
+        return f"it names no host ({URL_FORMS})"
+    if parsed.path not in ("", "/") and not re.fullmatch(r"/\d+/?", parsed.path):
+        return f"its database, {parsed.path!r}, is not a number ({URL_FORMS})"
     return None
 
 
