@@ -67,6 +67,9 @@ def turn_message(turn: Turn) -> ChatMessage:
     return {"role": "user", "content": f"{author(turn)}: {turn.text}"}
 
 
+NAME_LIMIT = 80  # characters of a person's name in the system message (Slack's own limit for one)
+
+
 def author(turn: Turn) -> str:
     if turn.role == "assistant":
         return "assistant"
@@ -83,8 +86,17 @@ def system_message(
     if earlier_unread:
         parts.append(EARLIER_UNREAD_NOTE)
     if asker:
-        parts.append(f"You are answering {asker}, who wrote the last message.")
+        parts.append(f"You are answering {quoted_name(asker)}, who wrote the last message.")
     return {"role": "system", "content": "\n\n".join(parts)}
+
+
+def quoted_name(name: str) -> str:
+    """A person's Slack name for the system message: anyone can set theirs to anything, so it goes
+    in quoted, on one line and short, never passing for a line of the operator's instructions."""
+    line = " ".join(name.split()).replace('"', "'")
+    if len(line) > NAME_LIMIT:
+        line = line[: NAME_LIMIT - 1] + "…"
+    return f'"{line}"'
 
 
 def ts_order(ts: str) -> Decimal:

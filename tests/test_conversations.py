@@ -40,7 +40,7 @@ async def test_mention_gets_threaded_answer_without_the_mention_token(
     prompt = last_prompt(llm)
     assert prompt[0] == {
         "role": "system",
-        "content": "You are the test support bot.\n\nYou are answering ann, who wrote the last message.",
+        "content": 'You are the test support bot.\n\nYou are answering "ann", who wrote the last message.',
     }
     assert prompt[-1] == {"role": "user", "content": "ann: why does my check show a 503?"}
     assert "<@" not in str(prompt)

@@ -95,7 +95,7 @@ async def test_summary_is_made_in_the_background_and_reaches_later_requests(
     await ask(slack, root, "and now? #k1000", answers)
     system = answer_requests(llm)[-1]["messages"][0]["content"]
     assert summary in system
-    assert system.index("Summary of the earlier conversation") < system.index("You are answering ann")
+    assert system.index("Summary of the earlier conversation") < system.index('You are answering "ann"')
     asked = tags(
         " ".join(m["content"] for m in answer_requests(llm)[-1]["messages"][1:] if m["role"] == "user")
     )
