@@ -35,6 +35,7 @@ THINKING_STATUS = "is thinking…"
 LOADING_MESSAGES = ["Reading your question…", "Looking into it…", "Writing an answer…"]
 THINKING_REACTION = "eyes"
 FEEDBACK_THANKS = "Thanks for the feedback!"
+FEEDBACK_NOT_KEPT = "Sorry, I couldn't save your feedback just now. Please click again in a minute."
 # A sign with no rate slot free right now is skipped: it is worth less than the answer, which
 # must not wait for it (a quick follow-up in a thread waited up to 1 s for setStatus's slot).
 SIGN_WAIT = 0.0
@@ -263,8 +264,10 @@ class Delivery:
             log.warning("notice not posted error=%s", error_code(error))
         return None
 
-    async def thank_for_feedback(self, team: str, channel: str, thread_ts: str | None, user: str) -> None:
-        """Tell the person (only them) that their vote was kept. Never raises."""
+    async def thank_for_feedback(
+        self, team: str, channel: str, thread_ts: str | None, user: str, *, kept: bool = True
+    ) -> None:
+        """Tell the person (only them) that their vote was kept, or that it could not be. Never raises."""
         try:
             await self.slack.call(
                 "chat.postEphemeral",
@@ -273,7 +276,7 @@ class Delivery:
                 channel=channel,
                 user=user,
                 thread_ts=thread_ts,
-                text=FEEDBACK_THANKS,
+                text=FEEDBACK_THANKS if kept else FEEDBACK_NOT_KEPT,
             )
         except SlackApiError as error:
             _log_api_error("chat.postEphemeral", error)

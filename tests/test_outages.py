@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
+from bot.delivery import FEEDBACK_NOT_KEPT
 from bot.store import ThreadKey
 from bot.turn import STORE_UNAVAILABLE
 from tests.conftest import StartBot
@@ -73,6 +74,22 @@ async def test_message_during_a_redis_outage_gets_a_reply_and_the_bot_recovers_b
     assert replies[-1]["text"].startswith("Answer:")
     # Nothing stored before the crash was lost (append-only, fsync always).
     assert "ann: the check api-prod is red" in [m["content"] for m in llm.requests[-1]["messages"]]
+
+
+async def test_a_feedback_click_during_a_redis_outage_tells_the_person_it_was_not_kept(
+    start_bot: StartBot, slack: SlackEmulator, own_redis: RedisServer
+) -> None:
+    """The click looks taken in Slack; with Redis down the vote cannot be kept, so the person is
+    told (only they see it) rather than thanked or left to think it counted."""
+    running = await start_bot("http", REDIS_URL=own_redis.url)
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> was this useful?")
+    [answer] = await slack.wait_for_bot_messages(CHANNEL, ts)
+    await running.settle()
+    own_redis.kill()
+    assert (await slack.click_feedback(CHANNEL, answer["ts"], user="U2")).acked
+    await slack.wait_for(lambda: bool(slack.calls_to("chat.postEphemeral")), what="a word to the person")
+    [call] = slack.calls_to("chat.postEphemeral")
+    assert (call.args["text"], call.args["user"]) == (FEEDBACK_NOT_KEPT, "U2")
 
 
 @pytest.mark.parametrize("mode", ["http", "socket"])

@@ -30,10 +30,11 @@ def register(app: AsyncApp, store: Store, delivery: Delivery) -> None:
         await asyncio.wait((keeping,), timeout=ACK_WAIT_SECONDS)
         await ack()
         try:
-            vote = await keeping
+            vote, kept = await keeping
             if vote is not None:
+                # Not kept (Redis down): the click looked taken, so the person is told it was not.
                 thread_ts = None if vote.thread == "dm" else vote.thread
-                await delivery.thank_for_feedback(vote.team, vote.channel, thread_ts, vote.user)
+                await delivery.thank_for_feedback(vote.team, vote.channel, thread_ts, vote.user, kept=kept)
         except Exception as error:
             # Never into Bolt: its runner answers a listener that raised soon after its own ack()
             # as if it had never acknowledged (over HTTP: nothing for 3 s, and Slack shows the
@@ -42,17 +43,17 @@ def register(app: AsyncApp, store: Store, delivery: Delivery) -> None:
 
     async def keep_vote(
         body: dict[str, Any], action: dict[str, Any], context: AsyncBoltContext
-    ) -> FeedbackVote | None:
-        """The click's vote, once stored; None when there is none or it could not be stored."""
+    ) -> tuple[FeedbackVote | None, bool]:
+        """The click's vote (None when it carries none), and whether it was stored."""
         vote = _vote(body, action, context)
         if vote is None:
             log.info("feedback ignored: payload without channel, message, user or vote")
-            return None
+            return None, False
         try:
             await store.record_feedback(vote)
         except StoreUnavailable as error:
             log.error("feedback not stored team=%s channel=%s error=%s", vote.team, vote.channel, error)
-            return None
+            return vote, False
         log.info(
             "feedback team=%s channel=%s thread=%s answer=%s user=%s vote=%s",
             vote.team,
@@ -62,7 +63,7 @@ def register(app: AsyncApp, store: Store, delivery: Delivery) -> None:
             vote.user,
             vote.vote,
         )
-        return vote
+        return vote, True
 
     app.action(FEEDBACK_ACTION)(on_feedback)
 
