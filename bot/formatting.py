@@ -401,7 +401,7 @@ def _line_starts(text: str) -> list[tuple[int, bool, bool]]:
     position = 0
     for line in text.split("\n")[:-1]:
         position += len(line) + 1
-        is_fence = line.strip().startswith("```")
+        is_fence = is_fence_line(line)
         closes = is_fence and in_code
         if is_fence:
             in_code = not in_code
@@ -441,13 +441,21 @@ def find_cut(text: str, limits: Limits = MESSAGE_LIMITS) -> MessageCut | None:
         return MessageCut(text[:position].rstrip(), text[position:])
     space = text.rfind(" ", limits.soft, limits.hard)
     position = space + 1 if space >= 0 else limits.hard
-    if _inside_code(text[:position]):
+    if inside_code(text[:position]):
         return MessageCut(text[:position] + "\n```", "```\n" + text[position:])
     return MessageCut(text[:position], text[position:])
 
 
-def _inside_code(text: str) -> bool:
-    return sum(1 for line in text.split("\n") if line.strip().startswith("```")) % 2 == 1
+def is_fence_line(line: str) -> bool:
+    """A code fence as `SlackMarkdown` gives it out: ``` alone on its line (the language
+    dropped). A line that only starts with ``` (inline code at the start of a line, or a fence
+    of another kind shown inside a code block) is no fence."""
+    return line.strip() == "```"
+
+
+def inside_code(text: str) -> bool:
+    """Whether formatted text ends inside a code block."""
+    return sum(1 for line in text.split("\n") if is_fence_line(line)) % 2 == 1
 
 
 def sendable(text: str, limits: Limits = MESSAGE_LIMITS) -> int:

@@ -27,7 +27,7 @@ from typing import Any
 
 from slack_sdk.errors import SlackApiError
 
-from bot.formatting import TEXT_LIMIT, SlackMarkdown, find_cut, sendable, to_mrkdwn
+from bot.formatting import TEXT_LIMIT, SlackMarkdown, find_cut, inside_code, sendable, to_mrkdwn
 from bot.rate_limit import BudgetedSlack, Hold, RateLimited
 from bot.store import Fence, LockLost
 
@@ -524,10 +524,6 @@ def _feedback_block(answer_ts: str, question_ts: str) -> dict[str, Any]:
 def _continuation(shown: str, text: str) -> str:
     """What a new message carries on with after a message that shows `shown` of `text`."""
     rest = text[len(shown) :]
-    if _inside_code(shown):
+    if inside_code(shown):
         return "```\n" + rest.lstrip("\n")
     return rest.lstrip()
-
-
-def _inside_code(text: str) -> bool:
-    return sum(1 for line in text.split("\n") if line.strip().startswith("```")) % 2 == 1

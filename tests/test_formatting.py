@@ -154,6 +154,16 @@ def test_cut_at_the_first_blank_line_past_the_soft_limit() -> None:
     assert cut is not None and cut.head == "a" * 30 + "\n\n" + "b" * 20 and cut.tail == "c" * 30
 
 
+def test_inline_code_at_the_start_of_a_line_is_no_code_block_to_a_cut() -> None:
+    """ "```npm ci``` is faster" is inline code, for Slack and for the formatter; the cut took the
+    line for a fence and closed and reopened a block that was never there (everything after it
+    then showed as code)."""
+    text = SlackMarkdown.format("```npm ci``` is faster.\n\n" + "\n\n".join(["words " * 5] * 6))
+    parts = split_markdown(text, SMALL)
+    assert len(parts) >= 2 and parts[0].startswith("```npm ci```")
+    assert not any(part.endswith("```") or part.startswith("```\n") for part in parts)
+
+
 def test_cut_inside_a_long_code_block_closes_and_reopens_it() -> None:
     code = "```\n" + "\n".join(f"line {i:02d}" for i in range(12)) + "\n```"
     parts = split_markdown(code, SMALL)
