@@ -117,7 +117,7 @@ class MessageIntake:
         key = message_event_key(body)
         if key is None:
             return self._take_change(body)
-        if key in self.dispatched:
+        if key in self.dispatched and not _mention_edited_in(body["event"]):
             log.debug("second event of a message acknowledged team=%s channel=%s ts=%s", *key)
             return True
         listeners, identity = self._listeners, self._identity
@@ -172,6 +172,14 @@ class MessageIntake:
             # Slack sends it again.
             error = task.exception()
             log.error("message listener failed error=%s", type(error).__name__, exc_info=error)
+
+
+def _mention_edited_in(event: dict[str, Any]) -> bool:
+    """An `app_mention` Slack sends when a message is edited to mention the bot (or edited while
+    it does): not a second event of one already handled. A message that first did not mention the
+    bot was taken and left alone; this one is for the listener (the dedup in Redis tells a mention
+    answered already)."""
+    return event.get("type") == "app_mention" and isinstance(event.get("edited"), dict)
 
 
 def _failed(task: asyncio.Task[None]) -> bool:

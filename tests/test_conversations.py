@@ -324,6 +324,24 @@ async def test_bot_messages_joins_and_edits_never_trigger_an_answer(
     assert len(slack.bot_messages(CHANNEL, root)) == 1
 
 
+async def test_a_message_edited_to_mention_the_bot_is_answered_once_as_edited(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    """People forget the mention and add it by editing: Slack then sends an `app_mention` (with
+    `edited`) for the same message, which is answered, as edited; a later edit is not answered
+    again. (Before, the mention was taken for a second event of the message and ignored.)"""
+    root = await slack.post_user_message(CHANNEL, "my check is down, anyone?")
+    await asyncio.sleep(0.3)
+    assert not llm.requests
+    await slack.edit_message(CHANNEL, root, f"<@{BOT}> my check is down, anyone?")
+    [answer] = await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    await slack.edit_message(CHANNEL, root, f"<@{BOT}> my check is down since 9am, anyone?")
+    await asyncio.sleep(0.5)  # time for a second answer, if there were one
+    await bot.settle()
+    assert answer["text"] == "Answer: ann: my check is down, anyone?"
+    assert len(slack.bot_messages(CHANNEL, root)) == 1 and len(llm.requests) == 1
+
+
 async def test_deleted_message_leaves_the_stored_conversation(
     bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
 ) -> None:

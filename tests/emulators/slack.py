@@ -642,8 +642,12 @@ class SlackEmulator:
         return payload
 
     async def edit_message(self, channel: str, ts: str, new_text: str) -> None:
-        """Edit a stored message and deliver the hidden message_changed event."""
+        """Edit a stored message and deliver the hidden message_changed event; and, as Slack does
+        when the edited text mentions the bot outside a DM, an `app_mention` with `edited`."""
         await self.deliver_event(self.edited_event(channel, ts, new_text))
+        if self._channel(channel)["kind"] != "im" and f"<@{self.bot_user_id}>" in new_text:
+            msg = self._public(self._find(channel, ts))
+            await self.deliver_event(msg | {"type": "app_mention", "channel": channel, "event_ts": msg["ts"]})
 
     def edited_event(self, channel: str, ts: str, new_text: str) -> dict:
         """Edit a stored message; its hidden message_changed event, for the test to deliver."""
