@@ -40,6 +40,7 @@ from bot.delivery import Delivery, DeliveryError, Ending, Reply, Target, Thinkin
 from bot.llm import UNAVAILABLE, Answer, ChatMessage, ChatModel, LLMError
 from bot.rate_limit import CALL_ERRORS, error_code
 from bot.shared_breaker import SharedBreaker
+from bot.slack_text import mentioned_users
 from bot.store import (
     Accepted,
     Fence,
@@ -239,6 +240,10 @@ class TurnRunner:
             log.info("deleted message removed team=%s channel=%s ts=%s", key.team, key.channel, ts)
 
     async def edit_message(self, key: ThreadKey, ts: str, text: str, bot_user_id: str) -> None:
+        if mentioned_users(text) - {bot_user_id} and not await self.store.is_followed(key):
+            # An edit in a thread the bot takes no part in: its mentions are not worth a
+            # users.info call each (Tier 4, shared with every turn's asker).
+            return
         readable = await self.workspace.readable(key.team, text, bot_user_id)
         await self.store.edit_user_message(key, ts, readable, text)
 

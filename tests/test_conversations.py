@@ -342,6 +342,21 @@ async def test_a_message_edited_to_mention_the_bot_is_answered_once_as_edited(
     assert len(slack.bot_messages(CHANNEL, root)) == 1 and len(llm.requests) == 1
 
 
+async def test_an_edit_in_a_thread_the_bot_takes_no_part_in_looks_no_one_up(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    """Every edit in a channel the bot is in reaches it; one in a conversation it does not hold
+    costs no users.info call for the people it mentions (Tier 4, shared with every turn)."""
+    ts = await slack.post_user_message(CHANNEL, "lunch at noon?")
+    await asyncio.sleep(0.3)
+    slack.add_user("U9", "bea")
+    await slack.edit_message(CHANNEL, ts, "lunch at noon, <@U9>?")
+    await asyncio.sleep(0.5)
+    await bot.settle()
+    assert [call.args.get("user") for call in slack.calls_to("users.info")] == []
+    assert not llm.requests
+
+
 async def test_deleted_message_leaves_the_stored_conversation(
     bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
 ) -> None:
