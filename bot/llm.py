@@ -184,7 +184,7 @@ class ChatModel:
                 response.release()
         except TRANSPORT_ERRORS as error:
             raise _Transient(_transport_kind(error)) from None
-        text, finish_reason, usage = _read_completion(body)
+        text, finish_reason, usage = _read_completion(body, attempt)
         text = text.strip()
         if not text:
             raise LLMError("empty_answer", EMPTY, attempts=attempt)
@@ -290,7 +290,7 @@ class AnswerStream:
                 break
             except _Transient as failure:
                 await self.close()
-                if self._parts:
+                if self.text.strip():
                     log.warning(
                         "llm stream broke off model=%s attempts=%d error=%s chars=%d",
                         model.model,
@@ -306,6 +306,7 @@ class AnswerStream:
                     raise LLMError(
                         failure.kind, UNAVAILABLE, attempts=self._attempts, model_down=True
                     ) from None
+                self._parts.clear()  # only blanks (a model that opens with a line break): nothing shown
                 delay = model.retry_delay(self._attempts, failure.retry_after)
                 log.info(
                     "llm retry model=%s attempt=%d error=%s delay=%.2fs",
@@ -329,6 +330,7 @@ class AnswerStream:
         first_token_deadline = loop.time() + model.first_token_timeout
         events = _EventStream()
         reads: _TimedReads | None = None
+        progress_at: float | None = None  # when the model last wrote (text, or reasoning)
         try:
             # Timeouts wrap only the awaits, never the yield: the caller's own awaits are its own.
             async with asyncio.timeout_at(first_token_deadline):
@@ -337,15 +339,19 @@ class AnswerStream:
                 # A server that ignored stream=True and sent the whole completion at once.
                 async with asyncio.timeout_at(first_token_deadline):
                     body = await response.read()
-                text, self._finish_reason, self._usage = _read_completion(body)
+                text, self._finish_reason, self._usage = _read_completion(body, self._attempts)
                 if text:
                     self._parts.append(text)
                     yield text
                 return
             reads = _TimedReads(response.content)
             while True:
-                # From the first text on, only the silence between two chunks is limited.
-                deadline = loop.time() + model.idle_timeout if self._parts else first_token_deadline
+                # From the model's first token on (of its answer, or of its reasoning first), only
+                # a silence is limited: the time since it last wrote, which keep-alive comments
+                # and empty events do not reset.
+                deadline = (
+                    progress_at + model.idle_timeout if progress_at is not None else first_token_deadline
+                )
                 if events.done:  # the answer is whole: wait only briefly for the body's end
                     deadline = min(deadline, loop.time() + _END_GRACE_SECONDS)
                 try:
@@ -357,32 +363,43 @@ class AnswerStream:
                 if not data:  # the end: aiohttp puts the connection back in its pool
                     break
                 for event, payload in events.feed(data):
-                    for delta in self._take(event, payload):
+                    deltas, alive = self._take(event, payload)
+                    if alive:
+                        progress_at = loop.time()
+                    for delta in deltas:
                         self._parts.append(delta)
                         yield delta
             for event, payload in events.end():
-                for delta in self._take(event, payload):
+                deltas, _ = self._take(event, payload)
+                for delta in deltas:
                     self._parts.append(delta)
                     yield delta
-        except aiohttp.ServerTimeoutError:  # aiohttp's own: connecting, or one read, too slow
-            raise _Transient("timeout") from None
-        except TimeoutError:
-            raise _Transient("idle_timeout" if self._parts else "first_token_timeout") from None
-        except TRANSPORT_ERRORS as error:
+        except (aiohttp.ServerTimeoutError, TimeoutError, *TRANSPORT_ERRORS) as error:
+            if self._finish_reason is not None or events.done:
+                # The answer is whole (its finish_reason or [DONE] came); only the connection's
+                # end was untidy (a proxy that drops it, a usage chunk late): not a cut-off answer.
+                return
+            if isinstance(error, aiohttp.ServerTimeoutError):  # aiohttp's own: connecting, or one read
+                raise _Transient("timeout") from None
+            if isinstance(error, TimeoutError):
+                raise _Transient(
+                    "idle_timeout" if progress_at is not None else "first_token_timeout"
+                ) from None
             raise _Transient(_transport_kind(error)) from None
         finally:
             if reads is not None:
                 reads.stop()
             await self.close()
-        if self._finish_reason is None and not self._parts:
+        if self._finish_reason is None and not self.text.strip():
             # Nothing shown and no end marker: a cut connection, worth another try.
             raise _Transient("stream_ended_early")
 
-    def _take(self, event: str | None, data: bytes) -> list[str]:
-        """The text in one event, noting finish_reason and usage; an error event or one that is
-        not a chunk raises _Transient."""
+    def _take(self, event: str | None, data: bytes) -> tuple[list[str], bool]:
+        """The text in one event, and whether the model wrote anything in it (text, or its
+        reasoning); notes finish_reason and usage. An error event, or one that is not a chunk,
+        raises _Transient; an error that says the request itself is at fault, LLMError."""
         if event not in (None, "message", "error"):
-            return []  # events this client has no use for
+            return [], False  # events this client has no use for
         try:
             chunk = json.loads(data.decode())  # from str: json's own encoding detection costs more
         except ValueError:  # UnicodeDecodeError included
@@ -391,20 +408,27 @@ class AnswerStream:
             raise _Transient("malformed_chunk")
         if event == "error" or chunk.get("error"):
             log.warning("llm stream error model=%s code=%s", self._model.model, _code_of(chunk))
+            if _is_rejection(chunk) and not self.text.strip():
+                raise LLMError("stream_rejected", REJECTED, attempts=self._attempts)
             raise _Transient("stream_error")
         if chunk.get("usage") is not None:
             self._usage = chunk["usage"]
         deltas: list[str] = []
+        alive = False
         try:
             for choice in chunk.get("choices") or ():
                 if choice.get("finish_reason"):
                     self._finish_reason = choice["finish_reason"]
-                content = (choice.get("delta") or {}).get("content")
+                delta = choice.get("delta") or {}
+                content = delta.get("content")
                 if content:
                     deltas.append(_text(content))
+                    alive = True
+                elif delta.get("reasoning_content") or delta.get("reasoning"):
+                    alive = True  # a reasoning model thinking aloud before it answers
         except (AttributeError, TypeError):
             raise _Transient("malformed_chunk") from None
-        return deltas
+        return deltas, alive
 
 
 class _TimedReads:
@@ -496,8 +520,9 @@ class _EventStream:
         return events
 
 
-def _read_completion(body: bytes) -> tuple[str, str | None, Any]:
-    """The text, finish_reason and usage of one whole chat.completion; _Transient if it is not one."""
+def _read_completion(body: bytes, attempts: int) -> tuple[str, str | None, Any]:
+    """The text, finish_reason and usage of one whole chat.completion; _Transient if it is not
+    one, LLMError (REJECTED) if it is an error that says the request itself is at fault."""
     try:
         completion = json.loads(body)
     except ValueError:
@@ -506,6 +531,8 @@ def _read_completion(body: bytes) -> tuple[str, str | None, Any]:
         raise _Transient("malformed_response")
     if completion.get("error"):
         log.warning("llm response error code=%s", _code_of(completion))
+        if _is_rejection(completion):
+            raise LLMError("response_rejected", REJECTED, attempts=attempts)
         raise _Transient("response_error")
     try:
         choice = (completion.get("choices") or [{}])[0]
@@ -513,6 +540,33 @@ def _read_completion(body: bytes) -> tuple[str, str | None, Any]:
         return text, choice.get("finish_reason"), completion.get("usage")
     except (AttributeError, TypeError, LookupError):
         raise _Transient("malformed_response") from None
+
+
+# What an error inside a 200 response (an SSE `error` event, or a JSON body) says when the request
+# itself is at fault, as a 400 would: trying it again gets the same answer.
+_REJECTION_CODES = {
+    "invalid_request_error",
+    "context_length_exceeded",
+    "string_above_max_length",
+    "content_filter",
+    "content_policy_violation",
+    "badrequesterror",
+    "invalid_prompt",
+}
+
+
+def _is_rejection(body: dict[str, Any]) -> bool:
+    error = body.get("error")
+    if not isinstance(error, dict):
+        return False
+    for field in ("code", "type", "status"):
+        value = error.get(field)
+        if isinstance(value, int | str) and str(value).isdigit():
+            if 400 <= int(value) < 500 and not _is_transient_status(int(value)):
+                return True
+        elif isinstance(value, str) and value.lower() in _REJECTION_CODES:
+            return True
+    return False
 
 
 def _text(content: Any) -> str:
@@ -575,5 +629,8 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
             pass
         parsed = email.utils.parsedate_tz(value)
         if parsed is not None:
-            return max(0.0, email.utils.mktime_tz(parsed) - time.time())
+            try:
+                return max(0.0, email.utils.mktime_tz(parsed) - time.time())
+            except (ValueError, OverflowError):  # a date no calendar holds (year 10000, say)
+                pass
     return None

@@ -12,7 +12,16 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from bot.llm import CUT_OFF, REJECTED, UNAVAILABLE, AnswerStream, ChatModel, LLMError, is_openai
+from bot.llm import (
+    CUT_OFF,
+    REJECTED,
+    UNAVAILABLE,
+    AnswerStream,
+    ChatModel,
+    LLMError,
+    is_openai,
+    parse_retry_after,
+)
 from tests.emulators.openai_api import NotStreamed, OpenAIEmulator, Raw, Reply, Status, sse_chunk
 
 QUESTION = [{"role": "user", "content": "how do I rotate my deploy key?"}]
@@ -262,3 +271,98 @@ async def test_a_proxy_from_the_environment_is_used(
 )
 def test_openai_itself_is_known_by_its_host(base_url: str | None, openai: bool) -> None:
     assert is_openai(base_url) is openai
+
+
+@pytest.mark.parametrize("ending", ["after [DONE]", "after finish_reason"])
+async def test_a_whole_answer_whose_connection_ends_untidily_is_not_cut_off(
+    llm: OpenAIEmulator, model: ChatModel, ending: str
+) -> None:
+    """A proxy that drops the connection without the body's last chunk, once the answer is whole:
+    the answer is complete (it was called cut off, with a note inviting the person to ask for
+    the rest)."""
+    done = ("data: [DONE]\n\n",) if ending == "after [DONE]" else ()
+    llm.enqueue(
+        Raw(sse_chunk("Hello"), sse_chunk(" world"), sse_chunk(finish_reason="stop"), *done, drop=True)
+    )
+    deltas, error, stream = await read(model)
+    assert error is None and deltas == ["Hello", " world"]
+    assert stream.answer.complete and len(llm.requests) == 1
+
+
+async def test_a_stream_that_breaks_after_only_blanks_is_tried_again(
+    llm: OpenAIEmulator, model: ChatModel
+) -> None:
+    """A model that opens with a line break, then the connection drops: nothing was shown, so it is
+    asked again (it was kept as a cut-off answer of nothing: no answer and no notice at all)."""
+    llm.enqueue(Raw(sse_chunk("\n\n"), drop=True), Reply("The answer."))
+    _deltas, error, stream = await read(model)
+    assert error is None and stream.answer.text == "The answer." and len(llm.requests) == 2
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        'data: {"error": {"message": "too long", "type": "BadRequestError", "code": 400}}\n\n',
+        'data: {"error": {"message": "too long", "code": "context_length_exceeded"}}\n\n',
+    ],
+    ids=["vLLM's in-stream 400", "OpenAI's code"],
+)
+async def test_an_error_in_a_stream_that_blames_the_request_is_a_refusal_not_an_outage(
+    llm: OpenAIEmulator, model: ChatModel, body: str
+) -> None:
+    """Tried again it gets the same answer; counted as the model being down, five such turns
+    would open the breaker for everyone."""
+    llm.enqueue(Raw(body))
+    deltas, error, _ = await read(model)
+    assert deltas == [] and error is not None
+    assert (error.user_message, error.model_down, len(llm.requests)) == (REJECTED, False, 1)
+
+
+async def test_a_json_error_body_that_blames_the_request_is_a_refusal(
+    llm: OpenAIEmulator, model: ChatModel
+) -> None:
+    llm.enqueue(Raw('{"error": {"code": "context_length_exceeded"}}', content_type="application/json"))
+    _deltas, error, _ = await read(model)
+    assert error is not None and (error.user_message, error.model_down, len(llm.requests)) == (
+        REJECTED,
+        False,
+        1,
+    )
+
+
+async def test_keep_alive_comments_do_not_keep_a_silent_model_alive(llm: OpenAIEmulator) -> None:
+    """After its first words the model goes silent and the server sends only keep-alive
+    comments: the silence is still limited (the comments reset it, and the turn hung for good)."""
+    model = chat_model(llm, idle_timeout_seconds=1)
+    try:
+        llm.enqueue(Raw(sse_chunk("Hi"), *[": ping\n\n"] * 20, pause=0.2))
+        started = time.monotonic()
+        deltas, error, _ = await read(model)
+    finally:
+        await model.close()
+    assert deltas == ["Hi"] and error is not None and error.partial and error.kind == "idle_timeout"
+    assert time.monotonic() - started < 3
+
+
+async def test_a_reasoning_model_thinking_past_the_first_token_timeout_is_not_cut_off(
+    llm: OpenAIEmulator,
+) -> None:
+    """Its reasoning streams first (`reasoning_content`, as vLLM and DeepSeek send it): the model
+    is at work, and its answer comes after the first-token timeout (it was asked again, from the
+    start, each time, and given up as down)."""
+    model = chat_model(llm, first_token_timeout_seconds=0.5)
+    thinking = [sse_chunk(choices=[{"index": 0, "delta": {"reasoning_content": "hmm "}}])] * 8
+    try:
+        llm.enqueue(
+            Raw(
+                *thinking, sse_chunk("Answer"), sse_chunk(finish_reason="stop"), "data: [DONE]\n\n", pause=0.2
+            )
+        )
+        deltas, error, _stream = await read(model)
+    finally:
+        await model.close()
+    assert error is None and deltas == ["Answer"] and len(llm.requests) == 1
+
+
+def test_a_retry_after_date_no_calendar_holds_is_ignored() -> None:
+    assert parse_retry_after({"retry-after": "Sat, 01 Jan 10000 00:00:00 GMT"}) is None

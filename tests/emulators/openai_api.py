@@ -99,21 +99,29 @@ class NotStreamed:
 @dataclass(frozen=True)
 class Raw:
     """Send these pieces of a 200 body verbatim, one write each, `pause` seconds apart; then keep
-    the connection open `linger` seconds before ending the body. For the stream's edge cases:
-    comments, event lines, line endings, errors and malformed chunks (see `sse_chunk`)."""
+    the connection open `linger` seconds before ending the body (with `drop`, cutting the
+    connection instead, without the body's end, as a proxy that drops it does). For the stream's
+    edge cases: comments, event lines, line endings, errors and malformed chunks (see `sse_chunk`)."""
 
     parts: tuple[str, ...]
     content_type: str = "text/event-stream"
     pause: float = 0.0
     linger: float = 0.0
+    drop: bool = False
 
     def __init__(
-        self, *parts: str, content_type: str = "text/event-stream", pause: float = 0.0, linger: float = 0.0
+        self,
+        *parts: str,
+        content_type: str = "text/event-stream",
+        pause: float = 0.0,
+        linger: float = 0.0,
+        drop: bool = False,
     ) -> None:
         object.__setattr__(self, "parts", parts)
         object.__setattr__(self, "content_type", content_type)
         object.__setattr__(self, "pause", pause)
         object.__setattr__(self, "linger", linger)
+        object.__setattr__(self, "drop", drop)
 
 
 def sse_chunk(content: str | None = None, finish_reason: str | None = None, **fields: Any) -> str:
@@ -424,6 +432,8 @@ class OpenAIEmulator:
             await asyncio.sleep(raw.linger)
         except ConnectionError:
             pass  # the client went away
+        if raw.drop:
+            return self._drop(request, response)
         return response
 
     def _drop(self, request: web.Request, response: web.StreamResponse | None = None) -> web.StreamResponse:
