@@ -75,6 +75,13 @@ class CircuitBreaker:
         if self._opened_at is None or opened_at > self._opened_at:
             self._opened_at = opened_at
 
+    def closed_elsewhere(self) -> None:
+        """Another process's probe found the model back: closed, as this one's own probe would
+        have closed it."""
+        self._failures = 0
+        self._opened_at = None
+        self._probe_in_flight = False
+
     def released(self) -> None:
         """A permitted call ended without telling us about the model's health (e.g. cancelled)."""
         self._probe_in_flight = False

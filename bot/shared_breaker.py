@@ -32,6 +32,7 @@ class SharedBreaker:
         self._failures_counted = False  # Redis holds failed turns that a success should clear
         self._token = uuid.uuid4().hex  # names this process's claim to the probe
         self._probe_claimed = False
+        self._closed_token: str | None = None  # the last probe's success this process heard of
         self._releases: set[asyncio.Task[None]] = set()
 
     async def allow(self) -> bool:
@@ -90,7 +91,12 @@ class SharedBreaker:
             await self._shared(self.store.llm_reached(breaker_was_open=closed))
 
     def heard(self, news: BreakerNews) -> None:
-        """What a beat read in Redis: a breaker another process opened, failed turns counted."""
+        """What a beat read in Redis: a probe that found the model back, a breaker another
+        process opened (since, or still), failed turns counted."""
+        if news.closed_token is not None and news.closed_token != self._closed_token:
+            if self._closed_token is not None or self.breaker.state != "closed":
+                self.breaker.closed_elsewhere()
+            self._closed_token = news.closed_token
         self.breaker.learn(open_seconds_left=news.open_seconds_left, failures_in_a_row=news.failures_counted)
         self._failures_counted = news.failures_counted > 0
 

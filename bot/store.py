@@ -327,6 +327,7 @@ class BreakerNews:
 
     open_seconds_left: float  # of a breaker a process opened; 0 when none is open
     failures_counted: int  # turns in a row that found the model down
+    closed_token: str | None = None  # changes each time a probe finds the model back
 
 
 @dataclass(frozen=True)
@@ -364,6 +365,7 @@ class Keys:
         self.llm_breaker = f"{prefix}llm-breaker"  # set for the cooldown when a process finds the model down
         self.llm_failures = f"{prefix}llm-failures"  # turns in a row that found the model down
         self.llm_probe = f"{prefix}llm-probe"  # the process whose turn tries the model after a cooldown
+        self.llm_closed = f"{prefix}llm-breaker-closed"  # a new token each time a probe finds the model back
         self.lock_prefix = f"{prefix}lock:"  # + thread key (also built by _ORPHANED_THREADS)
         self.journal_prefix = f"{prefix}turn:"  # + team:channel:ts (also built by _TAKE and _FINISH)
         # Keys of per-person records kept by other features (feedback on answers). Forgetting a
@@ -624,7 +626,7 @@ local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 3600000)
 redis.call('PEXPIRE', KEYS[1], 86400000)
-return {redis.call('PTTL', KEYS[2]), tonumber(redis.call('GET', KEYS[3]) or '0')}
+return {redis.call('PTTL', KEYS[2]), tonumber(redis.call('GET', KEYS[3]) or '0'), redis.call('GET', KEYS[4])}
 """
 
 # KEYS: LLM breaker, LLM probe. ARGV: process token, claim ms. After a cooldown one turn in all
@@ -1031,9 +1033,9 @@ class Store:
         """Say that `process` is alive for the next `liveness_ms`: the thread locks it holds are
         its own until then, whatever their own lifetime (see `threads_orphaned`). Returns what
         Redis holds of the model's breaker (bot/shared_breaker.py)."""
-        keys = [self.keys.processes, self.keys.llm_breaker, self.keys.llm_failures]
-        left_ms, failures = await self._batch.run_script(self._beat, keys, [process, liveness_ms])
-        return BreakerNews(max(0, int(left_ms)) / 1000, int(failures))
+        keys = [self.keys.processes, self.keys.llm_breaker, self.keys.llm_failures, self.keys.llm_closed]
+        left_ms, failures, closed = await self._batch.run_script(self._beat, keys, [process, liveness_ms])
+        return BreakerNews(max(0, int(left_ms)) / 1000, int(failures), closed or None)
 
     async def llm_failed(self) -> int:
         """One more turn found the model down: how many have in a row, in all processes."""
@@ -1052,9 +1054,15 @@ class Store:
 
     async def llm_reached(self, *, breaker_was_open: bool) -> None:
         """A turn reached the model: no failures in a row now, and, after a probe, no breaker and
-        no probe's claim."""
+        no probe's claim, and a new closing token, from which every process's beat learns that
+        the model is back (their breakers close too, rather than each wait for a probe of its own)."""
         after_probe = [self.keys.llm_breaker, self.keys.llm_probe] if breaker_was_open else []
-        await self._batch.execute("DEL", self.keys.llm_failures, *after_probe)
+        cleared = self._batch.execute("DEL", self.keys.llm_failures, *after_probe)
+        if not breaker_was_open:
+            await cleared
+            return
+        closed = self._batch.submit("SET", self.keys.llm_closed, uuid.uuid4().hex, "EX", 3600)
+        await asyncio.gather(cleared, closed)
 
     async def claim_llm_probe(self, token: str, claim_seconds: float) -> tuple[bool, float]:
         """May this process (`token`) send the one probe of all processes after a cooldown? Held

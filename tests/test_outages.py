@@ -422,6 +422,13 @@ async def test_a_breaker_one_process_opens_opens_in_the_others_and_a_probe_that_
     assert reply == "Answer: ann: probe"
     await first.settle()
     assert await redis.exists(breaker_key) == 0  # no beat learns that the model is down any more
+    # The second learns at its next beat that the model is back: closed, not half open, so that
+    # its next questions, three at once, are all answered (before, it waited for a probe of its
+    # own, and refused the other two meanwhile).
+    await _until_breaker(second.url, "closed", within=2.5)
+    slack.use_http(f"{second.url}/slack/events")
+    replies = await asyncio.gather(*(_reply_to(slack, f"after {i}") for i in range(3)))
+    assert replies == [f"Answer: ann: after {i}" for i in range(3)]
 
 
 async def test_after_a_cooldown_only_one_process_probes_the_model_and_the_others_answer_at_once(
