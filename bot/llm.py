@@ -88,6 +88,10 @@ REJECTED = (
     "Try rephrasing or shortening your question; if it keeps happening, tell the bot's admins."
 )
 EMPTY = "Sorry, the language model returned an empty answer. Please try asking again."
+FILTERED = (
+    "Sorry, the language model's content filter stopped this answer before it began. "
+    "Try rephrasing your question."
+)
 CUT_OFF = "The language model stopped responding in the middle of this answer."
 
 # After [DONE], how long to wait for the end of the body (so that the connection can be reused).
@@ -317,6 +321,8 @@ class AnswerStream:
                 )
                 await asyncio.sleep(delay)
         if not self.text.strip():
+            if self._finish_reason == "content_filter":  # asking again would meet the filter again
+                raise LLMError("content_filter", FILTERED, attempts=self._attempts)
             raise LLMError("empty_answer", EMPTY, attempts=self._attempts)
         if self._finish_reason is None:
             # Ended without saying it was complete (a cut connection): shown as cut short.

@@ -38,6 +38,7 @@ class Ending(enum.Enum):
     COMPLETE = "answered"
     TRUNCATED = "truncated"  # the model reached its length limit
     CUT_OFF = "cut_off"  # the model stopped responding, or its stream ended unfinished
+    FILTERED = "content_filter"  # the model's content filter ended it
     STOPPED = "stopped_by_user"
 
 
@@ -46,6 +47,7 @@ NOTES = {
         "_(This answer stops here: it reached the language model's length limit. "
         "Ask me to continue for the rest.)_"
     ),
+    Ending.FILTERED: "_(The language model's content filter stopped this answer here.)_",
     Ending.CUT_OFF: (
         "_(My answer was cut off here: the language model stopped responding. "
         "Ask again, or say “continue”, for the rest.)_"

@@ -730,7 +730,8 @@ class TurnRunner:
         answer = stream.answer
         if answer.complete:
             return answer, Ending.COMPLETE
-        return answer, Ending.TRUNCATED if answer.finish_reason == "length" else Ending.CUT_OFF
+        endings = {"length": Ending.TRUNCATED, "content_filter": Ending.FILTERED}
+        return answer, endings.get(answer.finish_reason or "", Ending.CUT_OFF)
 
     async def _finish_reply(
         self, message: IncomingMessage, reply: Reply, ending: Ending, text: str, answer: Answer | None

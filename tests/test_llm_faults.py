@@ -9,11 +9,20 @@ import time
 import pytest
 
 from bot.delivery import Ending
-from bot.llm import EMPTY, ChatModel, parse_retry_after
+from bot.llm import EMPTY, FILTERED, ChatModel, parse_retry_after
 from bot.store import ThreadKey
 from bot.streaming import NOTES
 from tests.conftest import RunningBot
-from tests.emulators.openai_api import Disconnect, OpenAIEmulator, Reply, SlowFirstToken, Status, Truncated
+from tests.emulators.openai_api import (
+    Disconnect,
+    OpenAIEmulator,
+    Raw,
+    Reply,
+    SlowFirstToken,
+    Status,
+    Truncated,
+    sse_chunk,
+)
 from tests.emulators.slack import SlackEmulator
 
 CHANNEL = "C300"
@@ -120,6 +129,25 @@ async def test_answer_cut_by_the_length_limit_says_so(
     assert answer["text"] == f"A long answer that the model had to\n\n{NOTES[Ending.TRUNCATED]}"
     stored = await bot.bot.store.recent_turns(ThreadKey("T1", CHANNEL, ts), 10)
     assert stored[-1].finish_reason == "length"
+
+
+@pytest.mark.parametrize("shown", ["some text first", "nothing first"])
+async def test_an_answer_the_content_filter_stops_says_so(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator, shown: str
+) -> None:
+    """Not "the model stopped responding, say continue" (nor "an empty answer, ask again"):
+    asked again, the filter would stop it again."""
+    text = "Here is how to" if shown == "some text first" else ""
+    filtered = (sse_chunk(text),) if text else ()
+    llm.enqueue(Raw(*filtered, sse_chunk(finish_reason="content_filter"), "data: [DONE]\n\n"))
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> something filtered")
+    [answer] = await slack.wait_for_bot_messages(CHANNEL, ts)
+    await bot.settle()
+    if text:
+        assert answer["text"] == f"{text}\n\n{NOTES[Ending.FILTERED]}"
+    else:
+        assert answer["text"] == FILTERED
+    assert len(llm.requests) == 1
 
 
 async def test_slow_first_token_times_out_and_is_retried(
