@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass
 
 import aiohttp
@@ -58,6 +59,8 @@ SOCKET_PING_SECONDS = 5.0
 IDENTITY_RETRY_FIRST_SECONDS = 1.0  # auth.test asked again after a failure at start, doubling
 IDENTITY_RETRY_MAX_SECONDS = 60.0
 REJECTED_TOKEN_ERRORS = {"invalid_auth", "not_authed", "account_inactive", "token_revoked"}
+SLACK_CALL_TIMEOUT_SECONDS = 30.0  # one Web API call, as slack_sdk's own default
+BAD_SIGNATURE_LOG_SECONDS = 60.0  # at most one warning a minute about refused signatures
 
 
 class StartupError(Exception):
@@ -101,6 +104,7 @@ class SupportBot:
             SignatureVerifier(settings.slack_signing_secret) if settings.slack_signing_secret else None
         )
         self._running: _Running | None = None
+        self._bad_signatures = _BadSignatures()
         self._intake = MessageIntake()
         # Only several processes on one port need their clients to reconnect now and then.
         turnover = settings.processes > 1 and settings.http_requests_per_connection > 0
@@ -123,7 +127,9 @@ class SupportBot:
         if problem := await self.store.topology_problem():
             await self.store.close()
             raise StartupError(problem)
-        session = aiohttp.ClientSession()
+        # slack_sdk's 30-s timeout applies only to sessions it makes itself; this one is shared,
+        # and aiohttp's own default is five minutes (auth.test hanging that long held a stop).
+        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SLACK_CALL_TIMEOUT_SECONDS))
         client = AsyncWebClient(
             token=settings.slack_bot_token,
             base_url=settings.slack_api_url,
@@ -344,6 +350,7 @@ class SupportBot:
         assert self.app is not None and self._verifier is not None
         raw = await request.read()
         if not self._signed_by_slack(request, raw):
+            self._bad_signatures.noted()
             return web.json_response({"error": "invalid or stale request signature"}, status=401)
         try:
             text = raw.decode("utf-8")
@@ -392,6 +399,29 @@ class SupportBot:
             )
         except ValueError:  # a timestamp that is not a number
             return False
+        except TypeError:  # a signature with characters no hex digest has (compare_digest refuses)
+            return False
+
+
+class _BadSignatures:
+    """Requests refused for their signature, said in the log at most once a minute: a wrong
+    SLACK_SIGNING_SECRET refuses every request (Slack then says the URL did not answer its
+    challenge), and nothing else would show it; anyone can send such requests, hence the limit."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._logged_at: float | None = None
+
+    def noted(self) -> None:
+        self._count += 1
+        now = time.monotonic()
+        if self._logged_at is None or now - self._logged_at >= BAD_SIGNATURE_LOG_SECONDS:
+            log.warning(
+                "refused %d request(s) with an invalid or stale signature: if Slack's own are among "
+                "them, check SLACK_SIGNING_SECRET (Basic Information → App Credentials)",
+                self._count,
+            )
+            self._count, self._logged_at = 0, now
 
 
 def _share_identity(app: AsyncApp, auth_test: AsyncSlackResponse | None) -> None:
@@ -419,7 +449,8 @@ async def _check_token(client: AsyncWebClient) -> AsyncSlackResponse | None:
     try:
         return await client.auth_test()
     except SlackApiError as error:
-        code = error.response.get("error")
+        # Slack's answer, or (a reply that said JSON and was not) the raw HTTP response.
+        code = error.response.get("error") if isinstance(error.response, AsyncSlackResponse) else None
         if code in REJECTED_TOKEN_ERRORS:
             raise StartupError(
                 f"SLACK_BOT_TOKEN was rejected by Slack ({code}): copy the current Bot User "

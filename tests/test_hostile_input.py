@@ -105,6 +105,8 @@ UNSIGNED = {
     "wrong-signature": lambda: {"headers": {"X-Slack-Signature": "v0=" + "0" * 64}},
     "no-signature-headers": lambda: {"sign": False},
     "signature-without-v0": lambda: {"headers": {"X-Slack-Signature": "0" * 64}},
+    # compare_digest refuses non-ASCII text with a TypeError: it was a 500 and a traceback.
+    "signature-not-ascii": lambda: {"headers": {"X-Slack-Signature": "v0=é"}},
     "timestamp-not-a-number": lambda: {"headers": {"X-Slack-Request-Timestamp": "yesterday"}},
     "timestamp-empty": lambda: {"headers": {"X-Slack-Request-Timestamp": ""}},
     "replayed-after-5-minutes": lambda: {"timestamp": int(time.time()) - 5 * 60 - 30},
@@ -114,13 +116,19 @@ UNSIGNED = {
 
 @pytest.mark.parametrize("request_kwargs", UNSIGNED.values(), ids=UNSIGNED.keys())
 async def test_requests_not_signed_by_slack_get_401_and_no_model_call(
-    start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator, request_kwargs: Any
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    request_kwargs: Any,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     running = await start_bot("http")
     body = envelope(mention(slack.seed_message(CHANNEL, f"<@{BOT}> why is my build red?")))
 
     status, text = await send(slack, body, **request_kwargs())
     assert status == 401, text
+    # Said in the log (at most once a minute): a wrong SLACK_SIGNING_SECRET shows nowhere else.
+    assert "refused 1 request(s) with an invalid or stale signature" in caplog.text
     await assert_only_the_next_mention_is_answered(slack, llm, running)
 
     # The very same body, signed now, is answered: only the signature kept it out.
