@@ -142,8 +142,11 @@ class SupportBot:
         )
         try:
             auth_test = await _check_token(client)
+            if settings.socket_mode:
+                await _check_app_token(session, settings.slack_api_url, settings.slack_app_token)
         except StartupError:
             await session.close()
+            await self.store.close()
             raise
         self.app = AsyncApp(
             client=client,
@@ -460,6 +463,25 @@ async def _check_token(client: AsyncWebClient) -> AsyncSlackResponse | None:
     except (aiohttp.ClientError, TimeoutError) as error:
         log.warning("slack unreachable for auth.test error=%s; carrying on", type(error).__name__)
     return None
+
+
+async def _check_app_token(session: aiohttp.ClientSession, api_url: str, app_token: str | None) -> None:
+    """Fail at start, in one line, when Slack rejects the app-level token (Socket Mode's
+    client would otherwise log a traceback every few seconds, retrying for ever, while the bot
+    looks started). It opens no connection: the URL Slack gives for one is left unused."""
+    client = AsyncWebClient(token=app_token, base_url=api_url, session=session)
+    try:
+        await client.apps_connections_open(app_token=app_token or "")
+    except SlackApiError as error:
+        code = error.response.get("error") if isinstance(error.response, AsyncSlackResponse) else None
+        if code in REJECTED_TOKEN_ERRORS or code == "not_allowed_token_type":
+            raise StartupError(
+                f"SLACK_APP_TOKEN was rejected by Slack ({code}): copy an App-Level Token with the "
+                "connections:write scope from your app's Basic Information page."
+            ) from None
+        log.warning("apps.connections.open failed error=%s; carrying on", code)
+    except (aiohttp.ClientError, TimeoutError) as error:
+        log.warning("slack unreachable for apps.connections.open error=%s; carrying on", type(error).__name__)
 
 
 def _settle_garbage_collector() -> None:

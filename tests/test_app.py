@@ -58,6 +58,23 @@ async def test_rejected_bot_token_stops_with_one_line(
     assert len(stderr.decode().strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("processes", ["1", "2"])
+async def test_rejected_app_token_stops_with_one_line(
+    processes: str, tmp_path: Path, slack: SlackEmulator, llm: OpenAIEmulator, redis_url: str
+) -> None:
+    """Socket Mode's client would retry a rejected app-level token for ever, a traceback every few
+    seconds, while the bot looked started."""
+    env = bot_env(slack, llm, redis_url, "socket", free_port()) | {"SLACK_APP_TOKEN": "xapp-revoked"}
+    env["PROCESSES"] = processes
+    process = await run_app(env, tmp_path)
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2
+    lines = stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: SLACK_APP_TOKEN was rejected by Slack (invalid_auth)"
+    )
+
+
 async def test_check_says_whether_the_settings_are_valid_and_exits(tmp_path: Path) -> None:
     valid = {"SLACK_BOT_TOKEN": "xoxb-1", "SLACK_SIGNING_SECRET": "s3cret", "OPENAI_API_KEY": "sk-test"}
     process = await run_app(valid | {"PROCESSES": "4"}, tmp_path, "--check")
