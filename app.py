@@ -131,4 +131,7 @@ def supervise() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except KeyboardInterrupt:  # Ctrl-C while starting (imports, the settings check): nothing to stop
+        sys.exit(130)
