@@ -160,7 +160,7 @@ class Supervisor:
         first = await self._spawn_and_wait_until_serving(0)
         if first.returncode == STARTUP_FAILED:
             return STARTUP_FAILED
-        if first.returncode is None:
+        if first.returncode is None and not self._stopping.is_set():
             log.info("bot process 1 (pid %d) serves; starting %d more", first.pid, self.count - 1)
         await asyncio.gather(
             self._keep_running(0, first), *(self._keep_running(index) for index in range(1, self.count))
@@ -220,6 +220,10 @@ class Supervisor:
             except TimeoutError:
                 pass
             wait = min(wait * 2, RESTART_WAIT_MAX_SECONDS)
+        if process is not None:
+            # Told to stop (passed on to it) before it could be watched here: the first process,
+            # stopped as it finished starting. It finishes its answers and exits; wait for that.
+            await process.wait()
 
     async def _unless_stopped(self, work: Awaitable[T], process: asyncio.subprocess.Process) -> T:
         """`work`'s result. A stop that comes first is passed on to `process` (it finishes its

@@ -230,6 +230,30 @@ async def test_sigterm_while_the_first_process_starts_stops_everything(
         await supervisor.close()
 
 
+async def test_sigterm_while_the_first_process_finishes_starting_waits_for_it(
+    slack: SlackEmulator, llm: OpenAIEmulator, redis_url: str, tmp_path: Path
+) -> None:
+    """A stop that comes once the first process can take it (its signal handlers are in) but
+    before it serves: it finishes starting, says it serves, and stops. The supervisor waits for
+    that, and starts no other (it used to say "all bot processes stopped", and leave, seconds
+    before that process had stopped)."""
+    auth = slack.gate("auth.test")
+    env = bot_env(slack, llm, redis_url, "http", free_port()) | {"PROCESSES": "3"}
+    supervisor = BotProcess(env, tmp_path)
+    try:
+        await supervisor.spawn()
+        await slack.wait_for(lambda: auth.waiting > 0, timeout=20, what="the first process's auth.test")
+        supervisor.terminate()
+        await asyncio.sleep(0.5)
+        auth.opened.set()
+        assert await supervisor.wait(30) == 0, supervisor.log()
+        log = supervisor.log()
+        assert "starting 2 more" not in log and log.count("bot started") == 1, log
+        assert log.index("bot stopped") < log.index("all bot processes stopped"), log
+    finally:
+        await supervisor.close()
+
+
 async def test_a_process_that_keeps_dying_is_started_again_after_ever_longer_waits(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
