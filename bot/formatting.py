@@ -35,7 +35,7 @@ _SLACK_LINK = re.compile(r"<((?:https?|mailto):[^<>\s|]+)(?:\|([^<>\n]*))?>")
 _ENTITY = re.compile(r"&(?:#\d+|#[xX][0-9a-fA-F]+|[A-Za-z][A-Za-z0-9]*);")
 _INLINE_SPECIAL = re.compile(r"[\\`<&@]")
 _PUNCTUATION = set("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
-_MAX_HOLD = 300  # an unfinished `<…>` token longer than this is plain text after all
+_MAX_HOLD = 300  # an unfinished `<…>` token or rule longer than this is plain text after all
 
 
 def defang_token(kind: str, ident: str, label: str | None) -> str:
@@ -67,18 +67,24 @@ class SlackMarkdown:
 
     def feed(self, raw: str) -> str:
         """Add raw text; returns the formatted text that became final."""
-        self._pending += raw.replace("\x00", "").replace("\r\n", "\n")
+        raw = raw.replace("\x00", "")
+        if raw.startswith("\n") and self._pending.endswith("\r"):
+            self._pending = self._pending[:-1]  # the chunks split a "\r\n"
+        self._pending += raw.replace("\r\n", "\n")
         out: list[str] = []
         while "\n" in self._pending:
             line, self._pending = self._pending.split("\n", 1)
             out.append(self._line(line, "\n"))
+        held = "\r" if self._pending.endswith("\r") else ""  # may be the first half of "\r\n"
+        self._pending = self._pending.removesuffix(held)
         if self._pending:
             out.append(self._partial_line())
+        self._pending += held
         return "".join(out)
 
     def finish(self) -> str:
         """The end of the answer: what was held, formatted; an open code block is closed."""
-        line, self._pending = self._pending, ""
+        line, self._pending = self._pending.removesuffix("\r"), ""
         out = self._line(line, "") if line else ""
         if self._table:
             out += self._flush_table()
@@ -96,6 +102,10 @@ class SlackMarkdown:
             if _closes_fence(line, self._fence):
                 self._fence = None
                 return "```" + end
+            if line.lstrip().startswith("```"):
+                # Code, not a fence (the block opened with ~~~ or more backticks), but the block
+                # is given out as ```: the space keeps Slack and our cuts from closing it here.
+                return ZWSP + line + end
             return line + end
         is_row = line.lstrip().startswith("|")
         out = self._flush_table() if self._table and not is_row else ""
@@ -156,7 +166,7 @@ def _may_be_structure(line: str) -> bool:
         return True
     if re.fullmatch(r"[-*+]\s+\[?[ xX]?\]?", stripped):
         return True
-    return set(stripped) <= set("-*_ ") and len(stripped) < 40
+    return set(stripped) <= set("-*_ ") and len(stripped) < _MAX_HOLD
 
 
 def _task_box(line: str) -> tuple[str, str]:

@@ -13,6 +13,7 @@ from bot.formatting import (
     Limits,
     SlackMarkdown,
     find_cut,
+    inside_code,
     sendable,
     split_markdown,
     to_mrkdwn,
@@ -105,7 +106,9 @@ def test_an_unclosed_code_block_is_closed() -> None:
 # chunk: its "code" was then given out as it was, a live `<!channel>` included.
 GROWING_RUN = "Type `<!channel>``` to wrap code."
 SAMPLE = "\n\n".join(
-    [c[0] for c in CONSTRUCTS] + [t for t, _ in DEFANGED] + [TABLE, GROWING_RUN, "tail <!here"]
+    [c[0] for c in CONSTRUCTS]
+    + [t for t, _ in DEFANGED]
+    + [TABLE, GROWING_RUN, "windows\r\nlines\r\n", "-" * 60, "~~~\n```sh\nls\n```\n~~~", "tail <!here"]
 )
 
 
@@ -120,6 +123,29 @@ def test_formatting_in_any_chunks_gives_the_same_text_and_never_takes_anything_b
             assert whole.startswith(out), "a streamed prefix must never change later"
             at += step
         assert out + formatter.finish() == whole
+
+
+def test_a_line_end_split_between_chunks_leaves_no_carriage_return() -> None:
+    formatter = SlackMarkdown()
+    out = "".join(formatter.feed(chunk) for chunk in ["one\r", "\ntwo\r", "\n\r", "\nthree\r"])
+    assert out + formatter.finish() == "one\ntwo\n\nthree"
+
+
+def test_a_long_rule_streamed_in_pieces_is_still_a_rule() -> None:
+    formatter = SlackMarkdown()
+    out = "".join(formatter.feed(chunk) for chunk in ["Intro\n", "-" * 30, "-" * 30, "\nafter"])
+    assert out + formatter.finish() == f"Intro\n{RULE}\nafter"
+
+
+def test_a_fence_inside_a_tilde_block_is_code_that_closes_nothing() -> None:
+    """The block is given out as ```, so a ``` line inside it would have closed it early, for
+    Slack and for the cuts and mrkdwn."""
+    text = SlackMarkdown.format("Run:\n~~~\n```sh\nrm -rf <!here>\n```\n~~~\nDone")
+    assert text == f"Run:\n```\n{ZWSP}```sh\nrm -rf <!here>\n{ZWSP}```\n```\nDone"
+    assert not inside_code(text)
+    assert inside_code(text[: text.index("rm")])
+    assert to_mrkdwn(text).endswith("```\nDone")
+    assert "<!here>" not in to_mrkdwn(text)  # escaped as code, not given to Slack as a mention
 
 
 def test_a_backtick_run_at_the_end_of_a_chunk_is_not_taken_for_a_closing_one() -> None:
