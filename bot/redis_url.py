@@ -255,7 +255,8 @@ def parse_sentinel_url(url: str) -> SentinelUrl:
         raise RedisUrlError("a Sentinel URL needs the service name after the hosts: …/mymaster")
     if db and not db.isdigit():
         raise RedisUrlError(f"the database after the service name must be a number, got {db!r}")
-    options = parse_qs(query)
+    # A "+" in a password is a plus, as it is in the user-info part (form encoding reads a space).
+    options = parse_qs(query.replace("+", "%2B"))
     unknown = set(options) - {"sentinel_password"}
     if unknown:
         raise RedisUrlError(f"unknown option in a Sentinel URL: {', '.join(sorted(unknown))}")

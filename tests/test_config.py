@@ -207,6 +207,11 @@ def test_redis_sentinel_url_is_read_with_its_sentinels_service_and_passwords() -
     assert parse_sentinel_url("rediss+sentinel://user:pw@s1/main").tls
 
 
+def test_a_plus_in_a_sentinel_password_is_a_plus_as_in_the_redis_password() -> None:
+    where = parse_sentinel_url("redis+sentinel://:a+b@s1/main?sentinel_password=c+d%2Be%20f")
+    assert (where.password, where.sentinel_password) == ("a+b", "c+d+e f")
+
+
 @pytest.mark.parametrize(
     ("url", "reason"),
     [
