@@ -9,16 +9,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 import aiohttp
 from slack_sdk.errors import SlackApiError
 
+from bot.lost_answers import find_landed, maybe_carried_out, shown_text, ts_number
 from bot.rate_limit import CALL_ERRORS, BudgetedSlack, Hold, RateLimited, error_code
 from bot.store import Fence, IncomingMessage, RateBucket
 from bot.streaming import (
     ANSWER_BLOCK_PREFIX,
+    LOST_POST_ATTEMPTS,
     DeliveryError,
     Ending,
     OnVisible,
@@ -77,6 +79,7 @@ def target_for(message: IncomingMessage) -> Target:
         team=message.team,
         user=message.user,
         is_dm=message.is_dm,
+        bot_user=message.bot_user_id,
     )
 
 
@@ -243,25 +246,39 @@ class Delivery:
         return _answer_begun(messages, target.message_ts, bot_user_id)
 
     async def post_notice(self, target: Target, text: str) -> str | None:
-        """A short message from the bot itself (an error, a confirmation). Never raises."""
-        try:
-            response = await self.slack.call(
-                "chat.postMessage",
-                team=target.team,
-                scope=target.channel,
-                wait=self.final_wait,
-                channel=target.channel,
-                thread_ts=target.thread_ts,
-                text=text,
-                blocks=_notice_blocks(text),
-            )
-            return str(response["ts"])
-        except SlackApiError as error:
-            _log_api_error("chat.postMessage", error)
-        except RateLimited as error:
-            log.warning("notice not posted: %s", error)
-        except (aiohttp.ClientError, TimeoutError) as error:
-            log.warning("notice not posted error=%s", error_code(error))
+        """A short message from the bot itself (an error, a confirmation). Never raises. A post
+        whose answer was lost is made again only when Slack shows it did not land."""
+        for attempt in range(1, LOST_POST_ATTEMPTS + 1):
+            try:
+                response = await self.slack.call(
+                    "chat.postMessage",
+                    team=target.team,
+                    scope=target.channel,
+                    wait=self.final_wait,
+                    channel=target.channel,
+                    thread_ts=target.thread_ts,
+                    text=text,
+                    blocks=_notice_blocks(text),
+                )
+                return str(response["ts"])
+            except SlackApiError as error:
+                _log_api_error("chat.postMessage", error)
+                return None
+            except RateLimited as error:
+                log.warning("notice not posted: %s", error)
+                return None
+            except (aiohttp.ClientError, TimeoutError) as error:
+                if not maybe_carried_out(error) or attempt == LOST_POST_ATTEMPTS:
+                    log.warning("notice not posted error=%s", error_code(error))
+                    return None
+                log.warning("notice post answer lost error=%s", error_code(error))
+            try:
+                landed = await find_landed(self.slack, target, text, known=set(), wait=self.final_wait)
+            except CALL_ERRORS as error:
+                log.warning("notice not posted, lost post not looked for error=%s", error_code(error))
+                return None
+            if landed is not None:
+                return landed
         return None
 
     async def thank_for_feedback(
@@ -309,12 +326,12 @@ def _notice_blocks(text: str) -> list[dict[str, Any]] | None:
 def _answer_begun(messages: list[dict[str, Any]], question_ts: str, bot_user_id: str) -> FoundAnswer | None:
     """The bot's last message after the question, when it can only be the beginning of that
     question's answer: it has no buttons (an answer's last message has them) and is no notice."""
-    question = _ts(question_ts)
+    question = ts_number(question_ts)
     if question is None:
         return None
     later: list[tuple[Decimal, dict[str, Any]]] = []
     for message in messages:
-        ts = _ts(message.get("ts"))
+        ts = ts_number(message.get("ts"))
         if message.get("bot_id") and message.get("user") == bot_user_id and ts is not None and ts > question:
             later.append((ts, message))
     if not later:
@@ -322,7 +339,7 @@ def _answer_begun(messages: list[dict[str, Any]], question_ts: str, bot_user_id:
     _, last = max(later, key=lambda pair: pair[0])
     if any(i == NOTICE_BLOCK_ID or i.startswith(ANSWER_BLOCK_PREFIX) for i in _block_ids(last)):
         return None
-    return FoundAnswer(str(last["ts"]), _shown_text(last), complete=False)
+    return FoundAnswer(str(last["ts"]), shown_text(last), complete=False)
 
 
 def _whole_answer(messages: list[dict[str, Any]], last: dict[str, Any], bot_user_id: str) -> FoundAnswer:
@@ -332,20 +349,20 @@ def _whole_answer(messages: list[dict[str, Any]], last: dict[str, Any], bot_user
     shows, the parts joined as separate paragraphs."""
     last_ts = str(last["ts"])
     first_ts = _first_message_named(last) or last_ts
-    first, end = _ts(first_ts), _ts(last_ts)
+    first, end = ts_number(first_ts), ts_number(last_ts)
     if first is None or end is None or first >= end:
-        return FoundAnswer(last_ts, _shown_text(last))
+        return FoundAnswer(last_ts, shown_text(last))
     parts = [
         (ts, message)
         for message in messages
         if message.get("bot_id")
         and message.get("user") == bot_user_id
-        and (ts := _ts(message.get("ts"))) is not None
+        and (ts := ts_number(message.get("ts"))) is not None
         and first <= ts < end
         and NOTICE_BLOCK_ID not in _block_ids(message)
     ]
     parts.sort(key=lambda pair: pair[0])
-    texts = [_shown_text(message) for _, message in parts] + [_shown_text(last)]
+    texts = [shown_text(message) for _, message in parts] + [shown_text(last)]
     return FoundAnswer(first_ts, "\n\n".join(text.strip() for text in texts if text.strip()))
 
 
@@ -368,20 +385,3 @@ def _block_ids(message: dict[str, Any]) -> list[str]:
     if not isinstance(blocks, list):
         return []
     return [i for b in blocks if isinstance(b, dict) and isinstance(i := b.get("block_id"), str)]
-
-
-def _shown_text(message: dict[str, Any]) -> str:
-    """What an answer's message shows: its markdown block's text, else its text."""
-    blocks = message.get("blocks")
-    blocks = blocks if isinstance(blocks, list) else []
-    markdown = [b.get("text") for b in blocks if isinstance(b, dict) and b.get("type") == "markdown"]
-    return str((markdown[0] if markdown else None) or message.get("text") or "")
-
-
-def _ts(value: object) -> Decimal | None:
-    """A Slack ts as a number, to compare; None when it is not one."""
-    try:
-        number = Decimal(value) if isinstance(value, str) else None
-    except InvalidOperation:
-        return None
-    return number if number is not None and number.is_finite() else None

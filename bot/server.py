@@ -21,7 +21,6 @@ from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.request.internals import parse_body
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import (
-    AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
     AsyncServerErrorRetryHandler,
 )
@@ -39,6 +38,7 @@ from bot.events import BotIdentity, MessageIntake, MessageListeners, shape_probl
 from bot.health import health_handler
 from bot.heap import trim_heap_forever
 from bot.llm import ChatModel
+from bot.lost_answers import RepeatSafeRetryHandler
 from bot.rate_limit import BudgetedSlack, SlackBudget
 from bot.socket_mode import SocketModeHandler
 from bot.store import Store, StoreUnavailable
@@ -135,7 +135,7 @@ class SupportBot:
             base_url=settings.slack_api_url,
             session=session,
             retry_handlers=[
-                AsyncConnectionErrorRetryHandler(max_retry_count=2),
+                RepeatSafeRetryHandler(max_retry_count=2),
                 AsyncRateLimitErrorRetryHandler(max_retry_count=2),
                 AsyncServerErrorRetryHandler(max_retry_count=2),
             ],
@@ -162,7 +162,7 @@ class SupportBot:
             base_url=settings.slack_api_url,
             session=session,
             retry_handlers=[
-                AsyncConnectionErrorRetryHandler(max_retry_count=2),
+                RepeatSafeRetryHandler(max_retry_count=2),
                 AsyncServerErrorRetryHandler(max_retry_count=2),
             ],
         )

@@ -28,7 +28,8 @@ from typing import Any
 from slack_sdk.errors import SlackApiError
 
 from bot.formatting import TEXT_LIMIT, SlackMarkdown, find_cut, inside_code, sendable, to_mrkdwn
-from bot.rate_limit import BudgetedSlack, Hold, RateLimited
+from bot.lost_answers import find_landed, maybe_carried_out
+from bot.rate_limit import CALL_ERRORS, BudgetedSlack, Hold, RateLimited, error_code
 from bot.store import Fence, LockLost
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ STREAMING_REFUSED = {
 # Errors that mean "this stream can grow no more": what it shows stays, the rest is posted.
 STREAM_ENDED = {"message_not_in_streaming_state", "streaming_state_conflict"}
 INTERMEDIATE_FAILURES_TOLERATED = 3
+LOST_POST_ATTEMPTS = 3  # posts of one message whose answers were lost, each looked for in Slack
 # The first text waits this long for more: an answer written whole by then (a short answer, a fast
 # model) goes out as one message, not a message and its update, which would cost an update of
 # Slack's scarce budget (chat.update: 50 a minute per workspace) for no one's benefit.
@@ -91,6 +93,7 @@ class Target:
     team: str = ""
     user: str = ""  # who asked: streamed messages in channels are addressed to them
     is_dm: bool = False
+    bot_user: str = ""  # the bot's own user id, to know its messages when reading Slack back
 
 
 OnVisible = Callable[[str], Awaitable[None]]
@@ -110,6 +113,7 @@ class _Message:
     ts: str
     shown: str  # the text Slack shows now
     final_slot: Hold | None  # the stopStream / last chat.update slot held for it
+    unsure: bool = False  # a stream whose last append or stop was lost on the way back
 
 
 class Reply:
@@ -142,6 +146,7 @@ class Reply:
         self._current = ""  # formatted text of the message being written, shown or not
         self._message: _Message | None = None
         self._posted: list[str] = []  # ts of the finished messages, in order
+        self._lost_open: _Message | None = None  # a start or post whose answer was lost (no ts)
         self._streaming = target.thread_ts is not None  # Slack streams replies, not top-level posts
         self._writer = uuid.uuid4().hex
         self._joined = False  # counted among the writers of the update buckets (see _leave)
@@ -252,6 +257,7 @@ class Reply:
 
     async def _show_more(self) -> None:
         loop = asyncio.get_running_loop()
+        await self._settle_lost()
         while (cut := find_cut(before := self._current)) is not None:
             await self._close_message(cut.head, feedback=None)
             # The model may have written more while Slack answered.
@@ -280,6 +286,9 @@ class Reply:
                 if not await self._stream_refused(error, message):
                     raise
                 return
+            except CALL_ERRORS as error:
+                message.unsure = maybe_carried_out(error)  # the piece may show: never append it again
+                raise
             method = "chat.appendStream"
         else:
             await self.slack.call(
@@ -331,19 +340,28 @@ class Reply:
                     raise
                 log.info("streaming refused, posting instead channel=%s error=%s", target.channel, code)
                 self._streaming = False
+            except CALL_ERRORS as error:
+                if maybe_carried_out(error):
+                    self._lost_open = _Message("stream", "", text, None)
+                raise
         update_slot = self.budget.hold_for(target.team, "chat.update")
-        response = await self.slack.call(
-            "chat.postMessage",
-            team=target.team,
-            scope=target.channel,
-            holds=(update_slot,),
-            fence=self._fence,
-            channel=target.channel,
-            thread_ts=target.thread_ts,
-            markdown_text=text,
-            unfurl_links=False,
-            unfurl_media=False,
-        )
+        try:
+            response = await self.slack.call(
+                "chat.postMessage",
+                team=target.team,
+                scope=target.channel,
+                holds=(update_slot,),
+                fence=self._fence,
+                channel=target.channel,
+                thread_ts=target.thread_ts,
+                markdown_text=text,
+                unfurl_links=False,
+                unfurl_media=False,
+            )
+        except CALL_ERRORS as error:
+            if maybe_carried_out(error):
+                self._lost_open = _Message("post", "", text, None)
+            raise
         self._message = _Message("post", str(response["ts"]), text, update_slot)
         await self._became_visible(self._message.ts)
 
@@ -375,6 +393,7 @@ class Reply:
 
     async def _finish(self, ending: Ending) -> None:
         self._add(self._formatter.finish())
+        await self._settle_lost()
         if self.stopped_by_user or ending is Ending.STOPPED:
             if self._message is not None:
                 await self._close_message(self._message.shown, feedback=None)
@@ -399,7 +418,7 @@ class Reply:
         message, self._message = self._message, None
         question = target.message_ts
         blocks = [_feedback_block(feedback, question)] if feedback is not None else None
-        if message is not None and message.mode == "stream":
+        if message is not None and message.mode == "stream" and not message.unsure:
             rest = text[len(message.shown) :] if text.startswith(message.shown) else ""
             try:
                 await self._final_call(
@@ -425,6 +444,13 @@ class Reply:
                 message = None
                 if not text.strip():
                     return
+            except CALL_ERRORS as error:
+                if not maybe_carried_out(error):
+                    raise
+                log.warning("stream stop answer lost channel=%s error=%s", target.channel, error_code(error))
+                message.unsure, message.final_slot = True, None  # the slot went with the lost stop
+        if message is not None and message.unsure:
+            await self._settle_stream(message)
         content = _content(text, feedback, question)
         await self._after_sign()
         if message is not None:
@@ -432,20 +458,66 @@ class Reply:
                                    ts=message.ts, **content)  # fmt: skip
             self._posted.append(message.ts)
             return
-        response = await self._final_call(
-            "chat.postMessage",
-            scope=target.channel,
-            fence=self._fence,
-            channel=target.channel,
-            thread_ts=target.thread_ts,
-            unfurl_links=False,
-            unfurl_media=False,
-            **content,
-        )
-        self._posted.append(str(response["ts"]))
+        self._posted.append(await self._post(text, content))
         if feedback is None:
             # More of the answer is to come. (The last message is journaled with the answer.)
             await self._became_visible(self._posted[-1])
+
+    async def _post(self, text: str, content: dict[str, Any]) -> str:
+        """Post a message of the answer (`text`, its Markdown); returns its ts. After a post whose
+        answer was lost it posts again only once Slack shows the first did not land."""
+        target = self.target
+        for attempt in range(1, LOST_POST_ATTEMPTS + 1):
+            try:
+                response = await self._final_call(
+                    "chat.postMessage",
+                    scope=target.channel,
+                    fence=self._fence,
+                    channel=target.channel,
+                    thread_ts=target.thread_ts,
+                    unfurl_links=False,
+                    unfurl_media=False,
+                    **content,
+                )
+                return str(response["ts"])
+            except CALL_ERRORS as error:
+                if not maybe_carried_out(error) or attempt == LOST_POST_ATTEMPTS:
+                    raise
+                log.warning("slack post answer lost channel=%s error=%s", target.channel, error_code(error))
+            if (ts := await self._landed(text)) is not None:
+                return ts
+        raise AssertionError("unreachable")
+
+    async def _landed(self, text: str) -> str | None:
+        ts = await find_landed(self.slack, self.target, text, known=set(self._posted), wait=self.final_wait)
+        log.info("lost post %s channel=%s", "found in slack" if ts else "not in slack", self.target.channel)
+        return ts
+
+    async def _settle_lost(self) -> None:
+        """Before anything more is shown, learn from Slack what calls whose answers were lost did."""
+        if (message := self._message) is not None and message.unsure:
+            await self._settle_stream(message)
+        if (lost := self._lost_open) is not None:
+            ts = await self._landed(lost.shown)
+            self._lost_open = None
+            if ts is not None:
+                self._message = _Message(lost.mode, ts, lost.shown, None)
+                await self._became_visible(ts)
+
+    async def _settle_stream(self, message: _Message) -> None:
+        """A stream whose append or stop was lost (that piece, or the stop with the rest and the
+        buttons, may or may not show) goes on as a posted message, which chat.update gives its
+        whole text: unlike an append, an update done twice shows nothing twice."""
+        try:
+            await self._final_call("chat.stopStream", use=message.final_slot, channel=self.target.channel,
+                                   ts=message.ts)  # fmt: skip
+        except SlackApiError as error:
+            code = error.response.get("error")
+            if code == "stopped_by_user":
+                self.stopped_by_user = True
+            elif code not in STREAM_ENDED:
+                raise
+        message.mode, message.unsure, message.final_slot = "post", False, None
 
     async def _after_sign(self) -> None:
         """Nothing of the answer shows before the thinking sign is up: a thread status set after

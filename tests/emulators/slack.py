@@ -159,6 +159,7 @@ class _Fault:
     status: int
     retry_after: float | None
     drop: bool = False  # cut the connection instead of answering
+    after: bool = False  # with drop: carry the call out first, then cut (the answer is lost)
 
 
 def _truthy(value: Any) -> bool:
@@ -434,10 +435,12 @@ class SlackEmulator:
         retry_after: float | None = None,
         times: int = 1,
         drop: bool = False,
+        after: bool = False,
     ) -> None:
         """Make the next `times` calls to `method` fail; status 429 means "ratelimited". With
-        `drop`, the connection is cut with no answer at all, as a failing network does."""
-        fault = _Fault(error, status, retry_after, drop)
+        `drop`, the connection is cut with no answer at all, as a failing network does; with
+        `after` as well, the call is carried out first and only its answer is lost."""
+        fault = _Fault(error, status, retry_after, drop, after)
         self._faults.setdefault(method, []).extend(fault for _ in range(times))
 
     def clear_faults(self) -> None:
@@ -1003,7 +1006,8 @@ class SlackEmulator:
             if queued:
                 fault = queued.pop(0)
                 if fault.drop and request.transport is not None:
-                    self.calls.append(ApiCall(method, args, token, {}, 0, time.monotonic()))
+                    done = {"ok": True} | handler(args) if fault.after else {}
+                    self.calls.append(ApiCall(method, args, token, done, 0, time.monotonic()))
                     request.transport.abort()
                     return web.Response(status=500)  # never written: the connection is gone
                 status = fault.status

@@ -1,0 +1,105 @@
+"""Slack calls whose answer was lost on the way back: the request went out, the connection broke
+(or timed out) before Slack's answer came, and Slack may or may not have carried the call out.
+
+Slack takes no idempotency key, so repeating such a call blindly can show a message, or a piece
+of a streamed one, twice. The Web API client repeats at once only the calls that are safe to
+repeat, and any call whose connection never opened (nothing was sent); the others surface, and
+whoever made them asks Slack what is there before making them again (`find_landed`, used by
+bot/streaming.py and bot/delivery.py).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from slack_sdk.http_retry.builtin_async_handlers import AsyncConnectionErrorRetryHandler
+from slack_sdk.http_retry.request import HttpRequest
+from slack_sdk.http_retry.response import HttpResponse
+from slack_sdk.http_retry.state import RetryState
+
+if TYPE_CHECKING:
+    from bot.rate_limit import BudgetedSlack
+    from bot.streaming import Target
+
+# Calls that do something again when repeated: a message or a piece of text shown twice (a
+# second stopStream fails, and its caller then posts the rest as a message of its own).
+NOT_REPEATABLE = frozenset({"chat.postMessage", "chat.startStream", "chat.appendStream", "chat.stopStream"})
+# How many messages after a question are read to find one a lost call posted: it is the latest.
+LANDED_LOOKUP_LIMIT = 100
+MATCHED_CHARS = 200  # of a message's text, spaces left out, to know it for the one sent
+
+
+def maybe_carried_out(error: BaseException) -> bool:
+    """A failure after which Slack may have done the call: its answer was lost, not refused."""
+    if isinstance(error, aiohttp.ClientConnectorError):
+        return False  # the connection never opened: nothing was sent
+    return isinstance(error, aiohttp.ClientError | TimeoutError)
+
+
+class RepeatSafeRetryHandler(AsyncConnectionErrorRetryHandler):
+    """slack_sdk's retry of broken connections, for the calls a repeat cannot do twice."""
+
+    async def _can_retry_async(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> bool:
+        if not await super()._can_retry_async(state=state, request=request, response=response, error=error):
+            return False
+        method = request.url.split("?", 1)[0].rsplit("/", 1)[-1]
+        return method not in NOT_REPEATABLE or not maybe_carried_out(error)  # type: ignore[arg-type]
+
+
+async def find_landed(
+    slack: BudgetedSlack, target: Target, text: str, *, known: set[str], wait: float
+) -> str | None:
+    """The ts of the message a lost chat.postMessage or chat.startStream left in the target's
+    conversation (`text`: the Markdown it sent), or None when Slack shows none. It is the latest
+    message of the bot's after the question, not among `known`, that begins with that text.
+    Raises what the read raises (CALL_ERRORS) when Slack cannot tell now."""
+    where: dict[str, Any] = {"channel": target.channel, "oldest": target.message_ts}
+    method = "conversations.history"
+    if target.thread_ts is not None:
+        method, where["ts"] = "conversations.replies", target.thread_ts
+    response = await slack.call(
+        method, team=target.team, wait=wait, http_verb="GET", limit=LANDED_LOOKUP_LIMIT, **where
+    )
+    question, wanted = ts_number(target.message_ts), _squeezed(text)[:MATCHED_CHARS]
+    latest: tuple[Decimal, str] | None = None
+    for message in response.get("messages") or []:
+        if not isinstance(message, dict) or not message.get("bot_id"):
+            continue
+        if target.bot_user and message.get("user") != target.bot_user:
+            continue
+        ts = ts_number(message.get("ts"))
+        if ts is None or question is None or ts <= question or str(message["ts"]) in known:
+            continue
+        if _squeezed(shown_text(message)).startswith(wanted) and (latest is None or ts > latest[0]):
+            latest = (ts, str(message["ts"]))
+    return latest[1] if latest else None
+
+
+def shown_text(message: dict[str, Any]) -> str:
+    """What an answer's message shows: its markdown block's text, else its text."""
+    blocks = message.get("blocks")
+    blocks = blocks if isinstance(blocks, list) else []
+    markdown = [b.get("text") for b in blocks if isinstance(b, dict) and b.get("type") == "markdown"]
+    return str((markdown[0] if markdown else None) or message.get("text") or "")
+
+
+def ts_number(value: object) -> Decimal | None:
+    """A Slack ts as a number, to compare; None when it is not one."""
+    try:
+        number = Decimal(value) if isinstance(value, str) else None
+    except InvalidOperation:
+        return None
+    return number if number is not None and number.is_finite() else None
+
+
+def _squeezed(text: str) -> str:
+    return "".join(text.split())
