@@ -150,6 +150,7 @@ class Burst:
         tracker = self.rig.tracker
         asked = await asyncio.gather(*(self.rig.send(q) for q in self.questions))
         complete = await self.rig.wait_answered(asked, self.timeout)
-        result = summarize(tracker, asked, self.rig.model.ideal)
+        await self.rig.wait_quiet()
+        result = summarize(tracker, asked, self.rig.model.ideal, self.rig.model.answer)
         result["timed_out"] = not complete
         return result

@@ -198,6 +198,8 @@ class Context:
         result |= {
             "wall_seconds": wall,
             "bot_cpu_ms_per_turn": bot_cpu * 1000 / count if count else None,
+            # Redis's share of the work (its Lua scripts are the bot's logic too): the floor has none.
+            "redis_cpu_ms_per_turn": redis_cpu * 1000 / count if count else None,
             # Less the INFO calls above; commands run inside Lua scripts and MULTI count too.
             "redis_commands_per_turn": (commands_after - commands_before - 3) / count if count else None,
             "redis_clients": redis_clients,

@@ -20,9 +20,14 @@ CALIBRATION_STEPS = 500_000
 CALIBRATION_REPETITIONS = 5
 
 
-def percentiles(values: list[float], points: tuple[int, ...] = (50, 95, 99)) -> dict[str, float | None]:
-    """Nearest-rank percentiles ({"p50": …}); None for every point when there are no values."""
-    ordered = sorted(values)
+def percentiles(
+    values: list[float], points: tuple[int, ...] = (50, 95, 99), *, missing: int = 0
+) -> dict[str, float | None]:
+    """Nearest-rank percentiles ({"p50": …}); None for every point when there are no values.
+    `missing`: how many of the sample never happened (an answer that never came, an event never
+    acknowledged); they rank above every value, as infinity, so that leaving them out cannot
+    flatter the figure."""
+    ordered = sorted(values) + [math.inf] * missing
     found: dict[str, float | None] = {}
     for point in points:
         if not ordered:

@@ -121,7 +121,8 @@ async def _threads(
     complete = await rig.wait_answered(asked, timeout)
     # Late duplicates would show up after the last answer: give them a moment to appear.
     await asyncio.sleep(min(2.0, rig.model.ideal))
-    result = summarize(tracker, asked, None)
+    await rig.wait_quiet()
+    result = summarize(tracker, asked, None, rig.model.answer)
     per_message = Counter(len(a.answer_messages) for a in asked)
     disordered = out_of_order(conversations)
     result |= {

@@ -72,6 +72,8 @@ def sweep_rows(run: dict[str, Any]) -> list[list[str]]:
             notes.append(f"{step['acks_late']} deliveries acked after Slack's 3 s")
         if step["other_posts"]:
             notes.append(f"{step['other_posts']} non-answer posts")
+        if step.get("incomplete"):
+            notes.append(f"{step['incomplete']} answers not shown exactly as the model wrote them")
         if step["loadgen_busy"]:
             notes.append("load generator busy: figures may include its delay")
         if step.get("listen_overflows"):
@@ -131,6 +133,7 @@ FLOOR_HEADERS = [
     "done ms p99 ours/floor",
     "done/ideal p99 ours/floor",
     "bot CPU ms/turn ours/floor",
+    "bot+Redis CPU ms/turn ours/floor",
 ]
 
 
@@ -157,13 +160,14 @@ def floor_rows(ours: list[dict[str, Any]], floor: list[dict[str, Any]]) -> list[
 def _floor_figures(step: dict[str, Any] | None) -> list[str]:
     if not step or "done" not in step:
         return ["-"] * (len(FLOOR_HEADERS) - 2)
-    cpu = step["bot_cpu_ms_per_turn"]
+    cpu, redis_cpu = step["bot_cpu_ms_per_turn"], step.get("redis_cpu_ms_per_turn")
     return [
         _ms(step["ack"], ("p99",)),
         _ms(step["signal"], ("p99",)),
         _ms(step["done"], ("p99",)),
         _ratio(step.get("done_over_ideal")),
         "-" if cpu is None else f"{cpu:.1f}",
+        "-" if cpu is None or redis_cpu is None else f"{cpu + redis_cpu:.1f}",
     ]
 
 
@@ -256,7 +260,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, str]]:
         if run["tiers"]:
             limited = sum(sum(s["rate_limited"].values()) for s in steps)
             add(f"tiers ({where}): zero 429s at every C", f"{limited} 429s", limited == 0)
-            complete = all(s["answered"] == s["questions"] for s in steps)
+            complete = all(s["answered"] == s["questions"] and not s.get("incomplete") for s in steps)
             add(f"tiers ({where}): every answer complete", "yes" if complete else "no", complete)
             ratio = (top.get("done_over_ideal") or {}).get("p99")
             add(
@@ -269,7 +273,10 @@ def targets(results: dict[str, Any]) -> list[dict[str, str]]:
         add(
             f"concurrency ({where}): p99 done ≤ 1.25 × ideal at C={top['c']}",
             _against(ratio, 1.25),
-            ratio is not None and ratio <= 1.25 and top["answered"] == top["questions"],
+            ratio is not None
+            and ratio <= 1.25
+            and top["answered"] == top["questions"]
+            and not top.get("incomplete"),
         )
         worst = max((s["signal"]["p99"] or float("inf") for s in steps), default=None)
         add(
@@ -312,11 +319,12 @@ def targets(results: dict[str, Any]) -> list[dict[str, str]]:
     if replicas:
         loads = replicas.get("loads", [])
         twice = sum(load["messages_not_answered_once"] for load in loads)
+        broken = sum(load.get("incomplete") or 0 for load in loads)
         disorder = sum(load["out_of_order"] for load in loads)
         add(
             "replicas: exactly one answer per message, every load",
-            f"{twice} messages not answered once",
-            twice == 0,
+            f"{twice} messages not answered once" + (f", {broken} answers not whole" if broken else ""),
+            twice == 0 and broken == 0,
         )
         add("replicas: zero out-of-order answers, every load", f"{disorder} out of order", disorder == 0)
     return found
@@ -397,6 +405,7 @@ def render(results: dict[str, Any]) -> str:
                     note
                     for note, flag in (
                         ("cut off before every answer came", load["timed_out"]),
+                        (f"{load.get('incomplete')} answers not shown whole", load.get("incomplete")),
                         ("machine shared with other processes", load.get("machine_shared")),
                         (_killed_note(load), "killed" in load),
                     )

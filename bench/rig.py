@@ -213,6 +213,16 @@ class Tracker:
                 found[qid] = timing
         return found
 
+    def shown_answer(self, asked: Asked) -> str:
+        """What the question's answer messages show now, in order (each its markdown block, else
+        its text)."""
+        parts = []
+        for channel, ts in sorted(asked.answer_messages, key=lambda m: Decimal(m[1])):
+            message = self.slack.message(channel, ts) or {}
+            markdown = [b.get("text", "") for b in message.get("blocks") or [] if b.get("type") == "markdown"]
+            parts.append("".join(markdown) if markdown else str(message.get("text", "")))
+        return "\n".join(parts)
+
     def calls_made(self) -> Counter[str]:
         return Counter(c.method for c in self.slack.calls[self.first_call :])
 
@@ -440,6 +450,16 @@ class Rig:
             if failed.acked:
                 return
 
+    async def wait_quiet(self, idle: float = 0.5, limit: float = 5.0) -> None:
+        """Wait until the bot has made no Slack call for `idle` s (at most `limit` s): the calls
+        that follow a step's last answer (a sign taken away, a 429 on it) belong to that step."""
+        deadline = time.monotonic() + limit
+        seen, since = len(self.slack.calls), time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - since < idle:
+            await asyncio.sleep(0.05)
+            if len(self.slack.calls) != seen:
+                seen, since = len(self.slack.calls), time.monotonic()
+
     async def wait_answered(self, asked: Iterable[Asked], timeout: float) -> bool:  # noqa: ASYNC109
         """Poll the call log until every question has its final answer, or `timeout` passes."""
         pending = list(asked)
@@ -454,30 +474,38 @@ class Rig:
             await asyncio.sleep(0.05)
 
 
-def summarize(tracker: Tracker, asked: list[Asked], ideal: float | None) -> dict[str, Any]:
-    """Per-question latencies as percentiles, with counts of what went wrong."""
+def summarize(
+    tracker: Tracker,
+    asked: list[Asked],
+    ideal: float | None,
+    answer_text: Callable[[str], str] | None = None,
+) -> dict[str, Any]:
+    """Per-question latencies as percentiles, with counts of what went wrong. `answer_text`:
+    the model's answer to a question id, to check that each answer shows whole and once."""
     tracker.read()
     first_tokens = tracker.first_tokens()
     first_acks = [a.deliveries[0] for a in asked if a.deliveries]
+    acks = [d.elapsed for d in first_acks if d.acked]
     done = [a.done_at - a.sent_at for a in asked if a.done_at is not None]
+    signals = [a.signal_at - a.sent_at for a in asked if a.signal_at is not None]
+    first_texts = [
+        a.first_text_at - first_tokens[a.qid].first_content_at  # type: ignore[operator]
+        for a in asked
+        if a.first_text_at is not None and a.qid in first_tokens
+    ]
+    # A question with no ack, sign, text or answer counts as infinitely late, not as absent.
     result: dict[str, Any] = {
         "questions": len(asked),
         "answered": len(done),
-        "ack": percentiles([d.elapsed for d in first_acks if d.acked]),
+        "ack": percentiles(acks, missing=len(first_acks) - len(acks)),
         "deliveries_failed": sum(not d.acked for a in asked for d in a.deliveries),
         # Every event's every delivery, a mention's twin event included: Slack delivers again
         # what is not acknowledged within 3 s. (Over HTTP the sender stops waiting at 3 s, as
         # Slack does, and counts the delivery as failed; the Socket Mode emulator waits 5 s.)
         "acks_late": sum(d.acked and d.elapsed > SLACK_ACK_SECONDS for a in asked for d in a.deliveries),
-        "signal": percentiles([a.signal_at - a.sent_at for a in asked if a.signal_at is not None]),
-        "first_text": percentiles(
-            [
-                a.first_text_at - first_tokens[a.qid].first_content_at  # type: ignore[operator]
-                for a in asked
-                if a.first_text_at is not None and a.qid in first_tokens
-            ]
-        ),
-        "done": percentiles(done),
+        "signal": percentiles(signals, missing=len(asked) - len(signals)),
+        "first_text": percentiles(first_texts, missing=len(asked) - len(first_texts)),
+        "done": percentiles(done, missing=len(asked) - len(done)),
         "done_max": max(done) if done else None,
         "model_time": percentiles(
             [
@@ -489,6 +517,16 @@ def summarize(tracker: Tracker, asked: list[Asked], ideal: float | None) -> dict
         "streamed": sum(a.first_text_at is not None and not a.first_text_whole for a in asked),
         "whole": sum(a.first_text_at is not None and a.first_text_whole for a in asked),
         "answers_per_message": dict(Counter(len(a.answer_messages) for a in asked)),
+        # Answered, but not showing exactly the model's text (a piece lost or repeated).
+        "incomplete": (
+            sum(
+                _squeezed(tracker.shown_answer(a)) != _squeezed(answer_text(a.qid))
+                for a in asked
+                if a.done_at is not None
+            )
+            if answer_text is not None
+            else None
+        ),
         "rate_limited": dict(tracker.rate_limited),
         "slack_errors": dict(tracker.failed),
         "other_posts": tracker.other_posts,
@@ -550,3 +588,7 @@ def _strings(value: Any) -> Iterable[str]:
     elif isinstance(value, list):
         for item in value:
             yield from _strings(item)
+
+
+def _squeezed(text: str) -> str:
+    return "".join(text.split())

@@ -4,12 +4,14 @@ and the soak's second look at questions not answered within their window."""
 
 from __future__ import annotations
 
+import math
 import time
 
-from bench.rig import Asked, Tracker
+from bench.measure import percentiles
+from bench.rig import Asked, Tracker, summarize
 from bench.soak import Restart, follow_late
 from tests.emulators.openai_api import OpenAIEmulator
-from tests.emulators.slack import ApiCall, SlackEmulator
+from tests.emulators.slack import ApiCall, Delivery, SlackEmulator
 
 
 def tracked(*questions: str) -> tuple[SlackEmulator, Tracker, dict[str, Asked]]:
@@ -118,3 +120,36 @@ def test_a_soak_window_counts_as_restarted_when_the_bot_was_down_or_starting_in_
     assert restart.overlaps(60, 120)  # stopped in it, not yet serving again
     restart.up_at = 86.0
     assert restart.overlaps(60, 120) and not restart.overlaps(120, 180)
+
+
+def test_a_question_never_answered_or_acknowledged_counts_as_infinitely_late() -> None:
+    """Leaving it out of the sample would make p99 the slowest of those that did come."""
+    slack, tracker, asked = tracked(*(f"q1{i:04d}" for i in range(100)))
+    for index, answer in enumerate(asked.values()):
+        answer.deliveries.append(Delivery(200, "", acked=index >= 5, elapsed=0.01))
+        if index >= 5:
+            ts = f"300.{index:06d}"
+            call(slack, 0.1, "reactions.add", channel=answer.channel, timestamp=answer.ts, name="eyes")
+            call(slack, 2.6, "chat.postMessage", posted=ts, channel=answer.channel,
+                 text=f"ANS{answer.qid} words END{answer.qid}")  # fmt: skip
+    result = summarize(tracker, list(asked.values()), 2.5)
+    assert result["answered"] == 95
+    for figure in ("ack", "signal", "first_text", "done"):
+        assert result[figure]["p99"] == math.inf, figure
+    assert result["done"]["p50"] == 2.6 and result["ack"]["p50"] == 0.01
+    assert percentiles([1.0, 2.0, 3.0], missing=1) == {"p50": 2.0, "p95": math.inf, "p99": math.inf}
+
+
+def test_an_answer_that_lost_or_repeated_a_piece_is_counted_incomplete() -> None:
+    slack, tracker, asked = tracked("q00005", "q00006", "q00007")
+    whole = {qid: f"ANS{qid} first part, middle part, last part END{qid}" for qid in asked}
+    shown = {
+        "q00005": whole["q00005"],
+        "q00006": whole["q00006"].replace("middle part, ", ""),
+        "q00007": whole["q00007"].replace("middle part, ", "middle part, middle part, "),
+    }
+    for index, (qid, text) in enumerate(shown.items()):
+        ts = slack.seed_message(asked[qid].channel, text, bot=True, ts=f"400.00000{index}")
+        call(slack, 2.6, "chat.postMessage", posted=ts, channel=asked[qid].channel, text=text)
+    result = summarize(tracker, list(asked.values()), None, whole.__getitem__)
+    assert result["answered"] == 3 and result["incomplete"] == 2

@@ -376,6 +376,10 @@ class SlackEmulator:
         """All stored messages of a channel (top level and replies) in ts order."""
         return sorted(self._messages.get(channel, {}).values(), key=lambda m: Decimal(m["ts"]))
 
+    def message(self, channel: str, ts: str) -> dict | None:
+        """A stored message as it is now, or None."""
+        return self._messages.get(channel, {}).get(ts)
+
     def thread(self, channel: str, thread_ts: str) -> list[dict]:
         """The parent (when stored) and its replies, in ts order."""
         stored = self._messages.get(channel, {})
