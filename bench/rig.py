@@ -500,8 +500,9 @@ def summarize(
         "ack": percentiles(acks, missing=len(first_acks) - len(acks)),
         "deliveries_failed": sum(not d.acked for a in asked for d in a.deliveries),
         # Every event's every delivery, a mention's twin event included: Slack delivers again
-        # what is not acknowledged within 3 s. (Over HTTP the sender stops waiting at 3 s, as
-        # Slack does, and counts the delivery as failed; the Socket Mode emulator waits 5 s.)
+        # what is not acknowledged within 3 s. (Over HTTP the sender, and in Socket Mode the
+        # emulator, stop waiting at 3 s, as Slack does, and count the delivery as failed; the
+        # emulator waited 5 s in Socket Mode before 7 Dec, and "late" counted the acks after 3 s.)
         "acks_late": sum(d.acked and d.elapsed > SLACK_ACK_SECONDS for a in asked for d in a.deliveries),
         "signal": percentiles(signals, missing=len(asked) - len(signals)),
         "first_text": percentiles(first_texts, missing=len(asked) - len(first_texts)),

