@@ -64,7 +64,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_dotenv(find_dotenv(usecwd=True), override=False)
     try:
         store = Store(_redis_url(), conversation_ttl_days=_ttl_days(), key_prefix=_key_prefix())
-        return asyncio.run(_run(store, args))
+        status = asyncio.run(_run(store, args))
+        sys.stdout.flush()  # here, where a reader gone away (`| head`) can still be told apart
+        return status
+    except BrokenPipeError:
+        # Whoever read the output stopped (`| head`): not Redis's fault, and nothing to say.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except AdminError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

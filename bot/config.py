@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +31,9 @@ You are a friendly, precise support assistant working inside Slack.
 # loses one.
 DEFAULT_THREAD_LOCK_TTL_SECONDS = 15.0
 DEFAULT_RECOVERY_INTERVAL_SECONDS = 5.0
+# The most any seconds or days setting may be: beyond any sensible value, small enough that every
+# timer and Redis expiry made from it can be represented.
+FLOAT_SETTING_MAX = 10_000_000
 
 
 class ConfigError(Exception):
@@ -206,6 +210,10 @@ class _Reader:
                 f"{name} is malformed: expected {'a whole number' if kind is int else 'a number'},"
                 f" got {raw!r}."
             ) from None
+        if not math.isfinite(value):  # float() takes "nan" and "inf", which no range check stops
+            raise ConfigError(f"{name} is malformed: expected a finite number, got {raw!r}.")
+        if high is None and kind is float:
+            high = FLOAT_SETTING_MAX
         if (low is not None and value < low) or (high is not None and value > high):
             bounds = f"at least {low}" if high is None else f"between {low} and {high}"
             raise ConfigError(f"{name} is out of range: it must be {bounds}, got {raw!r}.")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import os
 import signal
+import socket
 import time
 from dataclasses import dataclass
 
@@ -237,11 +239,7 @@ class SupportBot:
             await site.start()
         except OSError as error:
             await self.stop(grace_seconds=0)
-            reason = os.strerror(error.errno) if error.errno else str(error)  # asyncio's own is long
-            raise StartupError(
-                f"PORT {settings.port} cannot be opened on {settings.host} ({reason}):"
-                " set PORT to a free port, or stop the program that holds it."
-            ) from None
+            raise StartupError(_listen_problem(settings.host, settings.port, error)) from None
         self._recovery = asyncio.create_task(self._recover_forever())
         self._trimming = asyncio.create_task(trim_heap_forever())
         if socket_handler is not None:
@@ -530,3 +528,18 @@ async def _stop_when_orphaned(supervisor_pid: int, stop: asyncio.Event) -> None:
         await asyncio.sleep(ORPHAN_CHECK_SECONDS)
     log.warning("the supervisor (pid %d) is gone; stopping", supervisor_pid)
     stop.set()
+
+
+def _listen_problem(host: str, port: int, error: OSError) -> str:
+    """One line on why the HTTP listener could not open, naming the setting to change."""
+    if isinstance(error, socket.gaierror) or error.errno == errno.EADDRNOTAVAIL:
+        reason = error.strerror or str(error)
+        return (
+            f"HOST {host} cannot be listened on ({reason}): set HOST to an address of this machine,"
+            " such as 0.0.0.0 (every interface) or 127.0.0.1."
+        )
+    reason = os.strerror(error.errno) if error.errno else str(error)  # asyncio's own is long
+    return (
+        f"PORT {port} cannot be opened on {host} ({reason}):"
+        " set PORT to a free port, or stop the program that holds it."
+    )

@@ -136,6 +136,24 @@ async def test_export_writes_one_json_line_per_conversation(
     assert bad.returncode == 2 and "expected one argument" in bad.stderr
 
 
+async def test_output_piped_to_a_reader_that_stops_early_is_no_redis_error(
+    stored: Store, redis_url: str, tmp_path: Path
+) -> None:
+    """`python -m bot export | head -1`: head goes away, and the bot said Redis did not answer."""
+    assert _export_to_a_reader_gone(redis_url, tmp_path) == (0, "")
+
+
+def _export_to_a_reader_gone(redis_url: str, cwd: Path) -> tuple[int, str]:
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "REDIS_URL": redis_url}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bot", "export"], cwd=cwd, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # the reader is gone before the first line
+    return process.wait(timeout=60), process.stderr.read()
+
+
 async def test_forget_a_user(stored: Store, redis_url: str, redis: aioredis.Redis, tmp_path: Path) -> None:
     result = admin(redis_url, "forget", "U1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

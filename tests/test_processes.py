@@ -206,6 +206,21 @@ async def test_a_port_held_by_another_program_stops_the_bot_with_one_line(
     ], bot.log()
 
 
+async def test_a_host_not_of_this_machine_stops_the_bot_with_one_line_naming_host(
+    slack: SlackEmulator, llm: OpenAIEmulator, redis_url: str, tmp_path: Path
+) -> None:
+    """192.0.2.1 is a documentation address, no interface's: before, the line blamed PORT."""
+    env = bot_env(slack, llm, redis_url, "http", free_port()) | {"HOST": "192.0.2.1"}
+    bot = BotProcess(env, tmp_path)
+    try:
+        await bot.spawn()
+        assert await bot.wait(30) == 2
+    finally:
+        await bot.close()
+    [line] = [line for line in bot.log().splitlines() if line.startswith("error: ")]
+    assert line.startswith("error: HOST 192.0.2.1 cannot be listened on (") and "set HOST to" in line
+
+
 async def test_sigterm_while_the_first_process_starts_stops_everything(
     slack: SlackEmulator, llm: OpenAIEmulator, redis_url: str, tmp_path: Path
 ) -> None:
