@@ -88,6 +88,14 @@ REJECTED = (
     "Try rephrasing or shortening your question; if it keeps happening, tell the bot's admins."
 )
 EMPTY = "Sorry, the language model returned an empty answer. Please try asking again."
+SETUP_PROBLEM = (
+    "Sorry, I can't answer: the language model service turned down my own key or settings, "
+    "which only the bot's admins can fix. Please let them know."
+)
+# Statuses that blame the bot's setup, not the question, and the settings to look at: a key the
+# service does not take, one without access to the model, a model (or address) it does not know.
+SETUP_STATUSES = {401: "OPENAI_API_KEY", 403: "OPENAI_API_KEY", 404: "OPENAI_MODEL and OPENAI_BASE_URL"}
+KEY_CHECK_SECONDS = 10.0
 FILTERED = (
     "Sorry, the language model's content filter stopped this answer before it began. "
     "Try rephrasing your question."
@@ -141,6 +149,44 @@ class ChatModel:
         # Compatible servers (vLLM, Ollama) know max_tokens.
         self._limit_name = "max_completion_tokens" if is_openai(base_url) else "max_tokens"
         self._answer_limit = {self._limit_name: max_answer_tokens} if max_answer_tokens else {}
+
+    def _open_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            # Made here, in the running loop: the constructor may run before there is one. No
+            # connection limit: the bot's own slots bound how many answers run at once.
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0), headers=self._headers, timeout=self._timeout
+            )
+            # HTTPS_PROXY and NO_PROXY, as the SDK honoured them: read once, not on every request
+            # as aiohttp's trust_env would (two thread-pool hops each).
+            self._proxy, self._proxy_auth = _proxy_from_env(self._url)
+        return self._session
+
+    async def key_problem(self) -> str | None:
+        """At start: one line naming OPENAI_API_KEY when the model service refuses the key
+        outright (401 to GET /models); else None, also when the service cannot be asked now or
+        has no such endpoint (the bot starts; an outage is the breaker's to handle). A 403 only
+        warns: a key restricted to chat may be refused the list of models."""
+        session = self._open_session()
+        url = self._url.removesuffix("/chat/completions") + "/models"
+        try:
+            async with asyncio.timeout(KEY_CHECK_SECONDS):
+                async with session.get(
+                    url, allow_redirects=False, proxy=self._proxy, proxy_auth=self._proxy_auth
+                ) as response:
+                    status = response.status
+                    code = await _error_code(response) if status in (401, 403) else ""
+        except (*TRANSPORT_ERRORS, TimeoutError) as error:
+            log.warning("llm not reachable at start error=%s; carrying on", _transport_kind(error))
+            return None
+        if status == 401:
+            return (
+                f"OPENAI_API_KEY was refused by the language model service (HTTP 401, {code}): "
+                "set it to a valid key for the service at OPENAI_BASE_URL (OpenAI's by default)."
+            )
+        if status == 403:
+            log.warning("llm refused to list models status=403 code=%s; check OPENAI_API_KEY's access", code)
+        return None
 
     async def close(self) -> None:
         if self._session is not None:
@@ -204,17 +250,9 @@ class ChatModel:
     async def _post(self, request: dict[str, Any], attempt: int) -> aiohttp.ClientResponse:
         """Send one request; a failed status raises _Transient or LLMError (REJECTED), and neither
         the request nor the error body (which may quote it, or the key) is ever logged."""
-        if self._session is None or self._session.closed:
-            # Made here, in the running loop: the constructor may run before there is one. No
-            # connection limit: the bot's own slots bound how many answers run at once.
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0), headers=self._headers, timeout=self._timeout
-            )
-            # HTTPS_PROXY and NO_PROXY, as the SDK honoured them: read once, not on every request
-            # as aiohttp's trust_env would (two thread-pool hops each).
-            self._proxy, self._proxy_auth = _proxy_from_env(self._url)
+        session = self._open_session()
         body = json.dumps(request).encode()
-        response = await self._session.post(
+        response = await session.post(
             self._url, data=body, allow_redirects=False, proxy=self._proxy, proxy_auth=self._proxy_auth
         )
         if 200 <= response.status < 300:
@@ -224,6 +262,12 @@ class ChatModel:
             if _is_transient_status(status):
                 raise _Transient(f"http_{status}", parse_retry_after(response.headers))
             code = await _error_code(response)
+            if (settings := SETUP_STATUSES.get(status)) is not None:
+                log.error(
+                    "llm refused the bot's setup model=%s status=%d code=%s: check %s",
+                    self.model, status, code, settings,
+                )  # fmt: skip
+                raise LLMError(f"http_{status}", SETUP_PROBLEM, attempts=attempt)
             log.warning("llm rejected request model=%s status=%d code=%s", self.model, status, code)
             raise LLMError(f"http_{status}", REJECTED, attempts=attempt)
         finally:

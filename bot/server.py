@@ -146,8 +146,11 @@ class SupportBot:
             auth_test = await _check_token(client)
             if settings.socket_mode:
                 await _check_app_token(session, settings.slack_api_url, settings.slack_app_token)
+            if (problem := await self.model.key_problem()) is not None:
+                raise StartupError(problem)
         except StartupError:
             await session.close()
+            await self.model.close()
             await self.store.close()
             raise
         self.app = AsyncApp(

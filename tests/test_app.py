@@ -75,6 +75,22 @@ async def test_rejected_app_token_stops_with_one_line(
     )
 
 
+async def test_a_key_the_model_service_refuses_stops_the_bot_with_one_line(
+    tmp_path: Path, slack: SlackEmulator, llm: OpenAIEmulator, redis_url: str
+) -> None:
+    """Before, the bot started and answered every question with "the language model refused
+    this request… try rephrasing", while /health said ok."""
+    env = bot_env(slack, llm, redis_url, "http", free_port()) | {"OPENAI_API_KEY": "sk-revoked"}
+    process = await run_app(env, tmp_path)
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2
+    lines = stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: OPENAI_API_KEY was refused by the language model service (HTTP 401, invalid_api_key)"
+    ), lines
+    assert "sk-revoked" not in stderr.decode()
+
+
 async def test_check_says_whether_the_settings_are_valid_and_exits(tmp_path: Path) -> None:
     valid = {"SLACK_BOT_TOKEN": "xoxb-1", "SLACK_SIGNING_SECRET": "s3cret", "OPENAI_API_KEY": "sk-test"}
     process = await run_app(valid | {"PROCESSES": "4"}, tmp_path, "--check")

@@ -15,6 +15,7 @@ import pytest
 from bot.llm import (
     CUT_OFF,
     REJECTED,
+    SETUP_PROBLEM,
     UNAVAILABLE,
     AnswerStream,
     ChatModel,
@@ -109,12 +110,15 @@ async def test_a_wrong_key_is_rejected_and_neither_key_nor_request_is_logged(
     assert deltas == [] and error is not None
     assert (error.kind, error.user_message, error.partial, error.model_down) == (
         "http_401",
-        REJECTED,
+        SETUP_PROBLEM,  # not "try rephrasing": no question gets through a key the service refuses
         False,
         False,
     )
     assert len(llm.requests) == 1  # not retried
-    assert "llm rejected request model=test-model status=401 code=invalid_api_key" in caplog.text
+    assert (
+        "llm refused the bot's setup model=test-model status=401 code=invalid_api_key: check OPENAI_API_KEY"
+        in caplog.text
+    )
     assert "sk-wrong" not in caplog.text and "deploy key" not in caplog.text
     assert "sk-wrong" not in repr(error) and "deploy key" not in repr(error)
 

@@ -17,7 +17,7 @@ import pytest
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.config import Settings
-from bot.llm import REJECTED, UNAVAILABLE
+from bot.llm import REJECTED, SETUP_PROBLEM, UNAVAILABLE
 from bot.logs import REDACTED, RedactSecrets, configure_logging
 from bot.turn import DELIVERY_FAILED
 from tests.conftest import EMULATOR_SECRETS, TOKEN_SHAPES, RunningBot, StartBot, bot_env, emulator_default
@@ -173,7 +173,7 @@ async def test_health_shows_no_secret(bot: RunningBot, slack: SlackEmulator, llm
         (Status(400, message=f"bad key {EMULATOR_KEY} in the request"), REJECTED),
         (
             Status(401, message=f"Incorrect API key provided: {EMULATOR_KEY}. Find yours at platform."),
-            REJECTED,
+            SETUP_PROBLEM,
         ),
         (Status(503, message=f"upstream refused {EMULATOR_KEY}"), UNAVAILABLE),
     ],
@@ -250,14 +250,14 @@ async def test_a_debug_log_of_a_turn_with_llm_and_auth_failures_holds_no_secret(
     await running.bot.stop(grace_seconds=5)
 
     log = capsys.readouterr().err
-    assert refused["text"] == REJECTED and undelivered["text"] == DELIVERY_FAILED
+    assert refused["text"] == SETUP_PROBLEM and undelivered["text"] == DELIVERY_FAILED
     # The log is the real thing: every step of the scenario is in it, at DEBUG.
     for expected in (
         "bot started",
         "llm retry",
         "error=http_429",
-        "llm rejected request",
-        "status=401",
+        "llm refused the bot's setup",
+        "status=401 code=invalid_api_key: check OPENAI_API_KEY",
         "answer could not be delivered",
         "error=invalid_auth",
         " DEBUG bot.turn: turn text",
