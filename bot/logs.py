@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 import sys
+import time
 from collections.abc import Iterable
 
 # Slack tokens, OpenAI-style keys, and bearer headers, whatever produced them.
@@ -50,6 +52,31 @@ class DropBoltTokenNotice(logging.Filter):
         return "`token` will be unused" not in record.getMessage()
 
 
+class CondenseReconnectErrors(logging.Filter):
+    """The Socket Mode client logs each failed connection attempt (one every ping interval while
+    Slack cannot be reached) with a whole traceback: one line each, at most one a minute, says it
+    as well, and /health says 503 meanwhile."""
+
+    def __init__(self, every_seconds: float = 60.0) -> None:
+        super().__init__()
+        self.every_seconds = every_seconds
+        self._last = -math.inf
+        self._held = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith("Failed to connect"):
+            return True
+        now = time.monotonic()
+        if now - self._last < self.every_seconds:
+            self._held += 1
+            return False
+        record.exc_info, record.exc_text = None, None
+        if self._held:
+            record.msg, record.args = f"{record.getMessage()} ({self._held} more since the last)", None
+        self._last, self._held = now, 0
+        return True
+
+
 def configure_logging(level: str, secrets: Iterable[str] = (), *, source: str = "") -> None:
     """`source` names the process in every line when several share the output (PROCESSES)."""
     handler = logging.StreamHandler(sys.stderr)
@@ -64,5 +91,7 @@ def configure_logging(level: str, secrets: Iterable[str] = (), *, source: str = 
     bolt_app = logging.getLogger("slack_bolt.AsyncApp")
     if not any(isinstance(f, DropBoltTokenNotice) for f in bolt_app.filters):
         bolt_app.addFilter(DropBoltTokenNotice())
+    if not any(isinstance(f, CondenseReconnectErrors) for f in bolt_app.filters):
+        bolt_app.addFilter(CondenseReconnectErrors())
     for noisy in ("slack_sdk", "slack_bolt", "openai", "httpx", "httpx2", "aiohttp.access", *_SDK_CLIENTS):
         logging.getLogger(noisy).setLevel(library_level)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.config import Settings
 from bot.llm import REJECTED, SETUP_PROBLEM, UNAVAILABLE
-from bot.logs import REDACTED, RedactSecrets, configure_logging
+from bot.logs import REDACTED, CondenseReconnectErrors, RedactSecrets, configure_logging
 from bot.turn import DELIVERY_FAILED
 from tests.conftest import EMULATOR_SECRETS, TOKEN_SHAPES, RunningBot, StartBot, bot_env, emulator_default
 from tests.emulators.openai_api import OpenAIEmulator, Reply, Status
@@ -274,3 +275,33 @@ def test_slack_clients_skip_building_debug_lines(restore_logging: None) -> None:
     for level in ("INFO", "DEBUG"):
         configure_logging(level)
         assert AsyncWebClient(token="xoxb-test")._logger.level > logging.DEBUG
+
+
+def test_a_socket_mode_connection_slack_keeps_refusing_is_one_line_a_minute(
+    restore_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """slack_sdk logs every failed attempt (one per ping interval) with its whole traceback: an
+    operator whose Slack is unreachable saw 74 lines in 8 s."""
+    configure_logging("INFO")
+    app_logger = logging.getLogger("slack_bolt.AsyncApp")
+    condense = next(f for f in app_logger.filters if isinstance(f, CondenseReconnectErrors))
+    condense.every_seconds = 0.2
+
+    def attempt() -> None:
+        try:
+            raise ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 9)")
+        except ConnectionRefusedError as error:
+            app_logger.exception(f"Failed to connect (error: {error}); Retrying...")
+
+    for _ in range(3):
+        attempt()
+    time.sleep(0.25)
+    attempt()
+    app_logger.info("A new session has been established")
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(": ", 1)[1] for line in lines] == [
+        "Failed to connect (error: [Errno 111] Connect call failed ('127.0.0.1', 9)); Retrying...",
+        "Failed to connect (error: [Errno 111] Connect call failed ('127.0.0.1', 9)); Retrying... "
+        "(2 more since the last)",
+        "A new session has been established",
+    ]
