@@ -28,6 +28,19 @@ def contents(messages: list[dict]) -> list[str]:
     return [m["content"] for m in messages]
 
 
+async def test_a_group_dm_is_answered_like_a_channel(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    """A group DM (channel_type mpim): a mention is answered in its thread, and a message without
+    one, outside a thread the bot is in, is not answered."""
+    await slack.post_user_message("G900", "just chatting among ourselves", channel_type="mpim")
+    ts = await slack.post_user_message("G900", f"<@{BOT}> can you help?", channel_type="mpim")
+    [answer] = await slack.wait_for_bot_messages("G900", ts)
+    await bot.settle()
+    assert answer["thread_ts"] == ts and answer["text"] == "Answer: ann: can you help?"
+    assert len(slack.bot_messages("G900")) == 1 and len(llm.requests) == 1
+
+
 async def test_mention_gets_threaded_answer_without_the_mention_token(
     bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
 ) -> None:
