@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -15,21 +16,32 @@ from typing import Any
 import aiohttp
 from slack_sdk.errors import SlackApiError
 
-from bot.lost_answers import find_landed, maybe_carried_out, shown_text, ts_number
+from bot.lost_answers import block_ids, find_landed, maybe_carried_out, shown_text, ts_number
 from bot.rate_limit import CALL_ERRORS, BudgetedSlack, Hold, RateLimited, error_code
 from bot.store import Fence, IncomingMessage, RateBucket
 from bot.streaming import (
     ANSWER_BLOCK_PREFIX,
     LOST_POST_ATTEMPTS,
+    NOTICE_BLOCK_ID,
     DeliveryError,
     Ending,
+    LostCallUnsettled,
     OnVisible,
     Reply,
     Target,
     answer_block_id,
 )
 
-__all__ = ["Delivery", "DeliveryError", "Ending", "FoundAnswer", "Reply", "Target", "ThinkingSign"]
+__all__ = [
+    "Delivery",
+    "DeliveryError",
+    "Ending",
+    "FoundAnswer",
+    "LostCallUnsettled",
+    "Reply",
+    "Target",
+    "ThinkingSign",
+]
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +59,6 @@ THANKS_WAIT = 1.0  # seconds the thanks for a vote may wait for a rate slot
 # How many messages after a question are searched for an answer already posted to it: the
 # answer follows its question closely, and recovery runs within seconds of the crash.
 FIND_ANSWER_LIMIT = 200
-# The block id of a notice, so that recovery never takes one for the start of an answer.
-NOTICE_BLOCK_ID = "notice"
 SECTION_TEXT_LIMIT = 3000  # Slack's limit for a section block's text
 
 
@@ -98,6 +108,7 @@ class Delivery:
         on_visible: OnVisible | None = None,
         after: asyncio.Future[Any] | None = None,
         fence: Fence | None = None,
+        stored: Callable[[], Awaitable[set[str]]] | None = None,
     ) -> Reply:
         """A new answer; nothing is posted until its first text is written, nor before `after`
         (the thinking sign on its way) is done. `on_visible` is awaited with the ts of its first
@@ -111,6 +122,7 @@ class Delivery:
             on_visible=on_visible,
             after=after,
             fence=fence,
+            stored=stored,
         )
 
     def status_bucket(self, target: Target) -> RateBucket:
@@ -239,7 +251,7 @@ class Delivery:
         messages = [m for m in response.get("messages") or [] if isinstance(m, dict)]
         wanted = answer_block_id(target.message_ts)
         for message in messages:
-            if message.get("bot_id") and wanted in _block_ids(message):
+            if message.get("bot_id") and wanted in block_ids(message):
                 return _whole_answer(messages, message, bot_user_id)
         if response.get("has_more"):
             return None  # the bot's last message may be on a later page: not worth the guess
@@ -337,7 +349,7 @@ def _answer_begun(messages: list[dict[str, Any]], question_ts: str, bot_user_id:
     if not later:
         return None
     _, last = max(later, key=lambda pair: pair[0])
-    if any(i == NOTICE_BLOCK_ID or i.startswith(ANSWER_BLOCK_PREFIX) for i in _block_ids(last)):
+    if any(i == NOTICE_BLOCK_ID or i.startswith(ANSWER_BLOCK_PREFIX) for i in block_ids(last)):
         return None
     return FoundAnswer(str(last["ts"]), shown_text(last), complete=False)
 
@@ -359,7 +371,7 @@ def _whole_answer(messages: list[dict[str, Any]], last: dict[str, Any], bot_user
         and message.get("user") == bot_user_id
         and (ts := ts_number(message.get("ts"))) is not None
         and first <= ts < end
-        and NOTICE_BLOCK_ID not in _block_ids(message)
+        and NOTICE_BLOCK_ID not in block_ids(message)
     ]
     parts.sort(key=lambda pair: pair[0])
     texts = [shown_text(message) for _, message in parts] + [shown_text(last)]
@@ -378,10 +390,3 @@ def _first_message_named(message: dict[str, Any]) -> str | None:
             if isinstance(value, str) and value.startswith("good:"):
                 return value.removeprefix("good:") or None
     return None
-
-
-def _block_ids(message: dict[str, Any]) -> list[str]:
-    blocks = message.get("blocks")
-    if not isinstance(blocks, list):
-        return []
-    return [i for b in blocks if isinstance(b, dict) and isinstance(i := b.get("block_id"), str)]

@@ -10,6 +10,7 @@ bot/streaming.py and bot/delivery.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
@@ -56,12 +57,24 @@ class RepeatSafeRetryHandler(AsyncConnectionErrorRetryHandler):
 
 
 async def find_landed(
-    slack: BudgetedSlack, target: Target, text: str, *, known: set[str], wait: float
+    slack: BudgetedSlack,
+    target: Target,
+    text: str,
+    *,
+    known: set[str],
+    wait: float,
+    block_id: str | None = None,
+    ends_a_reply: Callable[[list[str]], bool] | None = None,
 ) -> str | None:
     """The ts of the message a lost chat.postMessage or chat.startStream left in the target's
-    conversation (`text`: the Markdown it sent), or None when Slack shows none. It is the latest
-    message of the bot's after the question, not among `known`, that begins with that text.
-    Raises what the read raises (CALL_ERRORS) when Slack cannot tell now."""
+    conversation, or None when Slack shows none. Raises what the read raises (CALL_ERRORS) when
+    Slack cannot tell now.
+
+    With `block_id` (an answer's last message carries its question's), that message. Else the
+    latest message of the bot's after the question, not among `known`, that begins with `text`
+    (the Markdown sent) and comes after every message that `ends_a_reply` of another turn (by
+    its block ids: an answer's buttons, a notice), so that an earlier answer that happens to begin
+    alike is never taken for this one."""
     where: dict[str, Any] = {"channel": target.channel, "oldest": target.message_ts}
     method = "conversations.history"
     if target.thread_ts is not None:
@@ -69,19 +82,34 @@ async def find_landed(
     response = await slack.call(
         method, team=target.team, wait=wait, http_verb="GET", limit=LANDED_LOOKUP_LIMIT, **where
     )
-    question, wanted = ts_number(target.message_ts), _squeezed(text)[:MATCHED_CHARS]
-    latest: tuple[Decimal, str] | None = None
+    question = ts_number(target.message_ts)
+    mine: list[tuple[Decimal, dict[str, Any]]] = []
     for message in response.get("messages") or []:
         if not isinstance(message, dict) or not message.get("bot_id"):
             continue
         if target.bot_user and message.get("user") != target.bot_user:
             continue
         ts = ts_number(message.get("ts"))
-        if ts is None or question is None or ts <= question or str(message["ts"]) in known:
-            continue
-        if _squeezed(shown_text(message)).startswith(wanted) and (latest is None or ts > latest[0]):
-            latest = (ts, str(message["ts"]))
-    return latest[1] if latest else None
+        if ts is not None and question is not None and ts > question:
+            mine.append((ts, message))
+    mine.sort(key=lambda pair: pair[0])
+    if block_id is not None:
+        return next((str(m["ts"]) for _, m in reversed(mine) if block_id in block_ids(m)), None)
+    if ends_a_reply is not None:
+        ends = [ts for ts, m in mine if ends_a_reply(block_ids(m))]
+        mine = [(ts, m) for ts, m in mine if not ends or ts > max(ends)]
+    wanted = _squeezed(text)[:MATCHED_CHARS]
+    for _, message in reversed(mine):
+        if str(message["ts"]) not in known and _squeezed(shown_text(message)).startswith(wanted):
+            return str(message["ts"])
+    return None
+
+
+def block_ids(message: dict[str, Any]) -> list[str]:
+    blocks = message.get("blocks")
+    if not isinstance(blocks, list):
+        return []
+    return [i for b in blocks if isinstance(b, dict) and isinstance(i := b.get("block_id"), str)]
 
 
 def shown_text(message: dict[str, Any]) -> str:

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import RedisError
 from slack_sdk.errors import SlackApiError
 
 from bot.formatting import TEXT_LIMIT, SlackMarkdown, find_cut, inside_code, sendable, to_mrkdwn
@@ -58,6 +59,8 @@ FEEDBACK_ACTION = "answer_feedback"
 # The block id of an answer's buttons names the question it answers: recovery finds an answer a
 # process posted and died before recording (see `Delivery.find_answer`).
 ANSWER_BLOCK_PREFIX = "answer_to:"
+# The block id of a notice, so that recovery never takes one for the start of an answer.
+NOTICE_BLOCK_ID = "notice"
 
 # Errors that mean "no streaming here": post and update instead.
 STREAMING_REFUSED = {
@@ -77,6 +80,7 @@ STREAMING_REFUSED = {
 STREAM_ENDED = {"message_not_in_streaming_state", "streaming_state_conflict"}
 INTERMEDIATE_FAILURES_TOLERATED = 3
 LOST_POST_ATTEMPTS = 3  # posts of one message whose answers were lost, each looked for in Slack
+LOST_LOOKUP_ATTEMPTS = 3  # reads of the conversation to learn what a lost call did
 # The first text waits this long for more: an answer written whole by then (a short answer, a fast
 # model) goes out as one message, not a message and its update, which would cost an update of
 # Slack's scarce budget (chat.update: 50 a minute per workspace) for no one's benefit.
@@ -107,6 +111,14 @@ class DeliveryError(Exception):
         self.code = code
 
 
+class LostCallUnsettled(DeliveryError):
+    """A call of the answer was lost on the way back, and Slack could not be asked whether it
+    was carried out: recovery, which looks in Slack first, is to finish the answer."""
+
+    def __init__(self) -> None:
+        super().__init__("lost_call_unsettled")
+
+
 @dataclass
 class _Message:
     mode: str  # "stream" or "post"
@@ -127,8 +139,10 @@ class Reply:
         on_visible: OnVisible | None = None,
         after: asyncio.Future[Any] | None = None,
         fence: Fence | None = None,
+        stored: Callable[[], Awaitable[set[str]]] | None = None,
     ) -> None:
         self.slack = slack
+        self._stored = stored  # the ts of the conversation's stored turns, read only when needed
         # Each new message of the answer is posted only while the turn's thread lock is still
         # its own: a worker that stalled past the lock's lifetime, and whose thread another
         # worker took meanwhile, must not answer the message as well.
@@ -258,6 +272,8 @@ class Reply:
     async def _show_more(self) -> None:
         loop = asyncio.get_running_loop()
         await self._settle_lost()
+        if self.stopped_by_user:
+            return  # found when a lost append was settled: nothing more is shown
         while (cut := find_cut(before := self._current)) is not None:
             await self._close_message(cut.head, feedback=None)
             # The model may have written more while Slack answered.
@@ -458,14 +474,16 @@ class Reply:
                                    ts=message.ts, **content)  # fmt: skip
             self._posted.append(message.ts)
             return
-        self._posted.append(await self._post(text, content))
+        block_id = answer_block_id(question) if feedback is not None else None
+        self._posted.append(await self._post(text, content, block_id))
         if feedback is None:
             # More of the answer is to come. (The last message is journaled with the answer.)
             await self._became_visible(self._posted[-1])
 
-    async def _post(self, text: str, content: dict[str, Any]) -> str:
-        """Post a message of the answer (`text`, its Markdown); returns its ts. After a post whose
-        answer was lost it posts again only once Slack shows the first did not land."""
+    async def _post(self, text: str, content: dict[str, Any], block_id: str | None) -> str:
+        """Post a message of the answer (`text`, its Markdown; `block_id`, its buttons' on the
+        last); returns its ts. After a post whose answer was lost it posts again only once Slack
+        shows the first did not land."""
         target = self.target
         for attempt in range(1, LOST_POST_ATTEMPTS + 1):
             try:
@@ -484,14 +502,36 @@ class Reply:
                 if not maybe_carried_out(error) or attempt == LOST_POST_ATTEMPTS:
                     raise
                 log.warning("slack post answer lost channel=%s error=%s", target.channel, error_code(error))
-            if (ts := await self._landed(text)) is not None:
+            if (ts := await self._landed(text, block_id)) is not None:
                 return ts
         raise AssertionError("unreachable")
 
-    async def _landed(self, text: str) -> str | None:
-        ts = await find_landed(self.slack, self.target, text, known=set(self._posted), wait=self.final_wait)
-        log.info("lost post %s channel=%s", "found in slack" if ts else "not in slack", self.target.channel)
-        return ts
+    async def _landed(self, text: str, block_id: str | None = None) -> str | None:
+        """The ts of the message a lost post or start of this answer left in Slack, or None.
+        Raises LostCallUnsettled when Slack cannot be asked now: the network that lost the call's
+        answer often fails the next call too, so it is asked a few times first."""
+        known = set(self._posted)
+        for attempt in range(1, LOST_LOOKUP_ATTEMPTS + 1):
+            try:
+                if block_id is None and self._stored is not None:
+                    known |= await self._stored()  # earlier answers, a stopped one included
+                ts = await find_landed(
+                    self.slack, self.target, text, known=known, wait=self.final_wait,
+                    block_id=block_id, ends_a_reply=_ends_a_reply,
+                )  # fmt: skip
+            except (*CALL_ERRORS, RedisError, OSError) as error:
+                log.warning(
+                    "lost post not looked for channel=%s error=%s attempt=%d",
+                    self.target.channel, error_code(error), attempt,
+                )  # fmt: skip
+                if attempt < LOST_LOOKUP_ATTEMPTS:
+                    await asyncio.sleep(0.5 * 2**attempt / self.budget.scale)
+                continue
+            log.info(
+                "lost post %s channel=%s", "found in slack" if ts else "not in slack", self.target.channel
+            )
+            return ts
+        raise LostCallUnsettled()
 
     async def _settle_lost(self) -> None:
         """Before anything more is shown, learn from Slack what calls whose answers were lost did."""
@@ -508,15 +548,23 @@ class Reply:
         """A stream whose append or stop was lost (that piece, or the stop with the rest and the
         buttons, may or may not show) goes on as a posted message, which chat.update gives its
         whole text: unlike an append, an update done twice shows nothing twice."""
-        try:
-            await self._final_call("chat.stopStream", use=message.final_slot, channel=self.target.channel,
-                                   ts=message.ts)  # fmt: skip
-        except SlackApiError as error:
-            code = error.response.get("error")
-            if code == "stopped_by_user":
-                self.stopped_by_user = True
-            elif code not in STREAM_ENDED:
-                raise
+        use = message.final_slot
+        for attempt in range(1, LOST_POST_ATTEMPTS + 1):
+            try:
+                await self._final_call("chat.stopStream", use=use, channel=self.target.channel, ts=message.ts)
+            except SlackApiError as error:
+                code = error.response.get("error")
+                if code == "stopped_by_user":
+                    self.stopped_by_user = True
+                elif code not in STREAM_ENDED:
+                    raise
+            except CALL_ERRORS as error:
+                # A bare stop done twice does nothing twice (the second finds the stream ended).
+                if not maybe_carried_out(error) or attempt == LOST_POST_ATTEMPTS:
+                    raise
+                use = None  # the held slot went with the lost stop
+                continue
+            break
         message.mode, message.unsure, message.final_slot = "post", False, None
 
     async def _after_sign(self) -> None:
@@ -601,3 +649,8 @@ def _continuation(shown: str, text: str) -> str:
     if inside_code(shown):
         return "```\n" + rest.lstrip("\n")
     return rest.lstrip()
+
+
+def _ends_a_reply(block_ids: list[str]) -> bool:
+    """An answer's last message (its buttons) or a notice: the end of some turn's reply."""
+    return any(i == NOTICE_BLOCK_ID or i.startswith(ANSWER_BLOCK_PREFIX) for i in block_ids)

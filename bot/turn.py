@@ -36,7 +36,16 @@ from redis.exceptions import RedisError
 
 from bot.breaker import CircuitBreaker
 from bot.context import FIRST_PAGE, ContextBuilder
-from bot.delivery import Delivery, DeliveryError, Ending, Reply, Target, ThinkingSign, target_for
+from bot.delivery import (
+    Delivery,
+    DeliveryError,
+    Ending,
+    LostCallUnsettled,
+    Reply,
+    Target,
+    ThinkingSign,
+    target_for,
+)
 from bot.llm import UNAVAILABLE, Answer, ChatMessage, ChatModel, LLMError
 from bot.rate_limit import CALL_ERRORS, error_code
 from bot.shared_breaker import SharedBreaker
@@ -690,7 +699,13 @@ class TurnRunner:
 
         held = self._held.get(message.key)
         fence = Fence(message.key, held.token, message.ts) if held is not None else None
-        return self.delivery.reply(target, on_visible=visible, after=after, fence=fence)
+        return self.delivery.reply(
+            target,
+            on_visible=visible,
+            after=after,
+            fence=fence,
+            stored=lambda: self.store.stored_ts(message.key),
+        )
 
     async def _ask_model(self, prompt: list[ChatMessage], reply: Reply) -> tuple[Answer, Ending]:
         """Stream the model's answer into the reply unless the breaker is open; tell the
@@ -747,7 +762,10 @@ class TurnRunner:
         except (DeliveryError, aiohttp.ClientError, TimeoutError) as error:
             code = error.code if isinstance(error, DeliveryError) else type(error).__name__
             attempts = await self.store.count_attempt(message)
-            if reply.shown or code in PERMANENT_SLACK_ERRORS or attempts >= MAX_DELIVERY_ATTEMPTS:
+            # A lost call Slack could not be asked about may have shown the whole answer: recovery
+            # looks in Slack before it finishes it (the journal notes a post may have happened).
+            shown_for_sure = reply.shown and not isinstance(error, LostCallUnsettled)
+            if shown_for_sure or code in PERMANENT_SLACK_ERRORS or attempts >= MAX_DELIVERY_ATTEMPTS:
                 log.error(
                     "answer could not be delivered team=%s channel=%s thread=%s user=%s error=%s attempts=%d",
                     *_where(message),

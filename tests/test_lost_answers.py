@@ -12,8 +12,9 @@ import logging
 import pytest
 
 from bot.formatting import SlackMarkdown
+from bot.turn import DELIVERY_FAILED
 from tests.conftest import RunningBot, StartBot
-from tests.emulators.openai_api import OpenAIEmulator, Reply
+from tests.emulators.openai_api import OpenAIEmulator, Reply, SlowFirstToken
 from tests.emulators.slack import SlackEmulator
 from tests.test_streaming import has_feedback_buttons, shown
 
@@ -112,3 +113,115 @@ async def test_a_notice_whose_post_answer_is_lost_shows_once(
     assert len(slack.calls_to("conversations.history")) == 1
     assert notice["text"].startswith("Your message is 200 characters long")
     assert len(slack.calls_to("chat.postMessage")) == 1 and not llm.requests
+
+
+# From a review of the first version: cases the tests above did not cover.
+COMMON = "Sure, here is how to do that in a few steps, one after the other. "
+A1 = COMMON + "Restart the agent and check the logs of the sync job for errors. " * 3
+A2 = COMMON + "Open the settings page and turn the export option off, then on. " * 3
+
+
+async def test_a_lost_start_not_carried_out_is_not_taken_for_an_earlier_answer(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Q2 is sent while A1 is written (Q2 older than A1). A2's startStream breaks before Slack
+    acts: A2's lookup must not adopt A1, which merely begins like A2."""
+    caplog.set_level(logging.INFO)
+    llm.chunk_delay, llm.chunk_chars = 0.05, 12
+    llm.enqueue(SlowFirstToken(0.5, A1), Reply(A2))
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> how do I fix the sync?")
+    await slack.wait_for(lambda: len(llm.requests) == 1)
+    await slack.post_user_message(CHANNEL, "and the export?", thread_ts=root)
+    await slack.wait_for(lambda: len(slack.calls_to("chat.startStream")) == 1)
+    slack.fail_next("chat.startStream", drop=True)  # A2's start never reaches Slack
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
+    await bot.settle()
+    texts = [shown(m) for m in slack.bot_messages(CHANNEL, root)]
+    assert texts[0] == SlackMarkdown.format(A1).strip()
+    assert SlackMarkdown.format(A2).strip() in texts, "A2 is not shown whole"
+
+
+async def test_a_stop_pressed_while_an_append_was_lost_shows_no_more(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    llm.chunk_delay, llm.chunk_chars = 0.05, 4
+    words = "word " * 200
+    llm.enqueue(Reply(words.strip()))
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> go on and on")
+    await slack.wait_for(lambda: len(slack.calls_to("chat.appendStream")) >= 1)
+    [answer] = slack.bot_messages(CHANNEL, ts)
+    slack.fail_next("chat.appendStream", drop=True)  # the next append never reaches Slack
+    slack.press_stop(CHANNEL, answer["ts"])
+    at_stop = answer["text"]
+    await bot.settle()
+    after = slack.message(CHANNEL, answer["ts"])["text"]
+    assert after == at_stop, "the message grew after the person pressed stop"
+
+
+LONG = "".join(f"Paragraph {n}: " + "lorem ipsum dolor sit amet " * 20 + "\n\n" for n in range(25)).strip()
+
+
+async def test_a_complete_answer_whose_lost_post_cannot_be_looked_up_at_once_gets_no_error_notice(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    """A DM answer of two messages; the last one's post is carried out and its answer lost,
+    and the look-up right after meets the same network trouble (all its tries dropped)."""
+    llm.enqueue(Reply(LONG))  # written whole before it is first shown: posted as two messages
+    gate = slack.gate("chat.postMessage", when=lambda args: bool(args.get("blocks")))
+    await slack.post_user_message(DM, "tell me everything")
+    await slack.wait_for(lambda: gate.waiting == 1)
+    slack.fail_next("chat.postMessage", drop=True, after=True)
+    slack.fail_next("conversations.history", drop=True, times=6)  # each read repeated once by aiohttp
+    gate.opened.set()
+    await slack.wait_for_bot_messages(DM, count=2)
+    await bot.settle()
+    messages = slack.bot_messages(DM)
+    assert has_feedback_buttons(messages[1])
+    assert not any(DELIVERY_FAILED in m["text"] for m in messages), "error notice under a complete answer"
+
+
+async def test_a_complete_answer_whose_stop_and_then_bare_stop_are_lost_gets_no_error_notice(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    """A long streamed answer; its last stopStream (rest + buttons) is carried out and its
+    answer lost; the bare stop after it is dropped too (a second stop is safe to repeat)."""
+    llm.chunk_delay, llm.chunk_chars = 0.02, 300
+    llm.enqueue(Reply(LONG))
+    gate = slack.gate("chat.stopStream", when=lambda args: bool(args.get("blocks")))
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> tell me everything")
+    await slack.wait_for(lambda: gate.waiting == 1, timeout=15)
+    slack.fail_next("chat.stopStream", drop=True, after=True)
+    slack.fail_next("chat.stopStream", drop=True)
+    gate.opened.set()
+    await slack.wait_for(lambda: len(slack.calls_to("chat.stopStream")) >= 3, timeout=15)
+    await bot.settle()
+    messages = slack.bot_messages(CHANNEL, ts)
+    assert has_feedback_buttons(messages[1])
+    assert not any(DELIVERY_FAILED in m["text"] for m in messages), "error notice under a complete answer"
+
+
+async def test_a_lost_post_slack_cannot_be_asked_about_is_settled_by_recovery(
+    start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The last post of a two-message answer lands and its answer is lost, and every read of the
+    conversation fails for a while: the turn is left to recovery, which finds the answer in
+    Slack and keeps it, with no error notice under it and nothing posted twice."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http", RECOVERY_INTERVAL_SECONDS="0.3")
+    llm.enqueue(Reply(LONG))
+    gate = slack.gate("chat.postMessage", when=lambda args: bool(args.get("blocks")))
+    await slack.post_user_message(DM, "tell me everything")
+    await slack.wait_for(lambda: gate.waiting == 1)
+    slack.fail_next("chat.postMessage", drop=True, after=True)
+    slack.fail_next("conversations.history", drop=True, times=18)  # three looks, each tried six times
+    gate.opened.set()
+    await slack.wait_for(lambda: "answer found posted already" in caplog.text, timeout=20)
+    await running.settle()
+    messages = slack.bot_messages(DM)
+    assert len(messages) == 2 and has_feedback_buttons(messages[1])
+    assert not any(DELIVERY_FAILED in m["text"] for m in messages)
+    assert "answer delivery deferred" in caplog.text and "error=lost_call_unsettled" in caplog.text
+    assert len(slack.calls_to("chat.postMessage")) == 2 and len(llm.requests) == 1
+    await slack.post_user_message(DM, "and then?")
+    await slack.wait_for(lambda: len(llm.requests) == 2, what="the follow-up's model call")
+    assert any(m["content"].startswith("Paragraph 0") for m in llm.requests[-1]["messages"])
