@@ -527,4 +527,6 @@ async def test_conversation_keys_expire_after_the_retention(
     for key in conversation_keys:
         assert 2 * 86400 - 60 <= await redis.ttl(key) <= 2 * 86400
     every_key = [k async for k in redis.scan_iter("*")]
-    assert [k for k in every_key if await redis.ttl(k) < 0] == []  # nothing is kept forever
+    # Nothing is kept forever (-1: no expiry; -2 is a key that expired since the scan, as a rate
+    # window of a second may have).
+    assert [k for k in every_key if await redis.ttl(k) == -1] == []

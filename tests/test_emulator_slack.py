@@ -118,6 +118,8 @@ async def test_messages_edits_reactions_and_status(emu: SlackEmulator, client: A
     with pytest.raises(SlackApiError, match="already_reacted"):
         await client.reactions_add(channel="D1", timestamp=question, name="eyes")
     assert emu.statuses[("D1", question)] == "is thinking..."
+    with pytest.raises(SlackApiError, match="invalid_arguments"):  # `status` is required ("" clears)
+        await client.api_call("assistant.threads.setStatus", json={"channel_id": "D1", "thread_ts": question})
 
     answer = (await client.chat_postMessage(channel="D1", thread_ts=question, text="Step 1"))["ts"]
     await client.chat_update(channel="D1", ts=answer, text="Step 1, step 2")

@@ -1459,8 +1459,10 @@ class SlackEmulator:
         thread_ts = args.get("thread_ts")
         if not thread_ts:
             raise ApiError("invalid_thread_ts")
-        self.statuses[(channel, thread_ts)] = args.get("status", "")
-        self.status_history.append((channel, thread_ts, args.get("status", "")))
+        if not isinstance(args.get("status"), str):
+            raise ApiError("invalid_arguments")  # required; "" clears the status
+        self.statuses[(channel, thread_ts)] = args["status"]
+        self.status_history.append((channel, thread_ts, args["status"]))
         return {}
 
     def _clear_status(self, channel: str, thread_ts: str) -> None:
