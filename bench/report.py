@@ -41,6 +41,7 @@ SWEEP_HEADERS = [
     "ack ms p50/p95/p99",
     "signal ms p50/p95/p99",
     "first text ms p50/p95/p99",
+    "longest gap ms p50/p99",
     "done ms p50/p95/p99",
     "done/ideal p99",
     "429s",
@@ -60,7 +61,8 @@ def sweep_rows(run: dict[str, Any]) -> list[list[str]]:
     rows = []
     for step in run["steps"]:
         if "skipped" in step:
-            rows.append([label, str(step["c"]), *["-"] * 12, "skipped: " + step["skipped"]])
+            blanks = ["-"] * (len(SWEEP_HEADERS) - 3)
+            rows.append([label, str(step["c"]), *blanks, "skipped: " + step["skipped"]])
             continue
         share = step["cpu_share"]
         notes = []
@@ -90,6 +92,7 @@ def sweep_rows(run: dict[str, Any]) -> list[list[str]]:
                 _ms(step["ack"], ALL),
                 _ms(step["signal"], ALL),
                 _ms(step["first_text"], ALL),
+                _ms(step.get("longest_gap")),
                 _ms(step["done"], ALL),
                 _ratio(step.get("done_over_ideal")),
                 str(sum(step["rate_limited"].values())),

@@ -105,6 +105,7 @@ class Asked:
     end_at: float | None = None
     done_at: float | None = None
     answer_messages: set[tuple[str, str]] = field(default_factory=set)  # (channel, ts)
+    shown_at: list[float] = field(default_factory=list)  # each call that showed more of the answer
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,8 @@ class Tracker:
                 if message not in self._streaming or method == "chat.stopStream":
                     asked.done_at = at
         owner = self._owner.get(message)
+        if owner is not None and text.strip() and (not owner.shown_at or owner.shown_at[-1] != at):
+            owner.shown_at.append(at)
         if method == "chat.stopStream" and owner is not None and owner.end_at is not None:
             owner.done_at = owner.done_at or at
         # A stream opens empty; a message with words but no answer in it is a notice.
@@ -493,6 +496,7 @@ def summarize(
         for a in asked
         if a.first_text_at is not None and a.qid in first_tokens
     ]
+    streamed = [a for a in asked if a.first_text_at is not None and not a.first_text_whole]
     # A question with no ack, sign, text or answer counts as infinitely late, not as absent.
     result: dict[str, Any] = {
         "questions": len(asked),
@@ -515,7 +519,11 @@ def summarize(
                 if timing.finished_at is not None and qid in tracker.asked
             ]
         ),
-        "streamed": sum(a.first_text_at is not None and not a.first_text_whole for a in asked),
+        # A streamed answer's longest wait between two growths on screen, first text to final.
+        "longest_gap": percentiles(
+            [max(b - a for a, b in itertools.pairwise(x.shown_at)) for x in streamed if len(x.shown_at) > 1]
+        ),
+        "streamed": len(streamed),
         "whole": sum(a.first_text_at is not None and a.first_text_whole for a in asked),
         "answers_per_message": dict(Counter(len(a.answer_messages) for a in asked)),
         # Answered, but not showing exactly the model's text (a piece lost or repeated).

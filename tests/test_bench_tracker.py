@@ -67,6 +67,9 @@ def test_a_stream_is_done_when_it_is_stopped_after_its_last_words() -> None:
 
     answer = asked["q00003"]
     assert (answer.first_text_at, answer.done_at) == (0.6, 2.6)
+    assert answer.shown_at == [0.6, 2.5, 2.6]  # each growth, and the stop that gave its buttons
+    gap = summarize(tracker, [answer], 2.5)["longest_gap"]
+    assert gap["p50"] is not None and abs(gap["p50"] - 1.9) < 1e-9
     assert not answer.first_text_whole and answer.answer_messages == {("C0", "200.3")}
     assert tracker.other_posts == 0  # the stream opened empty; it is the answer, not a notice
 
