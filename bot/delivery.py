@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-import aiohttp
 from slack_sdk.errors import SlackApiError
 
 from bot.lost_answers import block_ids, find_landed, maybe_carried_out, shown_text, ts_number
-from bot.rate_limit import CALL_ERRORS, BudgetedSlack, Hold, RateLimited, error_code
+from bot.rate_limit import CALL_ERRORS, NO_ANSWER_ERRORS, BudgetedSlack, Hold, RateLimited, error_code
 from bot.store import Fence, IncomingMessage, RateBucket
 from bot.streaming import (
     ANSWER_BLOCK_PREFIX,
@@ -203,7 +202,7 @@ class Delivery:
             _log_api_error("clear thinking sign", error)
         except RateLimited as error:
             log.warning("thinking sign left in place: %s", error)
-        except (aiohttp.ClientError, TimeoutError) as error:  # Slack unreachable, retries spent
+        except NO_ANSWER_ERRORS as error:  # Slack unreachable, retries spent
             log.warning("thinking sign left in place error=%s", error_code(error))
 
     async def end_abandoned(self, target: Target, ts: str) -> None:
@@ -217,7 +216,7 @@ class Delivery:
                 _log_api_error("chat.stopStream", error)
         except RateLimited as error:
             log.warning("abandoned stream left open: %s", error)
-        except (aiohttp.ClientError, TimeoutError) as error:
+        except NO_ANSWER_ERRORS as error:
             log.warning("abandoned stream left open error=%s", error_code(error))
 
     async def find_answer(self, target: Target, bot_user_id: str) -> FoundAnswer | None:
@@ -279,7 +278,7 @@ class Delivery:
             except RateLimited as error:
                 log.warning("notice not posted: %s", error)
                 return None
-            except (aiohttp.ClientError, TimeoutError) as error:
+            except NO_ANSWER_ERRORS as error:
                 if not maybe_carried_out(error) or attempt == LOST_POST_ATTEMPTS:
                     log.warning("notice not posted error=%s", error_code(error))
                     return None
@@ -311,7 +310,7 @@ class Delivery:
             _log_api_error("chat.postEphemeral", error)
         except RateLimited as error:
             log.info("feedback thanks skipped: %s", error)
-        except (aiohttp.ClientError, TimeoutError) as error:
+        except NO_ANSWER_ERRORS as error:
             # Slack unreachable even after the client's retries; the vote is kept all the same.
             log.warning("feedback thanks not sent error=%s", type(error).__name__)
 

@@ -1,5 +1,7 @@
 """Slack calls whose answer was lost on the way back: the request went out, the connection broke
 (or timed out) before Slack's answer came, and Slack may or may not have carried the call out.
+A 5xx, or Slack's `internal_error` / `fatal_error` ("it's possible some aspect of the operation
+succeeded before the error was raised"), leaves the same doubt.
 
 Slack takes no idempotency key, so repeating such a call blindly can show a message, or a piece
 of a streamed one, twice. The Web API client repeats at once only the calls that are safe to
@@ -15,6 +17,7 @@ from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+from slack_sdk.http_retry.async_handler import AsyncRetryHandler
 from slack_sdk.http_retry.builtin_async_handlers import AsyncConnectionErrorRetryHandler
 from slack_sdk.http_retry.request import HttpRequest
 from slack_sdk.http_retry.response import HttpResponse
@@ -30,13 +33,35 @@ NOT_REPEATABLE = frozenset({"chat.postMessage", "chat.startStream", "chat.append
 # How many messages after a question are read to find one a lost call posted: it is the latest.
 LANDED_LOOKUP_LIMIT = 100
 MATCHED_CHARS = 200  # of a message's text, spaces left out, to know it for the one sent
+# Slack's error codes for a call that failed partway, which it documents as maybe done in part.
+PARTLY_DONE_ERRORS = frozenset({"internal_error", "fatal_error"})
+# What Slack, or a gateway in front of it, answers when it failed or gave up on a call.
+SERVER_ERROR_STATUSES = frozenset({500, 502, 503, 504})
+
+
+class OutcomeUnknown(Exception):
+    """Slack answered a call that cannot be repeated with a failure that may have come after it
+    carried the call out (a 5xx, `internal_error`, `fatal_error`): as unsure as a lost answer."""
+
+    def __init__(self, method: str, code: str) -> None:
+        super().__init__(f"{method} failed partway: {code}")
+        self.method, self.code = method, code
 
 
 def maybe_carried_out(error: BaseException) -> bool:
     """A failure after which Slack may have done the call: its answer was lost, not refused."""
     if isinstance(error, aiohttp.ClientConnectorError):
         return False  # the connection never opened: nothing was sent
-    return isinstance(error, aiohttp.ClientError | TimeoutError)
+    return isinstance(error, aiohttp.ClientError | TimeoutError | OutcomeUnknown)
+
+
+def partly_done(method: str, status: int, code: str | None) -> bool:
+    """Slack's answer to `method` leaves it unsure whether the call was carried out."""
+    return method in NOT_REPEATABLE and (status >= 500 or code in PARTLY_DONE_ERRORS)
+
+
+def _method(request: HttpRequest) -> str:
+    return request.url.split("?", 1)[0].rsplit("/", 1)[-1]
 
 
 class RepeatSafeRetryHandler(AsyncConnectionErrorRetryHandler):
@@ -52,8 +77,25 @@ class RepeatSafeRetryHandler(AsyncConnectionErrorRetryHandler):
     ) -> bool:
         if not await super()._can_retry_async(state=state, request=request, response=response, error=error):
             return False
-        method = request.url.split("?", 1)[0].rsplit("/", 1)[-1]
-        return method not in NOT_REPEATABLE or not maybe_carried_out(error)  # type: ignore[arg-type]
+        return _method(request) not in NOT_REPEATABLE or not maybe_carried_out(error)  # type: ignore[arg-type]
+
+
+class RepeatSafeServerErrorRetryHandler(AsyncRetryHandler):
+    """Slack's (or its gateway's) 5xx retried, except for the calls a repeat cannot do twice:
+    Slack may have carried them out before failing (slack_sdk's own handler repeats any call, and
+    only on 500 and 503)."""
+
+    async def _can_retry_async(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> bool:
+        if response is None or response.status_code not in SERVER_ERROR_STATUSES:
+            return False
+        return _method(request) not in NOT_REPEATABLE
 
 
 async def find_landed(

@@ -32,6 +32,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
+from bot.lost_answers import OutcomeUnknown, partly_done
 from bot.store import Fence, RateBucket, RateClaim, Store
 
 log = logging.getLogger(__name__)
@@ -263,22 +264,58 @@ class BudgetedSlack:
             # A failed call needs no later call: its holds go back to the budget.
             for hold in holds:
                 await self.budget.release(hold)
-            if not isinstance(error, SlackApiError) or error.response.status_code != 429:
+            if not isinstance(error, SlackApiError):
                 raise
+            error = self._readable(error, method, http_verb)
+            status, code = error.response.status_code, error.response.get("error")
+            if partly_done(method, status, code):
+                raise OutcomeUnknown(method, str(code)) from error
+            if status != 429:
+                raise error from None
             retry_after = _retry_after(error.response.headers)
             log.warning("slack rate limited method=%s retry_after=%.2fs", method, retry_after)
             await self.budget.pause(bucket, retry_after)
             raise RateLimited(method, retry_after, from_slack=True) from None
 
+    def _readable(self, error: SlackApiError, method: str, http_verb: str) -> SlackApiError:
+        """The error with Slack's answer in the usual shape. A gateway's HTML page (a 502) gives
+        no error code, and a body that claims JSON and is not leaves aiohttp's raw response in
+        its place: either now reads as error `http_<status>`."""
+        response = error.response
+        slack_shaped = isinstance(response, AsyncSlackResponse)
+        if slack_shaped and isinstance(response.data, dict) and response.get("error"):
+            return error
+        status = response.status_code if slack_shaped else getattr(response, "status", 0)
+        readable = AsyncSlackResponse(
+            client=self.client,
+            http_verb=http_verb,
+            api_url=method,
+            req_args={},
+            data={"ok": False, "error": f"http_{status}"},
+            headers=dict(getattr(response, "headers", None) or {}),
+            status_code=int(status or 0),
+        )
+        return SlackApiError(f"{method} failed: http_{status}", readable)
+
 
 # What a budgeted call can fail with, besides LockLost: Slack's error, no slot in time (or a 429),
 # or no answer from Slack at all.
-CALL_ERRORS: tuple[type[BaseException], ...] = (SlackApiError, RateLimited, aiohttp.ClientError, TimeoutError)
+CALL_ERRORS: tuple[type[BaseException], ...] = (
+    SlackApiError,
+    RateLimited,
+    OutcomeUnknown,
+    aiohttp.ClientError,
+    TimeoutError,
+)
+# Of those, the failures that leave Slack's answer unknown (see bot/lost_answers.py).
+NO_ANSWER_ERRORS: tuple[type[BaseException], ...] = (OutcomeUnknown, aiohttp.ClientError, TimeoutError)
 
 
 def error_code(error: BaseException) -> str:
     """For a log line: Slack's error code, else the kind of failure."""
-    return str(error.response.get("error")) if isinstance(error, SlackApiError) else type(error).__name__
+    if isinstance(error, SlackApiError):
+        return str(error.response.get("error"))
+    return error.code if isinstance(error, OutcomeUnknown) else type(error).__name__
 
 
 def _without_none(args: dict[str, Any]) -> dict[str, Any]:

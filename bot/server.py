@@ -24,7 +24,6 @@ from slack_bolt.request.internals import parse_body
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncRateLimitErrorRetryHandler,
-    AsyncServerErrorRetryHandler,
 )
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
@@ -40,7 +39,7 @@ from bot.events import BotIdentity, MessageIntake, MessageListeners, shape_probl
 from bot.health import health_handler
 from bot.heap import trim_heap_forever
 from bot.llm import ChatModel
-from bot.lost_answers import RepeatSafeRetryHandler
+from bot.lost_answers import RepeatSafeRetryHandler, RepeatSafeServerErrorRetryHandler
 from bot.rate_limit import BudgetedSlack, SlackBudget
 from bot.socket_mode import SocketModeHandler
 from bot.store import Store, StoreUnavailable
@@ -139,7 +138,7 @@ class SupportBot:
             retry_handlers=[
                 RepeatSafeRetryHandler(max_retry_count=2),
                 AsyncRateLimitErrorRetryHandler(max_retry_count=2),
-                AsyncServerErrorRetryHandler(max_retry_count=2),
+                RepeatSafeServerErrorRetryHandler(max_retry_count=2),
             ],
         )
         try:
@@ -168,7 +167,7 @@ class SupportBot:
             session=session,
             retry_handlers=[
                 RepeatSafeRetryHandler(max_retry_count=2),
-                AsyncServerErrorRetryHandler(max_retry_count=2),
+                RepeatSafeServerErrorRetryHandler(max_retry_count=2),
             ],
         )
         budget = SlackBudget(self.store, scale=settings.slack_rate_limit_scale)

@@ -255,13 +255,10 @@ class Reply:
                 return
             except Exception as error:  # a background task: log it here or it is lost
                 self._failures += 1
-                code = (
-                    error.response.get("error") if isinstance(error, SlackApiError) else type(error).__name__
-                )
                 log.warning(
                     "slack update failed channel=%s error=%s failures=%d",
                     self.target.channel,
-                    code,
+                    error_code(error),
                     self._failures,
                 )
                 if self._failures >= INTERMEDIATE_FAILURES_TOLERATED:

@@ -31,7 +31,6 @@ from dataclasses import asdict, dataclass, replace
 from enum import Enum
 from typing import Any
 
-import aiohttp
 from redis.exceptions import RedisError
 
 from bot.breaker import CircuitBreaker
@@ -47,7 +46,7 @@ from bot.delivery import (
     target_for,
 )
 from bot.llm import UNAVAILABLE, Answer, ChatMessage, ChatModel, LLMError
-from bot.rate_limit import CALL_ERRORS, error_code
+from bot.rate_limit import CALL_ERRORS, NO_ANSWER_ERRORS, error_code
 from bot.shared_breaker import SharedBreaker
 from bot.slack_text import mentioned_users
 from bot.store import (
@@ -759,8 +758,8 @@ class TurnRunner:
         target = reply.target
         try:
             posted = await reply.finish(ending)
-        except (DeliveryError, aiohttp.ClientError, TimeoutError) as error:
-            code = error.code if isinstance(error, DeliveryError) else type(error).__name__
+        except (DeliveryError, *NO_ANSWER_ERRORS) as error:
+            code = error.code if isinstance(error, DeliveryError) else error_code(error)
             attempts = await self.store.count_attempt(message)
             # A lost call Slack could not be asked about may have shown the whole answer: recovery
             # looks in Slack before it finishes it (the journal notes a post may have happened).

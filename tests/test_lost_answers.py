@@ -225,3 +225,100 @@ async def test_a_lost_post_slack_cannot_be_asked_about_is_settled_by_recovery(
     await slack.post_user_message(DM, "and then?")
     await slack.wait_for(lambda: len(llm.requests) == 2, what="the follow-up's model call")
     assert any(m["content"].startswith("Paragraph 0") for m in llm.requests[-1]["messages"])
+
+
+# Slack failing partway: it may have carried the call out before answering 500 (or `ok: false`
+# with `internal_error` / `fatal_error`, which Slack documents as "some aspect of the operation
+# may have succeeded"). Such an answer is as unsure as a lost one.
+GATEWAY_PAGE = "<html><body><h1>502 Bad Gateway</h1></body></html>"
+
+
+async def test_a_post_slack_fails_partway_is_looked_for_not_made_again(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """slack_sdk's retry of a 500 made the post again, and each repeat showed the answer once
+    more: three copies. Now Slack is asked, and the one copy found."""
+    caplog.set_level(logging.INFO)
+    slack.fail_next("chat.postMessage", status=500, after=True, times=3)
+    llm.enqueue(Reply(ANSWER))
+    await slack.post_user_message(DM, "tell me")
+    [answer] = await slack.wait_for_bot_messages(DM)
+    await bot.settle()
+    assert shown(answer) == SlackMarkdown.format(ANSWER) and has_feedback_buttons(answer)
+    assert len(slack.bot_messages(DM)) == 1
+    assert [c.status for c in slack.calls_to("chat.postMessage")] == [500]
+    assert "lost post found in slack" in caplog.text and _errors(caplog) == []
+    await _next_prompt_holds(slack, llm, DM, None)
+
+
+async def test_a_post_answered_with_a_gateway_page_is_made_again_once_slack_shows_it_missing(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A proxy in front of Slack answers 502 with an HTML page: slack_sdk raises a SlackApiError
+    whose `response` is aiohttp's, not Slack's JSON. The post may or may not have reached Slack."""
+    caplog.set_level(logging.INFO)
+    slack.fail_next("chat.postMessage", status=502, body=GATEWAY_PAGE)
+    llm.enqueue(Reply(ANSWER))
+    await slack.post_user_message(DM, "tell me")
+    [answer] = await slack.wait_for_bot_messages(DM)
+    await bot.settle()
+    assert shown(answer) == SlackMarkdown.format(ANSWER) and has_feedback_buttons(answer)
+    assert [c.status for c in slack.calls_to("chat.postMessage")] == [502, 200]
+    assert "lost post not in slack" in caplog.text and _errors(caplog) == []
+
+
+@pytest.mark.parametrize("method", ["chat.startStream", "chat.appendStream", "chat.stopStream"])
+@pytest.mark.parametrize("error", ["internal_error", "fatal_error"])
+async def test_a_stream_call_slack_fails_partway_shows_once_and_whole(
+    bot: RunningBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    caplog: pytest.LogCaptureFixture,
+    method: str,
+    error: str,
+) -> None:
+    caplog.set_level(logging.INFO)
+    llm.chunk_delay, llm.chunk_chars = 0.05, 12
+    slack.fail_next(method, error=error, status=500, after=True, times=3)
+    llm.enqueue(Reply(ANSWER))
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> tell me")
+    [answer] = await slack.wait_for_bot_messages(CHANNEL, ts)
+    await bot.settle()
+    assert slack.calls_to(method)[0].status == 500
+    assert len(slack.bot_messages(CHANNEL, ts)) == 1
+    assert shown(answer) == SlackMarkdown.format(ANSWER) and has_feedback_buttons(answer)
+    assert len(slack.calls_to("chat.startStream")) == 1
+    assert _errors(caplog) == []
+    await _next_prompt_holds(slack, llm, CHANNEL, ts)
+
+
+@pytest.mark.parametrize("body_type", ["text/html", "application/json"])
+@pytest.mark.parametrize("method", ["assistant.threads.setStatus", "reactions.add", "chat.update"])
+async def test_a_gateway_page_on_any_other_call_is_a_failed_call_not_a_crash(
+    bot: RunningBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    caplog: pytest.LogCaptureFixture,
+    method: str,
+    body_type: str,
+) -> None:
+    """The sign (a channel's status, a DM's reaction) or an answer's update answered with an
+    HTML page: that call failed, logged as `http_502`; the answer still comes, whole. (A page
+    that claims to be JSON leaves aiohttp's raw response in slack_sdk's error, whose reading
+    raised AttributeError.)"""
+    in_dm = method == "reactions.add"
+    channel, question = (DM, "tell me") if in_dm else (CHANNEL, f"<@{BOT}> tell me")
+    if method == "chat.update":
+        slack.refuse_streaming("channel")  # posted, then grown by chat.update
+    llm.chunk_delay, llm.chunk_chars = 0.05, 12
+    caplog.set_level(logging.INFO)
+    slack.fail_next(method, status=502, body=GATEWAY_PAGE, body_type=body_type, times=3)
+    llm.enqueue(Reply(ANSWER))
+    ts = await slack.post_user_message(channel, question)
+    thread = None if channel == DM else ts
+    [answer] = await slack.wait_for_bot_messages(channel, thread)
+    await bot.settle()
+    assert slack.calls_to(method) and slack.calls_to(method)[0].status == 502
+    assert shown(answer) == SlackMarkdown.format(ANSWER) and has_feedback_buttons(answer)
+    assert not [r for r in caplog.records if r.exc_info] and _errors(caplog) == []
+    assert "error=http_502" in caplog.text

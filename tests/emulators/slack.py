@@ -159,7 +159,9 @@ class _Fault:
     status: int
     retry_after: float | None
     drop: bool = False  # cut the connection instead of answering
-    after: bool = False  # with drop: carry the call out first, then cut (the answer is lost)
+    after: bool = False  # carry the call out first, then cut or fail (the answer is lost)
+    body: str | None = None  # answer with this text instead of Slack's JSON
+    body_type: str = "text/html"
 
 
 def _truthy(value: Any) -> bool:
@@ -440,11 +442,15 @@ class SlackEmulator:
         times: int = 1,
         drop: bool = False,
         after: bool = False,
+        body: str | None = None,
+        body_type: str = "text/html",
     ) -> None:
         """Make the next `times` calls to `method` fail; status 429 means "ratelimited". With
-        `drop`, the connection is cut with no answer at all, as a failing network does; with
-        `after` as well, the call is carried out first and only its answer is lost."""
-        fault = _Fault(error, status, retry_after, drop, after)
+        `drop`, the connection is cut with no answer at all, as a failing network does. With
+        `after`, the call is carried out first and only its answer is lost (cut, or the error
+        Slack gives when it fails partway: a 5xx, `internal_error`). `body`: the answer is that
+        text as an HTML page, as a proxy in front of Slack sends with a 502 (or as `body_type`)."""
+        fault = _Fault(error, status, retry_after, drop, after, body, body_type)
         self._faults.setdefault(method, []).extend(fault for _ in range(times))
 
     def clear_faults(self) -> None:
@@ -1015,6 +1021,15 @@ class SlackEmulator:
                     request.transport.abort()
                     return web.Response(status=500)  # never written: the connection is gone
                 status = fault.status
+                if fault.after or fault.body is not None:
+                    # The call as carried out (or not) is what `calls` records; the bot gets the fault.
+                    done = (
+                        {"ok": True} | handler(args) if fault.after else {"ok": False, "error": fault.error}
+                    )
+                    self.calls.append(ApiCall(method, args, token, done, status, time.monotonic()))
+                    if fault.body is not None:
+                        return web.Response(status=status, text=fault.body, content_type=fault.body_type)
+                    return web.json_response({"ok": False, "error": fault.error}, status=status)
                 if status == 429:
                     headers["Retry-After"] = str(math.ceil(fault.retry_after or 1))
                 raise ApiError("ratelimited" if status == 429 else fault.error)
