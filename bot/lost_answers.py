@@ -12,6 +12,7 @@ bot/streaming.py and bot/delivery.py).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
@@ -140,11 +141,21 @@ async def find_landed(
     if ends_a_reply is not None:
         ends = [ts for ts, m in mine if ends_a_reply(block_ids(m))]
         mine = [(ts, m) for ts, m in mine if not ends or ts > max(ends)]
-    wanted = _squeezed(text)[:MATCHED_CHARS]
     for _, message in reversed(mine):
-        if str(message["ts"]) not in known and _squeezed(shown_text(message)).startswith(wanted):
+        if str(message["ts"]) not in known and begins_with(shown_text(message), text):
             return str(message["ts"])
     return None
+
+
+def begins_with(shown: str, sent: str) -> bool:
+    """Whether a message showing `shown` is the one sent with the Markdown `sent`, by their first
+    characters: spaces left out; or, as Slack renders Markdown into blocks and mrkdwn of its own
+    (`**` as `*`, links as `<url|label>`, `&` as `&amp;`), only their letters and digits, links
+    by their labels."""
+    if _squeezed(shown).startswith(_squeezed(sent)[:MATCHED_CHARS]):
+        return True
+    wanted = _comparable(sent)[:MATCHED_CHARS]
+    return bool(wanted) and _comparable(shown).startswith(wanted)
 
 
 def block_ids(message: dict[str, Any]) -> list[str]:
@@ -155,11 +166,43 @@ def block_ids(message: dict[str, Any]) -> list[str]:
 
 
 def shown_text(message: dict[str, Any]) -> str:
-    """What an answer's message shows: its markdown block's text, else its text."""
+    """What a message of the bot's shows: its markdown block's text, as sent; else the text of
+    the blocks Slack made of it (Slack renders a markdown block into blocks of its own, maybe
+    several, and keeps no block id of it); else its `text`."""
     blocks = message.get("blocks")
-    blocks = blocks if isinstance(blocks, list) else []
-    markdown = [b.get("text") for b in blocks if isinstance(b, dict) and b.get("type") == "markdown"]
-    return str((markdown[0] if markdown else None) or message.get("text") or "")
+    blocks = [b for b in blocks if isinstance(b, dict)] if isinstance(blocks, list) else []
+    markdown = [b.get("text") for b in blocks if b.get("type") == "markdown"]
+    if markdown and isinstance(markdown[0], str) and markdown[0]:
+        return markdown[0]
+    rendered = "".join(_block_text(b) for b in blocks).strip()
+    return rendered or str(message.get("text") or "")
+
+
+def _block_text(block: dict[str, Any]) -> str:
+    """The words a block shows (rich text, a section's or a header's text); none for buttons."""
+    if block.get("type") == "rich_text":
+        return _rich_text(block.get("elements")) + "\n"
+    text = block.get("text")
+    if isinstance(text, dict) and isinstance(text.get("text"), str):
+        return text["text"] + "\n"
+    return ""
+
+
+def _rich_text(node: object) -> str:
+    if isinstance(node, list):
+        return "".join(_rich_text(n) for n in node)
+    if not isinstance(node, dict):
+        return ""
+    kind = node.get("type")
+    if kind == "text":
+        return str(node.get("text") or "")
+    if kind == "link":
+        return str(node.get("text") or node.get("url") or "")
+    inner = _rich_text(node.get("elements"))
+    return inner + "\n" if kind in RICH_TEXT_LINES else inner
+
+
+RICH_TEXT_LINES = frozenset({"rich_text_section", "rich_text_preformatted", "rich_text_quote"})
 
 
 def ts_number(value: object) -> Decimal | None:
@@ -173,3 +216,14 @@ def ts_number(value: object) -> Decimal | None:
 
 def _squeezed(text: str) -> str:
     return "".join(text.split())
+
+
+MARKDOWN_LINK = re.compile(r"\[(?P<label>[^\]]*)\]\([^)\s]*\)")  # [label](url)
+SLACK_LINK = re.compile(r"<[^|>]*\|(?P<label>[^>]*)>")  # <url|label>
+
+
+def _comparable(text: str) -> str:
+    """Letters and digits only, a link by its label, Slack's escapes undone."""
+    text = SLACK_LINK.sub(r"\g<label>", MARKDOWN_LINK.sub(r"\g<label>", text))
+    text = text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    return "".join(ch for ch in text if ch.isalnum())

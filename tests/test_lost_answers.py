@@ -322,3 +322,34 @@ async def test_a_gateway_page_on_any_other_call_is_a_failed_call_not_a_crash(
     assert shown(answer) == SlackMarkdown.format(ANSWER) and has_feedback_buttons(answer)
     assert not [r for r in caplog.records if r.exc_info] and _errors(caplog) == []
     assert "error=http_502" in caplog.text
+
+
+# Slack renders a message's Markdown into blocks of its own and keeps no block id of a markdown
+# block: a lost start or post must be known by its text as Slack gives it back, not as sent.
+FORMATTED = (
+    "**Short answer:** use the [admin console](https://example.com/keys?a=1&b=2) & restart the agent.\n\n"
+    "Then check the logs of the sync job for errors, one by one, until they are clean again."
+)
+
+
+@pytest.mark.parametrize("opening", ["chat.startStream", "chat.postMessage"])
+async def test_a_lost_start_is_found_when_slack_gives_its_markdown_back_rendered(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator, caplog: pytest.LogCaptureFixture, opening: str
+) -> None:
+    """Before, the look compared the Markdown sent with the text read back (`*Short answer:*
+    use the <https://…|admin console> &amp; …`), found nothing, and started the answer again:
+    two messages."""
+    caplog.set_level(logging.INFO)
+    slack.render_markdown = True
+    if opening == "chat.postMessage":
+        slack.refuse_streaming("channel")  # the answer opens with a post, grown by chat.update
+    llm.chunk_delay, llm.chunk_chars = 0.05, 40
+    slack.fail_next(opening, drop=True, after=True)
+    llm.enqueue(Reply(FORMATTED))
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> how do I fix the sync?")
+    [answer] = await slack.wait_for_bot_messages(CHANNEL, ts)
+    await bot.settle()
+    assert slack.calls_to(opening)[0].status == 0
+    assert len(slack.bot_messages(CHANNEL, ts)) == 1
+    assert shown(answer) == SlackMarkdown.format(FORMATTED) and has_feedback_buttons(answer)
+    assert "lost post found in slack" in caplog.text and _errors(caplog) == []

@@ -41,6 +41,7 @@ import hmac
 import inspect
 import json
 import math
+import re
 import time
 import uuid
 from collections import deque
@@ -66,7 +67,7 @@ APP_TOKEN_METHODS = {"apps.connections.open"}
 # Methods whose successful answers are messages the bot posted (see bot_messages).
 POSTING_METHODS = ("chat.postMessage", "chat.startStream")
 # Emulator bookkeeping on stored messages, never sent to the bot.
-PRIVATE_KEYS = ("edits", "streaming", "stream_states", "stopped_by_user")
+PRIVATE_KEYS = ("edits", "streaming", "stream_states", "stopped_by_user", "markdown")
 # Calls a minute per workspace, by tier (../shared/slack/methods/*.json: rate_limits).
 TIER_CALLS = {"t1": 1, "t2": 20, "t3": 50, "t4": 100}
 METHOD_TIERS = {
@@ -164,6 +165,14 @@ class _Fault:
     body_type: str = "text/html"
 
 
+_MARKDOWN_LINK = re.compile(r"\[(?P<label>[^\]]*)\]\((?P<url>[^)\s]*)\)")
+
+
+def _unmarked(markdown: str) -> str:
+    """Markdown's text without its emphasis marks, as a rich_text element carries it."""
+    return markdown.replace("**", "").replace("__", "").replace("`", "")
+
+
 def _truthy(value: Any) -> bool:
     # slack_sdk sends booleans as "1"/"0" in forms and as true/false in JSON.
     return value in (True, 1, "1", "true")
@@ -238,6 +247,10 @@ class SlackEmulator:
         # Slack sends each envelope to one of the app's open connections. By default here, the
         # newest (what reconnection tests need); spread, to each in turn (several processes).
         self.spread_envelopes = False
+        # Slack renders a markdown block (and markdown_text) into blocks of its own, "maybe
+        # several", keeping no block id of it; what it gives back is not published. With this
+        # on, conversations.history / .replies give such messages back rendered (see _read_back).
+        self.render_markdown = False
         self._next_socket = 0
         self.port = 0
         self.handlers: dict[str, Handler] = {
@@ -1189,6 +1202,32 @@ class SlackEmulator:
         msg["edited"] = {"user": msg["user"], "ts": self._next_ts()}
         return previous
 
+    def _read_back(self, msg: dict) -> dict:
+        """A message as conversations.history / .replies give it. With `render_markdown`, a
+        message of Markdown comes back as Slack plausibly renders it: a rich_text block with
+        links as link elements and no emphasis marks, `text` in mrkdwn (`*bold*`, `<url|label>`,
+        `&amp;`), and no markdown block or its block id; other blocks (the buttons) as sent."""
+        public = self._public(msg)
+        blocks = public.get("blocks") or []
+        markdown = next((b.get("text") for b in blocks if b.get("type") == "markdown"), None)
+        if markdown is None and msg.get("markdown"):
+            markdown = public.get("text")
+        if not self.render_markdown or not markdown:
+            return public
+        elements: list[dict] = []
+        at = 0
+        for link in _MARKDOWN_LINK.finditer(markdown):
+            elements.append({"type": "text", "text": _unmarked(markdown[at : link.start()])})
+            elements.append({"type": "link", "url": link["url"], "text": link["label"]})
+            at = link.end()
+        elements.append({"type": "text", "text": _unmarked(markdown[at:])})
+        section = {"type": "rich_text_section", "elements": [e for e in elements if e.get("text")]}
+        rich = {"type": "rich_text", "block_id": uuid.uuid4().hex[:5], "elements": [section]}
+        public["blocks"] = [rich] + [b for b in blocks if b.get("type") != "markdown"]
+        escaped = markdown.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        public["text"] = _MARKDOWN_LINK.sub(r"<\g<url>|\g<label>>", escaped).replace("**", "*")
+        return public
+
     @staticmethod
     def _public(msg: dict) -> dict:
         return copy.deepcopy({k: v for k, v in msg.items() if k not in PRIVATE_KEYS})
@@ -1299,7 +1338,7 @@ class SlackEmulator:
         page, rest = thread[start : start + limit], thread[start + limit :]
         next_cursor = _encode_cursor(rest[0]["ts"]) if rest else ""
         return {
-            "messages": [self._public(m) for m in page],
+            "messages": [self._read_back(m) for m in page],
             "has_more": bool(next_cursor),
             "response_metadata": {"next_cursor": next_cursor},
         }
@@ -1321,7 +1360,7 @@ class SlackEmulator:
         page, rest = timeline[:limit], timeline[limit:]
         next_cursor = _encode_cursor(rest[0]["ts"]) if rest else ""
         return {
-            "messages": [self._public(m) for m in page],
+            "messages": [self._read_back(m) for m in page],
             "has_more": bool(next_cursor),
             "response_metadata": {"next_cursor": next_cursor},
         }
@@ -1336,6 +1375,7 @@ class SlackEmulator:
             extra["subtype"] = "thread_broadcast"
         text = args.get("text") or args.get("markdown_text") or ""
         msg = self._add_message(channel, self.bot_user_id, text=text, thread_ts=thread_ts, bot=True, **extra)
+        msg["markdown"] = bool(args.get("markdown_text"))
         if thread_ts:
             self._clear_status(channel, msg["thread_ts"])
         return {"channel": channel, "ts": msg["ts"], "message": self._public(msg)}
@@ -1370,7 +1410,7 @@ class SlackEmulator:
         if len(text) > MAX_MARKDOWN_TEXT:
             raise ApiError("msg_too_long")
         msg = self._add_message(channel, self.bot_user_id, text=text, thread_ts=thread_ts, bot=True)
-        msg["streaming"] = True
+        msg["streaming"], msg["markdown"] = True, True
         msg["stream_states"] = [text]
         if thread_ts:
             self._clear_status(channel, msg["thread_ts"])
