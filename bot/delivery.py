@@ -21,7 +21,7 @@ from bot.store import Fence, IncomingMessage, RateBucket
 from bot.streaming import (
     ANSWER_BLOCK_PREFIX,
     LOST_POST_ATTEMPTS,
-    NOTICE_BLOCK_ID,
+    LOST_RETRY_PAUSE,
     DeliveryError,
     Ending,
     LostCallUnsettled,
@@ -29,6 +29,8 @@ from bot.streaming import (
     Reply,
     Target,
     answer_block_id,
+    is_notice_block,
+    notice_block_id,
 )
 
 __all__ = [
@@ -207,17 +209,22 @@ class Delivery:
 
     async def end_abandoned(self, target: Target, ts: str) -> None:
         """Close a message an interrupted turn left streaming, so it shows as finished. Never raises."""
-        try:
-            await self.slack.call(
-                "chat.stopStream", team=target.team, wait=self.final_wait, channel=target.channel, ts=ts
-            )
-        except SlackApiError as error:
-            if error.response.get("error") != "message_not_in_streaming_state":  # already closed
-                _log_api_error("chat.stopStream", error)
-        except RateLimited as error:
-            log.warning("abandoned stream left open: %s", error)
-        except NO_ANSWER_ERRORS as error:
-            log.warning("abandoned stream left open error=%s", error_code(error))
+        for attempt in range(1, LOST_POST_ATTEMPTS + 1):
+            try:
+                await self.slack.call(
+                    "chat.stopStream", team=target.team, wait=self.final_wait, channel=target.channel, ts=ts
+                )
+            except SlackApiError as error:
+                if error.response.get("error") != "message_not_in_streaming_state":  # already closed
+                    _log_api_error("chat.stopStream", error)
+            except RateLimited as error:
+                log.warning("abandoned stream left open: %s", error)
+            except NO_ANSWER_ERRORS as error:
+                if attempt < LOST_POST_ATTEMPTS:  # a bare stop done twice does nothing twice
+                    await asyncio.sleep(LOST_RETRY_PAUSE * attempt / self.budget.scale)
+                    continue
+                log.warning("abandoned stream left open error=%s", error_code(error))
+            return
 
     async def find_answer(self, target: Target, bot_user_id: str) -> FoundAnswer | None:
         """An answer to the target's question already in Slack, from a process that showed it
@@ -258,7 +265,10 @@ class Delivery:
 
     async def post_notice(self, target: Target, text: str) -> str | None:
         """A short message from the bot itself (an error, a confirmation). Never raises. A post
-        whose answer was lost is made again only when Slack shows it did not land."""
+        whose answer was lost is made again only when Slack shows it did not land (found by its
+        block id, which names the question; by its text when it is too long for a block)."""
+        blocks = _notice_blocks(text, target.message_ts)
+        block_id = notice_block_id(target.message_ts) if blocks else None
         for attempt in range(1, LOST_POST_ATTEMPTS + 1):
             try:
                 response = await self.slack.call(
@@ -269,7 +279,7 @@ class Delivery:
                     channel=target.channel,
                     thread_ts=target.thread_ts,
                     text=text,
-                    blocks=_notice_blocks(text),
+                    blocks=blocks,
                 )
                 return str(response["ts"])
             except SlackApiError as error:
@@ -284,7 +294,9 @@ class Delivery:
                     return None
                 log.warning("notice post answer lost error=%s", error_code(error))
             try:
-                landed = await find_landed(self.slack, target, text, known=set(), wait=self.final_wait)
+                landed = await find_landed(
+                    self.slack, target, text, known=set(), wait=self.final_wait, block_id=block_id
+                )
             except CALL_ERRORS as error:
                 log.warning("notice not posted, lost post not looked for error=%s", error_code(error))
                 return None
@@ -327,11 +339,12 @@ def _log_api_error(method: str, error: SlackApiError) -> None:
     log.warning("slack call failed method=%s error=%s", method, error.response.get("error"))
 
 
-def _notice_blocks(text: str) -> list[dict[str, Any]] | None:
+def _notice_blocks(text: str, question_ts: str) -> list[dict[str, Any]] | None:
     """A notice's text in a block that names it a notice (see `find_answer`)."""
     if len(text) > SECTION_TEXT_LIMIT:
         return None
-    return [{"type": "section", "block_id": NOTICE_BLOCK_ID, "text": {"type": "mrkdwn", "text": text}}]
+    block_id = notice_block_id(question_ts)
+    return [{"type": "section", "block_id": block_id, "text": {"type": "mrkdwn", "text": text}}]
 
 
 def _answer_begun(messages: list[dict[str, Any]], question_ts: str, bot_user_id: str) -> FoundAnswer | None:
@@ -348,7 +361,7 @@ def _answer_begun(messages: list[dict[str, Any]], question_ts: str, bot_user_id:
     if not later:
         return None
     _, last = max(later, key=lambda pair: pair[0])
-    if any(i == NOTICE_BLOCK_ID or i.startswith(ANSWER_BLOCK_PREFIX) for i in block_ids(last)):
+    if any(is_notice_block(i) or i.startswith(ANSWER_BLOCK_PREFIX) for i in block_ids(last)):
         return None
     return FoundAnswer(str(last["ts"]), shown_text(last), complete=False)
 
@@ -370,7 +383,7 @@ def _whole_answer(messages: list[dict[str, Any]], last: dict[str, Any], bot_user
         and message.get("user") == bot_user_id
         and (ts := ts_number(message.get("ts"))) is not None
         and first <= ts < end
-        and NOTICE_BLOCK_ID not in block_ids(message)
+        and not any(map(is_notice_block, block_ids(message)))
     ]
     parts.sort(key=lambda pair: pair[0])
     texts = [shown_text(message) for _, message in parts] + [shown_text(last)]

@@ -266,13 +266,15 @@ class BudgetedSlack:
                 await self.budget.release(hold)
             if not isinstance(error, SlackApiError):
                 raise
-            error = self._readable(error, method, http_verb)
-            status, code = error.response.status_code, error.response.get("error")
+            readable = self._readable(error, method, http_verb)
+            status, code = readable.response.status_code, readable.response.get("error")
             if partly_done(method, status, code):
                 raise OutcomeUnknown(method, str(code)) from error
             if status != 429:
-                raise error from None
-            retry_after = _retry_after(error.response.headers)
+                if readable is error:
+                    raise
+                raise readable from error  # slack_sdk's own (the page's start) stays as the cause
+            retry_after = _retry_after(readable.response.headers)
             log.warning("slack rate limited method=%s retry_after=%.2fs", method, retry_after)
             await self.budget.pause(bucket, retry_after)
             raise RateLimited(method, retry_after, from_slack=True) from None

@@ -59,7 +59,8 @@ FEEDBACK_ACTION = "answer_feedback"
 # The block id of an answer's buttons names the question it answers: recovery finds an answer a
 # process posted and died before recording (see `Delivery.find_answer`).
 ANSWER_BLOCK_PREFIX = "answer_to:"
-# The block id of a notice, so that recovery never takes one for the start of an answer.
+# The block id of a notice, so that recovery never takes one for the start of an answer, and a
+# lost notice is found by it: "notice:" and the question's ts ("notice" alone before 7 Dec 2026).
 NOTICE_BLOCK_ID = "notice"
 
 # Errors that mean "no streaming here": post and update instead.
@@ -81,6 +82,7 @@ STREAM_ENDED = {"message_not_in_streaming_state", "streaming_state_conflict"}
 INTERMEDIATE_FAILURES_TOLERATED = 3
 LOST_POST_ATTEMPTS = 3  # posts of one message whose answers were lost, each looked for in Slack
 LOST_LOOKUP_ATTEMPTS = 3  # reads of the conversation to learn what a lost call did
+LOST_RETRY_PAUSE = 0.5  # s, times the attempt: between repeats of a bare stop whose answer was lost
 # The first text waits this long for more: an answer written whole by then (a short answer, a fast
 # model) goes out as one message, not a message and its update, which would cost an update of
 # Slack's scarce budget (chat.update: 50 a minute per workspace) for no one's benefit.
@@ -273,6 +275,8 @@ class Reply:
             return  # found when a lost append was settled: nothing more is shown
         while (cut := find_cut(before := self._current)) is not None:
             await self._close_message(cut.head, feedback=None)
+            if self.stopped_by_user:
+                return  # pressed as this message closed: the answer goes no further
             # The model may have written more while Slack answered.
             self._current = cut.tail + self._current[len(before) :]
         text = self._current[: sendable(self._current)]
@@ -416,6 +420,8 @@ class Reply:
             return  # nothing was written: the turn says why instead
         while (cut := find_cut(self._current)) is not None:
             await self._close_message(cut.head, feedback=None)
+            if self.stopped_by_user:
+                return
             self._current = cut.tail
         note = NOTES.get(ending)
         text = f"{self._current}\n\n{note}" if note and self._current else (self._current or note or "")
@@ -464,6 +470,9 @@ class Reply:
                 message.unsure, message.final_slot = True, None  # the slot went with the lost stop
         if message is not None and message.unsure:
             await self._settle_stream(message)
+            if self.stopped_by_user:  # pressed while the stop was unsure: what shows stays
+                self._posted.append(message.ts)
+                return
         content = _content(text, feedback, question)
         await self._after_sign()
         if message is not None:
@@ -482,7 +491,7 @@ class Reply:
         last); returns its ts. After a post whose answer was lost it posts again only once Slack
         shows the first did not land."""
         target = self.target
-        for attempt in range(1, LOST_POST_ATTEMPTS + 1):
+        for _ in range(LOST_POST_ATTEMPTS):
             try:
                 response = await self._final_call(
                     "chat.postMessage",
@@ -496,12 +505,14 @@ class Reply:
                 )
                 return str(response["ts"])
             except CALL_ERRORS as error:
-                if not maybe_carried_out(error) or attempt == LOST_POST_ATTEMPTS:
+                if not maybe_carried_out(error):
                     raise
                 log.warning("slack post answer lost channel=%s error=%s", target.channel, error_code(error))
+                lost = error
+            # Looked for after the last attempt too: that one may have landed.
             if (ts := await self._landed(text, block_id)) is not None:
                 return ts
-        raise AssertionError("unreachable")
+        raise lost
 
     async def _landed(self, text: str, block_id: str | None = None) -> str | None:
         """The ts of the message a lost post or start of this answer left in Slack, or None.
@@ -560,6 +571,7 @@ class Reply:
                 if not maybe_carried_out(error) or attempt == LOST_POST_ATTEMPTS:
                     raise
                 use = None  # the held slot went with the lost stop
+                await asyncio.sleep(LOST_RETRY_PAUSE * attempt / self.budget.scale)
                 continue
             break
         message.mode, message.unsure, message.final_slot = "post", False, None
@@ -615,6 +627,14 @@ def answer_block_id(question_ts: str) -> str:
     return ANSWER_BLOCK_PREFIX + question_ts
 
 
+def notice_block_id(question_ts: str) -> str:
+    return f"{NOTICE_BLOCK_ID}:{question_ts}"
+
+
+def is_notice_block(block_id: str) -> bool:
+    return block_id == NOTICE_BLOCK_ID or block_id.startswith(NOTICE_BLOCK_ID + ":")
+
+
 def _feedback_block(answer_ts: str, question_ts: str) -> dict[str, Any]:
     """👍 / 👎 under an answer; the values name the answer's first message (empty: this one),
     the block's id the question answered."""
@@ -650,4 +670,4 @@ def _continuation(shown: str, text: str) -> str:
 
 def _ends_a_reply(block_ids: list[str]) -> bool:
     """An answer's last message (its buttons) or a notice: the end of some turn's reply."""
-    return any(i == NOTICE_BLOCK_ID or i.startswith(ANSWER_BLOCK_PREFIX) for i in block_ids)
+    return any(is_notice_block(i) or i.startswith(ANSWER_BLOCK_PREFIX) for i in block_ids)

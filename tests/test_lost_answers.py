@@ -353,3 +353,116 @@ async def test_a_lost_start_is_found_when_slack_gives_its_markdown_back_rendered
     assert len(slack.bot_messages(CHANNEL, ts)) == 1
     assert shown(answer) == SlackMarkdown.format(FORMATTED) and has_feedback_buttons(answer)
     assert "lost post found in slack" in caplog.text and _errors(caplog) == []
+
+
+# From a review of the 5xx change: paths it reached that a cut connection reached more rarely.
+
+
+async def test_a_stop_pressed_while_the_final_stop_failed_partway_is_kept(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The final stopStream (the rest and the buttons) answers `internal_error` without having
+    been carried out, and the person presses stop meanwhile: the bare stop finds it pressed, and
+    nothing more shows (before, chat.update then gave the message the whole answer)."""
+    caplog.set_level(logging.INFO)
+    llm.chunk_delay, llm.chunk_chars = 0.02, 300
+    llm.enqueue(Reply(LONG))
+    gate = slack.gate("chat.stopStream", when=lambda args: bool(args.get("blocks")))
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> tell me everything")
+    await slack.wait_for(lambda: gate.waiting == 1, timeout=15, what="the final stop")
+    [streamed] = [m for m in slack.bot_messages(CHANNEL, ts) if m.get("streaming")]
+    at_stop = streamed["text"]
+    slack.press_stop(CHANNEL, streamed["ts"])
+    slack.fail_next("chat.stopStream", error="internal_error")  # HTTP 200, not carried out
+    gate.opened.set()
+    await bot.settle()
+    after = slack.message(CHANNEL, streamed["ts"])
+    assert after["text"] == at_stop and not has_feedback_buttons(after)
+    assert [c.response.get("error") for c in slack.calls_to("chat.stopStream")][-2:] == [
+        "internal_error",
+        "stopped_by_user",
+    ]
+    assert _errors(caplog) == []
+
+
+async def test_a_stop_pressed_as_a_long_answer_moves_on_to_its_next_message_shows_no_more(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    """Stop pressed just as the first message of a long answer is closed to go on in a new one:
+    before, the rest of the answer still came, in a second message."""
+    llm.chunk_delay, llm.chunk_chars = 0.02, 300
+    llm.enqueue(Reply(LONG))
+    gate = slack.gate("chat.stopStream", when=lambda args: not args.get("blocks"))
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> tell me everything")
+    await slack.wait_for(lambda: gate.waiting == 1, timeout=15, what="the first message's stop")
+    [first] = slack.bot_messages(CHANNEL, ts)
+    slack.press_stop(CHANNEL, first["ts"])
+    gate.opened.set()
+    await bot.settle()
+    assert len(slack.bot_messages(CHANNEL, ts)) == 1
+
+
+async def test_a_notice_whose_post_failed_is_not_taken_for_an_earlier_notice_alike(
+    start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two too-long DMs of the same length; the second arrives before the first's notice is
+    posted, so that notice comes after it. The second's notice post answers 500 (not carried
+    out): before, the look found the first's notice, alike, and took it for this one, and the
+    second question got none. A notice is now known by its block id, which names its question."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http", MAX_MESSAGE_CHARS="100")
+    posts = lambda: len(slack.calls_to("chat.postMessage"))  # noqa: E731
+    first_notice = slack.gate("chat.postMessage", when=lambda args: posts() == 0)
+    second_notice = slack.gate("chat.postMessage", when=lambda args: posts() == 1)
+    first = await slack.post_user_message(DM, "x" * 200)
+    await slack.wait_for(lambda: first_notice.waiting == 1, what="the first notice")
+    second = await slack.post_user_message(DM, "y" * 200)
+    first_notice.opened.set()
+    await slack.wait_for(lambda: second_notice.waiting == 1, what="the second notice")
+    slack.fail_next("chat.postMessage", status=500)
+    second_notice.opened.set()
+    await running.settle()
+    notices = slack.bot_messages(DM)
+    assert float(first) < float(second) < float(notices[0]["ts"])
+    assert len(notices) == 2 and all(n["text"].startswith("Your message is 200 characters") for n in notices)
+    assert [c.status for c in slack.calls_to("chat.postMessage")] == [200, 500, 200]
+
+
+async def test_a_last_post_that_fails_three_times_and_landed_gets_no_error_notice(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A two-message DM answer whose last post answers 500 three times, the third after Slack
+    carried it out: the answer is whole. Before, the third failure was not looked for, and
+    "something went wrong" went under the whole answer."""
+    caplog.set_level(logging.INFO)
+    llm.enqueue(Reply(LONG))
+    gate = slack.gate("chat.postMessage", when=lambda args: bool(args.get("blocks")))
+    await slack.post_user_message(DM, "tell me everything")
+    await slack.wait_for(lambda: gate.waiting == 1, what="the last post")
+    slack.fail_next("chat.postMessage", status=500, times=2)
+    slack.fail_next("chat.postMessage", status=500, after=True)
+    gate.opened.set()
+    await bot.settle()
+    messages = slack.bot_messages(DM)
+    assert len(messages) == 2 and has_feedback_buttons(messages[1])
+    assert not any(DELIVERY_FAILED in m["text"] for m in messages)
+    assert _errors(caplog) == []
+
+
+@pytest.mark.parametrize("body_type", ["text/html", "application/json"])
+async def test_a_429_page_on_a_post_is_waited_out(
+    bot: RunningBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    caplog: pytest.LogCaptureFixture,
+    body_type: str,
+) -> None:
+    slack.fail_next(
+        "chat.postMessage", status=429, body="<html>Too Many Requests</html>", body_type=body_type
+    )
+    llm.enqueue(Reply(ANSWER))
+    await slack.post_user_message(DM, "tell me")
+    [answer] = await slack.wait_for_bot_messages(DM)
+    await bot.settle()
+    assert shown(answer) == SlackMarkdown.format(ANSWER) and has_feedback_buttons(answer)
+    assert len(slack.bot_messages(DM)) == 1 and _errors(caplog) == []

@@ -1033,16 +1033,19 @@ class SlackEmulator:
                     self.calls.append(ApiCall(method, args, token, done, 0, time.monotonic()))
                     request.transport.abort()
                     return web.Response(status=500)  # never written: the connection is gone
-                status = fault.status
                 if fault.after or fault.body is not None:
-                    # The call as carried out (or not) is what `calls` records; the bot gets the fault.
+                    # The call as carried out (or not) is what `calls` records; the bot gets the
+                    # fault. A call Slack refuses on its own (a bare stop of an ended stream) is
+                    # refused as usual, the fault spent: only a call carried out gets it.
                     done = (
                         {"ok": True} | handler(args) if fault.after else {"ok": False, "error": fault.error}
                     )
+                    status = fault.status
                     self.calls.append(ApiCall(method, args, token, done, status, time.monotonic()))
                     if fault.body is not None:
                         return web.Response(status=status, text=fault.body, content_type=fault.body_type)
                     return web.json_response({"ok": False, "error": fault.error}, status=status)
+                status = fault.status
                 if status == 429:
                     headers["Retry-After"] = str(math.ceil(fault.retry_after or 1))
                 raise ApiError("ratelimited" if status == 429 else fault.error)
