@@ -323,11 +323,14 @@ class StoredConversation:
 
 @dataclass(frozen=True)
 class BreakerNews:
-    """What Redis holds of the model's circuit breaker, shared by all processes."""
+    """What a beat learns from Redis: the model's circuit breaker, shared by all processes, and
+    whether Redis still knew this process."""
 
     open_seconds_left: float  # of a breaker a process opened; 0 when none is open
     failures_counted: int  # turns in a row that found the model down
     closed_token: str | None = None  # changes each time a probe finds the model back
+    # False when the process's own entry was gone: Redis lost its data since its last beat.
+    remembered: bool = True
 
 
 @dataclass(frozen=True)
@@ -619,14 +622,17 @@ return found
 
 # KEYS: processes, LLM breaker, LLM failures. ARGV: process id, liveness ms. A process says it is
 # alive for the next `liveness` ms; entries gone for an hour are dropped. Returns the ms left of a
-# breaker some process opened (negative when none is open) and the failed turns counted.
+# breaker some process opened (negative when none is open), the failed turns counted, the closed
+# token, and 1 if Redis still knew the process (0 the first time, or when Redis lost its data).
 _BEAT = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local remembered = redis.call('ZSCORE', KEYS[1], ARGV[1]) and 1 or 0
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 3600000)
 redis.call('PEXPIRE', KEYS[1], 86400000)
-return {redis.call('PTTL', KEYS[2]), tonumber(redis.call('GET', KEYS[3]) or '0'), redis.call('GET', KEYS[4])}
+local failures = tonumber(redis.call('GET', KEYS[3]) or '0')
+return {redis.call('PTTL', KEYS[2]), failures, redis.call('GET', KEYS[4]), remembered}
 """
 
 # KEYS: LLM breaker, LLM probe. ARGV: process token, claim ms. After a cooldown one turn in all
@@ -780,12 +786,15 @@ return 0
 # nobody took it meanwhile and that message is still unfinished (finished: the holder has just
 # released the lock, or another worker answered the message during the stall). Returns 1
 # renewed, 2 taken back, 0 held by another token, -1 neither held nor anything left to hold it for.
+# No journal at all (a finished one is kept a day) means Redis lost its data under the turn (a
+# restart without persistence, a failover to a replica behind): nobody else knows the message,
+# so its holder takes the lock back and goes on.
 _RENEW_THREAD_LOCK = """
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 if holder then return 0 end
 local state = redis.call('HGET', KEYS[2], 'state')
-if state ~= 'queued' and state ~= 'working' then return -1 end
+if state and state ~= 'queued' and state ~= 'working' then return -1 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 2
 """
@@ -809,7 +818,9 @@ if fenced then
   local lock, journal = KEYS[#claims * 3 + 2], KEYS[#claims * 3 + 3]
   local holder = redis.call('GET', lock)
   if holder ~= ARGV[4] then
-    if holder or redis.call('HGET', journal, 'state') ~= 'working' then return {-1, 0, 0} end
+    -- No journal at all: Redis lost its data under the turn (see _RENEW_THREAD_LOCK).
+    local state = redis.call('HGET', journal, 'state')
+    if holder or (state and state ~= 'working') then return {-1, 0, 0} end
     redis.call('SET', lock, ARGV[4], 'PX', ARGV[5])
   end
 end
@@ -1034,8 +1045,10 @@ class Store:
         its own until then, whatever their own lifetime (see `threads_orphaned`). Returns what
         Redis holds of the model's breaker (bot/shared_breaker.py)."""
         keys = [self.keys.processes, self.keys.llm_breaker, self.keys.llm_failures, self.keys.llm_closed]
-        left_ms, failures, closed = await self._batch.run_script(self._beat, keys, [process, liveness_ms])
-        return BreakerNews(max(0, int(left_ms)) / 1000, int(failures), closed or None)
+        left_ms, failures, closed, remembered = await self._batch.run_script(
+            self._beat, keys, [process, liveness_ms]
+        )
+        return BreakerNews(max(0, int(left_ms)) / 1000, int(failures), closed or None, bool(remembered))
 
     async def llm_failed(self) -> int:
         """One more turn found the model down: how many have in a row, in all processes."""

@@ -171,6 +171,8 @@ class TurnRunner:
         self._renewing: asyncio.Task[None] | None = None
         self._poked: set[ThreadKey] = set()
         self._recently_followed: OrderedDict[ThreadKey, None] = OrderedDict()
+        self._has_beaten = False
+        self._redis_forgot = False  # Redis lost its data since this process started (see beat)
         self._noticed: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         self._accepted: OrderedDict[tuple[str, str, str], None] = OrderedDict()  # this process's
         # Thinking signs shown on arrival, until the message's turn takes them over.
@@ -237,11 +239,13 @@ class TurnRunner:
 
     async def is_followed(self, key: ThreadKey) -> bool:
         """Does the bot take part in this thread? Falls back to this process's memory if Redis
-        is down, so that a follow-up then still gets the 'temporarily unavailable' reply."""
+        is down, so that a follow-up then still gets the 'temporarily unavailable' reply, or came
+        back without its data, so that a follow-up is still answered."""
         try:
-            return await self.store.is_followed(key)
+            followed = await self.store.is_followed(key)
         except StoreUnavailable:
             return key in self._recently_followed
+        return followed or (self._redis_forgot and key in self._recently_followed)
 
     async def remove_message(self, key: ThreadKey, ts: str) -> None:
         if await self.store.remove_user_message(key, ts):
@@ -270,6 +274,15 @@ class TurnRunner:
         """Say that this process is alive, and learn whether another found the model down; call
         every `beat_seconds`."""
         news = await self.store.beat(self.process_id, int(self.beat_seconds * LIVENESS_BEATS * 1000))
+        if self._has_beaten and not news.remembered:
+            self._redis_forgot = True
+            log.warning(
+                "redis came back without the bot's data (restarted without persistence, or failed "
+                "over to a replica that was behind): conversations are read again from Slack; "
+                "messages waiting for their turn may be lost threads_held_here=%d",
+                len(self._held),
+            )
+        self._has_beaten = True
         self.breaker.heard(news)
 
     async def take_over_orphans(self) -> int:

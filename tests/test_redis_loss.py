@@ -1,0 +1,151 @@
+"""Redis coming back empty: a restart without persistence, or a failover to a replica that had not
+caught up. The conversations are gone (read again from Slack where the bot can); a turn in flight
+must still be answered, once, and its sign taken away. Emulated with FLUSHALL at chosen moments,
+and once with a real redis-server killed and started again without its data.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from bot.formatting import SlackMarkdown
+from bot.turn import DELIVERY_FAILED, STORE_UNAVAILABLE, TURN_FAILED
+from tests.conftest import RunningBot, StartBot
+from tests.emulators.openai_api import OpenAIEmulator, Reply, SlowFirstToken
+from tests.emulators.slack import SlackEmulator
+from tests.redis_server import RedisServer
+from tests.test_streaming import _long_answer, shown
+
+CHANNEL = "C900"
+DM = "D900"
+BOT = "UBOT"
+NOT_ANSWERS = (DELIVERY_FAILED, STORE_UNAVAILABLE, TURN_FAILED)
+FORGOT = "redis came back without the bot's data"
+
+
+def _errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize("where", ["thread", "dm"])
+async def test_a_turn_in_flight_when_redis_loses_its_data_is_answered_once(
+    where: str,
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The lock, the journal and the inbox vanish while the model thinks. Before, the answer's
+    post found no journal, took that for another worker having finished the message, and stood
+    down: no answer, and "is thinking…" (or the reaction) left up for good."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    llm.enqueue(SlowFirstToken(1.5))
+    if where == "thread":
+        ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
+        channel, thread = CHANNEL, ts
+    else:
+        ts = await slack.post_user_message(DM, "why is api-prod red?")
+        channel, thread = DM, "top"
+    await llm.wait_for_requests(1)
+    await redis.flushall()
+    [answer] = await slack.wait_for_bot_messages(channel, thread, count=1)
+    await running.settle()
+    assert answer["text"] == "Answer: ann: why is api-prod red?"
+    assert not slack.statuses.get((channel, ts)), "is thinking… left up"
+    assert not (slack.message(channel, ts) or {}).get("reactions"), "the thinking reaction left"
+    assert "standing down" not in caplog.text and _errors(caplog) == []
+
+
+async def test_a_long_answer_streaming_when_redis_loses_its_data_is_shown_whole(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its second message is claimed after the loss: before, the answer stopped after its first
+    message (9,498 of some 15,200 characters), with no buttons and no note."""
+    raw = _long_answer()
+    llm.chunk_chars, llm.chunk_delay = 200, 0.02
+    llm.enqueue(Reply(raw))
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> the whole guide please")
+    await slack.wait_for(lambda: bool(slack.calls_to("chat.startStream")), what="the stream to start")
+    await redis.flushall()
+    await slack.wait_for(
+        lambda: len(slack.bot_messages(CHANNEL, ts)) == 2, timeout=15, what="its second message"
+    )
+    await bot.settle()
+    messages = slack.bot_messages(CHANNEL, ts)
+    assert not any(m.get("streaming") for m in messages)
+    assert "\n\n".join(shown(m) for m in messages) == SlackMarkdown.format(raw).strip()
+    assert _errors(caplog) == []
+
+
+async def test_an_answer_waiting_out_a_429_when_redis_loses_its_data_is_posted(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    slack.fail_next("chat.postMessage", status=429, retry_after=1)
+    await slack.post_user_message(DM, "first question")
+    await slack.wait_for(lambda: bool(slack.rate_limited), what="the 429")
+    await redis.flushall()
+    await slack.post_user_message(DM, "second question")
+    first, second = await slack.wait_for_bot_messages(DM, "top", count=2, timeout=15)
+    await bot.settle()
+    assert [first["text"], second["text"]] == ["Answer: ann: first question", "Answer: ann: second question"]
+    assert len(slack.bot_messages(DM, "top")) == 2 and _errors(caplog) == []
+
+
+async def test_a_follow_up_after_redis_lost_its_data_is_answered_with_the_thread_read_from_slack(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Whether the bot follows a thread is kept in Redis: before, a follow-up without a mention
+    was ignored once Redis had lost it, without a word in the log. The loss is noticed at the
+    next beat, once, and the threads this process took part in are followed still."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> the check api-prod is red")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    await running.settle()
+    await redis.flushall()
+    await slack.wait_for(lambda: FORGOT in caplog.text, what="the loss to be noticed")
+    await slack.post_user_message(CHANNEL, "what did I say was red?", thread_ts=root)
+    _, answer = await slack.wait_for_bot_messages(CHANNEL, root, count=2)
+    await running.settle()
+    assert answer["text"] == "Answer: ann: what did I say was red?"
+    assert any("the check api-prod is red" in m["content"] for m in llm.requests[-1]["messages"])
+    [noticed] = [r for r in caplog.records if FORGOT in r.getMessage()]
+    assert noticed.levelno == logging.WARNING and _errors(caplog) == []
+
+
+async def test_a_redis_restarted_without_its_data_mid_turn_leaves_no_question_unanswered(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A real redis-server, killed while the model thinks and started again empty (no
+    append-only file): the question is answered once."""
+    caplog.set_level(logging.INFO)
+    server = RedisServer(tmp_path / "redis", appendonly=False)
+    server.start()
+    try:
+        running = await start_bot("http", REDIS_URL=server.url)
+        llm.enqueue(SlowFirstToken(3.0))
+        ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> and what now?")
+        await llm.wait_for_requests(1)
+        server.kill()
+        server.start()
+        [answer] = await slack.wait_for_bot_messages(CHANNEL, ts, count=1, timeout=15)
+        await running.settle()
+        assert answer["text"] == "Answer: ann: and what now?"
+        assert not slack.statuses.get((CHANNEL, ts))
+        assert not any(m["text"] in NOT_ANSWERS for m in slack.bot_messages(CHANNEL, ts))
+    finally:
+        server.stop()
