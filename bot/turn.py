@@ -28,6 +28,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Coroutine, Iterator
 from dataclasses import asdict, dataclass, replace
+from decimal import Decimal
 from enum import Enum
 from typing import Any
 
@@ -46,6 +47,7 @@ from bot.delivery import (
     target_for,
 )
 from bot.llm import UNAVAILABLE, Answer, ChatMessage, ChatModel, LLMError
+from bot.lost_answers import ts_number
 from bot.rate_limit import CALL_ERRORS, NO_ANSWER_ERRORS, error_code
 from bot.shared_breaker import SharedBreaker
 from bot.slack_text import mentioned_users
@@ -106,6 +108,7 @@ FORGOTTEN = (
 DM_LOOKBACK_TURNS = 60
 MAX_DELIVERY_ATTEMPTS = 5
 FOLLOWED_MEMORY = 10_000  # threads this process recently answered in, for when Redis is down
+WAITING_MEMORY = 1_000  # messages accepted here and not yet taken here, for when Redis loses them
 ARRIVAL_WAIT_SECONDS = 5.0  # at most, for a message of the thread still being queued here
 # A process says it is alive this often (`beat`); it counts as gone, and the threads it holds are
 # taken over, once it has not said so for LIVENESS_BEATS beats (and never sooner than the thread
@@ -173,6 +176,10 @@ class TurnRunner:
         self._recently_followed: OrderedDict[ThreadKey, None] = OrderedDict()
         self._has_beaten = False
         self._redis_forgot = False  # Redis lost its data since this process started (see beat)
+        # Messages accepted here and not yet taken by a worker here, and the threads held here
+        # since the last beat: what `_queue_again` needs if Redis loses its data.
+        self._waiting_here: OrderedDict[tuple[str, str, str], IncomingMessage] = OrderedDict()
+        self._held_since_beat: set[ThreadKey] = set()
         self._noticed: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         self._accepted: OrderedDict[tuple[str, str, str], None] = OrderedDict()  # this process's
         # Thinking signs shown on arrival, until the message's turn takes them over.
@@ -226,6 +233,10 @@ class TurnRunner:
             log.debug("duplicate delivery ignored team=%s channel=%s ts=%s", *seen)
             return
         self._remember_followed(message.key)
+        if taken is None:
+            self._waiting_here[seen] = message
+            while len(self._waiting_here) > WAITING_MEMORY:
+                self._waiting_here.popitem(last=False)
         if accepted in (Accepted.FIRST, Accepted.TAKEN) and message.action == "answer":
             # Its turn comes at once: show the sign now, while the turn gets going alongside.
             counted = accepted is Accepted.TAKEN and first_status is not None
@@ -248,6 +259,7 @@ class TurnRunner:
         return followed or (self._redis_forgot and key in self._recently_followed)
 
     async def remove_message(self, key: ThreadKey, ts: str) -> None:
+        self._waiting_here.pop((key.team, key.channel, ts), None)  # never to be queued again
         if await self.store.remove_user_message(key, ts):
             log.info("deleted message removed team=%s channel=%s ts=%s", key.team, key.channel, ts)
 
@@ -279,11 +291,32 @@ class TurnRunner:
             log.warning(
                 "redis came back without the bot's data (restarted without persistence, or failed "
                 "over to a replica that was behind): conversations are read again from Slack; "
-                "messages waiting for their turn may be lost threads_held_here=%d",
+                "messages waiting in threads other processes work on may be lost threads_held_here=%d",
                 len(self._held),
             )
+            self._spawn(self._queue_again(self._held_since_beat | set(self._held)))
         self._has_beaten = True
+        self._held_since_beat = set()
         self.breaker.heard(news)
+
+    async def _queue_again(self, threads: set[ThreadKey]) -> None:
+        """After Redis lost its data: the messages accepted here that were waiting behind a turn
+        this process worked on lately went with their thread's inbox (acknowledged to Slack,
+        they are not sent again): queue them again, in order, for a worker to reach. Nobody can
+        have answered them, as the turn ahead of them held the thread. Messages waiting in
+        threads another process works on cannot be told from ones it answered, and are left."""
+        lost = [m for m in self._waiting_here.values() if m.key in threads]
+        for message in sorted(lost, key=lambda m: ts_number(m.ts) or Decimal(0)):
+            self._waiting_here.pop(_seen(message), None)
+            try:
+                accepted, _ = await self.store.accept(message)
+            except StoreUnavailable as error:
+                log.warning("message not queued again team=%s channel=%s thread=%s user=%s error=%s",
+                            *_where(message), error)  # fmt: skip
+                continue
+            if accepted is not Accepted.DUPLICATE:
+                log.info("message queued again team=%s channel=%s thread=%s user=%s", *_where(message))
+                self.start_work(message.key)
 
     async def take_over_orphans(self) -> int:
         """Start work on waiting threads whose lock holder's process is gone (killed, or stalled
@@ -407,6 +440,7 @@ class TurnRunner:
             next_up: Queued | None = queued
             while next_up is not None:
                 held.ts = next_up.message.ts
+                self._waiting_here.pop(_seen(next_up.message), None)
                 try:
                     outcome = await self._take_turn_safely(next_up.message, next_up.record)
                 except DeliveryDeferred:
@@ -429,6 +463,7 @@ class TurnRunner:
         worker = asyncio.current_task()
         assert worker is not None
         held = self._held[key] = _HeldLock(token, asyncio.get_running_loop().time(), worker)
+        self._held_since_beat.add(key)
         if self._renewing is None or self._renewing.done():
             self._renewing = asyncio.create_task(self._renew_held_locks())
         return held

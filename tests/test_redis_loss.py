@@ -149,3 +149,35 @@ async def test_a_redis_restarted_without_its_data_mid_turn_leaves_no_question_un
         assert not any(m["text"] in NOT_ANSWERS for m in slack.bot_messages(CHANNEL, ts))
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("noticed", ["while the turn runs", "after the turn ended"])
+async def test_a_follow_up_waiting_behind_a_turn_when_redis_loses_its_data_is_answered(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+    noticed: str,
+) -> None:
+    """A follow-up queued behind the answer in flight goes with the thread's inbox; it was
+    acknowledged, so Slack will not send it again. The process that accepted it queues it again
+    once it notices the loss, also when the turn ahead of it ended before that (its thread was
+    held since the last beat): before, it was never answered."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    llm.enqueue(SlowFirstToken(0.5))
+    posting = slack.gate("chat.postMessage")
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
+    await llm.wait_for_requests(1)
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    await slack.wait_for(lambda: posting.waiting > 0, what="the first answer's post")
+    await redis.flushall()
+    if noticed == "while the turn runs":
+        await slack.wait_for(lambda: FORGOT in caplog.text, what="the loss to be noticed")
+    posting.opened.set()
+    first, second = await slack.wait_for_bot_messages(CHANNEL, root, count=2)
+    await running.settle()
+    assert first["text"] == "Answer: ann: why is api-prod red?"
+    assert second["text"] == "Answer: ann: and staging?"
+    assert "message queued again" in caplog.text and _errors(caplog) == []
