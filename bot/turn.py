@@ -264,6 +264,8 @@ class TurnRunner:
             log.info("deleted message removed team=%s channel=%s ts=%s", key.team, key.channel, ts)
 
     async def edit_message(self, key: ThreadKey, ts: str, text: str, bot_user_id: str) -> None:
+        if (waiting := self._waiting_here.get(seen := (key.team, key.channel, ts))) is not None:
+            self._waiting_here[seen] = replace(waiting, text=text)  # queued again as edited
         if mentioned_users(text) - {bot_user_id} and not await self.store.is_followed(key):
             # An edit in a thread the bot takes no part in: its mentions are not worth a
             # users.info call each (Tier 4, shared with every turn's asker).

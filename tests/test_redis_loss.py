@@ -151,7 +151,7 @@ async def test_a_redis_restarted_without_its_data_mid_turn_leaves_no_question_un
         server.stop()
 
 
-@pytest.mark.parametrize("noticed", ["while the turn runs", "after the turn ended"])
+@pytest.mark.parametrize("noticed", ["while the turn runs", "after the turn ended", "after an edit"])
 async def test_a_follow_up_waiting_behind_a_turn_when_redis_loses_its_data_is_answered(
     start_bot: StartBot,
     slack: SlackEmulator,
@@ -163,17 +163,20 @@ async def test_a_follow_up_waiting_behind_a_turn_when_redis_loses_its_data_is_an
     """A follow-up queued behind the answer in flight goes with the thread's inbox; it was
     acknowledged, so Slack will not send it again. The process that accepted it queues it again
     once it notices the loss, also when the turn ahead of it ended before that (its thread was
-    held since the last beat): before, it was never answered."""
+    held since the last beat), and as edited while it waited: before, it was never answered."""
     caplog.set_level(logging.INFO)
     running = await start_bot("http")
     llm.enqueue(SlowFirstToken(0.5))
     posting = slack.gate("chat.postMessage")
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await llm.wait_for_requests(1)
-    await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    asked = "and prod?" if noticed == "after an edit" else "and staging?"
+    follow_up = await slack.post_user_message(CHANNEL, f"<@{BOT}> {asked}", thread_ts=root)
     await slack.wait_for(lambda: posting.waiting > 0, what="the first answer's post")
+    if noticed == "after an edit":
+        await slack.edit_message(CHANNEL, follow_up, f"<@{BOT}> and staging?")  # queued again as edited
     await redis.flushall()
-    if noticed == "while the turn runs":
+    if noticed != "after the turn ended":
         await slack.wait_for(lambda: FORGOT in caplog.text, what="the loss to be noticed")
     posting.opened.set()
     first, second = await slack.wait_for_bot_messages(CHANNEL, root, count=2)
