@@ -331,6 +331,7 @@ class BreakerNews:
     closed_token: str | None = None  # changes each time a probe finds the model back
     # False when the process's own entry was gone: Redis lost its data since its last beat.
     remembered: bool = True
+    peers: int = 0  # other processes alive
 
 
 @dataclass(frozen=True)
@@ -623,7 +624,8 @@ return found
 # KEYS: processes, LLM breaker, LLM failures. ARGV: process id, liveness ms. A process says it is
 # alive for the next `liveness` ms; entries gone for an hour are dropped. Returns the ms left of a
 # breaker some process opened (negative when none is open), the failed turns counted, the closed
-# token, and 1 if Redis still knew the process (0 the first time, or when Redis lost its data).
+# token, 1 if Redis still knew the process (0 the first time, or when Redis lost its data), and
+# how many other processes are alive.
 _BEAT = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
@@ -632,7 +634,8 @@ redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 3600000)
 redis.call('PEXPIRE', KEYS[1], 86400000)
 local failures = tonumber(redis.call('GET', KEYS[3]) or '0')
-return {redis.call('PTTL', KEYS[2]), failures, redis.call('GET', KEYS[4]), remembered}
+local peers = redis.call('ZCOUNT', KEYS[1], now, '+inf') - 1
+return {redis.call('PTTL', KEYS[2]), failures, redis.call('GET', KEYS[4]), remembered, peers}
 """
 
 # KEYS: LLM breaker, LLM probe. ARGV: process token, claim ms. After a cooldown one turn in all
@@ -1045,10 +1048,12 @@ class Store:
         its own until then, whatever their own lifetime (see `threads_orphaned`). Returns what
         Redis holds of the model's breaker (bot/shared_breaker.py)."""
         keys = [self.keys.processes, self.keys.llm_breaker, self.keys.llm_failures, self.keys.llm_closed]
-        left_ms, failures, closed, remembered = await self._batch.run_script(
+        left_ms, failures, closed, remembered, peers = await self._batch.run_script(
             self._beat, keys, [process, liveness_ms]
         )
-        return BreakerNews(max(0, int(left_ms)) / 1000, int(failures), closed or None, bool(remembered))
+        return BreakerNews(
+            max(0, int(left_ms)) / 1000, int(failures), closed or None, bool(remembered), max(0, int(peers))
+        )
 
     async def llm_failed(self) -> int:
         """One more turn found the model down: how many have in a row, in all processes."""

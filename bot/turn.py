@@ -176,6 +176,8 @@ class TurnRunner:
         self._recently_followed: OrderedDict[ThreadKey, None] = OrderedDict()
         self._has_beaten = False
         self._redis_forgot = False  # Redis lost its data since this process started (see beat)
+        self._alone = False  # no other process was alive at the last beat
+        self._queue_again_after: set[ThreadKey] | None = None  # threads, once a loss is noticed
         # Messages accepted here and not yet taken by a worker here, and the threads held here
         # since the last beat: what `_queue_again` needs if Redis loses its data.
         self._waiting_here: OrderedDict[tuple[str, str, str], IncomingMessage] = OrderedDict()
@@ -288,25 +290,36 @@ class TurnRunner:
         """Say that this process is alive, and learn whether another found the model down; call
         every `beat_seconds`."""
         news = await self.store.beat(self.process_id, int(self.beat_seconds * LIVENESS_BEATS * 1000))
+        if (threads := self._queue_again_after) is not None:
+            self._queue_again_after = None
+            if news.peers == 0:
+                self._spawn(self._queue_again(threads))
+            else:
+                log.warning("messages waiting for their turn not queued again: other processes are alive")
         if self._has_beaten and not news.remembered:
             self._redis_forgot = True
             log.warning(
                 "redis came back without the bot's data (restarted without persistence, or failed "
                 "over to a replica that was behind): conversations are read again from Slack; "
-                "messages waiting in threads other processes work on may be lost threads_held_here=%d",
+                "messages waiting for their turn may be lost threads_held_here=%d",
                 len(self._held),
             )
-            self._spawn(self._queue_again(self._held_since_beat | set(self._held)))
+            if self._alone:
+                # Decided at the next beat, once every process still alive has said so again.
+                self._queue_again_after = self._held_since_beat | set(self._held)
         self._has_beaten = True
+        self._alone = news.peers == 0
         self._held_since_beat = set()
         self.breaker.heard(news)
 
     async def _queue_again(self, threads: set[ThreadKey]) -> None:
         """After Redis lost its data: the messages accepted here that were waiting behind a turn
         this process worked on lately went with their thread's inbox (acknowledged to Slack,
-        they are not sent again): queue them again, in order, for a worker to reach. Nobody can
-        have answered them, as the turn ahead of them held the thread. Messages waiting in
-        threads another process works on cannot be told from ones it answered, and are left."""
+        they are not sent again): queue them again, in order, for a worker to reach. Only when
+        this process was alone, at the beats before and after the loss: nobody else can then have
+        answered them, nor been told of their deletion. With other processes, a message here
+        cannot be told from one another process answered, or was told was deleted (its text
+        would go to the model again), and is left."""
         lost = [m for m in self._waiting_here.values() if m.key in threads]
         for message in sorted(lost, key=lambda m: ts_number(m.ts) or Decimal(0)):
             self._waiting_here.pop(_seen(message), None)

@@ -184,3 +184,74 @@ async def test_a_follow_up_waiting_behind_a_turn_when_redis_loses_its_data_is_an
     assert first["text"] == "Answer: ann: why is api-prod red?"
     assert second["text"] == "Answer: ann: and staging?"
     assert "message queued again" in caplog.text and _errors(caplog) == []
+
+
+# With several processes, a message one accepted may have been answered by another, or its
+# deletion told to another: it is not queued again (from a review of the first version).
+
+
+async def test_with_several_processes_a_follow_up_another_answered_is_not_queued_again(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A accepts a follow-up while B holds the thread, and B answers it; later A works on the
+    thread and Redis loses its data. Before, A queued the answered follow-up again: a second
+    answer."""
+    caplog.set_level(logging.INFO)
+    a = await start_bot("http")
+    b = await start_bot("http")  # Slack's events go to B
+    llm.enqueue(SlowFirstToken(1.5))
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
+    await llm.wait_for_requests(1)
+    slack.use_http(f"{a.url}/slack/events")
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
+    llm.enqueue(SlowFirstToken(1.5))
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and prod-eu?", thread_ts=root)
+    await llm.wait_for_requests(3)
+    await redis.flushall()
+    await slack.wait_for(lambda: caplog.text.count(FORGOT) >= 2, what="both processes to notice the loss")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=3, timeout=15)
+    await a.settle()
+    await b.settle()
+    assert [m["text"] for m in slack.bot_messages(CHANNEL, root)] == [
+        "Answer: ann: why is api-prod red?",
+        "Answer: ann: and staging?",
+        "Answer: ann: and prod-eu?",
+    ]
+    assert "message queued again" not in caplog.text
+
+
+async def test_with_several_processes_a_follow_up_deleted_through_another_is_not_answered(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A accepts a follow-up behind its own turn; its deletion reaches B. Before, A queued the
+    deleted message again after the loss and sent its text to the model: here, a password."""
+    caplog.set_level(logging.INFO)
+    a = await start_bot("http")
+    b = await start_bot("http")
+    slack.use_http(f"{a.url}/slack/events")
+    llm.enqueue(SlowFirstToken(0.5))
+    posting = slack.gate("chat.postMessage")
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
+    await llm.wait_for_requests(1)
+    secret = f"<@{BOT}> and staging? my password is hunter2"
+    follow_up = await slack.post_user_message(CHANNEL, secret, thread_ts=root)
+    await slack.wait_for(lambda: posting.waiting > 0, what="the first answer's post")
+    slack.use_http(f"{b.url}/slack/events")
+    await slack.delete_message(CHANNEL, follow_up)
+    assert await redis.hget(f"turn:T1:{CHANNEL}:{follow_up}", "deleted") == "1"
+    await redis.flushall()
+    await slack.wait_for(lambda: caplog.text.count(FORGOT) >= 2, what="both processes to notice the loss")
+    posting.opened.set()
+    await a.settle()
+    await b.settle()
+    assert [m["text"] for m in slack.bot_messages(CHANNEL, root)] == ["Answer: ann: why is api-prod red?"]
+    assert not any("hunter2" in str(request) for request in llm.requests)
