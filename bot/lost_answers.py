@@ -1,7 +1,7 @@
 """Slack calls whose answer was lost on the way back: the request went out, the connection broke
 (or timed out) before Slack's answer came, and Slack may or may not have carried the call out.
-A 5xx, or Slack's `internal_error` / `fatal_error` ("it's possible some aspect of the operation
-succeeded before the error was raised"), leaves the same doubt.
+A 5xx, Slack's `internal_error` / `fatal_error` ("it's possible some aspect of the operation
+succeeded before the error was raised"), or a 200 whose body is not Slack's, leaves the same doubt.
 
 Slack takes no idempotency key, so repeating such a call blindly can show a message, or a piece
 of a streamed one, twice. The Web API client repeats at once only the calls that are safe to
@@ -42,7 +42,8 @@ SERVER_ERROR_STATUSES = frozenset({500, 502, 503, 504})
 
 class OutcomeUnknown(Exception):
     """Slack answered a call that cannot be repeated with a failure that may have come after it
-    carried the call out (a 5xx, `internal_error`, `fatal_error`): as unsure as a lost answer."""
+    carried the call out (a 5xx, `internal_error`, `fatal_error`, a 200 not from Slack): as
+    unsure as a lost answer."""
 
     def __init__(self, method: str, code: str) -> None:
         super().__init__(f"{method} failed partway: {code}")
@@ -57,8 +58,10 @@ def maybe_carried_out(error: BaseException) -> bool:
 
 
 def partly_done(method: str, status: int, code: str | None) -> bool:
-    """Slack's answer to `method` leaves it unsure whether the call was carried out."""
-    return method in NOT_REPEATABLE and (status >= 500 or code in PARTLY_DONE_ERRORS)
+    """Slack's answer to `method` leaves it unsure whether the call was carried out. A 200 that
+    is not Slack's (error `http_200`, see `BudgetedSlack._readable`) came from something between
+    the bot and Slack that may have passed the call on."""
+    return method in NOT_REPEATABLE and (status >= 500 or code in PARTLY_DONE_ERRORS or code == "http_200")
 
 
 def _method(request: HttpRequest) -> str:

@@ -33,6 +33,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from bot.lost_answers import OutcomeUnknown, partly_done
+from bot.slack_client import failed_answer
 from bot.store import Fence, RateBucket, RateClaim, Store
 
 log = logging.getLogger(__name__)
@@ -288,15 +289,7 @@ class BudgetedSlack:
         if slack_shaped and isinstance(response.data, dict) and response.get("error"):
             return error
         status = response.status_code if slack_shaped else getattr(response, "status", 0)
-        readable = AsyncSlackResponse(
-            client=self.client,
-            http_verb=http_verb,
-            api_url=method,
-            req_args={},
-            data={"ok": False, "error": f"http_{status}"},
-            headers=dict(getattr(response, "headers", None) or {}),
-            status_code=int(status or 0),
-        )
+        readable = failed_answer(self.client, method, http_verb, status, getattr(response, "headers", None))
         return SlackApiError(f"{method} failed: http_{status}", readable)
 
 

@@ -41,6 +41,7 @@ from bot.heap import trim_heap_forever
 from bot.llm import ChatModel
 from bot.lost_answers import RepeatSafeRetryHandler, RepeatSafeServerErrorRetryHandler
 from bot.rate_limit import BudgetedSlack, SlackBudget
+from bot.slack_client import SlackClient
 from bot.socket_mode import SocketModeHandler
 from bot.store import Store, StoreUnavailable
 from bot.supervisor import orphaned
@@ -131,7 +132,7 @@ class SupportBot:
         # slack_sdk's 30-s timeout applies only to sessions it makes itself; this one is shared,
         # and aiohttp's own default is five minutes (auth.test hanging that long held a stop).
         session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SLACK_CALL_TIMEOUT_SECONDS))
-        client = AsyncWebClient(
+        client = SlackClient(
             token=settings.slack_bot_token,
             base_url=settings.slack_api_url,
             session=session,
@@ -161,7 +162,7 @@ class SupportBot:
         _share_identity(self.app, auth_test)
         # The calls a turn makes handle 429s themselves (pausing the shared budget; delivery keeps
         # its text), so their client retries only broken connections and Slack's 5xx.
-        turn_client = AsyncWebClient(
+        turn_client = SlackClient(
             token=settings.slack_bot_token,
             base_url=settings.slack_api_url,
             session=session,
@@ -469,7 +470,7 @@ async def _check_app_token(session: aiohttp.ClientSession, api_url: str, app_tok
     """Fail at start, in one line, when Slack rejects the app-level token (Socket Mode's
     client would otherwise log a traceback every few seconds, retrying for ever, while the bot
     looks started). It opens no connection: the URL Slack gives for one is left unused."""
-    client = AsyncWebClient(token=app_token, base_url=api_url, session=session)
+    client = SlackClient(token=app_token, base_url=api_url, session=session)
     try:
         await client.apps_connections_open(app_token=app_token or "")
     except SlackApiError as error:

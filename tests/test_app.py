@@ -91,6 +91,34 @@ async def test_a_key_the_model_service_refuses_stops_the_bot_with_one_line(
     assert "sk-revoked" not in stderr.decode()
 
 
+@pytest.mark.parametrize("mode", ["http", "socket"])
+async def test_a_start_up_check_answered_with_a_page_not_slacks_is_carried_past(
+    mode: str, tmp_path: Path, slack: SlackEmulator, llm: OpenAIEmulator, redis_url: str
+) -> None:
+    """Something between the bot and Slack answers the token checks 200 in plain text. Before,
+    slack_sdk's own check of that answer raised AttributeError: the bot died at start with a
+    traceback."""
+    page = {"status": 200, "body": "ok", "body_type": "text/plain"}
+    slack.fail_next("auth.test", **page)
+    if mode == "socket":
+        slack.fail_next("apps.connections.open", **page)
+    process = BotProcess(bot_env(slack, llm, redis_url, mode, free_port()), tmp_path)
+    try:
+        await process.start()
+        if mode == "http":
+            slack.use_http(f"{process.url}/slack/events")
+        ts = await slack.post_user_message("C500", "<@UBOT> hello")
+        [answer] = await slack.wait_for_bot_messages("C500", ts)
+        assert answer["text"] == "Answer: ann: hello"
+    finally:
+        await process.close()
+    log = process.log()
+    assert "auth.test failed error=http_200; carrying on" in log
+    if mode == "socket":
+        assert "apps.connections.open failed error=http_200; carrying on" in log
+    assert "Traceback" not in log and " ERROR " not in log, log
+
+
 async def test_check_says_whether_the_settings_are_valid_and_exits(tmp_path: Path) -> None:
     valid = {"SLACK_BOT_TOKEN": "xoxb-1", "SLACK_SIGNING_SECRET": "s3cret", "OPENAI_API_KEY": "sk-test"}
     process = await run_app(valid | {"PROCESSES": "4"}, tmp_path, "--check")

@@ -267,6 +267,33 @@ async def test_a_post_answered_with_a_gateway_page_is_made_again_once_slack_show
     assert "lost post not in slack" in caplog.text and _errors(caplog) == []
 
 
+@pytest.mark.parametrize("landed", [True, False], ids=["landed", "not landed"])
+@pytest.mark.parametrize("body_type", ["text/plain", "text/html"])
+async def test_a_post_answered_200_with_a_page_not_slacks_is_looked_for(
+    bot: RunningBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    caplog: pytest.LogCaptureFixture,
+    body_type: str,
+    landed: bool,
+) -> None:
+    """Something between the bot and Slack answers 200 with a body of its own: the post may or
+    may not have reached Slack. Before, a plain-text body made slack_sdk's own check raise
+    AttributeError (the turn crashed under "is thinking…"), and an HTML one read as a failed
+    post, made again even when it had landed."""
+    caplog.set_level(logging.INFO)
+    slack.fail_next("chat.postMessage", status=200, body="ok", body_type=body_type, after=landed)
+    llm.enqueue(Reply(ANSWER))
+    await slack.post_user_message(DM, "tell me")
+    [answer] = await slack.wait_for_bot_messages(DM)
+    await bot.settle()
+    assert shown(answer) == SlackMarkdown.format(ANSWER) and has_feedback_buttons(answer)
+    assert len(slack.bot_messages(DM)) == 1
+    assert len(slack.calls_to("chat.postMessage")) == (1 if landed else 2)
+    assert ("lost post found in slack" if landed else "lost post not in slack") in caplog.text
+    assert not [r for r in caplog.records if r.exc_info] and _errors(caplog) == []
+
+
 @pytest.mark.parametrize("method", ["chat.startStream", "chat.appendStream", "chat.stopStream"])
 @pytest.mark.parametrize("error", ["internal_error", "fatal_error"])
 async def test_a_stream_call_slack_fails_partway_shows_once_and_whole(
@@ -292,7 +319,10 @@ async def test_a_stream_call_slack_fails_partway_shows_once_and_whole(
     await _next_prompt_holds(slack, llm, CHANNEL, ts)
 
 
-@pytest.mark.parametrize("body_type", ["text/html", "application/json"])
+@pytest.mark.parametrize(
+    ("status", "body_type"),
+    [(502, "text/html"), (502, "application/json"), (200, "text/plain"), (200, "text/html")],
+)
 @pytest.mark.parametrize("method", ["assistant.threads.setStatus", "reactions.add", "chat.update"])
 async def test_a_gateway_page_on_any_other_call_is_a_failed_call_not_a_crash(
     bot: RunningBot,
@@ -300,28 +330,30 @@ async def test_a_gateway_page_on_any_other_call_is_a_failed_call_not_a_crash(
     llm: OpenAIEmulator,
     caplog: pytest.LogCaptureFixture,
     method: str,
+    status: int,
     body_type: str,
 ) -> None:
-    """The sign (a channel's status, a DM's reaction) or an answer's update answered with an
-    HTML page: that call failed, logged as `http_502`; the answer still comes, whole. (A page
-    that claims to be JSON leaves aiohttp's raw response in slack_sdk's error, whose reading
-    raised AttributeError.)"""
+    """The sign (a channel's status, a DM's reaction) or an answer's update answered with a
+    page that is not Slack's: that call failed, logged as `http_<status>`; the answer still
+    comes, whole. (A page that claims to be JSON leaves aiohttp's raw response in slack_sdk's
+    error, whose reading raised AttributeError; a 200 in plain text made slack_sdk's own check
+    of the answer raise AttributeError.)"""
     in_dm = method == "reactions.add"
     channel, question = (DM, "tell me") if in_dm else (CHANNEL, f"<@{BOT}> tell me")
     if method == "chat.update":
         slack.refuse_streaming("channel")  # posted, then grown by chat.update
     llm.chunk_delay, llm.chunk_chars = 0.05, 12
     caplog.set_level(logging.INFO)
-    slack.fail_next(method, status=502, body=GATEWAY_PAGE, body_type=body_type, times=3)
+    slack.fail_next(method, status=status, body=GATEWAY_PAGE, body_type=body_type, times=3)
     llm.enqueue(Reply(ANSWER))
     ts = await slack.post_user_message(channel, question)
     thread = None if channel == DM else ts
     [answer] = await slack.wait_for_bot_messages(channel, thread)
     await bot.settle()
-    assert slack.calls_to(method) and slack.calls_to(method)[0].status == 502
+    assert slack.calls_to(method) and slack.calls_to(method)[0].status == status
     assert shown(answer) == SlackMarkdown.format(ANSWER) and has_feedback_buttons(answer)
     assert not [r for r in caplog.records if r.exc_info] and _errors(caplog) == []
-    assert "error=http_502" in caplog.text
+    assert f"error=http_{status}" in caplog.text
 
 
 # Slack renders a message's Markdown into blocks of its own and keeps no block id of a markdown
