@@ -29,6 +29,7 @@ from bot.streaming import (
     Reply,
     Target,
     answer_block_id,
+    fits_one_message,
     is_notice_block,
     notice_block_id,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "Reply",
     "Target",
     "ThinkingSign",
+    "fits_one_message",
 ]
 
 log = logging.getLogger(__name__)

@@ -223,6 +223,12 @@ class Reply:
         if self._task is not None:
             self._task.cancel()
 
+    def go_on_in(self, ts: str) -> None:
+        """The answer's one message is in Slack already, started by a call whose answer was lost
+        and found there by recovery; what it shows, and whether it still streams, is unknown.
+        It is stopped bare, then given the whole answer (see `_settle_stream`)."""
+        self._message = _Message("stream", ts, "", None, unsure=True)
+
     @property
     def shown(self) -> bool:
         return bool(self._posted or self._message)
@@ -412,7 +418,9 @@ class Reply:
         self._add(self._formatter.finish())
         await self._settle_lost()
         if self.stopped_by_user or ending is Ending.STOPPED:
-            if self._message is not None:
+            if self._message is not None and not self._message.shown:
+                self._posted.append(self._message.ts)  # found in Slack (`go_on_in`): it stays as it is
+            elif self._message is not None:
                 await self._close_message(self._message.shown, feedback=None)
             return
         self._current = self._current.rstrip()
@@ -621,6 +629,11 @@ def _content(text: str, feedback: str | None, question: str) -> dict[str, Any]:
         fallback = fallback[: TEXT_LIMIT - 1] + "…"
     blocks = [{"type": "markdown", "text": text}, _feedback_block(feedback, question)]
     return {"blocks": blocks, "text": fallback}
+
+
+def fits_one_message(answer: str) -> bool:
+    """The model's whole `answer` shows in one message: its formatted text needs no cut."""
+    return find_cut(SlackMarkdown.format(answer).strip()) is None
 
 
 def answer_block_id(question_ts: str) -> str:

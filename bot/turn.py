@@ -44,6 +44,7 @@ from bot.delivery import (
     Reply,
     Target,
     ThinkingSign,
+    fits_one_message,
     target_for,
 )
 from bot.llm import UNAVAILABLE, Answer, ChatMessage, ChatModel, LLMError
@@ -643,6 +644,16 @@ class TurnRunner:
         elif (shown := record.answer_ts or (found.ts if found else None)) is not None:
             if record.answer_ts is None:
                 log.info("answer found cut short team=%s channel=%s thread=%s user=%s", *_where(message))
+            if record.answer is not None and fits_one_message(record.answer):
+                # Left by a lost call Slack could not be asked about, with the whole answer kept:
+                # its one message is given the rest rather than called interrupted.
+                reply = self._reply(message, target)
+                reply.go_on_in(shown)
+                reply.write(record.answer)
+                _, outcome = await self._finish_reply(message, reply, Ending.COMPLETE, record.answer, None)
+                if record.sign == "reaction":
+                    await self.delivery.clear_sign(target, "reaction")
+                return outcome
             await self.delivery.end_abandoned(target, shown)
             await self.delivery.post_notice(target, INTERRUPTED)
             outcome = Progress.of(state="noted")

@@ -227,6 +227,44 @@ async def test_a_lost_post_slack_cannot_be_asked_about_is_settled_by_recovery(
     assert any(m["content"].startswith("Paragraph 0") for m in llm.requests[-1]["messages"])
 
 
+@pytest.mark.parametrize("stop_pressed", [False, True], ids=["", "stop pressed"])
+async def test_a_lost_start_slack_cannot_be_asked_about_is_finished_whole_by_recovery(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    caplog: pytest.LogCaptureFixture,
+    stop_pressed: bool,
+) -> None:
+    """A streamed answer's start lands and its answer is lost, and every read of the thread
+    fails until the model has finished: the turn is left to recovery with the whole answer in
+    its journal. Before, recovery found the start cut short, stopped it and posted "interrupted,
+    please ask again" under it; now it gives that message the whole answer and its buttons
+    (unless the person pressed stop on it meanwhile: then what shows stays)."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http", RECOVERY_INTERVAL_SECONDS="0.3")
+    llm.chunk_delay, llm.chunk_chars = 0.05, 12
+    slack.fail_next("chat.startStream", drop=True, after=True)
+    slack.fail_next("conversations.replies", drop=True, times=1000)
+    llm.enqueue(Reply(ANSWER))
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> tell me")
+    await slack.wait_for(lambda: "answer delivery deferred" in caplog.text, timeout=20)
+    [started] = slack.bot_messages(CHANNEL, ts)
+    if stop_pressed:
+        slack.press_stop(CHANNEL, started["ts"])
+    slack.clear_faults()
+    await slack.wait_for(lambda: "resuming interrupted turn" in caplog.text, timeout=20)
+    await running.settle()
+    [answer] = slack.bot_messages(CHANNEL, ts)
+    if stop_pressed:
+        assert shown(answer) == shown(started) and not has_feedback_buttons(answer)
+        assert not slack.calls_to("chat.update")
+        return
+    assert shown(answer) == SlackMarkdown.format(ANSWER) and has_feedback_buttons(answer)
+    assert len(slack.calls_to("chat.startStream")) == 1 and len(llm.requests) == 1
+    assert "error=lost_call_unsettled" in caplog.text and _errors(caplog) == []
+    await _next_prompt_holds(slack, llm, CHANNEL, ts)
+
+
 # Slack failing partway: it may have carried the call out before answering 500 (or `ok: false`
 # with `internal_error` / `fatal_error`, which Slack documents as "some aspect of the operation
 # may have succeeded"). Such an answer is as unsure as a lost one.
