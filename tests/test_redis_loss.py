@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from bot.formatting import SlackMarkdown
 from bot.turn import DELIVERY_FAILED, STORE_UNAVAILABLE, TURN_FAILED
 from tests.conftest import RunningBot, StartBot
-from tests.emulators.openai_api import OpenAIEmulator, Reply, SlowFirstToken
+from tests.emulators.openai_api import OpenAIEmulator, Reply, SlowFirstToken, Status
 from tests.emulators.slack import SlackEmulator
 from tests.redis_server import RedisServer
 from tests.test_streaming import _long_answer, shown
@@ -255,3 +255,46 @@ async def test_with_several_processes_a_follow_up_deleted_through_another_is_not
     await b.settle()
     assert [m["text"] for m in slack.bot_messages(CHANNEL, root)] == ["Answer: ann: why is api-prod red?"]
     assert not any("hunter2" in str(request) for request in llm.requests)
+
+
+def _prompt(llm: OpenAIEmulator) -> list[str]:
+    """The last model request's messages after the system message."""
+    return [m["content"] for m in llm.requests[-1]["messages"][1:]]
+
+
+@pytest.mark.parametrize("where", ["thread"])
+async def test_a_conversation_read_back_after_a_loss_holds_what_was_stored_and_no_notices(
+    where: str,
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Read back from Slack, a conversation starts after its last `reset`, and leaves out the
+    bot's notices (here, that the model failed), which the stored one never held either. Before,
+    both came back, the notice as one of the bot's answers."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    channel, mention = (DM, "") if where == "dm" else (CHANNEL, f"<@{BOT}> ")
+    first = await slack.post_user_message(channel, mention + "first question")
+    thread = None if where == "dm" else first
+    await slack.wait_for_bot_messages(channel, thread or "top", count=1)
+    await running.settle()
+    for count, text in enumerate(["reset", "the check api-prod is red", "and staging?"], start=2):
+        if text == "and staging?":
+            llm.enqueue(Status(400))
+        await slack.post_user_message(channel, mention + text, thread_ts=thread)
+        await slack.wait_for_bot_messages(channel, thread or "top", count=count)
+        await running.settle()
+    await redis.flushall()
+    await slack.wait_for(lambda: FORGOT in caplog.text, what="the loss to be noticed")
+    await slack.post_user_message(channel, "what did I say was red?", thread_ts=thread)
+    await slack.wait_for_bot_messages(channel, thread or "top", count=5)
+    await running.settle()
+    assert _prompt(llm) == [
+        "ann: the check api-prod is red",
+        "Answer: ann: the check api-prod is red",
+        "ann: and staging?",
+        "ann: what did I say was red?",
+    ]
