@@ -1,8 +1,9 @@
-"""What the bot reads from Slack: people's display names (cached in Redis) and earlier thread messages.
+"""What the bot reads from Slack: people's display names (cached in Redis) and the earlier messages
+of a thread, or of a DM after Redis lost its data.
 
-Both reads draw on Slack's shared rate budget and never hold an answer up for long: a name Slack
-cannot give now is the person's id this turn, and a thread Slack will not show now is answered
-without its earlier messages (read again on the next turn).
+These reads draw on Slack's shared rate budget and never hold an answer up for long: a name Slack
+cannot give now is the person's id this turn, and earlier messages Slack will not show now are
+answered without (read again on the next turn).
 """
 
 from __future__ import annotations
@@ -148,6 +149,25 @@ class Workspace:
             if not response.get("has_more") or not cursor:
                 break
         return await self._as_turns(key.team, found, bot_user_id)
+
+    async def earlier_dm_turns(
+        self, key: ThreadKey, before_ts: str, bot_user_id: str, limit: int
+    ) -> list[Turn]:
+        """The DM's newest `limit` top-level messages before `before_ts` (one read, oldest first),
+        none older than the stored conversations' lifetime: the store would not hold those either.
+        Raises one of `CALL_ERRORS` when Slack cannot show them now."""
+        response = await self.slack.call(
+            "conversations.history",
+            team=key.team,
+            wait=EARLIER_THREAD_WAIT_SECONDS,
+            http_verb="GET",
+            channel=key.channel,
+            latest=before_ts,
+            oldest=f"{time.time() - self.store.conversation_ttl:.6f}",
+            limit=limit,
+        )
+        newest_first = _messages(response)
+        return await self._as_turns(key.team, newest_first[::-1], bot_user_id)
 
     async def _as_turns(self, team: str, messages: list[dict[str, Any]], bot_user_id: str) -> list[Turn]:
         """Messages (oldest first) as the stored conversation would hold them: nothing from before
