@@ -892,15 +892,20 @@ class TurnRunner:
         return EarlierThread.READ
 
     async def _question_before(self, message: IncomingMessage, thread: list[Turn]) -> list[Turn]:
-        """A DM thread under one of the bot's answers starts with the question that answer was for."""
+        """A DM thread under one of the bot's answers starts with the question that answer was for:
+        the turn before it in the DM's rolling conversation, or, when Redis lost that, in Slack."""
         if not thread or thread[0].role != "assistant":
             return []
         dm = ThreadKey(message.team, message.channel, "dm")
         rolling = await self.store.recent_turns(dm, DM_LOOKBACK_TURNS)
         at = next((i for i, turn in enumerate(rolling) if turn.ts == thread[0].ts), None)
-        if at is None or at == 0 or rolling[at - 1].role != "user":
-            return []
-        return [rolling[at - 1]]
+        if at is not None:
+            before = rolling[at - 1 : at]
+        elif thread[0].ts == message.conversation and self._dm_history_lost(dm):
+            before = await self.workspace.earlier_dm_turns(dm, thread[0].ts, message.bot_user_id, 1)
+        else:
+            before = []
+        return [turn for turn in before if turn.role == "user"]
 
     def _dm_history_lost(self, key: ThreadKey) -> bool:
         """Redis lost its data (noticed here) lately enough that a DM's rolling conversation may

@@ -376,6 +376,33 @@ async def test_a_dm_after_a_loss_reads_its_history_from_slack_only_once(
     assert len(slack.calls_to("conversations.history")) == 1
 
 
+async def test_a_dm_thread_after_a_loss_starts_with_the_question_its_answer_was_for(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A reply under one of the bot's DM answers: the thread is read from Slack, and the question
+    before that answer is found in the DM itself, the DM's stored conversation being gone.
+    Before, the model saw the answer without its question."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    await _dm_then_loss(running, slack, redis, caplog)
+    [answer] = slack.bot_messages(DM, "top")
+    await slack.post_user_message(DM, "more on this", thread_ts=answer["ts"])
+    await slack.wait_for_bot_messages(DM, answer["ts"], count=1)
+    await running.settle()
+    assert _prompt(llm) == [
+        "ann: the check api-prod is red",
+        "Answer: ann: the check api-prod is red",
+        "ann: more on this",
+    ]
+    [read] = slack.calls_to("conversations.history")
+    assert (read.args["latest"], read.args["limit"]) == (answer["ts"], "1")  # the one message before it
+    assert _errors(caplog) == []
+
+
 @pytest.mark.parametrize("where", ["dm", "thread"])
 async def test_a_conversation_read_back_after_a_loss_holds_what_was_stored_and_no_notices(
     where: str,
