@@ -28,10 +28,11 @@ SUMMARISE_AT = 0.8
 KEEP_SHARE = 0.5
 
 SUMMARY_HEADING = "Summary of the earlier conversation (older messages are not shown):"
-# When Slack would not show a thread's earlier messages (its read budget spent, an outage), the
-# model is told, so that a follow-up such as "and the second one?" gets a question back, not a guess.
+# When Slack would not show a thread's earlier messages (its read budget spent, an outage), or a
+# DM's that Redis lost, the model is told, so that a follow-up such as "and the second one?" gets
+# a question back, not a guess.
 EARLIER_UNREAD_NOTE = (
-    "The earlier messages of this Slack thread could not be loaded just now, so only the latest "
+    "The earlier messages of this Slack conversation could not be loaded just now, so only the latest "
     "are shown. If the question depends on what was said before, say that you cannot see the "
     "earlier messages and ask for what is missing instead of guessing."
 )

@@ -971,7 +971,12 @@ class Store:
     # -- inbox and dedup -------------------------------------------------------------------
 
     async def accept(
-        self, message: IncomingMessage, token: str = "", count_call: RateBucket | None = None
+        self,
+        message: IncomingMessage,
+        token: str = "",
+        count_call: RateBucket | None = None,
+        *,
+        earlier_lost: bool = False,
     ) -> tuple[Accepted, Queued | None]:
         """Queue a message for its thread unless it was seen before. With a `token`, when it is
         first in line, the thread's lock is taken for it in the same step (Accepted.TAKEN), and
@@ -979,7 +984,10 @@ class Store:
 
         `count_call`: a rate bucket of the message's own new thread (its first thinking status),
         in which one call is counted when the lock is taken. Nothing can have used it yet, so
-        there is room without asking; the call is then made without a claim of its own."""
+        there is room without asking; the call is then made without a claim of its own.
+
+        A conversation that starts here is marked read from its start (nothing in Slack is
+        missing from the store) unless `earlier_lost`: a DM's, once Redis lost its data."""
         key = message.key
         follow = message.action != "record"
         try:
@@ -1000,7 +1008,7 @@ class Store:
                     Keys.INBOX_TTL,
                     self.conversation_ttl,
                     int(follow),
-                    int(message.starts_conversation),
+                    int(message.starts_conversation and not earlier_lost),
                     str(key),
                     time.time(),
                     message.ts,

@@ -105,7 +105,9 @@ FORGOTTEN = (
     "(yours and my answers to them) from {conversations} conversation(s), {records} feedback "
     "record(s), and your cached name. Messages in Slack itself are not affected."
 )
-# How far back the DM's rolling conversation is searched for the question a DM thread starts from.
+# How far back the DM's rolling conversation is searched for the question a DM thread starts from,
+# and how many of a DM's messages are read back from Slack once Redis lost them (the prompt takes
+# the newest that fit its token budget).
 DM_LOOKBACK_TURNS = 60
 MAX_DELIVERY_ATTEMPTS = 5
 FOLLOWED_MEMORY = 10_000  # threads this process recently answered in, for when Redis is down
@@ -177,6 +179,7 @@ class TurnRunner:
         self._recently_followed: OrderedDict[ThreadKey, None] = OrderedDict()
         self._has_beaten = False
         self._redis_forgot = False  # Redis lost its data since this process started (see beat)
+        self._forgot_at: float | None = None  # when this process last noticed that (monotonic)
         self._alone = False  # no other process was alive at the last beat
         self._queue_again_after: set[ThreadKey] | None = None  # threads, once a loss is noticed
         # Messages accepted here and not yet taken by a worker here, and the threads held here
@@ -214,7 +217,9 @@ class TurnRunner:
             else None
         )
         try:
-            accepted, taken = await self.store.accept(message, token, first_status)
+            accepted, taken = await self.store.accept(
+                message, token, first_status, earlier_lost=self._dm_history_lost(message.key)
+            )
         except StoreUnavailable as error:
             self._accepted.pop(seen, None)
             log.error(
@@ -299,6 +304,7 @@ class TurnRunner:
                 log.warning("messages waiting for their turn not queued again: other processes are alive")
         if self._has_beaten and not news.remembered:
             self._redis_forgot = True
+            self._forgot_at = time.monotonic()
             log.warning(
                 "redis came back without the bot's data (restarted without persistence, or failed "
                 "over to a replica that was behind): conversations are read again from Slack; "
@@ -325,7 +331,9 @@ class TurnRunner:
         for message in sorted(lost, key=lambda m: ts_number(m.ts) or Decimal(0)):
             self._waiting_here.pop(_seen(message), None)
             try:
-                accepted, _ = await self.store.accept(message)
+                accepted, _ = await self.store.accept(
+                    message, earlier_lost=self._dm_history_lost(message.key)
+                )
             except StoreUnavailable as error:
                 log.warning("message not queued again team=%s channel=%s thread=%s user=%s error=%s",
                             *_where(message), error)  # fmt: skip
@@ -869,34 +877,54 @@ class TurnRunner:
         return posted, Progress.of(turns=(stored,), state="answered", answer_ts=posted[0], answer=None)
 
     async def _read_earlier_thread(self, message: IncomingMessage, hydrated: bool) -> EarlierThread:
-        """A mention inside a thread the bot was not part of: read what came before, once."""
+        """A mention inside a thread the bot was not part of, or a DM whose earlier messages Redis
+        lost: read what came before, once."""
         key = message.key
-        if message.starts_conversation or hydrated:
+        if hydrated:
             return EarlierThread.NOT_NEEDED
+        workspace, bot_user = self.workspace, message.bot_user_id
         try:
-            earlier = await self.workspace.earlier_thread_turns(
-                key, key.thread, message.ts, message.bot_user_id
-            )
+            if key.thread == "dm":
+                if not self._dm_history_lost(key):
+                    return EarlierThread.NOT_NEEDED  # no loss noticed: a new DM costs no Tier 3 call
+                earlier = await workspace.earlier_dm_turns(key, message.ts, bot_user, DM_LOOKBACK_TURNS)
+            elif message.starts_conversation:
+                return EarlierThread.NOT_NEEDED
+            else:
+                earlier = await workspace.earlier_thread_turns(key, key.thread, message.ts, bot_user)
+                if message.is_dm:
+                    earlier = await self._question_before(message, earlier) + earlier
         except CALL_ERRORS as error:
             # Answer without the earlier messages rather than not at all; try again next turn.
             log.warning("could not read earlier thread thread=%s error=%s", key, error_code(error))
             return EarlierThread.UNREADABLE
-        if message.is_dm:
-            earlier = await self._question_before(message, earlier) + earlier
         known = await self.store.stored_ts(key)
         await self.store.prepend_history(key, [t for t in earlier if t.ts not in known])
         return EarlierThread.READ
 
     async def _question_before(self, message: IncomingMessage, thread: list[Turn]) -> list[Turn]:
-        """A DM thread under one of the bot's answers starts with the question that answer was for."""
+        """A DM thread under one of the bot's answers starts with the question that answer was for:
+        the turn before it in the DM's rolling conversation, or, when Redis lost that, in Slack."""
         if not thread or thread[0].role != "assistant":
             return []
         dm = ThreadKey(message.team, message.channel, "dm")
         rolling = await self.store.recent_turns(dm, DM_LOOKBACK_TURNS)
         at = next((i for i, turn in enumerate(rolling) if turn.ts == thread[0].ts), None)
-        if at is None or at == 0 or rolling[at - 1].role != "user":
-            return []
-        return [rolling[at - 1]]
+        if at is not None:
+            before = rolling[at - 1 : at]
+        elif thread[0].ts == message.conversation and self._dm_history_lost(dm):
+            before = await self.workspace.earlier_dm_turns(dm, thread[0].ts, message.bot_user_id, 1)
+        else:
+            before = []
+        return [turn for turn in before if turn.role == "user"]
+
+    def _dm_history_lost(self, key: ThreadKey) -> bool:
+        """Redis lost its data (noticed here) lately enough that a DM's rolling conversation may
+        have held messages it has no more; past the conversations' lifetime it would not."""
+        lost_at = self._forgot_at
+        if key.thread != "dm" or lost_at is None:
+            return False
+        return time.monotonic() - lost_at < self.store.conversation_ttl
 
     async def _user_turn(self, message: IncomingMessage) -> Turn:
         name = await self.workspace.display_name(message.team, message.user)

@@ -1,8 +1,9 @@
-"""What the bot reads from Slack: people's display names (cached in Redis) and earlier thread messages.
+"""What the bot reads from Slack: people's display names (cached in Redis) and the earlier messages
+of a thread, or of a DM after Redis lost its data.
 
-Both reads draw on Slack's shared rate budget and never hold an answer up for long: a name Slack
-cannot give now is the person's id this turn, and a thread Slack will not show now is answered
-without its earlier messages (read again on the next turn).
+These reads draw on Slack's shared rate budget and never hold an answer up for long: a name Slack
+cannot give now is the person's id this turn, and earlier messages Slack will not show now are
+answered without (read again on the next turn).
 """
 
 from __future__ import annotations
@@ -11,10 +12,14 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from decimal import Decimal
+from typing import Any
 
+from bot.lost_answers import block_ids, ts_number
 from bot.rate_limit import CALL_ERRORS, BudgetedSlack, error_code
-from bot.slack_text import mentioned_users, to_plain_text
+from bot.slack_text import is_command, mentioned_users, to_plain_text
 from bot.store import Store, ThreadKey, Turn
+from bot.streaming import is_notice_block
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +32,8 @@ NAME_WAIT_SECONDS = 0.0
 # slot as long as the budget's window: stopping short would leave it to be read again, from its
 # start, on the next turn.
 EARLIER_THREAD_WAIT_SECONDS = 5.0
+# After these commands nothing earlier of the conversation is kept (see bot/turn.py).
+FRESH_START_COMMANDS = ("reset", "forget me")
 # Slack's answers for a person it will not name (deleted, or not visible to the bot, as some
 # people of other organizations in shared channels): their id stands in for a while.
 NO_NAME_ERRORS = frozenset({"user_not_found", "user_not_visible"})
@@ -122,7 +129,8 @@ class Workspace:
     ) -> list[Turn]:
         """The thread's messages before `before_ts`, read once from Slack (all pages).
         Raises one of `CALL_ERRORS` when Slack cannot show them now."""
-        turns: list[Turn] = []
+        before = ts_number(before_ts)
+        found: list[dict[str, Any]] = []
         cursor: str | None = None
         window = self.slack.budget.bucket(key.team, "conversations.replies").window_ms / 1000
         while True:
@@ -136,13 +144,42 @@ class Workspace:
                 limit=REPLIES_PAGE,
                 cursor=cursor,
             )
-            for message in response.get("messages") or []:
-                turn = await self._as_turn(key.team, message, bot_user_id)
-                if turn is not None and float(turn.ts) < float(before_ts):
-                    turns.append(turn)
+            found += [m for m in _messages(response) if _before(m, before)]
             cursor = (response.get("response_metadata") or {}).get("next_cursor") or None
             if not response.get("has_more") or not cursor:
                 break
+        return await self._as_turns(key.team, found, bot_user_id)
+
+    async def earlier_dm_turns(
+        self, key: ThreadKey, before_ts: str, bot_user_id: str, limit: int
+    ) -> list[Turn]:
+        """The DM's newest `limit` top-level messages before `before_ts` (one read, oldest first),
+        none older than the stored conversations' lifetime: the store would not hold those either.
+        Raises one of `CALL_ERRORS` when Slack cannot show them now."""
+        response = await self.slack.call(
+            "conversations.history",
+            team=key.team,
+            wait=EARLIER_THREAD_WAIT_SECONDS,
+            http_verb="GET",
+            channel=key.channel,
+            latest=before_ts,
+            oldest=f"{time.time() - self.store.conversation_ttl:.6f}",
+            limit=limit,
+        )
+        newest_first = _messages(response)
+        return await self._as_turns(key.team, newest_first[::-1], bot_user_id)
+
+    async def _as_turns(self, team: str, messages: list[dict[str, Any]], bot_user_id: str) -> list[Turn]:
+        """Messages (oldest first) as the stored conversation would hold them: nothing from before
+        a person's last `reset` or `forget me`, and no notices (the bot's errors and confirmations
+        never join a conversation)."""
+        fresh = max((i + 1 for i, m in enumerate(messages) if _starts_afresh(m, bot_user_id)), default=0)
+        turns: list[Turn] = []
+        for message in messages[fresh:]:
+            if not any(map(is_notice_block, block_ids(message))):
+                turn = await self._as_turn(team, message, bot_user_id)
+                if turn is not None:
+                    turns.append(turn)
         return turns
 
     async def _as_turn(self, team: str, message: dict, bot_user_id: str) -> Turn | None:
@@ -161,3 +198,20 @@ class Workspace:
         name = await self.display_name(team, user)
         readable = await self.readable(team, text, bot_user_id)
         return Turn(role="user", text=readable, ts=ts, user=user, name=name)
+
+
+def _messages(response: Any) -> list[dict[str, Any]]:
+    return [m for m in response.get("messages") or [] if isinstance(m, dict)]
+
+
+def _before(message: dict[str, Any], ts: Decimal | None) -> bool:
+    found = ts_number(message.get("ts"))
+    return found is not None and ts is not None and found < ts
+
+
+def _starts_afresh(message: dict[str, Any], bot_user_id: str) -> bool:
+    """A person's `reset` or `forget me`."""
+    text = str(message.get("text") or "")
+    if message.get("user") == bot_user_id:
+        return False
+    return any(is_command(text, bot_user_id, command) for command in FRESH_START_COMMANDS)

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from bot.context import EARLIER_UNREAD_NOTE
 from bot.formatting import SlackMarkdown
 from bot.turn import DELIVERY_FAILED, STORE_UNAVAILABLE, TURN_FAILED
 from tests.conftest import RunningBot, StartBot
-from tests.emulators.openai_api import OpenAIEmulator, Reply, SlowFirstToken
+from tests.emulators.openai_api import OpenAIEmulator, Reply, SlowFirstToken, Status
 from tests.emulators.slack import SlackEmulator
 from tests.redis_server import RedisServer
 from tests.test_streaming import _long_answer, shown
@@ -255,3 +256,186 @@ async def test_with_several_processes_a_follow_up_deleted_through_another_is_not
     await b.settle()
     assert [m["text"] for m in slack.bot_messages(CHANNEL, root)] == ["Answer: ann: why is api-prod red?"]
     assert not any("hunter2" in str(request) for request in llm.requests)
+
+
+# A DM is one rolling conversation: once a loss is noticed, its earlier messages are read back from
+# Slack (conversations.history, Tier 3) once, as a thread's are. Before, the next DM was answered
+# as if the conversation were new, and the model was not told.
+
+
+async def _dm_then_loss(
+    running: RunningBot, slack: SlackEmulator, redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A question and its answer in the DM, then Redis loses its data and the bot notices."""
+    await slack.post_user_message(DM, "the check api-prod is red")
+    await slack.wait_for_bot_messages(DM, "top", count=1)
+    await running.settle()
+    await redis.flushall()
+    await slack.wait_for(lambda: FORGOT in caplog.text, what="the loss to be noticed")
+
+
+def _prompt(llm: OpenAIEmulator) -> list[str]:
+    """The last model request's messages after the system message."""
+    return [m["content"] for m in llm.requests[-1]["messages"][1:]]
+
+
+async def test_a_dm_after_redis_lost_its_data_is_answered_with_its_earlier_messages_read_from_slack(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    await _dm_then_loss(running, slack, redis, caplog)
+    await slack.post_user_message(DM, "what did I say was red?")
+    await slack.wait_for_bot_messages(DM, "top", count=2)
+    await running.settle()
+    assert _prompt(llm) == [
+        "ann: the check api-prod is red",
+        "Answer: ann: the check api-prod is red",
+        "ann: what did I say was red?",
+    ]
+    [read] = slack.calls_to("conversations.history")
+    assert read.args["channel"] == DM
+    assert EARLIER_UNREAD_NOTE not in llm.requests[-1]["messages"][0]["content"]
+    assert _errors(caplog) == []
+
+
+async def test_a_dm_from_someone_new_reads_no_history_when_no_loss_was_noticed(
+    start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    """A burst of people new to the bot must not cost a Tier 3 call each."""
+    running = await start_bot("http")
+    await slack.post_user_message(DM, "hello, first time here")
+    await slack.post_user_message("D901", "hi, me too", user="U2")
+    await slack.wait_for_bot_messages(DM, "top", count=1)
+    await slack.wait_for_bot_messages("D901", "top", count=1)
+    await running.settle()
+    assert len(llm.requests) == 2
+    assert slack.calls_to("conversations.history") == []
+
+
+async def test_a_dm_whose_history_slack_will_not_show_after_a_loss_is_answered_and_read_next_turn(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    await _dm_then_loss(running, slack, redis, caplog)
+    slack.fail_next("conversations.history", "internal_error")
+    await slack.post_user_message(DM, "what did I say was red?")
+    await slack.wait_for_bot_messages(DM, "top", count=2)
+    await running.settle()
+    assert _prompt(llm) == ["ann: what did I say was red?"]
+    assert EARLIER_UNREAD_NOTE in llm.requests[-1]["messages"][0]["content"]
+    [warning] = [r for r in caplog.records if "could not read earlier" in r.getMessage()]
+    assert warning.levelno == logging.WARNING and "internal_error" in warning.getMessage()
+    assert _errors(caplog) == [] and not any(r.exc_info for r in caplog.records)
+
+    await slack.post_user_message(DM, "and is it still?")
+    await slack.wait_for_bot_messages(DM, "top", count=3)
+    await running.settle()
+    assert _prompt(llm) == [
+        "ann: the check api-prod is red",
+        "Answer: ann: the check api-prod is red",
+        "ann: what did I say was red?",
+        "Answer: ann: what did I say was red?",
+        "ann: and is it still?",
+    ]
+    assert len(slack.calls_to("conversations.history")) == 2
+
+
+async def test_a_dm_after_a_loss_reads_its_history_from_slack_only_once(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    await _dm_then_loss(running, slack, redis, caplog)
+    await slack.post_user_message(DM, "what did I say was red?")
+    await slack.wait_for_bot_messages(DM, "top", count=2)
+    await running.settle()
+    await slack.post_user_message(DM, "and is it still?")
+    await slack.wait_for_bot_messages(DM, "top", count=3)
+    await running.settle()
+    assert _prompt(llm) == [
+        "ann: the check api-prod is red",
+        "Answer: ann: the check api-prod is red",
+        "ann: what did I say was red?",
+        "Answer: ann: what did I say was red?",
+        "ann: and is it still?",
+    ]
+    assert len(slack.calls_to("conversations.history")) == 1
+
+
+async def test_a_dm_thread_after_a_loss_starts_with_the_question_its_answer_was_for(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A reply under one of the bot's DM answers: the thread is read from Slack, and the question
+    before that answer is found in the DM itself, the DM's stored conversation being gone.
+    Before, the model saw the answer without its question."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    await _dm_then_loss(running, slack, redis, caplog)
+    [answer] = slack.bot_messages(DM, "top")
+    await slack.post_user_message(DM, "more on this", thread_ts=answer["ts"])
+    await slack.wait_for_bot_messages(DM, answer["ts"], count=1)
+    await running.settle()
+    assert _prompt(llm) == [
+        "ann: the check api-prod is red",
+        "Answer: ann: the check api-prod is red",
+        "ann: more on this",
+    ]
+    [read] = slack.calls_to("conversations.history")
+    assert (read.args["latest"], read.args["limit"]) == (answer["ts"], "1")  # the one message before it
+    assert _errors(caplog) == []
+
+
+@pytest.mark.parametrize("where", ["dm", "thread"])
+async def test_a_conversation_read_back_after_a_loss_holds_what_was_stored_and_no_notices(
+    where: str,
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Read back from Slack, a conversation starts after its last `reset`, and leaves out the
+    bot's notices (here, that the model failed), which the stored one never held either. Before,
+    both came back, the notice as one of the bot's answers."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    channel, mention = (DM, "") if where == "dm" else (CHANNEL, f"<@{BOT}> ")
+    first = await slack.post_user_message(channel, mention + "first question")
+    thread = None if where == "dm" else first
+    await slack.wait_for_bot_messages(channel, thread or "top", count=1)
+    await running.settle()
+    for count, text in enumerate(["reset", "the check api-prod is red", "and staging?"], start=2):
+        if text == "and staging?":
+            llm.enqueue(Status(400))
+        await slack.post_user_message(channel, mention + text, thread_ts=thread)
+        await slack.wait_for_bot_messages(channel, thread or "top", count=count)
+        await running.settle()
+    await redis.flushall()
+    await slack.wait_for(lambda: FORGOT in caplog.text, what="the loss to be noticed")
+    await slack.post_user_message(channel, "what did I say was red?", thread_ts=thread)
+    await slack.wait_for_bot_messages(channel, thread or "top", count=5)
+    await running.settle()
+    assert _prompt(llm) == [
+        "ann: the check api-prod is red",
+        "Answer: ann: the check api-prod is red",
+        "ann: and staging?",
+        "ann: what did I say was red?",
+    ]
