@@ -173,7 +173,11 @@ class Workspace:
         """Messages (oldest first) as the stored conversation would hold them: nothing from before
         a person's last `reset` or `forget me`, and no notices (the bot's errors and confirmations
         never join a conversation)."""
-        fresh = max((i + 1 for i, m in enumerate(messages) if _starts_afresh(m, bot_user_id)), default=0)
+        fresh, bot_was_here = 0, False
+        for i, message in enumerate(messages):
+            if _starts_afresh(message, bot_user_id, bot_was_here):
+                fresh = i + 1
+            bot_was_here = bot_was_here or message.get("user") == bot_user_id
         turns: list[Turn] = []
         for message in messages[fresh:]:
             if not any(map(is_notice_block, block_ids(message))):
@@ -209,9 +213,10 @@ def _before(message: dict[str, Any], ts: Decimal | None) -> bool:
     return found is not None and ts is not None and found < ts
 
 
-def _starts_afresh(message: dict[str, Any], bot_user_id: str) -> bool:
-    """A person's `reset` or `forget me`."""
+def _starts_afresh(message: dict[str, Any], bot_user_id: str, bot_was_here: bool) -> bool:
+    """A person's `reset` or `forget me`, said to the bot: with its mention, or once it had
+    spoken in the conversation (in a thread it was not in, a bare "reset" was someone else's)."""
     text = str(message.get("text") or "")
-    if message.get("user") == bot_user_id:
+    if message.get("user") == bot_user_id or not (bot_was_here or f"<@{bot_user_id}" in text):
         return False
     return any(is_command(text, bot_user_id, command) for command in FRESH_START_COMMANDS)

@@ -151,6 +151,31 @@ async def test_mention_in_an_existing_thread_reads_it_first_then_follows_it(
     assert len(slack.calls_to("conversations.replies")) == len(replies_calls)
 
 
+async def test_a_bare_reset_in_a_thread_the_bot_was_not_in_keeps_what_came_before(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    """Read back from Slack, a conversation starts after a person's last `reset` to the bot. In
+    a thread the bot was not in, a bare "reset" was said to someone else (a review of the first
+    version, which dropped the thread before it)."""
+    root = slack.seed_message(CHANNEL, "the sync job failed again", user="U2")
+    slack.seed_message(CHANNEL, "reset", user="U3", thread_ts=root)
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> what failed?", thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    await bot.settle()
+    assert contents(last_prompt(llm))[1:] == [
+        "bob: the sync job failed again",
+        "cem: reset",
+        "ann: what failed?",
+    ]
+
+    other = slack.seed_message(CHANNEL, "the sync job failed again", user="U2")
+    slack.seed_message(CHANNEL, f"<@{BOT}> reset", user="U3", thread_ts=other)
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> what failed?", thread_ts=other)
+    await slack.wait_for_bot_messages(CHANNEL, other, count=1)
+    await bot.settle()
+    assert contents(last_prompt(llm))[1:] == ["ann: what failed?"]
+
+
 async def test_a_thread_slack_will_not_show_now_is_answered_without_it_and_read_next_turn(
     bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
 ) -> None:
