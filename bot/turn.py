@@ -361,6 +361,24 @@ class TurnRunner:
                 )
                 self.start_work(message.key)
 
+    async def _hand_on(self, message: IncomingMessage) -> None:
+        """A turn here stands down for the worker that holds its thread's lock now, which answers
+        the message from the inbox. After Redis lost its data the inbox may not have it (that
+        worker took the lock, free since the loss, for a message accepted after it): queued
+        again, to be looked up in Slack first. Known to Redis, as it is but after a loss, it is a
+        duplicate, and nothing is done."""
+        try:
+            accepted, _ = await self.store.accept(message, look_first=True)
+        except StoreUnavailable as error:
+            log.warning("message not queued again team=%s channel=%s thread=%s user=%s error=%s",
+                        *_where(message), error)  # fmt: skip
+            return
+        if accepted is not Accepted.DUPLICATE:
+            log.info(
+                "message queued again team=%s channel=%s thread=%s user=%s look_first=True", *_where(message)
+            )
+            self.start_work(message.key)
+
     async def take_over_orphans(self) -> int:
         """Start work on waiting threads whose lock holder's process is gone (killed, or stalled
         past its liveness), without waiting for the locks to expire. Returns how many."""
@@ -482,7 +500,7 @@ class TurnRunner:
         try:
             next_up: Queued | None = queued
             while next_up is not None:
-                held.ts = next_up.message.ts
+                held.ts, held.message = next_up.message.ts, next_up.message
                 self._waiting_here.pop(_seen(next_up.message), None)
                 try:
                     outcome = await self._take_turn_safely(next_up.message, next_up.record)
@@ -492,6 +510,7 @@ class TurnRunner:
                     # Found as the answer was about to show: the worker that holds the lock
                     # now answers the message (from the journal), and the thread is its own.
                     log.warning("thread lock taken over by another worker; standing down thread=%s", key)
+                    await self._hand_on(next_up.message)
                     return True
                 await self._after_arrivals(key)
                 next_up = await self.store.finish(next_up, token, outcome)
@@ -559,6 +578,8 @@ class TurnRunner:
                 del self._held[key]
                 log.warning("thread lock taken over by another worker; standing down thread=%s", key)
                 held.worker.cancel()
+                if held.message is not None:
+                    self._spawn(self._hand_on(held.message))
             else:
                 del self._held[key]  # finished and released: nothing left to renew
 
@@ -1017,9 +1038,10 @@ def _where(message: IncomingMessage) -> tuple[str, str, str, str]:
 @dataclass
 class _HeldLock:
     """A thread lock held here: its token, when (loop time) it was last set, the task that works
-    through the thread under it, and the message (ts) it works on now."""
+    through the thread under it, and the message (and its ts) it works on now."""
 
     token: str
     since: float
     worker: asyncio.Task[Any]
     ts: str = ""
+    message: IncomingMessage | None = None

@@ -439,3 +439,32 @@ async def test_with_several_processes_a_follow_up_slack_cannot_be_asked_about_is
     assert second["text"] == "Answer: ann: and staging?" and len(slack.bot_messages(CHANNEL, root)) == 2
     [warned] = [r for r in caplog.records if "could not look in slack before answering" in r.getMessage()]
     assert warned.levelno == logging.WARNING and _errors(caplog) == []
+
+
+async def test_with_several_processes_a_turn_whose_lock_a_new_follow_up_took_after_the_loss_is_answered(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """B is answering a question when Redis loses its data; a follow-up reaches A before B's next
+    beat, and A's worker takes the thread's lock, which nobody held any more. B stands down for
+    it, as for any worker that holds the lock now, but A's inbox never had B's question. Before,
+    that question was lost: B now queues it again, to be looked up in Slack first."""
+    caplog.set_level(logging.INFO)
+    a = await start_bot("http")
+    b = await start_bot("http")  # Slack's events go to B
+    llm.enqueue(SlowFirstToken(2.0), SlowFirstToken(2.0))
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
+    await llm.wait_for_requests(1)
+    await redis.flushall()
+    slack.use_http(f"{a.url}/slack/events")
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    await slack.wait_for(lambda: caplog.text.count(FORGOT) >= 2, what="both processes to notice the loss")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
+    await a.settle()
+    await b.settle()
+    answers = sorted(m["text"] for m in slack.bot_messages(CHANNEL, root))
+    assert answers == ["Answer: ann: and staging?", "Answer: ann: why is api-prod red?"]
+    assert _errors(caplog) == []
