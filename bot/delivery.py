@@ -20,6 +20,7 @@ from bot.rate_limit import CALL_ERRORS, NO_ANSWER_ERRORS, BudgetedSlack, Hold, R
 from bot.store import Fence, IncomingMessage, RateBucket
 from bot.streaming import (
     ANSWER_BLOCK_PREFIX,
+    LOST_LOOKUP_ATTEMPTS,
     LOST_POST_ATTEMPTS,
     LOST_RETRY_PAUSE,
     DeliveryError,
@@ -40,6 +41,7 @@ __all__ = [
     "Ending",
     "FoundAnswer",
     "LostCallUnsettled",
+    "QuestionInSlack",
     "Reply",
     "Target",
     "ThinkingSign",
@@ -74,6 +76,17 @@ class FoundAnswer:
     ts: str
     text: str
     complete: bool = True
+
+
+@dataclass(frozen=True)
+class QuestionInSlack:
+    """What Slack shows of a question: whether it is still there, its text now (as Slack writes
+    it), and what the bot posted for it already: an answer (see `FoundAnswer`) or a notice."""
+
+    there: bool
+    text: str | None = None
+    answer: FoundAnswer | None = None
+    noticed: bool = False
 
 
 @dataclass
@@ -235,20 +248,8 @@ class Delivery:
         buttons and is no notice (turns in a thread run one after another, so nothing of this
         bot's comes after it). None when there is neither, or Slack cannot tell now (the caller
         answers then). Never raises."""
-        where: dict[str, Any] = {"channel": target.channel, "oldest": target.message_ts}
-        if target.thread_ts is not None:
-            method, where["ts"] = "conversations.replies", target.thread_ts
-        else:
-            method = "conversations.history"
         try:
-            response = await self.slack.call(
-                method,
-                team=target.team,
-                wait=self.final_wait,
-                http_verb="GET",
-                limit=FIND_ANSWER_LIMIT,
-                **where,
-            )
+            messages, has_more = await self._read_from(target, wait=self.final_wait)
         except CALL_ERRORS as error:
             log.warning(
                 "could not look for an answer posted already channel=%s error=%s",
@@ -256,14 +257,68 @@ class Delivery:
                 error_code(error),
             )
             return None
+        return _answer_among(messages, has_more, target.message_ts, bot_user_id)
+
+    async def look_at_question(
+        self, target: Target, bot_user_id: str, *, wait: float
+    ) -> QuestionInSlack | None:
+        """Whether the target's question is still in Slack (not deleted; its text, edited or
+        not), and whether the bot answered it or posted a notice for it: one read, from the
+        question on, waiting up to `wait` s for a slot and trying again after a failure. None
+        when Slack cannot tell now. Never raises."""
+        for attempt in range(1, LOST_LOOKUP_ATTEMPTS + 1):
+            try:
+                messages, has_more = await self._read_from(target, wait=wait, inclusive=True)
+                break
+            except SlackApiError as error:
+                if error.response.get("error") == "thread_not_found":
+                    return QuestionInSlack(there=False)  # the thread went, and the question with it
+                failure: BaseException = error
+            except CALL_ERRORS as error:
+                failure = error
+            log.warning(
+                "could not look at a question in slack channel=%s ts=%s attempt=%d error=%s",
+                target.channel,
+                target.message_ts,
+                attempt,
+                error_code(failure),
+            )
+            # No slot within the wait: the budget is spent for a while, and the wait was long.
+            if attempt == LOST_LOOKUP_ATTEMPTS or (
+                isinstance(failure, RateLimited) and not failure.from_slack
+            ):
+                return None
+            await asyncio.sleep(LOST_RETRY_PAUSE * attempt / self.budget.scale)
+        question = next((m for m in messages if m.get("ts") == target.message_ts), None)
+        if question is None or question.get("subtype") == "tombstone":
+            # A thread's replies come oldest first, from the question on: it would be there. The
+            # channel's history comes newest first: when it has more, the question may be further.
+            if question is None and has_more and target.thread_ts is None:
+                return None
+            return QuestionInSlack(there=False)
+        notice = notice_block_id(target.message_ts)
+        noticed = any(m.get("bot_id") and notice in block_ids(m) for m in messages)
+        answer = _answer_among(messages, has_more, target.message_ts, bot_user_id)
+        text = question.get("text")
+        return QuestionInSlack(True, text if isinstance(text, str) else None, answer, noticed)
+
+    async def _read_from(
+        self, target: Target, *, wait: float, inclusive: bool = False
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """The target's conversation after its question (from it, `inclusive`): a thread's
+        replies, or a DM's top level; with whether Slack has more. Raises CALL_ERRORS."""
+        where: dict[str, Any] = {"channel": target.channel, "oldest": target.message_ts}
+        if inclusive:
+            where["inclusive"] = "true"
+        if target.thread_ts is not None:
+            method, where["ts"] = "conversations.replies", target.thread_ts
+        else:
+            method = "conversations.history"
+        response = await self.slack.call(
+            method, team=target.team, wait=wait, http_verb="GET", limit=FIND_ANSWER_LIMIT, **where
+        )
         messages = [m for m in response.get("messages") or [] if isinstance(m, dict)]
-        wanted = answer_block_id(target.message_ts)
-        for message in messages:
-            if message.get("bot_id") and wanted in block_ids(message):
-                return _whole_answer(messages, message, bot_user_id)
-        if response.get("has_more"):
-            return None  # the bot's last message may be on a later page: not worth the guess
-        return _answer_begun(messages, target.message_ts, bot_user_id)
+        return messages, bool(response.get("has_more"))
 
     async def post_notice(self, target: Target, text: str) -> str | None:
         """A short message from the bot itself (an error, a confirmation). Never raises. A post
@@ -347,6 +402,19 @@ def _notice_blocks(text: str, question_ts: str) -> list[dict[str, Any]] | None:
         return None
     block_id = notice_block_id(question_ts)
     return [{"type": "section", "block_id": block_id, "text": {"type": "mrkdwn", "text": text}}]
+
+
+def _answer_among(
+    messages: list[dict[str, Any]], has_more: bool, question_ts: str, bot_user_id: str
+) -> FoundAnswer | None:
+    """The answer to the question among messages read after it (see `Delivery.find_answer`)."""
+    wanted = answer_block_id(question_ts)
+    for message in messages:
+        if message.get("bot_id") and wanted in block_ids(message):
+            return _whole_answer(messages, message, bot_user_id)
+    if has_more:
+        return None  # the bot's last message may be on a later page: not worth the guess
+    return _answer_begun(messages, question_ts, bot_user_id)
 
 
 def _answer_begun(messages: list[dict[str, Any]], question_ts: str, bot_user_id: str) -> FoundAnswer | None:

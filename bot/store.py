@@ -16,7 +16,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
@@ -257,6 +257,9 @@ class TurnRecord:
     edited_text: str | None = None  # edited (as Slack writes it) while it waited for its turn
     deleted: bool = False  # deleted while it waited for its turn
     posting: bool = False  # a message of the answer may have been posted (see `Fence`)
+    # Queued again after Redis lost its data while other processes were alive: one of them may
+    # have answered it, or been told it was deleted, so Slack is asked first (bot/turn.py).
+    look_first: bool = False
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> TurnRecord:
@@ -270,6 +273,7 @@ class TurnRecord:
             edited_text=raw.get("edited_text"),
             deleted=raw.get("deleted") == "1",
             posting=raw.get("posting") == "1",
+            look_first=raw.get("look") == "1",
         )
 
 
@@ -332,6 +336,8 @@ class BreakerNews:
     # False when the process's own entry was gone: Redis lost its data since its last beat.
     remembered: bool = True
     peers: int = 0  # other processes alive
+    # Of the messages a beat asked about, those whose turn is over (answered, noted or failed).
+    over: frozenset[tuple[str, str, str]] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -454,7 +460,7 @@ class Keys:
 
 # KEYS: seen, inbox, meta, journal, pending, lock[, a rate bucket's calls]. ARGV: message json,
 # dedup ttl, inbox ttl, conversation ttl, follow (0/1), starts conversation (0/1), thread key, now,
-# message ts, lock token, lock ttl ms, call id, bucket window ms.
+# message ts, lock token, lock ttl ms, call id, bucket window ms, look in Slack first (0/1).
 # The inbox is ordered by the message's Slack ts, not by arrival: Slack (and Socket Mode's
 # concurrent handling) may hand two quick messages over in either order.
 # Returns {0} for a duplicate, {1} when queued behind other messages, {2} when first in line (but
@@ -466,6 +472,7 @@ if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then return {0} end
 redis.call('ZADD', KEYS[2], ARGV[9], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('HSET', KEYS[4], 'state', 'queued')
+if ARGV[14] == '1' then redis.call('HSET', KEYS[4], 'look', '1') end
 redis.call('EXPIRE', KEYS[4], ARGV[3])
 redis.call('ZADD', KEYS[5], 'NX', ARGV[8], ARGV[7])
 if ARGV[5] == '1' then
@@ -621,11 +628,12 @@ return found
 """
 )
 
-# KEYS: processes, LLM breaker, LLM failures. ARGV: process id, liveness ms. A process says it is
+# KEYS: processes, LLM breaker, LLM failures, closed token, then the journals of messages the
+# process accepted and has not seen taken. ARGV: process id, liveness ms. A process says it is
 # alive for the next `liveness` ms; entries gone for an hour are dropped. Returns the ms left of a
 # breaker some process opened (negative when none is open), the failed turns counted, the closed
-# token, 1 if Redis still knew the process (0 the first time, or when Redis lost its data), and
-# how many other processes are alive.
+# token, 1 if Redis still knew the process (0 the first time, or when Redis lost its data), how
+# many other processes are alive, and for each journal 1 when its turn is over (by any process).
 _BEAT = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
@@ -635,7 +643,12 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 3600000)
 redis.call('PEXPIRE', KEYS[1], 86400000)
 local failures = tonumber(redis.call('GET', KEYS[3]) or '0')
 local peers = redis.call('ZCOUNT', KEYS[1], now, '+inf') - 1
-return {redis.call('PTTL', KEYS[2]), failures, redis.call('GET', KEYS[4]), remembered, peers}
+local over = {}
+for i = 5, #KEYS do
+  local state = redis.call('HGET', KEYS[i], 'state')
+  over[i - 4] = (state == 'answered' or state == 'noted' or state == 'failed') and 1 or 0
+end
+return {redis.call('PTTL', KEYS[2]), failures, redis.call('GET', KEYS[4]), remembered, peers, over}
 """
 
 # KEYS: LLM breaker, LLM probe. ARGV: process token, claim ms. After a cooldown one turn in all
@@ -977,6 +990,7 @@ class Store:
         count_call: RateBucket | None = None,
         *,
         earlier_lost: bool = False,
+        look_first: bool = False,
     ) -> tuple[Accepted, Queued | None]:
         """Queue a message for its thread unless it was seen before. With a `token`, when it is
         first in line, the thread's lock is taken for it in the same step (Accepted.TAKEN), and
@@ -987,7 +1001,10 @@ class Store:
         there is room without asking; the call is then made without a claim of its own.
 
         A conversation that starts here is marked read from its start (nothing in Slack is
-        missing from the store) unless `earlier_lost`: a DM's, once Redis lost its data."""
+        missing from the store) unless `earlier_lost`: a DM's, once Redis lost its data.
+
+        `look_first`: its journal says so (`TurnRecord.look_first`), in the same step, so that
+        whichever worker takes it asks Slack first whether it is still there and answered."""
         key = message.key
         follow = message.action != "record"
         try:
@@ -1016,6 +1033,7 @@ class Store:
                     self.lock_ttl_ms,
                     uuid.uuid4().hex if count_call else "",
                     count_call.window_ms if count_call else 0,
+                    int(look_first),
                 ],
             )
         except (RedisError, OSError) as error:
@@ -1051,16 +1069,25 @@ class Store:
         )
         return _queued(found)
 
-    async def beat(self, process: str, liveness_ms: int) -> BreakerNews:
+    async def beat(
+        self, process: str, liveness_ms: int, waiting: Sequence[tuple[str, str, str]] = ()
+    ) -> BreakerNews:
         """Say that `process` is alive for the next `liveness_ms`: the thread locks it holds are
         its own until then, whatever their own lifetime (see `threads_orphaned`). Returns what
-        Redis holds of the model's breaker (bot/shared_breaker.py)."""
+        Redis holds of the model's breaker (bot/shared_breaker.py), and which of the messages
+        `waiting` (team, channel, ts) have had their turn (`BreakerNews.over`)."""
         keys = [self.keys.processes, self.keys.llm_breaker, self.keys.llm_failures, self.keys.llm_closed]
-        left_ms, failures, closed, remembered, peers = await self._batch.run_script(
-            self._beat, keys, [process, liveness_ms]
+        journals = [self.keys.journal(*message) for message in waiting]
+        left_ms, failures, closed, remembered, peers, over = await self._batch.run_script(
+            self._beat, keys + journals, [process, liveness_ms]
         )
         return BreakerNews(
-            max(0, int(left_ms)) / 1000, int(failures), closed or None, bool(remembered), max(0, int(peers))
+            max(0, int(left_ms)) / 1000,
+            int(failures),
+            closed or None,
+            bool(remembered),
+            max(0, int(peers)),
+            frozenset(message for message, done in zip(waiting, over, strict=True) if int(done)),
         )
 
     async def llm_failed(self) -> int:

@@ -113,6 +113,9 @@ MAX_DELIVERY_ATTEMPTS = 5
 FOLLOWED_MEMORY = 10_000  # threads this process recently answered in, for when Redis is down
 WAITING_MEMORY = 1_000  # messages accepted here and not yet taken here, for when Redis loses them
 ARRIVAL_WAIT_SECONDS = 5.0  # at most, for a message of the thread still being queued here
+# At most, for a rate slot to look in Slack before answering a message queued again after Redis
+# lost its data (a rare event, when many may look at once): five of Slack's minutes.
+LOOK_WAIT_SECONDS = 300.0
 # A process says it is alive this often (`beat`); it counts as gone, and the threads it holds are
 # taken over, once it has not said so for LIVENESS_BEATS beats (and never sooner than the thread
 # locks' own lifetime, when that is shorter). Threads unmoved for ORPHAN_IDLE_SECONDS are checked.
@@ -181,7 +184,8 @@ class TurnRunner:
         self._redis_forgot = False  # Redis lost its data since this process started (see beat)
         self._forgot_at: float | None = None  # when this process last noticed that (monotonic)
         self._alone = False  # no other process was alive at the last beat
-        self._queue_again_after: set[ThreadKey] | None = None  # threads, once a loss is noticed
+        # Once a loss is noticed: the threads held here lately, and whether this process was alone.
+        self._queue_again_after: tuple[set[ThreadKey], bool] | None = None
         # Messages accepted here and not yet taken by a worker here, and the threads held here
         # since the last beat: what `_queue_again` needs if Redis loses its data.
         self._waiting_here: OrderedDict[tuple[str, str, str], IncomingMessage] = OrderedDict()
@@ -295,52 +299,96 @@ class TurnRunner:
     async def beat(self) -> None:
         """Say that this process is alive, and learn whether another found the model down; call
         every `beat_seconds`."""
-        news = await self.store.beat(self.process_id, int(self.beat_seconds * LIVENESS_BEATS * 1000))
-        if (threads := self._queue_again_after) is not None:
+        # Messages accepted here that a worker elsewhere has finished since are forgotten: with
+        # several processes most follow-ups are, and after a loss each one left costs a read of
+        # Slack (`_queue_again`).
+        waiting = list(self._waiting_here)
+        news = await self.store.beat(self.process_id, int(self.beat_seconds * LIVENESS_BEATS * 1000), waiting)
+        for seen in news.over:
+            self._waiting_here.pop(seen, None)
+        if (lost := self._queue_again_after) is not None:
             self._queue_again_after = None
-            if news.peers == 0:
-                self._spawn(self._queue_again(threads))
-            else:
-                log.warning("messages waiting for their turn not queued again: other processes are alive")
+            threads, alone_before = lost
+            # Alone at the beats before and after the loss: nobody else can have answered the
+            # messages, nor been told of their deletion. Else they are looked up in Slack first.
+            alone = alone_before and news.peers == 0
+            self._spawn(self._queue_again(threads if alone else None))
         if self._has_beaten and not news.remembered:
             self._redis_forgot = True
             self._forgot_at = time.monotonic()
             log.warning(
                 "redis came back without the bot's data (restarted without persistence, or failed "
                 "over to a replica that was behind): conversations are read again from Slack; "
-                "messages waiting for their turn may be lost threads_held_here=%d",
+                "messages waiting for their turn are queued again threads_held_here=%d",
                 len(self._held),
             )
-            if self._alone:
-                # Decided at the next beat, once every process still alive has said so again.
-                self._queue_again_after = self._held_since_beat | set(self._held)
+            # The locks held here went too: taken back now, before the other processes (which
+            # decide at their next beat) queue their messages again, so that a message a turn
+            # here is answering waits for it, and is then found answered.
+            try:
+                await self._renew_due(0)
+            except Exception as error:  # the beat must go on; the renewals try again soon
+                log.warning("thread locks not taken back error=%s", type(error).__name__)
+            # Decided at the next beat, once every process still alive has said so again.
+            self._queue_again_after = (self._held_since_beat | set(self._held), self._alone)
         self._has_beaten = True
         self._alone = news.peers == 0
         self._held_since_beat = set()
         self.breaker.heard(news)
 
-    async def _queue_again(self, threads: set[ThreadKey]) -> None:
-        """After Redis lost its data: the messages accepted here that were waiting behind a turn
-        this process worked on lately went with their thread's inbox (acknowledged to Slack,
-        they are not sent again): queue them again, in order, for a worker to reach. Only when
-        this process was alone, at the beats before and after the loss: nobody else can then have
-        answered them, nor been told of their deletion. With other processes, a message here
-        cannot be told from one another process answered, or was told was deleted (its text
-        would go to the model again), and is left."""
-        lost = [m for m in self._waiting_here.values() if m.key in threads]
+    async def _queue_again(self, threads: set[ThreadKey] | None) -> None:
+        """After Redis lost its data: the messages accepted here and waiting for their turn went
+        with their thread's inbox (acknowledged to Slack, they are not sent again): queue them
+        again, in order, for a worker to reach.
+
+        `threads`: this process was alone, at the beats before and after the loss: only the
+        messages of the threads it worked on lately, as they are (nobody else can have answered
+        them, nor been told of their deletion). None: other processes were alive, and a message
+        here may be one another answered, or was told was deleted: all the messages here not
+        seen finished, each marked for its worker to look in Slack first (`_look_in_slack`)."""
+        lost = [m for m in self._waiting_here.values() if threads is None or m.key in threads]
+        log.info(
+            "after the loss, waiting messages to queue again count=%d look_first=%s",
+            len(lost),
+            threads is None,
+        )
         for message in sorted(lost, key=lambda m: ts_number(m.ts) or Decimal(0)):
             self._waiting_here.pop(_seen(message), None)
             try:
                 accepted, _ = await self.store.accept(
-                    message, earlier_lost=self._dm_history_lost(message.key)
+                    message, look_first=threads is None, earlier_lost=self._dm_history_lost(message.key)
                 )
             except StoreUnavailable as error:
                 log.warning("message not queued again team=%s channel=%s thread=%s user=%s error=%s",
                             *_where(message), error)  # fmt: skip
                 continue
             if accepted is not Accepted.DUPLICATE:
-                log.info("message queued again team=%s channel=%s thread=%s user=%s", *_where(message))
+                log.info(
+                    "message queued again team=%s channel=%s thread=%s user=%s look_first=%s",
+                    *_where(message),
+                    threads is None,
+                )
                 self.start_work(message.key)
+
+    async def _hand_on(self, message: IncomingMessage) -> None:
+        """A turn here stands down for the worker that holds its thread's lock now, which answers
+        the message from the inbox. After Redis lost its data the inbox may not have it (that
+        worker took the lock, free since the loss, for a message accepted after it): queued
+        again, to be looked up in Slack first. Known to Redis, as it is but after a loss, it is a
+        duplicate, and nothing is done."""
+        try:
+            accepted, _ = await self.store.accept(
+                message, look_first=True, earlier_lost=self._dm_history_lost(message.key)
+            )
+        except StoreUnavailable as error:
+            log.warning("message not queued again team=%s channel=%s thread=%s user=%s error=%s",
+                        *_where(message), error)  # fmt: skip
+            return
+        if accepted is not Accepted.DUPLICATE:
+            log.info(
+                "message queued again team=%s channel=%s thread=%s user=%s look_first=True", *_where(message)
+            )
+            self.start_work(message.key)
 
     async def take_over_orphans(self) -> int:
         """Start work on waiting threads whose lock holder's process is gone (killed, or stalled
@@ -463,7 +511,7 @@ class TurnRunner:
         try:
             next_up: Queued | None = queued
             while next_up is not None:
-                held.ts = next_up.message.ts
+                held.ts, held.message = next_up.message.ts, next_up.message
                 self._waiting_here.pop(_seen(next_up.message), None)
                 try:
                     outcome = await self._take_turn_safely(next_up.message, next_up.record)
@@ -473,6 +521,7 @@ class TurnRunner:
                     # Found as the answer was about to show: the worker that holds the lock
                     # now answers the message (from the journal), and the thread is its own.
                     log.warning("thread lock taken over by another worker; standing down thread=%s", key)
+                    await self._hand_on(next_up.message)
                     return True
                 await self._after_arrivals(key)
                 next_up = await self.store.finish(next_up, token, outcome)
@@ -540,6 +589,8 @@ class TurnRunner:
                 del self._held[key]
                 log.warning("thread lock taken over by another worker; standing down thread=%s", key)
                 held.worker.cancel()
+                if held.message is not None:
+                    self._spawn(self._hand_on(held.message))
             else:
                 del self._held[key]  # finished and released: nothing left to renew
 
@@ -601,6 +652,11 @@ class TurnRunner:
             return Progress.of(state="noted")  # deleted before its turn came: nothing to answer
         if record.edited_text is not None:
             message = replace(message, text=record.edited_text)  # edited before its turn came
+        if record.look_first and record.state == "queued":
+            looked = await self._look_in_slack(message)
+            if isinstance(looked, Progress):
+                return looked
+            message = looked
         if message.action == "reset":
             await self.store.reset(message.key)
             await self.delivery.post_notice(target_for(message), RESET_CONFIRMATION)
@@ -674,6 +730,58 @@ class TurnRunner:
         if record.sign == "reaction":
             await self.delivery.clear_sign(target, "reaction")
         return outcome
+
+    async def _look_in_slack(self, message: IncomingMessage) -> IncomingMessage | Progress:
+        """A message queued again after Redis lost its data while other processes were alive:
+        one of them may have answered it, or been told it was deleted, before the loss. Slack
+        says (one read, under the thread's lock, so after any turn on it elsewhere): the outcome
+        when there is nothing to answer; else the message, as it reads now.
+
+        When Slack cannot be asked, even after a generous wait, it is answered all the same: a
+        person's question lost is worse than a rare second answer, or (rarer still: a deletion
+        that reached another process while the message waited) a deleted message's text sent to
+        the model. A message known deleted is never answered."""
+        target = target_for(message)
+        wait = LOOK_WAIT_SECONDS / self.delivery.budget.scale
+        found = await self.delivery.look_at_question(target, message.bot_user_id, wait=wait)
+        if found is None:
+            log.warning(
+                "could not look in slack before answering a message queued again, answering it "
+                "(maybe twice) team=%s channel=%s thread=%s user=%s",
+                *_where(message),
+            )
+            return message
+        if not found.there:
+            log.info(
+                "message queued again was deleted meanwhile, not answered team=%s channel=%s thread=%s "
+                "user=%s",
+                *_where(message),
+            )
+            return Progress.of(state="noted")
+        if found.noticed:
+            log.info("notice found posted already team=%s channel=%s thread=%s user=%s", *_where(message))
+            return Progress.of(state="noted")
+        if found.text is not None:
+            message = replace(message, text=found.text)  # as edited, maybe through another process
+        answer = found.answer if message.action == "answer" else None
+        if (
+            answer is not None
+            and not answer.complete
+            and answer.ts in await self.store.stored_ts(message.key)
+        ):
+            answer = None  # an earlier turn's answer, stopped by a person (see `_resume`)
+        if answer is None:
+            return message
+        if not answer.complete:
+            # Cut short before the loss: as when a process dies as it shows an answer (`_resume`).
+            log.info("answer found cut short team=%s channel=%s thread=%s user=%s", *_where(message))
+            await self.delivery.end_abandoned(target, answer.ts)
+            await self.delivery.post_notice(target, INTERRUPTED)
+            return Progress.of(state="noted")
+        log.info("answer found posted already team=%s channel=%s thread=%s user=%s", *_where(message))
+        said = await self._user_turn(message)
+        stored = Turn(role="assistant", text=answer.text, ts=answer.ts, reply_to=message.ts)
+        return Progress.of(turns=(said, stored), user_turn_stored=1, state="answered", answer_ts=answer.ts)
 
     async def _refusal(self, message: IncomingMessage) -> str | None:
         """A short reply instead of a model call: the message is empty or too long. (The abuse
@@ -971,9 +1079,10 @@ def _where(message: IncomingMessage) -> tuple[str, str, str, str]:
 @dataclass
 class _HeldLock:
     """A thread lock held here: its token, when (loop time) it was last set, the task that works
-    through the thread under it, and the message (ts) it works on now."""
+    through the thread under it, and the message (and its ts) it works on now."""
 
     token: str
     since: float
     worker: asyncio.Task[Any]
     ts: str = ""
+    message: IncomingMessage | None = None

@@ -61,6 +61,26 @@ async def test_replies_paginate_a_long_thread(emu: SlackEmulator, client: AsyncW
     assert err.value.response["error"] == "thread_not_found"
 
 
+async def test_replies_from_oldest_include_it_only_when_inclusive_and_never_a_deleted_one(
+    emu: SlackEmulator, client: AsyncWebClient
+) -> None:
+    """As Slack: `oldest` is exclusive unless `inclusive`, the parent always comes first, and a
+    deleted reply is gone (the bot looks a question up so after Redis lost its data)."""
+    parent = (await client.chat_postMessage(channel="C1", text="parent"))["ts"]
+    first, second, third = [
+        (await client.chat_postMessage(channel="C1", text=text, thread_ts=parent))["ts"]
+        for text in ("first", "second", "third")
+    ]
+    await client.chat_delete(channel="C1", ts=third)
+
+    async def read(**args: str) -> list[str]:
+        page = await client.conversations_replies(channel="C1", ts=parent, oldest=first, **args)
+        return [m["ts"] for m in page["messages"]]
+
+    assert await read() == [parent, second]
+    assert await read(inclusive="true") == [parent, first, second]
+
+
 async def test_users_info(emu: SlackEmulator, client: AsyncWebClient) -> None:
     emu.add_user("U2", "ana", real_name="Ana Lima", team="T2")
 

@@ -6,7 +6,10 @@ and once with a real redis-server killed and started again without its data.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -26,10 +29,43 @@ DM = "D900"
 BOT = "UBOT"
 NOT_ANSWERS = (DELIVERY_FAILED, STORE_UNAVAILABLE, TURN_FAILED)
 FORGOT = "redis came back without the bot's data"
+LOOKED = "answer found posted already"
 
 
 def _errors(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def _asked(llm: OpenAIEmulator, text: str) -> int:
+    """How many times the model was asked a question ending with `text`."""
+    return sum(str(r["messages"][-1]["content"]).endswith(text) for r in llm.requests)
+
+
+def _looks(slack: SlackEmulator) -> list[str]:
+    """The questions looked up in Slack before their turn: reads from the question, inclusive."""
+    reads = slack.calls_to("conversations.replies") + slack.calls_to("conversations.history")
+    return [call.args["oldest"] for call in reads if call.args.get("inclusive")]
+
+
+async def _until(condition: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:  # noqa: ASYNC109
+    """Poll an async `condition` of Redis until true."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def _state_is(redis: Redis, journal: str, state: str) -> bool:
+    return await redis.hget(journal, "state") == state
+
+
+def _a_beat(redis: Redis, process: str, before: float | None) -> Callable[[], Awaitable[bool]]:
+    """Whether the process has beaten since its liveness (in Redis) was `before`."""
+
+    async def beaten() -> bool:
+        return (await redis.zscore("processes", process) or 0) > (before or 0)
+
+    return beaten
 
 
 @pytest.mark.parametrize("where", ["thread", "dm"])
@@ -185,45 +221,161 @@ async def test_a_follow_up_waiting_behind_a_turn_when_redis_loses_its_data_is_an
     assert first["text"] == "Answer: ann: why is api-prod red?"
     assert second["text"] == "Answer: ann: and staging?"
     assert "message queued again" in caplog.text and _errors(caplog) == []
+    assert "look_first=True" not in caplog.text and _looks(slack) == []  # alone: nobody else to ask about
 
 
 # With several processes, a message one accepted may have been answered by another, or its
-# deletion told to another: it is not queued again (from a review of the first version).
+# deletion told to another: it is queued again marked to be looked up in Slack first, by whichever
+# process's worker takes it (from reviews of the first version, which queued it again blindly,
+# and of the second, which left it lost).
 
 
-async def test_with_several_processes_a_follow_up_another_answered_is_not_queued_again(
+@pytest.mark.parametrize("where", ["thread", "dm"])
+async def test_with_several_processes_a_follow_up_waiting_behind_a_turn_when_redis_loses_its_data_is_answered(
+    where: str,
     start_bot: StartBot,
     slack: SlackEmulator,
     llm: OpenAIEmulator,
     redis: Redis,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A accepts a follow-up while B holds the thread, and B answers it; later A works on the
-    thread and Redis loses its data. Before, A queued the answered follow-up again: a second
-    answer."""
+    """B answers the question; A accepts the follow-up, which waits behind B's turn. Before, with
+    another process alive, A left it lost: acknowledged to Slack, never answered."""
     caplog.set_level(logging.INFO)
     a = await start_bot("http")
     b = await start_bot("http")  # Slack's events go to B
-    llm.enqueue(SlowFirstToken(1.5))
+    posting = slack.gate("chat.postMessage")
+    if where == "thread":
+        root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
+        channel, thread, follow_up = CHANNEL, root, f"<@{BOT}> and staging?"
+    else:
+        await slack.post_user_message(DM, "why is api-prod red?")
+        channel, thread, root, follow_up = DM, "top", None, "and staging?"
+    await slack.wait_for(lambda: posting.waiting > 0, what="B's answer's post")
+    slack.use_http(f"{a.url}/slack/events")
+    asked = await slack.post_user_message(channel, follow_up, thread_ts=root)
+    await redis.flushall()
+    await slack.wait_for(lambda: "message queued again" in caplog.text, what="A to queue it again")
+    posting.opened.set()
+    first, second = await slack.wait_for_bot_messages(channel, thread, count=2, timeout=15)
+    await a.settle()
+    await b.settle()
+    assert [first["text"], second["text"]] == [
+        "Answer: ann: why is api-prod red?",
+        "Answer: ann: and staging?",
+    ]
+    assert len(slack.bot_messages(channel, thread)) == 2 and _asked(llm, "and staging?") == 1
+    assert _looks(slack) == [asked]  # looked up once, found unanswered
+    assert _errors(caplog) == []
+
+
+async def test_with_several_processes_a_follow_up_another_answered_is_not_answered_twice(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A accepts a follow-up while B holds the thread, and B answers it, but cannot tell from
+    Slack that its post landed (deferred: recovery would find it there); then Redis loses its
+    data. A queues the follow-up again, and the look in Slack finds B's answer. (Most answered
+    follow-ups A has long forgotten: each beat drops those Redis says are done.) The first
+    version answered such a follow-up twice."""
+    caplog.set_level(logging.INFO)
+    a = await start_bot("http")
+    b = await start_bot("http")  # Slack's events go to B
+    llm.enqueue(SlowFirstToken(1.0), SlowFirstToken(1.0))
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await llm.wait_for_requests(1)
     slack.use_http(f"{a.url}/slack/events")
-    await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
-    await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
-    llm.enqueue(SlowFirstToken(1.5))
-    await slack.post_user_message(CHANNEL, f"<@{BOT}> and prod-eu?", thread_ts=root)
-    await llm.wait_for_requests(3)
+    asked = await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    await llm.wait_for_requests(2)  # B answered the question and took the follow-up
+    slack.fail_next("chat.postMessage", after=True, drop=True)
+    slack.fail_next("conversations.replies", times=3)
+    await slack.wait_for(lambda: "answer delivery deferred" in caplog.text, what="B's post to be in doubt")
     await redis.flushall()
-    await slack.wait_for(lambda: caplog.text.count(FORGOT) >= 2, what="both processes to notice the loss")
-    await slack.wait_for_bot_messages(CHANNEL, root, count=3, timeout=15)
+    await slack.wait_for(lambda: LOOKED in caplog.text, what="the look to find B's answer")
     await a.settle()
     await b.settle()
     assert [m["text"] for m in slack.bot_messages(CHANNEL, root)] == [
         "Answer: ann: why is api-prod red?",
         "Answer: ann: and staging?",
-        "Answer: ann: and prod-eu?",
     ]
-    assert "message queued again" not in caplog.text
+    assert _asked(llm, "and staging?") == 1 and _looks(slack) == [asked]
+    assert _errors(caplog) == []
+
+
+async def test_with_several_processes_follow_ups_another_finished_before_the_loss_are_not_looked_up(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A forgets, at its next beat, the follow-ups it accepted that another process finished:
+    after a loss only those still waiting cost a look (one read of Slack's Tier 3 budget each).
+    Without that, every follow-up another process answered stayed in A's memory (up to a
+    thousand), each one read again from Slack after a loss."""
+    caplog.set_level(logging.INFO)
+    a = await start_bot("http")
+    b = await start_bot("http")  # Slack's events go to B
+    llm.enqueue(SlowFirstToken(1.0))
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
+    await llm.wait_for_requests(1)
+    slack.use_http(f"{a.url}/slack/events")
+    asked = await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2)
+    await _until(lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{asked}", "answered"))
+    # Two of A's beats after that: the first read the journal, and A acted on it before the next.
+    assert a.bot.turns is not None
+    for _ in range(2):
+        await _until(
+            _a_beat(redis, a.bot.turns.process_id, await redis.zscore("processes", a.bot.turns.process_id))
+        )
+    await redis.flushall()
+    await slack.wait_for(
+        lambda: caplog.text.count("waiting messages to queue again") == 2, what="both to decide"
+    )
+    await a.settle()
+    await b.settle()
+    assert "count=0" in caplog.text and "count=1" not in caplog.text
+    assert _looks(slack) == [] and len(slack.bot_messages(CHANNEL, root)) == 2
+
+
+async def test_with_several_processes_a_follow_up_another_is_answering_at_the_loss_is_answered_once(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """B took A's follow-up and is about to show its answer when Redis loses its data, lock and
+    all; A queues the follow-up again. B takes its lock back as it notices the loss, so A's worker
+    waits for B's turn, which takes A's copy off the inbox: not asked of the model twice, and
+    B's answer not stood down."""
+    caplog.set_level(logging.INFO)
+    a = await start_bot("http")
+    b = await start_bot("http")  # Slack's events go to B
+    llm.enqueue(SlowFirstToken(1.0))
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
+    await llm.wait_for_requests(1)
+    await slack.wait_for(lambda: bool(slack.calls_to("assistant.threads.setStatus")), what="the first sign")
+    slack.use_http(f"{a.url}/slack/events")
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    signing = slack.gate("assistant.threads.setStatus", status="is thinking…")  # the answer waits for it
+    await slack.wait_for(lambda: signing.waiting > 0, what="B's turn on the follow-up")
+    await redis.flushall()
+    await slack.wait_for(lambda: "message queued again" in caplog.text, what="A to queue it again")
+    signing.opened.set()
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
+    await a.settle()
+    await b.settle()
+    assert [m["text"] for m in slack.bot_messages(CHANNEL, root)] == [
+        "Answer: ann: why is api-prod red?",
+        "Answer: ann: and staging?",
+    ]
+    assert _asked(llm, "and staging?") == 1
+    assert "standing down" not in caplog.text and _errors(caplog) == []
 
 
 async def test_with_several_processes_a_follow_up_deleted_through_another_is_not_answered(
@@ -233,8 +385,9 @@ async def test_with_several_processes_a_follow_up_deleted_through_another_is_not
     redis: Redis,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A accepts a follow-up behind its own turn; its deletion reaches B. Before, A queued the
-    deleted message again after the loss and sent its text to the model: here, a password."""
+    """A accepts a follow-up behind its own turn; its deletion reaches B. A queues it again after
+    the loss, and the look finds it gone: its text (a password) never reaches the model. The
+    first version sent it."""
     caplog.set_level(logging.INFO)
     a = await start_bot("http")
     b = await start_bot("http")
@@ -250,12 +403,72 @@ async def test_with_several_processes_a_follow_up_deleted_through_another_is_not
     await slack.delete_message(CHANNEL, follow_up)
     assert await redis.hget(f"turn:T1:{CHANNEL}:{follow_up}", "deleted") == "1"
     await redis.flushall()
-    await slack.wait_for(lambda: caplog.text.count(FORGOT) >= 2, what="both processes to notice the loss")
+    await slack.wait_for(lambda: "message queued again" in caplog.text, what="A to queue it again")
     posting.opened.set()
+    await slack.wait_for(lambda: "was deleted meanwhile" in caplog.text, what="the look to find it gone")
     await a.settle()
     await b.settle()
     assert [m["text"] for m in slack.bot_messages(CHANNEL, root)] == ["Answer: ann: why is api-prod red?"]
     assert not any("hunter2" in str(request) for request in llm.requests)
+    assert _looks(slack) == [follow_up] and _errors(caplog) == []
+
+
+async def test_with_several_processes_a_follow_up_slack_cannot_be_asked_about_is_answered_with_a_warning(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Slack fails every try of the look: the follow-up is answered all the same (a person's
+    question lost is worse than a rare second answer), and the log says it may be twice."""
+    caplog.set_level(logging.INFO)
+    a = await start_bot("http")
+    b = await start_bot("http")  # Slack's events go to B
+    posting = slack.gate("chat.postMessage")
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
+    await slack.wait_for(lambda: posting.waiting > 0, what="B's answer's post")
+    slack.use_http(f"{a.url}/slack/events")
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    await redis.flushall()
+    await slack.wait_for(lambda: "message queued again" in caplog.text, what="A to queue it again")
+    slack.fail_next("conversations.replies", times=3)
+    posting.opened.set()
+    _, second = await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
+    await a.settle()
+    await b.settle()
+    assert second["text"] == "Answer: ann: and staging?" and len(slack.bot_messages(CHANNEL, root)) == 2
+    [warned] = [r for r in caplog.records if "could not look in slack before answering" in r.getMessage()]
+    assert warned.levelno == logging.WARNING and _errors(caplog) == []
+
+
+async def test_with_several_processes_a_turn_whose_lock_a_new_follow_up_took_after_the_loss_is_answered(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """B is answering a question when Redis loses its data; a follow-up reaches A before B's next
+    beat, and A's worker takes the thread's lock, which nobody held any more. B stands down for
+    it, as for any worker that holds the lock now, but A's inbox never had B's question. Before,
+    that question was lost: B now queues it again, to be looked up in Slack first."""
+    caplog.set_level(logging.INFO)
+    a = await start_bot("http")
+    b = await start_bot("http")  # Slack's events go to B
+    llm.enqueue(SlowFirstToken(2.0), SlowFirstToken(2.0))
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
+    await llm.wait_for_requests(1)
+    await redis.flushall()
+    slack.use_http(f"{a.url}/slack/events")
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    await slack.wait_for(lambda: caplog.text.count(FORGOT) >= 2, what="both processes to notice the loss")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
+    await a.settle()
+    await b.settle()
+    answers = sorted(m["text"] for m in slack.bot_messages(CHANNEL, root))
+    assert answers == ["Answer: ann: and staging?", "Answer: ann: why is api-prod red?"]
+    assert _errors(caplog) == []
 
 
 # A DM is one rolling conversation: once a loss is noticed, its earlier messages are read back from
