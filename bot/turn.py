@@ -652,13 +652,22 @@ class TurnRunner:
         elif (shown := record.answer_ts or (found.ts if found else None)) is not None:
             if record.answer_ts is None:
                 log.info("answer found cut short team=%s channel=%s thread=%s user=%s", *_where(message))
-            if record.answer is not None and fits_one_message(record.answer):
+            if record.answer is not None and fits_one_message(record.answer) and found and found.ts == shown:
                 # Left by a lost call Slack could not be asked about, with the whole answer kept:
-                # its one message is given the rest rather than called interrupted.
+                # its one message is given the rest rather than called interrupted. Only when
+                # Slack shows it is the bot's last message here: a journaled first message with
+                # another after it (a stream Slack ended early, the rest posted) would show that
+                # other's text twice, and without a read of the thread nothing is known.
                 reply = self._reply(message, target)
                 reply.go_on_in(shown)
                 reply.write(record.answer)
-                _, outcome = await self._finish_reply(message, reply, Ending.COMPLETE, record.answer, None)
+                posted, outcome = await self._finish_reply(
+                    message, reply, Ending.COMPLETE, record.answer, None
+                )
+                if reply.stopped_by_user and posted:
+                    # The person stopped it: the conversation keeps what shows, not what they never saw.
+                    stored = Turn(role="assistant", text=found.text, ts=posted[0], reply_to=message.ts)
+                    outcome = Progress.of(turns=(stored,), state="answered", answer_ts=posted[0], answer=None)
                 if record.sign == "reaction":
                     await self.delivery.clear_sign(target, "reaction")
                 return outcome
