@@ -439,3 +439,37 @@ async def test_a_conversation_read_back_after_a_loss_holds_what_was_stored_and_n
         "ann: and staging?",
         "ann: what did I say was red?",
     ]
+
+
+async def test_a_thread_read_back_after_a_loss_keeps_what_others_said_before_a_forget_me(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`forget me` takes away what its sender said (and the answers to it), not everyone's part
+    of the conversation: bob's question and its answer stay in the stored thread after ann's
+    `forget me`, and so must they when the thread is read back from Slack after a loss. (Before,
+    the read-back dropped the whole thread before it, as after a `reset`.)"""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> the check api-prod is red", user="U2")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    await running.settle()
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> my password is hunter2", thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2)
+    await running.settle()
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> forget me", thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=3)
+    await running.settle()
+    await redis.flushall()
+    await slack.wait_for(lambda: FORGOT in caplog.text, what="the loss to be noticed")
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> what did I say was red?", user="U2", thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=4)
+    await running.settle()
+    assert _prompt(llm) == [
+        "bob: the check api-prod is red",
+        "Answer: bob: the check api-prod is red",
+        "bob: what did I say was red?",
+    ]
