@@ -167,21 +167,24 @@ class Workspace:
             limit=limit,
         )
         newest_first = _messages(response)
-        return await self._as_turns(key.team, newest_first[::-1], bot_user_id)
+        return await self._as_turns(key.team, newest_first[::-1], bot_user_id, said_to_bot=True)
 
-    async def _as_turns(self, team: str, messages: list[dict[str, Any]], bot_user_id: str) -> list[Turn]:
+    async def _as_turns(
+        self, team: str, messages: list[dict[str, Any]], bot_user_id: str, *, said_to_bot: bool = False
+    ) -> list[Turn]:
         """Messages (oldest first) as the stored conversation would hold them: nothing from before
         a person's last `reset`, nothing a person said before their `forget me` nor the bot's
         answers to it (everyone else's part stays, as in the store), and no notices (the bot's
-        errors and confirmations never join a conversation)."""
-        fresh, bot_was_here = 0, False
+        errors and confirmations never join a conversation). `said_to_bot`: every message is
+        (a DM), so a bare command counts from the start."""
+        fresh, bot_was_here = 0, said_to_bot
         forgotten: set[int] = set()  # messages of people who said `forget me` later, and answers
-        asked: list[tuple[str, int]] = []  # (sender, index) of each person's message so far
+        asked: list[tuple[str, int]] = []  # (sender, index) of each person's message
         answer_to: dict[int, int] = {}  # a bot message's index: the index of its question
         for i, message in enumerate(messages):
             command = _command(message, bot_user_id, bot_was_here)
             if command == "reset":
-                fresh, asked, answer_to, forgotten = i + 1, [], {}, set()
+                fresh = i + 1
             elif command == "forget me":
                 sender = message.get("user")
                 theirs = {j for who, j in asked if who == sender} | {i}
@@ -190,6 +193,10 @@ class Workspace:
                 question = _question_of(message, messages, asked)
                 if question is not None:
                     answer_to[i] = question
+                    # An answer written while the reset or forget me after its question came
+                    # in: posted after it, but stored before it, and gone with the rest.
+                    if question < fresh or question in forgotten:
+                        forgotten.add(i)
             elif isinstance(message.get("user"), str):
                 asked.append((message["user"], i))
             bot_was_here = bot_was_here or message.get("user") == bot_user_id

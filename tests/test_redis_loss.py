@@ -6,6 +6,7 @@ and once with a real redis-server killed and started again without its data.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -473,3 +474,33 @@ async def test_a_thread_read_back_after_a_loss_keeps_what_others_said_before_a_f
         "Answer: bob: the check api-prod is red",
         "bob: what did I say was red?",
     ]
+
+
+@pytest.mark.parametrize("where", ["thread", "dm"])
+async def test_a_reset_sent_while_the_answer_before_it_was_written_holds_after_a_loss(
+    where: str,
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A person sends `reset` while the bot still writes the answer to their question: that
+    answer comes after the reset in Slack, but the stored conversation was reset after it. Read
+    back after a loss, neither the question nor that answer may come back."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    channel, mention = (DM, "") if where == "dm" else (CHANNEL, f"<@{BOT}> ")
+    llm.enqueue(SlowFirstToken(1.0))
+    first = await slack.post_user_message(channel, mention + "my password is hunter2")
+    thread = None if where == "dm" else first
+    await asyncio.sleep(0.3)
+    await slack.post_user_message(channel, mention + "reset", thread_ts=thread)
+    await slack.wait_for_bot_messages(channel, thread or "top", count=2)
+    await running.settle()
+    await redis.flushall()
+    await slack.wait_for(lambda: FORGOT in caplog.text, what="the loss to be noticed")
+    await slack.post_user_message(channel, mention + "what did I say?", thread_ts=thread)
+    await slack.wait_for_bot_messages(channel, thread or "top", count=3)
+    await running.settle()
+    assert _prompt(llm) == ["ann: what did I say?"]
