@@ -900,7 +900,9 @@ class TurnRunner:
             elif message.starts_conversation:
                 return EarlierThread.NOT_NEEDED
             else:
-                earlier = await workspace.earlier_thread_turns(key, key.thread, message.ts, bot_user)
+                earlier = await workspace.earlier_thread_turns(
+                    key, key.thread, message.ts, bot_user, is_dm=message.is_dm
+                )
                 if message.is_dm:
                     earlier = await self._question_before(message, earlier) + earlier
         except CALL_ERRORS as error:

@@ -125,10 +125,11 @@ class Workspace:
         return to_plain_text(text, bot_user_id, names)
 
     async def earlier_thread_turns(
-        self, key: ThreadKey, thread_ts: str, before_ts: str, bot_user_id: str
+        self, key: ThreadKey, thread_ts: str, before_ts: str, bot_user_id: str, *, is_dm: bool = False
     ) -> list[Turn]:
-        """The thread's messages before `before_ts`, read once from Slack (all pages).
-        Raises one of `CALL_ERRORS` when Slack cannot show them now."""
+        """The thread's messages before `before_ts`, read once from Slack (all pages); `is_dm`:
+        a DM's thread, where every message is said to the bot. Raises one of `CALL_ERRORS` when
+        Slack cannot show them now."""
         before = ts_number(before_ts)
         found: list[dict[str, Any]] = []
         cursor: str | None = None
@@ -148,7 +149,7 @@ class Workspace:
             cursor = (response.get("response_metadata") or {}).get("next_cursor") or None
             if not response.get("has_more") or not cursor:
                 break
-        return await self._as_turns(key.team, found, bot_user_id)
+        return await self._as_turns(key.team, found, bot_user_id, said_to_bot=is_dm)
 
     async def earlier_dm_turns(
         self, key: ThreadKey, before_ts: str, bot_user_id: str, limit: int

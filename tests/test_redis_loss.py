@@ -504,3 +504,34 @@ async def test_a_reset_sent_while_the_answer_before_it_was_written_holds_after_a
     await slack.wait_for_bot_messages(channel, thread or "top", count=3)
     await running.settle()
     assert _prompt(llm) == ["ann: what did I say?"]
+
+
+async def test_a_bare_reset_in_a_dm_thread_holds_when_the_thread_is_read_back_after_a_loss(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """In a DM every message is said to the bot, in a thread too: a bare `reset` there, before the
+    bot spoke in the thread, starts it afresh, and so must it when the thread is read back."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    root = await slack.post_user_message(DM, "my password is hunter2")
+    await slack.wait_for_bot_messages(DM, count=1)
+    await running.settle()
+    for count, text in enumerate(["reset", "the check api-prod is red"], start=1):
+        await slack.post_user_message(DM, text, thread_ts=root)
+        await slack.wait_for_bot_messages(DM, root, count=count)
+        await running.settle()
+    await redis.flushall()
+    await slack.wait_for(lambda: FORGOT in caplog.text, what="the loss to be noticed")
+    await slack.post_user_message(DM, "what did I say was red?", thread_ts=root)
+    await slack.wait_for_bot_messages(DM, root, count=3)
+    await running.settle()
+    assert _prompt(llm)[-3:] == [
+        "ann: the check api-prod is red",
+        "Answer: ann: the check api-prod is red",
+        "ann: what did I say was red?",
+    ]
+    assert not any("hunter2" in text or text == "ann: reset" for text in _prompt(llm)), _prompt(llm)
