@@ -662,7 +662,7 @@ class TurnRunner:
                 reply.go_on_in(shown)
                 reply.write(record.answer)
                 posted, outcome = await self._finish_reply(
-                    message, reply, Ending.COMPLETE, record.answer, None
+                    message, reply, _journaled_ending(record), record.answer, None
                 )
                 if reply.stopped_by_user and posted:
                     # The person stopped it: the conversation keeps what shows, not what they never saw.
@@ -677,7 +677,9 @@ class TurnRunner:
         elif record.answer is not None:
             reply = self._reply(message, target)
             reply.write(record.answer)
-            _, outcome = await self._finish_reply(message, reply, Ending.COMPLETE, record.answer, None)
+            _, outcome = await self._finish_reply(
+                message, reply, _journaled_ending(record), record.answer, None
+            )
         else:
             return None
         if record.sign == "reaction":
@@ -870,7 +872,8 @@ class TurnRunner:
                 code,
                 attempts,
             )
-            await self.store.record_progress(message, answer=text)  # kept for the retry
+            # Kept for the retry, with how it ended: its note (length limit, cut off) goes with it.
+            await self.store.record_progress(message, answer=text, ending=ending.value)
             raise DeliveryDeferred(code) from None
         if not posted:
             return posted, Progress.of(state="answered", answer=None)
@@ -969,6 +972,14 @@ class TurnRunner:
         self._tasks.discard(task)
         if not task.cancelled() and (error := task.exception()) is not None:
             log.error("turn crashed error=%s", type(error).__name__, exc_info=error)
+
+
+def _journaled_ending(record: TurnRecord) -> Ending:
+    """How a journaled answer ended, for the note it shows with (length limit, cut off, filtered);
+    a stop pressed, or a journal from before endings were kept, finishes it as complete."""
+    noted = (Ending.TRUNCATED, Ending.CUT_OFF, Ending.FILTERED)
+    ending = next((e for e in noted if e.value == record.ending), None)
+    return ending if ending is not None else Ending.COMPLETE
 
 
 def _seen(message: IncomingMessage) -> tuple[str, str, str]:

@@ -13,9 +13,10 @@ import logging
 import pytest
 
 from bot.formatting import SlackMarkdown
+from bot.streaming import NOTES, Ending
 from bot.turn import DELIVERY_FAILED
 from tests.conftest import RunningBot, StartBot
-from tests.emulators.openai_api import OpenAIEmulator, Reply, SlowFirstToken
+from tests.emulators.openai_api import OpenAIEmulator, Reply, SlowFirstToken, Truncated
 from tests.emulators.slack import SlackEmulator
 from tests.test_streaming import has_feedback_buttons, shown
 
@@ -594,3 +595,32 @@ async def test_a_begun_answer_stopped_before_recovery_is_kept_as_shown_in_the_co
     await slack.wait_for(lambda: len(llm.requests) == 2, what="the follow-up's model call")
     said = [m["content"] for m in llm.requests[-1]["messages"] if m["role"] == "assistant"]
     assert said == [shown(started)], said
+
+
+@pytest.mark.parametrize("lost", ["chat.startStream", "chat.postMessage"])
+async def test_an_answer_left_to_recovery_keeps_the_note_of_how_it_ended(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    caplog: pytest.LogCaptureFixture,
+    lost: str,
+) -> None:
+    """The model's answer reached its length limit; the call that shows it is lost and Slack
+    cannot be asked, so recovery finishes it from the journal. Before, the journal kept only the
+    text: the answer was shown as if whole, without the note that it stops at the length limit."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http", RECOVERY_INTERVAL_SECONDS="0.3")
+    llm.chunk_delay, llm.chunk_chars = 0.05, 12
+    slack.fail_next(lost, drop=True, after=True)
+    slack.fail_next("conversations.replies" if lost == "chat.startStream" else "conversations.history",
+                    drop=True, times=1000)  # fmt: skip
+    llm.enqueue(Truncated(ANSWER))
+    channel, text = (CHANNEL, f"<@{BOT}> tell me") if lost == "chat.startStream" else (DM, "tell me")
+    ts = await slack.post_user_message(channel, text)
+    thread = ts if channel == CHANNEL else None
+    await slack.wait_for(lambda: "answer delivery deferred" in caplog.text, timeout=20)
+    slack.clear_faults()
+    await slack.wait_for(lambda: "resuming interrupted turn" in caplog.text, timeout=20)
+    await running.settle()
+    [answer] = slack.bot_messages(channel, thread)
+    assert shown(answer).endswith(NOTES[Ending.TRUNCATED]), shown(answer)
