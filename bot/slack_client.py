@@ -2,7 +2,9 @@
 
 A 200 whose body is plain text (a proxy's or a captive portal's, not Slack's) makes slack_sdk's
 own check of the answer call `.get` on a str and raise AttributeError, which no caller expects
-of a Slack call. It is read here as what it is: a failed call, error `http_200`.
+of a Slack call. It is read here as what it is: a failed call, error `http_200`. Any other status
+with a plain-text body likewise reads as error `http_<status>` (its text, left in place of
+Slack's answer, made reading the error raise AttributeError).
 """
 
 from __future__ import annotations
@@ -25,6 +27,14 @@ class SlackClient(AsyncWebClient):
                 self, api_method, unchecked.http_verb, unchecked.status_code, unchecked.headers
             )
             raise SlackApiError(f"{api_method} failed: http_{unchecked.status_code}", answer) from None
+        except SlackApiError as error:
+            # A plain-text error page (a proxy's 503): its text in place of Slack's answer makes
+            # every reader of the error (`.get("error")`, `["error"]`) raise AttributeError.
+            text = error.response
+            if not (isinstance(text, AsyncSlackResponse) and isinstance(text.data, str)):
+                raise
+            answer = failed_answer(self, api_method, text.http_verb, text.status_code, text.headers)
+            raise SlackApiError(f"{api_method} failed: http_{text.status_code}", answer) from None
 
 
 def failed_answer(

@@ -252,6 +252,7 @@ class TurnRecord:
     sign: str = "none"  # the thinking sign shown: status, reaction or none
     user_turn_stored: bool = False
     answer: str | None = None  # produced but not yet delivered
+    ending: str | None = None  # how that answer ended (an `Ending`'s value)
     answer_ts: str | None = None  # something of the answer is visible in Slack
     attempts: int = 0
     edited_text: str | None = None  # edited (as Slack writes it) while it waited for its turn
@@ -268,6 +269,7 @@ class TurnRecord:
             sign=raw.get("sign", "none"),
             user_turn_stored=raw.get("user_turn_stored") == "1",
             answer=raw.get("answer") or None,
+            ending=raw.get("ending") or None,
             answer_ts=raw.get("answer_ts") or None,
             attempts=int(raw.get("attempts", "0")),
             edited_text=raw.get("edited_text"),

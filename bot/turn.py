@@ -708,13 +708,22 @@ class TurnRunner:
         elif (shown := record.answer_ts or (found.ts if found else None)) is not None:
             if record.answer_ts is None:
                 log.info("answer found cut short team=%s channel=%s thread=%s user=%s", *_where(message))
-            if record.answer is not None and fits_one_message(record.answer):
+            if record.answer is not None and fits_one_message(record.answer) and found and found.ts == shown:
                 # Left by a lost call Slack could not be asked about, with the whole answer kept:
-                # its one message is given the rest rather than called interrupted.
+                # its one message is given the rest rather than called interrupted. Only when
+                # Slack shows it is the bot's last message here: a journaled first message with
+                # another after it (a stream Slack ended early, the rest posted) would show that
+                # other's text twice, and without a read of the thread nothing is known.
                 reply = self._reply(message, target)
                 reply.go_on_in(shown)
                 reply.write(record.answer)
-                _, outcome = await self._finish_reply(message, reply, Ending.COMPLETE, record.answer, None)
+                posted, outcome = await self._finish_reply(
+                    message, reply, _journaled_ending(record), record.answer, None
+                )
+                if reply.stopped_by_user and posted:
+                    # The person stopped it: the conversation keeps what shows, not what they never saw.
+                    stored = Turn(role="assistant", text=found.text, ts=posted[0], reply_to=message.ts)
+                    outcome = Progress.of(turns=(stored,), state="answered", answer_ts=posted[0], answer=None)
                 if record.sign == "reaction":
                     await self.delivery.clear_sign(target, "reaction")
                 return outcome
@@ -724,7 +733,9 @@ class TurnRunner:
         elif record.answer is not None:
             reply = self._reply(message, target)
             reply.write(record.answer)
-            _, outcome = await self._finish_reply(message, reply, Ending.COMPLETE, record.answer, None)
+            _, outcome = await self._finish_reply(
+                message, reply, _journaled_ending(record), record.answer, None
+            )
         else:
             return None
         if record.sign == "reaction":
@@ -969,7 +980,8 @@ class TurnRunner:
                 code,
                 attempts,
             )
-            await self.store.record_progress(message, answer=text)  # kept for the retry
+            # Kept for the retry, with how it ended: its note (length limit, cut off) goes with it.
+            await self.store.record_progress(message, answer=text, ending=ending.value)
             raise DeliveryDeferred(code) from None
         if not posted:
             return posted, Progress.of(state="answered", answer=None)
@@ -999,7 +1011,9 @@ class TurnRunner:
             elif message.starts_conversation:
                 return EarlierThread.NOT_NEEDED
             else:
-                earlier = await workspace.earlier_thread_turns(key, key.thread, message.ts, bot_user)
+                earlier = await workspace.earlier_thread_turns(
+                    key, key.thread, message.ts, bot_user, is_dm=message.is_dm
+                )
                 if message.is_dm:
                     earlier = await self._question_before(message, earlier) + earlier
         except CALL_ERRORS as error:
@@ -1066,6 +1080,14 @@ class TurnRunner:
         self._tasks.discard(task)
         if not task.cancelled() and (error := task.exception()) is not None:
             log.error("turn crashed error=%s", type(error).__name__, exc_info=error)
+
+
+def _journaled_ending(record: TurnRecord) -> Ending:
+    """How a journaled answer ended, for the note it shows with (length limit, cut off, filtered);
+    a stop pressed, or a journal from before endings were kept, finishes it as complete."""
+    noted = (Ending.TRUNCATED, Ending.CUT_OFF, Ending.FILTERED)
+    ending = next((e for e in noted if e.value == record.ending), None)
+    return ending if ending is not None else Ending.COMPLETE
 
 
 def _seen(message: IncomingMessage) -> tuple[str, str, str]:

@@ -19,7 +19,7 @@ from bot.lost_answers import block_ids, ts_number
 from bot.rate_limit import CALL_ERRORS, BudgetedSlack, error_code
 from bot.slack_text import is_command, mentioned_users, to_plain_text
 from bot.store import Store, ThreadKey, Turn
-from bot.streaming import is_notice_block
+from bot.streaming import ANSWER_BLOCK_PREFIX, is_notice_block
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +125,11 @@ class Workspace:
         return to_plain_text(text, bot_user_id, names)
 
     async def earlier_thread_turns(
-        self, key: ThreadKey, thread_ts: str, before_ts: str, bot_user_id: str
+        self, key: ThreadKey, thread_ts: str, before_ts: str, bot_user_id: str, *, is_dm: bool = False
     ) -> list[Turn]:
-        """The thread's messages before `before_ts`, read once from Slack (all pages).
-        Raises one of `CALL_ERRORS` when Slack cannot show them now."""
+        """The thread's messages before `before_ts`, read once from Slack (all pages); `is_dm`:
+        a DM's thread, where every message is said to the bot. Raises one of `CALL_ERRORS` when
+        Slack cannot show them now."""
         before = ts_number(before_ts)
         found: list[dict[str, Any]] = []
         cursor: str | None = None
@@ -148,7 +149,7 @@ class Workspace:
             cursor = (response.get("response_metadata") or {}).get("next_cursor") or None
             if not response.get("has_more") or not cursor:
                 break
-        return await self._as_turns(key.team, found, bot_user_id)
+        return await self._as_turns(key.team, found, bot_user_id, said_to_bot=is_dm)
 
     async def earlier_dm_turns(
         self, key: ThreadKey, before_ts: str, bot_user_id: str, limit: int
@@ -167,20 +168,42 @@ class Workspace:
             limit=limit,
         )
         newest_first = _messages(response)
-        return await self._as_turns(key.team, newest_first[::-1], bot_user_id)
+        return await self._as_turns(key.team, newest_first[::-1], bot_user_id, said_to_bot=True)
 
-    async def _as_turns(self, team: str, messages: list[dict[str, Any]], bot_user_id: str) -> list[Turn]:
+    async def _as_turns(
+        self, team: str, messages: list[dict[str, Any]], bot_user_id: str, *, said_to_bot: bool = False
+    ) -> list[Turn]:
         """Messages (oldest first) as the stored conversation would hold them: nothing from before
-        a person's last `reset` or `forget me`, and no notices (the bot's errors and confirmations
-        never join a conversation)."""
-        fresh, bot_was_here = 0, False
+        a person's last `reset`, nothing a person said before their `forget me` nor the bot's
+        answers to it (everyone else's part stays, as in the store), and no notices (the bot's
+        errors and confirmations never join a conversation). `said_to_bot`: every message is
+        (a DM), so a bare command counts from the start."""
+        fresh, bot_was_here = 0, said_to_bot
+        forgotten: set[int] = set()  # messages of people who said `forget me` later, and answers
+        asked: list[tuple[str, int]] = []  # (sender, index) of each person's message
+        answer_to: dict[int, int] = {}  # a bot message's index: the index of its question
         for i, message in enumerate(messages):
-            if _starts_afresh(message, bot_user_id, bot_was_here):
+            command = _command(message, bot_user_id, bot_was_here)
+            if command == "reset":
                 fresh = i + 1
+            elif command == "forget me":
+                sender = message.get("user")
+                theirs = {j for who, j in asked if who == sender} | {i}
+                forgotten |= theirs | {j for j, q in answer_to.items() if q in theirs}
+            elif message.get("user") == bot_user_id:
+                question = _question_of(message, messages, asked)
+                if question is not None:
+                    answer_to[i] = question
+                    # An answer written while the reset or forget me after its question came
+                    # in: posted after it, but stored before it, and gone with the rest.
+                    if question < fresh or question in forgotten:
+                        forgotten.add(i)
+            elif isinstance(message.get("user"), str):
+                asked.append((message["user"], i))
             bot_was_here = bot_was_here or message.get("user") == bot_user_id
         turns: list[Turn] = []
-        for message in messages[fresh:]:
-            if not any(map(is_notice_block, block_ids(message))):
+        for i, message in enumerate(messages[fresh:], start=fresh):
+            if i not in forgotten and not any(map(is_notice_block, block_ids(message))):
                 turn = await self._as_turn(team, message, bot_user_id)
                 if turn is not None:
                     turns.append(turn)
@@ -213,10 +236,22 @@ def _before(message: dict[str, Any], ts: Decimal | None) -> bool:
     return found is not None and ts is not None and found < ts
 
 
-def _starts_afresh(message: dict[str, Any], bot_user_id: str, bot_was_here: bool) -> bool:
+def _command(message: dict[str, Any], bot_user_id: str, bot_was_here: bool) -> str | None:
     """A person's `reset` or `forget me`, said to the bot: with its mention, or once it had
     spoken in the conversation (in a thread it was not in, a bare "reset" was someone else's)."""
     text = str(message.get("text") or "")
     if message.get("user") == bot_user_id or not (bot_was_here or f"<@{bot_user_id}" in text):
-        return False
-    return any(is_command(text, bot_user_id, command) for command in FRESH_START_COMMANDS)
+        return None
+    return next((c for c in FRESH_START_COMMANDS if is_command(text, bot_user_id, c)), None)
+
+
+def _question_of(
+    message: dict[str, Any], messages: list[dict[str, Any]], asked: list[tuple[str, int]]
+) -> int | None:
+    """The index of the person's message a bot message answers: the one its buttons name, else
+    the latest before it (a thread's turns run one after another)."""
+    for block_id in block_ids(message):
+        if block_id.startswith(ANSWER_BLOCK_PREFIX):
+            question = block_id[len(ANSWER_BLOCK_PREFIX) :]
+            return next((j for _, j in asked if messages[j].get("ts") == question), None)
+    return asked[-1][1] if asked else None

@@ -7,14 +7,16 @@ and be kept in the conversation.
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import pytest
 
 from bot.formatting import SlackMarkdown
+from bot.streaming import NOTES, Ending
 from bot.turn import DELIVERY_FAILED
 from tests.conftest import RunningBot, StartBot
-from tests.emulators.openai_api import OpenAIEmulator, Reply, SlowFirstToken
+from tests.emulators.openai_api import OpenAIEmulator, Reply, SlowFirstToken, Truncated
 from tests.emulators.slack import SlackEmulator
 from tests.test_streaming import has_feedback_buttons, shown
 
@@ -536,3 +538,89 @@ async def test_a_429_page_on_a_post_is_waited_out(
     await bot.settle()
     assert shown(answer) == SlackMarkdown.format(ANSWER) and has_feedback_buttons(answer)
     assert len(slack.bot_messages(DM)) == 1 and _errors(caplog) == []
+
+
+# From a review of "recovery finishes a one-message answer it finds begun" (ff2f83b).
+
+
+async def test_a_begun_answer_with_a_message_after_it_is_not_given_the_whole_answer_again(
+    start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Slack ends the stream of a short answer early: the rest goes in a second message, whose
+    post lands and its answer is lost while every read of the thread fails. Recovery reads the
+    thread and finds that second message (no buttons) the last: the first (journaled) must not
+    be given the whole answer, which would show the second message's text twice."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http", RECOVERY_INTERVAL_SECONDS="0.3")
+    llm.chunk_delay, llm.chunk_chars = 0.15, 12
+    llm.enqueue(Reply(ANSWER))
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> tell me")
+    await slack.wait_for(lambda: len(slack.bot_messages(CHANNEL, ts)) == 1, what="the stream's start")
+    [started] = slack.bot_messages(CHANNEL, ts)
+    slack.fail_next("chat.postMessage", drop=True, after=True)
+    slack.fail_next("conversations.replies", drop=True, times=1000)
+    slack.end_stream(CHANNEL, started["ts"])
+    await slack.wait_for(lambda: "answer delivery deferred" in caplog.text, timeout=20)
+    assert len(slack.bot_messages(CHANNEL, ts)) == 2  # the rest landed, unknown to the bot
+    slack.clear_faults()
+    await slack.wait_for(lambda: "resuming interrupted turn" in caplog.text, timeout=20)
+    await running.settle()
+    texts = ["".join(shown(m).split()) for m in slack.bot_messages(CHANNEL, ts)]
+    assert not [b for a, b in itertools.permutations(texts, 2) if b in a], "a message shown twice"
+    assert _errors(caplog) == []
+
+
+async def test_a_begun_answer_stopped_before_recovery_is_kept_as_shown_in_the_conversation(
+    start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As in `test_a_lost_start_slack_cannot_be_asked_about_is_finished_whole_by_recovery`, the
+    person presses stop on the begun message before recovery: what shows stays, and the
+    conversation keeps that, not the whole answer from the journal, which the person never saw."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http", RECOVERY_INTERVAL_SECONDS="0.3")
+    llm.chunk_delay, llm.chunk_chars = 0.05, 12
+    slack.fail_next("chat.startStream", drop=True, after=True)
+    slack.fail_next("conversations.replies", drop=True, times=1000)
+    llm.enqueue(Reply(ANSWER))
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> tell me")
+    await slack.wait_for(lambda: "answer delivery deferred" in caplog.text, timeout=20)
+    [started] = slack.bot_messages(CHANNEL, ts)
+    slack.press_stop(CHANNEL, started["ts"])
+    slack.clear_faults()
+    await slack.wait_for(lambda: "resuming interrupted turn" in caplog.text, timeout=20)
+    await running.settle()
+    [answer] = slack.bot_messages(CHANNEL, ts)
+    assert shown(answer) == shown(started) and len(shown(answer)) < len(ANSWER) / 2
+    await slack.post_user_message(CHANNEL, "and then?", thread_ts=ts)
+    await slack.wait_for(lambda: len(llm.requests) == 2, what="the follow-up's model call")
+    said = [m["content"] for m in llm.requests[-1]["messages"] if m["role"] == "assistant"]
+    assert said == [shown(started)], said
+
+
+@pytest.mark.parametrize("lost", ["chat.startStream", "chat.postMessage"])
+async def test_an_answer_left_to_recovery_keeps_the_note_of_how_it_ended(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    caplog: pytest.LogCaptureFixture,
+    lost: str,
+) -> None:
+    """The model's answer reached its length limit; the call that shows it is lost and Slack
+    cannot be asked, so recovery finishes it from the journal. Before, the journal kept only the
+    text: the answer was shown as if whole, without the note that it stops at the length limit."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http", RECOVERY_INTERVAL_SECONDS="0.3")
+    llm.chunk_delay, llm.chunk_chars = 0.05, 12
+    slack.fail_next(lost, drop=True, after=True)
+    slack.fail_next("conversations.replies" if lost == "chat.startStream" else "conversations.history",
+                    drop=True, times=1000)  # fmt: skip
+    llm.enqueue(Truncated(ANSWER))
+    channel, text = (CHANNEL, f"<@{BOT}> tell me") if lost == "chat.startStream" else (DM, "tell me")
+    ts = await slack.post_user_message(channel, text)
+    thread = ts if channel == CHANNEL else None
+    await slack.wait_for(lambda: "answer delivery deferred" in caplog.text, timeout=20)
+    slack.clear_faults()
+    await slack.wait_for(lambda: "resuming interrupted turn" in caplog.text, timeout=20)
+    await running.settle()
+    [answer] = slack.bot_messages(channel, thread)
+    assert shown(answer).endswith(NOTES[Ending.TRUNCATED]), shown(answer)

@@ -652,3 +652,98 @@ async def test_a_conversation_read_back_after_a_loss_holds_what_was_stored_and_n
         "ann: and staging?",
         "ann: what did I say was red?",
     ]
+
+
+async def test_a_thread_read_back_after_a_loss_keeps_what_others_said_before_a_forget_me(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`forget me` takes away what its sender said (and the answers to it), not everyone's part
+    of the conversation: bob's question and its answer stay in the stored thread after ann's
+    `forget me`, and so must they when the thread is read back from Slack after a loss. (Before,
+    the read-back dropped the whole thread before it, as after a `reset`.)"""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> the check api-prod is red", user="U2")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    await running.settle()
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> my password is hunter2", thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2)
+    await running.settle()
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> forget me", thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=3)
+    await running.settle()
+    await redis.flushall()
+    await slack.wait_for(lambda: FORGOT in caplog.text, what="the loss to be noticed")
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> what did I say was red?", user="U2", thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=4)
+    await running.settle()
+    assert _prompt(llm) == [
+        "bob: the check api-prod is red",
+        "Answer: bob: the check api-prod is red",
+        "bob: what did I say was red?",
+    ]
+
+
+@pytest.mark.parametrize("where", ["thread", "dm"])
+async def test_a_reset_sent_while_the_answer_before_it_was_written_holds_after_a_loss(
+    where: str,
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A person sends `reset` while the bot still writes the answer to their question: that
+    answer comes after the reset in Slack, but the stored conversation was reset after it. Read
+    back after a loss, neither the question nor that answer may come back."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    channel, mention = (DM, "") if where == "dm" else (CHANNEL, f"<@{BOT}> ")
+    llm.enqueue(SlowFirstToken(1.0))
+    first = await slack.post_user_message(channel, mention + "my password is hunter2")
+    thread = None if where == "dm" else first
+    await asyncio.sleep(0.3)
+    await slack.post_user_message(channel, mention + "reset", thread_ts=thread)
+    await slack.wait_for_bot_messages(channel, thread or "top", count=2)
+    await running.settle()
+    await redis.flushall()
+    await slack.wait_for(lambda: FORGOT in caplog.text, what="the loss to be noticed")
+    await slack.post_user_message(channel, mention + "what did I say?", thread_ts=thread)
+    await slack.wait_for_bot_messages(channel, thread or "top", count=3)
+    await running.settle()
+    assert _prompt(llm) == ["ann: what did I say?"]
+
+
+async def test_a_bare_reset_in_a_dm_thread_holds_when_the_thread_is_read_back_after_a_loss(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """In a DM every message is said to the bot, in a thread too: a bare `reset` there, before the
+    bot spoke in the thread, starts it afresh, and so must it when the thread is read back."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    root = await slack.post_user_message(DM, "my password is hunter2")
+    await slack.wait_for_bot_messages(DM, count=1)
+    await running.settle()
+    for count, text in enumerate(["reset", "the check api-prod is red"], start=1):
+        await slack.post_user_message(DM, text, thread_ts=root)
+        await slack.wait_for_bot_messages(DM, root, count=count)
+        await running.settle()
+    await redis.flushall()
+    await slack.wait_for(lambda: FORGOT in caplog.text, what="the loss to be noticed")
+    await slack.post_user_message(DM, "what did I say was red?", thread_ts=root)
+    await slack.wait_for_bot_messages(DM, root, count=3)
+    await running.settle()
+    assert _prompt(llm)[-3:] == [
+        "ann: the check api-prod is red",
+        "Answer: ann: the check api-prod is red",
+        "ann: what did I say was red?",
+    ]
+    assert not any("hunter2" in text or text == "ann: reset" for text in _prompt(llm)), _prompt(llm)
