@@ -462,19 +462,28 @@ class Keys:
 
 # KEYS: seen, inbox, meta, journal, pending, lock[, a rate bucket's calls]. ARGV: message json,
 # dedup ttl, inbox ttl, conversation ttl, follow (0/1), starts conversation (0/1), thread key, now,
-# message ts, lock token, lock ttl ms, call id, bucket window ms, look in Slack first (0/1).
+# message ts, lock token, lock ttl ms, call id, bucket window ms, look in Slack first (0/1), the
+# ts of the answer's first message shown already ('' for none).
 # The inbox is ordered by the message's Slack ts, not by arrival: Slack (and Socket Mode's
 # concurrent handling) may hand two quick messages over in either order.
+# A message queued again after a loss (look in Slack first) whose journal says its turn is over
+# (a worker finished it since the loss, after the beat that said which were waiting) is a
+# duplicate too: queued again, its journal would say `queued` once more, and its turn come again.
 # Returns {0} for a duplicate, {1} when queued behind other messages, {2} when first in line (but
 # no token was given, or the thread's lock is held), and {3, message, journal} when first in line
 # with the lock now taken for the token (the step `_TAKE` would be next, saved). With the lock
 # taken and a call id, one call is counted in the rate bucket (see `Store.accept`).
 _ACCEPT = """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then return {0} end
+if ARGV[14] == '1' then
+  local state = redis.call('HGET', KEYS[4], 'state')
+  if state == 'answered' or state == 'noted' or state == 'failed' then return {0} end
+end
 redis.call('ZADD', KEYS[2], ARGV[9], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('HSET', KEYS[4], 'state', 'queued')
 if ARGV[14] == '1' then redis.call('HSET', KEYS[4], 'look', '1') end
+if ARGV[15] ~= '' then redis.call('HSET', KEYS[4], 'answer_ts', ARGV[15]) end
 redis.call('EXPIRE', KEYS[4], ARGV[3])
 redis.call('ZADD', KEYS[5], 'NX', ARGV[8], ARGV[7])
 if ARGV[5] == '1' then
@@ -535,6 +544,27 @@ if upto and tonumber(ARGV[1]) <= tonumber(upto) then
   redis.call('HDEL', KEYS[2], 'summary', 'summary_upto')
 end
 return 1
+"""
+
+# KEYS: turns, meta. ARGV: ts, conversation ttl. Takes a person's message out of the stored
+# conversation, where a newer turn read it back from Slack while it waited to be queued again
+# after a loss: its own turn stores it anew, after that newer turn. A summary that covers it is
+# dropped (rebuilt from the turns as they are now); the epoch bump stops one being saved meanwhile.
+_DROP_READ_BACK = """
+for _, raw in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  local turn = cjson.decode(raw)
+  if turn['ts'] == ARGV[1] and turn['role'] == 'user' then
+    redis.call('LREM', KEYS[1], 1, raw)
+    redis.call('HINCRBY', KEYS[2], 'epoch', 1)
+    if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
+    local upto = redis.call('HGET', KEYS[2], 'summary_upto')
+    if upto and tonumber(ARGV[1]) <= tonumber(upto) then
+      redis.call('HDEL', KEYS[2], 'summary', 'summary_upto')
+    end
+    return 1
+  end
+end
+return 0
 """
 
 # KEYS: meta, turns. ARGV: summary, upto ts, expected upto ('' for none), expected epoch, ttl.
@@ -940,6 +970,7 @@ class Store:
         self._begin_answer = self.redis.register_script(_BEGIN_ANSWER)
         self._accept = self.redis.register_script(_ACCEPT)
         self._rewrite_turn = self.redis.register_script(_REWRITE_TURN)
+        self._drop_read_back = self.redis.register_script(_DROP_READ_BACK)
         self._save_summary = self.redis.register_script(_SAVE_SUMMARY)
         self._forget_in_conversation = self.redis.register_script(_FORGET_IN_CONVERSATION)
         self._release_lock = self.redis.register_script(_RELEASE_LOCK)
@@ -993,6 +1024,7 @@ class Store:
         *,
         earlier_lost: bool = False,
         look_first: bool = False,
+        answer_ts: str | None = None,
     ) -> tuple[Accepted, Queued | None]:
         """Queue a message for its thread unless it was seen before. With a `token`, when it is
         first in line, the thread's lock is taken for it in the same step (Accepted.TAKEN), and
@@ -1006,7 +1038,8 @@ class Store:
         missing from the store) unless `earlier_lost`: a DM's, once Redis lost its data.
 
         `look_first`: its journal says so (`TurnRecord.look_first`), in the same step, so that
-        whichever worker takes it asks Slack first whether it is still there and answered."""
+        whichever worker takes it asks Slack first whether it is still there and answered.
+        `answer_ts`: its answer began to show there (`TurnRecord.answer_ts`), in the same step."""
         key = message.key
         follow = message.action != "record"
         try:
@@ -1036,6 +1069,7 @@ class Store:
                     uuid.uuid4().hex if count_call else "",
                     count_call.window_ms if count_call else 0,
                     int(look_first),
+                    answer_ts or "",
                 ],
             )
         except (RedisError, OSError) as error:
@@ -1389,6 +1423,15 @@ class Store:
         return bool(
             await self._rewrite_turn(
                 keys=self._rewrite_keys(key, ts), args=[ts, text, "edit", self.conversation_ttl, slack_text]
+            )
+        )
+
+    async def drop_read_back(self, key: ThreadKey, ts: str) -> bool:
+        """Take a person's message at `ts` out of the stored conversation, where a newer turn
+        read it back from Slack before it was queued again after a loss (see `_DROP_READ_BACK`)."""
+        return bool(
+            await self._drop_read_back(
+                keys=[self.keys.turns(key), self.keys.meta(key)], args=[ts, self.conversation_ttl]
             )
         )
 

@@ -370,15 +370,21 @@ class TurnRunner:
                 )
                 self.start_work(message.key)
 
-    async def _hand_on(self, message: IncomingMessage) -> None:
+    async def _hand_on(self, message: IncomingMessage, shown: str | None = None) -> None:
         """A turn here stands down for the worker that holds its thread's lock now, which answers
         the message from the inbox. After Redis lost its data the inbox may not have it (that
         worker took the lock, free since the loss, for a message accepted after it): queued
         again, to be looked up in Slack first. Known to Redis, as it is but after a loss, it is a
-        duplicate, and nothing is done."""
+        duplicate, and nothing is done.
+
+        `shown`: the answer's first message, which showed here (the journal that said so may
+        have gone with the loss): queued again with it, the turn is resumed as after a crash
+        (`_resume`: the message closed, and a note that the answer was interrupted), not answered
+        again below it. The look in Slack would not find it: the bot's last message there is
+        the answer of the worker that took the thread over."""
         try:
             accepted, _ = await self.store.accept(
-                message, look_first=True, earlier_lost=self._dm_history_lost(message.key)
+                message, look_first=True, earlier_lost=self._dm_history_lost(message.key), answer_ts=shown
             )
         except StoreUnavailable as error:
             log.warning("message not queued again team=%s channel=%s thread=%s user=%s error=%s",
@@ -511,7 +517,7 @@ class TurnRunner:
         try:
             next_up: Queued | None = queued
             while next_up is not None:
-                held.ts, held.message = next_up.message.ts, next_up.message
+                held.ts, held.message, held.shown = next_up.message.ts, next_up.message, None
                 self._waiting_here.pop(_seen(next_up.message), None)
                 try:
                     outcome = await self._take_turn_safely(next_up.message, next_up.record)
@@ -521,7 +527,7 @@ class TurnRunner:
                     # Found as the answer was about to show: the worker that holds the lock
                     # now answers the message (from the journal), and the thread is its own.
                     log.warning("thread lock taken over by another worker; standing down thread=%s", key)
-                    await self._hand_on(next_up.message)
+                    await self._hand_on(next_up.message, held.shown)
                     return True
                 await self._after_arrivals(key)
                 next_up = await self.store.finish(next_up, token, outcome)
@@ -590,7 +596,7 @@ class TurnRunner:
                 log.warning("thread lock taken over by another worker; standing down thread=%s", key)
                 held.worker.cancel()
                 if held.message is not None:
-                    self._spawn(self._hand_on(held.message))
+                    self._spawn(self._hand_on(held.message, held.shown))
             else:
                 del self._held[key]  # finished and released: nothing left to renew
 
@@ -645,7 +651,9 @@ class TurnRunner:
     async def _take_turn(self, message: IncomingMessage, record: TurnRecord) -> Progress:
         if record.state in ("answered", "noted", "failed"):
             return Progress()  # finished before a crash; only taking it off the inbox was lost
-        if record.state == "working" and (resumed := await self._resume(message, record)) is not None:
+        # A turn queued again as it stood down with its answer showing (`_hand_on`) is resumed too.
+        resume = record.state == "working" or (record.look_first and record.answer_ts is not None)
+        if resume and (resumed := await self._resume(message, record)) is not None:
             return resumed
         if record.deleted:
             log.info("turn team=%s channel=%s thread=%s user=%s outcome=deleted", *_where(message))
@@ -792,7 +800,10 @@ class TurnRunner:
         log.info("answer found posted already team=%s channel=%s thread=%s user=%s", *_where(message))
         said = await self._user_turn(message)
         stored = Turn(role="assistant", text=answer.text, ts=answer.ts, reply_to=message.ts)
-        return Progress.of(turns=(said, stored), user_turn_stored=1, state="answered", answer_ts=answer.ts)
+        # A newer turn may have read both back from Slack already (`_read_earlier_thread`).
+        known = await self.store.stored_ts(message.key)
+        turns = tuple(turn for turn in (said, stored) if turn.ts not in known)
+        return Progress.of(turns=turns, user_turn_stored=1, state="answered", answer_ts=answer.ts)
 
     async def _refusal(self, message: IncomingMessage) -> str | None:
         """A short reply instead of a model call: the message is empty or too long. (The abuse
@@ -825,6 +836,10 @@ class TurnRunner:
             # The question joins the conversation in the step that checks the limits and marks
             # the turn begun, which also reads back what the prompt is built from.
             question = () if record.user_turn_stored else (await self._user_turn(message),)
+            if question and record.look_first:
+                # Queued again after a loss: a newer turn may have read it back from Slack with
+                # the thread. Stored again below, after that turn, it must not stay there too.
+                await self.store.drop_read_back(message.key, message.ts)
             checks = self._limit_checks(message)
             begun = await self.store.begin_answer(message, question, checks, FIRST_PAGE)
             if begun.deleted:
@@ -895,6 +910,8 @@ class TurnRunner:
         another worker holds the thread's lock."""
 
         async def visible(ts: str) -> None:
+            if held is not None and held.ts == message.ts:
+                held.shown = ts  # known here should the journal have gone with Redis's data
             await self.store.record_progress(message, answer_ts=ts)
 
         held = self._held.get(message.key)
@@ -1101,10 +1118,12 @@ def _where(message: IncomingMessage) -> tuple[str, str, str, str]:
 @dataclass
 class _HeldLock:
     """A thread lock held here: its token, when (loop time) it was last set, the task that works
-    through the thread under it, and the message (and its ts) it works on now."""
+    through the thread under it, the message (and its ts) it works on now, and where its answer
+    began to show (for `TurnRunner._hand_on`)."""
 
     token: str
     since: float
     worker: asyncio.Task[Any]
     ts: str = ""
     message: IncomingMessage | None = None
+    shown: str | None = None  # the ts of the answer's first message, once it shows

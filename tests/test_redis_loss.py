@@ -7,6 +7,7 @@ and once with a real redis-server killed and started again without its data.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -17,7 +18,8 @@ from redis.asyncio import Redis
 
 from bot.context import EARLIER_UNREAD_NOTE
 from bot.formatting import SlackMarkdown
-from bot.turn import DELIVERY_FAILED, STORE_UNAVAILABLE, TURN_FAILED
+from bot.store import Accepted, IncomingMessage, Store
+from bot.turn import DELIVERY_FAILED, INTERRUPTED, STORE_UNAVAILABLE, TURN_FAILED
 from tests.conftest import RunningBot, StartBot
 from tests.emulators.openai_api import OpenAIEmulator, Reply, SlowFirstToken, Status
 from tests.emulators.slack import SlackEmulator
@@ -747,3 +749,101 @@ async def test_a_bare_reset_in_a_dm_thread_holds_when_the_thread_is_read_back_af
         "ann: what did I say was red?",
     ]
     assert not any("hunter2" in text or text == "ann: reset" for text in _prompt(llm)), _prompt(llm)
+
+
+async def test_with_several_processes_an_answer_shown_as_its_turn_stands_down_after_a_loss_is_not_given_again(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """B is streaming its answer when Redis loses its data; a follow-up reaches A at once, and A's
+    worker takes the thread's lock, which nobody held any more. B stands down and queues its
+    question again, to be looked up in Slack first; but the look sees the follow-up's answer (with
+    its buttons) as the bot's last message, not B's answer begun above it. Before, the question
+    was answered a second time in full, and B's begun answer left streaming, never closed."""
+    caplog.set_level(logging.INFO)
+    a = await start_bot("http")
+    b = await start_bot("http")  # Slack's events go to B
+    llm.chunk_chars, llm.chunk_delay = 20, 0.05
+    # Some 3,000 characters, 7 s of streaming; the follow-up's answer takes a while to start.
+    llm.enqueue(Reply("a long explanation, " * 150), SlowFirstToken(2.0))
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> the whole guide please")
+    await slack.wait_for(lambda: bool(slack.calls_to("chat.startStream")), what="B's answer to show")
+    # Just after B's beat: its next, which would take its lock back, is a second away, and the
+    # follow-up reaches A well within it.
+    b_id = b.bot.turns.process_id
+    await _until(_a_beat(redis, b_id, await redis.zscore("processes", b_id)))
+    await redis.flushall()
+    slack.use_http(f"{a.url}/slack/events")
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    await slack.wait_for(lambda: "standing down" in caplog.text, what="B to stand down")
+    await slack.wait_for(
+        lambda: len(slack.bot_messages(CHANNEL, root)) >= 3, timeout=20, what="the turns to end"
+    )
+    await a.settle()
+    await b.settle()
+    messages = slack.bot_messages(CHANNEL, root)
+    assert not [m["ts"] for m in messages if m.get("streaming")], "an answer left streaming"
+    assert _asked(llm, "the whole guide please") == 1, [m["text"][:40] for m in messages]
+    assert INTERRUPTED in [m["text"] for m in messages]
+    assert _errors(caplog) == []
+
+
+async def test_with_several_processes_a_question_queued_again_behind_a_newer_turn_is_stored_once(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As when a new follow-up took the lock after the loss (above): the follow-up's turn reads
+    the thread back from Slack, B's question with it; B's question, queued again, is answered
+    after it. Before, its turn stored the question once more: the model was shown it twice
+    ([question, follow-up, its answer, question]), and the stored conversation kept both. The
+    copy read back now gives way to the one its own turn stores, after the follow-up."""
+    caplog.set_level(logging.INFO)
+    a = await start_bot("http")
+    b = await start_bot("http")  # Slack's events go to B
+    llm.enqueue(SlowFirstToken(2.0), SlowFirstToken(2.0))
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
+    await llm.wait_for_requests(1)
+    await redis.flushall()
+    slack.use_http(f"{a.url}/slack/events")
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    await slack.wait_for(lambda: caplog.text.count(FORGOT) >= 2, what="both processes to notice the loss")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
+    await a.settle()
+    await b.settle()
+    prompts = [[m["content"] for m in r["messages"][1:]] for r in llm.requests]
+    assert all(p.count("ann: why is api-prod red?") <= 1 for p in prompts), prompts
+    assert prompts[-1] == ["ann: and staging?", "Answer: ann: and staging?", "ann: why is api-prod red?"]
+    stored = await redis.lrange(f"conv:T1:{CHANNEL}:{root}:turns", 0, -1)
+    asked = [t for t in map(json.loads, stored) if t["role"] == "user" and "api-prod" in t["text"]]
+    assert len(asked) == 1, stored
+
+
+async def test_a_message_queued_again_after_a_loss_whose_turn_a_worker_finished_since_is_not_queued(
+    redis_url: str, redis: Redis
+) -> None:
+    """A's beat said the follow-up was still waiting (B was answering it, under the lock B took
+    back); B finishes it before A's step that queues it again. Redis has its journal (written
+    since the loss), not its dedup key. Before, the step queued it again and set its journal back
+    to `queued`: its turn came again, and the look in Slack, finding B's answer, stored the
+    question and that answer a second time in the conversation."""
+    follow_up = IncomingMessage("T1", CHANNEL, "1.2", "U1", "more", "answer", "1.1", "1.1", BOT)
+    store = Store(redis_url, conversation_ttl_days=1)
+    try:
+        journal = store.keys.journal("T1", CHANNEL, "1.2")
+        await redis.hset(journal, mapping={"state": "answered", "answer_ts": "1.3", "user_turn_stored": "1"})
+        accepted, _ = await store.accept(follow_up, look_first=True)
+        assert accepted is Accepted.DUPLICATE
+        assert await redis.hget(journal, "state") == "answered"
+        assert await redis.zcard(store.keys.inbox(follow_up.key)) == 0
+        # Still waiting (or being answered): queued again, to be looked up in Slack first.
+        await redis.flushall()
+        await redis.hset(journal, "state", "working")
+        assert (await store.accept(follow_up, look_first=True))[0] is Accepted.FIRST
+    finally:
+        await store.close()
