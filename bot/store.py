@@ -259,7 +259,7 @@ class TurnRecord:
     deleted: bool = False  # deleted while it waited for its turn
     posting: bool = False  # a message of the answer may have been posted (see `Fence`)
     # Queued again after Redis lost its data while other processes were alive: one of them may
-    # have answered it, or been told it was deleted, so Slack is asked first (bot/turn.py).
+    # have answered it, or been told it was deleted, so Slack is asked first (bot/redis_loss.py).
     look_first: bool = False
 
     @classmethod

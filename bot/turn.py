@@ -28,7 +28,6 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Coroutine, Iterator
 from dataclasses import asdict, dataclass, replace
-from decimal import Decimal
 from enum import Enum
 from typing import Any
 
@@ -48,8 +47,8 @@ from bot.delivery import (
     target_for,
 )
 from bot.llm import UNAVAILABLE, Answer, ChatMessage, ChatModel, LLMError
-from bot.lost_answers import ts_number
 from bot.rate_limit import CALL_ERRORS, NO_ANSWER_ERRORS, error_code
+from bot.redis_loss import CutShort, RedisLossRecovery
 from bot.shared_breaker import SharedBreaker
 from bot.slack_text import mentioned_users
 from bot.store import (
@@ -111,11 +110,7 @@ FORGOTTEN = (
 DM_LOOKBACK_TURNS = 60
 MAX_DELIVERY_ATTEMPTS = 5
 FOLLOWED_MEMORY = 10_000  # threads this process recently answered in, for when Redis is down
-WAITING_MEMORY = 1_000  # messages accepted here and not yet taken here, for when Redis loses them
 ARRIVAL_WAIT_SECONDS = 5.0  # at most, for a message of the thread still being queued here
-# At most, for a rate slot to look in Slack before answering a message queued again after Redis
-# lost its data (a rare event, when many may look at once): five of Slack's minutes.
-LOOK_WAIT_SECONDS = 300.0
 # A process says it is alive this often (`beat`); it counts as gone, and the threads it holds are
 # taken over, once it has not said so for LIVENESS_BEATS beats (and never sooner than the thread
 # locks' own lifetime, when that is shorter). Threads unmoved for ORPHAN_IDLE_SECONDS are checked.
@@ -180,16 +175,9 @@ class TurnRunner:
         self._renewing: asyncio.Task[None] | None = None
         self._poked: set[ThreadKey] = set()
         self._recently_followed: OrderedDict[ThreadKey, None] = OrderedDict()
-        self._has_beaten = False
-        self._redis_forgot = False  # Redis lost its data since this process started (see beat)
-        self._forgot_at: float | None = None  # when this process last noticed that (monotonic)
-        self._alone = False  # no other process was alive at the last beat
-        # Once a loss is noticed: the threads held here lately, and whether this process was alone.
-        self._queue_again_after: tuple[set[ThreadKey], bool] | None = None
-        # Messages accepted here and not yet taken by a worker here, and the threads held here
-        # since the last beat: what `_queue_again` needs if Redis loses its data.
-        self._waiting_here: OrderedDict[tuple[str, str, str], IncomingMessage] = OrderedDict()
-        self._held_since_beat: set[ThreadKey] = set()
+        self.redis_loss = RedisLossRecovery(
+            store=store, delivery=delivery, workspace=workspace, start_work=self.start_work, spawn=self._spawn
+        )
         self._noticed: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         self._accepted: OrderedDict[tuple[str, str, str], None] = OrderedDict()  # this process's
         # Thinking signs shown on arrival, until the message's turn takes them over.
@@ -222,7 +210,7 @@ class TurnRunner:
         )
         try:
             accepted, taken = await self.store.accept(
-                message, token, first_status, earlier_lost=self._dm_history_lost(message.key)
+                message, token, first_status, earlier_lost=self.redis_loss.dm_history_lost(message.key)
             )
         except StoreUnavailable as error:
             self._accepted.pop(seen, None)
@@ -246,9 +234,7 @@ class TurnRunner:
             return
         self._remember_followed(message.key)
         if taken is None:
-            self._waiting_here[seen] = message
-            while len(self._waiting_here) > WAITING_MEMORY:
-                self._waiting_here.popitem(last=False)
+            self.redis_loss.waiting(seen, message)
         if accepted in (Accepted.FIRST, Accepted.TAKEN) and message.action == "answer":
             # Its turn comes at once: show the sign now, while the turn gets going alongside.
             counted = accepted is Accepted.TAKEN and first_status is not None
@@ -268,16 +254,15 @@ class TurnRunner:
             followed = await self.store.is_followed(key)
         except StoreUnavailable:
             return key in self._recently_followed
-        return followed or (self._redis_forgot and key in self._recently_followed)
+        return followed or (self.redis_loss.noticed and key in self._recently_followed)
 
     async def remove_message(self, key: ThreadKey, ts: str) -> None:
-        self._waiting_here.pop((key.team, key.channel, ts), None)  # never to be queued again
+        self.redis_loss.taken((key.team, key.channel, ts))  # never to be queued again
         if await self.store.remove_user_message(key, ts):
             log.info("deleted message removed team=%s channel=%s ts=%s", key.team, key.channel, ts)
 
     async def edit_message(self, key: ThreadKey, ts: str, text: str, bot_user_id: str) -> None:
-        if (waiting := self._waiting_here.get(seen := (key.team, key.channel, ts))) is not None:
-            self._waiting_here[seen] = replace(waiting, text=text)  # queued again as edited
+        self.redis_loss.edited((key.team, key.channel, ts), text)
         if mentioned_users(text) - {bot_user_id} and not await self.store.is_followed(key):
             # An edit in a thread the bot takes no part in: its mentions are not worth a
             # users.info call each (Tier 4, shared with every turn's asker).
@@ -297,104 +282,12 @@ class TurnRunner:
         return self._start_work_on(await self.store.threads_waiting(idle_seconds))
 
     async def beat(self) -> None:
-        """Say that this process is alive, and learn whether another found the model down; call
-        every `beat_seconds`."""
-        # Messages accepted here that a worker elsewhere has finished since are forgotten: with
-        # several processes most follow-ups are, and after a loss each one left costs a read of
-        # Slack (`_queue_again`).
-        waiting = list(self._waiting_here)
-        news = await self.store.beat(self.process_id, int(self.beat_seconds * LIVENESS_BEATS * 1000), waiting)
-        for seen in news.over:
-            self._waiting_here.pop(seen, None)
-        if (lost := self._queue_again_after) is not None:
-            self._queue_again_after = None
-            threads, alone_before = lost
-            # Alone at the beats before and after the loss: nobody else can have answered the
-            # messages, nor been told of their deletion. Else they are looked up in Slack first.
-            alone = alone_before and news.peers == 0
-            self._spawn(self._queue_again(threads if alone else None))
-        if self._has_beaten and not news.remembered:
-            self._redis_forgot = True
-            self._forgot_at = time.monotonic()
-            log.warning(
-                "redis came back without the bot's data (restarted without persistence, or failed "
-                "over to a replica that was behind): conversations are read again from Slack; "
-                "messages waiting for their turn are queued again threads_held_here=%d",
-                len(self._held),
-            )
-            # The locks held here went too: taken back now, before the other processes (which
-            # decide at their next beat) queue their messages again, so that a message a turn
-            # here is answering waits for it, and is then found answered.
-            try:
-                await self._renew_due(0)
-            except Exception as error:  # the beat must go on; the renewals try again soon
-                log.warning("thread locks not taken back error=%s", type(error).__name__)
-            # Decided at the next beat, once every process still alive has said so again.
-            self._queue_again_after = (self._held_since_beat | set(self._held), self._alone)
-        self._has_beaten = True
-        self._alone = news.peers == 0
-        self._held_since_beat = set()
+        """Say that this process is alive, learn whether another found the model down, and
+        whether Redis lost its data; call every `beat_seconds`."""
+        liveness_ms = int(self.beat_seconds * LIVENESS_BEATS * 1000)
+        news = await self.store.beat(self.process_id, liveness_ms, self.redis_loss.to_ask_about())
+        await self.redis_loss.heard(news, set(self._held), take_locks_back=lambda: self._renew_due(0))
         self.breaker.heard(news)
-
-    async def _queue_again(self, threads: set[ThreadKey] | None) -> None:
-        """After Redis lost its data: the messages accepted here and waiting for their turn went
-        with their thread's inbox (acknowledged to Slack, they are not sent again): queue them
-        again, in order, for a worker to reach.
-
-        `threads`: this process was alone, at the beats before and after the loss: only the
-        messages of the threads it worked on lately, as they are (nobody else can have answered
-        them, nor been told of their deletion). None: other processes were alive, and a message
-        here may be one another answered, or was told was deleted: all the messages here not
-        seen finished, each marked for its worker to look in Slack first (`_look_in_slack`)."""
-        lost = [m for m in self._waiting_here.values() if threads is None or m.key in threads]
-        log.info(
-            "after the loss, waiting messages to queue again count=%d look_first=%s",
-            len(lost),
-            threads is None,
-        )
-        for message in sorted(lost, key=lambda m: ts_number(m.ts) or Decimal(0)):
-            self._waiting_here.pop(_seen(message), None)
-            try:
-                accepted, _ = await self.store.accept(
-                    message, look_first=threads is None, earlier_lost=self._dm_history_lost(message.key)
-                )
-            except StoreUnavailable as error:
-                log.warning("message not queued again team=%s channel=%s thread=%s user=%s error=%s",
-                            *_where(message), error)  # fmt: skip
-                continue
-            if accepted is not Accepted.DUPLICATE:
-                log.info(
-                    "message queued again team=%s channel=%s thread=%s user=%s look_first=%s",
-                    *_where(message),
-                    threads is None,
-                )
-                self.start_work(message.key)
-
-    async def _hand_on(self, message: IncomingMessage, shown: str | None = None) -> None:
-        """A turn here stands down for the worker that holds its thread's lock now, which answers
-        the message from the inbox. After Redis lost its data the inbox may not have it (that
-        worker took the lock, free since the loss, for a message accepted after it): queued
-        again, to be looked up in Slack first. Known to Redis, as it is but after a loss, it is a
-        duplicate, and nothing is done.
-
-        `shown`: the answer's first message, which showed here (the journal that said so may
-        have gone with the loss): queued again with it, the turn is resumed as after a crash
-        (`_resume`: the message closed, and a note that the answer was interrupted), not answered
-        again below it. The look in Slack would not find it: the bot's last message there is
-        the answer of the worker that took the thread over."""
-        try:
-            accepted, _ = await self.store.accept(
-                message, look_first=True, earlier_lost=self._dm_history_lost(message.key), answer_ts=shown
-            )
-        except StoreUnavailable as error:
-            log.warning("message not queued again team=%s channel=%s thread=%s user=%s error=%s",
-                        *_where(message), error)  # fmt: skip
-            return
-        if accepted is not Accepted.DUPLICATE:
-            log.info(
-                "message queued again team=%s channel=%s thread=%s user=%s look_first=True", *_where(message)
-            )
-            self.start_work(message.key)
 
     async def take_over_orphans(self) -> int:
         """Start work on waiting threads whose lock holder's process is gone (killed, or stalled
@@ -518,7 +411,7 @@ class TurnRunner:
             next_up: Queued | None = queued
             while next_up is not None:
                 held.ts, held.message, held.shown = next_up.message.ts, next_up.message, None
-                self._waiting_here.pop(_seen(next_up.message), None)
+                self.redis_loss.taken(_seen(next_up.message))
                 try:
                     outcome = await self._take_turn_safely(next_up.message, next_up.record)
                 except DeliveryDeferred:
@@ -527,7 +420,7 @@ class TurnRunner:
                     # Found as the answer was about to show: the worker that holds the lock
                     # now answers the message (from the journal), and the thread is its own.
                     log.warning("thread lock taken over by another worker; standing down thread=%s", key)
-                    await self._hand_on(next_up.message, held.shown)
+                    await self.redis_loss.hand_on(next_up.message, held.shown)
                     return True
                 await self._after_arrivals(key)
                 next_up = await self.store.finish(next_up, token, outcome)
@@ -542,7 +435,7 @@ class TurnRunner:
         worker = asyncio.current_task()
         assert worker is not None
         held = self._held[key] = _HeldLock(token, asyncio.get_running_loop().time(), worker)
-        self._held_since_beat.add(key)
+        self.redis_loss.held(key)
         if self._renewing is None or self._renewing.done():
             self._renewing = asyncio.create_task(self._renew_held_locks())
         return held
@@ -596,7 +489,7 @@ class TurnRunner:
                 log.warning("thread lock taken over by another worker; standing down thread=%s", key)
                 held.worker.cancel()
                 if held.message is not None:
-                    self._spawn(self._hand_on(held.message, held.shown))
+                    self._spawn(self.redis_loss.hand_on(held.message, held.shown))
             else:
                 del self._held[key]  # finished and released: nothing left to renew
 
@@ -651,7 +544,7 @@ class TurnRunner:
     async def _take_turn(self, message: IncomingMessage, record: TurnRecord) -> Progress:
         if record.state in ("answered", "noted", "failed"):
             return Progress()  # finished before a crash; only taking it off the inbox was lost
-        # A turn queued again as it stood down with its answer showing (`_hand_on`) is resumed too.
+        # A turn queued again as it stood down with its answer showing (`RedisLossRecovery.hand_on`) is resumed too.
         resume = record.state == "working" or (record.look_first and record.answer_ts is not None)
         if resume and (resumed := await self._resume(message, record)) is not None:
             return resumed
@@ -661,7 +554,9 @@ class TurnRunner:
         if record.edited_text is not None:
             message = replace(message, text=record.edited_text)  # edited before its turn came
         if record.look_first and record.state == "queued":
-            looked = await self._look_in_slack(message)
+            looked = await self.redis_loss.look_in_slack(message)
+            if isinstance(looked, CutShort):
+                return await self._interrupted(target_for(message), looked.answer_ts)
             if isinstance(looked, Progress):
                 return looked
             message = looked
@@ -682,7 +577,7 @@ class TurnRunner:
             )
             return Progress.of(state="answered")
         if message.action == "record":
-            said = () if record.user_turn_stored else (await self._user_turn(message),)
+            said = () if record.user_turn_stored else (await self.workspace.user_turn(message),)
             return Progress.of(turns=said, user_turn_stored=1, state="answered")
         if (refusal := await self._refusal(message)) is not None:
             await self.delivery.post_notice(target_for(message), refusal)
@@ -735,9 +630,7 @@ class TurnRunner:
                 if record.sign == "reaction":
                     await self.delivery.clear_sign(target, "reaction")
                 return outcome
-            await self.delivery.end_abandoned(target, shown)
-            await self.delivery.post_notice(target, INTERRUPTED)
-            outcome = Progress.of(state="noted")
+            outcome = await self._interrupted(target, shown)
         elif record.answer is not None:
             reply = self._reply(message, target)
             reply.write(record.answer)
@@ -750,60 +643,12 @@ class TurnRunner:
             await self.delivery.clear_sign(target, "reaction")
         return outcome
 
-    async def _look_in_slack(self, message: IncomingMessage) -> IncomingMessage | Progress:
-        """A message queued again after Redis lost its data while other processes were alive:
-        one of them may have answered it, or been told it was deleted, before the loss. Slack
-        says (one read, under the thread's lock, so after any turn on it elsewhere): the outcome
-        when there is nothing to answer; else the message, as it reads now.
-
-        When Slack cannot be asked, even after a generous wait, it is answered all the same: a
-        person's question lost is worse than a rare second answer, or (rarer still: a deletion
-        that reached another process while the message waited) a deleted message's text sent to
-        the model. A message known deleted is never answered."""
-        target = target_for(message)
-        wait = LOOK_WAIT_SECONDS / self.delivery.budget.scale
-        found = await self.delivery.look_at_question(target, message.bot_user_id, wait=wait)
-        if found is None:
-            log.warning(
-                "could not look in slack before answering a message queued again, answering it "
-                "(maybe twice) team=%s channel=%s thread=%s user=%s",
-                *_where(message),
-            )
-            return message
-        if not found.there:
-            log.info(
-                "message queued again was deleted meanwhile, not answered team=%s channel=%s thread=%s "
-                "user=%s",
-                *_where(message),
-            )
-            return Progress.of(state="noted")
-        if found.noticed:
-            log.info("notice found posted already team=%s channel=%s thread=%s user=%s", *_where(message))
-            return Progress.of(state="noted")
-        if found.text is not None:
-            message = replace(message, text=found.text)  # as edited, maybe through another process
-        answer = found.answer if message.action == "answer" else None
-        if (
-            answer is not None
-            and not answer.complete
-            and answer.ts in await self.store.stored_ts(message.key)
-        ):
-            answer = None  # an earlier turn's answer, stopped by a person (see `_resume`)
-        if answer is None:
-            return message
-        if not answer.complete:
-            # Cut short before the loss: as when a process dies as it shows an answer (`_resume`).
-            log.info("answer found cut short team=%s channel=%s thread=%s user=%s", *_where(message))
-            await self.delivery.end_abandoned(target, answer.ts)
-            await self.delivery.post_notice(target, INTERRUPTED)
-            return Progress.of(state="noted")
-        log.info("answer found posted already team=%s channel=%s thread=%s user=%s", *_where(message))
-        said = await self._user_turn(message)
-        stored = Turn(role="assistant", text=answer.text, ts=answer.ts, reply_to=message.ts)
-        # A newer turn may have read both back from Slack already (`_read_earlier_thread`).
-        known = await self.store.stored_ts(message.key)
-        turns = tuple(turn for turn in (said, stored) if turn.ts not in known)
-        return Progress.of(turns=turns, user_turn_stored=1, state="answered", answer_ts=answer.ts)
+    async def _interrupted(self, target: Target, shown: str) -> Progress:
+        """An answer cut short when its process died, or before Redis lost its data: closed,
+        with a note asking the person to ask again."""
+        await self.delivery.end_abandoned(target, shown)
+        await self.delivery.post_notice(target, INTERRUPTED)
+        return Progress.of(state="noted")
 
     async def _refusal(self, message: IncomingMessage) -> str | None:
         """A short reply instead of a model call: the message is empty or too long. (The abuse
@@ -835,7 +680,7 @@ class TurnRunner:
         try:
             # The question joins the conversation in the step that checks the limits and marks
             # the turn begun, which also reads back what the prompt is built from.
-            question = () if record.user_turn_stored else (await self._user_turn(message),)
+            question = () if record.user_turn_stored else (await self.workspace.user_turn(message),)
             if question and record.look_first:
                 # Queued again after a loss: a newer turn may have read it back from Slack with
                 # the thread. Stored again below, after that turn, it must not stay there too.
@@ -1022,7 +867,7 @@ class TurnRunner:
         workspace, bot_user = self.workspace, message.bot_user_id
         try:
             if key.thread == "dm":
-                if not self._dm_history_lost(key):
+                if not self.redis_loss.dm_history_lost(key):
                     return EarlierThread.NOT_NEEDED  # no loss noticed: a new DM costs no Tier 3 call
                 earlier = await workspace.earlier_dm_turns(key, message.ts, bot_user, DM_LOOKBACK_TURNS)
             elif message.starts_conversation:
@@ -1051,24 +896,11 @@ class TurnRunner:
         at = next((i for i, turn in enumerate(rolling) if turn.ts == thread[0].ts), None)
         if at is not None:
             before = rolling[at - 1 : at]
-        elif thread[0].ts == message.conversation and self._dm_history_lost(dm):
+        elif thread[0].ts == message.conversation and self.redis_loss.dm_history_lost(dm):
             before = await self.workspace.earlier_dm_turns(dm, thread[0].ts, message.bot_user_id, 1)
         else:
             before = []
         return [turn for turn in before if turn.role == "user"]
-
-    def _dm_history_lost(self, key: ThreadKey) -> bool:
-        """Redis lost its data (noticed here) lately enough that a DM's rolling conversation may
-        have held messages it has no more; past the conversations' lifetime it would not."""
-        lost_at = self._forgot_at
-        if key.thread != "dm" or lost_at is None:
-            return False
-        return time.monotonic() - lost_at < self.store.conversation_ttl
-
-    async def _user_turn(self, message: IncomingMessage) -> Turn:
-        name = await self.workspace.display_name(message.team, message.user)
-        text = await self.workspace.readable(message.team, message.text, message.bot_user_id)
-        return Turn(role="user", text=text, ts=message.ts, user=message.user, name=name)
 
     def _first_notice_for(self, message: IncomingMessage) -> bool:
         """Dedup without Redis, for the outage notice: this process's recent memory only."""
@@ -1119,7 +951,7 @@ def _where(message: IncomingMessage) -> tuple[str, str, str, str]:
 class _HeldLock:
     """A thread lock held here: its token, when (loop time) it was last set, the task that works
     through the thread under it, the message (and its ts) it works on now, and where its answer
-    began to show (for `TurnRunner._hand_on`)."""
+    began to show (for `RedisLossRecovery.hand_on`)."""
 
     token: str
     since: float

@@ -18,7 +18,7 @@ from typing import Any
 from bot.lost_answers import block_ids, ts_number
 from bot.rate_limit import CALL_ERRORS, BudgetedSlack, error_code
 from bot.slack_text import is_command, mentioned_users, to_plain_text
-from bot.store import Store, ThreadKey, Turn
+from bot.store import IncomingMessage, Store, ThreadKey, Turn
 from bot.streaming import ANSWER_BLOCK_PREFIX, is_notice_block
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,12 @@ class Workspace:
         people = mentioned_users(text) - {bot_user_id}
         names = {user: await self.display_name(team, user) for user in people}
         return to_plain_text(text, bot_user_id, names)
+
+    async def user_turn(self, message: IncomingMessage) -> Turn:
+        """A person's message as the conversation stores it: readable text, and who said it."""
+        name = await self.display_name(message.team, message.user)
+        text = await self.readable(message.team, message.text, message.bot_user_id)
+        return Turn(role="user", text=text, ts=message.ts, user=message.user, name=name)
 
     async def earlier_thread_turns(
         self, key: ThreadKey, thread_ts: str, before_ts: str, bot_user_id: str, *, is_dm: bool = False

@@ -1,0 +1,248 @@
+"""What a process does when Redis comes back without the bot's data (restarted without
+persistence, or failed over to a replica that was behind).
+
+The loss is noticed at a beat: this process's own liveness entry is gone. Then the messages it
+accepted and not yet answered, which went with their thread's inbox and which Slack will not send
+again, are queued again; DMs read their earlier messages back from Slack; and a message that
+another process may have answered, or been told was deleted, is looked up in Slack before it is
+answered. See docs/reliability.md, row 13.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, replace
+from decimal import Decimal
+from typing import Any
+
+from bot.delivery import Delivery, target_for
+from bot.lost_answers import ts_number
+from bot.store import (
+    Accepted,
+    BreakerNews,
+    IncomingMessage,
+    Progress,
+    Store,
+    StoreUnavailable,
+    ThreadKey,
+    Turn,
+)
+from bot.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+WAITING_MEMORY = 1_000  # messages accepted here and not yet taken here
+# At most, for a rate slot to look in Slack before answering a message queued again after Redis
+# lost its data (a rare event, when many may look at once): five of Slack's minutes.
+LOOK_WAIT_SECONDS = 300.0
+
+Seen = tuple[str, str, str]  # a message's workspace, channel and ts
+
+
+@dataclass(frozen=True)
+class CutShort:
+    """The message's answer is in Slack, cut short before the loss: to be closed and noted as
+    interrupted, as when a process dies while it shows an answer."""
+
+    answer_ts: str
+
+
+class RedisLossRecovery:
+    """Keeps what this process needs if Redis loses its data, and acts on the loss once noticed.
+
+    `start_work` starts a worker on a thread (or pokes the one at work); `spawn` runs a task the
+    process waits for on shutdown."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        delivery: Delivery,
+        workspace: Workspace,
+        start_work: Callable[[ThreadKey], None],
+        spawn: Callable[[Coroutine[Any, Any, None]], None],
+    ) -> None:
+        self.store = store
+        self.delivery = delivery
+        self.workspace = workspace
+        self._start_work = start_work
+        self._spawn = spawn
+        self.noticed = False  # Redis lost its data since this process started
+        self._noticed_at: float | None = None  # when this process last noticed that (monotonic)
+        self._has_beaten = False
+        self._alone = False  # no other process was alive at the last beat
+        # Once a loss is noticed: the threads held here lately, and whether this process was alone.
+        self._queue_again_after: tuple[set[ThreadKey], bool] | None = None
+        # Messages accepted here and not yet taken by a worker here, and the threads held here
+        # since the last beat: what `_queue_again` needs.
+        self._waiting: OrderedDict[Seen, IncomingMessage] = OrderedDict()
+        self._held_since_beat: set[ThreadKey] = set()
+
+    # -- what is kept meanwhile ------------------------------------------------------------
+
+    def waiting(self, seen: Seen, message: IncomingMessage) -> None:
+        """Accepted here; no worker here has taken it yet."""
+        self._waiting[seen] = message
+        while len(self._waiting) > WAITING_MEMORY:
+            self._waiting.popitem(last=False)
+
+    def taken(self, seen: Seen) -> None:
+        """Taken by a worker here, or deleted: never to be queued again."""
+        self._waiting.pop(seen, None)
+
+    def edited(self, seen: Seen, text: str) -> None:
+        if (message := self._waiting.get(seen)) is not None:
+            self._waiting[seen] = replace(message, text=text)  # queued again as edited
+
+    def held(self, key: ThreadKey) -> None:
+        self._held_since_beat.add(key)
+
+    def to_ask_about(self) -> list[Seen]:
+        """The messages a beat asks Redis about: those any process finished are forgotten
+        (`heard`), since after a loss each one left costs a read of Slack."""
+        return list(self._waiting)
+
+    def dm_history_lost(self, key: ThreadKey) -> bool:
+        """Redis lost its data (noticed here) lately enough that a DM's rolling conversation may
+        have held messages it has no more; past the conversations' lifetime it would not."""
+        if key.thread != "dm" or self._noticed_at is None:
+            return False
+        return time.monotonic() - self._noticed_at < self.store.conversation_ttl
+
+    # -- the loss --------------------------------------------------------------------------
+
+    async def heard(
+        self, news: BreakerNews, held_now: set[ThreadKey], take_locks_back: Callable[[], Awaitable[None]]
+    ) -> None:
+        """A beat's news: forget the messages finished elsewhere, notice a loss, and at the beat
+        after one queue again what went with it."""
+        for seen in news.over:
+            self._waiting.pop(seen, None)
+        if (lost := self._queue_again_after) is not None:
+            self._queue_again_after = None
+            threads, alone_before = lost
+            # Alone at the beats before and after the loss: nobody else can have answered the
+            # messages, nor been told of their deletion. Else they are looked up in Slack first.
+            alone = alone_before and news.peers == 0
+            self._spawn(self._queue_again(threads if alone else None))
+        if self._has_beaten and not news.remembered:
+            self.noticed = True
+            self._noticed_at = time.monotonic()
+            log.warning(
+                "redis came back without the bot's data (restarted without persistence, or failed "
+                "over to a replica that was behind): conversations are read again from Slack; "
+                "messages waiting for their turn are queued again threads_held_here=%d",
+                len(held_now),
+            )
+            # The locks held here went too: taken back now, before the other processes (which
+            # decide at their next beat) queue their messages again, so that a message a turn
+            # here is answering waits for it, and is then found answered.
+            try:
+                await take_locks_back()
+            except Exception as error:  # the beat must go on; the renewals try again soon
+                log.warning("thread locks not taken back error=%s", type(error).__name__)
+            # Decided at the next beat, once every process still alive has said so again.
+            self._queue_again_after = (self._held_since_beat | held_now, self._alone)
+        self._has_beaten = True
+        self._alone = news.peers == 0
+        self._held_since_beat = set()
+
+    async def _queue_again(self, threads: set[ThreadKey] | None) -> None:
+        """The messages accepted here and waiting for their turn went with their thread's inbox
+        (acknowledged to Slack, they are not sent again): queue them again, in order, for a
+        worker to reach.
+
+        `threads`: this process was alone, at the beats before and after the loss: only the
+        messages of the threads it worked on lately, as they are (nobody else can have answered
+        them, nor been told of their deletion). None: other processes were alive, and a message
+        here may be one another answered, or was told was deleted: all the messages here not
+        seen finished, each marked for its worker to look in Slack first (`look_in_slack`)."""
+        lost = [m for m in self._waiting.values() if threads is None or m.key in threads]
+        log.info(
+            "after the loss, waiting messages to queue again count=%d look_first=%s",
+            len(lost),
+            threads is None,
+        )
+        for message in sorted(lost, key=lambda m: ts_number(m.ts) or Decimal(0)):
+            self._waiting.pop((message.team, message.channel, message.ts), None)
+            await self._queue(message, look_first=threads is None)
+
+    async def hand_on(self, message: IncomingMessage, shown: str | None = None) -> None:
+        """A turn here stands down for the worker that holds its thread's lock now, which answers
+        the message from the inbox. After Redis lost its data the inbox may not have it (that
+        worker took the lock, free since the loss, for a message accepted after it): queued
+        again, to be looked up in Slack first. Known to Redis, as it is but after a loss, it is a
+        duplicate, and nothing is done.
+
+        `shown`: the answer's first message, which showed here (the journal that said so may
+        have gone with the loss): queued again with it, the turn is resumed as after a crash
+        (the message closed, and a note that the answer was interrupted), not answered again
+        below it. The look in Slack would not find it: the bot's last message there is the
+        answer of the worker that took the thread over."""
+        await self._queue(message, look_first=True, shown=shown)
+
+    async def _queue(self, message: IncomingMessage, *, look_first: bool, shown: str | None = None) -> None:
+        where = (message.team, message.channel, message.conversation, message.user)
+        try:
+            lost = self.dm_history_lost(message.key)
+            accepted, _ = await self.store.accept(
+                message, look_first=look_first, earlier_lost=lost, answer_ts=shown
+            )
+        except StoreUnavailable as error:
+            log.warning("message not queued again team=%s channel=%s thread=%s user=%s error=%s",
+                        *where, error)  # fmt: skip
+            return
+        if accepted is not Accepted.DUPLICATE:
+            log.info("message queued again team=%s channel=%s thread=%s user=%s look_first=%s",
+                     *where, look_first)  # fmt: skip
+            self._start_work(message.key)
+
+    # -- a message queued again, looked up -------------------------------------------------
+
+    async def look_in_slack(self, message: IncomingMessage) -> IncomingMessage | Progress | CutShort:
+        """A message queued again while other processes were alive: one of them may have answered
+        it, or been told it was deleted, before the loss. Slack says (one read, under the
+        thread's lock, so after any turn on it elsewhere): the outcome when there is nothing to
+        answer; the answer cut short; else the message, as it reads now.
+
+        When Slack cannot be asked, even after a generous wait, it is answered all the same: a
+        person's question lost is worse than a rare second answer, or (rarer still: a deletion
+        that reached another process while the message waited) a deleted message's text sent to
+        the model. A message known deleted is never answered."""
+        where = (message.team, message.channel, message.conversation, message.user)
+        wait = LOOK_WAIT_SECONDS / self.delivery.budget.scale
+        found = await self.delivery.look_at_question(target_for(message), message.bot_user_id, wait=wait)
+        if found is None:
+            log.warning(
+                "could not look in slack before answering a message queued again, answering it "
+                "(maybe twice) team=%s channel=%s thread=%s user=%s",
+                *where,
+            )
+            return message
+        if not found.there:
+            log.info("message queued again was deleted meanwhile, not answered team=%s channel=%s "
+                     "thread=%s user=%s", *where)  # fmt: skip
+            return Progress.of(state="noted")
+        if found.noticed:
+            log.info("notice found posted already team=%s channel=%s thread=%s user=%s", *where)
+            return Progress.of(state="noted")
+        if found.text is not None:
+            message = replace(message, text=found.text)  # as edited, maybe through another process
+        answer = found.answer if message.action == "answer" else None
+        if answer is None:
+            return message
+        known = await self.store.stored_ts(message.key)
+        if not answer.complete and answer.ts in known:
+            return message  # an earlier turn's answer, stopped by a person (see `TurnRunner._resume`)
+        if not answer.complete:
+            log.info("answer found cut short team=%s channel=%s thread=%s user=%s", *where)
+            return CutShort(answer.ts)
+        log.info("answer found posted already team=%s channel=%s thread=%s user=%s", *where)
+        said = await self.workspace.user_turn(message)
+        stored = Turn(role="assistant", text=answer.text, ts=answer.ts, reply_to=message.ts)
+        # A newer turn may have read both back from Slack already (`_read_earlier_thread`).
+        turns = tuple(turn for turn in (said, stored) if turn.ts not in known)
+        return Progress.of(turns=turns, user_turn_stored=1, state="answered", answer_ts=answer.ts)
