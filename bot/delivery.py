@@ -320,12 +320,16 @@ class Delivery:
         messages = [m for m in response.get("messages") or [] if isinstance(m, dict)]
         return messages, bool(response.get("has_more"))
 
-    async def post_notice(self, target: Target, text: str) -> str | None:
+    async def post_notice(self, target: Target, text: str, *, outcome: bool = True) -> str | None:
         """A short message from the bot itself (an error, a confirmation). Never raises. A post
         whose answer was lost is made again only when Slack shows it did not land (found by its
-        block id, which names the question; by its text when it is too long for a block)."""
-        blocks = _notice_blocks(text, target.message_ts)
-        block_id = notice_block_id(target.message_ts) if blocks else None
+        block id, which names the question; by its text when it is too long for a block).
+
+        Not the question's `outcome` (Redis refused the message as it came): marked so, the look
+        after a loss (`look_at_question`) does not take it for one."""
+        block_id = notice_block_id(target.message_ts, outcome=outcome)
+        blocks = _notice_blocks(text, block_id)
+        block_id = block_id if blocks else None
         for attempt in range(1, LOST_POST_ATTEMPTS + 1):
             try:
                 response = await self.slack.call(
@@ -396,11 +400,10 @@ def _log_api_error(method: str, error: SlackApiError) -> None:
     log.warning("slack call failed method=%s error=%s", method, error.response.get("error"))
 
 
-def _notice_blocks(text: str, question_ts: str) -> list[dict[str, Any]] | None:
+def _notice_blocks(text: str, block_id: str) -> list[dict[str, Any]] | None:
     """A notice's text in a block that names it a notice (see `find_answer`)."""
     if len(text) > SECTION_TEXT_LIMIT:
         return None
-    block_id = notice_block_id(question_ts)
     return [{"type": "section", "block_id": block_id, "text": {"type": "mrkdwn", "text": text}}]
 
 

@@ -62,6 +62,10 @@ ANSWER_BLOCK_PREFIX = "answer_to:"
 # The block id of a notice, so that recovery never takes one for the start of an answer, and a
 # lost notice is found by it: "notice:" and the question's ts ("notice" alone before 7 Dec 2026).
 NOTICE_BLOCK_ID = "notice"
+# A notice that is no turn's outcome (Redis refused the message as it came; a mention's twin may
+# have been queued all the same): "notice:unqueued:" and the question's ts, so that the look in
+# Slack after a loss (`Delivery.look_at_question`) does not take it for the question's outcome.
+UNQUEUED_NOTICE_PREFIX = f"{NOTICE_BLOCK_ID}:unqueued:"
 
 # Errors that mean "no streaming here": post and update instead.
 STREAMING_REFUSED = {
@@ -640,8 +644,10 @@ def answer_block_id(question_ts: str) -> str:
     return ANSWER_BLOCK_PREFIX + question_ts
 
 
-def notice_block_id(question_ts: str) -> str:
-    return f"{NOTICE_BLOCK_ID}:{question_ts}"
+def notice_block_id(question_ts: str, *, outcome: bool = True) -> str:
+    """A notice's block id; one that is not the question's `outcome` is told apart (see
+    `UNQUEUED_NOTICE_PREFIX`)."""
+    return f"{NOTICE_BLOCK_ID}:{question_ts}" if outcome else UNQUEUED_NOTICE_PREFIX + question_ts
 
 
 def is_notice_block(block_id: str) -> bool:

@@ -219,9 +219,10 @@ class TurnRunner:
                 *_where(message),
                 error,
             )
-            # A mention arrives twice (app_mention and message): one notice, not two.
+            # A mention arrives twice (app_mention and message): one notice, not two. Its twin
+            # may reach another process and be queued: this notice is no outcome of the question.
             if message.action != "record" and self._first_notice_for(message):
-                await self.delivery.post_notice(target_for(message), STORE_UNAVAILABLE)
+                await self.delivery.post_notice(target_for(message), STORE_UNAVAILABLE, outcome=False)
             return
         except BaseException:
             self._accepted.pop(seen, None)  # not queued: Slack's next delivery of it is no duplicate
@@ -544,7 +545,7 @@ class TurnRunner:
     async def _take_turn(self, message: IncomingMessage, record: TurnRecord) -> Progress:
         if record.state in ("answered", "noted", "failed"):
             return Progress()  # finished before a crash; only taking it off the inbox was lost
-        # A turn queued again as it stood down with its answer showing (`RedisLossRecovery.hand_on`) is resumed too.
+        # Queued again as it stood down with its answer showing (`RedisLossRecovery.hand_on`): resumed too.
         resume = record.state == "working" or (record.look_first and record.answer_ts is not None)
         if resume and (resumed := await self._resume(message, record)) is not None:
             return resumed

@@ -847,3 +847,89 @@ async def test_a_message_queued_again_after_a_loss_whose_turn_a_worker_finished_
         assert (await store.accept(follow_up, look_first=True))[0] is Accepted.FIRST
     finally:
         await store.close()
+
+
+# Gaps a review of the recovery found, reproduced: each lost a question, answered it twice, or
+# left a sign up.
+
+
+async def _refusing_dedup(redis: Redis) -> None:
+    """From now on Redis refuses the bot every command on a message's dedup key (`seen:…`, which
+    only queueing a message touches), as a Redis that fails under that step would: every key but
+    those is allowed (ACL globs have no negation, hence the five patterns)."""
+    await redis.execute_command(
+        "ACL", "SETUSER", "default", "resetkeys", "~[^s]*", "~s[^e]*", "~se[^e]*", "~see[^n]*", "~seen[^:]*"
+    )
+
+
+async def _allowing_all(redis: Redis) -> None:
+    await redis.execute_command("ACL", "SETUSER", "default", "allkeys")
+
+
+async def test_with_several_processes_a_mention_whose_first_event_met_redis_down_is_answered_after_a_loss(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A mention comes as two events. Redis refused the first, which reached B, so B said it was
+    temporarily unavailable; the second reached A and was queued, behind B's answer in flight.
+    Then Redis loses its data, A queues the follow-up again, and the look in Slack finds that
+    notice. Before, it took the notice for the question's outcome, and the question went
+    unanswered."""
+    caplog.set_level(logging.INFO)
+    a = await start_bot("http")
+    b = await start_bot("http")  # Slack's events go to B
+    posting = slack.gate("chat.postMessage", when=lambda args: "blocks" not in args or "Answer" in str(args))
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
+    await slack.wait_for(lambda: posting.waiting > 0, what="B's answer's post")
+    event = slack.user_message_event(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    try:
+        await _refusing_dedup(redis)
+        await slack.deliver_event(event)
+        await slack.wait_for(
+            lambda: STORE_UNAVAILABLE in [m["text"] for m in slack.bot_messages(CHANNEL, root)],
+            what="the notice",
+        )
+    finally:
+        await _allowing_all(redis)
+    slack.use_http(f"{a.url}/slack/events")
+    await slack.deliver_event(slack.mention_twin(event))
+    assert await redis.exists(f"seen:T1:{CHANNEL}:{event['ts']}")
+    await redis.flushall()
+    await slack.wait_for(lambda: "message queued again" in caplog.text, what="A to queue it again")
+    posting.opened.set()
+    await slack.wait_for(
+        lambda: "Answer: ann: and staging?" in [m["text"] for m in slack.bot_messages(CHANNEL, root)],
+        timeout=15,
+        what="the follow-up's answer",
+    )
+    await a.settle()
+    await b.settle()
+    assert [m["text"] for m in slack.bot_messages(CHANNEL, root)] == [
+        STORE_UNAVAILABLE,
+        "Answer: ann: why is api-prod red?",
+        "Answer: ann: and staging?",
+    ]
+    assert all("message not queued" in error for error in _errors(caplog))
+
+
+async def test_a_temporarily_unavailable_notice_whose_post_was_lost_is_found_and_not_posted_again(
+    start_bot: StartBot, slack: SlackEmulator, redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The notice for a message Redis refused carries a block id of its own (above), by which a
+    post whose answer was lost is still found in Slack, not made again."""
+    caplog.set_level(logging.INFO)
+    await start_bot("http")
+    slack.fail_next("chat.postMessage", after=True, drop=True)
+    try:
+        await _refusing_dedup(redis)
+        asked = await slack.post_user_message(DM, "hello?")
+        await slack.wait_for(lambda: bool(slack.bot_messages(DM, "top")), what="the notice")
+        await asyncio.sleep(0.5)
+    finally:
+        await _allowing_all(redis)
+    [notice] = slack.bot_messages(DM, "top")
+    assert notice["text"] == STORE_UNAVAILABLE and "notice post answer lost" in caplog.text
+    assert [block["block_id"] for block in notice["blocks"]] == [f"notice:unqueued:{asked}"]
