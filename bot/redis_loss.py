@@ -170,7 +170,9 @@ class RedisLossRecovery:
             self._waiting.pop((message.team, message.channel, message.ts), None)
             await self._queue(message, look_first=threads is None)
 
-    async def hand_on(self, message: IncomingMessage, shown: str | None = None) -> None:
+    async def hand_on(
+        self, message: IncomingMessage, shown: str | None = None, sign: str | None = None
+    ) -> None:
         """A turn here stands down for the worker that holds its thread's lock now, which answers
         the message from the inbox. After Redis lost its data the inbox may not have it (that
         worker took the lock, free since the loss, for a message accepted after it): queued
@@ -181,15 +183,19 @@ class RedisLossRecovery:
         have gone with the loss): queued again with it, the turn is resumed as after a crash
         (the message closed, and a note that the answer was interrupted), not answered again
         below it. The look in Slack would not find it: the bot's last message there is the
-        answer of the worker that took the thread over."""
-        await self._queue(message, look_first=True, shown=shown)
+        answer of the worker that took the thread over. `sign`: the thinking sign shown then
+        (its journal said so too), which the resumed turn takes away: on a DM's top level, a
+        reaction that would stay up for good."""
+        await self._queue(message, look_first=True, shown=shown, sign=sign)
 
-    async def _queue(self, message: IncomingMessage, *, look_first: bool, shown: str | None = None) -> None:
+    async def _queue(
+        self, message: IncomingMessage, *, look_first: bool, shown: str | None = None, sign: str | None = None
+    ) -> None:
         where = (message.team, message.channel, message.conversation, message.user)
         try:
             lost = self.dm_history_lost(message.key)
             accepted, _ = await self.store.accept(
-                message, look_first=look_first, earlier_lost=lost, answer_ts=shown
+                message, look_first=look_first, earlier_lost=lost, answer_ts=shown, sign=sign
             )
         except StoreUnavailable as error:
             log.warning("message not queued again team=%s channel=%s thread=%s user=%s error=%s",

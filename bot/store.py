@@ -463,7 +463,8 @@ class Keys:
 # KEYS: seen, inbox, meta, journal, pending, lock[, a rate bucket's calls]. ARGV: message json,
 # dedup ttl, inbox ttl, conversation ttl, follow (0/1), starts conversation (0/1), thread key, now,
 # message ts, lock token, lock ttl ms, call id, bucket window ms, look in Slack first (0/1), the
-# ts of the answer's first message shown already ('' for none).
+# ts of the answer's first message shown already ('' for none), the thinking sign shown ('' for
+# none).
 # The inbox is ordered by the message's Slack ts, not by arrival: Slack (and Socket Mode's
 # concurrent handling) may hand two quick messages over in either order.
 # A message queued again after a loss (look in Slack first) whose journal says its turn is over
@@ -484,6 +485,7 @@ redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('HSET', KEYS[4], 'state', 'queued')
 if ARGV[14] == '1' then redis.call('HSET', KEYS[4], 'look', '1') end
 if ARGV[15] ~= '' then redis.call('HSET', KEYS[4], 'answer_ts', ARGV[15]) end
+if ARGV[16] ~= '' then redis.call('HSET', KEYS[4], 'sign', ARGV[16]) end
 redis.call('EXPIRE', KEYS[4], ARGV[3])
 redis.call('ZADD', KEYS[5], 'NX', ARGV[8], ARGV[7])
 if ARGV[5] == '1' then
@@ -1025,6 +1027,7 @@ class Store:
         earlier_lost: bool = False,
         look_first: bool = False,
         answer_ts: str | None = None,
+        sign: str | None = None,
     ) -> tuple[Accepted, Queued | None]:
         """Queue a message for its thread unless it was seen before. With a `token`, when it is
         first in line, the thread's lock is taken for it in the same step (Accepted.TAKEN), and
@@ -1039,7 +1042,8 @@ class Store:
 
         `look_first`: its journal says so (`TurnRecord.look_first`), in the same step, so that
         whichever worker takes it asks Slack first whether it is still there and answered.
-        `answer_ts`: its answer began to show there (`TurnRecord.answer_ts`), in the same step."""
+        `answer_ts`: its answer began to show there (`TurnRecord.answer_ts`), and `sign`, the
+        thinking sign shown for it (`TurnRecord.sign`), in the same step."""
         key = message.key
         follow = message.action != "record"
         try:
@@ -1070,6 +1074,7 @@ class Store:
                     count_call.window_ms if count_call else 0,
                     int(look_first),
                     answer_ts or "",
+                    sign or "",
                 ],
             )
         except (RedisError, OSError) as error:

@@ -411,7 +411,7 @@ class TurnRunner:
         try:
             next_up: Queued | None = queued
             while next_up is not None:
-                held.ts, held.message, held.shown = next_up.message.ts, next_up.message, None
+                held.ts, held.message, held.shown, held.sign = next_up.message.ts, next_up.message, None, None
                 self.redis_loss.taken(_seen(next_up.message))
                 try:
                     outcome = await self._take_turn_safely(next_up.message, next_up.record)
@@ -421,7 +421,7 @@ class TurnRunner:
                     # Found as the answer was about to show: the worker that holds the lock
                     # now answers the message (from the journal), and the thread is its own.
                     log.warning("thread lock taken over by another worker; standing down thread=%s", key)
-                    await self.redis_loss.hand_on(next_up.message, held.shown)
+                    await self.redis_loss.hand_on(next_up.message, held.shown, held.sign)
                     return True
                 await self._after_arrivals(key)
                 next_up = await self.store.finish(next_up, token, outcome)
@@ -490,7 +490,7 @@ class TurnRunner:
                 log.warning("thread lock taken over by another worker; standing down thread=%s", key)
                 held.worker.cancel()
                 if held.message is not None:
-                    self._spawn(self.redis_loss.hand_on(held.message, held.shown))
+                    self._spawn(self.redis_loss.hand_on(held.message, held.shown, held.sign))
             else:
                 del self._held[key]  # finished and released: nothing left to renew
 
@@ -758,6 +758,8 @@ class TurnRunner:
         async def visible(ts: str) -> None:
             if held is not None and held.ts == message.ts:
                 held.shown = ts  # known here should the journal have gone with Redis's data
+                if after is not None and after.done() and not after.cancelled():
+                    held.sign = after.result().kind  # up by now: nothing shows before it
             await self.store.record_progress(message, answer_ts=ts)
 
         held = self._held.get(message.key)
@@ -952,7 +954,7 @@ def _where(message: IncomingMessage) -> tuple[str, str, str, str]:
 class _HeldLock:
     """A thread lock held here: its token, when (loop time) it was last set, the task that works
     through the thread under it, the message (and its ts) it works on now, and where its answer
-    began to show (for `RedisLossRecovery.hand_on`)."""
+    began to show and the thinking sign shown for it then (for `RedisLossRecovery.hand_on`)."""
 
     token: str
     since: float
@@ -960,3 +962,4 @@ class _HeldLock:
     ts: str = ""
     message: IncomingMessage | None = None
     shown: str | None = None  # the ts of the answer's first message, once it shows
+    sign: str | None = None  # the thinking sign's kind, once the answer shows

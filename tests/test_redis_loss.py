@@ -866,6 +866,39 @@ async def _allowing_all(redis: Redis) -> None:
     await redis.execute_command("ACL", "SETUSER", "default", "allkeys")
 
 
+async def test_with_several_processes_a_dm_question_whose_turn_stood_down_after_a_loss_loses_its_reaction(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As in a thread (above), but on a DM's top level, where the sign is the 👀 reaction. The
+    question queued again as B stands down is resumed, its begun answer closed; before, its
+    new journal did not say a reaction was up, and the resumed turn left it there for good."""
+    caplog.set_level(logging.INFO)
+    a = await start_bot("http")
+    b = await start_bot("http")  # Slack's events go to B
+    llm.chunk_chars, llm.chunk_delay = 20, 0.05
+    llm.enqueue(Reply("a long explanation, " * 150), SlowFirstToken(2.0))
+    asked = await slack.post_user_message(DM, "the whole guide please")
+    await slack.wait_for(lambda: bool(slack.bot_messages(DM, "top")), what="B's answer to show")
+    assert (slack.message(DM, asked) or {}).get("reactions"), "no reaction to take away"
+    b_id = b.bot.turns.process_id
+    await _until(_a_beat(redis, b_id, await redis.zscore("processes", b_id)))
+    await redis.flushall()
+    slack.use_http(f"{a.url}/slack/events")
+    await slack.post_user_message(DM, "and staging?")
+    await slack.wait_for(lambda: "standing down" in caplog.text, what="B to stand down")
+    await slack.wait_for(lambda: INTERRUPTED in [m["text"] for m in slack.bot_messages(DM, "top")],
+                         timeout=20, what="the begun answer to be closed")  # fmt: skip
+    await a.settle()
+    await b.settle()
+    assert _asked(llm, "the whole guide please") == 1
+    assert not (slack.message(DM, asked) or {}).get("reactions"), "the thinking reaction left"
+    assert _errors(caplog) == []
+
+
 async def test_with_several_processes_a_mention_whose_first_event_met_redis_down_is_answered_after_a_loss(
     start_bot: StartBot,
     slack: SlackEmulator,
