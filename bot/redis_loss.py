@@ -195,7 +195,7 @@ class RedisLossRecovery:
         try:
             lost = self.dm_history_lost(message.key)
             accepted, _ = await self.store.accept(
-                message, look_first=look_first, earlier_lost=lost, answer_ts=shown, sign=sign
+                message, look_first=look_first, earlier_lost=lost, answer_ts=shown, sign=sign, again=True
             )
         except StoreUnavailable as error:
             log.warning("message not queued again team=%s channel=%s thread=%s user=%s error=%s",

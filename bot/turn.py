@@ -578,7 +578,7 @@ class TurnRunner:
             )
             return Progress.of(state="answered")
         if message.action == "record":
-            said = () if record.user_turn_stored else (await self.workspace.user_turn(message),)
+            said = await self._question(message, record)
             return Progress.of(turns=said, user_turn_stored=1, state="answered")
         if (refusal := await self._refusal(message)) is not None:
             await self.delivery.post_notice(target_for(message), refusal)
@@ -681,11 +681,7 @@ class TurnRunner:
         try:
             # The question joins the conversation in the step that checks the limits and marks
             # the turn begun, which also reads back what the prompt is built from.
-            question = () if record.user_turn_stored else (await self.workspace.user_turn(message),)
-            if question and record.look_first:
-                # Queued again after a loss: a newer turn may have read it back from Slack with
-                # the thread. Stored again below, after that turn, it must not stay there too.
-                await self.store.drop_read_back(message.key, message.ts)
+            question = await self._question(message, record)
             checks = self._limit_checks(message)
             begun = await self.store.begin_answer(message, question, checks, FIRST_PAGE)
             if begun.deleted:
@@ -747,6 +743,17 @@ class TurnRunner:
                 outcome,
             )
             log.debug("turn text ts=%s question=%r", message.ts, message.text)
+
+    async def _question(self, message: IncomingMessage, record: TurnRecord) -> tuple[Turn, ...]:
+        """The person's message as the turn stores it; nothing when stored already."""
+        if record.user_turn_stored:
+            return ()
+        if record.queued_again or record.look_first:
+            # Queued again after a loss: a newer turn may have read it back from Slack with the
+            # thread. Stored again by this turn, after that one, it must not stay there too. (Only
+            # then: a scan of the conversation, not a cost of every turn.)
+            await self.store.drop_read_back(message.key, message.ts)
+        return (await self.workspace.user_turn(message),)
 
     def _reply(
         self, message: IncomingMessage, target: Target, after: asyncio.Task[ThinkingSign] | None = None

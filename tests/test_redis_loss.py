@@ -948,6 +948,43 @@ async def test_with_several_processes_a_mention_whose_first_event_met_redis_down
     assert all("message not queued" in error for error in _errors(caplog))
 
 
+async def test_a_question_queued_again_behind_a_newer_turn_when_alone_is_stored_once(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One process: a follow-up waits behind the answer in flight when Redis loses its data, and
+    a newer follow-up, accepted after the loss, is taken before the older is queued again. Its
+    turn reads the thread back from Slack, the waiting follow-up with it; then the older one's
+    turn stored its question once more: before, the model was shown it twice, and the stored
+    conversation kept both."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    llm.enqueue(SlowFirstToken(0.5), SlowFirstToken(1.5))
+    posting = slack.gate("chat.postMessage")
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
+    await llm.wait_for_requests(1)
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    await slack.wait_for(lambda: posting.waiting > 0, what="the first answer's post")
+    process = running.bot.turns.process_id
+    await _until(_a_beat(redis, process, await redis.zscore("processes", process)))
+    await redis.flushall()
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and dev?", thread_ts=root)
+    posting.opened.set()
+    await slack.wait_for_bot_messages(CHANNEL, root, count=3, timeout=15)
+    await running.settle()
+    prompts = [[m["content"] for m in r["messages"][1:]] for r in llm.requests]
+    assert len(prompts) == 3 and prompts[1][-1] == "ann: and dev?", prompts  # the newer one first
+    assert "ann: and staging?" in prompts[1], prompts  # read back from Slack
+    assert all(p.count("ann: and staging?") <= 1 for p in prompts), prompts
+    stored = await redis.lrange(f"conv:T1:{CHANNEL}:{root}:turns", 0, -1)
+    asked = [t for t in map(json.loads, stored) if t["role"] == "user" and "staging" in t["text"]]
+    assert len(asked) == 1, stored
+    assert "look_first=True" not in caplog.text and _errors(caplog) == []
+
+
 async def test_a_temporarily_unavailable_notice_whose_post_was_lost_is_found_and_not_posted_again(
     start_bot: StartBot, slack: SlackEmulator, redis: Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
