@@ -50,6 +50,20 @@ class CutShort:
     answer_ts: str
 
 
+@dataclass(frozen=True)
+class _Unqueued:
+    """A message Redis refused to queue again, and how it was to be queued."""
+
+    message: IncomingMessage
+    look_first: bool
+    shown: str | None
+    sign: str | None
+
+    @property
+    def order(self) -> Decimal:
+        return ts_number(self.message.ts) or Decimal(0)
+
+
 class RedisLossRecovery:
     """Keeps what this process needs if Redis loses its data, and acts on the loss once noticed.
 
@@ -76,10 +90,14 @@ class RedisLossRecovery:
         self._alone = False  # no other process was alive at the last beat
         # Once a loss is noticed: the threads held here lately, and whether this process was alone.
         self._queue_again_after: tuple[set[ThreadKey], bool] | None = None
-        # Messages accepted here and not yet taken by a worker here, and the threads held here
-        # since the last beat: what `_queue_again` needs.
+        # Messages accepted here and not yet taken by a worker here (queued again or not: Redis
+        # may lose them again before their turn), and the threads held here since the last beat:
+        # what `_queue_again` needs.
         self._waiting: OrderedDict[Seen, IncomingMessage] = OrderedDict()
         self._held_since_beat: set[ThreadKey] = set()
+        # Messages whose queueing again Redis refused: tried again at the next beat.
+        self._unqueued: OrderedDict[Seen, _Unqueued] = OrderedDict()
+        self._retrying = False
 
     # -- what is kept meanwhile ------------------------------------------------------------
 
@@ -92,6 +110,7 @@ class RedisLossRecovery:
     def taken(self, seen: Seen) -> None:
         """Taken by a worker here, or deleted: never to be queued again."""
         self._waiting.pop(seen, None)
+        self._unqueued.pop(seen, None)
 
     def edited(self, seen: Seen, text: str) -> None:
         if (message := self._waiting.get(seen)) is not None:
@@ -121,6 +140,10 @@ class RedisLossRecovery:
         after one queue again what went with it."""
         for seen in news.over:
             self._waiting.pop(seen, None)
+            self._unqueued.pop(seen, None)
+        if self._unqueued and not self._retrying:
+            self._retrying = True
+            self._spawn(self._queue_unqueued())
         if (lost := self._queue_again_after) is not None:
             self._queue_again_after = None
             threads, alone_before = lost
@@ -153,7 +176,8 @@ class RedisLossRecovery:
     async def _queue_again(self, threads: set[ThreadKey] | None) -> None:
         """The messages accepted here and waiting for their turn went with their thread's inbox
         (acknowledged to Slack, they are not sent again): queue them again, in order, for a
-        worker to reach.
+        worker to reach. Each is kept here until a worker here takes it, or a beat finds its turn
+        over: should Redis lose its data again before then, it is queued again once more.
 
         `threads`: this process was alone, at the beats before and after the loss: only the
         messages of the threads it worked on lately, as they are (nobody else can have answered
@@ -167,8 +191,20 @@ class RedisLossRecovery:
             threads is None,
         )
         for message in sorted(lost, key=lambda m: ts_number(m.ts) or Decimal(0)):
-            self._waiting.pop((message.team, message.channel, message.ts), None)
             await self._queue(message, look_first=threads is None)
+
+    async def _queue_unqueued(self) -> None:
+        """Queue again, in order, the messages whose queueing again Redis refused (at a beat:
+        Redis answers again). Queued twice (the refusal was a lost reply), a message is a
+        duplicate in Redis, and nothing is done."""
+        try:
+            for seen, how in sorted(self._unqueued.items(), key=lambda item: item[1].order):
+                if self._unqueued.get(seen) is not how:
+                    continue  # taken or finished meanwhile, or queued by a loss's queueing again
+                message = self._waiting.get(seen, how.message)  # as edited since
+                await self._queue(message, look_first=how.look_first, shown=how.shown, sign=how.sign)
+        finally:
+            self._retrying = False
 
     async def hand_on(
         self, message: IncomingMessage, shown: str | None = None, sign: str | None = None
@@ -198,9 +234,14 @@ class RedisLossRecovery:
                 message, look_first=look_first, earlier_lost=lost, answer_ts=shown, sign=sign, again=True
             )
         except StoreUnavailable as error:
-            log.warning("message not queued again team=%s channel=%s thread=%s user=%s error=%s",
-                        *where, error)  # fmt: skip
+            log.warning("message not queued again, tried again at the next beat team=%s channel=%s "
+                        "thread=%s user=%s error=%s", *where, error)  # fmt: skip
+            seen = (message.team, message.channel, message.ts)
+            self._unqueued[seen] = _Unqueued(message, look_first, shown, sign)
+            while len(self._unqueued) > WAITING_MEMORY:
+                self._unqueued.popitem(last=False)
             return
+        self._unqueued.pop((message.team, message.channel, message.ts), None)
         if accepted is not Accepted.DUPLICATE:
             log.info("message queued again team=%s channel=%s thread=%s user=%s look_first=%s",
                      *where, look_first)  # fmt: skip

@@ -866,6 +866,61 @@ async def _allowing_all(redis: Redis) -> None:
     await redis.execute_command("ACL", "SETUSER", "default", "allkeys")
 
 
+@pytest.mark.parametrize("fault", ["a second loss", "a redis failure"])
+async def test_a_follow_up_queued_again_after_a_loss_survives_a_second_loss_or_a_failed_queueing(
+    fault: str,
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A follow-up waits behind the answer in flight when Redis loses its data; the process
+    queues it again, and then Redis loses its data once more before its turn, or refuses that
+    queueing. Before, the process had forgotten it as it queued it again: it was never answered."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    llm.enqueue(SlowFirstToken(0.5))
+    posting = slack.gate("chat.postMessage")
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
+    await llm.wait_for_requests(1)
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    await slack.wait_for(lambda: posting.waiting > 0, what="the first answer's post")
+    try:
+        if fault == "a redis failure":
+            await _refusing_dedup(redis)
+        await redis.flushall()
+        if fault == "a second loss":
+            await slack.wait_for(lambda: "message queued again" in caplog.text, what="it to be queued again")
+            await redis.flushall()
+            await slack.wait_for(lambda: caplog.text.count(FORGOT) == 2, what="the second loss to be noticed")
+        else:
+            await slack.wait_for(lambda: "message not queued again" in caplog.text, what="the refusal")
+            await _allowing_all(redis)
+    finally:
+        await _allowing_all(redis)
+    posting.opened.set()
+    first, second = await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
+    await running.settle()
+    assert [first["text"], second["text"]] == [
+        "Answer: ann: why is api-prod red?",
+        "Answer: ann: and staging?",
+    ]
+    assert len(slack.bot_messages(CHANNEL, root)) == 2 and _asked(llm, "and staging?") == 1
+
+    # Taken and answered, it is forgotten: a later loss does not queue it again.
+    def decisions() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "waiting messages to queue again" in r.getMessage()]
+
+    decided = len(decisions())
+    await redis.flushall()
+    await slack.wait_for(lambda: len(decisions()) > decided, what="the next loss's decision")
+    await running.settle()
+    assert "count=0" in decisions()[-1], decisions()
+    assert len(slack.bot_messages(CHANNEL, root)) == 2 and _asked(llm, "and staging?") == 1
+    assert _errors(caplog) == []
+
+
 async def test_with_several_processes_a_dm_question_whose_turn_stood_down_after_a_loss_loses_its_reaction(
     start_bot: StartBot,
     slack: SlackEmulator,
