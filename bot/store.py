@@ -533,6 +533,9 @@ for i, raw in ipairs(items) do
       redis.call('LSET', KEYS[1], i - 1, cjson.encode(turn))
     end
   elseif ARGV[3] == 'delete' and turn['reply_to'] == ARGV[1] then
+    -- Also an answer read back from Slack to a message stored without a turn (no text): the
+    -- conversation changed all the same.
+    found = true
     redis.call('LREM', KEYS[1], 1, raw)
   end
 end
