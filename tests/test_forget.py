@@ -3,6 +3,7 @@ while everyone else's conversation stays as it was."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import redis.asyncio as aioredis
@@ -212,3 +213,37 @@ async def test_a_deleted_message_takes_the_answer_read_back_after_it(
         "Answer: bob: any news?",
     ]
     assert (await store.summary(thread)).text is None  # it quoted her: rebuilt without it
+
+
+async def test_forget_me_clears_the_text_of_finished_messages_journals_and_a_retry_stays_unanswered(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: aioredis.Redis
+) -> None:
+    """A message edited while it waited for its turn keeps the edit in its journal (crash recovery
+    reads it there). Once the message is answered, `forget me` takes that text out; the journal's
+    state stays, and Slack sending the message again still gets no second answer."""
+    llm.first_token_delay = 1.5  # the thread is busy with the first answer meanwhile
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> my check is failing")
+    await llm.wait_for_requests(1)
+    follow_up = slack.user_message_event(CHANNEL, "since 8am", thread_ts=root)
+    await slack.deliver_event(follow_up)
+    await slack.edit_message(CHANNEL, follow_up["ts"], ANN_SAYS[0])
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
+    await bot.settle()
+    llm.first_token_delay = 0
+    journal = KEYS.journal("T1", CHANNEL, follow_up["ts"])
+    assert ANN_SAYS[0] in str(await redis.hgetall(journal))
+
+    await slack.post_user_message(DM, "forget me")
+    await slack.wait_for_bot_messages(DM, count=1)
+    await bot.settle()
+
+    kept = await redis.hgetall(journal)
+    assert kept["state"] == "answered" and ANN_SAYS[0] not in str(kept), kept
+    for key, content in (await everything_in(redis)).items():
+        assert ANN_SAYS[0] not in content, (key, content)
+    asked = len(llm.requests)
+    retry = await slack.deliver_event(follow_up, retry_num=1, retry_reason="http_timeout")
+    assert retry.acked
+    await asyncio.sleep(0.5)  # time for a second answer, if there were one
+    await bot.settle()
+    assert len(slack.bot_messages(CHANNEL, root)) == 2 and len(llm.requests) == asked
