@@ -383,7 +383,8 @@ class Keys:
         self.llm_probe = f"{prefix}llm-probe"  # the process whose turn tries the model after a cooldown
         self.llm_closed = f"{prefix}llm-breaker-closed"  # a new token each time a probe finds the model back
         self.lock_prefix = f"{prefix}lock:"  # + thread key (also built by _ORPHANED_THREADS)
-        self.journal_prefix = f"{prefix}turn:"  # + team:channel:ts (also built by _TAKE and _FINISH)
+        # + team:channel:ts (also built by _TAKE, _FINISH and _FORGET_IN_CONVERSATION)
+        self.journal_prefix = f"{prefix}turn:"
         # Keys of per-person records kept by other features (feedback on answers). Forgetting a
         # person also scans these for records naming them that were not registered in their index.
         # Records that may hold people's data, each kind keyed by workspace first (`forget` scans them).
@@ -540,6 +541,9 @@ for i, raw in ipairs(items) do
       redis.call('LSET', KEYS[1], i - 1, cjson.encode(turn))
     end
   elseif ARGV[3] == 'delete' and turn['reply_to'] == ARGV[1] then
+    -- Also an answer read back from Slack to a message stored without a turn (no text): the
+    -- conversation changed all the same.
+    found = true
     redis.call('LREM', KEYS[1], 1, raw)
   end
 end
@@ -585,16 +589,31 @@ redis.call('EXPIRE', KEYS[1], ARGV[5])
 return 1
 """
 
-# KEYS: turns, meta. ARGV: user id, conversation ttl. Removes the person's turns and the bot's
-# answers to them (which may quote them), keeps everyone else's in order, and drops the summary.
-# Returns how many turns were removed.
+# KEYS: turns, meta. ARGV: user id, conversation ttl, the conversation's journal prefix
+# (`Keys.journal` without the ts). Removes the person's turns and the bot's answers to them (which
+# may quote them), keeps everyone else's in order, and drops the summary. The journals of their
+# finished messages lose the text they may hold (an edit made while the message waited, an answer
+# kept for a retry) but keep their state, which says the message was answered: to a message queued
+# again after a loss (_ACCEPT), to a beat (_BEAT), and to a stalled worker's lock renewal or fence
+# (_RENEW_THREAD_LOCK, _RATE_CLAIM), where no journal at all means Redis lost its data and the turn
+# goes on. A message still waiting or in flight keeps its journal whole, or its edit or answer
+# would be lost. The journals' keys are built here, as in _HEAD_WITH_JOURNAL. Returns how many
+# turns were removed.
 _FORGET_IN_CONVERSATION = """
+local function clear_finished_journal(ts)
+  local journal = ARGV[3] .. ts
+  local state = redis.call('HGET', journal, 'state')
+  if state == 'answered' or state == 'noted' or state == 'failed' then
+    redis.call('HDEL', journal, 'edited_text', 'edited_readable', 'answer')
+  end
+end
 local items = redis.call('LRANGE', KEYS[1], 0, -1)
 local asked, keep, removed = {}, {}, 0
 for _, raw in ipairs(items) do
   local turn = cjson.decode(raw)
   if turn['role'] == 'user' and turn['user'] == ARGV[1] then
     asked[turn['ts']] = true
+    clear_finished_journal(turn['ts'])
     removed = removed + 1
   elseif turn['role'] == 'assistant' and turn['reply_to'] and asked[turn['reply_to']] then
     removed = removed + 1
@@ -1464,9 +1483,10 @@ class Store:
 
     async def forget_user(self, team: str, user: str, *, scan_conversations: bool = False) -> Forgotten:
         """Delete everything stored about a person in a workspace: their messages in every
-        conversation (and the bot's answers to them), summaries that may quote them, their
-        personal records, their cached name and their index. With `scan_conversations`, every
-        conversation of the workspace is searched too, not only those their index names."""
+        conversation (and the bot's answers to them), summaries that may quote them, the text in
+        the journals of those messages once finished, their personal records, their cached name
+        and their index. With `scan_conversations`, every conversation of the workspace is
+        searched too, not only those their index names."""
         index = self.keys.user_index(team, user)
         members: set[str] = set(await self.redis.smembers(index))
         if scan_conversations:
@@ -1478,8 +1498,9 @@ class Store:
             if thread is None:  # a record registered as holding their data: theirs, or shared
                 records += await self._forget_in_record(member, user)
                 continue
+            journals = self.keys.journal(thread.team, thread.channel, "")
             removed = await self._forget_in_conversation(
-                keys=[member, self.keys.meta(thread)], args=[user, self.conversation_ttl]
+                keys=[member, self.keys.meta(thread)], args=[user, self.conversation_ttl, journals]
             )
             if removed:
                 messages += int(removed)

@@ -887,7 +887,7 @@ class TurnRunner:
                     key, key.thread, message.ts, bot_user, is_dm=message.is_dm
                 )
                 if message.is_dm:
-                    earlier = await self._question_before(message, earlier) + earlier
+                    earlier = _after_question(await self._question_before(message, earlier), earlier)
         except CALL_ERRORS as error:
             # Answer without the earlier messages rather than not at all; try again next turn.
             log.warning("could not read earlier thread thread=%s error=%s", key, error_code(error))
@@ -947,6 +947,14 @@ def _journaled_ending(record: TurnRecord) -> Ending:
     noted = (Ending.TRUNCATED, Ending.CUT_OFF, Ending.FILTERED)
     ending = next((e for e in noted if e.value == record.ending), None)
     return ending if ending is not None else Ending.COMPLETE
+
+
+def _after_question(question: list[Turn], thread: list[Turn]) -> list[Turn]:
+    """A DM thread under one of the bot's answers, after the question that answer was for (if
+    found), the answer linked to it as read-back answers are (bot/workspace.py)."""
+    if not question:
+        return thread
+    return [*question, replace(thread[0], reply_to=question[0].ts), *thread[1:]]
 
 
 def _seen(message: IncomingMessage) -> tuple[str, str, str]:

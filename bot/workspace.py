@@ -181,9 +181,10 @@ class Workspace:
     ) -> list[Turn]:
         """Messages (oldest first) as the stored conversation would hold them: nothing from before
         a person's last `reset`, nothing a person said before their `forget me` nor the bot's
-        answers to it (everyone else's part stays, as in the store), and no notices (the bot's
-        errors and confirmations never join a conversation). `said_to_bot`: every message is
-        (a DM), so a bare command counts from the start."""
+        answers to it (everyone else's part stays, as in the store), no notices (the bot's
+        errors and confirmations never join a conversation), and each of the bot's answers linked
+        to its question (`Turn.reply_to`). `said_to_bot`: every message is (a DM), so a bare
+        command counts from the start."""
         fresh, bot_was_here = 0, said_to_bot
         forgotten: set[int] = set()  # messages of people who said `forget me` later, and answers
         asked: list[tuple[str, int]] = []  # (sender, index) of each person's message
@@ -210,18 +211,24 @@ class Workspace:
         turns: list[Turn] = []
         for i, message in enumerate(messages[fresh:], start=fresh):
             if i not in forgotten and not any(map(is_notice_block, block_ids(message))):
-                turn = await self._as_turn(team, message, bot_user_id)
+                # Linked as the bot's own answers are, so that `forget me` and a deletion of the
+                # question take the answer too. One with no question before it stays unlinked.
+                question = messages[answer_to[i]].get("ts") if i in answer_to else None
+                turn = await self._as_turn(team, message, bot_user_id, question)
                 if turn is not None:
                     turns.append(turn)
         return turns
 
-    async def _as_turn(self, team: str, message: dict, bot_user_id: str) -> Turn | None:
+    async def _as_turn(
+        self, team: str, message: dict, bot_user_id: str, question: str | None = None
+    ) -> Turn | None:
+        """`question`: the ts of the person's message a bot message answers."""
         text = message.get("text") or ""
         ts = message.get("ts")
         if not ts or not text.strip() or message.get("subtype") in ("channel_join", "channel_leave"):
             return None
         if message.get("user") == bot_user_id:
-            return Turn(role="assistant", text=text, ts=ts)
+            return Turn(role="assistant", text=text, ts=ts, reply_to=question)
         if message.get("bot_id") and not message.get("user"):
             name = (message.get("bot_profile") or {}).get("name") or message.get("username") or "bot"
             return Turn(role="user", text=text, ts=ts, name=name)
@@ -255,7 +262,8 @@ def _question_of(
     message: dict[str, Any], messages: list[dict[str, Any]], asked: list[tuple[str, int]]
 ) -> int | None:
     """The index of the person's message a bot message answers: the one its buttons name, else
-    the latest before it (a thread's turns run one after another)."""
+    the latest before it (a thread's turns run one after another); None when there is none here
+    (the bot began the thread, or its question is older than what was read)."""
     for block_id in block_ids(message):
         if block_id.startswith(ANSWER_BLOCK_PREFIX):
             question = block_id[len(ANSWER_BLOCK_PREFIX) :]

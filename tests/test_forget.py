@@ -3,6 +3,7 @@ while everyone else's conversation stays as it was."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import redis.asyncio as aioredis
@@ -122,3 +123,127 @@ async def test_forget_me_as_a_mention_in_a_channel(
     assert "2 stored message(s)" in replies[-1]["text"]
     assert await redis.exists(KEYS.turns(ThreadKey("T1", CHANNEL, root))) == 0
     assert await redis.exists(KEYS.user_index("T1", "U1"), KEYS.display_name("T1", "U1")) == 0
+
+
+async def test_forget_me_takes_the_answers_read_back_from_a_thread_the_bot_joined_late(
+    bot: RunningBot, slack: SlackEmulator, redis: aioredis.Redis
+) -> None:
+    """The bot's own messages read back from Slack are linked to the person's message before
+    them, as the answers it stores itself are: one that quoted ann goes with her messages. The
+    thread's first message, the bot's, answers nobody and stays, as do bob's and his answers."""
+    store: Store = bot.bot.store
+    root = slack.seed_message(CHANNEL, "Maintenance tonight at 22:00", bot=True)
+    said = slack.seed_message(CHANNEL, ANN_SAYS[0], thread_ts=root)
+    quoted = slack.seed_message(CHANNEL, f"Noted: {ANN_SAYS[0]}", thread_ts=root, bot=True)
+    asked = slack.seed_message(CHANNEL, "is the API down?", user="U2", thread_ts=root)
+    slack.seed_message(CHANNEL, "Not that I know of", thread_ts=root, bot=True)
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> any news?", user="U2", thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    await bot.settle()
+    thread = ThreadKey("T1", CHANNEL, root)
+    links = [(t.text, t.reply_to) for t in await store.recent_turns(thread, 100) if t.role == "assistant"]
+    assert links[:3] == [
+        ("Maintenance tonight at 22:00", None),
+        (f"Noted: {ANN_SAYS[0]}", said),
+        ("Not that I know of", asked),
+    ]
+
+    await slack.post_user_message(DM, "forget me")
+    [confirmation] = await slack.wait_for_bot_messages(DM, count=1)
+    await bot.settle()
+
+    assert "2 stored message(s)" in confirmation["text"]  # her message and the answer quoting it
+    for key, content in (await everything_in(redis)).items():
+        assert ANN_SAYS[0] not in content and not ANN_ID.search(content), (key, content)
+    assert [t.text for t in await store.recent_turns(thread, 100)] == [
+        "Maintenance tonight at 22:00",
+        "is the API down?",
+        "Not that I know of",
+        "any news?",
+        "Answer: bob: any news?",
+    ]
+    assert quoted not in await store.stored_ts(thread)
+
+
+async def test_forget_me_takes_the_answer_a_dm_thread_under_it_starts_with(
+    bot: RunningBot, slack: SlackEmulator, redis: aioredis.Redis
+) -> None:
+    """A reply under one of the bot's DM answers starts a conversation of its own, read from
+    Slack: that answer (which quotes ann) after the question it was for. Both go with `forget me`."""
+    await slack.post_user_message(DM, ANN_SAYS[0])
+    [answer] = await slack.wait_for_bot_messages(DM, count=1)
+    await slack.post_user_message(DM, "more on this", thread_ts=answer["ts"])
+    await slack.wait_for_bot_messages(DM, answer["ts"], count=1)
+    await bot.settle()
+    thread = ThreadKey("T1", DM, answer["ts"])
+    stored = await bot.bot.store.recent_turns(thread, 10)
+    assert [(t.role, t.reply_to) for t in stored[:2]] == [("user", None), ("assistant", stored[0].ts)]
+
+    await slack.post_user_message(DM, "forget me")
+    confirmation = (await slack.wait_for_bot_messages(DM, "top", count=2))[-1]
+    await bot.settle()
+
+    assert "6 stored message(s)" in confirmation["text"]  # 2 in the DM, 4 in its thread
+    for key, content in (await everything_in(redis)).items():
+        assert ANN_SAYS[0] not in content and not ANN_ID.search(content), (key, content)
+
+
+async def test_a_deleted_message_takes_the_answer_read_back_after_it(
+    bot: RunningBot, slack: SlackEmulator
+) -> None:
+    """A message deleted in Slack goes from the stored conversation with the bot's answer to it,
+    also when that answer was read back from Slack."""
+    store: Store = bot.bot.store
+    root = slack.seed_message(CHANNEL, "is the API down?", user="U2")
+    slack.seed_message(CHANNEL, "Not that I know of", thread_ts=root, bot=True)
+    said = slack.seed_message(CHANNEL, ANN_SAYS[0], thread_ts=root)
+    slack.seed_message(CHANNEL, f"Noted: {ANN_SAYS[0]}", thread_ts=root, bot=True)
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> any news?", user="U2", thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    await bot.settle()
+    thread = ThreadKey("T1", CHANNEL, root)
+    assert await store.save_summary(thread, f"- ann: {ANN_SAYS[0]}", said, await store.summary(thread))
+
+    await slack.delete_message(CHANNEL, said)  # acknowledged once the conversation has it
+
+    assert [t.text for t in await store.recent_turns(thread, 100)] == [
+        "is the API down?",
+        "Not that I know of",
+        "any news?",
+        "Answer: bob: any news?",
+    ]
+    assert (await store.summary(thread)).text is None  # it quoted her: rebuilt without it
+
+
+async def test_forget_me_clears_the_text_of_finished_messages_journals_and_a_retry_stays_unanswered(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: aioredis.Redis
+) -> None:
+    """A message edited while it waited for its turn keeps the edit in its journal (crash recovery
+    reads it there). Once the message is answered, `forget me` takes that text out; the journal's
+    state stays, and Slack sending the message again still gets no second answer."""
+    llm.first_token_delay = 1.5  # the thread is busy with the first answer meanwhile
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> my check is failing")
+    await llm.wait_for_requests(1)
+    follow_up = slack.user_message_event(CHANNEL, "since 8am", thread_ts=root)
+    await slack.deliver_event(follow_up)
+    await slack.edit_message(CHANNEL, follow_up["ts"], ANN_SAYS[0])
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
+    await bot.settle()
+    llm.first_token_delay = 0
+    journal = KEYS.journal("T1", CHANNEL, follow_up["ts"])
+    assert ANN_SAYS[0] in str(await redis.hgetall(journal))
+
+    await slack.post_user_message(DM, "forget me")
+    await slack.wait_for_bot_messages(DM, count=1)
+    await bot.settle()
+
+    kept = await redis.hgetall(journal)
+    assert kept["state"] == "answered" and ANN_SAYS[0] not in str(kept), kept
+    for key, content in (await everything_in(redis)).items():
+        assert ANN_SAYS[0] not in content, (key, content)
+    asked = len(llm.requests)
+    retry = await slack.deliver_event(follow_up, retry_num=1, retry_reason="http_timeout")
+    assert retry.acked
+    await asyncio.sleep(0.5)  # time for a second answer, if there were one
+    await bot.settle()
+    assert len(slack.bot_messages(CHANNEL, root)) == 2 and len(llm.requests) == asked

@@ -24,6 +24,7 @@ from tests.conftest import RunningBot, StartBot
 from tests.emulators.openai_api import OpenAIEmulator, Reply, SlowFirstToken, Status
 from tests.emulators.slack import SlackEmulator
 from tests.redis_server import RedisServer
+from tests.test_forget import everything_in
 from tests.test_streaming import _long_answer, shown
 
 CHANNEL = "C900"
@@ -589,6 +590,27 @@ async def test_a_dm_after_a_loss_reads_its_history_from_slack_only_once(
         "ann: and is it still?",
     ]
     assert len(slack.calls_to("conversations.history")) == 1
+
+
+async def test_forget_me_after_a_loss_takes_the_dm_answers_read_back_from_slack(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A DM read back from Slack after a loss holds the bot's earlier answer, which quotes the
+    person: linked to her question, it goes with her `forget me` (before, it stayed)."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    await _dm_then_loss(running, slack, redis, caplog)
+    await slack.post_user_message(DM, "and is it still?")
+    await slack.wait_for_bot_messages(DM, "top", count=2)
+    await running.settle()
+    await slack.post_user_message(DM, "forget me")
+    await slack.wait_for_bot_messages(DM, "top", count=3)
+    await running.settle()
+    for key, content in (await everything_in(redis)).items():
+        assert "api-prod" not in content, (key, content)
 
 
 async def test_a_dm_thread_after_a_loss_starts_with_the_question_its_answer_was_for(
