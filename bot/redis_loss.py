@@ -141,7 +141,9 @@ class RedisLossRecovery:
         for seen in news.over:
             self._waiting.pop(seen, None)
             self._unqueued.pop(seen, None)
-        if self._unqueued and not self._retrying:
+        # Not at a beat that notices a loss: like queueing again (below), retries wait for the beat
+        # after, when every process alive has noticed it and taken its thread locks back.
+        if self._unqueued and not self._retrying and news.remembered:
             self._retrying = True
             self._spawn(self._queue_unqueued())
         if (lost := self._queue_again_after) is not None:

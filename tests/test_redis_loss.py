@@ -10,15 +10,17 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from redis.asyncio import Redis
 
 from bot.context import EARLIER_UNREAD_NOTE
 from bot.formatting import SlackMarkdown
-from bot.store import Accepted, IncomingMessage, Store
+from bot.redis_loss import RedisLossRecovery
+from bot.store import Accepted, IncomingMessage, Store, ThreadKey
 from bot.turn import DELIVERY_FAILED, INTERRUPTED, STORE_UNAVAILABLE, TURN_FAILED
 from tests.conftest import RunningBot, StartBot
 from tests.emulators.openai_api import OpenAIEmulator, Reply, SlowFirstToken, Status
@@ -1080,3 +1082,53 @@ async def test_a_temporarily_unavailable_notice_whose_post_was_lost_is_found_and
     [notice] = slack.bot_messages(DM, "top")
     assert notice["text"] == STORE_UNAVAILABLE and "notice post answer lost" in caplog.text
     assert [block["block_id"] for block in notice["blocks"]] == [f"notice:unqueued:{asked}"]
+
+
+async def test_a_refused_queueing_again_is_not_tried_at_the_beat_that_notices_another_loss(
+    redis_url: str, redis: Redis
+) -> None:
+    """A follow-up's queueing again after a loss was refused; Redis then loses its data once more.
+    The beat that notices that second loss must not queue it yet: the other processes may not
+    have noticed, nor taken back the thread lock of the turn it waits behind, and a worker here
+    would take that lock and answer it alongside (that turn then standing down). Like queueing
+    again, the retry waits for the beat after. Before, it was made at once."""
+    follow_up = IncomingMessage("T1", CHANNEL, "1.2", "U1", "more", "answer", "1.1", "1.1", BOT)
+    store = Store(redis_url, conversation_ttl_days=1)
+    spawned: list[Coroutine[Any, Any, None]] = []
+    started: list[ThreadKey] = []
+    recovery = RedisLossRecovery(
+        store=store, delivery=cast(Any, None), workspace=cast(Any, None), start_work=started.append,
+        spawn=spawned.append,
+    )  # fmt: skip
+
+    async def nothing() -> None:
+        return None
+
+    async def beat() -> None:
+        await store.beat("other", 60_000)  # another process, alive throughout
+        news = await store.beat("here", 60_000, recovery.to_ask_about())
+        await recovery.heard(news, set(), take_locks_back=nothing)
+        while spawned:
+            await spawned.pop(0)
+
+    inbox = store.keys.inbox(follow_up.key)
+    try:
+        await beat()
+        recovery.waiting(("T1", CHANNEL, "1.2"), follow_up)
+        await redis.flushall()
+        await beat()  # the loss noticed
+        await _refusing_dedup(redis)
+        try:
+            await beat()  # queued again: refused
+        finally:
+            await _allowing_all(redis)
+        assert await redis.zcard(inbox) == 0 and started == []
+        await redis.flushall()
+        await beat()  # the second loss noticed: nothing queued yet
+        assert await redis.zcard(inbox) == 0 and started == []
+        await beat()
+        assert await redis.zcard(inbox) == 1 and started == [follow_up.key]
+        assert await redis.hget(store.keys.journal("T1", CHANNEL, "1.2"), "look") == "1"
+    finally:
+        await _allowing_all(redis)
+        await store.close()
