@@ -146,7 +146,7 @@ class RedisLossRecovery:
         if self._unqueued and not self._retrying and news.remembered:
             self._retrying = True
             self._spawn(self._queue_unqueued())
-        if (lost := self._queue_again_after) is not None:
+        if (lost := self._queue_again_after) is not None and news.remembered:
             self._queue_again_after = None
             threads, alone_before = lost
             # Alone at the beats before and after the loss: nobody else can have answered the
@@ -169,8 +169,12 @@ class RedisLossRecovery:
                 await take_locks_back()
             except Exception as error:  # the beat must go on; the renewals try again soon
                 log.warning("thread locks not taken back error=%s", type(error).__name__)
-            # Decided at the next beat, once every process still alive has said so again.
-            self._queue_again_after = (self._held_since_beat | held_now, self._alone)
+            # Decided at the next beat, once every process still alive has said so again. A loss
+            # noticed before this one and not yet acted on is acted on with it.
+            threads, alone = self._held_since_beat | held_now, self._alone
+            if (earlier := self._queue_again_after) is not None:
+                threads, alone = threads | earlier[0], alone and earlier[1]
+            self._queue_again_after = (threads, alone)
         self._has_beaten = True
         self._alone = news.peers == 0
         self._held_since_beat = set()
@@ -192,19 +196,28 @@ class RedisLossRecovery:
             len(lost),
             threads is None,
         )
+        refused: set[ThreadKey] = set()
         for message in sorted(lost, key=lambda m: ts_number(m.ts) or Decimal(0)):
-            await self._queue(message, look_first=threads is None)
+            if message.key in refused:
+                # Behind one Redis refused: tried with it, in order, not answered before it.
+                self._hold_back(_Unqueued(message, threads is None, None, None))
+            elif not await self._queue(message, look_first=threads is None):
+                refused.add(message.key)
 
     async def _queue_unqueued(self) -> None:
         """Queue again, in order, the messages whose queueing again Redis refused (at a beat:
         Redis answers again). Queued twice (the refusal was a lost reply), a message is a
         duplicate in Redis, and nothing is done."""
+        refused: set[ThreadKey] = set()
         try:
             for seen, how in sorted(self._unqueued.items(), key=lambda item: item[1].order):
                 if self._unqueued.get(seen) is not how:
                     continue  # taken or finished meanwhile, or queued by a loss's queueing again
+                if how.message.key in refused:
+                    continue  # behind one refused again: kept for the next beat, in order
                 message = self._waiting.get(seen, how.message)  # as edited since
-                await self._queue(message, look_first=how.look_first, shown=how.shown, sign=how.sign)
+                if not await self._queue(message, look_first=how.look_first, shown=how.shown, sign=how.sign):
+                    refused.add(message.key)
         finally:
             self._retrying = False
 
@@ -228,7 +241,9 @@ class RedisLossRecovery:
 
     async def _queue(
         self, message: IncomingMessage, *, look_first: bool, shown: str | None = None, sign: str | None = None
-    ) -> None:
+    ) -> bool:
+        """Queue a message again; False when Redis refused it (it is tried again at the next
+        beat)."""
         where = (message.team, message.channel, message.conversation, message.user)
         try:
             lost = self.dm_history_lost(message.key)
@@ -238,16 +253,20 @@ class RedisLossRecovery:
         except StoreUnavailable as error:
             log.warning("message not queued again, tried again at the next beat team=%s channel=%s "
                         "thread=%s user=%s error=%s", *where, error)  # fmt: skip
-            seen = (message.team, message.channel, message.ts)
-            self._unqueued[seen] = _Unqueued(message, look_first, shown, sign)
-            while len(self._unqueued) > WAITING_MEMORY:
-                self._unqueued.popitem(last=False)
-            return
+            self._hold_back(_Unqueued(message, look_first, shown, sign))
+            return False
         self._unqueued.pop((message.team, message.channel, message.ts), None)
         if accepted is not Accepted.DUPLICATE:
             log.info("message queued again team=%s channel=%s thread=%s user=%s look_first=%s",
                      *where, look_first)  # fmt: skip
             self._start_work(message.key)
+        return True
+
+    def _hold_back(self, how: _Unqueued) -> None:
+        """Tried again at the next beat that finds Redis remembering."""
+        self._unqueued[(how.message.team, how.message.channel, how.message.ts)] = how
+        while len(self._unqueued) > WAITING_MEMORY:
+            self._unqueued.popitem(last=False)
 
     # -- a message queued again, looked up -------------------------------------------------
 

@@ -1132,3 +1132,90 @@ async def test_a_refused_queueing_again_is_not_tried_at_the_beat_that_notices_an
     finally:
         await _allowing_all(redis)
         await store.close()
+
+
+def _recovery_beside_another_process(
+    store: Store,
+) -> tuple[RedisLossRecovery, list[ThreadKey], Callable[[], Awaitable[None]]]:
+    """A RedisLossRecovery on a real Store, with another process alive throughout, and a beat
+    that runs what it spawns to its end: the recovery, what it started work on, and the beat."""
+    spawned: list[Coroutine[Any, Any, None]] = []
+    started: list[ThreadKey] = []
+    recovery = RedisLossRecovery(
+        store=store, delivery=cast(Any, None), workspace=cast(Any, None), start_work=started.append,
+        spawn=spawned.append,
+    )  # fmt: skip
+
+    async def nothing() -> None:
+        return None
+
+    async def beat() -> None:
+        await store.beat("other", 60_000)
+        news = await store.beat("here", 60_000, recovery.to_ask_about())
+        await recovery.heard(news, set(), take_locks_back=nothing)
+        while spawned:
+            await spawned.pop(0)
+
+    return recovery, started, beat
+
+
+async def test_a_follow_up_behind_one_whose_queueing_again_was_refused_waits_for_it(
+    redis_url: str, redis: Redis
+) -> None:
+    """Two follow-ups of one thread are queued again after a loss, and Redis refuses the first.
+    The second must wait for it (tried again with it, in order, at the next beat), not be queued
+    and answered before it. Before, it was queued at once, and answered first."""
+    first = IncomingMessage("T1", CHANNEL, "1.2", "U1", "more", "answer", "1.1", "1.1", BOT)
+    second = IncomingMessage("T1", CHANNEL, "1.3", "U1", "and more", "answer", "1.1", "1.1", BOT)
+    store = Store(redis_url, conversation_ttl_days=1)
+    recovery, started, beat = _recovery_beside_another_process(store)
+    inbox = store.keys.inbox(first.key)
+    try:
+        await beat()
+        recovery.waiting(("T1", CHANNEL, "1.2"), first)
+        recovery.waiting(("T1", CHANNEL, "1.3"), second)
+        await redis.flushall()
+        await beat()  # the loss noticed
+        # Every key but the first follow-up's dedup key (`seen:T1:C…:1.2`, the only one ending in 2).
+        await redis.execute_command(
+            "ACL", "SETUSER", "default", "resetkeys",
+            "~[^s]*", "~s[^e]*", "~se[^e]*", "~see[^n]*", "~seen[^:]*", "~seen:*[^2]",
+        )  # fmt: skip
+        try:
+            await beat()  # queued again: the first refused, so the second held back
+        finally:
+            await _allowing_all(redis)
+        assert await redis.zcard(inbox) == 0 and started == []
+        await beat()  # both, in order
+        assert started == [first.key, first.key]
+        queued = [json.loads(raw)["ts"] for raw in await redis.zrange(inbox, 0, -1)]
+        assert queued == ["1.2", "1.3"]
+    finally:
+        await _allowing_all(redis)
+        await store.close()
+
+
+async def test_a_loss_noticed_before_the_last_one_was_acted_on_is_acted_on_at_the_beat_after(
+    redis_url: str, redis: Redis
+) -> None:
+    """Redis loses its data twice within a beat of each other. Queueing again for the first loss
+    must wait, like queueing again always does, for the beat after the second is noticed (when
+    every process has noticed it and taken its thread locks back), and happen once. Before, it
+    was made at the very beat that noticed the second loss."""
+    follow_up = IncomingMessage("T1", CHANNEL, "1.2", "U1", "more", "answer", "1.1", "1.1", BOT)
+    store = Store(redis_url, conversation_ttl_days=1)
+    recovery, started, beat = _recovery_beside_another_process(store)
+    inbox = store.keys.inbox(follow_up.key)
+    try:
+        await beat()
+        recovery.waiting(("T1", CHANNEL, "1.2"), follow_up)
+        await redis.flushall()
+        await beat()  # the first loss noticed
+        await redis.flushall()
+        await beat()  # the second loss noticed: nothing queued yet
+        assert await redis.zcard(inbox) == 0 and started == []
+        await beat()
+        assert await redis.zcard(inbox) == 1 and started == [follow_up.key]
+        assert await redis.hget(store.keys.journal("T1", CHANNEL, "1.2"), "look") == "1"
+    finally:
+        await store.close()
