@@ -510,6 +510,21 @@ end
 return {3, ARGV[1], redis.call('HGETALL', KEYS[4])}
 """
 
+# A Lua function that the scripts taking a message out of a stored conversation, or changing its
+# text, are registered with (`Store.__init__`): the epoch bump stops a summary built before from
+# being saved, and a summary that covers the message is dropped (rebuilt from the turns as they
+# are now).
+_CONVERSATION_CHANGED_AT = """
+local function conversation_changed_at(meta, ts, ttl)
+  redis.call('HINCRBY', meta, 'epoch', 1)
+  if redis.call('TTL', meta) < 0 then redis.call('EXPIRE', meta, ttl) end
+  local upto = redis.call('HGET', meta, 'summary_upto')
+  if upto and tonumber(ts) <= tonumber(upto) then
+    redis.call('HDEL', meta, 'summary', 'summary_upto')
+  end
+end
+"""
+
 # KEYS: turns, meta, the message's journal. ARGV: ts, replacement text, 'edit' or 'delete',
 # conversation ttl, the replacement as Slack wrote it. Deleting a person's message also drops the
 # bot's answer to it, which may quote it. Deletes and edits are rare, so a scan of one
@@ -548,12 +563,7 @@ for i, raw in ipairs(items) do
   end
 end
 if not found then return 0 end
-redis.call('HINCRBY', KEYS[2], 'epoch', 1)
-if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIRE', KEYS[2], ARGV[4]) end
-local upto = redis.call('HGET', KEYS[2], 'summary_upto')
-if upto and tonumber(ARGV[1]) <= tonumber(upto) then
-  redis.call('HDEL', KEYS[2], 'summary', 'summary_upto')
-end
+conversation_changed_at(KEYS[2], ARGV[1], ARGV[4])
 return 1
 """
 
@@ -566,12 +576,7 @@ for _, raw in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
   local turn = cjson.decode(raw)
   if turn['ts'] == ARGV[1] and turn['role'] == 'user' then
     redis.call('LREM', KEYS[1], 1, raw)
-    redis.call('HINCRBY', KEYS[2], 'epoch', 1)
-    if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
-    local upto = redis.call('HGET', KEYS[2], 'summary_upto')
-    if upto and tonumber(ARGV[1]) <= tonumber(upto) then
-      redis.call('HDEL', KEYS[2], 'summary', 'summary_upto')
-    end
+    conversation_changed_at(KEYS[2], ARGV[1], ARGV[2])
     return 1
   end
 end
@@ -995,8 +1000,8 @@ class Store:
         self._finish = self.redis.register_script(_FINISH)
         self._begin_answer = self.redis.register_script(_BEGIN_ANSWER)
         self._accept = self.redis.register_script(_ACCEPT)
-        self._rewrite_turn = self.redis.register_script(_REWRITE_TURN)
-        self._drop_read_back = self.redis.register_script(_DROP_READ_BACK)
+        self._rewrite_turn = self.redis.register_script(_CONVERSATION_CHANGED_AT + _REWRITE_TURN)
+        self._drop_read_back = self.redis.register_script(_CONVERSATION_CHANGED_AT + _DROP_READ_BACK)
         self._save_summary = self.redis.register_script(_SAVE_SUMMARY)
         self._forget_in_conversation = self.redis.register_script(_FORGET_IN_CONVERSATION)
         self._release_lock = self.redis.register_script(_RELEASE_LOCK)
