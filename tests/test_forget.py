@@ -360,6 +360,29 @@ async def test_forget_me_leaves_no_text_in_the_journal_of_a_message_refused_afte
         assert ANN_SAYS[0] not in content, (key, content[:200])
 
 
+async def test_a_deleted_message_stored_without_text_takes_its_answer_and_the_summary_covering_it(
+    bot: RunningBot, slack: SlackEmulator
+) -> None:
+    """A person's message with no text (a file, say) is no stored turn, but the bot's answer read
+    back after it is linked to it: deleting it takes that answer, and the summary that covers the
+    answer goes too (the conversation changed)."""
+    store: Store = bot.bot.store
+    root = slack.seed_message(CHANNEL, "is the API down?", user="U2")
+    said = slack.seed_message(CHANNEL, "", thread_ts=root)
+    answer = slack.seed_message(CHANNEL, f"Your screenshot shows {ANN_SAYS[0]}", thread_ts=root, bot=True)
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> any news?", user="U2", thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    await bot.settle()
+    thread = ThreadKey("T1", CHANNEL, root)
+    assert said not in await store.stored_ts(thread) and answer in await store.stored_ts(thread)
+    assert await store.save_summary(thread, f"- bot: {ANN_SAYS[0]}", answer, await store.summary(thread))
+
+    await slack.delete_message(CHANNEL, said)
+
+    assert answer not in await store.stored_ts(thread)
+    assert (await store.summary(thread)).text is None
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="review of forget-leftovers: a deleted DM question stays in the conversation of a DM "
