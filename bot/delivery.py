@@ -15,7 +15,14 @@ from typing import Any
 
 from slack_sdk.errors import SlackApiError
 
-from bot.lost_answers import block_ids, find_landed, maybe_carried_out, shown_text, ts_number
+from bot.lost_answers import (
+    block_ids,
+    find_landed,
+    first_message_named,
+    maybe_carried_out,
+    shown_text,
+    ts_number,
+)
 from bot.rate_limit import CALL_ERRORS, NO_ANSWER_ERRORS, BudgetedSlack, Hold, RateLimited, error_code
 from bot.store import Fence, IncomingMessage, RateBucket
 from bot.streaming import (
@@ -445,7 +452,7 @@ def _whole_answer(messages: list[dict[str, Any]], last: dict[str, Any], bot_user
     to the last is part of it (a thread's turns run one after another). The text is what Slack
     shows, the parts joined as separate paragraphs."""
     last_ts = str(last["ts"])
-    first_ts = _first_message_named(last) or last_ts
+    first_ts = first_message_named(last) or last_ts
     first, end = ts_number(first_ts), ts_number(last_ts)
     if first is None or end is None or first >= end:
         return FoundAnswer(last_ts, shown_text(last))
@@ -461,17 +468,3 @@ def _whole_answer(messages: list[dict[str, Any]], last: dict[str, Any], bot_user
     parts.sort(key=lambda pair: pair[0])
     texts = [shown_text(message) for _, message in parts] + [shown_text(last)]
     return FoundAnswer(first_ts, "\n\n".join(text.strip() for text in texts if text.strip()))
-
-
-def _first_message_named(message: dict[str, Any]) -> str | None:
-    """The first message of the answer whose buttons `message` carries ("good:<ts>"; empty when
-    it is that message itself), or None when its buttons do not say."""
-    blocks = message.get("blocks")
-    for block in blocks if isinstance(blocks, list) else []:
-        elements = block.get("elements") if isinstance(block, dict) else None
-        for element in elements if isinstance(elements, list) else []:
-            button = element.get("positive_button") if isinstance(element, dict) else None
-            value = button.get("value") if isinstance(button, dict) else None
-            if isinstance(value, str) and value.startswith("good:"):
-                return value.removeprefix("good:") or None
-    return None

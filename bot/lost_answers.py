@@ -168,6 +168,20 @@ def block_ids(message: dict[str, Any]) -> list[str]:
     return [i for b in blocks if isinstance(b, dict) and isinstance(i := b.get("block_id"), str)]
 
 
+def first_message_named(message: dict[str, Any]) -> str | None:
+    """The first message of the answer whose buttons `message` carries ("good:<ts>"; empty when
+    it is that message itself), or None when its buttons do not say."""
+    blocks = message.get("blocks")
+    for block in blocks if isinstance(blocks, list) else []:
+        elements = block.get("elements") if isinstance(block, dict) else None
+        for element in elements if isinstance(elements, list) else []:
+            button = element.get("positive_button") if isinstance(element, dict) else None
+            value = button.get("value") if isinstance(button, dict) else None
+            if isinstance(value, str) and value.startswith("good:"):
+                return value.removeprefix("good:") or None
+    return None
+
+
 def shown_text(message: dict[str, Any]) -> str:
     """What a message of the bot's shows: its markdown block's text, as sent; else the text of
     the blocks Slack made of it (Slack renders a markdown block into blocks of its own, maybe

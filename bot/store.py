@@ -601,15 +601,20 @@ return 1
 # kept for a retry) but keep their state, which says the message was answered: to a message queued
 # again after a loss (_ACCEPT), to a beat (_BEAT), and to a stalled worker's lock renewal or fence
 # (_RENEW_THREAD_LOCK, _RATE_CLAIM), where no journal at all means Redis lost its data and the turn
-# goes on. A message still waiting or in flight keeps its journal whole, or its edit or answer
-# would be lost. The journals' keys are built here, as in _HEAD_WITH_JOURNAL. Returns how many
-# turns were removed.
+# goes on. A message still waiting or in flight keeps its journal's text, or its edit or answer
+# would be lost; one in flight is marked `forgotten`, so that its answer is not stored after its
+# question went (see _JOURNAL_STEP_FUNCTION). The journals' keys are built here, as in
+# _HEAD_WITH_JOURNAL. Returns how many turns were removed.
 _FORGET_IN_CONVERSATION = """
 local function clear_finished_journal(ts)
   local journal = ARGV[3] .. ts
   local state = redis.call('HGET', journal, 'state')
   if state == 'answered' or state == 'noted' or state == 'failed' then
     redis.call('HDEL', journal, 'edited_text', 'edited_readable', 'answer')
+  elseif state == 'working' then
+    -- Being answered: its question is stored (and goes now), its answer comes later, linked to
+    -- a question no later `forget me` could find. The step that stores it reads this.
+    redis.call('HSET', journal, 'forgotten', '1')
   end
 end
 local items = redis.call('LRANGE', KEYS[1], 0, -1)
@@ -764,8 +769,12 @@ local function journal_step(k, a)
     at = at + turns
     -- The step that stores the message's own turn ends its wait; an edit or deletion that came
     -- after its worker read the journal (kept there, see _REWRITE_TURN) is applied here.
-    local change = redis.call('HMGET', KEYS[k], 'state', 'edited_readable', 'deleted')
-    if change[1] == 'queued' and (change[2] or change[3]) then
+    local change = redis.call('HMGET', KEYS[k], 'state', 'edited_readable', 'deleted', 'forgotten')
+    if change[4] == '1' then
+      -- Its person said `forget me` while it was being answered (_FORGET_IN_CONVERSATION): the
+      -- answer, which may quote them, is not stored after its question went.
+      pushed = {}
+    elseif change[1] == 'queued' and (change[2] or change[3]) then
       local kept = {}
       for _, raw in ipairs(pushed) do
         local turn = cjson.decode(raw)
@@ -782,7 +791,7 @@ local function journal_step(k, a)
     redis.call('EXPIRE', KEYS[k + 1], ARGV[a + 1])
     redis.call('HSET', KEYS[k + 2], 'updated', ARGV[a + 2])
     redis.call('EXPIRE', KEYS[k + 2], ARGV[a + 1])
-    for i = k + 3, k + 2 + people do
+    for i = k + 3, k + 2 + (change[4] == '1' and 0 or people) do
       redis.call('SADD', KEYS[i], KEYS[k + 1])
       redis.call('EXPIRE', KEYS[i], ARGV[a + 1])
     end
@@ -790,6 +799,14 @@ local function journal_step(k, a)
   if set > 0 then
     redis.call('HSET', KEYS[k], unpack(ARGV, at, at + 2 * set - 1))
     at = at + 2 * set
+    -- A turn over keeps no text in its journal (an edit made while it waited, an answer kept
+    -- for a retry): nothing reads them then, and `forget me` finds no journal of a message that
+    -- never joined a conversation (refused, failed, deleted), nor of one forgotten as it was
+    -- being answered (its question gone).
+    local state = redis.call('HGET', KEYS[k], 'state')
+    if state == 'answered' or state == 'noted' or state == 'failed' then
+      redis.call('HDEL', KEYS[k], 'edited_text', 'edited_readable', 'answer')
+    end
   end
   if cleared > 0 then redis.call('HDEL', KEYS[k], unpack(ARGV, at, at + cleared - 1)) end
   redis.call('EXPIRE', KEYS[k], ARGV[a])

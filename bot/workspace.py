@@ -15,7 +15,7 @@ from collections import OrderedDict
 from decimal import Decimal
 from typing import Any
 
-from bot.lost_answers import block_ids, ts_number
+from bot.lost_answers import block_ids, first_message_named, ts_number
 from bot.rate_limit import CALL_ERRORS, BudgetedSlack, error_code
 from bot.slack_text import is_command, mentioned_users, to_plain_text
 from bot.store import IncomingMessage, Store, ThreadKey, Turn
@@ -198,7 +198,7 @@ class Workspace:
                 theirs = {j for who, j in asked if who == sender} | {i}
                 forgotten |= theirs | {j for j, q in answer_to.items() if q in theirs}
             elif message.get("user") == bot_user_id:
-                question = _question_of(message, messages, asked)
+                question = _question_of(i, messages, asked, bot_user_id)
                 if question is not None:
                     answer_to[i] = question
                     # An answer written while the reset or forget me after its question came
@@ -259,13 +259,42 @@ def _command(message: dict[str, Any], bot_user_id: str, bot_was_here: bool) -> s
 
 
 def _question_of(
-    message: dict[str, Any], messages: list[dict[str, Any]], asked: list[tuple[str, int]]
+    at: int, messages: list[dict[str, Any]], asked: list[tuple[str, int]], bot_user_id: str
 ) -> int | None:
-    """The index of the person's message a bot message answers: the one its buttons name, else
-    the latest before it (a thread's turns run one after another); None when there is none here
+    """The index of the person's message the bot message at `at` answers: the one its buttons
+    name, or those of the answer's last message when it is an earlier part of a long answer
+    (the last part's buttons name its first, as `Delivery.find_answer` reads them); else the
+    latest before it (a thread's turns run one after another); None when there is none here
     (the bot began the thread, or its question is older than what was read)."""
+    named = _named_question(messages[at])
+    if named is None:
+        named = _question_of_whole_answer(at, messages, bot_user_id)
+    if named is not None:
+        return next((j for _, j in asked if messages[j].get("ts") == named), None)
+    return asked[-1][1] if asked else None
+
+
+def _named_question(message: dict[str, Any]) -> str | None:
+    """The ts of the question an answer's buttons name, or None for a message without them."""
     for block_id in block_ids(message):
         if block_id.startswith(ANSWER_BLOCK_PREFIX):
-            question = block_id[len(ANSWER_BLOCK_PREFIX) :]
-            return next((j for _, j in asked if messages[j].get("ts") == question), None)
-    return asked[-1][1] if asked else None
+            return block_id[len(ANSWER_BLOCK_PREFIX) :]
+    return None
+
+
+def _question_of_whole_answer(at: int, messages: list[dict[str, Any]], bot_user_id: str) -> str | None:
+    """For a bot message without buttons: the question of the answer it is an earlier part of,
+    found on the bot's next message that ends a reply, if that one's buttons name a first
+    message at or before it."""
+    ts = ts_number(messages[at].get("ts"))
+    for later in messages[at + 1 :]:
+        ids = block_ids(later)
+        if later.get("user") != bot_user_id or not any(
+            is_notice_block(i) or i.startswith(ANSWER_BLOCK_PREFIX) for i in ids
+        ):
+            continue
+        question, first = _named_question(later), ts_number(first_message_named(later))
+        if question is None or ts is None or first is None or first > ts:
+            return None
+        return question
+    return None

@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import re
 
+import pytest
 import redis.asyncio as aioredis
 
 from bot.store import Keys, Store, ThreadKey
+from bot.streaming import _feedback_block
 from tests.conftest import RunningBot
 from tests.emulators.openai_api import OpenAIEmulator
 from tests.emulators.slack import SlackEmulator
@@ -55,7 +57,7 @@ async def test_forget_me_in_a_dm_leaves_no_trace_of_the_person(
     await slack.post_user_message(CHANNEL, "same for me on invoice INV-9000", thread_ts=root, user="U2")
     await slack.wait_for_bot_messages(CHANNEL, root, count=2)
     await slack.post_user_message(CHANNEL, ANN_SAYS[2], thread_ts=root)
-    await slack.wait_for_bot_messages(CHANNEL, root, count=3)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
     await bot.settle()
     # bob has a thread of his own, and the shared thread has a summary that quotes ann.
     other = await slack.post_user_message(CHANNEL, f"<@{BOT}> bob's own question", user="U2")
@@ -219,8 +221,9 @@ async def test_forget_me_clears_the_text_of_finished_messages_journals_and_a_ret
     bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: aioredis.Redis
 ) -> None:
     """A message edited while it waited for its turn keeps the edit in its journal (crash recovery
-    reads it there). Once the message is answered, `forget me` takes that text out; the journal's
-    state stays, and Slack sending the message again still gets no second answer."""
+    reads it there) until its turn is over. A journal an older version left with the text after
+    the answer loses it with `forget me`; the journal's state stays, and Slack sending the message
+    again still gets no second answer."""
     llm.first_token_delay = 1.5  # the thread is busy with the first answer meanwhile
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> my check is failing")
     await llm.wait_for_requests(1)
@@ -231,7 +234,9 @@ async def test_forget_me_clears_the_text_of_finished_messages_journals_and_a_ret
     await bot.settle()
     llm.first_token_delay = 0
     journal = KEYS.journal("T1", CHANNEL, follow_up["ts"])
-    assert ANN_SAYS[0] in str(await redis.hgetall(journal))
+    answered = await redis.hgetall(journal)
+    assert answered["state"] == "answered" and ANN_SAYS[0] not in str(answered), answered
+    await redis.hset(journal, mapping={"edited_text": ANN_SAYS[0], "edited_readable": ANN_SAYS[0]})
 
     await slack.post_user_message(DM, "forget me")
     await slack.wait_for_bot_messages(DM, count=1)
@@ -247,3 +252,157 @@ async def test_forget_me_clears_the_text_of_finished_messages_journals_and_a_ret
     await asyncio.sleep(0.5)  # time for a second answer, if there were one
     await bot.settle()
     assert len(slack.bot_messages(CHANNEL, root)) == 2 and len(llm.requests) == asked
+
+
+async def test_forget_me_takes_every_part_of_a_long_answer_read_back_not_only_its_last(
+    bot: RunningBot, slack: SlackEmulator, redis: aioredis.Redis
+) -> None:
+    """An answer too long for one message shows as several; only its last carries the buttons
+    that name the question. Its first part, posted after bob spoke in the thread meanwhile, is
+    ann's answer all the same (the buttons name it as the answer's first message): it goes with
+    her `forget me`, not with bob's message."""
+    store: Store = bot.bot.store
+    root = slack.seed_message(CHANNEL, "deploys are failing", user="U3")
+    said = slack.seed_message(CHANNEL, f"<@{BOT}> {ANN_SAYS[0]}", thread_ts=root)
+    meanwhile = slack.seed_message(CHANNEL, "same here", user="U2", thread_ts=root)
+    first = slack.seed_message(CHANNEL, f"About {ANN_SAYS[0]}: part one", thread_ts=root, bot=True)
+    last = slack._add_message(
+        CHANNEL,
+        BOT,
+        text="part two",
+        thread_ts=root,
+        bot=True,
+        blocks=[{"type": "markdown", "text": "part two"}, _feedback_block(first, said)],
+    )["ts"]
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> any news?", user="U2", thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    await bot.settle()
+    thread = ThreadKey("T1", CHANNEL, root)
+    links = {t.ts: t.reply_to for t in await store.recent_turns(thread, 100) if t.role == "assistant"}
+    assert links[first] == said and links[last] == said, (meanwhile, links)
+
+    await slack.post_user_message(DM, "forget me")
+    await slack.wait_for_bot_messages(DM, count=1)
+    await bot.settle()
+
+    for key, content in (await everything_in(redis)).items():
+        assert ANN_SAYS[0] not in content, (key, content)
+    assert meanwhile in await store.stored_ts(thread)
+
+
+async def test_forget_me_while_a_question_is_being_answered_elsewhere_keeps_no_answer_quoting_it(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: aioredis.Redis
+) -> None:
+    """ann's question in a channel is being answered (it is stored already) when her `forget me`
+    in the DM takes it. The answer (which quotes her) must not be stored after it, with no
+    question left to link it to, where no later `forget me` could find it."""
+    llm.first_token_delay = 1.5
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> {ANN_SAYS[0]}")
+    await llm.wait_for_requests(1)
+    await slack.post_user_message(DM, "forget me")
+    await slack.wait_for_bot_messages(DM, count=1)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1, timeout=15)
+    await bot.settle()
+    llm.first_token_delay = 0
+    await slack.post_user_message(DM, "forget me")  # "send `forget me` again afterwards to be sure"
+    await slack.wait_for_bot_messages(DM, count=2)
+    await bot.settle()
+
+    for key, content in (await everything_in(redis)).items():
+        assert ANN_SAYS[0] not in content, (key, content)
+
+
+async def test_forget_me_while_an_edited_message_is_being_answered_leaves_no_text_in_its_journal(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: aioredis.Redis
+) -> None:
+    """A message edited while it waited keeps the edit in its journal; `forget me` while it is
+    being answered takes its question, and once its turn is over the journal keeps no text of it
+    (no later `forget me` would find that journal: its question is gone)."""
+    llm.first_token_delay = 1.5
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> my check is failing")
+    await llm.wait_for_requests(1)
+    follow_up = slack.user_message_event(CHANNEL, "since 8am", thread_ts=root)
+    await slack.deliver_event(follow_up)
+    await slack.edit_message(CHANNEL, follow_up["ts"], ANN_SAYS[0])
+    await llm.wait_for_requests(2, timeout=15)  # the edited message is being answered
+    await slack.post_user_message(DM, "forget me")
+    await slack.wait_for_bot_messages(DM, count=1)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
+    await bot.settle()
+    llm.first_token_delay = 0
+
+    for key, content in (await everything_in(redis)).items():
+        assert ANN_SAYS[0] not in content, (key, content)
+    journal = await redis.hgetall(KEYS.journal("T1", CHANNEL, follow_up["ts"]))
+    assert journal["state"] == "answered", journal
+
+
+async def test_forget_me_leaves_no_text_in_the_journal_of_a_message_refused_after_an_edit(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: aioredis.Redis
+) -> None:
+    """A message edited while it waited, then refused (too long) when its turn came, never joins
+    a conversation, so `forget me` finds no turn of it: its journal must not keep the edit."""
+    llm.first_token_delay = 1.5
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> my check is failing")
+    await llm.wait_for_requests(1)
+    follow_up = slack.user_message_event(CHANNEL, "since 8am", thread_ts=root)
+    await slack.deliver_event(follow_up)
+    await slack.edit_message(CHANNEL, follow_up["ts"], f"{ANN_SAYS[0]} {'x' * 12_001}")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)  # the answer, the refusal
+    await bot.settle()
+    llm.first_token_delay = 0
+
+    await slack.post_user_message(DM, "forget me")
+    await slack.wait_for_bot_messages(DM, count=1)
+    await bot.settle()
+
+    for key, content in (await everything_in(redis)).items():
+        assert ANN_SAYS[0] not in content, (key, content[:200])
+
+
+async def test_a_deleted_message_stored_without_text_takes_its_answer_and_the_summary_covering_it(
+    bot: RunningBot, slack: SlackEmulator
+) -> None:
+    """A person's message with no text (a file, say) is no stored turn, but the bot's answer read
+    back after it is linked to it: deleting it takes that answer, and the summary that covers the
+    answer goes too (the conversation changed)."""
+    store: Store = bot.bot.store
+    root = slack.seed_message(CHANNEL, "is the API down?", user="U2")
+    said = slack.seed_message(CHANNEL, "", thread_ts=root)
+    answer = slack.seed_message(CHANNEL, f"Your screenshot shows {ANN_SAYS[0]}", thread_ts=root, bot=True)
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> any news?", user="U2", thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    await bot.settle()
+    thread = ThreadKey("T1", CHANNEL, root)
+    assert said not in await store.stored_ts(thread) and answer in await store.stored_ts(thread)
+    assert await store.save_summary(thread, f"- bot: {ANN_SAYS[0]}", answer, await store.summary(thread))
+
+    await slack.delete_message(CHANNEL, said)
+
+    assert answer not in await store.stored_ts(thread)
+    assert (await store.summary(thread)).text is None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review of forget-leftovers: a deleted DM question stays in the conversation of a DM "
+    "thread under its answer, with that answer (only the DM's own conversations are looked at)",
+)
+async def test_a_deleted_dm_question_goes_from_the_dm_thread_under_its_answer_too(
+    bot: RunningBot, slack: SlackEmulator, redis: aioredis.Redis
+) -> None:
+    """A reply under one of the bot's DM answers starts a conversation that begins with a copy of
+    the question that answer was for, and the answer linked to it. Deleting that question in
+    Slack should take both from there too, as from the DM's own conversation."""
+    said = await slack.post_user_message(DM, ANN_SAYS[0])
+    [answer] = await slack.wait_for_bot_messages(DM, count=1)
+    await slack.post_user_message(DM, "more on this", thread_ts=answer["ts"])
+    await slack.wait_for_bot_messages(DM, answer["ts"], count=1)
+    await bot.settle()
+
+    await slack.delete_message(DM, said)
+    await bot.settle()
+
+    for key, content in (await everything_in(redis)).items():
+        if key.startswith("conv:"):
+            assert ANN_SAYS[0] not in content, (key, content)
