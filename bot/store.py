@@ -1480,6 +1480,12 @@ class Store:
             )
         )
 
+    async def answers_to(self, key: ThreadKey, ts: str) -> list[str]:
+        """The ts of the bot's stored answers to the person's message at `ts` (a scan of the
+        conversation: for a deletion, which is rare)."""
+        turns = [Turn.from_json(raw) for raw in await self.redis.lrange(self.keys.turns(key), 0, -1)]
+        return [turn.ts for turn in turns if turn.role == "assistant" and turn.reply_to == ts]
+
     async def drop_read_back(self, key: ThreadKey, ts: str) -> bool:
         """Take a person's message at `ts` out of the stored conversation, where a newer turn
         read it back from Slack before it was queued again after a loss (see `_DROP_READ_BACK`)."""

@@ -259,8 +259,13 @@ class TurnRunner:
 
     async def remove_message(self, key: ThreadKey, ts: str) -> None:
         self.redis_loss.taken((key.team, key.channel, ts))  # never to be queued again
-        if await self.store.remove_user_message(key, ts):
-            log.info("deleted message removed team=%s channel=%s ts=%s", key.team, key.channel, ts)
+        # A DM thread under the answer to it starts with a copy of it (`_question_before`):
+        # found before the answer goes.
+        threads = await self.store.answers_to(key, ts) if key.thread == "dm" else []
+        for holding in [key, *(ThreadKey(key.team, key.channel, thread) for thread in threads)]:
+            if await self.store.remove_user_message(holding, ts):
+                log.info("deleted message removed team=%s channel=%s thread=%s ts=%s",
+                         key.team, key.channel, holding.thread, ts)  # fmt: skip
 
     async def edit_message(self, key: ThreadKey, ts: str, text: str, bot_user_id: str) -> None:
         self.redis_loss.edited((key.team, key.channel, ts), text)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import re
 
-import pytest
 import redis.asyncio as aioredis
 
 from bot.store import Keys, Store, ThreadKey
@@ -383,11 +382,6 @@ async def test_a_deleted_message_stored_without_text_takes_its_answer_and_the_su
     assert (await store.summary(thread)).text is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review of forget-leftovers: a deleted DM question stays in the conversation of a DM "
-    "thread under its answer, with that answer (only the DM's own conversations are looked at)",
-)
 async def test_a_deleted_dm_question_goes_from_the_dm_thread_under_its_answer_too(
     bot: RunningBot, slack: SlackEmulator, redis: aioredis.Redis
 ) -> None:
