@@ -798,15 +798,17 @@ local function journal_step(k, a)
   end
   if set > 0 then
     redis.call('HSET', KEYS[k], unpack(ARGV, at, at + 2 * set - 1))
-    at = at + 2 * set
     -- A turn over keeps no text in its journal (an edit made while it waited, an answer kept
     -- for a retry): nothing reads them then, and `forget me` finds no journal of a message that
     -- never joined a conversation (refused, failed, deleted), nor of one forgotten as it was
-    -- being answered (its question gone).
-    local state = redis.call('HGET', KEYS[k], 'state')
-    if state == 'answered' or state == 'noted' or state == 'failed' then
-      redis.call('HDEL', KEYS[k], 'edited_text', 'edited_readable', 'answer')
+    -- being answered (its question gone). Read from the step's own fields: no HGET a step.
+    for i = at, at + 2 * set - 2, 2 do
+      local value = ARGV[i + 1]
+      if ARGV[i] == 'state' and (value == 'answered' or value == 'noted' or value == 'failed') then
+        redis.call('HDEL', KEYS[k], 'edited_text', 'edited_readable', 'answer')
+      end
     end
+    at = at + 2 * set
   end
   if cleared > 0 then redis.call('HDEL', KEYS[k], unpack(ARGV, at, at + cleared - 1)) end
   redis.call('EXPIRE', KEYS[k], ARGV[a])
