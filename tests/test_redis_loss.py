@@ -1094,23 +1094,7 @@ async def test_a_refused_queueing_again_is_not_tried_at_the_beat_that_notices_an
     again, the retry waits for the beat after. Before, it was made at once."""
     follow_up = IncomingMessage("T1", CHANNEL, "1.2", "U1", "more", "answer", "1.1", "1.1", BOT)
     store = Store(redis_url, conversation_ttl_days=1)
-    spawned: list[Coroutine[Any, Any, None]] = []
-    started: list[ThreadKey] = []
-    recovery = RedisLossRecovery(
-        store=store, delivery=cast(Any, None), workspace=cast(Any, None), start_work=started.append,
-        spawn=spawned.append,
-    )  # fmt: skip
-
-    async def nothing() -> None:
-        return None
-
-    async def beat() -> None:
-        await store.beat("other", 60_000)  # another process, alive throughout
-        news = await store.beat("here", 60_000, recovery.to_ask_about())
-        await recovery.heard(news, set(), take_locks_back=nothing)
-        while spawned:
-            await spawned.pop(0)
-
+    recovery, started, beat = _recovery_beside_another_process(store)
     inbox = store.keys.inbox(follow_up.key)
     try:
         await beat()
