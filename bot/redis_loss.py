@@ -51,8 +51,9 @@ class CutShort:
 
 
 @dataclass(frozen=True)
-class _Unqueued:
-    """A message Redis refused to queue again, and how it was to be queued."""
+class _Requeue:
+    """A message to queue again, and how: one Redis refused to queue again, or one a turn here
+    handed on as it stood down (`hand_on`)."""
 
     message: IncomingMessage
     look_first: bool
@@ -96,8 +97,11 @@ class RedisLossRecovery:
         self._waiting: OrderedDict[Seen, IncomingMessage] = OrderedDict()
         self._held_since_beat: set[ThreadKey] = set()
         # Messages whose queueing again Redis refused: tried again at the next beat.
-        self._unqueued: OrderedDict[Seen, _Unqueued] = OrderedDict()
+        self._unqueued: OrderedDict[Seen, _Requeue] = OrderedDict()
         self._retrying = False
+        # Messages handed on as their turn here stood down, queued again with what showed: kept,
+        # like those waiting, until taken here or over, should Redis lose them again.
+        self._handed_on: OrderedDict[Seen, _Requeue] = OrderedDict()
 
     # -- what is kept meanwhile ------------------------------------------------------------
 
@@ -111,6 +115,7 @@ class RedisLossRecovery:
         """Taken by a worker here, or deleted: never to be queued again."""
         self._waiting.pop(seen, None)
         self._unqueued.pop(seen, None)
+        self._handed_on.pop(seen, None)
 
     def edited(self, seen: Seen, text: str) -> None:
         if (message := self._waiting.get(seen)) is not None:
@@ -122,7 +127,7 @@ class RedisLossRecovery:
     def to_ask_about(self) -> list[Seen]:
         """The messages a beat asks Redis about: those any process finished are forgotten
         (`heard`), since after a loss each one left costs a read of Slack."""
-        return list(self._waiting)
+        return list(dict.fromkeys([*self._waiting, *self._handed_on]))
 
     def dm_history_lost(self, key: ThreadKey) -> bool:
         """Redis lost its data (noticed here) lately enough that a DM's rolling conversation may
@@ -141,6 +146,7 @@ class RedisLossRecovery:
         for seen in news.over:
             self._waiting.pop(seen, None)
             self._unqueued.pop(seen, None)
+            self._handed_on.pop(seen, None)
         # Not at a beat that notices a loss: like queueing again (below), retries wait for the beat
         # after, when every process alive has noticed it and taken its thread locks back.
         if self._unqueued and not self._retrying and news.remembered:
@@ -190,19 +196,26 @@ class RedisLossRecovery:
         them, nor been told of their deletion). None: other processes were alive, and a message
         here may be one another answered, or was told was deleted: all the messages here not
         seen finished, each marked for its worker to look in Slack first (`look_in_slack`)."""
-        lost = [m for m in self._waiting.values() if threads is None or m.key in threads]
+        lost = [
+            _Requeue(m, threads is None, None, None)
+            for seen, m in self._waiting.items()
+            if (threads is None or m.key in threads) and seen not in self._handed_on
+        ]
+        lost += self._handed_on.values()  # as they were handed on: looked up first, with what showed
         log.info(
             "after the loss, waiting messages to queue again count=%d look_first=%s",
             len(lost),
             threads is None,
         )
         refused: set[ThreadKey] = set()
-        for message in sorted(lost, key=lambda m: ts_number(m.ts) or Decimal(0)):
-            if message.key in refused:
+        for how in sorted(lost, key=lambda how: how.order):
+            if how.message.key in refused:
                 # Behind one Redis refused: tried with it, in order, not answered before it.
-                self._hold_back(_Unqueued(message, threads is None, None, None))
-            elif not await self._queue(message, look_first=threads is None):
-                refused.add(message.key)
+                self._hold_back(how)
+            elif not await self._queue(
+                how.message, look_first=how.look_first, shown=how.shown, sign=how.sign
+            ):
+                refused.add(how.message.key)
 
     async def _queue_unqueued(self) -> None:
         """Queue again, in order, the messages whose queueing again Redis refused (at a beat:
@@ -237,6 +250,10 @@ class RedisLossRecovery:
         answer of the worker that took the thread over. `sign`: the thinking sign shown then
         (its journal said so too), which the resumed turn takes away: on a DM's top level, a
         reaction that would stay up for good."""
+        how = _Requeue(message, True, shown, sign)
+        self._handed_on[(message.team, message.channel, message.ts)] = how
+        while len(self._handed_on) > WAITING_MEMORY:
+            self._handed_on.popitem(last=False)
         await self._queue(message, look_first=True, shown=shown, sign=sign)
 
     async def _queue(
@@ -253,7 +270,7 @@ class RedisLossRecovery:
         except StoreUnavailable as error:
             log.warning("message not queued again, tried again at the next beat team=%s channel=%s "
                         "thread=%s user=%s error=%s", *where, error)  # fmt: skip
-            self._hold_back(_Unqueued(message, look_first, shown, sign))
+            self._hold_back(_Requeue(message, look_first, shown, sign))
             return False
         self._unqueued.pop((message.team, message.channel, message.ts), None)
         if accepted is not Accepted.DUPLICATE:
@@ -262,7 +279,7 @@ class RedisLossRecovery:
             self._start_work(message.key)
         return True
 
-    def _hold_back(self, how: _Unqueued) -> None:
+    def _hold_back(self, how: _Requeue) -> None:
         """Tried again at the next beat that finds Redis remembering."""
         self._unqueued[(how.message.team, how.message.channel, how.message.ts)] = how
         while len(self._unqueued) > WAITING_MEMORY:

@@ -1203,3 +1203,29 @@ async def test_a_loss_noticed_before_the_last_one_was_acted_on_is_acted_on_at_th
         assert await redis.hget(store.keys.journal("T1", CHANNEL, "1.2"), "look") == "1"
     finally:
         await store.close()
+
+
+async def test_a_message_handed_on_as_its_turn_stood_down_survives_a_second_loss(
+    redis_url: str, redis: Redis
+) -> None:
+    """A turn stood down after a loss and handed its message on, queued again with the answer
+    that had begun to show and the sign up for it (`hand_on`). Redis then loses its data again
+    before that message's turn: it is queued again once more, as it was handed on (looked up
+    first, its shown answer and sign kept for the turn to resume). Before, nothing here kept it,
+    and the question was lost."""
+    question = IncomingMessage("T1", CHANNEL, "1.1", "U1", "help", "answer", "1.1", "1.1", BOT)
+    store = Store(redis_url, conversation_ttl_days=1)
+    recovery, started, beat = _recovery_beside_another_process(store)
+    inbox = store.keys.inbox(question.key)
+    journal = store.keys.journal("T1", CHANNEL, "1.1")
+    try:
+        await beat()
+        await recovery.hand_on(question, "1.5", "reaction")
+        assert started == [question.key] and await redis.zcard(inbox) == 1
+        await redis.flushall()
+        await beat()  # the second loss noticed
+        await beat()  # queued again
+        assert started == [question.key, question.key] and await redis.zcard(inbox) == 1
+        assert await redis.hmget(journal, ["look", "answer_ts", "sign"]) == ["1", "1.5", "reaction"]
+    finally:
+        await store.close()
