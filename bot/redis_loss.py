@@ -231,6 +231,9 @@ class RedisLossRecovery:
                 message = self._waiting.get(seen, how.message)  # as edited since
                 if not await self._queue(message, look_first=how.look_first, shown=how.shown, sign=how.sign):
                     refused.add(message.key)
+            if refused:
+                log.warning("messages still not queued again, tried again at the next beat "
+                            "count=%d threads=%d", len(self._unqueued), len(refused))  # fmt: skip
         finally:
             self._retrying = False
 
@@ -268,8 +271,11 @@ class RedisLossRecovery:
                 message, look_first=look_first, earlier_lost=lost, answer_ts=shown, sign=sign, again=True
             )
         except StoreUnavailable as error:
-            log.warning("message not queued again, tried again at the next beat team=%s channel=%s "
-                        "thread=%s user=%s error=%s", *where, error)  # fmt: skip
+            # A WARNING the first time; a retry refused again is counted in one line a round.
+            again = (message.team, message.channel, message.ts) in self._unqueued
+            log.log(logging.DEBUG if again else logging.WARNING, "message not queued again, tried "
+                    "again at the next beat team=%s channel=%s thread=%s user=%s error=%s",
+                    *where, error)  # fmt: skip
             self._hold_back(_Requeue(message, look_first, shown, sign))
             return False
         self._unqueued.pop((message.team, message.channel, message.ts), None)

@@ -1229,3 +1229,39 @@ async def test_a_message_handed_on_as_its_turn_stood_down_survives_a_second_loss
         assert await redis.hmget(journal, ["look", "answer_ts", "sign"]) == ["1", "1.5", "reaction"]
     finally:
         await store.close()
+
+
+async def test_a_queueing_again_refused_round_after_round_logs_one_warning_a_round(
+    redis_url: str, redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis goes on refusing to queue again messages after a loss while the beats still reach
+    it: each message gets one WARNING, at its first refusal, and each retry round one line that
+    counts those still waiting, not a WARNING a message a second."""
+    messages = [
+        IncomingMessage("T1", CHANNEL, ts, "U1", "more", "answer", thread, thread, BOT)
+        for ts, thread in (("1.2", "1.1"), ("2.2", "2.1"), ("3.2", "3.1"))
+    ]
+    store = Store(redis_url, conversation_ttl_days=1)
+    recovery, started, beat = _recovery_beside_another_process(store)
+    caplog.set_level(logging.DEBUG, logger="bot.redis_loss")
+    try:
+        await beat()
+        for message in messages:
+            recovery.waiting(("T1", CHANNEL, message.ts), message)
+        await redis.flushall()
+        await beat()  # the loss noticed
+        await _refusing_dedup(redis)
+        try:
+            for _ in range(4):
+                await beat()  # queued again, then three rounds of retries: all refused
+        finally:
+            await _allowing_all(redis)
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert sum("message not queued again" in w for w in warnings) == 3
+        rounds = [w for w in warnings if "messages still not queued again" in w]
+        assert len(rounds) == 3 and all("count=3 threads=3" in w for w in rounds)
+        await beat()
+        assert sorted(started, key=str) == sorted((m.key for m in messages), key=str)
+    finally:
+        await _allowing_all(redis)
+        await store.close()
