@@ -209,6 +209,15 @@ class RedisLossRecovery:
         )
         refused: set[ThreadKey] = set()
         for how in sorted(lost, key=lambda how: how.order):
+            # As kept now: deleted, taken or finished while those before it were queued, it is
+            # not queued (alone, it would be answered unlooked); edited, it goes as edited.
+            seen = (how.message.team, how.message.channel, how.message.ts)
+            if (handed_on := self._handed_on.get(seen)) is not None:
+                how = handed_on
+            elif (message := self._waiting.get(seen)) is not None:
+                how = replace(how, message=message)
+            else:
+                continue
             if how.message.key in refused:
                 # Behind one Redis refused: tried with it, in order, not answered before it.
                 self._hold_back(how)

@@ -259,10 +259,7 @@ class TurnRunner:
 
     async def remove_message(self, key: ThreadKey, ts: str) -> None:
         self.redis_loss.taken((key.team, key.channel, ts))  # never to be queued again
-        # A DM thread under the answer to it starts with a copy of it (`_question_before`):
-        # found before the answer goes.
-        threads = await self.store.answers_to(key, ts) if key.thread == "dm" else []
-        for holding in [key, *(ThreadKey(key.team, key.channel, thread) for thread in threads)]:
+        for holding in await self._holding(key, ts):  # found before the answer goes
             if await self.store.remove_user_message(holding, ts):
                 log.info("deleted message removed team=%s channel=%s thread=%s ts=%s",
                          key.team, key.channel, holding.thread, ts)  # fmt: skip
@@ -274,7 +271,14 @@ class TurnRunner:
             # users.info call each (Tier 4, shared with every turn's asker).
             return
         readable = await self.workspace.readable(key.team, text, bot_user_id)
-        await self.store.edit_user_message(key, ts, readable, text)
+        for holding in await self._holding(key, ts):
+            await self.store.edit_user_message(holding, ts, readable, text)
+
+    async def _holding(self, key: ThreadKey, ts: str) -> list[ThreadKey]:
+        """The conversations that hold a person's message stored in `key`: a DM's also the DM
+        threads under the answers to it, which start with a copy of it (`_question_before`)."""
+        threads = await self.store.answers_to(key, ts) if key.thread == "dm" else []
+        return [key, *(ThreadKey(key.team, key.channel, thread) for thread in threads)]
 
     def start_work(self, key: ThreadKey) -> None:
         if key in self._working_on:

@@ -4,6 +4,7 @@ while everyone else's conversation stays as it was."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 
 import redis.asyncio as aioredis
@@ -400,3 +401,25 @@ async def test_a_deleted_dm_question_goes_from_the_dm_thread_under_its_answer_to
     for key, content in (await everything_in(redis)).items():
         if key.startswith("conv:"):
             assert ANN_SAYS[0] not in content, (key, content)
+
+
+async def test_an_edited_dm_question_is_edited_in_the_dm_thread_under_its_answer_too(
+    bot: RunningBot, slack: SlackEmulator, redis: aioredis.Redis
+) -> None:
+    """Review of ca07feb: the deletion now reaches the copy of a DM question in the DM thread under
+    its answer, but an edit does not. Someone who edits a secret out of a DM question leaves it in
+    that thread's conversation, which goes to the model with every later reply there."""
+    said = await slack.post_user_message(DM, ANN_SAYS[0])
+    [answer] = await slack.wait_for_bot_messages(DM, count=1)
+    await slack.post_user_message(DM, "more on this", thread_ts=answer["ts"])
+    await slack.wait_for_bot_messages(DM, answer["ts"], count=1)
+    await bot.settle()
+
+    await slack.edit_message(DM, said, "my card ends ****")
+    await bot.settle()
+
+    [thread] = [key for key in await redis.keys("conv:*:turns") if key.endswith(f":{answer['ts']}:turns")]
+    said_there = [json.loads(raw) for raw in await redis.lrange(thread, 0, -1)]
+    said_there = [turn["text"] for turn in said_there if turn["role"] == "user"]
+    assert "more on this" in said_there  # the thread's conversation, with the question's copy
+    assert not any(ANN_SAYS[0] in text for text in said_there), said_there

@@ -1265,3 +1265,76 @@ async def test_a_queueing_again_refused_round_after_round_logs_one_warning_a_rou
     finally:
         await _allowing_all(redis)
         await store.close()
+
+
+async def test_a_message_deleted_while_messages_are_queued_again_is_not_queued(
+    redis_url: str, redis: Redis
+) -> None:
+    """Review of c51d7f6/17562e7: alone, two follow-ups of a thread worked on here are queued
+    again after a loss; the second is deleted in Slack while the first's queueing is under way
+    (`remove_message` calls `taken`). It must not be queued (alone, it is not looked up in Slack:
+    its text would go to the model), whether queued at once or held back behind a refusal."""
+    first = IncomingMessage("T1", CHANNEL, "1.2", "U1", "more", "answer", "1.1", "1.1", BOT)
+    second = IncomingMessage(
+        "T1", CHANNEL, "1.3", "U1", "my password is hunter2", "answer", "1.1", "1.1", BOT
+    )
+    store = Store(redis_url, conversation_ttl_days=1)
+    spawned: list[Coroutine[Any, Any, None]] = []
+
+    def start_work(key: ThreadKey) -> None:
+        recovery.taken(("T1", CHANNEL, "1.3"))  # the deletion, as `remove_message` begins it
+
+    recovery = RedisLossRecovery(
+        store=store, delivery=cast(Any, None), workspace=cast(Any, None), start_work=start_work,
+        spawn=spawned.append,
+    )  # fmt: skip
+
+    async def nothing() -> None:
+        return None
+
+    async def beat() -> None:
+        news = await store.beat("here", 60_000, recovery.to_ask_about())
+        await recovery.heard(news, {first.key}, take_locks_back=nothing)
+        while spawned:
+            await spawned.pop(0)
+
+    inbox = store.keys.inbox(first.key)
+    try:
+        await beat()
+        recovery.waiting(("T1", CHANNEL, "1.2"), first)
+        recovery.waiting(("T1", CHANNEL, "1.3"), second)
+        await redis.flushall()
+        await beat()  # the loss noticed
+        await beat()  # queued again: the second deleted as the first is queued
+        await beat()  # and any retry
+        queued = [json.loads(raw)["ts"] for raw in await redis.zrange(inbox, 0, -1)]
+        assert queued == ["1.2"]
+    finally:
+        await store.close()
+
+
+async def test_a_message_handed_on_in_the_normal_path_and_answered_elsewhere_is_not_queued_after_a_later_loss(
+    redis_url: str, redis: Redis
+) -> None:
+    """Review of 17562e7, the path without a loss: a stalled worker's lock was taken over by
+    another process, which answers the message from the journal; `hand_on` finds it a duplicate.
+    Once that process finished it, a beat drops it here, and a later, unrelated loss does not
+    queue it again."""
+    question = IncomingMessage("T1", CHANNEL, "1.1", "U1", "help", "answer", "1.1", "1.1", BOT)
+    store = Store(redis_url, conversation_ttl_days=1)
+    recovery, started, beat = _recovery_beside_another_process(store)
+    journal = store.keys.journal("T1", CHANNEL, "1.1")
+    try:
+        await beat()
+        assert (await store.accept(question))[0] is not Accepted.DUPLICATE
+        await recovery.hand_on(question, "1.5", "reaction")
+        assert started == [] and recovery.to_ask_about() == [("T1", CHANNEL, "1.1")]
+        await redis.hset(journal, "state", "answered")  # the other process finished it
+        await beat()
+        assert recovery.to_ask_about() == []
+        await redis.flushall()
+        await beat()  # an unrelated loss noticed
+        await beat()
+        assert started == [] and await redis.zcard(store.keys.inbox(question.key)) == 0
+    finally:
+        await store.close()
