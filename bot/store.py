@@ -571,6 +571,22 @@ return 1
 # conversation, where a newer turn read it back from Slack while it waited to be queued again
 # after a loss: its own turn stores it anew, after that newer turn. A summary that covers it is
 # dropped (rebuilt from the turns as they are now); the epoch bump stops one being saved meanwhile.
+# KEYS: turns. ARGV: a person's message's ts. The ts of the bot's stored answers to it: read in
+# Redis, decoding only the turns whose text holds the ts, so that an edit or deletion of a message
+# in a long DM costs no transfer, nor decoding, of the whole conversation.
+_ANSWERS_TO = """
+local found = {}
+for _, raw in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  if string.find(raw, ARGV[1], 1, true) then
+    local turn = cjson.decode(raw)
+    if turn['role'] == 'assistant' and turn['reply_to'] == ARGV[1] then
+      table.insert(found, turn['ts'])
+    end
+  end
+end
+return found
+"""
+
 _DROP_READ_BACK = """
 for _, raw in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
   local turn = cjson.decode(raw)
@@ -1021,6 +1037,7 @@ class Store:
         self._accept = self.redis.register_script(_ACCEPT)
         self._rewrite_turn = self.redis.register_script(_CONVERSATION_CHANGED_AT + _REWRITE_TURN)
         self._drop_read_back = self.redis.register_script(_CONVERSATION_CHANGED_AT + _DROP_READ_BACK)
+        self._answers_to = self.redis.register_script(_ANSWERS_TO)
         self._save_summary = self.redis.register_script(_SAVE_SUMMARY)
         self._forget_in_conversation = self.redis.register_script(_FORGET_IN_CONVERSATION)
         self._release_lock = self.redis.register_script(_RELEASE_LOCK)
@@ -1484,9 +1501,8 @@ class Store:
 
     async def answers_to(self, key: ThreadKey, ts: str) -> list[str]:
         """The ts of the bot's stored answers to the person's message at `ts` (a scan of the
-        conversation: for a deletion, which is rare)."""
-        turns = [Turn.from_json(raw) for raw in await self.redis.lrange(self.keys.turns(key), 0, -1)]
-        return [turn.ts for turn in turns if turn.role == "assistant" and turn.reply_to == ts]
+        conversation, in Redis: for an edit or deletion)."""
+        return list(await self._answers_to(keys=[self.keys.turns(key)], args=[ts]))
 
     async def drop_read_back(self, key: ThreadKey, ts: str) -> bool:
         """Take a person's message at `ts` out of the stored conversation, where a newer turn
