@@ -599,6 +599,84 @@ end
 return 0
 """
 
+# A Lua function: whether Slack ts `a` is older than `b`. Compared as (seconds, microseconds)
+# integers: a double loses the last digits of some, and strings of unlike lengths misorder.
+_TS_BEFORE = """
+local function ts_parts(ts)
+  local seconds, fraction = string.match(ts or '', '^(%d+)%.?(%d*)$')
+  if not seconds then return 0, 0 end
+  return tonumber(seconds), tonumber(string.sub(fraction .. '000000', 1, 6))
+end
+local function ts_before(a, b)
+  local a_seconds, a_micros = ts_parts(a)
+  local b_seconds, b_micros = ts_parts(b)
+  return a_seconds < b_seconds or (a_seconds == b_seconds and a_micros < b_micros)
+end
+"""
+
+# KEYS: turns, meta, then one per-person index per author among the turns. ARGV: conversation
+# ttl, then a conversation's earlier messages read back from Slack (JSON, oldest first). Those not
+# stored yet (by ts) are merged into the stored turns by ts, each stored turn kept where it is
+# among the others (an answer before a question sent while it was written stays so), and the
+# conversation is marked read. One step: a turn stored meanwhile by another process is neither
+# lost nor read back a second time. `read_back_upto` (the newest ts read back) tells a later step
+# that stores a person's older message that a copy of it may be here (_JOURNAL_STEP_FUNCTION).
+# Read-back is rare (a thread joined late, a conversation after a loss), so the scan of the
+# stored turns costs no normal turn anything. A summary that covers where they went is dropped
+# (rebuilt from the turns as they are now): it never saw them.
+_MERGE_READ_BACK = """
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+local stored, known = {}, {}
+for i, raw in ipairs(items) do
+  stored[i] = cjson.decode(raw)['ts']
+  known[stored[i]] = true
+end
+local fresh, fresh_ts = {}, {}
+for i = 2, #ARGV do
+  local ts = cjson.decode(ARGV[i])['ts']
+  if not known[ts] then
+    known[ts] = true
+    fresh[#fresh + 1], fresh_ts[#fresh + 1] = ARGV[i], ts
+  end
+end
+if #fresh > 0 then
+  if #items == 0 or ts_before(fresh_ts[#fresh], stored[1]) then
+    -- All older than what is stored (the usual case): in front of it, without a rewrite.
+    local reversed = {}
+    for i = #fresh, 1, -1 do reversed[#reversed + 1] = fresh[i] end
+    for i = 1, #reversed, 1000 do
+      redis.call('LPUSH', KEYS[1], unpack(reversed, i, math.min(i + 999, #reversed)))
+    end
+  else
+    local merged, i, j = {}, 1, 1
+    while i <= #items or j <= #fresh do
+      if j <= #fresh and (i > #items or ts_before(fresh_ts[j], stored[i])) then
+        merged[#merged + 1], j = fresh[j], j + 1
+      else
+        merged[#merged + 1], i = items[i], i + 1
+      end
+    end
+    redis.call('DEL', KEYS[1])
+    for n = 1, #merged, 1000 do
+      redis.call('RPUSH', KEYS[1], unpack(merged, n, math.min(n + 999, #merged)))
+    end
+  end
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+  for k = 3, #KEYS do
+    redis.call('SADD', KEYS[k], KEYS[1])
+    redis.call('EXPIRE', KEYS[k], ARGV[1])
+  end
+  conversation_changed_at(KEYS[2], fresh_ts[1], ARGV[1])
+  local upto = redis.call('HGET', KEYS[2], 'read_back_upto')
+  if not upto or ts_before(upto, fresh_ts[#fresh]) then
+    redis.call('HSET', KEYS[2], 'read_back_upto', fresh_ts[#fresh])
+  end
+end
+redis.call('HSET', KEYS[2], 'hydrated', '1')
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return #fresh
+"""
+
 # KEYS: meta, turns. ARGV: summary, upto ts, expected upto ('' for none), expected epoch, ttl.
 # Saves only over the summary it was built from, and only while the turns it read are unchanged.
 _SAVE_SUMMARY = """
@@ -1038,6 +1116,9 @@ class Store:
         self._rewrite_turn = self.redis.register_script(_CONVERSATION_CHANGED_AT + _REWRITE_TURN)
         self._drop_read_back = self.redis.register_script(_CONVERSATION_CHANGED_AT + _DROP_READ_BACK)
         self._answers_to = self.redis.register_script(_ANSWERS_TO)
+        self._merge_read_back = self.redis.register_script(
+            _CONVERSATION_CHANGED_AT + _TS_BEFORE + _MERGE_READ_BACK
+        )
         self._save_summary = self.redis.register_script(_SAVE_SUMMARY)
         self._forget_in_conversation = self.redis.register_script(_FORGET_IN_CONVERSATION)
         self._release_lock = self.redis.register_script(_RELEASE_LOCK)
@@ -1422,16 +1503,21 @@ class Store:
         pipe.expire(self.keys.meta(key), self.conversation_ttl)
         self._index_people(pipe, key, turns)
 
-    async def prepend_history(self, key: ThreadKey, turns: list[Turn]) -> None:
-        """Put earlier thread messages (read from Slack) before what is stored; mark it read."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            if turns:
-                pipe.lpush(self.keys.turns(key), *(turn.to_json() for turn in reversed(turns)))
-                pipe.expire(self.keys.turns(key), self.conversation_ttl)
-                self._index_people(pipe, key, turns)
-            pipe.hset(self.keys.meta(key), "hydrated", "1")
-            pipe.expire(self.keys.meta(key), self.conversation_ttl)
-            await pipe.execute()
+    async def merge_read_back(self, key: ThreadKey, turns: list[Turn]) -> int:
+        """Merge a conversation's earlier messages read from Slack (oldest first) into what is
+        stored, in Slack's order, leaving out those stored already; mark it read. Returns how
+        many joined it (see `_MERGE_READ_BACK`)."""
+        people = sorted({turn.user for turn in turns if turn.role == "user" and turn.user})
+        return int(
+            await self._merge_read_back(
+                keys=[
+                    self.keys.turns(key),
+                    self.keys.meta(key),
+                    *(self.keys.user_index(key.team, user) for user in people),
+                ],
+                args=[self.conversation_ttl, *(turn.to_json() for turn in turns)],
+            )
+        )
 
     def _index_people(self, pipe: Any, key: ThreadKey, turns: Iterable[Turn]) -> None:
         for user in {turn.user for turn in turns if turn.role == "user" and turn.user}:

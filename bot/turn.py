@@ -901,8 +901,8 @@ class TurnRunner:
             # Answer without the earlier messages rather than not at all; try again next turn.
             log.warning("could not read earlier thread thread=%s error=%s", key, error_code(error))
             return EarlierThread.UNREADABLE
-        known = await self.store.stored_ts(key)
-        await self.store.prepend_history(key, [t for t in earlier if t.ts not in known])
+        # Merged in Slack's order with what turns stored since (after a loss, say), in one step.
+        await self.store.merge_read_back(key, earlier)
         return EarlierThread.READ
 
     async def _question_before(self, message: IncomingMessage, thread: list[Turn]) -> list[Turn]:
