@@ -567,10 +567,6 @@ conversation_changed_at(KEYS[2], ARGV[1], ARGV[4])
 return 1
 """
 
-# KEYS: turns, meta. ARGV: ts, conversation ttl. Takes a person's message out of the stored
-# conversation, where a newer turn read it back from Slack while it waited to be queued again
-# after a loss: its own turn stores it anew, after that newer turn. A summary that covers it is
-# dropped (rebuilt from the turns as they are now); the epoch bump stops one being saved meanwhile.
 # KEYS: turns. ARGV: a person's message's ts. The ts of the bot's stored answers to it: read in
 # Redis, decoding only the turns whose text holds the ts, so that an edit or deletion of a message
 # in a long DM costs no transfer, nor decoding, of the whole conversation.
@@ -585,18 +581,6 @@ for _, raw in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
   end
 end
 return found
-"""
-
-_DROP_READ_BACK = """
-for _, raw in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
-  local turn = cjson.decode(raw)
-  if turn['ts'] == ARGV[1] and turn['role'] == 'user' then
-    redis.call('LREM', KEYS[1], 1, raw)
-    conversation_changed_at(KEYS[2], ARGV[1], ARGV[2])
-    return 1
-  end
-end
-return 0
 """
 
 # A Lua function: whether Slack ts `a` is older than `b`. Compared as (seconds, microseconds)
@@ -852,15 +836,48 @@ return found
 # One step of a turn's journal (`Store.record_progress`): where the turn got to, and the turns it
 # produced, written together. KEYS from k: journal, turns, meta, then one per-person index per
 # author among the turns. ARGV from a: journal ttl, conversation ttl, now, authors, turns, fields
-# set, fields cleared; then the turns (JSON), the fields to set (name, value) and the names to clear.
-_JOURNAL_STEP_FUNCTION = """
-local function journal_step(k, a)
+# set, fields cleared, the ts of the person's message among the turns ('' for none); then the
+# turns (JSON), the fields to set (name, value) and the names to clear. `read_back_upto`: the
+# meta's, when the caller read it already (nil: read here, only for a step with a person's
+# message). Returns true when a copy of that message read back from Slack gave way.
+#
+# Storing a person's message is idempotent by its ts: a newer turn may have read it back from
+# Slack (_MERGE_READ_BACK) before its own turn stores it (a turn that took it before a loss, or
+# one queued again after it). That copy gives way to the one its turn stores, which the prompt
+# must end with when it is answered. Only a message older than the newest read back (the meta's
+# `read_back_upto`) costs the scan: no normal turn, whose message is newer than anything read.
+_JOURNAL_STEP_FUNCTION = (
+    _CONVERSATION_CHANGED_AT
+    + _TS_BEFORE
+    + """
+local function give_way(turns, meta, ts, ttl)
+  for _, raw in ipairs(redis.call('LRANGE', turns, 0, -1)) do
+    if string.find(raw, ts, 1, true) then
+      local turn = cjson.decode(raw)
+      if turn['ts'] == ts and turn['role'] == 'user' then
+        redis.call('LREM', turns, 1, raw)
+        conversation_changed_at(meta, ts, ttl)
+        return true
+      end
+    end
+  end
+  return false
+end
+local function journal_step(k, a, read_back_upto)
   local people, turns = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
   local set, cleared = tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
-  local at = a + 7
+  local at = a + 8
+  local gave_way = false
   if turns > 0 then
     local pushed = {unpack(ARGV, at, at + turns - 1)}
     at = at + turns
+    local asked = ARGV[a + 7]
+    if asked ~= '' then
+      if read_back_upto == nil then read_back_upto = redis.call('HGET', KEYS[k + 2], 'read_back_upto') end
+      if read_back_upto and not ts_before(read_back_upto, asked) then
+        gave_way = give_way(KEYS[k + 1], KEYS[k + 2], asked, ARGV[a + 1])
+      end
+    end
     -- The step that stores the message's own turn ends its wait; an edit or deletion that came
     -- after its worker read the journal (kept there, see _REWRITE_TURN) is applied here.
     local change = redis.call('HMGET', KEYS[k], 'state', 'edited_readable', 'deleted', 'forgotten')
@@ -906,8 +923,10 @@ local function journal_step(k, a)
   end
   if cleared > 0 then redis.call('HDEL', KEYS[k], unpack(ARGV, at, at + cleared - 1)) end
   redis.call('EXPIRE', KEYS[k], ARGV[a])
+  return gave_way
 end
 """
+)
 
 _JOURNAL_STEP = _JOURNAL_STEP_FUNCTION + "journal_step(1, 1)"
 
@@ -957,8 +976,13 @@ for i = 1, limits do
   if redis.call('INCR', KEYS[i]) == 1 then redis.call('EXPIRE', KEYS[i], ARGV[2 * i + 1]) end
 end
 local k, a = limits + 1, 2 * limits + 3
-journal_step(k, a)
-local meta = redis.call('HMGET', KEYS[k + 2], 'hydrated', 'summary', 'summary_upto', 'epoch')
+-- Read before the step (which changes none of these), so that it needs no read of its own.
+local fields = {'hydrated', 'summary', 'summary_upto', 'epoch'}
+local meta = redis.call('HMGET', KEYS[k + 2], 'read_back_upto', unpack(fields))
+local read_back_upto = table.remove(meta, 1)
+if journal_step(k, a, read_back_upto) then
+  meta = redis.call('HMGET', KEYS[k + 2], unpack(fields))  -- a copy gave way: as it is now
+end
 return {0, meta, redis.call('LRANGE', KEYS[k + 1], -tonumber(ARGV[a - 1]), -1)}
 """
 )
@@ -1114,7 +1138,6 @@ class Store:
         self._begin_answer = self.redis.register_script(_BEGIN_ANSWER)
         self._accept = self.redis.register_script(_ACCEPT)
         self._rewrite_turn = self.redis.register_script(_CONVERSATION_CHANGED_AT + _REWRITE_TURN)
-        self._drop_read_back = self.redis.register_script(_CONVERSATION_CHANGED_AT + _DROP_READ_BACK)
         self._answers_to = self.redis.register_script(_ANSWERS_TO)
         self._merge_read_back = self.redis.register_script(
             _CONVERSATION_CHANGED_AT + _TS_BEFORE + _MERGE_READ_BACK
@@ -1386,6 +1409,7 @@ class Store:
         """KEYS and ARGV of `_JOURNAL_STEP_FUNCTION` for one step of a message's turn."""
         key = message.key
         people = sorted({turn.user for turn in step.turns if turn.role == "user" and turn.user})
+        asked = next((turn.ts for turn in step.turns if turn.role == "user"), "")
         updates = [item for name, value in step.fields.items() if value is not None for item in (name, value)]
         cleared = [name for name, value in step.fields.items() if value is None]
         keys = [
@@ -1402,6 +1426,7 @@ class Store:
             len(step.turns),
             len(updates) // 2,
             len(cleared),
+            asked,
             *(turn.to_json() for turn in step.turns),
             *updates,
             *cleared,
@@ -1589,15 +1614,6 @@ class Store:
         """The ts of the bot's stored answers to the person's message at `ts` (a scan of the
         conversation, in Redis: for an edit or deletion)."""
         return list(await self._answers_to(keys=[self.keys.turns(key)], args=[ts]))
-
-    async def drop_read_back(self, key: ThreadKey, ts: str) -> bool:
-        """Take a person's message at `ts` out of the stored conversation, where a newer turn
-        read it back from Slack before it was queued again after a loss (see `_DROP_READ_BACK`)."""
-        return bool(
-            await self._drop_read_back(
-                keys=[self.keys.turns(key), self.keys.meta(key)], args=[ts, self.conversation_ttl]
-            )
-        )
 
     def _rewrite_keys(self, key: ThreadKey, ts: str) -> list[str]:
         return [self.keys.turns(key), self.keys.meta(key), self.keys.journal(key.team, key.channel, ts)]

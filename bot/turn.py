@@ -757,11 +757,7 @@ class TurnRunner:
         """The person's message as the turn stores it; nothing when stored already."""
         if record.user_turn_stored:
             return ()
-        if record.queued_again or record.look_first:
-            # Queued again after a loss: a newer turn may have read it back from Slack with the
-            # thread. Stored again by this turn, after that one, it must not stay there too. (Only
-            # then: a scan of the conversation, not a cost of every turn.)
-            await self.store.drop_read_back(message.key, message.ts)
+        # A copy a newer turn read back from Slack meanwhile gives way in the step that stores it.
         return (await self.workspace.user_turn(message),)
 
     def _reply(

@@ -1410,3 +1410,51 @@ async def test_a_read_back_merges_by_ts_as_numbers_keeps_what_is_stored_and_inde
         assert await redis.llen(store.keys.turns(key)) == 5
     finally:
         await store.close()
+
+
+async def test_with_several_processes_a_question_taken_before_the_loss_and_read_back_is_stored_once(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """B takes bob's follow-up before the loss, and its turn stores it only after (bob's name is
+    slow to come). Meanwhile a newer follow-up reaches A, whose turn takes the thread's lock,
+    which nobody held any more, reads the thread back from Slack, bob's follow-up with it, and is
+    over before B's beat takes the lock back. Before, B's turn stored bob's follow-up a second
+    time: the model was shown it twice, and the stored conversation kept both. The copy read
+    back now gives way to the one its own turn stores, last, as the question being answered."""
+    caplog.set_level(logging.INFO)
+    a = await start_bot("http")
+    b = await start_bot("http")  # Slack's events go to B
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    await b.settle()
+    looked_up: list[str] = []
+
+    def first_lookup(args: dict[str, Any]) -> bool:  # B's; A's, later, goes through
+        looked_up.append(args["user"])
+        return len(looked_up) == 1
+
+    naming = slack.gate("users.info", first_lookup, user="U2")
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", user="U2", thread_ts=root)
+    await slack.wait_for(lambda: naming.waiting > 0, what="B to look up bob's name")
+    await _until(lambda: redis.exists(f"lock:T1:{CHANNEL}:{root}"))  # B's turn took it
+    b_id = b.bot.turns.process_id
+    await _until(_a_beat(redis, b_id, await redis.zscore("processes", b_id)))
+    await redis.flushall()
+    slack.use_http(f"{a.url}/slack/events")
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and dev?", thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2)
+    await a.settle()
+    naming.opened.set()
+    await slack.wait_for_bot_messages(CHANNEL, root, count=3, timeout=15)
+    await b.settle()
+    prompts = [[m["content"] for m in r["messages"][1:]] for r in llm.requests]
+    assert "bob: and staging?" in prompts[1], prompts  # A's turn read it back
+    assert prompts[-1][-1] == "bob: and staging?" and prompts[-1].count("bob: and staging?") == 1, prompts
+    stored = await redis.lrange(f"conv:T1:{CHANNEL}:{root}:turns", 0, -1)
+    asked = [t for t in map(json.loads, stored) if t["role"] == "user" and "staging" in t["text"]]
+    assert len(asked) == 1, stored
+    assert "standing down" not in caplog.text and _errors(caplog) == []
