@@ -261,9 +261,6 @@ class TurnRecord:
     # Queued again after Redis lost its data while other processes were alive: one of them may
     # have answered it, or been told it was deleted, so Slack is asked first (bot/redis_loss.py).
     look_first: bool = False
-    # Queued again after Redis lost its data (looked up first or not): a newer turn may have read
-    # the message back from Slack with its thread before its own turn stores it.
-    queued_again: bool = False
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> TurnRecord:
@@ -279,7 +276,6 @@ class TurnRecord:
             deleted=raw.get("deleted") == "1",
             posting=raw.get("posting") == "1",
             look_first=raw.get("look") == "1",
-            queued_again=raw.get("again") == "1",
         )
 
 
@@ -469,7 +465,7 @@ class Keys:
 # dedup ttl, inbox ttl, conversation ttl, follow (0/1), starts conversation (0/1), thread key, now,
 # message ts, lock token, lock ttl ms, call id, bucket window ms, look in Slack first (0/1), the
 # ts of the answer's first message shown already ('' for none), the thinking sign shown ('' for
-# none), queued again after a loss (0/1).
+# none).
 # The inbox is ordered by the message's Slack ts, not by arrival: Slack (and Socket Mode's
 # concurrent handling) may hand two quick messages over in either order.
 # A message queued again after a loss (look in Slack first) whose journal says its turn is over
@@ -491,7 +487,6 @@ redis.call('HSET', KEYS[4], 'state', 'queued')
 if ARGV[14] == '1' then redis.call('HSET', KEYS[4], 'look', '1') end
 if ARGV[15] ~= '' then redis.call('HSET', KEYS[4], 'answer_ts', ARGV[15]) end
 if ARGV[16] ~= '' then redis.call('HSET', KEYS[4], 'sign', ARGV[16]) end
-if ARGV[17] == '1' then redis.call('HSET', KEYS[4], 'again', '1') end
 redis.call('EXPIRE', KEYS[4], ARGV[3])
 redis.call('ZADD', KEYS[5], 'NX', ARGV[8], ARGV[7])
 if ARGV[5] == '1' then
@@ -609,7 +604,7 @@ end
 # stored turns costs no normal turn anything. A summary that covers where they went is dropped
 # (rebuilt from the turns as they are now): it never saw them.
 _MERGE_READ_BACK = """
-local items = redis.call('LRANGE', KEYS[1], 0, -1)
+local items = #ARGV > 1 and redis.call('LRANGE', KEYS[1], 0, -1) or {}
 local stored, known = {}, {}
 for i, raw in ipairs(items) do
   stored[i] = cjson.decode(raw)['ts']
@@ -1197,7 +1192,6 @@ class Store:
         look_first: bool = False,
         answer_ts: str | None = None,
         sign: str | None = None,
-        again: bool = False,
     ) -> tuple[Accepted, Queued | None]:
         """Queue a message for its thread unless it was seen before. With a `token`, when it is
         first in line, the thread's lock is taken for it in the same step (Accepted.TAKEN), and
@@ -1213,8 +1207,7 @@ class Store:
         `look_first`: its journal says so (`TurnRecord.look_first`), in the same step, so that
         whichever worker takes it asks Slack first whether it is still there and answered.
         `answer_ts`: its answer began to show there (`TurnRecord.answer_ts`), and `sign`, the
-        thinking sign shown for it (`TurnRecord.sign`), in the same step. `again`: queued again
-        after a loss (`TurnRecord.queued_again`)."""
+        thinking sign shown for it (`TurnRecord.sign`), in the same step."""
         key = message.key
         follow = message.action != "record"
         try:
@@ -1246,7 +1239,6 @@ class Store:
                     int(look_first),
                     answer_ts or "",
                     sign or "",
-                    int(again),
                 ],
             )
         except (RedisError, OSError) as error:
