@@ -277,7 +277,7 @@ class RedisLossRecovery:
         try:
             lost = self.dm_history_lost(message.key)
             accepted, _ = await self.store.accept(
-                message, look_first=look_first, earlier_lost=lost, answer_ts=shown, sign=sign, again=True
+                message, look_first=look_first, earlier_lost=lost, answer_ts=shown, sign=sign
             )
         except StoreUnavailable as error:
             # A WARNING the first time; a retry refused again is counted in one line a round.

@@ -261,9 +261,6 @@ class TurnRecord:
     # Queued again after Redis lost its data while other processes were alive: one of them may
     # have answered it, or been told it was deleted, so Slack is asked first (bot/redis_loss.py).
     look_first: bool = False
-    # Queued again after Redis lost its data (looked up first or not): a newer turn may have read
-    # the message back from Slack with its thread before its own turn stores it.
-    queued_again: bool = False
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> TurnRecord:
@@ -279,7 +276,6 @@ class TurnRecord:
             deleted=raw.get("deleted") == "1",
             posting=raw.get("posting") == "1",
             look_first=raw.get("look") == "1",
-            queued_again=raw.get("again") == "1",
         )
 
 
@@ -469,7 +465,7 @@ class Keys:
 # dedup ttl, inbox ttl, conversation ttl, follow (0/1), starts conversation (0/1), thread key, now,
 # message ts, lock token, lock ttl ms, call id, bucket window ms, look in Slack first (0/1), the
 # ts of the answer's first message shown already ('' for none), the thinking sign shown ('' for
-# none), queued again after a loss (0/1).
+# none).
 # The inbox is ordered by the message's Slack ts, not by arrival: Slack (and Socket Mode's
 # concurrent handling) may hand two quick messages over in either order.
 # A message queued again after a loss (look in Slack first) whose journal says its turn is over
@@ -491,7 +487,6 @@ redis.call('HSET', KEYS[4], 'state', 'queued')
 if ARGV[14] == '1' then redis.call('HSET', KEYS[4], 'look', '1') end
 if ARGV[15] ~= '' then redis.call('HSET', KEYS[4], 'answer_ts', ARGV[15]) end
 if ARGV[16] ~= '' then redis.call('HSET', KEYS[4], 'sign', ARGV[16]) end
-if ARGV[17] == '1' then redis.call('HSET', KEYS[4], 'again', '1') end
 redis.call('EXPIRE', KEYS[4], ARGV[3])
 redis.call('ZADD', KEYS[5], 'NX', ARGV[8], ARGV[7])
 if ARGV[5] == '1' then
@@ -567,10 +562,6 @@ conversation_changed_at(KEYS[2], ARGV[1], ARGV[4])
 return 1
 """
 
-# KEYS: turns, meta. ARGV: ts, conversation ttl. Takes a person's message out of the stored
-# conversation, where a newer turn read it back from Slack while it waited to be queued again
-# after a loss: its own turn stores it anew, after that newer turn. A summary that covers it is
-# dropped (rebuilt from the turns as they are now); the epoch bump stops one being saved meanwhile.
 # KEYS: turns. ARGV: a person's message's ts. The ts of the bot's stored answers to it: read in
 # Redis, decoding only the turns whose text holds the ts, so that an edit or deletion of a message
 # in a long DM costs no transfer, nor decoding, of the whole conversation.
@@ -587,16 +578,82 @@ end
 return found
 """
 
-_DROP_READ_BACK = """
-for _, raw in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
-  local turn = cjson.decode(raw)
-  if turn['ts'] == ARGV[1] and turn['role'] == 'user' then
-    redis.call('LREM', KEYS[1], 1, raw)
-    conversation_changed_at(KEYS[2], ARGV[1], ARGV[2])
-    return 1
+# A Lua function: whether Slack ts `a` is older than `b`. Compared as (seconds, microseconds)
+# integers: a double loses the last digits of some, and strings of unlike lengths misorder.
+_TS_BEFORE = """
+local function ts_parts(ts)
+  local seconds, fraction = string.match(ts or '', '^(%d+)%.?(%d*)$')
+  if not seconds then return 0, 0 end
+  return tonumber(seconds), tonumber(string.sub(fraction .. '000000', 1, 6))
+end
+local function ts_before(a, b)
+  local a_seconds, a_micros = ts_parts(a)
+  local b_seconds, b_micros = ts_parts(b)
+  return a_seconds < b_seconds or (a_seconds == b_seconds and a_micros < b_micros)
+end
+"""
+
+# KEYS: turns, meta, then one per-person index per author among the turns. ARGV: conversation
+# ttl, then a conversation's earlier messages read back from Slack (JSON, oldest first). Those not
+# stored yet (by ts) are merged into the stored turns by ts, each stored turn kept where it is
+# among the others (an answer before a question sent while it was written stays so), and the
+# conversation is marked read. One step: a turn stored meanwhile by another process is neither
+# lost nor read back a second time. `read_back_upto` (the newest ts read back) tells a later step
+# that stores a person's older message that a copy of it may be here (_JOURNAL_STEP_FUNCTION).
+# Read-back is rare (a thread joined late, a conversation after a loss), so the scan of the
+# stored turns costs no normal turn anything. A summary that covers where they went is dropped
+# (rebuilt from the turns as they are now): it never saw them.
+_MERGE_READ_BACK = """
+local items = #ARGV > 1 and redis.call('LRANGE', KEYS[1], 0, -1) or {}
+local stored, known = {}, {}
+for i, raw in ipairs(items) do
+  stored[i] = cjson.decode(raw)['ts']
+  known[stored[i]] = true
+end
+local fresh, fresh_ts = {}, {}
+for i = 2, #ARGV do
+  local ts = cjson.decode(ARGV[i])['ts']
+  if not known[ts] then
+    known[ts] = true
+    fresh[#fresh + 1], fresh_ts[#fresh + 1] = ARGV[i], ts
   end
 end
-return 0
+if #fresh > 0 then
+  if #items == 0 or ts_before(fresh_ts[#fresh], stored[1]) then
+    -- All older than what is stored (the usual case): in front of it, without a rewrite.
+    local reversed = {}
+    for i = #fresh, 1, -1 do reversed[#reversed + 1] = fresh[i] end
+    for i = 1, #reversed, 1000 do
+      redis.call('LPUSH', KEYS[1], unpack(reversed, i, math.min(i + 999, #reversed)))
+    end
+  else
+    local merged, i, j = {}, 1, 1
+    while i <= #items or j <= #fresh do
+      if j <= #fresh and (i > #items or ts_before(fresh_ts[j], stored[i])) then
+        merged[#merged + 1], j = fresh[j], j + 1
+      else
+        merged[#merged + 1], i = items[i], i + 1
+      end
+    end
+    redis.call('DEL', KEYS[1])
+    for n = 1, #merged, 1000 do
+      redis.call('RPUSH', KEYS[1], unpack(merged, n, math.min(n + 999, #merged)))
+    end
+  end
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+  for k = 3, #KEYS do
+    redis.call('SADD', KEYS[k], KEYS[1])
+    redis.call('EXPIRE', KEYS[k], ARGV[1])
+  end
+  conversation_changed_at(KEYS[2], fresh_ts[1], ARGV[1])
+  local upto = redis.call('HGET', KEYS[2], 'read_back_upto')
+  if not upto or ts_before(upto, fresh_ts[#fresh]) then
+    redis.call('HSET', KEYS[2], 'read_back_upto', fresh_ts[#fresh])
+  end
+end
+redis.call('HSET', KEYS[2], 'hydrated', '1')
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return #fresh
 """
 
 # KEYS: meta, turns. ARGV: summary, upto ts, expected upto ('' for none), expected epoch, ttl.
@@ -774,15 +831,48 @@ return found
 # One step of a turn's journal (`Store.record_progress`): where the turn got to, and the turns it
 # produced, written together. KEYS from k: journal, turns, meta, then one per-person index per
 # author among the turns. ARGV from a: journal ttl, conversation ttl, now, authors, turns, fields
-# set, fields cleared; then the turns (JSON), the fields to set (name, value) and the names to clear.
-_JOURNAL_STEP_FUNCTION = """
-local function journal_step(k, a)
+# set, fields cleared, the ts of the person's message among the turns ('' for none); then the
+# turns (JSON), the fields to set (name, value) and the names to clear. `read_back_upto`: the
+# meta's, when the caller read it already (nil: read here, only for a step with a person's
+# message). Returns true when a copy of that message read back from Slack gave way.
+#
+# Storing a person's message is idempotent by its ts: a newer turn may have read it back from
+# Slack (_MERGE_READ_BACK) before its own turn stores it (a turn that took it before a loss, or
+# one queued again after it). That copy gives way to the one its turn stores, which the prompt
+# must end with when it is answered. Only a message older than the newest read back (the meta's
+# `read_back_upto`) costs the scan: no normal turn, whose message is newer than anything read.
+_JOURNAL_STEP_FUNCTION = (
+    _CONVERSATION_CHANGED_AT
+    + _TS_BEFORE
+    + """
+local function give_way(turns, meta, ts, ttl)
+  for _, raw in ipairs(redis.call('LRANGE', turns, 0, -1)) do
+    if string.find(raw, ts, 1, true) then
+      local turn = cjson.decode(raw)
+      if turn['ts'] == ts and turn['role'] == 'user' then
+        redis.call('LREM', turns, 1, raw)
+        conversation_changed_at(meta, ts, ttl)
+        return true
+      end
+    end
+  end
+  return false
+end
+local function journal_step(k, a, read_back_upto)
   local people, turns = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
   local set, cleared = tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
-  local at = a + 7
+  local at = a + 8
+  local gave_way = false
   if turns > 0 then
     local pushed = {unpack(ARGV, at, at + turns - 1)}
     at = at + turns
+    local asked = ARGV[a + 7]
+    if asked ~= '' then
+      if read_back_upto == nil then read_back_upto = redis.call('HGET', KEYS[k + 2], 'read_back_upto') end
+      if read_back_upto and not ts_before(read_back_upto, asked) then
+        gave_way = give_way(KEYS[k + 1], KEYS[k + 2], asked, ARGV[a + 1])
+      end
+    end
     -- The step that stores the message's own turn ends its wait; an edit or deletion that came
     -- after its worker read the journal (kept there, see _REWRITE_TURN) is applied here.
     local change = redis.call('HMGET', KEYS[k], 'state', 'edited_readable', 'deleted', 'forgotten')
@@ -828,8 +918,10 @@ local function journal_step(k, a)
   end
   if cleared > 0 then redis.call('HDEL', KEYS[k], unpack(ARGV, at, at + cleared - 1)) end
   redis.call('EXPIRE', KEYS[k], ARGV[a])
+  return gave_way
 end
 """
+)
 
 _JOURNAL_STEP = _JOURNAL_STEP_FUNCTION + "journal_step(1, 1)"
 
@@ -879,8 +971,13 @@ for i = 1, limits do
   if redis.call('INCR', KEYS[i]) == 1 then redis.call('EXPIRE', KEYS[i], ARGV[2 * i + 1]) end
 end
 local k, a = limits + 1, 2 * limits + 3
-journal_step(k, a)
-local meta = redis.call('HMGET', KEYS[k + 2], 'hydrated', 'summary', 'summary_upto', 'epoch')
+-- Read before the step (which changes none of these), so that it needs no read of its own.
+local fields = {'hydrated', 'summary', 'summary_upto', 'epoch'}
+local meta = redis.call('HMGET', KEYS[k + 2], 'read_back_upto', unpack(fields))
+local read_back_upto = table.remove(meta, 1)
+if journal_step(k, a, read_back_upto) then
+  meta = redis.call('HMGET', KEYS[k + 2], unpack(fields))  -- a copy gave way: as it is now
+end
 return {0, meta, redis.call('LRANGE', KEYS[k + 1], -tonumber(ARGV[a - 1]), -1)}
 """
 )
@@ -1036,8 +1133,10 @@ class Store:
         self._begin_answer = self.redis.register_script(_BEGIN_ANSWER)
         self._accept = self.redis.register_script(_ACCEPT)
         self._rewrite_turn = self.redis.register_script(_CONVERSATION_CHANGED_AT + _REWRITE_TURN)
-        self._drop_read_back = self.redis.register_script(_CONVERSATION_CHANGED_AT + _DROP_READ_BACK)
         self._answers_to = self.redis.register_script(_ANSWERS_TO)
+        self._merge_read_back = self.redis.register_script(
+            _CONVERSATION_CHANGED_AT + _TS_BEFORE + _MERGE_READ_BACK
+        )
         self._save_summary = self.redis.register_script(_SAVE_SUMMARY)
         self._forget_in_conversation = self.redis.register_script(_FORGET_IN_CONVERSATION)
         self._release_lock = self.redis.register_script(_RELEASE_LOCK)
@@ -1093,7 +1192,6 @@ class Store:
         look_first: bool = False,
         answer_ts: str | None = None,
         sign: str | None = None,
-        again: bool = False,
     ) -> tuple[Accepted, Queued | None]:
         """Queue a message for its thread unless it was seen before. With a `token`, when it is
         first in line, the thread's lock is taken for it in the same step (Accepted.TAKEN), and
@@ -1109,8 +1207,7 @@ class Store:
         `look_first`: its journal says so (`TurnRecord.look_first`), in the same step, so that
         whichever worker takes it asks Slack first whether it is still there and answered.
         `answer_ts`: its answer began to show there (`TurnRecord.answer_ts`), and `sign`, the
-        thinking sign shown for it (`TurnRecord.sign`), in the same step. `again`: queued again
-        after a loss (`TurnRecord.queued_again`)."""
+        thinking sign shown for it (`TurnRecord.sign`), in the same step."""
         key = message.key
         follow = message.action != "record"
         try:
@@ -1142,7 +1239,6 @@ class Store:
                     int(look_first),
                     answer_ts or "",
                     sign or "",
-                    int(again),
                 ],
             )
         except (RedisError, OSError) as error:
@@ -1305,6 +1401,7 @@ class Store:
         """KEYS and ARGV of `_JOURNAL_STEP_FUNCTION` for one step of a message's turn."""
         key = message.key
         people = sorted({turn.user for turn in step.turns if turn.role == "user" and turn.user})
+        asked = next((turn.ts for turn in step.turns if turn.role == "user"), "")
         updates = [item for name, value in step.fields.items() if value is not None for item in (name, value)]
         cleared = [name for name, value in step.fields.items() if value is None]
         keys = [
@@ -1321,6 +1418,7 @@ class Store:
             len(step.turns),
             len(updates) // 2,
             len(cleared),
+            asked,
             *(turn.to_json() for turn in step.turns),
             *updates,
             *cleared,
@@ -1422,16 +1520,21 @@ class Store:
         pipe.expire(self.keys.meta(key), self.conversation_ttl)
         self._index_people(pipe, key, turns)
 
-    async def prepend_history(self, key: ThreadKey, turns: list[Turn]) -> None:
-        """Put earlier thread messages (read from Slack) before what is stored; mark it read."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            if turns:
-                pipe.lpush(self.keys.turns(key), *(turn.to_json() for turn in reversed(turns)))
-                pipe.expire(self.keys.turns(key), self.conversation_ttl)
-                self._index_people(pipe, key, turns)
-            pipe.hset(self.keys.meta(key), "hydrated", "1")
-            pipe.expire(self.keys.meta(key), self.conversation_ttl)
-            await pipe.execute()
+    async def merge_read_back(self, key: ThreadKey, turns: list[Turn]) -> int:
+        """Merge a conversation's earlier messages read from Slack (oldest first) into what is
+        stored, in Slack's order, leaving out those stored already; mark it read. Returns how
+        many joined it (see `_MERGE_READ_BACK`)."""
+        people = sorted({turn.user for turn in turns if turn.role == "user" and turn.user})
+        return int(
+            await self._merge_read_back(
+                keys=[
+                    self.keys.turns(key),
+                    self.keys.meta(key),
+                    *(self.keys.user_index(key.team, user) for user in people),
+                ],
+                args=[self.conversation_ttl, *(turn.to_json() for turn in turns)],
+            )
+        )
 
     def _index_people(self, pipe: Any, key: ThreadKey, turns: Iterable[Turn]) -> None:
         for user in {turn.user for turn in turns if turn.role == "user" and turn.user}:
@@ -1503,15 +1606,6 @@ class Store:
         """The ts of the bot's stored answers to the person's message at `ts` (a scan of the
         conversation, in Redis: for an edit or deletion)."""
         return list(await self._answers_to(keys=[self.keys.turns(key)], args=[ts]))
-
-    async def drop_read_back(self, key: ThreadKey, ts: str) -> bool:
-        """Take a person's message at `ts` out of the stored conversation, where a newer turn
-        read it back from Slack before it was queued again after a loss (see `_DROP_READ_BACK`)."""
-        return bool(
-            await self._drop_read_back(
-                keys=[self.keys.turns(key), self.keys.meta(key)], args=[ts, self.conversation_ttl]
-            )
-        )
 
     def _rewrite_keys(self, key: ThreadKey, ts: str) -> list[str]:
         return [self.keys.turns(key), self.keys.meta(key), self.keys.journal(key.team, key.channel, ts)]

@@ -757,11 +757,7 @@ class TurnRunner:
         """The person's message as the turn stores it; nothing when stored already."""
         if record.user_turn_stored:
             return ()
-        if record.queued_again or record.look_first:
-            # Queued again after a loss: a newer turn may have read it back from Slack with the
-            # thread. Stored again by this turn, after that one, it must not stay there too. (Only
-            # then: a scan of the conversation, not a cost of every turn.)
-            await self.store.drop_read_back(message.key, message.ts)
+        # A copy a newer turn read back from Slack meanwhile gives way in the step that stores it.
         return (await self.workspace.user_turn(message),)
 
     def _reply(
@@ -901,8 +897,8 @@ class TurnRunner:
             # Answer without the earlier messages rather than not at all; try again next turn.
             log.warning("could not read earlier thread thread=%s error=%s", key, error_code(error))
             return EarlierThread.UNREADABLE
-        known = await self.store.stored_ts(key)
-        await self.store.prepend_history(key, [t for t in earlier if t.ts not in known])
+        # Merged in Slack's order with what turns stored since (after a loss, say), in one step.
+        await self.store.merge_read_back(key, earlier)
         return EarlierThread.READ
 
     async def _question_before(self, message: IncomingMessage, thread: list[Turn]) -> list[Turn]:

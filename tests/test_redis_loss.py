@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from bot.context import EARLIER_UNREAD_NOTE
 from bot.formatting import SlackMarkdown
 from bot.redis_loss import RedisLossRecovery
-from bot.store import Accepted, IncomingMessage, Store, ThreadKey
+from bot.store import Accepted, IncomingMessage, Store, ThreadKey, Turn
 from bot.turn import DELIVERY_FAILED, INTERRUPTED, STORE_UNAVAILABLE, TURN_FAILED
 from tests.conftest import RunningBot, StartBot
 from tests.emulators.openai_api import OpenAIEmulator, Reply, SlowFirstToken, Status
@@ -1338,3 +1338,123 @@ async def test_a_message_handed_on_in_the_normal_path_and_answered_elsewhere_is_
         assert started == [] and await redis.zcard(store.keys.inbox(question.key)) == 0
     finally:
         await store.close()
+
+
+# What a turn reads back from Slack joins the stored conversation in Slack's order, not all of it
+# before what was stored since the loss.
+
+
+async def test_a_thread_read_back_after_a_loss_is_merged_with_what_was_stored_since_in_slack_order(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """B answers a question across the loss: its answer is stored after it, the question not. A
+    follow-up without a mention then reaches A, which never took part in the thread and ignores
+    it; a mention after it reads the thread back (the question and that follow-up). Before, what
+    was read back went before everything stored: the model saw the question, the follow-up, and
+    only then the answer to the question."""
+    caplog.set_level(logging.INFO)
+    a = await start_bot("http")
+    b = await start_bot("http")  # Slack's events go to B
+    llm.enqueue(SlowFirstToken(1.0))
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
+    await llm.wait_for_requests(1)
+    await redis.flushall()
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    await b.settle()
+    slack.use_http(f"{a.url}/slack/events")
+    await slack.post_user_message(CHANNEL, "the cache was restarted at noon", thread_ts=root)
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> is that why?", thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2)
+    await a.settle()
+    assert _prompt(llm) == [
+        "ann: why is api-prod red?",
+        "Answer: ann: why is api-prod red?",
+        "ann: the cache was restarted at noon",
+        "ann: is that why?",
+    ]
+    stored = [json.loads(raw)["ts"] for raw in await redis.lrange(f"conv:T1:{CHANNEL}:{root}:turns", 0, -1)]
+    assert stored == sorted(stored, key=float) and len(stored) == 5, stored
+    assert _errors(caplog) == []
+
+
+async def test_a_read_back_merges_by_ts_as_numbers_keeps_what_is_stored_and_indexes_its_people(
+    redis_url: str, redis: Redis
+) -> None:
+    """The merge itself: by ts as numbers (a ts with fewer digits is not older for it), a turn
+    stored already (by another process meanwhile, say) not added twice, the stored turns' order
+    kept (an answer before a question sent while it was written), the conversation's lifetime and
+    the people read back in their index."""
+    key = ThreadKey("T1", CHANNEL, "99.000001")
+    store = Store(redis_url, conversation_ttl_days=1)
+    try:
+        answer = Turn("assistant", "an answer", "100.5", reply_to="99.000001")
+        sent_meanwhile = Turn("user", "and dev?", "100.4", user="U1")
+        await store.append_turns(key, answer, sent_meanwhile)
+        read_back = [
+            Turn("user", "why?", "99.000001", user="U2"),
+            Turn("user", "ten", "99.9", user="U3"),
+            answer,
+            Turn("user", "later", "100.60", user="U2"),
+        ]
+        assert await store.merge_read_back(key, read_back) == 3
+        stored = [Turn.from_json(raw).ts for raw in await redis.lrange(store.keys.turns(key), 0, -1)]
+        assert stored == ["99.000001", "99.9", "100.5", "100.4", "100.60"]
+        assert await redis.hget(store.keys.meta(key), "hydrated") == "1"
+        assert 0 < await redis.ttl(store.keys.turns(key)) <= store.conversation_ttl
+        assert await redis.sismember(store.keys.user_index("T1", "U3"), store.keys.turns(key))
+        assert await store.merge_read_back(key, read_back) == 0  # read again: nothing new
+        assert await redis.llen(store.keys.turns(key)) == 5
+    finally:
+        await store.close()
+
+
+async def test_with_several_processes_a_question_taken_before_the_loss_and_read_back_is_stored_once(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """B takes bob's follow-up before the loss, and its turn stores it only after (bob's name is
+    slow to come). Meanwhile a newer follow-up reaches A, whose turn takes the thread's lock,
+    which nobody held any more, reads the thread back from Slack, bob's follow-up with it, and is
+    over before B's beat takes the lock back. Before, B's turn stored bob's follow-up a second
+    time: the model was shown it twice, and the stored conversation kept both. The copy read
+    back now gives way to the one its own turn stores, last, as the question being answered."""
+    caplog.set_level(logging.INFO)
+    a = await start_bot("http")
+    b = await start_bot("http")  # Slack's events go to B
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    await b.settle()
+    looked_up: list[str] = []
+
+    def first_lookup(args: dict[str, Any]) -> bool:  # B's; A's, later, goes through
+        looked_up.append(args["user"])
+        return len(looked_up) == 1
+
+    naming = slack.gate("users.info", first_lookup, user="U2")
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", user="U2", thread_ts=root)
+    await slack.wait_for(lambda: naming.waiting > 0, what="B to look up bob's name")
+    await _until(lambda: redis.exists(f"lock:T1:{CHANNEL}:{root}"))  # B's turn took it
+    b_id = b.bot.turns.process_id
+    await _until(_a_beat(redis, b_id, await redis.zscore("processes", b_id)))
+    await redis.flushall()
+    slack.use_http(f"{a.url}/slack/events")
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and dev?", thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2)
+    await a.settle()
+    naming.opened.set()
+    await slack.wait_for_bot_messages(CHANNEL, root, count=3, timeout=15)
+    await b.settle()
+    prompts = [[m["content"] for m in r["messages"][1:]] for r in llm.requests]
+    assert "bob: and staging?" in prompts[1], prompts  # A's turn read it back
+    assert prompts[-1][-1] == "bob: and staging?" and prompts[-1].count("bob: and staging?") == 1, prompts
+    stored = await redis.lrange(f"conv:T1:{CHANNEL}:{root}:turns", 0, -1)
+    asked = [t for t in map(json.loads, stored) if t["role"] == "user" and "staging" in t["text"]]
+    assert len(asked) == 1, stored
+    assert "standing down" not in caplog.text and _errors(caplog) == []
