@@ -198,6 +198,14 @@ _TURN_FIELDS = {f.name for f in fields(Turn)}
 _TURN_CORE = {"role", "text", "ts", "user", "name"}
 
 
+def _answers_of(key: ThreadKey, turns: Iterable[Turn]) -> list[str] | None:
+    """The entries of a DM's answers index (`Keys.answers`) for `turns`; None for a conversation
+    that keeps no index: only a DM's questions are looked up by their answers (bot/turn.py)."""
+    if key.thread != "dm":
+        return None
+    return [f"{turn.reply_to}:{turn.ts}" for turn in turns if turn.role == "assistant" and turn.reply_to]
+
+
 @dataclass(frozen=True)
 class FeedbackVote:
     """A person's thumbs up or down on one answer."""
@@ -408,6 +416,11 @@ class Keys:
     def meta(self, key: ThreadKey) -> str:
         return f"{self.prefix}conv:{key}:meta"
 
+    def answers(self, key: ThreadKey) -> str:
+        """A DM's index of the bot's answers (see `_ANSWERS_TO`), so that an edit or deletion of a
+        question finds its answers without a scan. TTL: the conversation's."""
+        return f"{self.prefix}conv:{key}:answers"
+
     def conversations(self, team: str = "*", channel: str = "*", thread: str = "*") -> str:
         """A SCAN pattern for conversations' keys (turns and meta)."""
         return f"{self.prefix}conv:{team}:{channel}:{thread}:*"
@@ -525,15 +538,15 @@ local function conversation_changed_at(meta, ts, ttl)
 end
 """
 
-# KEYS: turns, meta, the message's journal. ARGV: ts, replacement text, 'edit' or 'delete',
-# conversation ttl, the replacement as Slack wrote it. Deleting a person's message also drops the
-# bot's answer to it, which may quote it. Deletes and edits are rare, so a scan of one
-# conversation is fine here. A summary that covers the turn may quote it too, so it is dropped
-# (and rebuilt from the turns as they are now); the epoch bump stops a summary being computed
-# meanwhile from saving the old text. A message still waiting for its turn (journal state
-# `queued`) is no stored turn yet: its journal keeps the change (returns 2), which the turn reads
-# when it takes the message, and the step that stores the message applies (`journal_step`), in
-# case the change came after the turn had read the journal.
+# KEYS: turns, meta, the message's journal, the answers index. ARGV: ts, replacement text, 'edit'
+# or 'delete', conversation ttl, the replacement as Slack wrote it. Deleting a person's message
+# also drops the bot's answer to it, which may quote it, and so its entries in the index. Deletes
+# and edits are rare, so a scan of one conversation is fine here. A summary that covers the turn
+# may quote it too, so it is dropped (and rebuilt from the turns as they are now); the epoch bump
+# stops a summary being computed meanwhile from saving the old text. A message still waiting for
+# its turn (journal state `queued`) is no stored turn yet: its journal keeps the change (returns
+# 2), which the turn reads when it takes the message, and the step that stores the message applies
+# (`journal_step`), in case the change came after the turn had read the journal.
 _REWRITE_TURN = """
 if redis.call('HGET', KEYS[3], 'state') == 'queued' then
   if ARGV[3] == 'delete' then
@@ -563,30 +576,79 @@ for i, raw in ipairs(items) do
   end
 end
 if not found then return 0 end
+if ARGV[3] == 'delete' then
+  redis.call('ZREMRANGEBYLEX', KEYS[4], '[' .. ARGV[1] .. ':', '(' .. ARGV[1] .. ';')
+end
 conversation_changed_at(KEYS[2], ARGV[1], ARGV[4])
 return 1
+"""
+
+# A DM's answers index (`Keys.answers`): a sorted set whose members, all scored 0, are "question
+# ts:answer ts", one for each of the bot's stored answers, so that the answers to a question are one
+# range by name (ZRANGEBYLEX) rather than a scan of the conversation. Its member `indexed` says
+# that every answer stored is in it: written with the first turns of a conversation (the list did
+# not exist), or by the scan that indexes a conversation stored before the index (`_ANSWERS_TO`).
+# Without it the index may lack answers, and is not trusted. It expires with the conversation: its
+# TTL is set whenever answers are added to it, and the turns' own, set with every step, is never
+# shorter; should the index go first all the same, the next look scans and indexes again.
+_INDEX_ANSWERS_FUNCTION = """
+local function index_answers(index, answers, complete, ttl)
+  local members = {}
+  for _, answer in ipairs(answers) do
+    members[#members + 1] = 0
+    members[#members + 1] = answer
+  end
+  if complete then
+    members[#members + 1] = 0
+    members[#members + 1] = 'indexed'
+  end
+  if #members == 0 then return end
+  redis.call('ZADD', index, unpack(members))
+  redis.call('EXPIRE', index, ttl)
+end
+"""
+
+# KEYS: turns, answers index. ARGV: a person's message's ts. The ts of the bot's stored answers to
+# it, for an edit or deletion: from the index, O(answers). A conversation whose index is not
+# complete (stored before the index existed, or its index expired first) is scanned once, in
+# Redis, and indexed as it goes (ZADD in batches, with the turns' own TTL), so that later looks use
+# the index. The scan reads an answer's ts and question by pattern, not by decoding it (a third of
+# the time for 4,000 turns): `"ts":"` cannot occur inside a JSON string, whose quotes are escaped.
+_ANSWERS_TO = """
+local ts = ARGV[1]
+if redis.call('ZSCORE', KEYS[2], 'indexed') then
+  local found = {}
+  for i, member in ipairs(redis.call('ZRANGEBYLEX', KEYS[2], '[' .. ts .. ':', '(' .. ts .. ';')) do
+    found[i] = string.sub(member, #ts + 2)
+  end
+  return found
+end
+local found, members = {}, {}
+for _, raw in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  local at = string.find(raw, '"reply_to":"', 1, true)
+  if at and string.find(raw, '"role":"assistant"', 1, true) then
+    local question = string.match(raw, '^[^"]+', at + 12)
+    local answer = string.match(raw, '^[^"]+', string.find(raw, '"ts":"', 1, true) + 6)
+    members[#members + 1] = 0
+    members[#members + 1] = question .. ':' .. answer
+    if question == ts then table.insert(found, answer) end
+  end
+end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl == -2 then return found end
+members[#members + 1] = 0
+members[#members + 1] = 'indexed'
+for i = 1, #members, 1000 do
+  redis.call('ZADD', KEYS[2], unpack(members, i, math.min(i + 999, #members)))
+end
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+return found
 """
 
 # KEYS: turns, meta. ARGV: ts, conversation ttl. Takes a person's message out of the stored
 # conversation, where a newer turn read it back from Slack while it waited to be queued again
 # after a loss: its own turn stores it anew, after that newer turn. A summary that covers it is
 # dropped (rebuilt from the turns as they are now); the epoch bump stops one being saved meanwhile.
-# KEYS: turns. ARGV: a person's message's ts. The ts of the bot's stored answers to it: read in
-# Redis, decoding only the turns whose text holds the ts, so that an edit or deletion of a message
-# in a long DM costs no transfer, nor decoding, of the whole conversation.
-_ANSWERS_TO = """
-local found = {}
-for _, raw in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
-  if string.find(raw, ARGV[1], 1, true) then
-    local turn = cjson.decode(raw)
-    if turn['role'] == 'assistant' and turn['reply_to'] == ARGV[1] then
-      table.insert(found, turn['ts'])
-    end
-  end
-end
-return found
-"""
-
 _DROP_READ_BACK = """
 for _, raw in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
   local turn = cjson.decode(raw)
@@ -610,9 +672,10 @@ redis.call('EXPIRE', KEYS[1], ARGV[5])
 return 1
 """
 
-# KEYS: turns, meta. ARGV: user id, conversation ttl, the conversation's journal prefix
-# (`Keys.journal` without the ts). Removes the person's turns and the bot's answers to them (which
-# may quote them), keeps everyone else's in order, and drops the summary. The journals of their
+# KEYS: turns, meta, answers index. ARGV: user id, conversation ttl, the conversation's journal
+# prefix (`Keys.journal` without the ts). Removes the person's turns and the bot's answers to them
+# (which may quote them) with their entries in the index, keeps everyone else's in order, and
+# drops the summary. The journals of their
 # finished messages lose the text they may hold (an edit made while the message waited, an answer
 # kept for a retry) but keep their state, which says the message was answered: to a message queued
 # again after a loss (_ACCEPT), to a beat (_BEAT), and to a stalled worker's lock renewal or fence
@@ -654,6 +717,7 @@ for i = 1, #keep, 1000 do
   redis.call('RPUSH', KEYS[1], unpack(keep, i, math.min(i + 999, #keep)))
 end
 if #keep > 0 and ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+for ts in pairs(asked) do redis.call('ZREMRANGEBYLEX', KEYS[3], '[' .. ts .. ':', '(' .. ts .. ';') end
 redis.call('HDEL', KEYS[2], 'summary', 'summary_upto')
 redis.call('HINCRBY', KEYS[2], 'epoch', 1)
 if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
@@ -772,17 +836,24 @@ return found
 )
 
 # One step of a turn's journal (`Store.record_progress`): where the turn got to, and the turns it
-# produced, written together. KEYS from k: journal, turns, meta, then one per-person index per
-# author among the turns. ARGV from a: journal ttl, conversation ttl, now, authors, turns, fields
-# set, fields cleared; then the turns (JSON), the fields to set (name, value) and the names to clear.
-_JOURNAL_STEP_FUNCTION = """
+# produced, written together. KEYS from k: journal, turns, meta, the DM's answers index
+# (`Keys.answers`), then one per-person index per author among the turns. ARGV from a: journal
+# ttl, conversation ttl, now, authors, turns, fields set, fields cleared, answers to index (-1 for a
+# conversation that keeps no index: not a DM's); then the turns (JSON), the answers to index
+# ("question ts:answer ts"), the fields to set (name, value) and the names to clear.
+_JOURNAL_STEP_FUNCTION = (
+    _INDEX_ANSWERS_FUNCTION
+    + """
 local function journal_step(k, a)
   local people, turns = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
   local set, cleared = tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
-  local at = a + 7
+  local indexed = tonumber(ARGV[a + 7])
+  local at = a + 8
   if turns > 0 then
     local pushed = {unpack(ARGV, at, at + turns - 1)}
     at = at + turns
+    local answers = {unpack(ARGV, at, at + math.max(indexed, 0) - 1)}
+    at = at + math.max(indexed, 0)
     -- The step that stores the message's own turn ends its wait; an edit or deletion that came
     -- after its worker read the journal (kept there, see _REWRITE_TURN) is applied here.
     local change = redis.call('HMGET', KEYS[k], 'state', 'edited_readable', 'deleted', 'forgotten')
@@ -803,11 +874,16 @@ local function journal_step(k, a)
       end
       pushed = kept
     end
-    if #pushed > 0 then redis.call('RPUSH', KEYS[k + 1], unpack(pushed)) end
+    if #pushed > 0 then
+      local length = redis.call('RPUSH', KEYS[k + 1], unpack(pushed))
+      -- Only a forgotten step drops answers, and it pushes nothing: the answers are stored.
+      -- A list these turns began has every answer in the index from now on.
+      if indexed >= 0 then index_answers(KEYS[k + 3], answers, length == #pushed, ARGV[a + 1]) end
+    end
     redis.call('EXPIRE', KEYS[k + 1], ARGV[a + 1])
     redis.call('HSET', KEYS[k + 2], 'updated', ARGV[a + 2])
     redis.call('EXPIRE', KEYS[k + 2], ARGV[a + 1])
-    for i = k + 3, k + 2 + (change[4] == '1' and 0 or people) do
+    for i = k + 4, k + 3 + (change[4] == '1' and 0 or people) do
       redis.call('SADD', KEYS[i], KEYS[k + 1])
       redis.call('EXPIRE', KEYS[i], ARGV[a + 1])
     end
@@ -830,6 +906,7 @@ local function journal_step(k, a)
   redis.call('EXPIRE', KEYS[k], ARGV[a])
 end
 """
+)
 
 _JOURNAL_STEP = _JOURNAL_STEP_FUNCTION + "journal_step(1, 1)"
 
@@ -1307,10 +1384,12 @@ class Store:
         people = sorted({turn.user for turn in step.turns if turn.role == "user" and turn.user})
         updates = [item for name, value in step.fields.items() if value is not None for item in (name, value)]
         cleared = [name for name, value in step.fields.items() if value is None]
+        answers = _answers_of(key, step.turns)
         keys = [
             self.keys.journal(message.team, message.channel, message.ts),
             self.keys.turns(key),
             self.keys.meta(key),
+            self.keys.answers(key),
             *(self.keys.user_index(key.team, user) for user in people),
         ]
         args = [
@@ -1321,7 +1400,9 @@ class Store:
             len(step.turns),
             len(updates) // 2,
             len(cleared),
+            -1 if answers is None else len(answers),
             *(turn.to_json() for turn in step.turns),
+            *(answers or ()),
             *updates,
             *cleared,
         ]
@@ -1421,6 +1502,7 @@ class Store:
         pipe.hset(self.keys.meta(key), "updated", int(time.time()))
         pipe.expire(self.keys.meta(key), self.conversation_ttl)
         self._index_people(pipe, key, turns)
+        self._index_answers(pipe, key, turns)
 
     async def prepend_history(self, key: ThreadKey, turns: list[Turn]) -> None:
         """Put earlier thread messages (read from Slack) before what is stored; mark it read."""
@@ -1429,9 +1511,18 @@ class Store:
                 pipe.lpush(self.keys.turns(key), *(turn.to_json() for turn in reversed(turns)))
                 pipe.expire(self.keys.turns(key), self.conversation_ttl)
                 self._index_people(pipe, key, turns)
+                self._index_answers(pipe, key, turns)
             pipe.hset(self.keys.meta(key), "hydrated", "1")
             pipe.expire(self.keys.meta(key), self.conversation_ttl)
             await pipe.execute()
+
+    def _index_answers(self, pipe: Any, key: ThreadKey, turns: Iterable[Turn]) -> None:
+        """Add a DM's answers among `turns` to its index. Whether the list is new is not known in a
+        pipeline, so the index is not marked complete here (`_INDEX_ANSWERS_FUNCTION`): a DM
+        begun this way (read back after a loss) is indexed by its first look (`answers_to`)."""
+        if answers := _answers_of(key, turns):
+            pipe.zadd(self.keys.answers(key), dict.fromkeys(answers, 0))
+            pipe.expire(self.keys.answers(key), self.conversation_ttl)
 
     def _index_people(self, pipe: Any, key: ThreadKey, turns: Iterable[Turn]) -> None:
         for user in {turn.user for turn in turns if turn.role == "user" and turn.user}:
@@ -1474,7 +1565,7 @@ class Store:
     async def reset(self, key: ThreadKey) -> None:
         """Forget a conversation's turns and summary; the bot keeps following the thread."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self.keys.turns(key))
+            pipe.delete(self.keys.turns(key), self.keys.answers(key))
             pipe.hdel(self.keys.meta(key), "summary", "summary_upto")
             pipe.hincrby(self.keys.meta(key), "epoch", 1)
             pipe.hset(self.keys.meta(key), "updated", int(time.time()))
@@ -1500,9 +1591,9 @@ class Store:
         )
 
     async def answers_to(self, key: ThreadKey, ts: str) -> list[str]:
-        """The ts of the bot's stored answers to the person's message at `ts` (a scan of the
-        conversation, in Redis: for an edit or deletion)."""
-        return list(await self._answers_to(keys=[self.keys.turns(key)], args=[ts]))
+        """The ts of the bot's stored answers to the person's message at `ts` in a DM, for an edit
+        or deletion: from the DM's answers index (a scan, once, of a DM stored without one)."""
+        return list(await self._answers_to(keys=[self.keys.turns(key), self.keys.answers(key)], args=[ts]))
 
     async def drop_read_back(self, key: ThreadKey, ts: str) -> bool:
         """Take a person's message at `ts` out of the stored conversation, where a newer turn
@@ -1514,7 +1605,8 @@ class Store:
         )
 
     def _rewrite_keys(self, key: ThreadKey, ts: str) -> list[str]:
-        return [self.keys.turns(key), self.keys.meta(key), self.keys.journal(key.team, key.channel, ts)]
+        journal = self.keys.journal(key.team, key.channel, ts)
+        return [self.keys.turns(key), self.keys.meta(key), journal, self.keys.answers(key)]
 
     # -- the right to be forgotten ---------------------------------------------------------
 
@@ -1546,7 +1638,8 @@ class Store:
                 continue
             journals = self.keys.journal(thread.team, thread.channel, "")
             removed = await self._forget_in_conversation(
-                keys=[member, self.keys.meta(thread)], args=[user, self.conversation_ttl, journals]
+                keys=[member, self.keys.meta(thread), self.keys.answers(thread)],
+                args=[user, self.conversation_ttl, journals],
             )
             if removed:
                 messages += int(removed)
@@ -1708,7 +1801,7 @@ class Store:
         """Delete a conversation's turns, summary and bookkeeping; returns the turns deleted."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.llen(self.keys.turns(key))
-            pipe.delete(self.keys.turns(key), self.keys.meta(key))
+            pipe.delete(self.keys.turns(key), self.keys.meta(key), self.keys.answers(key))
             turns, _ = await pipe.execute()
         return int(turns)
 
