@@ -39,6 +39,9 @@ DAY = 24 * 3600
 # hundred turns would take for an outage.
 POOL_SIZE = 500
 POOL_WAIT_SECONDS = 10
+# Reads of a conversation's turns before `forget me` takes a person's out of it, should they
+# write there between a read and the step that removes them.
+FORGET_ATTEMPTS = 5
 
 Action = Literal["answer", "record", "reset", "forget"]
 
@@ -372,7 +375,8 @@ class Keys:
     """Key names and their TTLs, in one place. Every name starts with `prefix` (REDIS_KEY_PREFIX
     and a colon; nothing when it is unset), which in a Redis Cluster is a hash tag
     (bot/redis_url.py), so that every key of the bot lives in one hash slot there and one script
-    may touch any of them."""
+    may touch any of them. Each script declares the keys it touches (KEYS), all but one: see
+    `_HEAD_WITH_JOURNAL`."""
 
     DEDUP_TTL = DAY  # Slack retries within minutes; a day is ample and cheap.
     INBOX_TTL = DAY
@@ -390,8 +394,8 @@ class Keys:
         self.llm_failures = f"{prefix}llm-failures"  # turns in a row that found the model down
         self.llm_probe = f"{prefix}llm-probe"  # the process whose turn tries the model after a cooldown
         self.llm_closed = f"{prefix}llm-breaker-closed"  # a new token each time a probe finds the model back
-        self.lock_prefix = f"{prefix}lock:"  # + thread key (also built by _ORPHANED_THREADS)
-        # + team:channel:ts (also built by _TAKE, _FINISH and _FORGET_IN_CONVERSATION)
+        self.lock_prefix = f"{prefix}lock:"  # + thread key
+        # + team:channel:ts (also built by _TAKE and _FINISH: see _HEAD_WITH_JOURNAL)
         self.journal_prefix = f"{prefix}turn:"
         # Keys of per-person records kept by other features (feedback on answers). Forgetting a
         # person also scans these for records naming them that were not registered in their index.
@@ -672,37 +676,41 @@ redis.call('EXPIRE', KEYS[1], ARGV[5])
 return 1
 """
 
-# KEYS: turns, meta, answers index. ARGV: user id, conversation ttl, the conversation's journal
-# prefix (`Keys.journal` without the ts). Removes the person's turns and the bot's answers to them
-# (which may quote them) with their entries in the index, keeps everyone else's in order, and
-# drops the summary. The journals of their
-# finished messages lose the text they may hold (an edit made while the message waited, an answer
-# kept for a retry) but keep their state, which says the message was answered: to a message queued
-# again after a loss (_ACCEPT), to a beat (_BEAT), and to a stalled worker's lock renewal or fence
-# (_RENEW_THREAD_LOCK, _RATE_CLAIM), where no journal at all means Redis lost its data and the turn
-# goes on. A message still waiting or in flight keeps its journal's text, or its edit or answer
-# would be lost; one in flight is marked `forgotten`, so that its answer is not stored after its
-# question went (see _JOURNAL_STEP_FUNCTION). The journals' keys are built here, as in
-# _HEAD_WITH_JOURNAL. Returns how many turns were removed.
-_FORGET_IN_CONVERSATION = """
-local function clear_finished_journal(ts)
-  local journal = ARGV[3] .. ts
-  local state = redis.call('HGET', journal, 'state')
-  if state == 'answered' or state == 'noted' or state == 'failed' then
-    redis.call('HDEL', journal, 'edited_text', 'edited_readable', 'answer')
-  elseif state == 'working' then
-    -- Being answered: its question is stored (and goes now), its answer comes later, linked to
-    -- a question no later `forget me` could find. The step that stores it reads this.
-    redis.call('HSET', journal, 'forgotten', '1')
-  end
+# KEYS: turns. ARGV: user id. The ts of the person's turns in a conversation: the journals that
+# `_FORGET_IN_CONVERSATION` then declares.
+_THEIR_TURNS = """
+local found = {}
+for _, raw in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  local turn = cjson.decode(raw)
+  if turn['role'] == 'user' and turn['user'] == ARGV[1] then table.insert(found, turn['ts']) end
 end
+return found
+"""
+
+# KEYS: turns, meta, answers index, then the journals of the person's messages (`_THEIR_TURNS`).
+# ARGV: user id, conversation ttl, then the ts of those messages, in the order of their journals.
+# Removes the person's turns and the bot's answers to them (which may quote them) with their
+# entries in the index, keeps everyone else's in order, and drops the summary. The journals of
+# their finished messages lose the text they may hold (an edit made while the message waited, an
+# answer kept for a retry) but keep their state, which says the message was answered: to a message
+# queued again after a loss (_ACCEPT), to a beat (_BEAT), and to a stalled worker's lock renewal or
+# fence (_RENEW_THREAD_LOCK, _RATE_CLAIM), where no journal at all means Redis lost its data and
+# the turn goes on. A message still waiting or in flight keeps its journal's text, or its edit or
+# answer would be lost; one in flight is marked `forgotten`, so that its answer is not stored after
+# its question went (see _JOURNAL_STEP_FUNCTION). Returns how many turns were removed, or -1, with
+# nothing changed, when the person has a turn whose journal was not declared (stored since
+# `_THEIR_TURNS` read them): the caller reads them again. Every key it touches is declared, so
+# that it runs on a Redis Cluster, or a proxy that checks, as on one Redis.
+_FORGET_IN_CONVERSATION = """
+local journal_of = {}
+for i = 3, #ARGV do journal_of[ARGV[i]] = KEYS[i + 1] end
 local items = redis.call('LRANGE', KEYS[1], 0, -1)
 local asked, keep, removed = {}, {}, 0
 for _, raw in ipairs(items) do
   local turn = cjson.decode(raw)
   if turn['role'] == 'user' and turn['user'] == ARGV[1] then
+    if not journal_of[turn['ts']] then return -1 end
     asked[turn['ts']] = true
-    clear_finished_journal(turn['ts'])
     removed = removed + 1
   elseif turn['role'] == 'assistant' and turn['reply_to'] and asked[turn['reply_to']] then
     removed = removed + 1
@@ -711,13 +719,24 @@ for _, raw in ipairs(items) do
   end
 end
 if removed == 0 then return 0 end
+for ts in pairs(asked) do
+  local journal = journal_of[ts]
+  local state = redis.call('HGET', journal, 'state')
+  if state == 'answered' or state == 'noted' or state == 'failed' then
+    redis.call('HDEL', journal, 'edited_text', 'edited_readable', 'answer')
+  elseif state == 'working' then
+    -- Being answered: its question is stored (and goes now), its answer comes later, linked to
+    -- a question no later `forget me` could find. The step that stores it reads this.
+    redis.call('HSET', journal, 'forgotten', '1')
+  end
+  redis.call('ZREMRANGEBYLEX', KEYS[3], '[' .. ts .. ':', '(' .. ts .. ';')
+end
 local ttl = redis.call('PTTL', KEYS[1])
 redis.call('DEL', KEYS[1])
 for i = 1, #keep, 1000 do
   redis.call('RPUSH', KEYS[1], unpack(keep, i, math.min(i + 999, #keep)))
 end
 if #keep > 0 and ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
-for ts in pairs(asked) do redis.call('ZREMRANGEBYLEX', KEYS[3], '[' .. ts .. ':', '(' .. ts .. ';') end
 redis.call('HDEL', KEYS[2], 'summary', 'summary_upto')
 redis.call('HINCRBY', KEYS[2], 'epoch', 1)
 if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
@@ -725,8 +744,16 @@ return removed
 """
 
 # The message a worker takes next comes with its journal (`Keys.journal`), read in the same step.
-# Its key is built here from the message, so it is not declared: one more reason these scripts
-# need a single Redis, not a cluster.
+# The only key a script of the bot touches without declaring it in KEYS: it is named by the message
+# found at the head of the inbox inside the step, and declaring it would take a read of the inbox
+# first, one more round trip on every follow-up and DM message (`_TAKE`, as `Store.accept` takes
+# the lock only of a message that opens a thread) and on every message queued behind another
+# (`_FINISH`). It works on a Redis Cluster because every key of the bot carries one hash tag
+# (`Keys`): Redis lets a script touch an undeclared key of the slot it runs in. What is lost: while
+# that slot migrates to another shard the journal may have moved already, and is read as missing
+# instead of redirecting the step (README: move the slot at a quiet hour, or not at all); and a
+# server or proxy that refuses undeclared keys (Dragonfly by default, some cloud proxies) cannot
+# run the bot. tests/test_declared_keys.py checks that nothing else is undeclared.
 _HEAD_WITH_JOURNAL = """
 local function head_with_journal(inbox)
   local head = redis.call('ZRANGE', inbox, 0, 0)[1]
@@ -819,17 +846,25 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
 """
 
-# KEYS: pending, processes, scan gate. ARGV: latest last-moved time, lock key prefix, limit, gate
-# ms. The waiting threads whose lock is held by a process that is gone (see holder_is_gone). With
-# a gate (ms > 0), only the first of all processes to ask within that time looks: the look costs
-# Redis three commands a waiting thread, and every process asks every second.
-_ORPHANED_THREADS = (
+# KEYS: pending, scan gate. ARGV: latest last-moved time, limit, gate ms. The waiting threads
+# unmoved since that time, whose locks `_ORPHANED_AMONG` then looks at. With a gate (ms > 0), only
+# the first of all processes to ask within that time gets any: the look costs Redis three commands
+# a waiting thread, and every process asks every second.
+_IDLE_THREADS = """
+if tonumber(ARGV[3]) > 0 and not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[3]) then return {} end
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+"""
+
+# KEYS: processes, then the locks of the threads in ARGV, in their order. ARGV: threads. Those whose
+# lock is held by a process that is gone (see holder_is_gone). Apart from `_IDLE_THREADS`, so that
+# each lock it reads is declared (it runs on a Redis Cluster, or a proxy that checks, as on one
+# Redis); nothing is lost by the gap: `take_thread` checks the holder again as it takes over.
+_ORPHANED_AMONG = (
     _HOLDER_IS_GONE_FUNCTION
     + """
-if tonumber(ARGV[4]) > 0 and not redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[4]) then return {} end
 local found = {}
-for _, thread in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])) do
-  if holder_is_gone(redis.call('GET', ARGV[2] .. thread), KEYS[2]) then table.insert(found, thread) end
+for i, thread in ipairs(ARGV) do
+  if holder_is_gone(redis.call('GET', KEYS[i + 1]), KEYS[1]) then table.insert(found, thread) end
 end
 return found
 """
@@ -1108,7 +1143,8 @@ class Store:
         self._beat = self.redis.register_script(_BEAT)
         self._claim_probe = self.redis.register_script(_CLAIM_PROBE)
         self._release_probe = self.redis.register_script(_RELEASE_PROBE)
-        self._orphaned_threads = self.redis.register_script(_ORPHANED_THREADS)
+        self._idle_threads = self.redis.register_script(_IDLE_THREADS)
+        self._orphaned_among = self.redis.register_script(_ORPHANED_AMONG)
         self._finish = self.redis.register_script(_FINISH)
         self._begin_answer = self.redis.register_script(_BEGIN_ANSWER)
         self._accept = self.redis.register_script(_ACCEPT)
@@ -1116,6 +1152,7 @@ class Store:
         self._drop_read_back = self.redis.register_script(_CONVERSATION_CHANGED_AT + _DROP_READ_BACK)
         self._answers_to = self.redis.register_script(_ANSWERS_TO)
         self._save_summary = self.redis.register_script(_SAVE_SUMMARY)
+        self._their_turns = self.redis.register_script(_THEIR_TURNS)
         self._forget_in_conversation = self.redis.register_script(_FORGET_IN_CONVERSATION)
         self._release_lock = self.redis.register_script(_RELEASE_LOCK)
         self._renew_lock = self.redis.register_script(_RENEW_LOCK)
@@ -1337,12 +1374,19 @@ class Store:
         process that stopped saying it is alive: `take_thread` takes them over. With
         `once_per_seconds`, an empty list unless no process has looked within that time: one
         look a period serves them all, however many processes share Redis."""
-        raw = await self._batch.run_script(
-            self._orphaned_threads,
-            [self.keys.pending, self.keys.processes, self.keys.orphan_scan],
-            [time.time() - idle_seconds, self.keys.lock_prefix, limit, int(once_per_seconds * 1000)],
+        idle = await self._batch.run_script(
+            self._idle_threads,
+            [self.keys.pending, self.keys.orphan_scan],
+            [time.time() - idle_seconds, limit, int(once_per_seconds * 1000)],
         )
-        return await self._thread_keys(raw)
+        threads = await self._thread_keys(idle)
+        if not threads:
+            return []
+        locks = [self.keys.lock(key) for key in threads]
+        orphaned = await self._batch.run_script(
+            self._orphaned_among, [self.keys.processes, *locks], [str(key) for key in threads]
+        )
+        return [ThreadKey.parse(thread) for thread in orphaned]
 
     async def threads_waiting(self, idle_seconds: float, limit: int = 1000) -> list[ThreadKey]:
         """Threads with queued messages that nobody has moved for `idle_seconds`: their worker
@@ -1636,19 +1680,36 @@ class Store:
             if thread is None:  # a record registered as holding their data: theirs, or shared
                 records += await self._forget_in_record(member, user)
                 continue
-            journals = self.keys.journal(thread.team, thread.channel, "")
-            removed = await self._forget_in_conversation(
-                keys=[member, self.keys.meta(thread), self.keys.answers(thread)],
-                args=[user, self.conversation_ttl, journals],
-            )
+            removed = await self._forget_in_conversation_of(thread, member, user)
             if removed:
-                messages += int(removed)
+                messages += removed
                 conversations += 1
         for pattern in self.keys.personal_record_patterns_of(team):
             async for name in self.redis.scan_iter(match=pattern, count=1000):
                 records += await self._forget_in_record(name, user)
         await self.redis.delete(index, self.keys.display_name(team, user))
         return Forgotten(messages=messages, conversations=conversations, records=records)
+
+    async def _forget_in_conversation_of(self, thread: ThreadKey, turns: str, user: str) -> int:
+        """Take a person's turns out of one conversation (see `_FORGET_IN_CONVERSATION`): their
+        turns' ts first, so that the step that removes them declares each journal it touches."""
+        for _ in range(FORGET_ATTEMPTS):
+            theirs = await self._their_turns(keys=[turns], args=[user])
+            if not theirs:
+                return 0
+            journals = [self.keys.journal(thread.team, thread.channel, ts) for ts in theirs]
+            removed = int(
+                await self._forget_in_conversation(
+                    keys=[turns, self.keys.meta(thread), self.keys.answers(thread), *journals],
+                    args=[user, self.conversation_ttl, *theirs],
+                )
+            )
+            if removed >= 0:
+                return removed
+        # They kept writing there faster than two round trips: what they said since stays, as a
+        # message sent while `forget me` is carried out may (README, Retention and privacy).
+        log.warning("forget gave up on a conversation the person keeps writing in thread=%s", thread)
+        return 0
 
     async def _forget_in_record(self, name: str, user: str) -> int:
         """Delete a record that is the person's, or the entries in it that name them (a hash's
