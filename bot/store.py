@@ -563,7 +563,9 @@ end
 local items = redis.call('LRANGE', KEYS[1], 0, -1)
 local found = false
 for i, raw in ipairs(items) do
-  local turn = cjson.decode(raw)
+  -- Only a turn whose JSON holds the ts can be the message or an answer to it: the others are not
+  -- decoded (a 4,000-turn DM: 18 ms of Redis's time an edit, decoding each, before).
+  local turn = string.find(raw, ARGV[1], 1, true) and cjson.decode(raw) or {}
   if turn['ts'] == ARGV[1] and turn['role'] == 'user' then
     found = true
     if ARGV[3] == 'delete' then
@@ -655,7 +657,7 @@ return found
 # dropped (rebuilt from the turns as they are now); the epoch bump stops one being saved meanwhile.
 _DROP_READ_BACK = """
 for _, raw in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
-  local turn = cjson.decode(raw)
+  local turn = string.find(raw, ARGV[1], 1, true) and cjson.decode(raw) or {}  -- as _REWRITE_TURN
   if turn['ts'] == ARGV[1] and turn['role'] == 'user' then
     redis.call('LREM', KEYS[1], 1, raw)
     conversation_changed_at(KEYS[2], ARGV[1], ARGV[2])
