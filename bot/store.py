@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
+from decimal import Decimal
 from typing import Any, Literal
 
 import redis.asyncio as redis
@@ -39,6 +40,9 @@ DAY = 24 * 3600
 # hundred turns would take for an outage.
 POOL_SIZE = 500
 POOL_WAIT_SECONDS = 10
+# Journals a take of a thread's next message declares, of the messages expected first (the oldest
+# its process accepted): more are seldom waiting in one thread, and any other's is read next.
+EXPECTED_HINTS = 8
 # Reads of a conversation's turns before `forget me` takes a person's out of it, should they
 # write there between a read and the step that removes them.
 FORGET_ATTEMPTS = 5
@@ -375,8 +379,8 @@ class Keys:
     """Key names and their TTLs, in one place. Every name starts with `prefix` (REDIS_KEY_PREFIX
     and a colon; nothing when it is unset), which in a Redis Cluster is a hash tag
     (bot/redis_url.py), so that every key of the bot lives in one hash slot there and one script
-    may touch any of them. Each script declares the keys it touches (KEYS), all but one: see
-    `_HEAD_WITH_JOURNAL`."""
+    may touch any of them. Each script declares every key it touches in KEYS (a cluster routes
+    a script by them), also those it finds as it runs: see `_HEAD_WITH_JOURNAL`."""
 
     DEDUP_TTL = DAY  # Slack retries within minutes; a day is ample and cheap.
     INBOX_TTL = DAY
@@ -395,7 +399,7 @@ class Keys:
         self.llm_probe = f"{prefix}llm-probe"  # the process whose turn tries the model after a cooldown
         self.llm_closed = f"{prefix}llm-breaker-closed"  # a new token each time a probe finds the model back
         self.lock_prefix = f"{prefix}lock:"  # + thread key
-        # + team:channel:ts (also built by _TAKE and _FINISH: see _HEAD_WITH_JOURNAL)
+        # + team:channel:ts
         self.journal_prefix = f"{prefix}turn:"
         # Keys of per-person records kept by other features (feedback on answers). Forgetting a
         # person also scans these for records naming them that were not registered in their index.
@@ -745,23 +749,23 @@ if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIRE', KEYS[2], ARGV[2]) en
 return removed
 """
 
-# The message a worker takes next comes with its journal (`Keys.journal`), read in the same step.
-# The only key a script of the bot touches without declaring it in KEYS: it is named by the message
-# found at the head of the inbox inside the step, and declaring it would take a read of the inbox
-# first, one more round trip on every follow-up and DM message (`_TAKE`, as `Store.accept` takes
-# the lock only of a message that opens a thread) and on every message queued behind another
-# (`_FINISH`). It works on a Redis Cluster because every key of the bot carries one hash tag
-# (`Keys`): Redis lets a script touch an undeclared key of the slot it runs in. What is lost: while
-# that slot migrates to another shard the journal may have moved already, and is read as missing
-# instead of redirecting the step (README: move the slot at a quiet hour, or not at all); and a
-# server or proxy that refuses undeclared keys (Dragonfly by default, some cloud proxies) cannot
-# run the bot. tests/test_declared_keys.py checks that nothing else is undeclared.
+# The message a worker takes next comes with its journal (`Keys.journal`), read in the same step
+# when the caller declared it: the message is found at the head of the inbox inside the step, so
+# the caller names, as hints, the journals of the messages it expects there (those its process
+# accepted for the thread and has not taken yet: `TurnRunner`), KEYS from `at` (`count` of them)
+# with their ts in ARGV from `ts_at`. A head it did not name (accepted by another process, or
+# taken by recovery) comes back alone, `{head}`, and the caller reads its journal next (one more
+# round trip, off the usual path), rather than the step build a key name it was not given: a Redis
+# Cluster routes a script by its KEYS, and some servers and proxies refuse undeclared keys.
 _HEAD_WITH_JOURNAL = """
-local function head_with_journal(inbox)
+local function head_with_journal(inbox, at, count, ts_at)
   local head = redis.call('ZRANGE', inbox, 0, 0)[1]
   if not head then return nil end
-  local m = cjson.decode(head)
-  return {head, redis.call('HGETALL', ARGV[5] .. m['team'] .. ':' .. m['channel'] .. ':' .. m['ts'])}
+  local ts = cjson.decode(head)['ts']
+  for i = 0, count - 1 do
+    if ARGV[ts_at + i] == ts then return {head, redis.call('HGETALL', KEYS[at + i])} end
+  end
+  return {head}
 end
 """
 
@@ -779,8 +783,9 @@ local function holder_is_gone(holder, processes)
 end
 """
 
-# KEYS: lock, inbox, pending, processes. ARGV: token, lock ttl ms, thread key, now, journal
-# prefix. Takes the thread's lock (also from a holder whose process is gone) and returns its
+# KEYS: lock, inbox, pending, processes, then the journals of the messages expected first (see
+# _HEAD_WITH_JOURNAL). ARGV: token, lock ttl ms, thread key, now, then the ts of those messages.
+# Takes the thread's lock (also from a holder whose process is gone) and returns its
 # earliest waiting message with its journal, marking the thread as being worked on. Returns false
 # when another worker holds the lock; an empty inbox releases the lock at once and returns ''
 # (nothing to do). One round trip instead of five.
@@ -792,7 +797,7 @@ if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   if not holder_is_gone(redis.call('GET', KEYS[1]), KEYS[4]) then return false end
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 end
-local found = head_with_journal(KEYS[2])
+local found = head_with_journal(KEYS[2], 5, #KEYS - 4, 5)
 if not found then
   -- Nothing waits (its inbox was emptied, or expired): the thread leaves the pending set too,
   -- or every recovery round would find it again, forever.
@@ -947,8 +952,9 @@ end
 
 _JOURNAL_STEP = _JOURNAL_STEP_FUNCTION + "journal_step(1, 1)"
 
-# KEYS: inbox, pending, lock, then the message's journal step (see above). ARGV: thread key, the
-# finished message, lock token, now, journal prefix, then the journal step. Writes the message's
+# KEYS: inbox, pending, lock, the journals of the messages expected next (see _HEAD_WITH_JOURNAL),
+# then the message's journal step (see above). ARGV: thread key, the finished message, lock token,
+# now, how many messages are expected, their ts, then the journal step. Writes the message's
 # outcome and takes it off the inbox in one step, so a crash leaves it either answered and gone,
 # or still waiting with its journal as it was. The message is removed by value, not as the head:
 # an earlier message may have arrived (late) while it was being answered. Returns the next waiting
@@ -959,9 +965,10 @@ _FINISH = (
     _HEAD_WITH_JOURNAL
     + _JOURNAL_STEP_FUNCTION
     + """
-journal_step(4, 6)
+local expected = tonumber(ARGV[5])
+journal_step(4 + expected, 6 + expected)
 redis.call('ZREM', KEYS[1], ARGV[2])
-local found = head_with_journal(KEYS[1])
+local found = head_with_journal(KEYS[1], 4, expected, 6)
 if found then
   redis.call('ZADD', KEYS[2], 'XX', ARGV[4], ARGV[1])
   return found
@@ -1265,33 +1272,59 @@ class Store:
             raise StoreUnavailable(type(error).__name__) from None
         return Accepted(int(accepted[0])), _queued(accepted[1:])
 
-    async def take_thread(self, key: ThreadKey, token: str) -> Queued | Literal[False] | None:
+    async def take_thread(
+        self, key: ThreadKey, token: str, expected: Sequence[str] = ()
+    ) -> Queued | Literal[False] | None:
         """Lock the thread for `token` and return its earliest waiting message (by Slack ts),
-        with its journal.
+        with its journal. `expected`: the ts of the messages likely to be first, whose journals
+        the step declares (see `_HEAD_WITH_JOURNAL`); another's is read next.
 
         False: another worker holds the lock (it will reach the inbox's messages). None: nothing
         is waiting (the lock is released again).
         """
+        hinted, journals = self._hints(key, expected)
         found = await self._batch.run_script(
             self._take,
-            [self.keys.lock(key), self.keys.inbox(key), self.keys.pending, self.keys.processes],
-            [token, self.lock_ttl_ms, str(key), time.time(), self.keys.journal_prefix],
+            [self.keys.lock(key), self.keys.inbox(key), self.keys.pending, self.keys.processes, *journals],
+            [token, self.lock_ttl_ms, str(key), time.time(), *hinted],
         )
         if found is None:
             return False
-        return _queued(found)
+        return await self._with_journal(found)
 
-    async def finish(self, queued: Queued, token: str, outcome: Progress) -> Queued | None:
+    async def finish(
+        self, queued: Queued, token: str, outcome: Progress, expected: Sequence[str] = ()
+    ) -> Queued | None:
         """Record a message's outcome and take it off its thread's inbox, in one step; return the
-        next one (still under the lock), or None once the inbox is empty (the lock is released)."""
+        next one (still under the lock), or None once the inbox is empty (the lock is released).
+        `expected`: as for `take_thread`."""
         message = queued.message
         key = message.key
         keys, args = self._journal_step(message, outcome)
+        hinted, journals = self._hints(key, expected)
         found = await self._batch.run_script(
             self._finish,
-            [self.keys.inbox(key), self.keys.pending, self.keys.lock(key), *keys],
-            [str(key), queued.raw, token, time.time(), self.keys.journal_prefix, *args],
+            [self.keys.inbox(key), self.keys.pending, self.keys.lock(key), *journals, *keys],
+            [str(key), queued.raw, token, time.time(), len(hinted), *hinted, *args],
         )
+        return await self._with_journal(found)
+
+    def _hints(self, key: ThreadKey, expected: Sequence[str]) -> tuple[list[str], list[str]]:
+        """The oldest of the messages expected (the inbox is ordered by ts), and their journals."""
+        hinted = sorted(expected, key=Decimal)[:EXPECTED_HINTS] if len(expected) > 1 else list(expected)
+        return hinted, [self.keys.journal(key.team, key.channel, ts) for ts in hinted]
+
+    async def _with_journal(self, found: Any) -> Queued | None:
+        """A message taken with its journal; one that came without (its journal was not declared,
+        see `_HEAD_WITH_JOURNAL`) has it read now. Its thread's lock is held, so nobody else
+        finishes it meanwhile; an edit or deletion written since is read with it."""
+        if found and len(found) == 1:
+            message = IncomingMessage.from_json(found[0])
+            journal = await self._batch.execute(
+                "HGETALL", self.keys.journal(message.team, message.channel, message.ts)
+            )
+            flat = journal if isinstance(journal, list) else [i for pair in journal.items() for i in pair]
+            found = [found[0], flat]
         return _queued(found)
 
     async def beat(
