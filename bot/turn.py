@@ -174,6 +174,9 @@ class TurnRunner:
         self._held: dict[ThreadKey, _HeldLock] = {}  # thread locks held here
         self._renewing: asyncio.Task[None] | None = None
         self._poked: set[ThreadKey] = set()
+        # Per thread at work here, the ts of messages accepted here and not yet taken: the journals
+        # a take of its next message declares (see `Store.take_thread`).
+        self._expected: dict[ThreadKey, set[str]] = {}
         self._recently_followed: OrderedDict[ThreadKey, None] = OrderedDict()
         self.redis_loss = RedisLossRecovery(
             store=store, delivery=delivery, workspace=workspace, start_work=self.start_work, spawn=self._spawn
@@ -236,6 +239,7 @@ class TurnRunner:
         self._remember_followed(message.key)
         if taken is None:
             self.redis_loss.waiting(seen, message)
+            self._expected.setdefault(message.key, set()).add(message.ts)
         if accepted in (Accepted.FIRST, Accepted.TAKEN) and message.action == "answer":
             # Its turn comes at once: show the sign now, while the turn gets going alongside.
             counted = accepted is Accepted.TAKEN and first_status is not None
@@ -395,7 +399,7 @@ class TurnRunner:
                 else:
                     token = self._new_token()
                     await self._after_arrivals(key)
-                    found = await self.store.take_thread(key, token)
+                    found = await self.store.take_thread(key, token, tuple(self._expected.get(key, ())))
                     if found is False:
                         return  # the holder (here or in another process) will reach our message
                     queued = found
@@ -410,6 +414,7 @@ class TurnRunner:
             else:
                 del self._working_on[key]
                 self._poked.discard(key)
+                self._expected.pop(key, None)  # those left are another process's to take
 
     async def _work_locked(self, queued: Queued, token: str) -> bool:
         """Work through the inbox from `queued` on; `finish` hands the lock back when it is empty.
@@ -422,6 +427,7 @@ class TurnRunner:
             while next_up is not None:
                 held.ts, held.message, held.shown, held.sign = next_up.message.ts, next_up.message, None, None
                 self.redis_loss.taken(_seen(next_up.message))
+                self._expected.get(key, set()).discard(next_up.message.ts)
                 try:
                     outcome = await self._take_turn_safely(next_up.message, next_up.record)
                 except DeliveryDeferred:
@@ -433,7 +439,7 @@ class TurnRunner:
                     await self.redis_loss.hand_on(next_up.message, held.shown, held.sign)
                     return True
                 await self._after_arrivals(key)
-                next_up = await self.store.finish(next_up, token, outcome)
+                next_up = await self.store.finish(next_up, token, outcome, tuple(self._expected.get(key, ())))
                 holding = next_up is not None  # an empty inbox: finish released the lock
             return True
         finally:

@@ -14,7 +14,7 @@ from redis.crc import key_slot
 
 from bot.pipelining import CommandBatcher
 from bot.redis_url import CLUSTER_KEY_PREFIX, connection_pool
-from bot.store import Store, ThreadKey
+from bot.store import IncomingMessage, Store, ThreadKey, Turn
 from tests.conftest import RunningBot, StartBot, bot_env, free_port
 from tests.emulators.openai_api import OpenAIEmulator
 from tests.emulators.slack import SlackEmulator
@@ -205,3 +205,37 @@ async def test_a_batch_sends_on_only_the_commands_a_node_refused(cluster: RedisC
 def _served_by(node: ClusterNode, cluster: RedisCluster, tag: str) -> bool:
     first, last = cluster.ranges[cluster.primaries.index(node)]
     return first <= key_slot(tag.encode()) <= last
+
+
+async def test_the_scripts_that_declare_every_key_run_on_a_cluster(cluster: RedisCluster) -> None:
+    """The answers index, `forget me` (its journals declared after a read of the person's turns)
+    and the scan for orphaned threads (each lock declared after the waiting threads are read),
+    against a real cluster, seeded with a node that does not serve the bot's slot."""
+    stranger = next(node for node in cluster.primaries if node is not cluster.owner)
+    store = Store(cluster.seed_url(stranger), conversation_ttl_days=1)
+    dm = ThreadKey("T1", "D910", "dm")
+    try:
+        for i in range(3):
+            asked = IncomingMessage("T1", "D910", f"1.{i}", "U1", "q", "answer", None, "dm", BOT, True)
+            question = Turn("user", f"question {i}", asked.ts, "U1")
+            await store.record_progress(asked, turns=(question,), state="working")
+            answer = Turn("assistant", f"answer {i}", f"2.{i}", reply_to=asked.ts)
+            await store.record_progress(asked, turns=(answer,), state="answered")
+        assert await store.answers_to(dm, "1.1") == ["2.1"]
+        assert await store.remove_user_message(dm, "1.1")
+        assert await store.answers_to(dm, "1.1") == []
+
+        waiting = IncomingMessage("T1", CHANNEL, "3.1", "U2", "hi", "answer", "3.1", "3.1", BOT)
+        await store.accept(waiting, "dead0:token")
+        assert await store.threads_orphaned(0) == [waiting.key]
+
+        forgotten = await store.forget_user("T1", "U1")
+        assert (forgotten.messages, forgotten.conversations) == (4, 1)
+        assert await store.recent_turns(dm, 10) == []
+        with cluster.owner.client() as owner:
+            assert owner.hget(f"{CLUSTER_KEY_PREFIX}turn:T1:D910:1.0", "state") == "answered"
+    finally:
+        await store.close()
+    for node in cluster.primaries:
+        if node is not cluster.owner:
+            assert keys_on(node) == []

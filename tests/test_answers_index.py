@@ -1,0 +1,125 @@
+"""A DM's answers index: an edit or deletion of a DM question finds the bot's answers to it (and so
+the DM threads under them) without scanning the DM's whole conversation in Redis, however long it
+is; a DM stored before the index existed is scanned once, and indexed by that scan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from bot.store import IncomingMessage, Store, ThreadKey, Turn
+
+DM = ThreadKey("T1", "D1", "dm")
+PAIRS = 2000  # 4,000 turns, as the review measured
+
+
+def question(i: int) -> Turn:
+    return Turn(role="user", text=f"question {i}", ts=f"{1700000000 + i}.000100", user="U1", name="ann")
+
+
+def answer(i: int, part: int = 0) -> Turn:
+    return Turn(
+        role="assistant", text=f"answer {i}", ts=f"{1700000000 + i}.00020{part}", reply_to=question(i).ts
+    )
+
+
+def message(i: int) -> IncomingMessage:
+    return IncomingMessage("T1", "D1", question(i).ts, "U1", "q", "answer", None, "dm", "UBOT", True)
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[Store]:
+    store = Store(redis_url, conversation_ttl_days=1)
+    yield store
+    await store.close()
+
+
+async def answered(store: Store, i: int, *answers: Turn) -> None:
+    """A DM question and its answers, stored by the turn's own two steps."""
+    await store.record_progress(message(i), turns=(question(i),), state="working")
+    await store.record_progress(message(i), turns=answers or (answer(i),), state="answered")
+
+
+async def commands_run(store: Store) -> dict[str, int]:
+    stats = await store.redis.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(stat["calls"]) for name, stat in stats.items()}
+
+
+async def looked_up(store: Store, ts: str) -> tuple[list[str], set[str]]:
+    """The answers to the question at `ts`, and the commands Redis ran to find them."""
+    before = await commands_run(store)
+    found = await store.answers_to(DM, ts)
+    after = await commands_run(store)
+    return found, {name for name, calls in after.items() if calls > before.get(name, 0)}
+
+
+async def test_the_answers_to_a_question_in_a_long_dm_are_found_through_its_index(store: Store) -> None:
+    for i in range(PAIRS):
+        if i == 1000:  # a long answer, in two messages
+            await answered(store, i, answer(i, 0), answer(i, 1))
+        else:
+            await answered(store, i)
+    await store.answers_to(DM, "1.0")  # the script loaded
+
+    found, ran = await looked_up(store, question(1000).ts)
+    assert found == [answer(1000, 0).ts, answer(1000, 1).ts]
+    assert "lrange" not in ran, ran  # no scan of the 4,000 turns
+    assert await looked_up(store, question(1999).ts) == ([answer(1999).ts], ran)
+    assert await store.answers_to(DM, question(7).ts[:-1]) == []  # a prefix of a question's ts
+
+    # The index lives as long as the conversation.
+    ttl = await store.redis.ttl(store.keys.answers(DM))
+    assert 0 < ttl <= await store.redis.ttl(store.keys.turns(DM))
+
+
+async def test_a_dm_stored_before_the_index_is_scanned_once_then_found_through_it(store: Store) -> None:
+    # As a version without the index stored it: the turns only.
+    legacy = [turn for i in range(50) for turn in (question(i), answer(i))]
+    await store.redis.rpush(store.keys.turns(DM), *(turn.to_json() for turn in legacy))
+    await answered(store, 50)  # answered after the upgrade: in an index that lacks the rest
+
+    found, ran = await looked_up(store, question(20).ts)
+    assert found == [answer(20).ts]
+    assert "lrange" in ran  # the one scan
+    for i in (20, 3, 50):
+        found, ran = await looked_up(store, question(i).ts)
+        assert (found, "lrange" in ran) == ([answer(i).ts], False)
+    assert 0 < await store.redis.ttl(store.keys.answers(DM)) <= await store.redis.ttl(store.keys.turns(DM))
+
+
+async def test_a_deletion_forget_me_and_reset_take_the_answers_out_of_the_index(store: Store) -> None:
+    for i in range(3):
+        await answered(store, i)
+
+    assert await store.remove_user_message(DM, question(0).ts)
+    assert await store.answers_to(DM, question(0).ts) == []
+    assert await store.answers_to(DM, question(1).ts) == [answer(1).ts]
+
+    await store.forget_user("T1", "U1")
+    assert await store.answers_to(DM, question(1).ts) == []
+    assert await store.redis.zrange(store.keys.answers(DM), 0, -1) == ["indexed"]
+
+    await answered(store, 3)
+    await store.reset(DM)
+    assert not await store.redis.exists(store.keys.answers(DM))
+    await answered(store, 4)  # the conversation begins again: indexed from its first turn
+    found, ran = await looked_up(store, question(4).ts)
+    assert (found, "lrange" in ran) == ([answer(4).ts], False)
+
+
+async def test_answers_read_back_from_slack_into_an_indexed_dm_are_found_through_its_index(
+    store: Store,
+) -> None:
+    """After Redis lost a DM, its first new question begins the conversation (indexed from there)
+    and the earlier messages read back from Slack are merged in before it: their answers join the
+    index."""
+    await answered(store, 10)
+    await store.merge_read_back(DM, [question(1), answer(1, 0), answer(1, 1), question(2)])
+    await store.append_turns(DM, question(11), answer(11))
+    for ts, answers in (
+        (question(1).ts, [answer(1, 0).ts, answer(1, 1).ts]),
+        (question(11).ts, [answer(11).ts]),
+    ):
+        found, ran = await looked_up(store, ts)
+        assert (found, "lrange" in ran) == (answers, False)

@@ -1,0 +1,161 @@
+"""Every key a Lua script of the bot touches is one it declares in KEYS, as Redis asks of scripts: a
+Redis Cluster routes a script by them, and some servers and proxies refuse a script that builds
+key names of its own. Redis's MONITOR shows each command a script runs, so a real conversation's
+scripts are checked command by command."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from bot.store import IncomingMessage, Progress, Store, ThreadKey, Turn
+from tests.conftest import StartBot
+from tests.emulators.slack import SlackEmulator
+
+DM = "D700"
+CHANNEL = "C700"
+BOT = "UBOT"
+_ARG = re.compile(r'"((?:[^"\\]|\\.)*)"')
+
+
+@asynccontextmanager
+async def monitored(redis_url: str) -> AsyncIterator[list[str]]:
+    """The lines Redis's MONITOR shows while the block runs."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    connection = client.connection_pool.make_connection()
+    await connection.connect()
+    await connection.send_command("MONITOR")
+    assert await connection.read_response() == "OK"
+    lines: list[str] = []
+
+    async def read() -> None:
+        while True:
+            lines.append(await connection.read_response())
+
+    reader = asyncio.create_task(read())
+    try:
+        yield lines
+        await asyncio.sleep(0.3)  # the last lines on their way
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        await connection.disconnect()
+        await client.aclose()
+
+
+def _args(line: str) -> tuple[bool, list[str]]:
+    """Whether a MONITOR line is a command run by a script, and its arguments."""
+    _, _, rest = line.partition(" [")
+    source, _, command = rest.partition("] ")
+    return source.endswith(" lua"), [
+        arg.replace('\\"', '"').replace("\\\\", "\\") for arg in _ARG.findall(command)
+    ]
+
+
+async def undeclared_keys(redis_url: str, lines: list[str]) -> list[str]:
+    """Each command a script ran on a key it did not declare, with the script's first key."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    found: list[str] = []
+    declared: set[str] | None = None
+    sha = ""
+    scripts = 0
+    try:
+        for line in lines:
+            in_script, args = _args(line)
+            if not in_script:
+                name = args[0].upper() if args else ""
+                declared = set(args[3 : 3 + int(args[2])]) if name in ("EVAL", "EVALSHA") else None
+                sha = args[1] if name == "EVALSHA" else ""
+                scripts += declared is not None
+                continue
+            assert declared is not None, line
+            try:
+                keys = await client.execute_command("COMMAND GETKEYS", *args)
+            except ResponseError:  # no key in it (TIME)
+                continue
+            for key in keys:
+                if key not in declared:
+                    found.append(f"{args[0]} {key} (script {sha[:8]}, keys {sorted(declared)[:3]})")
+    finally:
+        await client.aclose()
+    assert scripts > 20  # the scripts were seen at all
+    return found
+
+
+async def test_every_key_a_script_touches_is_one_it_declares(
+    start_bot: StartBot, slack: SlackEmulator, redis_url: str
+) -> None:
+    running = await start_bot("http")
+    store: Store = running.bot.store
+    async with monitored(redis_url) as lines:
+        # A DM: a question, a reply under its answer, an edit and a deletion of the question.
+        asked = await slack.post_user_message(DM, "my card ends 4242")
+        [answer] = await slack.wait_for_bot_messages(DM, count=1)
+        await slack.post_user_message(DM, "more on this", thread_ts=answer["ts"])
+        await slack.wait_for_bot_messages(DM, answer["ts"], count=1)
+        second = await slack.post_user_message(DM, "and my invoice")
+        await slack.wait_for_bot_messages(DM, count=2)
+        await running.settle()
+        await slack.edit_message(DM, asked, "my card ends ****")
+        await slack.delete_message(DM, second)
+        # A thread in a channel, two messages at once (the second waits for the first), a reset.
+        root = await slack.post_user_message(CHANNEL, f"<@{BOT}> the deploy is stuck")
+        await asyncio.gather(
+            slack.post_user_message(CHANNEL, "it says waiting for lock", thread_ts=root),
+            slack.post_user_message(CHANNEL, "still stuck", thread_ts=root),
+        )
+        await slack.wait_for_bot_messages(CHANNEL, root, count=3)
+        await slack.post_user_message(CHANNEL, f"<@{BOT}> reset", thread_ts=root)
+        await running.settle()
+        # A DM stored before the answers index: scanned, and indexed.
+        legacy = ThreadKey("T1", "D701", "dm")
+        old = [Turn("user", "q", "1.1", "U1"), Turn("assistant", "a", "1.2", reply_to="1.1")]
+        await store.redis.rpush(store.keys.turns(legacy), *(turn.to_json() for turn in old))
+        assert await store.answers_to(legacy, "1.1") == ["1.2"]
+        # A waiting thread whose lock holder's process is gone, found by the orphan scan.
+        waiting = IncomingMessage("T1", "C701", "2.1", "U1", "hi", "answer", "2.1", "2.1", BOT)
+        await store.accept(waiting, "dead0:token")
+        assert await store.threads_orphaned(0) == [waiting.key]
+        # Taken over by a take that expects no message: its journal is read after the step.
+        taken = await store.take_thread(waiting.key, "beef:token")
+        assert taken and (taken.message.ts, taken.record.state) == ("2.1", "queued")
+        assert await store.finish(taken, "beef:token", Progress.of(state="noted")) is None
+        # Forget me, in the DM: every conversation of the person, their journals included.
+        await slack.post_user_message(DM, "forget me")
+        await slack.wait_for_bot_messages(DM, count=3)
+        await running.settle()
+    assert await undeclared_keys(redis_url, lines) == []
+    # Each take of a message accepted here declared its journal: read after the step (a round
+    # trip more) only for the message taken over from the dead process.
+    journals_read_alone = [
+        args for in_script, args in map(_args, lines) if not in_script and args[0] == "HGETALL"
+    ]
+    assert journals_read_alone == [["HGETALL", store.keys.journal("T1", "C701", "2.1")]]
+
+
+async def test_forget_me_changes_nothing_in_a_step_not_given_every_journal_it_would_touch(
+    redis_url: str,
+) -> None:
+    """`forget me` reads the person's turns, then removes them in a step that declares their
+    journals: a turn of theirs stored in between has a journal that step was not given, so it
+    changes nothing and says so (-1), and is run again with the turns read anew."""
+    store = Store(redis_url, conversation_ttl_days=1)
+    dm = ThreadKey("T1", "D702", "dm")
+    try:
+        for ts in ("1.1", "1.2"):
+            asked = IncomingMessage("T1", "D702", ts, "U1", "q", "answer", None, "dm", BOT, True)
+            await store.record_progress(asked, turns=(Turn("user", "q", ts, "U1"),), state="answered")
+        keys = [store.keys.turns(dm), store.keys.meta(dm), store.keys.answers(dm)]
+        journal = store.keys.journal("T1", "D702", "1.1")
+        # As if "1.2" were stored after the person's turns were read.
+        assert await store._forget_in_conversation(keys=[*keys, journal], args=["U1", 60, "1.1"]) == -1
+        assert len(await store.recent_turns(dm, 10)) == 2
+        assert (await store.forget_user("T1", "U1")).messages == 2
+        assert await store.recent_turns(dm, 10) == []
+    finally:
+        await store.close()
