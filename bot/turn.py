@@ -425,7 +425,10 @@ class TurnRunner:
                 try:
                     outcome = await self._take_turn_safely(next_up.message, next_up.record)
                 except DeliveryDeferred:
-                    return False  # left in the inbox; recovery retries it later
+                    # Left in the inbox; recovery retries it later. Kept here too, should Redis
+                    # lose it meanwhile: nothing else would answer it then.
+                    self.redis_loss.deferred(next_up.message, held.sign or next_up.record.sign)
+                    return False
                 except LockLost:
                     # Found as the answer was about to show: the worker that holds the lock
                     # now answers the message (from the journal), and the thread is its own.
@@ -565,6 +568,9 @@ class TurnRunner:
             message = replace(message, text=record.edited_text)  # edited before its turn came
         if record.look_first and record.state == "queued":
             looked = await self.redis_loss.look_in_slack(message)
+            if not isinstance(looked, IncomingMessage) and record.sign == "reaction":
+                # Left up by a turn whose delivery was deferred before the loss: settled here.
+                await self.delivery.clear_sign(target_for(message), "reaction")
             if isinstance(looked, CutShort):
                 return await self._interrupted(target_for(message), looked.answer_ts)
             if isinstance(looked, Progress):
@@ -729,6 +735,9 @@ class TurnRunner:
             return Progress.of(state="noted")
         except DeliveryDeferred:
             outcome = "delivery_deferred"
+            held = self._held.get(message.key)
+            if held is not None and held.ts == message.ts and sign.done() and not sign.cancelled():
+                held.sign = sign.result().kind  # left up for the retry (`RedisLossRecovery.deferred`)
             raise
         except (asyncio.CancelledError, LockLost):
             # Shutting down, or standing down for a worker that took the thread over: the
@@ -986,4 +995,4 @@ class _HeldLock:
     ts: str = ""
     message: IncomingMessage | None = None
     shown: str | None = None  # the ts of the answer's first message, once it shows
-    sign: str | None = None  # the thinking sign's kind, once the answer shows
+    sign: str | None = None  # the thinking sign's kind, once the answer shows or is deferred

@@ -1338,3 +1338,71 @@ async def test_a_message_handed_on_in_the_normal_path_and_answered_elsewhere_is_
         assert started == [] and await redis.zcard(store.keys.inbox(question.key)) == 0
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("posted", ["refused", "landed unseen"])
+async def test_an_answer_whose_delivery_was_deferred_when_redis_loses_its_data_is_given_once(
+    posted: str,
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Slack would not take a DM's answer (refused it; or took it, its answer lost, and could
+    not be asked whether it had), so its delivery was deferred: the message stays in the inbox,
+    its answer in the journal, for recovery to retry. Redis then loses both. Before, nothing in
+    the process kept the message (its worker had taken it), and it was never answered; it is
+    now queued again after the loss, looked up in Slack first: answered, or found answered, once,
+    and the 👀 taken away."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")  # recovery's retry of the deferral is ten seconds off
+    if posted == "refused":
+        slack.fail_next("chat.postMessage", error="internal_error", status=503, times=3)
+    else:
+        slack.fail_next("chat.postMessage", after=True, drop=True)
+        slack.fail_next("conversations.history", times=3)
+    asked = await slack.post_user_message(DM, "why is api-prod red?")
+    await slack.wait_for(lambda: "answer delivery deferred" in caplog.text, what="the deferral")
+    slack.clear_faults()
+    await redis.flushall()
+    await slack.wait_for(lambda: "message queued again" in caplog.text, what="it to be queued again")
+    await slack.wait_for(lambda: bool(slack.bot_messages(DM, "top")), timeout=15, what="the answer")
+    await running.settle()
+    assert [m["text"] for m in slack.bot_messages(DM, "top")] == ["Answer: ann: why is api-prod red?"]
+    assert _asked(llm, "why is api-prod red?") == (2 if posted == "refused" else 1)
+    assert _looks(slack) == [asked]
+    assert not (slack.message(DM, asked) or {}).get("reactions"), "the thinking reaction left"
+    assert _errors(caplog) == []
+
+
+async def test_a_follow_up_behind_a_deferred_answer_when_redis_loses_its_data_is_answered_after_it(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As above, with a follow-up waiting behind the deferred answer, and the loss beats after
+    the thread was last worked on. Alone, the process queues again only the messages of threads
+    it worked on since the beat before (nobody else can have touched them): the deferred
+    message's thread counts too, or its follow-up would be lost."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    slack.fail_next("chat.postMessage", error="internal_error", status=503, times=6)
+    await slack.post_user_message(DM, "why is api-prod red?")
+    await slack.wait_for(lambda: "answer delivery deferred" in caplog.text, what="the deferral")
+    await slack.post_user_message(DM, "and staging?")  # its worker retries the first: deferred again
+    await slack.wait_for(lambda: "attempts=2" in caplog.text, what="the second deferral")
+    slack.clear_faults()
+    process = running.bot.turns.process_id
+    for _ in range(2):
+        await _until(_a_beat(redis, process, await redis.zscore("processes", process)))
+    await redis.flushall()
+    await slack.wait_for_bot_messages(DM, "top", count=2, timeout=15)
+    await running.settle()
+    assert [m["text"] for m in slack.bot_messages(DM, "top")] == [
+        "Answer: ann: why is api-prod red?",
+        "Answer: ann: and staging?",
+    ]
+    assert _errors(caplog) == []
