@@ -51,6 +51,11 @@ class CutShort:
 
 
 @dataclass(frozen=True)
+class Deleted:
+    """The message is gone from Slack: nothing to answer, and no sign on it to take away."""
+
+
+@dataclass(frozen=True)
 class _Requeue:
     """A message to queue again, and how: one Redis refused to queue again, or one a turn here
     handed on as it stood down (`hand_on`)."""
@@ -317,7 +322,9 @@ class RedisLossRecovery:
 
     # -- a message queued again, looked up -------------------------------------------------
 
-    async def look_in_slack(self, message: IncomingMessage) -> IncomingMessage | Progress | CutShort:
+    async def look_in_slack(
+        self, message: IncomingMessage
+    ) -> IncomingMessage | Progress | CutShort | Deleted:
         """A message queued again while other processes were alive: one of them may have answered
         it, or been told it was deleted, before the loss. Slack says (one read, under the
         thread's lock, so after any turn on it elsewhere): the outcome when there is nothing to
@@ -340,7 +347,7 @@ class RedisLossRecovery:
         if not found.there:
             log.info("message queued again was deleted meanwhile, not answered team=%s channel=%s "
                      "thread=%s user=%s", *where)  # fmt: skip
-            return Progress.of(state="noted")
+            return Deleted()
         if found.noticed:
             log.info("notice found posted already team=%s channel=%s thread=%s user=%s", *where)
             return Progress.of(state="noted")

@@ -533,15 +533,18 @@ end
 # meanwhile from saving the old text. A message still waiting for its turn (journal state
 # `queued`) is no stored turn yet: its journal keeps the change (returns 2), which the turn reads
 # when it takes the message, and the step that stores the message applies (`journal_step`), in
-# case the change came after the turn had read the journal.
+# case the change came after the turn had read the journal. One queued again after a loss may
+# have copies all the same, read back from Slack by a newer turn (here, or in the DM thread under
+# its answer: `TurnRunner._holding`): those are changed too.
 _REWRITE_TURN = """
-if redis.call('HGET', KEYS[3], 'state') == 'queued' then
+local journal = redis.call('HMGET', KEYS[3], 'state', 'again')
+if journal[1] == 'queued' then
   if ARGV[3] == 'delete' then
     redis.call('HSET', KEYS[3], 'deleted', '1')
   else
     redis.call('HSET', KEYS[3], 'edited_text', ARGV[5], 'edited_readable', ARGV[2])
   end
-  return 2
+  if journal[2] ~= '1' then return 2 end
 end
 local items = redis.call('LRANGE', KEYS[1], 0, -1)
 local found = false
@@ -562,7 +565,7 @@ for i, raw in ipairs(items) do
     redis.call('LREM', KEYS[1], 1, raw)
   end
 end
-if not found then return 0 end
+if not found then return journal[1] == 'queued' and 2 or 0 end
 conversation_changed_at(KEYS[2], ARGV[1], ARGV[4])
 return 1
 """
@@ -571,11 +574,15 @@ return 1
 # conversation, where a newer turn read it back from Slack while it waited to be queued again
 # after a loss: its own turn stores it anew, after that newer turn. A summary that covers it is
 # dropped (rebuilt from the turns as they are now); the epoch bump stops one being saved meanwhile.
-# KEYS: turns. ARGV: a person's message's ts. The ts of the bot's stored answers to it: read in
-# Redis, decoding only the turns whose text holds the ts, so that an edit or deletion of a message
-# in a long DM costs no transfer, nor decoding, of the whole conversation.
+# KEYS: turns, meta. ARGV: a person's message's ts. The ts of the bot's stored answers to it: read
+# in Redis, decoding only the turns whose text holds the ts, so that an edit or deletion of a
+# message in a long DM costs no transfer, nor decoding, of the whole conversation. Also the DM
+# thread whose read-back copied the message from Slack (`Store.prepend_history`), when the answer
+# it is under was not stored here (Redis lost it).
 _ANSWERS_TO = """
 local found = {}
+local copied = redis.call('HGET', KEYS[2], 'copy:' .. ARGV[1])
+if copied then table.insert(found, copied) end
 for _, raw in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
   if string.find(raw, ARGV[1], 1, true) then
     local turn = cjson.decode(raw)
@@ -1422,8 +1429,12 @@ class Store:
         pipe.expire(self.keys.meta(key), self.conversation_ttl)
         self._index_people(pipe, key, turns)
 
-    async def prepend_history(self, key: ThreadKey, turns: list[Turn]) -> None:
-        """Put earlier thread messages (read from Slack) before what is stored; mark it read."""
+    async def prepend_history(self, key: ThreadKey, turns: list[Turn], *, copy_of: str | None = None) -> None:
+        """Put earlier thread messages (read from Slack) before what is stored; mark it read.
+
+        `copy_of`: a DM thread's, which starts with a copy of the DM message at that ts (the
+        question its answer was for): the DM's conversation notes where, so that a deletion or
+        edit of it reaches the copy (`answers_to`) also when the answer is not stored there."""
         async with self.redis.pipeline(transaction=True) as pipe:
             if turns:
                 pipe.lpush(self.keys.turns(key), *(turn.to_json() for turn in reversed(turns)))
@@ -1431,6 +1442,10 @@ class Store:
                 self._index_people(pipe, key, turns)
             pipe.hset(self.keys.meta(key), "hydrated", "1")
             pipe.expire(self.keys.meta(key), self.conversation_ttl)
+            if copy_of is not None:
+                dm = self.keys.meta(ThreadKey(key.team, key.channel, "dm"))
+                pipe.hset(dm, f"copy:{copy_of}", key.thread)
+                pipe.expire(dm, self.conversation_ttl)
             await pipe.execute()
 
     def _index_people(self, pipe: Any, key: ThreadKey, turns: Iterable[Turn]) -> None:
@@ -1501,8 +1516,9 @@ class Store:
 
     async def answers_to(self, key: ThreadKey, ts: str) -> list[str]:
         """The ts of the bot's stored answers to the person's message at `ts` (a scan of the
-        conversation, in Redis: for an edit or deletion)."""
-        return list(await self._answers_to(keys=[self.keys.turns(key)], args=[ts]))
+        conversation, in Redis: for an edit or deletion), and of a DM thread that copied it."""
+        found = await self._answers_to(keys=[self.keys.turns(key), self.keys.meta(key)], args=[ts])
+        return list(dict.fromkeys(found))
 
     async def drop_read_back(self, key: ThreadKey, ts: str) -> bool:
         """Take a person's message at `ts` out of the stored conversation, where a newer turn

@@ -48,7 +48,7 @@ from bot.delivery import (
 )
 from bot.llm import UNAVAILABLE, Answer, ChatMessage, ChatModel, LLMError
 from bot.rate_limit import CALL_ERRORS, NO_ANSWER_ERRORS, error_code
-from bot.redis_loss import CutShort, RedisLossRecovery
+from bot.redis_loss import CutShort, Deleted, RedisLossRecovery
 from bot.shared_breaker import SharedBreaker
 from bot.slack_text import mentioned_users
 from bot.store import (
@@ -568,6 +568,8 @@ class TurnRunner:
             message = replace(message, text=record.edited_text)  # edited before its turn came
         if record.look_first and record.state == "queued":
             looked = await self.redis_loss.look_in_slack(message)
+            if isinstance(looked, Deleted):
+                return Progress.of(state="noted")
             if not isinstance(looked, IncomingMessage) and record.sign == "reaction":
                 # Left up by a turn whose delivery was deferred before the loss: settled here.
                 await self.delivery.clear_sign(target_for(message), "reaction")
@@ -893,6 +895,7 @@ class TurnRunner:
         if hydrated:
             return EarlierThread.NOT_NEEDED
         workspace, bot_user = self.workspace, message.bot_user_id
+        question: list[Turn] = []  # a DM thread's: the question its answer was for, copied
         try:
             if key.thread == "dm":
                 if not self.redis_loss.dm_history_lost(key):
@@ -905,13 +908,15 @@ class TurnRunner:
                     key, key.thread, message.ts, bot_user, is_dm=message.is_dm
                 )
                 if message.is_dm:
-                    earlier = _after_question(await self._question_before(message, earlier), earlier)
+                    question = await self._question_before(message, earlier)
+                    earlier = _after_question(question, earlier)
         except CALL_ERRORS as error:
             # Answer without the earlier messages rather than not at all; try again next turn.
             log.warning("could not read earlier thread thread=%s error=%s", key, error_code(error))
             return EarlierThread.UNREADABLE
         known = await self.store.stored_ts(key)
-        await self.store.prepend_history(key, [t for t in earlier if t.ts not in known])
+        copy_of = question[0].ts if question else None
+        await self.store.prepend_history(key, [t for t in earlier if t.ts not in known], copy_of=copy_of)
         return EarlierThread.READ
 
     async def _question_before(self, message: IncomingMessage, thread: list[Turn]) -> list[Turn]:

@@ -1406,3 +1406,53 @@ async def test_a_follow_up_behind_a_deferred_answer_when_redis_loses_its_data_is
         "Answer: ann: and staging?",
     ]
     assert _errors(caplog) == []
+
+
+async def _a_dm_question_queued_again_under_its_answer(
+    running: RunningBot, slack: SlackEmulator, redis: Redis, caplog: pytest.LogCaptureFixture, text: str
+) -> tuple[str, dict[str, Any], Any]:
+    """A DM question answered in Slack, unseen (its delivery deferred), and then queued again after
+    a loss, its look in Slack held: its journal stays `queued` until the gate opens. Returns the
+    question's ts, its answer and the gate."""
+    slack.fail_next("chat.postMessage", after=True, drop=True)
+    slack.fail_next("conversations.history", times=3)
+    asked = await slack.post_user_message(DM, text)
+    await slack.wait_for(lambda: "answer delivery deferred" in caplog.text, what="the deferral")
+    slack.clear_faults()
+    looking = slack.gate("conversations.history", when=lambda args: bool(args.get("inclusive")))
+    await redis.flushall()
+    await slack.wait_for(lambda: looking.waiting > 0, what="the look of the question queued again")
+    [answer] = slack.bot_messages(DM, "top")
+    return asked, answer, looking
+
+
+async def test_a_dm_question_queued_again_after_a_loss_and_deleted_goes_from_the_dm_thread_under_its_answer(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """While a DM question queued again after a loss waits for its turn, a reply in the DM thread
+    under its answer copies it there from Slack (the DM's stored conversation, which would link
+    them, went with the loss). Deleting the question then only marked its journal deleted: the
+    copy stayed in that thread's conversation, and went to the model with every later reply
+    there. Now the DM's conversation notes where the copy is, and the copy goes."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    secret = "my password is hunter2, why is api-prod red?"
+    asked, answer, looking = await _a_dm_question_queued_again_under_its_answer(
+        running, slack, redis, caplog, secret
+    )
+    await slack.post_user_message(DM, "more on this", thread_ts=answer["ts"])
+    await slack.wait_for_bot_messages(DM, answer["ts"], count=1)
+    assert any("hunter2" in text for text in _prompt(llm)), _prompt(llm)  # copied there
+    await slack.delete_message(DM, asked)
+    looking.opened.set()
+    await slack.wait_for(lambda: "was deleted meanwhile" in caplog.text, what="the look to find it gone")
+    await running.settle()
+    for key, content in (await everything_in(redis)).items():
+        if key.startswith("conv:"):
+            assert "hunter2" not in content, (key, content)
+    assert "message_not_found" not in caplog.text  # no sign taken off the deleted message
+    assert _errors(caplog) == []
