@@ -370,6 +370,9 @@ class Keys:
     INBOX_TTL = DAY
     NAME_TTL = DAY  # display names change rarely
     JOURNAL_TTL = DAY
+    # A deleted message's tombstone, which a conversation read back from Slack meanwhile consults
+    # (`Store.prepend_history`): longer than any read-back waits for its pages.
+    DELETED_TTL = 3600
     SUMMARY_LOCK_TTL_MS = 120_000  # renewed after each summary call; a dead holder's expires
     LLM_FAILURES_TTL_MS = 300_000  # failed turns further apart than this are not "in a row"
 
@@ -396,6 +399,9 @@ class Keys:
 
     def journal(self, team: str, channel: str, ts: str) -> str:
         return f"{self.journal_prefix}{team}:{channel}:{ts}"
+
+    def deleted(self, team: str, channel: str, ts: str) -> str:
+        return f"{self.prefix}deleted:{team}:{channel}:{ts}"
 
     def rate(self, scope: str, team: str, who: str, window: int, bucket: int) -> str:
         # Hashed: a counter needs no one's id in clear, and outlives no "forget me" as personal data.
@@ -525,18 +531,20 @@ local function conversation_changed_at(meta, ts, ttl)
 end
 """
 
-# KEYS: turns, meta, the message's journal. ARGV: ts, replacement text, 'edit' or 'delete',
-# conversation ttl, the replacement as Slack wrote it. Deleting a person's message also drops the
-# bot's answer to it, which may quote it. Deletes and edits are rare, so a scan of one
-# conversation is fine here. A summary that covers the turn may quote it too, so it is dropped
-# (and rebuilt from the turns as they are now); the epoch bump stops a summary being computed
-# meanwhile from saving the old text. A message still waiting for its turn (journal state
-# `queued`) is no stored turn yet: its journal keeps the change (returns 2), which the turn reads
-# when it takes the message, and the step that stores the message applies (`journal_step`), in
-# case the change came after the turn had read the journal. One queued again after a loss may
-# have copies all the same, read back from Slack by a newer turn (here, or in the DM thread under
-# its answer: `TurnRunner._holding`): those are changed too.
+# KEYS: turns, meta, the message's journal, its tombstone. ARGV: ts, replacement text, 'edit' or
+# 'delete', conversation ttl, the replacement as Slack wrote it, tombstone ttl. Deleting a person's
+# message also drops the bot's answer to it, which may quote it, and leaves a tombstone, so that a
+# read-back from Slack that saw the message before it went does not put it back. Deletes and edits
+# are rare, so a scan of one conversation is fine here. A summary that covers the turn may quote
+# it too, so it is dropped (and rebuilt from the turns as they are now); the epoch bump stops a
+# summary being computed meanwhile from saving the old text. A message still waiting for its turn
+# (journal state `queued`) is no stored turn yet: its journal keeps the change (returns 2), which
+# the turn reads when it takes the message, and the step that stores the message applies
+# (`journal_step`), in case the change came after the turn had read the journal. One queued again
+# after a loss may have copies all the same, read back from Slack by a newer turn (here, or in the
+# DM thread under its answer: `TurnRunner._holding`): those are changed too.
 _REWRITE_TURN = """
+if ARGV[3] == 'delete' then redis.call('SET', KEYS[4], '1', 'EX', ARGV[6]) end
 local journal = redis.call('HMGET', KEYS[3], 'state', 'again')
 if journal[1] == 'queued' then
   if ARGV[3] == 'delete' then
@@ -570,16 +578,16 @@ conversation_changed_at(KEYS[2], ARGV[1], ARGV[4])
 return 1
 """
 
-# KEYS: turns, meta. ARGV: ts, conversation ttl. Takes a person's message out of the stored
-# conversation, where a newer turn read it back from Slack while it waited to be queued again
-# after a loss: its own turn stores it anew, after that newer turn. A summary that covers it is
-# dropped (rebuilt from the turns as they are now); the epoch bump stops one being saved meanwhile.
-# KEYS: turns, meta. ARGV: a person's message's ts. The ts of the bot's stored answers to it: read
-# in Redis, decoding only the turns whose text holds the ts, so that an edit or deletion of a
-# message in a long DM costs no transfer, nor decoding, of the whole conversation. Also the DM
-# thread whose read-back copied the message from Slack (`Store.prepend_history`), when the answer
-# it is under was not stored here (Redis lost it).
+# KEYS: turns, meta[, the message's tombstone]. ARGV: a person's message's ts[, tombstone ttl].
+# The ts of the bot's stored answers to it: read in Redis, decoding only the turns whose text holds
+# the ts, so that an edit or deletion of a message in a long DM costs no transfer, nor decoding, of
+# the whole conversation. Also the DM thread whose read-back copied the message from Slack
+# (`copy:<ts>`, see `_PREPEND_HISTORY`), when the answer it is under was not stored here (Redis
+# lost it). With a tombstone (a deletion), it is left first, in the same step: a DM thread's
+# read-back that copies the message after this leaves it out, and one that copied it before is
+# found here.
 _ANSWERS_TO = """
+if KEYS[3] then redis.call('SET', KEYS[3], '1', 'EX', ARGV[2]) end
 local found = {}
 local copied = redis.call('HGET', KEYS[2], 'copy:' .. ARGV[1])
 if copied then table.insert(found, copied) end
@@ -594,6 +602,39 @@ end
 return found
 """
 
+# KEYS: turns, meta, the DM's meta (or meta again), then per turn the tombstone of the message it
+# goes with (its own; an answer's, its question's), then the indexes of the people among the turns.
+# ARGV: conversation ttl, turns, the DM meta's field ('' for none) and value, then the turns (JSON),
+# oldest first. Puts the turns read back from Slack before those stored, but for those deleted since
+# they were read (their tombstone is there: the deletion found nothing here to take out); marks the
+# conversation read. The people's indexes may then name one whose turns all went: harmless.
+_PREPEND_HISTORY = """
+local n = tonumber(ARGV[2])
+local kept = {}
+for i = n, 1, -1 do
+  if redis.call('EXISTS', KEYS[3 + i]) == 0 then table.insert(kept, ARGV[4 + i]) end
+end
+for i = 1, #kept, 1000 do
+  redis.call('LPUSH', KEYS[1], unpack(kept, i, math.min(i + 999, #kept)))
+end
+if #kept > 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+for i = 4 + n, #KEYS do
+  redis.call('SADD', KEYS[i], KEYS[1])
+  redis.call('EXPIRE', KEYS[i], ARGV[1])
+end
+redis.call('HSET', KEYS[2], 'hydrated', '1')
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
+  redis.call('EXPIRE', KEYS[3], ARGV[1])
+end
+return #kept
+"""
+
+# KEYS: turns, meta. ARGV: ts, conversation ttl. Takes a person's message out of the stored
+# conversation, where a newer turn read it back from Slack while it waited to be queued again
+# after a loss: its own turn stores it anew, after that newer turn. A summary that covers it is
+# dropped (rebuilt from the turns as they are now); the epoch bump stops one being saved meanwhile.
 _DROP_READ_BACK = """
 for _, raw in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
   local turn = cjson.decode(raw)
@@ -1045,6 +1086,7 @@ class Store:
         self._rewrite_turn = self.redis.register_script(_CONVERSATION_CHANGED_AT + _REWRITE_TURN)
         self._drop_read_back = self.redis.register_script(_CONVERSATION_CHANGED_AT + _DROP_READ_BACK)
         self._answers_to = self.redis.register_script(_ANSWERS_TO)
+        self._prepend_history = self.redis.register_script(_PREPEND_HISTORY)
         self._save_summary = self.redis.register_script(_SAVE_SUMMARY)
         self._forget_in_conversation = self.redis.register_script(_FORGET_IN_CONVERSATION)
         self._release_lock = self.redis.register_script(_RELEASE_LOCK)
@@ -1434,19 +1476,28 @@ class Store:
 
         `copy_of`: a DM thread's, which starts with a copy of the DM message at that ts (the
         question its answer was for): the DM's conversation notes where, so that a deletion or
-        edit of it reaches the copy (`answers_to`) also when the answer is not stored there."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            if turns:
-                pipe.lpush(self.keys.turns(key), *(turn.to_json() for turn in reversed(turns)))
-                pipe.expire(self.keys.turns(key), self.conversation_ttl)
-                self._index_people(pipe, key, turns)
-            pipe.hset(self.keys.meta(key), "hydrated", "1")
-            pipe.expire(self.keys.meta(key), self.conversation_ttl)
-            if copy_of is not None:
-                dm = self.keys.meta(ThreadKey(key.team, key.channel, "dm"))
-                pipe.hset(dm, f"copy:{copy_of}", key.thread)
-                pipe.expire(dm, self.conversation_ttl)
-            await pipe.execute()
+        edit of it reaches the copy (`answers_to`) also when the answer is not stored there.
+
+        A message deleted since it was read is left out, with the answers to it: its deletion,
+        which found nothing here to take out, left a tombstone (`_PREPEND_HISTORY`)."""
+        dm = self.keys.meta(ThreadKey(key.team, key.channel, "dm")) if copy_of else self.keys.meta(key)
+        people = sorted({turn.user for turn in turns if turn.role == "user" and turn.user})
+        await self._prepend_history(
+            keys=[
+                self.keys.turns(key),
+                self.keys.meta(key),
+                dm,
+                *(self.keys.deleted(key.team, key.channel, turn.reply_to or turn.ts) for turn in turns),
+                *(self.keys.user_index(key.team, user) for user in people),
+            ],
+            args=[
+                self.conversation_ttl,
+                len(turns),
+                f"copy:{copy_of}" if copy_of else "",
+                key.thread,
+                *(turn.to_json() for turn in turns),
+            ],
+        )
 
     def _index_people(self, pipe: Any, key: ThreadKey, turns: Iterable[Turn]) -> None:
         for user in {turn.user for turn in turns if turn.role == "user" and turn.user}:
@@ -1501,7 +1552,8 @@ class Store:
         them; a message still waiting for its turn is marked deleted, and not answered."""
         return bool(
             await self._rewrite_turn(
-                keys=self._rewrite_keys(key, ts), args=[ts, "", "delete", self.conversation_ttl, ""]
+                keys=self._rewrite_keys(key, ts),
+                args=[ts, "", "delete", self.conversation_ttl, "", Keys.DELETED_TTL],
             )
         )
 
@@ -1510,14 +1562,20 @@ class Store:
         old text; a message still waiting for its turn is answered as edited (`slack_text`)."""
         return bool(
             await self._rewrite_turn(
-                keys=self._rewrite_keys(key, ts), args=[ts, text, "edit", self.conversation_ttl, slack_text]
+                keys=self._rewrite_keys(key, ts),
+                args=[ts, text, "edit", self.conversation_ttl, slack_text, Keys.DELETED_TTL],
             )
         )
 
-    async def answers_to(self, key: ThreadKey, ts: str) -> list[str]:
+    async def answers_to(self, key: ThreadKey, ts: str, *, deleting: bool = False) -> list[str]:
         """The ts of the bot's stored answers to the person's message at `ts` (a scan of the
-        conversation, in Redis: for an edit or deletion), and of a DM thread that copied it."""
-        found = await self._answers_to(keys=[self.keys.turns(key), self.keys.meta(key)], args=[ts])
+        conversation, in Redis: for an edit or deletion), and of a DM thread that copied it.
+        `deleting`: its tombstone is left in the same step (see `_ANSWERS_TO`)."""
+        keys = [self.keys.turns(key), self.keys.meta(key)]
+        tombstone = [self.keys.deleted(key.team, key.channel, ts)] if deleting else []
+        found = await self._answers_to(
+            keys=[*keys, *tombstone], args=[ts, *([Keys.DELETED_TTL] if deleting else [])]
+        )
         return list(dict.fromkeys(found))
 
     async def drop_read_back(self, key: ThreadKey, ts: str) -> bool:
@@ -1530,7 +1588,9 @@ class Store:
         )
 
     def _rewrite_keys(self, key: ThreadKey, ts: str) -> list[str]:
-        return [self.keys.turns(key), self.keys.meta(key), self.keys.journal(key.team, key.channel, ts)]
+        team, channel = key.team, key.channel
+        journal, deleted = self.keys.journal(team, channel, ts), self.keys.deleted(team, channel, ts)
+        return [self.keys.turns(key), self.keys.meta(key), journal, deleted]
 
     # -- the right to be forgotten ---------------------------------------------------------
 

@@ -259,7 +259,7 @@ class TurnRunner:
 
     async def remove_message(self, key: ThreadKey, ts: str) -> None:
         self.redis_loss.taken((key.team, key.channel, ts))  # never to be queued again
-        for holding in await self._holding(key, ts):  # found before the answer goes
+        for holding in await self._holding(key, ts, deleting=True):  # found before the answer goes
             if await self.store.remove_user_message(holding, ts):
                 log.info("deleted message removed team=%s channel=%s thread=%s ts=%s",
                          key.team, key.channel, holding.thread, ts)  # fmt: skip
@@ -274,10 +274,13 @@ class TurnRunner:
         for holding in await self._holding(key, ts):
             await self.store.edit_user_message(holding, ts, readable, text)
 
-    async def _holding(self, key: ThreadKey, ts: str) -> list[ThreadKey]:
+    async def _holding(self, key: ThreadKey, ts: str, *, deleting: bool = False) -> list[ThreadKey]:
         """The conversations that hold a person's message stored in `key`: a DM's also the DM
-        threads under the answers to it, which start with a copy of it (`_question_before`)."""
-        threads = await self.store.answers_to(key, ts) if key.thread == "dm" else []
+        threads under the answers to it, which start with a copy of it (`_question_before`).
+        `deleting`: its tombstone is left as they are found, so that a DM thread that copies it
+        from Slack after this look leaves it out (`Store.prepend_history`)."""
+        dm = key.thread == "dm"
+        threads = await self.store.answers_to(key, ts, deleting=deleting) if dm else []
         return [key, *(ThreadKey(key.team, key.channel, thread) for thread in threads)]
 
     def start_work(self, key: ThreadKey) -> None:

@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from bot.context import EARLIER_UNREAD_NOTE
 from bot.formatting import SlackMarkdown
 from bot.redis_loss import RedisLossRecovery
-from bot.store import Accepted, IncomingMessage, Store, ThreadKey
+from bot.store import Accepted, IncomingMessage, Store, ThreadKey, Turn
 from bot.turn import DELIVERY_FAILED, INTERRUPTED, STORE_UNAVAILABLE, TURN_FAILED
 from tests.conftest import RunningBot, StartBot
 from tests.emulators.openai_api import OpenAIEmulator, Reply, SlowFirstToken, Status
@@ -1456,3 +1456,57 @@ async def test_a_dm_question_queued_again_after_a_loss_and_deleted_goes_from_the
             assert "hunter2" not in content, (key, content)
     assert "message_not_found" not in caplog.text  # no sign taken off the deleted message
     assert _errors(caplog) == []
+
+
+async def test_a_dm_question_deleted_while_a_dm_thread_reads_it_back_after_a_loss_is_not_put_back(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A reply in the DM thread under an answer, after a loss: its turn reads the question before
+    that answer from Slack, and the question is deleted while that read's answer is on its way.
+    The deletion finds no copy to take out yet; before, the read-back then put the question (a
+    password) into the thread's conversation, and sent it to the model. The deletion now leaves
+    a tombstone, which the read-back heeds."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    asked = await slack.post_user_message(DM, "my password is hunter2, why is api-prod red?")
+    [answer] = await slack.wait_for_bot_messages(DM, "top", count=1)
+    await running.settle()
+    await redis.flushall()
+    await slack.wait_for(lambda: FORGOT in caplog.text, what="the loss to be noticed")
+    reading = slack.gate("conversations.history", answered=True, latest=answer["ts"])
+    await slack.post_user_message(DM, "more on this", thread_ts=answer["ts"])
+    await slack.wait_for(lambda: reading.waiting > 0, what="the read of the question before the answer")
+    await slack.delete_message(DM, asked)
+    reading.opened.set()
+    await slack.wait_for_bot_messages(DM, answer["ts"], count=1)
+    await running.settle()
+    assert _prompt(llm) == ["ann: more on this"]
+    for key, content in (await everything_in(redis)).items():
+        if key.startswith("conv:"):
+            assert "hunter2" not in content, (key, content)
+    assert _errors(caplog) == []
+
+
+async def test_a_dm_question_whose_deletion_looked_for_copies_before_a_read_back_copied_it_is_left_out(
+    redis_url: str, redis: Redis
+) -> None:
+    """The other order of the race above, between the deletion's two steps: it looks for the DM
+    threads that hold a copy of the question (none yet), a read-back then copies it into one, and
+    only then does the deletion take the question out of the DM's own conversation. The tombstone
+    must be there from the first step, or the copy stays."""
+    store = Store(redis_url, conversation_ttl_days=1)
+    dm, thread = ThreadKey("T1", DM, "dm"), ThreadKey("T1", DM, "1.2")
+    question = Turn(role="user", text="my password is hunter2", ts="1.1", user="U1", name="ann")
+    answer = Turn(role="assistant", text="Answer", ts="1.2", reply_to="1.1")
+    reply = Turn(role="user", text="more on this", ts="1.3", user="U1", name="ann")
+    try:
+        assert await store.answers_to(dm, "1.1", deleting=True) == []
+        await store.prepend_history(thread, [question, answer, reply], copy_of="1.1")
+        await store.remove_user_message(dm, "1.1")
+        assert [turn.ts for turn in await store.recent_turns(thread, 10)] == ["1.3"]
+    finally:
+        await store.close()
