@@ -1510,3 +1510,33 @@ async def test_a_dm_question_whose_deletion_looked_for_copies_before_a_read_back
         assert [turn.ts for turn in await store.recent_turns(thread, 10)] == ["1.3"]
     finally:
         await store.close()
+
+
+async def test_a_dm_question_answered_before_a_loss_and_deleted_after_goes_from_the_dm_thread_copied_since(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The same copy without a question queued again: answered before the loss, it is copied from
+    Slack into the DM thread under its answer by a reply there after it. The deletion looked for
+    that thread only through the answer stored in the DM's conversation, which went with the loss:
+    the copy stayed."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    asked = await slack.post_user_message(DM, "my password is hunter2, why is api-prod red?")
+    [answer] = await slack.wait_for_bot_messages(DM, "top", count=1)
+    await running.settle()
+    await redis.flushall()
+    await slack.wait_for(lambda: FORGOT in caplog.text, what="the loss to be noticed")
+    await slack.post_user_message(DM, "more on this", thread_ts=answer["ts"])
+    await slack.wait_for_bot_messages(DM, answer["ts"], count=1)
+    await running.settle()
+    assert any("hunter2" in text for text in _prompt(llm)), _prompt(llm)  # copied there
+    await slack.delete_message(DM, asked)
+    await running.settle()
+    for key, content in (await everything_in(redis)).items():
+        if key.startswith("conv:"):
+            assert "hunter2" not in content, (key, content)
+    assert _errors(caplog) == []
