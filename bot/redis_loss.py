@@ -51,6 +51,11 @@ class CutShort:
 
 
 @dataclass(frozen=True)
+class Deleted:
+    """The message is gone from Slack: nothing to answer, and no sign on it to take away."""
+
+
+@dataclass(frozen=True)
 class _Requeue:
     """A message to queue again, and how: one Redis refused to queue again, or one a turn here
     handed on as it stood down (`hand_on`)."""
@@ -99,8 +104,9 @@ class RedisLossRecovery:
         # Messages whose queueing again Redis refused: tried again at the next beat.
         self._unqueued: OrderedDict[Seen, _Requeue] = OrderedDict()
         self._retrying = False
-        # Messages handed on as their turn here stood down, queued again with what showed: kept,
-        # like those waiting, until taken here or over, should Redis lose them again.
+        # Messages a turn here let go of: handed on as it stood down (queued again with what
+        # showed), or left in the inbox when Slack would not take the answer (`deferred`). Kept,
+        # like those waiting, until taken here or over, should Redis lose them (again).
         self._handed_on: OrderedDict[Seen, _Requeue] = OrderedDict()
 
     # -- what is kept meanwhile ------------------------------------------------------------
@@ -196,12 +202,16 @@ class RedisLossRecovery:
         them, nor been told of their deletion). None: other processes were alive, and a message
         here may be one another answered, or was told was deleted: all the messages here not
         seen finished, each marked for its worker to look in Slack first (`look_in_slack`)."""
+        if threads is not None:
+            # A message let go here (a deferred answer, say) waits in its inbox with those behind
+            # it, in a thread that need not have been held here lately.
+            threads = threads | {how.message.key for how in self._handed_on.values()}
         lost = [
             _Requeue(m, threads is None, None, None)
             for seen, m in self._waiting.items()
             if (threads is None or m.key in threads) and seen not in self._handed_on
         ]
-        lost += self._handed_on.values()  # as they were handed on: looked up first, with what showed
+        lost += self._handed_on.values()  # as they were let go of: looked up first, with what showed
         log.info(
             "after the loss, waiting messages to queue again count=%d look_first=%s",
             len(lost),
@@ -268,6 +278,16 @@ class RedisLossRecovery:
             self._handed_on.popitem(last=False)
         await self._queue(message, look_first=True, shown=shown, sign=sign)
 
+    def deferred(self, message: IncomingMessage, sign: str | None = None) -> None:
+        """A turn here produced the answer but Slack would not take it (or may have, unseen): the
+        message stays in its inbox, the answer in its journal, for recovery to retry. Both go if
+        Redis loses its data: kept here until a worker here takes it again or a beat finds it over,
+        to be queued again then, looked up in Slack first (the post may have landed). `sign`: the
+        thinking sign left up for the retry, which its turn then takes away."""
+        self._handed_on[(message.team, message.channel, message.ts)] = _Requeue(message, True, None, sign)
+        while len(self._handed_on) > WAITING_MEMORY:
+            self._handed_on.popitem(last=False)
+
     async def _queue(
         self, message: IncomingMessage, *, look_first: bool, shown: str | None = None, sign: str | None = None
     ) -> bool:
@@ -302,7 +322,9 @@ class RedisLossRecovery:
 
     # -- a message queued again, looked up -------------------------------------------------
 
-    async def look_in_slack(self, message: IncomingMessage) -> IncomingMessage | Progress | CutShort:
+    async def look_in_slack(
+        self, message: IncomingMessage
+    ) -> IncomingMessage | Progress | CutShort | Deleted:
         """A message queued again while other processes were alive: one of them may have answered
         it, or been told it was deleted, before the loss. Slack says (one read, under the
         thread's lock, so after any turn on it elsewhere): the outcome when there is nothing to
@@ -325,7 +347,7 @@ class RedisLossRecovery:
         if not found.there:
             log.info("message queued again was deleted meanwhile, not answered team=%s channel=%s "
                      "thread=%s user=%s", *where)  # fmt: skip
-            return Progress.of(state="noted")
+            return Deleted()
         if found.noticed:
             log.info("notice found posted already team=%s channel=%s thread=%s user=%s", *where)
             return Progress.of(state="noted")

@@ -382,6 +382,9 @@ class Keys:
     INBOX_TTL = DAY
     NAME_TTL = DAY  # display names change rarely
     JOURNAL_TTL = DAY
+    # A deleted message's tombstone, which a conversation read back from Slack meanwhile consults
+    # (`Store.merge_read_back`): longer than any read-back waits for its pages.
+    DELETED_TTL = 3600
     SUMMARY_LOCK_TTL_MS = 120_000  # renewed after each summary call; a dead holder's expires
     LLM_FAILURES_TTL_MS = 300_000  # failed turns further apart than this are not "in a row"
 
@@ -408,6 +411,9 @@ class Keys:
 
     def journal(self, team: str, channel: str, ts: str) -> str:
         return f"{self.journal_prefix}{team}:{channel}:{ts}"
+
+    def deleted(self, team: str, channel: str, ts: str) -> str:
+        return f"{self.prefix}deleted:{team}:{channel}:{ts}"
 
     def rate(self, scope: str, team: str, who: str, window: int, bucket: int) -> str:
         # Hashed: a counter needs no one's id in clear, and outlives no "forget me" as personal data.
@@ -541,23 +547,28 @@ local function conversation_changed_at(meta, ts, ttl)
 end
 """
 
-# KEYS: turns, meta, the message's journal, the answers index. ARGV: ts, replacement text, 'edit'
-# or 'delete', conversation ttl, the replacement as Slack wrote it. Deleting a person's message
-# also drops the bot's answer to it, which may quote it, and so its entries in the index. Deletes
-# and edits are rare, so a scan of one conversation is fine here. A summary that covers the turn
-# may quote it too, so it is dropped (and rebuilt from the turns as they are now); the epoch bump
-# stops a summary being computed meanwhile from saving the old text. A message still waiting for
-# its turn (journal state `queued`) is no stored turn yet: its journal keeps the change (returns
-# 2), which the turn reads when it takes the message, and the step that stores the message applies
-# (`journal_step`), in case the change came after the turn had read the journal.
+# KEYS: turns, meta, the message's journal, the answers index, its tombstone. ARGV: ts,
+# replacement text, 'edit' or 'delete', conversation ttl, the replacement as Slack wrote it,
+# tombstone ttl. Deleting a person's message also drops the bot's answer to it, which may quote it,
+# and so its entries in the index, and leaves a tombstone, so that a read-back from Slack that saw
+# the message before it went does not put it back. Deletes and edits are rare, so a scan of one
+# conversation is fine here. A summary that covers the turn may quote it too, so it is dropped (and
+# rebuilt from the turns as they are now); the epoch bump stops a summary being computed meanwhile
+# from saving the old text. A message still waiting for its turn (journal state `queued`) is no
+# stored turn yet: its journal keeps the change (returns 2 when nothing else changed), which the
+# turn reads when it takes the message, and the step that stores the message applies
+# (`journal_step`), in case the change came after the turn had read the journal. One queued again
+# after a loss may have copies all the same, read back from Slack by a newer turn (here, or in the
+# DM thread under its answer: `TurnRunner._holding`): those are changed too.
 _REWRITE_TURN = """
-if redis.call('HGET', KEYS[3], 'state') == 'queued' then
+if ARGV[3] == 'delete' then redis.call('SET', KEYS[5], '1', 'EX', ARGV[6]) end
+local queued = redis.call('HGET', KEYS[3], 'state') == 'queued'
+if queued then
   if ARGV[3] == 'delete' then
     redis.call('HSET', KEYS[3], 'deleted', '1')
   else
     redis.call('HSET', KEYS[3], 'edited_text', ARGV[5], 'edited_readable', ARGV[2])
   end
-  return 2
 end
 local items = redis.call('LRANGE', KEYS[1], 0, -1)
 local found = false
@@ -580,7 +591,7 @@ for i, raw in ipairs(items) do
     redis.call('LREM', KEYS[1], 1, raw)
   end
 end
-if not found then return 0 end
+if not found then return queued and 2 or 0 end
 if ARGV[3] == 'delete' then
   redis.call('ZREMRANGEBYLEX', KEYS[4], '[' .. ARGV[1] .. ':', '(' .. ARGV[1] .. ';')
 end
@@ -613,22 +624,30 @@ local function index_answers(index, answers, complete, ttl)
 end
 """
 
-# KEYS: turns, answers index. ARGV: a person's message's ts. The ts of the bot's stored answers to
-# it, for an edit or deletion: from the index, O(answers). A conversation whose index is not
-# complete (stored before the index existed, or its index expired first) is scanned once, in
-# Redis, and indexed as it goes (ZADD in batches, with the turns' own TTL), so that later looks use
-# the index. The scan reads an answer's ts and question by pattern, not by decoding it (a third of
-# the time for 4,000 turns): `"ts":"` cannot occur inside a JSON string, whose quotes are escaped.
+# KEYS: turns, answers index, meta[, the message's tombstone]. ARGV: a person's message's ts[,
+# tombstone ttl]. The ts of the bot's stored answers to it, for an edit or deletion: from the index,
+# O(answers). A conversation whose index is not complete (stored before the index existed, or its
+# index expired first) is scanned once, in Redis, and indexed as it goes (ZADD in batches, with the
+# turns' own TTL), so that later looks use the index. The scan reads an answer's ts and question by
+# pattern, not by decoding it (a third of the time for 4,000 turns): `"ts":"` cannot occur inside a
+# JSON string, whose quotes are escaped. Also the DM thread whose read-back copied the message from
+# Slack (`copy:<ts>`, see `_MERGE_READ_BACK`), when the answer it is under was not stored here
+# (Redis lost it). With a tombstone (a deletion), it is left first, in the same step: a DM thread's
+# read-back that copies the message after this leaves it out, and one that copied it before is
+# found here.
 _ANSWERS_TO = """
 local ts = ARGV[1]
+if KEYS[4] then redis.call('SET', KEYS[4], '1', 'EX', ARGV[2]) end
+local found = {}
+local copied = redis.call('HGET', KEYS[3], 'copy:' .. ts)
+if copied then table.insert(found, copied) end
 if redis.call('ZSCORE', KEYS[2], 'indexed') then
-  local found = {}
-  for i, member in ipairs(redis.call('ZRANGEBYLEX', KEYS[2], '[' .. ts .. ':', '(' .. ts .. ';')) do
-    found[i] = string.sub(member, #ts + 2)
+  for _, member in ipairs(redis.call('ZRANGEBYLEX', KEYS[2], '[' .. ts .. ':', '(' .. ts .. ';')) do
+    table.insert(found, string.sub(member, #ts + 2))
   end
   return found
 end
-local found, members = {}, {}
+local members = {}
 for _, raw in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
   local at = string.find(raw, '"reply_to":"', 1, true)
   if at and string.find(raw, '"role":"assistant"', 1, true) then
@@ -665,33 +684,41 @@ local function ts_before(a, b)
 end
 """
 
-# KEYS: turns, meta, the DM's answers index (`Keys.answers`), then one per-person index per author
-# among the turns. ARGV: conversation ttl, answers to index (-1 for a conversation that keeps no
-# index), the answers ("question ts:answer ts"), then a conversation's earlier messages read back
-# from Slack (JSON, oldest first). Those not
-# stored yet (by ts) are merged into the stored turns by ts, each stored turn kept where it is
-# among the others (an answer before a question sent while it was written stays so), and the
-# conversation is marked read. One step: a turn stored meanwhile by another process is neither
-# lost nor read back a second time. `read_back_upto` (the newest ts read back) tells a later step
-# that stores a person's older message that a copy of it may be here (_JOURNAL_STEP_FUNCTION).
-# Read-back is rare (a thread joined late, a conversation after a loss), so the scan of the
-# stored turns costs no normal turn anything. A summary that covers where they went is dropped
-# (rebuilt from the turns as they are now): it never saw them.
+# KEYS: turns, meta, the DM's answers index (`Keys.answers`), the DM's meta (or meta again), then
+# per turn read back the tombstone of the message it goes with (its own; an answer's, its
+# question's), then one per-person index per author among the turns. ARGV: conversation ttl,
+# whether the conversation keeps an answers index (1: a DM's), the DM meta's field ('' for none)
+# and value, then a conversation's earlier messages read back from Slack (JSON, oldest first).
+# Those not stored yet (by ts), nor deleted since they were read (their tombstone is there: the
+# deletion found nothing here to take out), are merged into the stored turns by ts, each stored
+# turn kept where it is among the others (an answer before a question sent while it was written
+# stays so), and the conversation is marked read. One step: a turn stored meanwhile by another
+# process is neither lost nor read back a second time. `read_back_upto` (the newest ts read back)
+# tells a later step that stores a person's older message that a copy of it may be here
+# (_JOURNAL_STEP_FUNCTION). Read-back is rare (a thread joined late, a conversation after a loss),
+# so the scan of the stored turns costs no normal turn anything. A summary that covers where they
+# went is dropped (rebuilt from the turns as they are now): it never saw them. The DM meta's field
+# (`copy:<ts>`): a DM thread starts with a copy of the question its answer was for, and the DM
+# notes where, so that the question's deletion or edit reaches the copy (`_ANSWERS_TO`). The
+# people's indexes may name one whose turns all went: harmless.
 _MERGE_READ_BACK = """
-local indexed = tonumber(ARGV[2])
-local first = 3 + math.max(indexed, 0)
+local first = 5
 local items = #ARGV >= first and redis.call('LRANGE', KEYS[1], 0, -1) or {}
 local stored, known = {}, {}
 for i, raw in ipairs(items) do
   stored[i] = cjson.decode(raw)['ts']
   known[stored[i]] = true
 end
-local fresh, fresh_ts = {}, {}
+local fresh, fresh_ts, answers = {}, {}, {}
 for i = first, #ARGV do
-  local ts = cjson.decode(ARGV[i])['ts']
-  if not known[ts] then
+  local turn = cjson.decode(ARGV[i])
+  local ts = turn['ts']
+  if not known[ts] and redis.call('EXISTS', KEYS[4 + i - first + 1]) == 0 then
     known[ts] = true
     fresh[#fresh + 1], fresh_ts[#fresh + 1] = ARGV[i], ts
+    if ARGV[2] == '1' and turn['role'] == 'assistant' and turn['reply_to'] then
+      answers[#answers + 1] = turn['reply_to'] .. ':' .. ts
+    end
   end
 end
 if #fresh > 0 then
@@ -717,7 +744,7 @@ if #fresh > 0 then
     end
   end
   redis.call('EXPIRE', KEYS[1], ARGV[1])
-  for k = 4, #KEYS do
+  for k = 5 + #ARGV - first + 1, #KEYS do
     redis.call('SADD', KEYS[k], KEYS[1])
     redis.call('EXPIRE', KEYS[k], ARGV[1])
   end
@@ -728,9 +755,13 @@ if #fresh > 0 then
   end
 end
 -- Not marked complete (`_INDEX_ANSWERS_FUNCTION`): answers stored before may be missing from it.
-index_answers(KEYS[3], {unpack(ARGV, 3, first - 1)}, false, ARGV[1])
+index_answers(KEYS[3], answers, false, ARGV[1])
 redis.call('HSET', KEYS[2], 'hydrated', '1')
 redis.call('EXPIRE', KEYS[2], ARGV[1])
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[4], ARGV[3], ARGV[4])
+  redis.call('EXPIRE', KEYS[4], ARGV[1])
+end
 return #fresh
 """
 
@@ -1685,24 +1716,34 @@ class Store:
         self._index_people(pipe, key, turns)
         self._index_answers(pipe, key, turns)
 
-    async def merge_read_back(self, key: ThreadKey, turns: list[Turn]) -> int:
+    async def merge_read_back(self, key: ThreadKey, turns: list[Turn], *, copy_of: str | None = None) -> int:
         """Merge a conversation's earlier messages read from Slack (oldest first) into what is
         stored, in Slack's order, leaving out those stored already; mark it read. Returns how
-        many joined it (see `_MERGE_READ_BACK`)."""
+        many joined it (see `_MERGE_READ_BACK`).
+
+        `copy_of`: a DM thread's, which starts with a copy of the DM message at that ts (the
+        question its answer was for): the DM's conversation notes where, so that a deletion or
+        edit of it reaches the copy (`answers_to`) also when the answer is not stored there.
+
+        A message deleted since it was read is left out, with the answers to it: its deletion,
+        which found nothing here to take out, left a tombstone."""
+        dm = self.keys.meta(ThreadKey(key.team, key.channel, "dm")) if copy_of else self.keys.meta(key)
         people = sorted({turn.user for turn in turns if turn.role == "user" and turn.user})
-        answers = _answers_of(key, turns)
         return int(
             await self._merge_read_back(
                 keys=[
                     self.keys.turns(key),
                     self.keys.meta(key),
                     self.keys.answers(key),
+                    dm,
+                    *(self.keys.deleted(key.team, key.channel, turn.reply_to or turn.ts) for turn in turns),
                     *(self.keys.user_index(key.team, user) for user in people),
                 ],
                 args=[
                     self.conversation_ttl,
-                    -1 if answers is None else len(answers),
-                    *(answers or ()),
+                    int(key.thread == "dm"),  # only a DM's answers are indexed (`_answers_of`)
+                    f"copy:{copy_of}" if copy_of else "",
+                    key.thread,
                     *(turn.to_json() for turn in turns),
                 ],
             )
@@ -1769,7 +1810,8 @@ class Store:
         them; a message still waiting for its turn is marked deleted, and not answered."""
         return bool(
             await self._rewrite_turn(
-                keys=self._rewrite_keys(key, ts), args=[ts, "", "delete", self.conversation_ttl, ""]
+                keys=self._rewrite_keys(key, ts),
+                args=[ts, "", "delete", self.conversation_ttl, "", Keys.DELETED_TTL],
             )
         )
 
@@ -1778,18 +1820,27 @@ class Store:
         old text; a message still waiting for its turn is answered as edited (`slack_text`)."""
         return bool(
             await self._rewrite_turn(
-                keys=self._rewrite_keys(key, ts), args=[ts, text, "edit", self.conversation_ttl, slack_text]
+                keys=self._rewrite_keys(key, ts),
+                args=[ts, text, "edit", self.conversation_ttl, slack_text, Keys.DELETED_TTL],
             )
         )
 
-    async def answers_to(self, key: ThreadKey, ts: str) -> list[str]:
+    async def answers_to(self, key: ThreadKey, ts: str, *, deleting: bool = False) -> list[str]:
         """The ts of the bot's stored answers to the person's message at `ts` in a DM, for an edit
-        or deletion: from the DM's answers index (a scan, once, of a DM stored without one)."""
-        return list(await self._answers_to(keys=[self.keys.turns(key), self.keys.answers(key)], args=[ts]))
+        or deletion: from the DM's answers index (a scan, once, of a DM stored without one); and of
+        a DM thread that copied it. `deleting`: its tombstone is left in the same step (see
+        `_ANSWERS_TO`)."""
+        keys = [self.keys.turns(key), self.keys.answers(key), self.keys.meta(key)]
+        tombstone = [self.keys.deleted(key.team, key.channel, ts)] if deleting else []
+        found = await self._answers_to(
+            keys=[*keys, *tombstone], args=[ts, *([Keys.DELETED_TTL] if deleting else [])]
+        )
+        return list(dict.fromkeys(found))
 
     def _rewrite_keys(self, key: ThreadKey, ts: str) -> list[str]:
-        journal = self.keys.journal(key.team, key.channel, ts)
-        return [self.keys.turns(key), self.keys.meta(key), journal, self.keys.answers(key)]
+        team, channel = key.team, key.channel
+        journal, deleted = self.keys.journal(team, channel, ts), self.keys.deleted(team, channel, ts)
+        return [self.keys.turns(key), self.keys.meta(key), journal, self.keys.answers(key), deleted]
 
     # -- the right to be forgotten ---------------------------------------------------------
 

@@ -48,7 +48,7 @@ from bot.delivery import (
 )
 from bot.llm import UNAVAILABLE, Answer, ChatMessage, ChatModel, LLMError
 from bot.rate_limit import CALL_ERRORS, NO_ANSWER_ERRORS, error_code
-from bot.redis_loss import CutShort, RedisLossRecovery
+from bot.redis_loss import CutShort, Deleted, RedisLossRecovery
 from bot.shared_breaker import SharedBreaker
 from bot.slack_text import mentioned_users
 from bot.store import (
@@ -263,7 +263,7 @@ class TurnRunner:
 
     async def remove_message(self, key: ThreadKey, ts: str) -> None:
         self.redis_loss.taken((key.team, key.channel, ts))  # never to be queued again
-        for holding in await self._holding(key, ts):  # found before the answer goes
+        for holding in await self._holding(key, ts, deleting=True):  # found before the answer goes
             if await self.store.remove_user_message(holding, ts):
                 log.info("deleted message removed team=%s channel=%s thread=%s ts=%s",
                          key.team, key.channel, holding.thread, ts)  # fmt: skip
@@ -278,10 +278,13 @@ class TurnRunner:
         for holding in await self._holding(key, ts):
             await self.store.edit_user_message(holding, ts, readable, text)
 
-    async def _holding(self, key: ThreadKey, ts: str) -> list[ThreadKey]:
+    async def _holding(self, key: ThreadKey, ts: str, *, deleting: bool = False) -> list[ThreadKey]:
         """The conversations that hold a person's message stored in `key`: a DM's also the DM
-        threads under the answers to it, which start with a copy of it (`_question_before`)."""
-        threads = await self.store.answers_to(key, ts) if key.thread == "dm" else []
+        threads under the answers to it, which start with a copy of it (`_question_before`).
+        `deleting`: its tombstone is left as they are found, so that a DM thread that copies it
+        from Slack after this look leaves it out (`Store.merge_read_back`)."""
+        dm = key.thread == "dm"
+        threads = await self.store.answers_to(key, ts, deleting=deleting) if dm else []
         return [key, *(ThreadKey(key.team, key.channel, thread) for thread in threads)]
 
     def start_work(self, key: ThreadKey) -> None:
@@ -431,7 +434,10 @@ class TurnRunner:
                 try:
                     outcome = await self._take_turn_safely(next_up.message, next_up.record)
                 except DeliveryDeferred:
-                    return False  # left in the inbox; recovery retries it later
+                    # Left in the inbox; recovery retries it later. Kept here too, should Redis
+                    # lose it meanwhile: nothing else would answer it then.
+                    self.redis_loss.deferred(next_up.message, held.sign or next_up.record.sign)
+                    return False
                 except LockLost:
                     # Found as the answer was about to show: the worker that holds the lock
                     # now answers the message (from the journal), and the thread is its own.
@@ -571,6 +577,11 @@ class TurnRunner:
             message = replace(message, text=record.edited_text)  # edited before its turn came
         if record.look_first and record.state == "queued":
             looked = await self.redis_loss.look_in_slack(message)
+            if isinstance(looked, Deleted):
+                return Progress.of(state="noted")
+            if not isinstance(looked, IncomingMessage) and record.sign == "reaction":
+                # Left up by a turn whose delivery was deferred before the loss: settled here.
+                await self.delivery.clear_sign(target_for(message), "reaction")
             if isinstance(looked, CutShort):
                 return await self._interrupted(target_for(message), looked.answer_ts)
             if isinstance(looked, Progress):
@@ -735,6 +746,9 @@ class TurnRunner:
             return Progress.of(state="noted")
         except DeliveryDeferred:
             outcome = "delivery_deferred"
+            held = self._held.get(message.key)
+            if held is not None and held.ts == message.ts and sign.done() and not sign.cancelled():
+                held.sign = sign.result().kind  # left up for the retry (`RedisLossRecovery.deferred`)
             raise
         except (asyncio.CancelledError, LockLost):
             # Shutting down, or standing down for a worker that took the thread over: the
@@ -886,6 +900,7 @@ class TurnRunner:
         if hydrated:
             return EarlierThread.NOT_NEEDED
         workspace, bot_user = self.workspace, message.bot_user_id
+        question: list[Turn] = []  # a DM thread's: the question its answer was for, copied
         try:
             if key.thread == "dm":
                 if not self.redis_loss.dm_history_lost(key):
@@ -898,13 +913,14 @@ class TurnRunner:
                     key, key.thread, message.ts, bot_user, is_dm=message.is_dm
                 )
                 if message.is_dm:
-                    earlier = _after_question(await self._question_before(message, earlier), earlier)
+                    question = await self._question_before(message, earlier)
+                    earlier = _after_question(question, earlier)
         except CALL_ERRORS as error:
             # Answer without the earlier messages rather than not at all; try again next turn.
             log.warning("could not read earlier thread thread=%s error=%s", key, error_code(error))
             return EarlierThread.UNREADABLE
         # Merged in Slack's order with what turns stored since (after a loss, say), in one step.
-        await self.store.merge_read_back(key, earlier)
+        await self.store.merge_read_back(key, earlier, copy_of=question[0].ts if question else None)
         return EarlierThread.READ
 
     async def _question_before(self, message: IncomingMessage, thread: list[Turn]) -> list[Turn]:
@@ -988,4 +1004,4 @@ class _HeldLock:
     ts: str = ""
     message: IncomingMessage | None = None
     shown: str | None = None  # the ts of the answer's first message, once it shows
-    sign: str | None = None  # the thinking sign's kind, once the answer shows
+    sign: str | None = None  # the thinking sign's kind, once the answer shows or is deferred

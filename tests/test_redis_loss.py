@@ -1458,3 +1458,205 @@ async def test_with_several_processes_a_question_taken_before_the_loss_and_read_
     asked = [t for t in map(json.loads, stored) if t["role"] == "user" and "staging" in t["text"]]
     assert len(asked) == 1, stored
     assert "standing down" not in caplog.text and _errors(caplog) == []
+
+
+@pytest.mark.parametrize("posted", ["refused", "landed unseen"])
+async def test_an_answer_whose_delivery_was_deferred_when_redis_loses_its_data_is_given_once(
+    posted: str,
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Slack would not take a DM's answer (refused it; or took it, its answer lost, and could
+    not be asked whether it had), so its delivery was deferred: the message stays in the inbox,
+    its answer in the journal, for recovery to retry. Redis then loses both. Before, nothing in
+    the process kept the message (its worker had taken it), and it was never answered; it is
+    now queued again after the loss, looked up in Slack first: answered, or found answered, once,
+    and the 👀 taken away."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")  # recovery's retry of the deferral is ten seconds off
+    if posted == "refused":
+        slack.fail_next("chat.postMessage", error="internal_error", status=503, times=3)
+    else:
+        slack.fail_next("chat.postMessage", after=True, drop=True)
+        slack.fail_next("conversations.history", times=3)
+    asked = await slack.post_user_message(DM, "why is api-prod red?")
+    await slack.wait_for(lambda: "answer delivery deferred" in caplog.text, what="the deferral")
+    slack.clear_faults()
+    await redis.flushall()
+    await slack.wait_for(lambda: "message queued again" in caplog.text, what="it to be queued again")
+    await slack.wait_for(lambda: bool(slack.bot_messages(DM, "top")), timeout=15, what="the answer")
+    await running.settle()
+    assert [m["text"] for m in slack.bot_messages(DM, "top")] == ["Answer: ann: why is api-prod red?"]
+    assert _asked(llm, "why is api-prod red?") == (2 if posted == "refused" else 1)
+    assert _looks(slack) == [asked]
+    assert not (slack.message(DM, asked) or {}).get("reactions"), "the thinking reaction left"
+    assert _errors(caplog) == []
+
+
+async def test_a_follow_up_behind_a_deferred_answer_when_redis_loses_its_data_is_answered_after_it(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As above, with a follow-up waiting behind the deferred answer, and the loss beats after
+    the thread was last worked on. Alone, the process queues again only the messages of threads
+    it worked on since the beat before (nobody else can have touched them): the deferred
+    message's thread counts too, or its follow-up would be lost."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    slack.fail_next("chat.postMessage", error="internal_error", status=503, times=6)
+    await slack.post_user_message(DM, "why is api-prod red?")
+    await slack.wait_for(lambda: "answer delivery deferred" in caplog.text, what="the deferral")
+    await slack.post_user_message(DM, "and staging?")  # its worker retries the first: deferred again
+    await slack.wait_for(lambda: "attempts=2" in caplog.text, what="the second deferral")
+    slack.clear_faults()
+    process = running.bot.turns.process_id
+    for _ in range(2):
+        await _until(_a_beat(redis, process, await redis.zscore("processes", process)))
+    await redis.flushall()
+    await slack.wait_for_bot_messages(DM, "top", count=2, timeout=15)
+    await running.settle()
+    assert [m["text"] for m in slack.bot_messages(DM, "top")] == [
+        "Answer: ann: why is api-prod red?",
+        "Answer: ann: and staging?",
+    ]
+    assert _errors(caplog) == []
+
+
+async def _a_dm_question_queued_again_under_its_answer(
+    running: RunningBot, slack: SlackEmulator, redis: Redis, caplog: pytest.LogCaptureFixture, text: str
+) -> tuple[str, dict[str, Any], Any]:
+    """A DM question answered in Slack, unseen (its delivery deferred), and then queued again after
+    a loss, its look in Slack held: its journal stays `queued` until the gate opens. Returns the
+    question's ts, its answer and the gate."""
+    slack.fail_next("chat.postMessage", after=True, drop=True)
+    slack.fail_next("conversations.history", times=3)
+    asked = await slack.post_user_message(DM, text)
+    await slack.wait_for(lambda: "answer delivery deferred" in caplog.text, what="the deferral")
+    slack.clear_faults()
+    looking = slack.gate("conversations.history", when=lambda args: bool(args.get("inclusive")))
+    await redis.flushall()
+    await slack.wait_for(lambda: looking.waiting > 0, what="the look of the question queued again")
+    [answer] = slack.bot_messages(DM, "top")
+    return asked, answer, looking
+
+
+async def test_a_dm_question_queued_again_after_a_loss_and_deleted_goes_from_the_dm_thread_under_its_answer(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """While a DM question queued again after a loss waits for its turn, a reply in the DM thread
+    under its answer copies it there from Slack (the DM's stored conversation, which would link
+    them, went with the loss). Deleting the question then only marked its journal deleted: the
+    copy stayed in that thread's conversation, and went to the model with every later reply
+    there. Now the DM's conversation notes where the copy is, and the copy goes."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    secret = "my password is hunter2, why is api-prod red?"
+    asked, answer, looking = await _a_dm_question_queued_again_under_its_answer(
+        running, slack, redis, caplog, secret
+    )
+    await slack.post_user_message(DM, "more on this", thread_ts=answer["ts"])
+    await slack.wait_for_bot_messages(DM, answer["ts"], count=1)
+    assert any("hunter2" in text for text in _prompt(llm)), _prompt(llm)  # copied there
+    await slack.delete_message(DM, asked)
+    looking.opened.set()
+    await slack.wait_for(lambda: "was deleted meanwhile" in caplog.text, what="the look to find it gone")
+    await running.settle()
+    for key, content in (await everything_in(redis)).items():
+        if key.startswith("conv:"):
+            assert "hunter2" not in content, (key, content)
+    assert "message_not_found" not in caplog.text  # no sign taken off the deleted message
+    assert _errors(caplog) == []
+
+
+async def test_a_dm_question_deleted_while_a_dm_thread_reads_it_back_after_a_loss_is_not_put_back(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A reply in the DM thread under an answer, after a loss: its turn reads the question before
+    that answer from Slack, and the question is deleted while that read's answer is on its way.
+    The deletion finds no copy to take out yet; before, the read-back then put the question (a
+    password) into the thread's conversation, and sent it to the model. The deletion now leaves
+    a tombstone, which the read-back heeds."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    asked = await slack.post_user_message(DM, "my password is hunter2, why is api-prod red?")
+    [answer] = await slack.wait_for_bot_messages(DM, "top", count=1)
+    await running.settle()
+    await redis.flushall()
+    await slack.wait_for(lambda: FORGOT in caplog.text, what="the loss to be noticed")
+    reading = slack.gate("conversations.history", answered=True, latest=answer["ts"])
+    await slack.post_user_message(DM, "more on this", thread_ts=answer["ts"])
+    await slack.wait_for(lambda: reading.waiting > 0, what="the read of the question before the answer")
+    await slack.delete_message(DM, asked)
+    reading.opened.set()
+    await slack.wait_for_bot_messages(DM, answer["ts"], count=1)
+    await running.settle()
+    assert _prompt(llm) == ["ann: more on this"]
+    for key, content in (await everything_in(redis)).items():
+        if key.startswith("conv:"):
+            assert "hunter2" not in content, (key, content)
+    assert _errors(caplog) == []
+
+
+async def test_a_dm_question_whose_deletion_looked_for_copies_before_a_read_back_copied_it_is_left_out(
+    redis_url: str, redis: Redis
+) -> None:
+    """The other order of the race above, between the deletion's two steps: it looks for the DM
+    threads that hold a copy of the question (none yet), a read-back then copies it into one, and
+    only then does the deletion take the question out of the DM's own conversation. The tombstone
+    must be there from the first step, or the copy stays."""
+    store = Store(redis_url, conversation_ttl_days=1)
+    dm, thread = ThreadKey("T1", DM, "dm"), ThreadKey("T1", DM, "1.2")
+    question = Turn(role="user", text="my password is hunter2", ts="1.1", user="U1", name="ann")
+    answer = Turn(role="assistant", text="Answer", ts="1.2", reply_to="1.1")
+    reply = Turn(role="user", text="more on this", ts="1.3", user="U1", name="ann")
+    try:
+        assert await store.answers_to(dm, "1.1", deleting=True) == []
+        await store.merge_read_back(thread, [question, answer, reply], copy_of="1.1")
+        await store.remove_user_message(dm, "1.1")
+        assert [turn.ts for turn in await store.recent_turns(thread, 10)] == ["1.3"]
+    finally:
+        await store.close()
+
+
+async def test_a_dm_question_answered_before_a_loss_and_deleted_after_goes_from_the_dm_thread_copied_since(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The same copy without a question queued again: answered before the loss, it is copied from
+    Slack into the DM thread under its answer by a reply there after it. The deletion looked for
+    that thread only through the answer stored in the DM's conversation, which went with the loss:
+    the copy stayed."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    asked = await slack.post_user_message(DM, "my password is hunter2, why is api-prod red?")
+    [answer] = await slack.wait_for_bot_messages(DM, "top", count=1)
+    await running.settle()
+    await redis.flushall()
+    await slack.wait_for(lambda: FORGOT in caplog.text, what="the loss to be noticed")
+    await slack.post_user_message(DM, "more on this", thread_ts=answer["ts"])
+    await slack.wait_for_bot_messages(DM, answer["ts"], count=1)
+    await running.settle()
+    assert any("hunter2" in text for text in _prompt(llm)), _prompt(llm)  # copied there
+    await slack.delete_message(DM, asked)
+    await running.settle()
+    for key, content in (await everything_in(redis)).items():
+        if key.startswith("conv:"):
+            assert "hunter2" not in content, (key, content)
+    assert _errors(caplog) == []

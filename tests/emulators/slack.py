@@ -148,10 +148,18 @@ class Gate:
     when: Callable[[dict], bool] | None = None  # and this, if given, says yes to the arguments
     opened: asyncio.Event = field(default_factory=asyncio.Event)
     waiting: int = 0  # calls held at the gate now
+    answered: bool = False  # the call is carried out first, and only its answer held
 
     def admits(self, args: dict) -> bool:
         matched = all(args.get(name) == value for name, value in self.match.items())
         return matched and (self.when is None or self.when(args))
+
+    async def held(self) -> None:
+        self.waiting += 1
+        try:
+            await self.opened.wait()
+        finally:
+            self.waiting -= 1
 
 
 @dataclass
@@ -438,11 +446,14 @@ class SlackEmulator:
     def calls_to(self, method: str) -> list[ApiCall]:
         return [call for call in self.calls if call.method == method]
 
-    def gate(self, method: str, when: Callable[[dict], bool] | None = None, **match: str) -> Gate:
+    def gate(
+        self, method: str, when: Callable[[dict], bool] | None = None, *, answered: bool = False, **match: str
+    ) -> Gate:
         """Hold calls to `method` whose arguments include `match` (all of them, with none) and
         satisfy `when` until the gate's `opened` is set: a call to Slack that takes as long as the
-        test wants."""
-        gate = Gate(match, when)
+        test wants. `answered`: Slack carries the call out at once, and only its answer is held (a
+        read that shows what was there before a change made while its answer is on its way)."""
+        gate = Gate(match, when, answered=answered)
         self._gates.setdefault(method, []).append(gate)
         return gate
 
@@ -1018,13 +1029,12 @@ class SlackEmulator:
                     str(math.ceil(wait)) if self.time_scale >= 1 else f"{max(wait, 0.001):.3f}"
                 )
                 raise ApiError("ratelimited")
-            for gate in self._gates.get(method, ()):
-                if gate.admits(args) and not gate.opened.is_set():
-                    gate.waiting += 1
-                    try:
-                        await gate.opened.wait()
-                    finally:
-                        gate.waiting -= 1
+            held = [
+                gate for gate in self._gates.get(method, ()) if gate.admits(args) and not gate.opened.is_set()
+            ]
+            for gate in held:
+                if not gate.answered:
+                    await gate.held()
             queued = self._faults.get(method)
             if queued:
                 fault = queued.pop(0)
@@ -1050,6 +1060,9 @@ class SlackEmulator:
                     headers["Retry-After"] = str(math.ceil(fault.retry_after or 1))
                 raise ApiError("ratelimited" if status == 429 else fault.error)
             response = {"ok": True} | handler(args)
+            for gate in held:
+                if gate.answered:
+                    await gate.held()
         except ApiError as exc:
             response = {"ok": False, "error": str(exc)}
         call = ApiCall(method, args, token, response, status, time.monotonic())
