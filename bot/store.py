@@ -528,15 +528,19 @@ end
 # meanwhile from saving the old text. A message still waiting for its turn (journal state
 # `queued`) is no stored turn yet: its journal keeps the change (returns 2), which the turn reads
 # when it takes the message, and the step that stores the message applies (`journal_step`), in
-# case the change came after the turn had read the journal.
+# case the change came after the turn had read the journal. A copy of it a newer turn read back
+# from Slack meanwhile (at or before the meta's `read_back_upto`) is changed too: a deleted
+# message's turn stores nothing to take its place, and prompts until then read that copy.
 _REWRITE_TURN = """
-if redis.call('HGET', KEYS[3], 'state') == 'queued' then
+local queued = redis.call('HGET', KEYS[3], 'state') == 'queued'
+if queued then
   if ARGV[3] == 'delete' then
     redis.call('HSET', KEYS[3], 'deleted', '1')
   else
     redis.call('HSET', KEYS[3], 'edited_text', ARGV[5], 'edited_readable', ARGV[2])
   end
-  return 2
+  local upto = redis.call('HGET', KEYS[2], 'read_back_upto')
+  if not upto or ts_before(upto, ARGV[1]) then return 2 end
 end
 local items = redis.call('LRANGE', KEYS[1], 0, -1)
 local found = false
@@ -557,9 +561,9 @@ for i, raw in ipairs(items) do
     redis.call('LREM', KEYS[1], 1, raw)
   end
 end
-if not found then return 0 end
+if not found then return queued and 2 or 0 end
 conversation_changed_at(KEYS[2], ARGV[1], ARGV[4])
-return 1
+return queued and 2 or 1
 """
 
 # KEYS: turns. ARGV: a person's message's ts. The ts of the bot's stored answers to it: read in
@@ -1132,7 +1136,7 @@ class Store:
         self._finish = self.redis.register_script(_FINISH)
         self._begin_answer = self.redis.register_script(_BEGIN_ANSWER)
         self._accept = self.redis.register_script(_ACCEPT)
-        self._rewrite_turn = self.redis.register_script(_CONVERSATION_CHANGED_AT + _REWRITE_TURN)
+        self._rewrite_turn = self.redis.register_script(_CONVERSATION_CHANGED_AT + _TS_BEFORE + _REWRITE_TURN)
         self._answers_to = self.redis.register_script(_ANSWERS_TO)
         self._merge_read_back = self.redis.register_script(
             _CONVERSATION_CHANGED_AT + _TS_BEFORE + _MERGE_READ_BACK

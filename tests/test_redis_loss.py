@@ -1458,3 +1458,43 @@ async def test_with_several_processes_a_question_taken_before_the_loss_and_read_
     asked = [t for t in map(json.loads, stored) if t["role"] == "user" and "staging" in t["text"]]
     assert len(asked) == 1, stored
     assert "standing down" not in caplog.text and _errors(caplog) == []
+
+
+async def test_a_question_queued_again_and_deleted_after_a_newer_turn_read_it_back_is_not_kept(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As above, alone: a newer follow-up's turn reads the waiting one back from Slack; the
+    waiting one is queued again, then deleted before its turn comes. Its turn is not taken, but
+    before, the copy read back stayed in the stored conversation, and the model was shown the
+    deleted message in every later prompt."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    llm.enqueue(SlowFirstToken(0.5), SlowFirstToken(3.0))
+    posting = slack.gate("chat.postMessage")
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
+    await llm.wait_for_requests(1)
+    waiting = await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    await slack.wait_for(lambda: posting.waiting > 0, what="the first answer's post")
+    process = running.bot.turns.process_id
+    await _until(_a_beat(redis, process, await redis.zscore("processes", process)))
+    await redis.flushall()
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and dev?", thread_ts=root)
+    posting.opened.set()
+    await llm.wait_for_requests(2)  # the newer one's turn read the thread back
+    assert "ann: and staging?" in _prompt(llm)
+    journal = f"turn:T1:{CHANNEL}:{waiting}"
+    await _until(lambda: _state_is(redis, journal, "queued"))  # queued again, behind the newer one
+    await slack.delete_message(CHANNEL, waiting)
+    await _until(lambda: redis.hexists(journal, "deleted"))
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
+    await running.settle()
+    stored = await redis.lrange(f"conv:T1:{CHANNEL}:{root}:turns", 0, -1)
+    assert not [t for t in map(json.loads, stored) if "staging" in t["text"]], stored
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and prod?", thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=3, timeout=15)
+    assert not [text for text in _prompt(llm) if "staging" in text], _prompt(llm)
+    assert _errors(caplog) == []
