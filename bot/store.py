@@ -599,25 +599,33 @@ end
 
 # KEYS: turns, meta, then one per-person index per author among the turns. ARGV: conversation
 # ttl, then a conversation's earlier messages read back from Slack (JSON, oldest first). Those not
-# stored yet (by ts) are merged into the stored turns by ts, each stored turn kept where it is
-# among the others (an answer before a question sent while it was written stays so), and the
-# conversation is marked read. One step: a turn stored meanwhile by another process is neither
-# lost nor read back a second time. `read_back_upto` (the newest ts read back) tells a later step
-# that stores a person's older message that a copy of it may be here (_JOURNAL_STEP_FUNCTION).
-# Read-back is rare (a thread joined late, a conversation after a loss), so the scan of the
-# stored turns costs no normal turn anything. A summary that covers where they went is dropped
-# (rebuilt from the turns as they are now): it never saw them.
+# stored yet (by ts; nor the later messages of a long answer stored whole) are merged into the
+# stored turns by ts, each stored turn kept where it is among the others (an answer before a
+# question sent while it was written stays so), and the conversation is marked read. One step: a
+# turn stored meanwhile by another process is neither lost nor read back a second time.
+# `read_back_upto` (the newest ts read back) tells a later step that stores a person's older
+# message that a copy of it may be here (_JOURNAL_STEP_FUNCTION). Read-back is rare (a thread
+# joined late, a conversation after a loss), so the scan of the stored turns costs no normal turn
+# anything. A summary that covers where they went is dropped (rebuilt from the turns as they are
+# now): it never saw them.
 _MERGE_READ_BACK = """
 local items = #ARGV > 1 and redis.call('LRANGE', KEYS[1], 0, -1) or {}
-local stored, known = {}, {}
+local stored, known, answered = {}, {}, {}
 for i, raw in ipairs(items) do
-  stored[i] = cjson.decode(raw)['ts']
+  local turn = cjson.decode(raw)
+  stored[i] = turn['ts']
   known[stored[i]] = true
+  local question = turn['role'] == 'assistant' and turn['reply_to']
+  if type(question) == 'string' then answered[question] = true end
 end
 local fresh, fresh_ts = {}, {}
 for i = 2, #ARGV do
-  local ts = cjson.decode(ARGV[i])['ts']
-  if not known[ts] then
+  local turn = cjson.decode(ARGV[i])
+  local ts = turn['ts']
+  -- A stored answer is whole: Slack's later messages of a long one (their own ts) are in it.
+  local question = turn['role'] == 'assistant' and turn['reply_to']
+  local part = type(question) == 'string' and answered[question]
+  if not known[ts] and not part then
     known[ts] = true
     fresh[#fresh + 1], fresh_ts[#fresh + 1] = ARGV[i], ts
   end

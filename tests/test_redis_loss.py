@@ -1498,3 +1498,29 @@ async def test_a_question_queued_again_and_deleted_after_a_newer_turn_read_it_ba
     await slack.wait_for_bot_messages(CHANNEL, root, count=3, timeout=15)
     assert not [text for text in _prompt(llm) if "staging" in text], _prompt(llm)
     assert _errors(caplog) == []
+
+
+async def test_a_long_answer_stored_across_a_loss_is_not_read_back_again_in_parts(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A long answer streaming at the loss is stored whole (its first message's ts) once it is
+    out; a follow-up then reads the thread back from Slack. Before, the answer's later messages,
+    whose ts the stored answer does not carry, joined the conversation too: the model was shown
+    most of the answer twice."""
+    raw = _long_answer()
+    llm.chunk_chars, llm.chunk_delay = 200, 0.02
+    llm.enqueue(Reply(raw))
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> the whole guide please")
+    await slack.wait_for(lambda: bool(slack.calls_to("chat.startStream")), what="the stream to start")
+    await redis.flushall()
+    await slack.wait_for(
+        lambda: len(slack.bot_messages(CHANNEL, root)) == 2, timeout=15, what="its second message"
+    )
+    await bot.settle()
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> thanks, and step 2?", thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=3, timeout=15)
+    await bot.settle()
+    stored = [json.loads(raw) for raw in await redis.lrange(f"conv:T1:{CHANNEL}:{root}:turns", 0, -1)]
+    assert [t["role"] for t in stored] == ["user", "assistant", "user", "assistant"], stored
+    assert sum("print('line 3.0')" in m["content"] for m in llm.requests[-1]["messages"]) <= 1
+    assert _errors(caplog) == []
