@@ -843,51 +843,57 @@ return found
 # One step of a turn's journal (`Store.record_progress`): where the turn got to, and the turns it
 # produced, written together. KEYS from k: journal, turns, meta, then one per-person index per
 # author among the turns. ARGV from a: journal ttl, conversation ttl, now, authors, turns, fields
-# set, fields cleared, the ts of the person's message among the turns ('' for none); then the
-# turns (JSON), the fields to set (name, value) and the names to clear. `read_back_upto`: the
-# meta's, when the caller read it already (nil: read here, only for a step with a person's
-# message). Returns true when a copy of that message read back from Slack gave way.
+# set, fields cleared, the ts of the person's message among the turns ('' for none), whether its
+# turn only records it (0/1); then the turns (JSON), the fields to set (name, value) and the names
+# to clear. `read_back_upto`: the meta's, when the caller read it already (nil: read here, only
+# for a step with a person's message). Returns true when a copy of that message read back from
+# Slack gave way.
 #
 # Storing a person's message is idempotent by its ts: a newer turn may have read it back from
 # Slack (_MERGE_READ_BACK) before its own turn stores it (a turn that took it before a loss, or
 # one queued again after it). That copy gives way to the one its turn stores, which the prompt
-# must end with when it is answered. Only a message older than the newest read back (the meta's
-# `read_back_upto`) costs the scan: no normal turn, whose message is newer than anything read.
+# must end with when it is answered; a message only recorded keeps the copy, in its place in
+# Slack's order (unless changed while it waited: then its turn's copy, as changed, goes last).
+# Only a message older than the newest read back (the meta's `read_back_upto`) costs the scan:
+# no normal turn, whose message is newer than anything read.
 _JOURNAL_STEP_FUNCTION = (
     _CONVERSATION_CHANGED_AT
     + _TS_BEFORE
     + """
-local function give_way(turns, meta, ts, ttl)
+local function give_way(turns, meta, ts, ttl, keep)
   for _, raw in ipairs(redis.call('LRANGE', turns, 0, -1)) do
     if string.find(raw, ts, 1, true) then
       local turn = cjson.decode(raw)
       if turn['ts'] == ts and turn['role'] == 'user' then
+        if keep then return 'kept' end
         redis.call('LREM', turns, 1, raw)
         conversation_changed_at(meta, ts, ttl)
-        return true
+        return 'gave way'
       end
     end
   end
-  return false
+  return nil
 end
 local function journal_step(k, a, read_back_upto)
   local people, turns = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
   local set, cleared = tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
-  local at = a + 8
-  local gave_way = false
+  local at = a + 9
+  local gave_way, copy_kept = false, false
   if turns > 0 then
     local pushed = {unpack(ARGV, at, at + turns - 1)}
     at = at + turns
+    -- The step that stores the message's own turn ends its wait; an edit or deletion that came
+    -- after its worker read the journal (kept there, see _REWRITE_TURN) is applied here.
+    local change = redis.call('HMGET', KEYS[k], 'state', 'edited_readable', 'deleted', 'forgotten')
     local asked = ARGV[a + 7]
     if asked ~= '' then
       if read_back_upto == nil then read_back_upto = redis.call('HGET', KEYS[k + 2], 'read_back_upto') end
       if read_back_upto and not ts_before(read_back_upto, asked) then
-        gave_way = give_way(KEYS[k + 1], KEYS[k + 2], asked, ARGV[a + 1])
+        local unchanged = not (change[1] == 'queued' and (change[2] or change[3])) and change[4] ~= '1'
+        local found = give_way(KEYS[k + 1], KEYS[k + 2], asked, ARGV[a + 1], ARGV[a + 8] == '1' and unchanged)
+        gave_way, copy_kept = found == 'gave way', found == 'kept'
       end
     end
-    -- The step that stores the message's own turn ends its wait; an edit or deletion that came
-    -- after its worker read the journal (kept there, see _REWRITE_TURN) is applied here.
-    local change = redis.call('HMGET', KEYS[k], 'state', 'edited_readable', 'deleted', 'forgotten')
     if change[4] == '1' then
       -- Its person said `forget me` while it was being answered (_FORGET_IN_CONVERSATION): the
       -- answer, which may quote them, is not stored after its question went.
@@ -904,6 +910,13 @@ local function journal_step(k, a, read_back_upto)
         end
       end
       pushed = kept
+    end
+    if copy_kept then
+      local others = {}
+      for _, raw in ipairs(pushed) do
+        if cjson.decode(raw)['role'] ~= 'user' then table.insert(others, raw) end
+      end
+      pushed = others
     end
     if #pushed > 0 then redis.call('RPUSH', KEYS[k + 1], unpack(pushed)) end
     redis.call('EXPIRE', KEYS[k + 1], ARGV[a + 1])
@@ -1431,6 +1444,7 @@ class Store:
             len(updates) // 2,
             len(cleared),
             asked,
+            int(message.action == "record"),
             *(turn.to_json() for turn in step.turns),
             *updates,
             *cleared,

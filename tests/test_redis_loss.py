@@ -1524,3 +1524,37 @@ async def test_a_long_answer_stored_across_a_loss_is_not_read_back_again_in_part
     assert [t["role"] for t in stored] == ["user", "assistant", "user", "assistant"], stored
     assert sum("print('line 3.0')" in m["content"] for m in llm.requests[-1]["messages"]) <= 1
     assert _errors(caplog) == []
+
+
+async def test_a_remark_queued_again_behind_a_newer_turn_that_read_it_back_keeps_its_place(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As above, alone, but what waits is a remark to someone else: its turn only records it.
+    A newer follow-up's turn read it back in its place; before, its own turn took that copy out
+    and stored it last, after the newer follow-up and its answer, and the model read it there."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    llm.enqueue(SlowFirstToken(0.5), SlowFirstToken(1.5))
+    posting = slack.gate("chat.postMessage")
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
+    await llm.wait_for_requests(1)
+    remark = await slack.post_user_message(CHANNEL, "<@U2> the cache was restarted at noon", thread_ts=root)
+    await slack.wait_for(lambda: posting.waiting > 0, what="the first answer's post")
+    process = running.bot.turns.process_id
+    await _until(_a_beat(redis, process, await redis.zscore("processes", process)))
+    await redis.flushall()
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> is that why?", thread_ts=root)
+    posting.opened.set()
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
+    assert any("the cache was restarted" in text for text in _prompt(llm))  # read back from Slack
+    await _until(lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{remark}", "answered"))  # recorded
+    await running.settle()
+    stored = [json.loads(raw) for raw in await redis.lrange(f"conv:T1:{CHANNEL}:{root}:turns", 0, -1)]
+    said = [t["text"] for t in stored if t["role"] == "user"]
+    assert len(said) == 3 and "the cache was restarted" in said[1], said
+    assert said[0] == "why is api-prod red?" and said[2] == "is that why?", said
+    assert _errors(caplog) == []
