@@ -689,7 +689,8 @@ end
 # question's), then one per-person index per author among the turns. ARGV: conversation ttl,
 # whether the conversation keeps an answers index (1: a DM's), the DM meta's field ('' for none)
 # and value, then a conversation's earlier messages read back from Slack (JSON, oldest first).
-# Those not stored yet (by ts), nor deleted since they were read (their tombstone is there: the
+# Those not stored yet (by ts; nor the later messages of a long answer stored whole), nor deleted
+# since they were read (their tombstone is there: the
 # deletion found nothing here to take out), are merged into the stored turns by ts, each stored
 # turn kept where it is among the others (an answer before a question sent while it was written
 # stays so), and the conversation is marked read. One step: a turn stored meanwhile by another
@@ -704,16 +705,22 @@ end
 _MERGE_READ_BACK = """
 local first = 5
 local items = #ARGV >= first and redis.call('LRANGE', KEYS[1], 0, -1) or {}
-local stored, known = {}, {}
+local stored, known, answered = {}, {}, {}
 for i, raw in ipairs(items) do
-  stored[i] = cjson.decode(raw)['ts']
+  local turn = cjson.decode(raw)
+  stored[i] = turn['ts']
   known[stored[i]] = true
+  local question = turn['role'] == 'assistant' and turn['reply_to']
+  if type(question) == 'string' then answered[question] = true end
 end
 local fresh, fresh_ts, answers = {}, {}, {}
 for i = first, #ARGV do
   local turn = cjson.decode(ARGV[i])
   local ts = turn['ts']
-  if not known[ts] and redis.call('EXISTS', KEYS[4 + i - first + 1]) == 0 then
+  -- A stored answer is whole: Slack's later messages of a long one (their own ts) are in it.
+  local question = turn['role'] == 'assistant' and turn['reply_to']
+  local part = type(question) == 'string' and answered[question]
+  if not known[ts] and not part and redis.call('EXISTS', KEYS[4 + i - first + 1]) == 0 then
     known[ts] = true
     fresh[#fresh + 1], fresh_ts[#fresh + 1] = ARGV[i], ts
     if ARGV[2] == '1' and turn['role'] == 'assistant' and turn['reply_to'] then
@@ -976,55 +983,60 @@ return found
 # (`Keys.answers`), then one per-person index per author among the turns. ARGV from a: journal
 # ttl, conversation ttl, now, authors, turns, fields set, fields cleared, answers to index (-1 for a
 # conversation that keeps no index: not a DM's), the ts of the person's message among the turns
-# ('' for none); then the turns (JSON), the answers to index ("question ts:answer ts"), the fields
-# to set (name, value) and the names to clear. `read_back_upto`: the meta's, when the caller read
-# it already (nil: read here, only for a step with a person's message). Returns true when a copy
-# of that message read back from Slack gave way.
+# ('' for none), whether its turn only records it (0/1); then the turns (JSON), the answers to
+# index ("question ts:answer ts"), the fields to set (name, value) and the names to clear.
+# `read_back_upto`: the meta's, when the caller read it already (nil: read here, only for a step
+# with a person's message). Returns true when a copy of that message read back from Slack gave way.
 #
 # Storing a person's message is idempotent by its ts: a newer turn may have read it back from
 # Slack (_MERGE_READ_BACK) before its own turn stores it (a turn that took it before a loss, or
 # one queued again after it). That copy gives way to the one its turn stores, which the prompt
-# must end with when it is answered. Only a message older than the newest read back (the meta's
-# `read_back_upto`) costs the scan: no normal turn, whose message is newer than anything read.
+# must end with when it is answered; a message only recorded keeps the copy, in its place in
+# Slack's order (unless changed while it waited: then its turn's copy, as changed, goes last).
+# Only a message older than the newest read back (the meta's `read_back_upto`) costs the scan:
+# no normal turn, whose message is newer than anything read.
 _JOURNAL_STEP_FUNCTION = (
     _CONVERSATION_CHANGED_AT
     + _TS_BEFORE
     + _INDEX_ANSWERS_FUNCTION
     + """
-local function give_way(turns, meta, ts, ttl)
+local function give_way(turns, meta, ts, ttl, keep)
   for _, raw in ipairs(redis.call('LRANGE', turns, 0, -1)) do
     if string.find(raw, ts, 1, true) then
       local turn = cjson.decode(raw)
       if turn['ts'] == ts and turn['role'] == 'user' then
+        if keep then return 'kept' end
         redis.call('LREM', turns, 1, raw)
         conversation_changed_at(meta, ts, ttl)
-        return true
+        return 'gave way'
       end
     end
   end
-  return false
+  return nil
 end
 local function journal_step(k, a, read_back_upto)
   local people, turns = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
   local set, cleared = tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
   local indexed = tonumber(ARGV[a + 7])
-  local at = a + 9
-  local gave_way = false
+  local at = a + 10
+  local gave_way, copy_kept = false, false
   if turns > 0 then
     local pushed = {unpack(ARGV, at, at + turns - 1)}
     at = at + turns
     local answers = {unpack(ARGV, at, at + math.max(indexed, 0) - 1)}
     at = at + math.max(indexed, 0)
+    -- The step that stores the message's own turn ends its wait; an edit or deletion that came
+    -- after its worker read the journal (kept there, see _REWRITE_TURN) is applied here.
+    local change = redis.call('HMGET', KEYS[k], 'state', 'edited_readable', 'deleted', 'forgotten')
     local asked = ARGV[a + 8]
     if asked ~= '' then
       if read_back_upto == nil then read_back_upto = redis.call('HGET', KEYS[k + 2], 'read_back_upto') end
       if read_back_upto and not ts_before(read_back_upto, asked) then
-        gave_way = give_way(KEYS[k + 1], KEYS[k + 2], asked, ARGV[a + 1])
+        local unchanged = not (change[1] == 'queued' and (change[2] or change[3])) and change[4] ~= '1'
+        local found = give_way(KEYS[k + 1], KEYS[k + 2], asked, ARGV[a + 1], ARGV[a + 9] == '1' and unchanged)
+        gave_way, copy_kept = found == 'gave way', found == 'kept'
       end
     end
-    -- The step that stores the message's own turn ends its wait; an edit or deletion that came
-    -- after its worker read the journal (kept there, see _REWRITE_TURN) is applied here.
-    local change = redis.call('HMGET', KEYS[k], 'state', 'edited_readable', 'deleted', 'forgotten')
     if change[4] == '1' then
       -- Its person said `forget me` while it was being answered (_FORGET_IN_CONVERSATION): the
       -- answer, which may quote them, is not stored after its question went.
@@ -1041,6 +1053,13 @@ local function journal_step(k, a, read_back_upto)
         end
       end
       pushed = kept
+    end
+    if copy_kept then
+      local others = {}
+      for _, raw in ipairs(pushed) do
+        if cjson.decode(raw)['role'] ~= 'user' then table.insert(others, raw) end
+      end
+      pushed = others
     end
     if #pushed > 0 then
       local length = redis.call('RPUSH', KEYS[k + 1], unpack(pushed))
@@ -1613,6 +1632,7 @@ class Store:
             len(cleared),
             -1 if answers is None else len(answers),
             asked,
+            int(message.action == "record"),
             *(turn.to_json() for turn in step.turns),
             *(answers or ()),
             *updates,

@@ -1660,3 +1660,103 @@ async def test_a_dm_question_answered_before_a_loss_and_deleted_after_goes_from_
         if key.startswith("conv:"):
             assert "hunter2" not in content, (key, content)
     assert _errors(caplog) == []
+
+
+async def test_a_question_queued_again_and_deleted_after_a_newer_turn_read_it_back_is_not_kept(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As above, alone: a newer follow-up's turn reads the waiting one back from Slack; the
+    waiting one is queued again, then deleted before its turn comes. Its turn is not taken, but
+    before, the copy read back stayed in the stored conversation, and the model was shown the
+    deleted message in every later prompt."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    llm.enqueue(SlowFirstToken(0.5), SlowFirstToken(3.0))
+    posting = slack.gate("chat.postMessage")
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
+    await llm.wait_for_requests(1)
+    waiting = await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    await slack.wait_for(lambda: posting.waiting > 0, what="the first answer's post")
+    process = running.bot.turns.process_id
+    await _until(_a_beat(redis, process, await redis.zscore("processes", process)))
+    await redis.flushall()
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and dev?", thread_ts=root)
+    posting.opened.set()
+    await llm.wait_for_requests(2)  # the newer one's turn read the thread back
+    assert "ann: and staging?" in _prompt(llm)
+    journal = f"turn:T1:{CHANNEL}:{waiting}"
+    await _until(lambda: _state_is(redis, journal, "queued"))  # queued again, behind the newer one
+    await slack.delete_message(CHANNEL, waiting)
+    await _until(lambda: redis.hexists(journal, "deleted"))
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
+    await running.settle()
+    stored = await redis.lrange(f"conv:T1:{CHANNEL}:{root}:turns", 0, -1)
+    assert not [t for t in map(json.loads, stored) if "staging" in t["text"]], stored
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and prod?", thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=3, timeout=15)
+    assert not [text for text in _prompt(llm) if "staging" in text], _prompt(llm)
+    assert _errors(caplog) == []
+
+
+async def test_a_long_answer_stored_across_a_loss_is_not_read_back_again_in_parts(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A long answer streaming at the loss is stored whole (its first message's ts) once it is
+    out; a follow-up then reads the thread back from Slack. Before, the answer's later messages,
+    whose ts the stored answer does not carry, joined the conversation too: the model was shown
+    most of the answer twice."""
+    raw = _long_answer()
+    llm.chunk_chars, llm.chunk_delay = 200, 0.02
+    llm.enqueue(Reply(raw))
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> the whole guide please")
+    await slack.wait_for(lambda: bool(slack.calls_to("chat.startStream")), what="the stream to start")
+    await redis.flushall()
+    await slack.wait_for(
+        lambda: len(slack.bot_messages(CHANNEL, root)) == 2, timeout=15, what="its second message"
+    )
+    await bot.settle()
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> thanks, and step 2?", thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=3, timeout=15)
+    await bot.settle()
+    stored = [json.loads(raw) for raw in await redis.lrange(f"conv:T1:{CHANNEL}:{root}:turns", 0, -1)]
+    assert [t["role"] for t in stored] == ["user", "assistant", "user", "assistant"], stored
+    assert sum("print('line 3.0')" in m["content"] for m in llm.requests[-1]["messages"]) <= 1
+    assert _errors(caplog) == []
+
+
+async def test_a_remark_queued_again_behind_a_newer_turn_that_read_it_back_keeps_its_place(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As above, alone, but what waits is a remark to someone else: its turn only records it.
+    A newer follow-up's turn read it back in its place; before, its own turn took that copy out
+    and stored it last, after the newer follow-up and its answer, and the model read it there."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    llm.enqueue(SlowFirstToken(0.5), SlowFirstToken(1.5))
+    posting = slack.gate("chat.postMessage")
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
+    await llm.wait_for_requests(1)
+    remark = await slack.post_user_message(CHANNEL, "<@U2> the cache was restarted at noon", thread_ts=root)
+    await slack.wait_for(lambda: posting.waiting > 0, what="the first answer's post")
+    process = running.bot.turns.process_id
+    await _until(_a_beat(redis, process, await redis.zscore("processes", process)))
+    await redis.flushall()
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> is that why?", thread_ts=root)
+    posting.opened.set()
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
+    assert any("the cache was restarted" in text for text in _prompt(llm))  # read back from Slack
+    await _until(lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{remark}", "answered"))  # recorded
+    await running.settle()
+    stored = [json.loads(raw) for raw in await redis.lrange(f"conv:T1:{CHANNEL}:{root}:turns", 0, -1)]
+    said = [t["text"] for t in stored if t["role"] == "user"]
+    assert len(said) == 3 and "the cache was restarted" in said[1], said
+    assert said[0] == "why is api-prod red?" and said[2] == "is that why?", said
+    assert _errors(caplog) == []
