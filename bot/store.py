@@ -375,6 +375,11 @@ class StoreUnavailable(Exception):
     """Redis did not answer; callers tell the user to try again rather than go silent."""
 
 
+class ForgetIncomplete(Exception):
+    """`forget me` could not take the person's turns out of a conversation they kept writing in:
+    the person is told it went wrong (and asks again), never that they were forgotten."""
+
+
 class Keys:
     """Key names and their TTLs, in one place. Every name starts with `prefix` (REDIS_KEY_PREFIX
     and a colon; nothing when it is unset), which in a Redis Cluster is a hash tag
@@ -1741,10 +1746,11 @@ class Store:
             )
             if removed >= 0:
                 return removed
-        # They kept writing there faster than two round trips: what they said since stays, as a
-        # message sent while `forget me` is carried out may (README, Retention and privacy).
+        # They kept writing there faster than two round trips. Giving up quietly would leave all
+        # they said there, before `forget me` too, and tell them they were forgotten: they are told
+        # it went wrong instead, and their index stays, so that asking again finds it.
         log.warning("forget gave up on a conversation the person keeps writing in thread=%s", thread)
-        return 0
+        raise ForgetIncomplete(str(thread))
 
     async def _forget_in_record(self, name: str, user: str) -> int:
         """Delete a record that is the person's, or the entries in it that name them (a hash's

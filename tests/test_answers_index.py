@@ -4,11 +4,12 @@ is; a DM stored before the index existed is scanned once, and indexed by that sc
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
 
-from bot.store import IncomingMessage, Store, ThreadKey, Turn
+from bot.store import ForgetIncomplete, IncomingMessage, Store, ThreadKey, Turn
 
 DM = ThreadKey("T1", "D1", "dm")
 PAIRS = 2000  # 4,000 turns, as the review measured
@@ -122,3 +123,32 @@ async def test_answers_read_back_from_slack_into_an_indexed_dm_are_found_through
     ):
         found, ran = await looked_up(store, ts)
         assert (found, "lrange" in ran) == (answers, False)
+
+
+async def test_forget_me_never_reports_success_while_the_person_s_turns_stay(store: Store) -> None:
+    """The person keeps writing in a conversation while `forget me` runs there, so that each read
+    of their turns is out of date by the step that would remove them: `forget me` may not finish,
+    but it may not say it did while what they said before it began is still stored."""
+    for i in range(3):
+        await answered(store, i)
+    writing = True
+
+    async def keep_writing(i: int) -> None:
+        while writing:
+            await store.record_progress(message(i), turns=(question(i),), state="working")
+            i += 30
+
+    writers = [asyncio.create_task(keep_writing(i)) for i in range(100, 130)]
+    try:
+        forgotten = await store.forget_user("T1", "U1")
+    except ForgetIncomplete:
+        forgotten = None
+    finally:
+        writing = False
+        await asyncio.gather(*writers)
+    said_before = {question(i).ts for i in range(3)}
+    stored = {Turn.from_json(raw).ts for raw in await store.redis.lrange(store.keys.turns(DM), 0, -1)}
+    if forgotten is not None:
+        assert not said_before & stored, "forget me said it was done; what they said before stays"
+    else:
+        assert await store.redis.exists(store.keys.user_index("T1", "U1"))  # so asking again finds it
