@@ -593,32 +593,59 @@ end
 if not found then return 0 end
 if ARGV[3] == 'delete' then
   redis.call('ZREMRANGEBYLEX', KEYS[4], '[' .. ARGV[1] .. ':', '(' .. ARGV[1] .. ';')
+  restamp(KEYS[4], stamp_of(#items, items[#items]), KEYS[1])
 end
 conversation_changed_at(KEYS[2], ARGV[1], ARGV[4])
 return 1
 """
 
 # A DM's answers index (`Keys.answers`): a sorted set whose members, all scored 0, are "question
-# ts:answer ts", one for each of the bot's stored answers, so that the answers to a question are one
-# range by name (ZRANGEBYLEX) rather than a scan of the conversation. Its member `indexed` says
-# that every answer stored is in it: written with the first turns of a conversation (the list did
-# not exist), or by the scan that indexes a conversation stored before the index (`_ANSWERS_TO`).
-# Without it the index may lack answers, and is not trusted. It expires with the conversation: its
-# TTL is set whenever answers are added to it, and the turns' own, set with every step, is never
-# shorter; should the index go first all the same, the next look scans and indexes again.
+# ts:answer ts", one for each of the bot's stored answers, so that the answers to a question are
+# one range by name (ZRANGEBYLEX) rather than a scan of the conversation. Its stamp `indexed:N:ts`
+# says that every answer among the turns list's N entries, the last of them at ts, is in it:
+# written with the first turns of a conversation (the list did not exist), moved on by each step
+# that stores turns or takes some out while it holds (`restamp`), and written by the scan that
+# indexes a conversation stored before the index (`_ANSWERS_TO`). The index is trusted only while
+# the list is as stamped: a process of the version before the index, during a rolling deploy,
+# stores answers without indexing them, which a bare "indexed" would hide from a deletion (the
+# answer, and the copy of the question in the DM thread under it, would stay stored). Other
+# writers (`_index_answers`) take the stamp away; the next look scans once. The index expires with
+# the conversation: its TTL is set with every step that stores turns, as the turns' own is; should
+# it go first all the same, the next look scans and indexes again.
 _INDEX_ANSWERS_FUNCTION = """
-local function index_answers(index, answers, complete, ttl)
+local function stamp_of(length, last)
+  return 'indexed:' .. length .. ':' .. (last and string.match(last, '"ts":"([^"]*)"') or '')
+end
+
+local function restamp(index, before, turns)
+  local length = redis.call('LLEN', turns)
+  if redis.call('ZREM', index, before) == 1 and length > 0 then
+    redis.call('ZADD', index, 0, stamp_of(length, redis.call('LINDEX', turns, -1)))
+  else
+    redis.call('ZREMRANGEBYLEX', index, '[indexed:', '(indexed;')
+  end
+end
+
+local function index_answers(index, turns, answers, length, pushed, ttl)
   local members = {}
   for _, answer in ipairs(answers) do
     members[#members + 1] = 0
     members[#members + 1] = answer
   end
-  if complete then
-    members[#members + 1] = 0
-    members[#members + 1] = 'indexed'
+  local covered = false
+  if length == #pushed then
+    redis.call('ZREMRANGEBYLEX', index, '[indexed:', '(indexed;')
+    covered = true
+  else
+    local before = stamp_of(length - #pushed, redis.call('LINDEX', turns, -#pushed - 1))
+    covered = redis.call('ZREM', index, before) == 1
+    if not covered then redis.call('ZREMRANGEBYLEX', index, '[indexed:', '(indexed;') end
   end
-  if #members == 0 then return end
-  redis.call('ZADD', index, unpack(members))
+  if covered then
+    members[#members + 1] = 0
+    members[#members + 1] = stamp_of(length, pushed[#pushed])
+  end
+  if #members > 0 then redis.call('ZADD', index, unpack(members)) end
   redis.call('EXPIRE', index, ttl)
 end
 """
@@ -631,7 +658,8 @@ end
 # the time for 4,000 turns): `"ts":"` cannot occur inside a JSON string, whose quotes are escaped.
 _ANSWERS_TO = """
 local ts = ARGV[1]
-if redis.call('ZSCORE', KEYS[2], 'indexed') then
+local length = redis.call('LLEN', KEYS[1])
+if length > 0 and redis.call('ZSCORE', KEYS[2], stamp_of(length, redis.call('LINDEX', KEYS[1], -1))) then
   local found = {}
   for i, member in ipairs(redis.call('ZRANGEBYLEX', KEYS[2], '[' .. ts .. ':', '(' .. ts .. ';')) do
     found[i] = string.sub(member, #ts + 2)
@@ -639,7 +667,8 @@ if redis.call('ZSCORE', KEYS[2], 'indexed') then
   return found
 end
 local found, members = {}, {}
-for _, raw in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+for _, raw in ipairs(items) do
   local at = string.find(raw, '"reply_to":"', 1, true)
   if at and string.find(raw, '"role":"assistant"', 1, true) then
     local question = string.match(raw, '^[^"]+', at + 12)
@@ -651,8 +680,9 @@ for _, raw in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
 end
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl == -2 then return found end
+redis.call('ZREMRANGEBYLEX', KEYS[2], '[indexed:', '(indexed;')
 members[#members + 1] = 0
-members[#members + 1] = 'indexed'
+members[#members + 1] = stamp_of(#items, items[#items])
 for i = 1, #members, 1000 do
   redis.call('ZADD', KEYS[2], unpack(members, i, math.min(i + 999, #members)))
 end
@@ -660,15 +690,17 @@ if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 return found
 """
 
-# KEYS: turns, meta. ARGV: ts, conversation ttl. Takes a person's message out of the stored
+# KEYS: turns, meta, answers index. ARGV: ts, conversation ttl. Takes a person's message out of the stored
 # conversation, where a newer turn read it back from Slack while it waited to be queued again
 # after a loss: its own turn stores it anew, after that newer turn. A summary that covers it is
 # dropped (rebuilt from the turns as they are now); the epoch bump stops one being saved meanwhile.
 _DROP_READ_BACK = """
-for _, raw in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+for _, raw in ipairs(items) do
   local turn = string.find(raw, ARGV[1], 1, true) and cjson.decode(raw) or {}  -- as _REWRITE_TURN
   if turn['ts'] == ARGV[1] and turn['role'] == 'user' then
     redis.call('LREM', KEYS[1], 1, raw)
+    restamp(KEYS[3], stamp_of(#items, items[#items]), KEYS[1])
     conversation_changed_at(KEYS[2], ARGV[1], ARGV[2])
     return 1
   end
@@ -748,6 +780,7 @@ for i = 1, #keep, 1000 do
   redis.call('RPUSH', KEYS[1], unpack(keep, i, math.min(i + 999, #keep)))
 end
 if #keep > 0 and ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+restamp(KEYS[3], stamp_of(#items, items[#items]), KEYS[1])
 redis.call('HDEL', KEYS[2], 'summary', 'summary_upto')
 redis.call('HINCRBY', KEYS[2], 'epoch', 1)
 if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
@@ -924,8 +957,8 @@ local function journal_step(k, a)
     if #pushed > 0 then
       local length = redis.call('RPUSH', KEYS[k + 1], unpack(pushed))
       -- Only a forgotten step drops answers, and it pushes nothing: the answers are stored.
-      -- A list these turns began has every answer in the index from now on.
-      if indexed >= 0 then index_answers(KEYS[k + 3], answers, length == #pushed, ARGV[a + 1]) end
+      -- A list these turns began, or one the index covered until now, is covered still.
+      if indexed >= 0 then index_answers(KEYS[k + 3], KEYS[k + 1], answers, length, pushed, ARGV[a + 1]) end
     end
     redis.call('EXPIRE', KEYS[k + 1], ARGV[a + 1])
     redis.call('HSET', KEYS[k + 2], 'updated', ARGV[a + 2])
@@ -1162,12 +1195,18 @@ class Store:
         self._finish = self.redis.register_script(_FINISH)
         self._begin_answer = self.redis.register_script(_BEGIN_ANSWER)
         self._accept = self.redis.register_script(_ACCEPT)
-        self._rewrite_turn = self.redis.register_script(_CONVERSATION_CHANGED_AT + _REWRITE_TURN)
-        self._drop_read_back = self.redis.register_script(_CONVERSATION_CHANGED_AT + _DROP_READ_BACK)
-        self._answers_to = self.redis.register_script(_ANSWERS_TO)
+        self._rewrite_turn = self.redis.register_script(
+            _CONVERSATION_CHANGED_AT + _INDEX_ANSWERS_FUNCTION + _REWRITE_TURN
+        )
+        self._drop_read_back = self.redis.register_script(
+            _CONVERSATION_CHANGED_AT + _INDEX_ANSWERS_FUNCTION + _DROP_READ_BACK
+        )
+        self._answers_to = self.redis.register_script(_INDEX_ANSWERS_FUNCTION + _ANSWERS_TO)
         self._save_summary = self.redis.register_script(_SAVE_SUMMARY)
         self._their_turns = self.redis.register_script(_THEIR_TURNS)
-        self._forget_in_conversation = self.redis.register_script(_FORGET_IN_CONVERSATION)
+        self._forget_in_conversation = self.redis.register_script(
+            _INDEX_ANSWERS_FUNCTION + _FORGET_IN_CONVERSATION
+        )
         self._release_lock = self.redis.register_script(_RELEASE_LOCK)
         self._renew_lock = self.redis.register_script(_RENEW_LOCK)
         self._renew_thread_lock = self.redis.register_script(_RENEW_THREAD_LOCK)
@@ -1601,10 +1640,13 @@ class Store:
             await pipe.execute()
 
     def _index_answers(self, pipe: Any, key: ThreadKey, turns: Iterable[Turn]) -> None:
-        """Add a DM's answers among `turns` to its index. Whether the list is new is not known in a
-        pipeline, so the index is not marked complete here (`_INDEX_ANSWERS_FUNCTION`): a DM
-        begun this way (read back after a loss) is indexed by its first look (`answers_to`)."""
-        if answers := _answers_of(key, turns):
+        """Add a DM's answers among `turns` to its index. Whether the index covered the list before
+        is not known in a pipeline, so its stamp goes (`_INDEX_ANSWERS_FUNCTION`): a DM added to
+        this way (read back after a loss) is indexed again by its next look (`answers_to`)."""
+        if (answers := _answers_of(key, turns)) is None:
+            return
+        pipe.zremrangebylex(self.keys.answers(key), "[indexed:", "(indexed;")
+        if answers:
             pipe.zadd(self.keys.answers(key), dict.fromkeys(answers, 0))
             pipe.expire(self.keys.answers(key), self.conversation_ttl)
 
@@ -1684,7 +1726,8 @@ class Store:
         read it back from Slack before it was queued again after a loss (see `_DROP_READ_BACK`)."""
         return bool(
             await self._drop_read_back(
-                keys=[self.keys.turns(key), self.keys.meta(key)], args=[ts, self.conversation_ttl]
+                keys=[self.keys.turns(key), self.keys.meta(key), self.keys.answers(key)],
+                args=[ts, self.conversation_ttl],
             )
         )
 
