@@ -28,7 +28,7 @@ from dotenv import find_dotenv, load_dotenv
 from redis.exceptions import RedisError
 
 from bot.redis_url import check_key_prefix, check_redis_url
-from bot.store import DAY, Store, ThreadKey
+from bot.store import DAY, ForgetIncomplete, Store, ThreadKey
 from bot.tokens import TokenCounter
 
 LOCAL_REDIS_SOCKET = Path(__file__).resolve().parents[1] / "var" / "redis" / "redis.sock"
@@ -236,7 +236,10 @@ async def _forget(store: Store, args: argparse.Namespace) -> int:
         print(f"nothing stored about {args.user}")
         return 0
     for team in teams:
-        forgotten = await store.forget_user(team, args.user, scan_conversations=args.scan)
+        try:
+            forgotten = await store.forget_user(team, args.user, scan_conversations=args.scan)
+        except ForgetIncomplete as error:
+            raise AdminError(f"{args.user} kept writing in {error} meanwhile: run it again") from None
         print(
             f"forgot {args.user} in {team}: {forgotten.messages} messages (theirs and the answers to "
             f"them) from {forgotten.conversations} conversations, {forgotten.records} records"

@@ -371,6 +371,11 @@ class StoreUnavailable(Exception):
     """Redis did not answer; callers tell the user to try again rather than go silent."""
 
 
+class ForgetIncomplete(Exception):
+    """`forget me` could not take the person's turns out of a conversation they kept writing in:
+    the person is told it went wrong (and asks again), never that they were forgotten."""
+
+
 class Keys:
     """Key names and their TTLs, in one place. Every name starts with `prefix` (REDIS_KEY_PREFIX
     and a colon; nothing when it is unset), which in a Redis Cluster is a hash tag
@@ -594,32 +599,59 @@ end
 if not found then return queued and 2 or 0 end
 if ARGV[3] == 'delete' then
   redis.call('ZREMRANGEBYLEX', KEYS[4], '[' .. ARGV[1] .. ':', '(' .. ARGV[1] .. ';')
+  restamp(KEYS[4], stamp_of(#items, items[#items]), KEYS[1])
 end
 conversation_changed_at(KEYS[2], ARGV[1], ARGV[4])
 return 1
 """
 
 # A DM's answers index (`Keys.answers`): a sorted set whose members, all scored 0, are "question
-# ts:answer ts", one for each of the bot's stored answers, so that the answers to a question are one
-# range by name (ZRANGEBYLEX) rather than a scan of the conversation. Its member `indexed` says
-# that every answer stored is in it: written with the first turns of a conversation (the list did
-# not exist), or by the scan that indexes a conversation stored before the index (`_ANSWERS_TO`).
-# Without it the index may lack answers, and is not trusted. It expires with the conversation: its
-# TTL is set whenever answers are added to it, and the turns' own, set with every step, is never
-# shorter; should the index go first all the same, the next look scans and indexes again.
+# ts:answer ts", one for each of the bot's stored answers, so that the answers to a question are
+# one range by name (ZRANGEBYLEX) rather than a scan of the conversation. Its stamp `indexed:N:ts`
+# says that every answer among the turns list's N entries, the last of them at ts, is in it:
+# written with the first turns of a conversation (the list did not exist), moved on by each step
+# that stores turns or takes some out while it holds (`restamp`), and written by the scan that
+# indexes a conversation stored before the index (`_ANSWERS_TO`). The index is trusted only while
+# the list is as stamped: a process of the version before the index, during a rolling deploy,
+# stores answers without indexing them, which a bare "indexed" would hide from a deletion (the
+# answer, and the copy of the question in the DM thread under it, would stay stored). Other
+# writers (`_index_answers`) take the stamp away; the next look scans once. The index expires with
+# the conversation: its TTL is set with every step that stores turns, as the turns' own is; should
+# it go first all the same, the next look scans and indexes again.
 _INDEX_ANSWERS_FUNCTION = """
-local function index_answers(index, answers, complete, ttl)
+local function stamp_of(length, last)
+  return 'indexed:' .. length .. ':' .. (last and string.match(last, '"ts":"([^"]*)"') or '')
+end
+
+local function restamp(index, before, turns)
+  local length = redis.call('LLEN', turns)
+  if redis.call('ZREM', index, before) == 1 and length > 0 then
+    redis.call('ZADD', index, 0, stamp_of(length, redis.call('LINDEX', turns, -1)))
+  else
+    redis.call('ZREMRANGEBYLEX', index, '[indexed:', '(indexed;')
+  end
+end
+
+local function index_answers(index, turns, answers, length, pushed, ttl)
   local members = {}
   for _, answer in ipairs(answers) do
     members[#members + 1] = 0
     members[#members + 1] = answer
   end
-  if complete then
-    members[#members + 1] = 0
-    members[#members + 1] = 'indexed'
+  local covered = false
+  if length == #pushed then
+    redis.call('ZREMRANGEBYLEX', index, '[indexed:', '(indexed;')
+    covered = true
+  else
+    local before = stamp_of(length - #pushed, redis.call('LINDEX', turns, -#pushed - 1))
+    covered = redis.call('ZREM', index, before) == 1
+    if not covered then redis.call('ZREMRANGEBYLEX', index, '[indexed:', '(indexed;') end
   end
-  if #members == 0 then return end
-  redis.call('ZADD', index, unpack(members))
+  if covered then
+    members[#members + 1] = 0
+    members[#members + 1] = stamp_of(length, pushed[#pushed])
+  end
+  if #members > 0 then redis.call('ZADD', index, unpack(members)) end
   redis.call('EXPIRE', index, ttl)
 end
 """
@@ -641,14 +673,16 @@ if KEYS[4] then redis.call('SET', KEYS[4], '1', 'EX', ARGV[2]) end
 local found = {}
 local copied = redis.call('HGET', KEYS[3], 'copy:' .. ts)
 if copied then table.insert(found, copied) end
-if redis.call('ZSCORE', KEYS[2], 'indexed') then
+local length = redis.call('LLEN', KEYS[1])
+if length > 0 and redis.call('ZSCORE', KEYS[2], stamp_of(length, redis.call('LINDEX', KEYS[1], -1))) then
   for _, member in ipairs(redis.call('ZRANGEBYLEX', KEYS[2], '[' .. ts .. ':', '(' .. ts .. ';')) do
     table.insert(found, string.sub(member, #ts + 2))
   end
   return found
 end
 local members = {}
-for _, raw in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+for _, raw in ipairs(items) do
   local at = string.find(raw, '"reply_to":"', 1, true)
   if at and string.find(raw, '"role":"assistant"', 1, true) then
     local question = string.match(raw, '^[^"]+', at + 12)
@@ -660,8 +694,9 @@ for _, raw in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
 end
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl == -2 then return found end
+redis.call('ZREMRANGEBYLEX', KEYS[2], '[indexed:', '(indexed;')
 members[#members + 1] = 0
-members[#members + 1] = 'indexed'
+members[#members + 1] = stamp_of(#items, items[#items])
 for i = 1, #members, 1000 do
   redis.call('ZADD', KEYS[2], unpack(members, i, math.min(i + 999, #members)))
 end
@@ -761,8 +796,18 @@ if #fresh > 0 then
     redis.call('HSET', KEYS[2], 'read_back_upto', fresh_ts[#fresh])
   end
 end
--- Not marked complete (`_INDEX_ANSWERS_FUNCTION`): answers stored before may be missing from it.
-index_answers(KEYS[3], answers, false, ARGV[1])
+if ARGV[2] == '1' and #fresh > 0 then
+  -- The list changed under the index's stamp (`_INDEX_ANSWERS_FUNCTION`), which goes: the next
+  -- look scans once. The answers read back join it all the same.
+  redis.call('ZREMRANGEBYLEX', KEYS[3], '[indexed:', '(indexed;')
+  local members = {}
+  for _, answer in ipairs(answers) do
+    members[#members + 1] = 0
+    members[#members + 1] = answer
+  end
+  if #members > 0 then redis.call('ZADD', KEYS[3], unpack(members)) end
+  redis.call('EXPIRE', KEYS[3], ARGV[1])
+end
 redis.call('HSET', KEYS[2], 'hydrated', '1')
 redis.call('EXPIRE', KEYS[2], ARGV[1])
 if ARGV[3] ~= '' then
@@ -844,6 +889,7 @@ for i = 1, #keep, 1000 do
   redis.call('RPUSH', KEYS[1], unpack(keep, i, math.min(i + 999, #keep)))
 end
 if #keep > 0 and ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+restamp(KEYS[3], stamp_of(#items, items[#items]), KEYS[1])
 redis.call('HDEL', KEYS[2], 'summary', 'summary_upto')
 redis.call('HINCRBY', KEYS[2], 'epoch', 1)
 if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
@@ -1064,8 +1110,8 @@ local function journal_step(k, a, read_back_upto)
     if #pushed > 0 then
       local length = redis.call('RPUSH', KEYS[k + 1], unpack(pushed))
       -- Only a forgotten step drops answers, and it pushes nothing: the answers are stored.
-      -- A list these turns began has every answer in the index from now on.
-      if indexed >= 0 then index_answers(KEYS[k + 3], answers, length == #pushed, ARGV[a + 1]) end
+      -- A list these turns began, or one the index covered until now, is covered still.
+      if indexed >= 0 then index_answers(KEYS[k + 3], KEYS[k + 1], answers, length, pushed, ARGV[a + 1]) end
     end
     redis.call('EXPIRE', KEYS[k + 1], ARGV[a + 1])
     redis.call('HSET', KEYS[k + 2], 'updated', ARGV[a + 2])
@@ -1308,14 +1354,18 @@ class Store:
         self._finish = self.redis.register_script(_FINISH)
         self._begin_answer = self.redis.register_script(_BEGIN_ANSWER)
         self._accept = self.redis.register_script(_ACCEPT)
-        self._rewrite_turn = self.redis.register_script(_CONVERSATION_CHANGED_AT + _REWRITE_TURN)
-        self._answers_to = self.redis.register_script(_ANSWERS_TO)
+        self._rewrite_turn = self.redis.register_script(
+            _CONVERSATION_CHANGED_AT + _INDEX_ANSWERS_FUNCTION + _REWRITE_TURN
+        )
+        self._answers_to = self.redis.register_script(_INDEX_ANSWERS_FUNCTION + _ANSWERS_TO)
         self._merge_read_back = self.redis.register_script(
-            _CONVERSATION_CHANGED_AT + _TS_BEFORE + _INDEX_ANSWERS_FUNCTION + _MERGE_READ_BACK
+            _CONVERSATION_CHANGED_AT + _TS_BEFORE + _MERGE_READ_BACK
         )
         self._save_summary = self.redis.register_script(_SAVE_SUMMARY)
         self._their_turns = self.redis.register_script(_THEIR_TURNS)
-        self._forget_in_conversation = self.redis.register_script(_FORGET_IN_CONVERSATION)
+        self._forget_in_conversation = self.redis.register_script(
+            _INDEX_ANSWERS_FUNCTION + _FORGET_IN_CONVERSATION
+        )
         self._release_lock = self.redis.register_script(_RELEASE_LOCK)
         self._renew_lock = self.redis.register_script(_RENEW_LOCK)
         self._renew_thread_lock = self.redis.register_script(_RENEW_THREAD_LOCK)
@@ -1770,10 +1820,13 @@ class Store:
         )
 
     def _index_answers(self, pipe: Any, key: ThreadKey, turns: Iterable[Turn]) -> None:
-        """Add a DM's answers among `turns` to its index. Whether the list is new is not known in a
-        pipeline, so the index is not marked complete here (`_INDEX_ANSWERS_FUNCTION`): a DM
-        begun this way (read back after a loss) is indexed by its first look (`answers_to`)."""
-        if answers := _answers_of(key, turns):
+        """Add a DM's answers among `turns` to its index. Whether the index covered the list before
+        is not known in a pipeline, so its stamp goes (`_INDEX_ANSWERS_FUNCTION`): a DM added to
+        this way (read back after a loss) is indexed again by its next look (`answers_to`)."""
+        if (answers := _answers_of(key, turns)) is None:
+            return
+        pipe.zremrangebylex(self.keys.answers(key), "[indexed:", "(indexed;")
+        if answers:
             pipe.zadd(self.keys.answers(key), dict.fromkeys(answers, 0))
             pipe.expire(self.keys.answers(key), self.conversation_ttl)
 
@@ -1916,10 +1969,11 @@ class Store:
             )
             if removed >= 0:
                 return removed
-        # They kept writing there faster than two round trips: what they said since stays, as a
-        # message sent while `forget me` is carried out may (README, Retention and privacy).
+        # They kept writing there faster than two round trips. Giving up quietly would leave all
+        # they said there, before `forget me` too, and tell them they were forgotten: they are told
+        # it went wrong instead, and their index stays, so that asking again finds it.
         log.warning("forget gave up on a conversation the person keeps writing in thread=%s", thread)
-        return 0
+        raise ForgetIncomplete(str(thread))
 
     async def _forget_in_record(self, name: str, user: str) -> int:
         """Delete a record that is the person's, or the entries in it that name them (a hash's
