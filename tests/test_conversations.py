@@ -555,3 +555,23 @@ async def test_conversation_keys_expire_after_the_retention(
     # Nothing is kept forever (-1: no expiry; -2 is a key that expired since the scan, as a rate
     # window of a second may have).
     assert [k for k in every_key if await redis.ttl(k) == -1] == []
+
+
+async def test_a_dm_thread_with_no_loss_notes_no_copy_in_the_dm_conversation(
+    bot: RunningBot, slack: SlackEmulator, redis
+) -> None:
+    """A reply in a DM thread under an answer that the DM's conversation stores: the question is
+    found through that answer (`answers_to`), so nothing more is written. Before, each DM thread's
+    first reply wrote a `copy:<ts>` field into the DM's meta (two more Redis commands on a normal
+    turn), which nothing took out: a DM in daily use, its meta's TTL renewed by every turn, piled
+    them up for good, naming messages long gone from its conversation."""
+    for topic in ("first topic", "second topic"):
+        await slack.post_user_message(DM, topic)
+    answers = await slack.wait_for_bot_messages(DM, count=2)
+    await bot.settle()
+    for answer in answers:
+        await slack.post_user_message(DM, "more on this", thread_ts=answer["ts"])
+        await slack.wait_for_bot_messages(DM, answer["ts"], count=1)
+    await bot.settle()
+    meta = await redis.hgetall(f"conv:T1:{DM}:dm:meta")
+    assert meta and [field for field in meta if field.startswith("copy:")] == []
