@@ -610,9 +610,14 @@ return found
 # conversation read. The people's indexes may then name one whose turns all went: harmless.
 _PREPEND_HISTORY = """
 local n = tonumber(ARGV[2])
+local gone = {}
+for i = 1, n, 1000 do
+  local found = redis.call('MGET', unpack(KEYS, 3 + i, 3 + math.min(i + 999, n)))
+  for j = 1, #found do gone[i + j - 1] = found[j] end
+end
 local kept = {}
 for i = n, 1, -1 do
-  if redis.call('EXISTS', KEYS[3 + i]) == 0 then table.insert(kept, ARGV[4 + i]) end
+  if not gone[i] then table.insert(kept, ARGV[4 + i]) end
 end
 for i = 1, #kept, 1000 do
   redis.call('LPUSH', KEYS[1], unpack(kept, i, math.min(i + 999, #kept)))
