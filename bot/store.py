@@ -585,12 +585,13 @@ return 1
 # (`copy:<ts>`, see `_PREPEND_HISTORY`), when the answer it is under was not stored here (Redis
 # lost it). With a tombstone (a deletion), it is left first, in the same step: a DM thread's
 # read-back that copies the message after this leaves it out, and one that copied it before is
-# found here.
+# found here; the note of that copy goes, its use over.
 _ANSWERS_TO = """
 if KEYS[3] then redis.call('SET', KEYS[3], '1', 'EX', ARGV[2]) end
 local found = {}
 local copied = redis.call('HGET', KEYS[2], 'copy:' .. ARGV[1])
 if copied then table.insert(found, copied) end
+if copied and KEYS[3] then redis.call('HDEL', KEYS[2], 'copy:' .. ARGV[1]) end
 for _, raw in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
   if string.find(raw, ARGV[1], 1, true) then
     local turn = cjson.decode(raw)
@@ -663,9 +664,11 @@ redis.call('EXPIRE', KEYS[1], ARGV[5])
 return 1
 """
 
-# KEYS: turns, meta. ARGV: user id, conversation ttl, the conversation's journal prefix
-# (`Keys.journal` without the ts). Removes the person's turns and the bot's answers to them (which
-# may quote them), keeps everyone else's in order, and drops the summary. The journals of their
+# KEYS: turns, meta, the meta of the channel's DM conversation (a DM thread's copies are noted
+# there: `copy:<ts>`; no key for others). ARGV: user id, conversation ttl, the conversation's
+# journal prefix (`Keys.journal` without the ts). Removes the person's turns and the bot's answers
+# to them (which may quote them), and the notes of their copies, keeps everyone else's in order,
+# and drops the summary. The journals of their
 # finished messages lose the text they may hold (an edit made while the message waited, an answer
 # kept for a retry) but keep their state, which says the message was answered: to a message queued
 # again after a loss (_ACCEPT), to a beat (_BEAT), and to a stalled worker's lock renewal or fence
@@ -693,6 +696,7 @@ for _, raw in ipairs(items) do
   if turn['role'] == 'user' and turn['user'] == ARGV[1] then
     asked[turn['ts']] = true
     clear_finished_journal(turn['ts'])
+    redis.call('HDEL', KEYS[3], 'copy:' .. turn['ts'])
     removed = removed + 1
   elseif turn['role'] == 'assistant' and turn['reply_to'] and asked[turn['reply_to']] then
     removed = removed + 1
@@ -1626,8 +1630,9 @@ class Store:
                 records += await self._forget_in_record(member, user)
                 continue
             journals = self.keys.journal(thread.team, thread.channel, "")
+            dm = self.keys.meta(ThreadKey(thread.team, thread.channel, "dm"))  # notes its copies
             removed = await self._forget_in_conversation(
-                keys=[member, self.keys.meta(thread)], args=[user, self.conversation_ttl, journals]
+                keys=[member, self.keys.meta(thread), dm], args=[user, self.conversation_ttl, journals]
             )
             if removed:
                 messages += int(removed)

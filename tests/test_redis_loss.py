@@ -1540,3 +1540,37 @@ async def test_a_dm_question_answered_before_a_loss_and_deleted_after_goes_from_
         if key.startswith("conv:"):
             assert "hunter2" not in content, (key, content)
     assert _errors(caplog) == []
+
+
+@pytest.mark.parametrize("how", ["deleted", "forget me"])
+async def test_a_dm_questions_copy_noted_after_a_loss_goes_with_its_deletion_or_forget_me(
+    how: str,
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A DM question answered before a loss is copied after it into the DM thread under its
+    answer, which the DM's conversation notes (`copy:<ts>` in its meta, renewed with every DM
+    turn). Once the question is deleted, or its author says `forget me`, the note is no use: it
+    went too (before, it stayed for as long as the DM was in use, naming her message)."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    asked = await slack.post_user_message(DM, "why is api-prod red?")
+    [answer] = await slack.wait_for_bot_messages(DM, "top", count=1)
+    await running.settle()
+    await redis.flushall()
+    await slack.wait_for(lambda: FORGOT in caplog.text, what="the loss to be noticed")
+    await slack.post_user_message(DM, "more on this", thread_ts=answer["ts"])
+    await slack.wait_for_bot_messages(DM, answer["ts"], count=1)
+    await running.settle()
+    meta = f"conv:T1:{DM}:dm:meta"
+    assert await redis.hget(meta, f"copy:{asked}") == answer["ts"]  # noted
+    if how == "deleted":
+        await slack.delete_message(DM, asked)
+    else:
+        await slack.post_user_message(DM, "forget me")
+        await slack.wait_for_bot_messages(DM, "top", count=2)
+    await running.settle()
+    assert [field for field in await redis.hkeys(meta) if field.startswith("copy:")] == []
+    assert _errors(caplog) == []
