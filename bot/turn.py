@@ -430,7 +430,7 @@ class TurnRunner:
                 except DeliveryDeferred:
                     # Left in the inbox; recovery retries it later. Kept here too, should Redis
                     # lose it meanwhile: nothing else would answer it then.
-                    self.redis_loss.deferred(next_up.message, held.sign or next_up.record.sign)
+                    await self.redis_loss.deferred(next_up.message, held.sign or next_up.record.sign)
                     return False
                 except LockLost:
                     # Found as the answer was about to show: the worker that holds the lock

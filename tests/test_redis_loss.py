@@ -1574,3 +1574,31 @@ async def test_a_dm_questions_copy_noted_after_a_loss_goes_with_its_deletion_or_
     await running.settle()
     assert [field for field in await redis.hkeys(meta) if field.startswith("copy:")] == []
     assert _errors(caplog) == []
+
+
+async def test_an_answer_in_flight_at_a_loss_whose_delivery_is_deferred_after_it_is_given(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The model is still thinking when Redis loses its data, and the loss is acted on (the
+    messages waiting here queued again) before the answer is ready; then Slack will not take it,
+    and its delivery is deferred: left "in the inbox" for recovery's retry. That inbox went with
+    the loss: nothing retries it unless it is queued again."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    llm.enqueue(SlowFirstToken(3))
+    slack.fail_next("chat.postMessage", error="internal_error", status=503, times=3)
+    asked = await slack.post_user_message(DM, "why is api-prod red?")
+    await llm.wait_for_requests(1)
+    await redis.flushall()
+    await slack.wait_for(lambda: "waiting messages to queue again" in caplog.text, what="the loss acted on")
+    await slack.wait_for(lambda: "answer delivery deferred" in caplog.text, timeout=10, what="the deferral")
+    slack.clear_faults()
+    await slack.wait_for(lambda: bool(slack.bot_messages(DM, "top")), timeout=30, what="the answer")
+    await running.settle()
+    assert [m["text"] for m in slack.bot_messages(DM, "top")] == ["Answer: ann: why is api-prod red?"]
+    assert not (slack.message(DM, asked) or {}).get("reactions"), "the thinking reaction left"
+    assert _errors(caplog) == []
