@@ -605,10 +605,12 @@ return found
 
 # KEYS: turns, meta, the DM's meta (or meta again), then per turn the tombstone of the message it
 # goes with (its own; an answer's, its question's), then the indexes of the people among the turns.
-# ARGV: conversation ttl, turns, the DM meta's field ('' for none) and value, then the turns (JSON),
-# oldest first. Puts the turns read back from Slack before those stored, but for those deleted since
-# they were read (their tombstone is there: the deletion found nothing here to take out); marks the
-# conversation read. The people's indexes may then name one whose turns all went: harmless.
+# ARGV: conversation ttl, turns, the DM meta's field ('' for none) and value, the place among the
+# turns of the message that field notes (0: none), then the turns (JSON), oldest first. Puts the
+# turns read back from Slack before those stored, but for those deleted since they were read (their
+# tombstone is there: the deletion found nothing here to take out); marks the conversation read.
+# The note is not written for a message so left out: nothing would take it out. The people's
+# indexes may then name one whose turns all went: harmless.
 _PREPEND_HISTORY = """
 local n = tonumber(ARGV[2])
 local gone = {}
@@ -618,7 +620,7 @@ for i = 1, n, 1000 do
 end
 local kept = {}
 for i = n, 1, -1 do
-  if not gone[i] then table.insert(kept, ARGV[4 + i]) end
+  if not gone[i] then table.insert(kept, ARGV[5 + i]) end
 end
 for i = 1, #kept, 1000 do
   redis.call('LPUSH', KEYS[1], unpack(kept, i, math.min(i + 999, #kept)))
@@ -630,7 +632,8 @@ for i = 4 + n, #KEYS do
 end
 redis.call('HSET', KEYS[2], 'hydrated', '1')
 redis.call('EXPIRE', KEYS[2], ARGV[1])
-if ARGV[3] ~= '' then
+local noted = tonumber(ARGV[5])
+if ARGV[3] ~= '' and not (noted > 0 and gone[noted]) then
   redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
   redis.call('EXPIRE', KEYS[3], ARGV[1])
 end
@@ -1504,6 +1507,7 @@ class Store:
                 len(turns),
                 f"copy:{copy_of}" if copy_of else "",
                 key.thread,
+                next((i for i, turn in enumerate(turns, 1) if copy_of and turn.ts == copy_of), 0),
                 *(turn.to_json() for turn in turns),
             ],
         )

@@ -1485,6 +1485,8 @@ async def test_a_dm_question_deleted_while_a_dm_thread_reads_it_back_after_a_los
     await slack.wait_for_bot_messages(DM, answer["ts"], count=1)
     await running.settle()
     assert _prompt(llm) == ["ann: more on this"]
+    # Nor is a note of a copy left out written: nothing would take it out.
+    assert await redis.hget(f"conv:T1:{DM}:dm:meta", f"copy:{asked}") is None
     for key, content in (await everything_in(redis)).items():
         if key.startswith("conv:"):
             assert "hunter2" not in content, (key, content)
