@@ -278,15 +278,20 @@ class RedisLossRecovery:
             self._handed_on.popitem(last=False)
         await self._queue(message, look_first=True, shown=shown, sign=sign)
 
-    def deferred(self, message: IncomingMessage, sign: str | None = None) -> None:
+    async def deferred(self, message: IncomingMessage, sign: str | None = None) -> None:
         """A turn here produced the answer but Slack would not take it (or may have, unseen): the
         message stays in its inbox, the answer in its journal, for recovery to retry. Both go if
         Redis loses its data: kept here until a worker here takes it again or a beat finds it over,
         to be queued again then, looked up in Slack first (the post may have landed). `sign`: the
-        thinking sign left up for the retry, which its turn then takes away."""
+        thinking sign left up for the retry, which its turn then takes away.
+
+        Queued again at once too: Redis still knowing it, a duplicate, and nothing is done; but a
+        loss may have taken its inbox already, and been acted on while the answer was written,
+        leaving nothing to retry it. Its thread is pending again, for recovery's next round."""
         self._handed_on[(message.team, message.channel, message.ts)] = _Requeue(message, True, None, sign)
         while len(self._handed_on) > WAITING_MEMORY:
             self._handed_on.popitem(last=False)
+        await self._queue(message, look_first=True, sign=sign)
 
     async def _queue(
         self, message: IncomingMessage, *, look_first: bool, shown: str | None = None, sign: str | None = None

@@ -666,13 +666,14 @@ end
 # Slack (`copy:<ts>`, see `_MERGE_READ_BACK`), when the answer it is under was not stored here
 # (Redis lost it). With a tombstone (a deletion), it is left first, in the same step: a DM thread's
 # read-back that copies the message after this leaves it out, and one that copied it before is
-# found here.
+# found here; the note of that copy goes, its use over.
 _ANSWERS_TO = """
 local ts = ARGV[1]
 if KEYS[4] then redis.call('SET', KEYS[4], '1', 'EX', ARGV[2]) end
 local found = {}
 local copied = redis.call('HGET', KEYS[3], 'copy:' .. ts)
 if copied then table.insert(found, copied) end
+if copied and KEYS[4] then redis.call('HDEL', KEYS[3], 'copy:' .. ts) end
 local length = redis.call('LLEN', KEYS[1])
 if length > 0 and redis.call('ZSCORE', KEYS[2], stamp_of(length, redis.call('LINDEX', KEYS[1], -1))) then
   for _, member in ipairs(redis.call('ZRANGEBYLEX', KEYS[2], '[' .. ts .. ':', '(' .. ts .. ';')) do
@@ -723,7 +724,9 @@ end
 # per turn read back the tombstone of the message it goes with (its own; an answer's, its
 # question's), then one per-person index per author among the turns. ARGV: conversation ttl,
 # whether the conversation keeps an answers index (1: a DM's), the DM meta's field ('' for none)
-# and value, then a conversation's earlier messages read back from Slack (JSON, oldest first).
+# and value, the place among the turns of the message that field notes (0: none; the note is not
+# written for a message left out as deleted: nothing would take it out), then a conversation's
+# earlier messages read back from Slack (JSON, oldest first).
 # Those not stored yet (by ts; nor the later messages of a long answer stored whole), nor deleted
 # since they were read (their tombstone is there: the
 # deletion found nothing here to take out), are merged into the stored turns by ts, each stored
@@ -738,8 +741,15 @@ end
 # notes where, so that the question's deletion or edit reaches the copy (`_ANSWERS_TO`). The
 # people's indexes may name one whose turns all went: harmless.
 _MERGE_READ_BACK = """
-local first = 5
-local items = #ARGV >= first and redis.call('LRANGE', KEYS[1], 0, -1) or {}
+local first = 6
+local n = #ARGV - first + 1
+-- The tombstones, in batches: one command per thousand turns read back, not one a turn.
+local gone = {}
+for i = 1, n, 1000 do
+  local found = redis.call('MGET', unpack(KEYS, 4 + i, 4 + math.min(i + 999, n)))
+  for j = 1, #found do gone[i + j - 1] = found[j] end
+end
+local items = n > 0 and redis.call('LRANGE', KEYS[1], 0, -1) or {}
 local stored, known, answered = {}, {}, {}
 for i, raw in ipairs(items) do
   local turn = cjson.decode(raw)
@@ -755,7 +765,7 @@ for i = first, #ARGV do
   -- A stored answer is whole: Slack's later messages of a long one (their own ts) are in it.
   local question = turn['role'] == 'assistant' and turn['reply_to']
   local part = type(question) == 'string' and answered[question]
-  if not known[ts] and not part and redis.call('EXISTS', KEYS[4 + i - first + 1]) == 0 then
+  if not known[ts] and not part and not gone[i - first + 1] then
     known[ts] = true
     fresh[#fresh + 1], fresh_ts[#fresh + 1] = ARGV[i], ts
     if ARGV[2] == '1' and turn['role'] == 'assistant' and turn['reply_to'] then
@@ -786,7 +796,7 @@ if #fresh > 0 then
     end
   end
   redis.call('EXPIRE', KEYS[1], ARGV[1])
-  for k = 5 + #ARGV - first + 1, #KEYS do
+  for k = 5 + n, #KEYS do
     redis.call('SADD', KEYS[k], KEYS[1])
     redis.call('EXPIRE', KEYS[k], ARGV[1])
   end
@@ -810,7 +820,8 @@ if ARGV[2] == '1' and #fresh > 0 then
 end
 redis.call('HSET', KEYS[2], 'hydrated', '1')
 redis.call('EXPIRE', KEYS[2], ARGV[1])
-if ARGV[3] ~= '' then
+local noted = tonumber(ARGV[5])
+if ARGV[3] ~= '' and not (noted > 0 and gone[noted]) then
   redis.call('HSET', KEYS[4], ARGV[3], ARGV[4])
   redis.call('EXPIRE', KEYS[4], ARGV[1])
 end
@@ -839,7 +850,8 @@ end
 return found
 """
 
-# KEYS: turns, meta, answers index, then the journals of the person's messages (`_THEIR_TURNS`).
+# KEYS: turns, meta, answers index, the meta of the channel's DM conversation (a DM thread's
+# copies are noted there: `copy:<ts>`), then the journals of the person's messages (`_THEIR_TURNS`).
 # ARGV: user id, conversation ttl, then the ts of those messages, in the order of their journals.
 # Removes the person's turns and the bot's answers to them (which may quote them) with their
 # entries in the index, keeps everyone else's in order, and drops the summary. The journals of
@@ -855,7 +867,7 @@ return found
 # that it runs on a Redis Cluster, or a proxy that checks, as on one Redis.
 _FORGET_IN_CONVERSATION = """
 local journal_of = {}
-for i = 3, #ARGV do journal_of[ARGV[i]] = KEYS[i + 1] end
+for i = 3, #ARGV do journal_of[ARGV[i]] = KEYS[i + 2] end
 local items = redis.call('LRANGE', KEYS[1], 0, -1)
 local asked, keep, removed = {}, {}, 0
 for _, raw in ipairs(items) do
@@ -882,6 +894,7 @@ for ts in pairs(asked) do
     redis.call('HSET', journal, 'forgotten', '1')
   end
   redis.call('ZREMRANGEBYLEX', KEYS[3], '[' .. ts .. ':', '(' .. ts .. ';')
+  redis.call('HDEL', KEYS[4], 'copy:' .. ts)
 end
 local ttl = redis.call('PTTL', KEYS[1])
 redis.call('DEL', KEYS[1])
@@ -1814,6 +1827,7 @@ class Store:
                     int(key.thread == "dm"),  # only a DM's answers are indexed (`_answers_of`)
                     f"copy:{copy_of}" if copy_of else "",
                     key.thread,
+                    next((i for i, turn in enumerate(turns, 1) if copy_of and turn.ts == copy_of), 0),
                     *(turn.to_json() for turn in turns),
                 ],
             )
@@ -1961,9 +1975,10 @@ class Store:
             if not theirs:
                 return 0
             journals = [self.keys.journal(thread.team, thread.channel, ts) for ts in theirs]
+            dm = self.keys.meta(ThreadKey(thread.team, thread.channel, "dm"))  # notes its copies
             removed = int(
                 await self._forget_in_conversation(
-                    keys=[turns, self.keys.meta(thread), self.keys.answers(thread), *journals],
+                    keys=[turns, self.keys.meta(thread), self.keys.answers(thread), dm, *journals],
                     args=[user, self.conversation_ttl, *theirs],
                 )
             )

@@ -436,7 +436,7 @@ class TurnRunner:
                 except DeliveryDeferred:
                     # Left in the inbox; recovery retries it later. Kept here too, should Redis
                     # lose it meanwhile: nothing else would answer it then.
-                    self.redis_loss.deferred(next_up.message, held.sign or next_up.record.sign)
+                    await self.redis_loss.deferred(next_up.message, held.sign or next_up.record.sign)
                     return False
                 except LockLost:
                     # Found as the answer was about to show: the worker that holds the lock
@@ -901,6 +901,7 @@ class TurnRunner:
             return EarlierThread.NOT_NEEDED
         workspace, bot_user = self.workspace, message.bot_user_id
         question: list[Turn] = []  # a DM thread's: the question its answer was for, copied
+        linked = True  # the DM's conversation links that answer to it: its deletion finds the copy
         try:
             if key.thread == "dm":
                 if not self.redis_loss.dm_history_lost(key):
@@ -913,21 +914,25 @@ class TurnRunner:
                     key, key.thread, message.ts, bot_user, is_dm=message.is_dm
                 )
                 if message.is_dm:
-                    question = await self._question_before(message, earlier)
+                    question, linked = await self._question_before(message, earlier)
                     earlier = _after_question(question, earlier)
         except CALL_ERRORS as error:
             # Answer without the earlier messages rather than not at all; try again next turn.
             log.warning("could not read earlier thread thread=%s error=%s", key, error_code(error))
             return EarlierThread.UNREADABLE
+        # Noted only when the DM's conversation does not link them (Redis lost it): else a field
+        # that nothing takes out, written on every DM thread's first reply.
+        copy_of = question[0].ts if question and not linked else None
         # Merged in Slack's order with what turns stored since (after a loss, say), in one step.
-        await self.store.merge_read_back(key, earlier, copy_of=question[0].ts if question else None)
+        await self.store.merge_read_back(key, earlier, copy_of=copy_of)
         return EarlierThread.READ
 
-    async def _question_before(self, message: IncomingMessage, thread: list[Turn]) -> list[Turn]:
+    async def _question_before(self, message: IncomingMessage, thread: list[Turn]) -> tuple[list[Turn], bool]:
         """A DM thread under one of the bot's answers starts with the question that answer was for:
-        the turn before it in the DM's rolling conversation, or, when Redis lost that, in Slack."""
+        the turn before it in the DM's rolling conversation, or, when Redis lost that, in Slack.
+        With it, whether the DM's conversation stores that answer linked to it (`answers_to`)."""
         if not thread or thread[0].role != "assistant":
-            return []
+            return [], True
         dm = ThreadKey(message.team, message.channel, "dm")
         rolling = await self.store.recent_turns(dm, DM_LOOKBACK_TURNS)
         at = next((i for i, turn in enumerate(rolling) if turn.ts == thread[0].ts), None)
@@ -937,7 +942,9 @@ class TurnRunner:
             before = await self.workspace.earlier_dm_turns(dm, thread[0].ts, message.bot_user_id, 1)
         else:
             before = []
-        return [turn for turn in before if turn.role == "user"]
+        question = [turn for turn in before if turn.role == "user"]
+        linked = at is not None and bool(question) and rolling[at].reply_to == question[0].ts
+        return question, linked
 
     def _first_notice_for(self, message: IncomingMessage) -> bool:
         """Dedup without Redis, for the outage notice: this process's recent memory only."""

@@ -555,3 +555,50 @@ async def test_conversation_keys_expire_after_the_retention(
     # Nothing is kept forever (-1: no expiry; -2 is a key that expired since the scan, as a rate
     # window of a second may have).
     assert [k for k in every_key if await redis.ttl(k) == -1] == []
+
+
+async def test_a_dm_thread_with_no_loss_notes_no_copy_in_the_dm_conversation(
+    bot: RunningBot, slack: SlackEmulator, redis
+) -> None:
+    """A reply in a DM thread under an answer that the DM's conversation stores: the question is
+    found through that answer (`answers_to`), so nothing more is written. Before, each DM thread's
+    first reply wrote a `copy:<ts>` field into the DM's meta (two more Redis commands on a normal
+    turn), which nothing took out: a DM in daily use, its meta's TTL renewed by every turn, piled
+    them up for good, naming messages long gone from its conversation."""
+    for topic in ("first topic", "second topic"):
+        await slack.post_user_message(DM, topic)
+    answers = await slack.wait_for_bot_messages(DM, count=2)
+    await bot.settle()
+    for answer in answers:
+        await slack.post_user_message(DM, "more on this", thread_ts=answer["ts"])
+        await slack.wait_for_bot_messages(DM, answer["ts"], count=1)
+    await bot.settle()
+    meta = await redis.hgetall(f"conv:T1:{DM}:dm:meta")
+    assert meta and [field for field in meta if field.startswith("copy:")] == []
+
+
+async def _commands_run(redis) -> dict[str, int]:
+    """Redis's calls so far of each command (those inside scripts included)."""
+    return {name: int(stats["calls"]) for name, stats in (await redis.info("commandstats")).items()}
+
+
+async def test_a_mention_in_an_existing_thread_costs_redis_commands_flat_in_the_thread_read(
+    bot: RunningBot, slack: SlackEmulator, redis
+) -> None:
+    """Reading a thread back from Slack costs the same Redis commands however many messages it
+    holds: storing them is one step. Before, heeding deletions meanwhile (their tombstones) cost
+    one EXISTS a message read, on the first turn of every mention in an existing thread."""
+    spent = {}
+    for size in (2, 200):
+        root = slack.seed_message(CHANNEL, "message 0", user="U2")
+        for i in range(1, size):
+            slack.seed_message(CHANNEL, f"message {i}", user="U3" if i % 2 else "U2", thread_ts=root)
+        before = await _commands_run(redis)
+        await slack.post_user_message(CHANNEL, f"<@{BOT}> can you summarise?", thread_ts=root)
+        await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+        await bot.settle()
+        after = await _commands_run(redis)
+        spent[size] = {name: calls - before.get(name, 0) for name, calls in after.items()}
+    # Background work (beats, lock renewals) varies a little from one turn to the next.
+    grown = {name: calls for name, calls in spent[200].items() if calls > spent[2].get(name, 0) + 20}
+    assert grown == {}, grown

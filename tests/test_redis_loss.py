@@ -1605,6 +1605,8 @@ async def test_a_dm_question_deleted_while_a_dm_thread_reads_it_back_after_a_los
     await slack.wait_for_bot_messages(DM, answer["ts"], count=1)
     await running.settle()
     assert _prompt(llm) == ["ann: more on this"]
+    # Nor is a note of a copy left out written: nothing would take it out.
+    assert await redis.hget(f"conv:T1:{DM}:dm:meta", f"copy:{asked}") is None
     for key, content in (await everything_in(redis)).items():
         if key.startswith("conv:"):
             assert "hunter2" not in content, (key, content)
@@ -1659,6 +1661,68 @@ async def test_a_dm_question_answered_before_a_loss_and_deleted_after_goes_from_
     for key, content in (await everything_in(redis)).items():
         if key.startswith("conv:"):
             assert "hunter2" not in content, (key, content)
+    assert _errors(caplog) == []
+
+
+@pytest.mark.parametrize("how", ["deleted", "forget me"])
+async def test_a_dm_questions_copy_noted_after_a_loss_goes_with_its_deletion_or_forget_me(
+    how: str,
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A DM question answered before a loss is copied after it into the DM thread under its
+    answer, which the DM's conversation notes (`copy:<ts>` in its meta, renewed with every DM
+    turn). Once the question is deleted, or its author says `forget me`, the note is no use: it
+    went too (before, it stayed for as long as the DM was in use, naming her message)."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    asked = await slack.post_user_message(DM, "why is api-prod red?")
+    [answer] = await slack.wait_for_bot_messages(DM, "top", count=1)
+    await running.settle()
+    await redis.flushall()
+    await slack.wait_for(lambda: FORGOT in caplog.text, what="the loss to be noticed")
+    await slack.post_user_message(DM, "more on this", thread_ts=answer["ts"])
+    await slack.wait_for_bot_messages(DM, answer["ts"], count=1)
+    await running.settle()
+    meta = f"conv:T1:{DM}:dm:meta"
+    assert await redis.hget(meta, f"copy:{asked}") == answer["ts"]  # noted
+    if how == "deleted":
+        await slack.delete_message(DM, asked)
+    else:
+        await slack.post_user_message(DM, "forget me")
+        await slack.wait_for_bot_messages(DM, "top", count=2)
+    await running.settle()
+    assert [field for field in await redis.hkeys(meta) if field.startswith("copy:")] == []
+    assert _errors(caplog) == []
+
+
+async def test_an_answer_in_flight_at_a_loss_whose_delivery_is_deferred_after_it_is_given(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The model is still thinking when Redis loses its data, and the loss is acted on (the
+    messages waiting here queued again) before the answer is ready; then Slack will not take it,
+    and its delivery is deferred: left "in the inbox" for recovery's retry. That inbox went with
+    the loss: nothing retries it unless it is queued again."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    llm.enqueue(SlowFirstToken(3))
+    slack.fail_next("chat.postMessage", error="internal_error", status=503, times=3)
+    asked = await slack.post_user_message(DM, "why is api-prod red?")
+    await llm.wait_for_requests(1)
+    await redis.flushall()
+    await slack.wait_for(lambda: "waiting messages to queue again" in caplog.text, what="the loss acted on")
+    await slack.wait_for(lambda: "answer delivery deferred" in caplog.text, timeout=10, what="the deferral")
+    slack.clear_faults()
+    await slack.wait_for(lambda: bool(slack.bot_messages(DM, "top")), timeout=30, what="the answer")
+    await running.settle()
+    assert [m["text"] for m in slack.bot_messages(DM, "top")] == ["Answer: ann: why is api-prod red?"]
+    assert not (slack.message(DM, asked) or {}).get("reactions"), "the thinking reaction left"
     assert _errors(caplog) == []
 
 
