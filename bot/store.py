@@ -564,7 +564,10 @@ end
 # turn reads when it takes the message, and the step that stores the message applies
 # (`journal_step`), in case the change came after the turn had read the journal. One queued again
 # after a loss may have copies all the same, read back from Slack by a newer turn (here, or in the
-# DM thread under its answer: `TurnRunner._holding`): those are changed too.
+# DM thread under its answer: `TurnRunner._holding`): those are changed too, whatever marks its
+# journal. Only a message at or before the conversation's `read_back_upto` can have such a copy
+# (`_MERGE_READ_BACK`): for any other, as for every message waiting behind another in a normal
+# thread, the conversation is not scanned.
 _REWRITE_TURN = """
 if ARGV[3] == 'delete' then redis.call('SET', KEYS[5], '1', 'EX', ARGV[6]) end
 local queued = redis.call('HGET', KEYS[3], 'state') == 'queued'
@@ -574,6 +577,9 @@ if queued then
   else
     redis.call('HSET', KEYS[3], 'edited_text', ARGV[5], 'edited_readable', ARGV[2])
   end
+  -- A copy can only have been read back with the newest ts read back at or after it: else no scan.
+  local upto = redis.call('HGET', KEYS[2], 'read_back_upto')
+  if not upto or ts_before(upto, ARGV[1]) then return 2 end
 end
 local items = redis.call('LRANGE', KEYS[1], 0, -1)
 local found = false
@@ -1368,7 +1374,7 @@ class Store:
         self._begin_answer = self.redis.register_script(_BEGIN_ANSWER)
         self._accept = self.redis.register_script(_ACCEPT)
         self._rewrite_turn = self.redis.register_script(
-            _CONVERSATION_CHANGED_AT + _INDEX_ANSWERS_FUNCTION + _REWRITE_TURN
+            _CONVERSATION_CHANGED_AT + _TS_BEFORE + _INDEX_ANSWERS_FUNCTION + _REWRITE_TURN
         )
         self._answers_to = self.redis.register_script(_INDEX_ANSWERS_FUNCTION + _ANSWERS_TO)
         self._merge_read_back = self.redis.register_script(

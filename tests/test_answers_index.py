@@ -184,3 +184,42 @@ async def test_answers_a_process_of_the_version_before_stores_in_an_indexed_dm_a
         await store.redis.lrem(store.keys.turns(DM), 1, raw)
     await store.redis.rpush(store.keys.turns(DM), question(4).to_json(), answer(4).to_json())
     assert await store.answers_to(DM, question(4).ts) == [answer(4).ts]
+
+
+async def changed(store: Store, ts: str, how: str) -> set[str]:
+    """The commands Redis ran to edit or delete the DM message at `ts`."""
+    before = await commands_run(store)
+    if how == "edit":
+        assert await store.edit_user_message(DM, ts, "edited", "edited")
+    else:
+        assert await store.remove_user_message(DM, ts)
+    after = await commands_run(store)
+    return {name for name, calls in after.items() if calls > before.get(name, 0)}
+
+
+async def test_a_message_waiting_for_its_turn_is_edited_or_deleted_without_a_scan_unless_read_back(
+    store: Store,
+) -> None:
+    """A message still waiting for its turn (behind an answer in flight, say) has no stored turn: its
+    edit or deletion goes to its journal, without reading the DM's turns, as before the read-back
+    merge. Only one at or before the newest ts read back from Slack may have a copy there (a newer
+    turn read it back while it waited to be queued again after a loss): that one's conversation
+    is scanned, and its copy changed."""
+    for i in range(200):
+        await answered(store, i)
+    await store.edit_user_message(DM, question(0).ts, "loaded", "loaded")  # the script loaded
+    journal = store.keys.journal("T1", "D1", question(200).ts)
+
+    await store.accept(message(200))
+    assert "lrange" not in await changed(store, question(200).ts, "edit")
+    assert await store.redis.hget(journal, "edited_readable") == "edited"
+    assert "lrange" not in await changed(store, question(200).ts, "delete")
+    assert await store.redis.hget(journal, "deleted") == "1"
+
+    # Queued again after a loss, and read back by a newer turn meanwhile: its copy changes too.
+    await store.accept(message(201))
+    assert await store.merge_read_back(DM, [question(201)]) == 1
+    assert "lrange" in await changed(store, question(201).ts, "edit")
+    assert [t.text for t in await store.recent_turns(DM, 1)] == ["edited"]
+    await changed(store, question(201).ts, "delete")
+    assert [t.ts for t in await store.recent_turns(DM, 1)] == [answer(199).ts]
