@@ -145,15 +145,27 @@ async def test_forget_me_changes_nothing_in_a_step_not_given_every_journal_it_wo
     journals: a turn of theirs stored in between has a journal that step was not given, so it
     changes nothing and says so (-1), and is run again with the turns read anew."""
     store = Store(redis_url, conversation_ttl_days=1)
-    dm = ThreadKey("T1", "D702", "dm")
+
+    def declared(dm: ThreadKey, *ts: str) -> list[str]:
+        """Turns, meta, answers index, the DM's meta (its copies' notes), then the journals of `ts`."""
+        keys = [store.keys.turns(dm), store.keys.meta(dm), store.keys.answers(dm), store.keys.meta(dm)]
+        return [*keys, *(store.keys.journal(dm.team, dm.channel, one) for one in ts)]
+
     try:
-        for ts in ("1.1", "1.2"):
-            asked = IncomingMessage("T1", "D702", ts, "U1", "q", "answer", None, "dm", BOT, True)
-            await store.record_progress(asked, turns=(Turn("user", "q", ts, "U1"),), state="answered")
-        keys = [store.keys.turns(dm), store.keys.meta(dm), store.keys.answers(dm)]
-        journal = store.keys.journal("T1", "D702", "1.1")
+        for channel in ("D702", "D703"):
+            for ts in ("1.1", "1.2"):
+                asked = IncomingMessage("T1", channel, ts, "U1", "q", "answer", None, "dm", BOT, True)
+                await store.record_progress(asked, turns=(Turn("user", "q", ts, "U1"),), state="answered")
+        dm, other = ThreadKey("T1", "D702", "dm"), ThreadKey("T1", "D703", "dm")
+        # Given every journal it touches, in their place, it goes ahead.
+        assert (
+            await store._forget_in_conversation(
+                keys=declared(other, "1.1", "1.2"), args=["U1", 60, "1.1", "1.2"]
+            )
+            == 2
+        )
         # As if "1.2" were stored after the person's turns were read.
-        assert await store._forget_in_conversation(keys=[*keys, journal], args=["U1", 60, "1.1"]) == -1
+        assert await store._forget_in_conversation(keys=declared(dm, "1.1"), args=["U1", 60, "1.1"]) == -1
         assert len(await store.recent_turns(dm, 10)) == 2
         assert (await store.forget_user("T1", "U1")).messages == 2
         assert await store.recent_turns(dm, 10) == []
