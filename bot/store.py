@@ -1065,13 +1065,17 @@ _JOURNAL_STEP_FUNCTION = (
     + _TS_BEFORE
     + _INDEX_ANSWERS_FUNCTION
     + """
-local function give_way(turns, meta, ts, ttl, keep)
-  for _, raw in ipairs(redis.call('LRANGE', turns, 0, -1)) do
+local function give_way(turns, meta, index, ts, ttl, keep)
+  local items = redis.call('LRANGE', turns, 0, -1)
+  for _, raw in ipairs(items) do
     if string.find(raw, ts, 1, true) then
       local turn = cjson.decode(raw)
       if turn['ts'] == ts and turn['role'] == 'user' then
         if keep then return 'kept' end
         redis.call('LREM', turns, 1, raw)
+        -- A question's copy: no answer of the index goes with it. The stamp moves on with the
+        -- list, as after a deletion, so that the step's own turns keep the index trusted.
+        restamp(index, stamp_of(#items, items[#items]), turns)
         conversation_changed_at(meta, ts, ttl)
         return 'gave way'
       end
@@ -1098,7 +1102,8 @@ local function journal_step(k, a, read_back_upto)
       if read_back_upto == nil then read_back_upto = redis.call('HGET', KEYS[k + 2], 'read_back_upto') end
       if read_back_upto and not ts_before(read_back_upto, asked) then
         local unchanged = not (change[1] == 'queued' and (change[2] or change[3])) and change[4] ~= '1'
-        local found = give_way(KEYS[k + 1], KEYS[k + 2], asked, ARGV[a + 1], ARGV[a + 9] == '1' and unchanged)
+        local keep = ARGV[a + 9] == '1' and unchanged
+        local found = give_way(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], asked, ARGV[a + 1], keep)
         gave_way, copy_kept = found == 'gave way', found == 'kept'
       end
     end

@@ -223,3 +223,21 @@ async def test_a_message_waiting_for_its_turn_is_edited_or_deleted_without_a_sca
     assert [t.text for t in await store.recent_turns(DM, 1)] == ["edited"]
     await changed(store, question(201).ts, "delete")
     assert [t.ts for t in await store.recent_turns(DM, 1)] == [answer(199).ts]
+
+
+async def test_a_copy_read_back_that_gives_way_to_its_own_turn_keeps_the_index_trusted(store: Store) -> None:
+    """A question queued again after a loss, read back by a newer turn meanwhile: the copy gives way
+    to the one its own turn stores (`give_way`), which takes a turn out of the list as a deletion
+    does, and moves the index's stamp on as a deletion does (`restamp`), so that the next edit or
+    deletion in the DM reads the index, not the whole conversation."""
+    for i in range(3):
+        await answered(store, i)
+    assert await store.merge_read_back(DM, [question(3)]) == 1  # the stamp goes: a scan next
+    found, ran = await looked_up(store, question(0).ts)
+    assert (found, "lrange" in ran) == ([answer(0).ts], True)
+
+    await answered(store, 3)  # its own turn: the copy read back gives way
+    assert [t.ts for t in await store.recent_turns(DM, 3)] == [answer(2).ts, question(3).ts, answer(3).ts]
+    for i in (0, 3):
+        found, ran = await looked_up(store, question(i).ts)
+        assert (found, "lrange" in ran) == ([answer(i).ts], False)
