@@ -125,11 +125,27 @@ async def test_every_key_a_script_touches_is_one_it_declares(
         taken = await store.take_thread(waiting.key, "beef:token")
         assert taken and (taken.message.ts, taken.record.state) == ("2.1", "queued")
         assert await store.finish(taken, "beef:token", Progress.of(state="noted")) is None
-        # Forget me, in the DM: every conversation of the person, their journals included.
+        # A DM thread read back from Slack after a loss: the tombstone of a question deleted
+        # meanwhile (read by MGET), the note of the copy of the question its answer was for (in
+        # the DM's meta), then answers read back into the DM (its answers index loses its stamp).
+        lost, under = ThreadKey("T1", "D704", "dm"), ThreadKey("T1", "D704", "5.2")
+        assert await store.answers_to(lost, "5.0", deleting=True) == []
+        read = [
+            Turn("user", "gone", "5.0", "U1"),
+            Turn("user", "q", "5.1", "U1"),
+            Turn("assistant", "a", "5.2", reply_to="5.1"),
+            Turn("user", "more", "5.3", "U1"),
+        ]
+        assert await store.merge_read_back(under, read, copy_of="5.1") == 3
+        assert await store.merge_read_back(lost, read) == 3
+        assert await store.answers_to(lost, "5.1") == ["5.2"]  # by the note and by the scan
+        # Forget me, in the DM: every conversation of the person, their journals included, and the
+        # note of a copy in another DM.
         await slack.post_user_message(DM, "forget me")
         await slack.wait_for_bot_messages(DM, count=3)
         await running.settle()
     assert await undeclared_keys(redis_url, lines) == []
+    assert await store.redis.hget(store.keys.meta(ThreadKey("T1", "D704", "dm")), "copy:5.1") is None
     # Each take of a message accepted here declared its journal: read after the step (a round
     # trip more) only for the message taken over from the dead process.
     journals_read_alone = [
