@@ -251,6 +251,11 @@ MALFORMED_EVENTS = {
     "channel-empty": broken(channel=""),
     "no-ts": broken(ts=...),
     "ts-a-number": broken(ts=1700000000.0001),
+    # Not Slack's seconds.microseconds: Redis scores a waiting message by its ts, and orders by it.
+    "ts-not-a-number": broken(ts="abc"),
+    "ts-hexadecimal": broken(ts="0x6553f100"),
+    "ts-not-a-finite-number": broken(ts="inf"),
+    "thread-ts-not-a-number": broken(type="message", thread_ts="abc"),
     "text-a-list": broken(text=[f"<@{BOT}> hi"]),
     "no-user": broken(user=...),
     "user-an-object": broken(user={"id": "U1"}),

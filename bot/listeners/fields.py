@@ -3,7 +3,13 @@ value asked for, or an empty one."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+# Slack's message ts: seconds, a dot, microseconds. A waiting message is scored and ordered by it
+# in Redis (a float there) and in Python (a Decimal), so anything else would be read differently
+# by each, or not at all.
+_SLACK_TS = re.compile(r"\d{1,12}\.\d{1,9}")
 
 
 def an_object(value: object) -> dict[str, Any]:
@@ -19,3 +25,8 @@ def a_string(value: object) -> str | None:
 def an_id(value: object) -> str | None:
     """An id given as itself or as an object's `id`, as Slack gives teams, users and channels."""
     return a_string(value) or a_string(an_object(value).get("id"))
+
+
+def is_slack_ts(value: object) -> bool:
+    """A message ts as Slack writes it ("1712345678.000100")."""
+    return isinstance(value, str) and _SLACK_TS.fullmatch(value) is not None

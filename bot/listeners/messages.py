@@ -10,7 +10,7 @@ from typing import Any
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
 
 from bot.events import CHANGE_SUBTYPES, NEW_MESSAGE_SUBTYPES, MessageListeners
-from bot.listeners.fields import an_object
+from bot.listeners.fields import an_object, is_slack_ts
 from bot.slack_text import is_command, mentions_others
 from bot.store import Action, IncomingMessage, ThreadKey
 from bot.turn import TurnRunner
@@ -94,7 +94,8 @@ async def _incoming(
         return None
     if not isinstance(text, str):
         text = ""
-    if thread_ts is not None and not isinstance(thread_ts, str):
+    if not is_slack_ts(ts) or (thread_ts is not None and not is_slack_ts(thread_ts)):
+        log.info("message ignored: ts or thread_ts is not a Slack ts")
         return None
     conversation = _conversation(ts, thread_ts, is_dm=is_dm)
     reply_thread_ts = thread_ts if is_dm else conversation
@@ -135,9 +136,9 @@ def _thread_of(event: dict[str, Any], team: str | None, *, is_dm: bool) -> Threa
     """The conversation a new message event belongs to, or None when its fields are not ids."""
     channel, ts = event.get("channel"), event.get("ts")
     thread_ts = event.get("thread_ts")
-    if not (team and isinstance(channel, str) and isinstance(ts, str) and ts):
+    if not (team and isinstance(channel, str) and is_slack_ts(ts)):
         return None
-    if thread_ts is not None and not isinstance(thread_ts, str):
+    if thread_ts is not None and not is_slack_ts(thread_ts):
         return None
     return ThreadKey(team, channel, _conversation(ts, thread_ts, is_dm=is_dm))
 
