@@ -69,6 +69,19 @@ class _Requeue:
     def order(self) -> Decimal:
         return ts_number(self.message.ts) or Decimal(0)
 
+    def over(self, earlier: _Requeue | None) -> _Requeue:
+        """This, kept in place of `earlier` (for the same message) without losing what that knew:
+        a look first stays; the answer shown and the sign up are this one's when it knows them,
+        else still the earlier one's (a later call that did not see them does not undo them)."""
+        if earlier is None:
+            return self
+        return replace(
+            self,
+            look_first=self.look_first or earlier.look_first,
+            shown=self.shown or earlier.shown,
+            sign=self.sign or earlier.sign,
+        )
+
 
 class RedisLossRecovery:
     """Keeps what this process needs if Redis loses its data, and acts on the loss once noticed.
@@ -228,6 +241,7 @@ class RedisLossRecovery:
                 how = replace(how, message=message)
             else:
                 continue
+            how = how.over(self._unqueued.get(seen))  # an earlier loss's refused queueing knew more
             if how.message.key in refused:
                 # Behind one Redis refused: tried with it, in order, not answered before it.
                 self._hold_back(how)
@@ -272,26 +286,36 @@ class RedisLossRecovery:
         answer of the worker that took the thread over. `sign`: the thinking sign shown then
         (its journal said so too), which the resumed turn takes away: on a DM's top level, a
         reaction that would stay up for good."""
-        how = _Requeue(message, True, shown, sign)
-        self._handed_on[(message.team, message.channel, message.ts)] = how
-        while len(self._handed_on) > WAITING_MEMORY:
-            self._handed_on.popitem(last=False)
-        await self._queue(message, look_first=True, shown=shown, sign=sign)
+        how = self._let_go(_Requeue(message, True, shown, sign))
+        await self._queue(message, look_first=True, shown=how.shown, sign=how.sign)
 
-    async def deferred(self, message: IncomingMessage, sign: str | None = None) -> None:
+    async def deferred(
+        self, message: IncomingMessage, shown: str | None = None, sign: str | None = None
+    ) -> None:
         """A turn here produced the answer but Slack would not take it (or may have, unseen): the
         message stays in its inbox, the answer in its journal, for recovery to retry. Both go if
         Redis loses its data: kept here until a worker here takes it again or a beat finds it over,
-        to be queued again then, looked up in Slack first (the post may have landed). `sign`: the
-        thinking sign left up for the retry, which its turn then takes away.
+        to be queued again then, looked up in Slack first (the post may have landed). `shown`: the
+        answer's first message, when it showed before the rest was refused (a long answer): queued
+        again with it, the turn is resumed as after a crash, as when handed on (`hand_on`): the
+        look would not find it under a newer answer. `sign`: the thinking sign left up for the
+        retry, which its turn then takes away.
 
         Queued again at once too: Redis still knowing it, a duplicate, and nothing is done; but a
         loss may have taken its inbox already, and been acted on while the answer was written,
         leaving nothing to retry it. Its thread is pending again, for recovery's next round."""
-        self._handed_on[(message.team, message.channel, message.ts)] = _Requeue(message, True, None, sign)
+        how = self._let_go(_Requeue(message, True, shown, sign))
+        await self._queue(message, look_first=True, shown=how.shown, sign=how.sign)
+
+    def _let_go(self, how: _Requeue) -> _Requeue:
+        """Keep a message a turn here let go of (`hand_on`, `deferred`), with what was known of it
+        already (see `_Requeue.over`); returns what is kept."""
+        seen = (how.message.team, how.message.channel, how.message.ts)
+        kept = self._handed_on[seen] = how.over(self._handed_on.get(seen))
+        self._handed_on.move_to_end(seen)
         while len(self._handed_on) > WAITING_MEMORY:
             self._handed_on.popitem(last=False)
-        await self._queue(message, look_first=True, sign=sign)
+        return kept
 
     async def _queue(
         self, message: IncomingMessage, *, look_first: bool, shown: str | None = None, sign: str | None = None
@@ -320,8 +344,10 @@ class RedisLossRecovery:
         return True
 
     def _hold_back(self, how: _Requeue) -> None:
-        """Tried again at the next beat that finds Redis remembering."""
-        self._unqueued[(how.message.team, how.message.channel, how.message.ts)] = how
+        """Tried again at the next beat that finds Redis remembering, with what an earlier refusal
+        knew of it too (a look first, say, for a loss seen with other processes alive)."""
+        seen = (how.message.team, how.message.channel, how.message.ts)
+        self._unqueued[seen] = how.over(self._unqueued.get(seen))
         while len(self._unqueued) > WAITING_MEMORY:
             self._unqueued.popitem(last=False)
 

@@ -435,8 +435,10 @@ class TurnRunner:
                     outcome = await self._take_turn_safely(next_up.message, next_up.record)
                 except DeliveryDeferred:
                     # Left in the inbox; recovery retries it later. Kept here too, should Redis
-                    # lose it meanwhile: nothing else would answer it then.
-                    await self.redis_loss.deferred(next_up.message, held.sign or next_up.record.sign)
+                    # lose it meanwhile (nothing else would answer it then), with what of the
+                    # answer showed (a long one's first message) and the sign left up.
+                    sign = held.sign or next_up.record.sign
+                    await self.redis_loss.deferred(next_up.message, held.shown, sign)
                     return False
                 except LockLost:
                     # Found as the answer was about to show: the worker that holds the lock

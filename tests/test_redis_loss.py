@@ -1726,6 +1726,45 @@ async def test_an_answer_in_flight_at_a_loss_whose_delivery_is_deferred_after_it
     assert _errors(caplog) == []
 
 
+async def test_a_long_answer_deferred_after_its_first_message_showed_is_closed_not_given_again_after_a_loss(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A long answer's first message showed; the call that began its second was lost, and Slack
+    could not be asked whether it had landed: its delivery was deferred. Redis then loses its data,
+    and a follow-up asked just after is answered below that first message before the question is
+    queued again. Before, the process kept the deferred question without the message that had
+    shown: queued again and looked up in Slack, the look saw the follow-up's answer as the bot's
+    last message, and the question was answered a second time, below. It is now resumed as after a
+    crash (as a question handed on with its answer showing is): closed, and noted as interrupted."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    llm.chunk_chars, llm.chunk_delay = 200, 0.02
+    llm.enqueue(Reply(_long_answer()))
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> the whole guide please")
+    await slack.wait_for(lambda: bool(slack.calls_to("chat.startStream")), what="its first message")
+    slack.fail_next("chat.startStream", drop=True)  # its second message's
+    slack.fail_next("conversations.replies", times=100)
+    await slack.wait_for(lambda: "answer delivery deferred" in caplog.text, timeout=20, what="the deferral")
+    slack.clear_faults()
+    [first] = slack.bot_messages(CHANNEL, root)
+    process = running.bot.turns.process_id
+    await _until(_a_beat(redis, process, await redis.zscore("processes", process)))
+    await redis.flushall()
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=3, timeout=20)
+    await running.settle()
+    texts = [m["text"] for m in slack.bot_messages(CHANNEL, root)]
+    assert _asked(llm, "the whole guide please") == 1, texts
+    assert texts[1:] == ["Answer: ann: and staging?", INTERRUPTED], texts
+    assert slack.bot_messages(CHANNEL, root)[0]["ts"] == first["ts"]
+    assert not any(m.get("streaming") for m in slack.bot_messages(CHANNEL, root))
+    assert _errors(caplog) == []
+
+
 async def test_a_question_queued_again_and_deleted_after_a_newer_turn_read_it_back_is_not_kept(
     start_bot: StartBot,
     slack: SlackEmulator,
