@@ -1231,6 +1231,93 @@ async def test_a_message_handed_on_as_its_turn_stood_down_survives_a_second_loss
         await store.close()
 
 
+async def test_a_message_let_go_twice_is_queued_again_after_a_loss_with_what_either_knew(
+    redis_url: str, redis: Redis
+) -> None:
+    """A message handed on with the answer that had begun to show and its sign, then let go of
+    again by a call that knew neither (a deferral said only what its own turn saw). Before, the
+    second call replaced what was kept: after a loss the message was queued again without them,
+    its begun answer left as it was (a look in Slack misses it under a newer answer) and its 👀 up
+    for good. Both are kept now; a later call's own shown and sign, when it knows them, win."""
+    question = IncomingMessage("T1", CHANNEL, "1.1", "U1", "help", "answer", "1.1", "1.1", BOT)
+    store = Store(redis_url, conversation_ttl_days=1)
+    recovery, _, beat = _recovery_beside_another_process(store)
+    journal = store.keys.journal("T1", CHANNEL, "1.1")
+    try:
+        await beat()
+        await recovery.hand_on(question, "1.5", "reaction")
+        await recovery.deferred(question)
+        await redis.flushall()
+        await beat()  # the loss noticed
+        await beat()  # queued again
+        assert await redis.hmget(journal, ["look", "answer_ts", "sign"]) == ["1", "1.5", "reaction"]
+        await recovery.deferred(question, "1.7")
+        await redis.flushall()
+        await beat()
+        await beat()
+        assert await redis.hmget(journal, ["look", "answer_ts", "sign"]) == ["1", "1.7", "reaction"]
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("then", ["refused again", "queued by the loss's queueing first"])
+async def test_a_message_refused_while_others_were_alive_is_still_looked_up_when_queued_again_alone(
+    then: str, redis_url: str, redis: Redis
+) -> None:
+    """A follow-up waiting here is queued again after a loss seen with another process alive, to
+    be looked up in Slack first (the other may have answered it), and Redis refuses. The other
+    process goes, and Redis loses its data again: alone, this process queues again, as they are,
+    the messages of the threads it worked on lately, this one too. Before, that queueing knew
+    nothing of the look first: refused again, it replaced the refusal kept (and the retry queued
+    it unlooked); taken by Redis before the retry of the first refusal came to it (the two run
+    side by side), it went unlooked at once. Either way it could be answered a second time."""
+    follow_up = IncomingMessage("T1", CHANNEL, "1.2", "U1", "more", "answer", "1.1", "1.1", BOT)
+    store = Store(redis_url, conversation_ttl_days=1)
+    spawned: list[Coroutine[Any, Any, None]] = []
+    recovery = RedisLossRecovery(
+        store=store, delivery=cast(Any, None), workspace=cast(Any, None), start_work=lambda key: None,
+        spawn=spawned.append,
+    )  # fmt: skip
+
+    async def nothing() -> None:
+        return None
+
+    async def beat(*, other: bool, last_first: bool = False) -> None:
+        if other:
+            await store.beat("other", 60_000)
+        news = await store.beat("here", 60_000, recovery.to_ask_about())
+        await recovery.heard(news, {follow_up.key}, take_locks_back=nothing)
+        for work in reversed(spawned) if last_first else spawned:
+            await work
+        spawned.clear()
+
+    try:
+        await beat(other=True)
+        recovery.waiting(("T1", CHANNEL, "1.2"), follow_up)
+        await redis.flushall()
+        await beat(other=True)  # the loss noticed, with another process alive
+        await _refusing_dedup(redis)
+        try:
+            await beat(other=True)  # queued again, to be looked up first: refused
+            await store.leave("other")
+            await beat(other=False)  # tried again, refused again; alone now
+            await redis.flushall()
+            await beat(other=False)  # the second loss noticed
+            if then == "refused again":
+                await beat(other=False)  # the retry and the loss's queueing again: both refused
+                await _allowing_all(redis)
+                await beat(other=False)  # the retry, taken
+            else:
+                await _allowing_all(redis)
+                await beat(other=False, last_first=True)  # the loss's queueing again, then the retry
+        finally:
+            await _allowing_all(redis)
+        assert await redis.zcard(store.keys.inbox(follow_up.key)) == 1
+        assert await redis.hget(store.keys.journal("T1", CHANNEL, "1.2"), "look") == "1"
+    finally:
+        await store.close()
+
+
 async def test_a_queueing_again_refused_round_after_round_logs_one_warning_a_round(
     redis_url: str, redis: Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
