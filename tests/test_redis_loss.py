@@ -815,6 +815,44 @@ async def test_with_several_processes_an_answer_shown_as_its_turn_stands_down_af
     assert _errors(caplog) == []
 
 
+async def test_with_several_processes_a_question_handed_on_with_its_answer_showing_is_never_deferred(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What keeps a deferral from losing the answer a handed-on question showed: as above, B's
+    question is queued again, with that answer, as its turn stands down; its next turn resumes
+    from it (closes it, notes it interrupted) and writes no answer, and only a written answer can
+    be deferred. So even with Slack refusing the note, the turn ends and the question leaves its
+    inbox: no deferral keeps it there, nor in B's memory, without the answer that showed."""
+    caplog.set_level(logging.INFO)
+    a = await start_bot("http")
+    b = await start_bot("http")  # Slack's events go to B
+    llm.chunk_chars, llm.chunk_delay = 20, 0.05
+    # The follow-up's answer streams too: only the note is posted with chat.postMessage.
+    llm.enqueue(Reply("a long explanation, " * 150), SlowFirstToken(2.0, "staging is fine, " * 20))
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> the whole guide please")
+    await slack.wait_for(lambda: bool(slack.calls_to("chat.startStream")), what="B's answer to show")
+    b_id = b.bot.turns.process_id
+    await _until(_a_beat(redis, b_id, await redis.zscore("processes", b_id)))
+    await redis.flushall()
+    slack.use_http(f"{a.url}/slack/events")
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    await slack.wait_for(lambda: "standing down" in caplog.text, what="B to stand down")
+    slack.fail_next("chat.postMessage", times=5)  # the note that it was interrupted
+    await _until(lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{root}", "noted"), timeout=20)
+    await a.settle()
+    await b.settle()
+    assert "resuming interrupted turn" in caplog.text and "notice not posted" in caplog.text
+    assert "delivery deferred" not in caplog.text
+    assert INTERRUPTED not in [m["text"] for m in slack.bot_messages(CHANNEL, root)]  # Slack refused it
+    assert _asked(llm, "the whole guide please") == 1
+    assert not [m["ts"] for m in slack.bot_messages(CHANNEL, root) if m.get("streaming")]
+    assert await redis.zcard(a.bot.turns.store.keys.inbox(ThreadKey("T1", CHANNEL, root))) == 0
+
+
 async def test_with_several_processes_a_question_queued_again_behind_a_newer_turn_is_stored_once(
     start_bot: StartBot,
     slack: SlackEmulator,
