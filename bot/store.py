@@ -372,8 +372,9 @@ class StoreUnavailable(Exception):
 
 
 class ForgetIncomplete(Exception):
-    """`forget me` could not take the person's turns out of a conversation they kept writing in:
-    the person is told it went wrong (and asks again), never that they were forgotten."""
+    """`forget me` could not take the person's turns out of a conversation they kept writing in
+    (its text: that conversation's key): the person is told so (and asks again), never that they
+    were forgotten."""
 
 
 class Keys:
@@ -1997,8 +1998,8 @@ class Store:
                 return removed
         # They kept writing there faster than two round trips. Giving up quietly would leave all
         # they said there, before `forget me` too, and tell them they were forgotten: they are told
-        # it went wrong instead, and their index stays, so that asking again finds it.
-        log.warning("forget gave up on a conversation the person keeps writing in thread=%s", thread)
+        # it could not all go instead, and their index stays, so that asking again finds it. The
+        # caller logs it, once, with who asked.
         raise ForgetIncomplete(str(thread))
 
     async def _forget_in_record(self, name: str, user: str) -> int:

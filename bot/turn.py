@@ -54,6 +54,7 @@ from bot.slack_text import mentioned_users
 from bot.store import (
     Accepted,
     Fence,
+    ForgetIncomplete,
     IncomingMessage,
     LockLost,
     LockRenewal,
@@ -103,6 +104,10 @@ FORGOTTEN = (
     "Done: I've deleted what I stored about you in this workspace: {messages} stored message(s) "
     "(yours and my answers to them) from {conversations} conversation(s), {records} feedback "
     "record(s), and your cached name. Messages in Slack itself are not affected."
+)
+FORGET_INCOMPLETE = (
+    "Sorry, I couldn't delete everything I stored about you: messages of yours were still arriving "
+    "while I deleted them. Please say `forget me` again."
 )
 # How far back the DM's rolling conversation is searched for the question a DM thread starts from,
 # and how many of a DM's messages are read back from Slack once Redis lost them (the prompt takes
@@ -593,16 +598,7 @@ class TurnRunner:
             log.info("turn team=%s channel=%s thread=%s user=%s outcome=reset", *_where(message))
             return Progress.of(state="answered")
         if message.action == "forget":
-            forgotten = await self.store.forget_user(message.team, message.user)
-            self.workspace.forget_name(message.team, message.user)
-            await self.delivery.post_notice(target_for(message), FORGOTTEN.format(**asdict(forgotten)))
-            log.info(
-                "turn team=%s channel=%s thread=%s user=%s outcome=forgotten messages=%d conversations=%d",
-                *_where(message),
-                forgotten.messages,
-                forgotten.conversations,
-            )
-            return Progress.of(state="answered")
+            return await self._forget(message)
         if message.action == "record":
             said = await self._question(message, record)
             return Progress.of(turns=said, user_turn_stored=1, state="answered")
@@ -610,6 +606,30 @@ class TurnRunner:
             await self.delivery.post_notice(target_for(message), refusal)
             return Progress.of(state="noted")
         return await self._answer(message, record)
+
+    async def _forget(self, message: IncomingMessage) -> Progress:
+        """`forget me`: everything stored about the person goes, and they are told what did, or
+        that it could not all go (they kept writing in a conversation meanwhile) and to ask again."""
+        try:
+            forgotten = await self.store.forget_user(message.team, message.user)
+        except ForgetIncomplete as error:
+            # Not a fault of the bot's: no traceback, and no notice that says something broke.
+            log.warning(
+                "turn team=%s channel=%s thread=%s user=%s outcome=forget_incomplete kept_writing_in=%s",
+                *_where(message),
+                error,
+            )
+            await self.delivery.post_notice(target_for(message), FORGET_INCOMPLETE)
+            return Progress.of(state="noted")
+        self.workspace.forget_name(message.team, message.user)
+        await self.delivery.post_notice(target_for(message), FORGOTTEN.format(**asdict(forgotten)))
+        log.info(
+            "turn team=%s channel=%s thread=%s user=%s outcome=forgotten messages=%d conversations=%d",
+            *_where(message),
+            forgotten.messages,
+            forgotten.conversations,
+        )
+        return Progress.of(state="answered")
 
     async def _resume(self, message: IncomingMessage, record: TurnRecord) -> Progress | None:
         """A turn a previous process started and did not finish: its outcome when handled here;

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 
+import pytest
 import redis.asyncio as aioredis
 
-from bot.store import Keys, Store, ThreadKey
+from bot.store import FORGET_ATTEMPTS, IncomingMessage, Keys, Store, ThreadKey, Turn
 from bot.streaming import _feedback_block
-from tests.conftest import RunningBot
+from tests.conftest import RunningBot, StartBot
 from tests.emulators.openai_api import OpenAIEmulator
 from tests.emulators.slack import SlackEmulator
+from tests.redis_proxy import HeldReplyProxy
 
 KEYS = Keys()  # the names on one Redis (no prefix)
 
@@ -125,6 +128,49 @@ async def test_forget_me_as_a_mention_in_a_channel(
     assert "2 stored message(s)" in replies[-1]["text"]
     assert await redis.exists(KEYS.turns(ThreadKey("T1", CHANNEL, root))) == 0
     assert await redis.exists(KEYS.user_index("T1", "U1"), KEYS.display_name("T1", "U1")) == 0
+
+
+async def test_forget_me_that_cannot_catch_up_with_the_person_says_so_plainly(
+    redis_proxy: HeldReplyProxy,
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    redis_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """ann stores a turn in a thread between each read of her turns there and the step that would
+    remove them (a proxy in front of Redis holds back each read's reply until her turn is stored),
+    so `forget me` gives up after five tries. Before, the bot logged an ERROR with a traceback and
+    told her only that something went wrong; now she is told that not everything could be
+    deleted because her messages were still arriving, and to say `forget me` again, and the log has one
+    WARNING naming her, with no traceback and none of her words."""
+    writer = Store(redis_url, conversation_ttl_days=1)
+    root = "1700000000.000100"
+    stamps = iter(range(100, 1000))
+
+    async def ann_writes() -> None:
+        ts = f"1700000000.{next(stamps):06d}"
+        message = IncomingMessage("T1", CHANNEL, ts, "U1", ANN_SAYS[0], "record", root, root, BOT, False)
+        said = Turn(role="user", text=ANN_SAYS[0], ts=ts, user="U1", name="ann")
+        await writer.record_progress(message, turns=(said,), state="answered")
+
+    await ann_writes()  # she said something there before
+    redis_proxy.hold(writer._their_turns.sha, ann_writes)
+    bot = await start_bot("socket", REDIS_URL=redis_proxy.url)
+    caplog.clear()
+
+    await slack.post_user_message(DM, "forget me")
+    [reply] = await slack.wait_for_bot_messages(DM, count=1)
+    await bot.settle()
+    redis_proxy.hold("", None)
+    await writer.close()
+
+    assert redis_proxy.held == FORGET_ATTEMPTS
+    assert reply["text"].startswith("Sorry, I couldn't delete everything I stored about you"), reply
+    assert "still arriving" in reply["text"] and "`forget me` again" in reply["text"]
+    [warning] = [record for record in caplog.records if record.levelno >= logging.WARNING]
+    assert warning.levelno == logging.WARNING and warning.exc_info is None, caplog.text
+    assert "team=T1" in warning.getMessage() and "user=U1" in warning.getMessage()
+    assert ANN_SAYS[0] not in caplog.text
 
 
 async def test_forget_me_takes_the_answers_read_back_from_a_thread_the_bot_joined_late(
