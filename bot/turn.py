@@ -611,7 +611,7 @@ class TurnRunner:
         """`forget me`: everything stored about the person goes, and they are told what did, or
         that it could not all go (they kept writing in a conversation meanwhile) and to ask again."""
         try:
-            forgotten = await self.store.forget_user(message.team, message.user)
+            forgotten = await self.store.forget_user(message.team, message.user, before=message.ts)
         except ForgetIncomplete as error:
             # Not a fault of the bot's: no traceback, and no notice that says something broke.
             log.warning(
@@ -739,15 +739,17 @@ class TurnRunner:
                 notice = LIMITED[begun.over_limit].format(limit=limit)
                 answered = await self.delivery.post_notice(target, notice) is not None
                 return Progress.of(state="noted")
+            asked = await self._unstored(message, question, begun.newest_turns)
             earlier = await self._read_earlier_thread(message, begun.hydrated)
             if earlier is EarlierThread.READ:
-                prompt = await self.context.prompt_for(message.key)
+                prompt = await self.context.prompt_for(message.key, asked=asked)
             else:
                 assert begun.summary is not None
                 prompt = await self.context.prompt_for(
                     message.key,
                     (begun.summary, begun.newest_turns),
                     earlier_unread=earlier is EarlierThread.UNREADABLE,
+                    asked=asked,
                 )
             reply = self._reply(message, target, after=sign)
             answer, ending = await self._ask_model(prompt.messages, reply)
@@ -799,6 +801,16 @@ class TurnRunner:
             return ()
         # A copy a newer turn read back from Slack meanwhile gives way in the step that stores it.
         return (await self.workspace.user_turn(message),)
+
+    async def _unstored(
+        self, message: IncomingMessage, question: tuple[Turn, ...], newest: list[Turn]
+    ) -> Turn | None:
+        """The question being answered when the conversation does not end with it: its person
+        said `forget me` while it waited, so its turn stores nothing, yet answers it (they asked).
+        None when it is stored, as it is in every other turn."""
+        if newest and newest[-1].role == "user" and newest[-1].ts == message.ts:
+            return None
+        return question[0] if question else await self.workspace.user_turn(message)
 
     def _reply(
         self, message: IncomingMessage, target: Target, after: asyncio.Task[ThinkingSign] | None = None

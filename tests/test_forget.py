@@ -358,6 +358,41 @@ async def test_forget_me_while_a_question_is_being_answered_elsewhere_keeps_no_a
         assert ANN_SAYS[0] not in content, (key, content)
 
 
+async def test_a_message_waiting_for_its_turn_at_forget_me_is_answered_and_not_stored(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: aioredis.Redis
+) -> None:
+    """ann's follow-up waits behind her question's answer in a channel thread when she says
+    `forget me` in the DM. She asked it, so it is answered (the prompt ends with it); but she sent
+    it before asking to be forgotten, so neither it nor its answer is stored after the `forget me`,
+    nor is the thread put back in her index. Before, both were stored, for good."""
+    llm.first_token_delay = 1.5
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> {ANN_SAYS[0]}")
+    await llm.wait_for_requests(1)
+    follow_up = await slack.post_user_message(CHANNEL, ANN_SAYS[1], thread_ts=root)
+    assert await redis.hget(KEYS.journal("T1", CHANNEL, follow_up), "state") == "queued"
+    await slack.post_user_message(DM, "forget me")
+    [confirmation] = await slack.wait_for_bot_messages(DM, count=1)
+    llm.first_token_delay = 0
+    answers = await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
+    await bot.settle()
+
+    assert confirmation["text"].startswith("Done: I've deleted what I stored about you")
+    assert answers[-1]["text"] == f"Answer: ann: {ANN_SAYS[1]}"
+    assert llm.requests[-1]["messages"][-1]["content"].endswith(ANN_SAYS[1])
+    for key, content in (await everything_in(redis)).items():
+        for said in ANN_SAYS[:2]:
+            assert said not in content, (key, content)
+    assert not await redis.exists(KEYS.user_index("T1", "U1"))
+    assert await redis.hget(KEYS.journal("T1", CHANNEL, follow_up), "state") == "answered"
+
+    # A message she sends after `forget me` is hers to keep, as ever.
+    await slack.post_user_message(CHANNEL, ANN_SAYS[2], thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=3)
+    await bot.settle()
+    stored = await bot.bot.store.recent_turns(ThreadKey("T1", CHANNEL, root), 10)
+    assert [turn.text for turn in stored] == [ANN_SAYS[2], f"Answer: ann: {ANN_SAYS[2]}"]
+
+
 async def test_forget_me_while_an_edited_message_is_being_answered_leaves_no_text_in_its_journal(
     bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: aioredis.Redis
 ) -> None:
