@@ -739,7 +739,7 @@ class TurnRunner:
                 notice = LIMITED[begun.over_limit].format(limit=limit)
                 answered = await self.delivery.post_notice(target, notice) is not None
                 return Progress.of(state="noted")
-            asked = await self._unstored(message, question, begun.newest_turns)
+            asked = _unstored(message, question, begun.newest_turns)
             earlier = await self._read_earlier_thread(message, begun.hydrated)
             if earlier is EarlierThread.READ:
                 prompt = await self.context.prompt_for(message.key, asked=asked)
@@ -801,16 +801,6 @@ class TurnRunner:
             return ()
         # A copy a newer turn read back from Slack meanwhile gives way in the step that stores it.
         return (await self.workspace.user_turn(message),)
-
-    async def _unstored(
-        self, message: IncomingMessage, question: tuple[Turn, ...], newest: list[Turn]
-    ) -> Turn | None:
-        """The question being answered when the conversation does not end with it: its person
-        said `forget me` while it waited, so its turn stores nothing, yet answers it (they asked).
-        None when it is stored, as it is in every other turn."""
-        if newest and newest[-1].role == "user" and newest[-1].ts == message.ts:
-            return None
-        return question[0] if question else await self.workspace.user_turn(message)
 
     def _reply(
         self, message: IncomingMessage, target: Target, after: asyncio.Task[ThinkingSign] | None = None
@@ -1025,6 +1015,15 @@ def _after_question(question: list[Turn], thread: list[Turn]) -> list[Turn]:
 
 def _seen(message: IncomingMessage) -> tuple[str, str, str]:
     return message.team, message.channel, message.ts
+
+
+def _unstored(message: IncomingMessage, question: tuple[Turn, ...], newest: list[Turn]) -> Turn | None:
+    """The question being answered when its turn did not store it (`newest`, the turns its first
+    step read back, do not end with it): its person said `forget me` while it waited, and it is
+    answered all the same (they asked it). None in every other turn."""
+    if not question or (newest and newest[-1].role == "user" and newest[-1].ts == message.ts):
+        return None
+    return question[0]
 
 
 def _where(message: IncomingMessage) -> tuple[str, str, str, str]:

@@ -6,7 +6,6 @@ every time. Only the network is touched; the code under test runs as it does aga
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlparse
 
@@ -44,6 +43,8 @@ class HeldReplyProxy:
         for pump in list(self._pumps):
             pump.cancel()
         await asyncio.gather(*self._pumps, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
 
     async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         server_reader, server_writer = await asyncio.open_connection(*self.upstream)
@@ -60,6 +61,7 @@ class HeldReplyProxy:
         finally:
             for pump in pumps:
                 pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)  # a reset connection is no news
             self._pumps -= pumps
             for writer in (server_writer, client_writer):
                 writer.close()
@@ -84,5 +86,4 @@ class HeldReplyProxy:
                 self.held += 1
                 await meanwhile()
             writer.write(data)
-            with contextlib.suppress(ConnectionError):
-                await writer.drain()
+            await writer.drain()
