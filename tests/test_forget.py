@@ -393,6 +393,26 @@ async def test_a_message_waiting_for_its_turn_at_forget_me_is_answered_and_not_s
     assert [turn.text for turn in stored] == [ANN_SAYS[2], f"Answer: ann: {ANN_SAYS[2]}"]
 
 
+async def test_a_message_sent_after_forget_me_and_waiting_behind_it_is_stored(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    """ann's `forget me` and then a new question wait in a thread behind her first question's
+    answer. The new question, sent after she asked to be forgotten, is hers to keep: only what
+    she sent before the `forget me` goes unstored."""
+    llm.first_token_delay = 1.5
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> {ANN_SAYS[0]}")
+    await llm.wait_for_requests(1)
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> forget me", thread_ts=root)
+    await slack.post_user_message(CHANNEL, "a new question", thread_ts=root)
+    llm.first_token_delay = 0
+    replies = await slack.wait_for_bot_messages(CHANNEL, root, count=3, timeout=15)
+    await bot.settle()
+
+    assert "2 stored message(s)" in replies[1]["text"]  # her first question and its answer
+    stored = await bot.bot.store.recent_turns(ThreadKey("T1", CHANNEL, root), 10)
+    assert [turn.text for turn in stored] == ["a new question", "Answer: ann: a new question"]
+
+
 async def test_forget_me_while_an_edited_message_is_being_answered_leaves_no_text_in_its_journal(
     bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: aioredis.Redis
 ) -> None:
