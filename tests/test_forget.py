@@ -140,8 +140,8 @@ async def test_forget_me_that_cannot_catch_up_with_the_person_says_so_plainly(
     """ann stores a turn in a thread between each read of her turns there and the step that would
     remove them (a proxy in front of Redis holds back each read's reply until her turn is stored),
     so `forget me` gives up after five tries. Before, the bot logged an ERROR with a traceback and
-    told her only that something went wrong; now she is told that not everything could be
-    deleted because her messages were still arriving, and to say `forget me` again, and the log has one
+    told her only that something went wrong; now she is told that not everything could be deleted
+    because her messages were still arriving, and to say `forget me` again, and the log has one
     WARNING naming her, with no traceback and none of her words."""
     writer = Store(redis_url, conversation_ttl_days=1)
     root = "1700000000.000100"
@@ -153,16 +153,18 @@ async def test_forget_me_that_cannot_catch_up_with_the_person_says_so_plainly(
         said = Turn(role="user", text=ANN_SAYS[0], ts=ts, user="U1", name="ann")
         await writer.record_progress(message, turns=(said,), state="answered")
 
-    await ann_writes()  # she said something there before
-    redis_proxy.hold(writer._their_turns.sha, ann_writes)
-    bot = await start_bot("socket", REDIS_URL=redis_proxy.url)
-    caplog.clear()
+    try:
+        await ann_writes()  # she said something there before
+        redis_proxy.hold(writer._their_turns.sha, ann_writes)
+        bot = await start_bot("socket", REDIS_URL=redis_proxy.url)
+        caplog.clear()
 
-    await slack.post_user_message(DM, "forget me")
-    [reply] = await slack.wait_for_bot_messages(DM, count=1)
-    await bot.settle()
-    redis_proxy.hold("", None)
-    await writer.close()
+        await slack.post_user_message(DM, "forget me")
+        [reply] = await slack.wait_for_bot_messages(DM, count=1)
+        await bot.settle()
+    finally:
+        redis_proxy.hold("", None)
+        await writer.close()
 
     assert redis_proxy.held == FORGET_ATTEMPTS
     assert reply["text"].startswith("Sorry, I couldn't delete everything I stored about you"), reply
