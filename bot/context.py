@@ -177,14 +177,16 @@ class ContextBuilder:
         read: tuple[SummaryState, list[Turn]] | None = None,
         *,
         earlier_unread: bool = False,
+        asked: Turn | None = None,
     ) -> Prompt:
         """System prompt, summary, and the newest turns that fit; the newest turn (the question
         being answered) is always in, cut to fit if it alone is too long. `read`: the summary and
         the newest FIRST_PAGE turns, when the caller read them already. `earlier_unread`: the
-        thread has earlier messages Slack would not show now (the model is told)."""
+        thread has earlier messages Slack would not show now (the model is told). `asked`: the
+        question being answered when the conversation does not store it (see bot/turn.py)."""
         summary, first_page = read or await self.store.summary_and_tail(key, FIRST_PAGE)
         tail = TailReader(self.store, key, first_page)
-        newest = await tail.next()
+        newest = asked if asked is not None else await tail.next()
         asker = author(newest) if newest is not None and newest.role == "user" else None
         summary_text = self.counter.truncate(summary.text, self.budget.summary) if summary.text else None
         system = system_message(self.system_prompt, summary_text, asker, earlier_unread=earlier_unread)

@@ -167,6 +167,14 @@ class Begun:
     newest_turns: list[Turn] = field(default_factory=list)
 
 
+def _sent_before(ts: Any, before: str) -> bool:
+    """Whether a waiting message's Slack ts is older than `before` (one that is not a ts: no)."""
+    try:
+        return Decimal(ts) < Decimal(before)
+    except (ArithmeticError, TypeError, ValueError):
+        return False
+
+
 def _queued(found: Any) -> Queued | None:
     """A script's [message, journal as a flat list], or '' for none."""
     if not found:
@@ -372,8 +380,9 @@ class StoreUnavailable(Exception):
 
 
 class ForgetIncomplete(Exception):
-    """`forget me` could not take the person's turns out of a conversation they kept writing in:
-    the person is told it went wrong (and asks again), never that they were forgotten."""
+    """`forget me` could not take the person's turns out of a conversation they kept writing in
+    (its text: that conversation's key): the person is told so (and asks again), never that they
+    were forgotten."""
 
 
 class Keys:
@@ -854,6 +863,23 @@ for _, raw in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
   if turn['role'] == 'user' and turn['user'] == ARGV[1] then table.insert(found, turn['ts']) end
 end
 return found
+"""
+
+# KEYS: the journals of a person's messages still waiting for their turn in an inbox, sent before
+# their `forget me`. Each still queued is marked `forgotten`: its turn answers it (they asked it)
+# but stores neither it nor its answer, nor adds its conversation to their index (see
+# _JOURNAL_STEP_FUNCTION). One whose turn began meanwhile stored its question, and added its
+# conversation to their index, before this step: `forget me`, reading that index after it, takes
+# the question and marks it as being answered (_FORGET_IN_CONVERSATION). Returns how many it marked.
+_FORGET_WAITING = """
+local marked = 0
+for _, journal in ipairs(KEYS) do
+  if redis.call('HGET', journal, 'state') == 'queued' then
+    redis.call('HSET', journal, 'forgotten', '1')
+    marked = marked + 1
+  end
+end
+return marked
 """
 
 # KEYS: turns, meta, answers index, the meta of the channel's DM conversation (a DM thread's
@@ -1387,6 +1413,7 @@ class Store:
         )
         self._save_summary = self.redis.register_script(_SAVE_SUMMARY)
         self._their_turns = self.redis.register_script(_THEIR_TURNS)
+        self._forget_waiting = self.redis.register_script(_FORGET_WAITING)
         self._forget_in_conversation = self.redis.register_script(
             _INDEX_ANSWERS_FUNCTION + _FORGET_IN_CONVERSATION
         )
@@ -1951,12 +1978,18 @@ class Store:
             pipe.expire(index, max(ttl_seconds, self.conversation_ttl))
             await pipe.execute()
 
-    async def forget_user(self, team: str, user: str, *, scan_conversations: bool = False) -> Forgotten:
+    async def forget_user(
+        self, team: str, user: str, *, before: str | None = None, scan_conversations: bool = False
+    ) -> Forgotten:
         """Delete everything stored about a person in a workspace: their messages in every
         conversation (and the bot's answers to them), summaries that may quote them, the text in
         the journals of those messages once finished, their personal records, their cached name
-        and their index. With `scan_conversations`, every conversation of the workspace is
-        searched too, not only those their index names."""
+        and their index; and see that their messages still waiting for their turn, sent before
+        `before` (their `forget me`'s ts; None: all), are answered without being stored. With
+        `scan_conversations`, every conversation of the workspace is searched too, not only those
+        their index names."""
+        # First: a waiting message whose turn begins meanwhile is in the index read next.
+        await self._forget_waiting_messages(team, user, before)
         index = self.keys.user_index(team, user)
         members: set[str] = set(await self.redis.smembers(index))
         if scan_conversations:
@@ -1978,6 +2011,27 @@ class Store:
         await self.redis.delete(index, self.keys.display_name(team, user))
         return Forgotten(messages=messages, conversations=conversations, records=records)
 
+    async def _forget_waiting_messages(self, team: str, user: str, before: str | None) -> None:
+        """Mark the person's messages waiting in the workspace's inboxes, sent before `before`, so
+        that their turns store nothing (see `_FORGET_WAITING`). The waiting threads are few (those
+        whose messages queue behind an answer in flight): one read of them, one of their inboxes."""
+        waiting_threads = await self._thread_keys(await self.redis.zrange(self.keys.pending, 0, -1))
+        threads = [key for key in waiting_threads if key.team == team]
+        if not threads:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in threads:
+                pipe.zrange(self.keys.inbox(key), 0, -1)
+            inboxes = await pipe.execute()
+        journals = []
+        for key, waiting in zip(threads, inboxes, strict=True):
+            for raw in waiting:
+                entry = json.loads(raw)
+                if entry.get("user") == user and (before is None or _sent_before(entry.get("ts"), before)):
+                    journals.append(self.keys.journal(team, key.channel, entry["ts"]))
+        if journals:
+            await self._forget_waiting(keys=journals)
+
     async def _forget_in_conversation_of(self, thread: ThreadKey, turns: str, user: str) -> int:
         """Take a person's turns out of one conversation (see `_FORGET_IN_CONVERSATION`): their
         turns' ts first, so that the step that removes them declares each journal it touches."""
@@ -1997,8 +2051,8 @@ class Store:
                 return removed
         # They kept writing there faster than two round trips. Giving up quietly would leave all
         # they said there, before `forget me` too, and tell them they were forgotten: they are told
-        # it went wrong instead, and their index stays, so that asking again finds it.
-        log.warning("forget gave up on a conversation the person keeps writing in thread=%s", thread)
+        # it could not all go instead, and their index stays, so that asking again finds it. The
+        # caller logs it, once, with who asked.
         raise ForgetIncomplete(str(thread))
 
     async def _forget_in_record(self, name: str, user: str) -> int:

@@ -54,6 +54,7 @@ from bot.slack_text import mentioned_users
 from bot.store import (
     Accepted,
     Fence,
+    ForgetIncomplete,
     IncomingMessage,
     LockLost,
     LockRenewal,
@@ -103,6 +104,10 @@ FORGOTTEN = (
     "Done: I've deleted what I stored about you in this workspace: {messages} stored message(s) "
     "(yours and my answers to them) from {conversations} conversation(s), {records} feedback "
     "record(s), and your cached name. Messages in Slack itself are not affected."
+)
+FORGET_INCOMPLETE = (
+    "Sorry, I couldn't delete everything I stored about you: messages of yours were still arriving "
+    "while I deleted them. Please say `forget me` again."
 )
 # How far back the DM's rolling conversation is searched for the question a DM thread starts from,
 # and how many of a DM's messages are read back from Slack once Redis lost them (the prompt takes
@@ -595,16 +600,7 @@ class TurnRunner:
             log.info("turn team=%s channel=%s thread=%s user=%s outcome=reset", *_where(message))
             return Progress.of(state="answered")
         if message.action == "forget":
-            forgotten = await self.store.forget_user(message.team, message.user)
-            self.workspace.forget_name(message.team, message.user)
-            await self.delivery.post_notice(target_for(message), FORGOTTEN.format(**asdict(forgotten)))
-            log.info(
-                "turn team=%s channel=%s thread=%s user=%s outcome=forgotten messages=%d conversations=%d",
-                *_where(message),
-                forgotten.messages,
-                forgotten.conversations,
-            )
-            return Progress.of(state="answered")
+            return await self._forget(message)
         if message.action == "record":
             said = await self._question(message, record)
             return Progress.of(turns=said, user_turn_stored=1, state="answered")
@@ -612,6 +608,30 @@ class TurnRunner:
             await self.delivery.post_notice(target_for(message), refusal)
             return Progress.of(state="noted")
         return await self._answer(message, record)
+
+    async def _forget(self, message: IncomingMessage) -> Progress:
+        """`forget me`: everything stored about the person goes, and they are told what did, or
+        that it could not all go (they kept writing in a conversation meanwhile) and to ask again."""
+        try:
+            forgotten = await self.store.forget_user(message.team, message.user, before=message.ts)
+        except ForgetIncomplete as error:
+            # Not a fault of the bot's: no traceback, and no notice that says something broke.
+            log.warning(
+                "turn team=%s channel=%s thread=%s user=%s outcome=forget_incomplete kept_writing_in=%s",
+                *_where(message),
+                error,
+            )
+            await self.delivery.post_notice(target_for(message), FORGET_INCOMPLETE)
+            return Progress.of(state="noted")
+        self.workspace.forget_name(message.team, message.user)
+        await self.delivery.post_notice(target_for(message), FORGOTTEN.format(**asdict(forgotten)))
+        log.info(
+            "turn team=%s channel=%s thread=%s user=%s outcome=forgotten messages=%d conversations=%d",
+            *_where(message),
+            forgotten.messages,
+            forgotten.conversations,
+        )
+        return Progress.of(state="answered")
 
     async def _resume(self, message: IncomingMessage, record: TurnRecord) -> Progress | None:
         """A turn a previous process started and did not finish: its outcome when handled here;
@@ -721,15 +741,17 @@ class TurnRunner:
                 notice = LIMITED[begun.over_limit].format(limit=limit)
                 answered = await self.delivery.post_notice(target, notice) is not None
                 return Progress.of(state="noted")
+            asked = _unstored(message, question, begun.newest_turns)
             earlier = await self._read_earlier_thread(message, begun.hydrated)
             if earlier is EarlierThread.READ:
-                prompt = await self.context.prompt_for(message.key)
+                prompt = await self.context.prompt_for(message.key, asked=asked)
             else:
                 assert begun.summary is not None
                 prompt = await self.context.prompt_for(
                     message.key,
                     (begun.summary, begun.newest_turns),
                     earlier_unread=earlier is EarlierThread.UNREADABLE,
+                    asked=asked,
                 )
             reply = self._reply(message, target, after=sign)
             answer, ending = await self._ask_model(prompt.messages, reply)
@@ -995,6 +1017,15 @@ def _after_question(question: list[Turn], thread: list[Turn]) -> list[Turn]:
 
 def _seen(message: IncomingMessage) -> tuple[str, str, str]:
     return message.team, message.channel, message.ts
+
+
+def _unstored(message: IncomingMessage, question: tuple[Turn, ...], newest: list[Turn]) -> Turn | None:
+    """The question being answered when its turn did not store it (`newest`, the turns its first
+    step read back, do not end with it): its person said `forget me` while it waited, and it is
+    answered all the same (they asked it). None in every other turn."""
+    if not question or (newest and newest[-1].role == "user" and newest[-1].ts == message.ts):
+        return None
+    return question[0]
 
 
 def _where(message: IncomingMessage) -> tuple[str, str, str, str]:

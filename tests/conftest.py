@@ -19,6 +19,7 @@ from bot.logs import RedactSecrets
 from bot.server import SupportBot
 from tests.emulators.openai_api import OpenAIEmulator
 from tests.emulators.slack import SlackEmulator
+from tests.redis_proxy import HeldReplyProxy
 from tests.redis_server import RedisServer
 
 RATE_SCALE = 20
@@ -99,6 +100,17 @@ async def redis_url(redis_server: RedisServer) -> str:
     await client.flushall()
     await client.aclose()
     return redis_server.url
+
+
+@pytest.fixture
+async def redis_proxy(redis_url: str) -> AsyncIterator[HeldReplyProxy]:
+    """A proxy in front of the test's Redis (see tests/redis_proxy.py); it passes everything on
+    until the test says which script's replies to hold. Asked for before `start_bot`, it outlives
+    the bots that use it."""
+    proxy = HeldReplyProxy(redis_url)
+    await proxy.start()
+    yield proxy
+    await proxy.stop()
 
 
 @pytest.fixture

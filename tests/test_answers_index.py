@@ -4,12 +4,12 @@ is; a DM stored before the index existed is scanned once, and indexed by that sc
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
 
-from bot.store import ForgetIncomplete, IncomingMessage, Store, ThreadKey, Turn
+from bot.store import FORGET_ATTEMPTS, ForgetIncomplete, IncomingMessage, Store, ThreadKey, Turn
+from tests.redis_proxy import HeldReplyProxy
 
 DM = ThreadKey("T1", "D1", "dm")
 PAIRS = 2000  # 4,000 turns, as the review measured
@@ -131,33 +131,39 @@ async def test_answers_read_back_from_slack_into_an_indexed_dm_are_found_through
         assert (found, "lrange" in ran) == (answers, False)
 
 
-async def test_forget_me_never_reports_success_while_the_person_s_turns_stay(store: Store) -> None:
-    """The person keeps writing in a conversation while `forget me` runs there, so that each read
-    of their turns is out of date by the step that would remove them: `forget me` may not finish,
-    but it may not say it did while what they said before it began is still stored."""
+async def test_forget_me_never_reports_success_while_the_person_s_turns_stay(
+    store: Store, redis_proxy: HeldReplyProxy
+) -> None:
+    """The person stores a turn in their DM between each read of their turns there and the step
+    that would remove them (a proxy holds back the read's reply until that turn is stored), five
+    times running: `forget me` gives up with ForgetIncomplete rather than say it is done, leaves the
+    turns it could not take, and keeps their index, so that asking again finds them."""
     for i in range(3):
         await answered(store, i)
-    writing = True
+    written = iter(range(100, 200))
 
-    async def keep_writing(i: int) -> None:
-        while writing:
-            await store.record_progress(message(i), turns=(question(i),), state="working")
-            i += 30
+    async def the_person_writes() -> None:
+        await store.record_progress(message(i := next(written)), turns=(question(i),), state="working")
 
-    writers = [asyncio.create_task(keep_writing(i)) for i in range(100, 130)]
+    redis_proxy.hold(store._their_turns.sha, the_person_writes)
+    forgetting = Store(redis_proxy.url, conversation_ttl_days=1)
     try:
-        forgotten = await store.forget_user("T1", "U1")
-    except ForgetIncomplete:
-        forgotten = None
+        with pytest.raises(ForgetIncomplete) as gave_up:
+            await forgetting.forget_user("T1", "U1")
     finally:
-        writing = False
-        await asyncio.gather(*writers)
-    said_before = {question(i).ts for i in range(3)}
+        await forgetting.close()
+
+    assert str(gave_up.value) == str(DM)
+    assert redis_proxy.held == FORGET_ATTEMPTS  # each read was out of date by its step
     stored = {Turn.from_json(raw).ts for raw in await store.redis.lrange(store.keys.turns(DM), 0, -1)}
-    if forgotten is not None:
-        assert not said_before & stored, "forget me said it was done; what they said before stays"
-    else:
-        assert await store.redis.exists(store.keys.user_index("T1", "U1"))  # so asking again finds it
+    said_before = {turn.ts for i in range(3) for turn in (question(i), answer(i))}
+    assert stored == said_before | {question(i).ts for i in range(100, 100 + FORGET_ATTEMPTS)}
+    assert await store.redis.exists(store.keys.user_index("T1", "U1"))  # so asking again finds it
+
+    # Once they stop writing, asking again takes everything.
+    forgotten = await store.forget_user("T1", "U1")
+    assert (forgotten.messages, forgotten.conversations) == (11, 1)
+    assert not await store.redis.exists(store.keys.turns(DM), store.keys.user_index("T1", "U1"))
 
 
 async def test_answers_a_process_of_the_version_before_stores_in_an_indexed_dm_are_found(

@@ -208,9 +208,10 @@ def _served_by(node: ClusterNode, cluster: RedisCluster, tag: str) -> bool:
 
 
 async def test_the_scripts_that_declare_every_key_run_on_a_cluster(cluster: RedisCluster) -> None:
-    """The answers index, `forget me` (its journals declared after a read of the person's turns)
-    and the scan for orphaned threads (each lock declared after the waiting threads are read),
-    against a real cluster, seeded with a node that does not serve the bot's slot."""
+    """The answers index, `forget me` (its journals declared after a read of the person's turns,
+    and those of their messages still waiting after a read of the inboxes) and the scan for
+    orphaned threads (each lock declared after the waiting threads are read), against a real
+    cluster, seeded with a node that does not serve the bot's slot."""
     stranger = next(node for node in cluster.primaries if node is not cluster.owner)
     store = Store(cluster.seed_url(stranger), conversation_ttl_days=1)
     dm = ThreadKey("T1", "D910", "dm")
@@ -225,7 +226,7 @@ async def test_the_scripts_that_declare_every_key_run_on_a_cluster(cluster: Redi
         assert await store.remove_user_message(dm, "1.1")
         assert await store.answers_to(dm, "1.1") == []
 
-        waiting = IncomingMessage("T1", CHANNEL, "3.1", "U2", "hi", "answer", "3.1", "3.1", BOT)
+        waiting = IncomingMessage("T1", CHANNEL, "3.1", "U1", "hi", "answer", "3.1", "3.1", BOT)
         await store.accept(waiting, "dead0:token")
         assert await store.threads_orphaned(0) == [waiting.key]
 
@@ -234,6 +235,7 @@ async def test_the_scripts_that_declare_every_key_run_on_a_cluster(cluster: Redi
         assert await store.recent_turns(dm, 10) == []
         with cluster.owner.client() as owner:
             assert owner.hget(f"{CLUSTER_KEY_PREFIX}turn:T1:D910:1.0", "state") == "answered"
+            assert owner.hget(f"{CLUSTER_KEY_PREFIX}turn:T1:{CHANNEL}:3.1", "forgotten") == "1"
     finally:
         await store.close()
     for node in cluster.primaries:

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from bot.store import IncomingMessage, Progress, Store, ThreadKey, Turn
+from bot.store import Accepted, IncomingMessage, Progress, Store, ThreadKey, Turn
 from tests.conftest import StartBot
 from tests.emulators.slack import SlackEmulator
 
@@ -139,13 +140,18 @@ async def test_every_key_a_script_touches_is_one_it_declares(
         assert await store.merge_read_back(under, read, copy_of="5.1") == 3
         assert await store.merge_read_back(lost, read) == 3
         assert await store.answers_to(lost, "5.1") == ["5.2"]  # by the note and by the scan
-        # Forget me, in the DM: every conversation of the person, their journals included, and the
-        # note of a copy in another DM.
+        # A message of the person's waiting for its turn, its thread's lock held by a live process.
+        held = IncomingMessage("T1", "C702", "3.1", "U1", "hi", "answer", "3.1", "3.1", BOT)
+        await store.redis.zadd(store.keys.processes, {"cafe": (time.time() + 600) * 1000})
+        assert (await store.accept(held, "cafe:token"))[0] is Accepted.TAKEN
+        # Forget me, in the DM: every conversation of the person, their journals included, the
+        # note of a copy in another DM, and the journal of their message still waiting.
         await slack.post_user_message(DM, "forget me")
         await slack.wait_for_bot_messages(DM, count=3)
         await running.settle()
     assert await undeclared_keys(redis_url, lines) == []
     assert await store.redis.hget(store.keys.meta(ThreadKey("T1", "D704", "dm")), "copy:5.1") is None
+    assert await store.redis.hget(store.keys.journal("T1", "C702", "3.1"), "forgotten") == "1"
     # Each take of a message accepted here declared its journal: read after the step (a round
     # trip more) only for the message taken over from the dead process.
     journals_read_alone = [

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 
+import pytest
 import redis.asyncio as aioredis
 
-from bot.store import Keys, Store, ThreadKey
+from bot.store import FORGET_ATTEMPTS, IncomingMessage, Keys, Store, ThreadKey, Turn
 from bot.streaming import _feedback_block
-from tests.conftest import RunningBot
+from tests.conftest import RunningBot, StartBot
 from tests.emulators.openai_api import OpenAIEmulator
 from tests.emulators.slack import SlackEmulator
+from tests.redis_proxy import HeldReplyProxy
 
 KEYS = Keys()  # the names on one Redis (no prefix)
 
@@ -125,6 +128,51 @@ async def test_forget_me_as_a_mention_in_a_channel(
     assert "2 stored message(s)" in replies[-1]["text"]
     assert await redis.exists(KEYS.turns(ThreadKey("T1", CHANNEL, root))) == 0
     assert await redis.exists(KEYS.user_index("T1", "U1"), KEYS.display_name("T1", "U1")) == 0
+
+
+async def test_forget_me_that_cannot_catch_up_with_the_person_says_so_plainly(
+    redis_proxy: HeldReplyProxy,
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    redis_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """ann stores a turn in a thread between each read of her turns there and the step that would
+    remove them (a proxy in front of Redis holds back each read's reply until her turn is stored),
+    so `forget me` gives up after five tries. Before, the bot logged an ERROR with a traceback and
+    told her only that something went wrong; now she is told that not everything could be deleted
+    because her messages were still arriving, and to say `forget me` again, and the log has one
+    WARNING naming her, with no traceback and none of her words."""
+    writer = Store(redis_url, conversation_ttl_days=1)
+    root = "1700000000.000100"
+    stamps = iter(range(100, 1000))
+
+    async def ann_writes() -> None:
+        ts = f"1700000000.{next(stamps):06d}"
+        message = IncomingMessage("T1", CHANNEL, ts, "U1", ANN_SAYS[0], "record", root, root, BOT, False)
+        said = Turn(role="user", text=ANN_SAYS[0], ts=ts, user="U1", name="ann")
+        await writer.record_progress(message, turns=(said,), state="answered")
+
+    try:
+        await ann_writes()  # she said something there before
+        redis_proxy.hold(writer._their_turns.sha, ann_writes)
+        bot = await start_bot("socket", REDIS_URL=redis_proxy.url)
+        caplog.clear()
+
+        await slack.post_user_message(DM, "forget me")
+        [reply] = await slack.wait_for_bot_messages(DM, count=1)
+        await bot.settle()
+    finally:
+        redis_proxy.hold("", None)
+        await writer.close()
+
+    assert redis_proxy.held == FORGET_ATTEMPTS
+    assert reply["text"].startswith("Sorry, I couldn't delete everything I stored about you"), reply
+    assert "still arriving" in reply["text"] and "`forget me` again" in reply["text"]
+    [warning] = [record for record in caplog.records if record.levelno >= logging.WARNING]
+    assert warning.levelno == logging.WARNING and warning.exc_info is None, caplog.text
+    assert "team=T1" in warning.getMessage() and "user=U1" in warning.getMessage()
+    assert ANN_SAYS[0] not in caplog.text
 
 
 async def test_forget_me_takes_the_answers_read_back_from_a_thread_the_bot_joined_late(
@@ -310,6 +358,61 @@ async def test_forget_me_while_a_question_is_being_answered_elsewhere_keeps_no_a
 
     for key, content in (await everything_in(redis)).items():
         assert ANN_SAYS[0] not in content, (key, content)
+
+
+async def test_a_message_waiting_for_its_turn_at_forget_me_is_answered_and_not_stored(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: aioredis.Redis
+) -> None:
+    """ann's follow-up waits behind her question's answer in a channel thread when she says
+    `forget me` in the DM. She asked it, so it is answered (the prompt ends with it); but she sent
+    it before asking to be forgotten, so neither it nor its answer is stored after the `forget me`,
+    nor is the thread put back in her index. Before, both were stored, for good."""
+    llm.first_token_delay = 1.5
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> {ANN_SAYS[0]}")
+    await llm.wait_for_requests(1)
+    follow_up = await slack.post_user_message(CHANNEL, ANN_SAYS[1], thread_ts=root)
+    assert await redis.hget(KEYS.journal("T1", CHANNEL, follow_up), "state") == "queued"
+    await slack.post_user_message(DM, "forget me")
+    [confirmation] = await slack.wait_for_bot_messages(DM, count=1)
+    llm.first_token_delay = 0
+    answers = await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
+    await bot.settle()
+
+    assert confirmation["text"].startswith("Done: I've deleted what I stored about you")
+    assert answers[-1]["text"] == f"Answer: ann: {ANN_SAYS[1]}"
+    assert llm.requests[-1]["messages"][-1]["content"].endswith(ANN_SAYS[1])
+    for key, content in (await everything_in(redis)).items():
+        for said in ANN_SAYS[:2]:
+            assert said not in content, (key, content)
+    assert not await redis.exists(KEYS.user_index("T1", "U1"))
+    assert await redis.hget(KEYS.journal("T1", CHANNEL, follow_up), "state") == "answered"
+
+    # A message she sends after `forget me` is hers to keep, as ever.
+    await slack.post_user_message(CHANNEL, ANN_SAYS[2], thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=3)
+    await bot.settle()
+    stored = await bot.bot.store.recent_turns(ThreadKey("T1", CHANNEL, root), 10)
+    assert [turn.text for turn in stored] == [ANN_SAYS[2], f"Answer: ann: {ANN_SAYS[2]}"]
+
+
+async def test_a_message_sent_after_forget_me_and_waiting_behind_it_is_stored(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    """ann's `forget me` and then a new question wait in a thread behind her first question's
+    answer. The new question, sent after she asked to be forgotten, is hers to keep: only what
+    she sent before the `forget me` goes unstored."""
+    llm.first_token_delay = 1.5
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> {ANN_SAYS[0]}")
+    await llm.wait_for_requests(1)
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> forget me", thread_ts=root)
+    await slack.post_user_message(CHANNEL, "a new question", thread_ts=root)
+    llm.first_token_delay = 0
+    replies = await slack.wait_for_bot_messages(CHANNEL, root, count=3, timeout=15)
+    await bot.settle()
+
+    assert "2 stored message(s)" in replies[1]["text"]  # her first question and its answer
+    stored = await bot.bot.store.recent_turns(ThreadKey("T1", CHANNEL, root), 10)
+    assert [turn.text for turn in stored] == ["a new question", "Answer: ann: a new question"]
 
 
 async def test_forget_me_while_an_edited_message_is_being_answered_leaves_no_text_in_its_journal(

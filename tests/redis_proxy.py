@@ -1,0 +1,89 @@
+"""A TCP proxy in front of the test's redis-server that, once told to (`hold`), holds back each
+reply to one Lua script (found by its SHA in a request) until the test has done something of its
+own: a write of another client lands exactly between that script and the caller's next command,
+every time. Only the network is touched; the code under test runs as it does against Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from urllib.parse import urlparse
+
+SHA_LENGTH = 40
+
+
+class HeldReplyProxy:
+    def __init__(self, redis_url: str) -> None:
+        upstream = urlparse(redis_url)
+        self.upstream = (upstream.hostname or "127.0.0.1", upstream.port or 6379)
+        self.database = upstream.path
+        self.sha = b""
+        self.meanwhile: Callable[[], Awaitable[None]] | None = None
+        self.held = 0  # replies held back so far, each for one run of `meanwhile`
+        self._server: asyncio.Server | None = None
+        self._pumps: set[asyncio.Task[None]] = set()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        port = self._server.sockets[0].getsockname()[1]
+        return f"redis://127.0.0.1:{port}{self.database}"
+
+    def hold(self, sha: str, meanwhile: Callable[[], Awaitable[None]] | None) -> None:
+        """From now on, hold back each reply to the script `sha` until `meanwhile` has run (None:
+        hold nothing)."""
+        self.sha, self.meanwhile = sha.encode(), meanwhile
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for pump in list(self._pumps):
+            pump.cancel()
+        await asyncio.gather(*self._pumps, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        server_reader, server_writer = await asyncio.open_connection(*self.upstream)
+        # Per connection: a request that ran the script is answered by its next array reply (a
+        # NOSCRIPT error, or SCRIPT LOAD's SHA, comes before it when the script was not loaded).
+        armed = asyncio.Event()
+        pumps = {
+            asyncio.create_task(self._requests(client_reader, server_writer, armed)),
+            asyncio.create_task(self._replies(server_reader, client_writer, armed)),
+        }
+        self._pumps |= pumps
+        try:
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pump in pumps:
+                pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)  # a reset connection is no news
+            self._pumps -= pumps
+            for writer in (server_writer, client_writer):
+                writer.close()
+
+    async def _requests(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, armed: asyncio.Event
+    ) -> None:
+        tail = b""
+        while data := await reader.read(65536):
+            if self.meanwhile is not None and self.sha in tail + data:
+                armed.set()
+            tail = data[-SHA_LENGTH:]
+            writer.write(data)
+            await writer.drain()
+
+    async def _replies(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, armed: asyncio.Event
+    ) -> None:
+        while data := await reader.read(65536):
+            if armed.is_set() and data.startswith(b"*") and (meanwhile := self.meanwhile) is not None:
+                armed.clear()
+                self.held += 1
+                await meanwhile()
+            writer.write(data)
+            await writer.drain()
