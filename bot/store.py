@@ -649,7 +649,8 @@ return 1
 # one range by name (ZRANGEBYLEX) rather than a scan of the conversation. Its stamp `indexed:N:ts`
 # says that every answer among the turns list's N entries, the last of them at ts, is in it:
 # written with the first turns of a conversation (the list did not exist), moved on by each step
-# that stores turns or takes some out while it holds (`restamp`), and written by the scan that
+# that stores turns or takes some out while it holds (`restamp`; a read-back's merge, too:
+# `_MERGE_READ_BACK`), and written by the scan that
 # indexes a conversation stored before the index (`_ANSWERS_TO`). The index is trusted only while
 # the list is as stamped: a process of the version before the index, during a rolling deploy,
 # stores answers without indexing them, which a bare "indexed" would hide from a deletion (the
@@ -824,9 +825,11 @@ for i = first, #ARGV do
     end
   end
 end
+local last = items[#items]  -- the list's last turn after the merge
 if #fresh > 0 then
   if #items == 0 or ts_before(fresh_ts[#fresh], stored[1]) then
     -- All older than what is stored (the usual case): in front of it, without a rewrite.
+    last = last or fresh[#fresh]
     local reversed = {}
     for i = #fresh, 1, -1 do reversed[#reversed + 1] = fresh[i] end
     for i = 1, #reversed, 1000 do
@@ -845,6 +848,7 @@ if #fresh > 0 then
     for n = 1, #merged, 1000 do
       redis.call('RPUSH', KEYS[1], unpack(merged, n, math.min(n + 999, #merged)))
     end
+    last = merged[#merged]
   end
   redis.call('EXPIRE', KEYS[1], ARGV[1])
   for k = 5 + 2 * n, #KEYS do
@@ -858,13 +862,19 @@ if #fresh > 0 then
   end
 end
 if ARGV[2] == '1' and #fresh > 0 then
-  -- The list changed under the index's stamp (`_INDEX_ANSWERS_FUNCTION`), which goes: the next
-  -- look scans once. The answers read back join it all the same.
+  -- The answers read back join the index. One that covered the list as it was (its stamp,
+  -- `_INDEX_ANSWERS_FUNCTION`), or a list begun here, covers it still: its stamp moves on with
+  -- the list. Any other stamp goes: the next look scans once.
+  local covered = #items == 0 or redis.call('ZREM', KEYS[3], stamp_of(#items, items[#items])) == 1
   redis.call('ZREMRANGEBYLEX', KEYS[3], '[indexed:', '(indexed;')
   local members = {}
   for _, answer in ipairs(answers) do
     members[#members + 1] = 0
     members[#members + 1] = answer
+  end
+  if covered then
+    members[#members + 1] = 0
+    members[#members + 1] = stamp_of(#items + #fresh, last)
   end
   if #members > 0 then redis.call('ZADD', KEYS[3], unpack(members)) end
   redis.call('EXPIRE', KEYS[3], ARGV[1])
@@ -1428,7 +1438,7 @@ class Store:
         )
         self._answers_to = self.redis.register_script(_INDEX_ANSWERS_FUNCTION + _ANSWERS_TO)
         self._merge_read_back = self.redis.register_script(
-            _CONVERSATION_CHANGED_AT + _TS_BEFORE + _MERGE_READ_BACK
+            _CONVERSATION_CHANGED_AT + _TS_BEFORE + _INDEX_ANSWERS_FUNCTION + _MERGE_READ_BACK
         )
         self._save_summary = self.redis.register_script(_SAVE_SUMMARY)
         self._their_turns = self.redis.register_script(_THEIR_TURNS)
@@ -1894,7 +1904,7 @@ class Store:
     def _index_answers(self, pipe: Any, key: ThreadKey, turns: Iterable[Turn]) -> None:
         """Add a DM's answers among `turns` to its index. Whether the index covered the list before
         is not known in a pipeline, so its stamp goes (`_INDEX_ANSWERS_FUNCTION`): a DM added to
-        this way (read back after a loss) is indexed again by its next look (`answers_to`)."""
+        this way is indexed again by its next look (`answers_to`)."""
         if (answers := _answers_of(key, turns)) is None:
             return
         pipe.zremrangebylex(self.keys.answers(key), "[indexed:", "(indexed;")

@@ -128,7 +128,7 @@ async def test_every_key_a_script_touches_is_one_it_declares(
         # A DM thread read back from Slack after a loss: the tombstone of a question deleted
         # meanwhile and the record of one edited meanwhile (read by one MGET), the note of the
         # copy of the question its answer was for (in the DM's meta), then answers read back into
-        # the DM (its answers index loses its stamp).
+        # the DM (its answers index, begun by them, stamped).
         lost, under = ThreadKey("T1", "D704", "dm"), ThreadKey("T1", "D704", "5.2")
         assert await store.answers_to(lost, "5.0", deleting=True) == []
         await store.edit_user_message(lost, "5.1", "q, edited", "q, edited", user="U1", edited_ts="5.9")
@@ -141,7 +141,7 @@ async def test_every_key_a_script_touches_is_one_it_declares(
         assert await store.merge_read_back(under, read, copy_of="5.1") == 3
         assert await store.merge_read_back(lost, read) == 3
         assert [turn.text for turn in await store.recent_turns(under, 10)] == ["q, edited", "a", "more"]
-        assert await store.answers_to(lost, "5.1") == ["5.2"]  # by the note and by the scan
+        assert await store.answers_to(lost, "5.1") == ["5.2"]  # by the note and by the index
         # Forget me, in the DM: every conversation of the person, their journals included, and the
         # note of a copy in another DM.
         await slack.post_user_message(DM, "forget me")
