@@ -762,12 +762,11 @@ end
 
 # KEYS: turns, meta, the DM's answers index (`Keys.answers`), the DM's meta (or meta again), then
 # per turn read back the tombstone of the message it goes with (its own; an answer's, its
-# question's), then per turn its edit record (`Keys.edited`), then one per-person index per
-# author among the turns. ARGV: conversation ttl,
-# whether the conversation keeps an answers index (1: a DM's), the DM meta's field ('' for none)
-# and value, the place among the turns of the message that field notes (0: none; the note is not
-# written for a message left out as deleted: nothing would take it out), then a conversation's
-# earlier messages read back from Slack (JSON, oldest first).
+# question's), then per turn its edit record (`Keys.edited`), then one per-person index per author
+# among the turns. ARGV: conversation ttl, whether the conversation keeps an answers index (1: a
+# DM's), the DM meta's field ('' for none) and value, the place among the turns of the message that
+# field notes (0: none; the note is not written for a message left out as deleted: nothing would
+# take it out), then a conversation's earlier messages read back from Slack (JSON, oldest first).
 # Those not stored yet (by ts; nor the later messages of a long answer stored whole), nor deleted
 # since they were read (their tombstone is there: the deletion found nothing here to take out),
 # are merged (a person's message edited since it was read with its newest text, from its edit
@@ -2026,10 +2025,10 @@ class Store:
             members |= {name async for name in self.redis.scan_iter(match=pattern, count=1000)}
         messages = conversations = records = 0
         for member in sorted(members):
-            thread = self.keys.thread_of_turns(member)
             if self.keys.is_edit_record(member):  # theirs (`_REWRITE_TURN`); no feedback record
                 await self.redis.delete(member)
                 continue
+            thread = self.keys.thread_of_turns(member)
             if thread is None:  # a record registered as holding their data: theirs, or shared
                 records += await self._forget_in_record(member, user)
                 continue
