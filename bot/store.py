@@ -399,6 +399,8 @@ class Keys:
     # A deleted message's tombstone, which a conversation read back from Slack meanwhile consults
     # (`Store.merge_read_back`): longer than any read-back waits for its pages.
     DELETED_TTL = 3600
+    # An edited message's newest text, which such a read-back uses instead of what Slack showed it.
+    EDITED_TTL = DELETED_TTL
     SUMMARY_LOCK_TTL_MS = 120_000  # renewed after each summary call; a dead holder's expires
     LLM_FAILURES_TTL_MS = 300_000  # failed turns further apart than this are not "in a row"
 
@@ -428,6 +430,14 @@ class Keys:
 
     def deleted(self, team: str, channel: str, ts: str) -> str:
         return f"{self.prefix}deleted:{team}:{channel}:{ts}"
+
+    def edited(self, team: str, channel: str, ts: str) -> str:
+        """A person's edited message: its newest text, the edit's ts and its author (JSON), in the
+        author's index (`user_index`), so that `forget me` takes it."""
+        return f"{self.prefix}edited:{team}:{channel}:{ts}"
+
+    def is_edit_record(self, name: str) -> bool:
+        return self.unprefixed(name).startswith("edited:")
 
     def rate(self, scope: str, team: str, who: str, window: int, bucket: int) -> str:
         # Hashed: a counter needs no one's id in clear, and outlives no "forget me" as personal data.
@@ -561,24 +571,47 @@ local function conversation_changed_at(meta, ts, ttl)
 end
 """
 
-# KEYS: turns, meta, the message's journal, the answers index, its tombstone. ARGV: ts,
-# replacement text, 'edit' or 'delete', conversation ttl, the replacement as Slack wrote it,
-# tombstone ttl. Deleting a person's message also drops the bot's answer to it, which may quote it,
-# and so its entries in the index, and leaves a tombstone, so that a read-back from Slack that saw
-# the message before it went does not put it back. Deletes and edits are rare, so a scan of one
-# conversation is fine here. A summary that covers the turn may quote it too, so it is dropped (and
-# rebuilt from the turns as they are now); the epoch bump stops a summary being computed meanwhile
-# from saving the old text. A message still waiting for its turn (journal state `queued`) is no
-# stored turn yet: its journal keeps the change (returns 2 when nothing else changed), which the
-# turn reads when it takes the message, and the step that stores the message applies
-# (`journal_step`), in case the change came after the turn had read the journal. One queued again
-# after a loss may have copies all the same, read back from Slack by a newer turn (here, or in the
-# DM thread under its answer: `TurnRunner._holding`): those are changed too, whatever marks its
-# journal. Only a message at or before the conversation's `read_back_upto` can have such a copy
-# (`_MERGE_READ_BACK`): for any other, as for every message waiting behind another in a normal
-# thread, the conversation is not scanned.
+# KEYS: turns, meta, the message's journal, the answers index, its tombstone, its edit record
+# (`Keys.edited`)[, its author's index]. ARGV: ts, replacement text, 'edit' or 'delete',
+# conversation ttl, the replacement as Slack wrote it, tombstone ttl, the edit's ts ('' when Slack
+# gave none), the edit record (JSON; '' for none: no author's index either), whether it is a DM's
+# top level (1/0).
+# Deleting a person's message also drops the bot's answer to it, which may quote it, and so its
+# entries in the index, and leaves a tombstone, so that a read-back from Slack that saw the message
+# before it went does not put it back; its edit record goes. An edit leaves its newest text in its
+# record (the tombstone's lifetime), which such a read-back uses instead of the text it saw,
+# registered in its author's index for `forget me`: only where a read-back may be under way, in a
+# conversation the bot takes part in (`followed`, written as a message is accepted, before its turn
+# reads anything back) or at a DM's top level (whose meta a loss took, while a DM thread's read-back
+# copies its question), not for every edit in every channel. Slack's events of two edits may come in
+# either order: one older than the edit recorded changes nothing (returns 0), nor does an edit of a
+# message deleted already. Deletes and edits are rare, so a scan of one conversation is fine here. A
+# summary that covers the turn may quote it too, so it is dropped (and rebuilt from the turns as
+# they are now); the epoch bump stops a summary being computed meanwhile from saving the old text. A
+# message still waiting for its turn (journal state `queued`) is no stored turn yet: its journal
+# keeps the change (returns 2 when nothing else changed), which the turn reads when it takes the
+# message, and the step that stores the message applies (`journal_step`), in case the change came
+# after the turn had read the journal. One queued again after a loss may have copies all the same,
+# read back from Slack by a newer turn (here, or in the DM thread under its answer:
+# `TurnRunner._holding`): those are changed too, whatever marks its journal. Only a message at or
+# before the conversation's `read_back_upto` can have such a copy (`_MERGE_READ_BACK`): for any
+# other, as for every message waiting behind another in a normal thread, the conversation is not
+# scanned.
 _REWRITE_TURN = """
-if ARGV[3] == 'delete' then redis.call('SET', KEYS[5], '1', 'EX', ARGV[6]) end
+if ARGV[3] == 'delete' then
+  redis.call('SET', KEYS[5], '1', 'EX', ARGV[6])
+  redis.call('DEL', KEYS[6])
+elseif redis.call('EXISTS', KEYS[5]) == 1 then
+  return 0
+else
+  local newest = redis.call('GET', KEYS[6])
+  if newest and ARGV[7] ~= '' and ts_before(ARGV[7], cjson.decode(newest)['ts']) then return 0 end
+  if ARGV[8] ~= '' and (ARGV[9] == '1' or redis.call('HGET', KEYS[2], 'followed') == '1') then
+    redis.call('SET', KEYS[6], ARGV[8], 'EX', ARGV[6])
+    redis.call('SADD', KEYS[7], KEYS[6])
+    redis.call('EXPIRE', KEYS[7], ARGV[4])
+  end
+end
 local queued = redis.call('HGET', KEYS[3], 'state') == 'queued'
 if queued then
   if ARGV[3] == 'delete' then
@@ -625,7 +658,8 @@ return 1
 # one range by name (ZRANGEBYLEX) rather than a scan of the conversation. Its stamp `indexed:N:ts`
 # says that every answer among the turns list's N entries, the last of them at ts, is in it:
 # written with the first turns of a conversation (the list did not exist), moved on by each step
-# that stores turns or takes some out while it holds (`restamp`), and written by the scan that
+# that stores turns or takes some out while it holds (`restamp`; a read-back's merge, too:
+# `_MERGE_READ_BACK`), and written by the scan that
 # indexes a conversation stored before the index (`_ANSWERS_TO`). The index is trusted only while
 # the list is as stamped: a process of the version before the index, during a rolling deploy,
 # stores answers without indexing them, which a bare "indexed" would hide from a deletion (the
@@ -737,14 +771,15 @@ end
 
 # KEYS: turns, meta, the DM's answers index (`Keys.answers`), the DM's meta (or meta again), then
 # per turn read back the tombstone of the message it goes with (its own; an answer's, its
-# question's), then one per-person index per author among the turns. ARGV: conversation ttl,
-# whether the conversation keeps an answers index (1: a DM's), the DM meta's field ('' for none)
-# and value, the place among the turns of the message that field notes (0: none; the note is not
-# written for a message left out as deleted: nothing would take it out), then a conversation's
-# earlier messages read back from Slack (JSON, oldest first).
+# question's), then per turn its edit record (`Keys.edited`), then one per-person index per author
+# among the turns. ARGV: conversation ttl, whether the conversation keeps an answers index (1: a
+# DM's), the DM meta's field ('' for none) and value, the place among the turns of the message that
+# field notes (0: none; the note is not written for a message left out as deleted: nothing would
+# take it out), then a conversation's earlier messages read back from Slack (JSON, oldest first).
 # Those not stored yet (by ts; nor the later messages of a long answer stored whole), nor deleted
-# since they were read (their tombstone is there: the
-# deletion found nothing here to take out), are merged into the stored turns by ts, each stored
+# since they were read (their tombstone is there: the deletion found nothing here to take out),
+# are merged (a person's message edited since it was read with its newest text, from its edit
+# record: the edit found nothing here to change) into the stored turns by ts, each stored
 # turn kept where it is among the others (an answer before a question sent while it was written
 # stays so), and the conversation is marked read. One step: a turn stored meanwhile by another
 # process is neither lost nor read back a second time. `read_back_upto` (the newest ts read back)
@@ -758,11 +793,16 @@ end
 _MERGE_READ_BACK = """
 local first = 6
 local n = #ARGV - first + 1
--- The tombstones, in batches: one command per thousand turns read back, not one a turn.
-local gone = {}
+-- The tombstones and edit records, in batches: one command per thousand turns read back, not one
+-- a turn.
+local gone, edited = {}, {}
 for i = 1, n, 1000 do
-  local found = redis.call('MGET', unpack(KEYS, 4 + i, 4 + math.min(i + 999, n)))
-  for j = 1, #found do gone[i + j - 1] = found[j] end
+  local last = math.min(i + 999, n)
+  local batch = {unpack(KEYS, 4 + i, 4 + last)}
+  for j = i, last do batch[#batch + 1] = KEYS[4 + n + j] end
+  local found = redis.call('MGET', unpack(batch))
+  local size = last - i + 1
+  for j = 1, size do gone[i + j - 1], edited[i + j - 1] = found[j], found[size + j] end
 end
 local items = n > 0 and redis.call('LRANGE', KEYS[1], 0, -1) or {}
 local stored, known, answered = {}, {}, {}
@@ -782,15 +822,22 @@ for i = first, #ARGV do
   local part = type(question) == 'string' and answered[question]
   if not known[ts] and not part and not gone[i - first + 1] then
     known[ts] = true
-    fresh[#fresh + 1], fresh_ts[#fresh + 1] = ARGV[i], ts
+    local raw, edit = ARGV[i], edited[i - first + 1]
+    if edit and turn['role'] == 'user' then
+      turn['text'] = cjson.decode(edit)['text']
+      raw = cjson.encode(turn)
+    end
+    fresh[#fresh + 1], fresh_ts[#fresh + 1] = raw, ts
     if ARGV[2] == '1' and turn['role'] == 'assistant' and turn['reply_to'] then
       answers[#answers + 1] = turn['reply_to'] .. ':' .. ts
     end
   end
 end
+local last = items[#items]  -- the list's last turn after the merge
 if #fresh > 0 then
   if #items == 0 or ts_before(fresh_ts[#fresh], stored[1]) then
     -- All older than what is stored (the usual case): in front of it, without a rewrite.
+    last = last or fresh[#fresh]
     local reversed = {}
     for i = #fresh, 1, -1 do reversed[#reversed + 1] = fresh[i] end
     for i = 1, #reversed, 1000 do
@@ -809,9 +856,10 @@ if #fresh > 0 then
     for n = 1, #merged, 1000 do
       redis.call('RPUSH', KEYS[1], unpack(merged, n, math.min(n + 999, #merged)))
     end
+    last = merged[#merged]
   end
   redis.call('EXPIRE', KEYS[1], ARGV[1])
-  for k = 5 + n, #KEYS do
+  for k = 5 + 2 * n, #KEYS do
     redis.call('SADD', KEYS[k], KEYS[1])
     redis.call('EXPIRE', KEYS[k], ARGV[1])
   end
@@ -822,13 +870,19 @@ if #fresh > 0 then
   end
 end
 if ARGV[2] == '1' and #fresh > 0 then
-  -- The list changed under the index's stamp (`_INDEX_ANSWERS_FUNCTION`), which goes: the next
-  -- look scans once. The answers read back join it all the same.
+  -- The answers read back join the index. One that covered the list as it was (its stamp,
+  -- `_INDEX_ANSWERS_FUNCTION`), or a list begun here, covers it still: its stamp moves on with
+  -- the list. Any other stamp goes: the next look scans once.
+  local covered = #items == 0 or redis.call('ZREM', KEYS[3], stamp_of(#items, items[#items])) == 1
   redis.call('ZREMRANGEBYLEX', KEYS[3], '[indexed:', '(indexed;')
   local members = {}
   for _, answer in ipairs(answers) do
     members[#members + 1] = 0
     members[#members + 1] = answer
+  end
+  if covered then
+    members[#members + 1] = 0
+    members[#members + 1] = stamp_of(#items + #fresh, last)
   end
   if #members > 0 then redis.call('ZADD', KEYS[3], unpack(members)) end
   redis.call('EXPIRE', KEYS[3], ARGV[1])
@@ -1409,7 +1463,7 @@ class Store:
         )
         self._answers_to = self.redis.register_script(_INDEX_ANSWERS_FUNCTION + _ANSWERS_TO)
         self._merge_read_back = self.redis.register_script(
-            _CONVERSATION_CHANGED_AT + _TS_BEFORE + _MERGE_READ_BACK
+            _CONVERSATION_CHANGED_AT + _TS_BEFORE + _INDEX_ANSWERS_FUNCTION + _MERGE_READ_BACK
         )
         self._save_summary = self.redis.register_script(_SAVE_SUMMARY)
         self._their_turns = self.redis.register_script(_THEIR_TURNS)
@@ -1847,7 +1901,8 @@ class Store:
         edit of it reaches the copy (`answers_to`) also when the answer is not stored there.
 
         A message deleted since it was read is left out, with the answers to it: its deletion,
-        which found nothing here to take out, left a tombstone."""
+        which found nothing here to take out, left a tombstone. One edited since it was read joins
+        with its newest text, which its edit left (`Keys.edited`) for the same reason."""
         dm = self.keys.meta(ThreadKey(key.team, key.channel, "dm")) if copy_of else self.keys.meta(key)
         people = sorted({turn.user for turn in turns if turn.role == "user" and turn.user})
         return int(
@@ -1858,6 +1913,7 @@ class Store:
                     self.keys.answers(key),
                     dm,
                     *(self.keys.deleted(key.team, key.channel, turn.reply_to or turn.ts) for turn in turns),
+                    *(self.keys.edited(key.team, key.channel, turn.ts) for turn in turns),
                     *(self.keys.user_index(key.team, user) for user in people),
                 ],
                 args=[
@@ -1874,7 +1930,7 @@ class Store:
     def _index_answers(self, pipe: Any, key: ThreadKey, turns: Iterable[Turn]) -> None:
         """Add a DM's answers among `turns` to its index. Whether the index covered the list before
         is not known in a pipeline, so its stamp goes (`_INDEX_ANSWERS_FUNCTION`): a DM added to
-        this way (read back after a loss) is indexed again by its next look (`answers_to`)."""
+        this way is indexed again by its next look (`answers_to`)."""
         if (answers := _answers_of(key, turns)) is None:
             return
         pipe.zremrangebylex(self.keys.answers(key), "[indexed:", "(indexed;")
@@ -1936,19 +1992,23 @@ class Store:
         return bool(
             await self._rewrite_turn(
                 keys=self._rewrite_keys(key, ts),
-                args=[ts, "", "delete", self.conversation_ttl, "", Keys.DELETED_TTL],
+                args=[ts, "", "delete", self.conversation_ttl, "", Keys.DELETED_TTL, "", "", 0],
             )
         )
 
-    async def edit_user_message(self, key: ThreadKey, ts: str, text: str, slack_text: str) -> bool:
+    async def edit_user_message(
+        self, key: ThreadKey, ts: str, text: str, slack_text: str, *, user: str = "", edited_ts: str = ""
+    ) -> bool:
         """Replace a person's message `text` (as stored), and drop the summary if it covers the
-        old text; a message still waiting for its turn is answered as edited (`slack_text`)."""
-        return bool(
-            await self._rewrite_turn(
-                keys=self._rewrite_keys(key, ts),
-                args=[ts, text, "edit", self.conversation_ttl, slack_text, Keys.DELETED_TTL],
-            )
-        )
+        old text; a message still waiting for its turn is answered as edited (`slack_text`).
+        With its author (`user`), the edit also leaves a record of `text` for a read-back that saw
+        the message before it (`Keys.edited`). `edited_ts`: the edit's own ts, by which an older
+        edit, come after it, changes nothing (see `_REWRITE_TURN`)."""
+        record = json.dumps({"ts": edited_ts, "text": text, "user": user}, ensure_ascii=False) if user else ""
+        index = [self.keys.user_index(key.team, user)] if user else []
+        args = [ts, text, "edit", self.conversation_ttl, slack_text, Keys.EDITED_TTL, edited_ts, record]
+        args.append(int(key.thread == "dm"))
+        return bool(await self._rewrite_turn(keys=[*self._rewrite_keys(key, ts), *index], args=args))
 
     async def answers_to(self, key: ThreadKey, ts: str, *, deleting: bool = False) -> list[str]:
         """The ts of the bot's stored answers to the person's message at `ts` in a DM, for an edit
@@ -1965,7 +2025,8 @@ class Store:
     def _rewrite_keys(self, key: ThreadKey, ts: str) -> list[str]:
         team, channel = key.team, key.channel
         journal, deleted = self.keys.journal(team, channel, ts), self.keys.deleted(team, channel, ts)
-        return [self.keys.turns(key), self.keys.meta(key), journal, self.keys.answers(key), deleted]
+        edited = self.keys.edited(team, channel, ts)
+        return [self.keys.turns(key), self.keys.meta(key), journal, self.keys.answers(key), deleted, edited]
 
     # -- the right to be forgotten ---------------------------------------------------------
 
@@ -1997,6 +2058,9 @@ class Store:
             members |= {name async for name in self.redis.scan_iter(match=pattern, count=1000)}
         messages = conversations = records = 0
         for member in sorted(members):
+            if self.keys.is_edit_record(member):  # theirs (`_REWRITE_TURN`); no feedback record
+                await self.redis.delete(member)
+                continue
             thread = self.keys.thread_of_turns(member)
             if thread is None:  # a record registered as holding their data: theirs, or shared
                 records += await self._forget_in_record(member, user)

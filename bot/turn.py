@@ -273,7 +273,11 @@ class TurnRunner:
                 log.info("deleted message removed team=%s channel=%s thread=%s ts=%s",
                          key.team, key.channel, holding.thread, ts)  # fmt: skip
 
-    async def edit_message(self, key: ThreadKey, ts: str, text: str, bot_user_id: str) -> None:
+    async def edit_message(
+        self, key: ThreadKey, ts: str, text: str, bot_user_id: str, *, user: str = "", edited_ts: str = ""
+    ) -> None:
+        """A person's message edited: stored (or waiting) as edited, wherever it is held. `user`,
+        its author, and `edited_ts`, the edit's own ts (see `Store.edit_user_message`)."""
         self.redis_loss.edited((key.team, key.channel, ts), text)
         if mentioned_users(text) - {bot_user_id} and not await self.store.is_followed(key):
             # An edit in a thread the bot takes no part in: its mentions are not worth a
@@ -281,7 +285,7 @@ class TurnRunner:
             return
         readable = await self.workspace.readable(key.team, text, bot_user_id)
         for holding in await self._holding(key, ts):
-            await self.store.edit_user_message(holding, ts, readable, text)
+            await self.store.edit_user_message(holding, ts, readable, text, user=user, edited_ts=edited_ts)
 
     async def _holding(self, key: ThreadKey, ts: str, *, deleting: bool = False) -> list[ThreadKey]:
         """The conversations that hold a person's message stored in `key`: a DM's also the DM

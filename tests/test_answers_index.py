@@ -114,8 +114,9 @@ async def test_answers_read_back_from_slack_into_an_indexed_dm_are_found_through
 ) -> None:
     """After Redis lost a DM, its first new question begins the conversation (indexed from there)
     and the earlier messages read back from Slack are merged in before it: their answers join the
-    index, which the first look after checks with one scan (a read-back changes the list outside
-    the step that keeps the index's stamp); later looks use the index."""
+    index, which the first look after checks with one scan (turns appended by a pipeline,
+    `append_turns`, change the list outside a step that keeps the index's stamp); later looks use
+    the index."""
     await answered(store, 10)
     await store.merge_read_back(DM, [question(1), answer(1, 0), answer(1, 1), question(2)])
     await store.append_turns(DM, question(11), answer(11))
@@ -203,6 +204,32 @@ async def changed(store: Store, ts: str, how: str) -> set[str]:
     return {name for name, calls in after.items() if calls > before.get(name, 0)}
 
 
+async def test_a_read_back_into_a_dm_keeps_its_index_trusted_when_it_was(store: Store) -> None:
+    """A read-back into a DM (after a loss) merges turns into the list the index's stamp describes.
+    Before, the stamp went, and the next edit or deletion in the DM scanned the whole conversation
+    once. The merge knows what it inserted: the stamp moves on with the list, whether the turns
+    went in front of it or between its turns; a DM whose index was not trusted stays so (a scan)."""
+    await answered(store, 10)  # the DM begins again after the loss: indexed from its first turn
+    assert await store.merge_read_back(DM, [question(1), answer(1, 0), answer(1, 1), question(2)]) == 4
+    assert await store.merge_read_back(DM, [question(5), answer(5)]) == 2  # between its turns
+    await answered(store, 12)
+    for ts, answers in (
+        (question(10).ts, [answer(10).ts]),
+        (question(1).ts, [answer(1, 0).ts, answer(1, 1).ts]),
+        (question(5).ts, [answer(5).ts]),
+        (question(12).ts, [answer(12).ts]),
+    ):
+        found, ran = await looked_up(store, ts)
+        assert (found, "lrange" in ran) == (answers, False)
+
+    legacy = ThreadKey("T1", "D2", "dm")  # stored by a version before the index: never stamped
+    await store.redis.rpush(store.keys.turns(legacy), question(20).to_json(), answer(20).to_json())
+    assert await store.merge_read_back(legacy, [question(3), answer(3)]) == 2
+    before = await commands_run(store)
+    assert await store.answers_to(legacy, question(20).ts) == [answer(20).ts]
+    assert (await commands_run(store)).get("lrange", 0) > before.get("lrange", 0)  # the one scan
+
+
 async def test_a_message_waiting_for_its_turn_is_edited_or_deleted_without_a_scan_unless_read_back(
     store: Store,
 ) -> None:
@@ -238,9 +265,9 @@ async def test_a_copy_read_back_that_gives_way_to_its_own_turn_keeps_the_index_t
     deletion in the DM reads the index, not the whole conversation."""
     for i in range(3):
         await answered(store, i)
-    assert await store.merge_read_back(DM, [question(3)]) == 1  # the stamp goes: a scan next
+    assert await store.merge_read_back(DM, [question(3)]) == 1  # the stamp moves on with the list
     found, ran = await looked_up(store, question(0).ts)
-    assert (found, "lrange" in ran) == ([answer(0).ts], True)
+    assert (found, "lrange" in ran) == ([answer(0).ts], False)
 
     await answered(store, 3)  # its own turn: the copy read back gives way
     assert [t.ts for t in await store.recent_turns(DM, 3)] == [answer(2).ts, question(3).ts, answer(3).ts]

@@ -428,6 +428,24 @@ async def test_edited_message_is_updated_in_the_conversation(
     assert contents(last_prompt(llm))[1] == "ann: my check is down"
 
 
+async def test_two_edits_whose_events_come_in_the_other_order_leave_the_newer_text(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    """Slack may deliver the events of two quick edits in either order: the newer edit (by its
+    `edited.ts`) is what the conversation keeps, not the later event's (before, that one's)."""
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> my check is slow")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    await bot.settle()
+    older = slack.edited_event(CHANNEL, root, f"<@{BOT}> my check is failing")
+    newer = slack.edited_event(CHANNEL, root, f"<@{BOT}> my check is down")
+    assert (await slack.deliver_event(newer)).acked
+    assert (await slack.deliver_event(older)).acked
+    await slack.post_user_message(CHANNEL, "since 9am", thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2)
+    await bot.settle()
+    assert contents(last_prompt(llm))[1] == "ann: my check is down"
+
+
 async def test_a_follow_up_edited_while_it_waits_for_its_turn_is_answered_as_edited(
     bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
 ) -> None:

@@ -127,10 +127,12 @@ async def test_every_key_a_script_touches_is_one_it_declares(
         assert taken and (taken.message.ts, taken.record.state) == ("2.1", "queued")
         assert await store.finish(taken, "beef:token", Progress.of(state="noted")) is None
         # A DM thread read back from Slack after a loss: the tombstone of a question deleted
-        # meanwhile (read by MGET), the note of the copy of the question its answer was for (in
-        # the DM's meta), then answers read back into the DM (its answers index loses its stamp).
+        # meanwhile and the record of one edited meanwhile (read by one MGET), the note of the
+        # copy of the question its answer was for (in the DM's meta), then answers read back into
+        # the DM (its answers index, begun by them, stamped).
         lost, under = ThreadKey("T1", "D704", "dm"), ThreadKey("T1", "D704", "5.2")
         assert await store.answers_to(lost, "5.0", deleting=True) == []
+        await store.edit_user_message(lost, "5.1", "q, edited", "q, edited", user="U1", edited_ts="5.9")
         read = [
             Turn("user", "gone", "5.0", "U1"),
             Turn("user", "q", "5.1", "U1"),
@@ -139,7 +141,8 @@ async def test_every_key_a_script_touches_is_one_it_declares(
         ]
         assert await store.merge_read_back(under, read, copy_of="5.1") == 3
         assert await store.merge_read_back(lost, read) == 3
-        assert await store.answers_to(lost, "5.1") == ["5.2"]  # by the note and by the scan
+        assert [turn.text for turn in await store.recent_turns(under, 10)] == ["q, edited", "a", "more"]
+        assert await store.answers_to(lost, "5.1") == ["5.2"]  # by the note and by the index
         # A message of the person's waiting for its turn, its thread's lock held by a live process.
         held = IncomingMessage("T1", "C702", "3.1", "U1", "hi", "answer", "3.1", "3.1", BOT)
         await store.redis.zadd(store.keys.processes, {"cafe": (time.time() + 600) * 1000})

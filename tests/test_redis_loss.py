@@ -1738,6 +1738,40 @@ async def test_a_dm_question_deleted_while_a_dm_thread_reads_it_back_after_a_los
     assert _errors(caplog) == []
 
 
+async def test_a_dm_question_edited_while_a_dm_thread_reads_it_back_after_a_loss_keeps_its_new_text(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As above with an edit: the question (a password) is edited out while the read-back's answer
+    is on its way. The edit found nothing stored to change; before, the read-back then stored the
+    old text in the thread's conversation, which went to the model with every reply there. The
+    edit now leaves a record of its newest text, which the read-back uses."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    asked = await slack.post_user_message(DM, "my password is hunter2, why is api-prod red?")
+    [answer] = await slack.wait_for_bot_messages(DM, "top", count=1)
+    await running.settle()
+    await redis.flushall()
+    await slack.wait_for(lambda: FORGOT in caplog.text, what="the loss to be noticed")
+    reading = slack.gate("conversations.history", answered=True, latest=answer["ts"])
+    await slack.post_user_message(DM, "more on this", thread_ts=answer["ts"])
+    await slack.wait_for(lambda: reading.waiting > 0, what="the read of the question before the answer")
+    await slack.edit_message(DM, asked, "why is api-prod red?")
+    reading.opened.set()
+    await slack.wait_for_bot_messages(DM, answer["ts"], count=1)
+    await running.settle()
+    prompt = _prompt(llm)
+    assert prompt[0] == "ann: why is api-prod red?" and prompt[-1] == "ann: more on this", prompt
+    # Its answer, posted before the edit, quotes it still, as Slack shows it.
+    stored = await redis.lrange(f"conv:T1:{DM}:{answer['ts']}:turns", 0, -1)
+    asking = [turn.text for turn in map(Turn.from_json, stored) if turn.role == "user"]
+    assert asking == ["why is api-prod red?", "more on this"]
+    assert _errors(caplog) == []
+
+
 async def test_a_dm_question_whose_deletion_looked_for_copies_before_a_read_back_copied_it_is_left_out(
     redis_url: str, redis: Redis
 ) -> None:
@@ -1755,6 +1789,89 @@ async def test_a_dm_question_whose_deletion_looked_for_copies_before_a_read_back
         await store.merge_read_back(thread, [question, answer, reply], copy_of="1.1")
         await store.remove_user_message(dm, "1.1")
         assert [turn.ts for turn in await store.recent_turns(thread, 10)] == ["1.3"]
+    finally:
+        await store.close()
+
+
+async def test_two_edits_whose_events_come_in_the_other_order_leave_the_newest_text_stored_and_read_back(
+    redis_url: str,
+) -> None:
+    """Slack's events of two quick edits of a DM question may come in either order. Before, the
+    later event's text won, stored and (with no record of edits) for a read-back that saw the
+    message before them: the first edit's here. Each edit now keeps its ts with its text, and an
+    older one changes nothing; a DM thread's read-back that saw the original takes the newest."""
+    store = Store(redis_url, conversation_ttl_days=1)
+    dm, thread = ThreadKey("T1", DM, "dm"), ThreadKey("T1", DM, "1.2")
+    question = Turn(role="user", text="my password is hunter2", ts="1.1", user="U1", name="ann")
+    answer = Turn(role="assistant", text="Answer", ts="1.2", reply_to="1.1")
+    reply = Turn(role="user", text="more on this", ts="1.3", user="U1", name="ann")
+    try:
+        await store.append_turns(dm, question, answer)
+        assert await store.edit_user_message(dm, "1.1", "second", "second", user="U1", edited_ts="1.5")
+        assert not await store.edit_user_message(dm, "1.1", "first", "first", user="U1", edited_ts="1.4")
+        assert [turn.text for turn in await store.recent_turns(dm, 10)] == ["second", "Answer"]
+        assert await store.merge_read_back(thread, [question, answer, reply], copy_of="1.1") == 3
+        assert [turn.text for turn in await store.recent_turns(thread, 10)] == [
+            "second",
+            "Answer",
+            "more on this",
+        ]
+    finally:
+        await store.close()
+
+
+async def test_an_edit_then_a_deletion_leaves_the_message_out_of_a_read_back_and_no_text_behind(
+    redis_url: str, redis: Redis
+) -> None:
+    """An edit leaves its text for a read-back (its record); the message's deletion then wins: the
+    record goes with it, an edit whose event comes after the deletion's leaves none, and the
+    read-back leaves the message out."""
+    store = Store(redis_url, conversation_ttl_days=1)
+    dm, thread = ThreadKey("T1", DM, "dm"), ThreadKey("T1", DM, "1.2")
+    question = Turn(role="user", text="why is api-prod red?", ts="1.1", user="U1", name="ann")
+    answer = Turn(role="assistant", text="Answer", ts="1.2", reply_to="1.1")
+    reply = Turn(role="user", text="more on this", ts="1.3", user="U1", name="ann")
+    record = store.keys.edited("T1", DM, "1.1")
+    try:
+        await store.edit_user_message(
+            dm, "1.1", "my password is hunter2", "my password is hunter2", user="U1"
+        )
+        assert json.loads(await redis.get(record) or "{}")["text"] == "my password is hunter2"
+        assert await store.answers_to(dm, "1.1", deleting=True) == []
+        await store.remove_user_message(dm, "1.1")
+        assert await redis.exists(record) == 0
+        await store.edit_user_message(dm, "1.1", "late", "late", user="U1", edited_ts="1.9")
+        assert await redis.exists(record) == 0
+        await store.merge_read_back(thread, [question, answer, reply], copy_of="1.1")
+        assert [turn.ts for turn in await store.recent_turns(thread, 10)] == ["1.3"]
+    finally:
+        await store.close()
+
+
+async def test_an_edit_leaves_its_record_only_where_a_read_back_may_be_under_way_and_forget_me_takes_it(
+    redis_url: str, redis: Redis
+) -> None:
+    """An edit's record holds a person's words for an hour: only of a conversation the bot takes
+    part in, or a DM's top level, not of every edit in every channel the bot is in; and `forget
+    me` takes it (it is in the person's index)."""
+    store = Store(redis_url, conversation_ttl_days=1)
+    followed = IncomingMessage("T1", "C700", "2.1", "U1", "hi", "answer", "2.1", "2.1", BOT)
+    try:
+        await store.accept(followed)
+        await store.edit_user_message(
+            followed.key, "2.2", "my card ends 4242", "x", user="U1", edited_ts="2.3"
+        )
+        await store.edit_user_message(
+            ThreadKey("T1", "C700", "3.1"), "3.1", "not said to the bot", "x", user="U2"
+        )
+        await store.edit_user_message(ThreadKey("T1", DM, "dm"), "4.1", "my invoice INV-7781", "x", user="U1")
+        assert sorted(await redis.keys("edited:*")) == [
+            store.keys.edited("T1", "C700", "2.2"),
+            store.keys.edited("T1", DM, "4.1"),
+        ]
+        forgotten = await store.forget_user("T1", "U1")
+        assert await redis.keys("edited:*") == []
+        assert forgotten.records == 0  # no feedback record, which is what her reply counts
     finally:
         await store.close()
 

@@ -70,9 +70,19 @@ def register(app: AsyncApp, turns: TurnRunner) -> MessageListeners:
             return
         if not (isinstance(ts, str) and isinstance(channel, str) and team):
             return
+        user = edited.get("user")
+        # The edit's own ts (Slack's `edited.ts`, else the event's), by which the newest of two
+        # edits whose events came in the other order wins.
+        stamps = (an_object(edited.get("edited")).get("ts"), event.get("event_ts"), event.get("ts"))
+        edited_ts = next((stamp for stamp in stamps if is_slack_ts(stamp)), "")
         for conversation in _conversations_holding(edited, ts, event):
             await turns.edit_message(
-                ThreadKey(team, channel, conversation), ts, str(edited.get("text") or ""), bot_user_id
+                ThreadKey(team, channel, conversation),
+                ts,
+                str(edited.get("text") or ""),
+                bot_user_id,
+                user=user if isinstance(user, str) else "",
+                edited_ts=edited_ts,
             )
 
     app.event("app_mention")(on_app_mention)
