@@ -139,6 +139,11 @@ async def test_every_key_a_script_touches_is_one_it_declares(
         assert await store.merge_read_back(under, read, copy_of="5.1") == 3
         assert await store.merge_read_back(lost, read) == 3
         assert await store.answers_to(lost, "5.1") == ["5.2"]  # by the note and by the scan
+        # The answer read back, stored by its own turn after: the copy gives way, in its place.
+        answered = IncomingMessage("T1", "D704", "5.1", "U1", "q", "answer", None, "dm", BOT, True)
+        whole = Turn("assistant", "a, whole", "5.2", reply_to="5.1")
+        await store.record_progress(answered, turns=(whole,), state="answered")
+        assert [turn.text for turn in await store.recent_turns(lost, 3)] == ["q", "a, whole", "more"]
         # Forget me, in the DM: every conversation of the person, their journals included, and the
         # note of a copy in another DM.
         await slack.post_user_message(DM, "forget me")
