@@ -1128,18 +1128,22 @@ return found
 # (`Keys.answers`), then one per-person index per author among the turns. ARGV from a: journal
 # ttl, conversation ttl, now, authors, turns, fields set, fields cleared, answers to index (-1 for a
 # conversation that keeps no index: not a DM's), the ts of the person's message among the turns
-# ('' for none), whether its turn only records it (0/1); then the turns (JSON), the answers to
-# index ("question ts:answer ts"), the fields to set (name, value) and the names to clear.
-# `read_back_upto`: the meta's, when the caller read it already (nil: read here, only for a step
-# with a person's message). Returns true when a copy of that message read back from Slack gave way.
+# ('' for none), whether its turn only records it (0/1), the ts of the bot's answer among the turns
+# ('' for none); then the turns (JSON), the answers to index ("question ts:answer ts"), the fields
+# to set (name, value) and the names to clear. `read_back_upto`: the meta's, when the caller read
+# it already (nil: read here, only for a step with a person's message or an answer). Returns true
+# when a copy of that message or answer read back from Slack gave way.
 #
 # Storing a person's message is idempotent by its ts: a newer turn may have read it back from
 # Slack (_MERGE_READ_BACK) before its own turn stores it (a turn that took it before a loss, or
 # one queued again after it). That copy gives way to the one its turn stores, which the prompt
 # must end with when it is answered; a message only recorded keeps the copy, in its place in
 # Slack's order (unless changed while it waited: then its turn's copy, as changed, goes last).
-# Only a message older than the newest read back (the meta's `read_back_upto`) costs the scan:
-# no normal turn, whose message is newer than anything read.
+# So is storing an answer: posted before a newer turn read the conversation back, stored after
+# (its turn's last step was slow, or stood down and was resumed), its copy read back gives way
+# to the one its turn stores (`answer_gives_way`). Only a message or answer at or before the
+# newest read back (the meta's `read_back_upto`) costs the scan: no normal turn, whose message
+# and answer are newer than anything read; its answer's step pays one HGET of the meta for that.
 _JOURNAL_STEP_FUNCTION = (
     _CONVERSATION_CHANGED_AT
     + _TS_BEFORE
@@ -1163,11 +1167,43 @@ local function give_way(turns, meta, index, ts, ttl, keep)
   end
   return nil
 end
+-- An answer's copies read back from Slack are its messages (a long one's each apart), linked to
+-- its question, or its first by ts when the read found no question before it. The first becomes
+-- the answer as its turn stores it (whole, with its cost), where it is: Slack's order is the
+-- conversation's. The others go, with their entries in a DM's index, whose stamp moves on with
+-- the list. Returns whether a copy was there.
+local function answer_gives_way(turns, meta, index, raw, ts, ttl, indexed)
+  local question = cjson.decode(raw)['reply_to']
+  if type(question) ~= 'string' then question = nil end
+  local items = redis.call('LRANGE', turns, 0, -1)
+  local copies = {}
+  for i, item in ipairs(items) do
+    if string.find(item, ts, 1, true) or (question and string.find(item, question, 1, true)) then
+      local turn = cjson.decode(item)
+      local linked = type(turn['reply_to']) == 'string' and turn['reply_to'] or nil
+      if turn['role'] == 'assistant' and (turn['ts'] == ts or (question and linked == question)) then
+        copies[#copies + 1] = {at = i, raw = item, ts = turn['ts'], question = linked}
+      end
+    end
+  end
+  if #copies == 0 then return false end
+  redis.call('LSET', turns, copies[1].at - 1, raw)
+  for c = 2, #copies do redis.call('LREM', turns, 1, copies[c].raw) end
+  if indexed then
+    for _, copy in ipairs(copies) do
+      if copy.question then redis.call('ZREM', index, copy.question .. ':' .. copy.ts) end
+    end
+    if question then redis.call('ZADD', index, 0, question .. ':' .. ts) end
+    restamp(index, stamp_of(#items, items[#items]), turns)
+  end
+  conversation_changed_at(meta, copies[1].ts, ttl)
+  return true
+end
 local function journal_step(k, a, read_back_upto)
   local people, turns = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
   local set, cleared = tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
   local indexed = tonumber(ARGV[a + 7])
-  local at = a + 10
+  local at = a + 11
   local gave_way, copy_kept = false, false
   if turns > 0 then
     local pushed = {unpack(ARGV, at, at + turns - 1)}
@@ -1177,9 +1213,11 @@ local function journal_step(k, a, read_back_upto)
     -- The step that stores the message's own turn ends its wait; an edit or deletion that came
     -- after its worker read the journal (kept there, see _REWRITE_TURN) is applied here.
     local change = redis.call('HMGET', KEYS[k], 'state', 'edited_readable', 'deleted', 'forgotten')
-    local asked = ARGV[a + 8]
+    local asked, answered = ARGV[a + 8], ARGV[a + 10]
+    if read_back_upto == nil and (asked ~= '' or answered ~= '') then
+      read_back_upto = redis.call('HGET', KEYS[k + 2], 'read_back_upto')
+    end
     if asked ~= '' then
-      if read_back_upto == nil then read_back_upto = redis.call('HGET', KEYS[k + 2], 'read_back_upto') end
       if read_back_upto and not ts_before(read_back_upto, asked) then
         local unchanged = not (change[1] == 'queued' and (change[2] or change[3])) and change[4] ~= '1'
         local keep = ARGV[a + 9] == '1' and unchanged
@@ -1208,6 +1246,20 @@ local function journal_step(k, a, read_back_upto)
       local others = {}
       for _, raw in ipairs(pushed) do
         if cjson.decode(raw)['role'] ~= 'user' then table.insert(others, raw) end
+      end
+      pushed = others
+    end
+    if answered ~= '' and read_back_upto and not ts_before(read_back_upto, answered) then
+      local others = {}
+      for _, raw in ipairs(pushed) do
+        local turn = cjson.decode(raw)
+        local own = turn['role'] == 'assistant' and turn['ts'] == answered
+        if own and answer_gives_way(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], raw, answered, ARGV[a + 1],
+                                    indexed >= 0) then
+          gave_way = true
+        else
+          table.insert(others, raw)
+        end
       end
       pushed = others
     end
@@ -1767,6 +1819,7 @@ class Store:
         key = message.key
         people = sorted({turn.user for turn in step.turns if turn.role == "user" and turn.user})
         asked = next((turn.ts for turn in step.turns if turn.role == "user"), "")
+        answered = next((turn.ts for turn in step.turns if turn.role == "assistant"), "")
         updates = [item for name, value in step.fields.items() if value is not None for item in (name, value)]
         cleared = [name for name, value in step.fields.items() if value is None]
         answers = _answers_of(key, step.turns)
@@ -1788,6 +1841,7 @@ class Store:
             -1 if answers is None else len(answers),
             asked,
             int(message.action == "record"),
+            answered,
             *(turn.to_json() for turn in step.turns),
             *(answers or ()),
             *updates,

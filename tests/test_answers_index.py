@@ -5,6 +5,7 @@ is; a DM stored before the index existed is scanned once, and indexed by that sc
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 
@@ -274,3 +275,42 @@ async def test_a_copy_read_back_that_gives_way_to_its_own_turn_keeps_the_index_t
     for i in (0, 3):
         found, ran = await looked_up(store, question(i).ts)
         assert (found, "lrange" in ran) == ([answer(i).ts], False)
+
+
+async def stored_with_commands(store: Store, i: int, *turns: Turn) -> set[str]:
+    """The commands Redis ran for the step of question `i`'s turn that stores its answer."""
+    before = await commands_run(store)
+    await store.record_progress(message(i), turns=turns, state="answered")
+    after = await commands_run(store)
+    return {name for name, calls in after.items() if calls > before.get(name, 0)}
+
+
+async def test_an_answer_read_back_before_its_turn_stored_it_is_stored_once_and_keeps_the_index_trusted(
+    store: Store,
+) -> None:
+    """A long answer (two messages) posted before a newer turn read the DM back from Slack, stored
+    by its own turn after that: its copies read back give way to the answer as its turn stores it,
+    in their place in Slack's order, and their entries in the index go with them, its stamp moving
+    on with the list. Before, the answer was stored a second time, after the newer turn, and the
+    model saw it twice. A normal answer, newer than anything read back, costs no scan."""
+    for i in range(2):
+        await answered(store, i)
+    await store.record_progress(message(2), turns=(question(2),), state="working")
+    assert await store.merge_read_back(DM, [answer(2, 0), answer(2, 1)]) == 2  # a newer turn's read
+    await answered(store, 3)  # that newer turn
+    found, ran = await looked_up(store, question(2).ts)  # the stamp went with the read: one scan
+    assert (found, "lrange" in ran) == ([answer(2, 0).ts, answer(2, 1).ts], True)
+
+    whole = replace(answer(2), text="answer 2, whole", prompt_tokens=40, completion_tokens=9)
+    assert "lrange" in await stored_with_commands(store, 2, whole)
+    turns = await store.recent_turns(DM, 10)
+    expected = (question(0), answer(0), question(1), answer(1), question(2), whole, question(3), answer(3))
+    assert [(t.ts, t.text) for t in turns] == [(turn.ts, turn.text) for turn in expected]
+    assert turns[5] == whole  # with its cost, as its turn stored it
+    for i, answers in ((2, [answer(2).ts]), (0, [answer(0).ts]), (3, [answer(3).ts])):
+        found, ran = await looked_up(store, question(i).ts)
+        assert (found, "lrange" in ran) == (answers, False)
+
+    await store.record_progress(message(4), turns=(question(4),), state="working")
+    assert "lrange" not in await stored_with_commands(store, 4, answer(4))
+    assert [t.ts for t in await store.recent_turns(DM, 2)] == [question(4).ts, answer(4).ts]

@@ -143,6 +143,11 @@ async def test_every_key_a_script_touches_is_one_it_declares(
         assert await store.merge_read_back(lost, read) == 3
         assert [turn.text for turn in await store.recent_turns(under, 10)] == ["q, edited", "a", "more"]
         assert await store.answers_to(lost, "5.1") == ["5.2"]  # by the note and by the index
+        # The answer read back, stored by its own turn after: the copy gives way, in its place.
+        answered = IncomingMessage("T1", "D704", "5.1", "U1", "q", "answer", None, "dm", BOT, True)
+        whole = Turn("assistant", "a, whole", "5.2", reply_to="5.1")
+        await store.record_progress(answered, turns=(whole,), state="answered")
+        assert [turn.text for turn in await store.recent_turns(lost, 3)] == ["q, edited", "a, whole", "more"]
         # A message of the person's waiting for its turn, its thread's lock held by a live process.
         held = IncomingMessage("T1", "C702", "3.1", "U1", "hi", "answer", "3.1", "3.1", BOT)
         await store.redis.zadd(store.keys.processes, {"cafe": (time.time() + 600) * 1000})

@@ -1585,6 +1585,65 @@ async def test_with_several_processes_a_question_taken_before_the_loss_and_read_
     assert "standing down" not in caplog.text and _errors(caplog) == []
 
 
+async def test_with_several_processes_an_answer_read_back_before_its_turn_stored_it_is_stored_once(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """B answers bob's follow-up, whole in Slack, but Slack's answer to its last call is slow, and
+    Redis loses its data meanwhile. A newer follow-up reaches A, whose turn takes the thread's
+    lock, which nobody held any more, reads the thread back from Slack, B's answer with it, and is
+    over before B's beat takes the lock back. Before, B's turn then stored its answer a second
+    time: the stored conversation kept both, and the model was shown it twice from then on. The
+    copy read back now gives way to the one its own turn stores, in its place in Slack's order."""
+    caplog.set_level(logging.INFO)
+    a = await start_bot("http")
+    b = await start_bot("http")  # Slack's events go to B
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    await b.settle()
+    held: list[dict[str, Any]] = []
+
+    def bobs_answer_ends(args: dict[str, Any]) -> bool:  # the call with its buttons: the first after root's
+        if held or "answer_to:" not in str(args) or f"answer_to:{root}" in str(args):
+            return False
+        held.append(args)
+        return True
+
+    gates = [
+        slack.gate(method, bobs_answer_ends, answered=True)
+        for method in ("chat.postMessage", "chat.stopStream", "chat.update")
+    ]
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", user="U2", thread_ts=root)
+    await slack.wait_for(lambda: any(gate.waiting for gate in gates), what="B's answer to show")
+    b_id = b.bot.turns.process_id
+    await _until(_a_beat(redis, b_id, await redis.zscore("processes", b_id)))
+    await redis.flushall()
+    slack.use_http(f"{a.url}/slack/events")
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and dev?", thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2)  # B's counts once its call is answered
+    await a.settle()
+    assert "Answer: bob: and staging?" in [m["content"] for m in llm.requests[-1]["messages"]]  # read back
+    for gate in gates:
+        gate.opened.set()
+    await slack.wait_for_bot_messages(CHANNEL, root, count=3)
+    await b.settle()
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and prod?", thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=4)
+    await a.settle()
+    prompt = [m["content"] for m in llm.requests[-1]["messages"][1:]]
+    assert prompt.count("Answer: bob: and staging?") == 1, prompt
+    stored = [json.loads(raw) for raw in await redis.lrange(f"conv:T1:{CHANNEL}:{root}:turns", 0, -1)]
+    assert [t["text"].split(": ")[-1] for t in stored] == [
+        "why is api-prod red?", "why is api-prod red?", "and staging?", "and staging?",
+        "and dev?", "and dev?", "and prod?", "and prod?",
+    ], stored  # fmt: skip
+    assert "prompt_tokens" in stored[3], "the answer as its own turn stored it, with its cost"
+    assert "standing down" not in caplog.text and _errors(caplog) == []
+
+
 @pytest.mark.parametrize("posted", ["refused", "landed unseen"])
 async def test_an_answer_whose_delivery_was_deferred_when_redis_loses_its_data_is_given_once(
     posted: str,
