@@ -783,8 +783,8 @@ end
 # turn kept where it is among the others (an answer before a question sent while it was written
 # stays so), and the conversation is marked read. One step: a turn stored meanwhile by another
 # process is neither lost nor read back a second time. `read_back_upto` (the newest ts read back)
-# tells a later step that stores a person's older message that a copy of it may be here
-# (_JOURNAL_STEP_FUNCTION). Read-back is rare (a thread joined late, a conversation after a loss),
+# tells a later step that stores an older message, a person's or an answer, that a copy of it
+# may be here (_JOURNAL_STEP_FUNCTION). Read-back is rare (a thread joined late, a conversation after a loss),
 # so the scan of the stored turns costs no normal turn anything. A summary that covers where they
 # went is dropped (rebuilt from the turns as they are now): it never saw them. The DM meta's field
 # (`copy:<ts>`): a DM thread starts with a copy of the question its answer was for, and the DM
