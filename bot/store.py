@@ -284,6 +284,8 @@ class TurnRecord:
     # Queued again after Redis lost its data while other processes were alive: one of them may
     # have answered it, or been told it was deleted, so Slack is asked first (bot/redis_loss.py).
     look_first: bool = False
+    # Its person said `forget me` while it waited or was answered: nothing of its turn is stored.
+    forgotten: bool = False
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> TurnRecord:
@@ -299,6 +301,7 @@ class TurnRecord:
             deleted=raw.get("deleted") == "1",
             posting=raw.get("posting") == "1",
             look_first=raw.get("look") == "1",
+            forgotten=raw.get("forgotten") == "1",
         )
 
 

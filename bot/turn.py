@@ -796,8 +796,9 @@ class TurnRunner:
             log.debug("turn text ts=%s question=%r", message.ts, message.text)
 
     async def _question(self, message: IncomingMessage, record: TurnRecord) -> tuple[Turn, ...]:
-        """The person's message as the turn stores it; nothing when stored already."""
-        if record.user_turn_stored:
+        """The person's message as the turn stores it; nothing when stored already. A forgotten
+        one's is never stored, so a turn begun again after a crash still needs it for its prompt."""
+        if record.user_turn_stored and not record.forgotten:
             return ()
         # A copy a newer turn read back from Slack meanwhile gives way in the step that stores it.
         return (await self.workspace.user_turn(message),)

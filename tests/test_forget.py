@@ -526,3 +526,30 @@ async def test_an_edited_dm_question_is_edited_in_the_dm_thread_under_its_answer
     said_there = [turn["text"] for turn in said_there if turn["role"] == "user"]
     assert "more on this" in said_there  # the thread's conversation, with the question's copy
     assert not any(ANN_SAYS[0] in text for text in said_there), said_there
+
+
+async def test_a_forgotten_waiting_message_whose_turn_is_resumed_is_answered_not_an_older_turn(
+    start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: aioredis.Redis
+) -> None:
+    """ann's follow-up was marked forgotten while it waited, and the process that then began its
+    turn (storing nothing, as it must) died before any of the answer showed. The next process
+    answers it again: its prompt ends with her follow-up, not with the turn stored before it (the
+    answer to her first question)."""
+    bot = await start_bot("socket", RECOVERY_INTERVAL_SECONDS="0.3")
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> {ANN_SAYS[0]}")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    await bot.settle()
+    # Her follow-up, as the dead process left it: begun, nothing of it stored, its lock held.
+    event = slack.user_message_event(CHANNEL, ANN_SAYS[1], thread_ts=root)
+    follow_up = IncomingMessage("T1", CHANNEL, event["ts"], "U1", ANN_SAYS[1], "answer", root, root, BOT)
+    await bot.bot.store.accept(follow_up, "dead0:token")
+    journal = KEYS.journal("T1", CHANNEL, follow_up.ts)
+    await redis.hset(journal, mapping={"state": "working", "user_turn_stored": "1", "forgotten": "1"})
+
+    answers = await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
+    await bot.settle()
+
+    assert llm.requests[-1]["messages"][-1] == {"role": "user", "content": f"ann: {ANN_SAYS[1]}"}
+    assert answers[-1]["text"] == f"Answer: ann: {ANN_SAYS[1]}"
+    stored = await bot.bot.store.recent_turns(ThreadKey("T1", CHANNEL, root), 10)
+    assert ANN_SAYS[1] not in str(stored)
