@@ -367,14 +367,14 @@ async def test_a_message_waiting_for_its_turn_at_forget_me_is_answered_and_not_s
     `forget me` in the DM. She asked it, so it is answered (the prompt ends with it); but she sent
     it before asking to be forgotten, so neither it nor its answer is stored after the `forget me`,
     nor is the thread put back in her index. Before, both were stored, for good."""
-    llm.first_token_delay = 1.5
+    first_answer = slack.gate("chat.postMessage", channel=CHANNEL)  # the thread is busy meanwhile
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> {ANN_SAYS[0]}")
     await llm.wait_for_requests(1)
     follow_up = await slack.post_user_message(CHANNEL, ANN_SAYS[1], thread_ts=root)
-    assert await redis.hget(KEYS.journal("T1", CHANNEL, follow_up), "state") == "queued"
     await slack.post_user_message(DM, "forget me")
     [confirmation] = await slack.wait_for_bot_messages(DM, count=1)
-    llm.first_token_delay = 0
+    assert await redis.hget(KEYS.journal("T1", CHANNEL, follow_up), "state") == "queued"  # waits still
+    first_answer.opened.set()
     answers = await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
     await bot.settle()
 
