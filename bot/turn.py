@@ -740,7 +740,7 @@ class TurnRunner:
                 answered = await self.delivery.post_notice(target, notice) is not None
                 return Progress.of(state="noted")
             asked = _unstored(message, question, begun.newest_turns)
-            earlier = await self._read_earlier_thread(message, begun.hydrated)
+            earlier = await self._read_earlier_thread(message, begun.hydrated, forgotten=asked is not None)
             if earlier is EarlierThread.READ:
                 prompt = await self.context.prompt_for(message.key, asked=asked)
             else:
@@ -916,9 +916,12 @@ class TurnRunner:
         )
         return posted, Progress.of(turns=(stored,), state="answered", answer_ts=posted[0], answer=None)
 
-    async def _read_earlier_thread(self, message: IncomingMessage, hydrated: bool) -> EarlierThread:
+    async def _read_earlier_thread(
+        self, message: IncomingMessage, hydrated: bool, *, forgotten: bool = False
+    ) -> EarlierThread:
         """A mention inside a thread the bot was not part of, or a DM whose earlier messages Redis
-        lost: read what came before, once."""
+        lost: read what came before, once. `forgotten`: its person said `forget me` while the
+        message waited, after all that is read here, so nothing of theirs is stored again."""
         key = message.key
         if hydrated:
             return EarlierThread.NOT_NEEDED
@@ -943,6 +946,8 @@ class TurnRunner:
             # Answer without the earlier messages rather than not at all; try again next turn.
             log.warning("could not read earlier thread thread=%s error=%s", key, error_code(error))
             return EarlierThread.UNREADABLE
+        if forgotten:
+            earlier = _without_theirs(earlier, message.user)
         # Noted only when the DM's conversation does not link them (Redis lost it): else a field
         # that nothing takes out, written on every DM thread's first reply.
         copy_of = question[0].ts if question and not linked else None
@@ -1012,6 +1017,12 @@ def _after_question(question: list[Turn], thread: list[Turn]) -> list[Turn]:
     if not question:
         return thread
     return [*question, replace(thread[0], reply_to=question[0].ts), *thread[1:]]
+
+
+def _without_theirs(turns: list[Turn], user: str) -> list[Turn]:
+    """Turns read back without a person's messages and the bot's answers to them."""
+    theirs = {turn.ts for turn in turns if turn.role == "user" and turn.user == user}
+    return [turn for turn in turns if turn.ts not in theirs and turn.reply_to not in theirs]
 
 
 def _seen(message: IncomingMessage) -> tuple[str, str, str]:

@@ -553,3 +553,34 @@ async def test_a_forgotten_waiting_message_whose_turn_is_resumed_is_answered_not
     assert answers[-1]["text"] == f"Answer: ann: {ANN_SAYS[1]}"
     stored = await bot.bot.store.recent_turns(ThreadKey("T1", CHANNEL, root), 10)
     assert ANN_SAYS[1] not in str(stored)
+
+
+async def test_a_waiting_message_s_own_read_of_its_thread_after_forget_me_stores_nothing_of_theirs(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: aioredis.Redis
+) -> None:
+    """ann mentions the bot in bob's thread; Slack will not show the thread then, so her follow-up,
+    waiting behind that answer when she says `forget me` in the DM, is the turn that reads it.
+    What it reads of hers (her mention, sent before the `forget me`) is not stored again, nor the
+    thread put back in her index; bob's message is."""
+    root = slack.seed_message(CHANNEL, "the printer is offline", user="U2")
+    slack.fail_next("conversations.replies", drop=True, times=10)
+    first_answer = slack.gate("chat.postMessage", channel=CHANNEL)
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> {ANN_SAYS[0]}", thread_ts=root)
+    await llm.wait_for_requests(1)
+    slack.clear_faults()
+    follow_up = await slack.post_user_message(CHANNEL, ANN_SAYS[1], thread_ts=root)
+    await slack.post_user_message(DM, "forget me")
+    await slack.wait_for_bot_messages(DM, count=1)
+    assert await redis.hget(KEYS.journal("T1", CHANNEL, follow_up), "state") == "queued"  # waits still
+    first_answer.opened.set()
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
+    await bot.settle()
+
+    prompt = [m["content"] for m in llm.requests[-1]["messages"][1:]]
+    assert prompt == ["bob: the printer is offline", f"ann: {ANN_SAYS[1]}"]
+    for key, content in (await everything_in(redis)).items():
+        for said in ANN_SAYS[:2]:
+            assert said not in content, (key, content)
+    assert not await redis.exists(KEYS.user_index("T1", "U1"))
+    stored = await bot.bot.store.recent_turns(ThreadKey("T1", CHANNEL, root), 10)
+    assert [turn.text for turn in stored] == ["the printer is offline"]
