@@ -584,3 +584,23 @@ async def test_a_waiting_message_s_own_read_of_its_thread_after_forget_me_stores
     assert not await redis.exists(KEYS.user_index("T1", "U1"))
     stored = await bot.bot.store.recent_turns(ThreadKey("T1", CHANNEL, root), 10)
     assert [turn.text for turn in stored] == ["the printer is offline"]
+
+
+async def test_an_inbox_entry_that_is_no_message_does_not_stop_forget_me(
+    redis_url: str, redis: aioredis.Redis
+) -> None:
+    """Something else sharing the key prefix left an entry that is no message in a waiting
+    thread's inbox: `forget me` still marks ann's waiting message, and goes on, for her and for
+    everyone else in the workspace, rather than fail on it until the inbox expires."""
+    store = Store(redis_url, conversation_ttl_days=1)
+    try:
+        waiting = IncomingMessage("T1", CHANNEL, "1.2", "U1", ANN_SAYS[0], "answer", "1.1", "1.1", BOT)
+        await store.accept(waiting)
+        for junk, thread in (("not json", "2.1"), ('["a", "list"]', "3.1")):
+            await redis.zadd(KEYS.inbox(ThreadKey("T1", CHANNEL, thread)), {junk: 1})
+            await redis.zadd(KEYS.pending, {f"T1:{CHANNEL}:{thread}": 1})
+
+        await store.forget_user("T1", "U1", before="9.9")
+    finally:
+        await store.close()
+    assert await redis.hget(KEYS.journal("T1", CHANNEL, "1.2"), "forgotten") == "1"
