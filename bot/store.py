@@ -175,6 +175,17 @@ def _sent_before(ts: Any, before: str) -> bool:
         return False
 
 
+def _inbox_entry(raw: str) -> dict[str, Any]:
+    """A waiting message's fields, as its inbox holds them; none for an entry that is no message
+    (left by something else sharing the key prefix), which `forget me` passes over rather than
+    fail on it for everyone in the workspace until the inbox expires."""
+    try:
+        entry = json.loads(raw)
+    except ValueError:
+        return {}
+    return entry if isinstance(entry, dict) else {}
+
+
 def _queued(found: Any) -> Queued | None:
     """A script's [message, journal as a flat list], or '' for none."""
     if not found:
@@ -284,6 +295,8 @@ class TurnRecord:
     # Queued again after Redis lost its data while other processes were alive: one of them may
     # have answered it, or been told it was deleted, so Slack is asked first (bot/redis_loss.py).
     look_first: bool = False
+    # Its person said `forget me` while it waited or was answered: nothing of its turn is stored.
+    forgotten: bool = False
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> TurnRecord:
@@ -299,6 +312,7 @@ class TurnRecord:
             deleted=raw.get("deleted") == "1",
             posting=raw.get("posting") == "1",
             look_first=raw.get("look") == "1",
+            forgotten=raw.get("forgotten") == "1",
         )
 
 
@@ -2144,9 +2158,14 @@ class Store:
         journals = []
         for key, waiting in zip(threads, inboxes, strict=True):
             for raw in waiting:
-                entry = json.loads(raw)
-                if entry.get("user") == user and (before is None or _sent_before(entry.get("ts"), before)):
-                    journals.append(self.keys.journal(team, key.channel, entry["ts"]))
+                entry = _inbox_entry(raw)
+                ts = entry.get("ts")
+                if (
+                    entry.get("user") == user
+                    and isinstance(ts, str)
+                    and (before is None or _sent_before(ts, before))
+                ):
+                    journals.append(self.keys.journal(team, key.channel, ts))
         if journals:
             await self._forget_waiting(keys=journals)
 

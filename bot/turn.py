@@ -746,7 +746,7 @@ class TurnRunner:
                 answered = await self.delivery.post_notice(target, notice) is not None
                 return Progress.of(state="noted")
             asked = _unstored(message, question, begun.newest_turns)
-            earlier = await self._read_earlier_thread(message, begun.hydrated)
+            earlier = await self._read_earlier_thread(message, begun.hydrated, forgotten=asked is not None)
             if earlier is EarlierThread.READ:
                 prompt = await self.context.prompt_for(message.key, asked=asked)
             else:
@@ -802,8 +802,9 @@ class TurnRunner:
             log.debug("turn text ts=%s question=%r", message.ts, message.text)
 
     async def _question(self, message: IncomingMessage, record: TurnRecord) -> tuple[Turn, ...]:
-        """The person's message as the turn stores it; nothing when stored already."""
-        if record.user_turn_stored:
+        """The person's message as the turn stores it; nothing when stored already. A forgotten
+        one's is never stored, so a turn begun again after a crash still needs it for its prompt."""
+        if record.user_turn_stored and not record.forgotten:
             return ()
         # A copy a newer turn read back from Slack meanwhile gives way in the step that stores it.
         return (await self.workspace.user_turn(message),)
@@ -921,9 +922,12 @@ class TurnRunner:
         )
         return posted, Progress.of(turns=(stored,), state="answered", answer_ts=posted[0], answer=None)
 
-    async def _read_earlier_thread(self, message: IncomingMessage, hydrated: bool) -> EarlierThread:
+    async def _read_earlier_thread(
+        self, message: IncomingMessage, hydrated: bool, *, forgotten: bool = False
+    ) -> EarlierThread:
         """A mention inside a thread the bot was not part of, or a DM whose earlier messages Redis
-        lost: read what came before, once."""
+        lost: read what came before, once. `forgotten`: its person said `forget me` while the
+        message waited, after all that is read here, so nothing of theirs is stored again."""
         key = message.key
         if hydrated:
             return EarlierThread.NOT_NEEDED
@@ -948,6 +952,8 @@ class TurnRunner:
             # Answer without the earlier messages rather than not at all; try again next turn.
             log.warning("could not read earlier thread thread=%s error=%s", key, error_code(error))
             return EarlierThread.UNREADABLE
+        if forgotten:
+            earlier = _without_theirs(earlier, message.user)
         # Noted only when the DM's conversation does not link them (Redis lost it): else a field
         # that nothing takes out, written on every DM thread's first reply.
         copy_of = question[0].ts if question and not linked else None
@@ -1017,6 +1023,12 @@ def _after_question(question: list[Turn], thread: list[Turn]) -> list[Turn]:
     if not question:
         return thread
     return [*question, replace(thread[0], reply_to=question[0].ts), *thread[1:]]
+
+
+def _without_theirs(turns: list[Turn], user: str) -> list[Turn]:
+    """Turns read back without a person's messages and the bot's answers to them."""
+    theirs = {turn.ts for turn in turns if turn.role == "user" and turn.user == user}
+    return [turn for turn in turns if turn.ts not in theirs and turn.reply_to not in theirs]
 
 
 def _seen(message: IncomingMessage) -> tuple[str, str, str]:

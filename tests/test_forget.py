@@ -367,14 +367,14 @@ async def test_a_message_waiting_for_its_turn_at_forget_me_is_answered_and_not_s
     `forget me` in the DM. She asked it, so it is answered (the prompt ends with it); but she sent
     it before asking to be forgotten, so neither it nor its answer is stored after the `forget me`,
     nor is the thread put back in her index. Before, both were stored, for good."""
-    llm.first_token_delay = 1.5
+    first_answer = slack.gate("chat.postMessage", channel=CHANNEL)  # the thread is busy meanwhile
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> {ANN_SAYS[0]}")
     await llm.wait_for_requests(1)
     follow_up = await slack.post_user_message(CHANNEL, ANN_SAYS[1], thread_ts=root)
-    assert await redis.hget(KEYS.journal("T1", CHANNEL, follow_up), "state") == "queued"
     await slack.post_user_message(DM, "forget me")
     [confirmation] = await slack.wait_for_bot_messages(DM, count=1)
-    llm.first_token_delay = 0
+    assert await redis.hget(KEYS.journal("T1", CHANNEL, follow_up), "state") == "queued"  # waits still
+    first_answer.opened.set()
     answers = await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
     await bot.settle()
 
@@ -526,3 +526,81 @@ async def test_an_edited_dm_question_is_edited_in_the_dm_thread_under_its_answer
     said_there = [turn["text"] for turn in said_there if turn["role"] == "user"]
     assert "more on this" in said_there  # the thread's conversation, with the question's copy
     assert not any(ANN_SAYS[0] in text for text in said_there), said_there
+
+
+async def test_a_forgotten_waiting_message_whose_turn_is_resumed_is_answered_not_an_older_turn(
+    start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: aioredis.Redis
+) -> None:
+    """ann's follow-up was marked forgotten while it waited, and the process that then began its
+    turn (storing nothing, as it must) died before any of the answer showed. The next process
+    answers it again: its prompt ends with her follow-up, not with the turn stored before it (the
+    answer to her first question)."""
+    bot = await start_bot("socket", RECOVERY_INTERVAL_SECONDS="0.3")
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> {ANN_SAYS[0]}")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    await bot.settle()
+    # Her follow-up, as the dead process left it: begun, nothing of it stored, its lock held.
+    event = slack.user_message_event(CHANNEL, ANN_SAYS[1], thread_ts=root)
+    follow_up = IncomingMessage("T1", CHANNEL, event["ts"], "U1", ANN_SAYS[1], "answer", root, root, BOT)
+    await bot.bot.store.accept(follow_up, "dead0:token")
+    journal = KEYS.journal("T1", CHANNEL, follow_up.ts)
+    await redis.hset(journal, mapping={"state": "working", "user_turn_stored": "1", "forgotten": "1"})
+
+    answers = await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
+    await bot.settle()
+
+    assert llm.requests[-1]["messages"][-1] == {"role": "user", "content": f"ann: {ANN_SAYS[1]}"}
+    assert answers[-1]["text"] == f"Answer: ann: {ANN_SAYS[1]}"
+    stored = await bot.bot.store.recent_turns(ThreadKey("T1", CHANNEL, root), 10)
+    assert ANN_SAYS[1] not in str(stored)
+
+
+async def test_a_waiting_message_s_own_read_of_its_thread_after_forget_me_stores_nothing_of_theirs(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: aioredis.Redis
+) -> None:
+    """ann mentions the bot in bob's thread; Slack will not show the thread then, so her follow-up,
+    waiting behind that answer when she says `forget me` in the DM, is the turn that reads it.
+    What it reads of hers (her mention, sent before the `forget me`) is not stored again, nor the
+    thread put back in her index; bob's message is."""
+    root = slack.seed_message(CHANNEL, "the printer is offline", user="U2")
+    slack.fail_next("conversations.replies", drop=True, times=10)
+    first_answer = slack.gate("chat.postMessage", channel=CHANNEL)
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> {ANN_SAYS[0]}", thread_ts=root)
+    await llm.wait_for_requests(1)
+    slack.clear_faults()
+    follow_up = await slack.post_user_message(CHANNEL, ANN_SAYS[1], thread_ts=root)
+    await slack.post_user_message(DM, "forget me")
+    await slack.wait_for_bot_messages(DM, count=1)
+    assert await redis.hget(KEYS.journal("T1", CHANNEL, follow_up), "state") == "queued"  # waits still
+    first_answer.opened.set()
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
+    await bot.settle()
+
+    prompt = [m["content"] for m in llm.requests[-1]["messages"][1:]]
+    assert prompt == ["bob: the printer is offline", f"ann: {ANN_SAYS[1]}"]
+    for key, content in (await everything_in(redis)).items():
+        for said in ANN_SAYS[:2]:
+            assert said not in content, (key, content)
+    assert not await redis.exists(KEYS.user_index("T1", "U1"))
+    stored = await bot.bot.store.recent_turns(ThreadKey("T1", CHANNEL, root), 10)
+    assert [turn.text for turn in stored] == ["the printer is offline"]
+
+
+async def test_an_inbox_entry_that_is_no_message_does_not_stop_forget_me(
+    redis_url: str, redis: aioredis.Redis
+) -> None:
+    """Something else sharing the key prefix left an entry that is no message in a waiting
+    thread's inbox: `forget me` still marks ann's waiting message, and goes on, for her and for
+    everyone else in the workspace, rather than fail on it until the inbox expires."""
+    store = Store(redis_url, conversation_ttl_days=1)
+    try:
+        waiting = IncomingMessage("T1", CHANNEL, "1.2", "U1", ANN_SAYS[0], "answer", "1.1", "1.1", BOT)
+        await store.accept(waiting)
+        for junk, thread in (("not json", "2.1"), ('["a", "list"]', "3.1")):
+            await redis.zadd(KEYS.inbox(ThreadKey("T1", CHANNEL, thread)), {junk: 1})
+            await redis.zadd(KEYS.pending, {f"T1:{CHANNEL}:{thread}": 1})
+
+        await store.forget_user("T1", "U1", before="9.9")
+    finally:
+        await store.close()
+    assert await redis.hget(KEYS.journal("T1", CHANNEL, "1.2"), "forgotten") == "1"
