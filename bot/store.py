@@ -189,6 +189,9 @@ class Turn:
     completion_tokens: int | None = None
     finish_reason: str | None = None
     reply_to: str | None = None  # an answer: the ts of the question it answered
+    # Read back from Slack: the ts of the newest edit it showed, which an edit recorded since
+    # must be newer than to win (`_MERGE_READ_BACK`, which stores the turn without it).
+    edited: str | None = None
 
     def to_json(self) -> str:
         record = {k: v for k, v in vars(self).items() if v is not None or k in _TURN_CORE}
@@ -770,7 +773,8 @@ end
 # Those not stored yet (by ts; nor the later messages of a long answer stored whole), nor deleted
 # since they were read (their tombstone is there: the deletion found nothing here to take out),
 # are merged (a person's message edited since it was read with its newest text, from its edit
-# record: the edit found nothing here to change) into the stored turns by ts, each stored
+# record: the edit found nothing here to change; unless the page showed a newer edit, `edited`,
+# which is not stored) into the stored turns by ts, each stored
 # turn kept where it is among the others (an answer before a question sent while it was written
 # stays so), and the conversation is marked read. One step: a turn stored meanwhile by another
 # process is neither lost nor read back a second time. `read_back_upto` (the newest ts read back)
@@ -813,9 +817,12 @@ for i = first, #ARGV do
   local part = type(question) == 'string' and answered[question]
   if not known[ts] and not part and not gone[i - first + 1] then
     known[ts] = true
-    local raw, edit = ARGV[i], edited[i - first + 1]
-    if edit and turn['role'] == 'user' then
-      turn['text'] = cjson.decode(edit)['text']
+    local raw, shown = ARGV[i], turn['edited']
+    local record = turn['role'] == 'user' and edited[i - first + 1]
+    if record then record = cjson.decode(record) end
+    if record and (not shown or ts_before(shown, record['ts'])) then turn['text'] = record['text'] end
+    if record or shown then
+      turn['edited'] = nil
       raw = cjson.encode(turn)
     end
     fresh[#fresh + 1], fresh_ts[#fresh + 1] = raw, ts
@@ -1875,7 +1882,8 @@ class Store:
 
         A message deleted since it was read is left out, with the answers to it: its deletion,
         which found nothing here to take out, left a tombstone. One edited since it was read joins
-        with its newest text, which its edit left (`Keys.edited`) for the same reason."""
+        with its newest text, which its edit left (`Keys.edited`) for the same reason, unless the
+        page showed a newer edit (`Turn.edited`)."""
         dm = self.keys.meta(ThreadKey(key.team, key.channel, "dm")) if copy_of else self.keys.meta(key)
         people = sorted({turn.user for turn in turns if turn.role == "user" and turn.user})
         return int(
