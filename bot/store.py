@@ -393,7 +393,8 @@ class Keys:
     # A deleted message's tombstone, which a conversation read back from Slack meanwhile consults
     # (`Store.merge_read_back`): longer than any read-back waits for its pages.
     DELETED_TTL = 3600
-    # An edited message's newest text, which such a read-back uses instead of what Slack showed it.
+    # An edited message's newest text, which such a read-back uses instead of what Slack showed it;
+    # never longer than the stored conversations (`Store.edit_user_message`): it is their text.
     EDITED_TTL = DELETED_TTL
     SUMMARY_LOCK_TTL_MS = 120_000  # renewed after each summary call; a dead holder's expires
     LLM_FAILURES_TTL_MS = 300_000  # failed turns further apart than this are not "in a row"
@@ -567,30 +568,30 @@ end
 
 # KEYS: turns, meta, the message's journal, the answers index, its tombstone, its edit record
 # (`Keys.edited`)[, its author's index]. ARGV: ts, replacement text, 'edit' or 'delete',
-# conversation ttl, the replacement as Slack wrote it, tombstone ttl, the edit's ts ('' when Slack
-# gave none), the edit record (JSON; '' for none: no author's index either), whether it is a DM's
-# top level (1/0).
+# conversation ttl, the replacement as Slack wrote it, tombstone ttl (an edit: its record's), the
+# edit's ts ('' when Slack gave none), the edit record (JSON; '' for none: no author's index
+# either), whether it is a DM's top level (1/0).
 # Deleting a person's message also drops the bot's answer to it, which may quote it, and so its
 # entries in the index, and leaves a tombstone, so that a read-back from Slack that saw the message
 # before it went does not put it back; its edit record goes. An edit leaves its newest text in its
-# record (the tombstone's lifetime), which such a read-back uses instead of the text it saw,
-# registered in its author's index for `forget me`: only where a read-back may be under way, in a
-# conversation the bot takes part in (`followed`, written as a message is accepted, before its turn
-# reads anything back) or at a DM's top level (whose meta a loss took, while a DM thread's read-back
-# copies its question), not for every edit in every channel. Slack's events of two edits may come in
-# either order: one older than the edit recorded changes nothing (returns 0), nor does an edit of a
-# message deleted already. Deletes and edits are rare, so a scan of one conversation is fine here. A
-# summary that covers the turn may quote it too, so it is dropped (and rebuilt from the turns as
-# they are now); the epoch bump stops a summary being computed meanwhile from saving the old text. A
-# message still waiting for its turn (journal state `queued`) is no stored turn yet: its journal
-# keeps the change (returns 2 when nothing else changed), which the turn reads when it takes the
-# message, and the step that stores the message applies (`journal_step`), in case the change came
-# after the turn had read the journal. One queued again after a loss may have copies all the same,
-# read back from Slack by a newer turn (here, or in the DM thread under its answer:
-# `TurnRunner._holding`): those are changed too, whatever marks its journal. Only a message at or
-# before the conversation's `read_back_upto` can have such a copy (`_MERGE_READ_BACK`): for any
-# other, as for every message waiting behind another in a normal thread, the conversation is not
-# scanned.
+# record (the tombstone's lifetime, within the conversations'), which such a read-back uses instead
+# of the text it saw, registered in its author's index for `forget me`: only where a read-back may
+# be under way, in a conversation the bot takes part in (`followed`, written as a message is
+# accepted, before its turn reads anything back) or at a DM's top level (whose meta a loss took,
+# while a DM thread's read-back copies its question), not for every edit in every channel. Slack's
+# events of two edits may come in either order: one older than the edit recorded changes nothing
+# (returns 0), nor does an edit of a message deleted already. Deletes and edits are rare, so a scan
+# of one conversation is fine here. A summary that covers the turn may quote it too, so it is
+# dropped (and rebuilt from the turns as they are now); the epoch bump stops a summary being
+# computed meanwhile from saving the old text. A message still waiting for its turn (journal state
+# `queued`) is no stored turn yet: its journal keeps the change (returns 2 when nothing else
+# changed), which the turn reads when it takes the message, and the step that stores the message
+# applies (`journal_step`), in case the change came after the turn had read the journal. One queued
+# again after a loss may have copies all the same, read back from Slack by a newer turn (here, or in
+# the DM thread under its answer: `TurnRunner._holding`): those are changed too, whatever marks its
+# journal. Only a message at or before the conversation's `read_back_upto` can have such a copy
+# (`_MERGE_READ_BACK`): for any other, as for every message waiting behind another in a normal
+# thread, the conversation is not scanned.
 _REWRITE_TURN = """
 if ARGV[3] == 'delete' then
   redis.call('SET', KEYS[5], '1', 'EX', ARGV[6])
@@ -1987,7 +1988,8 @@ class Store:
         edit, come after it, changes nothing (see `_REWRITE_TURN`)."""
         record = json.dumps({"ts": edited_ts, "text": text, "user": user}, ensure_ascii=False) if user else ""
         index = [self.keys.user_index(key.team, user)] if user else []
-        args = [ts, text, "edit", self.conversation_ttl, slack_text, Keys.EDITED_TTL, edited_ts, record]
+        kept = min(Keys.EDITED_TTL, self.conversation_ttl)  # also within its author's index's
+        args = [ts, text, "edit", self.conversation_ttl, slack_text, kept, edited_ts, record]
         args.append(int(key.thread == "dm"))
         return bool(await self._rewrite_turn(keys=[*self._rewrite_keys(key, ts), *index], args=args))
 

@@ -1782,6 +1782,24 @@ async def test_an_edit_then_a_deletion_leaves_the_message_out_of_a_read_back_and
         await store.close()
 
 
+@pytest.mark.parametrize(("days", "kept"), [(1, 3600), (0.01, 864)])
+async def test_an_edits_record_expires_within_the_hour_and_the_conversations_lifetime_and_its_index(
+    redis_url: str, redis: Redis, days: float, kept: int
+) -> None:
+    """An edit's record holds a person's words: it expires, written in the step that writes it,
+    within an hour, and never after the stored conversations would (`CONVERSATION_TTL_DAYS`
+    shorter than that: before, the words outlived both the stored conversations and the author's
+    index, which `forget me` reads to find the record)."""
+    store = Store(redis_url, conversation_ttl_days=days)
+    record, index = store.keys.edited("T1", DM, "1.1"), store.keys.user_index("T1", "U1")
+    try:
+        await store.edit_user_message(ThreadKey("T1", DM, "dm"), "1.1", "my card ends 4242", "x", user="U1")
+        assert kept - 5 < await redis.ttl(record) <= kept
+        assert await redis.ttl(index) >= await redis.ttl(record)
+    finally:
+        await store.close()
+
+
 async def test_an_edit_leaves_its_record_only_where_a_read_back_may_be_under_way_and_forget_me_takes_it(
     redis_url: str, redis: Redis
 ) -> None:
