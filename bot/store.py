@@ -189,8 +189,8 @@ class Turn:
     completion_tokens: int | None = None
     finish_reason: str | None = None
     reply_to: str | None = None  # an answer: the ts of the question it answered
-    # Read back from Slack: the ts of the newest edit it showed, which an edit recorded since
-    # must be newer than to win (`_MERGE_READ_BACK`, which stores the turn without it).
+    # Read back from Slack: the ts of the newest edit the page showed; an edit recorded since wins
+    # only when newer (`_MERGE_READ_BACK`, which stores the turn without this).
     edited: str | None = None
 
     def to_json(self) -> str:
@@ -772,20 +772,19 @@ end
 # field notes (0: none; the note is not written for a message left out as deleted: nothing would
 # take it out), then a conversation's earlier messages read back from Slack (JSON, oldest first).
 # Those not stored yet (by ts; nor the later messages of a long answer stored whole), nor deleted
-# since they were read (their tombstone is there: the deletion found nothing here to take out),
-# are merged (a person's message edited since it was read with its newest text, from its edit
-# record: the edit found nothing here to change; unless the page showed a newer edit, `edited`,
-# which is not stored) into the stored turns by ts, each stored
-# turn kept where it is among the others (an answer before a question sent while it was written
-# stays so), and the conversation is marked read. One step: a turn stored meanwhile by another
-# process is neither lost nor read back a second time. `read_back_upto` (the newest ts read back)
-# tells a later step that stores a person's older message that a copy of it may be here
-# (_JOURNAL_STEP_FUNCTION). Read-back is rare (a thread joined late, a conversation after a loss),
-# so the scan of the stored turns costs no normal turn anything. A summary that covers where they
-# went is dropped (rebuilt from the turns as they are now): it never saw them. The DM meta's field
-# (`copy:<ts>`): a DM thread starts with a copy of the question its answer was for, and the DM
-# notes where, so that the question's deletion or edit reaches the copy (`_ANSWERS_TO`). The
-# people's indexes may name one whose turns all went: harmless.
+# since they were read (their tombstone is there: the deletion found nothing here to take out), are
+# merged (a person's message edited since it was read with its newest text, from its edit record:
+# the edit found nothing here to change; unless the page showed a newer edit, `edited`, which is not
+# stored) into the stored turns by ts, each stored turn kept where it is among the others (an answer
+# before a question sent while it was written stays so), and the conversation is marked read. One
+# step: a turn stored meanwhile by another process is neither lost nor read back a second time.
+# `read_back_upto` (the newest ts read back) tells a later step that stores a person's older message
+# that a copy of it may be here (_JOURNAL_STEP_FUNCTION). Read-back is rare (a thread joined late, a
+# conversation after a loss), so the scan of the stored turns costs no normal turn anything. A
+# summary that covers where they went is dropped (rebuilt from the turns as they are now): it never
+# saw them. The DM meta's field (`copy:<ts>`): a DM thread starts with a copy of the question its
+# answer was for, and the DM notes where, so that the question's deletion or edit reaches the copy
+# (`_ANSWERS_TO`). The people's indexes may name one whose turns all went: harmless.
 _MERGE_READ_BACK = """
 local first = 6
 local n = #ARGV - first + 1

@@ -1794,7 +1794,7 @@ async def test_an_edits_record_expires_within_the_hour_and_the_conversations_lif
     record, index = store.keys.edited("T1", DM, "1.1"), store.keys.user_index("T1", "U1")
     try:
         await store.edit_user_message(ThreadKey("T1", DM, "dm"), "1.1", "my card ends 4242", "x", user="U1")
-        assert kept - 5 < await redis.ttl(record) <= kept
+        assert 0 < await redis.ttl(record) <= kept
         assert await redis.ttl(index) >= await redis.ttl(record)
     finally:
         await store.close()
