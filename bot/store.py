@@ -208,6 +208,9 @@ class Turn:
     completion_tokens: int | None = None
     finish_reason: str | None = None
     reply_to: str | None = None  # an answer: the ts of the question it answered
+    # Read back from Slack: the ts of the newest edit the page showed; an edit recorded since wins
+    # only when newer (`_MERGE_READ_BACK`, which stores the turn without this).
+    edited: str | None = None
 
     def to_json(self) -> str:
         record = {k: v for k, v in vars(self).items() if v is not None or k in _TURN_CORE}
@@ -413,7 +416,8 @@ class Keys:
     # A deleted message's tombstone, which a conversation read back from Slack meanwhile consults
     # (`Store.merge_read_back`): longer than any read-back waits for its pages.
     DELETED_TTL = 3600
-    # An edited message's newest text, which such a read-back uses instead of what Slack showed it.
+    # An edited message's newest text, which such a read-back uses instead of what Slack showed it;
+    # never longer than the stored conversations (`Store.edit_user_message`): it is their text.
     EDITED_TTL = DELETED_TTL
     SUMMARY_LOCK_TTL_MS = 120_000  # renewed after each summary call; a dead holder's expires
     LLM_FAILURES_TTL_MS = 300_000  # failed turns further apart than this are not "in a row"
@@ -587,30 +591,30 @@ end
 
 # KEYS: turns, meta, the message's journal, the answers index, its tombstone, its edit record
 # (`Keys.edited`)[, its author's index]. ARGV: ts, replacement text, 'edit' or 'delete',
-# conversation ttl, the replacement as Slack wrote it, tombstone ttl, the edit's ts ('' when Slack
-# gave none), the edit record (JSON; '' for none: no author's index either), whether it is a DM's
-# top level (1/0).
+# conversation ttl, the replacement as Slack wrote it, tombstone ttl (an edit: its record's), the
+# edit's ts ('' when Slack gave none), the edit record (JSON; '' for none: no author's index
+# either), whether it is a DM's top level (1/0).
 # Deleting a person's message also drops the bot's answer to it, which may quote it, and so its
 # entries in the index, and leaves a tombstone, so that a read-back from Slack that saw the message
 # before it went does not put it back; its edit record goes. An edit leaves its newest text in its
-# record (the tombstone's lifetime), which such a read-back uses instead of the text it saw,
-# registered in its author's index for `forget me`: only where a read-back may be under way, in a
-# conversation the bot takes part in (`followed`, written as a message is accepted, before its turn
-# reads anything back) or at a DM's top level (whose meta a loss took, while a DM thread's read-back
-# copies its question), not for every edit in every channel. Slack's events of two edits may come in
-# either order: one older than the edit recorded changes nothing (returns 0), nor does an edit of a
-# message deleted already. Deletes and edits are rare, so a scan of one conversation is fine here. A
-# summary that covers the turn may quote it too, so it is dropped (and rebuilt from the turns as
-# they are now); the epoch bump stops a summary being computed meanwhile from saving the old text. A
-# message still waiting for its turn (journal state `queued`) is no stored turn yet: its journal
-# keeps the change (returns 2 when nothing else changed), which the turn reads when it takes the
-# message, and the step that stores the message applies (`journal_step`), in case the change came
-# after the turn had read the journal. One queued again after a loss may have copies all the same,
-# read back from Slack by a newer turn (here, or in the DM thread under its answer:
-# `TurnRunner._holding`): those are changed too, whatever marks its journal. Only a message at or
-# before the conversation's `read_back_upto` can have such a copy (`_MERGE_READ_BACK`): for any
-# other, as for every message waiting behind another in a normal thread, the conversation is not
-# scanned.
+# record (the tombstone's lifetime, within the conversations'), which such a read-back uses instead
+# of the text it saw, registered in its author's index for `forget me`: only where a read-back may
+# be under way, in a conversation the bot takes part in (`followed`, written as a message is
+# accepted, before its turn reads anything back) or at a DM's top level (whose meta a loss took,
+# while a DM thread's read-back copies its question), not for every edit in every channel. Slack's
+# events of two edits may come in either order: one older than the edit recorded changes nothing
+# (returns 0), nor does an edit of a message deleted already. Deletes and edits are rare, so a scan
+# of one conversation is fine here. A summary that covers the turn may quote it too, so it is
+# dropped (and rebuilt from the turns as they are now); the epoch bump stops a summary being
+# computed meanwhile from saving the old text. A message still waiting for its turn (journal state
+# `queued`) is no stored turn yet: its journal keeps the change (returns 2 when nothing else
+# changed), which the turn reads when it takes the message, and the step that stores the message
+# applies (`journal_step`), in case the change came after the turn had read the journal. One queued
+# again after a loss may have copies all the same, read back from Slack by a newer turn (here, or in
+# the DM thread under its answer: `TurnRunner._holding`): those are changed too, whatever marks its
+# journal. Only a message at or before the conversation's `read_back_upto` can have such a copy
+# (`_MERGE_READ_BACK`): for any other, as for every message waiting behind another in a normal
+# thread, the conversation is not scanned.
 _REWRITE_TURN = """
 if ARGV[3] == 'delete' then
   redis.call('SET', KEYS[5], '1', 'EX', ARGV[6])
@@ -791,19 +795,20 @@ end
 # field notes (0: none; the note is not written for a message left out as deleted: nothing would
 # take it out), then a conversation's earlier messages read back from Slack (JSON, oldest first).
 # Those not stored yet (by ts; nor the later messages of a long answer stored whole), nor deleted
-# since they were read (their tombstone is there: the deletion found nothing here to take out),
-# are merged (a person's message edited since it was read with its newest text, from its edit
-# record: the edit found nothing here to change) into the stored turns by ts, each stored
-# turn kept where it is among the others (an answer before a question sent while it was written
-# stays so), and the conversation is marked read. One step: a turn stored meanwhile by another
-# process is neither lost nor read back a second time. `read_back_upto` (the newest ts read back)
-# tells a later step that stores an older message, a person's or an answer, that a copy of it
-# may be here (_JOURNAL_STEP_FUNCTION). Read-back is rare (a thread joined late, a conversation after a loss),
-# so the scan of the stored turns costs no normal turn anything. A summary that covers where they
-# went is dropped (rebuilt from the turns as they are now): it never saw them. The DM meta's field
-# (`copy:<ts>`): a DM thread starts with a copy of the question its answer was for, and the DM
-# notes where, so that the question's deletion or edit reaches the copy (`_ANSWERS_TO`). The
-# people's indexes may name one whose turns all went: harmless.
+# since they were read (their tombstone is there: the deletion found nothing here to take out), are
+# merged (a person's message edited since it was read with its newest text, from its edit record:
+# the edit found nothing here to change; unless the page showed a newer edit, `edited`, which is not
+# stored) into the stored turns by ts, each stored turn kept where it is among the others (an answer
+# before a question sent while it was written stays so), and the conversation is marked read. One
+# step: a turn stored meanwhile by another process is neither lost nor read back a second time.
+# `read_back_upto` (the newest ts read back) tells a later step that stores an older message, a
+# person's or an answer, that a copy of it may be here (_JOURNAL_STEP_FUNCTION). Read-back is rare
+# (a thread joined late, a conversation after a loss), so the scan of the stored turns costs no
+# normal turn anything. A summary that covers where they went is dropped (rebuilt from the turns as
+# they are now): it never saw them. The DM meta's field (`copy:<ts>`): a DM thread starts with a
+# copy of the question its answer was for, and the DM notes where, so that the question's deletion
+# or edit reaches the copy (`_ANSWERS_TO`). The people's indexes may name one whose turns all went:
+# harmless.
 _MERGE_READ_BACK = """
 local first = 6
 local n = #ARGV - first + 1
@@ -836,9 +841,12 @@ for i = first, #ARGV do
   local part = type(question) == 'string' and answered[question]
   if not known[ts] and not part and not gone[i - first + 1] then
     known[ts] = true
-    local raw, edit = ARGV[i], edited[i - first + 1]
-    if edit and turn['role'] == 'user' then
-      turn['text'] = cjson.decode(edit)['text']
+    local raw, shown = ARGV[i], turn['edited']
+    local record = turn['role'] == 'user' and edited[i - first + 1]
+    if record then record = cjson.decode(record) end
+    if record and (not shown or ts_before(shown, record['ts'])) then turn['text'] = record['text'] end
+    if record or shown then
+      turn['edited'] = nil
       raw = cjson.encode(turn)
     end
     fresh[#fresh + 1], fresh_ts[#fresh + 1] = raw, ts
@@ -1970,7 +1978,8 @@ class Store:
 
         A message deleted since it was read is left out, with the answers to it: its deletion,
         which found nothing here to take out, left a tombstone. One edited since it was read joins
-        with its newest text, which its edit left (`Keys.edited`) for the same reason."""
+        with its newest text, which its edit left (`Keys.edited`) for the same reason, unless the
+        page showed a newer edit (`Turn.edited`)."""
         dm = self.keys.meta(ThreadKey(key.team, key.channel, "dm")) if copy_of else self.keys.meta(key)
         people = sorted({turn.user for turn in turns if turn.role == "user" and turn.user})
         return int(
@@ -2074,7 +2083,8 @@ class Store:
         edit, come after it, changes nothing (see `_REWRITE_TURN`)."""
         record = json.dumps({"ts": edited_ts, "text": text, "user": user}, ensure_ascii=False) if user else ""
         index = [self.keys.user_index(key.team, user)] if user else []
-        args = [ts, text, "edit", self.conversation_ttl, slack_text, Keys.EDITED_TTL, edited_ts, record]
+        kept = min(Keys.EDITED_TTL, self.conversation_ttl)  # also within its author's index's
+        args = [ts, text, "edit", self.conversation_ttl, slack_text, kept, edited_ts, record]
         args.append(int(key.thread == "dm"))
         return bool(await self._rewrite_turn(keys=[*self._rewrite_keys(key, ts), *index], args=args))
 

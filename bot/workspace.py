@@ -237,7 +237,10 @@ class Workspace:
             return None
         name = await self.display_name(team, user)
         readable = await self.readable(team, text, bot_user_id)
-        return Turn(role="user", text=readable, ts=ts, user=user, name=name)
+        edit = message.get("edited")
+        shown = edit.get("ts") if isinstance(edit, dict) else None  # its newest edit's
+        edited = shown if isinstance(shown, str) else None
+        return Turn(role="user", text=readable, ts=ts, user=user, name=name, edited=edited)
 
 
 def _messages(response: Any) -> list[dict[str, Any]]:

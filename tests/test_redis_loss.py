@@ -1831,6 +1831,40 @@ async def test_a_dm_question_edited_while_a_dm_thread_reads_it_back_after_a_loss
     assert _errors(caplog) == []
 
 
+async def test_a_dm_question_edited_twice_after_a_loss_is_read_back_with_the_newer_text_slack_shows(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """After a loss, a DM question is edited twice: the first edit leaves its record; the second
+    names a colleague, and the DM's top level, whose meta the loss took, is followed no more, so
+    its event changes nothing. A DM thread's read-back then sees the second edit in Slack. Before,
+    the merge took the record's older text over what Slack showed, stored it, and gave it to the
+    model with every reply there; the page's newer edit now wins (by `edited.ts`)."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    asked = await slack.post_user_message(DM, "my password is hunter2, why is api-prod red?")
+    [answer] = await slack.wait_for_bot_messages(DM, "top", count=1)
+    await running.settle()
+    await redis.flushall()
+    await slack.wait_for(lambda: FORGOT in caplog.text, what="the loss to be noticed")
+    await slack.edit_message(DM, asked, "why is api-prod red?")
+    await running.settle()
+    await slack.edit_message(DM, asked, "why is api-prod red? <@U2> saw it too")
+    await running.settle()
+    await slack.post_user_message(DM, "more on this", thread_ts=answer["ts"])
+    await slack.wait_for_bot_messages(DM, answer["ts"], count=1)
+    await running.settle()
+    prompt = _prompt(llm)
+    assert prompt[0] == "ann: why is api-prod red? @bob saw it too", prompt
+    stored = await redis.lrange(f"conv:T1:{DM}:{answer['ts']}:turns", 0, -1)
+    asking = [turn.text for turn in map(Turn.from_json, stored) if turn.role == "user"]
+    assert asking == ["why is api-prod red? @bob saw it too", "more on this"]
+    assert _errors(caplog) == []
+
+
 async def test_a_dm_question_whose_deletion_looked_for_copies_before_a_read_back_copied_it_is_left_out(
     redis_url: str, redis: Redis
 ) -> None:
@@ -1879,6 +1913,31 @@ async def test_two_edits_whose_events_come_in_the_other_order_leave_the_newest_t
         await store.close()
 
 
+async def test_a_read_back_keeps_the_newer_of_the_edit_recorded_and_the_edit_slack_showed(
+    redis_url: str, redis: Redis
+) -> None:
+    """A read-back's page may show an edit older than the one recorded since (read before it), or
+    newer (its event still on its way, or one that changed nothing here): the newer by
+    (seconds, microseconds) wins, and the turn is stored without the ts of the edit it showed."""
+    store = Store(redis_url, conversation_ttl_days=1)
+    dm = ThreadKey("T1", DM, "dm")
+    older, newer = "1700000000.000400", "1700000000.000500"
+    try:
+        for ts in ("1.1", "1.2", "1.3"):
+            await store.edit_user_message(dm, ts, f"recorded {ts}", "x", user="U1", edited_ts=newer)
+        page = [
+            Turn("user", "shown 1.1", "1.1", "U1", "ann", edited=older),
+            Turn("user", "shown 1.2", "1.2", "U1", "ann", edited="1700000001.000000"),
+            Turn("user", "shown 1.3", "1.3", "U1", "ann"),
+        ]
+        assert await store.merge_read_back(dm, page) == 3
+        kept = [turn.text for turn in await store.recent_turns(dm, 10)]
+        assert kept == ["recorded 1.1", "shown 1.2", "recorded 1.3"]
+        assert not any('"edited"' in raw for raw in await redis.lrange(store.keys.turns(dm), 0, -1))
+    finally:
+        await store.close()
+
+
 async def test_an_edit_then_a_deletion_leaves_the_message_out_of_a_read_back_and_no_text_behind(
     redis_url: str, redis: Redis
 ) -> None:
@@ -1903,6 +1962,24 @@ async def test_an_edit_then_a_deletion_leaves_the_message_out_of_a_read_back_and
         assert await redis.exists(record) == 0
         await store.merge_read_back(thread, [question, answer, reply], copy_of="1.1")
         assert [turn.ts for turn in await store.recent_turns(thread, 10)] == ["1.3"]
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(("days", "kept"), [(1, 3600), (0.01, 864)])
+async def test_an_edits_record_expires_within_the_hour_and_the_conversations_lifetime_and_its_index(
+    redis_url: str, redis: Redis, days: float, kept: int
+) -> None:
+    """An edit's record holds a person's words: it expires, written in the step that writes it,
+    within an hour, and never after the stored conversations would (`CONVERSATION_TTL_DAYS`
+    shorter than that: before, the words outlived both the stored conversations and the author's
+    index, which `forget me` reads to find the record)."""
+    store = Store(redis_url, conversation_ttl_days=days)
+    record, index = store.keys.edited("T1", DM, "1.1"), store.keys.user_index("T1", "U1")
+    try:
+        await store.edit_user_message(ThreadKey("T1", DM, "dm"), "1.1", "my card ends 4242", "x", user="U1")
+        assert 0 < await redis.ttl(record) <= kept
+        assert await redis.ttl(index) >= await redis.ttl(record)
     finally:
         await store.close()
 
