@@ -1088,11 +1088,15 @@ local function give_way(turns, meta, index, ts, ttl, keep)
   return nil
 end
 -- An answer's copies read back from Slack are its messages (a long one's each apart), linked to
--- its question, or its first by ts when the read found no question before it. The first becomes
--- the answer as its turn stores it (whole, with its cost), where it is: Slack's order is the
--- conversation's. The others go, with their entries in a DM's index, whose stamp moves on with
--- the list. Returns whether a copy was there.
-local function answer_gives_way(turns, meta, index, raw, ts, ttl, indexed)
+-- its question, or its first by ts when the read found no question before it; none before its
+-- first message: an earlier bot message linked to the same question is another answer (one its
+-- person stopped after this question came has no buttons, and is linked to the latest question
+-- before it). The first becomes the answer as its turn stores it (whole, with its cost), where
+-- it is: Slack's order is the conversation's. The others go, with their entries in a DM's index,
+-- whose stamp moves on with the list; all of them go unless `in_place` (the step pushes the
+-- answer's question, whose copy gave way, last: the answer must follow it). Returns whether a
+-- copy was there.
+local function answer_gives_way(turns, meta, index, raw, ts, ttl, indexed, in_place)
   local question = cjson.decode(raw)['reply_to']
   if type(question) ~= 'string' then question = nil end
   local items = redis.call('LRANGE', turns, 0, -1)
@@ -1101,14 +1105,15 @@ local function answer_gives_way(turns, meta, index, raw, ts, ttl, indexed)
     if string.find(item, ts, 1, true) or (question and string.find(item, question, 1, true)) then
       local turn = cjson.decode(item)
       local linked = type(turn['reply_to']) == 'string' and turn['reply_to'] or nil
-      if turn['role'] == 'assistant' and (turn['ts'] == ts or (question and linked == question)) then
+      local part = question and linked == question and not ts_before(turn['ts'], ts)
+      if turn['role'] == 'assistant' and (turn['ts'] == ts or part) then
         copies[#copies + 1] = {at = i, raw = item, ts = turn['ts'], question = linked}
       end
     end
   end
   if #copies == 0 then return false end
-  redis.call('LSET', turns, copies[1].at - 1, raw)
-  for c = 2, #copies do redis.call('LREM', turns, 1, copies[c].raw) end
+  if in_place then redis.call('LSET', turns, copies[1].at - 1, raw) end
+  for c = in_place and 2 or 1, #copies do redis.call('LREM', turns, 1, copies[c].raw) end
   if indexed then
     for _, copy in ipairs(copies) do
       if copy.question then redis.call('ZREM', index, copy.question .. ':' .. copy.ts) end
@@ -1170,14 +1175,17 @@ local function journal_step(k, a, read_back_upto)
       pushed = others
     end
     if answered ~= '' and read_back_upto and not ts_before(read_back_upto, answered) then
-      local others = {}
+      -- Pushed after the question this step pushes (its copy gave way): then so is the answer.
+      local others, asking = {}, false
       for _, raw in ipairs(pushed) do
         local turn = cjson.decode(raw)
         local own = turn['role'] == 'assistant' and turn['ts'] == answered
         if own and answer_gives_way(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], raw, answered, ARGV[a + 1],
-                                    indexed >= 0) then
+                                    indexed >= 0, not asking) then
           gave_way = true
+          if asking then table.insert(others, raw) end
         else
+          asking = asking or turn['role'] == 'user'
           table.insert(others, raw)
         end
       end
