@@ -1089,14 +1089,15 @@ local function give_way(turns, meta, index, ts, ttl, keep)
 end
 -- An answer's copies read back from Slack are its messages (a long one's each apart), linked to
 -- its question, or its first by ts when the read found no question before it; none before its
--- first message: an earlier bot message linked to the same question is another answer (one its
--- person stopped after this question came has no buttons, and is linked to the latest question
--- before it). The first becomes the answer as its turn stores it (whole, with its cost), where
--- it is: Slack's order is the conversation's. The others go, with their entries in a DM's index,
--- whose stamp moves on with the list; all of them go unless `in_place` (the step pushes the
--- answer's question, whose copy gave way, last: the answer must follow it). Returns whether a
--- copy was there.
-local function answer_gives_way(turns, meta, index, raw, ts, ttl, indexed, in_place)
+-- first message, nor after the newest read back (`upto`): an earlier bot message linked to the
+-- same question is another answer (one its person stopped after this question came has no
+-- buttons, and is linked to the latest question before it), and so is a later one no read saw
+-- (a second answer, stored by its own turn). The first becomes the answer as its turn stores it
+-- (whole, with its cost), where it is: Slack's order is the conversation's. The others go, with
+-- their entries in a DM's index, whose stamp moves on with the list; all of them go unless
+-- `in_place` (the step pushes the answer's question, whose copy gave way, last: the answer must
+-- follow it). Returns whether a copy was there.
+local function answer_gives_way(turns, meta, index, raw, ts, upto, ttl, indexed, in_place)
   local question = cjson.decode(raw)['reply_to']
   if type(question) ~= 'string' then question = nil end
   local items = redis.call('LRANGE', turns, 0, -1)
@@ -1106,6 +1107,7 @@ local function answer_gives_way(turns, meta, index, raw, ts, ttl, indexed, in_pl
       local turn = cjson.decode(item)
       local linked = type(turn['reply_to']) == 'string' and turn['reply_to'] or nil
       local part = question and linked == question and not ts_before(turn['ts'], ts)
+        and not ts_before(upto, turn['ts'])
       if turn['role'] == 'assistant' and (turn['ts'] == ts or part) then
         copies[#copies + 1] = {at = i, raw = item, ts = turn['ts'], question = linked}
       end
@@ -1180,8 +1182,8 @@ local function journal_step(k, a, read_back_upto)
       for _, raw in ipairs(pushed) do
         local turn = cjson.decode(raw)
         local own = turn['role'] == 'assistant' and turn['ts'] == answered
-        if own and answer_gives_way(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], raw, answered, ARGV[a + 1],
-                                    indexed >= 0, not asking) then
+        if own and answer_gives_way(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], raw, answered, read_back_upto,
+                                    ARGV[a + 1], indexed >= 0, not asking) then
           gave_way = true
           if asking then table.insert(others, raw) end
         else

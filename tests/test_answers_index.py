@@ -323,3 +323,20 @@ async def test_an_answer_stored_with_its_question_after_both_were_read_back_come
     assert [t.ts for t in turns] == [question(0).ts, answer(0).ts, question(1).ts, answer(1).ts]
     found, ran = await looked_up(store, question(1).ts)
     assert (found, "lrange" in ran) == ([answer(1).ts], False)
+
+
+async def test_an_answer_read_back_before_its_turn_stored_it_leaves_a_later_answer_to_its_question(
+    store: Store,
+) -> None:
+    """A question answered a second time (recovery answers one it could not look up in Slack),
+    that second answer stored by its own turn after a newer turn read the first back: when the
+    first's turn then stores it, only its copy read back gives way. Before, the second answer,
+    linked to the same question, went as one of its copies."""
+    await answered(store, 0)
+    await store.record_progress(message(1), turns=(question(1),), state="working")
+    assert await store.merge_read_back(DM, [answer(1)]) == 1  # a newer turn's read
+    second = Turn(role="assistant", text="answer 1, again", ts="1700000001.000900", reply_to=question(1).ts)
+    await store.record_progress(message(1), turns=(second,), state="answered")
+    await store.record_progress(message(1), turns=(answer(1),), state="answered")
+    turns = await store.recent_turns(DM, 10)
+    assert [t.text for t in turns] == ["question 0", "answer 0", "question 1", "answer 1", "answer 1, again"]
