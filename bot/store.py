@@ -1122,6 +1122,8 @@ local function answer_gives_way(turns, meta, index, raw, ts, upto, ttl, indexed,
     end
     if question then redis.call('ZADD', index, 0, question .. ':' .. ts) end
     restamp(index, stamp_of(#items, items[#items]), turns)
+    -- With the turns' TTL, as each step gives it: the ZREMs may have emptied it (a new key then).
+    redis.call('EXPIRE', index, ttl)
   end
   conversation_changed_at(meta, copies[1].ts, ttl)
   return true

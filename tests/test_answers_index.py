@@ -340,3 +340,19 @@ async def test_an_answer_read_back_before_its_turn_stored_it_leaves_a_later_answ
     await store.record_progress(message(1), turns=(answer(1),), state="answered")
     turns = await store.recent_turns(DM, 10)
     assert [t.text for t in turns] == ["question 0", "answer 0", "question 1", "answer 1", "answer 1, again"]
+
+
+async def test_an_answer_read_back_that_gives_way_leaves_the_index_expiring_with_the_conversation(
+    store: Store,
+) -> None:
+    """A DM whose index held only the entry of an answer read back, which gives way to the answer
+    its turn stores: before, taking the copy's entry out emptied the index, and the entry put
+    back made it a new key without a TTL, kept after the conversation expired."""
+    await store.record_progress(message(1), turns=(), state="working")
+    assert await store.merge_read_back(DM, [question(1), answer(1)]) == 2
+    whole = replace(answer(1), text="answer 1, whole")
+    await store.record_progress(message(1), turns=(whole,), state="answered")
+    assert [t.text for t in await store.recent_turns(DM, 10)] == ["question 1", "answer 1, whole"]
+    ttl = await store.redis.ttl(store.keys.answers(DM))  # before a look, which may set it
+    assert 0 < ttl <= await store.redis.ttl(store.keys.turns(DM))
+    assert await store.answers_to(DM, question(1).ts) == [answer(1).ts]
