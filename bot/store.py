@@ -605,7 +605,7 @@ end
 if not found then return queued and 2 or 0 end
 if ARGV[3] == 'delete' then
   redis.call('ZREMRANGEBYLEX', KEYS[4], '[' .. ARGV[1] .. ':', '(' .. ARGV[1] .. ';')
-  restamp(KEYS[4], stamp_of(#items, items[#items]), KEYS[1])
+  restamp(KEYS[4], stamp_of(#items, items[#items]), KEYS[1], ARGV[4])
 end
 conversation_changed_at(KEYS[2], ARGV[1], ARGV[4])
 return 1
@@ -622,17 +622,20 @@ return 1
 # stores answers without indexing them, which a bare "indexed" would hide from a deletion (the
 # answer, and the copy of the question in the DM thread under it, would stay stored). Other
 # writers (`_index_answers`) take the stamp away; the next look scans once. The index expires with
-# the conversation: its TTL is set with every step that stores turns, as the turns' own is; should
-# it go first all the same, the next look scans and indexes again.
+# the conversation: its TTL is set with every step that stores turns, as the turns' own is, and
+# by `restamp` (a stamp that was all it held went, the index with it); should it go first all the
+# same, the next look scans and indexes again.
 _INDEX_ANSWERS_FUNCTION = """
 local function stamp_of(length, last)
   return 'indexed:' .. length .. ':' .. (last and string.match(last, '"ts":"([^"]*)"') or '')
 end
 
-local function restamp(index, before, turns)
+local function restamp(index, before, turns, ttl)
   local length = redis.call('LLEN', turns)
   if redis.call('ZREM', index, before) == 1 and length > 0 then
     redis.call('ZADD', index, 0, stamp_of(length, redis.call('LINDEX', turns, -1)))
+    -- The stamp may have been all the index held: a new key then, which must expire too.
+    redis.call('EXPIRE', index, ttl)
   else
     redis.call('ZREMRANGEBYLEX', index, '[indexed:', '(indexed;')
   end
@@ -908,7 +911,7 @@ for i = 1, #keep, 1000 do
   redis.call('RPUSH', KEYS[1], unpack(keep, i, math.min(i + 999, #keep)))
 end
 if #keep > 0 and ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
-restamp(KEYS[3], stamp_of(#items, items[#items]), KEYS[1])
+restamp(KEYS[3], stamp_of(#items, items[#items]), KEYS[1], ARGV[2])
 redis.call('HDEL', KEYS[2], 'summary', 'summary_upto')
 redis.call('HINCRBY', KEYS[2], 'epoch', 1)
 if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
@@ -1079,7 +1082,7 @@ local function give_way(turns, meta, index, ts, ttl, keep)
         redis.call('LREM', turns, 1, raw)
         -- A question's copy: no answer of the index goes with it. The stamp moves on with the
         -- list, as after a deletion, so that the step's own turns keep the index trusted.
-        restamp(index, stamp_of(#items, items[#items]), turns)
+        restamp(index, stamp_of(#items, items[#items]), turns, ttl)
         conversation_changed_at(meta, ts, ttl)
         return 'gave way'
       end
@@ -1121,7 +1124,7 @@ local function answer_gives_way(turns, meta, index, raw, ts, upto, ttl, indexed,
       if copy.question then redis.call('ZREM', index, copy.question .. ':' .. copy.ts) end
     end
     if question then redis.call('ZADD', index, 0, question .. ':' .. ts) end
-    restamp(index, stamp_of(#items, items[#items]), turns)
+    restamp(index, stamp_of(#items, items[#items]), turns, ttl)
     -- With the turns' TTL, as each step gives it: the ZREMs may have emptied it (a new key then).
     redis.call('EXPIRE', index, ttl)
   end

@@ -356,3 +356,18 @@ async def test_an_answer_read_back_that_gives_way_leaves_the_index_expiring_with
     ttl = await store.redis.ttl(store.keys.answers(DM))  # before a look, which may set it
     assert 0 < ttl <= await store.redis.ttl(store.keys.turns(DM))
     assert await store.answers_to(DM, question(1).ts) == [answer(1).ts]
+
+
+async def test_a_deletion_that_takes_an_index_s_last_answer_leaves_it_expiring_with_the_conversation(
+    store: Store,
+) -> None:
+    """A DM whose only answer goes with its deleted question (the one before it got no answer):
+    the index is left with its stamp alone. Before, moving the stamp on made the index a new key
+    without a TTL, kept after the conversation expired."""
+    await store.record_progress(message(0), turns=(question(0),), state="noted")
+    await answered(store, 1)
+    assert await store.remove_user_message(DM, question(1).ts)
+    ttl = await store.redis.ttl(store.keys.answers(DM))
+    assert 0 < ttl <= await store.redis.ttl(store.keys.turns(DM))
+    found, ran = await looked_up(store, question(0).ts)
+    assert (found, "lrange" in ran) == ([], False)  # still trusted
