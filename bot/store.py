@@ -1098,8 +1098,8 @@ end
 -- (a second answer, stored by its own turn). The first becomes the answer as its turn stores it
 -- (whole, with its cost), where it is: Slack's order is the conversation's. The others go, with
 -- their entries in a DM's index, whose stamp moves on with the list; all of them go unless
--- `in_place` (the step pushes the answer's question, whose copy gave way, last: the answer must
--- follow it). Returns whether a copy was there.
+-- `in_place` (the step pushes the answer's question, last: the answer must follow it). Returns
+-- whether a copy was there.
 local function answer_gives_way(turns, meta, index, raw, ts, upto, ttl, indexed, in_place)
   local question = cjson.decode(raw)['reply_to']
   if type(question) ~= 'string' then question = nil end
@@ -1182,7 +1182,7 @@ local function journal_step(k, a, read_back_upto)
       pushed = others
     end
     if answered ~= '' and read_back_upto and not ts_before(read_back_upto, answered) then
-      -- Pushed after the question this step pushes (its copy gave way): then so is the answer.
+      -- An answer whose question this step pushes (last) is pushed after it, its copies gone.
       local others, asking = {}, false
       for _, raw in ipairs(pushed) do
         local turn = cjson.decode(raw)
