@@ -665,7 +665,7 @@ end
 if not found then return queued and 2 or 0 end
 if ARGV[3] == 'delete' then
   redis.call('ZREMRANGEBYLEX', KEYS[4], '[' .. ARGV[1] .. ':', '(' .. ARGV[1] .. ';')
-  restamp(KEYS[4], stamp_of(#items, items[#items]), KEYS[1])
+  restamp(KEYS[4], stamp_of(#items, items[#items]), KEYS[1], ARGV[4])
 end
 conversation_changed_at(KEYS[2], ARGV[1], ARGV[4])
 return 1
@@ -683,17 +683,20 @@ return 1
 # stores answers without indexing them, which a bare "indexed" would hide from a deletion (the
 # answer, and the copy of the question in the DM thread under it, would stay stored). Other
 # writers (`_index_answers`) take the stamp away; the next look scans once. The index expires with
-# the conversation: its TTL is set with every step that stores turns, as the turns' own is; should
-# it go first all the same, the next look scans and indexes again.
+# the conversation: its TTL is set with every step that stores turns, as the turns' own is, and
+# by `restamp` (a stamp that was all it held went, the index with it); should it go first all the
+# same, the next look scans and indexes again.
 _INDEX_ANSWERS_FUNCTION = """
 local function stamp_of(length, last)
   return 'indexed:' .. length .. ':' .. (last and string.match(last, '"ts":"([^"]*)"') or '')
 end
 
-local function restamp(index, before, turns)
+local function restamp(index, before, turns, ttl)
   local length = redis.call('LLEN', turns)
   if redis.call('ZREM', index, before) == 1 and length > 0 then
     redis.call('ZADD', index, 0, stamp_of(length, redis.call('LINDEX', turns, -1)))
+    -- The stamp may have been all the index held: a new key then, which must expire too.
+    redis.call('EXPIRE', index, ttl)
   else
     redis.call('ZREMRANGEBYLEX', index, '[indexed:', '(indexed;')
   end
@@ -1010,7 +1013,7 @@ for i = 1, #keep, 1000 do
   redis.call('RPUSH', KEYS[1], unpack(keep, i, math.min(i + 999, #keep)))
 end
 if #keep > 0 and ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
-restamp(KEYS[3], stamp_of(#items, items[#items]), KEYS[1])
+restamp(KEYS[3], stamp_of(#items, items[#items]), KEYS[1], ARGV[2])
 redis.call('HDEL', KEYS[2], 'summary', 'summary_upto')
 redis.call('HINCRBY', KEYS[2], 'epoch', 1)
 if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
@@ -1181,7 +1184,7 @@ local function give_way(turns, meta, index, ts, ttl, keep)
         redis.call('LREM', turns, 1, raw)
         -- A question's copy: no answer of the index goes with it. The stamp moves on with the
         -- list, as after a deletion, so that the step's own turns keep the index trusted.
-        restamp(index, stamp_of(#items, items[#items]), turns)
+        restamp(index, stamp_of(#items, items[#items]), turns, ttl)
         conversation_changed_at(meta, ts, ttl)
         return 'gave way'
       end
@@ -1190,11 +1193,16 @@ local function give_way(turns, meta, index, ts, ttl, keep)
   return nil
 end
 -- An answer's copies read back from Slack are its messages (a long one's each apart), linked to
--- its question, or its first by ts when the read found no question before it. The first becomes
--- the answer as its turn stores it (whole, with its cost), where it is: Slack's order is the
--- conversation's. The others go, with their entries in a DM's index, whose stamp moves on with
--- the list. Returns whether a copy was there.
-local function answer_gives_way(turns, meta, index, raw, ts, ttl, indexed)
+-- its question, or its first by ts when the read found no question before it; none before its
+-- first message, nor after the newest read back (`upto`): an earlier bot message linked to the
+-- same question is another answer (one its person stopped after this question came has no
+-- buttons, and is linked to the latest question before it), and so is a later one no read saw
+-- (a second answer, stored by its own turn). The first becomes the answer as its turn stores it
+-- (whole, with its cost), where it is: Slack's order is the conversation's. The others go, with
+-- their entries in a DM's index, whose stamp moves on with the list; all of them go unless
+-- `in_place` (the step pushes the answer's question, last: the answer must follow it). Returns
+-- whether a copy was there.
+local function answer_gives_way(turns, meta, index, raw, ts, upto, ttl, indexed, in_place)
   local question = cjson.decode(raw)['reply_to']
   if type(question) ~= 'string' then question = nil end
   local items = redis.call('LRANGE', turns, 0, -1)
@@ -1203,20 +1211,24 @@ local function answer_gives_way(turns, meta, index, raw, ts, ttl, indexed)
     if string.find(item, ts, 1, true) or (question and string.find(item, question, 1, true)) then
       local turn = cjson.decode(item)
       local linked = type(turn['reply_to']) == 'string' and turn['reply_to'] or nil
-      if turn['role'] == 'assistant' and (turn['ts'] == ts or (question and linked == question)) then
+      local part = question and linked == question and not ts_before(turn['ts'], ts)
+        and not ts_before(upto, turn['ts'])
+      if turn['role'] == 'assistant' and (turn['ts'] == ts or part) then
         copies[#copies + 1] = {at = i, raw = item, ts = turn['ts'], question = linked}
       end
     end
   end
   if #copies == 0 then return false end
-  redis.call('LSET', turns, copies[1].at - 1, raw)
-  for c = 2, #copies do redis.call('LREM', turns, 1, copies[c].raw) end
+  if in_place then redis.call('LSET', turns, copies[1].at - 1, raw) end
+  for c = in_place and 2 or 1, #copies do redis.call('LREM', turns, 1, copies[c].raw) end
   if indexed then
     for _, copy in ipairs(copies) do
       if copy.question then redis.call('ZREM', index, copy.question .. ':' .. copy.ts) end
     end
     if question then redis.call('ZADD', index, 0, question .. ':' .. ts) end
-    restamp(index, stamp_of(#items, items[#items]), turns)
+    restamp(index, stamp_of(#items, items[#items]), turns, ttl)
+    -- With the turns' TTL, as each step gives it: the ZREMs may have emptied it (a new key then).
+    redis.call('EXPIRE', index, ttl)
   end
   conversation_changed_at(meta, copies[1].ts, ttl)
   return true
@@ -1272,14 +1284,17 @@ local function journal_step(k, a, read_back_upto)
       pushed = others
     end
     if answered ~= '' and read_back_upto and not ts_before(read_back_upto, answered) then
-      local others = {}
+      -- An answer whose question this step pushes (last) is pushed after it, its copies gone.
+      local others, asking = {}, false
       for _, raw in ipairs(pushed) do
         local turn = cjson.decode(raw)
         local own = turn['role'] == 'assistant' and turn['ts'] == answered
-        if own and answer_gives_way(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], raw, answered, ARGV[a + 1],
-                                    indexed >= 0) then
+        if own and answer_gives_way(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], raw, answered, read_back_upto,
+                                    ARGV[a + 1], indexed >= 0, not asking) then
           gave_way = true
+          if asking then table.insert(others, raw) end
         else
+          asking = asking or turn['role'] == 'user'
           table.insert(others, raw)
         end
       end

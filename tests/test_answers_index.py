@@ -314,3 +314,93 @@ async def test_an_answer_read_back_before_its_turn_stored_it_is_stored_once_and_
     await store.record_progress(message(4), turns=(question(4),), state="working")
     assert "lrange" not in await stored_with_commands(store, 4, answer(4))
     assert [t.ts for t in await store.recent_turns(DM, 2)] == [question(4).ts, answer(4).ts]
+
+
+async def test_an_answer_read_back_before_its_turn_stored_it_leaves_an_earlier_answer_linked_to_its_question(
+    store: Store,
+) -> None:
+    """An answer to question 1 that its person stopped after question 2 came (so it has no
+    buttons) is linked to question 2 when read back from Slack, as the latest message before it
+    (bot/workspace.py). When question 2's answer, read back too, is then stored by its own turn,
+    its copy gives way: before, the stopped answer did, the first linked to question 2, and the
+    model never saw it again."""
+    await answered(store, 0)
+    stopped = Turn(
+        role="assistant", text="answer 1, stopped", ts="1700000002.000150", reply_to=question(2).ts
+    )
+    read = [question(1), question(2), stopped, answer(2)]
+    await store.record_progress(message(2), turns=(), state="working")
+    assert await store.merge_read_back(DM, read) == 4  # a newer turn's read
+    whole = replace(answer(2), text="answer 2, whole", prompt_tokens=40, completion_tokens=9)
+    await store.record_progress(message(2), turns=(whole,), state="answered")
+    turns = await store.recent_turns(DM, 10)
+    assert [t.text for t in turns] == [
+        "question 0", "answer 0", "question 1", "question 2", "answer 1, stopped", "answer 2, whole",
+    ]  # fmt: skip
+    found, _ = await looked_up(store, question(2).ts)
+    assert found == [stopped.ts, whole.ts]
+
+
+async def test_an_answer_stored_with_its_question_after_both_were_read_back_comes_after_it(
+    store: Store,
+) -> None:
+    """A step that stores a question and its answer (a turn that found its answer posted already)
+    after a newer turn read both back from Slack: the question's copy gives way, and the question
+    goes last, as the one answered; its answer must not stay before it, in the copy's place."""
+    await answered(store, 0)
+    await store.record_progress(message(1), turns=(), state="working")
+    assert await store.merge_read_back(DM, [question(1), answer(1)]) == 2
+    assert (await looked_up(store, question(0).ts))[0] == [answer(0).ts]  # scans once after the read
+    await store.record_progress(message(1), turns=(question(1), answer(1)), state="answered")
+    turns = await store.recent_turns(DM, 10)
+    assert [t.ts for t in turns] == [question(0).ts, answer(0).ts, question(1).ts, answer(1).ts]
+    found, ran = await looked_up(store, question(1).ts)
+    assert (found, "lrange" in ran) == ([answer(1).ts], False)
+
+
+async def test_an_answer_read_back_before_its_turn_stored_it_leaves_a_later_answer_to_its_question(
+    store: Store,
+) -> None:
+    """A question answered a second time (recovery answers one it could not look up in Slack),
+    that second answer stored by its own turn after a newer turn read the first back: when the
+    first's turn then stores it, only its copy read back gives way. Before, the second answer,
+    linked to the same question, went as one of its copies."""
+    await answered(store, 0)
+    await store.record_progress(message(1), turns=(question(1),), state="working")
+    assert await store.merge_read_back(DM, [answer(1)]) == 1  # a newer turn's read
+    second = Turn(role="assistant", text="answer 1, again", ts="1700000001.000900", reply_to=question(1).ts)
+    await store.record_progress(message(1), turns=(second,), state="answered")
+    await store.record_progress(message(1), turns=(answer(1),), state="answered")
+    turns = await store.recent_turns(DM, 10)
+    assert [t.text for t in turns] == ["question 0", "answer 0", "question 1", "answer 1", "answer 1, again"]
+
+
+async def test_an_answer_read_back_that_gives_way_leaves_the_index_expiring_with_the_conversation(
+    store: Store,
+) -> None:
+    """A DM whose index held only the entry of an answer read back, which gives way to the answer
+    its turn stores: before, taking the copy's entry out emptied the index, and the entry put
+    back made it a new key without a TTL, kept after the conversation expired."""
+    await store.record_progress(message(1), turns=(), state="working")
+    assert await store.merge_read_back(DM, [question(1), answer(1)]) == 2
+    whole = replace(answer(1), text="answer 1, whole")
+    await store.record_progress(message(1), turns=(whole,), state="answered")
+    assert [t.text for t in await store.recent_turns(DM, 10)] == ["question 1", "answer 1, whole"]
+    ttl = await store.redis.ttl(store.keys.answers(DM))  # before a look, which may set it
+    assert 0 < ttl <= await store.redis.ttl(store.keys.turns(DM))
+    assert await store.answers_to(DM, question(1).ts) == [answer(1).ts]
+
+
+async def test_a_deletion_that_takes_an_index_s_last_answer_leaves_it_expiring_with_the_conversation(
+    store: Store,
+) -> None:
+    """A DM whose only answer goes with its deleted question (the one before it got no answer):
+    the index is left with its stamp alone. Before, moving the stamp on made the index a new key
+    without a TTL, kept after the conversation expired."""
+    await store.record_progress(message(0), turns=(question(0),), state="noted")
+    await answered(store, 1)
+    assert await store.remove_user_message(DM, question(1).ts)
+    ttl = await store.redis.ttl(store.keys.answers(DM))
+    assert 0 < ttl <= await store.redis.ttl(store.keys.turns(DM))
+    found, ran = await looked_up(store, question(0).ts)
+    assert (found, "lrange" in ran) == ([], False)  # still trusted

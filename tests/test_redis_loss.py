@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from bot.context import EARLIER_UNREAD_NOTE
 from bot.formatting import SlackMarkdown
 from bot.redis_loss import RedisLossRecovery
-from bot.store import Accepted, IncomingMessage, Store, ThreadKey, Turn
+from bot.store import Accepted, IncomingMessage, LockRenewal, Store, ThreadKey, Turn
 from bot.turn import DELIVERY_FAILED, INTERRUPTED, STORE_UNAVAILABLE, TURN_FAILED
 from tests.conftest import RunningBot, StartBot
 from tests.emulators.openai_api import OpenAIEmulator, Reply, SlowFirstToken, Status
@@ -1543,13 +1543,16 @@ async def test_with_several_processes_a_question_taken_before_the_loss_and_read_
     llm: OpenAIEmulator,
     redis: Redis,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """B takes bob's follow-up before the loss, and its turn stores it only after (bob's name is
     slow to come). Meanwhile a newer follow-up reaches A, whose turn takes the thread's lock,
     which nobody held any more, reads the thread back from Slack, bob's follow-up with it, and is
-    over before B's beat takes the lock back. Before, B's turn stored bob's follow-up a second
-    time: the model was shown it twice, and the stored conversation kept both. The copy read
-    back now gives way to the one its own turn stores, last, as the question being answered."""
+    over before B takes the lock back (B's renewals wait for it here: else at its next beat, and a
+    turn of A slower than a beat, on a loaded machine, had B stand down or A wait). Before, B's
+    turn stored bob's follow-up a second time: the model was shown it twice, and the stored
+    conversation kept both. The copy read back now gives way to the one its own turn stores,
+    last, as the question being answered."""
     caplog.set_level(logging.INFO)
     a = await start_bot("http")
     b = await start_bot("http")  # Slack's events go to B
@@ -1566,13 +1569,20 @@ async def test_with_several_processes_a_question_taken_before_the_loss_and_read_
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", user="U2", thread_ts=root)
     await slack.wait_for(lambda: naming.waiting > 0, what="B to look up bob's name")
     await _until(lambda: redis.exists(f"lock:T1:{CHANNEL}:{root}"))  # B's turn took it
-    b_id = b.bot.turns.process_id
-    await _until(_a_beat(redis, b_id, await redis.zscore("processes", b_id)))
+    a_over = asyncio.Event()
+    renew = b.bot.store.renew_lock
+
+    async def after_as_turn(*args: Any) -> LockRenewal:
+        await a_over.wait()
+        return await renew(*args)
+
+    monkeypatch.setattr(b.bot.store, "renew_lock", after_as_turn)
     await redis.flushall()
     slack.use_http(f"{a.url}/slack/events")
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and dev?", thread_ts=root)
     await slack.wait_for_bot_messages(CHANNEL, root, count=2)
     await a.settle()
+    a_over.set()
     naming.opened.set()
     await slack.wait_for_bot_messages(CHANNEL, root, count=3, timeout=15)
     await b.settle()
@@ -1591,13 +1601,16 @@ async def test_with_several_processes_an_answer_read_back_before_its_turn_stored
     llm: OpenAIEmulator,
     redis: Redis,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """B answers bob's follow-up, whole in Slack, but Slack's answer to its last call is slow, and
     Redis loses its data meanwhile. A newer follow-up reaches A, whose turn takes the thread's
     lock, which nobody held any more, reads the thread back from Slack, B's answer with it, and is
-    over before B's beat takes the lock back. Before, B's turn then stored its answer a second
-    time: the stored conversation kept both, and the model was shown it twice from then on. The
-    copy read back now gives way to the one its own turn stores, in its place in Slack's order."""
+    over before B takes the lock back (B's renewals wait for it here: else at its next beat, and
+    a turn of A slower than a beat, on a loaded machine, had B stand down or A wait). Before, B's
+    turn then stored its answer a second time: the stored conversation kept both, and the model
+    was shown it twice from then on. The copy read back now gives way to the one its own turn
+    stores, in its place in Slack's order."""
     caplog.set_level(logging.INFO)
     a = await start_bot("http")
     b = await start_bot("http")  # Slack's events go to B
@@ -1618,14 +1631,21 @@ async def test_with_several_processes_an_answer_read_back_before_its_turn_stored
     ]
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", user="U2", thread_ts=root)
     await slack.wait_for(lambda: any(gate.waiting for gate in gates), what="B's answer to show")
-    b_id = b.bot.turns.process_id
-    await _until(_a_beat(redis, b_id, await redis.zscore("processes", b_id)))
+    a_over = asyncio.Event()
+    renew = b.bot.store.renew_lock
+
+    async def after_as_turn(*args: Any) -> LockRenewal:
+        await a_over.wait()
+        return await renew(*args)
+
+    monkeypatch.setattr(b.bot.store, "renew_lock", after_as_turn)
     await redis.flushall()
     slack.use_http(f"{a.url}/slack/events")
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and dev?", thread_ts=root)
     await slack.wait_for_bot_messages(CHANNEL, root, count=2)  # B's counts once its call is answered
     await a.settle()
     assert "Answer: bob: and staging?" in [m["content"] for m in llm.requests[-1]["messages"]]  # read back
+    a_over.set()
     for gate in gates:
         gate.opened.set()
     await slack.wait_for_bot_messages(CHANNEL, root, count=3)
