@@ -659,6 +659,10 @@ class TurnRunner:
                 if record.sign == "reaction":
                     await self.delivery.clear_sign(target, "reaction")
                 return outcome
+            if found is not None and found.ts != shown:
+                # A long answer's later message, begun unseen (the journal names only its first,
+                # closed as the next began): closed too, or it streams for good.
+                await self.delivery.end_abandoned(target, found.ts)
             outcome = await self._interrupted(target, shown)
         elif record.answer is not None:
             reply = self._reply(message, target)
