@@ -638,6 +638,7 @@ class TurnRunner:
             stored = Turn(role="assistant", text=found.text, ts=ts, reply_to=message.ts)
             outcome = Progress.of(turns=(stored,), state="answered", answer_ts=ts, answer=None)
         elif (shown := record.answer_ts or (found.ts if found else None)) is not None:
+            self._shown_before(message, shown, record.sign)
             if record.answer_ts is None:
                 log.info("answer found cut short team=%s channel=%s thread=%s user=%s", *_where(message))
             if record.answer is not None and fits_one_message(record.answer) and found and found.ts == shown:
@@ -675,6 +676,14 @@ class TurnRunner:
         if record.sign == "reaction":
             await self.delivery.clear_sign(target, "reaction")
         return outcome
+
+    def _shown_before(self, message: IncomingMessage, shown: str, sign: str | None) -> None:
+        """The answer's first message, shown before this turn (which resumes it), and the sign
+        left up then: kept with the lock as an answer's own are (`_reply`), for `hand_on` should
+        the turn stand down after Redis lost its data (and the journal that said so)."""
+        held = self._held.get(message.key)
+        if held is not None and held.ts == message.ts:
+            held.shown, held.sign = shown, held.sign or sign
 
     async def _interrupted(self, target: Target, shown: str) -> Progress:
         """An answer cut short when its process died, or before Redis lost its data: closed,
