@@ -569,7 +569,17 @@ class TurnRunner:
         if record.state in ("answered", "noted", "failed"):
             return Progress()  # finished before a crash; only taking it off the inbox was lost
         # Queued again as it stood down with its answer showing (`RedisLossRecovery.hand_on`): resumed too.
-        resume = record.state == "working" or (record.look_first and record.answer_ts is not None)
+        handed_on = record.look_first and record.answer_ts is not None
+        if handed_on and record.state == "queued":
+            # Unless a worker elsewhere resumed it before a later loss, which took the journal
+            # that said so but not this process's memory: noted then, not noted again (one more
+            # read, after a loss only).
+            looked = await self.redis_loss.look_in_slack(message)
+            if isinstance(looked, Deleted | Progress):
+                if record.sign == "reaction":
+                    await self.delivery.clear_sign(target_for(message), "reaction")
+                return looked if isinstance(looked, Progress) else Progress.of(state="noted")
+        resume = record.state == "working" or handed_on
         if resume and (resumed := await self._resume(message, record)) is not None:
             return resumed
         if record.deleted:
