@@ -891,7 +891,7 @@ async def test_with_several_processes_a_resumed_turn_that_stands_down_after_a_se
     note.opened.set()
     await a.settle()
     await b.settle()
-    assert caplog.text.count("standing down") == 2
+    assert caplog.text.count("standing down") >= 2  # B, then A
     messages = slack.bot_messages(CHANNEL, root)
     assert _asked(llm, "the whole guide please") == 1, [m["text"][:40] for m in messages]
     assert not [m["ts"] for m in messages if m.get("streaming")], "an answer left streaming"
