@@ -578,7 +578,17 @@ class TurnRunner:
         if record.state in ("answered", "noted", "failed"):
             return Progress()  # finished before a crash; only taking it off the inbox was lost
         # Queued again as it stood down with its answer showing (`RedisLossRecovery.hand_on`): resumed too.
-        resume = record.state == "working" or (record.look_first and record.answer_ts is not None)
+        handed_on = record.look_first and record.answer_ts is not None
+        if handed_on and record.state == "queued":
+            # Unless a worker elsewhere resumed it before a later loss, which took the journal
+            # that said so but not this process's memory: noted then, not noted again (one more
+            # read, after a loss only).
+            looked = await self.redis_loss.look_in_slack(message)
+            if isinstance(looked, Deleted | Progress):
+                if record.sign == "reaction":
+                    await self.delivery.clear_sign(target_for(message), "reaction")
+                return looked if isinstance(looked, Progress) else Progress.of(state="noted")
+        resume = record.state == "working" or handed_on
         if resume and (resumed := await self._resume(message, record)) is not None:
             return resumed
         if record.deleted:
@@ -662,6 +672,7 @@ class TurnRunner:
             stored = Turn(role="assistant", text=found.text, ts=ts, reply_to=message.ts)
             outcome = Progress.of(turns=(stored,), state="answered", answer_ts=ts, answer=None)
         elif (shown := record.answer_ts or (found.ts if found else None)) is not None:
+            self._shown_before(message, shown, record.sign)
             if record.answer_ts is None:
                 log.info("answer found cut short team=%s channel=%s thread=%s user=%s", *_where(message))
             if record.answer is not None and fits_one_message(record.answer) and found and found.ts == shown:
@@ -683,6 +694,10 @@ class TurnRunner:
                 if record.sign == "reaction":
                     await self.delivery.clear_sign(target, "reaction")
                 return outcome
+            if found is not None and found.ts != shown:
+                # A long answer's later message, begun unseen (the journal names only its first,
+                # closed as the next began): closed too, or it streams for good.
+                await self.delivery.end_abandoned(target, found.ts)
             outcome = await self._interrupted(target, shown)
         elif record.answer is not None:
             reply = self._reply(message, target)
@@ -695,6 +710,14 @@ class TurnRunner:
         if record.sign == "reaction":
             await self.delivery.clear_sign(target, "reaction")
         return outcome
+
+    def _shown_before(self, message: IncomingMessage, shown: str, sign: str | None) -> None:
+        """The answer's first message, shown before this turn (which resumes it), and the sign
+        left up then: kept with the lock as an answer's own are (`_reply`), for `hand_on` should
+        the turn stand down after Redis lost its data (and the journal that said so)."""
+        held = self._held.get(message.key)
+        if held is not None and held.ts == message.ts:
+            held.shown, held.sign = shown, held.sign or sign
 
     async def _interrupted(self, target: Target, shown: str) -> Progress:
         """An answer cut short when its process died, or before Redis lost its data: closed,

@@ -14,11 +14,11 @@ import pytest
 
 from bot.formatting import SlackMarkdown
 from bot.streaming import NOTES, Ending
-from bot.turn import DELIVERY_FAILED
+from bot.turn import DELIVERY_FAILED, INTERRUPTED
 from tests.conftest import RunningBot, StartBot
 from tests.emulators.openai_api import OpenAIEmulator, Reply, SlowFirstToken, Truncated
 from tests.emulators.slack import SlackEmulator
-from tests.test_streaming import has_feedback_buttons, shown
+from tests.test_streaming import _long_answer, has_feedback_buttons, shown
 
 CHANNEL = "C700"
 DM = "D700"
@@ -568,6 +568,34 @@ async def test_a_begun_answer_with_a_message_after_it_is_not_given_the_whole_ans
     texts = ["".join(shown(m).split()) for m in slack.bot_messages(CHANNEL, ts)]
     assert not [b for a, b in itertools.permutations(texts, 2) if b in a], "a message shown twice"
     assert _errors(caplog) == []
+
+
+async def test_a_long_answers_later_message_begun_unseen_is_closed_by_recovery(
+    start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A long answer's first message showed (journaled); the start of its second landed and its
+    answer was lost, with every read of the thread failing: the turn is left to recovery. Before,
+    recovery closed the journaled first message (closed already) and noted the answer
+    interrupted, and the second, found begun as the bot's last message, was left streaming for
+    good. It is closed now too."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http", RECOVERY_INTERVAL_SECONDS="0.3")
+    llm.chunk_chars, llm.chunk_delay = 200, 0.02
+    llm.enqueue(Reply(_long_answer()))
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> the whole guide please")
+    await slack.wait_for(lambda: bool(slack.calls_to("chat.startStream")), what="its first message")
+    slack.fail_next("chat.startStream", drop=True, after=True)  # its second message's: it lands
+    slack.fail_next("conversations.replies", drop=True, times=1000)
+    await slack.wait_for(lambda: "answer delivery deferred" in caplog.text, timeout=20)
+    assert len(slack.bot_messages(CHANNEL, ts)) == 2  # the second landed, unknown to the bot
+    slack.clear_faults()
+    noted = lambda: INTERRUPTED in [m["text"] for m in slack.bot_messages(CHANNEL, ts)]  # noqa: E731
+    await slack.wait_for(noted, timeout=20, what="the note")
+    await running.settle()
+    messages = slack.bot_messages(CHANNEL, ts)
+    assert [m["text"] for m in messages][2:] == [INTERRUPTED]
+    assert not [m["ts"] for m in messages if m.get("streaming")], "a message left streaming"
+    assert len(llm.requests) == 1 and _errors(caplog) == []
 
 
 async def test_a_begun_answer_stopped_before_recovery_is_kept_as_shown_in_the_conversation(

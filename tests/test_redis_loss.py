@@ -853,6 +853,92 @@ async def test_with_several_processes_a_question_handed_on_with_its_answer_showi
     assert await redis.zcard(a.bot.turns.store.keys.inbox(ThreadKey("T1", CHANNEL, root))) == 0
 
 
+async def test_with_several_processes_a_resumed_turn_that_stands_down_after_a_second_loss_is_not_given_again(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As above, B stands down after a loss and hands its question on with the answer that had
+    begun to show, and A resumes it. As A notes it interrupted, Redis loses its data again, and B
+    takes the thread's free lock for a newer follow-up: A stands down in turn. Before, A handed
+    the question on without that answer (its resumed turn had shown nothing of its own): looked
+    up, the bot's last message was a follow-up's answer, and the question was answered a second
+    time. It is handed on with it now, and resumed again."""
+    caplog.set_level(logging.INFO)
+    a = await start_bot("http")
+    b = await start_bot("http")  # Slack's events go to B
+    llm.chunk_chars, llm.chunk_delay = 20, 0.05
+    # The newer follow-up's answer takes long enough to start for A's lock renewal to find it.
+    llm.enqueue(Reply("a long explanation, " * 150), SlowFirstToken(2.0), SlowFirstToken(4.0))
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> the whole guide please")
+    await slack.wait_for(lambda: bool(slack.calls_to("chat.startStream")), what="B's answer to show")
+    b_id, a_id = b.bot.turns.process_id, a.bot.turns.process_id
+    await _until(_a_beat(redis, b_id, await redis.zscore("processes", b_id)))
+    await redis.flushall()
+    slack.use_http(f"{a.url}/slack/events")
+    note = slack.gate("chat.postMessage", lambda args: INTERRUPTED in str(args))
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    await slack.wait_for(lambda: note.waiting == 1, timeout=20, what="A to resume B's question")
+    await _until(_a_beat(redis, a_id, await redis.zscore("processes", a_id)))
+    await redis.flushall()
+    slack.use_http(f"{b.url}/slack/events")
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and prod?", thread_ts=root)
+    resumed_again = lambda: caplog.text.count("resuming interrupted turn") == 2  # noqa: E731
+    asked_again = lambda: _asked(llm, "the whole guide please") > 1  # noqa: E731
+    await slack.wait_for(lambda: resumed_again() or asked_again(), timeout=20, what="the question's turn")
+    note.opened.set()
+    await a.settle()
+    await b.settle()
+    assert caplog.text.count("standing down") >= 2  # B, then A
+    messages = slack.bot_messages(CHANNEL, root)
+    assert _asked(llm, "the whole guide please") == 1, [m["text"][:40] for m in messages]
+    assert not [m["ts"] for m in messages if m.get("streaming")], "an answer left streaming"
+    assert _errors(caplog) == []
+
+
+async def test_with_several_processes_a_question_handed_on_and_noted_before_a_second_loss_is_noted_once(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As above, B hands its question on with the answer that had begun to show, and A resumes it:
+    closed, noted interrupted, finished. Redis loses its data again before B's next beat finds it
+    finished, and B, which still keeps it, queues it again with that answer. Before, it was
+    resumed again, and noted interrupted a second time; the look in Slack now finds that note."""
+    caplog.set_level(logging.INFO)
+    a = await start_bot("http")
+    b = await start_bot("http")  # Slack's events go to B
+    llm.chunk_chars, llm.chunk_delay = 20, 0.05
+    llm.enqueue(Reply("a long explanation, " * 150), SlowFirstToken(2.0))
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> the whole guide please")
+    await slack.wait_for(lambda: bool(slack.calls_to("chat.startStream")), what="B's answer to show")
+    b_id = b.bot.turns.process_id
+    await _until(_a_beat(redis, b_id, await redis.zscore("processes", b_id)))
+    await redis.flushall()
+    slack.use_http(f"{a.url}/slack/events")
+    note = slack.gate("chat.postMessage", lambda args: INTERRUPTED in str(args))
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    await slack.wait_for(lambda: note.waiting == 1, timeout=20, what="A to resume B's question")
+    # Just after B's beat, A finishes the question, and Redis loses its data again.
+    await _until(_a_beat(redis, b_id, await redis.zscore("processes", b_id)))
+    note.opened.set()
+    journal = f"turn:T1:{CHANNEL}:{root}"
+    await _until(lambda: _state_is(redis, journal, "noted"))
+    await redis.flushall()
+    await _until(lambda: _state_is(redis, journal, "noted"), timeout=20)
+    await a.settle()
+    await b.settle()
+    assert caplog.text.count("message queued again") == 2  # as B stood down, and after the second loss
+    texts = [m["text"] for m in slack.bot_messages(CHANNEL, root)]
+    assert texts[1:] == ["Answer: ann: and staging?", INTERRUPTED], texts
+    assert _asked(llm, "the whole guide please") == 1
+    assert _errors(caplog) == []
+
+
 async def test_with_several_processes_a_question_queued_again_behind_a_newer_turn_is_stored_once(
     start_bot: StartBot,
     slack: SlackEmulator,
