@@ -303,9 +303,10 @@ class RedisLossRecovery:
 
         Queued again at once too: Redis still knowing it, a duplicate, and nothing is done; but a
         loss may have taken its inbox already, and been acted on while the answer was written,
-        leaving nothing to retry it. Its thread is pending again, for recovery's next round."""
+        leaving nothing to retry it. Its thread is pending again, for recovery's next round (no
+        worker is started for it: Slack has just refused the answer)."""
         how = self._let_go(_Requeue(message, True, shown, sign))
-        await self._queue(message, look_first=True, shown=how.shown, sign=how.sign)
+        await self._queue(message, look_first=True, shown=how.shown, sign=how.sign, start=False)
 
     def _let_go(self, how: _Requeue) -> _Requeue:
         """Keep a message a turn here let go of (`hand_on`, `deferred`), with what was known of it
@@ -318,10 +319,16 @@ class RedisLossRecovery:
         return kept
 
     async def _queue(
-        self, message: IncomingMessage, *, look_first: bool, shown: str | None = None, sign: str | None = None
+        self,
+        message: IncomingMessage,
+        *,
+        look_first: bool,
+        shown: str | None = None,
+        sign: str | None = None,
+        start: bool = True,
     ) -> bool:
         """Queue a message again; False when Redis refused it (it is tried again at the next
-        beat)."""
+        beat). `start`: a worker here takes its thread at once (else recovery's next round)."""
         where = (message.team, message.channel, message.conversation, message.user)
         try:
             lost = self.dm_history_lost(message.key)
@@ -340,7 +347,8 @@ class RedisLossRecovery:
         if accepted is not Accepted.DUPLICATE:
             log.info("message queued again team=%s channel=%s thread=%s user=%s look_first=%s",
                      *where, look_first)  # fmt: skip
-            self._start_work(message.key)
+            if start:
+                self._start_work(message.key)
         return True
 
     def _hold_back(self, how: _Requeue) -> None:

@@ -415,9 +415,12 @@ class TurnRunner:
                     if found is False:
                         return  # the holder (here or in another process) will reach our message
                     queued = found
-                if queued is not None and not await self._work_locked(queued, token):
-                    return  # a delivery was deferred: recovery comes back to the thread later
-                # A message accepted here while we were finishing found us still at work.
+                if queued is not None:
+                    # False when a delivery was deferred: recovery comes back to the thread later.
+                    await self._work_locked(queued, token)
+                # A message accepted here while we were finishing found us still at work: its
+                # thread is taken again, a deferred answer first (as it would be, had the message
+                # come a moment later; before, both waited for recovery, two rounds idle).
                 if key not in self._poked:
                     return
         finally:

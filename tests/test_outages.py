@@ -184,6 +184,38 @@ async def test_answer_slack_refuses_for_a_while_is_journaled_and_delivered_later
     assert "answer delivery deferred" in caplog.text
 
 
+async def test_a_follow_up_accepted_while_the_answer_before_it_is_deferred_tries_that_answer_again_at_once(
+    start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A follow-up that comes as Slack's refusals defer the answer before it finds that turn's
+    worker still at work, and is left to it. The worker stopped all the same, as for a deferral,
+    and both waited for recovery, two rounds idle (10 s and more by default; here, with long
+    rounds, for good), where a follow-up that comes a moment later has its worker try the
+    deferred answer again at once, then answer it. Now the worker goes on as for that one."""
+    caplog.set_level(logging.INFO)
+    await start_bot("http", RECOVERY_INTERVAL_SECONDS="60")
+    slack.fail_next("chat.postMessage", error="internal_error", status=503, times=3)
+    looks = 0
+
+    def third_look(args: dict) -> bool:
+        nonlocal looks
+        looks += 1
+        return looks == 3  # the look for the third refused post, after which the answer is deferred
+
+    last_look = slack.gate("conversations.history", when=third_look)
+    await slack.post_user_message(DM, "why is api-prod red?")
+    await slack.wait_for(lambda: last_look.waiting > 0, what="the last look for the refused post")
+    await slack.post_user_message(DM, "and staging?")  # queued: acknowledged once in Redis
+    last_look.opened.set()
+    answers = await slack.wait_for_bot_messages(DM, "top", count=2, timeout=15)
+    assert [answer["text"] for answer in answers] == [
+        "Answer: ann: why is api-prod red?",
+        "Answer: ann: and staging?",
+    ]
+    assert "answer delivery deferred" in caplog.text
+    assert len(llm.requests) == 2  # the deferred answer was given from its journal, not asked again
+
+
 async def test_a_malformed_entry_among_the_waiting_threads_does_not_stop_recovery(
     start_bot: StartBot, slack: SlackEmulator, redis: Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
