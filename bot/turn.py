@@ -287,7 +287,7 @@ class TurnRunner:
         """A person's message edited: stored (or waiting) as edited, wherever it is held. `user`,
         its author, and `edited_ts`, the edit's own ts (see `Store.edit_user_message`). `is_dm`:
         in a DM, where everything is said to the bot."""
-        self.redis_loss.edited((key.team, key.channel, ts), text)
+        self.redis_loss.edited((key.team, key.channel, ts), text, edited_ts)
         if not is_dm and mentioned_users(text) - {bot_user_id} and not await self._takes_part_in(key):
             # An edit in a thread the bot takes no part in: its mentions are not worth a
             # users.info call each (Tier 4, shared with every turn's asker).

@@ -2426,3 +2426,38 @@ async def test_an_edit_naming_a_colleague_of_a_remark_queued_again_after_a_loss_
     # The question, stored as its turn began, went with the loss: the next turn reads it back.
     assert said == ["@bob the cache was restarted at noon"], stored
     assert _errors(caplog) == []
+
+
+async def test_a_follow_up_edited_twice_whose_events_come_in_the_other_order_is_queued_again_as_the_newer(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A follow-up waiting behind the answer in flight is edited twice, and Slack's events come in
+    the other order. Redis keeps the newer edit (by `edited.ts`), but the process's own memory of
+    the waiting message, which it queues again after a loss, kept the later event's: the older
+    edit, which the follow-up was then answered with. It keeps the newer now, as Redis does."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    posting = slack.gate("chat.postMessage")
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
+    await slack.wait_for(lambda: posting.waiting > 0, what="the first answer's post")
+    follow_up = await slack.post_user_message(CHANNEL, f"<@{BOT}> and prod?", thread_ts=root)
+    older = slack.edited_event(CHANNEL, follow_up, f"<@{BOT}> and staging?")
+    newer = slack.edited_event(CHANNEL, follow_up, f"<@{BOT}> and dev?")
+    assert (await slack.deliver_event(newer)).acked
+    assert (await slack.deliver_event(older)).acked
+    journal = f"turn:T1:{CHANNEL}:{follow_up}"
+    assert await redis.hget(journal, "edited_text") == f"<@{BOT}> and dev?"  # as Redis keeps it
+    process = running.bot.turns.process_id
+    await _until(_a_beat(redis, process, await redis.zscore("processes", process)))
+    await redis.flushall()
+    await slack.wait_for(lambda: "message queued again" in caplog.text, what="its queueing again")
+    posting.opened.set()
+    first, second = await slack.wait_for_bot_messages(CHANNEL, root, count=2)
+    await running.settle()
+    assert [first["text"], second["text"]] == ["Answer: ann: why is api-prod red?", "Answer: ann: and dev?"]
+    assert _asked(llm, "and staging?") == 0
+    assert _errors(caplog) == []
