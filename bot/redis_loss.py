@@ -42,15 +42,6 @@ LOOK_WAIT_SECONDS = 300.0
 Seen = tuple[str, str, str]  # a message's workspace, channel and ts
 
 
-def _ts_parts(ts: str) -> tuple[int, int]:
-    """A Slack ts as (seconds, microseconds), to order edits as Redis does (`_TS_BEFORE` in
-    bot/store.py): a float loses the last digits of some, and strings of unlike lengths misorder."""
-    seconds, _, fraction = ts.partition(".")
-    if not (seconds.isdecimal() and (fraction.isdecimal() or not fraction)):
-        return 0, 0
-    return int(seconds), int((fraction + "000000")[:6])
-
-
 @dataclass(frozen=True)
 class CutShort:
     """The message's answer is in Slack, cut short before the loss: to be closed and noted as
@@ -153,8 +144,9 @@ class RedisLossRecovery:
         order. An edit with no ts counts as the newest, as there."""
         if (message := self._waiting.get(seen)) is None:
             return
-        newest = self._edited_at.get(seen)
-        if edited_ts and newest is not None and _ts_parts(edited_ts) < _ts_parts(newest):
+        # As numbers (`ts_number`, exact): as strings, ts of unlike lengths misorder.
+        this, newest = ts_number(edited_ts), ts_number(self._edited_at.get(seen))
+        if this is not None and newest is not None and this < newest:
             return
         self._edited_at[seen] = edited_ts
         self._waiting[seen] = replace(message, text=text)
