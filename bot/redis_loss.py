@@ -113,6 +113,7 @@ class RedisLossRecovery:
         # may lose them again before their turn), and the threads held here since the last beat:
         # what `_queue_again` needs.
         self._waiting: OrderedDict[Seen, IncomingMessage] = OrderedDict()
+        self._edited_at: dict[Seen, str] = {}  # of those edited: their newest edit's ts
         self._held_since_beat: set[ThreadKey] = set()
         # Messages whose queueing again Redis refused: tried again at the next beat.
         self._unqueued: OrderedDict[Seen, _Requeue] = OrderedDict()
@@ -128,17 +129,27 @@ class RedisLossRecovery:
         """Accepted here; no worker here has taken it yet."""
         self._waiting[seen] = message
         while len(self._waiting) > WAITING_MEMORY:
-            self._waiting.popitem(last=False)
+            self._edited_at.pop(self._waiting.popitem(last=False)[0], None)
 
     def taken(self, seen: Seen) -> None:
         """Taken by a worker here, or deleted: never to be queued again."""
         self._waiting.pop(seen, None)
+        self._edited_at.pop(seen, None)
         self._unqueued.pop(seen, None)
         self._handed_on.pop(seen, None)
 
-    def edited(self, seen: Seen, text: str) -> None:
-        if (message := self._waiting.get(seen)) is not None:
-            self._waiting[seen] = replace(message, text=text)  # queued again as edited
+    def edited(self, seen: Seen, text: str, edited_ts: str = "") -> None:
+        """Edited while it waits: queued again as edited, by its newest edit (Slack's `edited.ts`),
+        as Redis keeps it (`Store.edit_user_message`): the events of two edits may come in either
+        order. An edit with no ts counts as the newest, as there."""
+        if (message := self._waiting.get(seen)) is None:
+            return
+        # As numbers (`ts_number`, exact): as strings, ts of unlike lengths misorder.
+        this, newest = ts_number(edited_ts), ts_number(self._edited_at.get(seen))
+        if this is not None and newest is not None and this < newest:
+            return
+        self._edited_at[seen] = edited_ts
+        self._waiting[seen] = replace(message, text=text)
 
     def held(self, key: ThreadKey) -> None:
         self._held_since_beat.add(key)
@@ -164,6 +175,7 @@ class RedisLossRecovery:
         after one queue again what went with it."""
         for seen in news.over:
             self._waiting.pop(seen, None)
+            self._edited_at.pop(seen, None)
             self._unqueued.pop(seen, None)
             self._handed_on.pop(seen, None)
         # Not at a beat that notices a loss: like queueing again (below), retries wait for the beat

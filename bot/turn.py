@@ -274,18 +274,35 @@ class TurnRunner:
                          key.team, key.channel, holding.thread, ts)  # fmt: skip
 
     async def edit_message(
-        self, key: ThreadKey, ts: str, text: str, bot_user_id: str, *, user: str = "", edited_ts: str = ""
+        self,
+        key: ThreadKey,
+        ts: str,
+        text: str,
+        bot_user_id: str,
+        *,
+        user: str = "",
+        edited_ts: str = "",
+        is_dm: bool = False,
     ) -> None:
         """A person's message edited: stored (or waiting) as edited, wherever it is held. `user`,
-        its author, and `edited_ts`, the edit's own ts (see `Store.edit_user_message`)."""
-        self.redis_loss.edited((key.team, key.channel, ts), text)
-        if mentioned_users(text) - {bot_user_id} and not await self.store.is_followed(key):
+        its author, and `edited_ts`, the edit's own ts (see `Store.edit_user_message`). `is_dm`:
+        in a DM, where everything is said to the bot."""
+        self.redis_loss.edited((key.team, key.channel, ts), text, edited_ts)
+        if not is_dm and mentioned_users(text) - {bot_user_id} and not await self._takes_part_in(key):
             # An edit in a thread the bot takes no part in: its mentions are not worth a
             # users.info call each (Tier 4, shared with every turn's asker).
             return
         readable = await self.workspace.readable(key.team, text, bot_user_id)
         for holding in await self._holding(key, ts):
             await self.store.edit_user_message(holding, ts, readable, text, user=user, edited_ts=edited_ts)
+
+    async def _takes_part_in(self, key: ThreadKey) -> bool:
+        """`is_followed`, for an edit: a thread taken part in here is followed still after a loss
+        (its meta, which says so, went with it), but Redis down is no reason to drop the edit:
+        its event is left unacknowledged, for Slack to send again."""
+        if self.redis_loss.noticed and key in self._recently_followed:
+            return True
+        return await self.store.is_followed(key)
 
     async def _holding(self, key: ThreadKey, ts: str, *, deleting: bool = False) -> list[ThreadKey]:
         """The conversations that hold a person's message stored in `key`: a DM's also the DM

@@ -93,7 +93,7 @@ async def test_a_feedback_click_during_a_redis_outage_tells_the_person_it_was_no
 
 
 @pytest.mark.parametrize("mode", ["http", "socket"])
-@pytest.mark.parametrize("change", ["deleted", "edited"])
+@pytest.mark.parametrize("change", ["deleted", "edited", "edited to name a colleague"])
 async def test_an_edit_or_deletion_during_a_redis_outage_is_applied_from_slacks_next_delivery(
     change: str,
     mode: str,
@@ -105,7 +105,9 @@ async def test_an_edit_or_deletion_during_a_redis_outage_is_applied_from_slacks_
     """A person deletes (or edits) a message of theirs while Redis is down: the change cannot be
     stored, so its event is not acknowledged (over HTTP, a 503), and Slack's next delivery of it,
     once Redis is back, applies it: the next prompt has the message as changed. (Before, the event
-    was acknowledged and the change dropped: a deleted message stayed in the conversation.)"""
+    was acknowledged and the change dropped: a deleted message stayed in the conversation.) An
+    edit naming a colleague, taken only in a thread the bot follows, is not dropped for want of
+    Redis to say so: it too is left for Slack's next delivery."""
     running = await start_bot(mode, REDIS_URL=own_redis.url)
     slack.ack_timeout = 3.0  # Slack's own wait for a Socket Mode ack
     slack.retry_failed_deliveries(waits=(0.5, 1.0, 2.0))
@@ -120,7 +122,8 @@ async def test_an_edit_or_deletion_during_a_redis_outage_is_applied_from_slacks_
     if change == "deleted":
         changing = asyncio.create_task(slack.delete_message(CHANNEL, secret))
     else:
-        changing = asyncio.create_task(slack.edit_message(CHANNEL, secret, "my token is [removed]"))
+        naming = " <@U2>" if change == "edited to name a colleague" else ""
+        changing = asyncio.create_task(slack.edit_message(CHANNEL, secret, f"my token is [removed]{naming}"))
     await slack.wait_for(lambda: len(slack.deliveries) > before, timeout=10, what="the change refused")
     own_redis.start()  # same port, same append-only file
     await changing
@@ -136,8 +139,10 @@ async def test_an_edit_or_deletion_during_a_redis_outage_is_applied_from_slacks_
     assert "ann: my token is hunter2" not in prompt
     if change == "deleted":
         assert not any("hunter2" in content for content in prompt)  # its answer went with it
-    else:
+    elif change == "edited":
         assert "ann: my token is [removed]" in prompt
+    else:
+        assert "ann: my token is [removed] @bob" in prompt
 
 
 # -- Slack ------------------------------------------------------------------------------------

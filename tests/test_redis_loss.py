@@ -1945,10 +1945,11 @@ async def test_a_dm_question_edited_twice_after_a_loss_is_read_back_with_the_new
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """After a loss, a DM question is edited twice: the first edit leaves its record; the second
-    names a colleague, and the DM's top level, whose meta the loss took, is followed no more, so
-    its event changes nothing. A DM thread's read-back then sees the second edit in Slack. Before,
-    the merge took the record's older text over what Slack showed, stored it, and gave it to the
-    model with every reply there; the page's newer edit now wins (by `edited.ts`)."""
+    names a colleague, and its event is still on its way (until 7 Dec it was dropped when it came:
+    the DM's top level, whose meta the loss took, was followed no more). A DM thread's read-back
+    then sees the second edit in Slack. Before, the merge took the record's older text over what
+    Slack showed, stored it, and gave it to the model with every reply there; the page's newer
+    edit now wins (by `edited.ts`)."""
     caplog.set_level(logging.INFO)
     running = await start_bot("http")
     asked = await slack.post_user_message(DM, "my password is hunter2, why is api-prod red?")
@@ -1958,8 +1959,7 @@ async def test_a_dm_question_edited_twice_after_a_loss_is_read_back_with_the_new
     await slack.wait_for(lambda: FORGOT in caplog.text, what="the loss to be noticed")
     await slack.edit_message(DM, asked, "why is api-prod red?")
     await running.settle()
-    await slack.edit_message(DM, asked, "why is api-prod red? <@U2> saw it too")
-    await running.settle()
+    late = slack.edited_event(DM, asked, "why is api-prod red? <@U2> saw it too")
     await slack.post_user_message(DM, "more on this", thread_ts=answer["ts"])
     await slack.wait_for_bot_messages(DM, answer["ts"], count=1)
     await running.settle()
@@ -1968,6 +1968,9 @@ async def test_a_dm_question_edited_twice_after_a_loss_is_read_back_with_the_new
     stored = await redis.lrange(f"conv:T1:{DM}:{answer['ts']}:turns", 0, -1)
     asking = [turn.text for turn in map(Turn.from_json, stored) if turn.role == "user"]
     assert asking == ["why is api-prod red? @bob saw it too", "more on this"]
+    assert (await slack.deliver_event(late)).acked  # come at last, it leaves the same text
+    stored = await redis.lrange(f"conv:T1:{DM}:{answer['ts']}:turns", 0, -1)
+    assert [turn.text for turn in map(Turn.from_json, stored) if turn.role == "user"] == asking
     assert _errors(caplog) == []
 
 
@@ -2346,4 +2349,115 @@ async def test_a_remark_queued_again_behind_a_newer_turn_that_read_it_back_keeps
     said = [t["text"] for t in stored if t["role"] == "user"]
     assert len(said) == 3 and "the cache was restarted" in said[1], said
     assert said[0] == "why is api-prod red?" and said[2] == "is that why?", said
+    assert _errors(caplog) == []
+
+
+@pytest.mark.parametrize("asked_of", ["this process", "another process"])
+async def test_a_dm_question_edited_to_name_a_colleague_after_a_loss_reaches_the_dm_thread_that_copied_it(
+    asked_of: str,
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """After a loss, a reply in the DM thread under an answer copies its question there from
+    Slack; the question is then edited to name a colleague. Before, that edit was dropped whole:
+    one that mentions someone was taken only in a conversation the bot follows, which the DM's top
+    level, its meta gone with the loss, no longer said; the copy kept the old text (a password),
+    and the model read it with every reply there. In a DM everything is said to the bot: its
+    edits are taken, also by a process that never took part in the DM (one that did remembers)."""
+    caplog.set_level(logging.INFO)
+    asking = await start_bot("http")
+    running = await start_bot("http") if asked_of == "another process" else asking
+    slack.use_http(f"{asking.url}/slack/events")
+    asked = await slack.post_user_message(DM, "my password is hunter2, why is api-prod red?")
+    [answer] = await slack.wait_for_bot_messages(DM, "top", count=1)
+    await asking.settle()
+    slack.use_http(f"{running.url}/slack/events")
+    await redis.flushall()
+    await slack.wait_for(lambda: running.bot.turns.redis_loss.noticed, what="the loss to be noticed")
+    await slack.post_user_message(DM, "more on this", thread_ts=answer["ts"])
+    await slack.wait_for_bot_messages(DM, answer["ts"], count=1)
+    await running.settle()
+    assert any("hunter2" in text for text in _prompt(llm)), _prompt(llm)  # copied there
+    await slack.edit_message(DM, asked, "why is api-prod red? <@U2> saw it too")
+    await running.settle()
+    stored = await redis.lrange(f"conv:T1:{DM}:{answer['ts']}:turns", 0, -1)
+    said = [turn.text for turn in map(Turn.from_json, stored) if turn.role == "user"]
+    assert said == ["why is api-prod red? @bob saw it too", "more on this"], said
+    await slack.post_user_message(DM, "and now?", thread_ts=answer["ts"])
+    await slack.wait_for_bot_messages(DM, answer["ts"], count=2)
+    await running.settle()
+    # Its answer, posted before the edit, quotes it still, as Slack shows it.
+    assert _prompt(llm)[0] == "ann: why is api-prod red? @bob saw it too", _prompt(llm)
+    assert _errors(caplog) == []
+
+
+async def test_an_edit_naming_a_colleague_of_a_remark_queued_again_after_a_loss_is_what_its_turn_stores(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A remark to a colleague waits behind the answer in flight when Redis loses its data; queued
+    again, it is edited, naming the colleague still. The thread's meta, which said the bot follows
+    it, went with the loss, and a remark queued again does not write it back: before, the edit was
+    dropped as one in a thread the bot takes no part in, and the remark's turn stored its old
+    text. A thread this process took part in is followed still after a loss, for an edit as for a
+    new message."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    posting = slack.gate("chat.postMessage")
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
+    await slack.wait_for(lambda: posting.waiting > 0, what="the answer's post")
+    remark = await slack.post_user_message(CHANNEL, "<@U2> the cache was restarted", thread_ts=root)
+    process = running.bot.turns.process_id
+    await _until(_a_beat(redis, process, await redis.zscore("processes", process)))
+    await redis.flushall()
+    await slack.wait_for(lambda: "message queued again" in caplog.text, what="the remark to be queued again")
+    await slack.edit_message(CHANNEL, remark, "<@U2> the cache was restarted at noon")
+    posting.opened.set()
+    journal = f"turn:T1:{CHANNEL}:{remark}"
+    await _until(lambda: _state_is(redis, journal, "answered"))  # recorded
+    await running.settle()
+    stored = await redis.lrange(f"conv:T1:{CHANNEL}:{root}:turns", 0, -1)
+    said = [turn.text for turn in map(Turn.from_json, stored) if turn.role == "user"]
+    # The question, stored as its turn began, went with the loss: the next turn reads it back.
+    assert said == ["@bob the cache was restarted at noon"], stored
+    assert _errors(caplog) == []
+
+
+async def test_a_follow_up_edited_twice_whose_events_come_in_the_other_order_is_queued_again_as_the_newer(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A follow-up waiting behind the answer in flight is edited twice, and Slack's events come in
+    the other order. Redis keeps the newer edit (by `edited.ts`), but the process's own memory of
+    the waiting message, which it queues again after a loss, kept the later event's: the older
+    edit, which the follow-up was then answered with. It keeps the newer now, as Redis does."""
+    caplog.set_level(logging.INFO)
+    running = await start_bot("http")
+    posting = slack.gate("chat.postMessage")
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
+    await slack.wait_for(lambda: posting.waiting > 0, what="the first answer's post")
+    follow_up = await slack.post_user_message(CHANNEL, f"<@{BOT}> and prod?", thread_ts=root)
+    older = slack.edited_event(CHANNEL, follow_up, f"<@{BOT}> and staging?")
+    newer = slack.edited_event(CHANNEL, follow_up, f"<@{BOT}> and dev?")
+    assert (await slack.deliver_event(newer)).acked
+    assert (await slack.deliver_event(older)).acked
+    journal = f"turn:T1:{CHANNEL}:{follow_up}"
+    assert await redis.hget(journal, "edited_text") == f"<@{BOT}> and dev?"  # as Redis keeps it
+    process = running.bot.turns.process_id
+    await _until(_a_beat(redis, process, await redis.zscore("processes", process)))
+    await redis.flushall()
+    await slack.wait_for(lambda: "message queued again" in caplog.text, what="its queueing again")
+    posting.opened.set()
+    first, second = await slack.wait_for_bot_messages(CHANNEL, root, count=2)
+    await running.settle()
+    assert [first["text"], second["text"]] == ["Answer: ann: why is api-prod red?", "Answer: ann: and dev?"]
+    assert _asked(llm, "and staging?") == 0
     assert _errors(caplog) == []

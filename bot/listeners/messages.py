@@ -83,6 +83,7 @@ def register(app: AsyncApp, turns: TurnRunner) -> MessageListeners:
                 bot_user_id,
                 user=user if isinstance(user, str) else "",
                 edited_ts=edited_ts,
+                is_dm=event.get("channel_type") == "im",
             )
 
     app.event("app_mention")(on_app_mention)
