@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import inspect
 import logging
 import re
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +79,24 @@ def session_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     ]
     if leaks:
         pytest.fail("secrets in the session's log output:\n" + "\n".join(leaks[:20]))
+
+
+async def wait_until(
+    condition: Callable[[], bool | Awaitable[bool]], what: str, within: float = 10.0
+) -> None:
+    """Poll `condition` (a plain check, or one that awaits: a Redis read) until it holds; fail
+    naming `what` after `within` seconds. What a test waits for to have happened, instead of a
+    guessed time that a busy machine outlasts (`SlackEmulator.wait_for` adds the bot's calls)."""
+    deadline = time.monotonic() + within
+    while True:
+        held = condition()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(0.02)
 
 
 def free_port() -> int:

@@ -3,8 +3,6 @@ then after longer waits, those in the background so that a measured step does no
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 
 from bench.rig import ModelShape, Rig
@@ -34,7 +32,7 @@ async def test_an_unacknowledged_delivery_is_sent_again_at_once_then_after_a_wai
         asked = await rig.send(question)
         # The first attempt and the one at once failed; send() did not wait for the later one.
         assert seen == [None, "1"] and not asked.deliveries[0].acked
-        await asyncio.sleep(0.6)
+        await rig.slack.wait_for(lambda: len(seen) >= 3, what="the retry after a wait")
         assert seen == [None, "1", "2"]  # a retry's number, as Slack numbers them
         assert rig.retried == 2
     finally:

@@ -11,7 +11,7 @@ import asyncio
 from bot.context import EARLIER_UNREAD_NOTE
 from bot.rate_limit import SlackBudget
 from bot.store import RateClaim, ThreadKey
-from tests.conftest import RunningBot, StartBot
+from tests.conftest import RunningBot, StartBot, wait_until
 from tests.emulators.openai_api import OpenAIEmulator
 from tests.emulators.slack import SlackEmulator
 
@@ -369,7 +369,7 @@ async def test_a_message_edited_to_mention_the_bot_is_answered_once_as_edited(
     `edited`) for the same message, which is answered, as edited; a later edit is not answered
     again. (Before, the mention was taken for a second event of the message and ignored.)"""
     root = await slack.post_user_message(CHANNEL, "my check is down, anyone?")
-    await asyncio.sleep(0.3)
+    await bot.settle()  # taken in, and left alone
     assert not llm.requests
     await slack.edit_message(CHANNEL, root, f"<@{BOT}> my check is down, anyone?")
     [answer] = await slack.wait_for_bot_messages(CHANNEL, root, count=1)
@@ -386,7 +386,7 @@ async def test_an_edit_in_a_thread_the_bot_takes_no_part_in_looks_no_one_up(
     """Every edit in a channel the bot is in reaches it; one in a conversation it does not hold
     costs no users.info call for the people it mentions (Tier 4, shared with every turn)."""
     ts = await slack.post_user_message(CHANNEL, "lunch at noon?")
-    await asyncio.sleep(0.3)
+    await bot.settle()  # taken in, and left alone
     slack.add_user("U9", "bea")
     await slack.edit_message(CHANNEL, ts, "lunch at noon, <@U9>?")
     await asyncio.sleep(0.5)
@@ -406,7 +406,9 @@ async def test_deleted_message_leaves_the_stored_conversation(
     await bot.settle()
 
     await slack.delete_message(CHANNEL, oops)
-    await asyncio.sleep(0.3)
+    await bot.settle()
+    stored = await bot.bot.store.recent_turns(ThreadKey("T1", CHANNEL, root), 50)
+    assert "hunter2" not in str([turn.text for turn in stored])  # gone before the next question
     await slack.post_user_message(CHANNEL, "question two", thread_ts=root)
     await slack.wait_for_bot_messages(CHANNEL, root, count=3)
     await bot.settle()
@@ -421,7 +423,9 @@ async def test_edited_message_is_updated_in_the_conversation(
     await slack.wait_for_bot_messages(CHANNEL, root, count=1)
     await bot.settle()
     await slack.edit_message(CHANNEL, root, f"<@{BOT}> my check is down")
-    await asyncio.sleep(0.3)
+    await bot.settle()
+    stored = await bot.bot.store.recent_turns(ThreadKey("T1", CHANNEL, root), 50)
+    assert "my check is down" in str([turn.text for turn in stored])  # edited before the next question
     await slack.post_user_message(CHANNEL, "since 9am", thread_ts=root)
     await slack.wait_for_bot_messages(CHANNEL, root, count=2)
     await bot.settle()
@@ -533,10 +537,11 @@ async def test_a_remark_edited_after_its_worker_took_it_is_kept_as_edited(
         CHANNEL, "<@U2> did you rotate ours last week?", thread_ts=root, user="U9"
     )
     await slack.wait_for(lambda: name_lookup.waiting > 0, what="the turn to look up the author")
-    await asyncio.sleep(0.3)  # the worker takes the message meanwhile (one Redis round trip)
+    store = bot.bot.store
+    lock = store.keys.lock(ThreadKey("T1", CHANNEL, root))
+    await wait_until(lambda: store.redis.exists(lock), "the worker to take the remark (its thread's lock)")
     await slack.edit_message(CHANNEL, remark, "<@U2> did you rotate ours on Monday?")
     name_lookup.opened.set()
-    await asyncio.sleep(0.3)
     await bot.settle()
     assert len(llm.requests) == 1  # a remark, not a question
     stored = [turn.text for turn in await bot.bot.store.recent_turns(ThreadKey("T1", CHANNEL, root), 50)]

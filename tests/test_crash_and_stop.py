@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 
 from bot.llm import REJECTED
 from tests.bot_process import BotProcess
-from tests.conftest import StartBot, bot_env, free_port
+from tests.conftest import StartBot, bot_env, free_port, wait_until
 from tests.emulators.openai_api import Hang, OpenAIEmulator, Status
 from tests.emulators.slack import Delivery, Gate, SlackEmulator
 
@@ -159,6 +159,16 @@ async def _killed_once_shown(
         await process.wait()
     finally:
         await redis.execute_command("CLIENT", "UNPAUSE")
+
+
+async def _wait_until_queued(redis: Redis, channel: str, ts: str) -> None:
+    """Until the message's journal says it waits in its thread's inbox."""
+    journal = f"turn:T1:{channel}:{ts}"
+
+    async def queued() -> bool:
+        return await redis.hget(journal, "state") == "queued"
+
+    await wait_until(queued, f"the message {ts} to be queued")
 
 
 async def _wait_for_stored_turns(redis: Redis, count: int) -> None:
@@ -409,7 +419,7 @@ async def test_a_notice_after_the_question_is_not_taken_for_an_answer_cut_short(
     ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> first question")
     await slack.wait_for(lambda: notice_held.waiting > 0, what="the first question's notice")
     second = await slack.post_user_message(CHANNEL, f"<@{BOT}> second question", thread_ts=ts)
-    await asyncio.sleep(0.3)  # the second message is queued behind the first turn
+    await _wait_until_queued(redis, CHANNEL, second)  # behind the first turn
     notice_held.opened.set()
     await slack.wait_for(lambda: answer_held.waiting > 0, what="the second answer to be on its way")
     first.kill()
@@ -447,7 +457,7 @@ async def test_an_earlier_answer_a_person_stopped_is_not_taken_for_an_answer_cut
     ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> first question")
     await slack.wait_for(lambda: opening.waiting > 0, what="the first answer to be on its way")
     second = await slack.post_user_message(CHANNEL, f"<@{BOT}> second question", thread_ts=ts)
-    await asyncio.sleep(0.3)  # the second message is queued behind the first turn
+    await _wait_until_queued(redis, CHANNEL, second)  # behind the first turn
     opening.opened.set()
     await slack.wait_for(lambda: len(slack.bot_messages(CHANNEL, ts)) == 1, what="the first answer")
     [stopped] = slack.bot_messages(CHANNEL, ts)
@@ -554,7 +564,8 @@ async def test_a_process_frozen_past_its_liveness_loses_its_thread_and_posts_not
         [answer] = await slack.wait_for_bot_messages(CHANNEL, ts, count=1, timeout=20)
     finally:
         holder.process.send_signal(signal.SIGCONT)
-    await asyncio.sleep(2.0)  # the thawed holder's answer would be out by now
+    # The thawed holder's turn ends here, its answer not shown.
+    await slack.wait_for(lambda: "standing down" in holder.log(), timeout=20, what="the holder to stand down")
     assert answer["text"] == "Answer: ann: who answers this?"
     assert len(slack.bot_messages(CHANNEL, ts)) == 1
     # The other's request, and sometimes one more from the thawed holder, whose model call timed

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,7 +16,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from bot.store import Accepted, IncomingMessage, Progress, Store, ThreadKey, Turn
-from tests.conftest import StartBot
+from tests.conftest import StartBot, wait_until
 from tests.emulators.slack import SlackEmulator
 
 DM = "D700"
@@ -41,7 +42,11 @@ async def monitored(redis_url: str) -> AsyncIterator[list[str]]:
     reader = asyncio.create_task(read())
     try:
         yield lines
-        await asyncio.sleep(0.3)  # the last lines on their way
+        # MONITOR shows commands in the order Redis ran them: once a marker sent now shows, so
+        # has every command before it.
+        marker = f"end of the monitored block {uuid.uuid4().hex}"
+        await client.echo(marker)
+        await wait_until(lambda: any(marker in line for line in lines), "the last lines")
     finally:
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)

@@ -4,7 +4,6 @@ whole completion where a stream was asked for), and that leaving a stream early 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -23,6 +22,7 @@ from bot.llm import (
     is_openai,
     parse_retry_after,
 )
+from tests.conftest import wait_until
 from tests.emulators.openai_api import NotStreamed, OpenAIEmulator, Raw, Reply, Status, sse_chunk
 
 QUESTION = [{"role": "user", "content": "how do I rotate my deploy key?"}]
@@ -232,8 +232,7 @@ async def test_leaving_a_stream_early_stops_the_generation(llm: OpenAIEmulator, 
             assert delta == "word"
             break
     # The server saw the client go and stopped writing, well before the 5 s the answer takes.
-    await asyncio.sleep(0.5)
-    assert llm.in_flight == 0
+    await wait_until(lambda: llm.in_flight == 0, "the server to stop writing", within=3.0)
     [timing] = llm.streams
     assert timing.finished_at is None
     assert stream.text == "word"

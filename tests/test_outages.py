@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from bot.delivery import FEEDBACK_NOT_KEPT
 from bot.store import ThreadKey
 from bot.turn import STORE_UNAVAILABLE
-from tests.conftest import StartBot
+from tests.conftest import RunningBot, StartBot, wait_until
 from tests.emulators.openai_api import OpenAIEmulator, SlowFirstToken, Status
 from tests.emulators.slack import POSTING_METHODS, SlackEmulator
 from tests.redis_server import RedisServer
@@ -397,7 +397,7 @@ async def test_feedback_whose_thanks_cannot_reach_slack_is_kept_and_acknowledged
     delivery = await slack.click_feedback(CHANNEL, answer["ts"], user="U2", positive=True)
     assert delivery.acked and time.monotonic() - started < 3.0
     await slack.wait_for(lambda: len(slack.calls_to("chat.postEphemeral")) == 3)  # tried, retried twice
-    await asyncio.sleep(0.2)
+    await slack.wait_for(lambda: "feedback thanks not sent" in caplog.text, what="the thanks given up")
     [vote] = await running.bot.store.feedback_votes(ThreadKey("T1", CHANNEL, ts))
     assert (vote.user, vote.vote) == ("U2", "good")
     assert "feedback thanks not sent" in caplog.text
@@ -532,7 +532,9 @@ async def test_a_turn_that_reaches_the_model_ends_the_row_of_failures_in_every_p
     await _reply_to(slack, "one")
     await first.settle()
     assert await redis.get(failures_key) == "1"
-    await asyncio.sleep(1.5)  # a beat: the second learns that failures are counted
+    # The second learns that failures are counted: a beat reads it, and the next begins only once
+    # the bot has taken that in.
+    await _beats(second, 2)
     slack.use_http(f"{second.url}/slack/events")
     reply = await _reply_to(slack, "two")
     assert reply == "Answer: ann: two"
@@ -551,6 +553,20 @@ async def _reply_to(slack: SlackEmulator, text: str) -> str:
     ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> {text}")
     [reply] = await slack.wait_for_bot_messages(CHANNEL, ts)
     return reply["text"]
+
+
+async def _beats(running: RunningBot, count: int) -> None:
+    """Until the bot has said `count` times more that it is alive: each beat moves its liveness on
+    in Redis, and reads what Redis holds of the model's breaker."""
+    assert running.bot.turns is not None
+    store, me = running.bot.store, running.bot.turns.process_id
+    for _ in range(count):
+        before = await store.redis.zscore(store.keys.processes, me)
+
+        async def moved(before: float | None = before) -> bool:
+            return await store.redis.zscore(store.keys.processes, me) != before
+
+        await wait_until(moved, "a beat")
 
 
 async def _until_breaker(url: str, state: str, within: float) -> None:

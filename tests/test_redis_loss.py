@@ -732,7 +732,7 @@ async def test_a_reset_sent_while_the_answer_before_it_was_written_holds_after_a
     llm.enqueue(SlowFirstToken(1.0))
     first = await slack.post_user_message(channel, mention + "my password is hunter2")
     thread = None if where == "dm" else first
-    await asyncio.sleep(0.3)
+    await llm.wait_for_requests(1)  # the answer is being written
     await slack.post_user_message(channel, mention + "reset", thread_ts=thread)
     await slack.wait_for_bot_messages(channel, thread or "top", count=2)
     await running.settle()
@@ -1194,13 +1194,13 @@ async def test_a_temporarily_unavailable_notice_whose_post_was_lost_is_found_and
     """The notice for a message Redis refused carries a block id of its own (above), by which a
     post whose answer was lost is still found in Slack, not made again."""
     caplog.set_level(logging.INFO)
-    await start_bot("http")
+    running = await start_bot("http")
     slack.fail_next("chat.postMessage", after=True, drop=True)
     try:
         await _refusing_dedup(redis)
         asked = await slack.post_user_message(DM, "hello?")
         await slack.wait_for(lambda: bool(slack.bot_messages(DM, "top")), what="the notice")
-        await asyncio.sleep(0.5)
+        await running.settle()  # the message's intake: its notice looked for, found, not posted again
     finally:
         await _allowing_all(redis)
     [notice] = slack.bot_messages(DM, "top")
