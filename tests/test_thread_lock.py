@@ -71,6 +71,7 @@ async def test_a_lock_of_a_process_that_left_is_taken_over_one_without_a_process
     await store.beat("cccc", 60_000)
     await store.leave("cccc")  # stopped: its locks are free to take over at once
     assert await store.threads_orphaned(0) == [THREAD]
+    assert (await store.beat("dddd", 60_000)).peers == 0  # nor is it alive to another's beat
     assert await store.take_thread(THREAD, "dddd:turn")
     # A token that names no process (as before the beats) waits for its lock to expire.
     assert await store.take_thread(other, "dddd:turn") is False
