@@ -201,7 +201,8 @@ class SupportBot:
             self._identity_lookup = asyncio.create_task(self._learn_identity(client, message_listeners))
         if not await self.store.ping():
             log.error("redis is unreachable at start; /health reports 503 until it answers")
-        # Alive before it takes any thread: a lock of a process never heard of counts as gone.
+        # Alive before it takes any thread: should it die, its locks are taken over within its
+        # liveness (a lock of a process never heard of waits for its own lifetime to end).
         try:
             async with asyncio.timeout(self.turns.beat_seconds):
                 await self.turns.beat()

@@ -1042,13 +1042,16 @@ end
 
 # A thread lock's token starts with its process's id ("<process id>:<random>"); the process says
 # it is alive in the processes' sorted set (`Store.beat`). A lock whose process stopped saying so
-# (it died, or stalled past its liveness) is taken over at once instead of when it expires.
+# (it died, or stalled past its liveness) or said it stopped (`Store.leave`) is taken over at once
+# instead of when it expires. A process the set does not name is not taken for gone: after Redis
+# lost its data, a process's locks taken since are named there only from its next beat (before,
+# another process took them over meanwhile, and a message was asked of the model twice).
 _HOLDER_IS_GONE_FUNCTION = """
 local function holder_is_gone(holder, processes)
   local process = holder and string.match(holder, '^(%x+):')
   if not process then return false end
   local alive_until = redis.call('ZSCORE', processes, process)
-  if not alive_until then return true end
+  if not alive_until then return false end
   local clock = redis.call('TIME')
   return tonumber(alive_until) < tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 end
@@ -1102,6 +1105,16 @@ for i = 5, #KEYS do
   over[i - 4] = (state == 'answered' or state == 'noted' or state == 'failed') and 1 or 0
 end
 return {redis.call('PTTL', KEYS[2]), failures, redis.call('GET', KEYS[4]), remembered, peers, over}
+"""
+
+# KEYS: processes. ARGV: process id. A process stopping says it was alive until a moment ago,
+# rather than leave the set: its locks are taken over at once (see holder_is_gone), and the entry
+# goes an hour later with those of processes that died.
+_LEAVE = """
+local clock = redis.call('TIME')
+redis.call('ZADD', KEYS[1], tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) - 1, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], 86400000)
+return 0
 """
 
 # KEYS: LLM breaker, LLM probe. ARGV: process token, claim ms. After a cooldown one turn in all
@@ -1540,6 +1553,7 @@ class Store:
         self.lock_ttl_ms = max(100, int(lock_ttl_seconds * 1000))
         self._take = self.redis.register_script(_TAKE)
         self._beat = self.redis.register_script(_BEAT)
+        self._leave = self.redis.register_script(_LEAVE)
         self._claim_probe = self.redis.register_script(_CLAIM_PROBE)
         self._release_probe = self.redis.register_script(_RELEASE_PROBE)
         self._idle_threads = self.redis.register_script(_IDLE_THREADS)
@@ -1794,7 +1808,7 @@ class Store:
 
     async def leave(self, process: str) -> None:
         """`process` is stopping: locks it still holds may be taken over at once."""
-        await self.redis.zrem(self.keys.processes, process)
+        await self._leave([self.keys.processes], [process])
 
     async def threads_orphaned(
         self, idle_seconds: float, limit: int = 1000, *, once_per_seconds: float = 0

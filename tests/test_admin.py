@@ -80,10 +80,13 @@ async def test_stats(stored: Store, redis_url: str, tmp_path: Path) -> None:
     assert table["model breaker open, seconds left"] == "0"
     assert table["model probe under way"] == "no"
 
-    # What the bot's processes share: two beating, one gone; a breaker one of them opened.
+    # What the bot's processes share: two beating, one gone, one stopped (it stays in the set, as
+    # alive until it stopped); a breaker one of them opened.
     await stored.beat("p1", 60_000)
     await stored.beat("p2", 60_000)
     await stored.beat("gone", 1)
+    await stored.beat("left", 60_000)
+    await stored.leave("left")
     await stored.llm_failed()
     await stored.llm_breaker_opened(30)
     await stored.llm_failed()

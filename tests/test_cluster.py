@@ -228,6 +228,7 @@ async def test_the_scripts_that_declare_every_key_run_on_a_cluster(cluster: Redi
 
         waiting = IncomingMessage("T1", CHANNEL, "3.1", "U1", "hi", "answer", "3.1", "3.1", BOT)
         await store.accept(waiting, "dead0:token")
+        await store.leave("dead0")
         assert await store.threads_orphaned(0) == [waiting.key]
 
         forgotten = await store.forget_user("T1", "U1")

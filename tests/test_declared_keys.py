@@ -126,6 +126,7 @@ async def test_every_key_a_script_touches_is_one_it_declares(
         # A waiting thread whose lock holder's process is gone, found by the orphan scan.
         waiting = IncomingMessage("T1", "C701", "2.1", "U1", "hi", "answer", "2.1", "2.1", BOT)
         await store.accept(waiting, "dead0:token")
+        await store.leave("dead0")
         assert await store.threads_orphaned(0) == [waiting.key]
         # Taken over by a take that expects no message: its journal is read after the step.
         taken = await store.take_thread(waiting.key, "beef:token")

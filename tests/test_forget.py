@@ -543,6 +543,7 @@ async def test_a_forgotten_waiting_message_whose_turn_is_resumed_is_answered_not
     event = slack.user_message_event(CHANNEL, ANN_SAYS[1], thread_ts=root)
     follow_up = IncomingMessage("T1", CHANNEL, event["ts"], "U1", ANN_SAYS[1], "answer", root, root, BOT)
     await bot.bot.store.accept(follow_up, "dead0:token")
+    await bot.bot.store.beat("dead0", 1)  # it said it was alive, then died: its liveness lapsed
     journal = KEYS.journal("T1", CHANNEL, follow_up.ts)
     await redis.hset(journal, mapping={"state": "working", "user_turn_stored": "1", "forgotten": "1"})
 

@@ -64,6 +64,20 @@ async def _state_is(redis: Redis, journal: str, state: str) -> bool:
     return await redis.hget(journal, "state") == state
 
 
+async def _held_by(redis: Redis, lock: str, process: str) -> bool:
+    return (await redis.get(lock) or "").startswith(f"{process}:")
+
+
+def _after(event: asyncio.Event, step: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """A bot's Redis step (`Store.beat`, say) that waits for `event` before it goes."""
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        await event.wait()
+        return await step(*args, **kwargs)
+
+    return held
+
+
 def _a_beat(redis: Redis, process: str, before: float | None) -> Callable[[], Awaitable[bool]]:
     """Whether the process has beaten since its liveness (in Redis) was `before`."""
 
@@ -859,13 +873,20 @@ async def test_with_several_processes_a_resumed_turn_that_stands_down_after_a_se
     llm: OpenAIEmulator,
     redis: Redis,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """As above, B stands down after a loss and hands its question on with the answer that had
     begun to show, and A resumes it. As A notes it interrupted, Redis loses its data again, and B
     takes the thread's free lock for a newer follow-up: A stands down in turn. Before, A handed
     the question on without that answer (its resumed turn had shown nothing of its own): looked
     up, the bot's last message was a follow-up's answer, and the question was answered a second
-    time. It is handed on with it now, and resumed again."""
+    time. It is handed on with it now, and resumed again.
+
+    Until B's next beat the processes' set, lost with the data, does not name B (up to a beat;
+    here B's beats wait for the question's turn). Before, A took B's lock over meanwhile, its
+    holder taken for gone (as A handed the question on, or in its scan for orphaned threads): a
+    third stand-down, of the newer follow-up's turn, which was asked of the model twice (under
+    load, once in a full-file run, when B's beat fell between A's and the loss)."""
     caplog.set_level(logging.INFO)
     a = await start_bot("http")
     b = await start_bot("http")  # Slack's events go to B
@@ -882,18 +903,28 @@ async def test_with_several_processes_a_resumed_turn_that_stands_down_after_a_se
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
     await slack.wait_for(lambda: note.waiting == 1, timeout=20, what="A to resume B's question")
     await _until(_a_beat(redis, a_id, await redis.zscore("processes", a_id)))
+    # A's next beat or renewal, which would take its lock back, waits for B to take it; B's beats
+    # wait for the question's turn to come again.
+    b_took_it, turn_again = asyncio.Event(), asyncio.Event()
+    monkeypatch.setattr(a.bot.store, "beat", _after(b_took_it, a.bot.store.beat))
+    monkeypatch.setattr(a.bot.store, "renew_lock", _after(b_took_it, a.bot.store.renew_lock))
+    monkeypatch.setattr(b.bot.store, "beat", _after(turn_again, b.bot.store.beat))
     await redis.flushall()
     slack.use_http(f"{b.url}/slack/events")
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and prod?", thread_ts=root)
+    await _until(lambda: _held_by(redis, f"lock:T1:{CHANNEL}:{root}", b_id))
+    b_took_it.set()
     resumed_again = lambda: caplog.text.count("resuming interrupted turn") == 2  # noqa: E731
     asked_again = lambda: _asked(llm, "the whole guide please") > 1  # noqa: E731
     await slack.wait_for(lambda: resumed_again() or asked_again(), timeout=20, what="the question's turn")
+    turn_again.set()
     note.opened.set()
     await a.settle()
     await b.settle()
-    assert caplog.text.count("standing down") >= 2  # B, then A
+    assert caplog.text.count("standing down") == 2  # B, then A
     messages = slack.bot_messages(CHANNEL, root)
     assert _asked(llm, "the whole guide please") == 1, [m["text"][:40] for m in messages]
+    assert _asked(llm, "and prod?") == 1
     assert not [m["ts"] for m in messages if m.get("streaming")], "an answer left streaming"
     assert _errors(caplog) == []
 

@@ -63,9 +63,7 @@ async def test_a_lock_whose_process_went_silent_is_taken_over_and_listed_as_orph
     assert await store.threads_orphaned(0) == []
 
 
-async def test_a_lock_of_a_process_that_left_or_never_beat_is_taken_over_one_without_a_process_is_not(
-    store: Store,
-) -> None:
+async def test_a_lock_of_a_process_that_left_is_taken_over_one_without_a_process_is_not(store: Store) -> None:
     other = ThreadKey("T1", "C2", "2.1")
     second = IncomingMessage("T1", "C2", "2.1", "U1", "<@UB> hi", "answer", "2.1", "2.1", "UB")
     assert (await store.accept(OPENING, "cccc:turn"))[0] is Accepted.TAKEN
@@ -73,6 +71,25 @@ async def test_a_lock_of_a_process_that_left_or_never_beat_is_taken_over_one_wit
     await store.beat("cccc", 60_000)
     await store.leave("cccc")  # stopped: its locks are free to take over at once
     assert await store.threads_orphaned(0) == [THREAD]
+    assert (await store.beat("dddd", 60_000)).peers == 0  # nor is it alive to another's beat
     assert await store.take_thread(THREAD, "dddd:turn")
     # A token that names no process (as before the beats) waits for its lock to expire.
     assert await store.take_thread(other, "dddd:turn") is False
+
+
+async def test_a_lock_taken_after_redis_lost_its_data_is_not_taken_over_before_its_process_beats(
+    store: Store,
+) -> None:
+    """Redis lost its data, the processes' set with it: a process is named there again from its
+    next beat, up to a second later, and a lock it takes before that is its own all the same.
+    Before, another process took it over meanwhile (its holder taken for gone): a newer
+    follow-up's turn stood down, and its question was asked of the model a second time
+    (`test_redis_loss.py::test_with_several_processes_a_resumed_turn_that_stands_down_after_a_second_loss_is_not_given_again`)."""
+    await store.beat("aaaa", 60_000)
+    await store.beat("bbbb", 60_000)
+    await store.redis.flushall()
+    assert (await store.accept(OPENING, "aaaa:turn"))[0] is Accepted.TAKEN  # before aaaa's next beat
+    await store.beat("bbbb", 60_000)
+    assert await store.threads_orphaned(0) == []
+    assert await store.take_thread(THREAD, "bbbb:turn") is False
+    assert await store.redis.get(store.keys.lock(THREAD)) == "aaaa:turn"
