@@ -335,6 +335,7 @@ async def test_killed_after_posting_a_long_answer_before_recording_it_keeps_all_
     first = await spawn_bot()
     paragraphs = [f"Step {i}: " + "check the settings " * 50 for i in range(12)]  # ~11,500 characters
     llm.reply = lambda messages: "\n\n".join(paragraphs)
+    llm.chunk_chars = 20_000  # one piece: written whole before it is first shown, posted as two messages
     last_message = slack.gate("chat.postMessage", when=lambda args: bool(args.get("blocks")))
     ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> how do I set it up?")
     await _killed_once_shown(first, last_message, redis, slack, CHANNEL, ts, shown=2)

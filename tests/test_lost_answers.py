@@ -168,7 +168,8 @@ async def test_a_complete_answer_whose_lost_post_cannot_be_looked_up_at_once_get
 ) -> None:
     """A DM answer of two messages; the last one's post is carried out and its answer lost,
     and the look-up right after meets the same network trouble (all its tries dropped)."""
-    llm.enqueue(Reply(LONG))  # written whole before it is first shown: posted as two messages
+    llm.chunk_chars = len(LONG)  # one piece: written whole before it is first shown, posted as two messages
+    llm.enqueue(Reply(LONG))
     gate = slack.gate("chat.postMessage", when=lambda args: bool(args.get("blocks")))
     await slack.post_user_message(DM, "tell me everything")
     await slack.wait_for(lambda: gate.waiting == 1)
@@ -210,6 +211,7 @@ async def test_a_lost_post_slack_cannot_be_asked_about_is_settled_by_recovery(
     Slack and keeps it, with no error notice under it and nothing posted twice."""
     caplog.set_level(logging.INFO)
     running = await start_bot("http", RECOVERY_INTERVAL_SECONDS="0.3")
+    llm.chunk_chars = len(LONG)  # one piece: written whole before it is first shown
     llm.enqueue(Reply(LONG))
     gate = slack.gate("chat.postMessage", when=lambda args: bool(args.get("blocks")))
     await slack.post_user_message(DM, "tell me everything")
@@ -507,6 +509,7 @@ async def test_a_last_post_that_fails_three_times_and_landed_gets_no_error_notic
     carried it out: the answer is whole. Before, the third failure was not looked for, and
     "something went wrong" went under the whole answer."""
     caplog.set_level(logging.INFO)
+    llm.chunk_chars = len(LONG)  # one piece: written whole before it is first shown, the last post is whole
     llm.enqueue(Reply(LONG))
     gate = slack.gate("chat.postMessage", when=lambda args: bool(args.get("blocks")))
     await slack.post_user_message(DM, "tell me everything")
