@@ -2184,29 +2184,35 @@ class Store:
 
     async def _forget_waiting_messages(self, team: str, user: str, before: str | None) -> None:
         """Mark the person's messages waiting in the workspace's inboxes, sent before `before`, so
-        that their turns store nothing (see `_FORGET_WAITING`). The waiting threads are few (those
-        whose messages queue behind an answer in flight): one read of them, one of their inboxes."""
+        that their turns store nothing (see `_FORGET_WAITING`)."""
+        journals = [
+            self.keys.journal(key.team, key.channel, ts)
+            for key, ts in await self._waiting_messages_of(user, team)
+            if before is None or _sent_before(ts, before)
+        ]
+        if journals:
+            await self._forget_waiting(keys=journals)
+
+    async def _waiting_messages_of(self, user: str, team: str | None = None) -> list[tuple[ThreadKey, str]]:
+        """The thread and ts of each of the person's messages waiting in an inbox (of one
+        workspace, or all). The waiting threads are few (those whose messages queue behind an
+        answer in flight): one read of them, one of their inboxes."""
         waiting_threads = await self._thread_keys(await self.redis.zrange(self.keys.pending, 0, -1))
-        threads = [key for key in waiting_threads if key.team == team]
+        threads = [key for key in waiting_threads if team is None or key.team == team]
         if not threads:
-            return
+            return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for key in threads:
                 pipe.zrange(self.keys.inbox(key), 0, -1)
             inboxes = await pipe.execute()
-        journals = []
+        found = []
         for key, waiting in zip(threads, inboxes, strict=True):
             for raw in waiting:
                 entry = _inbox_entry(raw)
                 ts = entry.get("ts")
-                if (
-                    entry.get("user") == user
-                    and isinstance(ts, str)
-                    and (before is None or _sent_before(ts, before))
-                ):
-                    journals.append(self.keys.journal(team, key.channel, ts))
-        if journals:
-            await self._forget_waiting(keys=journals)
+                if entry.get("user") == user and isinstance(ts, str):
+                    found.append((key, ts))
+        return found
 
     async def _forget_in_conversation_of(self, thread: ThreadKey, turns: str, user: str) -> int:
         """Take a person's turns out of one conversation (see `_FORGET_IN_CONVERSATION`): their
@@ -2387,12 +2393,14 @@ class Store:
         return int(turns)
 
     async def teams_knowing(self, user: str) -> list[str]:
-        """The workspaces whose per-person index names `user`."""
+        """The workspaces whose per-person index names `user`, or where a message of theirs waits
+        for its turn (the only trace of someone whose first message it is: nothing stored yet)."""
         pattern = self.keys.user_index("*", user)
         found = {
             self.keys.unprefixed(name).split(":")[1]
             async for name in self.redis.scan_iter(match=pattern, count=1000)
         }
+        found |= {key.team for key, _ in await self._waiting_messages_of(user)}
         return sorted(found)
 
     async def count_keys(self, pattern: str) -> int:
