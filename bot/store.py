@@ -165,6 +165,8 @@ class Begun:
     hydrated: bool = False
     summary: SummaryState | None = None
     newest_turns: list[Turn] = field(default_factory=list)
+    # The question as edited after its turn took it (the step stored it so): for one not stored.
+    edited: str | None = None
 
 
 def _sent_before(ts: Any, before: str) -> bool:
@@ -598,7 +600,8 @@ end
 # entries in the index, and leaves a tombstone, so that a read-back from Slack that saw the message
 # before it went does not put it back; its edit record goes. An edit leaves its newest text in its
 # record (the tombstone's lifetime, within the conversations'), which such a read-back uses instead
-# of the text it saw, registered in its author's index for `forget me`: only where a read-back may
+# of the text it saw, registered in its author's index for `forget me` (none for a message that
+# `forget me` marked, which stores nothing of it): only where a read-back may
 # be under way, in a conversation the bot takes part in (`followed`, written as a message is
 # accepted, before its turn reads anything back) or at a DM's top level (whose meta a loss took,
 # while a DM thread's read-back copies its question), not for every edit in every channel. Slack's
@@ -624,7 +627,10 @@ elseif redis.call('EXISTS', KEYS[5]) == 1 then
 else
   local newest = redis.call('GET', KEYS[6])
   if newest and ARGV[7] ~= '' and ts_before(ARGV[7], cjson.decode(newest)['ts']) then return 0 end
-  if ARGV[8] ~= '' and (ARGV[9] == '1' or redis.call('HGET', KEYS[2], 'followed') == '1') then
+  -- None for a message its person's `forget me` marked: nothing of it is stored (_FORGET_WAITING).
+  local forgotten = redis.call('HGET', KEYS[3], 'forgotten') == '1'
+  local held = ARGV[9] == '1' or redis.call('HGET', KEYS[2], 'followed') == '1'
+  if ARGV[8] ~= '' and held and not forgotten then
     redis.call('SET', KEYS[6], ARGV[8], 'EX', ARGV[6])
     redis.call('SADD', KEYS[7], KEYS[6])
     redis.call('EXPIRE', KEYS[7], ARGV[4])
@@ -1383,12 +1389,14 @@ return ''
 # message uses up no budget, so a limit never compounds another), the journal step is written
 # (the question joins the conversation as the turn is marked begun), and what the prompt is built
 # from is read back. Returns {i} for the first limit exceeded, else {0, {hydrated, summary,
-# summary_upto, epoch}, the newest turns}; {-1} when the message was deleted while it waited.
+# summary_upto, epoch}, the newest turns, the question's text as an edit since its turn read the
+# journal left it ('' for none)}; {-1} when the message was deleted while it waited. A forgotten
+# question, which the step does not store, is answered as that edit says.
 _BEGIN_ANSWER = (
     _JOURNAL_STEP_FUNCTION
     + """
 local limits = tonumber(ARGV[1])
-local journal = redis.call('HMGET', KEYS[limits + 1], 'state', 'deleted')
+local journal = redis.call('HMGET', KEYS[limits + 1], 'state', 'deleted', 'edited_readable')
 if journal[1] == 'queued' and journal[2] == '1' then return {-1} end
 for i = 1, limits do
   local count = tonumber(redis.call('GET', KEYS[i]) or '0')
@@ -1405,7 +1413,8 @@ local read_back_upto = table.remove(meta, 1)
 if journal_step(k, a, read_back_upto) then
   meta = redis.call('HMGET', KEYS[k + 2], unpack(fields))  -- a copy gave way: as it is now
 end
-return {0, meta, redis.call('LRANGE', KEYS[k + 1], -tonumber(ARGV[a - 1]), -1)}
+local edited = journal[1] == 'queued' and journal[3] or ''
+return {0, meta, redis.call('LRANGE', KEYS[k + 1], -tonumber(ARGV[a - 1]), -1), edited}
 """
 )
 
@@ -1935,12 +1944,13 @@ class Store:
             return Begun(over_limit=0, deleted=True)
         if found[0]:
             return Begun(over_limit=int(found[0]))
-        (hydrated, text, upto, epoch), raw = found[1], found[2]
+        (hydrated, text, upto, epoch), raw, edited = found[1], found[2], found[3]
         return Begun(
             over_limit=0,
             hydrated=hydrated == "1",
             summary=SummaryState(text or None, upto or None, epoch or "0"),
             newest_turns=[Turn.from_json(item) for item in raw],
+            edited=edited or None,
         )
 
     # -- per-thread lock (taken by `take_thread`, handed on by `finish`) --------------------

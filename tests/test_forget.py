@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 
 from bot.store import FORGET_ATTEMPTS, IncomingMessage, Keys, Store, ThreadKey, Turn
 from bot.streaming import _feedback_block
-from tests.conftest import RunningBot, StartBot
+from tests.conftest import RunningBot, StartBot, wait_until
 from tests.emulators.openai_api import OpenAIEmulator
 from tests.emulators.slack import SlackEmulator
 from tests.redis_proxy import HeldReplyProxy
@@ -413,6 +413,41 @@ async def test_a_message_sent_after_forget_me_and_waiting_behind_it_is_stored(
     assert "2 stored message(s)" in replies[1]["text"]  # her first question and its answer
     stored = await bot.bot.store.recent_turns(ThreadKey("T1", CHANNEL, root), 10)
     assert [turn.text for turn in stored] == ["a new question", "Answer: ann: a new question"]
+
+
+async def test_a_forgotten_waiting_message_edited_after_its_turn_took_it_is_answered_as_edited(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: aioredis.Redis
+) -> None:
+    """ann's follow-up, marked forgotten while it waited, is edited after its turn took it and
+    before the turn's first step (the turn looks up her name, which `forget me` dropped, held by
+    the emulator). It is answered as edited, as a turn not forgotten is, and neither text is
+    stored. Before, the model was asked her old text, which the edit had taken back."""
+    first_answer = slack.gate("chat.postMessage", channel=CHANNEL)  # the thread is busy meanwhile
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> {ANN_SAYS[0]}")
+    await llm.wait_for_requests(1)
+    follow_up = await slack.post_user_message(CHANNEL, ANN_SAYS[1], thread_ts=root)
+    await slack.post_user_message(DM, "forget me")
+    await slack.wait_for_bot_messages(DM, count=1)
+    journal = KEYS.journal("T1", CHANNEL, follow_up)
+    assert await redis.hget(journal, "forgotten") == "1"
+    name_lookup = slack.gate("users.info", user="U1")
+    first_answer.opened.set()
+    await slack.wait_for(lambda: name_lookup.waiting > 0, what="her follow-up's turn to look up her name")
+    assert await redis.hget(journal, "state") == "queued"  # taken, its first step not yet run
+    await slack.edit_message(CHANNEL, follow_up, ANN_SAYS[2])
+    await wait_until(lambda: redis.hget(journal, "edited_text"), "the edit in her follow-up's journal")
+    name_lookup.opened.set()
+    answers = await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
+    await bot.settle()
+
+    assert llm.requests[-1]["messages"][-1] == {"role": "user", "content": f"ann: {ANN_SAYS[2]}"}
+    assert answers[-1]["text"] == f"Answer: ann: {ANN_SAYS[2]}"
+    stored = await bot.bot.store.recent_turns(ThreadKey("T1", CHANNEL, root), 10)
+    assert stored == [], stored
+    for key, content in (await everything_in(redis)).items():
+        for said in ANN_SAYS:
+            assert said not in content, (key, content)
+    assert not await redis.exists(KEYS.user_index("T1", "U1"))  # nor her edit's record in it
 
 
 async def test_forget_me_while_an_edited_message_is_being_answered_leaves_no_text_in_its_journal(
