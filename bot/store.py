@@ -619,6 +619,7 @@ end
 # (`_MERGE_READ_BACK`): for any other, as for every message waiting behind another in a normal
 # thread, the conversation is not scanned.
 _REWRITE_TURN = """
+local journal
 if ARGV[3] == 'delete' then
   redis.call('SET', KEYS[5], '1', 'EX', ARGV[6])
   redis.call('DEL', KEYS[6])
@@ -627,16 +628,21 @@ elseif redis.call('EXISTS', KEYS[5]) == 1 then
 else
   local newest = redis.call('GET', KEYS[6])
   if newest and ARGV[7] ~= '' and ts_before(ARGV[7], cjson.decode(newest)['ts']) then return 0 end
-  -- None for a message its person's `forget me` marked: nothing of it is stored (_FORGET_WAITING).
-  local forgotten = redis.call('HGET', KEYS[3], 'forgotten') == '1'
-  local held = ARGV[9] == '1' or redis.call('HGET', KEYS[2], 'followed') == '1'
-  if ARGV[8] ~= '' and held and not forgotten then
-    redis.call('SET', KEYS[6], ARGV[8], 'EX', ARGV[6])
-    redis.call('SADD', KEYS[7], KEYS[6])
-    redis.call('EXPIRE', KEYS[7], ARGV[4])
+  if ARGV[8] ~= '' and (ARGV[9] == '1' or redis.call('HGET', KEYS[2], 'followed') == '1') then
+    -- None for a message its person's `forget me` marked: nothing of it is stored
+    -- (_FORGET_WAITING). The mark is read with the journal's state, which every edit reads below:
+    -- no command more an edit (every edit in every channel the bot is in comes here).
+    journal = redis.call('HMGET', KEYS[3], 'state', 'forgotten')
+    if journal[2] ~= '1' then
+      redis.call('SET', KEYS[6], ARGV[8], 'EX', ARGV[6])
+      redis.call('SADD', KEYS[7], KEYS[6])
+      redis.call('EXPIRE', KEYS[7], ARGV[4])
+    end
   end
 end
-local queued = redis.call('HGET', KEYS[3], 'state') == 'queued'
+local state
+if journal then state = journal[1] else state = redis.call('HGET', KEYS[3], 'state') end
+local queued = state == 'queued'
 if queued then
   if ARGV[3] == 'delete' then
     redis.call('HSET', KEYS[3], 'deleted', '1')

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import re
+from collections.abc import Awaitable
 
 import pytest
 import redis.asyncio as aioredis
@@ -448,6 +449,44 @@ async def test_a_forgotten_waiting_message_edited_after_its_turn_took_it_is_answ
         for said in ANN_SAYS:
             assert said not in content, (key, content)
     assert not await redis.exists(KEYS.user_index("T1", "U1"))  # nor her edit's record in it
+
+
+async def _commands_of(store: Store, step: Awaitable[object]) -> int:
+    """How many commands Redis runs for `step` (those inside its scripts included)."""
+
+    async def calls() -> dict[str, int]:
+        stats = await store.redis.info("commandstats")
+        return {name: int(stat["calls"]) for name, stat in stats.items() if name != "cmdstat_info"}
+
+    before = await calls()
+    await step
+    return sum(calls - before.get(name, 0) for name, calls in (await calls()).items())
+
+
+async def test_an_edit_costs_no_redis_command_more_for_the_forget_me_mark(redis_url: str) -> None:
+    """Every edit in a channel the bot is in runs the edit step, which reads whether `forget me`
+    marked the message only where it would keep a record of the edit, with the journal's state,
+    in one read. Before, that was one more command for every edit, two for one with no author."""
+    store = Store(redis_url, conversation_ttl_days=1)
+    try:
+        elsewhere = ThreadKey("T1", CHANNEL, "1.1")  # a conversation the bot takes no part in
+        await store.edit_user_message(elsewhere, "1.0", "hi", "hi", user="U2", edited_ts="1.5")  # loaded
+        # The step, its tombstone, newest edit record, the followed mark and the journal's state,
+        # and its look for a stored copy (none here).
+        edit = store.edit_user_message(elsewhere, "1.1", "hello", "hello", user="U2", edited_ts="2.1")
+        assert await _commands_of(store, edit) == 6
+        # With no author, no record: the followed mark is not read either.
+        assert await _commands_of(store, store.edit_user_message(elsewhere, "1.1", "hey", "hey")) == 5
+        # A message waiting in a conversation the bot takes part in: its record (three writes), its
+        # journal read once, the edit kept there, and the conversation's read-back mark.
+        waiting = IncomingMessage("T1", CHANNEL, "3.2", "U1", ANN_SAYS[0], "answer", "3.1", "3.1", BOT)
+        await store.accept(waiting)
+        edit = store.edit_user_message(
+            waiting.key, "3.2", ANN_SAYS[1], ANN_SAYS[1], user="U1", edited_ts="4.2"
+        )
+        assert await _commands_of(store, edit) == 10
+    finally:
+        await store.close()
 
 
 async def test_forget_me_while_an_edited_message_is_being_answered_leaves_no_text_in_its_journal(
