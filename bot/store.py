@@ -25,7 +25,7 @@ import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MovedError, RedisError
+from redis.exceptions import MovedError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 
@@ -2212,7 +2212,9 @@ class Store:
     async def _waiting_messages_of(self, user: str, team: str | None = None) -> list[tuple[ThreadKey, str]]:
         """The thread and ts of each of the person's messages waiting in an inbox (of one
         workspace, or all). The waiting threads are few (those whose messages queue behind an
-        answer in flight): one read of them, one of their inboxes."""
+        answer in flight): one read of them, one of their inboxes. A key named as an inbox that
+        is no sorted set (left by something else sharing the key prefix) holds no message: passed
+        over, rather than stop `forget` for everyone, in every workspace, while it is there."""
         waiting_threads = await self._thread_keys(await self.redis.zrange(self.keys.pending, 0, -1))
         threads = [key for key in waiting_threads if team is None or key.team == team]
         if not threads:
@@ -2220,9 +2222,14 @@ class Store:
         async with self.redis.pipeline(transaction=False) as pipe:
             for key in threads:
                 pipe.zrange(self.keys.inbox(key), 0, -1)
-            inboxes = await pipe.execute()
+            inboxes = await pipe.execute(raise_on_error=False)
         found = []
         for key, waiting in zip(threads, inboxes, strict=True):
+            if isinstance(waiting, ResponseError):
+                if "WRONGTYPE" not in str(waiting):
+                    raise waiting
+                log.warning("waiting thread's inbox is no sorted set, passed over thread=%s", key)
+                continue
             for raw in waiting:
                 entry = _inbox_entry(raw)
                 ts = entry.get("ts")

@@ -175,6 +175,23 @@ async def test_forget_a_user(stored: Store, redis_url: str, redis: aioredis.Redi
     assert bad.returncode == 2 and "USER 'ann' is not a Slack user id" in bad.stderr
 
 
+async def test_a_waiting_thread_whose_inbox_is_no_sorted_set_does_not_stop_forget(
+    stored: Store, redis_url: str, redis: aioredis.Redis, tmp_path: Path
+) -> None:
+    """Something else sharing the key prefix wrote a key named as a waiting thread's inbox, in
+    another workspace, that is no sorted set: forgetting ann with no `--team` still finds her
+    workspace and forgets her there, rather than stop on it for everyone until it is gone. Before,
+    the command said Redis did not answer, and forgot nothing."""
+    elsewhere = ThreadKey("T2", "C9", "1700000000.000500")
+    await redis.set(KEYS.inbox(elsewhere), "not a sorted set")
+    await redis.zadd(KEYS.pending, {str(elsewhere): 1})
+    result = admin(redis_url, "forget", "U1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "forgot U1 in T1: 4 messages" in result.stdout, result.stdout
+    assert [t.text for t in await stored.recent_turns(NEW, 10)] == ["same here"]
+    assert await redis.get(KEYS.inbox(elsewhere)) == "not a sorted set"  # not ours to remove
+
+
 async def test_forget_a_user_who_only_voted(stored: Store, redis_url: str, tmp_path: Path) -> None:
     result = admin(redis_url, "forget", "U9", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
