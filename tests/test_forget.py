@@ -451,6 +451,38 @@ async def test_a_forgotten_waiting_message_edited_after_its_turn_took_it_is_answ
     assert not await redis.exists(KEYS.user_index("T1", "U1"))  # nor her edit's record in it
 
 
+async def test_a_message_being_answered_at_forget_me_and_edited_after_it_keeps_no_record_of_the_edit(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: aioredis.Redis
+) -> None:
+    """ann's follow-up is being answered (its answer held back by Slack) as she says `forget me`,
+    and she edits it then: the edit, in a conversation the bot takes part in, keeps no record of
+    her new text, nor puts her index back, as for a forgotten message still waiting. Before, the
+    record (her new text) and her index were kept an hour after `forget me` said it was done."""
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> the printer is offline", user="U2")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    await bot.settle()
+    her_answer = slack.gate("chat.postMessage", channel=CHANNEL)
+    follow_up = await slack.post_user_message(CHANNEL, ANN_SAYS[0], thread_ts=root)
+    await llm.wait_for_requests(2)
+    await slack.post_user_message(DM, "forget me")
+    await slack.wait_for_bot_messages(DM, count=1)
+    journal = KEYS.journal("T1", CHANNEL, follow_up)
+    assert await redis.hmget(journal, "state", "forgotten") == ["working", "1"]
+
+    # Acknowledged once the edit step ran (not when it failed: Slack would send it again).
+    assert (await slack.deliver_event(slack.edited_event(CHANNEL, follow_up, ANN_SAYS[1]))).acked
+    assert not await redis.exists(KEYS.edited("T1", CHANNEL, follow_up))
+    assert not await redis.exists(KEYS.user_index("T1", "U1"))
+    her_answer.opened.set()
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
+    await bot.settle()
+
+    for key, content in (await everything_in(redis)).items():
+        for said in ANN_SAYS[:2]:
+            assert said not in content, (key, content)
+    assert not await redis.exists(KEYS.user_index("T1", "U1"))
+
+
 async def _commands_of(store: Store, step: Awaitable[object]) -> int:
     """How many commands Redis runs for `step` (those inside its scripts included)."""
 
