@@ -25,7 +25,7 @@ import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MovedError, RedisError
+from redis.exceptions import MovedError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 
@@ -165,6 +165,8 @@ class Begun:
     hydrated: bool = False
     summary: SummaryState | None = None
     newest_turns: list[Turn] = field(default_factory=list)
+    # The question as edited after its turn took it (the step stored it so): for one not stored.
+    edited: str | None = None
 
 
 def _sent_before(ts: Any, before: str) -> bool:
@@ -598,7 +600,8 @@ end
 # entries in the index, and leaves a tombstone, so that a read-back from Slack that saw the message
 # before it went does not put it back; its edit record goes. An edit leaves its newest text in its
 # record (the tombstone's lifetime, within the conversations'), which such a read-back uses instead
-# of the text it saw, registered in its author's index for `forget me`: only where a read-back may
+# of the text it saw, registered in its author's index for `forget me` (none for a message that
+# `forget me` marked, which stores nothing of it): only where a read-back may
 # be under way, in a conversation the bot takes part in (`followed`, written as a message is
 # accepted, before its turn reads anything back) or at a DM's top level (whose meta a loss took,
 # while a DM thread's read-back copies its question), not for every edit in every channel. Slack's
@@ -616,6 +619,7 @@ end
 # (`_MERGE_READ_BACK`): for any other, as for every message waiting behind another in a normal
 # thread, the conversation is not scanned.
 _REWRITE_TURN = """
+local journal
 if ARGV[3] == 'delete' then
   redis.call('SET', KEYS[5], '1', 'EX', ARGV[6])
   redis.call('DEL', KEYS[6])
@@ -625,12 +629,20 @@ else
   local newest = redis.call('GET', KEYS[6])
   if newest and ARGV[7] ~= '' and ts_before(ARGV[7], cjson.decode(newest)['ts']) then return 0 end
   if ARGV[8] ~= '' and (ARGV[9] == '1' or redis.call('HGET', KEYS[2], 'followed') == '1') then
-    redis.call('SET', KEYS[6], ARGV[8], 'EX', ARGV[6])
-    redis.call('SADD', KEYS[7], KEYS[6])
-    redis.call('EXPIRE', KEYS[7], ARGV[4])
+    -- None for a message its person's `forget me` marked: nothing of it is stored
+    -- (_FORGET_WAITING). The mark is read with the journal's state, which every edit reads below:
+    -- no command more an edit (every edit in every channel the bot is in comes here).
+    journal = redis.call('HMGET', KEYS[3], 'state', 'forgotten')
+    if journal[2] ~= '1' then
+      redis.call('SET', KEYS[6], ARGV[8], 'EX', ARGV[6])
+      redis.call('SADD', KEYS[7], KEYS[6])
+      redis.call('EXPIRE', KEYS[7], ARGV[4])
+    end
   end
 end
-local queued = redis.call('HGET', KEYS[3], 'state') == 'queued'
+local state
+if journal then state = journal[1] else state = redis.call('HGET', KEYS[3], 'state') end
+local queued = state == 'queued'
 if queued then
   if ARGV[3] == 'delete' then
     redis.call('HSET', KEYS[3], 'deleted', '1')
@@ -1383,12 +1395,14 @@ return ''
 # message uses up no budget, so a limit never compounds another), the journal step is written
 # (the question joins the conversation as the turn is marked begun), and what the prompt is built
 # from is read back. Returns {i} for the first limit exceeded, else {0, {hydrated, summary,
-# summary_upto, epoch}, the newest turns}; {-1} when the message was deleted while it waited.
+# summary_upto, epoch}, the newest turns, the question's text as an edit since its turn read the
+# journal left it ('' for none)}; {-1} when the message was deleted while it waited. A forgotten
+# question, which the step does not store, is answered as that edit says.
 _BEGIN_ANSWER = (
     _JOURNAL_STEP_FUNCTION
     + """
 local limits = tonumber(ARGV[1])
-local journal = redis.call('HMGET', KEYS[limits + 1], 'state', 'deleted')
+local journal = redis.call('HMGET', KEYS[limits + 1], 'state', 'deleted', 'edited_readable')
 if journal[1] == 'queued' and journal[2] == '1' then return {-1} end
 for i = 1, limits do
   local count = tonumber(redis.call('GET', KEYS[i]) or '0')
@@ -1405,7 +1419,8 @@ local read_back_upto = table.remove(meta, 1)
 if journal_step(k, a, read_back_upto) then
   meta = redis.call('HMGET', KEYS[k + 2], unpack(fields))  -- a copy gave way: as it is now
 end
-return {0, meta, redis.call('LRANGE', KEYS[k + 1], -tonumber(ARGV[a - 1]), -1)}
+local edited = journal[1] == 'queued' and journal[3] or ''
+return {0, meta, redis.call('LRANGE', KEYS[k + 1], -tonumber(ARGV[a - 1]), -1), edited}
 """
 )
 
@@ -1935,12 +1950,13 @@ class Store:
             return Begun(over_limit=0, deleted=True)
         if found[0]:
             return Begun(over_limit=int(found[0]))
-        (hydrated, text, upto, epoch), raw = found[1], found[2]
+        (hydrated, text, upto, epoch), raw, edited = found[1], found[2], found[3]
         return Begun(
             over_limit=0,
             hydrated=hydrated == "1",
             summary=SummaryState(text or None, upto or None, epoch or "0"),
             newest_turns=[Turn.from_json(item) for item in raw],
+            edited=edited or None,
         )
 
     # -- per-thread lock (taken by `take_thread`, handed on by `finish`) --------------------
@@ -2184,29 +2200,42 @@ class Store:
 
     async def _forget_waiting_messages(self, team: str, user: str, before: str | None) -> None:
         """Mark the person's messages waiting in the workspace's inboxes, sent before `before`, so
-        that their turns store nothing (see `_FORGET_WAITING`). The waiting threads are few (those
-        whose messages queue behind an answer in flight): one read of them, one of their inboxes."""
+        that their turns store nothing (see `_FORGET_WAITING`)."""
+        journals = [
+            self.keys.journal(key.team, key.channel, ts)
+            for key, ts in await self._waiting_messages_of(user, team)
+            if before is None or _sent_before(ts, before)
+        ]
+        if journals:
+            await self._forget_waiting(keys=journals)
+
+    async def _waiting_messages_of(self, user: str, team: str | None = None) -> list[tuple[ThreadKey, str]]:
+        """The thread and ts of each of the person's messages waiting in an inbox (of one
+        workspace, or all). The waiting threads are few (those whose messages queue behind an
+        answer in flight): one read of them, one of their inboxes. A key named as an inbox that
+        is no sorted set (left by something else sharing the key prefix) holds no message: passed
+        over, rather than stop `forget` for everyone, in every workspace, while it is there."""
         waiting_threads = await self._thread_keys(await self.redis.zrange(self.keys.pending, 0, -1))
-        threads = [key for key in waiting_threads if key.team == team]
+        threads = [key for key in waiting_threads if team is None or key.team == team]
         if not threads:
-            return
+            return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for key in threads:
                 pipe.zrange(self.keys.inbox(key), 0, -1)
-            inboxes = await pipe.execute()
-        journals = []
+            inboxes = await pipe.execute(raise_on_error=False)
+        found = []
         for key, waiting in zip(threads, inboxes, strict=True):
+            if isinstance(waiting, ResponseError):
+                if "WRONGTYPE" not in str(waiting):
+                    raise waiting
+                log.warning("waiting thread's inbox is no sorted set, passed over thread=%s", key)
+                continue
             for raw in waiting:
                 entry = _inbox_entry(raw)
                 ts = entry.get("ts")
-                if (
-                    entry.get("user") == user
-                    and isinstance(ts, str)
-                    and (before is None or _sent_before(ts, before))
-                ):
-                    journals.append(self.keys.journal(team, key.channel, ts))
-        if journals:
-            await self._forget_waiting(keys=journals)
+                if entry.get("user") == user and isinstance(ts, str):
+                    found.append((key, ts))
+        return found
 
     async def _forget_in_conversation_of(self, thread: ThreadKey, turns: str, user: str) -> int:
         """Take a person's turns out of one conversation (see `_FORGET_IN_CONVERSATION`): their
@@ -2387,12 +2416,14 @@ class Store:
         return int(turns)
 
     async def teams_knowing(self, user: str) -> list[str]:
-        """The workspaces whose per-person index names `user`."""
+        """The workspaces whose per-person index names `user`, or where a message of theirs waits
+        for its turn (the only trace of someone whose first message it is: nothing stored yet)."""
         pattern = self.keys.user_index("*", user)
         found = {
             self.keys.unprefixed(name).split(":")[1]
             async for name in self.redis.scan_iter(match=pattern, count=1000)
         }
+        found |= {key.team for key, _ in await self._waiting_messages_of(user)}
         return sorted(found)
 
     async def count_keys(self, pattern: str) -> int:

@@ -53,6 +53,7 @@ from bot.shared_breaker import SharedBreaker
 from bot.slack_text import mentioned_users
 from bot.store import (
     Accepted,
+    Begun,
     Fence,
     ForgetIncomplete,
     IncomingMessage,
@@ -788,7 +789,7 @@ class TurnRunner:
                 notice = LIMITED[begun.over_limit].format(limit=limit)
                 answered = await self.delivery.post_notice(target, notice) is not None
                 return Progress.of(state="noted")
-            asked = _unstored(message, question, begun.newest_turns)
+            asked = _unstored(message, question, begun)
             earlier = await self._read_earlier_thread(message, begun.hydrated, forgotten=asked is not None)
             if earlier is EarlierThread.READ:
                 prompt = await self.context.prompt_for(message.key, asked=asked)
@@ -1078,13 +1079,15 @@ def _seen(message: IncomingMessage) -> tuple[str, str, str]:
     return message.team, message.channel, message.ts
 
 
-def _unstored(message: IncomingMessage, question: tuple[Turn, ...], newest: list[Turn]) -> Turn | None:
-    """The question being answered when its turn did not store it (`newest`, the turns its first
-    step read back, do not end with it): its person said `forget me` while it waited, and it is
-    answered all the same (they asked it). None in every other turn."""
+def _unstored(message: IncomingMessage, question: tuple[Turn, ...], begun: Begun) -> Turn | None:
+    """The question being answered when its turn did not store it (the turns its first step read
+    back do not end with it): its person said `forget me` while it waited, and it is answered all
+    the same (they asked it), as an edit that came after its turn took it says, as a stored one
+    would be. None in every other turn."""
+    newest = begun.newest_turns
     if not question or (newest and newest[-1].role == "user" and newest[-1].ts == message.ts):
         return None
-    return question[0]
+    return question[0] if begun.edited is None else replace(question[0], text=begun.edited)
 
 
 def _where(message: IncomingMessage) -> tuple[str, str, str, str]:

@@ -16,7 +16,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from bot.store import FeedbackVote, Keys, Store, ThreadKey, Turn
-from tests.test_forget import everything_in
+from tests.conftest import StartBot, wait_until
+from tests.emulators.openai_api import OpenAIEmulator
+from tests.emulators.slack import SlackEmulator
+from tests.test_forget import ANN_SAYS, BOT, CHANNEL, everything_in
 
 KEYS = Keys()  # the names on one Redis (no prefix)
 
@@ -172,11 +175,66 @@ async def test_forget_a_user(stored: Store, redis_url: str, redis: aioredis.Redi
     assert bad.returncode == 2 and "USER 'ann' is not a Slack user id" in bad.stderr
 
 
+async def test_a_waiting_thread_whose_inbox_is_no_sorted_set_does_not_stop_forget(
+    stored: Store, redis_url: str, redis: aioredis.Redis, tmp_path: Path
+) -> None:
+    """Something else sharing the key prefix wrote a key named as a waiting thread's inbox, in
+    another workspace, that is no sorted set: forgetting ann with no `--team` still finds her
+    workspace and forgets her there, rather than stop on it for everyone until it is gone. Before,
+    the command said Redis did not answer, and forgot nothing."""
+    elsewhere = ThreadKey("T2", "C9", "1700000000.000500")
+    await redis.set(KEYS.inbox(elsewhere), "not a sorted set")
+    await redis.zadd(KEYS.pending, {str(elsewhere): 1})
+    result = admin(redis_url, "forget", "U1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "forgot U1 in T1: 4 messages" in result.stdout, result.stdout
+    assert [t.text for t in await stored.recent_turns(NEW, 10)] == ["same here"]
+    assert await redis.get(KEYS.inbox(elsewhere)) == "not a sorted set"  # not ours to remove
+
+
 async def test_forget_a_user_who_only_voted(stored: Store, redis_url: str, tmp_path: Path) -> None:
     result = admin(redis_url, "forget", "U9", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "forgot U9 in T1: 0 messages" in result.stdout and "1 records" in result.stdout
     assert sorted(vote.user for vote in await stored.feedback_votes(NEW)) == ["U1", "U2"]
+
+
+async def test_forget_with_no_team_finds_a_person_whose_only_trace_is_a_waiting_message(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: aioredis.Redis,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    """ann's first message, a follow-up in bob's thread, waits behind his answer when an admin
+    forgets her with no `--team`: nothing is stored about her yet (no conversation, no index), but
+    the waiting message's workspace knows her. It is answered and stored nowhere; before, the
+    command said there was nothing about her, and her message was stored once answered."""
+    bot = await start_bot("socket")
+    bobs_answer = slack.gate("chat.postMessage", channel=CHANNEL)  # the thread is busy meanwhile
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> the printer is offline", user="U2")
+    await llm.wait_for_requests(1)
+    follow_up = await slack.post_user_message(CHANNEL, ANN_SAYS[0], thread_ts=root)
+    journal = KEYS.journal("T1", CHANNEL, follow_up)
+    await wait_until(lambda: redis.exists(journal), "her follow-up accepted")
+    assert not await redis.exists(KEYS.user_index("T1", "U1"))
+
+    result = await asyncio.to_thread(admin, redis_url, "forget", "U1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "forgot U1 in T1: 0 messages" in result.stdout, result.stdout
+    assert await redis.hget(journal, "state") == "queued"  # waits still: bob's answer is held
+    bobs_answer.opened.set()
+    answers = await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
+    await bot.settle()
+
+    assert answers[-1]["text"] == f"Answer: ann: {ANN_SAYS[0]}"
+    assert await redis.hget(journal, "state") == "answered"
+    for key, content in (await everything_in(redis)).items():
+        assert ANN_SAYS[0] not in content, (key, content)
+    assert not await redis.exists(KEYS.user_index("T1", "U1"))
+    stored = await bot.bot.store.recent_turns(ThreadKey("T1", CHANNEL, root), 10)
+    assert [turn.user for turn in stored if turn.role == "user"] == ["U2"]
 
 
 async def test_purge_older_than(stored: Store, redis_url: str, redis: aioredis.Redis, tmp_path: Path) -> None:

@@ -7,13 +7,14 @@ import asyncio
 import json
 import logging
 import re
+from collections.abc import Awaitable
 
 import pytest
 import redis.asyncio as aioredis
 
 from bot.store import FORGET_ATTEMPTS, IncomingMessage, Keys, Store, ThreadKey, Turn
 from bot.streaming import _feedback_block
-from tests.conftest import RunningBot, StartBot
+from tests.conftest import RunningBot, StartBot, wait_until
 from tests.emulators.openai_api import OpenAIEmulator
 from tests.emulators.slack import SlackEmulator
 from tests.redis_proxy import HeldReplyProxy
@@ -413,6 +414,111 @@ async def test_a_message_sent_after_forget_me_and_waiting_behind_it_is_stored(
     assert "2 stored message(s)" in replies[1]["text"]  # her first question and its answer
     stored = await bot.bot.store.recent_turns(ThreadKey("T1", CHANNEL, root), 10)
     assert [turn.text for turn in stored] == ["a new question", "Answer: ann: a new question"]
+
+
+async def test_a_forgotten_waiting_message_edited_after_its_turn_took_it_is_answered_as_edited(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: aioredis.Redis
+) -> None:
+    """ann's follow-up, marked forgotten while it waited, is edited after its turn took it and
+    before the turn's first step (the turn looks up her name, which `forget me` dropped, held by
+    the emulator). It is answered as edited, as a turn not forgotten is, and neither text is
+    stored. Before, the model was asked her old text, which the edit had taken back."""
+    first_answer = slack.gate("chat.postMessage", channel=CHANNEL)  # the thread is busy meanwhile
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> {ANN_SAYS[0]}")
+    await llm.wait_for_requests(1)
+    follow_up = await slack.post_user_message(CHANNEL, ANN_SAYS[1], thread_ts=root)
+    await slack.post_user_message(DM, "forget me")
+    await slack.wait_for_bot_messages(DM, count=1)
+    journal = KEYS.journal("T1", CHANNEL, follow_up)
+    assert await redis.hget(journal, "forgotten") == "1"
+    name_lookup = slack.gate("users.info", user="U1")
+    first_answer.opened.set()
+    await slack.wait_for(lambda: name_lookup.waiting > 0, what="her follow-up's turn to look up her name")
+    assert await redis.hget(journal, "state") == "queued"  # taken, its first step not yet run
+    await slack.edit_message(CHANNEL, follow_up, ANN_SAYS[2])
+    await wait_until(lambda: redis.hget(journal, "edited_text"), "the edit in her follow-up's journal")
+    name_lookup.opened.set()
+    answers = await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
+    await bot.settle()
+
+    assert llm.requests[-1]["messages"][-1] == {"role": "user", "content": f"ann: {ANN_SAYS[2]}"}
+    assert answers[-1]["text"] == f"Answer: ann: {ANN_SAYS[2]}"
+    stored = await bot.bot.store.recent_turns(ThreadKey("T1", CHANNEL, root), 10)
+    assert stored == [], stored
+    for key, content in (await everything_in(redis)).items():
+        for said in ANN_SAYS:
+            assert said not in content, (key, content)
+    assert not await redis.exists(KEYS.user_index("T1", "U1"))  # nor her edit's record in it
+
+
+async def test_a_message_being_answered_at_forget_me_and_edited_after_it_keeps_no_record_of_the_edit(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: aioredis.Redis
+) -> None:
+    """ann's follow-up is being answered (its answer held back by Slack) as she says `forget me`,
+    and she edits it then: the edit, in a conversation the bot takes part in, keeps no record of
+    her new text, nor puts her index back, as for a forgotten message still waiting. Before, the
+    record (her new text) and her index were kept an hour after `forget me` said it was done."""
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> the printer is offline", user="U2")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    await bot.settle()
+    her_answer = slack.gate("chat.postMessage", channel=CHANNEL)
+    follow_up = await slack.post_user_message(CHANNEL, ANN_SAYS[0], thread_ts=root)
+    await llm.wait_for_requests(2)
+    await slack.post_user_message(DM, "forget me")
+    await slack.wait_for_bot_messages(DM, count=1)
+    journal = KEYS.journal("T1", CHANNEL, follow_up)
+    assert await redis.hmget(journal, "state", "forgotten") == ["working", "1"]
+
+    # Acknowledged once the edit step ran (not when it failed: Slack would send it again).
+    assert (await slack.deliver_event(slack.edited_event(CHANNEL, follow_up, ANN_SAYS[1]))).acked
+    assert not await redis.exists(KEYS.edited("T1", CHANNEL, follow_up))
+    assert not await redis.exists(KEYS.user_index("T1", "U1"))
+    her_answer.opened.set()
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
+    await bot.settle()
+
+    for key, content in (await everything_in(redis)).items():
+        for said in ANN_SAYS[:2]:
+            assert said not in content, (key, content)
+    assert not await redis.exists(KEYS.user_index("T1", "U1"))
+
+
+async def _commands_of(store: Store, step: Awaitable[object]) -> int:
+    """How many commands Redis runs for `step` (those inside its scripts included)."""
+
+    async def calls() -> dict[str, int]:
+        stats = await store.redis.info("commandstats")
+        return {name: int(stat["calls"]) for name, stat in stats.items() if name != "cmdstat_info"}
+
+    before = await calls()
+    await step
+    return sum(calls - before.get(name, 0) for name, calls in (await calls()).items())
+
+
+async def test_an_edit_costs_no_redis_command_more_for_the_forget_me_mark(redis_url: str) -> None:
+    """Every edit in a channel the bot is in runs the edit step, which reads whether `forget me`
+    marked the message only where it would keep a record of the edit, with the journal's state,
+    in one read. Before, that was one more command for every edit, two for one with no author."""
+    store = Store(redis_url, conversation_ttl_days=1)
+    try:
+        elsewhere = ThreadKey("T1", CHANNEL, "1.1")  # a conversation the bot takes no part in
+        await store.edit_user_message(elsewhere, "1.0", "hi", "hi", user="U2", edited_ts="1.5")  # loaded
+        # The step, its tombstone, newest edit record, the followed mark and the journal's state,
+        # and its look for a stored copy (none here).
+        edit = store.edit_user_message(elsewhere, "1.1", "hello", "hello", user="U2", edited_ts="2.1")
+        assert await _commands_of(store, edit) == 6
+        # With no author, no record: the followed mark is not read either.
+        assert await _commands_of(store, store.edit_user_message(elsewhere, "1.1", "hey", "hey")) == 5
+        # A message waiting in a conversation the bot takes part in: its record (three writes), its
+        # journal read once, the edit kept there, and the conversation's read-back mark.
+        waiting = IncomingMessage("T1", CHANNEL, "3.2", "U1", ANN_SAYS[0], "answer", "3.1", "3.1", BOT)
+        await store.accept(waiting)
+        edit = store.edit_user_message(
+            waiting.key, "3.2", ANN_SAYS[1], ANN_SAYS[1], user="U1", edited_ts="4.2"
+        )
+        assert await _commands_of(store, edit) == 10
+    finally:
+        await store.close()
 
 
 async def test_forget_me_while_an_edited_message_is_being_answered_leaves_no_text_in_its_journal(
