@@ -83,6 +83,7 @@ class FoundAnswer:
     ts: str
     text: str
     complete: bool = True
+    messages: tuple[str, ...] = ()  # a whole one's: the ts of each of its messages, first to last
 
 
 @dataclass(frozen=True)
@@ -455,7 +456,7 @@ def _whole_answer(messages: list[dict[str, Any]], last: dict[str, Any], bot_user
     first_ts = first_message_named(last) or last_ts
     first, end = ts_number(first_ts), ts_number(last_ts)
     if first is None or end is None or first >= end:
-        return FoundAnswer(last_ts, shown_text(last))
+        return FoundAnswer(last_ts, shown_text(last), messages=(last_ts,))
     parts = [
         (ts, message)
         for message in messages
@@ -467,4 +468,6 @@ def _whole_answer(messages: list[dict[str, Any]], last: dict[str, Any], bot_user
     ]
     parts.sort(key=lambda pair: pair[0])
     texts = [shown_text(message) for _, message in parts] + [shown_text(last)]
-    return FoundAnswer(first_ts, "\n\n".join(text.strip() for text in texts if text.strip()))
+    shown = (first_ts, *(str(message["ts"]) for _, message in parts), last_ts)
+    whole = "\n\n".join(text.strip() for text in texts if text.strip())
+    return FoundAnswer(first_ts, whole, messages=tuple(dict.fromkeys(shown)))

@@ -415,7 +415,9 @@ class RedisLossRecovery:
             return CutShort(answer.ts)
         log.info("answer found posted already team=%s channel=%s thread=%s user=%s", *where)
         said = await self.workspace.user_turn(message)
-        stored = Turn(role="assistant", text=answer.text, ts=answer.ts, reply_to=message.ts)
+        stored = Turn(
+            role="assistant", text=answer.text, ts=answer.ts, reply_to=message.ts, messages=answer.messages
+        )
         # A newer turn may have read both back from Slack already (`_read_earlier_thread`).
         turns = tuple(turn for turn in (said, stored) if turn.ts not in known)
         return Progress.of(turns=turns, user_turn_stored=1, state="answered", answer_ts=answer.ts)

@@ -213,9 +213,17 @@ class Turn:
     # Read back from Slack: the ts of the newest edit the page showed; an edit recorded since wins
     # only when newer (`_MERGE_READ_BACK`, which stores the turn without this).
     edited: str | None = None
+    # An answer as its turn stores it: the ts of each of its messages in Slack, first to last (a
+    # long one's several). Never stored, the answer being known by its first's: the step storing
+    # it finds by them every copy read back from Slack (`_JOURNAL_STEP_FUNCTION`).
+    messages: tuple[str, ...] = field(default=(), compare=False)
 
     def to_json(self) -> str:
-        record = {k: v for k, v in vars(self).items() if v is not None or k in _TURN_CORE}
+        record = {
+            k: v
+            for k, v in vars(self).items()
+            if k not in _TURN_UNSTORED and (v is not None or k in _TURN_CORE)
+        }
         return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
@@ -227,6 +235,7 @@ class Turn:
 
 _TURN_FIELDS = {f.name for f in fields(Turn)}
 _TURN_CORE = {"role", "text", "ts", "user", "name"}
+_TURN_UNSTORED = {"messages"}
 
 
 def _answers_of(key: ThreadKey, turns: Iterable[Turn]) -> list[str] | None:
@@ -365,7 +374,10 @@ class StoredConversation:
             "conversation": self.key.thread,
             "expires_in_seconds": self.expires_in,
             "meta": self.meta,
-            "turns": [{k: v for k, v in asdict(turn).items() if v is not None} for turn in self.turns],
+            "turns": [
+                {k: v for k, v in asdict(turn).items() if v is not None and k not in _TURN_UNSTORED}
+                for turn in self.turns
+            ],
         }
 
 
@@ -1179,8 +1191,9 @@ return found
 # ttl, conversation ttl, now, authors, turns, fields set, fields cleared, answers to index (-1 for a
 # conversation that keeps no index: not a DM's), the ts of the person's message among the turns
 # ('' for none), whether its turn only records it (0/1), the ts of the bot's answer among the turns
-# ('' for none); then the turns (JSON), the answers to index ("question ts:answer ts"), the fields
-# to set (name, value) and the names to clear. `read_back_upto`: the meta's, when the caller read
+# and then of its later messages, space-separated ('' for none); then the turns (JSON), the
+# answers to index ("question ts:answer ts"), the fields to set (name, value) and the names to
+# clear. `read_back_upto`: the meta's, when the caller read
 # it already (nil: read here, only for a step with a person's message or an answer). Returns true
 # when a copy of that message or answer read back from Slack gave way.
 #
@@ -1217,28 +1230,30 @@ local function give_way(turns, meta, index, ts, ttl, keep)
   end
   return nil
 end
--- An answer's copies read back from Slack are its messages (a long one's each apart), linked to
--- its question, or its first by ts when the read found no question before it; none before its
--- first message, nor after the newest read back (`upto`): an earlier bot message linked to the
--- same question is another answer (one its person stopped after this question came has no
--- buttons, and is linked to the latest question before it), and so is a later one no read saw
--- (a second answer, stored by its own turn). The first becomes the answer as its turn stores it
--- (whole, with its cost), where it is: Slack's order is the conversation's. The others go, with
--- their entries in a DM's index, whose stamp moves on with the list; all of them go unless
--- `in_place` (the step pushes the answer's question, last: the answer must follow it). Returns
--- whether a copy was there.
-local function answer_gives_way(turns, meta, index, raw, ts, upto, ttl, indexed, in_place)
-  local question = cjson.decode(raw)['reply_to']
-  if type(question) ~= 'string' then question = nil end
+-- An answer's copies read back from Slack are its messages (a long one's each apart), known by
+-- their ts (`messages`, as its turn posted them), whatever the read linked each to: a later
+-- message still being written had no buttons, and was linked to the latest message before it
+-- (someone's, sent meanwhile), or to none when no question came before it in what was read; and
+-- an answer by ts is no other answer to its question (one stopped, a second one). The first
+-- becomes the answer as its turn stores it (whole, with its cost), where it is: Slack's order is
+-- the conversation's. The others go, with their entries in a DM's index, whose stamp moves on
+-- with the list; all of them go unless `in_place` (the step pushes the answer's question, last:
+-- the answer must follow it). One pass of the list, a copy known by its first "ts" (its own: a
+-- text's quotes are escaped), found by plain search: a Lua pattern, tried at each character of
+-- every turn, cost Redis four to five times the list's read. Returns whether a copy was there.
+local function answer_gives_way(turns, meta, index, raw, messages, ttl, indexed, in_place)
+  local answer = cjson.decode(raw)
+  local question = type(answer['reply_to']) == 'string' and answer['reply_to'] or nil
+  local wanted = {}
+  for ts in string.gmatch(messages, '%S+') do wanted[ts] = true end
   local items = redis.call('LRANGE', turns, 0, -1)
   local copies = {}
   for i, item in ipairs(items) do
-    if string.find(item, ts, 1, true) or (question and string.find(item, question, 1, true)) then
+    local at = string.find(item, '"ts":"', 1, true)
+    if at and wanted[string.sub(item, at + 6, (string.find(item, '"', at + 6, true) or 0) - 1)] then
       local turn = cjson.decode(item)
-      local linked = type(turn['reply_to']) == 'string' and turn['reply_to'] or nil
-      local part = question and linked == question and not ts_before(turn['ts'], ts)
-        and not ts_before(upto, turn['ts'])
-      if turn['role'] == 'assistant' and (turn['ts'] == ts or part) then
+      if turn['role'] == 'assistant' and wanted[turn['ts']] then
+        local linked = type(turn['reply_to']) == 'string' and turn['reply_to'] or nil
         copies[#copies + 1] = {at = i, raw = item, ts = turn['ts'], question = linked}
       end
     end
@@ -1250,7 +1265,7 @@ local function answer_gives_way(turns, meta, index, raw, ts, upto, ttl, indexed,
     for _, copy in ipairs(copies) do
       if copy.question then redis.call('ZREM', index, copy.question .. ':' .. copy.ts) end
     end
-    if question then redis.call('ZADD', index, 0, question .. ':' .. ts) end
+    if question then redis.call('ZADD', index, 0, question .. ':' .. answer['ts']) end
     restamp(index, stamp_of(#items, items[#items]), turns, ttl)
     -- With the turns' TTL, as each step gives it: the ZREMs may have emptied it (a new key then).
     redis.call('EXPIRE', index, ttl)
@@ -1272,7 +1287,9 @@ local function journal_step(k, a, read_back_upto)
     -- The step that stores the message's own turn ends its wait; an edit or deletion that came
     -- after its worker read the journal (kept there, see _REWRITE_TURN) is applied here.
     local change = redis.call('HMGET', KEYS[k], 'state', 'edited_readable', 'deleted', 'forgotten')
-    local asked, answered = ARGV[a + 8], ARGV[a + 10]
+    -- The answer's messages: its first's ts (the answer's), then its later messages' ones.
+    local asked, messages = ARGV[a + 8], ARGV[a + 10]
+    local answered = string.match(messages, '^%S*')
     if read_back_upto == nil and (asked ~= '' or answered ~= '') then
       read_back_upto = redis.call('HGET', KEYS[k + 2], 'read_back_upto')
     end
@@ -1314,8 +1331,8 @@ local function journal_step(k, a, read_back_upto)
       for _, raw in ipairs(pushed) do
         local turn = cjson.decode(raw)
         local own = turn['role'] == 'assistant' and turn['ts'] == answered
-        if own and answer_gives_way(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], raw, answered, read_back_upto,
-                                    ARGV[a + 1], indexed >= 0, not asking) then
+        if own and answer_gives_way(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], raw, messages, ARGV[a + 1],
+                                    indexed >= 0, not asking) then
           gave_way = true
           if asking then table.insert(others, raw) end
         else
@@ -1885,7 +1902,8 @@ class Store:
         key = message.key
         people = sorted({turn.user for turn in step.turns if turn.role == "user" and turn.user})
         asked = next((turn.ts for turn in step.turns if turn.role == "user"), "")
-        answered = next((turn.ts for turn in step.turns if turn.role == "assistant"), "")
+        answer = next((turn for turn in step.turns if turn.role == "assistant"), None)
+        answered = "" if answer is None else " ".join(dict.fromkeys((answer.ts, *answer.messages)))
         updates = [item for name, value in step.fields.items() if value is not None for item in (name, value)]
         cleared = [name for name, value in step.fields.items() if value is None]
         answers = _answers_of(key, step.turns)

@@ -690,7 +690,9 @@ class TurnRunner:
         if found is not None and found.complete:
             log.info("answer found posted already team=%s channel=%s thread=%s user=%s", *_where(message))
             ts = record.answer_ts or found.ts
-            stored = Turn(role="assistant", text=found.text, ts=ts, reply_to=message.ts)
+            stored = Turn(
+                role="assistant", text=found.text, ts=ts, reply_to=message.ts, messages=found.messages
+            )
             outcome = Progress.of(turns=(stored,), state="answered", answer_ts=ts, answer=None)
         elif (shown := record.answer_ts or (found.ts if found else None)) is not None:
             self._shown_before(message, shown, record.sign)
@@ -710,7 +712,13 @@ class TurnRunner:
                 )
                 if reply.stopped_by_user and posted:
                     # The person stopped it: the conversation keeps what shows, not what they never saw.
-                    stored = Turn(role="assistant", text=found.text, ts=posted[0], reply_to=message.ts)
+                    stored = Turn(
+                        role="assistant",
+                        text=found.text,
+                        ts=posted[0],
+                        reply_to=message.ts,
+                        messages=tuple(posted),
+                    )
                     outcome = Progress.of(turns=(stored,), state="answered", answer_ts=posted[0], answer=None)
                 if record.sign == "reaction":
                     await self.delivery.clear_sign(target, "reaction")
@@ -963,6 +971,7 @@ class TurnRunner:
             completion_tokens=answer.completion_tokens if answer else None,
             finish_reason=answer.finish_reason if answer else None,
             reply_to=message.ts,
+            messages=tuple(posted),
         )
         return posted, Progress.of(turns=(stored,), state="answered", answer_ts=posted[0], answer=None)
 

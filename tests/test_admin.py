@@ -130,13 +130,21 @@ async def test_show_by_key_and_by_slack_link(stored: Store, redis_url: str, tmp_
 
 
 async def test_export_writes_one_json_line_per_conversation(
-    stored: Store, redis_url: str, tmp_path: Path
+    stored: Store, redis_url: str, redis: aioredis.Redis, tmp_path: Path
 ) -> None:
     result = admin(redis_url, "export", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert sorted(r["thread"] for r in records) == sorted(map(str, (OLD, NEW, DM)))
     assert sum(len(r["turns"]) for r in records) == 6
+    # Each turn as it is stored: nothing a turn only carries in flight (an answer's `messages`).
+    kept = {
+        name
+        for key in (OLD, NEW, DM)
+        for raw in await redis.lrange(KEYS.turns(key), 0, -1)
+        for name in json.loads(raw)
+    }
+    assert {name for r in records for turn in r["turns"] for name in turn} <= kept
 
     bad = admin(redis_url, "export", "--team", cwd=tmp_path)
     assert bad.returncode == 2 and "expected one argument" in bad.stderr

@@ -302,6 +302,7 @@ async def test_an_answer_read_back_before_its_turn_stored_it_is_stored_once_and_
     assert (found, "lrange" in ran) == ([answer(2, 0).ts, answer(2, 1).ts], False)
 
     whole = replace(answer(2), text="answer 2, whole", prompt_tokens=40, completion_tokens=9)
+    whole = replace(whole, messages=(answer(2, 0).ts, answer(2, 1).ts))  # as its turn posted them
     assert "lrange" in await stored_with_commands(store, 2, whole)
     turns = await store.recent_turns(DM, 10)
     expected = (question(0), answer(0), question(1), answer(1), question(2), whole, question(3), answer(3))
@@ -373,6 +374,76 @@ async def test_an_answer_read_back_before_its_turn_stored_it_leaves_a_later_answ
     await store.record_progress(message(1), turns=(answer(1),), state="answered")
     turns = await store.recent_turns(DM, 10)
     assert [t.text for t in turns] == ["question 0", "answer 0", "question 1", "answer 1", "answer 1, again"]
+
+
+async def test_a_long_answer_read_back_mid_stream_around_a_question_gives_way_in_every_message(
+    store: Store,
+) -> None:
+    """A long answer read back while its second message was still being written, question 3 sent
+    between its two messages: the second has no buttons yet, and is read back linked to question
+    3, the latest message before it (bot/workspace.py). When the answer's turn stores it, every
+    message it posted gives way, whatever it was linked to, and their entries in the index go.
+    Before, only the first did: the second stayed after question 3, the model saw it twice, and
+    it was taken for question 3's answer (a deletion of question 3 took it, and its DM thread)."""
+    await answered(store, 0)
+    await store.record_progress(message(2), turns=(question(2),), state="working")
+    second = Turn(role="assistant", text="answer 2, part 2", ts="1700000003.000300", reply_to=question(3).ts)
+    assert await store.merge_read_back(DM, [answer(2, 0), question(3), second]) == 3  # a newer turn's read
+    assert (await looked_up(store, question(3).ts))[0] == [second.ts]
+    whole = replace(answer(2), text="answer 2, whole", messages=(answer(2).ts, second.ts))
+    await store.record_progress(message(2), turns=(whole,), state="answered")
+    turns = await store.recent_turns(DM, 10)
+    assert [t.text for t in turns] == [
+        "question 0",
+        "answer 0",
+        "question 2",
+        "answer 2, whole",
+        "question 3",
+    ]
+    for i, answers in ((2, [whole.ts]), (3, []), (0, [answer(0).ts])):
+        found, ran = await looked_up(store, question(i).ts)
+        assert (found, "lrange" in ran) == (answers, False)
+
+
+async def test_a_long_answer_read_back_with_no_question_before_it_gives_way_in_every_message(
+    store: Store,
+) -> None:
+    """A long answer whose question is older than what the read saw (a DM's 60 newest messages
+    begin with it): read back, its messages are linked to nothing. Before, only its first gave
+    way when its turn stored it; now each message it posted does, and a bot message after it
+    that is not one of them (another answer, unlinked too) stays."""
+    await store.record_progress(message(1), turns=(), state="working")
+    parts = [replace(answer(1, part), reply_to=None) for part in range(2)]
+    other = Turn(role="assistant", text="answer 1, again", ts="1700000001.000900")
+    assert await store.merge_read_back(DM, [*parts, other, question(2)]) == 4
+    whole = replace(answer(1), text="answer 1, whole", messages=tuple(part.ts for part in parts))
+    await store.record_progress(message(1), turns=(whole,), state="answered")
+    turns = await store.recent_turns(DM, 10)
+    assert [t.text for t in turns] == ["answer 1, whole", "answer 1, again", "question 2"]
+    assert await store.answers_to(DM, question(1).ts) == [whole.ts]
+
+
+async def test_an_answer_read_back_in_a_long_dm_of_long_turns_gives_way_once(store: Store) -> None:
+    """The step that stores an answer read back before its turn stored it scans the DM's turns
+    for its copies by plain search for each turn's ts (a Lua pattern tried at every character
+    blocked Redis 4 to 5 times as long as reading the list: bench/read_back_scan.py measures it).
+    In a DM of 4,000 turns of 1,000 characters each, whose texts hold a ts's look-alike, the
+    answer replaces its one copy in place and nothing else moves."""
+    decoy = ' "ts":"' + answer(1000).ts + '" ' + "x" * 1000  # escaped in the stored JSON: no ts
+
+    def long(turn: Turn) -> Turn:
+        return replace(turn, text=turn.text + decoy)
+
+    turns = [long(turn) for i in range(PAIRS) for turn in (question(i), answer(i))]
+    turns[2 * 1000 + 1] = answer(1000)  # the copy, read back before its turn stored it
+    await store.redis.rpush(store.keys.turns(DM), *(turn.to_json() for turn in turns))
+    await store.redis.hset(store.keys.meta(DM), mapping={"read_back_upto": turns[-1].ts, "hydrated": "1"})
+    whole = replace(answer(1000), text="answer 1000, whole", messages=(answer(1000).ts,))
+    await store.record_progress(message(1000), turns=(whole,), state="answered")
+    stored = await store.recent_turns(DM, 2 * PAIRS)
+    assert [turn.text for turn in stored] == [
+        whole.text if i == 2 * 1000 + 1 else turn.text for i, turn in enumerate(turns)
+    ]
 
 
 async def test_an_answer_read_back_that_gives_way_leaves_the_index_expiring_with_the_conversation(

@@ -1781,6 +1781,90 @@ async def test_with_several_processes_an_answer_read_back_before_its_turn_stored
     assert "standing down" not in caplog.text and _errors(caplog) == []
 
 
+async def test_with_several_processes_a_long_answer_read_back_mid_stream_around_a_remark_is_stored_once(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As above, but B's answer is long: a remark to a colleague is sent between its first message
+    and its second, and A reads the thread back while that second message is still being written
+    (no buttons yet: read back linked to the remark, the latest message before it). Before, only
+    the first message's copy gave way when B's turn stored the answer: the second's stayed beside
+    it, and the model was shown that part twice from then on. Every message of the answer is known
+    to its turn, and each one's copy gives way."""
+    caplog.set_level(logging.INFO)
+    a = await start_bot("http")
+    b = await start_bot("http")  # Slack's events go to B
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    await b.settle()
+    llm.chunk_chars, llm.chunk_delay = 200, 0.02
+    llm.enqueue(Reply(_long_answer()))
+    starts: list[dict[str, Any]] = []
+
+    def second_message(args: dict[str, Any]) -> bool:
+        starts.append(args)
+        return len(starts) == 2
+
+    begun = slack.gate("chat.startStream", second_message)
+    asked: list[str] = []  # bob's question's ts, once posted: its answer's last call is held
+
+    def bobs_answer_ends(args: dict[str, Any]) -> bool:
+        return bool(asked) and f"answer_to:{asked[0]}" in str(args)
+
+    ends = [
+        slack.gate(method, bobs_answer_ends)
+        for method in ("chat.postMessage", "chat.stopStream", "chat.update")
+    ]
+    asked.append(await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", user="U2", thread_ts=root))
+    await slack.wait_for(lambda: begun.waiting > 0, what="B's answer to begin its second message")
+    remark = await slack.post_user_message(CHANNEL, "<@U3> the cache was restarted at noon", thread_ts=root)
+    await _until(lambda: redis.exists(f"turn:T1:{CHANNEL}:{remark}"))  # B took it, behind its turn
+    begun.opened.set()
+    await slack.wait_for(lambda: any(gate.waiting for gate in ends), what="B's answer to end")
+    [first, second] = slack.bot_messages(CHANNEL, root)[1:]
+    assert float(first["ts"]) < float(remark) < float(second["ts"]) and second.get("streaming")
+    a_over = asyncio.Event()
+    renew = b.bot.store.renew_lock
+
+    async def after_as_turn(*args: Any) -> LockRenewal:
+        await a_over.wait()
+        return await renew(*args)
+
+    monkeypatch.setattr(b.bot.store, "renew_lock", after_as_turn)
+    await redis.flushall()
+    slack.use_http(f"{a.url}/slack/events")
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and dev?", thread_ts=root)
+    await slack.wait_for(lambda: _asked(llm, "ann: and dev?") == 1, what="A's turn to ask the model")
+    await a.settle()
+    later_part = next(line for line in second["text"].splitlines() if line.startswith("print('line"))
+    [a_asked] = [r for r in llm.requests if str(r["messages"][-1]["content"]).endswith("ann: and dev?")]
+    assert sum(later_part in m["content"] for m in a_asked["messages"]) == 1, "A read it back"
+    a_over.set()
+    for gate in ends:
+        gate.opened.set()
+    await slack.wait_for_bot_messages(CHANNEL, root, count=4, timeout=15)
+    await b.settle()
+    await _until(lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{remark}", "answered"))  # recorded
+    await a.settle()
+    stored = [json.loads(raw) for raw in await redis.lrange(f"conv:T1:{CHANNEL}:{root}:turns", 0, -1)]
+    assert [t["role"] for t in stored] == [
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+        "user",
+        "user",
+        "assistant",
+    ], [(t["role"], t["text"][:40]) for t in stored]
+    assert sum(later_part in t["text"] for t in stored) == 1
+    assert "prompt_tokens" in stored[3], "the answer as its own turn stored it, with its cost"
+    assert "standing down" not in caplog.text and _errors(caplog) == []
+
+
 @pytest.mark.parametrize("posted", ["refused", "landed unseen"])
 async def test_an_answer_whose_delivery_was_deferred_when_redis_loses_its_data_is_given_once(
     posted: str,
