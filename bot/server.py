@@ -274,6 +274,8 @@ class SupportBot:
             await self.turns.abandon()
         if self._beating is not None:
             self._beating.cancel()
+            # Over before the leave; a beat it already sent may still run after (see Store.leave).
+            await asyncio.wait([self._beating])
             if self.turns is not None:
                 with contextlib.suppress(StoreUnavailable, RedisError, OSError):
                     await self.turns.leave()

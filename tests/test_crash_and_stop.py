@@ -16,10 +16,13 @@ import pytest
 from redis.asyncio import Redis
 
 from bot.llm import REJECTED
+from bot.store import Accepted, IncomingMessage, Store
 from tests.bot_process import BotProcess
 from tests.conftest import StartBot, bot_env, free_port, wait_until
 from tests.emulators.openai_api import Hang, OpenAIEmulator, Status
 from tests.emulators.slack import Delivery, Gate, SlackEmulator
+from tests.redis_proxy import HeldReplyProxy
+from tests.test_declared_keys import monitored
 
 pytestmark = pytest.mark.slow
 
@@ -741,3 +744,45 @@ async def test_sigterm_past_the_deadline_hands_the_turn_to_the_next_process(
     [answer] = await slack.wait_for_bot_messages(CHANNEL, ts, timeout=15)
     await successor.settle()
     assert answer["text"] == "Answer: ann: never-ending question"
+
+
+async def test_a_beat_that_reaches_redis_after_the_stop_s_leave_leaves_the_locks_free_at_once(
+    start_bot: StartBot, redis_proxy: HeldReplyProxy, redis: Redis, redis_url: str
+) -> None:
+    """A stopping process cancels its beats and says it left, but a beat already on the wire runs
+    in Redis all the same. Here one is held back on its way until the leave has run. Before, it
+    made the stopped process alive again for its liveness: a lock it could not let go of waited
+    5 s to be taken over."""
+    running = await start_bot("http", REDIS_URL=redis_proxy.url)
+    store, me = running.bot.store, running.bot.turns.process_id
+    beat_on_its_way = asyncio.Event()
+
+    async def left() -> bool:
+        return not await _alive(redis, me)
+
+    async def after_the_leave() -> None:
+        beat_on_its_way.set()
+        await wait_until(left, "the stop's leave")
+
+    redis_proxy.hold_request(store._beat.sha, after_the_leave)
+    async with monitored(redis_url) as lines:
+        await wait_until(beat_on_its_way.is_set, "a beat on its way")
+        await running.bot.stop(grace_seconds=0)  # waits for the beat's batch, which ran meanwhile
+    assert redis_proxy.requests_held == 1
+    ran = [line for line in lines if "EVALSHA" in line and f'"{me}"' in line]
+    assert store._leave.sha in ran[-2] and store._beat.sha in ran[-1], ran
+
+    assert await left()
+    other = Store(redis_url, conversation_ttl_days=1)
+    try:
+        message = IncomingMessage("T1", CHANNEL, "9.1", "U1", "hi", "answer", "9.1", "9.1", BOT)
+        assert (await other.accept(message, f"{me}:turn"))[0] is Accepted.TAKEN  # left locked
+        assert await other.take_thread(message.key, "beef:turn")
+    finally:
+        await other.close()
+
+
+async def _alive(redis: Redis, process: str) -> bool:
+    """Whether Redis counts `process` alive (its liveness lapses after now)."""
+    seconds, micros = await redis.time()
+    return ((await redis.zscore("processes", process)) or 0) > seconds * 1000 + micros // 1000
