@@ -271,12 +271,16 @@ class SupportBot:
             await self.turns.drain(grace)
             if self.turns.in_flight:
                 log.warning("grace period over; %d turns left for recovery", self.turns.in_flight)
+        beat = self._beating
+        if beat is not None:
+            # The beats end before the turns left are abandoned: one meanwhile could start work on
+            # a gone process's thread that nothing would abandon. A beat already sent may still
+            # run after the leave (see Store.leave).
+            beat.cancel()
+            await asyncio.wait([beat])
+        if self.turns is not None:
             await self.turns.abandon()
-        if self._beating is not None:
-            self._beating.cancel()
-            # Over before the leave; a beat it already sent may still run after (see Store.leave).
-            await asyncio.wait([self._beating])
-            if self.turns is not None:
+            if beat is not None:
                 with contextlib.suppress(StoreUnavailable, RedisError, OSError):
                     await self.turns.leave()
         await running.runner.cleanup()

@@ -786,3 +786,51 @@ async def _alive(redis: Redis, process: str) -> bool:
     """Whether Redis counts `process` alive (its liveness lapses after now)."""
     seconds, micros = await redis.time()
     return ((await redis.zscore("processes", process)) or 0) > seconds * 1000 + micros // 1000
+
+
+async def test_a_stop_takes_over_no_thread_of_a_gone_process_as_it_abandons_its_turns(
+    start_bot: StartBot,
+    redis_proxy: HeldReplyProxy,
+    redis: Redis,
+    redis_url: str,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+) -> None:
+    """A stop abandons the turns still running past the grace, then leaves. Its beats went on
+    while the abandoned turns let go of their threads: one that found a gone process's thread
+    then started a worker that nothing abandoned, which took the thread with the stopped
+    process's token and asked the model after the stop was over."""
+    running = await start_bot("http", REDIS_URL=redis_proxy.url)
+    me, beating = running.bot.turns.process_id, running.bot._beating
+    llm.enqueue(Hang())
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> never-ending question")
+    await llm.wait_for_requests(1)
+    ts = slack.seed_message(CHANNEL, f"<@{BOT}> left behind")
+    orphan = IncomingMessage("T1", CHANNEL, ts, "U1", f"<@{BOT}> left behind", "answer", ts, ts, BOT)
+    other = Store(redis_url, conversation_ttl_days=1)
+
+    async def taken_here() -> bool:
+        return ((await redis.get(other.keys.lock(orphan.key))) or "").startswith(f"{me}:")
+
+    async def a_process_dies_meanwhile() -> None:
+        # The abandoned turn lets go of its thread here; another process dies, leaving a thread.
+        assert (await other.accept(orphan, "dead0:turn"))[0] is Accepted.TAKEN
+        await other.leave("dead0")
+        await wait_until(
+            lambda: beating.done() or taken_here(), "a beat to find the thread, or no more beats"
+        )
+
+    redis_proxy.hold_request(running.bot.store._release_lock.sha, a_process_dies_meanwhile)
+    try:
+        await running.bot.stop(grace_seconds=0)
+        assert redis_proxy.requests_held == 1
+        assert not await taken_here()
+        assert len(llm.requests) == 1
+
+        successor = await start_bot("http", **FAST_RECOVERY)
+        [answer] = await slack.wait_for_bot_messages(CHANNEL, ts, timeout=15)
+        await successor.settle()
+    finally:
+        await other.close()
+    assert answer["text"] == "Answer: ann: left behind"
+    assert sum("left behind" in json.dumps(request) for request in llm.requests) == 1
