@@ -320,7 +320,9 @@ class SupportBot:
         while True:
             try:
                 await self.turns.beat()
-                if taken := await self.turns.take_over_orphans():
+                # A stopping process takes on no thread of another, as its recovery stops at once:
+                # one it could not finish in its grace would be left half shown.
+                if not self._stopping and (taken := await self.turns.take_over_orphans()):
                     log.info("recovery found %d threads of a gone process, started a worker for each", taken)
             except StoreUnavailable:
                 pass  # /health already says so

@@ -834,3 +834,33 @@ async def test_a_stop_takes_over_no_thread_of_a_gone_process_as_it_abandons_its_
         await other.close()
     assert answer["text"] == "Answer: ann: left behind"
     assert sum("left behind" in json.dumps(request) for request in llm.requests) == 1
+
+
+async def test_a_stopping_process_leaves_a_gone_process_s_threads_to_the_next(
+    start_bot: StartBot, redis_url: str, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    """A stop stops recovery at once; its beats, which go on while it finishes its answers, took
+    over the threads of a process that went meanwhile all the same, and started answers it had
+    no time to finish: the next process found one half shown and said it was interrupted, where
+    it would have given the whole answer."""
+    running = await start_bot("http")
+    llm.enqueue(Hang())
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> never-ending question")
+    await llm.wait_for_requests(1)
+    llm.chunk_delay = 1.0  # an answer takes some seconds to stream: longer than the grace left
+    ts = slack.seed_message(CHANNEL, f"<@{BOT}> left behind")
+    orphan = IncomingMessage("T1", CHANNEL, ts, "U1", f"<@{BOT}> left behind", "answer", ts, ts, BOT)
+    other = Store(redis_url, conversation_ttl_days=1)
+    try:
+        stopping = asyncio.create_task(running.bot.stop(grace_seconds=3))
+        await wait_until(lambda: running.bot._stopping, "the stop to begin")
+        assert (await other.accept(orphan, "dead0:turn"))[0] is Accepted.TAKEN
+        await other.leave("dead0")
+        await stopping
+
+        successor = await start_bot("http", **FAST_RECOVERY)
+        await slack.wait_for_bot_messages(CHANNEL, ts, timeout=15)
+        await successor.settle()
+    finally:
+        await other.close()
+    assert [m["text"] for m in slack.bot_messages(CHANNEL, ts)] == ["Answer: ann: left behind"]
