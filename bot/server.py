@@ -273,9 +273,8 @@ class SupportBot:
                 log.warning("grace period over; %d turns left for recovery", self.turns.in_flight)
         beat = self._beating
         if beat is not None:
-            # The beats end before the turns left are abandoned: one meanwhile could start work on
-            # a gone process's thread that nothing would abandon. A beat already sent may still
-            # run after the leave (see Store.leave).
+            # The beats end before the turns left are abandoned, so that no work a beat starts
+            # outlives the stop. A beat already sent may still run after the leave (Store.leave).
             beat.cancel()
             await asyncio.wait([beat])
         if self.turns is not None:
