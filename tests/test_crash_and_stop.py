@@ -16,6 +16,8 @@ import pytest
 from redis.asyncio import Redis
 
 from bot.llm import REJECTED
+from bot.pipelining import CLOSE_WAIT_SECONDS
+from bot.server import LEAVE_WAIT_SECONDS
 from bot.store import Accepted, IncomingMessage, Store
 from tests.bot_process import BotProcess
 from tests.conftest import StartBot, bot_env, free_port, wait_until
@@ -864,3 +866,21 @@ async def test_a_stopping_process_leaves_a_gone_process_s_threads_to_the_next(
     finally:
         await other.close()
     assert [m["text"] for m in slack.bot_messages(CHANNEL, ts)] == ["Answer: ann: left behind"]
+
+
+async def test_a_stop_while_redis_does_not_answer_does_not_wait_out_the_leave_s_retries(
+    start_bot: StartBot, redis: Redis
+) -> None:
+    """Redis takes no write: the stop's leave cannot land. The stop waited out its retries, four
+    tries of 5 s, for what the process's liveness does on its own within 5 s; now it waits a
+    second, then closes (the store's close gives the leave's batch its few seconds)."""
+    running = await start_bot("http")
+    loop = asyncio.get_running_loop()
+    await redis.execute_command("CLIENT", "PAUSE", "30000", "WRITE")
+    try:
+        started = loop.time()
+        await running.bot.stop(grace_seconds=1)
+        took = loop.time() - started
+    finally:
+        await redis.execute_command("CLIENT", "UNPAUSE")
+    assert took < LEAVE_WAIT_SECONDS + CLOSE_WAIT_SECONDS + 1, took
