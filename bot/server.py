@@ -63,6 +63,10 @@ IDENTITY_RETRY_MAX_SECONDS = 60.0
 REJECTED_TOKEN_ERRORS = {"invalid_auth", "not_authed", "account_inactive", "token_revoked"}
 SLACK_CALL_TIMEOUT_SECONDS = 30.0  # one Web API call, as slack_sdk's own default
 BAD_SIGNATURE_LOG_SECONDS = 60.0  # at most one warning a minute about refused signatures
+# A stop's wait for Redis to take its leave. Past it the stop goes on (the store's close still gives
+# the leave's batch its few seconds): a leave frees the process's locks sooner than its liveness,
+# 5 s, would, so waiting out the batch's retries (four tries of 5 s) for it gained nothing.
+LEAVE_WAIT_SECONDS = 1.0
 
 
 class StartupError(Exception):
@@ -271,12 +275,18 @@ class SupportBot:
             await self.turns.drain(grace)
             if self.turns.in_flight:
                 log.warning("grace period over; %d turns left for recovery", self.turns.in_flight)
+        beat = self._beating
+        if beat is not None:
+            # The beats end before the turns left are abandoned, so that no work a beat starts
+            # outlives the stop. A beat already sent may still run after the leave (Store.leave).
+            beat.cancel()
+            await asyncio.wait([beat])
+        if self.turns is not None:
             await self.turns.abandon()
-        if self._beating is not None:
-            self._beating.cancel()
-            if self.turns is not None:
-                with contextlib.suppress(StoreUnavailable, RedisError, OSError):
-                    await self.turns.leave()
+            if beat is not None:
+                with contextlib.suppress(StoreUnavailable, RedisError, OSError, TimeoutError):
+                    async with asyncio.timeout(LEAVE_WAIT_SECONDS):
+                        await self.turns.leave()
         await running.runner.cleanup()
         await self.model.close()
         await self.store.close()
@@ -314,7 +324,9 @@ class SupportBot:
         while True:
             try:
                 await self.turns.beat()
-                if taken := await self.turns.take_over_orphans():
+                # A stopping process takes on no thread of another, as its recovery stops at once:
+                # one it could not finish in its grace would be left half shown.
+                if not self._stopping and (taken := await self.turns.take_over_orphans()):
                     log.info("recovery found %d threads of a gone process, started a worker for each", taken)
             except StoreUnavailable:
                 pass  # /health already says so

@@ -440,6 +440,7 @@ class Keys:
         self.prefix = prefix
         self.pending = f"{prefix}pending"  # sorted set: threads with queued messages, by when they last moved
         self.processes = f"{prefix}processes"  # sorted set: bot processes, by when their liveness lapses
+        self.processes_left = f"{prefix}processes-left"  # sorted set: processes that stopped, by when
         self.orphan_scan = f"{prefix}orphan-scan"  # set while one process looks for a gone one's threads
         self.llm_breaker = f"{prefix}llm-breaker"  # set for the cooldown when a process finds the model down
         self.llm_failures = f"{prefix}llm-failures"  # turns in a row that found the model down
@@ -1108,36 +1109,46 @@ return found
 """
 )
 
-# KEYS: processes, LLM breaker, LLM failures, closed token, then the journals of messages the
-# process accepted and has not seen taken. ARGV: process id, liveness ms. A process says it is
-# alive for the next `liveness` ms; entries gone for an hour are dropped. Returns the ms left of a
-# breaker some process opened (negative when none is open), the failed turns counted, the closed
-# token, 1 if Redis still knew the process (0 the first time, or when Redis lost its data), how
-# many other processes are alive, and for each journal 1 when its turn is over (by any process).
+# KEYS: processes, LLM breaker, LLM failures, closed token, processes left, then the journals of
+# messages the process accepted and has not seen taken. ARGV: process id, liveness ms. A process
+# says it is alive for the next `liveness` ms; entries gone for an hour are dropped. A process that
+# left (`Store.leave`) stays gone: its last beat, sent before it left, can still run after that,
+# and would make it alive again for its liveness (its locks waiting that long to be taken over).
+# Returns the ms left of a breaker some process opened (negative when none is open), the failed
+# turns counted, the closed token, 1 if Redis still knew the process (0 the first time, or when
+# Redis lost its data), how many other processes are alive, and for each journal 1 when its turn
+# is over (by any process).
 _BEAT = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local remembered = redis.call('ZSCORE', KEYS[1], ARGV[1]) and 1 or 0
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+local left = redis.call('ZSCORE', KEYS[5], ARGV[1])
+if not left then redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1]) end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 3600000)
 redis.call('PEXPIRE', KEYS[1], 86400000)
 local failures = tonumber(redis.call('GET', KEYS[3]) or '0')
-local peers = redis.call('ZCOUNT', KEYS[1], now, '+inf') - 1
+local peers = redis.call('ZCOUNT', KEYS[1], now, '+inf') - (left and 0 or 1)
 local over = {}
-for i = 5, #KEYS do
+for i = 6, #KEYS do
   local state = redis.call('HGET', KEYS[i], 'state')
-  over[i - 4] = (state == 'answered' or state == 'noted' or state == 'failed') and 1 or 0
+  over[i - 5] = (state == 'answered' or state == 'noted' or state == 'failed') and 1 or 0
 end
 return {redis.call('PTTL', KEYS[2]), failures, redis.call('GET', KEYS[4]), remembered, peers, over}
 """
 
-# KEYS: processes. ARGV: process id. A process stopping says it was alive until a moment ago,
-# rather than leave the set: its locks are taken over at once (see holder_is_gone), and the entry
-# goes an hour later with those of processes that died.
+# KEYS: processes, processes left. ARGV: process id. A process stopping says it was alive until a
+# moment ago, rather than leave the set: its locks are taken over at once (see holder_is_gone),
+# and the entry goes an hour later with those of processes that died. It is noted as left for
+# that hour too, so that a beat of its that runs after this does not make it alive again (a
+# process id names one run of a process: none beats again once it left).
 _LEAVE = """
 local clock = redis.call('TIME')
-redis.call('ZADD', KEYS[1], tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) - 1, ARGV[1])
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+redis.call('ZADD', KEYS[1], now - 1, ARGV[1])
 redis.call('PEXPIRE', KEYS[1], 86400000)
+redis.call('ZADD', KEYS[2], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 3600000)
+redis.call('PEXPIRE', KEYS[2], 3600000)
 return 0
 """
 
@@ -1774,7 +1785,13 @@ class Store:
         its own until then, whatever their own lifetime (see `threads_orphaned`). Returns what
         Redis holds of the model's breaker (bot/shared_breaker.py), and which of the messages
         `waiting` (team, channel, ts) have had their turn (`BreakerNews.over`)."""
-        keys = [self.keys.processes, self.keys.llm_breaker, self.keys.llm_failures, self.keys.llm_closed]
+        keys = [
+            self.keys.processes,
+            self.keys.llm_breaker,
+            self.keys.llm_failures,
+            self.keys.llm_closed,
+            self.keys.processes_left,
+        ]
         journals = [self.keys.journal(*message) for message in waiting]
         left_ms, failures, closed, remembered, peers, over = await self._batch.run_script(
             self._beat, keys + journals, [process, liveness_ms]
@@ -1839,8 +1856,9 @@ class Store:
         return SharedState(alive, waiting, breaker, probing)
 
     async def leave(self, process: str) -> None:
-        """`process` is stopping: locks it still holds may be taken over at once."""
-        await self._leave([self.keys.processes], [process])
+        """`process` is stopping: locks it still holds may be taken over at once, whatever a beat
+        of its sent before this does when it runs after."""
+        await self._leave([self.keys.processes, self.keys.processes_left], [process])
 
     async def threads_orphaned(
         self, idle_seconds: float, limit: int = 1000, *, once_per_seconds: float = 0

@@ -1,7 +1,9 @@
 """A TCP proxy in front of the test's redis-server that, once told to (`hold`), holds back each
 reply to one Lua script (found by its SHA in a request) until the test has done something of its
 own: a write of another client lands exactly between that script and the caller's next command,
-every time. Only the network is touched; the code under test runs as it does against Redis."""
+every time. It can also hold back one request to a script (`hold_request`), so that a command
+already on the wire reaches Redis after something the test waits for. Only the network is
+touched; the code under test runs as it does against Redis."""
 
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ class HeldReplyProxy:
         self.sha = b""
         self.meanwhile: Callable[[], Awaitable[None]] | None = None
         self.held = 0  # replies held back so far, each for one run of `meanwhile`
+        self._held_request: tuple[bytes, Callable[[], Awaitable[None]]] | None = None
+        self.requests_held = 0  # requests held back and then passed on
         self._server: asyncio.Server | None = None
         self._pumps: set[asyncio.Task[None]] = set()
 
@@ -33,6 +37,11 @@ class HeldReplyProxy:
         """From now on, hold back each reply to the script `sha` until `meanwhile` has run (None:
         hold nothing)."""
         self.sha, self.meanwhile = sha.encode(), meanwhile
+
+    def hold_request(self, sha: str, meanwhile: Callable[[], Awaitable[None]]) -> None:
+        """Hold back the next request that runs the script `sha` (with whatever its write carries
+        besides) until `meanwhile` has run, then pass it on."""
+        self._held_request = (sha.encode(), meanwhile)
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -73,6 +82,10 @@ class HeldReplyProxy:
         while data := await reader.read(65536):
             if self.meanwhile is not None and self.sha in tail + data:
                 armed.set()
+            if (request := self._held_request) is not None and request[0] in tail + data:
+                self._held_request = None
+                await request[1]()
+                self.requests_held += 1
             tail = data[-SHA_LENGTH:]
             writer.write(data)
             await writer.drain()

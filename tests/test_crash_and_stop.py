@@ -16,10 +16,15 @@ import pytest
 from redis.asyncio import Redis
 
 from bot.llm import REJECTED
+from bot.pipelining import CLOSE_WAIT_SECONDS
+from bot.server import LEAVE_WAIT_SECONDS
+from bot.store import Accepted, IncomingMessage, Store
 from tests.bot_process import BotProcess
 from tests.conftest import StartBot, bot_env, free_port, wait_until
 from tests.emulators.openai_api import Hang, OpenAIEmulator, Status
 from tests.emulators.slack import Delivery, Gate, SlackEmulator
+from tests.redis_proxy import HeldReplyProxy
+from tests.test_declared_keys import monitored
 
 pytestmark = pytest.mark.slow
 
@@ -741,3 +746,141 @@ async def test_sigterm_past_the_deadline_hands_the_turn_to_the_next_process(
     [answer] = await slack.wait_for_bot_messages(CHANNEL, ts, timeout=15)
     await successor.settle()
     assert answer["text"] == "Answer: ann: never-ending question"
+
+
+async def test_a_beat_that_reaches_redis_after_the_stop_s_leave_leaves_the_locks_free_at_once(
+    start_bot: StartBot, redis_proxy: HeldReplyProxy, redis: Redis, redis_url: str
+) -> None:
+    """A stopping process cancels its beats and says it left, but a beat already on the wire runs
+    in Redis all the same. Here one is held back on its way until the leave has run. Before, it
+    made the stopped process alive again for its liveness: a lock it could not let go of waited
+    5 s to be taken over."""
+    running = await start_bot("http", REDIS_URL=redis_proxy.url)
+    store, me = running.bot.store, running.bot.turns.process_id
+    beat_on_its_way = asyncio.Event()
+
+    async def left() -> bool:
+        return not await _alive(redis, me)
+
+    async def after_the_leave() -> None:
+        beat_on_its_way.set()
+        await wait_until(left, "the stop's leave")
+
+    redis_proxy.hold_request(store._beat.sha, after_the_leave)
+    async with monitored(redis_url) as lines:
+        await wait_until(beat_on_its_way.is_set, "a beat on its way")
+        await running.bot.stop(grace_seconds=0)  # waits for the beat's batch, which ran meanwhile
+    assert redis_proxy.requests_held == 1
+    ran = [line for line in lines if "EVALSHA" in line and f'"{me}"' in line]
+    assert store._leave.sha in ran[-2] and store._beat.sha in ran[-1], ran
+
+    assert await left()
+    other = Store(redis_url, conversation_ttl_days=1)
+    try:
+        message = IncomingMessage("T1", CHANNEL, "9.1", "U1", "hi", "answer", "9.1", "9.1", BOT)
+        assert (await other.accept(message, f"{me}:turn"))[0] is Accepted.TAKEN  # left locked
+        assert await other.take_thread(message.key, "beef:turn")
+    finally:
+        await other.close()
+
+
+async def _alive(redis: Redis, process: str) -> bool:
+    """Whether Redis counts `process` alive (its liveness lapses after now)."""
+    seconds, micros = await redis.time()
+    return ((await redis.zscore("processes", process)) or 0) > seconds * 1000 + micros // 1000
+
+
+async def test_a_stop_takes_over_no_thread_of_a_gone_process_as_it_abandons_its_turns(
+    start_bot: StartBot,
+    redis_proxy: HeldReplyProxy,
+    redis: Redis,
+    redis_url: str,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+) -> None:
+    """A stop abandons the turns still running past the grace, then leaves. Its beats went on
+    while the abandoned turns let go of their threads: one that found a gone process's thread
+    then started a worker that nothing abandoned, which took the thread with the stopped
+    process's token and asked the model after the stop was over."""
+    running = await start_bot("http", REDIS_URL=redis_proxy.url)
+    me, beating = running.bot.turns.process_id, running.bot._beating
+    llm.enqueue(Hang())
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> never-ending question")
+    await llm.wait_for_requests(1)
+    ts = slack.seed_message(CHANNEL, f"<@{BOT}> left behind")
+    orphan = IncomingMessage("T1", CHANNEL, ts, "U1", f"<@{BOT}> left behind", "answer", ts, ts, BOT)
+    other = Store(redis_url, conversation_ttl_days=1)
+
+    async def taken_here() -> bool:
+        return ((await redis.get(other.keys.lock(orphan.key))) or "").startswith(f"{me}:")
+
+    async def a_process_dies_meanwhile() -> None:
+        # The abandoned turn lets go of its thread here; another process dies, leaving a thread.
+        assert (await other.accept(orphan, "dead0:turn"))[0] is Accepted.TAKEN
+        await other.leave("dead0")
+        await wait_until(
+            lambda: beating.done() or taken_here(), "a beat to find the thread, or no more beats"
+        )
+
+    redis_proxy.hold_request(running.bot.store._release_lock.sha, a_process_dies_meanwhile)
+    try:
+        await running.bot.stop(grace_seconds=0)
+        assert redis_proxy.requests_held == 1
+        assert not await taken_here()
+        assert len(llm.requests) == 1
+
+        successor = await start_bot("http", **FAST_RECOVERY)
+        [answer] = await slack.wait_for_bot_messages(CHANNEL, ts, timeout=15)
+        await successor.settle()
+    finally:
+        await other.close()
+    assert answer["text"] == "Answer: ann: left behind"
+    assert sum("left behind" in json.dumps(request) for request in llm.requests) == 1
+
+
+async def test_a_stopping_process_leaves_a_gone_process_s_threads_to_the_next(
+    start_bot: StartBot, redis_url: str, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    """A stop stops recovery at once; its beats, which go on while it finishes its answers, took
+    over the threads of a process that went meanwhile all the same, and started answers it had
+    no time to finish: the next process found one half shown and said it was interrupted, where
+    it would have given the whole answer."""
+    running = await start_bot("http")
+    llm.enqueue(Hang())
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> never-ending question")
+    await llm.wait_for_requests(1)
+    llm.chunk_delay = 1.0  # an answer takes some seconds to stream: longer than the grace left
+    ts = slack.seed_message(CHANNEL, f"<@{BOT}> left behind")
+    orphan = IncomingMessage("T1", CHANNEL, ts, "U1", f"<@{BOT}> left behind", "answer", ts, ts, BOT)
+    other = Store(redis_url, conversation_ttl_days=1)
+    try:
+        stopping = asyncio.create_task(running.bot.stop(grace_seconds=3))
+        await wait_until(lambda: running.bot._stopping, "the stop to begin")
+        assert (await other.accept(orphan, "dead0:turn"))[0] is Accepted.TAKEN
+        await other.leave("dead0")
+        await stopping
+
+        successor = await start_bot("http", **FAST_RECOVERY)
+        await slack.wait_for_bot_messages(CHANNEL, ts, timeout=15)
+        await successor.settle()
+    finally:
+        await other.close()
+    assert [m["text"] for m in slack.bot_messages(CHANNEL, ts)] == ["Answer: ann: left behind"]
+
+
+async def test_a_stop_while_redis_does_not_answer_does_not_wait_out_the_leave_s_retries(
+    start_bot: StartBot, redis: Redis
+) -> None:
+    """Redis takes no write: the stop's leave cannot land. The stop waited out its retries, four
+    tries of 5 s, for what the process's liveness does on its own within 5 s; now it waits a
+    second, then closes (the store's close gives the leave's batch its few seconds)."""
+    running = await start_bot("http")
+    loop = asyncio.get_running_loop()
+    await redis.execute_command("CLIENT", "PAUSE", "30000", "WRITE")
+    try:
+        started = loop.time()
+        await running.bot.stop(grace_seconds=1)
+        took = loop.time() - started
+    finally:
+        await redis.execute_command("CLIENT", "UNPAUSE")
+    assert took < LEAVE_WAIT_SECONDS + CLOSE_WAIT_SECONDS + 1, took

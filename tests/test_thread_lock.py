@@ -93,3 +93,17 @@ async def test_a_lock_taken_after_redis_lost_its_data_is_not_taken_over_before_i
     assert await store.threads_orphaned(0) == []
     assert await store.take_thread(THREAD, "bbbb:turn") is False
     assert await store.redis.get(store.keys.lock(THREAD)) == "aaaa:turn"
+
+
+async def test_a_beat_that_reaches_redis_after_its_process_left_does_not_bring_it_back(store: Store) -> None:
+    """A process stopping cancels its beats and says it left, but a beat already on the wire (or
+    in a batch on its way) can run after that. Before, it made the process alive again for its
+    liveness: its locks waited 5 s to be taken over, and others counted it as a peer."""
+    assert (await store.accept(OPENING, "cccc:turn"))[0] is Accepted.TAKEN
+    await store.beat("cccc", 60_000)
+    await store.leave("cccc")
+    await store.beat("cccc", 60_000)  # sent before the leave, run after it
+    assert await store.threads_orphaned(0) == [THREAD]
+    assert (await store.beat("dddd", 60_000)).peers == 0
+    assert (await store.shared_state()).processes_alive == 1  # dddd
+    assert await store.take_thread(THREAD, "dddd:turn")
