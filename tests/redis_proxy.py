@@ -1,7 +1,9 @@
 """A TCP proxy in front of the test's redis-server that, once told to (`hold`), holds back each
 reply to one Lua script (found by its SHA in a request) until the test has done something of its
 own: a write of another client lands exactly between that script and the caller's next command,
-every time. Only the network is touched; the code under test runs as it does against Redis."""
+every time. It also keeps what each connection sent (`requested`), so that a test can wait
+until the code under test has reached Redis with something. Only the network is touched; the
+code under test runs as it does against Redis."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ class HeldReplyProxy:
         self.sha = b""
         self.meanwhile: Callable[[], Awaitable[None]] | None = None
         self.held = 0  # replies held back so far, each for one run of `meanwhile`
+        self._sent: list[bytearray] = []  # what each connection sent, in full
         self._server: asyncio.Server | None = None
         self._pumps: set[asyncio.Task[None]] = set()
 
@@ -33,6 +36,12 @@ class HeldReplyProxy:
         """From now on, hold back each reply to the script `sha` until `meanwhile` has run (None:
         hold nothing)."""
         self.sha, self.meanwhile = sha.encode(), meanwhile
+
+    def requested(self, marker: str) -> bool:
+        """Whether a client sent `marker` in a request (a key, an argument) through the proxy: a
+        write Redis holds back (CLIENT PAUSE WRITE) is sent all the same."""
+        wanted = marker.encode()
+        return any(wanted in sent for sent in self._sent)
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -70,7 +79,10 @@ class HeldReplyProxy:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, armed: asyncio.Event
     ) -> None:
         tail = b""
+        sent = bytearray()
+        self._sent.append(sent)
         while data := await reader.read(65536):
+            sent += data
             if self.meanwhile is not None and self.sha in tail + data:
                 armed.set()
             tail = data[-SHA_LENGTH:]

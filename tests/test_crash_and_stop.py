@@ -20,6 +20,7 @@ from tests.bot_process import BotProcess
 from tests.conftest import StartBot, bot_env, free_port, wait_until
 from tests.emulators.openai_api import Hang, OpenAIEmulator, Status
 from tests.emulators.slack import Delivery, Gate, SlackEmulator
+from tests.redis_proxy import HeldReplyProxy
 
 pytestmark = pytest.mark.slow
 
@@ -56,16 +57,23 @@ async def spawn_bot(
 @pytest.mark.parametrize("subtype", [None, "file_share"])
 @pytest.mark.parametrize("mode", ["http", "socket"])
 async def test_killed_before_the_message_is_queued_slack_sends_it_again_and_it_is_answered_once(
-    mode: str, subtype: str | None, spawn_bot: SpawnBot, slack: SlackEmulator, redis: Redis
+    mode: str,
+    subtype: str | None,
+    redis_proxy: HeldReplyProxy,
+    spawn_bot: SpawnBot,
+    slack: SlackEmulator,
+    redis: Redis,
 ) -> None:
     """The event is acknowledged only once its message is in Redis: a process killed before
     that leaves it unacknowledged, and Slack's retry reaches the next process. The same for a
     message with a file (subtype `file_share`), which is as much a person's new message."""
-    first = await spawn_bot(mode)
+    first = await spawn_bot(mode, REDIS_URL=redis_proxy.url)
     event = slack.user_message_event(DM, "where is my refund?")
     if subtype is not None:
         event |= {"subtype": subtype, "files": [{"id": "F1", "name": "receipt.pdf"}]}
-    [delivery] = await _killed_while_delivering(redis, first, slack.deliver_event(event))
+    [delivery] = await _killed_while_delivering(
+        redis, redis_proxy, first, [slack.deliver_event(event)], markers=[event["ts"]]
+    )
     assert not delivery.acked, "acknowledged before the message was queued"
 
     # As Slack does with a delivery that was not acknowledged: send it again.
@@ -81,16 +89,23 @@ async def test_killed_before_the_message_is_queued_slack_sends_it_again_and_it_i
 
 @pytest.mark.parametrize("mode", ["http", "socket"])
 async def test_an_edit_is_acknowledged_only_once_stored_so_a_kill_before_that_loses_nothing(
-    mode: str, spawn_bot: SpawnBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: Redis
+    mode: str,
+    redis_proxy: HeldReplyProxy,
+    spawn_bot: SpawnBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
 ) -> None:
     """An edit is acknowledged once the stored conversation has it: a process killed before
     that leaves it to Slack's retry, and the next question is asked with the edited text."""
-    first = await spawn_bot(mode)
+    first = await spawn_bot(mode, REDIS_URL=redis_proxy.url)
     ts = await slack.post_user_message(DM, "my check is slow")
     await slack.wait_for_bot_messages(DM, "top", count=1)
     await _wait_for_stored_turns(redis, 2)
     event = slack.edited_event(DM, ts, "my check is down")
-    [delivery] = await _killed_while_delivering(redis, first, slack.deliver_event(event))
+    [delivery] = await _killed_while_delivering(
+        redis, redis_proxy, first, [slack.deliver_event(event)], markers=["my check is down"]
+    )
     assert not delivery.acked, "acknowledged before the edit was stored"
 
     await spawn_bot(mode)
@@ -103,16 +118,17 @@ async def test_an_edit_is_acknowledged_only_once_stored_so_a_kill_before_that_lo
 
 @pytest.mark.parametrize("mode", ["http", "socket"])
 async def test_a_feedback_click_is_acknowledged_only_once_its_vote_is_kept(
-    mode: str, spawn_bot: SpawnBot, slack: SlackEmulator, redis: Redis
+    mode: str, redis_proxy: HeldReplyProxy, spawn_bot: SpawnBot, slack: SlackEmulator, redis: Redis
 ) -> None:
     """Slack never sends a click again: one whose process dies before the vote is kept is left
     unacknowledged, so that Slack shows the person it failed (they click again), instead of
     looking taken and being lost."""
-    first = await spawn_bot(mode)
+    first = await spawn_bot(mode, REDIS_URL=redis_proxy.url)
     ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> was this useful?")
     [answer] = await slack.wait_for_bot_messages(CHANNEL, ts)
     click = slack.click_feedback(CHANNEL, answer["ts"], user="U2")
-    [delivery] = await _killed_while_delivering(redis, first, click)
+    vote = f"{answer['ts']}:U2"  # the field the vote is kept under
+    [delivery] = await _killed_while_delivering(redis, redis_proxy, first, [click], markers=[vote])
     assert not delivery.acked, "acknowledged before the vote was kept"
     assert not [key async for key in redis.scan_iter("feedback:*")]
 
@@ -123,18 +139,28 @@ async def test_a_feedback_click_is_acknowledged_only_once_its_vote_is_kept(
 
 
 async def _killed_while_delivering(
-    redis: Redis, process: BotProcess, *deliveries: Coroutine[Any, Any, Delivery]
+    redis: Redis,
+    proxy: HeldReplyProxy,
+    process: BotProcess,
+    deliveries: list[Coroutine[Any, Any, Delivery]],
+    markers: list[str],
 ) -> list[Delivery]:
     """Make the deliveries with Redis's writes paused, so that nothing of them can be stored, and
-    kill `process` a second later (before Slack's 3 s): what each delivery got back."""
+    kill `process` (which reaches Redis through `proxy`) once it has sent Redis each of `markers`,
+    something only its handling of the deliveries sends (a message's ts, an edit's text): it
+    took them all and waits for Redis, well before the acknowledgements' 2 s. What each delivery
+    got back. (A kill a fixed second after the deliveries began came, on a slow machine, before
+    they reached the process, and the test passed all the same.)"""
     await redis.execute_command("CLIENT", "PAUSE", "20000", "WRITE")
+    sending = [asyncio.create_task(delivery) for delivery in deliveries]
     try:
-        sending = [asyncio.create_task(delivery) for delivery in deliveries]
-        await asyncio.sleep(1.0)
+        await wait_until(lambda: all(map(proxy.requested, markers)), "the process to take the deliveries")
         process.kill()
         await process.wait()
         return list(await asyncio.gather(*sending))
     finally:
+        for task in sending:
+            task.cancel()
         await redis.execute_command("CLIENT", "UNPAUSE")
 
 
@@ -183,16 +209,22 @@ async def _wait_for_stored_turns(redis: Redis, count: int) -> None:
 
 @pytest.mark.parametrize("mode", ["http", "socket"])
 async def test_killed_amid_a_burst_of_mentions_each_is_answered_once_after_slacks_retries(
-    mode: str, spawn_bot: SpawnBot, slack: SlackEmulator, redis: Redis
+    mode: str, redis_proxy: HeldReplyProxy, spawn_bot: SpawnBot, slack: SlackEmulator, redis: Redis
 ) -> None:
     """Twenty channel mentions, each as Slack sends it (`message` and `app_mention` at once), reach
     a process that is killed before it could queue them. Each mention keeps an event Slack will
     send again (the twin taken second is acknowledged at once, the one taken first is not), and
     the next process answers each exactly once."""
-    first = await spawn_bot(mode)
+    first = await spawn_bot(mode, REDIS_URL=redis_proxy.url)
     messages = [slack.user_message_event(CHANNEL, f"<@{BOT}> question {i}") for i in range(20)]
     events = [event for message in messages for event in (message, slack.mention_twin(message))]
-    deliveries = await _killed_while_delivering(redis, first, *map(slack.deliver_event, events))
+    deliveries = await _killed_while_delivering(
+        redis,
+        redis_proxy,
+        first,
+        [slack.deliver_event(event) for event in events],
+        markers=[message["ts"] for message in messages],  # each mention taken (once)
+    )
     unacknowledged = [event for event, delivery in zip(events, deliveries, strict=True) if not delivery.acked]
     assert {event["ts"] for event in unacknowledged} == {message["ts"] for message in messages}
 
