@@ -329,12 +329,17 @@ async def test_killed_after_posting_the_answer_before_recording_it_is_not_answer
     nothing more: no second answer, no "interrupted" note, the model not asked again."""
     first = await spawn_bot()
     if where == "streamed":
-        llm.chunk_delay = 0.05  # written over half a second: it streams
+        # Written over half a second, it streams: in 8-character pieces, over 0.15 s, a process
+        # that read them late (a loaded machine) could find the answer whole and post it.
+        llm.chunk_delay, llm.chunk_chars = 0.05, 2
+    else:
+        llm.chunk_chars = 1000  # one piece: written whole before it is first shown, one post
     posting = slack.gate("chat.stopStream" if where == "streamed" else "chat.postMessage")
     channel, text = (DM, "is billing down?") if where == "dm" else (CHANNEL, f"<@{BOT}> is billing down?")
     ts = await slack.post_user_message(channel, text)
     thread = "top" if where == "dm" else ts
     await _killed_once_shown(first, posting, redis, slack, channel, thread)
+    assert bool(slack.calls_to("chat.startStream")) == (where == "streamed")  # shown as meant
 
     survivor = await start_bot("http", **FAST_RECOVERY)
     await _wait_for_stored_turns(redis, 2)  # the question, and the answer found in Slack
@@ -495,7 +500,7 @@ async def test_an_earlier_answer_a_person_stopped_is_not_taken_for_an_answer_cut
     await slack.wait_for(lambda: len(slack.bot_messages(CHANNEL, ts)) == 1, what="the first answer")
     [stopped] = slack.bot_messages(CHANNEL, ts)
     slack.press_stop(CHANNEL, stopped["ts"])
-    llm.chunk_delay = 0.0  # the second answer comes whole, as one post
+    llm.chunk_delay, llm.chunk_chars = 0.0, 1000  # the second answer comes whole (one piece), as one post
     await slack.wait_for(lambda: answer_held.waiting > 0, what="the second answer to be on its way")
     first.kill()
     await first.wait()
@@ -695,9 +700,16 @@ async def test_a_lock_that_expired_under_a_stalled_holder_is_taken_back_or_hande
     assert "taken back" in logs or "standing down" in logs
 
 
-@pytest.mark.parametrize("chunk_delay", [0.0, 0.2], ids=["posted whole", "streamed"])
+@pytest.mark.parametrize(
+    ("chunk_delay", "chunk_chars"), [(0.0, 1000), (0.2, 8)], ids=["posted whole", "streamed"]
+)
 async def test_a_holder_that_stalled_past_a_renewal_posts_nothing_once_its_thread_was_taken(
-    chunk_delay: float, spawn_bot: SpawnBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: Redis
+    chunk_delay: float,
+    chunk_chars: int,
+    spawn_bot: SpawnBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
 ) -> None:
     """The lock is lost between two renewal rounds (a 30-s lock here, renewed only once 6 s
     old, so no round runs during this turn) and the other process takes the thread and asks
@@ -706,7 +718,7 @@ async def test_a_holder_that_stalled_past_a_renewal_posts_nothing_once_its_threa
     finds another worker's token, and the holder stands down: one answer (two before the check)."""
     processes = [await spawn_bot(THREAD_LOCK_TTL_SECONDS="30") for _ in range(2)]
     llm.first_token_delay = 2.0
-    llm.chunk_delay = chunk_delay
+    llm.chunk_delay, llm.chunk_chars = chunk_delay, chunk_chars  # whole: one piece; streamed: 1 s
     ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> whose answer is this?")
     await llm.wait_for_requests(1)
     await redis.delete(await _thread_lock(redis))  # as if it had expired under a stalled holder
@@ -715,6 +727,7 @@ async def test_a_holder_that_stalled_past_a_renewal_posts_nothing_once_its_threa
     await asyncio.sleep(1.0)  # time for a second answer to show up, if there were one
     assert answer["text"] == "Answer: ann: whose answer is this?"
     assert len(slack.bot_messages(CHANNEL, ts)) == 1
+    assert len(slack.calls_to("chat.startStream")) == (1 if chunk_delay else 0)  # shown as meant
     logs = "".join(process.log() for process in processes)
     assert "standing down" in logs
     assert "turn failed" not in logs and "turn crashed" not in logs
