@@ -223,6 +223,7 @@ async def test_a_follow_up_waiting_behind_a_turn_when_redis_loses_its_data_is_an
     caplog.set_level(logging.INFO)
     running = await start_bot("http")
     llm.enqueue(SlowFirstToken(0.5))
+    llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted
     posting = slack.gate("chat.postMessage")
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await llm.wait_for_requests(1)
@@ -263,6 +264,7 @@ async def test_with_several_processes_a_follow_up_waiting_behind_a_turn_when_red
     caplog.set_level(logging.INFO)
     a = await start_bot("http")
     b = await start_bot("http")  # Slack's events go to B
+    llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted
     posting = slack.gate("chat.postMessage")
     if where == "thread":
         root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
@@ -412,6 +414,7 @@ async def test_with_several_processes_a_follow_up_deleted_through_another_is_not
     b = await start_bot("http")
     slack.use_http(f"{a.url}/slack/events")
     llm.enqueue(SlowFirstToken(0.5))
+    llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted
     posting = slack.gate("chat.postMessage")
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await llm.wait_for_requests(1)
@@ -444,6 +447,7 @@ async def test_with_several_processes_a_follow_up_slack_cannot_be_asked_about_is
     caplog.set_level(logging.INFO)
     a = await start_bot("http")
     b = await start_bot("http")  # Slack's events go to B
+    llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted
     posting = slack.gate("chat.postMessage")
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await slack.wait_for(lambda: posting.waiting > 0, what="B's answer's post")
@@ -1060,6 +1064,7 @@ async def test_a_follow_up_queued_again_after_a_loss_survives_a_second_loss_or_a
     caplog.set_level(logging.INFO)
     running = await start_bot("http")
     llm.enqueue(SlowFirstToken(0.5))
+    llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted
     posting = slack.gate("chat.postMessage")
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await llm.wait_for_requests(1)
@@ -1148,6 +1153,7 @@ async def test_with_several_processes_a_mention_whose_first_event_met_redis_down
     caplog.set_level(logging.INFO)
     a = await start_bot("http")
     b = await start_bot("http")  # Slack's events go to B
+    llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted
     posting = slack.gate("chat.postMessage", when=lambda args: "blocks" not in args or "Answer" in str(args))
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await slack.wait_for(lambda: posting.waiting > 0, what="B's answer's post")
@@ -1197,6 +1203,7 @@ async def test_a_question_queued_again_behind_a_newer_turn_when_alone_is_stored_
     caplog.set_level(logging.INFO)
     running = await start_bot("http")
     llm.enqueue(SlowFirstToken(0.5), SlowFirstToken(1.5))
+    llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted
     posting = slack.gate("chat.postMessage")
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await llm.wait_for_requests(1)
@@ -2297,6 +2304,7 @@ async def test_a_question_queued_again_and_deleted_after_a_newer_turn_read_it_ba
     caplog.set_level(logging.INFO)
     running = await start_bot("http")
     llm.enqueue(SlowFirstToken(0.5), SlowFirstToken(3.0))
+    llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted
     posting = slack.gate("chat.postMessage")
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await llm.wait_for_requests(1)
@@ -2362,6 +2370,7 @@ async def test_a_remark_queued_again_behind_a_newer_turn_that_read_it_back_keeps
     caplog.set_level(logging.INFO)
     running = await start_bot("http")
     llm.enqueue(SlowFirstToken(0.5), SlowFirstToken(1.5))
+    llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted
     posting = slack.gate("chat.postMessage")
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await llm.wait_for_requests(1)
@@ -2428,6 +2437,7 @@ async def test_a_dm_question_edited_to_name_a_colleague_after_a_loss_reaches_the
 async def test_an_edit_naming_a_colleague_of_a_remark_queued_again_after_a_loss_is_what_its_turn_stores(
     start_bot: StartBot,
     slack: SlackEmulator,
+    llm: OpenAIEmulator,
     redis: Redis,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -2439,6 +2449,7 @@ async def test_an_edit_naming_a_colleague_of_a_remark_queued_again_after_a_loss_
     new message."""
     caplog.set_level(logging.INFO)
     running = await start_bot("http")
+    llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted
     posting = slack.gate("chat.postMessage")
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await slack.wait_for(lambda: posting.waiting > 0, what="the answer's post")
@@ -2472,6 +2483,7 @@ async def test_a_follow_up_edited_twice_whose_events_come_in_the_other_order_is_
     edit, which the follow-up was then answered with. It keeps the newer now, as Redis does."""
     caplog.set_level(logging.INFO)
     running = await start_bot("http")
+    llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted
     posting = slack.gate("chat.postMessage")
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await slack.wait_for(lambda: posting.waiting > 0, what="the first answer's post")
