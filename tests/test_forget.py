@@ -367,6 +367,7 @@ async def test_a_message_waiting_for_its_turn_at_forget_me_is_answered_and_not_s
     `forget me` in the DM. She asked it, so it is answered (the prompt ends with it); but she sent
     it before asking to be forgotten, so neither it nor its answer is stored after the `forget me`,
     nor is the thread put back in her index. Before, both were stored, for good."""
+    llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted (and held)
     first_answer = slack.gate("chat.postMessage", channel=CHANNEL)  # the thread is busy meanwhile
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> {ANN_SAYS[0]}")
     await llm.wait_for_requests(1)
@@ -565,6 +566,7 @@ async def test_a_waiting_message_s_own_read_of_its_thread_after_forget_me_stores
     thread put back in her index; bob's message is."""
     root = slack.seed_message(CHANNEL, "the printer is offline", user="U2")
     slack.fail_next("conversations.replies", drop=True, times=10)
+    llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted (and held)
     first_answer = slack.gate("chat.postMessage", channel=CHANNEL)
     await slack.post_user_message(CHANNEL, f"<@{BOT}> {ANN_SAYS[0]}", thread_ts=root)
     await llm.wait_for_requests(1)
