@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from decimal import Decimal
 
 import pytest
 
@@ -135,10 +136,13 @@ async def test_a_lost_start_not_carried_out_is_not_taken_for_an_earlier_answer(
     caplog.set_level(logging.INFO)
     llm.chunk_delay, llm.chunk_chars = 0.05, 12
     llm.enqueue(SlowFirstToken(0.5, A1), Reply(A2))
+    a1_start = slack.gate("chat.startStream")  # until Q2 is sent: Q2 older than A1, however slow
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> how do I fix the sync?")
     await slack.wait_for(lambda: len(llm.requests) == 1)
-    await slack.post_user_message(CHANNEL, "and the export?", thread_ts=root)
+    q2 = await slack.post_user_message(CHANNEL, "and the export?", thread_ts=root)
+    a1_start.opened.set()
     await slack.wait_for(lambda: len(slack.calls_to("chat.startStream")) == 1)
+    assert Decimal(q2) < Decimal(slack.bot_messages(CHANNEL, root)[0]["ts"])  # Q2 older than A1
     slack.fail_next("chat.startStream", drop=True)  # A2's start never reaches Slack
     await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
     await bot.settle()
