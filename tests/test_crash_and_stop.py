@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from bot.llm import REJECTED
 from tests.bot_process import BotProcess
 from tests.conftest import StartBot, bot_env, free_port, wait_until
-from tests.emulators.openai_api import Hang, OpenAIEmulator, Status
+from tests.emulators.openai_api import Gated, Hang, OpenAIEmulator, Status
 from tests.emulators.slack import Delivery, Gate, SlackEmulator
 from tests.redis_proxy import HeldReplyProxy
 
@@ -737,10 +737,14 @@ async def test_sigterm_lets_answers_in_flight_finish_and_exits_0(
     spawn_bot: SpawnBot, slack: SlackEmulator, llm: OpenAIEmulator
 ) -> None:
     bot = await spawn_bot(SHUTDOWN_GRACE_SECONDS="10")
-    llm.first_token_delay = 1.0
+    answered = asyncio.Event()
+    llm.enqueue(Gated(answered))  # in flight until the stop has begun
     ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> slow question")
     await llm.wait_for_requests(1)
     bot.terminate()
+    await slack.wait_for(lambda: "stopping: finishing answers" in bot.log(), what="the stop to begin")
+    assert not slack.bot_messages(CHANNEL, ts)  # the answer still in flight
+    answered.set()
     assert await bot.wait() == 0, bot.log()
     assert [m["text"] for m in slack.bot_messages(CHANNEL, ts)] == ["Answer: ann: slow question"]
     assert "bot stopped" in bot.log()
@@ -752,7 +756,8 @@ async def test_sigterm_turns_health_503_and_an_event_that_still_arrives_is_answe
     """Behind a load balancer, events keep coming for a moment after SIGTERM: /health says
     "stopping" so that the balancer takes the process out, and what still arrives is answered."""
     bot = await spawn_bot(SHUTDOWN_GRACE_SECONDS="10")
-    llm.first_token_delay = 1.5
+    answered = asyncio.Event()
+    llm.enqueue(Gated(answered))  # in flight, the process still up, until the last event is in
     await slack.post_user_message(CHANNEL, f"<@{BOT}> slow question")
     await llm.wait_for_requests(1)
     bot.terminate()
@@ -766,6 +771,7 @@ async def test_sigterm_turns_health_503_and_an_event_that_still_arrives_is_answe
         assert await health() == (503, {"status": "stopping", "mode": "http"})
     event = slack.user_message_event(CHANNEL, f"<@{BOT}> one more")
     assert (await slack.deliver_event(event)).acked
+    answered.set()
     assert await bot.wait() == 0, bot.log()
     assert [m["text"] for m in slack.bot_messages(CHANNEL, event["ts"])] == ["Answer: ann: one more"]
 
