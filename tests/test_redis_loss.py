@@ -23,7 +23,7 @@ from bot.redis_loss import RedisLossRecovery
 from bot.store import Accepted, IncomingMessage, LockRenewal, Store, ThreadKey, Turn
 from bot.turn import DELIVERY_FAILED, INTERRUPTED, STORE_UNAVAILABLE, TURN_FAILED
 from tests.conftest import RunningBot, StartBot
-from tests.emulators.openai_api import OpenAIEmulator, Reply, SlowFirstToken, Status
+from tests.emulators.openai_api import Gated, OpenAIEmulator, Reply, SlowFirstToken, Status
 from tests.emulators.slack import SlackEmulator
 from tests.redis_server import RedisServer
 from tests.test_forget import everything_in
@@ -101,7 +101,8 @@ async def test_a_turn_in_flight_when_redis_loses_its_data_is_answered_once(
     down: no answer, and "is thinking…" (or the reaction) left up for good."""
     caplog.set_level(logging.INFO)
     running = await start_bot("http")
-    llm.enqueue(SlowFirstToken(1.5))
+    thought = asyncio.Event()
+    llm.enqueue(Gated(thought))  # the model thinks until Redis has lost its data
     if where == "thread":
         ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
         channel, thread = CHANNEL, ts
@@ -110,6 +111,7 @@ async def test_a_turn_in_flight_when_redis_loses_its_data_is_answered_once(
         channel, thread = DM, "top"
     await llm.wait_for_requests(1)
     await redis.flushall()
+    thought.set()
     [answer] = await slack.wait_for_bot_messages(channel, thread, count=1)
     await running.settle()
     assert answer["text"] == "Answer: ann: why is api-prod red?"
@@ -305,14 +307,17 @@ async def test_with_several_processes_a_follow_up_another_answered_is_not_answer
     caplog.set_level(logging.INFO)
     a = await start_bot("http")
     b = await start_bot("http")  # Slack's events go to B
-    llm.enqueue(SlowFirstToken(1.0), SlowFirstToken(1.0))
+    first, second = asyncio.Event(), asyncio.Event()
+    llm.enqueue(Gated(first), Gated(second))  # each answer in flight until the test is ready
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await llm.wait_for_requests(1)
     slack.use_http(f"{a.url}/slack/events")
     asked = await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    first.set()  # A took the follow-up while B's answer was in flight
     await llm.wait_for_requests(2)  # B answered the question and took the follow-up
     slack.fail_next("chat.postMessage", after=True, drop=True)
     slack.fail_next("conversations.replies", times=3)
+    second.set()
     await slack.wait_for(lambda: "answer delivery deferred" in caplog.text, what="B's post to be in doubt")
     await redis.flushall()
     await slack.wait_for(lambda: LOOKED in caplog.text, what="the look to find B's answer")
@@ -340,11 +345,13 @@ async def test_with_several_processes_follow_ups_another_finished_before_the_los
     caplog.set_level(logging.INFO)
     a = await start_bot("http")
     b = await start_bot("http")  # Slack's events go to B
-    llm.enqueue(SlowFirstToken(1.0))
+    answered = asyncio.Event()
+    llm.enqueue(Gated(answered))  # B's answer in flight until A has taken the follow-up
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await llm.wait_for_requests(1)
     slack.use_http(f"{a.url}/slack/events")
     asked = await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    answered.set()
     await slack.wait_for_bot_messages(CHANNEL, root, count=2)
     await _until(lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{asked}", "answered"))
     # Two of A's beats after that: the first read the journal, and A acted on it before the next.
