@@ -384,12 +384,14 @@ async def test_with_several_processes_a_follow_up_another_is_answering_at_the_lo
     caplog.set_level(logging.INFO)
     a = await start_bot("http")
     b = await start_bot("http")  # Slack's events go to B
-    llm.enqueue(SlowFirstToken(1.0))
+    answered = asyncio.Event()
+    llm.enqueue(Gated(answered))  # B's first answer in flight until A has taken the follow-up
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await llm.wait_for_requests(1)
     await slack.wait_for(lambda: bool(slack.calls_to("assistant.threads.setStatus")), what="the first sign")
     slack.use_http(f"{a.url}/slack/events")
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    answered.set()
     signing = slack.gate("assistant.threads.setStatus", status="is thinking…")  # the answer waits for it
     await slack.wait_for(lambda: signing.waiting > 0, what="B's turn on the follow-up")
     await redis.flushall()
@@ -754,11 +756,14 @@ async def test_a_reset_sent_while_the_answer_before_it_was_written_holds_after_a
     caplog.set_level(logging.INFO)
     running = await start_bot("http")
     channel, mention = (DM, "") if where == "dm" else (CHANNEL, f"<@{BOT}> ")
-    llm.enqueue(SlowFirstToken(1.0))
+    written = asyncio.Event()
+    llm.enqueue(Gated(written))  # the answer is written until the reset is done
     first = await slack.post_user_message(channel, mention + "my password is hunter2")
     thread = None if where == "dm" else first
     await llm.wait_for_requests(1)  # the answer is being written
     await slack.post_user_message(channel, mention + "reset", thread_ts=thread)
+    await slack.wait_for_bot_messages(channel, thread or "top", count=1)  # the reset's reply
+    written.set()
     await slack.wait_for_bot_messages(channel, thread or "top", count=2)
     await running.settle()
     await redis.flushall()
