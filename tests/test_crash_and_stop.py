@@ -717,12 +717,22 @@ async def test_a_holder_that_stalled_past_a_renewal_posts_nothing_once_its_threa
     (whole, or the start of its stream) checks the lock in the step that claims its rate slot,
     finds another worker's token, and the holder stands down: one answer (two before the check)."""
     processes = [await spawn_bot(THREAD_LOCK_TTL_SECONDS="30") for _ in range(2)]
-    llm.first_token_delay = 2.0
+    # The holder's answer is ready only once the other process has taken the thread over, and
+    # the other's only once the holder has stood down (not a 2 s first token, which a loaded
+    # machine could outlast before the takeover).
+    holders_answer, others_answer = asyncio.Event(), asyncio.Event()
+    llm.enqueue(Gated(holders_answer), Gated(others_answer))
     llm.chunk_delay, llm.chunk_chars = chunk_delay, chunk_chars  # whole: one piece; streamed: 1 s
     ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> whose answer is this?")
     await llm.wait_for_requests(1)
     await redis.delete(await _thread_lock(redis))  # as if it had expired under a stalled holder
     await llm.wait_for_requests(2, timeout=10)  # the other process took the thread over
+    holders_answer.set()
+    await wait_until(
+        lambda: any("standing down" in process.log() for process in processes), "the holder to stand down"
+    )
+    assert not slack.bot_messages(CHANNEL, ts)  # the holder showed nothing
+    others_answer.set()
     [answer] = await slack.wait_for_bot_messages(CHANNEL, ts, count=1, timeout=15)
     await asyncio.sleep(1.0)  # time for a second answer to show up, if there were one
     assert answer["text"] == "Answer: ann: whose answer is this?"
