@@ -391,8 +391,8 @@ async def test_with_several_processes_a_follow_up_another_is_answering_at_the_lo
     await slack.wait_for(lambda: bool(slack.calls_to("assistant.threads.setStatus")), what="the first sign")
     slack.use_http(f"{a.url}/slack/events")
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
-    answered.set()
     signing = slack.gate("assistant.threads.setStatus", status="is thinking…")  # the answer waits for it
+    answered.set()
     await slack.wait_for(lambda: signing.waiting > 0, what="B's turn on the follow-up")
     await redis.flushall()
     await slack.wait_for(lambda: "message queued again" in caplog.text, what="A to queue it again")
