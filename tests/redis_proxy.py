@@ -2,8 +2,10 @@
 reply to one Lua script (found by its SHA in a request) until the test has done something of its
 own: a write of another client lands exactly between that script and the caller's next command,
 every time. It can also hold back one request to a script (`hold_request`), so that a command
-already on the wire reaches Redis after something the test waits for. Only the network is
-touched; the code under test runs as it does against Redis."""
+already on the wire reaches Redis after something the test waits for, and it keeps what each
+connection sent (`requested`), so that a test can wait until the code under test has reached
+Redis with something. Only the network is touched; the code under test runs as it does against
+Redis."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ class HeldReplyProxy:
         self.held = 0  # replies held back so far, each for one run of `meanwhile`
         self._held_request: tuple[bytes, Callable[[], Awaitable[None]]] | None = None
         self.requests_held = 0  # requests held back and then passed on
+        self._sent: list[bytearray] = []  # what each connection sent, in full
         self._server: asyncio.Server | None = None
         self._pumps: set[asyncio.Task[None]] = set()
 
@@ -42,6 +45,12 @@ class HeldReplyProxy:
         """Hold back the next request that runs the script `sha` (with whatever its write carries
         besides) until `meanwhile` has run, then pass it on."""
         self._held_request = (sha.encode(), meanwhile)
+
+    def requested(self, marker: str) -> bool:
+        """Whether a client sent `marker` in a request (a key, an argument) through the proxy: a
+        write Redis holds back (CLIENT PAUSE WRITE) is sent all the same."""
+        wanted = marker.encode()
+        return any(wanted in sent for sent in self._sent)
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -79,7 +88,10 @@ class HeldReplyProxy:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, armed: asyncio.Event
     ) -> None:
         tail = b""
+        sent = bytearray()
+        self._sent.append(sent)
         while data := await reader.read(65536):
+            sent += data
             if self.meanwhile is not None and self.sha in tail + data:
                 armed.set()
             if (request := self._held_request) is not None and request[0] in tail + data:

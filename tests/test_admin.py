@@ -91,12 +91,14 @@ async def test_stats(stored: Store, redis_url: str, tmp_path: Path) -> None:
     await stored.beat("left", 60_000)
     await stored.leave("left")
     await stored.llm_failed()
+    opened = time.monotonic()
     await stored.llm_breaker_opened(30)
     await stored.llm_failed()
     await asyncio.sleep(0.01)
     table = dict(line.rsplit(None, 1) for line in admin(redis_url, "stats", cwd=tmp_path).stdout.splitlines())
+    taken = int(time.monotonic() - opened)  # the admin tool's start: seconds on a loaded machine
     assert table["bot processes alive"] == "2"
-    assert 28 <= int(table["model breaker open, seconds left"]) <= 30
+    assert 28 - taken <= int(table["model breaker open, seconds left"]) <= 30
     assert table["model turns failed in a row"] == "1"
     assert table["model probe under way"] == "no"
     # The cooldown is over and one process tries the model.

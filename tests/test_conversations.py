@@ -12,7 +12,7 @@ from bot.context import EARLIER_UNREAD_NOTE
 from bot.rate_limit import SlackBudget
 from bot.store import RateClaim, ThreadKey
 from tests.conftest import RunningBot, StartBot, wait_until
-from tests.emulators.openai_api import OpenAIEmulator
+from tests.emulators.openai_api import Gated, OpenAIEmulator
 from tests.emulators.slack import SlackEmulator
 
 CHANNEL = "C100"
@@ -315,15 +315,18 @@ async def test_a_person_slack_will_not_name_is_asked_about_once_and_named_by_id(
 async def test_two_quick_messages_are_answered_in_order(
     bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
 ) -> None:
-    llm.first_token_delay = 0.2
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> first")
     await slack.wait_for_bot_messages(CHANNEL, root, count=1)
     await bot.settle()
 
-    # "third" arrives while "second" is still being answered.
+    # "third" arrives while "second" is still being answered (until the test lets it be).
+    second_answered = asyncio.Event()
+    llm.enqueue(Gated(second_answered))
     await slack.post_user_message(CHANNEL, "second", thread_ts=root)
+    await llm.wait_for_requests(2)
     await slack.post_user_message(CHANNEL, "third", thread_ts=root, user="U2")
     assert len(slack.bot_messages(CHANNEL, root)) == 1
+    second_answered.set()
     answers = await slack.wait_for_bot_messages(CHANNEL, root, count=3)
     await bot.settle()
     assert [a["text"] for a in answers[1:]] == ["Answer: ann: second", "Answer: bob: third"]
@@ -453,11 +456,13 @@ async def test_two_edits_whose_events_come_in_the_other_order_leave_the_newer_te
 async def test_a_follow_up_edited_while_it_waits_for_its_turn_is_answered_as_edited(
     bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
 ) -> None:
-    llm.first_token_delay = 1.5  # the thread is busy with the first answer meanwhile
+    first_answered = asyncio.Event()
+    llm.enqueue(Gated(first_answered))  # the thread is busy with the first answer meanwhile
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> my check is failing")
     await llm.wait_for_requests(1)
     follow_up = await slack.post_user_message(CHANNEL, "since 8am", thread_ts=root)
     await slack.edit_message(CHANNEL, follow_up, "since 9am")
+    first_answered.set()
     await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
     await bot.settle()
     assert contents(last_prompt(llm))[-1] == "ann: since 9am"
@@ -468,11 +473,13 @@ async def test_a_follow_up_edited_while_it_waits_for_its_turn_is_answered_as_edi
 async def test_a_follow_up_deleted_while_it_waits_for_its_turn_is_not_answered(
     bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
 ) -> None:
-    llm.first_token_delay = 1.5
+    first_answered = asyncio.Event()
+    llm.enqueue(Gated(first_answered))  # the thread is busy with the first answer meanwhile
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> my check is failing")
     await llm.wait_for_requests(1)
     oops = await slack.post_user_message(CHANNEL, "my password is hunter2", thread_ts=root)
     await slack.delete_message(CHANNEL, oops)
+    first_answered.set()
     await slack.wait_for_bot_messages(CHANNEL, root, count=1, timeout=15)
     await asyncio.sleep(1.0)  # time for an answer to the deleted message, if there were one
     await bot.settle()

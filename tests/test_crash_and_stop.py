@@ -21,7 +21,7 @@ from bot.server import LEAVE_WAIT_SECONDS
 from bot.store import Accepted, IncomingMessage, Store
 from tests.bot_process import BotProcess
 from tests.conftest import StartBot, bot_env, free_port, wait_until
-from tests.emulators.openai_api import Hang, OpenAIEmulator, Status
+from tests.emulators.openai_api import Gated, Hang, OpenAIEmulator, Status
 from tests.emulators.slack import Delivery, Gate, SlackEmulator
 from tests.redis_proxy import HeldReplyProxy
 from tests.test_declared_keys import monitored
@@ -61,16 +61,23 @@ async def spawn_bot(
 @pytest.mark.parametrize("subtype", [None, "file_share"])
 @pytest.mark.parametrize("mode", ["http", "socket"])
 async def test_killed_before_the_message_is_queued_slack_sends_it_again_and_it_is_answered_once(
-    mode: str, subtype: str | None, spawn_bot: SpawnBot, slack: SlackEmulator, redis: Redis
+    mode: str,
+    subtype: str | None,
+    redis_proxy: HeldReplyProxy,
+    spawn_bot: SpawnBot,
+    slack: SlackEmulator,
+    redis: Redis,
 ) -> None:
     """The event is acknowledged only once its message is in Redis: a process killed before
     that leaves it unacknowledged, and Slack's retry reaches the next process. The same for a
     message with a file (subtype `file_share`), which is as much a person's new message."""
-    first = await spawn_bot(mode)
+    first = await spawn_bot(mode, REDIS_URL=redis_proxy.url)
     event = slack.user_message_event(DM, "where is my refund?")
     if subtype is not None:
         event |= {"subtype": subtype, "files": [{"id": "F1", "name": "receipt.pdf"}]}
-    [delivery] = await _killed_while_delivering(redis, first, slack.deliver_event(event))
+    [delivery] = await _killed_while_delivering(
+        redis, redis_proxy, first, [slack.deliver_event(event)], markers=[event["ts"]]
+    )
     assert not delivery.acked, "acknowledged before the message was queued"
 
     # As Slack does with a delivery that was not acknowledged: send it again.
@@ -86,16 +93,23 @@ async def test_killed_before_the_message_is_queued_slack_sends_it_again_and_it_i
 
 @pytest.mark.parametrize("mode", ["http", "socket"])
 async def test_an_edit_is_acknowledged_only_once_stored_so_a_kill_before_that_loses_nothing(
-    mode: str, spawn_bot: SpawnBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: Redis
+    mode: str,
+    redis_proxy: HeldReplyProxy,
+    spawn_bot: SpawnBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
 ) -> None:
     """An edit is acknowledged once the stored conversation has it: a process killed before
     that leaves it to Slack's retry, and the next question is asked with the edited text."""
-    first = await spawn_bot(mode)
+    first = await spawn_bot(mode, REDIS_URL=redis_proxy.url)
     ts = await slack.post_user_message(DM, "my check is slow")
     await slack.wait_for_bot_messages(DM, "top", count=1)
     await _wait_for_stored_turns(redis, 2)
     event = slack.edited_event(DM, ts, "my check is down")
-    [delivery] = await _killed_while_delivering(redis, first, slack.deliver_event(event))
+    [delivery] = await _killed_while_delivering(
+        redis, redis_proxy, first, [slack.deliver_event(event)], markers=["my check is down"]
+    )
     assert not delivery.acked, "acknowledged before the edit was stored"
 
     await spawn_bot(mode)
@@ -108,16 +122,17 @@ async def test_an_edit_is_acknowledged_only_once_stored_so_a_kill_before_that_lo
 
 @pytest.mark.parametrize("mode", ["http", "socket"])
 async def test_a_feedback_click_is_acknowledged_only_once_its_vote_is_kept(
-    mode: str, spawn_bot: SpawnBot, slack: SlackEmulator, redis: Redis
+    mode: str, redis_proxy: HeldReplyProxy, spawn_bot: SpawnBot, slack: SlackEmulator, redis: Redis
 ) -> None:
     """Slack never sends a click again: one whose process dies before the vote is kept is left
     unacknowledged, so that Slack shows the person it failed (they click again), instead of
     looking taken and being lost."""
-    first = await spawn_bot(mode)
+    first = await spawn_bot(mode, REDIS_URL=redis_proxy.url)
     ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> was this useful?")
     [answer] = await slack.wait_for_bot_messages(CHANNEL, ts)
     click = slack.click_feedback(CHANNEL, answer["ts"], user="U2")
-    [delivery] = await _killed_while_delivering(redis, first, click)
+    vote = f"{answer['ts']}:U2"  # the field the vote is kept under
+    [delivery] = await _killed_while_delivering(redis, redis_proxy, first, [click], markers=[vote])
     assert not delivery.acked, "acknowledged before the vote was kept"
     assert not [key async for key in redis.scan_iter("feedback:*")]
 
@@ -128,18 +143,28 @@ async def test_a_feedback_click_is_acknowledged_only_once_its_vote_is_kept(
 
 
 async def _killed_while_delivering(
-    redis: Redis, process: BotProcess, *deliveries: Coroutine[Any, Any, Delivery]
+    redis: Redis,
+    proxy: HeldReplyProxy,
+    process: BotProcess,
+    deliveries: list[Coroutine[Any, Any, Delivery]],
+    markers: list[str],
 ) -> list[Delivery]:
     """Make the deliveries with Redis's writes paused, so that nothing of them can be stored, and
-    kill `process` a second later (before Slack's 3 s): what each delivery got back."""
+    kill `process` (which reaches Redis through `proxy`) once it has sent Redis each of `markers`,
+    something only its handling of the deliveries sends (a message's ts, an edit's text): it
+    took them all and waits for Redis, well before the acknowledgements' 2 s. What each delivery
+    got back. (A kill a fixed second after the deliveries began came, on a slow machine, before
+    they reached the process, and the test passed all the same.)"""
     await redis.execute_command("CLIENT", "PAUSE", "20000", "WRITE")
+    sending = [asyncio.create_task(delivery) for delivery in deliveries]
     try:
-        sending = [asyncio.create_task(delivery) for delivery in deliveries]
-        await asyncio.sleep(1.0)
+        await wait_until(lambda: all(map(proxy.requested, markers)), "the process to take the deliveries")
         process.kill()
         await process.wait()
         return list(await asyncio.gather(*sending))
     finally:
+        for task in sending:
+            task.cancel()
         await redis.execute_command("CLIENT", "UNPAUSE")
 
 
@@ -188,16 +213,22 @@ async def _wait_for_stored_turns(redis: Redis, count: int) -> None:
 
 @pytest.mark.parametrize("mode", ["http", "socket"])
 async def test_killed_amid_a_burst_of_mentions_each_is_answered_once_after_slacks_retries(
-    mode: str, spawn_bot: SpawnBot, slack: SlackEmulator, redis: Redis
+    mode: str, redis_proxy: HeldReplyProxy, spawn_bot: SpawnBot, slack: SlackEmulator, redis: Redis
 ) -> None:
     """Twenty channel mentions, each as Slack sends it (`message` and `app_mention` at once), reach
     a process that is killed before it could queue them. Each mention keeps an event Slack will
     send again (the twin taken second is acknowledged at once, the one taken first is not), and
     the next process answers each exactly once."""
-    first = await spawn_bot(mode)
+    first = await spawn_bot(mode, REDIS_URL=redis_proxy.url)
     messages = [slack.user_message_event(CHANNEL, f"<@{BOT}> question {i}") for i in range(20)]
     events = [event for message in messages for event in (message, slack.mention_twin(message))]
-    deliveries = await _killed_while_delivering(redis, first, *map(slack.deliver_event, events))
+    deliveries = await _killed_while_delivering(
+        redis,
+        redis_proxy,
+        first,
+        [slack.deliver_event(event) for event in events],
+        markers=[message["ts"] for message in messages],  # each mention taken (once)
+    )
     unacknowledged = [event for event, delivery in zip(events, deliveries, strict=True) if not delivery.acked]
     assert {event["ts"] for event in unacknowledged} == {message["ts"] for message in messages}
 
@@ -302,12 +333,17 @@ async def test_killed_after_posting_the_answer_before_recording_it_is_not_answer
     nothing more: no second answer, no "interrupted" note, the model not asked again."""
     first = await spawn_bot()
     if where == "streamed":
-        llm.chunk_delay = 0.05  # written over half a second: it streams
+        # Written over half a second, it streams: in 8-character pieces, over 0.15 s, a process
+        # that read them late (a loaded machine) could find the answer whole and post it.
+        llm.chunk_delay, llm.chunk_chars = 0.05, 2
+    else:
+        llm.chunk_chars = 1000  # one piece: written whole before it is first shown, one post
     posting = slack.gate("chat.stopStream" if where == "streamed" else "chat.postMessage")
     channel, text = (DM, "is billing down?") if where == "dm" else (CHANNEL, f"<@{BOT}> is billing down?")
     ts = await slack.post_user_message(channel, text)
     thread = "top" if where == "dm" else ts
     await _killed_once_shown(first, posting, redis, slack, channel, thread)
+    assert bool(slack.calls_to("chat.startStream")) == (where == "streamed")  # shown as meant
 
     survivor = await start_bot("http", **FAST_RECOVERY)
     await _wait_for_stored_turns(redis, 2)  # the question, and the answer found in Slack
@@ -468,7 +504,7 @@ async def test_an_earlier_answer_a_person_stopped_is_not_taken_for_an_answer_cut
     await slack.wait_for(lambda: len(slack.bot_messages(CHANNEL, ts)) == 1, what="the first answer")
     [stopped] = slack.bot_messages(CHANNEL, ts)
     slack.press_stop(CHANNEL, stopped["ts"])
-    llm.chunk_delay = 0.0  # the second answer comes whole, as one post
+    llm.chunk_delay, llm.chunk_chars = 0.0, 1000  # the second answer comes whole (one piece), as one post
     await slack.wait_for(lambda: answer_held.waiting > 0, what="the second answer to be on its way")
     first.kill()
     await first.wait()
@@ -668,9 +704,16 @@ async def test_a_lock_that_expired_under_a_stalled_holder_is_taken_back_or_hande
     assert "taken back" in logs or "standing down" in logs
 
 
-@pytest.mark.parametrize("chunk_delay", [0.0, 0.2], ids=["posted whole", "streamed"])
+@pytest.mark.parametrize(
+    ("chunk_delay", "chunk_chars"), [(0.0, 1000), (0.2, 8)], ids=["posted whole", "streamed"]
+)
 async def test_a_holder_that_stalled_past_a_renewal_posts_nothing_once_its_thread_was_taken(
-    chunk_delay: float, spawn_bot: SpawnBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: Redis
+    chunk_delay: float,
+    chunk_chars: int,
+    spawn_bot: SpawnBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
 ) -> None:
     """The lock is lost between two renewal rounds (a 30-s lock here, renewed only once 6 s
     old, so no round runs during this turn) and the other process takes the thread and asks
@@ -678,16 +721,27 @@ async def test_a_holder_that_stalled_past_a_renewal_posts_nothing_once_its_threa
     (whole, or the start of its stream) checks the lock in the step that claims its rate slot,
     finds another worker's token, and the holder stands down: one answer (two before the check)."""
     processes = [await spawn_bot(THREAD_LOCK_TTL_SECONDS="30") for _ in range(2)]
-    llm.first_token_delay = 2.0
-    llm.chunk_delay = chunk_delay
+    # The holder's answer is ready only once the other process has taken the thread over, and
+    # the other's only once the holder has stood down (not a 2 s first token, which a loaded
+    # machine could outlast before the takeover).
+    holders_answer, others_answer = asyncio.Event(), asyncio.Event()
+    llm.enqueue(Gated(holders_answer), Gated(others_answer))
+    llm.chunk_delay, llm.chunk_chars = chunk_delay, chunk_chars  # whole: one piece; streamed: 1 s
     ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> whose answer is this?")
     await llm.wait_for_requests(1)
     await redis.delete(await _thread_lock(redis))  # as if it had expired under a stalled holder
     await llm.wait_for_requests(2, timeout=10)  # the other process took the thread over
+    holders_answer.set()
+    await wait_until(
+        lambda: any("standing down" in process.log() for process in processes), "the holder to stand down"
+    )
+    assert not slack.bot_messages(CHANNEL, ts)  # the holder showed nothing
+    others_answer.set()
     [answer] = await slack.wait_for_bot_messages(CHANNEL, ts, count=1, timeout=15)
     await asyncio.sleep(1.0)  # time for a second answer to show up, if there were one
     assert answer["text"] == "Answer: ann: whose answer is this?"
     assert len(slack.bot_messages(CHANNEL, ts)) == 1
+    assert len(slack.calls_to("chat.startStream")) == (1 if chunk_delay else 0)  # shown as meant
     logs = "".join(process.log() for process in processes)
     assert "standing down" in logs
     assert "turn failed" not in logs and "turn crashed" not in logs
@@ -697,10 +751,14 @@ async def test_sigterm_lets_answers_in_flight_finish_and_exits_0(
     spawn_bot: SpawnBot, slack: SlackEmulator, llm: OpenAIEmulator
 ) -> None:
     bot = await spawn_bot(SHUTDOWN_GRACE_SECONDS="10")
-    llm.first_token_delay = 1.0
+    answered = asyncio.Event()
+    llm.enqueue(Gated(answered))  # in flight until the stop has begun
     ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> slow question")
     await llm.wait_for_requests(1)
     bot.terminate()
+    await slack.wait_for(lambda: "stopping: finishing answers" in bot.log(), what="the stop to begin")
+    assert not slack.bot_messages(CHANNEL, ts)  # the answer still in flight
+    answered.set()
     assert await bot.wait() == 0, bot.log()
     assert [m["text"] for m in slack.bot_messages(CHANNEL, ts)] == ["Answer: ann: slow question"]
     assert "bot stopped" in bot.log()
@@ -712,7 +770,8 @@ async def test_sigterm_turns_health_503_and_an_event_that_still_arrives_is_answe
     """Behind a load balancer, events keep coming for a moment after SIGTERM: /health says
     "stopping" so that the balancer takes the process out, and what still arrives is answered."""
     bot = await spawn_bot(SHUTDOWN_GRACE_SECONDS="10")
-    llm.first_token_delay = 1.5
+    answered = asyncio.Event()
+    llm.enqueue(Gated(answered))  # in flight, the process still up, until the last event is in
     await slack.post_user_message(CHANNEL, f"<@{BOT}> slow question")
     await llm.wait_for_requests(1)
     bot.terminate()
@@ -726,6 +785,7 @@ async def test_sigterm_turns_health_503_and_an_event_that_still_arrives_is_answe
         assert await health() == (503, {"status": "stopping", "mode": "http"})
     event = slack.user_message_event(CHANNEL, f"<@{BOT}> one more")
     assert (await slack.deliver_event(event)).acked
+    answered.set()
     assert await bot.wait() == 0, bot.log()
     assert [m["text"] for m in slack.bot_messages(CHANNEL, event["ts"])] == ["Answer: ann: one more"]
 

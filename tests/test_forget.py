@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from bot.store import FORGET_ATTEMPTS, IncomingMessage, Keys, Store, ThreadKey, Turn
 from bot.streaming import _feedback_block
 from tests.conftest import RunningBot, StartBot, wait_until
-from tests.emulators.openai_api import OpenAIEmulator
+from tests.emulators.openai_api import Gated, OpenAIEmulator
 from tests.emulators.slack import SlackEmulator
 from tests.redis_proxy import HeldReplyProxy
 
@@ -273,15 +273,16 @@ async def test_forget_me_clears_the_text_of_finished_messages_journals_and_a_ret
     reads it there) until its turn is over. A journal an older version left with the text after
     the answer loses it with `forget me`; the journal's state stays, and Slack sending the message
     again still gets no second answer."""
-    llm.first_token_delay = 1.5  # the thread is busy with the first answer meanwhile
+    first_answered = asyncio.Event()
+    llm.enqueue(Gated(first_answered))  # the thread is busy with the first answer meanwhile
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> my check is failing")
     await llm.wait_for_requests(1)
     follow_up = slack.user_message_event(CHANNEL, "since 8am", thread_ts=root)
     await slack.deliver_event(follow_up)
     await slack.edit_message(CHANNEL, follow_up["ts"], ANN_SAYS[0])
+    first_answered.set()
     await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
     await bot.settle()
-    llm.first_token_delay = 0
     journal = KEYS.journal("T1", CHANNEL, follow_up["ts"])
     answered = await redis.hgetall(journal)
     assert answered["state"] == "answered" and ANN_SAYS[0] not in str(answered), answered
@@ -345,14 +346,16 @@ async def test_forget_me_while_a_question_is_being_answered_elsewhere_keeps_no_a
     """ann's question in a channel is being answered (it is stored already) when her `forget me`
     in the DM takes it. The answer (which quotes her) must not be stored after it, with no
     question left to link it to, where no later `forget me` could find it."""
-    llm.first_token_delay = 1.5
+    answered = asyncio.Event()
+    llm.enqueue(Gated(answered))  # being answered until the `forget me` is done
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> {ANN_SAYS[0]}")
     await llm.wait_for_requests(1)
     await slack.post_user_message(DM, "forget me")
     await slack.wait_for_bot_messages(DM, count=1)
+    assert not slack.bot_messages(CHANNEL, root)  # the answer still in flight
+    answered.set()
     await slack.wait_for_bot_messages(CHANNEL, root, count=1, timeout=15)
     await bot.settle()
-    llm.first_token_delay = 0
     await slack.post_user_message(DM, "forget me")  # "send `forget me` again afterwards to be sure"
     await slack.wait_for_bot_messages(DM, count=2)
     await bot.settle()
@@ -368,6 +371,7 @@ async def test_a_message_waiting_for_its_turn_at_forget_me_is_answered_and_not_s
     `forget me` in the DM. She asked it, so it is answered (the prompt ends with it); but she sent
     it before asking to be forgotten, so neither it nor its answer is stored after the `forget me`,
     nor is the thread put back in her index. Before, both were stored, for good."""
+    llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted (and held)
     first_answer = slack.gate("chat.postMessage", channel=CHANNEL)  # the thread is busy meanwhile
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> {ANN_SAYS[0]}")
     await llm.wait_for_requests(1)
@@ -402,12 +406,13 @@ async def test_a_message_sent_after_forget_me_and_waiting_behind_it_is_stored(
     """ann's `forget me` and then a new question wait in a thread behind her first question's
     answer. The new question, sent after she asked to be forgotten, is hers to keep: only what
     she sent before the `forget me` goes unstored."""
-    llm.first_token_delay = 1.5
+    first_answered = asyncio.Event()
+    llm.enqueue(Gated(first_answered))  # both wait behind the first answer
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> {ANN_SAYS[0]}")
     await llm.wait_for_requests(1)
     await slack.post_user_message(CHANNEL, f"<@{BOT}> forget me", thread_ts=root)
     await slack.post_user_message(CHANNEL, "a new question", thread_ts=root)
-    llm.first_token_delay = 0
+    first_answered.set()
     replies = await slack.wait_for_bot_messages(CHANNEL, root, count=3, timeout=15)
     await bot.settle()
 
@@ -527,18 +532,21 @@ async def test_forget_me_while_an_edited_message_is_being_answered_leaves_no_tex
     """A message edited while it waited keeps the edit in its journal; `forget me` while it is
     being answered takes its question, and once its turn is over the journal keeps no text of it
     (no later `forget me` would find that journal: its question is gone)."""
-    llm.first_token_delay = 1.5
+    first_answered, second_answered = asyncio.Event(), asyncio.Event()
+    llm.enqueue(Gated(first_answered), Gated(second_answered))
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> my check is failing")
     await llm.wait_for_requests(1)
     follow_up = slack.user_message_event(CHANNEL, "since 8am", thread_ts=root)
     await slack.deliver_event(follow_up)
-    await slack.edit_message(CHANNEL, follow_up["ts"], ANN_SAYS[0])
+    await slack.edit_message(CHANNEL, follow_up["ts"], ANN_SAYS[0])  # while it waits
+    first_answered.set()
     await llm.wait_for_requests(2, timeout=15)  # the edited message is being answered
     await slack.post_user_message(DM, "forget me")
     await slack.wait_for_bot_messages(DM, count=1)
+    assert len(slack.bot_messages(CHANNEL, root)) == 1  # its answer still in flight
+    second_answered.set()
     await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
     await bot.settle()
-    llm.first_token_delay = 0
 
     for key, content in (await everything_in(redis)).items():
         assert ANN_SAYS[0] not in content, (key, content)
@@ -551,15 +559,16 @@ async def test_forget_me_leaves_no_text_in_the_journal_of_a_message_refused_afte
 ) -> None:
     """A message edited while it waited, then refused (too long) when its turn came, never joins
     a conversation, so `forget me` finds no turn of it: its journal must not keep the edit."""
-    llm.first_token_delay = 1.5
+    first_answered = asyncio.Event()
+    llm.enqueue(Gated(first_answered))  # the thread is busy with the first answer meanwhile
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> my check is failing")
     await llm.wait_for_requests(1)
     follow_up = slack.user_message_event(CHANNEL, "since 8am", thread_ts=root)
     await slack.deliver_event(follow_up)
     await slack.edit_message(CHANNEL, follow_up["ts"], f"{ANN_SAYS[0]} {'x' * 12_001}")
+    first_answered.set()
     await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)  # the answer, the refusal
     await bot.settle()
-    llm.first_token_delay = 0
 
     await slack.post_user_message(DM, "forget me")
     await slack.wait_for_bot_messages(DM, count=1)
@@ -671,6 +680,7 @@ async def test_a_waiting_message_s_own_read_of_its_thread_after_forget_me_stores
     thread put back in her index; bob's message is."""
     root = slack.seed_message(CHANNEL, "the printer is offline", user="U2")
     slack.fail_next("conversations.replies", drop=True, times=10)
+    llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted (and held)
     first_answer = slack.gate("chat.postMessage", channel=CHANNEL)
     await slack.post_user_message(CHANNEL, f"<@{BOT}> {ANN_SAYS[0]}", thread_ts=root)
     await llm.wait_for_requests(1)

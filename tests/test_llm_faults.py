@@ -64,7 +64,9 @@ async def test_bad_request_is_not_retried_and_the_user_gets_a_friendly_message(
 async def test_an_answer_of_only_blanks_gets_a_friendly_message_and_nothing_else(
     bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
 ) -> None:
-    llm.chunk_delay = 0.05  # its blanks come over the moment an answer waits before it shows
+    # Its blanks come one by one over 1.3 s, well across the moment an answer waits before it
+    # shows (0.1 s): in 8-character pieces, 0.15 s, a process that read them late found them whole.
+    llm.chunk_delay, llm.chunk_chars = 0.05, 1
     llm.reply = lambda messages: " \n\n  \n " * 4
     ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> say nothing")
     [reply] = await slack.wait_for_bot_messages(CHANNEL, ts)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from decimal import Decimal
 
 import pytest
 
@@ -52,10 +53,12 @@ async def test_a_whole_answer_whose_post_answer_is_lost_shows_once(
     the client made the call again): Slack is asked, and the answer is found there."""
     caplog.set_level(logging.INFO)
     slack.fail_next("chat.postMessage", drop=True, after=True, times=3)
+    llm.chunk_chars = len(ANSWER)  # one piece: written whole before it is first shown, one post
     llm.enqueue(Reply(ANSWER))
     await slack.post_user_message(DM, "tell me")
     [answer] = await slack.wait_for_bot_messages(DM)
     await bot.settle()
+    assert not slack.calls_to("chat.update"), "the answer was not posted whole"
     assert shown(answer) == SlackMarkdown.format(ANSWER) and has_feedback_buttons(answer)
     assert len(slack.calls_to("chat.postMessage")) == 1
     assert [c.args["channel"] for c in slack.calls_to("conversations.history")] == [DM]
@@ -73,10 +76,12 @@ async def test_a_post_that_never_landed_is_made_again_after_slack_shows_it_missi
     such message, so the post is made again, once."""
     caplog.set_level(logging.INFO)
     slack.fail_next("chat.postMessage", drop=True)
+    llm.chunk_chars = len(ANSWER)  # one piece: written whole before it is first shown, one post
     llm.enqueue(Reply(ANSWER))
     await slack.post_user_message(DM, "tell me")
     [answer] = await slack.wait_for_bot_messages(DM)
     await bot.settle()
+    assert not slack.calls_to("chat.update"), "the answer was not posted whole"
     assert shown(answer) == SlackMarkdown.format(ANSWER) and has_feedback_buttons(answer)
     assert [c.status for c in slack.calls_to("chat.postMessage")] == [0, 200]
     assert "lost post not in slack" in caplog.text and _errors(caplog) == []
@@ -131,10 +136,13 @@ async def test_a_lost_start_not_carried_out_is_not_taken_for_an_earlier_answer(
     caplog.set_level(logging.INFO)
     llm.chunk_delay, llm.chunk_chars = 0.05, 12
     llm.enqueue(SlowFirstToken(0.5, A1), Reply(A2))
+    a1_start = slack.gate("chat.startStream")  # until Q2 is sent: Q2 older than A1, however slow
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> how do I fix the sync?")
     await slack.wait_for(lambda: len(llm.requests) == 1)
-    await slack.post_user_message(CHANNEL, "and the export?", thread_ts=root)
+    q2 = await slack.post_user_message(CHANNEL, "and the export?", thread_ts=root)
+    a1_start.opened.set()
     await slack.wait_for(lambda: len(slack.calls_to("chat.startStream")) == 1)
+    assert Decimal(q2) < Decimal(slack.bot_messages(CHANNEL, root)[0]["ts"])  # Q2 older than A1
     slack.fail_next("chat.startStream", drop=True)  # A2's start never reaches Slack
     await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
     await bot.settle()
@@ -282,10 +290,12 @@ async def test_a_post_slack_fails_partway_is_looked_for_not_made_again(
     more: three copies. Now Slack is asked, and the one copy found."""
     caplog.set_level(logging.INFO)
     slack.fail_next("chat.postMessage", status=500, after=True, times=3)
+    llm.chunk_chars = len(ANSWER)  # one piece: written whole before it is first shown, one post
     llm.enqueue(Reply(ANSWER))
     await slack.post_user_message(DM, "tell me")
     [answer] = await slack.wait_for_bot_messages(DM)
     await bot.settle()
+    assert not slack.calls_to("chat.update"), "the answer was not posted whole"
     assert shown(answer) == SlackMarkdown.format(ANSWER) and has_feedback_buttons(answer)
     assert len(slack.bot_messages(DM)) == 1
     assert [c.status for c in slack.calls_to("chat.postMessage")] == [500]
@@ -300,10 +310,12 @@ async def test_a_post_answered_with_a_gateway_page_is_made_again_once_slack_show
     whose `response` is aiohttp's, not Slack's JSON. The post may or may not have reached Slack."""
     caplog.set_level(logging.INFO)
     slack.fail_next("chat.postMessage", status=502, body=GATEWAY_PAGE)
+    llm.chunk_chars = len(ANSWER)  # one piece: written whole before it is first shown, one post
     llm.enqueue(Reply(ANSWER))
     await slack.post_user_message(DM, "tell me")
     [answer] = await slack.wait_for_bot_messages(DM)
     await bot.settle()
+    assert not slack.calls_to("chat.update"), "the answer was not posted whole"
     assert shown(answer) == SlackMarkdown.format(ANSWER) and has_feedback_buttons(answer)
     assert [c.status for c in slack.calls_to("chat.postMessage")] == [502, 200]
     assert "lost post not in slack" in caplog.text and _errors(caplog) == []
@@ -325,10 +337,12 @@ async def test_a_post_answered_200_with_a_page_not_slacks_is_looked_for(
     post, made again even when it had landed."""
     caplog.set_level(logging.INFO)
     slack.fail_next("chat.postMessage", status=200, body="ok", body_type=body_type, after=landed)
+    llm.chunk_chars = len(ANSWER)  # one piece: written whole before it is first shown, one post
     llm.enqueue(Reply(ANSWER))
     await slack.post_user_message(DM, "tell me")
     [answer] = await slack.wait_for_bot_messages(DM)
     await bot.settle()
+    assert not slack.calls_to("chat.update"), "the answer was not posted whole"
     assert shown(answer) == SlackMarkdown.format(ANSWER) and has_feedback_buttons(answer)
     assert len(slack.bot_messages(DM)) == 1
     assert len(slack.calls_to("chat.postMessage")) == (1 if landed else 2)
@@ -535,10 +549,12 @@ async def test_a_429_page_on_a_post_is_waited_out(
     slack.fail_next(
         "chat.postMessage", status=429, body="<html>Too Many Requests</html>", body_type=body_type
     )
+    llm.chunk_chars = len(ANSWER)  # one piece: written whole before it is first shown, one post
     llm.enqueue(Reply(ANSWER))
     await slack.post_user_message(DM, "tell me")
     [answer] = await slack.wait_for_bot_messages(DM)
     await bot.settle()
+    assert not slack.calls_to("chat.update"), "the answer was not posted whole"
     assert shown(answer) == SlackMarkdown.format(ANSWER) and has_feedback_buttons(answer)
     assert len(slack.bot_messages(DM)) == 1 and _errors(caplog) == []
 

@@ -23,7 +23,7 @@ from bot.redis_loss import RedisLossRecovery
 from bot.store import Accepted, IncomingMessage, LockRenewal, Store, ThreadKey, Turn
 from bot.turn import DELIVERY_FAILED, INTERRUPTED, STORE_UNAVAILABLE, TURN_FAILED
 from tests.conftest import RunningBot, StartBot
-from tests.emulators.openai_api import OpenAIEmulator, Reply, SlowFirstToken, Status
+from tests.emulators.openai_api import Gated, OpenAIEmulator, Reply, SlowFirstToken, Status
 from tests.emulators.slack import SlackEmulator
 from tests.redis_server import RedisServer
 from tests.test_forget import everything_in
@@ -101,7 +101,8 @@ async def test_a_turn_in_flight_when_redis_loses_its_data_is_answered_once(
     down: no answer, and "is thinking…" (or the reaction) left up for good."""
     caplog.set_level(logging.INFO)
     running = await start_bot("http")
-    llm.enqueue(SlowFirstToken(1.5))
+    thought = asyncio.Event()
+    llm.enqueue(Gated(thought))  # the model thinks until Redis has lost its data
     if where == "thread":
         ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
         channel, thread = CHANNEL, ts
@@ -110,6 +111,7 @@ async def test_a_turn_in_flight_when_redis_loses_its_data_is_answered_once(
         channel, thread = DM, "top"
     await llm.wait_for_requests(1)
     await redis.flushall()
+    thought.set()
     [answer] = await slack.wait_for_bot_messages(channel, thread, count=1)
     await running.settle()
     assert answer["text"] == "Answer: ann: why is api-prod red?"
@@ -223,6 +225,7 @@ async def test_a_follow_up_waiting_behind_a_turn_when_redis_loses_its_data_is_an
     caplog.set_level(logging.INFO)
     running = await start_bot("http")
     llm.enqueue(SlowFirstToken(0.5))
+    llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted
     posting = slack.gate("chat.postMessage")
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await llm.wait_for_requests(1)
@@ -263,6 +266,7 @@ async def test_with_several_processes_a_follow_up_waiting_behind_a_turn_when_red
     caplog.set_level(logging.INFO)
     a = await start_bot("http")
     b = await start_bot("http")  # Slack's events go to B
+    llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted
     posting = slack.gate("chat.postMessage")
     if where == "thread":
         root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
@@ -303,14 +307,17 @@ async def test_with_several_processes_a_follow_up_another_answered_is_not_answer
     caplog.set_level(logging.INFO)
     a = await start_bot("http")
     b = await start_bot("http")  # Slack's events go to B
-    llm.enqueue(SlowFirstToken(1.0), SlowFirstToken(1.0))
+    first, second = asyncio.Event(), asyncio.Event()
+    llm.enqueue(Gated(first), Gated(second))  # each answer in flight until the test is ready
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await llm.wait_for_requests(1)
     slack.use_http(f"{a.url}/slack/events")
     asked = await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    first.set()  # A took the follow-up while B's answer was in flight
     await llm.wait_for_requests(2)  # B answered the question and took the follow-up
     slack.fail_next("chat.postMessage", after=True, drop=True)
     slack.fail_next("conversations.replies", times=3)
+    second.set()
     await slack.wait_for(lambda: "answer delivery deferred" in caplog.text, what="B's post to be in doubt")
     await redis.flushall()
     await slack.wait_for(lambda: LOOKED in caplog.text, what="the look to find B's answer")
@@ -338,11 +345,13 @@ async def test_with_several_processes_follow_ups_another_finished_before_the_los
     caplog.set_level(logging.INFO)
     a = await start_bot("http")
     b = await start_bot("http")  # Slack's events go to B
-    llm.enqueue(SlowFirstToken(1.0))
+    answered = asyncio.Event()
+    llm.enqueue(Gated(answered))  # B's answer in flight until A has taken the follow-up
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await llm.wait_for_requests(1)
     slack.use_http(f"{a.url}/slack/events")
     asked = await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    answered.set()
     await slack.wait_for_bot_messages(CHANNEL, root, count=2)
     await _until(lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{asked}", "answered"))
     # Two of A's beats after that: the first read the journal, and A acted on it before the next.
@@ -375,13 +384,15 @@ async def test_with_several_processes_a_follow_up_another_is_answering_at_the_lo
     caplog.set_level(logging.INFO)
     a = await start_bot("http")
     b = await start_bot("http")  # Slack's events go to B
-    llm.enqueue(SlowFirstToken(1.0))
+    answered = asyncio.Event()
+    llm.enqueue(Gated(answered))  # B's first answer in flight until A has taken the follow-up
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await llm.wait_for_requests(1)
     await slack.wait_for(lambda: bool(slack.calls_to("assistant.threads.setStatus")), what="the first sign")
     slack.use_http(f"{a.url}/slack/events")
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
     signing = slack.gate("assistant.threads.setStatus", status="is thinking…")  # the answer waits for it
+    answered.set()
     await slack.wait_for(lambda: signing.waiting > 0, what="B's turn on the follow-up")
     await redis.flushall()
     await slack.wait_for(lambda: "message queued again" in caplog.text, what="A to queue it again")
@@ -412,6 +423,7 @@ async def test_with_several_processes_a_follow_up_deleted_through_another_is_not
     b = await start_bot("http")
     slack.use_http(f"{a.url}/slack/events")
     llm.enqueue(SlowFirstToken(0.5))
+    llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted
     posting = slack.gate("chat.postMessage")
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await llm.wait_for_requests(1)
@@ -444,6 +456,7 @@ async def test_with_several_processes_a_follow_up_slack_cannot_be_asked_about_is
     caplog.set_level(logging.INFO)
     a = await start_bot("http")
     b = await start_bot("http")  # Slack's events go to B
+    llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted
     posting = slack.gate("chat.postMessage")
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await slack.wait_for(lambda: posting.waiting > 0, what="B's answer's post")
@@ -743,11 +756,14 @@ async def test_a_reset_sent_while_the_answer_before_it_was_written_holds_after_a
     caplog.set_level(logging.INFO)
     running = await start_bot("http")
     channel, mention = (DM, "") if where == "dm" else (CHANNEL, f"<@{BOT}> ")
-    llm.enqueue(SlowFirstToken(1.0))
+    written = asyncio.Event()
+    llm.enqueue(Gated(written))  # the answer is written until the reset is done
     first = await slack.post_user_message(channel, mention + "my password is hunter2")
     thread = None if where == "dm" else first
     await llm.wait_for_requests(1)  # the answer is being written
     await slack.post_user_message(channel, mention + "reset", thread_ts=thread)
+    await slack.wait_for_bot_messages(channel, thread or "top", count=1)  # the reset's reply
+    written.set()
     await slack.wait_for_bot_messages(channel, thread or "top", count=2)
     await running.settle()
     await redis.flushall()
@@ -1060,6 +1076,7 @@ async def test_a_follow_up_queued_again_after_a_loss_survives_a_second_loss_or_a
     caplog.set_level(logging.INFO)
     running = await start_bot("http")
     llm.enqueue(SlowFirstToken(0.5))
+    llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted
     posting = slack.gate("chat.postMessage")
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await llm.wait_for_requests(1)
@@ -1148,6 +1165,7 @@ async def test_with_several_processes_a_mention_whose_first_event_met_redis_down
     caplog.set_level(logging.INFO)
     a = await start_bot("http")
     b = await start_bot("http")  # Slack's events go to B
+    llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted
     posting = slack.gate("chat.postMessage", when=lambda args: "blocks" not in args or "Answer" in str(args))
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await slack.wait_for(lambda: posting.waiting > 0, what="B's answer's post")
@@ -1197,6 +1215,7 @@ async def test_a_question_queued_again_behind_a_newer_turn_when_alone_is_stored_
     caplog.set_level(logging.INFO)
     running = await start_bot("http")
     llm.enqueue(SlowFirstToken(0.5), SlowFirstToken(1.5))
+    llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted
     posting = slack.gate("chat.postMessage")
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await llm.wait_for_requests(1)
@@ -2381,6 +2400,7 @@ async def test_a_question_queued_again_and_deleted_after_a_newer_turn_read_it_ba
     caplog.set_level(logging.INFO)
     running = await start_bot("http")
     llm.enqueue(SlowFirstToken(0.5), SlowFirstToken(3.0))
+    llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted
     posting = slack.gate("chat.postMessage")
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await llm.wait_for_requests(1)
@@ -2446,6 +2466,7 @@ async def test_a_remark_queued_again_behind_a_newer_turn_that_read_it_back_keeps
     caplog.set_level(logging.INFO)
     running = await start_bot("http")
     llm.enqueue(SlowFirstToken(0.5), SlowFirstToken(1.5))
+    llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted
     posting = slack.gate("chat.postMessage")
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await llm.wait_for_requests(1)
@@ -2512,6 +2533,7 @@ async def test_a_dm_question_edited_to_name_a_colleague_after_a_loss_reaches_the
 async def test_an_edit_naming_a_colleague_of_a_remark_queued_again_after_a_loss_is_what_its_turn_stores(
     start_bot: StartBot,
     slack: SlackEmulator,
+    llm: OpenAIEmulator,
     redis: Redis,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -2523,6 +2545,7 @@ async def test_an_edit_naming_a_colleague_of_a_remark_queued_again_after_a_loss_
     new message."""
     caplog.set_level(logging.INFO)
     running = await start_bot("http")
+    llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted
     posting = slack.gate("chat.postMessage")
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await slack.wait_for(lambda: posting.waiting > 0, what="the answer's post")
@@ -2556,6 +2579,7 @@ async def test_a_follow_up_edited_twice_whose_events_come_in_the_other_order_is_
     edit, which the follow-up was then answered with. It keeps the newer now, as Redis does."""
     caplog.set_level(logging.INFO)
     running = await start_bot("http")
+    llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted
     posting = slack.gate("chat.postMessage")
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await slack.wait_for(lambda: posting.waiting > 0, what="the first answer's post")

@@ -69,6 +69,15 @@ class SlowFirstToken:
 
 
 @dataclass(frozen=True)
+class Gated:
+    """Hold the first content chunk until `opened` is set (headers go out at once): an answer in
+    flight for as long as the test needs, not for a guessed time a loaded machine outlasts."""
+
+    opened: asyncio.Event
+    text: str | None = None
+
+
+@dataclass(frozen=True)
 class Disconnect:
     """Send `after_chunks` content chunks, then drop the connection (no finish, no [DONE])."""
 
@@ -144,7 +153,7 @@ def sse_chunk(content: str | None = None, finish_reason: str | None = None, **fi
     return f"data: {json.dumps(chunk)}\n\n"
 
 
-Behaviour = Reply | Status | SlowFirstToken | Disconnect | Hang | Truncated | NotStreamed | Raw
+Behaviour = Reply | Status | SlowFirstToken | Gated | Disconnect | Hang | Truncated | NotStreamed | Raw
 
 
 @dataclass
@@ -177,6 +186,7 @@ class _Plan:
     finish_reason: str = "stop"
     first_delay: float = 0.0
     drop_after: int | None = None  # content chunks to send before dropping the connection
+    gate: asyncio.Event | None = None  # the first content waits until it is set
 
 
 def default_reply(messages: list[dict]) -> str:
@@ -335,6 +345,8 @@ class OpenAIEmulator:
                 return _Plan(text, first_delay=delay)
             case SlowFirstToken(seconds=seconds, text=text):
                 return _Plan(self._text(text, messages), first_delay=seconds)
+            case Gated(opened=opened, text=text):
+                return _Plan(self._text(text, messages), first_delay=delay, gate=opened)
             case Disconnect(after_chunks=after, text=text):
                 return _Plan(self._text(text, messages), first_delay=delay, drop_after=after)
             case None:
@@ -354,6 +366,8 @@ class OpenAIEmulator:
     async def _complete(self, request: web.Request, body: dict, plan: _Plan) -> web.StreamResponse:
         """Answer a non-streaming request with one chat.completion object."""
         await asyncio.sleep(plan.first_delay)
+        if plan.gate is not None:
+            await plan.gate.wait()
         if plan.drop_after is not None:
             return self._drop(request)
         completion = {
@@ -405,6 +419,8 @@ class OpenAIEmulator:
         pieces = [plan.text[i : i + size] for i in range(0, len(plan.text), size)]
         try:
             await send(choice({"role": "assistant", "content": "", "refusal": None}))
+            if plan.gate is not None:
+                await plan.gate.wait()
             for index, piece in enumerate(pieces):
                 if index == plan.drop_after:
                     return self._drop(request, response)
