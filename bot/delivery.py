@@ -327,10 +327,13 @@ class Delivery:
         messages = [m for m in response.get("messages") or [] if isinstance(m, dict)]
         return messages, bool(response.get("has_more"))
 
-    async def post_notice(self, target: Target, text: str, *, outcome: bool = True) -> str | None:
-        """A short message from the bot itself (an error, a confirmation). Never raises. A post
-        whose answer was lost is made again only when Slack shows it did not land (found by its
-        block id, which names the question; by its text when it is too long for a block).
+    async def post_notice(
+        self, target: Target, text: str, *, outcome: bool = True, fence: Fence | None = None
+    ) -> str | None:
+        """A short message from the bot itself (an error, a confirmation). Never raises, but
+        LockLost when `fence` no longer holds (as for an answer's post). A post whose answer was
+        lost is made again only when Slack shows it did not land (found by its block id, which
+        names the question; by its text when it is too long for a block).
 
         Not the question's `outcome` (Redis refused the message as it came): marked so, the look
         after a loss (`look_at_question`) does not take it for one."""
@@ -344,6 +347,7 @@ class Delivery:
                     team=target.team,
                     scope=target.channel,
                     wait=self.final_wait,
+                    fence=fence,
                     channel=target.channel,
                     thread_ts=target.thread_ts,
                     text=text,

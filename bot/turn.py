@@ -624,7 +624,7 @@ class TurnRunner:
                 # Left up by a turn whose delivery was deferred before the loss: settled here.
                 await self.delivery.clear_sign(target_for(message), "reaction")
             if isinstance(looked, CutShort):
-                return await self._interrupted(target_for(message), looked.answer_ts)
+                return await self._interrupted(message, looked.answer_ts)
             if isinstance(looked, Progress):
                 return looked
             message = looked
@@ -718,7 +718,7 @@ class TurnRunner:
                 # A long answer's later message, begun unseen (the journal names only its first,
                 # closed as the next began): closed too, or it streams for good.
                 await self.delivery.end_abandoned(target, found.ts)
-            outcome = await self._interrupted(target, shown)
+            outcome = await self._interrupted(message, shown)
         elif record.answer is not None:
             reply = self._reply(message, target)
             reply.write(record.answer)
@@ -739,12 +739,21 @@ class TurnRunner:
         if held is not None and held.ts == message.ts:
             held.shown, held.sign = shown, held.sign or sign
 
-    async def _interrupted(self, target: Target, shown: str) -> Progress:
+    async def _interrupted(self, message: IncomingMessage, shown: str) -> Progress:
         """An answer cut short when its process died, or before Redis lost its data: closed,
-        with a note asking the person to ask again."""
+        with a note asking the person to ask again. The note is posted only while this worker
+        holds the thread's lock (else LockLost), as an answer is: one that took the thread over
+        after a further loss resumes the question and notes it, and could not see a note of
+        this worker's that Slack had not shown yet."""
+        target = target_for(message)
         await self.delivery.end_abandoned(target, shown)
-        await self.delivery.post_notice(target, INTERRUPTED)
+        await self.delivery.post_notice(target, INTERRUPTED, fence=self._fence(message))
         return Progress.of(state="noted")
+
+    def _fence(self, message: IncomingMessage) -> Fence | None:
+        """The thread's lock as held here, for a post about `message` to check (`Fence`)."""
+        held = self._held.get(message.key)
+        return Fence(message.key, held.token, message.ts) if held is not None else None
 
     async def _refusal(self, message: IncomingMessage) -> str | None:
         """A short reply instead of a model call: the message is empty or too long. (The abuse
@@ -867,12 +876,11 @@ class TurnRunner:
             await self.store.record_progress(message, answer_ts=ts)
 
         held = self._held.get(message.key)
-        fence = Fence(message.key, held.token, message.ts) if held is not None else None
         return self.delivery.reply(
             target,
             on_visible=visible,
             after=after,
-            fence=fence,
+            fence=self._fence(message),
             stored=lambda: self.store.stored_ts(message.key),
         )
 

@@ -929,6 +929,62 @@ async def test_with_several_processes_a_resumed_turn_that_stands_down_after_a_se
     assert _errors(caplog) == []
 
 
+async def test_with_several_processes_a_resumed_turn_whose_thread_was_taken_before_its_note_posts_no_note(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As above, A resumes B's question handed on with its answer showing; but Redis loses its
+    data again, and B takes the thread's free lock for a newer follow-up, while A closes that
+    answer, before A posts the note. Before, the note was posted with no look at the lock: A's
+    went out under B's lock, and B, resuming the question A handed on, could not see it (Slack
+    slow to show it) and posted its own: the note twice. A stands down before the note now, as
+    an answer's post does, and B posts it once."""
+    caplog.set_level(logging.INFO)
+    a = await start_bot("http")
+    b = await start_bot("http")  # Slack's events go to B
+    llm.chunk_chars, llm.chunk_delay = 20, 0.05
+    llm.enqueue(Reply("a long explanation, " * 150), SlowFirstToken(2.0), SlowFirstToken(4.0))
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> the whole guide please")
+    await slack.wait_for(lambda: bool(slack.calls_to("chat.startStream")), what="B's answer to show")
+    b_id, a_id = b.bot.turns.process_id, a.bot.turns.process_id
+    await _until(_a_beat(redis, b_id, await redis.zscore("processes", b_id)))
+    await redis.flushall()
+    slack.use_http(f"{a.url}/slack/events")
+    closing = slack.gate("chat.stopStream")  # A closing B's answer, just before its note
+    note = slack.gate("chat.postMessage", lambda args: INTERRUPTED in str(args))  # slow to show
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    await slack.wait_for(lambda: closing.waiting == 1, timeout=20, what="A to resume B's question")
+    await _until(_a_beat(redis, a_id, await redis.zscore("processes", a_id)))
+    b_took_it, turn_again = asyncio.Event(), asyncio.Event()
+    monkeypatch.setattr(a.bot.store, "beat", _after(b_took_it, a.bot.store.beat))
+    monkeypatch.setattr(a.bot.store, "renew_lock", _after(b_took_it, a.bot.store.renew_lock))
+    monkeypatch.setattr(b.bot.store, "beat", _after(turn_again, b.bot.store.beat))
+    await redis.flushall()
+    slack.use_http(f"{b.url}/slack/events")
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and prod?", thread_ts=root)
+    await _until(lambda: _held_by(redis, f"lock:T1:{CHANNEL}:{root}", b_id))
+    closing.opened.set()
+    a_stood_down = lambda: caplog.text.count("standing down") == 2  # noqa: E731
+    await slack.wait_for(lambda: note.waiting == 1 or a_stood_down(), timeout=20, what="A's note")
+    b_took_it.set()
+    resumed_again = lambda: caplog.text.count("resuming interrupted turn") == 2  # noqa: E731
+    await slack.wait_for(resumed_again, timeout=20, what="B to resume the question")
+    await slack.wait_for(lambda: note.waiting >= 1, timeout=20, what="B's note")
+    turn_again.set()
+    note.opened.set()
+    await a.settle()
+    await b.settle()
+    messages = slack.bot_messages(CHANNEL, root)
+    assert [m["text"] for m in messages].count(INTERRUPTED) == 1, [m["text"][:40] for m in messages]
+    assert _asked(llm, "the whole guide please") == 1
+    assert not [m["ts"] for m in messages if m.get("streaming")], "an answer left streaming"
+    assert _errors(caplog) == []
+
+
 async def test_with_several_processes_a_question_handed_on_and_noted_before_a_second_loss_is_noted_once(
     start_bot: StartBot,
     slack: SlackEmulator,
