@@ -624,6 +624,9 @@ class TurnRunner:
                 # Left up by a turn whose delivery was deferred before the loss: settled here.
                 await self.delivery.clear_sign(target_for(message), "reaction")
             if isinstance(looked, CutShort):
+                # Kept for `hand_on` as a resumed answer is: standing down after a further loss,
+                # the next look, under a newer answer, would not find it (the sign is gone).
+                self._shown_before(message, looked.answer_ts, None)
                 return await self._interrupted(message, looked.answer_ts)
             if isinstance(looked, Progress):
                 return looked
@@ -732,9 +735,10 @@ class TurnRunner:
         return outcome
 
     def _shown_before(self, message: IncomingMessage, shown: str, sign: str | None) -> None:
-        """The answer's first message, shown before this turn (which resumes it), and the sign
-        left up then: kept with the lock as an answer's own are (`_reply`), for `hand_on` should
-        the turn stand down after Redis lost its data (and the journal that said so)."""
+        """The answer's first message, shown before this turn (which resumes it, or found it
+        cut short in its look), and the sign left up then: kept with the lock as an answer's own
+        are (`_reply`), for `hand_on` should the turn stand down after Redis lost its data (and
+        the journal that said so)."""
         held = self._held.get(message.key)
         if held is not None and held.ts == message.ts:
             held.shown, held.sign = shown, held.sign or sign

@@ -985,6 +985,65 @@ async def test_with_several_processes_a_resumed_turn_whose_thread_was_taken_befo
     assert _errors(caplog) == []
 
 
+async def test_with_several_processes_a_question_found_cut_short_whose_turn_stands_down_is_not_given_again(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A follow-up accepted by B is answered by A, which held the thread: its answer is showing
+    when Redis loses its data and A stops. B queues the follow-up again, to be looked up first;
+    the look finds A's answer cut short, and B closes it. Before B posts the note, Redis loses its
+    data again and C takes the thread's free lock for a newer follow-up: B stands down. Before, it
+    handed the follow-up on without the answer its look had found (`_shown_before` was only for a
+    turn resumed from its journal): C's look, under C's own answer, found nothing, and the
+    follow-up was asked of the model a second time. It is handed on with it now, and noted once."""
+    caplog.set_level(logging.INFO)
+    a = await start_bot("http")
+    b = await start_bot("http")
+    c = await start_bot("http")
+    slack.use_http(f"{a.url}/slack/events")
+    llm.chunk_chars, llm.chunk_delay = 20, 0.05
+    llm.enqueue(SlowFirstToken(2.0), Reply("a long explanation, " * 150), SlowFirstToken(3.0))
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> hello")
+    await slack.wait_for(lambda: len(llm.requests) == 1, what="A's answer to the question")
+    slack.use_http(f"{b.url}/slack/events")
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    long_shows = lambda: any("long" in str(c.args) for c in slack.calls_to("chat.startStream"))  # noqa: E731
+    await slack.wait_for(long_shows, timeout=20, what="A's answer to B's follow-up to show")
+    b_id = b.bot.turns.process_id
+    held = asyncio.Event()  # A's beats and renewals, which would take its lock back, never go
+    monkeypatch.setattr(a.bot.store, "beat", _after(held, a.bot.store.beat))
+    monkeypatch.setattr(a.bot.store, "renew_lock", _after(held, a.bot.store.renew_lock))
+    await _until(_a_beat(redis, b_id, await redis.zscore("processes", b_id)))
+    closing = slack.gate("chat.stopStream")  # B closing A's answer, just before its note
+    await redis.flushall()
+    await a.bot.stop(grace_seconds=0)  # A's answer is left showing, cut short
+    await slack.wait_for(lambda: closing.waiting == 1, timeout=20, what="B to close A's answer")
+    c_took_it = asyncio.Event()
+    monkeypatch.setattr(b.bot.store, "beat", _after(c_took_it, b.bot.store.beat))
+    monkeypatch.setattr(b.bot.store, "renew_lock", _after(c_took_it, b.bot.store.renew_lock))
+    await redis.flushall()
+    slack.use_http(f"{c.url}/slack/events")
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and prod?", thread_ts=root)
+    await _until(lambda: _held_by(redis, f"lock:T1:{CHANNEL}:{root}", c.bot.turns.process_id))
+    closing.opened.set()
+    await slack.wait_for(lambda: "standing down" in caplog.text, timeout=20, what="B to stand down")
+    c_took_it.set()
+    noted = lambda: INTERRUPTED in [m["text"] for m in slack.bot_messages(CHANNEL, root)]  # noqa: E731
+    asked_again = lambda: _asked(llm, "and staging?") > 1  # noqa: E731
+    await slack.wait_for(lambda: noted() or asked_again(), timeout=20, what="the follow-up's turn")
+    await b.settle()
+    await c.settle()
+    messages = slack.bot_messages(CHANNEL, root)
+    assert _asked(llm, "and staging?") == 1, [m["text"][:40] for m in messages]
+    assert [m["text"] for m in messages].count(INTERRUPTED) == 1, [m["text"][:40] for m in messages]
+    assert not [m["ts"] for m in messages if m.get("streaming")], "an answer left streaming"
+    assert _errors(caplog) == []
+
+
 async def test_with_several_processes_a_question_handed_on_and_noted_before_a_second_loss_is_noted_once(
     start_bot: StartBot,
     slack: SlackEmulator,
