@@ -543,8 +543,10 @@ class TurnRunner:
                 held.worker.cancel()
                 if held.message is not None:
                     self._spawn(self.redis_loss.hand_on(held.message, held.shown, held.sign))
-            else:
-                del self._held[key]  # finished and released: nothing left to renew
+            # Else not held, its message finished: by this turn, which lets go of it in a moment,
+            # or by another worker while this one stalled. Kept (looked at again next round)
+            # until the turn lets go: its next post is fenced off by it and stands down, where
+            # without it (`_fence`) the post went unfenced, a second note or answer.
 
     # -- one turn --------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from decimal import Decimal
@@ -16,6 +17,8 @@ import pytest
 from redis.asyncio import Redis
 
 from bot.llm import REJECTED
+from bot.store import LockRenewal
+from bot.turn import INTERRUPTED
 from tests.bot_process import BotProcess
 from tests.conftest import StartBot, bot_env, free_port, wait_until
 from tests.emulators.openai_api import Hang, OpenAIEmulator, Status
@@ -741,3 +744,75 @@ async def test_sigterm_past_the_deadline_hands_the_turn_to_the_next_process(
     [answer] = await slack.wait_for_bot_messages(CHANNEL, ts, timeout=15)
     await successor.settle()
     assert answer["text"] == "Answer: ann: never-ending question"
+
+
+async def test_a_holder_whose_message_was_noted_by_another_while_it_stalled_posts_no_second_note(
+    spawn_bot: SpawnBot,
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A resumes a turn killed mid-stream and, closing its answer (Slack slow to answer), stalls
+    past its lock's lifetime: its renewal hangs (Redis out of its reach). B takes the thread,
+    resumes the turn, notes it and lets the lock go. A's renewal then finds the lock free and
+    the message finished (RELEASED), and A goes on to its note. Before, that renewal dropped the
+    lock A's turn still held from its memory, so the note, which looks its fence up there, went
+    unfenced: the note twice. The note's fence now finds the message finished: A stands down."""
+    caplog.set_level(logging.INFO)
+    first = await spawn_bot()
+    llm.chunk_delay = 0.2  # a long answer, written slowly
+    llm.reply = lambda messages: "A long answer that takes a while to write. " * 20
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> explain everything")
+    await slack.wait_for(lambda: bool(slack.calls_to("chat.startStream")), what="the answer to stream")
+    first.kill()
+    await first.wait()
+
+    llm.chunk_delay = 0.0
+    only_the_first = iter([True])
+    closing = slack.gate("chat.stopStream", lambda args: next(only_the_first, False))  # A's
+    a = await start_bot("http", **FAST_RECOVERY)
+    await slack.wait_for(lambda: closing.waiting == 1, timeout=15, what="A to close the answer")
+    renewal_goes, renewed = asyncio.Event(), asyncio.Event()
+    found: list[LockRenewal] = []
+    renew = a.bot.store.renew_lock
+
+    async def stalled_renewal(*args: Any, **kwargs: Any) -> LockRenewal:
+        await renewal_goes.wait()
+        found.append(await renew(*args, **kwargs))
+        renewed.set()
+        return found[-1]
+
+    monkeypatch.setattr(a.bot.store, "renew_lock", stalled_renewal)
+    lock = await _thread_lock(redis)
+    free = lambda: _state_is(redis, lock, None)  # noqa: E731
+    await wait_until(free, "A's lock to expire", within=15)
+
+    b = await start_bot("http", **FAST_RECOVERY)
+    noted = lambda: [m["text"] for m in slack.bot_messages(CHANNEL, ts)].count(INTERRUPTED)  # noqa: E731
+    await slack.wait_for(lambda: noted() == 1, timeout=15, what="B's note")
+    journal = f"turn:T1:{CHANNEL}:{ts}"
+    finished = lambda: _state_is(redis, journal, "noted")  # noqa: E731
+    await wait_until(finished, "B to finish the message", within=15)
+    await wait_until(free, "B to let the lock go", within=15)
+    renewal_goes.set()
+    await wait_until(renewed.is_set, "A's renewal", within=15)
+    assert found[-1] == LockRenewal.RELEASED
+    closing.opened.set()
+    stood_down = lambda: "standing down" in caplog.text  # noqa: E731
+    await slack.wait_for(lambda: noted() > 1 or stood_down(), timeout=15, what="A's note or A standing down")
+    await a.settle()
+    await b.settle()
+    messages = slack.bot_messages(CHANNEL, ts)
+    assert noted() == 1, [m["text"][:40] for m in messages]
+    assert len(llm.requests) == 1
+    assert not [m["ts"] for m in messages if m.get("streaming")], "an answer left streaming"
+
+
+async def _state_is(redis: Redis, key: str, state: str | None) -> bool:
+    """Whether the journal at `key` is in `state`; with None, whether `key` is gone."""
+    if state is None:
+        return not await redis.exists(key)
+    return await redis.hget(key, "state") == state
