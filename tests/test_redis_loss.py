@@ -60,7 +60,10 @@ async def _until(condition: Callable[[], Awaitable[bool]], timeout: float = 10.0
         await asyncio.sleep(0.02)
 
 
-async def _state_is(redis: Redis, journal: str, state: str) -> bool:
+async def _state_is(redis: Redis, journal: str, state: str | None) -> bool:
+    """Whether the journal is in `state`; with None, whether the key is gone."""
+    if state is None:
+        return not await redis.exists(journal)
     return await redis.hget(journal, "state") == state
 
 
@@ -1040,6 +1043,59 @@ async def test_with_several_processes_a_question_found_cut_short_whose_turn_stan
     messages = slack.bot_messages(CHANNEL, root)
     assert _asked(llm, "and staging?") == 1, [m["text"][:40] for m in messages]
     assert [m["text"] for m in messages].count(INTERRUPTED) == 1, [m["text"][:40] for m in messages]
+    assert not [m["ts"] for m in messages if m.get("streaming")], "an answer left streaming"
+    assert _errors(caplog) == []
+
+
+async def test_with_several_processes_an_answer_found_cut_short_is_noted_by_a_turn_whose_lock_expired(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As above, B's look finds A's answer to B's follow-up cut short, and B closes it; then B
+    stalls past its lock's lifetime (its renewal hangs), nobody taking the thread meanwhile. Its
+    note's fence takes the lock back, as its renewal would: the message is unfinished, though
+    its journal (queued again) says `queued`, not `working`, as no answer of B's own began.
+    Before, the fence took back only a `working` one's: B stood down as if another worker held
+    the thread, and the follow-up waited for a recovery round, its answer closed and no note."""
+    caplog.set_level(logging.INFO)
+    a = await start_bot("http")
+    b = await start_bot("http", THREAD_LOCK_TTL_SECONDS="1")
+    slack.use_http(f"{a.url}/slack/events")
+    llm.chunk_chars, llm.chunk_delay = 20, 0.05
+    llm.enqueue(SlowFirstToken(2.0), Reply("a long explanation, " * 150))
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> hello")
+    await slack.wait_for(lambda: len(llm.requests) == 1, what="A's answer to the question")
+    slack.use_http(f"{b.url}/slack/events")
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    long_shows = lambda: any("long" in str(c.args) for c in slack.calls_to("chat.startStream"))  # noqa: E731
+    await slack.wait_for(long_shows, timeout=20, what="A's answer to B's follow-up to show")
+    b_id = b.bot.turns.process_id
+    held = asyncio.Event()  # A's beats and renewals, which would take its lock back, never go
+    monkeypatch.setattr(a.bot.store, "beat", _after(held, a.bot.store.beat))
+    monkeypatch.setattr(a.bot.store, "renew_lock", _after(held, a.bot.store.renew_lock))
+    await _until(_a_beat(redis, b_id, await redis.zscore("processes", b_id)))
+    closing = slack.gate("chat.stopStream")  # B closing A's answer, just before its note
+    await redis.flushall()
+    await a.bot.stop(grace_seconds=0)  # A's answer is left showing, cut short
+    await slack.wait_for(lambda: closing.waiting == 1, timeout=20, what="B to close A's answer")
+    renewal_goes = asyncio.Event()
+    monkeypatch.setattr(b.bot.store, "renew_lock", _after(renewal_goes, b.bot.store.renew_lock))
+    lock = f"lock:T1:{CHANNEL}:{root}"
+    await _until(lambda: _state_is(redis, lock, None))  # expired under B: nobody holds it
+    closing.opened.set()
+    noted = lambda: [m["text"] for m in slack.bot_messages(CHANNEL, root)].count(INTERRUPTED)  # noqa: E731
+    stood_down = lambda: "standing down" in caplog.text  # noqa: E731
+    await slack.wait_for(lambda: noted() == 1 or stood_down(), timeout=20, what="B's note")
+    renewal_goes.set()
+    await b.settle()
+    messages = slack.bot_messages(CHANNEL, root)
+    assert not stood_down(), "B stood down, its note not posted"
+    assert noted() == 1, [m["text"][:40] for m in messages]
+    assert _asked(llm, "and staging?") == 1
     assert not [m["ts"] for m in messages if m.get("streaming")], "an answer left streaming"
     assert _errors(caplog) == []
 
