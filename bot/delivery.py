@@ -86,6 +86,12 @@ class FoundAnswer:
 
 
 @dataclass(frozen=True)
+class Noticed:
+    """A notice for the question already in Slack (its block id names it): its turn's outcome,
+    from a process that posted it and died before recording it (see `Delivery.find_answer`)."""
+
+
+@dataclass(frozen=True)
 class QuestionInSlack:
     """What Slack shows of a question: whether it is still there, its text now (as Slack writes
     it), and what the bot posted for it already: an answer (see `FoundAnswer`) or a notice."""
@@ -248,13 +254,14 @@ class Delivery:
                 log.warning("abandoned stream left open error=%s", error_code(error))
             return
 
-    async def find_answer(self, target: Target, bot_user_id: str) -> FoundAnswer | None:
+    async def find_answer(self, target: Target, bot_user_id: str) -> FoundAnswer | Noticed | None:
         """An answer to the target's question already in Slack, from a process that showed it
-        and died before recording that: its last message, found by its buttons' block id; else
-        the start of one cut short, the bot's last message after the question when that has no
-        buttons and is no notice (turns in a thread run one after another, so nothing of this
-        bot's comes after it). None when there is neither, or Slack cannot tell now (the caller
-        answers then). Never raises."""
+        and died before recording that: its last message, found by its buttons' block id; else a
+        notice for the question (`Noticed`: its outcome, the note that an answer was interrupted,
+        say, posted as the answer cut short was closed); else the start of one cut short, the
+        bot's last message after the question when that has no buttons and is no notice (turns
+        in a thread run one after another, so nothing of this bot's comes after it). None when
+        there is none of these, or Slack cannot tell now (the caller answers then). Never raises."""
         try:
             messages, has_more = await self._read_from(target, wait=self.final_wait)
         except CALL_ERRORS as error:
@@ -264,7 +271,10 @@ class Delivery:
                 error_code(error),
             )
             return None
-        return _answer_among(messages, has_more, target.message_ts, bot_user_id)
+        found = _answer_among(messages, has_more, target.message_ts, bot_user_id)
+        if (found is None or not found.complete) and _noticed(messages, target.message_ts):
+            return Noticed()
+        return found
 
     async def look_at_question(
         self, target: Target, bot_user_id: str, *, wait: float
@@ -303,8 +313,7 @@ class Delivery:
             if question is None and has_more and target.thread_ts is None:
                 return None
             return QuestionInSlack(there=False)
-        notice = notice_block_id(target.message_ts)
-        noticed = any(m.get("bot_id") and notice in block_ids(m) for m in messages)
+        noticed = _noticed(messages, target.message_ts)
         answer = _answer_among(messages, has_more, target.message_ts, bot_user_id)
         text = question.get("text")
         return QuestionInSlack(True, text if isinstance(text, str) else None, answer, noticed)
@@ -416,6 +425,12 @@ def _notice_blocks(text: str, block_id: str) -> list[dict[str, Any]] | None:
     if len(text) > SECTION_TEXT_LIMIT:
         return None
     return [{"type": "section", "block_id": block_id, "text": {"type": "mrkdwn", "text": text}}]
+
+
+def _noticed(messages: list[dict[str, Any]], question_ts: str) -> bool:
+    """Whether the bot posted a notice that is the question's outcome among these messages."""
+    notice = notice_block_id(question_ts)
+    return any(m.get("bot_id") and notice in block_ids(m) for m in messages)
 
 
 def _answer_among(

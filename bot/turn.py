@@ -40,6 +40,7 @@ from bot.delivery import (
     DeliveryError,
     Ending,
     LostCallUnsettled,
+    Noticed,
     Reply,
     Target,
     ThinkingSign,
@@ -687,6 +688,13 @@ class TurnRunner:
         # noting it), is looked up only when a post may have happened.
         looked = record.posting or record.answer_ts
         found = await self.delivery.find_answer(target, message.bot_user_id) if looked else None
+        if isinstance(found, Noticed):
+            # Its outcome posted (the note that the answer was interrupted, once the answer was
+            # closed, say) by a process that died before recording it: not posted again.
+            log.info("notice found posted already team=%s channel=%s thread=%s user=%s", *_where(message))
+            if record.sign == "reaction":
+                await self.delivery.clear_sign(target, "reaction")
+            return Progress.of(state="noted")
         if found is not None and not found.complete and found.ts in await self.store.stored_ts(message.key):
             # An earlier turn's answer, shown after this question was asked, that a person
             # stopped (so it has no buttons): not the beginning of this one's.

@@ -816,3 +816,34 @@ async def _state_is(redis: Redis, key: str, state: str | None) -> bool:
     if state is None:
         return not await redis.exists(key)
     return await redis.hget(key, "state") == state
+
+
+async def test_killed_after_posting_the_interrupted_note_before_recording_it_is_not_noted_again(
+    spawn_bot: SpawnBot, start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: Redis
+) -> None:
+    """A process resumes a turn killed mid-stream, closes its answer and posts the note that it
+    was interrupted, and is killed itself as Slack takes the note, before it recorded it. The
+    next process resumes the turn again: the note is there, and is not posted a second time."""
+    first = await spawn_bot()
+    llm.chunk_delay = 0.2  # a long answer, written slowly
+    llm.reply = lambda messages: "A long answer that takes a while to write. " * 20
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> explain everything")
+    await slack.wait_for(lambda: bool(slack.calls_to("chat.startStream")), what="the answer to stream")
+    first.kill()
+    await first.wait()
+
+    llm.chunk_delay = 0.0
+    noting = slack.gate("chat.postMessage", lambda args: INTERRUPTED in str(args), answered=True)
+    second = await spawn_bot()
+    await slack.wait_for(lambda: noting.waiting == 1, timeout=15, what="the second process's note")
+    second.kill()
+    await second.wait()
+    noting.opened.set()
+
+    survivor = await start_bot("http", **FAST_RECOVERY)
+    finished = lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{ts}", "noted")  # noqa: E731
+    await wait_until(finished, "the survivor to finish the turn", within=15)
+    await survivor.settle()
+    texts = [m["text"] for m in slack.bot_messages(CHANNEL, ts)]
+    assert texts.count(INTERRUPTED) == 1, [t[:40] for t in texts]
+    assert len(llm.requests) == 1
