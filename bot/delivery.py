@@ -87,6 +87,12 @@ class FoundAnswer:
 
 
 @dataclass(frozen=True)
+class Noticed:
+    """A notice for the question already in Slack (its block id names it): its turn's outcome,
+    from a process that posted it and died before recording it (see `Delivery.find_answer`)."""
+
+
+@dataclass(frozen=True)
 class QuestionInSlack:
     """What Slack shows of a question: whether it is still there, its text now (as Slack writes
     it), and what the bot posted for it already: an answer (see `FoundAnswer`) or a notice."""
@@ -249,13 +255,14 @@ class Delivery:
                 log.warning("abandoned stream left open error=%s", error_code(error))
             return
 
-    async def find_answer(self, target: Target, bot_user_id: str) -> FoundAnswer | None:
+    async def find_answer(self, target: Target, bot_user_id: str) -> FoundAnswer | Noticed | None:
         """An answer to the target's question already in Slack, from a process that showed it
-        and died before recording that: its last message, found by its buttons' block id; else
-        the start of one cut short, the bot's last message after the question when that has no
-        buttons and is no notice (turns in a thread run one after another, so nothing of this
-        bot's comes after it). None when there is neither, or Slack cannot tell now (the caller
-        answers then). Never raises."""
+        and died before recording that: its last message, found by its buttons' block id; else a
+        notice for the question (`Noticed`: its outcome, the note that an answer was interrupted,
+        say, posted as the answer cut short was closed); else the start of one cut short, the
+        bot's last message after the question when that has no buttons and is no notice (turns
+        in a thread run one after another, so nothing of this bot's comes after it). None when
+        there is none of these, or Slack cannot tell now (the caller answers then). Never raises."""
         try:
             messages, has_more = await self._read_from(target, wait=self.final_wait)
         except CALL_ERRORS as error:
@@ -265,7 +272,10 @@ class Delivery:
                 error_code(error),
             )
             return None
-        return _answer_among(messages, has_more, target.message_ts, bot_user_id)
+        found = _answer_among(messages, has_more, target.message_ts, bot_user_id)
+        if (found is None or not found.complete) and _noticed(messages, target.message_ts):
+            return Noticed()
+        return found
 
     async def look_at_question(
         self, target: Target, bot_user_id: str, *, wait: float
@@ -304,8 +314,7 @@ class Delivery:
             if question is None and has_more and target.thread_ts is None:
                 return None
             return QuestionInSlack(there=False)
-        notice = notice_block_id(target.message_ts)
-        noticed = any(m.get("bot_id") and notice in block_ids(m) for m in messages)
+        noticed = _noticed(messages, target.message_ts)
         answer = _answer_among(messages, has_more, target.message_ts, bot_user_id)
         text = question.get("text")
         return QuestionInSlack(True, text if isinstance(text, str) else None, answer, noticed)
@@ -328,10 +337,13 @@ class Delivery:
         messages = [m for m in response.get("messages") or [] if isinstance(m, dict)]
         return messages, bool(response.get("has_more"))
 
-    async def post_notice(self, target: Target, text: str, *, outcome: bool = True) -> str | None:
-        """A short message from the bot itself (an error, a confirmation). Never raises. A post
-        whose answer was lost is made again only when Slack shows it did not land (found by its
-        block id, which names the question; by its text when it is too long for a block).
+    async def post_notice(
+        self, target: Target, text: str, *, outcome: bool = True, fence: Fence | None = None
+    ) -> str | None:
+        """A short message from the bot itself (an error, a confirmation). Never raises, but
+        LockLost when `fence` no longer holds (as for an answer's post). A post whose answer was
+        lost is made again only when Slack shows it did not land (found by its block id, which
+        names the question; by its text when it is too long for a block).
 
         Not the question's `outcome` (Redis refused the message as it came): marked so, the look
         after a loss (`look_at_question`) does not take it for one."""
@@ -345,6 +357,7 @@ class Delivery:
                     team=target.team,
                     scope=target.channel,
                     wait=self.final_wait,
+                    fence=fence,
                     channel=target.channel,
                     thread_ts=target.thread_ts,
                     text=text,
@@ -413,6 +426,12 @@ def _notice_blocks(text: str, block_id: str) -> list[dict[str, Any]] | None:
     if len(text) > SECTION_TEXT_LIMIT:
         return None
     return [{"type": "section", "block_id": block_id, "text": {"type": "mrkdwn", "text": text}}]
+
+
+def _noticed(messages: list[dict[str, Any]], question_ts: str) -> bool:
+    """Whether the bot posted a notice that is the question's outcome among these messages."""
+    notice = notice_block_id(question_ts)
+    return any(m.get("bot_id") and notice in block_ids(m) for m in messages)
 
 
 def _answer_among(

@@ -1489,9 +1489,11 @@ return 2
 # off; wait ms; active writers}, and when refused, each claim's own wait ms (0: it had room).
 # Time is Redis's own, so processes with skewed clocks still share one window.
 # The fence: a lock held by another token refuses the call; an expired one is taken back while
-# the message's turn is still unfinished (journal state `working`: no worker holds the lock, so
-# none is answering it) and refuses the call once another worker finished it. A call it lets
-# through is noted in the message's journal (`posting`), for recovery to look in Slack first.
+# the message's turn is still unfinished (journal state `working`, or `queued` for a turn that
+# closes an answer shown before it and notes it, as _RENEW_THREAD_LOCK takes it back: no worker
+# holds the lock, so none is answering it) and refuses the call once another worker finished it.
+# A call it lets through is noted in the message's journal (`posting`), for recovery to look in
+# Slack first.
 _RATE_CLAIM = """
 local claims = cjson.decode(ARGV[1])
 local fenced = ARGV[4] and ARGV[4] ~= ''
@@ -1501,7 +1503,7 @@ if fenced then
   if holder ~= ARGV[4] then
     -- No journal at all: Redis lost its data under the turn (see _RENEW_THREAD_LOCK).
     local state = redis.call('HGET', journal, 'state')
-    if holder or (state and state ~= 'working') then return {-1, 0, 0} end
+    if holder or (state and state ~= 'queued' and state ~= 'working') then return {-1, 0, 0} end
     redis.call('SET', lock, ARGV[4], 'PX', ARGV[5])
   end
 end

@@ -40,6 +40,7 @@ from bot.delivery import (
     DeliveryError,
     Ending,
     LostCallUnsettled,
+    Noticed,
     Reply,
     Target,
     ThinkingSign,
@@ -544,8 +545,10 @@ class TurnRunner:
                 held.worker.cancel()
                 if held.message is not None:
                     self._spawn(self.redis_loss.hand_on(held.message, held.shown, held.sign))
-            else:
-                del self._held[key]  # finished and released: nothing left to renew
+            # Else not held, its message finished: by this turn, which lets go of it in a moment,
+            # or by another worker while this one stalled. Kept (looked at again next round)
+            # until the turn lets go: its next post is fenced off by it and stands down, where
+            # without it (`_fence`) the post went unfenced, a second note or answer.
 
     # -- one turn --------------------------------------------------------------------------
 
@@ -625,7 +628,10 @@ class TurnRunner:
                 # Left up by a turn whose delivery was deferred before the loss: settled here.
                 await self.delivery.clear_sign(target_for(message), "reaction")
             if isinstance(looked, CutShort):
-                return await self._interrupted(target_for(message), looked.answer_ts)
+                # Kept for `hand_on` as a resumed answer is: standing down after a further loss,
+                # the next look, under a newer answer, would not find it (the sign is gone).
+                self._shown_before(message, looked.answer_ts, None)
+                return await self._interrupted(message, looked.answer_ts)
             if isinstance(looked, Progress):
                 return looked
             message = looked
@@ -683,6 +689,13 @@ class TurnRunner:
         # noting it), is looked up only when a post may have happened.
         looked = record.posting or record.answer_ts
         found = await self.delivery.find_answer(target, message.bot_user_id) if looked else None
+        if isinstance(found, Noticed):
+            # Its outcome posted (the note that the answer was interrupted, once the answer was
+            # closed, say) by a process that died before recording it: not posted again.
+            log.info("notice found posted already team=%s channel=%s thread=%s user=%s", *_where(message))
+            if record.sign == "reaction":
+                await self.delivery.clear_sign(target, "reaction")
+            return Progress.of(state="noted")
         if found is not None and not found.complete and found.ts in await self.store.stored_ts(message.key):
             # An earlier turn's answer, shown after this question was asked, that a person
             # stopped (so it has no buttons): not the beginning of this one's.
@@ -727,7 +740,7 @@ class TurnRunner:
                 # A long answer's later message, begun unseen (the journal names only its first,
                 # closed as the next began): closed too, or it streams for good.
                 await self.delivery.end_abandoned(target, found.ts)
-            outcome = await self._interrupted(target, shown)
+            outcome = await self._interrupted(message, shown)
         elif record.answer is not None:
             reply = self._reply(message, target)
             reply.write(record.answer)
@@ -741,19 +754,29 @@ class TurnRunner:
         return outcome
 
     def _shown_before(self, message: IncomingMessage, shown: str, sign: str | None) -> None:
-        """The answer's first message, shown before this turn (which resumes it), and the sign
-        left up then: kept with the lock as an answer's own are (`_reply`), for `hand_on` should
-        the turn stand down after Redis lost its data (and the journal that said so)."""
+        """The answer's first message, shown before this turn (which resumes it, or found it
+        cut short in its look), and the sign left up then: kept with the lock as an answer's own
+        are (`_reply`), for `hand_on` should the turn stand down after Redis lost its data (and
+        the journal that said so)."""
         held = self._held.get(message.key)
         if held is not None and held.ts == message.ts:
             held.shown, held.sign = shown, held.sign or sign
 
-    async def _interrupted(self, target: Target, shown: str) -> Progress:
+    async def _interrupted(self, message: IncomingMessage, shown: str) -> Progress:
         """An answer cut short when its process died, or before Redis lost its data: closed,
-        with a note asking the person to ask again."""
+        with a note asking the person to ask again. The note is posted only while this worker
+        holds the thread's lock (else LockLost), as an answer is: one that took the thread over
+        after a further loss resumes the question and notes it, and could not see a note of
+        this worker's that Slack had not shown yet."""
+        target = target_for(message)
         await self.delivery.end_abandoned(target, shown)
-        await self.delivery.post_notice(target, INTERRUPTED)
+        await self.delivery.post_notice(target, INTERRUPTED, fence=self._fence(message))
         return Progress.of(state="noted")
+
+    def _fence(self, message: IncomingMessage) -> Fence | None:
+        """The thread's lock as held here, for a post about `message` to check (`Fence`)."""
+        held = self._held.get(message.key)
+        return Fence(message.key, held.token, message.ts) if held is not None else None
 
     async def _refusal(self, message: IncomingMessage) -> str | None:
         """A short reply instead of a model call: the message is empty or too long. (The abuse
@@ -876,12 +899,11 @@ class TurnRunner:
             await self.store.record_progress(message, answer_ts=ts)
 
         held = self._held.get(message.key)
-        fence = Fence(message.key, held.token, message.ts) if held is not None else None
         return self.delivery.reply(
             target,
             on_visible=visible,
             after=after,
-            fence=fence,
+            fence=self._fence(message),
             stored=lambda: self.store.stored_ts(message.key),
         )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from decimal import Decimal
@@ -18,7 +19,8 @@ from redis.asyncio import Redis
 from bot.llm import REJECTED
 from bot.pipelining import CLOSE_WAIT_SECONDS
 from bot.server import LEAVE_WAIT_SECONDS
-from bot.store import Accepted, IncomingMessage, Store
+from bot.store import Accepted, IncomingMessage, LockRenewal, Store
+from bot.turn import INTERRUPTED
 from tests.bot_process import BotProcess
 from tests.conftest import StartBot, bot_env, free_port, wait_until
 from tests.emulators.openai_api import Gated, Hang, OpenAIEmulator, Status
@@ -943,4 +945,108 @@ async def test_a_stop_while_redis_does_not_answer_does_not_wait_out_the_leave_s_
         took = loop.time() - started
     finally:
         await redis.execute_command("CLIENT", "UNPAUSE")
-    assert took < LEAVE_WAIT_SECONDS + CLOSE_WAIT_SECONDS + 1, took
+    # Not a speed figure: the retries alone took 20 s; the margin is for a loaded machine.
+    assert took < LEAVE_WAIT_SECONDS + CLOSE_WAIT_SECONDS + 7, took
+
+
+async def test_a_holder_whose_message_was_noted_by_another_while_it_stalled_posts_no_second_note(
+    spawn_bot: SpawnBot,
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A resumes a turn killed mid-stream and, closing its answer (Slack slow to answer), stalls
+    past its lock's lifetime: its renewal hangs (Redis out of its reach). B takes the thread,
+    resumes the turn, notes it and lets the lock go. A's renewal then finds the lock free and
+    the message finished (RELEASED), and A goes on to its note. Before, that renewal dropped the
+    lock A's turn still held from its memory, so the note, which looks its fence up there, went
+    unfenced: the note twice. The note's fence now finds the message finished: A stands down."""
+    caplog.set_level(logging.INFO)
+    first = await spawn_bot()
+    llm.chunk_delay = 0.2  # a long answer, written slowly
+    llm.reply = lambda messages: "A long answer that takes a while to write. " * 20
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> explain everything")
+    await slack.wait_for(lambda: bool(slack.calls_to("chat.startStream")), what="the answer to stream")
+    first.kill()
+    await first.wait()
+
+    llm.chunk_delay = 0.0
+    only_the_first = iter([True])
+    closing = slack.gate("chat.stopStream", lambda args: next(only_the_first, False))  # A's
+    a = await start_bot("http", **FAST_RECOVERY)
+    await slack.wait_for(lambda: closing.waiting == 1, timeout=15, what="A to close the answer")
+    renewal_goes, renewed = asyncio.Event(), asyncio.Event()
+    found: list[LockRenewal] = []
+    renew = a.bot.store.renew_lock
+
+    async def stalled_renewal(*args: Any, **kwargs: Any) -> LockRenewal:
+        await renewal_goes.wait()
+        found.append(await renew(*args, **kwargs))
+        renewed.set()
+        return found[-1]
+
+    monkeypatch.setattr(a.bot.store, "renew_lock", stalled_renewal)
+    lock = await _thread_lock(redis)
+    free = lambda: _state_is(redis, lock, None)  # noqa: E731
+    await wait_until(free, "A's lock to expire", within=15)
+
+    b = await start_bot("http", **FAST_RECOVERY)
+    noted = lambda: [m["text"] for m in slack.bot_messages(CHANNEL, ts)].count(INTERRUPTED)  # noqa: E731
+    await slack.wait_for(lambda: noted() == 1, timeout=15, what="B's note")
+    journal = f"turn:T1:{CHANNEL}:{ts}"
+    finished = lambda: _state_is(redis, journal, "noted")  # noqa: E731
+    await wait_until(finished, "B to finish the message", within=15)
+    await wait_until(free, "B to let the lock go", within=15)
+    renewal_goes.set()
+    await wait_until(renewed.is_set, "A's renewal", within=15)
+    assert found[-1] == LockRenewal.RELEASED
+    closing.opened.set()
+    stood_down = lambda: "standing down" in caplog.text  # noqa: E731
+    await slack.wait_for(lambda: noted() > 1 or stood_down(), timeout=15, what="A's note or A standing down")
+    await a.settle()
+    await b.settle()
+    messages = slack.bot_messages(CHANNEL, ts)
+    assert noted() == 1, [m["text"][:40] for m in messages]
+    assert len(llm.requests) == 1
+    assert not [m["ts"] for m in messages if m.get("streaming")], "an answer left streaming"
+
+
+async def _state_is(redis: Redis, key: str, state: str | None) -> bool:
+    """Whether the journal at `key` is in `state`; with None, whether `key` is gone."""
+    if state is None:
+        return not await redis.exists(key)
+    return await redis.hget(key, "state") == state
+
+
+async def test_killed_after_posting_the_interrupted_note_before_recording_it_is_not_noted_again(
+    spawn_bot: SpawnBot, start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: Redis
+) -> None:
+    """A process resumes a turn killed mid-stream, closes its answer and posts the note that it
+    was interrupted, and is killed itself as Slack takes the note, before it recorded it. The
+    next process resumes the turn again: the note is there, and is not posted a second time."""
+    first = await spawn_bot()
+    llm.chunk_delay = 0.2  # a long answer, written slowly
+    llm.reply = lambda messages: "A long answer that takes a while to write. " * 20
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> explain everything")
+    await slack.wait_for(lambda: bool(slack.calls_to("chat.startStream")), what="the answer to stream")
+    first.kill()
+    await first.wait()
+
+    llm.chunk_delay = 0.0
+    noting = slack.gate("chat.postMessage", lambda args: INTERRUPTED in str(args), answered=True)
+    second = await spawn_bot()
+    await slack.wait_for(lambda: noting.waiting == 1, timeout=15, what="the second process's note")
+    second.kill()
+    await second.wait()
+    noting.opened.set()
+
+    survivor = await start_bot("http", **FAST_RECOVERY)
+    finished = lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{ts}", "noted")  # noqa: E731
+    await wait_until(finished, "the survivor to finish the turn", within=15)
+    await survivor.settle()
+    texts = [m["text"] for m in slack.bot_messages(CHANNEL, ts)]
+    assert texts.count(INTERRUPTED) == 1, [t[:40] for t in texts]
+    assert len(llm.requests) == 1

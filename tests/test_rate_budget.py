@@ -73,8 +73,9 @@ async def test_a_new_threads_first_status_is_counted_as_its_message_is_queued(st
 async def test_a_fenced_claim_is_granted_only_to_the_thread_locks_holder(store: Store) -> None:
     """The claim of a post that would show an answer checks its turn's thread lock in the same
     step: held by its token, granted (and the journal notes the post); held by another, refused
-    with nothing taken; expired while the turn is unfinished, taken back and granted; expired
-    after another worker finished the turn, refused."""
+    with nothing taken; expired while the turn is unfinished (queued or working, as its lock's
+    renewal takes it back), taken back and granted; expired after another worker finished the
+    turn, refused."""
     budget = SlackBudget(store, scale=1)
     message = IncomingMessage("T1", "C1", "1.1", "U1", "<@UB> hi", "answer", "1.1", "1.1", "UB")
     assert (await store.accept(message, "mine"))[0] is Accepted.TAKEN
@@ -90,11 +91,15 @@ async def test_a_fenced_claim_is_granted_only_to_the_thread_locks_holder(store: 
     assert await store.redis.get(lock) == "mine"
     assert len(await store.redis.zrange(store.keys.rate_calls("T1:chat.update"), 0, -1)) == 1
 
-    await store.redis.hset(journal, "state", "working")  # as the answer's begin step leaves it
-    await store.redis.delete(lock)
-    await budget.claim([take(budget, "chat.update")], wait=0, fence=mine)
-    assert await store.redis.get(lock) == "mine"
-    assert 0 < await store.redis.pttl(lock) <= store.lock_ttl_ms
+    # `queued`: a turn that closes an answer shown before it (resumed, or found cut short by its
+    # look after a loss) and notes it, no answer of its own begun; `working`: as the answer's
+    # begin step leaves it.
+    for state in ("queued", "working"):
+        await store.redis.hset(journal, "state", state)
+        await store.redis.delete(lock)
+        await budget.claim([take(budget, "chat.update")], wait=0, fence=mine)
+        assert await store.redis.get(lock) == "mine"
+        assert 0 < await store.redis.pttl(lock) <= store.lock_ttl_ms
 
     await store.redis.delete(lock)
     await store.redis.hset(journal, "state", "answered")

@@ -60,7 +60,10 @@ async def _until(condition: Callable[[], Awaitable[bool]], timeout: float = 10.0
         await asyncio.sleep(0.02)
 
 
-async def _state_is(redis: Redis, journal: str, state: str) -> bool:
+async def _state_is(redis: Redis, journal: str, state: str | None) -> bool:
+    """Whether the journal is in `state`; with None, whether the key is gone."""
+    if state is None:
+        return not await redis.exists(journal)
     return await redis.hget(journal, "state") == state
 
 
@@ -941,6 +944,174 @@ async def test_with_several_processes_a_resumed_turn_that_stands_down_after_a_se
     messages = slack.bot_messages(CHANNEL, root)
     assert _asked(llm, "the whole guide please") == 1, [m["text"][:40] for m in messages]
     assert _asked(llm, "and prod?") == 1
+    assert not [m["ts"] for m in messages if m.get("streaming")], "an answer left streaming"
+    assert _errors(caplog) == []
+
+
+async def test_with_several_processes_a_resumed_turn_whose_thread_was_taken_before_its_note_posts_no_note(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As above, A resumes B's question handed on with its answer showing; but Redis loses its
+    data again, and B takes the thread's free lock for a newer follow-up, while A closes that
+    answer, before A posts the note. Before, the note was posted with no look at the lock: A's
+    went out under B's lock, and B, resuming the question A handed on, could not see it (Slack
+    slow to show it) and posted its own: the note twice. A stands down before the note now, as
+    an answer's post does, and B posts it once."""
+    caplog.set_level(logging.INFO)
+    a = await start_bot("http")
+    b = await start_bot("http")  # Slack's events go to B
+    llm.chunk_chars, llm.chunk_delay = 20, 0.05
+    llm.enqueue(Reply("a long explanation, " * 150), SlowFirstToken(2.0), SlowFirstToken(4.0))
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> the whole guide please")
+    await slack.wait_for(lambda: bool(slack.calls_to("chat.startStream")), what="B's answer to show")
+    b_id, a_id = b.bot.turns.process_id, a.bot.turns.process_id
+    await _until(_a_beat(redis, b_id, await redis.zscore("processes", b_id)))
+    await redis.flushall()
+    slack.use_http(f"{a.url}/slack/events")
+    closing = slack.gate("chat.stopStream")  # A closing B's answer, just before its note
+    note = slack.gate("chat.postMessage", lambda args: INTERRUPTED in str(args))  # slow to show
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    await slack.wait_for(lambda: closing.waiting == 1, timeout=20, what="A to resume B's question")
+    await _until(_a_beat(redis, a_id, await redis.zscore("processes", a_id)))
+    b_took_it, turn_again = asyncio.Event(), asyncio.Event()
+    monkeypatch.setattr(a.bot.store, "beat", _after(b_took_it, a.bot.store.beat))
+    monkeypatch.setattr(a.bot.store, "renew_lock", _after(b_took_it, a.bot.store.renew_lock))
+    monkeypatch.setattr(b.bot.store, "beat", _after(turn_again, b.bot.store.beat))
+    await redis.flushall()
+    slack.use_http(f"{b.url}/slack/events")
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and prod?", thread_ts=root)
+    await _until(lambda: _held_by(redis, f"lock:T1:{CHANNEL}:{root}", b_id))
+    closing.opened.set()
+    a_stood_down = lambda: caplog.text.count("standing down") == 2  # noqa: E731
+    await slack.wait_for(lambda: note.waiting == 1 or a_stood_down(), timeout=20, what="A's note")
+    b_took_it.set()
+    resumed_again = lambda: caplog.text.count("resuming interrupted turn") == 2  # noqa: E731
+    await slack.wait_for(resumed_again, timeout=20, what="B to resume the question")
+    await slack.wait_for(lambda: note.waiting >= 1, timeout=20, what="B's note")
+    turn_again.set()
+    note.opened.set()
+    await a.settle()
+    await b.settle()
+    messages = slack.bot_messages(CHANNEL, root)
+    assert [m["text"] for m in messages].count(INTERRUPTED) == 1, [m["text"][:40] for m in messages]
+    assert _asked(llm, "the whole guide please") == 1
+    assert not [m["ts"] for m in messages if m.get("streaming")], "an answer left streaming"
+    assert _errors(caplog) == []
+
+
+async def test_with_several_processes_a_question_found_cut_short_whose_turn_stands_down_is_not_given_again(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A follow-up accepted by B is answered by A, which held the thread: its answer is showing
+    when Redis loses its data and A stops. B queues the follow-up again, to be looked up first;
+    the look finds A's answer cut short, and B closes it. Before B posts the note, Redis loses its
+    data again and C takes the thread's free lock for a newer follow-up: B stands down. Before, it
+    handed the follow-up on without the answer its look had found (`_shown_before` was only for a
+    turn resumed from its journal): C's look, under C's own answer, found nothing, and the
+    follow-up was asked of the model a second time. It is handed on with it now, and noted once."""
+    caplog.set_level(logging.INFO)
+    a = await start_bot("http")
+    b = await start_bot("http")
+    c = await start_bot("http")
+    slack.use_http(f"{a.url}/slack/events")
+    llm.chunk_chars, llm.chunk_delay = 20, 0.05
+    llm.enqueue(SlowFirstToken(2.0), Reply("a long explanation, " * 150), SlowFirstToken(3.0))
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> hello")
+    await slack.wait_for(lambda: len(llm.requests) == 1, what="A's answer to the question")
+    slack.use_http(f"{b.url}/slack/events")
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    long_shows = lambda: any("long" in str(c.args) for c in slack.calls_to("chat.startStream"))  # noqa: E731
+    await slack.wait_for(long_shows, timeout=20, what="A's answer to B's follow-up to show")
+    b_id = b.bot.turns.process_id
+    held = asyncio.Event()  # A's beats and renewals, which would take its lock back, never go
+    monkeypatch.setattr(a.bot.store, "beat", _after(held, a.bot.store.beat))
+    monkeypatch.setattr(a.bot.store, "renew_lock", _after(held, a.bot.store.renew_lock))
+    await _until(_a_beat(redis, b_id, await redis.zscore("processes", b_id)))
+    closing = slack.gate("chat.stopStream")  # B closing A's answer, just before its note
+    await redis.flushall()
+    await a.bot.stop(grace_seconds=0)  # A's answer is left showing, cut short
+    await slack.wait_for(lambda: closing.waiting == 1, timeout=20, what="B to close A's answer")
+    c_took_it = asyncio.Event()
+    monkeypatch.setattr(b.bot.store, "beat", _after(c_took_it, b.bot.store.beat))
+    monkeypatch.setattr(b.bot.store, "renew_lock", _after(c_took_it, b.bot.store.renew_lock))
+    await redis.flushall()
+    slack.use_http(f"{c.url}/slack/events")
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and prod?", thread_ts=root)
+    await _until(lambda: _held_by(redis, f"lock:T1:{CHANNEL}:{root}", c.bot.turns.process_id))
+    closing.opened.set()
+    await slack.wait_for(lambda: "standing down" in caplog.text, timeout=20, what="B to stand down")
+    c_took_it.set()
+    noted = lambda: INTERRUPTED in [m["text"] for m in slack.bot_messages(CHANNEL, root)]  # noqa: E731
+    asked_again = lambda: _asked(llm, "and staging?") > 1  # noqa: E731
+    await slack.wait_for(lambda: noted() or asked_again(), timeout=20, what="the follow-up's turn")
+    await b.settle()
+    await c.settle()
+    messages = slack.bot_messages(CHANNEL, root)
+    assert _asked(llm, "and staging?") == 1, [m["text"][:40] for m in messages]
+    assert [m["text"] for m in messages].count(INTERRUPTED) == 1, [m["text"][:40] for m in messages]
+    assert not [m["ts"] for m in messages if m.get("streaming")], "an answer left streaming"
+    assert _errors(caplog) == []
+
+
+async def test_with_several_processes_an_answer_found_cut_short_is_noted_by_a_turn_whose_lock_expired(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As above, B's look finds A's answer to B's follow-up cut short, and B closes it; then B
+    stalls past its lock's lifetime (its renewal hangs), nobody taking the thread meanwhile. Its
+    note's fence takes the lock back, as its renewal would: the message is unfinished, though
+    its journal (queued again) says `queued`, not `working`, as no answer of B's own began.
+    Before, the fence took back only a `working` one's: B stood down as if another worker held
+    the thread, and the follow-up waited for a recovery round, its answer closed and no note."""
+    caplog.set_level(logging.INFO)
+    a = await start_bot("http")
+    b = await start_bot("http", THREAD_LOCK_TTL_SECONDS="1")
+    slack.use_http(f"{a.url}/slack/events")
+    llm.chunk_chars, llm.chunk_delay = 20, 0.05
+    llm.enqueue(SlowFirstToken(2.0), Reply("a long explanation, " * 150))
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> hello")
+    await slack.wait_for(lambda: len(llm.requests) == 1, what="A's answer to the question")
+    slack.use_http(f"{b.url}/slack/events")
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    long_shows = lambda: any("long" in str(c.args) for c in slack.calls_to("chat.startStream"))  # noqa: E731
+    await slack.wait_for(long_shows, timeout=20, what="A's answer to B's follow-up to show")
+    b_id = b.bot.turns.process_id
+    held = asyncio.Event()  # A's beats and renewals, which would take its lock back, never go
+    monkeypatch.setattr(a.bot.store, "beat", _after(held, a.bot.store.beat))
+    monkeypatch.setattr(a.bot.store, "renew_lock", _after(held, a.bot.store.renew_lock))
+    await _until(_a_beat(redis, b_id, await redis.zscore("processes", b_id)))
+    closing = slack.gate("chat.stopStream")  # B closing A's answer, just before its note
+    await redis.flushall()
+    await a.bot.stop(grace_seconds=0)  # A's answer is left showing, cut short
+    await slack.wait_for(lambda: closing.waiting == 1, timeout=20, what="B to close A's answer")
+    renewal_goes = asyncio.Event()
+    monkeypatch.setattr(b.bot.store, "renew_lock", _after(renewal_goes, b.bot.store.renew_lock))
+    lock = f"lock:T1:{CHANNEL}:{root}"
+    await _until(lambda: _state_is(redis, lock, None))  # expired under B: nobody holds it
+    closing.opened.set()
+    noted = lambda: [m["text"] for m in slack.bot_messages(CHANNEL, root)].count(INTERRUPTED)  # noqa: E731
+    stood_down = lambda: "standing down" in caplog.text  # noqa: E731
+    await slack.wait_for(lambda: noted() == 1 or stood_down(), timeout=20, what="B's note")
+    renewal_goes.set()
+    await b.settle()
+    messages = slack.bot_messages(CHANNEL, root)
+    assert not stood_down(), "B stood down, its note not posted"
+    assert noted() == 1, [m["text"][:40] for m in messages]
+    assert _asked(llm, "and staging?") == 1
     assert not [m["ts"] for m in messages if m.get("streaming")], "an answer left streaming"
     assert _errors(caplog) == []
 
