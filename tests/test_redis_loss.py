@@ -309,6 +309,7 @@ async def test_with_several_processes_a_follow_up_another_answered_is_not_answer
     b = await start_bot("http")  # Slack's events go to B
     first, second = asyncio.Event(), asyncio.Event()
     llm.enqueue(Gated(first), Gated(second))  # each answer in flight until the test is ready
+    llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await llm.wait_for_requests(1)
     slack.use_http(f"{a.url}/slack/events")
@@ -2248,12 +2249,16 @@ async def test_an_answer_in_flight_at_a_loss_whose_delivery_is_deferred_after_it
     the loss: nothing retries it unless it is queued again."""
     caplog.set_level(logging.INFO)
     running = await start_bot("http")
-    llm.enqueue(SlowFirstToken(3))
+    thought = asyncio.Event()
+    llm.enqueue(Gated(thought))  # the model thinks until the loss is acted on (not for 3 s)
+    llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted
     slack.fail_next("chat.postMessage", error="internal_error", status=503, times=3)
     asked = await slack.post_user_message(DM, "why is api-prod red?")
     await llm.wait_for_requests(1)
     await redis.flushall()
     await slack.wait_for(lambda: "waiting messages to queue again" in caplog.text, what="the loss acted on")
+    assert "answer delivery deferred" not in caplog.text  # the answer not ready yet
+    thought.set()
     await slack.wait_for(lambda: "answer delivery deferred" in caplog.text, timeout=10, what="the deferral")
     slack.clear_faults()
     await slack.wait_for(lambda: bool(slack.bot_messages(DM, "top")), timeout=30, what="the answer")
