@@ -195,11 +195,13 @@ async def test_a_redis_restarted_without_its_data_mid_turn_leaves_no_question_un
     server.start()
     try:
         running = await start_bot("http", REDIS_URL=server.url)
-        llm.enqueue(SlowFirstToken(3.0))
+        thought = asyncio.Event()
+        llm.enqueue(Gated(thought))  # the model thinks until Redis is back, empty (not for 3 s)
         ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> and what now?")
         await llm.wait_for_requests(1)
         server.kill()
         server.start()
+        thought.set()
         [answer] = await slack.wait_for_bot_messages(CHANNEL, ts, count=1, timeout=15)
         await running.settle()
         assert answer["text"] == "Answer: ann: and what now?"
@@ -1621,10 +1623,12 @@ async def test_a_thread_read_back_after_a_loss_is_merged_with_what_was_stored_si
     caplog.set_level(logging.INFO)
     a = await start_bot("http")
     b = await start_bot("http")  # Slack's events go to B
-    llm.enqueue(SlowFirstToken(1.0))
+    thought = asyncio.Event()
+    llm.enqueue(Gated(thought))  # B's answer in flight until the loss (not a 1 s first token)
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await llm.wait_for_requests(1)
     await redis.flushall()
+    thought.set()
     await slack.wait_for_bot_messages(CHANNEL, root, count=1)
     await b.settle()
     slack.use_http(f"{a.url}/slack/events")
