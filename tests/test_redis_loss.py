@@ -19,10 +19,11 @@ from redis.asyncio import Redis
 
 from bot.context import EARLIER_UNREAD_NOTE
 from bot.formatting import SlackMarkdown
+from bot.rate_limit import SlackBudget
 from bot.redis_loss import RedisLossRecovery
 from bot.store import Accepted, IncomingMessage, LockRenewal, Store, ThreadKey, Turn
 from bot.turn import DELIVERY_FAILED, INTERRUPTED, STORE_UNAVAILABLE, TURN_FAILED
-from tests.conftest import RunningBot, StartBot
+from tests.conftest import RATE_SCALE, RunningBot, StartBot
 from tests.emulators.openai_api import Gated, OpenAIEmulator, Reply, SlowFirstToken, Status
 from tests.emulators.slack import SlackEmulator
 from tests.redis_server import RedisServer
@@ -395,6 +396,17 @@ async def test_with_several_processes_a_follow_up_another_is_answering_at_the_lo
     slack.use_http(f"{a.url}/slack/events")
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
     signing = slack.gate("assistant.threads.setStatus", status="is thinking…")  # the answer waits for it
+    # B's sign for the follow-up needs a free setStatus slot in the thread (a sign without one is
+    # skipped, and the gate never waited for): B's first answer goes on once the first sign's slot
+    # is free again (its calls' key expires with the window), not while a quick run is within it.
+    budget = SlackBudget(b.bot.store, scale=RATE_SCALE)
+    signs = budget.bucket("T1", "assistant.threads.setStatus", f"{CHANNEL}:{root}")
+    sign_slot = b.bot.store.keys.rate_calls(signs.name)
+
+    async def sign_slot_free() -> bool:
+        return not await redis.exists(sign_slot)
+
+    await _until(sign_slot_free)
     answered.set()
     await slack.wait_for(lambda: signing.waiting > 0, what="B's turn on the follow-up")
     await redis.flushall()
