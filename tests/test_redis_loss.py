@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, cast
 
@@ -776,10 +777,12 @@ async def test_a_reset_sent_while_the_answer_before_it_was_written_holds_after_a
     first = await slack.post_user_message(channel, mention + "my password is hunter2")
     thread = None if where == "dm" else first
     await llm.wait_for_requests(1)  # the answer is being written
-    await slack.post_user_message(channel, mention + "reset", thread_ts=thread)
-    await slack.wait_for_bot_messages(channel, thread or "top", count=1)  # the reset's reply
+    # Taken once its delivery is answered; it waits behind the answer (its reply comes after it).
+    reset = await slack.post_user_message(channel, mention + "reset", thread_ts=thread)
+    assert not slack.bot_messages(channel, thread or "top")  # the answer still being written
     written.set()
-    await slack.wait_for_bot_messages(channel, thread or "top", count=2)
+    answer, _ = await slack.wait_for_bot_messages(channel, thread or "top", count=2)
+    assert answer["text"].startswith("Answer: ") and Decimal(reset) < Decimal(answer["ts"])  # after the reset
     await running.settle()
     await redis.flushall()
     await slack.wait_for(lambda: FORGOT in caplog.text, what="the loss to be noticed")
