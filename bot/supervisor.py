@@ -183,7 +183,8 @@ class Supervisor:
             os.close(write_end)
         try:
             # One byte once it serves; end of file if it exits first.
-            if not await self._unless_stopped(asyncio.to_thread(os.read, read_end, 1), process):
+            serving = asyncio.to_thread(os.read, read_end, 1)
+            if not await self._unless_stopped(serving, process, index, before_serving=True):
                 await process.wait()
         finally:
             os.close(read_end)
@@ -195,7 +196,7 @@ class Supervisor:
             if process is None:
                 process = await self._spawn(index)
             started = asyncio.get_running_loop().time()
-            status = await self._unless_stopped(process.wait(), process)
+            status = await self._unless_stopped(process.wait(), process, index)
             pid, process = process.pid, None
             if self._stopping.is_set():
                 return
@@ -225,14 +226,27 @@ class Supervisor:
             # stopped as it finished starting. It finishes its answers and exits; wait for that.
             await process.wait()
 
-    async def _unless_stopped(self, work: Awaitable[T], process: asyncio.subprocess.Process) -> T:
-        """`work`'s result. A stop that comes first is passed on to `process` (it finishes its
-        answers in flight, SHUTDOWN_GRACE_SECONDS, and exits), and `work` is still awaited."""
+    async def _unless_stopped(
+        self,
+        work: Awaitable[T],
+        process: asyncio.subprocess.Process,
+        index: int,
+        *,
+        before_serving: bool = False,
+    ) -> T:
+        """`work`'s result. A stop that comes first is passed on to `process`, bot process
+        `index` + 1 (it finishes its answers in flight, SHUTDOWN_GRACE_SECONDS, and exits), and
+        `work` is still awaited. Said in the log: which process was told, and whether it did not
+        serve yet (it finishes starting first)."""
         working = asyncio.ensure_future(work)
         stopping = asyncio.ensure_future(self._stopping.wait())
         await asyncio.wait((working, stopping), return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
         if not working.done():
+            log.info(
+                "passing the stop on to bot process %d (pid %d)%s",
+                index + 1, process.pid, ", which does not serve yet" if before_serving else "",
+            )  # fmt: skip
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
         return await working

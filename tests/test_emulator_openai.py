@@ -20,14 +20,17 @@ All of these derive from openai.APIError; the status ones from openai.APIStatusE
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 
+import aiohttp
 import openai
 import pytest
 
 from tests.emulators.openai_api import (
     Disconnect,
+    Gated,
     Hang,
     OpenAIEmulator,
     Reply,
@@ -239,6 +242,47 @@ async def test_stalled_stream_times_out_while_iterating(emulator: OpenAIEmulator
         with pytest.raises(openai.APITimeoutError):
             async for _ in stream:
                 pass
+
+
+async def test_gated_holds_the_first_content_until_opened_and_keeps_the_stream_alive(
+    emulator: OpenAIEmulator,
+) -> None:
+    """Held, the stream sends keep-alive comments and no content: a client whose read timeout is
+    shorter than the hold still gets the whole answer once the gate opens."""
+    opened = asyncio.Event()
+    emulator.enqueue(Gated(opened, text="held answer"))
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(sock_read=1.5)) as session,
+        session.post(
+            f"{emulator.base_url}/chat/completions",
+            json={"model": "m", "messages": MESSAGES, "stream": True},
+            headers={"Authorization": f"Bearer {emulator.api_key}"},
+        ) as response,
+    ):
+        held: list[bytes] = []
+        while held.count(b": keep-alive") < 2:  # held over 2 s, past the client's read timeout
+            held.append((await response.content.readline()).strip())
+        opened.set()
+        rest = (await response.content.read()).splitlines()
+
+    def contents(lines: list[bytes]) -> list[str]:
+        events = [json.loads(line.removeprefix(b"data: ")) for line in lines if line.startswith(b"data: {")]
+        return [event["choices"][0]["delta"].get("content") or "" for event in events if event["choices"]]
+
+    assert contents(held) == [""]  # the role chunk only: no content while held
+    assert "".join(contents(rest)) == "held answer"
+    assert b"data: [DONE]" in rest
+
+
+async def test_a_gate_never_opened_does_not_hold_up_stop(emulator: OpenAIEmulator) -> None:
+    emulator.enqueue(Gated(asyncio.Event()))
+    impatient = openai.AsyncOpenAI(base_url=emulator.base_url, api_key="sk-test-key", max_retries=0)
+    async with impatient:
+        reading = asyncio.create_task(collect(impatient))
+        await emulator.wait_for_requests(1)
+        await emulator.stop()  # cuts the held answer, as it does a Hang
+        with pytest.raises(openai.APIConnectionError):
+            await reading
 
 
 async def test_connection_refused(emulator: OpenAIEmulator) -> None:

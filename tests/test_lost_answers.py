@@ -142,7 +142,10 @@ async def test_a_lost_start_not_carried_out_is_not_taken_for_an_earlier_answer(
     q2 = await slack.post_user_message(CHANNEL, "and the export?", thread_ts=root)
     a1_start.opened.set()
     await slack.wait_for(lambda: len(slack.calls_to("chat.startStream")) == 1)
-    assert Decimal(q2) < Decimal(slack.bot_messages(CHANNEL, root)[0]["ts"])  # Q2 older than A1
+    # That start is A1's (one answer shown: A1 was not posted whole, before A2 started), and Q2 is
+    # older than A1.
+    [a1] = slack.bot_messages(CHANNEL, root)
+    assert Decimal(q2) < Decimal(a1["ts"])
     slack.fail_next("chat.startStream", drop=True)  # A2's start never reaches Slack
     await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
     await bot.settle()

@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,10 +20,11 @@ from redis.asyncio import Redis
 
 from bot.context import EARLIER_UNREAD_NOTE
 from bot.formatting import SlackMarkdown
+from bot.rate_limit import SlackBudget
 from bot.redis_loss import RedisLossRecovery
 from bot.store import Accepted, IncomingMessage, LockRenewal, Store, ThreadKey, Turn
 from bot.turn import DELIVERY_FAILED, INTERRUPTED, STORE_UNAVAILABLE, TURN_FAILED
-from tests.conftest import RunningBot, StartBot
+from tests.conftest import RATE_SCALE, RunningBot, StartBot
 from tests.emulators.openai_api import Gated, OpenAIEmulator, Reply, SlowFirstToken, Status
 from tests.emulators.slack import SlackEmulator
 from tests.redis_server import RedisServer
@@ -198,11 +200,13 @@ async def test_a_redis_restarted_without_its_data_mid_turn_leaves_no_question_un
     server.start()
     try:
         running = await start_bot("http", REDIS_URL=server.url)
-        llm.enqueue(SlowFirstToken(3.0))
+        thought = asyncio.Event()
+        llm.enqueue(Gated(thought))  # the model thinks until Redis is back, empty (not for 3 s)
         ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> and what now?")
         await llm.wait_for_requests(1)
         server.kill()
         server.start()
+        thought.set()
         [answer] = await slack.wait_for_bot_messages(CHANNEL, ts, count=1, timeout=15)
         await running.settle()
         assert answer["text"] == "Answer: ann: and what now?"
@@ -312,6 +316,7 @@ async def test_with_several_processes_a_follow_up_another_answered_is_not_answer
     b = await start_bot("http")  # Slack's events go to B
     first, second = asyncio.Event(), asyncio.Event()
     llm.enqueue(Gated(first), Gated(second))  # each answer in flight until the test is ready
+    llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await llm.wait_for_requests(1)
     slack.use_http(f"{a.url}/slack/events")
@@ -395,6 +400,17 @@ async def test_with_several_processes_a_follow_up_another_is_answering_at_the_lo
     slack.use_http(f"{a.url}/slack/events")
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
     signing = slack.gate("assistant.threads.setStatus", status="is thinking…")  # the answer waits for it
+    # B's sign for the follow-up needs a free setStatus slot in the thread (a sign without one is
+    # skipped, and the gate never waited for): B's first answer goes on once the first sign's slot
+    # is free again (its calls' key expires with the window), not while a quick run is within it.
+    budget = SlackBudget(b.bot.store, scale=RATE_SCALE)
+    signs = budget.bucket("T1", "assistant.threads.setStatus", f"{CHANNEL}:{root}")
+    sign_slot = b.bot.store.keys.rate_calls(signs.name)
+
+    async def sign_slot_free() -> bool:
+        return not await redis.exists(sign_slot)
+
+    await _until(sign_slot_free)
     answered.set()
     await slack.wait_for(lambda: signing.waiting > 0, what="B's turn on the follow-up")
     await redis.flushall()
@@ -764,10 +780,12 @@ async def test_a_reset_sent_while_the_answer_before_it_was_written_holds_after_a
     first = await slack.post_user_message(channel, mention + "my password is hunter2")
     thread = None if where == "dm" else first
     await llm.wait_for_requests(1)  # the answer is being written
-    await slack.post_user_message(channel, mention + "reset", thread_ts=thread)
-    await slack.wait_for_bot_messages(channel, thread or "top", count=1)  # the reset's reply
+    # Taken once its delivery is answered; it waits behind the answer (its reply comes after it).
+    reset = await slack.post_user_message(channel, mention + "reset", thread_ts=thread)
+    assert not slack.bot_messages(channel, thread or "top")  # the answer still being written
     written.set()
-    await slack.wait_for_bot_messages(channel, thread or "top", count=2)
+    answer, _ = await slack.wait_for_bot_messages(channel, thread or "top", count=2)
+    assert answer["text"].startswith("Answer: ") and Decimal(reset) < Decimal(answer["ts"])  # after the reset
     await running.settle()
     await redis.flushall()
     await slack.wait_for(lambda: FORGOT in caplog.text, what="the loss to be noticed")
@@ -1791,10 +1809,12 @@ async def test_a_thread_read_back_after_a_loss_is_merged_with_what_was_stored_si
     caplog.set_level(logging.INFO)
     a = await start_bot("http")
     b = await start_bot("http")  # Slack's events go to B
-    llm.enqueue(SlowFirstToken(1.0))
+    thought = asyncio.Event()
+    llm.enqueue(Gated(thought))  # B's answer in flight until the loss (not a 1 s first token)
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await llm.wait_for_requests(1)
     await redis.flushall()
+    thought.set()
     await slack.wait_for_bot_messages(CHANNEL, root, count=1)
     await b.settle()
     slack.use_http(f"{a.url}/slack/events")
@@ -2503,12 +2523,16 @@ async def test_an_answer_in_flight_at_a_loss_whose_delivery_is_deferred_after_it
     the loss: nothing retries it unless it is queued again."""
     caplog.set_level(logging.INFO)
     running = await start_bot("http")
-    llm.enqueue(SlowFirstToken(3))
+    thought = asyncio.Event()
+    llm.enqueue(Gated(thought))  # the model thinks until the loss is acted on (not for 3 s)
+    llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted
     slack.fail_next("chat.postMessage", error="internal_error", status=503, times=3)
     asked = await slack.post_user_message(DM, "why is api-prod red?")
     await llm.wait_for_requests(1)
     await redis.flushall()
     await slack.wait_for(lambda: "waiting messages to queue again" in caplog.text, what="the loss acted on")
+    assert "answer delivery deferred" not in caplog.text  # the answer not ready yet
+    thought.set()
     await slack.wait_for(lambda: "answer delivery deferred" in caplog.text, timeout=10, what="the deferral")
     slack.clear_faults()
     await slack.wait_for(lambda: bool(slack.bot_messages(DM, "top")), timeout=30, what="the answer")

@@ -41,6 +41,9 @@ __all__ = [
 ]
 
 MODEL_ID = "gpt-4o-mini"
+# While a Gated answer is held, an SSE comment goes out this often: a client's read timeout (the
+# bot's is LLM_TIMEOUT_SECONDS, 5 s in the tests) must not end the request and retry it.
+KEEP_ALIVE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,11 @@ class SlowFirstToken:
 @dataclass(frozen=True)
 class Gated:
     """Hold the first content chunk until `opened` is set (headers go out at once): an answer in
-    flight for as long as the test needs, not for a guessed time a loaded machine outlasts."""
+    flight for as long as the test needs, not for a guessed time a loaded machine outlasts.
+    Streamed, it sends a keep-alive comment every KEEP_ALIVE_SECONDS meanwhile, as servers do
+    while a model thinks: silent, it would last only until the client's read timeout, and the
+    client's retry would get a plain reply at once (the test's step then not amid the answer).
+    Not streamed, nothing can go out before the answer: it holds only that long."""
 
     opened: asyncio.Event
     text: str | None = None
@@ -206,6 +213,17 @@ def _content_text(content: Any) -> str:
             part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text"
         )
     return ""
+
+
+async def _held(gate: asyncio.Event, response: web.StreamResponse) -> None:
+    """Wait until `gate` is set, writing an SSE keep-alive comment every KEEP_ALIVE_SECONDS (a
+    client gone away ends the wait: the write raises ConnectionError)."""
+    while not gate.is_set():
+        try:
+            async with asyncio.timeout(KEEP_ALIVE_SECONDS):
+                await gate.wait()
+        except TimeoutError:
+            await response.write(b": keep-alive\n\n")
 
 
 def _tokens(chars: int) -> int:
@@ -420,7 +438,7 @@ class OpenAIEmulator:
         try:
             await send(choice({"role": "assistant", "content": "", "refusal": None}))
             if plan.gate is not None:
-                await plan.gate.wait()
+                await _held(plan.gate, response)
             for index, piece in enumerate(pieces):
                 if index == plan.drop_after:
                     return self._drop(request, response)
