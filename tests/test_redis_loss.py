@@ -842,8 +842,9 @@ async def test_with_several_processes_an_answer_shown_as_its_turn_stands_down_af
     a = await start_bot("http")
     b = await start_bot("http")  # Slack's events go to B
     llm.chunk_chars, llm.chunk_delay = 20, 0.05
-    # Some 3,000 characters, 7 s of streaming; the follow-up's answer takes a while to start.
-    llm.enqueue(Reply("a long explanation, " * 150), SlowFirstToken(2.0))
+    # Some 3,000 characters, 7 s of streaming; the follow-up's answer waits until B has stood down.
+    stood_down = asyncio.Event()
+    llm.enqueue(Reply("a long explanation, " * 150), Gated(stood_down))
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> the whole guide please")
     await slack.wait_for(lambda: bool(slack.calls_to("chat.startStream")), what="B's answer to show")
     # Just after B's beat: its next, which would take its lock back, is a second away, and the
@@ -854,6 +855,7 @@ async def test_with_several_processes_an_answer_shown_as_its_turn_stands_down_af
     slack.use_http(f"{a.url}/slack/events")
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
     await slack.wait_for(lambda: "standing down" in caplog.text, what="B to stand down")
+    stood_down.set()
     await slack.wait_for(
         lambda: len(slack.bot_messages(CHANNEL, root)) >= 3, timeout=20, what="the turns to end"
     )
@@ -882,8 +884,10 @@ async def test_with_several_processes_a_question_handed_on_with_its_answer_showi
     a = await start_bot("http")
     b = await start_bot("http")  # Slack's events go to B
     llm.chunk_chars, llm.chunk_delay = 20, 0.05
-    # The follow-up's answer streams too: only the note is posted with chat.postMessage.
-    llm.enqueue(Reply("a long explanation, " * 150), SlowFirstToken(2.0, "staging is fine, " * 20))
+    # The follow-up's answer streams too: only the note is posted with chat.postMessage. It waits
+    # until B has stood down.
+    stood_down = asyncio.Event()
+    llm.enqueue(Reply("a long explanation, " * 150), Gated(stood_down, "staging is fine, " * 20))
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> the whole guide please")
     await slack.wait_for(lambda: bool(slack.calls_to("chat.startStream")), what="B's answer to show")
     b_id = b.bot.turns.process_id
@@ -893,6 +897,7 @@ async def test_with_several_processes_a_question_handed_on_with_its_answer_showi
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
     await slack.wait_for(lambda: "standing down" in caplog.text, what="B to stand down")
     slack.fail_next("chat.postMessage", times=5)  # the note that it was interrupted
+    stood_down.set()
     await _until(lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{root}", "noted"), timeout=20)
     await a.settle()
     await b.settle()
