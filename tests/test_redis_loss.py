@@ -1157,7 +1157,8 @@ async def test_with_several_processes_a_question_handed_on_and_noted_before_a_se
     a = await start_bot("http")
     b = await start_bot("http")  # Slack's events go to B
     llm.chunk_chars, llm.chunk_delay = 20, 0.05
-    llm.enqueue(Reply("a long explanation, " * 150), SlowFirstToken(2.0))
+    stood_down = asyncio.Event()  # the follow-up's answer waits until B has stood down
+    llm.enqueue(Reply("a long explanation, " * 150), Gated(stood_down))
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> the whole guide please")
     await slack.wait_for(lambda: bool(slack.calls_to("chat.startStream")), what="B's answer to show")
     b_id = b.bot.turns.process_id
@@ -1166,6 +1167,8 @@ async def test_with_several_processes_a_question_handed_on_and_noted_before_a_se
     slack.use_http(f"{a.url}/slack/events")
     note = slack.gate("chat.postMessage", lambda args: INTERRUPTED in str(args))
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    await slack.wait_for(lambda: "standing down" in caplog.text, what="B to stand down")
+    stood_down.set()
     await slack.wait_for(lambda: note.waiting == 1, timeout=20, what="A to resume B's question")
     # Just after B's beat, A finishes the question, and Redis loses its data again.
     await _until(_a_beat(redis, b_id, await redis.zscore("processes", b_id)))
