@@ -1334,7 +1334,8 @@ async def test_with_several_processes_a_dm_question_whose_turn_stood_down_after_
     a = await start_bot("http")
     b = await start_bot("http")  # Slack's events go to B
     llm.chunk_chars, llm.chunk_delay = 20, 0.05
-    llm.enqueue(Reply("a long explanation, " * 150), SlowFirstToken(2.0))
+    stood_down = asyncio.Event()  # the follow-up's answer waits until B has stood down
+    llm.enqueue(Reply("a long explanation, " * 150), Gated(stood_down))
     asked = await slack.post_user_message(DM, "the whole guide please")
     await slack.wait_for(lambda: bool(slack.bot_messages(DM, "top")), what="B's answer to show")
     assert (slack.message(DM, asked) or {}).get("reactions"), "no reaction to take away"
@@ -1344,6 +1345,7 @@ async def test_with_several_processes_a_dm_question_whose_turn_stood_down_after_
     slack.use_http(f"{a.url}/slack/events")
     await slack.post_user_message(DM, "and staging?")
     await slack.wait_for(lambda: "standing down" in caplog.text, what="B to stand down")
+    stood_down.set()
     await slack.wait_for(lambda: INTERRUPTED in [m["text"] for m in slack.bot_messages(DM, "top")],
                          timeout=20, what="the begun answer to be closed")  # fmt: skip
     await a.settle()
