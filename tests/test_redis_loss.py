@@ -1051,11 +1051,15 @@ async def test_with_several_processes_a_question_found_cut_short_whose_turn_stan
     c = await start_bot("http")
     slack.use_http(f"{a.url}/slack/events")
     llm.chunk_chars, llm.chunk_delay = 20, 0.05
-    llm.enqueue(SlowFirstToken(2.0), Reply("a long explanation, " * 150), SlowFirstToken(3.0))
+    queued = asyncio.Event()  # A answers the question until B has queued the follow-up
+    stood_down = asyncio.Event()  # C answers the newer follow-up until B has stood down
+    llm.enqueue(Gated(queued), Reply("a long explanation, " * 150), Gated(stood_down))
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> hello")
     await slack.wait_for(lambda: len(llm.requests) == 1, what="A's answer to the question")
     slack.use_http(f"{b.url}/slack/events")
-    await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    follow_up = await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    await _until(lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{follow_up}", "queued"))
+    queued.set()
     long_shows = lambda: any("long" in str(c.args) for c in slack.calls_to("chat.startStream"))  # noqa: E731
     await slack.wait_for(long_shows, timeout=20, what="A's answer to B's follow-up to show")
     b_id = b.bot.turns.process_id
@@ -1077,6 +1081,7 @@ async def test_with_several_processes_a_question_found_cut_short_whose_turn_stan
     closing.opened.set()
     await slack.wait_for(lambda: "standing down" in caplog.text, timeout=20, what="B to stand down")
     c_took_it.set()
+    stood_down.set()
     noted = lambda: INTERRUPTED in [m["text"] for m in slack.bot_messages(CHANNEL, root)]  # noqa: E731
     asked_again = lambda: _asked(llm, "and staging?") > 1  # noqa: E731
     await slack.wait_for(lambda: noted() or asked_again(), timeout=20, what="the follow-up's turn")
@@ -1108,11 +1113,14 @@ async def test_with_several_processes_an_answer_found_cut_short_is_noted_by_a_tu
     b = await start_bot("http", THREAD_LOCK_TTL_SECONDS="1")
     slack.use_http(f"{a.url}/slack/events")
     llm.chunk_chars, llm.chunk_delay = 20, 0.05
-    llm.enqueue(SlowFirstToken(2.0), Reply("a long explanation, " * 150))
+    queued = asyncio.Event()  # A answers the question until B has queued the follow-up
+    llm.enqueue(Gated(queued), Reply("a long explanation, " * 150))
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> hello")
     await slack.wait_for(lambda: len(llm.requests) == 1, what="A's answer to the question")
     slack.use_http(f"{b.url}/slack/events")
-    await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    follow_up = await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    await _until(lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{follow_up}", "queued"))
+    queued.set()
     long_shows = lambda: any("long" in str(c.args) for c in slack.calls_to("chat.startStream"))  # noqa: E731
     await slack.wait_for(long_shows, timeout=20, what="A's answer to B's follow-up to show")
     b_id = b.bot.turns.process_id
