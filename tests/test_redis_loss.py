@@ -936,8 +936,10 @@ async def test_with_several_processes_a_resumed_turn_that_stands_down_after_a_se
     a = await start_bot("http")
     b = await start_bot("http")  # Slack's events go to B
     llm.chunk_chars, llm.chunk_delay = 20, 0.05
-    # The newer follow-up's answer takes long enough to start for A's lock renewal to find it.
-    llm.enqueue(Reply("a long explanation, " * 150), SlowFirstToken(2.0), SlowFirstToken(4.0))
+    # The follow-up's answer waits until B has stood down; the newer follow-up's until A has, its
+    # lock renewal finding B's lock.
+    b_stood_down, a_stood_down = asyncio.Event(), asyncio.Event()
+    llm.enqueue(Reply("a long explanation, " * 150), Gated(b_stood_down), Gated(a_stood_down))
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> the whole guide please")
     await slack.wait_for(lambda: bool(slack.calls_to("chat.startStream")), what="B's answer to show")
     b_id, a_id = b.bot.turns.process_id, a.bot.turns.process_id
@@ -946,6 +948,8 @@ async def test_with_several_processes_a_resumed_turn_that_stands_down_after_a_se
     slack.use_http(f"{a.url}/slack/events")
     note = slack.gate("chat.postMessage", lambda args: INTERRUPTED in str(args))
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    await slack.wait_for(lambda: "standing down" in caplog.text, what="B to stand down")
+    b_stood_down.set()
     await slack.wait_for(lambda: note.waiting == 1, timeout=20, what="A to resume B's question")
     await _until(_a_beat(redis, a_id, await redis.zscore("processes", a_id)))
     # A's next beat or renewal, which would take its lock back, waits for B to take it; B's beats
@@ -959,6 +963,8 @@ async def test_with_several_processes_a_resumed_turn_that_stands_down_after_a_se
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and prod?", thread_ts=root)
     await _until(lambda: _held_by(redis, f"lock:T1:{CHANNEL}:{root}", b_id))
     b_took_it.set()
+    await slack.wait_for(lambda: caplog.text.count("standing down") == 2, timeout=20, what="A to stand down")
+    a_stood_down.set()
     resumed_again = lambda: caplog.text.count("resuming interrupted turn") == 2  # noqa: E731
     asked_again = lambda: _asked(llm, "the whole guide please") > 1  # noqa: E731
     await slack.wait_for(lambda: resumed_again() or asked_again(), timeout=20, what="the question's turn")
