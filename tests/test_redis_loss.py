@@ -998,7 +998,9 @@ async def test_with_several_processes_a_resumed_turn_whose_thread_was_taken_befo
     a = await start_bot("http")
     b = await start_bot("http")  # Slack's events go to B
     llm.chunk_chars, llm.chunk_delay = 20, 0.05
-    llm.enqueue(Reply("a long explanation, " * 150), SlowFirstToken(2.0), SlowFirstToken(4.0))
+    # The follow-up's answer waits until B has stood down; the newer follow-up's until A has.
+    b_stood_down, a_stood_down = asyncio.Event(), asyncio.Event()
+    llm.enqueue(Reply("a long explanation, " * 150), Gated(b_stood_down), Gated(a_stood_down))
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> the whole guide please")
     await slack.wait_for(lambda: bool(slack.calls_to("chat.startStream")), what="B's answer to show")
     b_id, a_id = b.bot.turns.process_id, a.bot.turns.process_id
@@ -1008,6 +1010,8 @@ async def test_with_several_processes_a_resumed_turn_whose_thread_was_taken_befo
     closing = slack.gate("chat.stopStream")  # A closing B's answer, just before its note
     note = slack.gate("chat.postMessage", lambda args: INTERRUPTED in str(args))  # slow to show
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    await slack.wait_for(lambda: "standing down" in caplog.text, what="B to stand down")
+    b_stood_down.set()
     await slack.wait_for(lambda: closing.waiting == 1, timeout=20, what="A to resume B's question")
     await _until(_a_beat(redis, a_id, await redis.zscore("processes", a_id)))
     b_took_it, turn_again = asyncio.Event(), asyncio.Event()
@@ -1019,8 +1023,9 @@ async def test_with_several_processes_a_resumed_turn_whose_thread_was_taken_befo
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and prod?", thread_ts=root)
     await _until(lambda: _held_by(redis, f"lock:T1:{CHANNEL}:{root}", b_id))
     closing.opened.set()
-    a_stood_down = lambda: caplog.text.count("standing down") == 2  # noqa: E731
-    await slack.wait_for(lambda: note.waiting == 1 or a_stood_down(), timeout=20, what="A's note")
+    a_stands_down = lambda: caplog.text.count("standing down") == 2  # noqa: E731
+    await slack.wait_for(lambda: note.waiting == 1 or a_stands_down(), timeout=20, what="A's note")
+    a_stood_down.set()
     b_took_it.set()
     resumed_again = lambda: caplog.text.count("resuming interrupted turn") == 2  # noqa: E731
     await slack.wait_for(resumed_again, timeout=20, what="B to resume the question")
