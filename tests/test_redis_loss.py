@@ -507,13 +507,16 @@ async def test_with_several_processes_a_turn_whose_lock_a_new_follow_up_took_aft
     caplog.set_level(logging.INFO)
     a = await start_bot("http")
     b = await start_bot("http")  # Slack's events go to B
-    llm.enqueue(SlowFirstToken(2.0), SlowFirstToken(2.0))
+    noticed = asyncio.Event()  # B's answer, and A's to the follow-up, until both noticed the loss
+    llm.enqueue(Gated(noticed), Gated(noticed))
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await llm.wait_for_requests(1)
     await redis.flushall()
     slack.use_http(f"{a.url}/slack/events")
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
     await slack.wait_for(lambda: caplog.text.count(FORGOT) >= 2, what="both processes to notice the loss")
+    await slack.wait_for(lambda: "standing down" in caplog.text, what="B to stand down")
+    noticed.set()
     await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
     await a.settle()
     await b.settle()
@@ -842,8 +845,9 @@ async def test_with_several_processes_an_answer_shown_as_its_turn_stands_down_af
     a = await start_bot("http")
     b = await start_bot("http")  # Slack's events go to B
     llm.chunk_chars, llm.chunk_delay = 20, 0.05
-    # Some 3,000 characters, 7 s of streaming; the follow-up's answer takes a while to start.
-    llm.enqueue(Reply("a long explanation, " * 150), SlowFirstToken(2.0))
+    # Some 3,000 characters, 7 s of streaming; the follow-up's answer waits until B has stood down.
+    stood_down = asyncio.Event()
+    llm.enqueue(Reply("a long explanation, " * 150), Gated(stood_down))
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> the whole guide please")
     await slack.wait_for(lambda: bool(slack.calls_to("chat.startStream")), what="B's answer to show")
     # Just after B's beat: its next, which would take its lock back, is a second away, and the
@@ -854,6 +858,7 @@ async def test_with_several_processes_an_answer_shown_as_its_turn_stands_down_af
     slack.use_http(f"{a.url}/slack/events")
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
     await slack.wait_for(lambda: "standing down" in caplog.text, what="B to stand down")
+    stood_down.set()
     await slack.wait_for(
         lambda: len(slack.bot_messages(CHANNEL, root)) >= 3, timeout=20, what="the turns to end"
     )
@@ -882,8 +887,10 @@ async def test_with_several_processes_a_question_handed_on_with_its_answer_showi
     a = await start_bot("http")
     b = await start_bot("http")  # Slack's events go to B
     llm.chunk_chars, llm.chunk_delay = 20, 0.05
-    # The follow-up's answer streams too: only the note is posted with chat.postMessage.
-    llm.enqueue(Reply("a long explanation, " * 150), SlowFirstToken(2.0, "staging is fine, " * 20))
+    # The follow-up's answer streams too: only the note is posted with chat.postMessage. It waits
+    # until B has stood down.
+    stood_down = asyncio.Event()
+    llm.enqueue(Reply("a long explanation, " * 150), Gated(stood_down, "staging is fine, " * 20))
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> the whole guide please")
     await slack.wait_for(lambda: bool(slack.calls_to("chat.startStream")), what="B's answer to show")
     b_id = b.bot.turns.process_id
@@ -893,6 +900,7 @@ async def test_with_several_processes_a_question_handed_on_with_its_answer_showi
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
     await slack.wait_for(lambda: "standing down" in caplog.text, what="B to stand down")
     slack.fail_next("chat.postMessage", times=5)  # the note that it was interrupted
+    stood_down.set()
     await _until(lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{root}", "noted"), timeout=20)
     await a.settle()
     await b.settle()
@@ -928,8 +936,10 @@ async def test_with_several_processes_a_resumed_turn_that_stands_down_after_a_se
     a = await start_bot("http")
     b = await start_bot("http")  # Slack's events go to B
     llm.chunk_chars, llm.chunk_delay = 20, 0.05
-    # The newer follow-up's answer takes long enough to start for A's lock renewal to find it.
-    llm.enqueue(Reply("a long explanation, " * 150), SlowFirstToken(2.0), SlowFirstToken(4.0))
+    # The follow-up's answer waits until B has stood down; the newer follow-up's until A has, its
+    # lock renewal finding B's lock.
+    b_stood_down, a_stood_down = asyncio.Event(), asyncio.Event()
+    llm.enqueue(Reply("a long explanation, " * 150), Gated(b_stood_down), Gated(a_stood_down))
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> the whole guide please")
     await slack.wait_for(lambda: bool(slack.calls_to("chat.startStream")), what="B's answer to show")
     b_id, a_id = b.bot.turns.process_id, a.bot.turns.process_id
@@ -938,6 +948,8 @@ async def test_with_several_processes_a_resumed_turn_that_stands_down_after_a_se
     slack.use_http(f"{a.url}/slack/events")
     note = slack.gate("chat.postMessage", lambda args: INTERRUPTED in str(args))
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    await slack.wait_for(lambda: "standing down" in caplog.text, what="B to stand down")
+    b_stood_down.set()
     await slack.wait_for(lambda: note.waiting == 1, timeout=20, what="A to resume B's question")
     await _until(_a_beat(redis, a_id, await redis.zscore("processes", a_id)))
     # A's next beat or renewal, which would take its lock back, waits for B to take it; B's beats
@@ -951,6 +963,8 @@ async def test_with_several_processes_a_resumed_turn_that_stands_down_after_a_se
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and prod?", thread_ts=root)
     await _until(lambda: _held_by(redis, f"lock:T1:{CHANNEL}:{root}", b_id))
     b_took_it.set()
+    await slack.wait_for(lambda: caplog.text.count("standing down") == 2, timeout=20, what="A to stand down")
+    a_stood_down.set()
     resumed_again = lambda: caplog.text.count("resuming interrupted turn") == 2  # noqa: E731
     asked_again = lambda: _asked(llm, "the whole guide please") > 1  # noqa: E731
     await slack.wait_for(lambda: resumed_again() or asked_again(), timeout=20, what="the question's turn")
@@ -984,7 +998,9 @@ async def test_with_several_processes_a_resumed_turn_whose_thread_was_taken_befo
     a = await start_bot("http")
     b = await start_bot("http")  # Slack's events go to B
     llm.chunk_chars, llm.chunk_delay = 20, 0.05
-    llm.enqueue(Reply("a long explanation, " * 150), SlowFirstToken(2.0), SlowFirstToken(4.0))
+    # The follow-up's answer waits until B has stood down; the newer follow-up's until A has.
+    b_stood_down, a_stood_down = asyncio.Event(), asyncio.Event()
+    llm.enqueue(Reply("a long explanation, " * 150), Gated(b_stood_down), Gated(a_stood_down))
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> the whole guide please")
     await slack.wait_for(lambda: bool(slack.calls_to("chat.startStream")), what="B's answer to show")
     b_id, a_id = b.bot.turns.process_id, a.bot.turns.process_id
@@ -994,6 +1010,8 @@ async def test_with_several_processes_a_resumed_turn_whose_thread_was_taken_befo
     closing = slack.gate("chat.stopStream")  # A closing B's answer, just before its note
     note = slack.gate("chat.postMessage", lambda args: INTERRUPTED in str(args))  # slow to show
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    await slack.wait_for(lambda: "standing down" in caplog.text, what="B to stand down")
+    b_stood_down.set()
     await slack.wait_for(lambda: closing.waiting == 1, timeout=20, what="A to resume B's question")
     await _until(_a_beat(redis, a_id, await redis.zscore("processes", a_id)))
     b_took_it, turn_again = asyncio.Event(), asyncio.Event()
@@ -1005,8 +1023,9 @@ async def test_with_several_processes_a_resumed_turn_whose_thread_was_taken_befo
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and prod?", thread_ts=root)
     await _until(lambda: _held_by(redis, f"lock:T1:{CHANNEL}:{root}", b_id))
     closing.opened.set()
-    a_stood_down = lambda: caplog.text.count("standing down") == 2  # noqa: E731
-    await slack.wait_for(lambda: note.waiting == 1 or a_stood_down(), timeout=20, what="A's note")
+    a_stands_down = lambda: caplog.text.count("standing down") == 2  # noqa: E731
+    await slack.wait_for(lambda: note.waiting == 1 or a_stands_down(), timeout=20, what="A's note")
+    a_stood_down.set()
     b_took_it.set()
     resumed_again = lambda: caplog.text.count("resuming interrupted turn") == 2  # noqa: E731
     await slack.wait_for(resumed_again, timeout=20, what="B to resume the question")
@@ -1043,11 +1062,15 @@ async def test_with_several_processes_a_question_found_cut_short_whose_turn_stan
     c = await start_bot("http")
     slack.use_http(f"{a.url}/slack/events")
     llm.chunk_chars, llm.chunk_delay = 20, 0.05
-    llm.enqueue(SlowFirstToken(2.0), Reply("a long explanation, " * 150), SlowFirstToken(3.0))
+    queued = asyncio.Event()  # A answers the question until B has queued the follow-up
+    stood_down = asyncio.Event()  # C answers the newer follow-up until B has stood down
+    llm.enqueue(Gated(queued), Reply("a long explanation, " * 150), Gated(stood_down))
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> hello")
     await slack.wait_for(lambda: len(llm.requests) == 1, what="A's answer to the question")
     slack.use_http(f"{b.url}/slack/events")
-    await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    follow_up = await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    await _until(lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{follow_up}", "queued"))
+    queued.set()
     long_shows = lambda: any("long" in str(c.args) for c in slack.calls_to("chat.startStream"))  # noqa: E731
     await slack.wait_for(long_shows, timeout=20, what="A's answer to B's follow-up to show")
     b_id = b.bot.turns.process_id
@@ -1069,6 +1092,7 @@ async def test_with_several_processes_a_question_found_cut_short_whose_turn_stan
     closing.opened.set()
     await slack.wait_for(lambda: "standing down" in caplog.text, timeout=20, what="B to stand down")
     c_took_it.set()
+    stood_down.set()
     noted = lambda: INTERRUPTED in [m["text"] for m in slack.bot_messages(CHANNEL, root)]  # noqa: E731
     asked_again = lambda: _asked(llm, "and staging?") > 1  # noqa: E731
     await slack.wait_for(lambda: noted() or asked_again(), timeout=20, what="the follow-up's turn")
@@ -1100,11 +1124,14 @@ async def test_with_several_processes_an_answer_found_cut_short_is_noted_by_a_tu
     b = await start_bot("http", THREAD_LOCK_TTL_SECONDS="1")
     slack.use_http(f"{a.url}/slack/events")
     llm.chunk_chars, llm.chunk_delay = 20, 0.05
-    llm.enqueue(SlowFirstToken(2.0), Reply("a long explanation, " * 150))
+    queued = asyncio.Event()  # A answers the question until B has queued the follow-up
+    llm.enqueue(Gated(queued), Reply("a long explanation, " * 150))
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> hello")
     await slack.wait_for(lambda: len(llm.requests) == 1, what="A's answer to the question")
     slack.use_http(f"{b.url}/slack/events")
-    await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    follow_up = await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    await _until(lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{follow_up}", "queued"))
+    queued.set()
     long_shows = lambda: any("long" in str(c.args) for c in slack.calls_to("chat.startStream"))  # noqa: E731
     await slack.wait_for(long_shows, timeout=20, what="A's answer to B's follow-up to show")
     b_id = b.bot.turns.process_id
@@ -1149,7 +1176,8 @@ async def test_with_several_processes_a_question_handed_on_and_noted_before_a_se
     a = await start_bot("http")
     b = await start_bot("http")  # Slack's events go to B
     llm.chunk_chars, llm.chunk_delay = 20, 0.05
-    llm.enqueue(Reply("a long explanation, " * 150), SlowFirstToken(2.0))
+    stood_down = asyncio.Event()  # the follow-up's answer waits until B has stood down
+    llm.enqueue(Reply("a long explanation, " * 150), Gated(stood_down))
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> the whole guide please")
     await slack.wait_for(lambda: bool(slack.calls_to("chat.startStream")), what="B's answer to show")
     b_id = b.bot.turns.process_id
@@ -1158,6 +1186,8 @@ async def test_with_several_processes_a_question_handed_on_and_noted_before_a_se
     slack.use_http(f"{a.url}/slack/events")
     note = slack.gate("chat.postMessage", lambda args: INTERRUPTED in str(args))
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    await slack.wait_for(lambda: "standing down" in caplog.text, what="B to stand down")
+    stood_down.set()
     await slack.wait_for(lambda: note.waiting == 1, timeout=20, what="A to resume B's question")
     # Just after B's beat, A finishes the question, and Redis loses its data again.
     await _until(_a_beat(redis, b_id, await redis.zscore("processes", b_id)))
@@ -1190,13 +1220,16 @@ async def test_with_several_processes_a_question_queued_again_behind_a_newer_tur
     caplog.set_level(logging.INFO)
     a = await start_bot("http")
     b = await start_bot("http")  # Slack's events go to B
-    llm.enqueue(SlowFirstToken(2.0), SlowFirstToken(2.0))
+    noticed = asyncio.Event()  # B's answer, and A's to the follow-up, until both noticed the loss
+    llm.enqueue(Gated(noticed), Gated(noticed))
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await llm.wait_for_requests(1)
     await redis.flushall()
     slack.use_http(f"{a.url}/slack/events")
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
     await slack.wait_for(lambda: caplog.text.count(FORGOT) >= 2, what="both processes to notice the loss")
+    await slack.wait_for(lambda: "standing down" in caplog.text, what="B to stand down")
+    noticed.set()
     await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
     await a.settle()
     await b.settle()
@@ -1320,7 +1353,8 @@ async def test_with_several_processes_a_dm_question_whose_turn_stood_down_after_
     a = await start_bot("http")
     b = await start_bot("http")  # Slack's events go to B
     llm.chunk_chars, llm.chunk_delay = 20, 0.05
-    llm.enqueue(Reply("a long explanation, " * 150), SlowFirstToken(2.0))
+    stood_down = asyncio.Event()  # the follow-up's answer waits until B has stood down
+    llm.enqueue(Reply("a long explanation, " * 150), Gated(stood_down))
     asked = await slack.post_user_message(DM, "the whole guide please")
     await slack.wait_for(lambda: bool(slack.bot_messages(DM, "top")), what="B's answer to show")
     assert (slack.message(DM, asked) or {}).get("reactions"), "no reaction to take away"
@@ -1330,6 +1364,7 @@ async def test_with_several_processes_a_dm_question_whose_turn_stood_down_after_
     slack.use_http(f"{a.url}/slack/events")
     await slack.post_user_message(DM, "and staging?")
     await slack.wait_for(lambda: "standing down" in caplog.text, what="B to stand down")
+    stood_down.set()
     await slack.wait_for(lambda: INTERRUPTED in [m["text"] for m in slack.bot_messages(DM, "top")],
                          timeout=20, what="the begun answer to be closed")  # fmt: skip
     await a.settle()
