@@ -515,6 +515,18 @@ class Keys:
         per-person record another feature registers), so forgetting them needs no SCAN."""
         return f"{self.prefix}user:{team}:{user}"
 
+    def named_after(self, user: str) -> str:
+        """A SCAN pattern for the keys whose name ends with a person's id, in any workspace: among
+        them their index and cached display name (`team_of_person_key`)."""
+        return f"{self.prefix}*:{user}"
+
+    def team_of_person_key(self, name: str, user: str) -> str | None:
+        """The workspace of `user`'s index or cached display name `name`; None for another key."""
+        parts = self.unprefixed(name).split(":")
+        if len(parts) == 3 and parts[0] in ("user", "name") and parts[2] == user:
+            return parts[1]
+        return None
+
     def unprefixed(self, name: str) -> str:
         return name.removeprefix(self.prefix)
 
@@ -2454,13 +2466,14 @@ class Store:
         return int(turns)
 
     async def teams_knowing(self, user: str) -> list[str]:
-        """The workspaces whose per-person index names `user`, or where a message of theirs waits
-        for its turn (the only trace of someone whose first message it is: nothing stored yet)."""
-        pattern = self.keys.user_index("*", user)
-        found = {
-            self.keys.unprefixed(name).split(":")[1]
-            async for name in self.redis.scan_iter(match=pattern, count=1000)
-        }
+        """The workspaces whose per-person index names `user`, that cache their display name (the
+        only trace of someone the bot looked up, as a mention, and never stored a message of), or
+        where a message of theirs waits for its turn (someone whose first message it is)."""
+        # One pass over the keyspace for both kinds of key, as before for the index alone.
+        found = set()
+        async for name in self.redis.scan_iter(match=self.keys.named_after(user), count=1000):
+            if (team := self.keys.team_of_person_key(name, user)) is not None:
+                found.add(team)
         found |= {key.team for key, _ in await self._waiting_messages_of(user)}
         return sorted(found)
 
