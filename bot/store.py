@@ -1004,7 +1004,8 @@ return marked
 # Removes the person's turns and the bot's answers to them (which may quote them) with their
 # entries in the index, keeps everyone else's in order, and drops the summary. The journals of
 # their finished messages lose the text they may hold (an edit made while the message waited, an
-# answer kept for a retry) but keep their state, which says the message was answered: to a message
+# answer kept for a retry), and are marked `forgotten` so that a later edit keeps no record of it
+# (_REWRITE_TURN), but keep their state, which says the message was answered: to a message
 # queued again after a loss (_ACCEPT), to a beat (_BEAT), and to a stalled worker's lock renewal or
 # fence (_RENEW_THREAD_LOCK, _RATE_CLAIM), where no journal at all means Redis lost its data and
 # the turn goes on. A message still waiting or in flight keeps its journal's text, or its edit or
@@ -1036,6 +1037,9 @@ for ts in pairs(asked) do
   local state = redis.call('HGET', journal, 'state')
   if state == 'answered' or state == 'noted' or state == 'failed' then
     redis.call('HDEL', journal, 'edited_text', 'edited_readable', 'answer')
+    -- An edit of it from now on keeps no record of its text (_REWRITE_TURN reads this with the
+    -- state, in the read every edit makes): its turn is gone, and their index with it.
+    redis.call('HSET', journal, 'forgotten', '1')
   elseif state == 'working' then
     -- Being answered: its question is stored (and goes now), its answer comes later, linked to
     -- a question no later `forget me` could find. The step that stores it reads this.
@@ -2245,8 +2249,23 @@ class Store:
         for pattern in self.keys.personal_record_patterns_of(team):
             async for name in self.redis.scan_iter(match=pattern, count=1000):
                 records += await self._forget_in_record(name, user)
-        await self.redis.delete(index, self.keys.display_name(team, user))
+        await self._drop_index(index, members, self.keys.display_name(team, user))
         return Forgotten(messages=messages, conversations=conversations, records=records)
+
+    async def _drop_index(self, index: str, members: set[str], cached_name: str) -> None:
+        """Take what `forget_user` went through out of the person's index, with the edit records
+        added to it since it was read, and their cached name. An edit of theirs whose step ran
+        before the step that took its message out kept a record, there; one after it keeps none
+        (its journal's mark: `_FORGET_IN_CONVERSATION`), so this read finds every record left.
+        Anything else added meanwhile (a message stored since) stays indexed for the next
+        `forget me`, rather than be left where none would find it."""
+        late = [member for member in await self.redis.smembers(index) if member not in members]
+        edits = [member for member in late if self.keys.is_edit_record(member)]
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(cached_name, *edits)
+            if taken := [*members, *edits]:
+                pipe.srem(index, *taken)
+            await pipe.execute()
 
     async def _forget_waiting_messages(self, team: str, user: str, before: str | None) -> None:
         """Mark the person's messages waiting in the workspace's inboxes, sent before `before`, so

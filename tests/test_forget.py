@@ -488,6 +488,60 @@ async def test_a_message_being_answered_at_forget_me_and_edited_after_it_keeps_n
     assert not await redis.exists(KEYS.user_index("T1", "U1"))
 
 
+async def _ann_answered_in_bobs_thread(bot: RunningBot, slack: SlackEmulator) -> tuple[str, str]:
+    """bob's thread, with a follow-up of ann's answered in it: its root and her follow-up's ts."""
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> the printer is offline", user="U2")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    follow_up = await slack.post_user_message(CHANNEL, ANN_SAYS[0], thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2)
+    await bot.settle()
+    return root, follow_up
+
+
+@pytest.mark.parametrize("edit_step", ["before", "after"])
+async def test_an_edit_of_an_older_message_during_forget_me_leaves_no_text_of_it(
+    redis_proxy: HeldReplyProxy,
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    redis: aioredis.Redis,
+    edit_step: str,
+) -> None:
+    """ann edits a follow-up of hers answered earlier while her `forget me` runs: its edit step
+    runs while the forget's step for that conversation is held back (after the forget read her
+    index), or the other way round, the edit's step held back until she was told she is
+    forgotten. Either way no text of hers stays once she is told so. Before, the edit's record
+    (her new text) stayed an hour, with no index entry (the first order: the forget deleted the
+    index the edit had added it to), or with her index back (the second)."""
+    bot = await start_bot("socket", REDIS_URL=redis_proxy.url)
+    store: Store = bot.bot.store
+    root, follow_up = await _ann_answered_in_bobs_thread(bot, slack)
+    edit = slack.edited_event(CHANNEL, follow_up, ANN_SAYS[1])
+    told: list[dict] = []
+
+    async def ann_edits() -> None:
+        assert (await slack.deliver_event(edit)).acked  # acknowledged once its step ran
+
+    async def ann_is_forgotten() -> None:
+        await slack.post_user_message(DM, "forget me")
+        told.extend(await slack.wait_for_bot_messages(DM, count=1))
+
+    if edit_step == "before":
+        redis_proxy.hold_request(store._forget_in_conversation.sha, ann_edits)
+        await ann_is_forgotten()
+    else:
+        redis_proxy.hold_request(store._rewrite_turn.sha, ann_is_forgotten)
+        await ann_edits()
+    await bot.settle()
+
+    assert redis_proxy.requests_held == 1
+    assert told[-1]["text"].startswith("Done: I've deleted what I stored about you"), told
+    for key, content in (await everything_in(redis)).items():
+        for said in ANN_SAYS[:2]:
+            assert said not in content, (key, content)
+    assert not await redis.exists(KEYS.user_index("T1", "U1"))
+    assert [t.user for t in await store.recent_turns(ThreadKey("T1", CHANNEL, root), 10)] == ["U2", None]
+
+
 async def _commands_of(store: Store, step: Awaitable[object]) -> int:
     """How many commands Redis runs for `step` (those inside its scripts included)."""
 
