@@ -504,6 +504,13 @@ class Keys:
     def seen(self, team: str, channel: str, ts: str) -> str:
         return f"{self.prefix}seen:{team}:{channel}:{ts}"
 
+    def forgotten_at(self, team: str, user: str) -> str:
+        """The ts of a person's latest `forget me` (a string; DEDUP_TTL): a message of theirs sent
+        before it and accepted after it is stored nowhere (`_ACCEPT`). Hashed, as a rate counter
+        is: it outlives their `forget me`, so it names nobody in clear."""
+        digest = hashlib.sha256(f"{team}:{user}".encode()).hexdigest()[:20]
+        return f"{self.prefix}forgotten:{digest}"
+
     def display_name(self, team: str, user: str) -> str:
         return f"{self.prefix}name:{team}:{user}"
 
@@ -557,7 +564,23 @@ class Keys:
         return f"{self.prefix}rate:{{{bucket}}}:active"
 
 
-# KEYS: seen, inbox, meta, journal, pending, lock[, a rate bucket's calls]. ARGV: message json,
+# A Lua function: whether Slack ts `a` is older than `b`. Compared as (seconds, microseconds)
+# integers: a double loses the last digits of some, and strings of unlike lengths misorder.
+_TS_BEFORE = """
+local function ts_parts(ts)
+  local seconds, fraction = string.match(ts or '', '^(%d+)%.?(%d*)$')
+  if not seconds then return 0, 0 end
+  return tonumber(seconds), tonumber(string.sub(fraction .. '000000', 1, 6))
+end
+local function ts_before(a, b)
+  local a_seconds, a_micros = ts_parts(a)
+  local b_seconds, b_micros = ts_parts(b)
+  return a_seconds < b_seconds or (a_seconds == b_seconds and a_micros < b_micros)
+end
+"""
+
+# KEYS: seen, inbox, meta, journal, pending, lock, its person's `forget me` mark
+# (`Keys.forgotten_at`)[, a rate bucket's calls]. ARGV: message json,
 # dedup ttl, inbox ttl, conversation ttl, follow (0/1), starts conversation (0/1), thread key, now,
 # message ts, lock token, lock ttl ms, call id, bucket window ms, look in Slack first (0/1), the
 # ts of the answer's first message shown already ('' for none), the thinking sign shown ('' for
@@ -571,7 +594,13 @@ class Keys:
 # no token was given, or the thread's lock is held), and {3, message, journal} when first in line
 # with the lock now taken for the token (the step `_TAKE` would be next, saved). With the lock
 # taken and a call id, one call is counted in the rate bucket (see `Store.accept`).
-_ACCEPT = """
+# A message sent before its person's latest `forget me` and accepted only after it (its event came
+# as `forget me` read the inboxes, or a Slack retry came later) is marked `forgotten`, as
+# `_FORGET_WAITING` marks one waiting then: answered, and stored nowhere. One command more a
+# message (the GET), no round trip.
+_ACCEPT = (
+    _TS_BEFORE
+    + """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then return {0} end
 if ARGV[14] == '1' then
   local state = redis.call('HGET', KEYS[4], 'state')
@@ -579,7 +608,12 @@ if ARGV[14] == '1' then
 end
 redis.call('ZADD', KEYS[2], ARGV[9], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call('HSET', KEYS[4], 'state', 'queued')
+local forgotten_at = redis.call('GET', KEYS[7])
+if forgotten_at and ts_before(ARGV[9], forgotten_at) then
+  redis.call('HSET', KEYS[4], 'state', 'queued', 'forgotten', '1')
+else
+  redis.call('HSET', KEYS[4], 'state', 'queued')
+end
 if ARGV[14] == '1' then redis.call('HSET', KEYS[4], 'look', '1') end
 if ARGV[15] ~= '' then redis.call('HSET', KEYS[4], 'answer_ts', ARGV[15]) end
 if ARGV[16] ~= '' then redis.call('HSET', KEYS[4], 'sign', ARGV[16]) end
@@ -595,11 +629,12 @@ if ARGV[10] == '' or not redis.call('SET', KEYS[6], ARGV[10], 'NX', 'PX', ARGV[1
 redis.call('ZADD', KEYS[5], 'XX', ARGV[8], ARGV[7])
 if ARGV[12] ~= '' then
   local clock = redis.call('TIME')
-  redis.call('ZADD', KEYS[7], tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000), ARGV[12])
-  redis.call('PEXPIRE', KEYS[7], ARGV[13])
+  redis.call('ZADD', KEYS[8], tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000), ARGV[12])
+  redis.call('PEXPIRE', KEYS[8], ARGV[13])
 end
 return {3, ARGV[1], redis.call('HGETALL', KEYS[4])}
 """
+)
 
 # A Lua function that the scripts taking a message out of a stored conversation, or changing its
 # text, are registered with (`Store.__init__`): the epoch bump stops a summary built before from
@@ -810,21 +845,6 @@ for i = 1, #members, 1000 do
 end
 if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 return found
-"""
-
-# A Lua function: whether Slack ts `a` is older than `b`. Compared as (seconds, microseconds)
-# integers: a double loses the last digits of some, and strings of unlike lengths misorder.
-_TS_BEFORE = """
-local function ts_parts(ts)
-  local seconds, fraction = string.match(ts or '', '^(%d+)%.?(%d*)$')
-  if not seconds then return 0, 0 end
-  return tonumber(seconds), tonumber(string.sub(fraction .. '000000', 1, 6))
-end
-local function ts_before(a, b)
-  local a_seconds, a_micros = ts_parts(a)
-  local b_seconds, b_micros = ts_parts(b)
-  return a_seconds < b_seconds or (a_seconds == b_seconds and a_micros < b_micros)
-end
 """
 
 # KEYS: turns, meta, the DM's answers index (`Keys.answers`), the DM's meta (or meta again), then
@@ -1716,6 +1736,7 @@ class Store:
                     self.keys.journal(key.team, key.channel, message.ts),
                     self.keys.pending,
                     self.keys.lock(key),
+                    self.keys.forgotten_at(key.team, message.user),
                     *([self.keys.rate_calls(count_call.name)] if count_call else []),
                 ],
                 [
@@ -2222,11 +2243,16 @@ class Store:
         """Delete everything stored about a person in a workspace: their messages in every
         conversation (and the bot's answers to them), summaries that may quote them, the text in
         the journals of those messages once finished, their personal records, their cached name
-        and their index; and see that their messages still waiting for their turn, sent before
-        `before` (their `forget me`'s ts; None: all), are answered without being stored. With
+        and their index; and see that their messages sent before `before` (their `forget me`'s
+        ts; None: now) and still waiting for their turn, or accepted only after this (a Slack
+        retry, within a day), are answered without being stored. With
         `scan_conversations`, every conversation of the workspace is searched too, not only those
         their index names."""
-        # First: a waiting message whose turn begins meanwhile is in the index read next.
+        # First the mark, which a message of theirs sent before it and accepted from now on heeds
+        # (`_ACCEPT`): the look at the waiting messages next cannot see those.
+        mark = before or f"{time.time():.6f}"
+        await self.redis.set(self.keys.forgotten_at(team, user), mark, ex=Keys.DEDUP_TTL)
+        # Then: a waiting message whose turn begins meanwhile is in the index read next.
         await self._forget_waiting_messages(team, user, before)
         index = self.keys.user_index(team, user)
         members: set[str] = set(await self.redis.smembers(index))

@@ -542,6 +542,45 @@ async def test_an_edit_of_an_older_message_during_forget_me_leaves_no_text_of_it
     assert [t.user for t in await store.recent_turns(ThreadKey("T1", CHANNEL, root), 10)] == ["U2", None]
 
 
+@pytest.mark.parametrize("delivered", ["while forget me runs", "after it, a retry"])
+async def test_a_message_sent_before_forget_me_and_accepted_after_its_look_is_not_stored(
+    redis_proxy: HeldReplyProxy,
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    redis: aioredis.Redis,
+    delivered: str,
+) -> None:
+    """ann's DM message, sent before her `forget me`, reaches the bot only after `forget me` read
+    the waiting threads' inboxes: while its step for a conversation of hers is held back, or as
+    a Slack retry after she was told she is forgotten (its first delivery lost). It is answered
+    (she asked it) but stored nowhere, as one waiting at the `forget me` is. Before, its turn
+    stored it, and its answer, with her index back, after she was told everything was deleted."""
+    bot = await start_bot("socket", REDIS_URL=redis_proxy.url)
+    store: Store = bot.bot.store
+    await _ann_answered_in_bobs_thread(bot, slack)
+    late = slack.user_message_event(DM, ANN_SAYS[1])  # sent now; its event comes later
+
+    async def late_event_comes() -> None:
+        retry = {"retry_num": 1, "retry_reason": "http_timeout"} if delivered.endswith("retry") else {}
+        assert (await slack.deliver_event(late, **retry)).acked  # acknowledged once accepted
+
+    if delivered == "while forget me runs":
+        redis_proxy.hold_request(store._forget_in_conversation.sha, late_event_comes)
+    await slack.post_user_message(DM, "forget me")
+    told = await slack.wait_for_bot_messages(DM, count=1)
+    assert told[0]["text"].startswith("Done: I've deleted what I stored about you"), told
+    if delivered != "while forget me runs":
+        await late_event_comes()
+    answered = await slack.wait_for_bot_messages(DM, count=2, timeout=15)
+    await bot.settle()
+
+    assert answered[-1]["text"] == f"Answer: ann: {ANN_SAYS[1]}"
+    for key, content in (await everything_in(redis)).items():
+        for said in ANN_SAYS[:2]:
+            assert said not in content, (key, content)
+    assert not await redis.exists(KEYS.user_index("T1", "U1"))
+
+
 async def _commands_of(store: Store, step: Awaitable[object]) -> int:
     """How many commands Redis runs for `step` (those inside its scripts included)."""
 
