@@ -1081,6 +1081,39 @@ if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIRE', KEYS[2], ARGV[2]) en
 return removed
 """
 
+# KEYS: a person's index, their cached name, the conversations' turn lists `forget me` went
+# through (`Keys.turns`), then the edit records to delete. ARGV: user id, how many turn lists,
+# then the index's other members it went through. The end of `forget me`, in one step: each turn
+# list leaves the index unless a turn of theirs is in it now (a message they sent after `forget
+# me`, stored as it ran, put it back; a turn stored after this step puts it back too), so that
+# their next `forget me` finds it. Only a turn whose JSON names them is decoded.
+_DROP_INDEX = """
+local needle = '"user":"' .. ARGV[1] .. '"'
+local taken = {unpack(ARGV, 3)}
+for i = 3, 2 + tonumber(ARGV[2]) do
+  local theirs = false
+  for _, raw in ipairs(redis.call('LRANGE', KEYS[i], 0, -1)) do
+    if string.find(raw, needle, 1, true) then
+      local turn = cjson.decode(raw)
+      if turn['role'] == 'user' and turn['user'] == ARGV[1] then
+        theirs = true
+        break
+      end
+    end
+  end
+  if not theirs then taken[#taken + 1] = KEYS[i] end
+end
+for i = 3 + tonumber(ARGV[2]), #KEYS do
+  redis.call('DEL', KEYS[i])
+  taken[#taken + 1] = KEYS[i]
+end
+redis.call('DEL', KEYS[2])
+for i = 1, #taken, 1000 do
+  redis.call('SREM', KEYS[1], unpack(taken, i, math.min(i + 999, #taken)))
+end
+return #taken
+"""
+
 # The message a worker takes next comes with its journal (`Keys.journal`), read in the same step
 # when the caller declared it: the message is found at the head of the inbox inside the step, so
 # the caller names, as hints, the journals of the messages it expects there (those its process
@@ -1652,6 +1685,7 @@ class Store:
         self._save_summary = self.redis.register_script(_SAVE_SUMMARY)
         self._their_turns = self.redis.register_script(_THEIR_TURNS)
         self._forget_waiting = self.redis.register_script(_FORGET_WAITING)
+        self._drop_index = self.redis.register_script(_DROP_INDEX)
         self._forget_in_conversation = self.redis.register_script(
             _INDEX_ANSWERS_FUNCTION + _FORGET_IN_CONVERSATION
         )
@@ -2255,7 +2289,8 @@ class Store:
         # Then: a waiting message whose turn begins meanwhile is in the index read next.
         await self._forget_waiting_messages(team, user, before)
         index = self.keys.user_index(team, user)
-        members: set[str] = set(await self.redis.smembers(index))
+        indexed: set[str] = set(await self.redis.smembers(index))
+        members = set(indexed)
         if scan_conversations:
             pattern = self.keys.turns(ThreadKey(team, "*", "*"))
             members |= {name async for name in self.redis.scan_iter(match=pattern, count=1000)}
@@ -2275,23 +2310,30 @@ class Store:
         for pattern in self.keys.personal_record_patterns_of(team):
             async for name in self.redis.scan_iter(match=pattern, count=1000):
                 records += await self._forget_in_record(name, user)
-        await self._drop_index(index, members, self.keys.display_name(team, user))
+        await self._drop_person_index(team, user, indexed, mark)
         return Forgotten(messages=messages, conversations=conversations, records=records)
 
-    async def _drop_index(self, index: str, members: set[str], cached_name: str) -> None:
-        """Take what `forget_user` went through out of the person's index, with the edit records
-        added to it since it was read, and their cached name. An edit of theirs whose step ran
-        before the step that took its message out kept a record, there; one after it keeps none
-        (its journal's mark: `_FORGET_IN_CONVERSATION`), so this read finds every record left.
-        Anything else added meanwhile (a message stored since) stays indexed for the next
-        `forget me`, rather than be left where none would find it."""
-        late = [member for member in await self.redis.smembers(index) if member not in members]
-        edits = [member for member in late if self.keys.is_edit_record(member)]
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(cached_name, *edits)
-            if taken := [*members, *edits]:
-                pipe.srem(index, *taken)
-            await pipe.execute()
+    async def _drop_person_index(self, team: str, user: str, indexed: set[str], mark: str) -> None:
+        """Take what `forget_user` went through (`indexed`: their index as it read it) out of the
+        person's index, with the edit records added to it since, and their cached name. An edit
+        of theirs whose step ran before the step that took its message out kept a record, there;
+        one after it keeps none (its journal's mark: `_FORGET_IN_CONVERSATION`), so this read
+        finds every record left; but that of an edit of a message sent after `mark` (their
+        `forget me`), which stays, as the message does. A conversation they wrote in again
+        meanwhile (a message sent after `forget me`) stays in it, as does anything else added
+        meanwhile, for their next `forget me`, rather than be left where none would find it
+        (`_DROP_INDEX`)."""
+        index = self.keys.user_index(team, user)
+        late = [member for member in await self.redis.smembers(index) if member not in indexed]
+        edits = [
+            member
+            for member in late
+            if self.keys.is_edit_record(member) and _sent_before(member.rsplit(":", 1)[-1], mark)
+        ]
+        conversations = sorted(member for member in indexed if self.keys.thread_of_turns(member))
+        others = sorted(indexed.difference(conversations))
+        keys = [index, self.keys.display_name(team, user), *conversations, *edits]
+        await self._drop_index(keys=keys, args=[user, len(conversations), *others])
 
     async def _forget_waiting_messages(self, team: str, user: str, before: str | None) -> None:
         """Mark the person's messages waiting in the workspace's inboxes, sent before `before`, so

@@ -581,6 +581,41 @@ async def test_a_message_sent_before_forget_me_and_accepted_after_its_look_is_no
     assert not await redis.exists(KEYS.user_index("T1", "U1"))
 
 
+async def test_a_message_stored_in_a_forgotten_conversation_while_forget_me_runs_stays_indexed(
+    redis_proxy: HeldReplyProxy, start_bot: StartBot, slack: SlackEmulator, redis: aioredis.Redis
+) -> None:
+    """ann says `forget me`, and, as it runs, just after it took her turns out of bob's thread,
+    asks there again: that message, sent after `forget me`, is stored and answered as any, and
+    her next `forget me` takes it. Before, the first `forget me` took bob's thread out of her
+    index at its end (it had gone through it), though her new turn had just put it back: the
+    second found nothing to delete, and her message stayed."""
+    bot = await start_bot("socket", REDIS_URL=redis_proxy.url)
+    store: Store = bot.bot.store
+    root, _ = await _ann_answered_in_bobs_thread(bot, slack)
+
+    async def ann_asks_again() -> None:
+        redis_proxy.hold("", None)
+        await slack.post_user_message(CHANNEL, ANN_SAYS[2], thread_ts=root)
+        await slack.wait_for_bot_messages(CHANNEL, root, count=3)
+        await bot.settle()
+
+    redis_proxy.hold(store._forget_in_conversation.sha, ann_asks_again)
+    await slack.post_user_message(DM, "forget me")
+    await slack.wait_for_bot_messages(DM, count=1)
+    await bot.settle()
+    assert redis_proxy.held == 1
+    thread = ThreadKey("T1", CHANNEL, root)
+    assert [t.text for t in await store.recent_turns(thread, 10) if t.user == "U1"] == [ANN_SAYS[2]]
+
+    await slack.post_user_message(DM, "forget me")
+    told = await slack.wait_for_bot_messages(DM, count=2)
+    await bot.settle()
+    assert told[-1]["text"].startswith("Done: I've deleted what I stored about you"), told
+    for key, content in (await everything_in(redis)).items():
+        assert ANN_SAYS[2] not in content, (key, content)
+    assert [t.user for t in await store.recent_turns(thread, 10)] == ["U2", None]
+
+
 async def _commands_of(store: Store, step: Awaitable[object]) -> int:
     """How many commands Redis runs for `step` (those inside its scripts included)."""
 
