@@ -505,7 +505,7 @@ class Keys:
         return f"{self.prefix}seen:{team}:{channel}:{ts}"
 
     def forgotten_at(self, team: str, user: str) -> str:
-        """The ts of a person's latest `forget me` (a string; DEDUP_TTL): a message of theirs sent
+        """The ts of a person's newest `forget me` (a string; DEDUP_TTL): a message of theirs sent
         before it and accepted after it is stored nowhere (`_ACCEPT`). Hashed, as a rate counter
         is: it outlives their `forget me`, so it names nobody in clear."""
         digest = hashlib.sha256(f"{team}:{user}".encode()).hexdigest()[:20]
@@ -999,6 +999,17 @@ for _, raw in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
   if turn['role'] == 'user' and turn['user'] == ARGV[1] then table.insert(found, turn['ts']) end
 end
 return found
+"""
+
+# KEYS: a person's `forget me` mark (`Keys.forgotten_at`). ARGV: the ts of a `forget me`, the
+# mark's TTL. The mark moves on, never back: two `forget me`s may end in either order (one said in
+# a busy thread waits for its turn, one said in a DM after it does not), and a message sent
+# between them, accepted after both, went before the later one.
+_MARK_FORGOTTEN = """
+local marked = redis.call('GET', KEYS[1])
+if marked and not ts_before(marked, ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
 """
 
 # KEYS: the journals of a person's messages still waiting for their turn in an inbox, sent before
@@ -1686,6 +1697,7 @@ class Store:
         self._their_turns = self.redis.register_script(_THEIR_TURNS)
         self._forget_waiting = self.redis.register_script(_FORGET_WAITING)
         self._drop_index = self.redis.register_script(_DROP_INDEX)
+        self._mark_forgotten = self.redis.register_script(_TS_BEFORE + _MARK_FORGOTTEN)
         self._forget_in_conversation = self.redis.register_script(
             _INDEX_ANSWERS_FUNCTION + _FORGET_IN_CONVERSATION
         )
@@ -2285,7 +2297,7 @@ class Store:
         # First the mark, which a message of theirs sent before it and accepted from now on heeds
         # (`_ACCEPT`): the look at the waiting messages next cannot see those.
         mark = before or f"{time.time():.6f}"
-        await self.redis.set(self.keys.forgotten_at(team, user), mark, ex=Keys.DEDUP_TTL)
+        await self._mark_forgotten(keys=[self.keys.forgotten_at(team, user)], args=[mark, Keys.DEDUP_TTL])
         # Then: a waiting message whose turn begins meanwhile is in the index read next.
         await self._forget_waiting_messages(team, user, before)
         index = self.keys.user_index(team, user)

@@ -616,6 +616,37 @@ async def test_a_message_stored_in_a_forgotten_conversation_while_forget_me_runs
     assert [t.user for t in await store.recent_turns(thread, 10)] == ["U2", None]
 
 
+async def test_a_forget_me_done_after_a_later_one_leaves_the_later_mark(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: aioredis.Redis
+) -> None:
+    """ann says `forget me` in bob's thread, busy with his answer, where it waits; then in her DM,
+    where it is done at once; the thread's is done last. A DM message she sent between the two,
+    whose event comes only after both (a Slack retry), is answered and stored nowhere: she sent it
+    before the `forget me` she was first told was done. Before, the `forget me` done last left
+    its own older ts as the mark, and the message was stored."""
+    bob_answered = asyncio.Event()
+    llm.enqueue(Gated(bob_answered))
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> the printer is offline", user="U2")
+    await llm.wait_for_requests(1)
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> forget me", thread_ts=root)
+    late = slack.user_message_event(DM, ANN_SAYS[1])  # sent now; its event comes last
+    await slack.post_user_message(DM, "forget me")
+    told = await slack.wait_for_bot_messages(DM, count=1)
+    assert told[0]["text"].startswith("Done: I've deleted what I stored about you"), told
+    bob_answered.set()
+    replies = await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
+    assert replies[1]["text"].startswith("Done: I've deleted what I stored about you"), replies
+    await bot.settle()
+
+    assert (await slack.deliver_event(late, retry_num=1, retry_reason="http_timeout")).acked
+    answered = await slack.wait_for_bot_messages(DM, count=2, timeout=15)
+    await bot.settle()
+    assert answered[-1]["text"] == f"Answer: ann: {ANN_SAYS[1]}"
+    for key, content in (await everything_in(redis)).items():
+        assert ANN_SAYS[1] not in content, (key, content)
+    assert not await redis.exists(KEYS.user_index("T1", "U1"))
+
+
 async def _commands_of(store: Store, step: Awaitable[object]) -> int:
     """How many commands Redis runs for `step` (those inside its scripts included)."""
 
