@@ -252,15 +252,17 @@ async def test_forget_with_no_team_finds_a_person_whose_only_trace_is_a_cached_n
 ) -> None:
     """dan (U7) never wrote to the bot, but it looked his name up in two workspaces (someone
     mentioned him there), and cached it: forgetting him with no `--team` finds both and deletes
-    the name in each; bob's cached name stays. Before, the command said nothing was stored about
-    dan, and his name stayed cached."""
+    the name in each, and says so; bob's cached name stays. Before, the command said nothing was
+    stored about dan, and his name stayed cached; then it said "0 messages ... 0 records" and no
+    word of the name it deleted."""
     for team in ("T1", "T2"):
         await stored.cache_name(team, "U7", "dan")
     await stored.cache_name("T1", "U2", "bob")
     result = admin(redis_url, "forget", "U7", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "forgot U7 in T1: 0 messages" in result.stdout, result.stdout
-    assert "forgot U7 in T2: 0 messages" in result.stdout, result.stdout
+    for team in ("T1", "T2"):
+        line = f"forgot U7 in {team}: 0 messages (theirs and the answers to them) from 0 conversations"
+        assert f"{line}, 0 records, and their cached name\n" in result.stdout, result.stdout
     for key, content in (await everything_in(redis)).items():
         assert "U7" not in key and "dan" not in content, (key, content)
     assert await redis.get(KEYS.display_name("T1", "U2")) == "bob"
