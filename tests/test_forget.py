@@ -647,6 +647,34 @@ async def test_a_forget_me_done_after_a_later_one_leaves_the_later_mark(
     assert not await redis.exists(KEYS.user_index("T1", "U1"))
 
 
+async def test_an_edit_after_forget_me_of_a_message_only_read_back_keeps_a_record_the_next_takes(
+    bot: RunningBot, slack: SlackEmulator, redis: aioredis.Redis
+) -> None:
+    """ann wrote in bob's thread before the bot was in it; bob's mention makes the bot read her
+    message back from Slack (it never had its event: no journal). After her `forget me` she
+    edits it: as the limit in docs/reliability.md says, the edit keeps a record an hour, with
+    her index, and her next `forget me` takes both."""
+    root = slack.seed_message(CHANNEL, "the printer is offline", user="U2")
+    said = slack.seed_message(CHANNEL, ANN_SAYS[0], thread_ts=root)
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> any idea?", thread_ts=root, user="U2")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    await slack.post_user_message(DM, "forget me")
+    await slack.wait_for_bot_messages(DM, count=1)
+    await bot.settle()
+    await slack.edit_message(CHANNEL, said, ANN_SAYS[1])
+    await bot.settle()
+    assert ANN_SAYS[1] in (await redis.get(KEYS.edited("T1", CHANNEL, said)) or "")
+    assert await redis.exists(KEYS.user_index("T1", "U1"))
+
+    await slack.post_user_message(DM, "forget me")
+    await slack.wait_for_bot_messages(DM, count=2)
+    await bot.settle()
+    for key, content in (await everything_in(redis)).items():
+        for text in ANN_SAYS[:2]:
+            assert text not in content, (key, content)
+    assert not await redis.exists(KEYS.user_index("T1", "U1"))
+
+
 async def _commands_of(store: Store, step: Awaitable[object]) -> int:
     """How many commands Redis runs for `step` (those inside its scripts included)."""
 
