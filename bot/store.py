@@ -584,7 +584,7 @@ end
 # dedup ttl, inbox ttl, conversation ttl, follow (0/1), starts conversation (0/1), thread key, now,
 # message ts, lock token, lock ttl ms, call id, bucket window ms, look in Slack first (0/1), the
 # ts of the answer's first message shown already ('' for none), the thinking sign shown ('' for
-# none).
+# none), the ts its text was written at when not its own ('' for none: an edit that asks the bot).
 # The inbox is ordered by the message's Slack ts, not by arrival: Slack (and Socket Mode's
 # concurrent handling) may hand two quick messages over in either order.
 # A message queued again after a loss (look in Slack first) whose journal says its turn is over
@@ -596,8 +596,9 @@ end
 # taken and a call id, one call is counted in the rate bucket (see `Store.accept`).
 # A message sent before its person's latest `forget me` and accepted only after it (its event came
 # as `forget me` read the inboxes, or a Slack retry came later) is marked `forgotten`, as
-# `_FORGET_WAITING` marks one waiting then: answered, and stored nowhere. One command more a
-# message (the GET), no round trip.
+# `_FORGET_WAITING` marks one waiting then: answered, and stored nowhere; not one whose text was
+# written after it (an older message edited to ask the bot). One command more a message (the
+# GET), no round trip.
 _ACCEPT = (
     _TS_BEFORE
     + """
@@ -609,7 +610,8 @@ end
 redis.call('ZADD', KEYS[2], ARGV[9], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 local forgotten_at = redis.call('GET', KEYS[7])
-if forgotten_at and ts_before(ARGV[9], forgotten_at) then
+local written = ARGV[17] ~= '' and ARGV[17] or ARGV[9]
+if forgotten_at and ts_before(written, forgotten_at) then
   redis.call('HSET', KEYS[4], 'state', 'queued', 'forgotten', '1')
 else
   redis.call('HSET', KEYS[4], 'state', 'queued')
@@ -1754,6 +1756,7 @@ class Store:
         look_first: bool = False,
         answer_ts: str | None = None,
         sign: str | None = None,
+        written: str | None = None,
     ) -> tuple[Accepted, Queued | None]:
         """Queue a message for its thread unless it was seen before. With a `token`, when it is
         first in line, the thread's lock is taken for it in the same step (Accepted.TAKEN), and
@@ -1769,7 +1772,9 @@ class Store:
         `look_first`: its journal says so (`TurnRecord.look_first`), in the same step, so that
         whichever worker takes it asks Slack first whether it is still there and answered.
         `answer_ts`: its answer began to show there (`TurnRecord.answer_ts`), and `sign`, the
-        thinking sign shown for it (`TurnRecord.sign`), in the same step."""
+        thinking sign shown for it (`TurnRecord.sign`), in the same step. `written`: when its text
+        was written, if after its ts (an edit that asks the bot: the edit's ts), by which a
+        `forget me` said before that and after the message does not take it (`_ACCEPT`)."""
         key = message.key
         follow = message.action != "record"
         try:
@@ -1802,6 +1807,7 @@ class Store:
                     int(look_first),
                     answer_ts or "",
                     sign or "",
+                    written or "",
                 ],
             )
         except (RedisError, OSError) as error:

@@ -675,6 +675,29 @@ async def test_an_edit_after_forget_me_of_a_message_only_read_back_keeps_a_recor
     assert not await redis.exists(KEYS.user_index("T1", "U1"))
 
 
+async def test_an_older_message_edited_after_forget_me_to_ask_the_bot_is_stored(
+    bot: RunningBot, slack: SlackEmulator, redis: aioredis.Redis
+) -> None:
+    """ann wrote in the channel, not to the bot, before her `forget me`; after it, she edits that
+    message to ask the bot. The question, written after `forget me`, is answered and stored as
+    any message sent after it is (her next `forget me` takes it). Before, the mark her `forget
+    me` left took it for a message sent before it, by its ts: neither it nor its answer was
+    stored, and her follow-up in the thread was answered without them."""
+    store: Store = bot.bot.store
+    said = await slack.post_user_message(CHANNEL, "the printer on floor 3 is offline")  # to nobody
+    await slack.post_user_message(DM, "forget me")
+    await slack.wait_for_bot_messages(DM, count=1)
+    await bot.settle()
+    await slack.edit_message(CHANNEL, said, f"<@{BOT}> {ANN_SAYS[0]}")
+    await slack.wait_for_bot_messages(CHANNEL, said, count=1)
+    await bot.settle()
+
+    stored = await store.recent_turns(ThreadKey("T1", CHANNEL, said), 10)
+    assert [turn.user for turn in stored] == ["U1", None], stored
+    assert ANN_SAYS[0] in stored[0].text
+    assert await redis.sismember(KEYS.user_index("T1", "U1"), KEYS.turns(ThreadKey("T1", CHANNEL, said)))
+
+
 async def _commands_of(store: Store, step: Awaitable[object]) -> int:
     """How many commands Redis runs for `step` (those inside its scripts included)."""
 
