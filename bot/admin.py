@@ -242,7 +242,8 @@ async def _forget(store: Store, args: argparse.Namespace) -> int:
             raise AdminError(f"{args.user} kept writing in {error} meanwhile: run it again") from None
         print(
             f"forgot {args.user} in {team}: {forgotten.messages} messages (theirs and the answers to "
-            f"them) from {forgotten.conversations} conversations, {forgotten.records} records"
+            f"them) from {forgotten.conversations} conversations, {forgotten.records} records, and their "
+            "cached name"
         )
     return 0
 

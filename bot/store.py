@@ -504,6 +504,13 @@ class Keys:
     def seen(self, team: str, channel: str, ts: str) -> str:
         return f"{self.prefix}seen:{team}:{channel}:{ts}"
 
+    def forgotten_at(self, team: str, user: str) -> str:
+        """The ts of a person's newest `forget me` (a string; DEDUP_TTL): a message of theirs sent
+        before it and accepted after it is stored nowhere (`_ACCEPT`). Hashed, as a rate counter
+        is: it outlives their `forget me`, so it names nobody in clear."""
+        digest = hashlib.sha256(f"{team}:{user}".encode()).hexdigest()[:20]
+        return f"{self.prefix}forgotten:{digest}"
+
     def display_name(self, team: str, user: str) -> str:
         return f"{self.prefix}name:{team}:{user}"
 
@@ -514,6 +521,18 @@ class Keys:
         """A set of the keys that hold a person's data (their conversations' turn lists, and any
         per-person record another feature registers), so forgetting them needs no SCAN."""
         return f"{self.prefix}user:{team}:{user}"
+
+    def named_after(self, user: str) -> str:
+        """A SCAN pattern for the keys whose name ends with a person's id, in any workspace: among
+        them their index and cached display name (`team_of_person_key`)."""
+        return f"{self.prefix}*:{user}"
+
+    def team_of_person_key(self, name: str, user: str) -> str | None:
+        """The workspace of `user`'s index or cached display name `name`; None for another key."""
+        parts = self.unprefixed(name).split(":")
+        if len(parts) == 3 and parts[0] in ("user", "name") and parts[2] == user:
+            return parts[1]
+        return None
 
     def unprefixed(self, name: str) -> str:
         return name.removeprefix(self.prefix)
@@ -545,11 +564,27 @@ class Keys:
         return f"{self.prefix}rate:{{{bucket}}}:active"
 
 
-# KEYS: seen, inbox, meta, journal, pending, lock[, a rate bucket's calls]. ARGV: message json,
+# A Lua function: whether Slack ts `a` is older than `b`. Compared as (seconds, microseconds)
+# integers: a double loses the last digits of some, and strings of unlike lengths misorder.
+_TS_BEFORE = """
+local function ts_parts(ts)
+  local seconds, fraction = string.match(ts or '', '^(%d+)%.?(%d*)$')
+  if not seconds then return 0, 0 end
+  return tonumber(seconds), tonumber(string.sub(fraction .. '000000', 1, 6))
+end
+local function ts_before(a, b)
+  local a_seconds, a_micros = ts_parts(a)
+  local b_seconds, b_micros = ts_parts(b)
+  return a_seconds < b_seconds or (a_seconds == b_seconds and a_micros < b_micros)
+end
+"""
+
+# KEYS: seen, inbox, meta, journal, pending, lock, its person's `forget me` mark
+# (`Keys.forgotten_at`)[, a rate bucket's calls]. ARGV: message json,
 # dedup ttl, inbox ttl, conversation ttl, follow (0/1), starts conversation (0/1), thread key, now,
 # message ts, lock token, lock ttl ms, call id, bucket window ms, look in Slack first (0/1), the
 # ts of the answer's first message shown already ('' for none), the thinking sign shown ('' for
-# none).
+# none), the ts its text was written at when not its own ('' for none: an edit that asks the bot).
 # The inbox is ordered by the message's Slack ts, not by arrival: Slack (and Socket Mode's
 # concurrent handling) may hand two quick messages over in either order.
 # A message queued again after a loss (look in Slack first) whose journal says its turn is over
@@ -559,7 +594,14 @@ class Keys:
 # no token was given, or the thread's lock is held), and {3, message, journal} when first in line
 # with the lock now taken for the token (the step `_TAKE` would be next, saved). With the lock
 # taken and a call id, one call is counted in the rate bucket (see `Store.accept`).
-_ACCEPT = """
+# A message sent before its person's latest `forget me` and accepted only after it (its event came
+# as `forget me` read the inboxes, or a Slack retry came later) is marked `forgotten`, as
+# `_FORGET_WAITING` marks one waiting then: answered, and stored nowhere; not one whose text was
+# written after it (an older message edited to ask the bot). One command more a message (the
+# GET), no round trip.
+_ACCEPT = (
+    _TS_BEFORE
+    + """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then return {0} end
 if ARGV[14] == '1' then
   local state = redis.call('HGET', KEYS[4], 'state')
@@ -567,7 +609,13 @@ if ARGV[14] == '1' then
 end
 redis.call('ZADD', KEYS[2], ARGV[9], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call('HSET', KEYS[4], 'state', 'queued')
+local forgotten_at = redis.call('GET', KEYS[7])
+local written = ARGV[17] ~= '' and ARGV[17] or ARGV[9]
+if forgotten_at and ts_before(written, forgotten_at) then
+  redis.call('HSET', KEYS[4], 'state', 'queued', 'forgotten', '1')
+else
+  redis.call('HSET', KEYS[4], 'state', 'queued')
+end
 if ARGV[14] == '1' then redis.call('HSET', KEYS[4], 'look', '1') end
 if ARGV[15] ~= '' then redis.call('HSET', KEYS[4], 'answer_ts', ARGV[15]) end
 if ARGV[16] ~= '' then redis.call('HSET', KEYS[4], 'sign', ARGV[16]) end
@@ -583,11 +631,12 @@ if ARGV[10] == '' or not redis.call('SET', KEYS[6], ARGV[10], 'NX', 'PX', ARGV[1
 redis.call('ZADD', KEYS[5], 'XX', ARGV[8], ARGV[7])
 if ARGV[12] ~= '' then
   local clock = redis.call('TIME')
-  redis.call('ZADD', KEYS[7], tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000), ARGV[12])
-  redis.call('PEXPIRE', KEYS[7], ARGV[13])
+  redis.call('ZADD', KEYS[8], tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000), ARGV[12])
+  redis.call('PEXPIRE', KEYS[8], ARGV[13])
 end
 return {3, ARGV[1], redis.call('HGETALL', KEYS[4])}
 """
+)
 
 # A Lua function that the scripts taking a message out of a stored conversation, or changing its
 # text, are registered with (`Store.__init__`): the epoch bump stops a summary built before from
@@ -800,21 +849,6 @@ if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 return found
 """
 
-# A Lua function: whether Slack ts `a` is older than `b`. Compared as (seconds, microseconds)
-# integers: a double loses the last digits of some, and strings of unlike lengths misorder.
-_TS_BEFORE = """
-local function ts_parts(ts)
-  local seconds, fraction = string.match(ts or '', '^(%d+)%.?(%d*)$')
-  if not seconds then return 0, 0 end
-  return tonumber(seconds), tonumber(string.sub(fraction .. '000000', 1, 6))
-end
-local function ts_before(a, b)
-  local a_seconds, a_micros = ts_parts(a)
-  local b_seconds, b_micros = ts_parts(b)
-  return a_seconds < b_seconds or (a_seconds == b_seconds and a_micros < b_micros)
-end
-"""
-
 # KEYS: turns, meta, the DM's answers index (`Keys.answers`), the DM's meta (or meta again), then
 # per turn read back the tombstone of the message it goes with (its own; an answer's, its
 # question's), then per turn its edit record (`Keys.edited`), then one per-person index per author
@@ -969,6 +1003,17 @@ end
 return found
 """
 
+# KEYS: a person's `forget me` mark (`Keys.forgotten_at`). ARGV: the ts of a `forget me`, the
+# mark's TTL. The mark moves on, never back: two `forget me`s may end in either order (one said in
+# a busy thread waits for its turn, one said in a DM after it does not), and a message sent
+# between them, accepted after both, went before the later one.
+_MARK_FORGOTTEN = """
+local marked = redis.call('GET', KEYS[1])
+if marked and not ts_before(marked, ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+
 # KEYS: the journals of a person's messages still waiting for their turn in an inbox, sent before
 # their `forget me`. Each still queued is marked `forgotten`: its turn answers it (they asked it)
 # but stores neither it nor its answer, nor adds its conversation to their index (see
@@ -992,7 +1037,8 @@ return marked
 # Removes the person's turns and the bot's answers to them (which may quote them) with their
 # entries in the index, keeps everyone else's in order, and drops the summary. The journals of
 # their finished messages lose the text they may hold (an edit made while the message waited, an
-# answer kept for a retry) but keep their state, which says the message was answered: to a message
+# answer kept for a retry), and are marked `forgotten` so that a later edit keeps no record of it
+# (_REWRITE_TURN), but keep their state, which says the message was answered: to a message
 # queued again after a loss (_ACCEPT), to a beat (_BEAT), and to a stalled worker's lock renewal or
 # fence (_RENEW_THREAD_LOCK, _RATE_CLAIM), where no journal at all means Redis lost its data and
 # the turn goes on. A message still waiting or in flight keeps its journal's text, or its edit or
@@ -1024,6 +1070,9 @@ for ts in pairs(asked) do
   local state = redis.call('HGET', journal, 'state')
   if state == 'answered' or state == 'noted' or state == 'failed' then
     redis.call('HDEL', journal, 'edited_text', 'edited_readable', 'answer')
+    -- An edit of it from now on keeps no record of its text (_REWRITE_TURN reads this with the
+    -- state, in the read every edit makes): its turn is gone, and their index with it.
+    redis.call('HSET', journal, 'forgotten', '1')
   elseif state == 'working' then
     -- Being answered: its question is stored (and goes now), its answer comes later, linked to
     -- a question no later `forget me` could find. The step that stores it reads this.
@@ -1043,6 +1092,39 @@ redis.call('HDEL', KEYS[2], 'summary', 'summary_upto')
 redis.call('HINCRBY', KEYS[2], 'epoch', 1)
 if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
 return removed
+"""
+
+# KEYS: a person's index, their cached name, the conversations' turn lists `forget me` went
+# through (`Keys.turns`), then the edit records to delete. ARGV: user id, how many turn lists,
+# then the index's other members it went through. The end of `forget me`, in one step: each turn
+# list leaves the index unless a turn of theirs is in it now (a message they sent after `forget
+# me`, stored as it ran, put it back; a turn stored after this step puts it back too), so that
+# their next `forget me` finds it. Only a turn whose JSON names them is decoded.
+_DROP_INDEX = """
+local needle = '"user":"' .. ARGV[1] .. '"'
+local taken = {unpack(ARGV, 3)}
+for i = 3, 2 + tonumber(ARGV[2]) do
+  local theirs = false
+  for _, raw in ipairs(redis.call('LRANGE', KEYS[i], 0, -1)) do
+    if string.find(raw, needle, 1, true) then
+      local turn = cjson.decode(raw)
+      if turn['role'] == 'user' and turn['user'] == ARGV[1] then
+        theirs = true
+        break
+      end
+    end
+  end
+  if not theirs then taken[#taken + 1] = KEYS[i] end
+end
+for i = 3 + tonumber(ARGV[2]), #KEYS do
+  redis.call('DEL', KEYS[i])
+  taken[#taken + 1] = KEYS[i]
+end
+redis.call('DEL', KEYS[2])
+for i = 1, #taken, 1000 do
+  redis.call('SREM', KEYS[1], unpack(taken, i, math.min(i + 999, #taken)))
+end
+return #taken
 """
 
 # The message a worker takes next comes with its journal (`Keys.journal`), read in the same step
@@ -1616,6 +1698,8 @@ class Store:
         self._save_summary = self.redis.register_script(_SAVE_SUMMARY)
         self._their_turns = self.redis.register_script(_THEIR_TURNS)
         self._forget_waiting = self.redis.register_script(_FORGET_WAITING)
+        self._drop_index = self.redis.register_script(_DROP_INDEX)
+        self._mark_forgotten = self.redis.register_script(_TS_BEFORE + _MARK_FORGOTTEN)
         self._forget_in_conversation = self.redis.register_script(
             _INDEX_ANSWERS_FUNCTION + _FORGET_IN_CONVERSATION
         )
@@ -1672,6 +1756,7 @@ class Store:
         look_first: bool = False,
         answer_ts: str | None = None,
         sign: str | None = None,
+        written: str | None = None,
     ) -> tuple[Accepted, Queued | None]:
         """Queue a message for its thread unless it was seen before. With a `token`, when it is
         first in line, the thread's lock is taken for it in the same step (Accepted.TAKEN), and
@@ -1687,7 +1772,9 @@ class Store:
         `look_first`: its journal says so (`TurnRecord.look_first`), in the same step, so that
         whichever worker takes it asks Slack first whether it is still there and answered.
         `answer_ts`: its answer began to show there (`TurnRecord.answer_ts`), and `sign`, the
-        thinking sign shown for it (`TurnRecord.sign`), in the same step."""
+        thinking sign shown for it (`TurnRecord.sign`), in the same step. `written`: when its text
+        was written, if after its ts (an edit that asks the bot: the edit's ts), by which a
+        `forget me` said before that and after the message does not take it (`_ACCEPT`)."""
         key = message.key
         follow = message.action != "record"
         try:
@@ -1700,6 +1787,7 @@ class Store:
                     self.keys.journal(key.team, key.channel, message.ts),
                     self.keys.pending,
                     self.keys.lock(key),
+                    self.keys.forgotten_at(key.team, message.user),
                     *([self.keys.rate_calls(count_call.name)] if count_call else []),
                 ],
                 [
@@ -1719,6 +1807,7 @@ class Store:
                     int(look_first),
                     answer_ts or "",
                     sign or "",
+                    written or "",
                 ],
             )
         except (RedisError, OSError) as error:
@@ -2206,14 +2295,20 @@ class Store:
         """Delete everything stored about a person in a workspace: their messages in every
         conversation (and the bot's answers to them), summaries that may quote them, the text in
         the journals of those messages once finished, their personal records, their cached name
-        and their index; and see that their messages still waiting for their turn, sent before
-        `before` (their `forget me`'s ts; None: all), are answered without being stored. With
+        and their index; and see that their messages sent before `before` (their `forget me`'s
+        ts; None: now) and still waiting for their turn, or accepted only after this (a Slack
+        retry, within a day), are answered without being stored. With
         `scan_conversations`, every conversation of the workspace is searched too, not only those
         their index names."""
-        # First: a waiting message whose turn begins meanwhile is in the index read next.
+        # First the mark, which a message of theirs sent before it and accepted from now on heeds
+        # (`_ACCEPT`): the look at the waiting messages next cannot see those.
+        mark = before or f"{time.time():.6f}"
+        await self._mark_forgotten(keys=[self.keys.forgotten_at(team, user)], args=[mark, Keys.DEDUP_TTL])
+        # Then: a waiting message whose turn begins meanwhile is in the index read next.
         await self._forget_waiting_messages(team, user, before)
         index = self.keys.user_index(team, user)
-        members: set[str] = set(await self.redis.smembers(index))
+        indexed: set[str] = set(await self.redis.smembers(index))
+        members = set(indexed)
         if scan_conversations:
             pattern = self.keys.turns(ThreadKey(team, "*", "*"))
             members |= {name async for name in self.redis.scan_iter(match=pattern, count=1000)}
@@ -2233,8 +2328,30 @@ class Store:
         for pattern in self.keys.personal_record_patterns_of(team):
             async for name in self.redis.scan_iter(match=pattern, count=1000):
                 records += await self._forget_in_record(name, user)
-        await self.redis.delete(index, self.keys.display_name(team, user))
+        await self._drop_person_index(team, user, indexed, mark)
         return Forgotten(messages=messages, conversations=conversations, records=records)
+
+    async def _drop_person_index(self, team: str, user: str, indexed: set[str], mark: str) -> None:
+        """Take what `forget_user` went through (`indexed`: their index as it read it) out of the
+        person's index, with the edit records added to it since, and their cached name. An edit
+        of theirs whose step ran before the step that took its message out kept a record, there;
+        one after it keeps none (its journal's mark: `_FORGET_IN_CONVERSATION`), so this read
+        finds every record left; but that of an edit of a message sent after `mark` (their
+        `forget me`), which stays, as the message does. A conversation they wrote in again
+        meanwhile (a message sent after `forget me`) stays in it, as does anything else added
+        meanwhile, for their next `forget me`, rather than be left where none would find it
+        (`_DROP_INDEX`)."""
+        index = self.keys.user_index(team, user)
+        late = [member for member in await self.redis.smembers(index) if member not in indexed]
+        edits = [
+            member
+            for member in late
+            if self.keys.is_edit_record(member) and _sent_before(member.rsplit(":", 1)[-1], mark)
+        ]
+        conversations = sorted(member for member in indexed if self.keys.thread_of_turns(member))
+        others = sorted(indexed.difference(conversations))
+        keys = [index, self.keys.display_name(team, user), *conversations, *edits]
+        await self._drop_index(keys=keys, args=[user, len(conversations), *others])
 
     async def _forget_waiting_messages(self, team: str, user: str, before: str | None) -> None:
         """Mark the person's messages waiting in the workspace's inboxes, sent before `before`, so
@@ -2454,13 +2571,14 @@ class Store:
         return int(turns)
 
     async def teams_knowing(self, user: str) -> list[str]:
-        """The workspaces whose per-person index names `user`, or where a message of theirs waits
-        for its turn (the only trace of someone whose first message it is: nothing stored yet)."""
-        pattern = self.keys.user_index("*", user)
-        found = {
-            self.keys.unprefixed(name).split(":")[1]
-            async for name in self.redis.scan_iter(match=pattern, count=1000)
-        }
+        """The workspaces whose per-person index names `user`, that cache their display name (the
+        only trace of someone the bot looked up, as a mention, and never stored a message of), or
+        where a message of theirs waits for its turn (someone whose first message it is)."""
+        # One pass over the keyspace for both kinds of key, as before for the index alone.
+        found = set()
+        async for name in self.redis.scan_iter(match=self.keys.named_after(user), count=1000):
+            if (team := self.keys.team_of_person_key(name, user)) is not None:
+                found.add(team)
         found |= {key.team for key, _ in await self._waiting_messages_of(user)}
         return sorted(found)
 

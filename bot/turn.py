@@ -195,8 +195,9 @@ class TurnRunner:
 
     # -- entry points ----------------------------------------------------------------------
 
-    async def accept(self, message: IncomingMessage) -> None:
-        """Queue a message (once, however often Slack delivers it) and start working on its thread."""
+    async def accept(self, message: IncomingMessage, *, written: str | None = None) -> None:
+        """Queue a message (once, however often Slack delivers it) and start working on its thread.
+        `written`: the ts of the edit that made it ask the bot, if an edit did (`Store.accept`)."""
         seen = _seen(message)
         if seen in self._accepted:
             # A mention comes twice (message and app_mention), mostly to the same process:
@@ -220,7 +221,11 @@ class TurnRunner:
         )
         try:
             accepted, taken = await self.store.accept(
-                message, token, first_status, earlier_lost=self.redis_loss.dm_history_lost(message.key)
+                message,
+                token,
+                first_status,
+                earlier_lost=self.redis_loss.dm_history_lost(message.key),
+                written=written,
             )
         except StoreUnavailable as error:
             self._accepted.pop(seen, None)

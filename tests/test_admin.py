@@ -247,6 +247,27 @@ async def test_forget_with_no_team_finds_a_person_whose_only_trace_is_a_waiting_
     assert [turn.user for turn in stored if turn.role == "user"] == ["U2"]
 
 
+async def test_forget_with_no_team_finds_a_person_whose_only_trace_is_a_cached_name(
+    stored: Store, redis_url: str, redis: aioredis.Redis, tmp_path: Path
+) -> None:
+    """dan (U7) never wrote to the bot, but it looked his name up in two workspaces (someone
+    mentioned him there), and cached it: forgetting him with no `--team` finds both and deletes
+    the name in each, and says so; bob's cached name stays. Before, the command said nothing was
+    stored about dan, and his name stayed cached; then it said "0 messages ... 0 records" and no
+    word of the name it deleted."""
+    for team in ("T1", "T2"):
+        await stored.cache_name(team, "U7", "dan")
+    await stored.cache_name("T1", "U2", "bob")
+    result = admin(redis_url, "forget", "U7", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for team in ("T1", "T2"):
+        line = f"forgot U7 in {team}: 0 messages (theirs and the answers to them) from 0 conversations"
+        assert f"{line}, 0 records, and their cached name\n" in result.stdout, result.stdout
+    for key, content in (await everything_in(redis)).items():
+        assert "U7" not in key and "dan" not in content, (key, content)
+    assert await redis.get(KEYS.display_name("T1", "U2")) == "bob"
+
+
 async def test_purge_older_than(stored: Store, redis_url: str, redis: aioredis.Redis, tmp_path: Path) -> None:
     days = (time.time() - 1650000000) / 86400  # between the old thread and the new ones
     dry = admin(redis_url, "purge", "--older-than", f"{days:.0f}", "--dry-run", cwd=tmp_path)

@@ -488,6 +488,216 @@ async def test_a_message_being_answered_at_forget_me_and_edited_after_it_keeps_n
     assert not await redis.exists(KEYS.user_index("T1", "U1"))
 
 
+async def _ann_answered_in_bobs_thread(bot: RunningBot, slack: SlackEmulator) -> tuple[str, str]:
+    """bob's thread, with a follow-up of ann's answered in it: its root and her follow-up's ts."""
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> the printer is offline", user="U2")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    follow_up = await slack.post_user_message(CHANNEL, ANN_SAYS[0], thread_ts=root)
+    await slack.wait_for_bot_messages(CHANNEL, root, count=2)
+    await bot.settle()
+    return root, follow_up
+
+
+@pytest.mark.parametrize("edit_step", ["before", "after"])
+async def test_an_edit_of_an_older_message_during_forget_me_leaves_no_text_of_it(
+    redis_proxy: HeldReplyProxy,
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    redis: aioredis.Redis,
+    edit_step: str,
+) -> None:
+    """ann edits a follow-up of hers answered earlier while her `forget me` runs: its edit step
+    runs while the forget's step for that conversation is held back (after the forget read her
+    index), or the other way round, the edit's step held back until she was told she is
+    forgotten. Either way no text of hers stays once she is told so. Before, the edit's record
+    (her new text) stayed an hour, with no index entry (the first order: the forget deleted the
+    index the edit had added it to), or with her index back (the second)."""
+    bot = await start_bot("socket", REDIS_URL=redis_proxy.url)
+    store: Store = bot.bot.store
+    root, follow_up = await _ann_answered_in_bobs_thread(bot, slack)
+    edit = slack.edited_event(CHANNEL, follow_up, ANN_SAYS[1])
+    told: list[dict] = []
+
+    async def ann_edits() -> None:
+        assert (await slack.deliver_event(edit)).acked  # acknowledged once its step ran
+
+    async def ann_is_forgotten() -> None:
+        await slack.post_user_message(DM, "forget me")
+        told.extend(await slack.wait_for_bot_messages(DM, count=1))
+
+    if edit_step == "before":
+        redis_proxy.hold_request(store._forget_in_conversation.sha, ann_edits)
+        await ann_is_forgotten()
+    else:
+        redis_proxy.hold_request(store._rewrite_turn.sha, ann_is_forgotten)
+        await ann_edits()
+    await bot.settle()
+
+    assert redis_proxy.requests_held == 1
+    assert told[-1]["text"].startswith("Done: I've deleted what I stored about you"), told
+    for key, content in (await everything_in(redis)).items():
+        for said in ANN_SAYS[:2]:
+            assert said not in content, (key, content)
+    assert not await redis.exists(KEYS.user_index("T1", "U1"))
+    assert [t.user for t in await store.recent_turns(ThreadKey("T1", CHANNEL, root), 10)] == ["U2", None]
+
+
+@pytest.mark.parametrize("delivered", ["while forget me runs", "after it, a retry"])
+async def test_a_message_sent_before_forget_me_and_accepted_after_its_look_is_not_stored(
+    redis_proxy: HeldReplyProxy,
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    redis: aioredis.Redis,
+    delivered: str,
+) -> None:
+    """ann's DM message, sent before her `forget me`, reaches the bot only after `forget me` read
+    the waiting threads' inboxes: while its step for a conversation of hers is held back, or as
+    a Slack retry after she was told she is forgotten (its first delivery lost). It is answered
+    (she asked it) but stored nowhere, as one waiting at the `forget me` is. Before, its turn
+    stored it, and its answer, with her index back, after she was told everything was deleted."""
+    bot = await start_bot("socket", REDIS_URL=redis_proxy.url)
+    store: Store = bot.bot.store
+    await _ann_answered_in_bobs_thread(bot, slack)
+    late = slack.user_message_event(DM, ANN_SAYS[1])  # sent now; its event comes later
+
+    async def late_event_comes() -> None:
+        retry = {"retry_num": 1, "retry_reason": "http_timeout"} if delivered.endswith("retry") else {}
+        assert (await slack.deliver_event(late, **retry)).acked  # acknowledged once accepted
+
+    if delivered == "while forget me runs":
+        redis_proxy.hold_request(store._forget_in_conversation.sha, late_event_comes)
+    await slack.post_user_message(DM, "forget me")
+    told = await slack.wait_for_bot_messages(DM, count=1)
+    assert told[0]["text"].startswith("Done: I've deleted what I stored about you"), told
+    if delivered != "while forget me runs":
+        await late_event_comes()
+    answered = await slack.wait_for_bot_messages(DM, count=2, timeout=15)
+    await bot.settle()
+
+    assert answered[-1]["text"] == f"Answer: ann: {ANN_SAYS[1]}"
+    for key, content in (await everything_in(redis)).items():
+        for said in ANN_SAYS[:2]:
+            assert said not in content, (key, content)
+    assert not await redis.exists(KEYS.user_index("T1", "U1"))
+
+
+async def test_a_message_stored_in_a_forgotten_conversation_while_forget_me_runs_stays_indexed(
+    redis_proxy: HeldReplyProxy, start_bot: StartBot, slack: SlackEmulator, redis: aioredis.Redis
+) -> None:
+    """ann says `forget me`, and, as it runs, just after it took her turns out of bob's thread,
+    asks there again: that message, sent after `forget me`, is stored and answered as any, and
+    her next `forget me` takes it. Before, the first `forget me` took bob's thread out of her
+    index at its end (it had gone through it), though her new turn had just put it back: the
+    second found nothing to delete, and her message stayed."""
+    bot = await start_bot("socket", REDIS_URL=redis_proxy.url)
+    store: Store = bot.bot.store
+    root, _ = await _ann_answered_in_bobs_thread(bot, slack)
+
+    async def ann_asks_again() -> None:
+        redis_proxy.hold("", None)
+        await slack.post_user_message(CHANNEL, ANN_SAYS[2], thread_ts=root)
+        await slack.wait_for_bot_messages(CHANNEL, root, count=3)
+        await bot.settle()
+
+    redis_proxy.hold(store._forget_in_conversation.sha, ann_asks_again)
+    await slack.post_user_message(DM, "forget me")
+    await slack.wait_for_bot_messages(DM, count=1)
+    await bot.settle()
+    assert redis_proxy.held == 1
+    thread = ThreadKey("T1", CHANNEL, root)
+    assert [t.text for t in await store.recent_turns(thread, 10) if t.user == "U1"] == [ANN_SAYS[2]]
+
+    await slack.post_user_message(DM, "forget me")
+    told = await slack.wait_for_bot_messages(DM, count=2)
+    await bot.settle()
+    assert told[-1]["text"].startswith("Done: I've deleted what I stored about you"), told
+    for key, content in (await everything_in(redis)).items():
+        assert ANN_SAYS[2] not in content, (key, content)
+    assert [t.user for t in await store.recent_turns(thread, 10)] == ["U2", None]
+
+
+async def test_a_forget_me_done_after_a_later_one_leaves_the_later_mark(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: aioredis.Redis
+) -> None:
+    """ann says `forget me` in bob's thread, busy with his answer, where it waits; then in her DM,
+    where it is done at once; the thread's is done last. A DM message she sent between the two,
+    whose event comes only after both (a Slack retry), is answered and stored nowhere: she sent it
+    before the `forget me` she was first told was done. Before, the `forget me` done last left
+    its own older ts as the mark, and the message was stored."""
+    bob_answered = asyncio.Event()
+    llm.enqueue(Gated(bob_answered))
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> the printer is offline", user="U2")
+    await llm.wait_for_requests(1)
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> forget me", thread_ts=root)
+    late = slack.user_message_event(DM, ANN_SAYS[1])  # sent now; its event comes last
+    await slack.post_user_message(DM, "forget me")
+    told = await slack.wait_for_bot_messages(DM, count=1)
+    assert told[0]["text"].startswith("Done: I've deleted what I stored about you"), told
+    bob_answered.set()
+    replies = await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
+    assert replies[1]["text"].startswith("Done: I've deleted what I stored about you"), replies
+    await bot.settle()
+
+    assert (await slack.deliver_event(late, retry_num=1, retry_reason="http_timeout")).acked
+    answered = await slack.wait_for_bot_messages(DM, count=2, timeout=15)
+    await bot.settle()
+    assert answered[-1]["text"] == f"Answer: ann: {ANN_SAYS[1]}"
+    for key, content in (await everything_in(redis)).items():
+        assert ANN_SAYS[1] not in content, (key, content)
+    assert not await redis.exists(KEYS.user_index("T1", "U1"))
+
+
+async def test_an_edit_after_forget_me_of_a_message_only_read_back_keeps_a_record_the_next_takes(
+    bot: RunningBot, slack: SlackEmulator, redis: aioredis.Redis
+) -> None:
+    """ann wrote in bob's thread before the bot was in it; bob's mention makes the bot read her
+    message back from Slack (it never had its event: no journal). After her `forget me` she
+    edits it: as the limit in docs/reliability.md says, the edit keeps a record an hour, with
+    her index, and her next `forget me` takes both."""
+    root = slack.seed_message(CHANNEL, "the printer is offline", user="U2")
+    said = slack.seed_message(CHANNEL, ANN_SAYS[0], thread_ts=root)
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> any idea?", thread_ts=root, user="U2")
+    await slack.wait_for_bot_messages(CHANNEL, root, count=1)
+    await slack.post_user_message(DM, "forget me")
+    await slack.wait_for_bot_messages(DM, count=1)
+    await bot.settle()
+    await slack.edit_message(CHANNEL, said, ANN_SAYS[1])
+    await bot.settle()
+    assert ANN_SAYS[1] in (await redis.get(KEYS.edited("T1", CHANNEL, said)) or "")
+    assert await redis.exists(KEYS.user_index("T1", "U1"))
+
+    await slack.post_user_message(DM, "forget me")
+    await slack.wait_for_bot_messages(DM, count=2)
+    await bot.settle()
+    for key, content in (await everything_in(redis)).items():
+        for text in ANN_SAYS[:2]:
+            assert text not in content, (key, content)
+    assert not await redis.exists(KEYS.user_index("T1", "U1"))
+
+
+async def test_an_older_message_edited_after_forget_me_to_ask_the_bot_is_stored(
+    bot: RunningBot, slack: SlackEmulator, redis: aioredis.Redis
+) -> None:
+    """ann wrote in the channel, not to the bot, before her `forget me`; after it, she edits that
+    message to ask the bot. The question, written after `forget me`, is answered and stored as
+    any message sent after it is (her next `forget me` takes it). Before, the mark her `forget
+    me` left took it for a message sent before it, by its ts: neither it nor its answer was
+    stored, and her follow-up in the thread was answered without them."""
+    store: Store = bot.bot.store
+    said = await slack.post_user_message(CHANNEL, "the printer on floor 3 is offline")  # to nobody
+    await slack.post_user_message(DM, "forget me")
+    await slack.wait_for_bot_messages(DM, count=1)
+    await bot.settle()
+    await slack.edit_message(CHANNEL, said, f"<@{BOT}> {ANN_SAYS[0]}")
+    await slack.wait_for_bot_messages(CHANNEL, said, count=1)
+    await bot.settle()
+
+    stored = await store.recent_turns(ThreadKey("T1", CHANNEL, said), 10)
+    assert [turn.user for turn in stored] == ["U1", None], stored
+    assert ANN_SAYS[0] in stored[0].text
+    assert await redis.sismember(KEYS.user_index("T1", "U1"), KEYS.turns(ThreadKey("T1", CHANNEL, said)))
+
+
 async def _commands_of(store: Store, step: Awaitable[object]) -> int:
     """How many commands Redis runs for `step` (those inside its scripts included)."""
 

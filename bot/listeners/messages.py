@@ -44,7 +44,10 @@ def register(app: AsyncApp, turns: TurnRunner) -> MessageListeners:
         with turns.taking_in(_thread_of(event, team, is_dm=is_dm)):
             message = await _incoming(event, team, bot_user_id, is_dm=is_dm, turns=turns)
             if message is not None:
-                await turns.accept(message)
+                # A mention made by an edit (Slack's app_mention of an edited message) was written
+                # at the edit's ts, not the message's.
+                edited = an_object(event.get("edited")).get("ts")
+                await turns.accept(message, written=edited if is_slack_ts(edited) else None)
 
     async def on_change(event: dict[str, Any], team: str | None, bot_user_id: str) -> None:
         # Counted as an event being taken in: a stop waits for it as for a new message.
