@@ -773,6 +773,15 @@ class TurnRunner:
         await self.delivery.post_notice(target, INTERRUPTED, fence=self._fence(message))
         return Progress.of(state="noted")
 
+    async def _close_streams(self, reply: Reply) -> None:
+        """An answer given up for a notice: nothing more of it shown, and its messages that may
+        still stream stopped bare first, so that no notice goes under an answer Slack shows as
+        still being written. A stop Slack fails here too is logged and the notice goes all the
+        same (better than silence); nothing closes it later."""
+        reply.abandon()
+        for ts in reply.left_streaming:
+            await self.delivery.end_abandoned(reply.target, ts)
+
     def _fence(self, message: IncomingMessage) -> Fence | None:
         """The thread's lock as held here, for a post about `message` to check (`Fence`)."""
         held = self._held.get(message.key)
@@ -859,6 +868,12 @@ class TurnRunner:
             outcome = "interrupted"
             if reply is not None:
                 reply.abandon()
+            raise
+        except Exception:
+            # Unforeseen: the turn ends with a notice (`_take_turn_safely`), under no open stream.
+            outcome = "failed"
+            if reply is not None:
+                await self._close_streams(reply)
             raise
         finally:
             if outcome not in ("delivery_deferred", "interrupted"):
@@ -972,6 +987,7 @@ class TurnRunner:
                     code,
                     attempts,
                 )
+                await self._close_streams(reply)
                 await self.delivery.post_notice(target, DELIVERY_FAILED)
                 return [], Progress.of(state="failed", answer=None)
             log.warning(

@@ -20,7 +20,7 @@ from bot.llm import REJECTED
 from bot.pipelining import CLOSE_WAIT_SECONDS
 from bot.server import LEAVE_WAIT_SECONDS
 from bot.store import Accepted, IncomingMessage, LockRenewal, Store
-from bot.turn import INTERRUPTED
+from bot.turn import DELIVERY_FAILED, INTERRUPTED
 from tests.bot_process import BotProcess
 from tests.conftest import StartBot, bot_env, free_port, wait_until
 from tests.emulators.openai_api import Gated, Hang, OpenAIEmulator, Status
@@ -1049,4 +1049,33 @@ async def test_killed_after_posting_the_interrupted_note_before_recording_it_is_
     await survivor.settle()
     texts = [m["text"] for m in slack.bot_messages(CHANNEL, ts)]
     assert texts.count(INTERRUPTED) == 1, [t[:40] for t in texts]
+    assert len(llm.requests) == 1
+
+
+async def test_killed_between_closing_a_stream_and_posting_the_error_notice_under_it(
+    spawn_bot: SpawnBot, start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: Redis
+) -> None:
+    """The stream of an answer Slack would not finish is closed before "something went wrong"
+    goes under it; a process killed between the two (the notice not yet posted) leaves the next
+    one an answer cut short: it notes it interrupted, once, and nothing is left streaming."""
+    first = await spawn_bot()
+    llm.chunk_delay, llm.chunk_chars = 0.05, 12  # still written when it first shows: streamed
+    llm.reply = lambda messages: "First paragraph of the answer.\n\nSecond paragraph, which comes later on."
+    slack.fail_next("chat.stopStream", error="msg_too_long")
+    noting = slack.gate("chat.postMessage", lambda args: DELIVERY_FAILED in str(args))  # held, not posted
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> tell me")
+    await slack.wait_for(lambda: noting.waiting == 1, timeout=15, what="the notice on its way")
+    [streamed] = slack.bot_messages(CHANNEL, ts)
+    assert not streamed.get("streaming"), "the notice went out before the stream was closed"
+    first.kill()
+    await first.wait()
+    # The held notice is never let through: Slack never carried it out.
+
+    survivor = await start_bot("http", **FAST_RECOVERY)
+    finished = lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{ts}", "noted")  # noqa: E731
+    await wait_until(finished, "the survivor to finish the turn", within=15)
+    await survivor.settle()
+    messages = slack.bot_messages(CHANNEL, ts)
+    assert [m["text"] for m in messages][1:] == [INTERRUPTED], [m["text"][:40] for m in messages]
+    assert not [m["ts"] for m in messages if m.get("streaming")]
     assert len(llm.requests) == 1
