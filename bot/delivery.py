@@ -89,7 +89,11 @@ class FoundAnswer:
 @dataclass(frozen=True)
 class Noticed:
     """A notice for the question already in Slack (its block id names it): its turn's outcome,
-    from a process that posted it and died before recording it (see `Delivery.find_answer`)."""
+    from a process that posted it and died before recording it (see `Delivery.find_answer`).
+    `begun`: the bot's messages between the question and the notice that are neither notices
+    nor an answer's last message (the parts of an answer given up for it, which may stream still)."""
+
+    begun: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -274,7 +278,7 @@ class Delivery:
             return None
         found = _answer_among(messages, has_more, target.message_ts, bot_user_id)
         if (found is None or not found.complete) and _noticed(messages, target.message_ts):
-            return Noticed()
+            return Noticed(_begun_before_notice(messages, target.message_ts, bot_user_id))
         return found
 
     async def look_at_question(
@@ -432,6 +436,26 @@ def _noticed(messages: list[dict[str, Any]], question_ts: str) -> bool:
     """Whether the bot posted a notice that is the question's outcome among these messages."""
     notice = notice_block_id(question_ts)
     return any(m.get("bot_id") and notice in block_ids(m) for m in messages)
+
+
+def _begun_before_notice(
+    messages: list[dict[str, Any]], question_ts: str, bot_user_id: str
+) -> tuple[str, ...]:
+    """See `Noticed.begun`: the bot's messages after the question and before its notice."""
+    notice = notice_block_id(question_ts)
+    noticed_at = [ts_number(m.get("ts")) for m in messages if m.get("bot_id") and notice in block_ids(m)]
+    question, end = ts_number(question_ts), min((t for t in noticed_at if t is not None), default=None)
+    if question is None or end is None:
+        return ()
+    return tuple(
+        str(m["ts"])
+        for m in messages
+        if m.get("bot_id")
+        and m.get("user") == bot_user_id
+        and (ts := ts_number(m.get("ts"))) is not None
+        and question < ts < end
+        and not any(is_notice_block(i) or i.startswith(ANSWER_BLOCK_PREFIX) for i in block_ids(m))
+    )
 
 
 def _answer_among(

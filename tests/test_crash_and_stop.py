@@ -27,6 +27,7 @@ from tests.emulators.openai_api import Gated, Hang, OpenAIEmulator, Status
 from tests.emulators.slack import Delivery, Gate, SlackEmulator
 from tests.redis_proxy import HeldReplyProxy
 from tests.test_declared_keys import monitored
+from tests.test_streaming import _long_answer
 
 pytestmark = pytest.mark.slow
 
@@ -1049,6 +1050,59 @@ async def test_killed_after_posting_the_interrupted_note_before_recording_it_is_
     await survivor.settle()
     texts = [m["text"] for m in slack.bot_messages(CHANNEL, ts)]
     assert texts.count(INTERRUPTED) == 1, [t[:40] for t in texts]
+    assert len(llm.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("answer", "bare_stop"), [("short", "closes it"), ("short", "fails"), ("long", "fails")]
+)
+async def test_killed_after_posting_an_error_notice_under_a_stream_before_recording_it(
+    spawn_bot: SpawnBot,
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    answer: str,
+    bare_stop: str,
+) -> None:
+    """Slack refuses a streamed answer's final stop for good, so the turn ends with "something
+    went wrong" under it; the process is killed as Slack takes that notice, before it recorded
+    it. The next process resumes the turn, finds the notice, and posts no second one, and the
+    stream is closed: by the first process before its notice, or, when Slack failed that bare
+    stop too (a 503, three times), by the one that resumes the turn; for a long answer, its
+    second message, which the journal does not name. Before, nothing closed it: the notice went
+    under a stream left open, and the resumed turn took the notice for the outcome and stopped
+    there, so Slack showed the answer as still being written, for good."""
+    first = await spawn_bot()
+    if answer == "long":
+        llm.chunk_delay, llm.chunk_chars = 0.02, 200
+        llm.reply = lambda messages: _long_answer()  # two messages
+    else:
+        llm.chunk_delay, llm.chunk_chars = 0.05, 12  # still written when it first shows: streamed
+        llm.reply = lambda messages: (
+            "First paragraph of the answer.\n\nSecond paragraph, which comes later on."
+        )
+    stopping = slack.gate("chat.stopStream", lambda args: bool(args.get("blocks")))  # the final stop
+    noting = slack.gate("chat.postMessage", lambda args: DELIVERY_FAILED in str(args), answered=True)
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> tell me")
+    await slack.wait_for(lambda: stopping.waiting == 1, timeout=15, what="the answer's final stop")
+    slack.fail_next("chat.stopStream", error="msg_too_long")
+    if bare_stop == "fails":
+        slack.fail_next("chat.stopStream", error="service_unavailable", status=503, times=3)
+    stopping.opened.set()
+    await slack.wait_for(lambda: noting.waiting == 1, timeout=15, what="the notice, taken by Slack")
+    first.kill()
+    await first.wait()
+    noting.opened.set()
+
+    survivor = await start_bot("http", **FAST_RECOVERY)
+    finished = lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{ts}", "noted")  # noqa: E731
+    await wait_until(finished, "the survivor to finish the turn", within=15)
+    await survivor.settle()
+    messages = slack.bot_messages(CHANNEL, ts)
+    assert len(messages) == (3 if answer == "long" else 2), [m["text"][:40] for m in messages]
+    assert messages[-1]["text"] == DELIVERY_FAILED
+    assert not [m["ts"] for m in messages if m.get("streaming")], "the answer was left streaming"
     assert len(llm.requests) == 1
 
 
