@@ -762,7 +762,13 @@ class TurnRunner:
         journaled first: not an earlier turn's answer, shown after this question (a stopped one)."""
         begun = [ts for ts in noticed.begun if ts != record.answer_ts]
         if begun:
-            stored = await self.store.stored_ts(message.key)
+            try:
+                stored = await self.store.stored_ts(message.key)
+            except (RedisError, OSError) as error:
+                # All stopped then (a bare stop of a finished message does nothing): failing the
+                # turn here would post a second notice under the one found.
+                log.warning("stored answers not read error=%s", type(error).__name__)
+                stored = set()
             begun = [ts for ts in begun if ts not in stored]
         return [record.answer_ts, *begun] if record.answer_ts is not None else begun
 

@@ -1133,3 +1133,43 @@ async def test_killed_between_closing_a_stream_and_posting_the_error_notice_unde
     assert [m["text"] for m in messages][1:] == [INTERRUPTED], [m["text"][:40] for m in messages]
     assert not [m["ts"] for m in messages if m.get("streaming")]
     assert len(llm.requests) == 1
+
+
+async def test_a_resumed_turn_that_finds_its_notice_with_redis_out_of_reach_posts_no_second_one(
+    spawn_bot: SpawnBot,
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis_proxy: HeldReplyProxy,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A long answer Slack would not finish, "something went wrong" posted under it, the process
+    killed before it recorded that. The next one resumes the turn and finds the notice; Redis goes
+    out of reach as it reads the thread, so it cannot tell which of the bot's messages its stored
+    conversation holds. It closes the answer's messages all the same (a bare stop of a finished
+    one does nothing) and posts nothing more. Before, the failed read made the turn fail, and
+    a second notice ("something went wrong on my side") went under the first."""
+    first = await spawn_bot()
+    llm.chunk_delay, llm.chunk_chars = 0.02, 200
+    llm.reply = lambda messages: _long_answer()  # two messages
+    stopping = slack.gate("chat.stopStream", lambda args: bool(args.get("blocks")))  # the final stop
+    noting = slack.gate("chat.postMessage", lambda args: DELIVERY_FAILED in str(args), answered=True)
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> tell me")
+    await slack.wait_for(lambda: stopping.waiting == 1, timeout=15, what="the answer's final stop")
+    slack.fail_next("chat.stopStream", error="msg_too_long")
+    slack.fail_next("chat.stopStream", error="service_unavailable", status=503, times=3)  # bare stop too
+    stopping.opened.set()
+    await slack.wait_for(lambda: noting.waiting == 1, timeout=15, what="the notice, taken by Slack")
+    first.kill()
+    await first.wait()
+    noting.opened.set()
+
+    reading = slack.gate("conversations.replies")
+    await start_bot("http", REDIS_URL=redis_proxy.url, **FAST_RECOVERY)
+    await slack.wait_for(lambda: reading.waiting == 1, timeout=15, what="the resumed turn's look in Slack")
+    await redis_proxy.stop()  # every connection to Redis cut, and none taken
+    reading.opened.set()
+    await wait_until(lambda: "turn crashed" in caplog.text, "the turn to end (its outcome not recorded)")
+    messages = slack.bot_messages(CHANNEL, ts)
+    assert [m["text"] for m in messages][2:] == [DELIVERY_FAILED], [m["text"][:40] for m in messages]
+    assert not [m["ts"] for m in messages if m.get("streaming")], "the answer was left streaming"
