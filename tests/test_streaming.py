@@ -12,13 +12,14 @@ import itertools
 import re
 import time
 
+from redis.asyncio import Redis
+
 from bot.formatting import SlackMarkdown, to_mrkdwn
 from bot.store import ThreadKey
 from bot.turn import DELIVERY_FAILED, TURN_FAILED
 from tests.conftest import RATE_SCALE, RunningBot, StartBot
 from tests.emulators.openai_api import OpenAIEmulator, Reply
 from tests.emulators.slack import SlackEmulator
-from tests.redis_proxy import HeldReplyProxy
 
 CHANNEL = "C700"
 BOT = "UBOT"
@@ -353,24 +354,27 @@ async def test_an_answer_slack_will_not_finish_is_closed_before_the_notice_under
 
 
 async def test_a_turn_that_fails_while_its_answer_streams_closes_it_before_the_notice_under_it(
-    redis_proxy: HeldReplyProxy, start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator
+    bot: RunningBot, redis: Redis, slack: SlackEmulator, llm: OpenAIEmulator
 ) -> None:
     """Slack refuses a streamed answer's final stop (not for good: the answer would be kept for
-    a retry), and Redis is out of reach as the turn counts that attempt: the turn fails in a way
-    it did not foresee and ends with "something went wrong on my side". The stream is stopped
-    bare before that notice. Before, the notice went under a stream left open for good."""
-    running = await start_bot("http", REDIS_URL=redis_proxy.url)
+    a retry), and Redis refuses every write as the turn counts that attempt (out of memory): the
+    turn fails in a way it did not foresee and ends with "something went wrong on my side". The
+    stream is stopped bare before that notice. Before, the notice went under a stream left open
+    for good."""
     llm.chunk_delay, llm.chunk_chars = 0.05, 12  # still written when it first shows: streamed
     llm.enqueue(Reply("First paragraph of the answer.\n\nSecond paragraph, which comes later on."))
     stopping = slack.gate("chat.stopStream", lambda args: bool(args.get("blocks")))  # the final stop
     ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> tell me")
     await slack.wait_for(lambda: stopping.waiting == 1, what="the answer's final stop")
-    await redis_proxy.stop()  # every connection to Redis cut, and none taken
-    slack.fail_next("chat.stopStream", error="invalid_blocks")
-    stopping.opened.set()
-    noticed = lambda: TURN_FAILED in [m["text"] for m in slack.bot_messages(CHANNEL, ts)]  # noqa: E731
-    await slack.wait_for(noticed, what="the notice")
-    await running.settle()
+    await redis.config_set("maxmemory", 1)  # every write refused at once (`noeviction`)
+    try:
+        slack.fail_next("chat.stopStream", error="invalid_blocks")
+        stopping.opened.set()
+        noticed = lambda: TURN_FAILED in [m["text"] for m in slack.bot_messages(CHANNEL, ts)]  # noqa: E731
+        await slack.wait_for(noticed, what="the notice")
+        await bot.settle()
+    finally:
+        await redis.config_set("maxmemory", 0)
     streamed, notice = slack.bot_messages(CHANNEL, ts)
     assert notice["text"] == TURN_FAILED and streamed["text"]
     assert not streamed.get("streaming"), "the answer was left streaming"
