@@ -30,6 +30,7 @@ from bot.streaming import (
     LOST_LOOKUP_ATTEMPTS,
     LOST_POST_ATTEMPTS,
     LOST_RETRY_PAUSE,
+    UNQUEUED_NOTICE_PREFIX,
     DeliveryError,
     Ending,
     LostCallUnsettled,
@@ -90,8 +91,9 @@ class FoundAnswer:
 class Noticed:
     """A notice for the question already in Slack (its block id names it): its turn's outcome,
     from a process that posted it and died before recording it (see `Delivery.find_answer`).
-    `begun`: the bot's messages between the question and the notice that are neither notices
-    nor an answer's last message (the parts of an answer given up for it, which may stream still)."""
+    `begun`: the bot's messages between the question and the notice, after any that ends an
+    earlier turn's reply, that are neither notices nor an answer's last message (the parts of an
+    answer given up for it, which may stream still)."""
 
     begun: tuple[str, ...] = ()
 
@@ -441,21 +443,31 @@ def _noticed(messages: list[dict[str, Any]], question_ts: str) -> bool:
 def _begun_before_notice(
     messages: list[dict[str, Any]], question_ts: str, bot_user_id: str
 ) -> tuple[str, ...]:
-    """See `Noticed.begun`: the bot's messages after the question and before its notice."""
-    notice = notice_block_id(question_ts)
-    noticed_at = [ts_number(m.get("ts")) for m in messages if m.get("bot_id") and notice in block_ids(m)]
-    question, end = ts_number(question_ts), min((t for t in noticed_at if t is not None), default=None)
-    if question is None or end is None:
+    """See `Noticed.begun`: the bot's messages after the question and before its notice, and
+    after the last before it that ends a turn's reply (an answer's last message, a notice that
+    is some question's outcome): turns in a thread run one after another, so a message before
+    that one is an earlier turn's (a long answer's middle one, asked after while it was written)."""
+    notice, question = notice_block_id(question_ts), ts_number(question_ts)
+    if question is None:
         return ()
-    return tuple(
-        str(m["ts"])
-        for m in messages
-        if m.get("bot_id")
-        and m.get("user") == bot_user_id
-        and (ts := ts_number(m.get("ts"))) is not None
-        and question < ts < end
-        and not any(is_notice_block(i) or i.startswith(ANSWER_BLOCK_PREFIX) for i in block_ids(m))
-    )
+    later = [
+        (ts, message)
+        for message in messages
+        if message.get("bot_id") and (ts := ts_number(message.get("ts"))) is not None and ts > question
+    ]
+    later.sort(key=lambda pair: pair[0])  # a DM's history comes newest first
+    begun: list[str] = []
+    for _, message in later:
+        ids = block_ids(message)
+        if notice in ids:
+            return tuple(begun)
+        if message.get("user") != bot_user_id or any(i.startswith(UNQUEUED_NOTICE_PREFIX) for i in ids):
+            continue  # not the bot's, or a notice for a message that never had a turn
+        if any(is_notice_block(i) or i.startswith(ANSWER_BLOCK_PREFIX) for i in ids):
+            begun = []  # an earlier turn's reply ends here
+        else:
+            begun.append(str(message["ts"]))
+    return ()
 
 
 def _answer_among(

@@ -1173,3 +1173,44 @@ async def test_a_resumed_turn_that_finds_its_notice_with_redis_out_of_reach_post
     messages = slack.bot_messages(CHANNEL, ts)
     assert [m["text"] for m in messages][2:] == [DELIVERY_FAILED], [m["text"][:40] for m in messages]
     assert not [m["ts"] for m in messages if m.get("streaming")], "the answer was left streaming"
+
+
+async def test_a_resumed_turn_that_finds_its_notice_leaves_an_earlier_answer_after_its_question_alone(
+    spawn_bot: SpawnBot, start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: Redis
+) -> None:
+    """A second question, asked as the first's long answer (three messages) was being written,
+    gets an answer Slack will not finish, "something went wrong" under it, and the process is
+    killed before it recorded that. The resumed turn finds the notice and closes its own answer's
+    stream, not the earlier answer's middle message, which came after its question (finished long
+    since; the stored conversation knows an answer by its first message only). Before, that one
+    was stopped bare again: a Tier 2 chat.stopStream spent on a message that was not streaming."""
+    first = await spawn_bot()
+    llm.chunk_delay, llm.chunk_chars = 0.02, 200
+    second = "Second answer, which streams a while. " * 80  # still written when it first shows
+    llm.reply = lambda messages: second if "second" in str(messages[-1]) else _long_answer(24_000)
+    q1 = await slack.post_user_message(CHANNEL, f"<@{BOT}> first question")
+    q2 = await slack.post_user_message(CHANNEL, f"<@{BOT}> second question", thread_ts=q1)
+    stopping = slack.gate("chat.stopStream", lambda args: f"answer_to:{q2}" in str(args))  # the final stop
+    noting = slack.gate("chat.postMessage", lambda args: DELIVERY_FAILED in str(args), answered=True)
+    await slack.wait_for(lambda: stopping.waiting == 1, timeout=15, what="the second answer's final stop")
+    slack.fail_next("chat.stopStream", error="msg_too_long")
+    stopping.opened.set()
+    await slack.wait_for(lambda: noting.waiting == 1, timeout=15, what="the notice, taken by Slack")
+    first.kill()
+    await first.wait()
+    noting.opened.set()
+
+    survivor = await start_bot("http", **FAST_RECOVERY)
+    finished = lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{q2}", "noted")  # noqa: E731
+    await wait_until(finished, "the survivor to finish the turn", within=15)
+    await survivor.settle()
+    messages = slack.bot_messages(CHANNEL, q1)
+    assert [m["text"] for m in messages][4:] == [DELIVERY_FAILED], [m["text"][:40] for m in messages]
+    assert not [m["ts"] for m in messages if m.get("streaming")], "an answer was left streaming"
+    middle = messages[1]["ts"]  # the first answer's
+    stops = [
+        c.response.get("error")
+        for c in slack.calls
+        if c.method == "chat.stopStream" and c.args.get("ts") == middle
+    ]
+    assert stops == [None], stops  # its own, as the next message began

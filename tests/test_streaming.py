@@ -263,10 +263,10 @@ def _fences_balanced(text: str) -> bool:
     return sum(1 for line in text.split("\n") if line.strip().startswith("```")) % 2 == 0
 
 
-def _long_answer() -> str:
+def _long_answer(length: int = 15_000) -> str:
     parts: list[str] = []
     i = 0
-    while sum(map(len, parts)) < 15_000:
+    while sum(map(len, parts)) < length:
         parts.append(
             f"## Part {i}\n\nSome explanation of step {i}, with **bold** words & a [link](https://x.io/{i})."
         )
