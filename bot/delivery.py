@@ -107,6 +107,7 @@ class QuestionInSlack:
     text: str | None = None
     answer: FoundAnswer | None = None
     noticed: bool = False
+    begun: tuple[str, ...] = ()  # when noticed: the parts of an answer given up for it (`Noticed`)
 
 
 @dataclass
@@ -323,7 +324,8 @@ class Delivery:
         noticed = _noticed(messages, target.message_ts)
         answer = _answer_among(messages, has_more, target.message_ts, bot_user_id)
         text = question.get("text")
-        return QuestionInSlack(True, text if isinstance(text, str) else None, answer, noticed)
+        begun = _begun_before_notice(messages, target.message_ts, bot_user_id) if noticed else ()
+        return QuestionInSlack(True, text if isinstance(text, str) else None, answer, noticed, begun)
 
     async def _read_from(
         self, target: Target, *, wait: float, inclusive: bool = False
