@@ -30,6 +30,7 @@ from bot.streaming import (
     LOST_LOOKUP_ATTEMPTS,
     LOST_POST_ATTEMPTS,
     LOST_RETRY_PAUSE,
+    UNQUEUED_NOTICE_PREFIX,
     DeliveryError,
     Ending,
     LostCallUnsettled,
@@ -89,7 +90,12 @@ class FoundAnswer:
 @dataclass(frozen=True)
 class Noticed:
     """A notice for the question already in Slack (its block id names it): its turn's outcome,
-    from a process that posted it and died before recording it (see `Delivery.find_answer`)."""
+    from a process that posted it and died before recording it (see `Delivery.find_answer`).
+    `begun`: the bot's messages between the question and the notice, after any that ends an
+    earlier turn's reply, that are neither notices nor an answer's last message (the parts of an
+    answer given up for it, which may stream still)."""
+
+    begun: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,7 @@ class QuestionInSlack:
     text: str | None = None
     answer: FoundAnswer | None = None
     noticed: bool = False
+    begun: tuple[str, ...] = ()  # when noticed: the parts of an answer given up for it (`Noticed`)
 
 
 @dataclass
@@ -274,7 +281,7 @@ class Delivery:
             return None
         found = _answer_among(messages, has_more, target.message_ts, bot_user_id)
         if (found is None or not found.complete) and _noticed(messages, target.message_ts):
-            return Noticed()
+            return Noticed(_begun_before_notice(messages, target.message_ts, bot_user_id))
         return found
 
     async def look_at_question(
@@ -317,7 +324,8 @@ class Delivery:
         noticed = _noticed(messages, target.message_ts)
         answer = _answer_among(messages, has_more, target.message_ts, bot_user_id)
         text = question.get("text")
-        return QuestionInSlack(True, text if isinstance(text, str) else None, answer, noticed)
+        begun = _begun_before_notice(messages, target.message_ts, bot_user_id) if noticed else ()
+        return QuestionInSlack(True, text if isinstance(text, str) else None, answer, noticed, begun)
 
     async def _read_from(
         self, target: Target, *, wait: float, inclusive: bool = False
@@ -432,6 +440,36 @@ def _noticed(messages: list[dict[str, Any]], question_ts: str) -> bool:
     """Whether the bot posted a notice that is the question's outcome among these messages."""
     notice = notice_block_id(question_ts)
     return any(m.get("bot_id") and notice in block_ids(m) for m in messages)
+
+
+def _begun_before_notice(
+    messages: list[dict[str, Any]], question_ts: str, bot_user_id: str
+) -> tuple[str, ...]:
+    """See `Noticed.begun`: the bot's messages after the question and before its notice, and
+    after the last before it that ends a turn's reply (an answer's last message, a notice that
+    is some question's outcome): turns in a thread run one after another, so a message before
+    that one is an earlier turn's (a long answer's middle one, asked after while it was written)."""
+    notice, question = notice_block_id(question_ts), ts_number(question_ts)
+    if question is None:
+        return ()
+    later = [
+        (ts, message)
+        for message in messages
+        if message.get("bot_id") and (ts := ts_number(message.get("ts"))) is not None and ts > question
+    ]
+    later.sort(key=lambda pair: pair[0])  # a DM's history comes newest first
+    begun: list[str] = []
+    for _, message in later:
+        ids = block_ids(message)
+        if notice in ids:
+            return tuple(begun)
+        if message.get("user") != bot_user_id or any(i.startswith(UNQUEUED_NOTICE_PREFIX) for i in ids):
+            continue  # not the bot's, or a notice for a message that never had a turn
+        if any(is_notice_block(i) or i.startswith(ANSWER_BLOCK_PREFIX) for i in ids):
+            begun = []  # an earlier turn's reply ends here
+        else:
+            begun.append(str(message["ts"]))
+    return ()
 
 
 def _answer_among(

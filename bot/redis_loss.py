@@ -401,6 +401,9 @@ class RedisLossRecovery:
             return Deleted()
         if found.noticed:
             log.info("notice found posted already team=%s channel=%s thread=%s user=%s", *where)
+            # The answer given up for it may stream still (see `TurnRunner._resume`): closed.
+            for ts in found.begun:
+                await self.delivery.end_abandoned(target_for(message), ts)
             return Progress.of(state="noted")
         if found.text is not None:
             message = replace(message, text=found.text)  # as edited, maybe through another process

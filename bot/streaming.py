@@ -167,6 +167,7 @@ class Reply:
         self._message: _Message | None = None
         self._posted: list[str] = []  # ts of the finished messages, in order
         self._lost_open: _Message | None = None  # a start or post whose answer was lost (no ts)
+        self._stopping: str | None = None  # the stream last being stopped (see `left_streaming`)
         self._streaming = target.thread_ts is not None  # Slack streams replies, not top-level posts
         self._writer = uuid.uuid4().hex
         self._joined = False  # counted among the writers of the update buckets (see _leave)
@@ -236,6 +237,15 @@ class Reply:
     @property
     def shown(self) -> bool:
         return bool(self._posted or self._message)
+
+    @property
+    def left_streaming(self) -> list[str]:
+        """The ts of the answer's messages that may still be streaming: the one being written,
+        or one whose final stop failed. A turn that gives the answer up for a notice closes them
+        first: else Slack shows them as still being written, above the notice, for good."""
+        message = self._message
+        streams = [self._stopping, message.ts if message is not None and message.mode == "stream" else None]
+        return [ts for ts in dict.fromkeys(streams) if ts is not None and ts not in self._posted]
 
     def _add(self, text: str) -> None:
         if not self._current and not self._posted and self._message is None:
@@ -449,6 +459,8 @@ class Reply:
         message, self._message = self._message, None
         question = target.message_ts
         blocks = [_feedback_block(feedback, question)] if feedback is not None else None
+        if message is not None and message.mode == "stream":
+            self._stopping = message.ts  # until it is among the posted, it may stream still
         if message is not None and message.mode == "stream" and not message.unsure:
             rest = text[len(message.shown) :] if text.startswith(message.shown) else ""
             try:

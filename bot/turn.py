@@ -698,6 +698,10 @@ class TurnRunner:
             # Its outcome posted (the note that the answer was interrupted, once the answer was
             # closed, say) by a process that died before recording it: not posted again.
             log.info("notice found posted already team=%s channel=%s thread=%s user=%s", *_where(message))
+            # The answer given up for it may stream still (its stop failed, or the process died
+            # before closing it): closed, as after any crash, or it shows as being written for good.
+            for ts in await self._given_up(message, record, found):
+                await self.delivery.end_abandoned(target, ts)
             if record.sign == "reaction":
                 await self.delivery.clear_sign(target, "reaction")
             return Progress.of(state="noted")
@@ -758,6 +762,21 @@ class TurnRunner:
             await self.delivery.clear_sign(target, "reaction")
         return outcome
 
+    async def _given_up(self, message: IncomingMessage, record: TurnRecord, noticed: Noticed) -> list[str]:
+        """The messages of an answer given up for the notice found (`Noticed.begun`), with the
+        journaled first: not an earlier turn's answer, shown after this question (a stopped one)."""
+        begun = [ts for ts in noticed.begun if ts != record.answer_ts]
+        if begun:
+            try:
+                stored = await self.store.stored_ts(message.key)
+            except (RedisError, OSError) as error:
+                # All stopped then (a bare stop of a finished message does nothing): failing the
+                # turn here would post a second notice under the one found.
+                log.warning("stored answers not read error=%s", type(error).__name__)
+                stored = set()
+            begun = [ts for ts in begun if ts not in stored]
+        return [record.answer_ts, *begun] if record.answer_ts is not None else begun
+
     def _shown_before(self, message: IncomingMessage, shown: str, sign: str | None) -> None:
         """The answer's first message, shown before this turn (which resumes it, or found it
         cut short in its look), and the sign left up then: kept with the lock as an answer's own
@@ -777,6 +796,15 @@ class TurnRunner:
         await self.delivery.end_abandoned(target, shown)
         await self.delivery.post_notice(target, INTERRUPTED, fence=self._fence(message))
         return Progress.of(state="noted")
+
+    async def _close_streams(self, reply: Reply) -> None:
+        """An answer given up for a notice: nothing more of it shown, and its messages that may
+        still stream stopped bare first, so that no notice goes under an answer Slack shows as
+        still being written. A stop Slack fails here too is logged and the notice goes all the
+        same (better than silence); a turn resumed after a crash closes it (`_given_up`)."""
+        reply.abandon()
+        for ts in reply.left_streaming:
+            await self.delivery.end_abandoned(reply.target, ts)
 
     def _fence(self, message: IncomingMessage) -> Fence | None:
         """The thread's lock as held here, for a post about `message` to check (`Fence`)."""
@@ -864,6 +892,12 @@ class TurnRunner:
             outcome = "interrupted"
             if reply is not None:
                 reply.abandon()
+            raise
+        except Exception:
+            # Unforeseen: the turn ends with a notice (`_take_turn_safely`), under no open stream.
+            outcome = "failed"
+            if reply is not None:
+                await self._close_streams(reply)
             raise
         finally:
             if outcome not in ("delivery_deferred", "interrupted"):
@@ -977,6 +1011,7 @@ class TurnRunner:
                     code,
                     attempts,
                 )
+                await self._close_streams(reply)
                 await self.delivery.post_notice(target, DELIVERY_FAILED)
                 return [], Progress.of(state="failed", answer=None)
             log.warning(

@@ -20,13 +20,14 @@ from bot.llm import REJECTED
 from bot.pipelining import CLOSE_WAIT_SECONDS
 from bot.server import LEAVE_WAIT_SECONDS
 from bot.store import Accepted, IncomingMessage, LockRenewal, Store
-from bot.turn import INTERRUPTED
+from bot.turn import DELIVERY_FAILED, INTERRUPTED
 from tests.bot_process import BotProcess
 from tests.conftest import StartBot, bot_env, free_port, wait_until
 from tests.emulators.openai_api import Gated, Hang, OpenAIEmulator, Status
 from tests.emulators.slack import Delivery, Gate, SlackEmulator
 from tests.redis_proxy import HeldReplyProxy
 from tests.test_declared_keys import monitored
+from tests.test_streaming import _long_answer
 
 pytestmark = pytest.mark.slow
 
@@ -1050,3 +1051,166 @@ async def test_killed_after_posting_the_interrupted_note_before_recording_it_is_
     texts = [m["text"] for m in slack.bot_messages(CHANNEL, ts)]
     assert texts.count(INTERRUPTED) == 1, [t[:40] for t in texts]
     assert len(llm.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("answer", "bare_stop"), [("short", "closes it"), ("short", "fails"), ("long", "fails")]
+)
+async def test_killed_after_posting_an_error_notice_under_a_stream_before_recording_it(
+    spawn_bot: SpawnBot,
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    answer: str,
+    bare_stop: str,
+) -> None:
+    """Slack refuses a streamed answer's final stop for good, so the turn ends with "something
+    went wrong" under it; the process is killed as Slack takes that notice, before it recorded
+    it. The next process resumes the turn, finds the notice, and posts no second one, and the
+    stream is closed: by the first process before its notice, or, when Slack failed that bare
+    stop too (a 503, three times), by the one that resumes the turn; for a long answer, its
+    second message, which the journal does not name. Before, nothing closed it: the notice went
+    under a stream left open, and the resumed turn took the notice for the outcome and stopped
+    there, so Slack showed the answer as still being written, for good."""
+    first = await spawn_bot()
+    if answer == "long":
+        llm.chunk_delay, llm.chunk_chars = 0.02, 200
+        llm.reply = lambda messages: _long_answer()  # two messages
+    else:
+        llm.chunk_delay, llm.chunk_chars = 0.05, 12  # still written when it first shows: streamed
+        llm.reply = lambda messages: (
+            "First paragraph of the answer.\n\nSecond paragraph, which comes later on."
+        )
+    stopping = slack.gate("chat.stopStream", lambda args: bool(args.get("blocks")))  # the final stop
+    noting = slack.gate("chat.postMessage", lambda args: DELIVERY_FAILED in str(args), answered=True)
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> tell me")
+    await slack.wait_for(lambda: stopping.waiting == 1, timeout=15, what="the answer's final stop")
+    slack.fail_next("chat.stopStream", error="msg_too_long")
+    if bare_stop == "fails":
+        slack.fail_next("chat.stopStream", error="service_unavailable", status=503, times=3)
+    stopping.opened.set()
+    await slack.wait_for(lambda: noting.waiting == 1, timeout=15, what="the notice, taken by Slack")
+    first.kill()
+    await first.wait()
+    noting.opened.set()
+
+    survivor = await start_bot("http", **FAST_RECOVERY)
+    finished = lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{ts}", "noted")  # noqa: E731
+    await wait_until(finished, "the survivor to finish the turn", within=15)
+    await survivor.settle()
+    messages = slack.bot_messages(CHANNEL, ts)
+    assert len(messages) == (3 if answer == "long" else 2), [m["text"][:40] for m in messages]
+    assert messages[-1]["text"] == DELIVERY_FAILED
+    assert not [m["ts"] for m in messages if m.get("streaming")], "the answer was left streaming"
+    assert len(llm.requests) == 1
+
+
+async def test_killed_between_closing_a_stream_and_posting_the_error_notice_under_it(
+    spawn_bot: SpawnBot, start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: Redis
+) -> None:
+    """The stream of an answer Slack would not finish is closed before "something went wrong"
+    goes under it; a process killed between the two (the notice not yet posted) leaves the next
+    one an answer cut short: it notes it interrupted, once, and nothing is left streaming."""
+    first = await spawn_bot()
+    llm.chunk_delay, llm.chunk_chars = 0.05, 12  # still written when it first shows: streamed
+    llm.reply = lambda messages: "First paragraph of the answer.\n\nSecond paragraph, which comes later on."
+    slack.fail_next("chat.stopStream", error="msg_too_long")
+    noting = slack.gate("chat.postMessage", lambda args: DELIVERY_FAILED in str(args))  # held, not posted
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> tell me")
+    await slack.wait_for(lambda: noting.waiting == 1, timeout=15, what="the notice on its way")
+    [streamed] = slack.bot_messages(CHANNEL, ts)
+    assert not streamed.get("streaming"), "the notice went out before the stream was closed"
+    first.kill()
+    await first.wait()
+    # The held notice is never let through: Slack never carried it out.
+
+    survivor = await start_bot("http", **FAST_RECOVERY)
+    finished = lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{ts}", "noted")  # noqa: E731
+    await wait_until(finished, "the survivor to finish the turn", within=15)
+    await survivor.settle()
+    messages = slack.bot_messages(CHANNEL, ts)
+    assert [m["text"] for m in messages][1:] == [INTERRUPTED], [m["text"][:40] for m in messages]
+    assert not [m["ts"] for m in messages if m.get("streaming")]
+    assert len(llm.requests) == 1
+
+
+async def test_a_resumed_turn_that_finds_its_notice_with_redis_out_of_reach_posts_no_second_one(
+    spawn_bot: SpawnBot,
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis_proxy: HeldReplyProxy,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A long answer Slack would not finish, "something went wrong" posted under it, the process
+    killed before it recorded that. The next one resumes the turn and finds the notice; Redis goes
+    out of reach as it reads the thread, so it cannot tell which of the bot's messages its stored
+    conversation holds. It closes the answer's messages all the same (a bare stop of a finished
+    one does nothing) and posts nothing more. Before, the failed read made the turn fail, and
+    a second notice ("something went wrong on my side") went under the first."""
+    first = await spawn_bot()
+    llm.chunk_delay, llm.chunk_chars = 0.02, 200
+    llm.reply = lambda messages: _long_answer()  # two messages
+    stopping = slack.gate("chat.stopStream", lambda args: bool(args.get("blocks")))  # the final stop
+    noting = slack.gate("chat.postMessage", lambda args: DELIVERY_FAILED in str(args), answered=True)
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> tell me")
+    await slack.wait_for(lambda: stopping.waiting == 1, timeout=15, what="the answer's final stop")
+    slack.fail_next("chat.stopStream", error="msg_too_long")
+    slack.fail_next("chat.stopStream", error="service_unavailable", status=503, times=3)  # bare stop too
+    stopping.opened.set()
+    await slack.wait_for(lambda: noting.waiting == 1, timeout=15, what="the notice, taken by Slack")
+    first.kill()
+    await first.wait()
+    noting.opened.set()
+
+    reading = slack.gate("conversations.replies")
+    await start_bot("http", REDIS_URL=redis_proxy.url, **FAST_RECOVERY)
+    await slack.wait_for(lambda: reading.waiting == 1, timeout=15, what="the resumed turn's look in Slack")
+    await redis_proxy.stop()  # every connection to Redis cut, and none taken
+    reading.opened.set()
+    await wait_until(lambda: "turn crashed" in caplog.text, "the turn to end (its outcome not recorded)")
+    messages = slack.bot_messages(CHANNEL, ts)
+    assert [m["text"] for m in messages][2:] == [DELIVERY_FAILED], [m["text"][:40] for m in messages]
+    assert not [m["ts"] for m in messages if m.get("streaming")], "the answer was left streaming"
+
+
+async def test_a_resumed_turn_that_finds_its_notice_leaves_an_earlier_answer_after_its_question_alone(
+    spawn_bot: SpawnBot, start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: Redis
+) -> None:
+    """A second question, asked as the first's long answer (three messages) was being written,
+    gets an answer Slack will not finish, "something went wrong" under it, and the process is
+    killed before it recorded that. The resumed turn finds the notice and closes its own answer's
+    stream, not the earlier answer's middle message, which came after its question (finished long
+    since; the stored conversation knows an answer by its first message only). Before, that one
+    was stopped bare again: a Tier 2 chat.stopStream spent on a message that was not streaming."""
+    first = await spawn_bot()
+    llm.chunk_delay, llm.chunk_chars = 0.02, 200
+    second = "Second answer, which streams a while. " * 80  # still written when it first shows
+    llm.reply = lambda messages: second if "second" in str(messages[-1]) else _long_answer(24_000)
+    q1 = await slack.post_user_message(CHANNEL, f"<@{BOT}> first question")
+    q2 = await slack.post_user_message(CHANNEL, f"<@{BOT}> second question", thread_ts=q1)
+    stopping = slack.gate("chat.stopStream", lambda args: f"answer_to:{q2}" in str(args))  # the final stop
+    noting = slack.gate("chat.postMessage", lambda args: DELIVERY_FAILED in str(args), answered=True)
+    await slack.wait_for(lambda: stopping.waiting == 1, timeout=15, what="the second answer's final stop")
+    slack.fail_next("chat.stopStream", error="msg_too_long")
+    stopping.opened.set()
+    await slack.wait_for(lambda: noting.waiting == 1, timeout=15, what="the notice, taken by Slack")
+    first.kill()
+    await first.wait()
+    noting.opened.set()
+
+    survivor = await start_bot("http", **FAST_RECOVERY)
+    finished = lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{q2}", "noted")  # noqa: E731
+    await wait_until(finished, "the survivor to finish the turn", within=15)
+    await survivor.settle()
+    messages = slack.bot_messages(CHANNEL, q1)
+    assert [m["text"] for m in messages][4:] == [DELIVERY_FAILED], [m["text"][:40] for m in messages]
+    assert not [m["ts"] for m in messages if m.get("streaming")], "an answer was left streaming"
+    middle = messages[1]["ts"]  # the first answer's
+    stops = [
+        c.response.get("error")
+        for c in slack.calls
+        if c.method == "chat.stopStream" and c.args.get("ts") == middle
+    ]
+    assert stops == [None], stops  # its own, as the next message began

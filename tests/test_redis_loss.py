@@ -2830,3 +2830,51 @@ async def test_a_follow_up_edited_twice_whose_events_come_in_the_other_order_is_
     assert [first["text"], second["text"]] == ["Answer: ann: why is api-prod red?", "Answer: ann: and dev?"]
     assert _asked(llm, "and staging?") == 0
     assert _errors(caplog) == []
+
+
+async def test_with_several_processes_a_notice_found_by_the_look_after_a_loss_leaves_no_answer_streaming(
+    start_bot: StartBot,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A answers a follow-up B accepted; Slack will not finish its streamed answer, nor stop it
+    bare, and takes "something went wrong" under it, when Redis loses its data and A stops. B
+    queues the follow-up again, and the look in Slack finds the notice: the follow-up is not
+    answered again, and the answer given up for the notice is closed. Before, the look took
+    the notice for the outcome and stopped there: Slack showed that answer as still being
+    written, for good."""
+    caplog.set_level(logging.INFO)
+    a = await start_bot("http")
+    b = await start_bot("http")
+    slack.use_http(f"{a.url}/slack/events")
+    llm.chunk_chars, llm.chunk_delay = 12, 0.05  # still written when it first shows: streamed
+    queued = asyncio.Event()  # A answers the question until B has queued the follow-up
+    llm.enqueue(
+        Gated(queued), Reply("First paragraph of the answer.\n\nSecond paragraph, which comes later on.")
+    )
+    root = await slack.post_user_message(CHANNEL, f"<@{BOT}> hello")
+    await slack.wait_for(lambda: len(llm.requests) == 1, what="A's answer to the question")
+    slack.use_http(f"{b.url}/slack/events")
+    follow_up = await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    await _until(lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{follow_up}", "queued"))
+    stopping = slack.gate("chat.stopStream", lambda args: f"answer_to:{follow_up}" in str(args))
+    noting = slack.gate("chat.postMessage", lambda args: DELIVERY_FAILED in str(args), answered=True)
+    queued.set()
+    await slack.wait_for(lambda: stopping.waiting == 1, timeout=15, what="A's final stop of its answer")
+    slack.fail_next("chat.stopStream", error="msg_too_long")
+    slack.fail_next("chat.stopStream", error="service_unavailable", status=503, times=3)  # bare stop too
+    stopping.opened.set()
+    await slack.wait_for(lambda: noting.waiting == 1, timeout=15, what="the notice, taken by Slack")
+    b_id = b.bot.turns.process_id
+    await _until(_a_beat(redis, b_id, await redis.zscore("processes", b_id)))
+    await redis.flushall()
+    await a.bot.stop(grace_seconds=0)  # its notice's answer never came back
+    noting.opened.set()
+    await _until(lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{follow_up}", "noted"), timeout=20)
+    await b.settle()
+    messages = slack.bot_messages(CHANNEL, root)
+    assert [m["text"] for m in messages][2:] == [DELIVERY_FAILED], [m["text"][:40] for m in messages]
+    assert "notice found posted already" in caplog.text and _asked(llm, "and staging?") == 1
+    assert not [m["ts"] for m in messages if m.get("streaming")], "an answer left streaming"

@@ -12,8 +12,11 @@ import itertools
 import re
 import time
 
+from redis.asyncio import Redis
+
 from bot.formatting import SlackMarkdown, to_mrkdwn
 from bot.store import ThreadKey
+from bot.turn import DELIVERY_FAILED, TURN_FAILED
 from tests.conftest import RATE_SCALE, RunningBot, StartBot
 from tests.emulators.openai_api import OpenAIEmulator, Reply
 from tests.emulators.slack import SlackEmulator
@@ -260,10 +263,10 @@ def _fences_balanced(text: str) -> bool:
     return sum(1 for line in text.split("\n") if line.strip().startswith("```")) % 2 == 0
 
 
-def _long_answer() -> str:
+def _long_answer(length: int = 15_000) -> str:
     parts: list[str] = []
     i = 0
-    while sum(map(len, parts)) < 15_000:
+    while sum(map(len, parts)) < length:
         parts.append(
             f"## Part {i}\n\nSome explanation of step {i}, with **bold** words & a [link](https://x.io/{i})."
         )
@@ -327,3 +330,54 @@ async def test_feedback_click_is_stored_with_its_answer_and_acknowledged(
         "bad",
     )
     assert 0 < await redis.ttl(f"feedback:T1:{CHANNEL}:{ts}") <= 30 * 86400
+
+
+async def test_an_answer_slack_will_not_finish_is_closed_before_the_notice_under_it(
+    bot: RunningBot, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    """Slack refuses a streamed answer's final stop for good (`msg_too_long`): the stream is
+    stopped bare, and only then does "something went wrong" go under it. Before, the notice went
+    under a stream left open for good (Slack showed the answer as still being written)."""
+    llm.chunk_delay, llm.chunk_chars = 0.05, 12  # still written when it first shows: streamed
+    llm.enqueue(Reply("First paragraph of the answer.\n\nSecond paragraph, which comes later on."))
+    slack.fail_next("chat.stopStream", error="msg_too_long")
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> tell me")
+    noticed = lambda: DELIVERY_FAILED in [m["text"] for m in slack.bot_messages(CHANNEL, ts)]  # noqa: E731
+    await slack.wait_for(noticed, what="the notice")
+    await bot.settle()
+    streamed, notice = slack.bot_messages(CHANNEL, ts)
+    assert notice["text"] == DELIVERY_FAILED and streamed["text"]
+    assert not streamed.get("streaming"), "the answer was left streaming"
+    calls = [(c.method, c.status, c.response.get("ok")) for c in slack.calls]
+    closed = calls.index(("chat.stopStream", 200, True))
+    assert closed < [c.method for c in slack.calls].index("chat.postMessage"), "closed after the notice"
+
+
+async def test_a_turn_that_fails_while_its_answer_streams_closes_it_before_the_notice_under_it(
+    bot: RunningBot, redis: Redis, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    """Slack refuses a streamed answer's final stop (not for good: the answer would be kept for
+    a retry), and Redis refuses every write as the turn counts that attempt (out of memory): the
+    turn fails in a way it did not foresee and ends with "something went wrong on my side". The
+    stream is stopped bare before that notice. Before, the notice went under a stream left open
+    for good."""
+    llm.chunk_delay, llm.chunk_chars = 0.05, 12  # still written when it first shows: streamed
+    llm.enqueue(Reply("First paragraph of the answer.\n\nSecond paragraph, which comes later on."))
+    stopping = slack.gate("chat.stopStream", lambda args: bool(args.get("blocks")))  # the final stop
+    ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> tell me")
+    await slack.wait_for(lambda: stopping.waiting == 1, what="the answer's final stop")
+    await redis.config_set("maxmemory", 1)  # every write refused at once (`noeviction`)
+    try:
+        slack.fail_next("chat.stopStream", error="invalid_blocks")
+        stopping.opened.set()
+        noticed = lambda: TURN_FAILED in [m["text"] for m in slack.bot_messages(CHANNEL, ts)]  # noqa: E731
+        await slack.wait_for(noticed, what="the notice")
+        await bot.settle()
+    finally:
+        await redis.config_set("maxmemory", 0)
+    streamed, notice = slack.bot_messages(CHANNEL, ts)
+    assert notice["text"] == TURN_FAILED and streamed["text"]
+    assert not streamed.get("streaming"), "the answer was left streaming"
+    calls = [(c.method, c.status, c.response.get("ok")) for c in slack.calls]
+    closed = calls.index(("chat.stopStream", 200, True))
+    assert closed < [c.method for c in slack.calls].index("chat.postMessage"), "closed after the notice"
