@@ -124,7 +124,9 @@ class CommandBatcher:
             future.cancel()
         self._queue = []
         for connection in list(self._connections):
-            await connection.disconnect()
+            # Without waiting for the close to be acknowledged: a Redis that does not answer
+            # must not hold a stop past its deadline.
+            await connection.disconnect(nowait=True)
         self._connections.clear()
         self._idle.clear()
 

@@ -17,8 +17,7 @@ import pytest
 from redis.asyncio import Redis
 
 from bot.llm import REJECTED
-from bot.pipelining import CLOSE_WAIT_SECONDS
-from bot.server import LEAVE_WAIT_SECONDS
+from bot.server import STOP_PAST_GRACE_SECONDS
 from bot.store import Accepted, IncomingMessage, LockRenewal, Store
 from bot.turn import INTERRUPTED
 from tests.bot_process import BotProcess
@@ -934,8 +933,8 @@ async def test_a_stop_while_redis_does_not_answer_does_not_wait_out_the_leave_s_
     start_bot: StartBot, redis: Redis
 ) -> None:
     """Redis takes no write: the stop's leave cannot land. The stop waited out its retries, four
-    tries of 5 s, for what the process's liveness does on its own within 5 s; now it waits a
-    second, then closes (the store's close gives the leave's batch its few seconds)."""
+    tries of 5 s, for what the process's liveness does on its own within 5 s; now it waits no
+    longer than the stop's one deadline past the grace allows, close included."""
     running = await start_bot("http")
     loop = asyncio.get_running_loop()
     await redis.execute_command("CLIENT", "PAUSE", "30000", "WRITE")
@@ -946,7 +945,51 @@ async def test_a_stop_while_redis_does_not_answer_does_not_wait_out_the_leave_s_
     finally:
         await redis.execute_command("CLIENT", "UNPAUSE")
     # Not a speed figure: the retries alone took 20 s; the margin is for a loaded machine.
-    assert took < LEAVE_WAIT_SECONDS + CLOSE_WAIT_SECONDS + 7, took
+    assert took < STOP_PAST_GRACE_SECONDS + 1 + 7, took
+
+
+@pytest.mark.parametrize("failure", ["replies held", "silent", "refused"])
+async def test_a_stop_while_redis_does_not_answer_ends_soon_after_its_grace(
+    failure: str, spawn_bot: SpawnBot, redis_proxy: HeldReplyProxy, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    """A turn runs past the grace, holding its thread's lock, as Redis stops answering: its
+    replies held back for good, or nothing answered at all (new connections taken and left
+    unanswered), or no Redis listening. The stop's steps past the grace (the turn let go of its
+    thread, the leave, the store's close) waited 5 + 1 + 5 s, each its own bound, where Redis
+    took their commands and did not answer: 11 s past the grace, past a platform's kill after a
+    default grace of 20 s (Heroku's 30 s; measured here: 11.5 s past a 0.5-s grace). They share
+    one deadline now, which the log says was reached before the stop ends (a refused connection
+    fails at once: nothing waits for the deadline then)."""
+    grace = 0.5
+    bot = await spawn_bot(REDIS_URL=redis_proxy.url, SHUTDOWN_GRACE_SECONDS=str(grace))
+    llm.enqueue(Hang())
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> never-ending question")
+    await llm.wait_for_requests(1)
+    if failure == "replies held":
+        redis_proxy.hold_replies()
+    elif failure == "silent":
+        redis_proxy.go_silent()
+    else:
+        await redis_proxy.stop()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    bot.terminate()
+    assert await bot.wait() == 0, bot.log()
+    took = loop.time() - started
+    log = bot.log()
+    # Not a speed figure: 11 s past the grace before; the margin is for a loaded machine.
+    assert took < grace + STOP_PAST_GRACE_SECONDS + 5, (took, log)
+    if failure == "refused":
+        assert _in_order(log, "grace period over; 1 turns left for recovery", "bot stopped"), log
+    else:
+        steps = ["grace period over; 1 turns left for recovery", "stop's deadline reached", "bot stopped"]
+        assert _in_order(log, *steps), log
+
+
+def _in_order(log: str, *lines: str) -> bool:
+    """Whether each of `lines` is in `log`, in this order."""
+    at = [log.find(line) for line in lines]
+    return -1 not in at and at == sorted(at)
 
 
 async def test_a_holder_whose_message_was_noted_by_another_while_it_stalled_posts_no_second_note(
