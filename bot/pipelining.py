@@ -40,8 +40,9 @@ log = logging.getLogger(__name__)
 # trip under load; more would only split batches that are cheaper whole.
 BATCHES_IN_FLIGHT = 8
 CLOSE_WAIT_SECONDS = 5.0  # on shutdown, for batches on their way (a Redis that went away)
-# One batch's write and replies, before its connection is dropped and the batch is tried again (as
-# redis-py does on a socket timeout). Scripts here take milliseconds; a batch of hundreds, tens.
+# One batch's connect (when its connection is new), write and replies, before its connection is
+# dropped and the batch is tried again (as redis-py does on a socket timeout). Scripts here take
+# milliseconds; a batch of hundreds, tens.
 BATCH_TIMEOUT_SECONDS = 5.0
 # Times a command refused with MOVED (a cluster failover) is sent on to the slot's new primary.
 MOVED_RETRIES = 3
@@ -199,13 +200,15 @@ class CommandBatcher:
         self, connection: AbstractConnection, packed: list[bytes], names: list[Any]
     ) -> list[Any]:
         """Write the commands at once and read every reply, an error reply as the command's own
-        result (so the connection stays in step), as redis-py's pipeline does."""
-        if not connection.is_connected:
-            # Opened by its own connect(), as redis-py's pool does: a Sentinel's connection looks
-            # up the primary there (writing to an unopened one would go to localhost:6379).
-            await connection.connect()
+        result (so the connection stays in step), as redis-py's pipeline does. Opening the
+        connection counts in the deadline: its handshake has no socket timeout either."""
         try:
             async with asyncio.timeout(self.timeout_seconds):
+                if not connection.is_connected:
+                    # Opened by its own connect(), as redis-py's pool does: a Sentinel's connection
+                    # looks up the primary there (writing to an unopened one would go to
+                    # localhost:6379).
+                    await connection.connect()
                 await connection.send_packed_command(packed)
                 replies: list[Any] = []
                 for name in names:

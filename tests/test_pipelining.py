@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import pytest
 import redis.asyncio as aioredis
@@ -94,6 +95,28 @@ async def test_a_batch_redis_does_not_answer_in_time_fails_and_the_next_gets_its
     finally:
         await batcher.close()
         await client.aclose()
+
+
+async def test_a_batch_to_a_host_that_takes_the_connection_and_never_answers_fails_in_its_time() -> None:
+    """A listener that never accepts: Linux completes the TCP handshake for it all the same (its
+    backlog), so the connection opens and nothing ever answers, as with a hung Redis or a proxy
+    without its backend. A new connection's own handshake (redis-py's CLIENT SETINFO) ran outside
+    the batch's deadline, and batch connections have no socket timeout: the batch waited for
+    ever. It fails within its deadline now, as a batch Redis does not answer on an open one."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        host, port = listener.getsockname()
+        client = aioredis.Redis(host=host, port=port, retry=Retry(NoBackoff(), 0))
+        batcher = CommandBatcher(client, timeout_seconds=0.2)
+        try:
+            with pytest.raises(RedisTimeoutError):
+                # Only so that the failure shows in a run: it waited for ever before.
+                async with asyncio.timeout(10):
+                    await batcher.execute("GET", "anything")
+        finally:
+            await batcher.close(wait_seconds=0)
+            await client.aclose()
 
 
 async def test_a_command_with_an_argument_redis_cannot_take_fails_alone(client: aioredis.Redis) -> None:
