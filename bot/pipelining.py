@@ -161,9 +161,9 @@ class CommandBatcher:
         try:
             connection = self._idle.pop() if self._idle else self._new_connection()
             for moves in range(MOVED_RETRIES + 1):
-                names = [args[0] for args, _ in batch]
                 replies = await connection.retry.call_with_retry(
-                    partial(self._exchange, connection, packed, names), lambda _: connection.disconnect()
+                    partial(self._exchange, connection, batch, packed),
+                    partial(self._after_failure, connection, batch, packed),
                 )
                 moved = [i for i, reply in enumerate(replies) if isinstance(reply, MovedError)]
                 if not moved or moves == MOVED_RETRIES:
@@ -196,12 +196,29 @@ class CommandBatcher:
         self._connections.add(connection)
         return connection
 
+    @staticmethod
+    async def _after_failure(
+        connection: AbstractConnection, batch: list[_Queued], packed: list[bytes], _: Exception
+    ) -> None:
+        """Before a batch goes again: its connection closed, and the commands whose callers gave
+        up (cancelled) taken out, in place. Sent again, such a command would land whenever the
+        retry did, after what its caller went on to do: a stop's beat, cut off with its connection
+        by a Redis restart, made the stopped process alive again after its leave, for 5 s."""
+        await connection.disconnect()
+        if all(not future.done() for _, future in batch):
+            return
+        kept = [i for i, (_, future) in enumerate(batch) if not future.done()]
+        batch[:], packed[:] = [batch[i] for i in kept], [packed[i] for i in kept]
+
     async def _exchange(
-        self, connection: AbstractConnection, packed: list[bytes], names: list[Any]
+        self, connection: AbstractConnection, batch: list[_Queued], packed: list[bytes]
     ) -> list[Any]:
         """Write the commands at once and read every reply, an error reply as the command's own
         result (so the connection stays in step), as redis-py's pipeline does. Opening the
         connection counts in the deadline: its handshake has no socket timeout either."""
+        if not batch:
+            return []  # every caller gave up (`_after_failure`)
+        names = [args[0] for args, _ in batch]
         try:
             async with asyncio.timeout(self.timeout_seconds):
                 if not connection.is_connected:
@@ -233,10 +250,13 @@ def _deliver(batch: list[_Queued], replies: list[Any]) -> None:
 
 
 def _packed(queued: list[_Queued]) -> tuple[list[_Queued], list[bytes]]:
-    """The commands that could be packed, and their bytes. A command with an argument Redis cannot
-    take (None, say: a bug in its caller) fails on its own, not the batch it came with."""
+    """The commands that could be packed, and their bytes, but for those whose callers gave up. A
+    command with an argument Redis cannot take (None, say: a bug in its caller) fails on its own,
+    not the batch it came with."""
     batch, packed = [], []
     for args, future in queued:
+        if future.done():  # its caller gave up before the batch left (cancelled: a stop, say)
+            continue
         try:
             packed.append(pack_command(args))
         except TypeError as error:

@@ -26,7 +26,7 @@ class HeldReplyProxy:
         self.sha = b""
         self.meanwhile: Callable[[], Awaitable[None]] | None = None
         self.held = 0  # replies held back so far, each for one run of `meanwhile`
-        self._held_request: tuple[bytes, Callable[[], Awaitable[None]]] | None = None
+        self._held_request: tuple[bytes, Callable[[], Awaitable[None]], bool] | None = None
         self.requests_held = 0  # requests held back and then passed on
         self._sent: list[bytearray] = []  # what each connection sent, in full
         self._replying = asyncio.Event()  # cleared: no reply reaches a client any more
@@ -46,10 +46,11 @@ class HeldReplyProxy:
         hold nothing)."""
         self.sha, self.meanwhile = sha.encode(), meanwhile
 
-    def hold_request(self, sha: str, meanwhile: Callable[[], Awaitable[None]]) -> None:
+    def hold_request(self, sha: str, meanwhile: Callable[[], Awaitable[None]], *, drop: bool = False) -> None:
         """Hold back the next request that runs the script `sha` (with whatever its write carries
-        besides) until `meanwhile` has run, then pass it on."""
-        self._held_request = (sha.encode(), meanwhile)
+        besides) until `meanwhile` has run, then pass it on; with `drop`, close its connection
+        instead, the request lost (as when Redis restarts before it reads it)."""
+        self._held_request = (sha.encode(), meanwhile, drop)
 
     def hold_replies(self) -> None:
         """From now on, Redis runs what it is sent, but no reply reaches a client (as a Redis
@@ -138,6 +139,8 @@ class HeldReplyProxy:
                 self._held_request = None
                 await request[1]()
                 self.requests_held += 1
+                if request[2]:
+                    return  # the connection closes (see _serve)
             tail = data[-SHA_LENGTH:]
             writer.write(data)
             await writer.drain()

@@ -845,6 +845,37 @@ async def test_a_beat_that_reaches_redis_after_the_stop_s_leave_leaves_the_locks
         await other.close()
 
 
+async def test_a_beat_cut_off_by_a_redis_restart_after_the_stop_s_leave_is_not_sent_again(
+    start_bot: StartBot, redis_proxy: HeldReplyProxy, redis: Redis, redis_url: str
+) -> None:
+    """A stopping process cancels its beats and says it left (noted in `processes-left`, which
+    keeps a late beat from making it alive again). Here a beat on its way is cut off with its
+    connection after the leave, as Redis restarts without its data, `processes-left` gone with
+    it. The batch the beat was in went again on a new connection, beat included, though its
+    caller had given up: the stopped process was alive again for its liveness, 5 s, its locks
+    taken for a live process's and others counting it as a peer."""
+    running = await start_bot("http", REDIS_URL=redis_proxy.url)
+    store, me = running.bot.store, running.bot.turns.process_id
+    beat_on_its_way = asyncio.Event()
+
+    async def left() -> bool:
+        return not await _alive(redis, me)
+
+    async def lost_after_the_leave() -> None:
+        beat_on_its_way.set()
+        await wait_until(left, "the stop's leave")
+        await redis.flushall()  # the data gone, and (`drop`) the beat's connection with it
+
+    redis_proxy.hold_request(store._beat.sha, lost_after_the_leave, drop=True)
+    async with monitored(redis_url) as lines:
+        await wait_until(beat_on_its_way.is_set, "a beat on its way")
+        await running.bot.stop(grace_seconds=0)
+    assert redis_proxy.requests_held == 1
+    after_the_loss = lines[next(i for i, line in enumerate(lines) if "FLUSHALL" in line) :]
+    assert not [line for line in after_the_loss if f'"{me}"' in line], after_the_loss
+    assert not await _alive(redis, me)
+
+
 async def _alive(redis: Redis, process: str) -> bool:
     """Whether Redis counts `process` alive (its liveness lapses after now)."""
     seconds, micros = await redis.time()

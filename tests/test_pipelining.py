@@ -119,6 +119,18 @@ async def test_a_batch_to_a_host_that_takes_the_connection_and_never_answers_fai
             await client.aclose()
 
 
+async def test_a_command_whose_caller_gave_up_before_its_batch_left_is_not_sent(
+    client: aioredis.Redis,
+) -> None:
+    """A caller cancelled before the batch leaves (a stop ending the beats, say) is gone: its
+    command was sent all the same, and ran after what the caller went on to do."""
+    batcher = CommandBatcher(client)
+    given_up = batcher.submit("INCR", "given-up")
+    given_up.cancel()
+    assert await batcher.execute("GET", "given-up") is None
+    await batcher.close()
+
+
 async def test_a_command_with_an_argument_redis_cannot_take_fails_alone(client: aioredis.Redis) -> None:
     batcher = CommandBatcher(client)
     good = batcher.submit("SET", "fine", "1")
