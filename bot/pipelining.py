@@ -162,8 +162,7 @@ class CommandBatcher:
             connection = self._idle.pop() if self._idle else self._new_connection()
             for moves in range(MOVED_RETRIES + 1):
                 replies = await connection.retry.call_with_retry(
-                    partial(self._exchange, connection, batch, packed),
-                    partial(self._after_failure, connection, batch, packed),
+                    partial(self._exchange, connection, batch, packed), lambda _: connection.disconnect()
                 )
                 moved = [i for i, reply in enumerate(replies) if isinstance(reply, MovedError)]
                 if not moved or moves == MOVED_RETRIES:
@@ -196,29 +195,14 @@ class CommandBatcher:
         self._connections.add(connection)
         return connection
 
-    @staticmethod
-    async def _after_failure(
-        connection: AbstractConnection, batch: list[_Queued], packed: list[bytes], _: Exception
-    ) -> None:
-        """Before a batch goes again: its connection closed, and the commands whose callers gave
-        up (cancelled) taken out, in place. Sent again, such a command would land whenever the
-        retry did, after what its caller went on to do: a stop's beat, cut off with its connection
-        by a Redis restart, made the stopped process alive again after its leave, for 5 s."""
-        await connection.disconnect()
-        if all(not future.done() for _, future in batch):
-            return
-        kept = [i for i, (_, future) in enumerate(batch) if not future.done()]
-        batch[:], packed[:] = [batch[i] for i in kept], [packed[i] for i in kept]
-
     async def _exchange(
         self, connection: AbstractConnection, batch: list[_Queued], packed: list[bytes]
     ) -> list[Any]:
         """Write the commands at once and read every reply, an error reply as the command's own
         result (so the connection stays in step), as redis-py's pipeline does. Opening the
         connection counts in the deadline: its handshake has no socket timeout either."""
-        if not batch:
-            return []  # every caller gave up (`_after_failure`)
-        names = [args[0] for args, _ in batch]
+        if not _leave_out_given_up(batch, packed):
+            return []  # every caller gave up
         try:
             async with asyncio.timeout(self.timeout_seconds):
                 if not connection.is_connected:
@@ -226,9 +210,11 @@ class CommandBatcher:
                     # looks up the primary there (writing to an unopened one would go to
                     # localhost:6379).
                     await connection.connect()
+                    if not _leave_out_given_up(batch, packed):  # while it opened
+                        return []
                 await connection.send_packed_command(packed)
                 replies: list[Any] = []
-                for name in names:
+                for name in [args[0] for args, _ in batch]:
                     try:
                         replies.append(await self.client.parse_response(connection, name))
                     except ResponseError as error:
@@ -237,6 +223,19 @@ class CommandBatcher:
         except TimeoutError:
             await connection.disconnect()  # replies may still be on their way: never reuse it
             raise RedisTimeoutError(f"no answer from Redis within {self.timeout_seconds:g} s") from None
+
+
+def _leave_out_given_up(batch: list[_Queued], packed: list[bytes]) -> bool:
+    """Before a batch goes (again, after a failure and redis-py's wait): the commands whose callers
+    gave up (cancelled) taken out, in place. Sent again, such a command would land whenever the
+    retry did, after what its caller went on to do: a stop's beat, cut off with its connection by
+    a Redis restart, made the stopped process alive again after its leave, for 5 s. Taken out
+    only as the failure was handled (until 7 Dec), one whose caller gave up during that wait
+    still went. False when none is left."""
+    if any(future.done() for _, future in batch):
+        kept = [i for i, (_, future) in enumerate(batch) if not future.done()]
+        batch[:], packed[:] = [batch[i] for i in kept], [packed[i] for i in kept]
+    return bool(batch)
 
 
 def _deliver(batch: list[_Queued], replies: list[Any]) -> None:

@@ -8,11 +8,12 @@ import socket
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.backoff import AbstractBackoff, NoBackoff
 from redis.exceptions import DataError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bot.pipelining import BATCHES_IN_FLIGHT, CommandBatcher
+from tests.redis_proxy import HeldReplyProxy
 
 COUNT_AND_ECHO = "redis.call('INCR', KEYS[1]) return ARGV[1]"
 
@@ -129,6 +130,50 @@ async def test_a_command_whose_caller_gave_up_before_its_batch_left_is_not_sent(
     given_up.cancel()
     assert await batcher.execute("GET", "given-up") is None
     await batcher.close()
+
+
+class _CallerGivesUpBeforeTheRetry(AbstractBackoff):
+    """redis-py's wait between tries, with no wait: the caller gives up in it instead (the store's
+    backoff waits up to half a second there, a stop cancelling its beat meanwhile, say)."""
+
+    def __init__(self) -> None:
+        self.give_up: asyncio.Future[object] | None = None
+
+    def __deepcopy__(self, memo: dict[int, object]) -> _CallerGivesUpBeforeTheRetry:
+        return self  # each connection copies its retry: this one is shared
+
+    def reset(self) -> None:
+        pass
+
+    def compute(self, failures: int) -> float:
+        if self.give_up is not None:
+            self.give_up.cancel()
+        return 0
+
+
+async def test_a_command_whose_caller_gave_up_while_its_batch_waited_to_go_again_is_not_sent(
+    redis_proxy: HeldReplyProxy, redis: aioredis.Redis
+) -> None:
+    """The batch's connection drops with its request (a Redis restart); its caller gives up during
+    the wait before the batch goes again. The commands of callers that gave up were taken out as
+    the try failed, before that wait: this one went again all the same, and ran."""
+    backoff = _CallerGivesUpBeforeTheRetry()
+    client = aioredis.Redis.from_url(redis_proxy.url, retry=Retry(backoff, 1))
+    batcher = CommandBatcher(client)
+
+    async def nothing() -> None:
+        pass
+
+    redis_proxy.hold_request("given-up", nothing, drop=True)
+    try:
+        backoff.give_up = batcher.submit("INCR", "given-up")
+        kept = batcher.submit("INCR", "kept")
+        assert await kept == 1
+        assert redis_proxy.requests_held == 1
+        assert await redis.get("given-up") is None
+    finally:
+        await batcher.close()
+        await client.aclose()
 
 
 async def test_a_command_with_an_argument_redis_cannot_take_fails_alone(client: aioredis.Redis) -> None:
