@@ -40,9 +40,8 @@ log = logging.getLogger(__name__)
 # trip under load; more would only split batches that are cheaper whole.
 BATCHES_IN_FLIGHT = 8
 CLOSE_WAIT_SECONDS = 5.0  # on shutdown, for batches on their way (a Redis that went away)
-# One batch's connect (when its connection is new), write and replies, before its connection is
-# dropped and the batch is tried again (as redis-py does on a socket timeout). Scripts here take
-# milliseconds; a batch of hundreds, tens.
+# One batch's write and replies, before its connection is dropped and the batch is tried again (as
+# redis-py does on a socket timeout). Scripts here take milliseconds; a batch of hundreds, tens.
 BATCH_TIMEOUT_SECONDS = 5.0
 # Times a command refused with MOVED (a cluster failover) is sent on to the slot's new primary.
 MOVED_RETRIES = 3
@@ -63,8 +62,10 @@ class CommandBatcher:
         self.timeout_seconds = timeout_seconds
         pool = client.connection_pool
         # The pool's settings (address, TLS, credentials, retries, health checks), but not its
-        # bookkeeping; the batch's deadline stands in for the socket timeout.
+        # bookkeeping; the batch's deadline stands in for the socket timeout, but for a new
+        # connection's opening (`_open`).
         self._connection_kwargs = {**pool.connection_kwargs, "socket_timeout": None}
+        self._opening_timeout = pool.connection_kwargs.get("socket_timeout") or timeout_seconds
         self._connection_class = pool.connection_class
         self._idle: list[AbstractConnection] = []
         self._connections: set[AbstractConnection] = set()
@@ -199,19 +200,15 @@ class CommandBatcher:
         self, connection: AbstractConnection, batch: list[_Queued], packed: list[bytes]
     ) -> list[Any]:
         """Write the commands at once and read every reply, an error reply as the command's own
-        result (so the connection stays in step), as redis-py's pipeline does. Opening the
-        connection counts in the deadline: its handshake has no socket timeout either."""
+        result (so the connection stays in step), as redis-py's pipeline does."""
         if not _leave_out_given_up(batch, packed):
             return []  # every caller gave up
+        if not connection.is_connected:
+            await self._open(connection)
+            if not _leave_out_given_up(batch, packed):  # while it opened
+                return []
         try:
             async with asyncio.timeout(self.timeout_seconds):
-                if not connection.is_connected:
-                    # Opened by its own connect(), as redis-py's pool does: a Sentinel's connection
-                    # looks up the primary there (writing to an unopened one would go to
-                    # localhost:6379).
-                    await connection.connect()
-                    if not _leave_out_given_up(batch, packed):  # while it opened
-                        return []
                 await connection.send_packed_command(packed)
                 replies: list[Any] = []
                 for name in [args[0] for args, _ in batch]:
@@ -223,6 +220,20 @@ class CommandBatcher:
         except TimeoutError:
             await connection.disconnect()  # replies may still be on their way: never reuse it
             raise RedisTimeoutError(f"no answer from Redis within {self.timeout_seconds:g} s") from None
+
+    async def _open(self, connection: AbstractConnection) -> None:
+        """Opened by its own connect(), as redis-py's pool does: a Sentinel's connection looks up
+        the primary there, a cluster's the slot's (writing to an unopened one would go to
+        localhost:6379). Not within the batch's deadline, which that asking can outlast: each
+        Sentinel or node asked has bounds of its own, 5 s for a reply, and with a hung one named
+        first no batch could go out at all (7 Dec). Its handshake's replies are bounded by the
+        pool's socket timeout instead, as on the pool's own connections (with none, a host that
+        took the connection and never answered held the batch for ever)."""
+        connection.socket_timeout = self._opening_timeout
+        try:
+            await connection.connect()
+        finally:
+            connection.socket_timeout = None  # the batch's deadline, from here on
 
 
 def _leave_out_given_up(batch: list[_Queued], packed: list[bytes]) -> bool:

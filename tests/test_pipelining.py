@@ -101,9 +101,9 @@ async def test_a_batch_redis_does_not_answer_in_time_fails_and_the_next_gets_its
 async def test_a_batch_to_a_host_that_takes_the_connection_and_never_answers_fails_in_its_time() -> None:
     """A listener that never accepts: Linux completes the TCP handshake for it all the same (its
     backlog), so the connection opens and nothing ever answers, as with a hung Redis or a proxy
-    without its backend. A new connection's own handshake (redis-py's CLIENT SETINFO) ran outside
-    the batch's deadline, and batch connections have no socket timeout: the batch waited for
-    ever. It fails within its deadline now, as a batch Redis does not answer on an open one."""
+    without its backend. A new connection's own handshake (redis-py's CLIENT SETINFO) had no bound
+    (batch connections have no socket timeout): the batch waited for ever. Its replies are bounded
+    now by the pool's socket timeout, or without one (here) by the batch's deadline."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(8)
