@@ -287,12 +287,17 @@ class SupportBot:
             beat.cancel()
             await asyncio.wait([beat], timeout=max(0.0, deadline - loop.time()))
         if self.turns is not None:
+            # The leave goes out as the turns left are cancelled (abandon, at once), with their
+            # releases, not after them: a Redis slow to take those left it no time before the
+            # deadline, and it was never sent. A lock taken over meanwhile is not released by
+            # its old token.
+            leaving = asyncio.ensure_future(self.turns.leave()) if beat is not None else None
             if not await self.turns.abandon(deadline - loop.time()):
                 unfinished.append("turns letting go of their threads")
-            if beat is not None:
+            if leaving is not None:
                 try:
                     async with asyncio.timeout_at(deadline):
-                        await self.turns.leave()
+                        await leaving
                 except TimeoutError:
                     unfinished.append("the leave")
                 except (StoreUnavailable, RedisError, OSError):

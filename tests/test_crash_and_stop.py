@@ -960,6 +960,41 @@ async def test_a_stopping_process_leaves_a_gone_process_s_threads_to_the_next(
     assert [m["text"] for m in slack.bot_messages(CHANNEL, ts)] == ["Answer: ann: left behind"]
 
 
+async def test_a_stop_whose_turn_is_slow_to_let_go_of_its_thread_still_says_it_left(
+    start_bot: StartBot,
+    redis_proxy: HeldReplyProxy,
+    redis: Redis,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A turn runs past the grace and is abandoned; Redis takes its thread's release only after the
+    stop's deadline (held back here until the stop says the deadline was reached). The leave
+    waited for the turn to let go, found the deadline spent and was never sent: the stopped
+    process counted alive for its liveness, its locks waiting that long. It goes out with the
+    turns' letting go now, and lands when Redis gets to it."""
+    running = await start_bot("http", REDIS_URL=redis_proxy.url)
+    store, me = running.bot.store, running.bot.turns.process_id
+    llm.enqueue(Hang())
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> never-ending question")
+    await llm.wait_for_requests(1)
+
+    async def after_the_deadline() -> None:
+        await wait_until(lambda: "stop's deadline reached" in caplog.text, "the stop's deadline")
+
+    # Known to Redis, as after any process's stop: the first leave a Redis sees is refused
+    # (NOSCRIPT) and sent again, which a late answer leaves no time for.
+    await redis.script_load(store._leave.script)
+    redis_proxy.hold_request(store._release_lock.sha, after_the_deadline)
+    await running.bot.stop(grace_seconds=0)
+    await wait_until(lambda: redis_proxy.requests_held == 1, "the release passed on, after the deadline")
+
+    async def left() -> bool:
+        return await redis.zscore(store.keys.processes_left, me) is not None
+
+    await wait_until(left, "the stop's leave in Redis")
+
+
 async def test_a_stop_while_redis_does_not_answer_does_not_wait_out_the_leave_s_retries(
     start_bot: StartBot, redis: Redis
 ) -> None:
