@@ -159,6 +159,7 @@ class CommandBatcher:
         batch, packed = _packed(queued)
         if not batch:
             return
+        connection: AbstractConnection | None = None
         try:
             connection = self._idle.pop() if self._idle else self._new_connection()
             for moves in range(MOVED_RETRIES + 1):
@@ -182,6 +183,11 @@ class CommandBatcher:
             # write, cancellation included) and opens again on its next use.
             self._idle.append(connection)
         except BaseException as error:  # the connection failed (after its retries), or cancelled
+            if connection is not None:
+                # Dropped, not kept: the next batch opens one of its own (kept, every batch that
+                # failed through an outage left one behind for good).
+                self._connections.discard(connection)
+                await connection.disconnect(nowait=True)
             failure = error if isinstance(error, Exception) else asyncio.CancelledError()
             for _, future in batch:
                 if not future.done():

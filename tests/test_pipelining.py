@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import AbstractBackoff, NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -118,6 +121,27 @@ async def test_a_batch_to_a_host_that_takes_the_connection_and_never_answers_fai
         finally:
             await batcher.close(wait_seconds=0)
             await client.aclose()
+
+
+async def test_batches_that_fail_keep_no_connection_behind() -> None:
+    """Redis out of reach: every batch fails after its tries. Each such batch kept the connection
+    it had taken, for good, and the next opened another: a beat a second through a day's outage
+    left tens of thousands behind."""
+    with socket.socket() as nobody:  # a port with nothing listening: connections refused
+        nobody.bind(("127.0.0.1", 0))
+        _, port = nobody.getsockname()
+    client = aioredis.Redis(host="127.0.0.1", port=port, retry=Retry(NoBackoff(), 0))
+    batcher = CommandBatcher(client)
+    try:
+        for _ in range(20):
+            with pytest.raises(RedisConnectionError):
+                await batcher.execute("GET", "anything")
+        gc.collect()
+        kept = [o for o in gc.get_objects() if isinstance(o, Connection) and o.port == port]
+        assert len(kept) <= 1, len(kept)  # the last failure's, which pytest.raises holds on to
+    finally:
+        await batcher.close(wait_seconds=0)
+        await client.aclose()
 
 
 async def test_a_command_whose_caller_gave_up_before_its_batch_left_is_not_sent(
