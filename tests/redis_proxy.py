@@ -63,11 +63,6 @@ class HeldReplyProxy:
         self._silent = True
         self._replying.clear()
 
-    def times_requested(self, marker: str) -> int:
-        """On how many connections a client sent `marker` (a retry goes on a new one)."""
-        wanted = marker.encode()
-        return sum(wanted in sent for sent in self._sent)
-
     def requested(self, marker: str) -> bool:
         """Whether a client sent `marker` in a request (a key, an argument) through the proxy: a
         write Redis holds back (CLIENT PAUSE WRITE) is sent all the same."""
