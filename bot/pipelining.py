@@ -232,9 +232,9 @@ class CommandBatcher:
         the primary there, a cluster's the slot's (writing to an unopened one would go to
         localhost:6379). Not within the batch's deadline, which that asking can outlast: each
         Sentinel or node asked has bounds of its own, 5 s for a reply, and with a hung one named
-        first no batch could go out at all (7 Dec). Its handshake's replies are bounded by the
-        pool's socket timeout instead, as on the pool's own connections (with none, a host that
-        took the connection and never answered held the batch for ever)."""
+        first (counted in the deadline) no batch could go out at all. Its handshake's replies are
+        bounded by the pool's socket timeout instead, as on the pool's own connections (with none,
+        a host that took the connection and never answered held the batch for ever)."""
         connection.socket_timeout = self._opening_timeout
         try:
             await connection.connect()
@@ -246,9 +246,9 @@ def _leave_out_given_up(batch: list[_Queued], packed: list[bytes]) -> bool:
     """Before a batch goes (again, after a failure and redis-py's wait): the commands whose callers
     gave up (cancelled) taken out, in place. Sent again, such a command would land whenever the
     retry did, after what its caller went on to do: a stop's beat, cut off with its connection by
-    a Redis restart, made the stopped process alive again after its leave, for 5 s. Taken out
-    only as the failure was handled (until 7 Dec), one whose caller gave up during that wait
-    still went. False when none is left."""
+    a Redis restart, made the stopped process alive again after its leave, for 5 s. Here, not
+    as the failure is handled: one whose caller gave up during that wait went all the same.
+    False when none is left."""
     if any(future.done() for _, future in batch):
         kept = [i for i, (_, future) in enumerate(batch) if not future.done()]
         batch[:], packed[:] = [batch[i] for i in kept], [packed[i] for i in kept]
