@@ -62,8 +62,10 @@ class CommandBatcher:
         self.timeout_seconds = timeout_seconds
         pool = client.connection_pool
         # The pool's settings (address, TLS, credentials, retries, health checks), but not its
-        # bookkeeping; the batch's deadline stands in for the socket timeout.
+        # bookkeeping; the batch's deadline stands in for the socket timeout, but for a new
+        # connection's opening (`_open`).
         self._connection_kwargs = {**pool.connection_kwargs, "socket_timeout": None}
+        self._opening_timeout = pool.connection_kwargs.get("socket_timeout") or timeout_seconds
         self._connection_class = pool.connection_class
         self._idle: list[AbstractConnection] = []
         self._connections: set[AbstractConnection] = set()
@@ -124,7 +126,9 @@ class CommandBatcher:
             future.cancel()
         self._queue = []
         for connection in list(self._connections):
-            await connection.disconnect()
+            # Without waiting for the close to be acknowledged: a Redis that does not answer
+            # must not hold a stop past its deadline.
+            await connection.disconnect(nowait=True)
         self._connections.clear()
         self._idle.clear()
 
@@ -155,12 +159,12 @@ class CommandBatcher:
         batch, packed = _packed(queued)
         if not batch:
             return
+        connection: AbstractConnection | None = None
         try:
             connection = self._idle.pop() if self._idle else self._new_connection()
             for moves in range(MOVED_RETRIES + 1):
-                names = [args[0] for args, _ in batch]
                 replies = await connection.retry.call_with_retry(
-                    partial(self._exchange, connection, packed, names), lambda _: connection.disconnect()
+                    partial(self._exchange, connection, batch, packed), lambda _: connection.disconnect()
                 )
                 moved = [i for i, reply in enumerate(replies) if isinstance(reply, MovedError)]
                 if not moved or moves == MOVED_RETRIES:
@@ -179,6 +183,11 @@ class CommandBatcher:
             # write, cancellation included) and opens again on its next use.
             self._idle.append(connection)
         except BaseException as error:  # the connection failed (after its retries), or cancelled
+            if connection is not None:
+                # Dropped, not kept: the next batch opens one of its own (kept, every batch that
+                # failed through an outage left one behind for good).
+                self._connections.discard(connection)
+                await connection.disconnect(nowait=True)
             failure = error if isinstance(error, Exception) else asyncio.CancelledError()
             for _, future in batch:
                 if not future.done():
@@ -194,19 +203,21 @@ class CommandBatcher:
         return connection
 
     async def _exchange(
-        self, connection: AbstractConnection, packed: list[bytes], names: list[Any]
+        self, connection: AbstractConnection, batch: list[_Queued], packed: list[bytes]
     ) -> list[Any]:
         """Write the commands at once and read every reply, an error reply as the command's own
         result (so the connection stays in step), as redis-py's pipeline does."""
+        if not _leave_out_given_up(batch, packed):
+            return []  # every caller gave up
         if not connection.is_connected:
-            # Opened by its own connect(), as redis-py's pool does: a Sentinel's connection looks
-            # up the primary there (writing to an unopened one would go to localhost:6379).
-            await connection.connect()
+            await self._open(connection)
+            if not _leave_out_given_up(batch, packed):  # while it opened
+                return []
         try:
             async with asyncio.timeout(self.timeout_seconds):
                 await connection.send_packed_command(packed)
                 replies: list[Any] = []
-                for name in names:
+                for name in [args[0] for args, _ in batch]:
                     try:
                         replies.append(await self.client.parse_response(connection, name))
                     except ResponseError as error:
@@ -215,6 +226,33 @@ class CommandBatcher:
         except TimeoutError:
             await connection.disconnect()  # replies may still be on their way: never reuse it
             raise RedisTimeoutError(f"no answer from Redis within {self.timeout_seconds:g} s") from None
+
+    async def _open(self, connection: AbstractConnection) -> None:
+        """Opened by its own connect(), as redis-py's pool does: a Sentinel's connection looks up
+        the primary there, a cluster's the slot's (writing to an unopened one would go to
+        localhost:6379). Not within the batch's deadline, which that asking can outlast: each
+        Sentinel or node asked has bounds of its own, 5 s for a reply, and with a hung one named
+        first (counted in the deadline) no batch could go out at all. Its handshake's replies are
+        bounded by the pool's socket timeout instead, as on the pool's own connections (with none,
+        a host that took the connection and never answered held the batch for ever)."""
+        connection.socket_timeout = self._opening_timeout
+        try:
+            await connection.connect()
+        finally:
+            connection.socket_timeout = None  # the batch's deadline, from here on
+
+
+def _leave_out_given_up(batch: list[_Queued], packed: list[bytes]) -> bool:
+    """Before a batch goes (again, after a failure and redis-py's wait): the commands whose callers
+    gave up (cancelled) taken out, in place. Sent again, such a command would land whenever the
+    retry did, after what its caller went on to do: a stop's beat, cut off with its connection by
+    a Redis restart, made the stopped process alive again after its leave, for 5 s. Here, not
+    as the failure is handled: one whose caller gave up during that wait went all the same.
+    False when none is left."""
+    if any(future.done() for _, future in batch):
+        kept = [i for i, (_, future) in enumerate(batch) if not future.done()]
+        batch[:], packed[:] = [batch[i] for i in kept], [packed[i] for i in kept]
+    return bool(batch)
 
 
 def _deliver(batch: list[_Queued], replies: list[Any]) -> None:
@@ -228,10 +266,13 @@ def _deliver(batch: list[_Queued], replies: list[Any]) -> None:
 
 
 def _packed(queued: list[_Queued]) -> tuple[list[_Queued], list[bytes]]:
-    """The commands that could be packed, and their bytes. A command with an argument Redis cannot
-    take (None, say: a bug in its caller) fails on its own, not the batch it came with."""
+    """The commands that could be packed, and their bytes, but for those whose callers gave up. A
+    command with an argument Redis cannot take (None, say: a bug in its caller) fails on its own,
+    not the batch it came with."""
     batch, packed = [], []
     for args, future in queued:
+        if future.done():  # its caller gave up before the batch left (cancelled: a stop, say)
+            continue
         try:
             packed.append(pack_command(args))
         except TypeError as error:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import gc
 import logging
@@ -63,10 +62,13 @@ IDENTITY_RETRY_MAX_SECONDS = 60.0
 REJECTED_TOKEN_ERRORS = {"invalid_auth", "not_authed", "account_inactive", "token_revoked"}
 SLACK_CALL_TIMEOUT_SECONDS = 30.0  # one Web API call, as slack_sdk's own default
 BAD_SIGNATURE_LOG_SECONDS = 60.0  # at most one warning a minute about refused signatures
-# A stop's wait for Redis to take its leave. Past it the stop goes on (the store's close still gives
-# the leave's batch its few seconds): a leave frees the process's locks sooner than its liveness,
-# 5 s, would, so waiting out the batch's retries (four tries of 5 s) for it gained nothing.
-LEAVE_WAIT_SECONDS = 1.0
+# Past the grace, the stop's steps that wait for Redis (the turns left letting go of their threads,
+# the leave, the store's close letting batches on their way finish) share this one deadline. Each
+# had a bound of its own (5 + 1 + 5 s): with Redis not answering, a stop ran 11 s past its grace,
+# past a platform's kill after the default grace (Heroku's 30 s). Against a Redis that answers
+# they take milliseconds; a leave that cannot land is no loss (the process's liveness, 5 s, frees
+# its locks all the same).
+STOP_PAST_GRACE_SECONDS = 2.0
 
 
 class StartupError(Exception):
@@ -275,21 +277,41 @@ class SupportBot:
             await self.turns.drain(grace)
             if self.turns.in_flight:
                 log.warning("grace period over; %d turns left for recovery", self.turns.in_flight)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_PAST_GRACE_SECONDS
+        unfinished: list[str] = []
         beat = self._beating
         if beat is not None:
             # The beats end before the turns left are abandoned, so that no work a beat starts
             # outlives the stop. A beat already sent may still run after the leave (Store.leave).
             beat.cancel()
-            await asyncio.wait([beat])
+            await asyncio.wait([beat], timeout=max(0.0, deadline - loop.time()))
         if self.turns is not None:
-            await self.turns.abandon()
-            if beat is not None:
-                with contextlib.suppress(StoreUnavailable, RedisError, OSError, TimeoutError):
-                    async with asyncio.timeout(LEAVE_WAIT_SECONDS):
-                        await self.turns.leave()
+            # The leave goes out as the turns left are cancelled (abandon, at once), with their
+            # releases, not after them: a Redis slow to take those left it no time before the
+            # deadline, and it was never sent. A lock taken over meanwhile is not released by
+            # its old token.
+            leaving = asyncio.ensure_future(self.turns.leave()) if beat is not None else None
+            if not await self.turns.abandon(deadline - loop.time()):
+                unfinished.append("turns letting go of their threads")
+            if leaving is not None:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        await leaving
+                except TimeoutError:
+                    unfinished.append("the leave")
+                except (StoreUnavailable, RedisError, OSError):
+                    pass  # its liveness frees the process's locks within 5 s all the same
+        if unfinished:
+            log.warning(
+                "stop's deadline reached (%g s past the grace), redis not answering: %s cut short; "
+                "locks left are taken over once this process's liveness lapses",
+                STOP_PAST_GRACE_SECONDS,
+                " and ".join(unfinished),
+            )
         await running.runner.cleanup()
         await self.model.close()
-        await self.store.close()
+        await self.store.close(wait_seconds=deadline - loop.time())
         await running.session.close()
         log.info("bot stopped")
 

@@ -30,7 +30,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 
 from bot import redis_url
-from bot.pipelining import CommandBatcher
+from bot.pipelining import CLOSE_WAIT_SECONDS, CommandBatcher
 
 log = logging.getLogger(__name__)
 
@@ -1712,8 +1712,9 @@ class Store:
         # uses the client directly.
         self._batch = CommandBatcher(self.redis)
 
-    async def close(self) -> None:
-        await self._batch.close()
+    async def close(self, wait_seconds: float = CLOSE_WAIT_SECONDS) -> None:
+        """`wait_seconds`: at most, for the batches on their way (bot/pipelining.py)."""
+        await self._batch.close(wait_seconds)
         await self.redis.aclose()  # the client owns its pool (from_pool) and closes it
         if self._sentinel is not None:
             await self._sentinel.aclose()
@@ -1948,8 +1949,10 @@ class Store:
 
     async def leave(self, process: str) -> None:
         """`process` is stopping: locks it still holds may be taken over at once, whatever a beat
-        of its sent before this does when it runs after."""
-        await self._leave([self.keys.processes, self.keys.processes_left], [process])
+        of its sent before this does when it runs after. Batched, as a beat is: a stop that cannot
+        wait longer cancels it for sure (redis-py's own write, in Python 3.11's `wait_for`, can
+        swallow a cancellation, and the call then ran out its retries, 20 s)."""
+        await self._batch.run_script(self._leave, [self.keys.processes, self.keys.processes_left], [process])
 
     async def threads_orphaned(
         self, idle_seconds: float, limit: int = 1000, *, once_per_seconds: float = 0

@@ -118,6 +118,7 @@ DM_LOOKBACK_TURNS = 60
 MAX_DELIVERY_ATTEMPTS = 5
 FOLLOWED_MEMORY = 10_000  # threads this process recently answered in, for when Redis is down
 ARRIVAL_WAIT_SECONDS = 5.0  # at most, for a message of the thread still being queued here
+ABANDON_WAIT_SECONDS = 5.0  # at most, for stopped turns to let go of their threads
 # A process says it is alive this often (`beat`); it counts as gone, and the threads it holds are
 # taken over, once it has not said so for LIVENESS_BEATS beats (and never sooner than the thread
 # locks' own lifetime, when that is shorter). Threads unmoved for ORPHAN_IDLE_SECONDS are checked.
@@ -407,15 +408,18 @@ class TurnRunner:
                 return
             await asyncio.wait(pending, timeout=remaining)
 
-    async def abandon(self) -> None:
-        """Stop what is left; the journal and the inbox keep it for the next process."""
+    async def abandon(self, wait_seconds: float = ABANDON_WAIT_SECONDS) -> bool:
+        """Stop what is left; the journal and the inbox keep it for the next process. Waits up to
+        `wait_seconds` for the turns to let go of their threads; False if some had not by then."""
         if self._renewing is not None:
             self._renewing.cancel()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=5)
+        if not tasks:
+            return True
+        _, pending = await asyncio.wait(tasks, timeout=max(0.0, wait_seconds))
+        return not pending
 
     @property
     def in_flight(self) -> int:

@@ -4,8 +4,10 @@ own: a write of another client lands exactly between that script and the caller'
 every time. It can also hold back one request to a script (`hold_request`), so that a command
 already on the wire reaches Redis after something the test waits for, and it keeps what each
 connection sent (`requested`), so that a test can wait until the code under test has reached
-Redis with something. Only the network is touched; the code under test runs as it does against
-Redis."""
+Redis with something. It can stand for a Redis that stops answering: its replies held back for
+good (`hold_replies`), or nothing passed on either way and new connections taken but never
+answered (`go_silent`), or no listener at all (`stop`: connections refused). Only the network is
+touched; the code under test runs as it does against Redis."""
 
 from __future__ import annotations
 
@@ -24,9 +26,12 @@ class HeldReplyProxy:
         self.sha = b""
         self.meanwhile: Callable[[], Awaitable[None]] | None = None
         self.held = 0  # replies held back so far, each for one run of `meanwhile`
-        self._held_request: tuple[bytes, Callable[[], Awaitable[None]]] | None = None
+        self._held_request: tuple[bytes, Callable[[], Awaitable[None]], bool] | None = None
         self.requests_held = 0  # requests held back and then passed on
         self._sent: list[bytearray] = []  # what each connection sent, in full
+        self._replying = asyncio.Event()  # cleared: no reply reaches a client any more
+        self._replying.set()
+        self._silent = False  # nothing passes either way; new connections are taken, not answered
         self._server: asyncio.Server | None = None
         self._pumps: set[asyncio.Task[None]] = set()
 
@@ -41,10 +46,22 @@ class HeldReplyProxy:
         hold nothing)."""
         self.sha, self.meanwhile = sha.encode(), meanwhile
 
-    def hold_request(self, sha: str, meanwhile: Callable[[], Awaitable[None]]) -> None:
+    def hold_request(self, sha: str, meanwhile: Callable[[], Awaitable[None]], *, drop: bool = False) -> None:
         """Hold back the next request that runs the script `sha` (with whatever its write carries
-        besides) until `meanwhile` has run, then pass it on."""
-        self._held_request = (sha.encode(), meanwhile)
+        besides) until `meanwhile` has run, then pass it on; with `drop`, close its connection
+        instead, the request lost (as when Redis restarts before it reads it)."""
+        self._held_request = (sha.encode(), meanwhile, drop)
+
+    def hold_replies(self) -> None:
+        """From now on, Redis runs what it is sent, but no reply reaches a client (as a Redis
+        whose replies are stuck on their way)."""
+        self._replying.clear()
+
+    def go_silent(self) -> None:
+        """From now on, nothing reaches Redis and no reply comes back, and a new connection is
+        taken and never answered (as a host that went dark behind a load balancer)."""
+        self._silent = True
+        self._replying.clear()
 
     def requested(self, marker: str) -> bool:
         """Whether a client sent `marker` in a request (a key, an argument) through the proxy: a
@@ -65,6 +82,9 @@ class HeldReplyProxy:
             await self._server.wait_closed()
 
     async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        if self._silent:
+            await self._swallow(client_reader, client_writer)
+            return
         server_reader, server_writer = await asyncio.open_connection(*self.upstream)
         # Per connection: a request that ran the script is answered by its next array reply (a
         # NOSCRIPT error, or SCRIPT LOAD's SHA, comes before it when the script was not loaded).
@@ -84,6 +104,20 @@ class HeldReplyProxy:
             for writer in (server_writer, client_writer):
                 writer.close()
 
+    async def _swallow(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Take what the client sends, and answer nothing, until it hangs up."""
+        sent = bytearray()
+        self._sent.append(sent)
+        pump = asyncio.current_task()
+        assert pump is not None
+        self._pumps.add(pump)
+        try:
+            while data := await reader.read(65536):
+                sent += data
+        finally:
+            self._pumps.discard(pump)
+            writer.close()
+
     async def _requests(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, armed: asyncio.Event
     ) -> None:
@@ -92,12 +126,16 @@ class HeldReplyProxy:
         self._sent.append(sent)
         while data := await reader.read(65536):
             sent += data
+            if self._silent:
+                continue
             if self.meanwhile is not None and self.sha in tail + data:
                 armed.set()
             if (request := self._held_request) is not None and request[0] in tail + data:
                 self._held_request = None
                 await request[1]()
                 self.requests_held += 1
+                if request[2]:
+                    return  # the connection closes (see _serve)
             tail = data[-SHA_LENGTH:]
             writer.write(data)
             await writer.drain()
@@ -106,6 +144,7 @@ class HeldReplyProxy:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, armed: asyncio.Event
     ) -> None:
         while data := await reader.read(65536):
+            await self._replying.wait()
             if armed.is_set() and data.startswith(b"*") and (meanwhile := self.meanwhile) is not None:
                 armed.clear()
                 self.held += 1

@@ -17,8 +17,7 @@ import pytest
 from redis.asyncio import Redis
 
 from bot.llm import REJECTED
-from bot.pipelining import CLOSE_WAIT_SECONDS
-from bot.server import LEAVE_WAIT_SECONDS
+from bot.server import STOP_PAST_GRACE_SECONDS
 from bot.store import Accepted, IncomingMessage, LockRenewal, Store
 from bot.turn import DELIVERY_FAILED, INTERRUPTED
 from tests.bot_process import BotProcess
@@ -847,6 +846,37 @@ async def test_a_beat_that_reaches_redis_after_the_stop_s_leave_leaves_the_locks
         await other.close()
 
 
+async def test_a_beat_cut_off_by_a_redis_restart_after_the_stop_s_leave_is_not_sent_again(
+    start_bot: StartBot, redis_proxy: HeldReplyProxy, redis: Redis, redis_url: str
+) -> None:
+    """A stopping process cancels its beats and says it left (noted in `processes-left`, which
+    keeps a late beat from making it alive again). Here a beat on its way is cut off with its
+    connection after the leave, as Redis restarts without its data, `processes-left` gone with
+    it. The batch the beat was in went again on a new connection, beat included, though its
+    caller had given up: the stopped process was alive again for its liveness, 5 s, its locks
+    taken for a live process's and others counting it as a peer."""
+    running = await start_bot("http", REDIS_URL=redis_proxy.url)
+    store, me = running.bot.store, running.bot.turns.process_id
+    beat_on_its_way = asyncio.Event()
+
+    async def left() -> bool:
+        return not await _alive(redis, me)
+
+    async def lost_after_the_leave() -> None:
+        beat_on_its_way.set()
+        await wait_until(left, "the stop's leave")
+        await redis.flushall()  # the data gone, and (`drop`) the beat's connection with it
+
+    redis_proxy.hold_request(store._beat.sha, lost_after_the_leave, drop=True)
+    async with monitored(redis_url) as lines:
+        await wait_until(beat_on_its_way.is_set, "a beat on its way")
+        await running.bot.stop(grace_seconds=0)
+    assert redis_proxy.requests_held == 1
+    after_the_loss = lines[next(i for i, line in enumerate(lines) if "FLUSHALL" in line) :]
+    assert not [line for line in after_the_loss if f'"{me}"' in line], after_the_loss
+    assert not await _alive(redis, me)
+
+
 async def _alive(redis: Redis, process: str) -> bool:
     """Whether Redis counts `process` alive (its liveness lapses after now)."""
     seconds, micros = await redis.time()
@@ -931,12 +961,47 @@ async def test_a_stopping_process_leaves_a_gone_process_s_threads_to_the_next(
     assert [m["text"] for m in slack.bot_messages(CHANNEL, ts)] == ["Answer: ann: left behind"]
 
 
+async def test_a_stop_whose_turn_is_slow_to_let_go_of_its_thread_still_says_it_left(
+    start_bot: StartBot,
+    redis_proxy: HeldReplyProxy,
+    redis: Redis,
+    slack: SlackEmulator,
+    llm: OpenAIEmulator,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A turn runs past the grace and is abandoned; Redis takes its thread's release only after the
+    stop's deadline (held back here until the stop says the deadline was reached). The leave
+    waited for the turn to let go, found the deadline spent and was never sent: the stopped
+    process counted alive for its liveness, its locks waiting that long. It goes out with the
+    turns' letting go now, and lands when Redis gets to it."""
+    running = await start_bot("http", REDIS_URL=redis_proxy.url)
+    store, me = running.bot.store, running.bot.turns.process_id
+    llm.enqueue(Hang())
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> never-ending question")
+    await llm.wait_for_requests(1)
+
+    async def after_the_deadline() -> None:
+        await wait_until(lambda: "stop's deadline reached" in caplog.text, "the stop's deadline")
+
+    # Known to Redis, as after any process's stop: the first leave a Redis sees is refused
+    # (NOSCRIPT) and sent again, which a late answer leaves no time for.
+    await redis.script_load(store._leave.script)
+    redis_proxy.hold_request(store._release_lock.sha, after_the_deadline)
+    await running.bot.stop(grace_seconds=0)
+    await wait_until(lambda: redis_proxy.requests_held == 1, "the release passed on, after the deadline")
+
+    async def left() -> bool:
+        return await redis.zscore(store.keys.processes_left, me) is not None
+
+    await wait_until(left, "the stop's leave in Redis")
+
+
 async def test_a_stop_while_redis_does_not_answer_does_not_wait_out_the_leave_s_retries(
     start_bot: StartBot, redis: Redis
 ) -> None:
     """Redis takes no write: the stop's leave cannot land. The stop waited out its retries, four
-    tries of 5 s, for what the process's liveness does on its own within 5 s; now it waits a
-    second, then closes (the store's close gives the leave's batch its few seconds)."""
+    tries of 5 s, for what the process's liveness does on its own within 5 s; now it waits no
+    longer than the stop's one deadline past the grace allows, close included."""
     running = await start_bot("http")
     loop = asyncio.get_running_loop()
     await redis.execute_command("CLIENT", "PAUSE", "30000", "WRITE")
@@ -947,7 +1012,51 @@ async def test_a_stop_while_redis_does_not_answer_does_not_wait_out_the_leave_s_
     finally:
         await redis.execute_command("CLIENT", "UNPAUSE")
     # Not a speed figure: the retries alone took 20 s; the margin is for a loaded machine.
-    assert took < LEAVE_WAIT_SECONDS + CLOSE_WAIT_SECONDS + 7, took
+    assert took < STOP_PAST_GRACE_SECONDS + 1 + 7, took
+
+
+@pytest.mark.parametrize("failure", ["replies held", "silent", "refused"])
+async def test_a_stop_while_redis_does_not_answer_ends_soon_after_its_grace(
+    failure: str, spawn_bot: SpawnBot, redis_proxy: HeldReplyProxy, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    """A turn runs past the grace, holding its thread's lock, as Redis stops answering: its
+    replies held back for good, or nothing answered at all (new connections taken and left
+    unanswered), or no Redis listening. The stop's steps past the grace (the turn let go of its
+    thread, the leave, the store's close) waited 5 + 1 + 5 s, each its own bound, where Redis
+    took their commands and did not answer: 11 s past the grace, past a platform's kill after a
+    default grace of 20 s (Heroku's 30 s; measured here: 11.5 s past a 0.5-s grace). They share
+    one deadline now, which the log says was reached before the stop ends (a refused connection
+    fails at once: nothing waits for the deadline then)."""
+    grace = 0.5
+    bot = await spawn_bot(REDIS_URL=redis_proxy.url, SHUTDOWN_GRACE_SECONDS=str(grace))
+    llm.enqueue(Hang())
+    await slack.post_user_message(CHANNEL, f"<@{BOT}> never-ending question")
+    await llm.wait_for_requests(1)
+    if failure == "replies held":
+        redis_proxy.hold_replies()
+    elif failure == "silent":
+        redis_proxy.go_silent()
+    else:
+        await redis_proxy.stop()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    bot.terminate()
+    assert await bot.wait() == 0, bot.log()
+    took = loop.time() - started
+    log = bot.log()
+    # Not a speed figure: 11 s past the grace before; the margin is for a loaded machine.
+    assert took < grace + STOP_PAST_GRACE_SECONDS + 5, (took, log)
+    if failure == "refused":
+        assert _in_order(log, "grace period over; 1 turns left for recovery", "bot stopped"), log
+    else:
+        steps = ["grace period over; 1 turns left for recovery", "stop's deadline reached", "bot stopped"]
+        assert _in_order(log, *steps), log
+
+
+def _in_order(log: str, *lines: str) -> bool:
+    """Whether each of `lines` is in `log`, in this order."""
+    at = [log.find(line) for line in lines]
+    return -1 not in at and at == sorted(at)
 
 
 async def test_a_holder_whose_message_was_noted_by_another_while_it_stalled_posts_no_second_note(

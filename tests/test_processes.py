@@ -18,11 +18,13 @@ import pytest
 from redis.asyncio import Redis
 
 from bench.sender import encode
+from bot.server import STOP_PAST_GRACE_SECONDS
 from bot.supervisor import PROCESS_INDEX_ENV, Supervisor
 from tests.bot_process import BotProcess
 from tests.conftest import bot_env, free_port
-from tests.emulators.openai_api import OpenAIEmulator
+from tests.emulators.openai_api import Hang, OpenAIEmulator
 from tests.emulators.slack import SlackEmulator
+from tests.redis_proxy import HeldReplyProxy
 
 pytestmark = pytest.mark.slow
 
@@ -166,6 +168,35 @@ async def test_sigterm_stops_every_process_and_the_supervisor_exits_0(
     assert await supervisor.wait(30) == 0
     assert not [pid for pid in children if _running(pid)]
     assert supervisor.log().count("bot stopped") == 2
+
+
+async def test_sigterm_while_redis_does_not_answer_stops_every_process_soon_after_the_grace(
+    redis_proxy: HeldReplyProxy, start_supervisor: StartSupervisor, slack: SlackEmulator, llm: OpenAIEmulator
+) -> None:
+    """The supervisor passes the stop on and waits for its processes; with a turn in flight and
+    Redis gone silent, each process's stop past the grace is held to one deadline (bot/server.py),
+    so the supervisor exits about 2 s past the grace, under a platform's kill (11.5 s past it
+    before, for the process with the turn)."""
+    grace = 0.5
+    supervisor = await start_supervisor(
+        "http", processes=2, REDIS_URL=redis_proxy.url, SHUTDOWN_GRACE_SECONDS=str(grace)
+    )
+    await _wait_for_children(supervisor, 2)
+    llm.enqueue(Hang())
+    await slack.post_user_message("C6000", f"<@{BOT}> never-ending question")
+    await llm.wait_for_requests(1)
+    redis_proxy.go_silent()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    supervisor.terminate()
+    assert await supervisor.wait(30) == 0
+    took = loop.time() - started
+    log = supervisor.log()
+    # Not a speed figure; the margin is for a loaded machine.
+    assert took < grace + STOP_PAST_GRACE_SECONDS + 5, (took, log)
+    assert log.count("bot stopped") == 2, log
+    assert "grace period over; 1 turns left for recovery" in log, log
+    assert log.index("stop's deadline reached") < log.index("all bot processes stopped"), log
 
 
 async def test_processes_stop_by_themselves_when_their_supervisor_is_killed(

@@ -4,12 +4,18 @@ and after a failover it carries on with the promoted replica, conversations incl
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
+from bot.pipelining import CommandBatcher
+from bot.redis_url import connection_pool
 from tests.conftest import StartBot
 from tests.emulators.openai_api import OpenAIEmulator
 from tests.emulators.slack import SlackEmulator
@@ -75,3 +81,35 @@ async def test_the_bot_finds_the_primary_through_sentinel_and_follows_a_failover
     assert "billing-api is stuck" in prompt and "waiting for lock" in prompt
     async with aiohttp.ClientSession() as session, session.get(f"{running.url}/health") as response:
         assert response.status == 200
+
+
+async def test_a_batch_s_new_connection_finds_the_primary_past_a_sentinel_that_never_answers(
+    sentinel_set: tuple[RedisServer, RedisServer, SentinelServer],
+) -> None:
+    """The first Sentinel named takes connections and never answers (a hung host): asking it costs
+    its reply timeout before the next is asked. A batch's new connection asks them as it opens;
+    counted in the batch's deadline, shorter than that timeout here (5 s each in the bot), the
+    asking never got past the hung one, on any try, and no batch could go out at all."""
+    primary, _, sentinel = sentinel_set
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(8)
+        _, hung_port = hung.getsockname()
+        url = f"redis+sentinel://127.0.0.1:{hung_port},127.0.0.1:{sentinel.port}/{sentinel.service}"
+        pool, sentinels = connection_pool(
+            url, socket_connect_timeout=2, socket_timeout=1.5, retry=Retry(NoBackoff(), 1), protocol=2
+        )
+        client = aioredis.Redis.from_pool(pool)
+        batcher = CommandBatcher(client, timeout_seconds=1)
+        try:
+            assert await batcher.execute("SET", "found", "1")
+        finally:
+            await batcher.close(wait_seconds=0)
+            await client.aclose()
+            if sentinels is not None:
+                await sentinels.aclose()
+    direct = aioredis.Redis(host="127.0.0.1", port=primary.port, decode_responses=True)
+    try:
+        assert await direct.get("found") == "1"
+    finally:
+        await direct.aclose()
