@@ -25,7 +25,7 @@ from bot.redis_loss import RedisLossRecovery
 from bot.store import Accepted, IncomingMessage, LockRenewal, Store, ThreadKey, Turn
 from bot.turn import DELIVERY_FAILED, INTERRUPTED, STORE_UNAVAILABLE, TURN_FAILED
 from tests.conftest import RATE_SCALE, RunningBot, StartBot
-from tests.emulators.openai_api import Gated, OpenAIEmulator, Reply, SlowFirstToken, Status
+from tests.emulators.openai_api import Gated, OpenAIEmulator, Reply, Status
 from tests.emulators.slack import SlackEmulator
 from tests.redis_server import RedisServer
 from tests.test_forget import everything_in
@@ -231,13 +231,16 @@ async def test_a_follow_up_waiting_behind_a_turn_when_redis_loses_its_data_is_an
     held since the last beat), and as edited while it waited: before, it was never answered."""
     caplog.set_level(logging.INFO)
     running = await start_bot("http")
-    llm.enqueue(SlowFirstToken(0.5))
+    queued = asyncio.Event()  # the first answer in flight until the follow-up waits behind it
+    llm.enqueue(Gated(queued))
     llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted
     posting = slack.gate("chat.postMessage")
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await llm.wait_for_requests(1)
     asked = "and prod?" if noticed == "after an edit" else "and staging?"
     follow_up = await slack.post_user_message(CHANNEL, f"<@{BOT}> {asked}", thread_ts=root)
+    await _until(lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{follow_up}", "queued"))
+    queued.set()
     await slack.wait_for(lambda: posting.waiting > 0, what="the first answer's post")
     if noticed == "after an edit":
         await slack.edit_message(CHANNEL, follow_up, f"<@{BOT}> and staging?")  # queued again as edited
@@ -441,13 +444,16 @@ async def test_with_several_processes_a_follow_up_deleted_through_another_is_not
     a = await start_bot("http")
     b = await start_bot("http")
     slack.use_http(f"{a.url}/slack/events")
-    llm.enqueue(SlowFirstToken(0.5))
+    queued = asyncio.Event()  # the first answer in flight until the follow-up waits behind it
+    llm.enqueue(Gated(queued))
     llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted
     posting = slack.gate("chat.postMessage")
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await llm.wait_for_requests(1)
     secret = f"<@{BOT}> and staging? my password is hunter2"
     follow_up = await slack.post_user_message(CHANNEL, secret, thread_ts=root)
+    await _until(lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{follow_up}", "queued"))
+    queued.set()
     await slack.wait_for(lambda: posting.waiting > 0, what="the first answer's post")
     slack.use_http(f"{b.url}/slack/events")
     await slack.delete_message(CHANNEL, follow_up)
@@ -1297,12 +1303,15 @@ async def test_a_follow_up_queued_again_after_a_loss_survives_a_second_loss_or_a
     queueing. Before, the process had forgotten it as it queued it again: it was never answered."""
     caplog.set_level(logging.INFO)
     running = await start_bot("http")
-    llm.enqueue(SlowFirstToken(0.5))
+    queued = asyncio.Event()  # the first answer in flight until the follow-up waits behind it
+    llm.enqueue(Gated(queued))
     llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted
     posting = slack.gate("chat.postMessage")
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await llm.wait_for_requests(1)
-    await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    follow_up = await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    await _until(lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{follow_up}", "queued"))
+    queued.set()
     await slack.wait_for(lambda: posting.waiting > 0, what="the first answer's post")
     try:
         if fault == "a redis failure":
@@ -1438,18 +1447,27 @@ async def test_a_question_queued_again_behind_a_newer_turn_when_alone_is_stored_
     conversation kept both."""
     caplog.set_level(logging.INFO)
     running = await start_bot("http")
-    llm.enqueue(SlowFirstToken(0.5), SlowFirstToken(1.5))
+    # The first answer is in flight until the follow-up waits behind it; the newer follow-up's
+    # until the waiting one is queued again, behind it.
+    queued, queued_again = asyncio.Event(), asyncio.Event()
+    llm.enqueue(Gated(queued), Gated(queued_again))
     llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted
     posting = slack.gate("chat.postMessage")
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await llm.wait_for_requests(1)
-    await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    waiting = await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    journal = f"turn:T1:{CHANNEL}:{waiting}"
+    await _until(lambda: _state_is(redis, journal, "queued"))
+    queued.set()
     await slack.wait_for(lambda: posting.waiting > 0, what="the first answer's post")
     process = running.bot.turns.process_id
     await _until(_a_beat(redis, process, await redis.zscore("processes", process)))
     await redis.flushall()
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and dev?", thread_ts=root)
     posting.opened.set()
+    await llm.wait_for_requests(2)  # the newer one's turn
+    await _until(lambda: _state_is(redis, journal, "queued"))  # queued again, behind the newer one
+    queued_again.set()
     await slack.wait_for_bot_messages(CHANNEL, root, count=3, timeout=15)
     await running.settle()
     prompts = [[m["content"] for m in r["messages"][1:]] for r in llm.requests]
@@ -2629,12 +2647,18 @@ async def test_a_question_queued_again_and_deleted_after_a_newer_turn_read_it_ba
     deleted message in every later prompt."""
     caplog.set_level(logging.INFO)
     running = await start_bot("http")
-    llm.enqueue(SlowFirstToken(0.5), SlowFirstToken(3.0))
+    # The first answer is in flight until the follow-up waits behind it; the newer follow-up's
+    # until the waiting one, queued again behind it, is deleted.
+    queued, deleted = asyncio.Event(), asyncio.Event()
+    llm.enqueue(Gated(queued), Gated(deleted))
     llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted
     posting = slack.gate("chat.postMessage")
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await llm.wait_for_requests(1)
     waiting = await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    journal = f"turn:T1:{CHANNEL}:{waiting}"
+    await _until(lambda: _state_is(redis, journal, "queued"))
+    queued.set()
     await slack.wait_for(lambda: posting.waiting > 0, what="the first answer's post")
     process = running.bot.turns.process_id
     await _until(_a_beat(redis, process, await redis.zscore("processes", process)))
@@ -2643,10 +2667,10 @@ async def test_a_question_queued_again_and_deleted_after_a_newer_turn_read_it_ba
     posting.opened.set()
     await llm.wait_for_requests(2)  # the newer one's turn read the thread back
     assert "ann: and staging?" in _prompt(llm)
-    journal = f"turn:T1:{CHANNEL}:{waiting}"
     await _until(lambda: _state_is(redis, journal, "queued"))  # queued again, behind the newer one
     await slack.delete_message(CHANNEL, waiting)
     await _until(lambda: redis.hexists(journal, "deleted"))
+    deleted.set()
     await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
     await running.settle()
     stored = await redis.lrange(f"conv:T1:{CHANNEL}:{root}:turns", 0, -1)
@@ -2695,21 +2719,30 @@ async def test_a_remark_queued_again_behind_a_newer_turn_that_read_it_back_keeps
     and stored it last, after the newer follow-up and its answer, and the model read it there."""
     caplog.set_level(logging.INFO)
     running = await start_bot("http")
-    llm.enqueue(SlowFirstToken(0.5), SlowFirstToken(1.5))
+    # The first answer is in flight until the remark waits behind it; the newer follow-up's until
+    # the remark is queued again, behind it.
+    queued, queued_again = asyncio.Event(), asyncio.Event()
+    llm.enqueue(Gated(queued), Gated(queued_again))
     llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted
     posting = slack.gate("chat.postMessage")
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await llm.wait_for_requests(1)
     remark = await slack.post_user_message(CHANNEL, "<@U2> the cache was restarted at noon", thread_ts=root)
+    journal = f"turn:T1:{CHANNEL}:{remark}"
+    await _until(lambda: _state_is(redis, journal, "queued"))
+    queued.set()
     await slack.wait_for(lambda: posting.waiting > 0, what="the first answer's post")
     process = running.bot.turns.process_id
     await _until(_a_beat(redis, process, await redis.zscore("processes", process)))
     await redis.flushall()
     await slack.post_user_message(CHANNEL, f"<@{BOT}> is that why?", thread_ts=root)
     posting.opened.set()
+    await llm.wait_for_requests(2)  # the newer one's turn
+    await _until(lambda: _state_is(redis, journal, "queued"))  # queued again, behind the newer one
+    queued_again.set()
     await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
     assert any("the cache was restarted" in text for text in _prompt(llm))  # read back from Slack
-    await _until(lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{remark}", "answered"))  # recorded
+    await _until(lambda: _state_is(redis, journal, "answered"))  # recorded
     await running.settle()
     stored = [json.loads(raw) for raw in await redis.lrange(f"conv:T1:{CHANNEL}:{root}:turns", 0, -1)]
     said = [t["text"] for t in stored if t["role"] == "user"]
