@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from decimal import Decimal
 from pathlib import Path
@@ -599,13 +600,19 @@ async def test_a_process_frozen_past_its_liveness_loses_its_thread_and_posts_not
     (SIGCONT), the holder finds its thread taken, or its message answered, and shows nothing."""
     other = await spawn_bot(THREAD_LOCK_TTL_SECONDS="60", RECOVERY_INTERVAL_SECONDS="0.3")
     holder = await spawn_bot(THREAD_LOCK_TTL_SECONDS="60", RECOVERY_INTERVAL_SECONDS="0.3")  # gets the events
-    llm.first_token_delay = 1.0
+    # The holder's answer is written only once the other has answered, while the holder is still
+    # frozen: it finds it waiting when it thaws (not a 1 s first token, which a loaded machine
+    # could outlast before the freeze, the holder's answer then shown and nothing taken over).
+    written = asyncio.Event()
+    llm.enqueue(Gated(written))
     ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> who answers this?")
     await llm.wait_for_requests(1)
     assert holder.process is not None
     holder.process.send_signal(signal.SIGSTOP)
     try:
         [answer] = await slack.wait_for_bot_messages(CHANNEL, ts, count=1, timeout=20)
+        written.set()
+        await wait_until(lambda: llm.streams[0].finished_at is not None, "the holder's answer to be written")
     finally:
         holder.process.send_signal(signal.SIGCONT)
     # The thawed holder's turn ends here, its answer not shown.
@@ -641,16 +648,35 @@ async def test_thread_lock_of_a_dead_process_expires(
 
 
 async def test_a_turn_longer_than_its_lock_lifetime_keeps_its_thread(
-    spawn_bot: SpawnBot, slack: SlackEmulator, llm: OpenAIEmulator
+    spawn_bot: SpawnBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: Redis
 ) -> None:
     """The holder renews its thread's lock while the turn runs: another process's recovery
     rounds (every 0.3 s here) never take over a live turn that outlasts the lock's lifetime (1 s
     here) four times over, so the question is answered once, with no "interrupted" note."""
-    processes = [await spawn_bot(), await spawn_bot()]
-    llm.first_token_delay = 4.0
+    other, holder = [await spawn_bot(), await spawn_bot()]  # the events go to the last started
+    processes = [other, holder]
+    # The answer is held until the turn has outlasted its lock four times over and the other
+    # process's recovery has found the thread waiting (and left it) at least four times: not a
+    # 4 s first token, which a loaded machine could outlast with no recovery round meanwhile.
+    outlasted = asyncio.Event()
+    llm.enqueue(Gated(outlasted))
     ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> a slow one")
+    await llm.wait_for_requests(1)
+    lock = await _thread_lock(redis)
+    token = await redis.get(lock)
+    held_since = time.monotonic()
+    holding = lambda: redis.get(lock)  # noqa: E731
+    rounds = lambda: other.log().count("recovery found 1 waiting threads")  # noqa: E731
+    await wait_until(lambda: rounds() >= 4, "the other's recovery to find the thread four times", within=20)
+    while time.monotonic() - held_since < 4 * 1.0:  # the lock's lifetime, four times over
+        assert await holding() == token, "the lock was lost under its live turn"
+        await asyncio.sleep(0.05)
+    assert await holding() == token, "the lock was lost under its live turn"
+    outlasted.set()
     [answer] = await slack.wait_for_bot_messages(CHANNEL, ts, count=1, timeout=15)
-    await asyncio.sleep(1.0)  # time for a second answer or a note to show up, if there were one
+    journal = f"turn:T1:{CHANNEL}:{ts}"
+    await wait_until(lambda: _state_is(redis, journal, "answered"), "the turn to finish")
+    await wait_until(lambda: _state_is(redis, lock, None), "the lock to be let go")
     assert answer["text"] == "Answer: ann: a slow one"
     assert len(slack.bot_messages(CHANNEL, ts)) == 1
     assert len(llm.requests) == 1
@@ -671,14 +697,24 @@ async def test_a_holder_whose_lock_was_taken_over_stands_down_and_the_message_is
     """A holder stalled past its lock's lifetime finds another worker holding the lock: it stops
     its turn (that worker now answers the message, from the journal) rather than answer it too."""
     processes = [await spawn_bot(), await spawn_bot()]
-    llm.first_token_delay = 3.0
+    # The holder's answer is held until it has stood down (not a 3 s first token, which a loaded
+    # machine could outlast before its renewal found the foreign token).
+    stood_down = asyncio.Event()
+    llm.enqueue(Gated(stood_down))
     ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> who answers this?")
     await llm.wait_for_requests(1)
     # As if this process had stalled and another had taken the thread: a foreign token, which
     # expires in its turn (that worker "dies" too) and leaves the thread to recovery.
-    await redis.set(await _thread_lock(redis), "another-worker", px=1500)
+    lock = await _thread_lock(redis)
+    await redis.set(lock, "another-worker", px=1500)
+    standing_down = lambda: any("standing down" in process.log() for process in processes)  # noqa: E731
+    await wait_until(standing_down, "the holder to stand down")
+    stood_down.set()
     [answer] = await slack.wait_for_bot_messages(CHANNEL, ts, count=1, timeout=15)
-    await asyncio.sleep(llm.first_token_delay + 1.0)  # the first turn's answer would be out by now
+    journal = f"turn:T1:{CHANNEL}:{ts}"
+    await wait_until(lambda: _state_is(redis, journal, "answered"), "the turn to finish")
+    await wait_until(lambda: _state_is(redis, lock, None), "the lock to be let go")
+    await wait_until(lambda: llm.in_flight == 0, "the holder's model call to end")
     assert answer["text"] == "Answer: ann: who answers this?"
     assert len(slack.bot_messages(CHANNEL, ts)) == 1
     logs = "".join(process.log() for process in processes)
@@ -693,17 +729,32 @@ async def test_a_lock_that_expired_under_a_stalled_holder_is_taken_back_or_hande
     takes it back at its next renewal, or the other process's recovery takes the thread first
     and the holder stands down: one answer either way (two, when the holder went on regardless)."""
     processes = [await spawn_bot(), await spawn_bot()]
-    llm.first_token_delay = 3.0
+    # The holder's answer is held until it took its lock back, or the other process took the
+    # thread (the holder standing down at its renewal, or answered by the other): not a 3 s first
+    # token, which a loaded machine could outlast before either.
+    settled = asyncio.Event()
+    llm.enqueue(Gated(settled))
     ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> a stalled one")
     await llm.wait_for_requests(1)
-    await asyncio.sleep(0.8)  # past the recovery's idle threshold (0.6 s): the thread is fair game
-    await redis.delete(await _thread_lock(redis))
+    # Past the recovery's idle threshold (two rounds, 0.6 s): the thread is fair game.
+    fair_game = lambda: redis.zrangebyscore("pending", "-inf", time.time() - 0.6)  # noqa: E731
+    await wait_until(fair_game, "the thread to count as waiting")
+    lock = await _thread_lock(redis)
+    await redis.delete(lock)
+    logs = lambda: "".join(process.log() for process in processes)  # noqa: E731
+    took_back_or_stood_down = lambda: "taken back" in logs() or "standing down" in logs()  # noqa: E731
+    taken = lambda: took_back_or_stood_down() or bool(slack.bot_messages(CHANNEL, ts))  # noqa: E731
+    await wait_until(taken, "the lock taken back, or the thread taken over")
+    settled.set()
     [answer] = await slack.wait_for_bot_messages(CHANNEL, ts, count=1, timeout=15)
-    await asyncio.sleep(llm.first_token_delay + 1.0)
+    # Answered by the other, the holder stands down when its answer, now let go, would post.
+    await wait_until(took_back_or_stood_down, "the holder to take its lock back or stand down")
+    journal = f"turn:T1:{CHANNEL}:{ts}"
+    await wait_until(lambda: _state_is(redis, journal, "answered"), "the turn to finish")
+    await wait_until(lambda: _state_is(redis, lock, None), "the lock to be let go")
+    await wait_until(lambda: llm.in_flight == 0, "every model call to end")
     assert answer["text"] == "Answer: ann: a stalled one"
     assert len(slack.bot_messages(CHANNEL, ts)) == 1
-    logs = "".join(process.log() for process in processes)
-    assert "taken back" in logs or "standing down" in logs
 
 
 @pytest.mark.parametrize(
