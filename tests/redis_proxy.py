@@ -4,8 +4,10 @@ own: a write of another client lands exactly between that script and the caller'
 every time. It can also hold back one request to a script (`hold_request`), so that a command
 already on the wire reaches Redis after something the test waits for, and it keeps what each
 connection sent (`requested`), so that a test can wait until the code under test has reached
-Redis with something. Only the network is touched; the code under test runs as it does against
-Redis."""
+Redis with something. And it can stall a command (`stall`): every request that carries it is held
+until the test lets it go, however often the client times out and sends it again, as if Redis
+were out of that client's reach. Only the network is touched; the code under test runs as it does
+against Redis."""
 
 from __future__ import annotations
 
@@ -26,6 +28,9 @@ class HeldReplyProxy:
         self.held = 0  # replies held back so far, each for one run of `meanwhile`
         self._held_request: tuple[bytes, Callable[[], Awaitable[None]]] | None = None
         self.requests_held = 0  # requests held back and then passed on
+        self._stall: tuple[tuple[bytes, ...], asyncio.Event] | None = None
+        self.stalled = 0  # requests held by the stall so far (some given up by their client)
+        self.stall_replies: list[bytes] = []  # the replies to stalled commands, once let go
         self._sent: list[bytearray] = []  # what each connection sent, in full
         self._server: asyncio.Server | None = None
         self._pumps: set[asyncio.Task[None]] = set()
@@ -45,6 +50,16 @@ class HeldReplyProxy:
         """Hold back the next request that runs the script `sha` (with whatever its write carries
         besides) until `meanwhile` has run, then pass it on."""
         self._held_request = (sha.encode(), meanwhile)
+
+    def stall(self, *markers: str) -> asyncio.Event:
+        """From now on, hold back every request that carries one of `markers` (a script's SHA)
+        until the event returned is set: that command cannot reach Redis, however often its client
+        times out and sends it again. A held request whose client gives up on its connection
+        meanwhile is lost with it. Once let go, each reply to such a request is kept in
+        `stall_replies` after it is passed to the client."""
+        released = asyncio.Event()
+        self._stall = (tuple(marker.encode() for marker in markers), released)
+        return released
 
     def requested(self, marker: str) -> bool:
         """Whether a client sent `marker` in a request (a key, an argument) through the proxy: a
@@ -69,9 +84,10 @@ class HeldReplyProxy:
         # Per connection: a request that ran the script is answered by its next array reply (a
         # NOSCRIPT error, or SCRIPT LOAD's SHA, comes before it when the script was not loaded).
         armed = asyncio.Event()
+        stall_answer_due = asyncio.Event()  # a request the stall held (or would have) passed on
         pumps = {
-            asyncio.create_task(self._requests(client_reader, server_writer, armed)),
-            asyncio.create_task(self._replies(server_reader, client_writer, armed)),
+            asyncio.create_task(self._requests(client_reader, server_writer, armed, stall_answer_due)),
+            asyncio.create_task(self._replies(server_reader, client_writer, armed, stall_answer_due)),
         }
         self._pumps |= pumps
         try:
@@ -85,7 +101,11 @@ class HeldReplyProxy:
                 writer.close()
 
     async def _requests(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, armed: asyncio.Event
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        armed: asyncio.Event,
+        stall_answer_due: asyncio.Event,
     ) -> None:
         tail = b""
         sent = bytearray()
@@ -98,12 +118,25 @@ class HeldReplyProxy:
                 self._held_request = None
                 await request[1]()
                 self.requests_held += 1
+            if (stall := self._stall) is not None and any(marker in tail + data for marker in stall[0]):
+                if not stall[1].is_set():
+                    self.stalled += 1
+                    held = await _until_released(stall[1], reader, data)
+                    if held is None:
+                        return  # its client gave up on the connection: the request is lost with it
+                    sent += held[len(data) :]
+                    data = held
+                stall_answer_due.set()
             tail = data[-SHA_LENGTH:]
             writer.write(data)
             await writer.drain()
 
     async def _replies(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, armed: asyncio.Event
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        armed: asyncio.Event,
+        stall_answer_due: asyncio.Event,
     ) -> None:
         while data := await reader.read(65536):
             if armed.is_set() and data.startswith(b"*") and (meanwhile := self.meanwhile) is not None:
@@ -112,3 +145,27 @@ class HeldReplyProxy:
                 await meanwhile()
             writer.write(data)
             await writer.drain()
+            if stall_answer_due.is_set():
+                stall_answer_due.clear()
+                self.stall_replies.append(data)
+
+
+async def _until_released(released: asyncio.Event, reader: asyncio.StreamReader, data: bytes) -> bytes | None:
+    """`data`, with whatever else the client sends meanwhile, once `released` is set; None if the
+    client closes the connection first."""
+    letting_go = asyncio.ensure_future(released.wait())
+    try:
+        while not released.is_set():
+            more = asyncio.ensure_future(reader.read(65536))
+            await asyncio.wait({letting_go, more}, return_when=asyncio.FIRST_COMPLETED)
+            if not more.done():
+                more.cancel()
+                await asyncio.gather(more, return_exceptions=True)
+            if more.cancelled():
+                continue
+            if more.exception() is not None or not (chunk := more.result()):
+                return None
+            data += chunk
+        return data
+    finally:
+        letting_go.cancel()

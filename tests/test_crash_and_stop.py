@@ -1001,13 +1001,13 @@ async def test_a_stop_while_redis_does_not_answer_does_not_wait_out_the_leave_s_
 
 
 async def test_a_holder_whose_message_was_noted_by_another_while_it_stalled_posts_no_second_note(
+    redis_proxy: HeldReplyProxy,  # first: it outlasts the processes that reach Redis through it
     spawn_bot: SpawnBot,
     start_bot: StartBot,
     slack: SlackEmulator,
     llm: OpenAIEmulator,
     redis: Redis,
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A resumes a turn killed mid-stream and, closing its answer (Slack slow to answer), stalls
     past its lock's lifetime: its renewal hangs (Redis out of its reach). B takes the thread,
@@ -1027,19 +1027,9 @@ async def test_a_holder_whose_message_was_noted_by_another_while_it_stalled_post
     llm.chunk_delay = 0.0
     only_the_first = iter([True])
     closing = slack.gate("chat.stopStream", lambda args: next(only_the_first, False))  # A's
-    a = await start_bot("http", **FAST_RECOVERY)
+    a = await start_bot("http", REDIS_URL=redis_proxy.url, **FAST_RECOVERY)  # A's Redis: through the proxy
     await slack.wait_for(lambda: closing.waiting == 1, timeout=15, what="A to close the answer")
-    renewal_goes, renewed = asyncio.Event(), asyncio.Event()
-    found: list[LockRenewal] = []
-    renew = a.bot.store.renew_lock
-
-    async def stalled_renewal(*args: Any, **kwargs: Any) -> LockRenewal:
-        await renewal_goes.wait()
-        found.append(await renew(*args, **kwargs))
-        renewed.set()
-        return found[-1]
-
-    monkeypatch.setattr(a.bot.store, "renew_lock", stalled_renewal)
+    renewal_goes = redis_proxy.stall(a.bot.store._renew_thread_lock.sha)  # out of A's reach from now
     lock = await _thread_lock(redis)
     free = lambda: _state_is(redis, lock, None)  # noqa: E731
     await wait_until(free, "A's lock to expire", within=15)
@@ -1051,9 +1041,12 @@ async def test_a_holder_whose_message_was_noted_by_another_while_it_stalled_post
     finished = lambda: _state_is(redis, journal, "noted")  # noqa: E731
     await wait_until(finished, "B to finish the message", within=15)
     await wait_until(free, "B to let the lock go", within=15)
+    assert redis_proxy.stalled >= 1  # A's renewal hung meanwhile
     renewal_goes.set()
-    await wait_until(renewed.is_set, "A's renewal", within=15)
-    assert found[-1] == LockRenewal.RELEASED
+    # Its reply (after a NOSCRIPT, when Redis had not run the script yet): free, and finished.
+    found = lambda: [r for r in redis_proxy.stall_replies if r.startswith(b":")]  # noqa: E731
+    await wait_until(found, "A's renewal", within=15)
+    assert found()[0] == f":{LockRenewal.RELEASED.value}\r\n".encode()
     closing.opened.set()
     stood_down = lambda: "standing down" in caplog.text  # noqa: E731
     await slack.wait_for(lambda: noted() > 1 or stood_down(), timeout=15, what="A's note or A standing down")
