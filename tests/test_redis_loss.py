@@ -22,11 +22,12 @@ from bot.context import EARLIER_UNREAD_NOTE
 from bot.formatting import SlackMarkdown
 from bot.rate_limit import SlackBudget
 from bot.redis_loss import RedisLossRecovery
-from bot.store import Accepted, IncomingMessage, LockRenewal, Store, ThreadKey, Turn
+from bot.store import Accepted, IncomingMessage, Store, ThreadKey, Turn
 from bot.turn import DELIVERY_FAILED, INTERRUPTED, STORE_UNAVAILABLE, TURN_FAILED
 from tests.conftest import RATE_SCALE, RunningBot, StartBot
 from tests.emulators.openai_api import Gated, OpenAIEmulator, Reply, Status
 from tests.emulators.slack import SlackEmulator
+from tests.redis_proxy import HeldReplyProxy
 from tests.redis_server import RedisServer
 from tests.test_forget import everything_in
 from tests.test_streaming import _long_answer, shown
@@ -1918,12 +1919,12 @@ async def test_a_read_back_merges_by_ts_as_numbers_keeps_what_is_stored_and_inde
 
 
 async def test_with_several_processes_a_question_taken_before_the_loss_and_read_back_is_stored_once(
+    redis_proxy: HeldReplyProxy,  # first: it outlasts B, which reaches Redis through it
     start_bot: StartBot,
     slack: SlackEmulator,
     llm: OpenAIEmulator,
     redis: Redis,
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """B takes bob's follow-up before the loss, and its turn stores it only after (bob's name is
     slow to come). Meanwhile a newer follow-up reaches A, whose turn takes the thread's lock,
@@ -1935,7 +1936,7 @@ async def test_with_several_processes_a_question_taken_before_the_loss_and_read_
     last, as the question being answered."""
     caplog.set_level(logging.INFO)
     a = await start_bot("http")
-    b = await start_bot("http")  # Slack's events go to B
+    b = await start_bot("http", REDIS_URL=redis_proxy.url)  # Slack's events go to B
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await slack.wait_for_bot_messages(CHANNEL, root, count=1)
     await b.settle()
@@ -1949,17 +1950,16 @@ async def test_with_several_processes_a_question_taken_before_the_loss_and_read_
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", user="U2", thread_ts=root)
     await slack.wait_for(lambda: naming.waiting > 0, what="B to look up bob's name")
     await _until(lambda: redis.exists(f"lock:T1:{CHANNEL}:{root}"))  # B's turn took it
-    a_over = asyncio.Event()
-    renew = b.bot.store.renew_lock
-
-    async def after_as_turn(*args: Any) -> LockRenewal:
-        await a_over.wait()
-        return await renew(*args)
-
-    monkeypatch.setattr(b.bot.store, "renew_lock", after_as_turn)
+    # B's renewals hang until A's turn is over, and A's answer waits until B has tried one (its
+    # beat noticed the loss, and would take the lock back): A's turn slower than B's beat, always.
+    a_over = redis_proxy.stall(b.bot.store._renew_thread_lock.sha)
+    b_tried = asyncio.Event()
+    llm.enqueue(Gated(b_tried))
     await redis.flushall()
     slack.use_http(f"{a.url}/slack/events")
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and dev?", thread_ts=root)
+    await slack.wait_for(lambda: redis_proxy.stalled > 0, what="B to try to take its lock back")
+    b_tried.set()
     await slack.wait_for_bot_messages(CHANNEL, root, count=2)
     await a.settle()
     a_over.set()
@@ -1976,12 +1976,12 @@ async def test_with_several_processes_a_question_taken_before_the_loss_and_read_
 
 
 async def test_with_several_processes_an_answer_read_back_before_its_turn_stored_it_is_stored_once(
+    redis_proxy: HeldReplyProxy,  # first: it outlasts B, which reaches Redis through it
     start_bot: StartBot,
     slack: SlackEmulator,
     llm: OpenAIEmulator,
     redis: Redis,
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """B answers bob's follow-up, whole in Slack, but Slack's answer to its last call is slow, and
     Redis loses its data meanwhile. A newer follow-up reaches A, whose turn takes the thread's
@@ -1993,7 +1993,7 @@ async def test_with_several_processes_an_answer_read_back_before_its_turn_stored
     stores, in its place in Slack's order."""
     caplog.set_level(logging.INFO)
     a = await start_bot("http")
-    b = await start_bot("http")  # Slack's events go to B
+    b = await start_bot("http", REDIS_URL=redis_proxy.url)  # Slack's events go to B
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await slack.wait_for_bot_messages(CHANNEL, root, count=1)
     await b.settle()
@@ -2011,17 +2011,16 @@ async def test_with_several_processes_an_answer_read_back_before_its_turn_stored
     ]
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", user="U2", thread_ts=root)
     await slack.wait_for(lambda: any(gate.waiting for gate in gates), what="B's answer to show")
-    a_over = asyncio.Event()
-    renew = b.bot.store.renew_lock
-
-    async def after_as_turn(*args: Any) -> LockRenewal:
-        await a_over.wait()
-        return await renew(*args)
-
-    monkeypatch.setattr(b.bot.store, "renew_lock", after_as_turn)
+    # B's renewals hang until A's turn is over, and A's answer waits until B has tried one (its
+    # beat noticed the loss, and would take the lock back): A's turn slower than B's beat, always.
+    a_over = redis_proxy.stall(b.bot.store._renew_thread_lock.sha)
+    b_tried = asyncio.Event()
+    llm.enqueue(Gated(b_tried))
     await redis.flushall()
     slack.use_http(f"{a.url}/slack/events")
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and dev?", thread_ts=root)
+    await slack.wait_for(lambda: redis_proxy.stalled > 0, what="B to try to take its lock back")
+    b_tried.set()
     await slack.wait_for_bot_messages(CHANNEL, root, count=2)  # B's counts once its call is answered
     await a.settle()
     assert "Answer: bob: and staging?" in [m["content"] for m in llm.requests[-1]["messages"]]  # read back
@@ -2045,12 +2044,12 @@ async def test_with_several_processes_an_answer_read_back_before_its_turn_stored
 
 
 async def test_with_several_processes_a_long_answer_read_back_mid_stream_around_a_remark_is_stored_once(
+    redis_proxy: HeldReplyProxy,  # first: it outlasts B, which reaches Redis through it
     start_bot: StartBot,
     slack: SlackEmulator,
     llm: OpenAIEmulator,
     redis: Redis,
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """As above, but B's answer is long: a remark to a colleague is sent between its first message
     and its second, and A reads the thread back while that second message is still being written
@@ -2060,7 +2059,7 @@ async def test_with_several_processes_a_long_answer_read_back_mid_stream_around_
     to its turn, and each one's copy gives way."""
     caplog.set_level(logging.INFO)
     a = await start_bot("http")
-    b = await start_bot("http")  # Slack's events go to B
+    b = await start_bot("http", REDIS_URL=redis_proxy.url)  # Slack's events go to B
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await slack.wait_for_bot_messages(CHANNEL, root, count=1)
     await b.settle()
@@ -2090,17 +2089,16 @@ async def test_with_several_processes_a_long_answer_read_back_mid_stream_around_
     await slack.wait_for(lambda: any(gate.waiting for gate in ends), what="B's answer to end")
     [first, second] = slack.bot_messages(CHANNEL, root)[1:]
     assert float(first["ts"]) < float(remark) < float(second["ts"]) and second.get("streaming")
-    a_over = asyncio.Event()
-    renew = b.bot.store.renew_lock
-
-    async def after_as_turn(*args: Any) -> LockRenewal:
-        await a_over.wait()
-        return await renew(*args)
-
-    monkeypatch.setattr(b.bot.store, "renew_lock", after_as_turn)
+    # B's renewals hang until A's turn is over, and A's answer waits until B has tried one (its
+    # beat noticed the loss, and would take the lock back): A's turn slower than B's beat, always.
+    a_over = redis_proxy.stall(b.bot.store._renew_thread_lock.sha)
+    b_tried = asyncio.Event()
+    llm.enqueue(Gated(b_tried))
     await redis.flushall()
     slack.use_http(f"{a.url}/slack/events")
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and dev?", thread_ts=root)
+    await slack.wait_for(lambda: redis_proxy.stalled > 0, what="B to try to take its lock back")
+    b_tried.set()
     await slack.wait_for(lambda: _asked(llm, "ann: and dev?") == 1, what="A's turn to ask the model")
     await a.settle()
     later_part = next(line for line in second["text"].splitlines() if line.startswith("print('line"))
