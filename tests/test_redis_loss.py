@@ -920,6 +920,7 @@ async def test_with_several_processes_a_question_handed_on_with_its_answer_showi
 
 
 async def test_with_several_processes_a_resumed_turn_that_stands_down_after_a_second_loss_is_not_given_again(
+    redis_proxy: HeldReplyProxy,  # first: it outlasts A, which reaches Redis through it
     start_bot: StartBot,
     slack: SlackEmulator,
     llm: OpenAIEmulator,
@@ -940,7 +941,7 @@ async def test_with_several_processes_a_resumed_turn_that_stands_down_after_a_se
     third stand-down, of the newer follow-up's turn, which was asked of the model twice (under
     load, once in a full-file run, when B's beat fell between A's and the loss)."""
     caplog.set_level(logging.INFO)
-    a = await start_bot("http")
+    a = await start_bot("http", REDIS_URL=redis_proxy.url)
     b = await start_bot("http")  # Slack's events go to B
     llm.chunk_chars, llm.chunk_delay = 20, 0.05
     # The follow-up's answer waits until B has stood down; the newer follow-up's until A has, its
@@ -959,13 +960,13 @@ async def test_with_several_processes_a_resumed_turn_that_stands_down_after_a_se
     b_stood_down.set()
     await slack.wait_for(lambda: note.waiting == 1, timeout=20, what="A to resume B's question")
     await _until(_a_beat(redis, a_id, await redis.zscore("processes", a_id)))
-    # A's next beat or renewal, which would take its lock back, waits for B to take it; B's beats
-    # wait for the question's turn to come again.
-    b_took_it, turn_again = asyncio.Event(), asyncio.Event()
-    monkeypatch.setattr(a.bot.store, "beat", _after(b_took_it, a.bot.store.beat))
-    monkeypatch.setattr(a.bot.store, "renew_lock", _after(b_took_it, a.bot.store.renew_lock))
+    # A's next beat or renewal, which would take its lock back, hangs (Redis out of A's reach for
+    # them) until B has taken it; B's beats wait for the question's turn to come again.
+    b_took_it = redis_proxy.stall(a.bot.store._beat.sha, a.bot.store._renew_thread_lock.sha)
+    turn_again = asyncio.Event()
     monkeypatch.setattr(b.bot.store, "beat", _after(turn_again, b.bot.store.beat))
     await redis.flushall()
+    await slack.wait_for(lambda: redis_proxy.stalled > 0, what="A's next beat to hang")  # every run
     slack.use_http(f"{b.url}/slack/events")
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and prod?", thread_ts=root)
     await _until(lambda: _held_by(redis, f"lock:T1:{CHANNEL}:{root}", b_id))
