@@ -30,6 +30,7 @@ class HeldReplyProxy:
         self.requests_held = 0  # requests held back and then passed on
         self._stall: tuple[tuple[bytes, ...], asyncio.Event] | None = None
         self.stalled = 0  # requests held by the stall so far (some given up by their client)
+        self._stalled_on: dict[bytes, int] = {}  # the same, by the marker each carried
         self.stall_replies: list[bytes] = []  # the replies to stalled commands, once let go
         self._sent: list[bytearray] = []  # what each connection sent, in full
         self._server: asyncio.Server | None = None
@@ -60,6 +61,10 @@ class HeldReplyProxy:
         released = asyncio.Event()
         self._stall = (tuple(marker.encode() for marker in markers), released)
         return released
+
+    def stalled_on(self, marker: str) -> int:
+        """How many requests that carry `marker` the stall has held so far."""
+        return self._stalled_on.get(marker.encode(), 0)
 
     def requested(self, marker: str) -> bool:
         """Whether a client sent `marker` in a request (a key, an argument) through the proxy: a
@@ -121,6 +126,9 @@ class HeldReplyProxy:
             if (stall := self._stall) is not None and any(marker in tail + data for marker in stall[0]):
                 if not stall[1].is_set():
                     self.stalled += 1
+                    for marker in stall[0]:
+                        if marker in tail + data:
+                            self._stalled_on[marker] = self._stalled_on.get(marker, 0) + 1
                     held = await _until_released(stall[1], reader, data)
                     if held is None:
                         return  # its client gave up on the connection: the request is lost with it

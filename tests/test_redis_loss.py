@@ -989,6 +989,7 @@ async def test_with_several_processes_a_resumed_turn_that_stands_down_after_a_se
 
 
 async def test_with_several_processes_a_resumed_turn_whose_thread_was_taken_before_its_note_posts_no_note(
+    redis_proxy: HeldReplyProxy,  # first: it outlasts A, which reaches Redis through it
     start_bot: StartBot,
     slack: SlackEmulator,
     llm: OpenAIEmulator,
@@ -1003,7 +1004,7 @@ async def test_with_several_processes_a_resumed_turn_whose_thread_was_taken_befo
     slow to show it) and posted its own: the note twice. A stands down before the note now, as
     an answer's post does, and B posts it once."""
     caplog.set_level(logging.INFO)
-    a = await start_bot("http")
+    a = await start_bot("http", REDIS_URL=redis_proxy.url)
     b = await start_bot("http")  # Slack's events go to B
     llm.chunk_chars, llm.chunk_delay = 20, 0.05
     # The follow-up's answer waits until B has stood down; the newer follow-up's until A has.
@@ -1022,14 +1023,19 @@ async def test_with_several_processes_a_resumed_turn_whose_thread_was_taken_befo
     b_stood_down.set()
     await slack.wait_for(lambda: closing.waiting == 1, timeout=20, what="A to resume B's question")
     await _until(_a_beat(redis, a_id, await redis.zscore("processes", a_id)))
-    b_took_it, turn_again = asyncio.Event(), asyncio.Event()
-    monkeypatch.setattr(a.bot.store, "beat", _after(b_took_it, a.bot.store.beat))
-    monkeypatch.setattr(a.bot.store, "renew_lock", _after(b_took_it, a.bot.store.renew_lock))
+    # A's beats and renewals, which would take its lock back, hang (Redis out of A's reach for
+    # them) until B has taken it: both hung before A goes on to its note, whose fence then rides
+    # in no batch with them. B's beats wait for the question's turn to come again.
+    beat, renewal = a.bot.store._beat.sha, a.bot.store._renew_thread_lock.sha
+    b_took_it = redis_proxy.stall(beat, renewal)
+    turn_again = asyncio.Event()
     monkeypatch.setattr(b.bot.store, "beat", _after(turn_again, b.bot.store.beat))
     await redis.flushall()
     slack.use_http(f"{b.url}/slack/events")
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and prod?", thread_ts=root)
     await _until(lambda: _held_by(redis, f"lock:T1:{CHANNEL}:{root}", b_id))
+    hung = lambda: redis_proxy.stalled_on(beat) > 0 and redis_proxy.stalled_on(renewal) > 0  # noqa: E731
+    await slack.wait_for(hung, timeout=20, what="A's next beat and renewal to hang")
     closing.opened.set()
     a_stands_down = lambda: caplog.text.count("standing down") == 2  # noqa: E731
     await slack.wait_for(lambda: note.waiting == 1 or a_stands_down(), timeout=20, what="A's note")
