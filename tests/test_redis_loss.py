@@ -1120,12 +1120,13 @@ async def test_with_several_processes_a_question_found_cut_short_whose_turn_stan
 
 
 async def test_with_several_processes_an_answer_found_cut_short_is_noted_by_a_turn_whose_lock_expired(
+    redis_proxy: HeldReplyProxy,  # first (both): they outlast A and B, which reach Redis through them
+    other_redis_proxy: HeldReplyProxy,
     start_bot: StartBot,
     slack: SlackEmulator,
     llm: OpenAIEmulator,
     redis: Redis,
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """As above, B's look finds A's answer to B's follow-up cut short, and B closes it; then B
     stalls past its lock's lifetime (its renewal hangs), nobody taking the thread meanwhile. Its
@@ -1134,8 +1135,8 @@ async def test_with_several_processes_an_answer_found_cut_short_is_noted_by_a_tu
     Before, the fence took back only a `working` one's: B stood down as if another worker held
     the thread, and the follow-up waited for a recovery round, its answer closed and no note."""
     caplog.set_level(logging.INFO)
-    a = await start_bot("http")
-    b = await start_bot("http", THREAD_LOCK_TTL_SECONDS="1")
+    a = await start_bot("http", REDIS_URL=redis_proxy.url)
+    b = await start_bot("http", THREAD_LOCK_TTL_SECONDS="1", REDIS_URL=other_redis_proxy.url)
     slack.use_http(f"{a.url}/slack/events")
     llm.chunk_chars, llm.chunk_delay = 20, 0.05
     queued = asyncio.Event()  # A answers the question until B has queued the follow-up
@@ -1149,18 +1150,19 @@ async def test_with_several_processes_an_answer_found_cut_short_is_noted_by_a_tu
     long_shows = lambda: any("long" in str(c.args) for c in slack.calls_to("chat.startStream"))  # noqa: E731
     await slack.wait_for(long_shows, timeout=20, what="A's answer to B's follow-up to show")
     b_id = b.bot.turns.process_id
-    held = asyncio.Event()  # A's beats and renewals, which would take its lock back, never go
-    monkeypatch.setattr(a.bot.store, "beat", _after(held, a.bot.store.beat))
-    monkeypatch.setattr(a.bot.store, "renew_lock", _after(held, a.bot.store.renew_lock))
+    # A's beats and renewals, which would take its lock back, hang: Redis out of A's reach for them.
+    renewal = a.bot.store._renew_thread_lock.sha
+    redis_proxy.stall(a.bot.store._beat.sha, renewal)
     await _until(_a_beat(redis, b_id, await redis.zscore("processes", b_id)))
     closing = slack.gate("chat.stopStream")  # B closing A's answer, just before its note
     await redis.flushall()
     await a.bot.stop(grace_seconds=0)  # A's answer is left showing, cut short
     await slack.wait_for(lambda: closing.waiting == 1, timeout=20, what="B to close A's answer")
-    renewal_goes = asyncio.Event()
-    monkeypatch.setattr(b.bot.store, "renew_lock", _after(renewal_goes, b.bot.store.renew_lock))
+    renewal_goes = other_redis_proxy.stall(renewal)  # B's renewals hang
     lock = f"lock:T1:{CHANNEL}:{root}"
     await _until(lambda: _state_is(redis, lock, None))  # expired under B: nobody holds it
+    # Hung before B goes on to its note, whose fence then rides in no batch with it.
+    await slack.wait_for(lambda: other_redis_proxy.stalled_on(renewal) > 0, what="B's renewal to hang")
     closing.opened.set()
     noted = lambda: [m["text"] for m in slack.bot_messages(CHANNEL, root)].count(INTERRUPTED)  # noqa: E731
     stood_down = lambda: "standing down" in caplog.text  # noqa: E731
