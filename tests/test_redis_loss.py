@@ -1056,12 +1056,13 @@ async def test_with_several_processes_a_resumed_turn_whose_thread_was_taken_befo
 
 
 async def test_with_several_processes_a_question_found_cut_short_whose_turn_stands_down_is_not_given_again(
+    redis_proxy: HeldReplyProxy,  # first (both): they outlast A and B, which reach Redis through them
+    other_redis_proxy: HeldReplyProxy,
     start_bot: StartBot,
     slack: SlackEmulator,
     llm: OpenAIEmulator,
     redis: Redis,
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A follow-up accepted by B is answered by A, which held the thread: its answer is showing
     when Redis loses its data and A stops. B queues the follow-up again, to be looked up first;
@@ -1071,8 +1072,8 @@ async def test_with_several_processes_a_question_found_cut_short_whose_turn_stan
     turn resumed from its journal): C's look, under C's own answer, found nothing, and the
     follow-up was asked of the model a second time. It is handed on with it now, and noted once."""
     caplog.set_level(logging.INFO)
-    a = await start_bot("http")
-    b = await start_bot("http")
+    a = await start_bot("http", REDIS_URL=redis_proxy.url)
+    b = await start_bot("http", REDIS_URL=other_redis_proxy.url)
     c = await start_bot("http")
     slack.use_http(f"{a.url}/slack/events")
     llm.chunk_chars, llm.chunk_delay = 20, 0.05
@@ -1088,21 +1089,22 @@ async def test_with_several_processes_a_question_found_cut_short_whose_turn_stan
     long_shows = lambda: any("long" in str(c.args) for c in slack.calls_to("chat.startStream"))  # noqa: E731
     await slack.wait_for(long_shows, timeout=20, what="A's answer to B's follow-up to show")
     b_id = b.bot.turns.process_id
-    held = asyncio.Event()  # A's beats and renewals, which would take its lock back, never go
-    monkeypatch.setattr(a.bot.store, "beat", _after(held, a.bot.store.beat))
-    monkeypatch.setattr(a.bot.store, "renew_lock", _after(held, a.bot.store.renew_lock))
+    # A's beats and renewals, which would take its lock back, hang: Redis out of A's reach for them.
+    beat, renewal = a.bot.store._beat.sha, a.bot.store._renew_thread_lock.sha
+    redis_proxy.stall(beat, renewal)
     await _until(_a_beat(redis, b_id, await redis.zscore("processes", b_id)))
     closing = slack.gate("chat.stopStream")  # B closing A's answer, just before its note
     await redis.flushall()
     await a.bot.stop(grace_seconds=0)  # A's answer is left showing, cut short
     await slack.wait_for(lambda: closing.waiting == 1, timeout=20, what="B to close A's answer")
-    c_took_it = asyncio.Event()
-    monkeypatch.setattr(b.bot.store, "beat", _after(c_took_it, b.bot.store.beat))
-    monkeypatch.setattr(b.bot.store, "renew_lock", _after(c_took_it, b.bot.store.renew_lock))
+    c_took_it = other_redis_proxy.stall(beat, renewal)  # B's beats and renewals hang until C took the lock
     await redis.flushall()
     slack.use_http(f"{c.url}/slack/events")
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and prod?", thread_ts=root)
     await _until(lambda: _held_by(redis, f"lock:T1:{CHANNEL}:{root}", c.bot.turns.process_id))
+    # Both hung before B goes on to its note, whose fence then rides in no batch with them.
+    hung = lambda: other_redis_proxy.stalled_on(beat) > 0 and other_redis_proxy.stalled_on(renewal) > 0  # noqa: E731
+    await slack.wait_for(hung, timeout=20, what="B's next beat and renewal to hang")
     closing.opened.set()
     await slack.wait_for(lambda: "standing down" in caplog.text, timeout=20, what="B to stand down")
     c_took_it.set()
