@@ -74,16 +74,6 @@ async def _held_by(redis: Redis, lock: str, process: str) -> bool:
     return (await redis.get(lock) or "").startswith(f"{process}:")
 
 
-def _after(event: asyncio.Event, step: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """A bot's Redis step (`Store.beat`, say) that waits for `event` before it goes."""
-
-    async def held(*args: Any, **kwargs: Any) -> Any:
-        await event.wait()
-        return await step(*args, **kwargs)
-
-    return held
-
-
 def _a_beat(redis: Redis, process: str, before: float | None) -> Callable[[], Awaitable[bool]]:
     """Whether the process has beaten since its liveness (in Redis) was `before`."""
 
@@ -920,13 +910,13 @@ async def test_with_several_processes_a_question_handed_on_with_its_answer_showi
 
 
 async def test_with_several_processes_a_resumed_turn_that_stands_down_after_a_second_loss_is_not_given_again(
-    redis_proxy: HeldReplyProxy,  # first: it outlasts A, which reaches Redis through it
+    redis_proxy: HeldReplyProxy,  # first (both): they outlast A and B, which reach Redis through them
+    other_redis_proxy: HeldReplyProxy,
     start_bot: StartBot,
     slack: SlackEmulator,
     llm: OpenAIEmulator,
     redis: Redis,
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """As above, B stands down after a loss and hands its question on with the answer that had
     begun to show, and A resumes it. As A notes it interrupted, Redis loses its data again, and B
@@ -942,7 +932,7 @@ async def test_with_several_processes_a_resumed_turn_that_stands_down_after_a_se
     load, once in a full-file run, when B's beat fell between A's and the loss)."""
     caplog.set_level(logging.INFO)
     a = await start_bot("http", REDIS_URL=redis_proxy.url)
-    b = await start_bot("http")  # Slack's events go to B
+    b = await start_bot("http", REDIS_URL=other_redis_proxy.url)  # Slack's events go to B
     llm.chunk_chars, llm.chunk_delay = 20, 0.05
     # The follow-up's answer waits until B has stood down; the newer follow-up's until A has, its
     # lock renewal finding B's lock.
@@ -963,9 +953,10 @@ async def test_with_several_processes_a_resumed_turn_that_stands_down_after_a_se
     # A's next beat or renewal, which would take its lock back, hangs (Redis out of A's reach for
     # them) until B has taken it; B's beats wait for the question's turn to come again.
     b_took_it = redis_proxy.stall(a.bot.store._beat.sha, a.bot.store._renew_thread_lock.sha)
-    turn_again = asyncio.Event()
-    monkeypatch.setattr(b.bot.store, "beat", _after(turn_again, b.bot.store.beat))
+    turn_again = other_redis_proxy.stall(b.bot.store._beat.sha)
     await redis.flushall()
+    # B's next beat hung before B takes any work, whose Redis commands then ride in no batch with it.
+    await slack.wait_for(lambda: other_redis_proxy.stalled > 0, what="B's next beat to hang")
     await slack.wait_for(lambda: redis_proxy.stalled > 0, what="A's next beat to hang")  # every run
     slack.use_http(f"{b.url}/slack/events")
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and prod?", thread_ts=root)
@@ -989,13 +980,13 @@ async def test_with_several_processes_a_resumed_turn_that_stands_down_after_a_se
 
 
 async def test_with_several_processes_a_resumed_turn_whose_thread_was_taken_before_its_note_posts_no_note(
-    redis_proxy: HeldReplyProxy,  # first: it outlasts A, which reaches Redis through it
+    redis_proxy: HeldReplyProxy,  # first (both): they outlast A and B, which reach Redis through them
+    other_redis_proxy: HeldReplyProxy,
     start_bot: StartBot,
     slack: SlackEmulator,
     llm: OpenAIEmulator,
     redis: Redis,
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """As above, A resumes B's question handed on with its answer showing; but Redis loses its
     data again, and B takes the thread's free lock for a newer follow-up, while A closes that
@@ -1005,7 +996,7 @@ async def test_with_several_processes_a_resumed_turn_whose_thread_was_taken_befo
     an answer's post does, and B posts it once."""
     caplog.set_level(logging.INFO)
     a = await start_bot("http", REDIS_URL=redis_proxy.url)
-    b = await start_bot("http")  # Slack's events go to B
+    b = await start_bot("http", REDIS_URL=other_redis_proxy.url)  # Slack's events go to B
     llm.chunk_chars, llm.chunk_delay = 20, 0.05
     # The follow-up's answer waits until B has stood down; the newer follow-up's until A has.
     b_stood_down, a_stood_down = asyncio.Event(), asyncio.Event()
@@ -1028,9 +1019,10 @@ async def test_with_several_processes_a_resumed_turn_whose_thread_was_taken_befo
     # in no batch with them. B's beats wait for the question's turn to come again.
     beat, renewal = a.bot.store._beat.sha, a.bot.store._renew_thread_lock.sha
     b_took_it = redis_proxy.stall(beat, renewal)
-    turn_again = asyncio.Event()
-    monkeypatch.setattr(b.bot.store, "beat", _after(turn_again, b.bot.store.beat))
+    turn_again = other_redis_proxy.stall(b.bot.store._beat.sha)
     await redis.flushall()
+    # B's next beat hung before B takes any work, whose Redis commands then ride in no batch with it.
+    await slack.wait_for(lambda: other_redis_proxy.stalled > 0, what="B's next beat to hang")
     slack.use_http(f"{b.url}/slack/events")
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and prod?", thread_ts=root)
     await _until(lambda: _held_by(redis, f"lock:T1:{CHANNEL}:{root}", b_id))
