@@ -55,11 +55,15 @@ def _looks(slack: SlackEmulator) -> list[str]:
     return [call.args["oldest"] for call in reads if call.args.get("inclusive")]
 
 
-async def _until(condition: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:  # noqa: ASYNC109
-    """Poll an async `condition` of Redis until true."""
+async def _until(
+    condition: Callable[[], Awaitable[bool]],
+    timeout: float = 10.0,  # noqa: ASYNC109
+    what: str = "a condition of Redis",
+) -> None:
+    """Poll an async `condition` of Redis until true; fail naming `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while not await condition():
-        assert time.monotonic() < deadline, "timed out"
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
         await asyncio.sleep(0.02)
 
 
@@ -230,7 +234,9 @@ async def test_a_follow_up_waiting_behind_a_turn_when_redis_loses_its_data_is_an
     await llm.wait_for_requests(1)
     asked = "and prod?" if noticed == "after an edit" else "and staging?"
     follow_up = await slack.post_user_message(CHANNEL, f"<@{BOT}> {asked}", thread_ts=root)
-    await _until(lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{follow_up}", "queued"))
+    await _until(
+        lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{follow_up}", "queued"), what="the follow-up to wait"
+    )
     queued.set()
     await slack.wait_for(lambda: posting.waiting > 0, what="the first answer's post")
     if noticed == "after an edit":
@@ -443,7 +449,9 @@ async def test_with_several_processes_a_follow_up_deleted_through_another_is_not
     await llm.wait_for_requests(1)
     secret = f"<@{BOT}> and staging? my password is hunter2"
     follow_up = await slack.post_user_message(CHANNEL, secret, thread_ts=root)
-    await _until(lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{follow_up}", "queued"))
+    await _until(
+        lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{follow_up}", "queued"), what="the follow-up to wait"
+    )
     queued.set()
     await slack.wait_for(lambda: posting.waiting > 0, what="the first answer's post")
     slack.use_http(f"{b.url}/slack/events")
@@ -1076,7 +1084,9 @@ async def test_with_several_processes_a_question_found_cut_short_whose_turn_stan
     await slack.wait_for(lambda: len(llm.requests) == 1, what="A's answer to the question")
     slack.use_http(f"{b.url}/slack/events")
     follow_up = await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
-    await _until(lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{follow_up}", "queued"))
+    await _until(
+        lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{follow_up}", "queued"), what="the follow-up to wait"
+    )
     queued.set()
     long_shows = lambda: any("long" in str(c.args) for c in slack.calls_to("chat.startStream"))  # noqa: E731
     await slack.wait_for(long_shows, timeout=20, what="A's answer to B's follow-up to show")
@@ -1139,7 +1149,9 @@ async def test_with_several_processes_an_answer_found_cut_short_is_noted_by_a_tu
     await slack.wait_for(lambda: len(llm.requests) == 1, what="A's answer to the question")
     slack.use_http(f"{b.url}/slack/events")
     follow_up = await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
-    await _until(lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{follow_up}", "queued"))
+    await _until(
+        lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{follow_up}", "queued"), what="the follow-up to wait"
+    )
     queued.set()
     long_shows = lambda: any("long" in str(c.args) for c in slack.calls_to("chat.startStream"))  # noqa: E731
     await slack.wait_for(long_shows, timeout=20, what="A's answer to B's follow-up to show")
@@ -1314,7 +1326,9 @@ async def test_a_follow_up_queued_again_after_a_loss_survives_a_second_loss_or_a
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await llm.wait_for_requests(1)
     follow_up = await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
-    await _until(lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{follow_up}", "queued"))
+    await _until(
+        lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{follow_up}", "queued"), what="the follow-up to wait"
+    )
     queued.set()
     await slack.wait_for(lambda: posting.waiting > 0, what="the first answer's post")
     try:
@@ -1438,6 +1452,7 @@ async def test_with_several_processes_a_mention_whose_first_event_met_redis_down
 
 
 async def test_a_question_queued_again_behind_a_newer_turn_when_alone_is_stored_once(
+    redis_proxy: HeldReplyProxy,  # first: it outlasts the bot, which reaches Redis through it
     start_bot: StartBot,
     slack: SlackEmulator,
     llm: OpenAIEmulator,
@@ -1450,7 +1465,7 @@ async def test_a_question_queued_again_behind_a_newer_turn_when_alone_is_stored_
     turn stored its question once more: before, the model was shown it twice, and the stored
     conversation kept both."""
     caplog.set_level(logging.INFO)
-    running = await start_bot("http")
+    running = await start_bot("http", REDIS_URL=redis_proxy.url)
     # The first answer is in flight until the follow-up waits behind it; the newer follow-up's
     # until the waiting one is queued again, behind it.
     queued, queued_again = asyncio.Event(), asyncio.Event()
@@ -1461,16 +1476,25 @@ async def test_a_question_queued_again_behind_a_newer_turn_when_alone_is_stored_
     await llm.wait_for_requests(1)
     waiting = await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
     journal = f"turn:T1:{CHANNEL}:{waiting}"
-    await _until(lambda: _state_is(redis, journal, "queued"))
+    await _until(lambda: _state_is(redis, journal, "queued"), what="the follow-up to wait")
     queued.set()
     await slack.wait_for(lambda: posting.waiting > 0, what="the first answer's post")
     process = running.bot.turns.process_id
     await _until(_a_beat(redis, process, await redis.zscore("processes", process)))
+    # The loss is noticed (at the next beat) only once the newer follow-up waits: its turn goes
+    # first and reads the waiting one back, not a loaded machine's slow event after the beat
+    # (the waiting one then queued again first, and nothing read back).
+    noticing = redis_proxy.stall(running.bot.store._beat.sha)
     await redis.flushall()
-    await slack.post_user_message(CHANNEL, f"<@{BOT}> and dev?", thread_ts=root)
+    await slack.wait_for(lambda: redis_proxy.stalled > 0, what="the next beat to hang")
+    newer = await slack.post_user_message(CHANNEL, f"<@{BOT}> and dev?", thread_ts=root)
+    await _until(lambda: redis.exists(f"turn:T1:{CHANNEL}:{newer}"), what="the newer follow-up to wait")
+    noticing.set()
     posting.opened.set()
     await llm.wait_for_requests(2)  # the newer one's turn
-    await _until(lambda: _state_is(redis, journal, "queued"))  # queued again, behind the newer one
+    await _until(
+        lambda: _state_is(redis, journal, "queued"), what="it to be queued again behind the newer one"
+    )
     queued_again.set()
     await slack.wait_for_bot_messages(CHANNEL, root, count=3, timeout=15)
     await running.settle()
@@ -2636,6 +2660,7 @@ async def test_a_long_answer_deferred_after_its_first_message_showed_is_closed_n
 
 
 async def test_a_question_queued_again_and_deleted_after_a_newer_turn_read_it_back_is_not_kept(
+    redis_proxy: HeldReplyProxy,  # first: it outlasts the bot, which reaches Redis through it
     start_bot: StartBot,
     slack: SlackEmulator,
     llm: OpenAIEmulator,
@@ -2647,7 +2672,7 @@ async def test_a_question_queued_again_and_deleted_after_a_newer_turn_read_it_ba
     before, the copy read back stayed in the stored conversation, and the model was shown the
     deleted message in every later prompt."""
     caplog.set_level(logging.INFO)
-    running = await start_bot("http")
+    running = await start_bot("http", REDIS_URL=redis_proxy.url)
     # The first answer is in flight until the follow-up waits behind it; the newer follow-up's
     # until the waiting one, queued again behind it, is deleted.
     queued, deleted = asyncio.Event(), asyncio.Event()
@@ -2658,17 +2683,26 @@ async def test_a_question_queued_again_and_deleted_after_a_newer_turn_read_it_ba
     await llm.wait_for_requests(1)
     waiting = await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
     journal = f"turn:T1:{CHANNEL}:{waiting}"
-    await _until(lambda: _state_is(redis, journal, "queued"))
+    await _until(lambda: _state_is(redis, journal, "queued"), what="the follow-up to wait")
     queued.set()
     await slack.wait_for(lambda: posting.waiting > 0, what="the first answer's post")
     process = running.bot.turns.process_id
     await _until(_a_beat(redis, process, await redis.zscore("processes", process)))
+    # The loss is noticed (at the next beat) only once the newer follow-up waits: its turn goes
+    # first and reads the waiting one back, not a loaded machine's slow event after the beat
+    # (the waiting one then queued again first, and nothing read back).
+    noticing = redis_proxy.stall(running.bot.store._beat.sha)
     await redis.flushall()
-    await slack.post_user_message(CHANNEL, f"<@{BOT}> and dev?", thread_ts=root)
+    await slack.wait_for(lambda: redis_proxy.stalled > 0, what="the next beat to hang")
+    newer = await slack.post_user_message(CHANNEL, f"<@{BOT}> and dev?", thread_ts=root)
+    await _until(lambda: redis.exists(f"turn:T1:{CHANNEL}:{newer}"), what="the newer follow-up to wait")
+    noticing.set()
     posting.opened.set()
     await llm.wait_for_requests(2)  # the newer one's turn read the thread back
     assert "ann: and staging?" in _prompt(llm)
-    await _until(lambda: _state_is(redis, journal, "queued"))  # queued again, behind the newer one
+    await _until(
+        lambda: _state_is(redis, journal, "queued"), what="it to be queued again behind the newer one"
+    )
     await slack.delete_message(CHANNEL, waiting)
     await _until(lambda: redis.hexists(journal, "deleted"))
     deleted.set()
@@ -2709,6 +2743,7 @@ async def test_a_long_answer_stored_across_a_loss_is_not_read_back_again_in_part
 
 
 async def test_a_remark_queued_again_behind_a_newer_turn_that_read_it_back_keeps_its_place(
+    redis_proxy: HeldReplyProxy,  # first: it outlasts the bot, which reaches Redis through it
     start_bot: StartBot,
     slack: SlackEmulator,
     llm: OpenAIEmulator,
@@ -2719,7 +2754,7 @@ async def test_a_remark_queued_again_behind_a_newer_turn_that_read_it_back_keeps
     A newer follow-up's turn read it back in its place; before, its own turn took that copy out
     and stored it last, after the newer follow-up and its answer, and the model read it there."""
     caplog.set_level(logging.INFO)
-    running = await start_bot("http")
+    running = await start_bot("http", REDIS_URL=redis_proxy.url)
     # The first answer is in flight until the remark waits behind it; the newer follow-up's until
     # the remark is queued again, behind it.
     queued, queued_again = asyncio.Event(), asyncio.Event()
@@ -2730,16 +2765,25 @@ async def test_a_remark_queued_again_behind_a_newer_turn_that_read_it_back_keeps
     await llm.wait_for_requests(1)
     remark = await slack.post_user_message(CHANNEL, "<@U2> the cache was restarted at noon", thread_ts=root)
     journal = f"turn:T1:{CHANNEL}:{remark}"
-    await _until(lambda: _state_is(redis, journal, "queued"))
+    await _until(lambda: _state_is(redis, journal, "queued"), what="the remark to wait")
     queued.set()
     await slack.wait_for(lambda: posting.waiting > 0, what="the first answer's post")
     process = running.bot.turns.process_id
     await _until(_a_beat(redis, process, await redis.zscore("processes", process)))
+    # The loss is noticed (at the next beat) only once the newer follow-up waits: its turn goes
+    # first and reads the waiting one back, not a loaded machine's slow event after the beat
+    # (the waiting one then queued again first, and nothing read back).
+    noticing = redis_proxy.stall(running.bot.store._beat.sha)
     await redis.flushall()
-    await slack.post_user_message(CHANNEL, f"<@{BOT}> is that why?", thread_ts=root)
+    await slack.wait_for(lambda: redis_proxy.stalled > 0, what="the next beat to hang")
+    newer = await slack.post_user_message(CHANNEL, f"<@{BOT}> is that why?", thread_ts=root)
+    await _until(lambda: redis.exists(f"turn:T1:{CHANNEL}:{newer}"), what="the newer follow-up to wait")
+    noticing.set()
     posting.opened.set()
     await llm.wait_for_requests(2)  # the newer one's turn
-    await _until(lambda: _state_is(redis, journal, "queued"))  # queued again, behind the newer one
+    await _until(
+        lambda: _state_is(redis, journal, "queued"), what="it to be queued again behind the newer one"
+    )
     queued_again.set()
     await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
     assert any("the cache was restarted" in text for text in _prompt(llm))  # read back from Slack
