@@ -13,9 +13,26 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 from urllib.parse import urlparse
 
 SHA_LENGTH = 40
+
+
+class Script(Protocol):
+    """A registered Lua script (redis-py's AsyncScript): its SHA, and its body."""
+
+    sha: str
+    script: str | bytes
+
+
+def _markers(script: str | Script) -> tuple[bytes, tuple[bytes, ...]]:
+    """A script's SHA, and what marks a request that runs it: the SHA (EVALSHA), and its body too
+    when known (EVAL, which the bot falls back to after NOSCRIPT twice, carries no SHA)."""
+    if isinstance(script, str):
+        return script.encode(), (script.encode(),)
+    body = script.script.encode() if isinstance(script.script, str) else script.script
+    return script.sha.encode(), (script.sha.encode(), body)
 
 
 class HeldReplyProxy:
@@ -28,9 +45,10 @@ class HeldReplyProxy:
         self.held = 0  # replies held back so far, each for one run of `meanwhile`
         self._held_request: tuple[bytes, Callable[[], Awaitable[None]]] | None = None
         self.requests_held = 0  # requests held back and then passed on
-        self._stall: tuple[tuple[bytes, ...], asyncio.Event] | None = None
+        # The stalled scripts' markers, each with its script's SHA, and the event that lets them go.
+        self._stall: tuple[tuple[tuple[bytes, bytes], ...], asyncio.Event] | None = None
         self.stalled = 0  # requests held by the stall so far (some given up by their client)
-        self._stalled_on: dict[bytes, int] = {}  # the same, by the marker each carried
+        self._stalled_on: dict[bytes, int] = {}  # the same, by the SHA of the script each ran
         self.stall_replies: list[bytes] = []  # the replies to stalled commands, once let go
         self._sent: list[bytearray] = []  # what each connection sent, in full
         self._server: asyncio.Server | None = None
@@ -52,19 +70,24 @@ class HeldReplyProxy:
         besides) until `meanwhile` has run, then pass it on."""
         self._held_request = (sha.encode(), meanwhile)
 
-    def stall(self, *markers: str) -> asyncio.Event:
-        """From now on, hold back every request that carries one of `markers` (a script's SHA)
-        until the event returned is set: that command cannot reach Redis, however often its client
-        times out and sends it again. A held request whose client gives up on its connection
-        meanwhile is lost with it. Once let go, each reply to such a request is kept in
-        `stall_replies` after it is passed to the client."""
+    def stall(self, *scripts: str | Script) -> asyncio.Event:
+        """From now on, hold back every request that runs one of `scripts` (registered scripts, or
+        bare SHAs: then EVALSHA only) until the event returned is set: that command cannot reach
+        Redis, however often its client times out and sends it again. A held request whose client
+        gives up on its connection meanwhile is lost with it. Once let go, each reply to such a
+        request is kept in `stall_replies` after it is passed to the client. Whatever else shares
+        the request's write (the bot's batch, bot/pipelining.py) is held with it."""
         released = asyncio.Event()
-        self._stall = (tuple(marker.encode() for marker in markers), released)
+        marked = []
+        for script in scripts:
+            sha, markers = _markers(script)
+            marked += [(marker, sha) for marker in markers]
+        self._stall = (tuple(marked), released)
         return released
 
-    def stalled_on(self, marker: str) -> int:
-        """How many requests that carry `marker` the stall has held so far."""
-        return self._stalled_on.get(marker.encode(), 0)
+    def stalled_on(self, script: str | Script) -> int:
+        """How many requests that run `script` (or a bare SHA) the stall has held so far."""
+        return self._stalled_on.get(_markers(script)[0], 0)
 
     def requested(self, marker: str) -> bool:
         """Whether a client sent `marker` in a request (a key, an argument) through the proxy: a
@@ -112,7 +135,7 @@ class HeldReplyProxy:
         armed: asyncio.Event,
         stall_answer_due: asyncio.Event,
     ) -> None:
-        tail = b""
+        tail = b""  # the end of the last read: a marker may be cut across two
         sent = bytearray()
         self._sent.append(sent)
         while data := await reader.read(65536):
@@ -123,19 +146,25 @@ class HeldReplyProxy:
                 self._held_request = None
                 await request[1]()
                 self.requests_held += 1
-            if (stall := self._stall) is not None and any(marker in tail + data for marker in stall[0]):
+            stall = self._stall
+            ran = (
+                {sha for marker, sha in stall[0] if _carries(tail, data, marker)}
+                if stall is not None
+                else set()
+            )
+            if stall is not None and ran:
                 if not stall[1].is_set():
                     self.stalled += 1
-                    for marker in stall[0]:
-                        if marker in tail + data:
-                            self._stalled_on[marker] = self._stalled_on.get(marker, 0) + 1
+                    for sha in ran:
+                        self._stalled_on[sha] = self._stalled_on.get(sha, 0) + 1
                     held = await _until_released(stall[1], reader, data)
                     if held is None:
                         return  # its client gave up on the connection: the request is lost with it
                     sent += held[len(data) :]
                     data = held
                 stall_answer_due.set()
-            tail = data[-SHA_LENGTH:]
+            longest = max((len(marker) for marker, _ in stall[0]), default=0) if stall is not None else 0
+            tail = data[-max(SHA_LENGTH, longest - 1) :]
             writer.write(data)
             await writer.drain()
 
@@ -156,6 +185,12 @@ class HeldReplyProxy:
             if stall_answer_due.is_set():
                 stall_answer_due.clear()
                 self.stall_replies.append(data)
+
+
+def _carries(tail: bytes, data: bytes, marker: bytes) -> bool:
+    """Whether `data`, after `tail` (the end of the read before), carries `marker`: wholly, or its
+    end (its start cut off in the read before). A marker wholly in `tail` was that read's."""
+    return (tail + data).find(marker, max(0, len(tail) - len(marker) + 1)) >= 0
 
 
 async def _until_released(released: asyncio.Event, reader: asyncio.StreamReader, data: bytes) -> bytes | None:

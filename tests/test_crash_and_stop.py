@@ -1032,7 +1032,7 @@ async def test_a_holder_whose_message_was_noted_by_another_while_it_stalled_post
     closing = slack.gate("chat.stopStream", lambda args: next(only_the_first, False))  # A's
     a = await start_bot("http", REDIS_URL=redis_proxy.url, **FAST_RECOVERY)  # A's Redis: through the proxy
     await slack.wait_for(lambda: closing.waiting == 1, timeout=15, what="A to close the answer")
-    renewal_goes = redis_proxy.stall(a.bot.store._renew_thread_lock.sha)  # out of A's reach from now
+    renewal_goes = redis_proxy.stall(a.bot.store._renew_thread_lock)  # out of A's reach from now
     lock = await _thread_lock(redis)
     free = lambda: _state_is(redis, lock, None)  # noqa: E731
     await wait_until(free, "A's lock to expire", within=15)

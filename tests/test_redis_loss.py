@@ -960,8 +960,8 @@ async def test_with_several_processes_a_resumed_turn_that_stands_down_after_a_se
     await _until(_a_beat(redis, a_id, await redis.zscore("processes", a_id)))
     # A's next beat or renewal, which would take its lock back, hangs (Redis out of A's reach for
     # them) until B has taken it; B's beats wait for the question's turn to come again.
-    b_took_it = redis_proxy.stall(a.bot.store._beat.sha, a.bot.store._renew_thread_lock.sha)
-    turn_again = other_redis_proxy.stall(b.bot.store._beat.sha)
+    b_took_it = redis_proxy.stall(a.bot.store._beat, a.bot.store._renew_thread_lock)
+    turn_again = other_redis_proxy.stall(b.bot.store._beat)
     await redis.flushall()
     # B's next beat hung before B takes any work, whose Redis commands then ride in no batch with it.
     await slack.wait_for(lambda: other_redis_proxy.stalled > 0, what="B's next beat to hang")
@@ -1025,9 +1025,9 @@ async def test_with_several_processes_a_resumed_turn_whose_thread_was_taken_befo
     # A's beats and renewals, which would take its lock back, hang (Redis out of A's reach for
     # them) until B has taken it: both hung before A goes on to its note, whose fence then rides
     # in no batch with them. B's beats wait for the question's turn to come again.
-    beat, renewal = a.bot.store._beat.sha, a.bot.store._renew_thread_lock.sha
+    beat, renewal = a.bot.store._beat, a.bot.store._renew_thread_lock
     b_took_it = redis_proxy.stall(beat, renewal)
-    turn_again = other_redis_proxy.stall(b.bot.store._beat.sha)
+    turn_again = other_redis_proxy.stall(b.bot.store._beat)
     await redis.flushall()
     # B's next beat hung before B takes any work, whose Redis commands then ride in no batch with it.
     await slack.wait_for(lambda: other_redis_proxy.stalled > 0, what="B's next beat to hang")
@@ -1092,7 +1092,7 @@ async def test_with_several_processes_a_question_found_cut_short_whose_turn_stan
     await slack.wait_for(long_shows, timeout=20, what="A's answer to B's follow-up to show")
     b_id = b.bot.turns.process_id
     # A's beats and renewals, which would take its lock back, hang: Redis out of A's reach for them.
-    beat, renewal = a.bot.store._beat.sha, a.bot.store._renew_thread_lock.sha
+    beat, renewal = a.bot.store._beat, a.bot.store._renew_thread_lock
     redis_proxy.stall(beat, renewal)
     await _until(_a_beat(redis, b_id, await redis.zscore("processes", b_id)))
     closing = slack.gate("chat.stopStream")  # B closing A's answer, just before its note
@@ -1157,8 +1157,8 @@ async def test_with_several_processes_an_answer_found_cut_short_is_noted_by_a_tu
     await slack.wait_for(long_shows, timeout=20, what="A's answer to B's follow-up to show")
     b_id = b.bot.turns.process_id
     # A's beats and renewals, which would take its lock back, hang: Redis out of A's reach for them.
-    renewal = a.bot.store._renew_thread_lock.sha
-    redis_proxy.stall(a.bot.store._beat.sha, renewal)
+    renewal = a.bot.store._renew_thread_lock
+    redis_proxy.stall(a.bot.store._beat, renewal)
     await _until(_a_beat(redis, b_id, await redis.zscore("processes", b_id)))
     closing = slack.gate("chat.stopStream")  # B closing A's answer, just before its note
     await redis.flushall()
@@ -1484,7 +1484,7 @@ async def test_a_question_queued_again_behind_a_newer_turn_when_alone_is_stored_
     # The loss is noticed (at the next beat) only once the newer follow-up waits: its turn goes
     # first and reads the waiting one back, not a loaded machine's slow event after the beat
     # (the waiting one then queued again first, and nothing read back).
-    noticing = redis_proxy.stall(running.bot.store._beat.sha)
+    noticing = redis_proxy.stall(running.bot.store._beat)
     await redis.flushall()
     await slack.wait_for(lambda: redis_proxy.stalled > 0, what="the next beat to hang")
     newer = await slack.post_user_message(CHANNEL, f"<@{BOT}> and dev?", thread_ts=root)
@@ -1979,7 +1979,7 @@ async def test_with_several_processes_a_question_taken_before_the_loss_and_read_
     await _until(lambda: redis.exists(f"lock:T1:{CHANNEL}:{root}"))  # B's turn took it
     # B's renewals hang until A's turn is over, and A's answer waits until B has tried one (its
     # beat noticed the loss, and would take the lock back): A's turn slower than B's beat, always.
-    a_over = redis_proxy.stall(b.bot.store._renew_thread_lock.sha)
+    a_over = redis_proxy.stall(b.bot.store._renew_thread_lock)
     b_tried = asyncio.Event()
     llm.enqueue(Gated(b_tried))
     await redis.flushall()
@@ -2040,7 +2040,7 @@ async def test_with_several_processes_an_answer_read_back_before_its_turn_stored
     await slack.wait_for(lambda: any(gate.waiting for gate in gates), what="B's answer to show")
     # B's renewals hang until A's turn is over, and A's answer waits until B has tried one (its
     # beat noticed the loss, and would take the lock back): A's turn slower than B's beat, always.
-    a_over = redis_proxy.stall(b.bot.store._renew_thread_lock.sha)
+    a_over = redis_proxy.stall(b.bot.store._renew_thread_lock)
     b_tried = asyncio.Event()
     llm.enqueue(Gated(b_tried))
     await redis.flushall()
@@ -2118,7 +2118,7 @@ async def test_with_several_processes_a_long_answer_read_back_mid_stream_around_
     assert float(first["ts"]) < float(remark) < float(second["ts"]) and second.get("streaming")
     # B's renewals hang until A's turn is over, and A's answer waits until B has tried one (its
     # beat noticed the loss, and would take the lock back): A's turn slower than B's beat, always.
-    a_over = redis_proxy.stall(b.bot.store._renew_thread_lock.sha)
+    a_over = redis_proxy.stall(b.bot.store._renew_thread_lock)
     b_tried = asyncio.Event()
     llm.enqueue(Gated(b_tried))
     await redis.flushall()
@@ -2691,7 +2691,7 @@ async def test_a_question_queued_again_and_deleted_after_a_newer_turn_read_it_ba
     # The loss is noticed (at the next beat) only once the newer follow-up waits: its turn goes
     # first and reads the waiting one back, not a loaded machine's slow event after the beat
     # (the waiting one then queued again first, and nothing read back).
-    noticing = redis_proxy.stall(running.bot.store._beat.sha)
+    noticing = redis_proxy.stall(running.bot.store._beat)
     await redis.flushall()
     await slack.wait_for(lambda: redis_proxy.stalled > 0, what="the next beat to hang")
     newer = await slack.post_user_message(CHANNEL, f"<@{BOT}> and dev?", thread_ts=root)
@@ -2773,7 +2773,7 @@ async def test_a_remark_queued_again_behind_a_newer_turn_that_read_it_back_keeps
     # The loss is noticed (at the next beat) only once the newer follow-up waits: its turn goes
     # first and reads the waiting one back, not a loaded machine's slow event after the beat
     # (the waiting one then queued again first, and nothing read back).
-    noticing = redis_proxy.stall(running.bot.store._beat.sha)
+    noticing = redis_proxy.stall(running.bot.store._beat)
     await redis.flushall()
     await slack.wait_for(lambda: redis_proxy.stalled > 0, what="the next beat to hang")
     newer = await slack.post_user_message(CHANNEL, f"<@{BOT}> is that why?", thread_ts=root)
