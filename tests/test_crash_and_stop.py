@@ -262,7 +262,7 @@ async def test_an_acknowledgement_waits_for_a_stalled_redis_at_most_two_seconds(
 
 
 async def test_killed_mid_answer_is_answered_once_when_two_processes_recover_at_once(
-    spawn_bot: SpawnBot, start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator
+    spawn_bot: SpawnBot, start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: Redis
 ) -> None:
     first = await spawn_bot()
     llm.enqueue(Hang())
@@ -275,7 +275,9 @@ async def test_killed_mid_answer_is_answered_once_when_two_processes_recover_at_
     # Two replicas come up at the same moment; both find the unfinished turn.
     survivors = await asyncio.gather(*(start_bot("http", **FAST_RECOVERY) for _ in range(2)))
     [answer] = await slack.wait_for_bot_messages(CHANNEL, ts, timeout=15)
-    await asyncio.sleep(1.5)  # time for a duplicate to show up, if there were one
+    # Nothing left for either to take up (not 1.5 s for a duplicate to show up, if there were
+    # one): the message answered, the lock let go, no thread waiting; then their turns are over.
+    await _turn_over(redis, ts)
     for survivor in survivors:
         await survivor.settle()
 
@@ -547,6 +549,7 @@ async def test_a_process_killed_holding_150_threads_leaves_them_to_one_recovery_
     start_bot: StartBot,
     slack: SlackEmulator,
     llm: OpenAIEmulator,
+    redis: Redis,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """After a burst, a dead process may hold the locks of hundreds of threads: the next process
@@ -560,7 +563,8 @@ async def test_a_process_killed_holding_150_threads_leaves_them_to_one_recovery_
     await first.wait()
     # Past the recovery's idle threshold (two rounds: 0.6 s), so that every thread counts as
     # waiting in the first round; a busy machine could otherwise start the survivor within it.
-    await asyncio.sleep(1.0)
+    idle = lambda: redis.zcount("pending", "-inf", time.time() - 0.6)  # noqa: E731
+    await wait_until(lambda: _equals(idle(), 150), "every thread to count as waiting", within=20)
 
     survivor = await start_bot("http", **FAST_RECOVERY)
     for message in messages:
@@ -687,6 +691,18 @@ async def test_a_turn_longer_than_its_lock_lifetime_keeps_its_thread(
         assert "resuming interrupted turn" not in process.log()
 
 
+async def _equals(count: Awaitable[int], expected: int) -> bool:
+    return await count == expected
+
+
+async def _turn_over(redis: Redis, ts: str) -> None:
+    """Wait until the message at `ts` (in CHANNEL) is answered, its thread's lock let go, and no
+    thread waits: nothing is left for any process to take up."""
+    await wait_until(lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{ts}", "answered"), "the turn to finish")
+    await wait_until(lambda: _equals(redis.exists(f"lock:T1:{CHANNEL}:{ts}"), 0), "the lock to be let go")
+    await wait_until(lambda: _equals(redis.zcard("pending"), 0), "no thread to wait")
+
+
 async def _thread_lock(redis: Redis) -> str:
     [lock] = [key async for key in redis.scan_iter("lock:*")]
     return lock
@@ -794,7 +810,9 @@ async def test_a_holder_that_stalled_past_a_renewal_posts_nothing_once_its_threa
     assert not slack.bot_messages(CHANNEL, ts)  # the holder showed nothing
     others_answer.set()
     [answer] = await slack.wait_for_bot_messages(CHANNEL, ts, count=1, timeout=15)
-    await asyncio.sleep(1.0)  # time for a second answer to show up, if there were one
+    # The turn over, nothing left for either to take up (not 1 s for a second answer to show up).
+    await _turn_over(redis, ts)
+    await wait_until(lambda: llm.in_flight == 0, "every model call to end")
     assert answer["text"] == "Answer: ann: whose answer is this?"
     assert len(slack.bot_messages(CHANNEL, ts)) == 1
     assert len(slack.calls_to("chat.startStream")) == (1 if chunk_delay else 0)  # shown as meant
