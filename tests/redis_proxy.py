@@ -140,9 +140,9 @@ class HeldReplyProxy:
         self._sent.append(sent)
         while data := await reader.read(65536):
             sent += data
-            if self.meanwhile is not None and self.sha in tail + data:
+            if self.meanwhile is not None and _carries(tail, data, self.sha):
                 armed.set()
-            if (request := self._held_request) is not None and request[0] in tail + data:
+            if (request := self._held_request) is not None and _carries(tail, data, request[0]):
                 self._held_request = None
                 await request[1]()
                 self.requests_held += 1
