@@ -197,6 +197,7 @@ async def _until_released(released: asyncio.Event, reader: asyncio.StreamReader,
     """`data`, with whatever else the client sends meanwhile, once `released` is set; None if the
     client closes the connection first."""
     letting_go = asyncio.ensure_future(released.wait())
+    more: asyncio.Future[bytes] | None = None
     try:
         while not released.is_set():
             more = asyncio.ensure_future(reader.read(65536))
@@ -211,4 +212,8 @@ async def _until_released(released: asyncio.Event, reader: asyncio.StreamReader,
             data += chunk
         return data
     finally:
+        # Cancelled (the proxy stops, or Redis closed the connection): no read is left behind,
+        # whose error nobody would retrieve.
         letting_go.cancel()
+        if more is not None and not more.done():
+            more.cancel()

@@ -121,3 +121,21 @@ async def test_a_stalled_request_whose_client_gave_up_never_reaches_redis(
     finally:
         await client.aclose()
     assert await _counted(redis, "gone") == 2
+
+
+async def test_a_proxy_stopped_while_it_stalls_a_request_closes_its_connection(
+    redis_url: str, redis: Redis
+) -> None:
+    proxy = HeldReplyProxy(redis_url)
+    await proxy.start()
+    script = redis.register_script(SCRIPT)
+    await script(keys=["stopped"])
+    proxy.stall(script)
+    reader, writer = await _connect(proxy)
+    writer.write(pack_command(("EVALSHA", script.sha, 1, "stopped")))
+    await writer.drain()
+    await wait_until(lambda: proxy.stalled == 1, "the request to be stalled")
+    await asyncio.wait_for(proxy.stop(), 5)
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing answered
+    assert await _counted(redis, "stopped") == 1
+    writer.close()
