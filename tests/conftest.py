@@ -134,6 +134,16 @@ async def redis_proxy(redis_url: str) -> AsyncIterator[HeldReplyProxy]:
 
 
 @pytest.fixture
+async def other_redis_proxy(redis_url: str) -> AsyncIterator[HeldReplyProxy]:
+    """A second proxy like `redis_proxy`, for a second process to be faulted on its own: a
+    stall holds every process that reaches Redis through the proxy."""
+    proxy = HeldReplyProxy(redis_url)
+    await proxy.start()
+    yield proxy
+    await proxy.stop()
+
+
+@pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     yield client

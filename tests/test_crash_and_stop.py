@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from decimal import Decimal
 from pathlib import Path
@@ -261,7 +262,7 @@ async def test_an_acknowledgement_waits_for_a_stalled_redis_at_most_two_seconds(
 
 
 async def test_killed_mid_answer_is_answered_once_when_two_processes_recover_at_once(
-    spawn_bot: SpawnBot, start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator
+    spawn_bot: SpawnBot, start_bot: StartBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: Redis
 ) -> None:
     first = await spawn_bot()
     llm.enqueue(Hang())
@@ -274,7 +275,9 @@ async def test_killed_mid_answer_is_answered_once_when_two_processes_recover_at_
     # Two replicas come up at the same moment; both find the unfinished turn.
     survivors = await asyncio.gather(*(start_bot("http", **FAST_RECOVERY) for _ in range(2)))
     [answer] = await slack.wait_for_bot_messages(CHANNEL, ts, timeout=15)
-    await asyncio.sleep(1.5)  # time for a duplicate to show up, if there were one
+    # Nothing left for either to take up (not 1.5 s for a duplicate to show up, if there were
+    # one): the message answered, the lock let go, no thread waiting; then their turns are over.
+    await _turn_over(redis, ts)
     for survivor in survivors:
         await survivor.settle()
 
@@ -546,6 +549,7 @@ async def test_a_process_killed_holding_150_threads_leaves_them_to_one_recovery_
     start_bot: StartBot,
     slack: SlackEmulator,
     llm: OpenAIEmulator,
+    redis: Redis,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """After a burst, a dead process may hold the locks of hundreds of threads: the next process
@@ -559,7 +563,8 @@ async def test_a_process_killed_holding_150_threads_leaves_them_to_one_recovery_
     await first.wait()
     # Past the recovery's idle threshold (two rounds: 0.6 s), so that every thread counts as
     # waiting in the first round; a busy machine could otherwise start the survivor within it.
-    await asyncio.sleep(1.0)
+    idle = lambda: redis.zcount("pending", "-inf", time.time() - 0.6)  # noqa: E731
+    await wait_until(lambda: _equals(idle(), 150), "every thread to count as waiting", within=20)
 
     survivor = await start_bot("http", **FAST_RECOVERY)
     for message in messages:
@@ -599,13 +604,19 @@ async def test_a_process_frozen_past_its_liveness_loses_its_thread_and_posts_not
     (SIGCONT), the holder finds its thread taken, or its message answered, and shows nothing."""
     other = await spawn_bot(THREAD_LOCK_TTL_SECONDS="60", RECOVERY_INTERVAL_SECONDS="0.3")
     holder = await spawn_bot(THREAD_LOCK_TTL_SECONDS="60", RECOVERY_INTERVAL_SECONDS="0.3")  # gets the events
-    llm.first_token_delay = 1.0
+    # The holder's answer is written only once the other has answered, while the holder is still
+    # frozen: it finds it waiting when it thaws (not a 1 s first token, which a loaded machine
+    # could outlast before the freeze, the holder's answer then shown and nothing taken over).
+    written = asyncio.Event()
+    llm.enqueue(Gated(written))
     ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> who answers this?")
     await llm.wait_for_requests(1)
     assert holder.process is not None
     holder.process.send_signal(signal.SIGSTOP)
     try:
         [answer] = await slack.wait_for_bot_messages(CHANNEL, ts, count=1, timeout=20)
+        written.set()
+        await wait_until(lambda: llm.streams[0].finished_at is not None, "the holder's answer to be written")
     finally:
         holder.process.send_signal(signal.SIGCONT)
     # The thawed holder's turn ends here, its answer not shown.
@@ -641,16 +652,36 @@ async def test_thread_lock_of_a_dead_process_expires(
 
 
 async def test_a_turn_longer_than_its_lock_lifetime_keeps_its_thread(
-    spawn_bot: SpawnBot, slack: SlackEmulator, llm: OpenAIEmulator
+    spawn_bot: SpawnBot, slack: SlackEmulator, llm: OpenAIEmulator, redis: Redis
 ) -> None:
     """The holder renews its thread's lock while the turn runs: another process's recovery
     rounds (every 0.3 s here) never take over a live turn that outlasts the lock's lifetime (1 s
     here) four times over, so the question is answered once, with no "interrupted" note."""
-    processes = [await spawn_bot(), await spawn_bot()]
-    llm.first_token_delay = 4.0
+    other, holder = [await spawn_bot(), await spawn_bot()]  # the events go to the last started
+    processes = [other, holder]
+    # The answer is held until the turn has outlasted its lock four times over and the other
+    # process's recovery has found the thread waiting (and left it) at least four times: not a
+    # 4 s first token, which a loaded machine could outlast with no recovery round meanwhile.
+    outlasted = asyncio.Event()
+    llm.enqueue(Gated(outlasted))
     ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> a slow one")
+    await llm.wait_for_requests(1)
+    lock = await _thread_lock(redis)
+    token = await redis.get(lock)
+    held_since = time.monotonic()
+    holding = lambda: redis.get(lock)  # noqa: E731
+    rounds = lambda: other.log().count("recovery found 1 waiting threads")  # noqa: E731
+    # The lock's lifetime (1 s) four times over, and four rounds of the other's recovery.
+    while time.monotonic() - held_since < 4 * 1.0 or rounds() < 4:
+        assert await holding() == token, "the lock was lost under its live turn"
+        assert time.monotonic() - held_since < 30, "the other's recovery did not find the thread four times"
+        await asyncio.sleep(0.05)
+    assert await holding() == token, "the lock was lost under its live turn"
+    outlasted.set()
     [answer] = await slack.wait_for_bot_messages(CHANNEL, ts, count=1, timeout=15)
-    await asyncio.sleep(1.0)  # time for a second answer or a note to show up, if there were one
+    journal = f"turn:T1:{CHANNEL}:{ts}"
+    await wait_until(lambda: _state_is(redis, journal, "answered"), "the turn to finish")
+    await wait_until(lambda: _state_is(redis, lock, None), "the lock to be let go")
     assert answer["text"] == "Answer: ann: a slow one"
     assert len(slack.bot_messages(CHANNEL, ts)) == 1
     assert len(llm.requests) == 1
@@ -658,6 +689,43 @@ async def test_a_turn_longer_than_its_lock_lifetime_keeps_its_thread(
         for sign_of_a_takeover in ("standing down", "thread lock expired", "thread lock not renewed"):
             assert sign_of_a_takeover not in process.log()
         assert "resuming interrupted turn" not in process.log()
+
+
+def _resp(data: bytes) -> list[Any]:
+    """The replies in `data` (RESP2, whole): integers as int, arrays as lists, the rest as bytes."""
+
+    def one(at: int) -> tuple[Any, int]:
+        end = data.index(b"\r\n", at)
+        kind, line, at = data[at : at + 1], data[at + 1 : end], end + 2
+        if kind == b":":
+            return int(line), at
+        if kind == b"$":
+            return (None, at) if int(line) < 0 else (data[at : at + int(line)], at + int(line) + 2)
+        if kind == b"*":
+            items = []
+            for _ in range(max(int(line), 0)):
+                item, at = one(at)
+                items.append(item)
+            return items, at
+        return line, at  # a status, or an error
+
+    replies, at = [], 0
+    while at < len(data):
+        reply, at = one(at)
+        replies.append(reply)
+    return replies
+
+
+async def _equals(count: Awaitable[int], expected: int) -> bool:
+    return await count == expected
+
+
+async def _turn_over(redis: Redis, ts: str) -> None:
+    """Wait until the message at `ts` (in CHANNEL) is answered, its thread's lock let go, and no
+    thread waits: nothing is left for any process to take up."""
+    await wait_until(lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{ts}", "answered"), "the turn to finish")
+    await wait_until(lambda: _equals(redis.exists(f"lock:T1:{CHANNEL}:{ts}"), 0), "the lock to be let go")
+    await wait_until(lambda: _equals(redis.zcard("pending"), 0), "no thread to wait")
 
 
 async def _thread_lock(redis: Redis) -> str:
@@ -671,18 +739,30 @@ async def test_a_holder_whose_lock_was_taken_over_stands_down_and_the_message_is
     """A holder stalled past its lock's lifetime finds another worker holding the lock: it stops
     its turn (that worker now answers the message, from the journal) rather than answer it too."""
     processes = [await spawn_bot(), await spawn_bot()]
-    llm.first_token_delay = 3.0
+    # The holder's answer is held until it has stood down, or the thread was answered by the
+    # worker that took it over (not a 3 s first token, which a loaded machine could outlast
+    # before either).
+    settled = asyncio.Event()
+    llm.enqueue(Gated(settled))
     ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> who answers this?")
     await llm.wait_for_requests(1)
     # As if this process had stalled and another had taken the thread: a foreign token, which
     # expires in its turn (that worker "dies" too) and leaves the thread to recovery.
-    await redis.set(await _thread_lock(redis), "another-worker", px=1500)
+    lock = await _thread_lock(redis)
+    await redis.set(lock, "another-worker", px=1500)
+    standing_down = lambda: any("standing down" in process.log() for process in processes)  # noqa: E731
+    taken = lambda: standing_down() or bool(slack.bot_messages(CHANNEL, ts))  # noqa: E731
+    await wait_until(taken, "the holder to stand down, or the thread to be answered by another")
+    settled.set()
     [answer] = await slack.wait_for_bot_messages(CHANNEL, ts, count=1, timeout=15)
-    await asyncio.sleep(llm.first_token_delay + 1.0)  # the first turn's answer would be out by now
+    await wait_until(standing_down, "the holder to stand down")  # at its renewal, or its answer's post
+    journal = f"turn:T1:{CHANNEL}:{ts}"
+    await wait_until(lambda: _state_is(redis, journal, "answered"), "the turn to finish")
+    await wait_until(lambda: _state_is(redis, lock, None), "the lock to be let go")
+    await wait_until(lambda: llm.in_flight == 0, "the holder's model call to end")
     assert answer["text"] == "Answer: ann: who answers this?"
     assert len(slack.bot_messages(CHANNEL, ts)) == 1
     logs = "".join(process.log() for process in processes)
-    assert "standing down" in logs
     assert "Task was destroyed" not in logs and "turn crashed" not in logs
 
 
@@ -693,17 +773,32 @@ async def test_a_lock_that_expired_under_a_stalled_holder_is_taken_back_or_hande
     takes it back at its next renewal, or the other process's recovery takes the thread first
     and the holder stands down: one answer either way (two, when the holder went on regardless)."""
     processes = [await spawn_bot(), await spawn_bot()]
-    llm.first_token_delay = 3.0
+    # The holder's answer is held until it took its lock back, or the other process took the
+    # thread (the holder standing down at its renewal, or answered by the other): not a 3 s first
+    # token, which a loaded machine could outlast before either.
+    settled = asyncio.Event()
+    llm.enqueue(Gated(settled))
     ts = await slack.post_user_message(CHANNEL, f"<@{BOT}> a stalled one")
     await llm.wait_for_requests(1)
-    await asyncio.sleep(0.8)  # past the recovery's idle threshold (0.6 s): the thread is fair game
-    await redis.delete(await _thread_lock(redis))
+    # Past the recovery's idle threshold (two rounds, 0.6 s): the thread is fair game.
+    fair_game = lambda: redis.zrangebyscore("pending", "-inf", time.time() - 0.6)  # noqa: E731
+    await wait_until(fair_game, "the thread to count as waiting")
+    lock = await _thread_lock(redis)
+    await redis.delete(lock)
+    logs = lambda: "".join(process.log() for process in processes)  # noqa: E731
+    took_back_or_stood_down = lambda: "taken back" in logs() or "standing down" in logs()  # noqa: E731
+    taken = lambda: took_back_or_stood_down() or bool(slack.bot_messages(CHANNEL, ts))  # noqa: E731
+    await wait_until(taken, "the lock taken back, or the thread taken over")
+    settled.set()
     [answer] = await slack.wait_for_bot_messages(CHANNEL, ts, count=1, timeout=15)
-    await asyncio.sleep(llm.first_token_delay + 1.0)
+    # Answered by the other, the holder stands down when its answer, now let go, would post.
+    await wait_until(took_back_or_stood_down, "the holder to take its lock back or stand down")
+    journal = f"turn:T1:{CHANNEL}:{ts}"
+    await wait_until(lambda: _state_is(redis, journal, "answered"), "the turn to finish")
+    await wait_until(lambda: _state_is(redis, lock, None), "the lock to be let go")
+    await wait_until(lambda: llm.in_flight == 0, "every model call to end")
     assert answer["text"] == "Answer: ann: a stalled one"
     assert len(slack.bot_messages(CHANNEL, ts)) == 1
-    logs = "".join(process.log() for process in processes)
-    assert "taken back" in logs or "standing down" in logs
 
 
 @pytest.mark.parametrize(
@@ -740,7 +835,9 @@ async def test_a_holder_that_stalled_past_a_renewal_posts_nothing_once_its_threa
     assert not slack.bot_messages(CHANNEL, ts)  # the holder showed nothing
     others_answer.set()
     [answer] = await slack.wait_for_bot_messages(CHANNEL, ts, count=1, timeout=15)
-    await asyncio.sleep(1.0)  # time for a second answer to show up, if there were one
+    # The turn over, nothing left for either to take up (not 1 s for a second answer to show up).
+    await _turn_over(redis, ts)
+    await wait_until(lambda: llm.in_flight == 0, "every model call to end")
     assert answer["text"] == "Answer: ann: whose answer is this?"
     assert len(slack.bot_messages(CHANNEL, ts)) == 1
     assert len(slack.calls_to("chat.startStream")) == (1 if chunk_delay else 0)  # shown as meant
@@ -1060,13 +1157,13 @@ def _in_order(log: str, *lines: str) -> bool:
 
 
 async def test_a_holder_whose_message_was_noted_by_another_while_it_stalled_posts_no_second_note(
+    redis_proxy: HeldReplyProxy,  # first: it outlasts the processes that reach Redis through it
     spawn_bot: SpawnBot,
     start_bot: StartBot,
     slack: SlackEmulator,
     llm: OpenAIEmulator,
     redis: Redis,
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A resumes a turn killed mid-stream and, closing its answer (Slack slow to answer), stalls
     past its lock's lifetime: its renewal hangs (Redis out of its reach). B takes the thread,
@@ -1086,19 +1183,9 @@ async def test_a_holder_whose_message_was_noted_by_another_while_it_stalled_post
     llm.chunk_delay = 0.0
     only_the_first = iter([True])
     closing = slack.gate("chat.stopStream", lambda args: next(only_the_first, False))  # A's
-    a = await start_bot("http", **FAST_RECOVERY)
+    a = await start_bot("http", REDIS_URL=redis_proxy.url, **FAST_RECOVERY)  # A's Redis: through the proxy
     await slack.wait_for(lambda: closing.waiting == 1, timeout=15, what="A to close the answer")
-    renewal_goes, renewed = asyncio.Event(), asyncio.Event()
-    found: list[LockRenewal] = []
-    renew = a.bot.store.renew_lock
-
-    async def stalled_renewal(*args: Any, **kwargs: Any) -> LockRenewal:
-        await renewal_goes.wait()
-        found.append(await renew(*args, **kwargs))
-        renewed.set()
-        return found[-1]
-
-    monkeypatch.setattr(a.bot.store, "renew_lock", stalled_renewal)
+    renewal_goes = redis_proxy.stall(a.bot.store._renew_thread_lock)  # out of A's reach from now
     lock = await _thread_lock(redis)
     free = lambda: _state_is(redis, lock, None)  # noqa: E731
     await wait_until(free, "A's lock to expire", within=15)
@@ -1110,9 +1197,13 @@ async def test_a_holder_whose_message_was_noted_by_another_while_it_stalled_post
     finished = lambda: _state_is(redis, journal, "noted")  # noqa: E731
     await wait_until(finished, "B to finish the message", within=15)
     await wait_until(free, "B to let the lock go", within=15)
+    assert redis_proxy.stalled >= 1  # A's renewal hung meanwhile
     renewal_goes.set()
-    await wait_until(renewed.is_set, "A's renewal", within=15)
-    assert found[-1] == LockRenewal.RELEASED
+    # Its reply, the first integer one (after a NOSCRIPT, when Redis had not run the script yet;
+    # a beat's, which may share its batch, is an array): free, and finished.
+    found = lambda: [r for chunk in redis_proxy.stall_replies for r in _resp(chunk) if isinstance(r, int)]  # noqa: E731
+    await wait_until(found, "A's renewal", within=15)
+    assert found()[0] == LockRenewal.RELEASED
     closing.opened.set()
     stood_down = lambda: "standing down" in caplog.text  # noqa: E731
     await slack.wait_for(lambda: noted() > 1 or stood_down(), timeout=15, what="A's note or A standing down")

@@ -22,11 +22,12 @@ from bot.context import EARLIER_UNREAD_NOTE
 from bot.formatting import SlackMarkdown
 from bot.rate_limit import SlackBudget
 from bot.redis_loss import RedisLossRecovery
-from bot.store import Accepted, IncomingMessage, LockRenewal, Store, ThreadKey, Turn
+from bot.store import Accepted, IncomingMessage, Store, ThreadKey, Turn
 from bot.turn import DELIVERY_FAILED, INTERRUPTED, STORE_UNAVAILABLE, TURN_FAILED
 from tests.conftest import RATE_SCALE, RunningBot, StartBot
-from tests.emulators.openai_api import Gated, OpenAIEmulator, Reply, SlowFirstToken, Status
+from tests.emulators.openai_api import Gated, OpenAIEmulator, Reply, Status
 from tests.emulators.slack import SlackEmulator
+from tests.redis_proxy import HeldReplyProxy
 from tests.redis_server import RedisServer
 from tests.test_forget import everything_in
 from tests.test_streaming import _long_answer, shown
@@ -54,11 +55,15 @@ def _looks(slack: SlackEmulator) -> list[str]:
     return [call.args["oldest"] for call in reads if call.args.get("inclusive")]
 
 
-async def _until(condition: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:  # noqa: ASYNC109
-    """Poll an async `condition` of Redis until true."""
+async def _until(
+    condition: Callable[[], Awaitable[bool]],
+    timeout: float = 10.0,  # noqa: ASYNC109
+    what: str = "a condition of Redis",
+) -> None:
+    """Poll an async `condition` of Redis until true; fail naming `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while not await condition():
-        assert time.monotonic() < deadline, "timed out"
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
         await asyncio.sleep(0.02)
 
 
@@ -71,16 +76,6 @@ async def _state_is(redis: Redis, journal: str, state: str | None) -> bool:
 
 async def _held_by(redis: Redis, lock: str, process: str) -> bool:
     return (await redis.get(lock) or "").startswith(f"{process}:")
-
-
-def _after(event: asyncio.Event, step: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """A bot's Redis step (`Store.beat`, say) that waits for `event` before it goes."""
-
-    async def held(*args: Any, **kwargs: Any) -> Any:
-        await event.wait()
-        return await step(*args, **kwargs)
-
-    return held
 
 
 def _a_beat(redis: Redis, process: str, before: float | None) -> Callable[[], Awaitable[bool]]:
@@ -231,13 +226,18 @@ async def test_a_follow_up_waiting_behind_a_turn_when_redis_loses_its_data_is_an
     held since the last beat), and as edited while it waited: before, it was never answered."""
     caplog.set_level(logging.INFO)
     running = await start_bot("http")
-    llm.enqueue(SlowFirstToken(0.5))
+    queued = asyncio.Event()  # the first answer in flight until the follow-up waits behind it
+    llm.enqueue(Gated(queued))
     llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted
     posting = slack.gate("chat.postMessage")
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await llm.wait_for_requests(1)
     asked = "and prod?" if noticed == "after an edit" else "and staging?"
     follow_up = await slack.post_user_message(CHANNEL, f"<@{BOT}> {asked}", thread_ts=root)
+    await _until(
+        lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{follow_up}", "queued"), what="the follow-up to wait"
+    )
+    queued.set()
     await slack.wait_for(lambda: posting.waiting > 0, what="the first answer's post")
     if noticed == "after an edit":
         await slack.edit_message(CHANNEL, follow_up, f"<@{BOT}> and staging?")  # queued again as edited
@@ -441,13 +441,18 @@ async def test_with_several_processes_a_follow_up_deleted_through_another_is_not
     a = await start_bot("http")
     b = await start_bot("http")
     slack.use_http(f"{a.url}/slack/events")
-    llm.enqueue(SlowFirstToken(0.5))
+    queued = asyncio.Event()  # the first answer in flight until the follow-up waits behind it
+    llm.enqueue(Gated(queued))
     llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted
     posting = slack.gate("chat.postMessage")
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await llm.wait_for_requests(1)
     secret = f"<@{BOT}> and staging? my password is hunter2"
     follow_up = await slack.post_user_message(CHANNEL, secret, thread_ts=root)
+    await _until(
+        lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{follow_up}", "queued"), what="the follow-up to wait"
+    )
+    queued.set()
     await slack.wait_for(lambda: posting.waiting > 0, what="the first answer's post")
     slack.use_http(f"{b.url}/slack/events")
     await slack.delete_message(CHANNEL, follow_up)
@@ -913,12 +918,13 @@ async def test_with_several_processes_a_question_handed_on_with_its_answer_showi
 
 
 async def test_with_several_processes_a_resumed_turn_that_stands_down_after_a_second_loss_is_not_given_again(
+    redis_proxy: HeldReplyProxy,  # first (both): they outlast A and B, which reach Redis through them
+    other_redis_proxy: HeldReplyProxy,
     start_bot: StartBot,
     slack: SlackEmulator,
     llm: OpenAIEmulator,
     redis: Redis,
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """As above, B stands down after a loss and hands its question on with the answer that had
     begun to show, and A resumes it. As A notes it interrupted, Redis loses its data again, and B
@@ -933,8 +939,8 @@ async def test_with_several_processes_a_resumed_turn_that_stands_down_after_a_se
     third stand-down, of the newer follow-up's turn, which was asked of the model twice (under
     load, once in a full-file run, when B's beat fell between A's and the loss)."""
     caplog.set_level(logging.INFO)
-    a = await start_bot("http")
-    b = await start_bot("http")  # Slack's events go to B
+    a = await start_bot("http", REDIS_URL=redis_proxy.url)
+    b = await start_bot("http", REDIS_URL=other_redis_proxy.url)  # Slack's events go to B
     llm.chunk_chars, llm.chunk_delay = 20, 0.05
     # The follow-up's answer waits until B has stood down; the newer follow-up's until A has, its
     # lock renewal finding B's lock.
@@ -952,13 +958,14 @@ async def test_with_several_processes_a_resumed_turn_that_stands_down_after_a_se
     b_stood_down.set()
     await slack.wait_for(lambda: note.waiting == 1, timeout=20, what="A to resume B's question")
     await _until(_a_beat(redis, a_id, await redis.zscore("processes", a_id)))
-    # A's next beat or renewal, which would take its lock back, waits for B to take it; B's beats
-    # wait for the question's turn to come again.
-    b_took_it, turn_again = asyncio.Event(), asyncio.Event()
-    monkeypatch.setattr(a.bot.store, "beat", _after(b_took_it, a.bot.store.beat))
-    monkeypatch.setattr(a.bot.store, "renew_lock", _after(b_took_it, a.bot.store.renew_lock))
-    monkeypatch.setattr(b.bot.store, "beat", _after(turn_again, b.bot.store.beat))
+    # A's next beat or renewal, which would take its lock back, hangs (Redis out of A's reach for
+    # them) until B has taken it; B's beats wait for the question's turn to come again.
+    b_took_it = redis_proxy.stall(a.bot.store._beat, a.bot.store._renew_thread_lock)
+    turn_again = other_redis_proxy.stall(b.bot.store._beat)
     await redis.flushall()
+    # B's next beat hung before B takes any work, whose Redis commands then ride in no batch with it.
+    await slack.wait_for(lambda: other_redis_proxy.stalled > 0, what="B's next beat to hang")
+    await slack.wait_for(lambda: redis_proxy.stalled > 0, what="A's next beat to hang")  # every run
     slack.use_http(f"{b.url}/slack/events")
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and prod?", thread_ts=root)
     await _until(lambda: _held_by(redis, f"lock:T1:{CHANNEL}:{root}", b_id))
@@ -981,12 +988,13 @@ async def test_with_several_processes_a_resumed_turn_that_stands_down_after_a_se
 
 
 async def test_with_several_processes_a_resumed_turn_whose_thread_was_taken_before_its_note_posts_no_note(
+    redis_proxy: HeldReplyProxy,  # first (both): they outlast A and B, which reach Redis through them
+    other_redis_proxy: HeldReplyProxy,
     start_bot: StartBot,
     slack: SlackEmulator,
     llm: OpenAIEmulator,
     redis: Redis,
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """As above, A resumes B's question handed on with its answer showing; but Redis loses its
     data again, and B takes the thread's free lock for a newer follow-up, while A closes that
@@ -995,8 +1003,8 @@ async def test_with_several_processes_a_resumed_turn_whose_thread_was_taken_befo
     slow to show it) and posted its own: the note twice. A stands down before the note now, as
     an answer's post does, and B posts it once."""
     caplog.set_level(logging.INFO)
-    a = await start_bot("http")
-    b = await start_bot("http")  # Slack's events go to B
+    a = await start_bot("http", REDIS_URL=redis_proxy.url)
+    b = await start_bot("http", REDIS_URL=other_redis_proxy.url)  # Slack's events go to B
     llm.chunk_chars, llm.chunk_delay = 20, 0.05
     # The follow-up's answer waits until B has stood down; the newer follow-up's until A has.
     b_stood_down, a_stood_down = asyncio.Event(), asyncio.Event()
@@ -1014,14 +1022,20 @@ async def test_with_several_processes_a_resumed_turn_whose_thread_was_taken_befo
     b_stood_down.set()
     await slack.wait_for(lambda: closing.waiting == 1, timeout=20, what="A to resume B's question")
     await _until(_a_beat(redis, a_id, await redis.zscore("processes", a_id)))
-    b_took_it, turn_again = asyncio.Event(), asyncio.Event()
-    monkeypatch.setattr(a.bot.store, "beat", _after(b_took_it, a.bot.store.beat))
-    monkeypatch.setattr(a.bot.store, "renew_lock", _after(b_took_it, a.bot.store.renew_lock))
-    monkeypatch.setattr(b.bot.store, "beat", _after(turn_again, b.bot.store.beat))
+    # A's beats and renewals, which would take its lock back, hang (Redis out of A's reach for
+    # them) until B has taken it: both hung before A goes on to its note, whose fence then rides
+    # in no batch with them. B's beats wait for the question's turn to come again.
+    beat, renewal = a.bot.store._beat, a.bot.store._renew_thread_lock
+    b_took_it = redis_proxy.stall(beat, renewal)
+    turn_again = other_redis_proxy.stall(b.bot.store._beat)
     await redis.flushall()
+    # B's next beat hung before B takes any work, whose Redis commands then ride in no batch with it.
+    await slack.wait_for(lambda: other_redis_proxy.stalled > 0, what="B's next beat to hang")
     slack.use_http(f"{b.url}/slack/events")
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and prod?", thread_ts=root)
     await _until(lambda: _held_by(redis, f"lock:T1:{CHANNEL}:{root}", b_id))
+    hung = lambda: redis_proxy.stalled_on(beat) > 0 and redis_proxy.stalled_on(renewal) > 0  # noqa: E731
+    await slack.wait_for(hung, timeout=20, what="A's next beat and renewal to hang")
     closing.opened.set()
     a_stands_down = lambda: caplog.text.count("standing down") == 2  # noqa: E731
     await slack.wait_for(lambda: note.waiting == 1 or a_stands_down(), timeout=20, what="A's note")
@@ -1042,12 +1056,13 @@ async def test_with_several_processes_a_resumed_turn_whose_thread_was_taken_befo
 
 
 async def test_with_several_processes_a_question_found_cut_short_whose_turn_stands_down_is_not_given_again(
+    redis_proxy: HeldReplyProxy,  # first (both): they outlast A and B, which reach Redis through them
+    other_redis_proxy: HeldReplyProxy,
     start_bot: StartBot,
     slack: SlackEmulator,
     llm: OpenAIEmulator,
     redis: Redis,
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A follow-up accepted by B is answered by A, which held the thread: its answer is showing
     when Redis loses its data and A stops. B queues the follow-up again, to be looked up first;
@@ -1057,8 +1072,8 @@ async def test_with_several_processes_a_question_found_cut_short_whose_turn_stan
     turn resumed from its journal): C's look, under C's own answer, found nothing, and the
     follow-up was asked of the model a second time. It is handed on with it now, and noted once."""
     caplog.set_level(logging.INFO)
-    a = await start_bot("http")
-    b = await start_bot("http")
+    a = await start_bot("http", REDIS_URL=redis_proxy.url)
+    b = await start_bot("http", REDIS_URL=other_redis_proxy.url)
     c = await start_bot("http")
     slack.use_http(f"{a.url}/slack/events")
     llm.chunk_chars, llm.chunk_delay = 20, 0.05
@@ -1069,26 +1084,29 @@ async def test_with_several_processes_a_question_found_cut_short_whose_turn_stan
     await slack.wait_for(lambda: len(llm.requests) == 1, what="A's answer to the question")
     slack.use_http(f"{b.url}/slack/events")
     follow_up = await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
-    await _until(lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{follow_up}", "queued"))
+    await _until(
+        lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{follow_up}", "queued"), what="the follow-up to wait"
+    )
     queued.set()
     long_shows = lambda: any("long" in str(c.args) for c in slack.calls_to("chat.startStream"))  # noqa: E731
     await slack.wait_for(long_shows, timeout=20, what="A's answer to B's follow-up to show")
     b_id = b.bot.turns.process_id
-    held = asyncio.Event()  # A's beats and renewals, which would take its lock back, never go
-    monkeypatch.setattr(a.bot.store, "beat", _after(held, a.bot.store.beat))
-    monkeypatch.setattr(a.bot.store, "renew_lock", _after(held, a.bot.store.renew_lock))
+    # A's beats and renewals, which would take its lock back, hang: Redis out of A's reach for them.
+    beat, renewal = a.bot.store._beat, a.bot.store._renew_thread_lock
+    redis_proxy.stall(beat, renewal)
     await _until(_a_beat(redis, b_id, await redis.zscore("processes", b_id)))
     closing = slack.gate("chat.stopStream")  # B closing A's answer, just before its note
     await redis.flushall()
     await a.bot.stop(grace_seconds=0)  # A's answer is left showing, cut short
     await slack.wait_for(lambda: closing.waiting == 1, timeout=20, what="B to close A's answer")
-    c_took_it = asyncio.Event()
-    monkeypatch.setattr(b.bot.store, "beat", _after(c_took_it, b.bot.store.beat))
-    monkeypatch.setattr(b.bot.store, "renew_lock", _after(c_took_it, b.bot.store.renew_lock))
+    c_took_it = other_redis_proxy.stall(beat, renewal)  # B's beats and renewals hang until C took the lock
     await redis.flushall()
     slack.use_http(f"{c.url}/slack/events")
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and prod?", thread_ts=root)
     await _until(lambda: _held_by(redis, f"lock:T1:{CHANNEL}:{root}", c.bot.turns.process_id))
+    # Both hung before B goes on to its note, whose fence then rides in no batch with them.
+    hung = lambda: other_redis_proxy.stalled_on(beat) > 0 and other_redis_proxy.stalled_on(renewal) > 0  # noqa: E731
+    await slack.wait_for(hung, timeout=20, what="B's next beat and renewal to hang")
     closing.opened.set()
     await slack.wait_for(lambda: "standing down" in caplog.text, timeout=20, what="B to stand down")
     c_took_it.set()
@@ -1106,12 +1124,13 @@ async def test_with_several_processes_a_question_found_cut_short_whose_turn_stan
 
 
 async def test_with_several_processes_an_answer_found_cut_short_is_noted_by_a_turn_whose_lock_expired(
+    redis_proxy: HeldReplyProxy,  # first (both): they outlast A and B, which reach Redis through them
+    other_redis_proxy: HeldReplyProxy,
     start_bot: StartBot,
     slack: SlackEmulator,
     llm: OpenAIEmulator,
     redis: Redis,
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """As above, B's look finds A's answer to B's follow-up cut short, and B closes it; then B
     stalls past its lock's lifetime (its renewal hangs), nobody taking the thread meanwhile. Its
@@ -1120,8 +1139,8 @@ async def test_with_several_processes_an_answer_found_cut_short_is_noted_by_a_tu
     Before, the fence took back only a `working` one's: B stood down as if another worker held
     the thread, and the follow-up waited for a recovery round, its answer closed and no note."""
     caplog.set_level(logging.INFO)
-    a = await start_bot("http")
-    b = await start_bot("http", THREAD_LOCK_TTL_SECONDS="1")
+    a = await start_bot("http", REDIS_URL=redis_proxy.url)
+    b = await start_bot("http", THREAD_LOCK_TTL_SECONDS="1", REDIS_URL=other_redis_proxy.url)
     slack.use_http(f"{a.url}/slack/events")
     llm.chunk_chars, llm.chunk_delay = 20, 0.05
     queued = asyncio.Event()  # A answers the question until B has queued the follow-up
@@ -1130,23 +1149,26 @@ async def test_with_several_processes_an_answer_found_cut_short_is_noted_by_a_tu
     await slack.wait_for(lambda: len(llm.requests) == 1, what="A's answer to the question")
     slack.use_http(f"{b.url}/slack/events")
     follow_up = await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
-    await _until(lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{follow_up}", "queued"))
+    await _until(
+        lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{follow_up}", "queued"), what="the follow-up to wait"
+    )
     queued.set()
     long_shows = lambda: any("long" in str(c.args) for c in slack.calls_to("chat.startStream"))  # noqa: E731
     await slack.wait_for(long_shows, timeout=20, what="A's answer to B's follow-up to show")
     b_id = b.bot.turns.process_id
-    held = asyncio.Event()  # A's beats and renewals, which would take its lock back, never go
-    monkeypatch.setattr(a.bot.store, "beat", _after(held, a.bot.store.beat))
-    monkeypatch.setattr(a.bot.store, "renew_lock", _after(held, a.bot.store.renew_lock))
+    # A's beats and renewals, which would take its lock back, hang: Redis out of A's reach for them.
+    renewal = a.bot.store._renew_thread_lock
+    redis_proxy.stall(a.bot.store._beat, renewal)
     await _until(_a_beat(redis, b_id, await redis.zscore("processes", b_id)))
     closing = slack.gate("chat.stopStream")  # B closing A's answer, just before its note
     await redis.flushall()
     await a.bot.stop(grace_seconds=0)  # A's answer is left showing, cut short
     await slack.wait_for(lambda: closing.waiting == 1, timeout=20, what="B to close A's answer")
-    renewal_goes = asyncio.Event()
-    monkeypatch.setattr(b.bot.store, "renew_lock", _after(renewal_goes, b.bot.store.renew_lock))
+    renewal_goes = other_redis_proxy.stall(renewal)  # B's renewals hang
     lock = f"lock:T1:{CHANNEL}:{root}"
     await _until(lambda: _state_is(redis, lock, None))  # expired under B: nobody holds it
+    # Hung before B goes on to its note, whose fence then rides in no batch with it.
+    await slack.wait_for(lambda: other_redis_proxy.stalled_on(renewal) > 0, what="B's renewal to hang")
     closing.opened.set()
     noted = lambda: [m["text"] for m in slack.bot_messages(CHANNEL, root)].count(INTERRUPTED)  # noqa: E731
     stood_down = lambda: "standing down" in caplog.text  # noqa: E731
@@ -1297,12 +1319,17 @@ async def test_a_follow_up_queued_again_after_a_loss_survives_a_second_loss_or_a
     queueing. Before, the process had forgotten it as it queued it again: it was never answered."""
     caplog.set_level(logging.INFO)
     running = await start_bot("http")
-    llm.enqueue(SlowFirstToken(0.5))
+    queued = asyncio.Event()  # the first answer in flight until the follow-up waits behind it
+    llm.enqueue(Gated(queued))
     llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted
     posting = slack.gate("chat.postMessage")
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await llm.wait_for_requests(1)
-    await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    follow_up = await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    await _until(
+        lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{follow_up}", "queued"), what="the follow-up to wait"
+    )
+    queued.set()
     await slack.wait_for(lambda: posting.waiting > 0, what="the first answer's post")
     try:
         if fault == "a redis failure":
@@ -1425,6 +1452,7 @@ async def test_with_several_processes_a_mention_whose_first_event_met_redis_down
 
 
 async def test_a_question_queued_again_behind_a_newer_turn_when_alone_is_stored_once(
+    redis_proxy: HeldReplyProxy,  # first: it outlasts the bot, which reaches Redis through it
     start_bot: StartBot,
     slack: SlackEmulator,
     llm: OpenAIEmulator,
@@ -1437,19 +1465,37 @@ async def test_a_question_queued_again_behind_a_newer_turn_when_alone_is_stored_
     turn stored its question once more: before, the model was shown it twice, and the stored
     conversation kept both."""
     caplog.set_level(logging.INFO)
-    running = await start_bot("http")
-    llm.enqueue(SlowFirstToken(0.5), SlowFirstToken(1.5))
+    running = await start_bot("http", REDIS_URL=redis_proxy.url)
+    # The first answer is in flight until the follow-up waits behind it; the newer follow-up's
+    # until the waiting one is queued again, behind it.
+    queued, queued_again = asyncio.Event(), asyncio.Event()
+    llm.enqueue(Gated(queued), Gated(queued_again))
     llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted
     posting = slack.gate("chat.postMessage")
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await llm.wait_for_requests(1)
-    await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    waiting = await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    journal = f"turn:T1:{CHANNEL}:{waiting}"
+    await _until(lambda: _state_is(redis, journal, "queued"), what="the follow-up to wait")
+    queued.set()
     await slack.wait_for(lambda: posting.waiting > 0, what="the first answer's post")
     process = running.bot.turns.process_id
     await _until(_a_beat(redis, process, await redis.zscore("processes", process)))
+    # The loss is noticed (at the next beat) only once the newer follow-up waits: its turn goes
+    # first and reads the waiting one back, not a loaded machine's slow event after the beat
+    # (the waiting one then queued again first, and nothing read back).
+    noticing = redis_proxy.stall(running.bot.store._beat)
     await redis.flushall()
-    await slack.post_user_message(CHANNEL, f"<@{BOT}> and dev?", thread_ts=root)
+    await slack.wait_for(lambda: redis_proxy.stalled > 0, what="the next beat to hang")
+    newer = await slack.post_user_message(CHANNEL, f"<@{BOT}> and dev?", thread_ts=root)
+    await _until(lambda: redis.exists(f"turn:T1:{CHANNEL}:{newer}"), what="the newer follow-up to wait")
+    noticing.set()
     posting.opened.set()
+    await llm.wait_for_requests(2)  # the newer one's turn
+    await _until(
+        lambda: _state_is(redis, journal, "queued"), what="it to be queued again behind the newer one"
+    )
+    queued_again.set()
     await slack.wait_for_bot_messages(CHANNEL, root, count=3, timeout=15)
     await running.settle()
     prompts = [[m["content"] for m in r["messages"][1:]] for r in llm.requests]
@@ -1900,12 +1946,12 @@ async def test_a_read_back_merges_by_ts_as_numbers_keeps_what_is_stored_and_inde
 
 
 async def test_with_several_processes_a_question_taken_before_the_loss_and_read_back_is_stored_once(
+    redis_proxy: HeldReplyProxy,  # first: it outlasts B, which reaches Redis through it
     start_bot: StartBot,
     slack: SlackEmulator,
     llm: OpenAIEmulator,
     redis: Redis,
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """B takes bob's follow-up before the loss, and its turn stores it only after (bob's name is
     slow to come). Meanwhile a newer follow-up reaches A, whose turn takes the thread's lock,
@@ -1917,7 +1963,7 @@ async def test_with_several_processes_a_question_taken_before_the_loss_and_read_
     last, as the question being answered."""
     caplog.set_level(logging.INFO)
     a = await start_bot("http")
-    b = await start_bot("http")  # Slack's events go to B
+    b = await start_bot("http", REDIS_URL=redis_proxy.url)  # Slack's events go to B
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await slack.wait_for_bot_messages(CHANNEL, root, count=1)
     await b.settle()
@@ -1931,17 +1977,16 @@ async def test_with_several_processes_a_question_taken_before_the_loss_and_read_
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", user="U2", thread_ts=root)
     await slack.wait_for(lambda: naming.waiting > 0, what="B to look up bob's name")
     await _until(lambda: redis.exists(f"lock:T1:{CHANNEL}:{root}"))  # B's turn took it
-    a_over = asyncio.Event()
-    renew = b.bot.store.renew_lock
-
-    async def after_as_turn(*args: Any) -> LockRenewal:
-        await a_over.wait()
-        return await renew(*args)
-
-    monkeypatch.setattr(b.bot.store, "renew_lock", after_as_turn)
+    # B's renewals hang until A's turn is over, and A's answer waits until B has tried one (its
+    # beat noticed the loss, and would take the lock back): A's turn slower than B's beat, always.
+    a_over = redis_proxy.stall(b.bot.store._renew_thread_lock)
+    b_tried = asyncio.Event()
+    llm.enqueue(Gated(b_tried))
     await redis.flushall()
     slack.use_http(f"{a.url}/slack/events")
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and dev?", thread_ts=root)
+    await slack.wait_for(lambda: redis_proxy.stalled > 0, what="B to try to take its lock back")
+    b_tried.set()
     await slack.wait_for_bot_messages(CHANNEL, root, count=2)
     await a.settle()
     a_over.set()
@@ -1958,12 +2003,12 @@ async def test_with_several_processes_a_question_taken_before_the_loss_and_read_
 
 
 async def test_with_several_processes_an_answer_read_back_before_its_turn_stored_it_is_stored_once(
+    redis_proxy: HeldReplyProxy,  # first: it outlasts B, which reaches Redis through it
     start_bot: StartBot,
     slack: SlackEmulator,
     llm: OpenAIEmulator,
     redis: Redis,
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """B answers bob's follow-up, whole in Slack, but Slack's answer to its last call is slow, and
     Redis loses its data meanwhile. A newer follow-up reaches A, whose turn takes the thread's
@@ -1975,7 +2020,7 @@ async def test_with_several_processes_an_answer_read_back_before_its_turn_stored
     stores, in its place in Slack's order."""
     caplog.set_level(logging.INFO)
     a = await start_bot("http")
-    b = await start_bot("http")  # Slack's events go to B
+    b = await start_bot("http", REDIS_URL=redis_proxy.url)  # Slack's events go to B
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await slack.wait_for_bot_messages(CHANNEL, root, count=1)
     await b.settle()
@@ -1993,17 +2038,16 @@ async def test_with_several_processes_an_answer_read_back_before_its_turn_stored
     ]
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", user="U2", thread_ts=root)
     await slack.wait_for(lambda: any(gate.waiting for gate in gates), what="B's answer to show")
-    a_over = asyncio.Event()
-    renew = b.bot.store.renew_lock
-
-    async def after_as_turn(*args: Any) -> LockRenewal:
-        await a_over.wait()
-        return await renew(*args)
-
-    monkeypatch.setattr(b.bot.store, "renew_lock", after_as_turn)
+    # B's renewals hang until A's turn is over, and A's answer waits until B has tried one (its
+    # beat noticed the loss, and would take the lock back): A's turn slower than B's beat, always.
+    a_over = redis_proxy.stall(b.bot.store._renew_thread_lock)
+    b_tried = asyncio.Event()
+    llm.enqueue(Gated(b_tried))
     await redis.flushall()
     slack.use_http(f"{a.url}/slack/events")
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and dev?", thread_ts=root)
+    await slack.wait_for(lambda: redis_proxy.stalled > 0, what="B to try to take its lock back")
+    b_tried.set()
     await slack.wait_for_bot_messages(CHANNEL, root, count=2)  # B's counts once its call is answered
     await a.settle()
     assert "Answer: bob: and staging?" in [m["content"] for m in llm.requests[-1]["messages"]]  # read back
@@ -2027,12 +2071,12 @@ async def test_with_several_processes_an_answer_read_back_before_its_turn_stored
 
 
 async def test_with_several_processes_a_long_answer_read_back_mid_stream_around_a_remark_is_stored_once(
+    redis_proxy: HeldReplyProxy,  # first: it outlasts B, which reaches Redis through it
     start_bot: StartBot,
     slack: SlackEmulator,
     llm: OpenAIEmulator,
     redis: Redis,
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """As above, but B's answer is long: a remark to a colleague is sent between its first message
     and its second, and A reads the thread back while that second message is still being written
@@ -2042,7 +2086,7 @@ async def test_with_several_processes_a_long_answer_read_back_mid_stream_around_
     to its turn, and each one's copy gives way."""
     caplog.set_level(logging.INFO)
     a = await start_bot("http")
-    b = await start_bot("http")  # Slack's events go to B
+    b = await start_bot("http", REDIS_URL=redis_proxy.url)  # Slack's events go to B
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await slack.wait_for_bot_messages(CHANNEL, root, count=1)
     await b.settle()
@@ -2072,17 +2116,16 @@ async def test_with_several_processes_a_long_answer_read_back_mid_stream_around_
     await slack.wait_for(lambda: any(gate.waiting for gate in ends), what="B's answer to end")
     [first, second] = slack.bot_messages(CHANNEL, root)[1:]
     assert float(first["ts"]) < float(remark) < float(second["ts"]) and second.get("streaming")
-    a_over = asyncio.Event()
-    renew = b.bot.store.renew_lock
-
-    async def after_as_turn(*args: Any) -> LockRenewal:
-        await a_over.wait()
-        return await renew(*args)
-
-    monkeypatch.setattr(b.bot.store, "renew_lock", after_as_turn)
+    # B's renewals hang until A's turn is over, and A's answer waits until B has tried one (its
+    # beat noticed the loss, and would take the lock back): A's turn slower than B's beat, always.
+    a_over = redis_proxy.stall(b.bot.store._renew_thread_lock)
+    b_tried = asyncio.Event()
+    llm.enqueue(Gated(b_tried))
     await redis.flushall()
     slack.use_http(f"{a.url}/slack/events")
     await slack.post_user_message(CHANNEL, f"<@{BOT}> and dev?", thread_ts=root)
+    await slack.wait_for(lambda: redis_proxy.stalled > 0, what="B to try to take its lock back")
+    b_tried.set()
     await slack.wait_for(lambda: _asked(llm, "ann: and dev?") == 1, what="A's turn to ask the model")
     await a.settle()
     later_part = next(line for line in second["text"].splitlines() if line.startswith("print('line"))
@@ -2617,6 +2660,7 @@ async def test_a_long_answer_deferred_after_its_first_message_showed_is_closed_n
 
 
 async def test_a_question_queued_again_and_deleted_after_a_newer_turn_read_it_back_is_not_kept(
+    redis_proxy: HeldReplyProxy,  # first: it outlasts the bot, which reaches Redis through it
     start_bot: StartBot,
     slack: SlackEmulator,
     llm: OpenAIEmulator,
@@ -2628,25 +2672,40 @@ async def test_a_question_queued_again_and_deleted_after_a_newer_turn_read_it_ba
     before, the copy read back stayed in the stored conversation, and the model was shown the
     deleted message in every later prompt."""
     caplog.set_level(logging.INFO)
-    running = await start_bot("http")
-    llm.enqueue(SlowFirstToken(0.5), SlowFirstToken(3.0))
+    running = await start_bot("http", REDIS_URL=redis_proxy.url)
+    # The first answer is in flight until the follow-up waits behind it; the newer follow-up's
+    # until the waiting one, queued again behind it, is deleted.
+    queued, deleted = asyncio.Event(), asyncio.Event()
+    llm.enqueue(Gated(queued), Gated(deleted))
     llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted
     posting = slack.gate("chat.postMessage")
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await llm.wait_for_requests(1)
     waiting = await slack.post_user_message(CHANNEL, f"<@{BOT}> and staging?", thread_ts=root)
+    journal = f"turn:T1:{CHANNEL}:{waiting}"
+    await _until(lambda: _state_is(redis, journal, "queued"), what="the follow-up to wait")
+    queued.set()
     await slack.wait_for(lambda: posting.waiting > 0, what="the first answer's post")
     process = running.bot.turns.process_id
     await _until(_a_beat(redis, process, await redis.zscore("processes", process)))
+    # The loss is noticed (at the next beat) only once the newer follow-up waits: its turn goes
+    # first and reads the waiting one back, not a loaded machine's slow event after the beat
+    # (the waiting one then queued again first, and nothing read back).
+    noticing = redis_proxy.stall(running.bot.store._beat)
     await redis.flushall()
-    await slack.post_user_message(CHANNEL, f"<@{BOT}> and dev?", thread_ts=root)
+    await slack.wait_for(lambda: redis_proxy.stalled > 0, what="the next beat to hang")
+    newer = await slack.post_user_message(CHANNEL, f"<@{BOT}> and dev?", thread_ts=root)
+    await _until(lambda: redis.exists(f"turn:T1:{CHANNEL}:{newer}"), what="the newer follow-up to wait")
+    noticing.set()
     posting.opened.set()
     await llm.wait_for_requests(2)  # the newer one's turn read the thread back
     assert "ann: and staging?" in _prompt(llm)
-    journal = f"turn:T1:{CHANNEL}:{waiting}"
-    await _until(lambda: _state_is(redis, journal, "queued"))  # queued again, behind the newer one
+    await _until(
+        lambda: _state_is(redis, journal, "queued"), what="it to be queued again behind the newer one"
+    )
     await slack.delete_message(CHANNEL, waiting)
     await _until(lambda: redis.hexists(journal, "deleted"))
+    deleted.set()
     await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
     await running.settle()
     stored = await redis.lrange(f"conv:T1:{CHANNEL}:{root}:turns", 0, -1)
@@ -2684,6 +2743,7 @@ async def test_a_long_answer_stored_across_a_loss_is_not_read_back_again_in_part
 
 
 async def test_a_remark_queued_again_behind_a_newer_turn_that_read_it_back_keeps_its_place(
+    redis_proxy: HeldReplyProxy,  # first: it outlasts the bot, which reaches Redis through it
     start_bot: StartBot,
     slack: SlackEmulator,
     llm: OpenAIEmulator,
@@ -2694,22 +2754,40 @@ async def test_a_remark_queued_again_behind_a_newer_turn_that_read_it_back_keeps
     A newer follow-up's turn read it back in its place; before, its own turn took that copy out
     and stored it last, after the newer follow-up and its answer, and the model read it there."""
     caplog.set_level(logging.INFO)
-    running = await start_bot("http")
-    llm.enqueue(SlowFirstToken(0.5), SlowFirstToken(1.5))
+    running = await start_bot("http", REDIS_URL=redis_proxy.url)
+    # The first answer is in flight until the remark waits behind it; the newer follow-up's until
+    # the remark is queued again, behind it.
+    queued, queued_again = asyncio.Event(), asyncio.Event()
+    llm.enqueue(Gated(queued), Gated(queued_again))
     llm.chunk_chars = 1000  # one piece: written whole before it is first shown, posted
     posting = slack.gate("chat.postMessage")
     root = await slack.post_user_message(CHANNEL, f"<@{BOT}> why is api-prod red?")
     await llm.wait_for_requests(1)
     remark = await slack.post_user_message(CHANNEL, "<@U2> the cache was restarted at noon", thread_ts=root)
+    journal = f"turn:T1:{CHANNEL}:{remark}"
+    await _until(lambda: _state_is(redis, journal, "queued"), what="the remark to wait")
+    queued.set()
     await slack.wait_for(lambda: posting.waiting > 0, what="the first answer's post")
     process = running.bot.turns.process_id
     await _until(_a_beat(redis, process, await redis.zscore("processes", process)))
+    # The loss is noticed (at the next beat) only once the newer follow-up waits: its turn goes
+    # first and reads the waiting one back, not a loaded machine's slow event after the beat
+    # (the waiting one then queued again first, and nothing read back).
+    noticing = redis_proxy.stall(running.bot.store._beat)
     await redis.flushall()
-    await slack.post_user_message(CHANNEL, f"<@{BOT}> is that why?", thread_ts=root)
+    await slack.wait_for(lambda: redis_proxy.stalled > 0, what="the next beat to hang")
+    newer = await slack.post_user_message(CHANNEL, f"<@{BOT}> is that why?", thread_ts=root)
+    await _until(lambda: redis.exists(f"turn:T1:{CHANNEL}:{newer}"), what="the newer follow-up to wait")
+    noticing.set()
     posting.opened.set()
+    await llm.wait_for_requests(2)  # the newer one's turn
+    await _until(
+        lambda: _state_is(redis, journal, "queued"), what="it to be queued again behind the newer one"
+    )
+    queued_again.set()
     await slack.wait_for_bot_messages(CHANNEL, root, count=2, timeout=15)
     assert any("the cache was restarted" in text for text in _prompt(llm))  # read back from Slack
-    await _until(lambda: _state_is(redis, f"turn:T1:{CHANNEL}:{remark}", "answered"))  # recorded
+    await _until(lambda: _state_is(redis, journal, "answered"))  # recorded
     await running.settle()
     stored = [json.loads(raw) for raw in await redis.lrange(f"conv:T1:{CHANNEL}:{root}:turns", 0, -1)]
     said = [t["text"] for t in stored if t["role"] == "user"]
